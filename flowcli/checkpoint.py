@@ -1,0 +1,88 @@
+"""Self-describing checkpoints: safetensors weights + the architecture config in the metadata.
+
+Metadata keys (all strings, as safetensors requires):
+  flowcli.format      "1"
+  flowcli.model       "flownet" (the architecture family)
+  flowcli.config      JSON of the model config (FlowNetConfig.to_dict())
+  flowcli.provenance  JSON: what it was trained from and on (free-form, shown by `weights info`)
+Loading is strict: every tensor must match the architecture the metadata describes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flowcli.errors import WeightsError
+from flowcli.io.atomic import atomic_path
+from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+FORMAT_VERSION = "1"
+ARCHITECTURES = {"flownet": (FlowNet, FlowNetConfig)}
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: str | Path,
+    provenance: dict | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write `model` to `path` atomically; `dtype=torch.float16` halves the file."""
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "flowcli.format": FORMAT_VERSION,
+        "flowcli.model": "flownet",
+        "flowcli.config": json.dumps(model.config.to_dict()),
+        "flowcli.provenance": json.dumps(provenance or {}),
+    }
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The flowcli metadata of a checkpoint, decoded (config and provenance as dicts)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path} is not a readable safetensors checkpoint ({error})") from None
+    if meta.get("flowcli.format") != FORMAT_VERSION:
+        raise WeightsError(f"{path} is not a flowcli checkpoint (no flowcli metadata); was it saved by flowcli?")
+    out = dict(meta)
+    for key in ("flowcli.config", "flowcli.provenance"):
+        try:
+            out[key] = json.loads(meta.get(key, "{}"))
+        except json.JSONDecodeError:
+            raise WeightsError(f"{path} has corrupt {key} metadata") from None
+    return out
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the architecture the metadata names and load the weights strictly (fp32)."""
+    meta = read_metadata(path)
+    family = meta.get("flowcli.model")
+    if family not in ARCHITECTURES:
+        raise WeightsError(f"{path} holds a '{family}' model; this flowcli knows {sorted(ARCHITECTURES)}")
+    model_cls, config_cls = ARCHITECTURES[family]
+    try:
+        config = config_cls(**meta["flowcli.config"])
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"{path} describes an architecture this flowcli cannot build: {error}") from None
+    model = model_cls(config)
+    state = load_file(str(path))
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise WeightsError(f"{path} does not match its declared architecture: {first}") from None
+    model.provenance = meta["flowcli.provenance"]
+    model.checkpoint_path = str(path)
+    return model.to(device).eval()

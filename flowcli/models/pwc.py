@@ -1,0 +1,191 @@
+"""A PWC-Net-style flow network: feature pyramid, warping, cost volume, coarse-to-fine decoding.
+
+Compact by design (it must run at about half a second per 1024x436 pair on two CPU cores):
+one flow decoder shared by all pyramid levels (features reduced to a common width by a 1x1
+convolution per level, flow kept in the level's own pixel units, as in ARFlow's PWC-lite), and a
+dilated context network on the finest decoded level. The final flow is upsampled bilinearly.
+
+Inputs are RGB in [0, 1], [B, 3, H, W] with H and W multiples of 2**num_levels (inference pads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from flowcli.models.matching import AsymOFMM, FeatureWarping
+from flowcli.ops.correlation import correlation
+
+MATCHING = ("pwc", "maskflownet")
+
+
+@dataclass
+class FlowNetConfig:
+    matching: str = "pwc"
+    pyramid_channels: tuple[int, ...] = (16, 32, 64, 96, 128, 192)
+    decoder_channels: tuple[int, ...] = (96, 96, 64, 48, 32)
+    context_channels: tuple[int, ...] = (96, 96, 96, 64, 32)
+    context_dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
+    reduced_channels: int = 32
+    max_displacement: int = 4
+    output_level: int = 2
+
+    def __post_init__(self):
+        for name in ("pyramid_channels", "decoder_channels", "context_channels", "context_dilations"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.matching not in MATCHING:
+            raise ValueError(f"matching must be one of {MATCHING}, got {self.matching!r}")
+        if len(self.context_channels) != len(self.context_dilations):
+            raise ValueError("context_channels and context_dilations must have the same length")
+        if not 1 <= self.output_level < len(self.pyramid_channels):
+            raise ValueError("output_level must name a pyramid level below the coarsest")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.pyramid_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.num_levels
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def conv(cin: int, cout: int, stride: int = 1, dilation: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation)]
+    if act:
+        layers.append(nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class FeaturePyramid(nn.Module):
+    def __init__(self, channels: tuple[int, ...]):
+        super().__init__()
+        stages, cin = [], 3
+        for cout in channels:
+            stages.append(nn.Sequential(conv(cin, cout, stride=2), conv(cout, cout)))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Features at levels 1..L (stride 2**level), finest first."""
+        features, x = [], image
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class FlowDecoder(nn.Module):
+    """Predicts the flow residual (and MaskFlowNet's occlusion logit) from cost volume + context."""
+
+    def __init__(self, cin: int, channels: tuple[int, ...], with_mask: bool):
+        super().__init__()
+        layers = []
+        for cout in channels:
+            layers.append(conv(cin, cout))
+            cin = cout
+        self.body = nn.Sequential(*layers)
+        self.out_channels = cin
+        self.predict_flow = conv(cin, 2, act=False)
+        self.predict_mask = conv(cin, 1, act=False) if with_mask else None
+
+    def forward(self, x: torch.Tensor):
+        x = self.body(x)
+        mask = self.predict_mask(x) if self.predict_mask is not None else None
+        return x, self.predict_flow(x), mask
+
+
+class ContextNetwork(nn.Module):
+    def __init__(self, cin: int, channels: tuple[int, ...], dilations: tuple[int, ...]):
+        super().__init__()
+        layers = []
+        for cout, dilation in zip(channels, dilations):
+            layers.append(conv(cin, cout, dilation=dilation))
+            cin = cout
+        layers.append(conv(cin, 2, act=False))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@dataclass
+class FlowOutput:
+    flow: torch.Tensor  # [B, 2, H, W] full resolution, pixels
+    level_flows: dict[int, torch.Tensor] = field(default_factory=dict)  # level -> flow in that level's pixels
+    occlusion_logit: torch.Tensor | None = None  # [B, 1, H, W] (maskflownet only), > 0 = occluded
+
+
+class FlowNet(nn.Module):
+    def __init__(self, config: FlowNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or FlowNetConfig()
+        self.pyramid = FeaturePyramid(config.pyramid_channels)
+        self.levels = list(range(config.num_levels, config.output_level - 1, -1))  # coarse to fine
+        self.reduce = nn.ModuleDict(
+            {str(lvl): nn.Conv2d(config.pyramid_channels[lvl - 1], config.reduced_channels, 1) for lvl in self.levels}
+        )
+        num_corr = (2 * config.max_displacement + 1) ** 2
+        with_mask = config.matching == "maskflownet"
+        self.decoder = FlowDecoder(num_corr + config.reduced_channels + 2, config.decoder_channels, with_mask)
+        if with_mask:
+            self.matching = nn.ModuleDict(
+                {
+                    str(lvl): AsymOFMM(config.pyramid_channels[lvl - 1], self.decoder.out_channels)
+                    for lvl in self.levels[1:]
+                }
+            )
+        else:
+            self.matching = None
+        self.plain_warp = FeatureWarping()
+        self.context = ContextNetwork(self.decoder.out_channels + 2, config.context_channels, config.context_dilations)
+
+    @staticmethod
+    def normalize(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = 0.5 * (image1.mean(dim=(2, 3), keepdim=True) + image2.mean(dim=(2, 3), keepdim=True))
+        return (image1 - mean) / 0.25, (image2 - mean) / 0.25
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> FlowOutput:
+        cfg = self.config
+        image1, image2 = self.normalize(image1, image2)
+        b, _, h, w = image1.shape
+        if h % cfg.size_multiple or w % cfg.size_multiple:
+            raise ValueError(f"image size {h}x{w} must be a multiple of {cfg.size_multiple}; pad it first")
+        # One pass for both images keeps batch norm-free convs efficient on CPU.
+        pyramid = self.pyramid(torch.cat((image1, image2), dim=0))
+        flow = mask = decoder_feature = None
+        level_flows = {}
+        for lvl in self.levels:
+            f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
+            if flow is None:
+                flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
+                warped = f2
+            else:
+                flow = 2.0 * F.interpolate(flow, size=f1.shape[-2:], mode="bilinear", align_corners=False)
+                if self.matching is not None:
+                    mask = F.interpolate(mask, size=f1.shape[-2:], mode="bilinear", align_corners=False)
+                    decoder_feature = F.interpolate(
+                        decoder_feature, size=f1.shape[-2:], mode="bilinear", align_corners=False
+                    )
+                    warped = self.matching[str(lvl)](f2, flow, mask, decoder_feature)
+                else:
+                    warped = self.plain_warp(f2, flow)
+            cost = F.leaky_relu(correlation(f1, warped, cfg.max_displacement), 0.1)
+            x = torch.cat((cost, self.reduce[str(lvl)](f1), flow), dim=1)
+            decoder_feature, delta, mask = self.decoder(x)
+            flow = flow + delta
+            if lvl == cfg.output_level:
+                flow = flow + self.context(torch.cat((decoder_feature, flow), dim=1))
+            level_flows[lvl] = flow
+        scale = 2**cfg.output_level
+        full = scale * F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+        occlusion = None
+        if mask is not None:
+            # MaskFlowNet's mask is ~1 where f2 is trusted (visible); occlusion logit is its negation.
+            occlusion = -F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
+        return FlowOutput(flow=full, level_flows=level_flows, occlusion_logit=occlusion)

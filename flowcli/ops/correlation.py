@@ -1,0 +1,111 @@
+"""Local correlation cost volume, the matching step of PWC-Net.
+
+`correlation(f1, f2, max_displacement=4)` returns, for every pixel of `f1`, the channel-mean of
+f1(x) * f2(x + d) for the (2r+1)^2 displacements d in [-r, r]^2 (81 channels for r = 4), ordered
+row-major over (dy, dx). Outside `f2` counts as zero. Normalising by the channel count follows
+PWC-Net (spatial-correlation-sampler and MMCV return the plain sum).
+
+Backends plug in behind `correlation()`:
+- "torch": the reference below. It loops over the displacements and writes each one straight into
+  the output, so it never holds more than the output itself (no padded or unfolded copies), and
+  its backward recomputes products instead of storing them.
+- "triton": the fused GPU kernel (flowcli.ops.correlation_triton), imported lazily.
+`FLOWCLI_CORR=torch|triton` forces one; the default picks triton for CUDA tensors when available.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _overlap(shift: int, size: int) -> tuple[slice, slice]:
+    """Slices (into f1, into f2) of the pixels x where both x and x + shift lie inside [0, size)."""
+    if shift >= 0:
+        return slice(0, size - shift), slice(shift, size)
+    return slice(-shift, size), slice(0, size + shift)
+
+
+def displacements(max_displacement: int) -> list[tuple[int, int]]:
+    r = max_displacement
+    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+
+
+class _TorchCorrelation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f1: torch.Tensor, f2: torch.Tensor, max_displacement: int) -> torch.Tensor:
+        b, c, h, w = f1.shape
+        shifts = displacements(max_displacement)
+        out = f1.new_zeros(b, len(shifts), h, w)
+        for k, (dy, dx) in enumerate(shifts):
+            (y1, y2), (x1, x2) = _overlap(dy, h), _overlap(dx, w)
+            if y1.stop <= y1.start or x1.stop <= x1.start:
+                continue
+            out[:, k, y1, x1] = (f1[:, :, y1, x1] * f2[:, :, y2, x2]).sum(dim=1)
+        out.div_(c)
+        ctx.save_for_backward(f1, f2)
+        ctx.max_displacement = max_displacement
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        f1, f2 = ctx.saved_tensors
+        b, c, h, w = f1.shape
+        grad_out = grad_out / c
+        grad_f1 = torch.zeros_like(f1) if ctx.needs_input_grad[0] else None
+        grad_f2 = torch.zeros_like(f2) if ctx.needs_input_grad[1] else None
+        for k, (dy, dx) in enumerate(displacements(ctx.max_displacement)):
+            (y1, y2), (x1, x2) = _overlap(dy, h), _overlap(dx, w)
+            if y1.stop <= y1.start or x1.stop <= x1.start:
+                continue
+            g = grad_out[:, k : k + 1, y1, x1]
+            if grad_f1 is not None:
+                grad_f1[:, :, y1, x1].add_(g * f2[:, :, y2, x2])
+            if grad_f2 is not None:
+                grad_f2[:, :, y2, x2].add_(g * f1[:, :, y1, x1])
+        return grad_f1, grad_f2, None
+
+
+def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
+    """Reference backend: pure PyTorch, any device and dtype."""
+    return _TorchCorrelation.apply(f1, f2, max_displacement)
+
+
+def _backend_for(tensor: torch.Tensor) -> str:
+    forced = os.environ.get("FLOWCLI_CORR", "").strip().lower()
+    if forced in ("torch", "triton"):
+        return forced
+    if forced:
+        raise ValueError(f"FLOWCLI_CORR={forced!r} is not a backend; use 'torch' or 'triton'")
+    if tensor.is_cuda and _triton_available():
+        return "triton"
+    return "torch"
+
+
+_TRITON_STATE: dict[str, object] = {}
+
+
+def _triton_available() -> bool:
+    if "ok" not in _TRITON_STATE:
+        try:
+            from flowcli.ops import correlation_triton  # noqa: F401
+
+            _TRITON_STATE["ok"] = True
+        except ImportError as error:
+            import warnings
+
+            warnings.warn(f"fused correlation unavailable ({error}); using the PyTorch reference", stacklevel=3)
+            _TRITON_STATE["ok"] = False
+    return bool(_TRITON_STATE["ok"])
+
+
+def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
+    """Cost volume [B, (2r+1)^2, H, W] between feature maps f1, f2 of shape [B, C, H, W]."""
+    if f1.shape != f2.shape:
+        raise ValueError(f"correlation needs equal shapes, got {tuple(f1.shape)} and {tuple(f2.shape)}")
+    if _backend_for(f1) == "triton":
+        from flowcli.ops.correlation_triton import correlation_triton
+
+        return correlation_triton(f1, f2, max_displacement)
+    return correlation_torch(f1, f2, max_displacement)
