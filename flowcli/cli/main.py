@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "eval",
     "synth",
     "weights",
+    "doctor",
 ]
 
 

@@ -10,6 +10,7 @@ Backends plug in behind `correlation()`:
   the output, so it never holds more than the output itself (no padded or unfolded copies), and
   its backward recomputes products instead of storing them.
 - "triton": the fused GPU kernel (flowcli.ops.correlation_triton), imported lazily.
+`warp_correlation(f1, f2, flow, r)` is `correlation(f1, backward_warp(f2, flow), r)`, fused on triton.
 `FLOWCLI_CORR=torch|triton` forces one; the default picks triton for CUDA tensors when available.
 """
 
@@ -72,6 +73,11 @@ def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int 
     return _TorchCorrelation.apply(f1, f2, max_displacement)
 
 
+def backend_name(tensor: torch.Tensor) -> str:
+    """The backend `correlation`/`warp_correlation` would use for this tensor ("torch" or "triton")."""
+    return _backend_for(tensor)
+
+
 def _backend_for(tensor: torch.Tensor) -> str:
     forced = os.environ.get("FLOWCLI_CORR", "").strip().lower()
     if forced in ("torch", "triton"):
@@ -87,6 +93,7 @@ _TRITON_STATE: dict[str, object] = {}
 
 
 def _triton_available() -> bool:
+    """Whether the Triton backend imports; on failure warns once (only asked for CUDA tensors)."""
     if "ok" not in _TRITON_STATE:
         try:
             from flowcli.ops import correlation_triton  # noqa: F401
@@ -95,6 +102,7 @@ def _triton_available() -> bool:
         except ImportError as error:
             import warnings
 
+            _TRITON_STATE["error"] = str(error)
             warnings.warn(f"fused correlation unavailable ({error}); using the PyTorch reference", stacklevel=3)
             _TRITON_STATE["ok"] = False
     return bool(_TRITON_STATE["ok"])
@@ -109,3 +117,26 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -
 
         return correlation_triton(f1, f2, max_displacement)
     return correlation_torch(f1, f2, max_displacement)
+
+
+def warp_correlation_torch(
+    f1: torch.Tensor, f2: torch.Tensor, flow: torch.Tensor, max_displacement: int = 4
+) -> torch.Tensor:
+    """Reference for the fused variant: f2 backward-warped by flow (bilinear, zeros, align_corners=True)."""
+    from flowcli.ops.warp import backward_warp
+
+    return correlation_torch(f1, backward_warp(f2, flow), max_displacement)
+
+
+def warp_correlation(f1: torch.Tensor, f2: torch.Tensor, flow: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
+    """`correlation(f1, backward_warp(f2, flow), max_displacement)`, fused into one kernel on the triton backend."""
+    if f1.shape != f2.shape:
+        raise ValueError(f"correlation needs equal shapes, got {tuple(f1.shape)} and {tuple(f2.shape)}")
+    b, _, h, w = f1.shape
+    if flow.shape != (b, 2, h, w):
+        raise ValueError(f"flow must be [{b}, 2, {h}, {w}], got {tuple(flow.shape)}")
+    if _backend_for(f1) == "triton":
+        from flowcli.ops.correlation_triton import warp_correlation_triton
+
+        return warp_correlation_triton(f1, f2, flow, max_displacement)
+    return warp_correlation_torch(f1, f2, flow, max_displacement)

@@ -1,0 +1,589 @@
+"""`flowcli estimate`: optical flow for image pairs, frame folders, globs and videos, written as files.
+
+The command validates everything it can before loading the model (inputs exist and decode, frames agree
+in size, outputs can be written and do not exist yet), then streams the pairs through `estimate_flow`
+in batches and writes each pair's outputs with `flowcli.outputs.write_pair_outputs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flowcli.errors import FlowcliError, InputError, OutputError
+from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
+
+DEFAULT_OUTPUT = Path("flowcli_out")
+DEFAULT_MAX_PIXELS = 8_000_000
+DEFAULT_FPS = 10.0
+_GLOB_CHARS = "*?["
+
+_HELP_PARAGRAPHS = [
+    "Estimate optical flow between consecutive frames and write it as files.",
+    "INPUTS are image pairs, folders of frames, quoted glob patterns or video files, several of them in one call. "
+    "Image files given in a row form one input: two of them are a pair, three or more a sequence in the order given "
+    "(a shell-expanded glob; quote the glob, e.g. 'frames/*.png', to get natural order instead: frame_2 before "
+    "frame_10). A folder or glob is a sequence of its images in natural order, a video (mp4, avi, mov, mkv, webm) a "
+    "sequence of its frames, decoded as a stream. Sequences give consecutive pairs, every --step frames, at most "
+    "--max-frames frames. All frames of an input must have the same size.",
+    "Outputs (choose with flags or --formats; default --flo --vis): flo, kitti, npy, npz (forward, backward, "
+    "occlusion arrays), vis (colour PNG), video (colour mp4 per sequence, named SOURCE_vis.mp4, at the source fps "
+    "divided by --step, or --fps), occlusion (mask PNG, 255 = occluded, from forward-backward consistency; models "
+    "with a learned occlusion mask also write occ_learned), warp (frame 2 warped onto frame 1). --backward adds the "
+    "backward flow (2 -> 1) twin of flo, kitti, npy, vis and occlusion.",
+    f"File names come from --name (default '{DEFAULT_NAME}') with placeholders {{source}} (video file stem, folder "
+    "name, or first image's stem), {frame1} {frame2} (image stems, or frame_NNNNNN for video frames), {index} (pair "
+    "number in its input; format specs work: {index:06d}), {stem} ({frame1} for images, {source}_{frame1} for "
+    "video frames), {kind} (flow, flow_bw, vis, vis_bw, occ, occ_bw, occ_learned, warp) and {ext}; '_{kind}' and "
+    "'.{ext}' are appended when missing. Subfolders work: --name '{source}/{index:06d}'. Existing files are never "
+    "replaced without --overwrite (all planned names are checked before any work); every file is written to a temp "
+    "file and renamed when complete.",
+    "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, frame1, frame2, inputs "
+    "(paths; video frames as VIDEO#N), width, height, outputs (output name -> path), flow_mean, flow_max (px), "
+    "occluded_fraction (null unless occlusion was computed), ms (inference time per pair), tiles, model, weights, "
+    "sha256. Each video written adds a line with type \"video\", source, outputs ({\"video\": path}), frames, fps.",
+    "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",
+    "Examples:",
+    "  flowcli estimate a.png b.png",
+    "  flowcli estimate frames/ --vis --video --fps 24 -o out/",
+    "  flowcli estimate clip.mp4 --max-frames 100 --step 2 --formats flo,occlusion --json > flow.jsonl",
+    "  flowcli estimate 'shots/*/*.png' clip.mp4 --all --name '{source}/{index:06d}' --overwrite",
+    "  flowcli estimate a.png b.png --weights hf://OWNER/REPO/model.safetensors --device cuda --precision bf16",
+]
+HELP = "\n\n".join(_HELP_PARAGRAPHS)
+
+_INPUT = "Inputs"
+_OUTPUT = "Outputs"
+_MODEL = "Model"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("estimate", help=HELP, no_args_is_help=True)(estimate)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Source:
+    label: str  # the argument(s) as given, for messages and JSON
+    name: str  # the {source} placeholder
+    frames: list[Path] | None = None  # image frames in use, for image inputs
+    video: Path | None = None
+    fps: float | None = None  # of the visualisation video
+    pairs: int | None = None  # None: unknown before decoding
+    sequence: bool = True  # False for an explicit image pair: no visualisation video
+
+
+@dataclass
+class _Pair:
+    image1: object  # torch.Tensor [3, H, W]
+    image2: object
+    frame1: str
+    frame2: str
+    inputs: tuple[str, str]
+    index: int
+
+
+def _is_glob(text: str) -> bool:
+    return any(char in text for char in _GLOB_CHARS)
+
+
+def _is_image_file(path: Path) -> bool:
+    from flowcli.io.media import IMAGE_SUFFIXES
+
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _glob_folder_name(pattern: str) -> str:
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if _is_glob(p)), len(parts))]]
+    return Path(*fixed).name if fixed else Path.cwd().name
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
+        raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
+
+
+def _check_frame_sizes(frames: list[Path]) -> None:
+    """Every frame's header is read (cheap): unreadable files and size mismatches fail before any work."""
+    first, first_size = frames[0], _image_size(frames[0])
+    for path in frames[1:]:
+        size = _image_size(path)
+        if size != first_size:
+            raise InputError(
+                f"frames differ in size: {first} is {first_size[0]}x{first_size[1]}, {path} is {size[0]}x{size[1]}; "
+                "resize them to match"
+            )
+
+
+def _too_few(label: str, count: int, step: int) -> InputError:
+    after = f" after --step {step}" if step > 1 else ""
+    return InputError(f"{label} has {count} frame(s) to use{after}; optical flow needs at least 2")
+
+
+def _image_sequence(label: str, name: str, frames: list[Path], step: int, max_frames: int | None) -> _Source:
+    used = frames[::step][:max_frames]
+    if len(used) < 2:
+        raise _too_few(label, len(used), step)
+    _check_frame_sizes(used)
+    return _Source(label=label, name=name, frames=used, pairs=len(used) - 1)
+
+
+def _video_source(path: Path, step: int, max_frames: int | None) -> _Source:
+    """Open the video and decode its first step+1 frames, so a broken or 1-frame video fails up front."""
+    from flowcli.io.media import VideoReader
+
+    reader = VideoReader(path)
+    count = 0
+    try:
+        frames = iter(reader)
+        try:
+            for _ in frames:
+                count += 1
+                if count > step:
+                    break
+        finally:
+            frames.close()
+    finally:
+        reader.close()
+    if count <= step:
+        if count == 1:
+            raise InputError(f"{path} has only 1 frame; optical flow needs at least 2")
+        raise InputError(f"{path} has {count} frames, fewer than --step {step} + 1; lower --step")
+    pairs = None
+    if reader.num_frames:
+        used = math.ceil(reader.num_frames / step)
+        pairs = max(1, (min(used, max_frames) if max_frames else used) - 1)
+    fps = reader.fps / step if reader.fps else None
+    return _Source(label=str(path), name=path.stem, video=path, fps=fps, pairs=pairs)
+
+
+def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = None) -> list[_Source]:
+    """Group INPUTS into sources (see the command help) and validate them, without decoding images."""
+    from flowcli.io.media import is_video, list_frames
+
+    for arg in inputs:
+        if not Path(arg).exists() and not _is_glob(arg):
+            raise InputError(f"{arg} does not exist; check the path")
+    sources: list[_Source] = []
+    i = 0
+    while i < len(inputs):
+        arg, path = inputs[i], Path(inputs[i])
+        if _is_image_file(path):
+            j = i
+            while j < len(inputs) and _is_image_file(Path(inputs[j])):
+                j += 1
+            run = [Path(a) for a in inputs[i:j]]
+            if len(run) == 1:
+                raise InputError(
+                    f"{arg} is a single image; give two images for a pair, or a folder, a glob or a video"
+                )
+            if len(run) == 2:  # an explicit pair: --step and --max-frames do not apply
+                _check_frame_sizes(run)
+                sources.append(_Source(label=f"{run[0]} {run[1]}", name=run[0].stem, frames=run, pairs=1,
+                                       sequence=False))
+            else:
+                sources.append(_image_sequence(" ".join(inputs[i:j]), run[0].stem, run, step, max_frames))
+            i = j
+            continue
+        if path.is_file() and is_video(path):
+            sources.append(_video_source(path, step, max_frames))
+        elif path.is_dir():
+            sources.append(_image_sequence(arg, path.resolve().name, list_frames(path), step, max_frames))
+        elif path.is_file():
+            raise InputError(
+                f"{arg} is neither an image nor a video (mp4, avi, mov, mkv, webm); give images, a folder, a glob "
+                "or a video"
+            )
+        else:  # a glob pattern the shell did not expand
+            sources.append(_image_sequence(arg, _glob_folder_name(arg), list_frames(arg), step, max_frames))
+        i += 1
+    return sources
+
+
+def _image_pairs(source: _Source) -> Iterator[_Pair]:
+    from flowcli.io.media import read_image
+
+    frames = source.frames
+    previous = read_image(frames[0])
+    for index, path in enumerate(frames[1:]):
+        image = read_image(path)
+        if image.shape != previous.shape:  # headers were checked; this catches files changed since
+            raise InputError(f"frames differ in size: {frames[index]} and {path}; resize them to match")
+        yield _Pair(previous, image, frames[index].stem, path.stem, (str(frames[index]), str(path)), index)
+        previous = image
+
+
+def _video_pairs(source: _Source, step: int, max_frames: int | None) -> Iterator[_Pair]:
+    from flowcli.io.media import frame_pairs
+
+    for pair in frame_pairs(source.video, step=step, max_frames=max_frames):
+        numbers = (pair.name1.rsplit("_", 1)[-1], pair.name2.rsplit("_", 1)[-1])
+        inputs = (f"{source.video}#{int(numbers[0])}", f"{source.video}#{int(numbers[1])}")
+        yield _Pair(pair.image1, pair.image2, pair.name1, pair.name2, inputs, pair.index)
+
+
+def _pairs(source: _Source, step: int, max_frames: int | None) -> Iterator[_Pair]:
+    return _image_pairs(source) if source.video is None else _video_pairs(source, step, max_frames)
+
+
+def _names(source: _Source, frame1: str, frame2: str, index: int):
+    from flowcli.outputs import PairNames
+
+    stem = f"{source.name}_{frame1}" if source.video is not None else frame1
+    return PairNames(source=source.name, frame1=frame1, frame2=frame2, index=index, stem=stem)
+
+
+def _known_names(source: _Source, step: int) -> list:
+    """Names of every pair known before decoding: all pairs of image inputs, the first pair of a video."""
+    if source.video is not None:
+        return [_names(source, "frame_000000", f"frame_{step:06d}", 0)]
+    frames = source.frames
+    return [_names(source, a.stem, b.stem, i) for i, (a, b) in enumerate(zip(frames, frames[1:]))]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _check_output_folder(directory: Path) -> None:
+    """The output folder, or the nearest existing folder above it, must be a writable folder."""
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create output folder {directory}: {existing} is not a folder; choose another with -o")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+
+
+class _Claims:
+    """Output paths of this run: collisions between outputs, outputs over inputs, existing files."""
+
+    def __init__(self, inputs: set[Path], overwrite: bool):
+        self.inputs = inputs
+        self.overwrite = overwrite
+        self.owners: dict[Path, str] = {}
+
+    def check(self, path: Path, owner: str, claim: bool = True) -> None:
+        key = path.resolve()
+        if key in self.inputs:
+            raise OutputError(f"output {path} would replace an input file; choose another output folder with -o")
+        if key in self.owners and self.owners[key] != owner:
+            raise OutputError(
+                f"{self.owners[key]} and {owner} would both write {path}; add {{source}} or {{index}} to --name"
+            )
+        if path.exists() and not self.overwrite:
+            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output with -o")
+        if claim:
+            self.owners[key] = owner
+
+
+def _plan(sources: list[_Source], options, claims: _Claims, step: int, video: bool) -> None:
+    from flowcli.outputs import output_paths, video_path
+
+    for source in sources:
+        for names in _known_names(source, step):
+            owner = f"{source.label} pair {names.frame1}-{names.frame2}"
+            for path in output_paths(options, names).values():
+                claims.check(path, owner)
+        if video and source.sequence:
+            claims.check(video_path(options, source.name), f"{source.label} video")
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _parse_outputs(formats: Optional[str], flags: dict[str, bool], all_: bool) -> tuple[frozenset[str], bool]:
+    from flowcli.outputs import parse_formats
+
+    chosen = set(parse_formats(formats)) | {name for name, on in flags.items() if on}
+    if all_:
+        chosen = set(FORMATS)
+    return frozenset(chosen or DEFAULT_FORMATS), all_ or (formats is not None and "all" in formats.lower().split(","))
+
+
+def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> None:
+    if step < 1:
+        raise InputError(f"--step must be at least 1, got {step}")
+    if max_frames is not None and max_frames < 2:
+        raise InputError(f"--max-frames must be at least 2 to form a pair, got {max_frames}")
+    if batch_size < 1:
+        raise FlowcliError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_pixels < 0:
+        raise FlowcliError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
+    if fps is not None and not fps > 0:
+        raise OutputError(f"--fps must be positive, got {fps}")
+    if max_flow is not None and not max_flow > 0:
+        raise OutputError(f"--max-flow must be positive, got {max_flow}")
+
+
+def _batches(pairs: Iterator[_Pair], size: int) -> Iterator[list[_Pair]]:
+    batch: list[_Pair] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def estimate(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Two images, a folder or quoted glob of frames, or a video; several allowed.",
+                       show_default=False, metavar="INPUTS"),
+    ],
+    step: Annotated[
+        int, typer.Option("--step", help="Frame gap within sequences: pairs (0, N), (N, 2N)...", rich_help_panel=_INPUT)
+    ] = 1,
+    max_frames: Annotated[
+        Optional[int],
+        typer.Option("--max-frames", help="Use at most this many frames of each sequence (after --step).",
+                     rich_help_panel=_INPUT, show_default=False),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder (created when needed).", rich_help_panel=_OUTPUT)
+    ] = DEFAULT_OUTPUT,
+    name: Annotated[
+        str, typer.Option("--name", help="File name template, see above.", rich_help_panel=_OUTPUT)
+    ] = DEFAULT_NAME,
+    formats: Annotated[
+        Optional[str],
+        typer.Option("-f", "--formats", help=f"Comma-separated outputs: {','.join(FORMATS)} or all.",
+                     rich_help_panel=_OUTPUT, show_default=False),
+    ] = None,
+    flo: Annotated[bool, typer.Option("--flo", help=FORMATS["flo"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    kitti: Annotated[bool, typer.Option("--kitti", help=FORMATS["kitti"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    npy: Annotated[bool, typer.Option("--npy", help=FORMATS["npy"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    npz: Annotated[bool, typer.Option("--npz", help=FORMATS["npz"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    vis: Annotated[bool, typer.Option("--vis", help=FORMATS["vis"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    video: Annotated[
+        bool, typer.Option("--video", help=FORMATS["video"].capitalize() + " (not for image pairs).", rich_help_panel=_OUTPUT)
+    ] = False,
+    occlusion: Annotated[
+        bool, typer.Option("--occlusion", help=FORMATS["occlusion"].capitalize() + ".", rich_help_panel=_OUTPUT)
+    ] = False,
+    warp: Annotated[bool, typer.Option("--warp", help=FORMATS["warp"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    backward: Annotated[
+        bool,
+        typer.Option("--backward", help="Also write backward-flow twins of flo/kitti/npy/vis/occlusion.",
+                     rich_help_panel=_OUTPUT),
+    ] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every output format, with --backward.", rich_help_panel=_OUTPUT)
+    ] = False,
+    max_flow: Annotated[
+        Optional[float],
+        typer.Option("--max-flow", help="Flow magnitude (px) of full colour in vis/video; default: per-frame maximum. "
+                     "Set it for colours that compare across frames.", rich_help_panel=_OUTPUT, show_default=False),
+    ] = None,
+    fps: Annotated[
+        Optional[float],
+        typer.Option("--fps", help=f"Frame rate of --video; default: the source video's (divided by --step), "
+                     f"{DEFAULT_FPS:g} for images.", rich_help_panel=_OUTPUT, show_default=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing output files.", rich_help_panel=_OUTPUT)
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON line per pair on stdout (keys above).", rich_help_panel=_OUTPUT)
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="No progress bar or info on stderr (warnings and errors stay).",
+                           rich_help_panel=_OUTPUT)
+    ] = False,
+    weights: Annotated[
+        Optional[str],
+        typer.Option("--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
+                     "https:// URL. Default: the registry default model.", rich_help_panel=_MODEL,
+                     show_default=False),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)
+    ] = "auto",
+    precision: Annotated[
+        Optional[str],
+        typer.Option("--precision", help="fp32, fp16 or bf16; default fp16 on CUDA, fp32 elsewhere.",
+                     rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Pairs per forward pass (sequences).", rich_help_panel=_MODEL)
+    ] = 1,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Larger frames run in overlapping tiles; 0 = never tile.",
+                          rich_help_panel=_MODEL)
+    ] = DEFAULT_MAX_PIXELS,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=_MODEL)
+    ] = False,
+) -> None:
+    stdout = sys.stdout  # the progress display may redirect sys.stdout to the console while it runs
+
+    from flowcli.console import progress, stderr, warn
+    from flowcli.inference import PRECISIONS, resolve_device
+    from flowcli.outputs import OutputOptions
+
+    # ---- options, before anything is read
+    flags = {"flo": flo, "kitti": kitti, "npy": npy, "npz": npz, "vis": vis, "video": video,
+             "occlusion": occlusion, "warp": warp}
+    chosen, everything = _parse_outputs(formats, flags, all_)
+    backward = backward or everything
+    _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
+    torch_device = resolve_device(device)
+    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
+                            max_flow=max_flow, overwrite=overwrite)
+    want_video = "video" in chosen
+
+    # ---- inputs and outputs, before the model
+    sources = collect_sources(inputs, step, max_frames)
+    if want_video and not everything and not any(s.sequence for s in sources):
+        warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
+    _check_output_folder(output)
+    input_files = {p.resolve() for s in sources for p in (s.frames or [s.video])}
+    _plan(sources, options, _Claims(input_files, overwrite), step, want_video)
+
+    # ---- model
+    model, spec, weights_path, sha256 = _load_model(weights, torch_device, offline, quiet)
+    if getattr(model.config, "matching", None) == "maskflownet" and "occlusion" in chosen:
+        options = dataclasses.replace(options, learned_occlusion=True)
+        _plan(sources, options, _Claims(input_files, overwrite), step, want_video)
+    if not quiet:
+        stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
+
+    # ---- run
+    claims = _Claims(input_files, overwrite)
+    run = _Run(model=model, options=options, precision=precision, max_pixels=max_pixels or None,
+               batch_size=batch_size, step=step, max_frames=max_frames, want_video=want_video, fps=fps,
+               claims=claims, json_out=stdout if json_output else None,
+               model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
+    known = [s.pairs for s in sources]
+    total = sum(known) if all(n is not None for n in known) else None
+    with progress(quiet) as bar:
+        task = bar.add_task("estimate", total=total, info="")
+        for source in sources:
+            run.source(source, lambda info: bar.update(task, advance=1, info=info))
+    if not quiet:
+        stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
+
+
+def _load_model(weights: str | None, device, offline: bool, quiet: bool):
+    from flowcli.checkpoint import load_checkpoint
+    from flowcli.models import DEFAULT_MODEL
+    from flowcli.registry import resolve, sha256_file
+
+    spec = weights or DEFAULT_MODEL
+    path = resolve(spec, offline=offline, quiet=quiet)
+    model = load_checkpoint(path, device=device)
+    return model, spec, path, sha256_file(path)
+
+
+@dataclass
+class _Run:
+    model: object
+    options: object
+    precision: str
+    max_pixels: int | None
+    batch_size: int
+    step: int
+    max_frames: int | None
+    want_video: bool
+    fps: float | None
+    claims: _Claims
+    json_out: object | None
+    model_info: dict
+    done: int = 0
+
+    def _emit(self, record: dict) -> None:
+        if self.json_out is not None:
+            self.json_out.write(json.dumps(record) + "\n")
+            self.json_out.flush()
+
+    def source(self, source: _Source, advance) -> None:
+        from flowcli.io.media import VideoWriter
+        from flowcli.outputs import video_path
+
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if self.want_video and source.sequence:
+                fps = self.fps or source.fps or DEFAULT_FPS
+                path = video_path(self.options, source.name)
+                self.claims.check(path, f"{source.label} video")
+                writer = stack.enter_context(VideoWriter(path, fps=fps, overwrite=self.options.overwrite))
+            for batch in _batches(_pairs(source, self.step, self.max_frames), self.batch_size):
+                self._batch(source, batch, writer, advance)
+        if writer is not None:
+            self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
+                        "frames": writer.frames_written, "fps": writer.fps})
+
+    def _batch(self, source: _Source, batch: list[_Pair], writer, advance) -> None:
+        import torch
+
+        from flowcli.inference import estimate_flow
+        from flowcli.outputs import flow_stats, output_paths, pair_result, visualize, write_pair_outputs
+
+        options = self.options
+        planned = []
+        for pair in batch:  # every output of the batch is checked before any model work on it
+            paths = output_paths(options, _names(source, pair.frame1, pair.frame2, pair.index))
+            owner = f"{source.label} pair {pair.frame1}-{pair.frame2}"
+            for path in paths.values():
+                self.claims.check(path, owner)
+            planned.append(paths)
+        start = time.perf_counter()
+        result = estimate_flow(
+            self.model,
+            torch.stack([p.image1 for p in batch]),
+            torch.stack([p.image2 for p in batch]),
+            backward=options.needs_backward,
+            occlusion=options.needs_occlusion,
+            max_pixels=self.max_pixels,
+            precision=self.precision,
+        )
+        if result.forward.is_cuda:
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) * 1000 / len(batch)
+        for i, (pair, paths) in enumerate(zip(batch, planned)):
+            single = pair_result(result, i)
+            colours = visualize(single, options.max_flow) if writer is not None or "vis" in paths else None
+            written = write_pair_outputs(single, pair.image1, pair.image2, paths, max_flow=options.max_flow,
+                                         overwrite=options.overwrite, vis=colours)
+            if writer is not None:
+                writer.write(colours)
+            self.done += 1
+            height, width = pair.image1.shape[-2:]
+            self._emit({
+                "type": "pair", "source": source.label, "index": pair.index,
+                "frame1": pair.frame1, "frame2": pair.frame2, "inputs": list(pair.inputs),
+                "width": int(width), "height": int(height),
+                "outputs": {key: str(path) for key, path in written.items()},
+                **{k: (None if v is None else round(v, 4)) for k, v in flow_stats(single).items()},
+                "ms": round(ms, 2), "tiles": result.tiles, **self.model_info,
+            })
+            advance(f"{source.name} {pair.frame1}")

@@ -1,0 +1,160 @@
+"""`flowcli eval`: score a model on a benchmark in its standard layout."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flowcli.errors import InputError
+
+CHOICES = (
+    "sintel-clean",
+    "sintel-final",
+    "sintel",
+    "kitti2015",
+    "kitti2012",
+    "chairs",
+    "middlebury",
+    "middlebury-stereo",
+    "kitti-stereo",
+)
+
+FLOW_COLUMNS = [
+    ("epe", "EPE", "{:.3f}"),
+    ("epe_noc", "EPE noc", "{:.3f}"),
+    ("epe_occ", "EPE occ", "{:.3f}"),
+    ("fl_all", "Fl-all %", "{:.2f}"),
+    ("acc_1px", "<1px %", "{:.1f}"),
+    ("acc_3px", "<3px %", "{:.1f}"),
+    ("acc_5px", "<5px %", "{:.1f}"),
+    ("occ_f1", "occ F1", "{:.3f}"),
+    ("seconds", "s/pair", "{:.2f}"),
+]
+STEREO_COLUMNS = [
+    ("epe", "EPE", "{:.3f}"),
+    ("bad_1", "bad-1 %", "{:.1f}"),
+    ("bad_2", "bad-2 %", "{:.1f}"),
+    ("bad_4", "bad-4 %", "{:.1f}"),
+    ("d1", "D1 %", "{:.2f}"),
+    ("vert_abs", "|v| px", "{:.2f}"),
+    ("vert_gt1", "|v|>1 %", "{:.1f}"),
+    ("seconds", "s/pair", "{:.2f}"),
+]
+
+
+def _format(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def _table(report, stereo: bool):
+    from rich import box
+    from rich.table import Table
+
+    columns = [c for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS) if any(c[0] in r for r in report.per_item)]
+    table = Table(title=f"{report.dataset} ({len(report.per_item)} items)", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("item", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    for _, label, _ in columns:
+        table.add_column(label, justify="right", no_wrap=True)
+    for row in report.per_item:
+        cells = [_format(row.get(key), fmt) for key, _, fmt in columns]
+        table.add_row(row["name"], f"{row['width']}x{row['height']}", *cells)
+    mean = report.mean
+    table.add_row("mean (items)", "", *[_format(mean.get(key), fmt) for key, _, fmt in columns], style="bold")
+    if any(f"{key}_px" in mean for key, *_ in columns):
+        cells = [_format(mean.get(f"{key}_px"), fmt) if f"{key}_px" in mean else "" for key, _, fmt in columns]
+        table.add_row("mean (pixels)", "", *cells, style="dim")
+    return table
+
+
+def _print_wide(table) -> None:
+    """Print on stderr; when stderr is not a terminal (logs, CI) use the table's natural width
+    instead of squashing the numbers into 80 columns."""
+    from rich.measure import Measurement
+
+    from flowcli.console import stderr
+
+    if stderr.is_terminal:
+        stderr.print(table)
+        return
+    needed = Measurement.get(stderr, stderr.options.update(width=1000), table).maximum
+    saved = stderr.width
+    try:
+        stderr.width = max(saved, needed)
+        stderr.print(table)
+    finally:
+        stderr.width = saved
+
+
+def eval_command(
+    dataset: str = typer.Option(
+        ...,
+        "--dataset",
+        "-d",
+        help="Benchmark: " + ", ".join(CHOICES) + " ('sintel' runs the clean and final passes).",
+        show_default=False,
+    ),
+    root: Path = typer.Option(
+        ...,
+        "--root",
+        "-r",
+        help="The dataset folder in its standard layout, e.g. --root ../shared/data/flow/sintel "
+        "(holding training/clean, training/flow...) or --root ~/datasets/KITTI2015.",
+        show_default=False,
+    ),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w", help="Registry name, hf:// spec, URL or checkpoint path (default: the default model)."
+    ),
+    max_items: Optional[int] = typer.Option(None, "--max-items", "-n", min=1, help="Evaluate only the first N items."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    occlusion: bool = typer.Option(
+        True, "--occlusion/--no-occlusion", help="Also score forward-backward occlusion where GT occlusion exists."
+    ),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights; use the cache only."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every result on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table on stderr."),
+):
+    """Score a model on a benchmark: EPE, Fl-all and accuracy for flow; EPE, bad-N and D1 for stereo.
+
+    Prints a table per item and the mean over items on stderr (plus pixel-weighted EPE / Fl-all /
+    D1, KITTI's convention); --json prints every number as one JSON object on stdout.
+
+    Example: flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3
+    """
+    from flowcli.console import stderr
+    from flowcli.data import STEREO_DATASETS
+    from flowcli.evaluate import evaluate
+    from flowcli.models import load_model
+
+    name = dataset.lower().strip()
+    if name not in CHOICES:
+        raise InputError(f"unknown dataset '{dataset}'; choose one of {', '.join(CHOICES)}")
+    names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
+    if not root.is_dir():
+        raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
+    model = load_model(weights, device=device, offline=offline)
+    reports = []
+    for each in names:
+        report = evaluate(model, each, root, max_items=max_items, occlusion=occlusion, device=device, progress=not quiet)
+        reports.append(report)
+        if not quiet:
+            table = _table(report, each in STEREO_DATASETS)
+            _print_wide(table)
+    if as_json:
+        payload = {
+            "weights": weights or getattr(model, "checkpoint_path", None),
+            "model": getattr(model, "checkpoint_path", None),
+            "device": device,
+            "results": {r.dataset: {k: v for k, v in r.to_dict().items() if k not in ("dataset", "model")} for r in reports},
+        }
+        typer.echo(json.dumps(payload, allow_nan=False))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,64 @@
+"""`flowcli train`: supervised training on synthetic scenes, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from flowcli.console import stderr
+
+
+def train(
+    config: Path = typer.Option(None, "--config", "-c", help="JSON recipe (see recipes/); flags override it."),
+    out: str = typer.Option(None, "--out", "-o", help="Run folder: state.pt (resume), last.safetensors, config.json."),
+    steps: int = typer.Option(None, help="Total optimiser steps (the one-cycle schedule spans them)."),
+    batch_size: int = typer.Option(None, help="Pairs per step."),
+    lr: float = typer.Option(None, help="Peak learning rate of the one-cycle schedule (AdamW)."),
+    size: str = typer.Option(None, help="Training crop HEIGHTxWIDTH, e.g. 256x320 (multiples of 64)."),
+    seed: int = typer.Option(None, help="Seed for the model init and the data stream (runs are deterministic)."),
+    textures: list[str] = typer.Option(None, "--textures", help="Folder or video of real images to texture scenes."),
+    stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
+    init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),
+    checkpoint_every: int = typer.Option(None, help="Save the resumable state every N steps."),
+    stop_after: int = typer.Option(None, help="Stop after this step (the schedule still assumes --steps)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo).
+
+    Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for
+    bit. The weights are in OUT/last.safetensors, usable anywhere with --weights.
+
+    Example: flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
+    """
+    from flowcli.errors import FlowcliError
+    from flowcli.train.trainer import TrainConfig
+    from flowcli.train.trainer import train as run_training
+
+    height = width = None
+    if size is not None:
+        try:
+            height, width = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise FlowcliError(f"--size {size!r} is not HEIGHTxWIDTH, e.g. 256x320") from None
+        if height % 64 or width % 64:
+            raise FlowcliError(f"--size {size}: height and width must be multiples of 64")
+    overrides = dict(
+        out_dir=out, steps=steps, batch_size=batch_size, lr=lr, height=height, width=width, seed=seed,
+        textures=list(textures) if textures else None, stereo_fraction=stereo_fraction,
+        init_weights=init_weights, checkpoint_every=checkpoint_every,
+    )
+    if config is not None:
+        if not config.is_file():
+            raise FlowcliError(f"config file {config} does not exist")
+        cfg = TrainConfig.from_file(config, **overrides)
+    else:
+        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if cfg.steps <= 0:
+        raise FlowcliError("--steps must be positive")
+    summary = run_training(cfg, quiet=quiet, stop_after=stop_after)
+    stderr.print(f"done: {summary['steps']} steps, weights in {summary['checkpoint']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,282 @@
+"""`flowcli weights`: list, inspect, pre-fetch and verify pretrained checkpoints.
+
+Results (tables, JSON, paths) go to stdout; progress and messages to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flowcli import registry
+from flowcli.errors import WeightsError
+
+weights_app = typer.Typer(
+    help=(
+        "Pretrained checkpoints: the registry of named models, the download cache and checksums.\n\n"
+        "A model NAME from `flowcli weights list` works wherever flowcli takes a model; its files are "
+        "downloaded on first use and checked against the registry's sha256. Files from the Hugging Face "
+        "Hub (hf:// sources) live in the Hugging Face cache (HF_HOME); other downloads in $FLOWCLI_CACHE "
+        "(default ~/.cache/flowcli).\n\n"
+        "To work without network: run `flowcli weights download NAME` (or `--all`) once while online, then "
+        "set FLOWCLI_OFFLINE=1 (or HF_HUB_OFFLINE=1). FLOWCLI_REGISTRY=path/to/registry.json swaps in "
+        "another registry file of the same format."
+    ),
+    no_args_is_help=True,
+)
+
+_STATUS_STYLE = {
+    registry.OK: "green",
+    registry.UNVERIFIED: "yellow",
+    registry.NOT_DOWNLOADED: "dim",
+    registry.MISSING: "red",
+    registry.CORRUPT: "red",
+}
+_FAILED = (registry.MISSING, registry.CORRUPT)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table (for scripts).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(weights_app, name="weights")
+
+
+def _stdout() -> Console:
+    return Console()
+
+
+def _echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _human_size(num_bytes: int) -> str:
+    if not num_bytes:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1000 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _summary(mapping: dict | None, limit: int | None = None) -> str:
+    items = list(_flatten(mapping or {}).items())
+    text = ", ".join(f"{k}={'?' if v is None else v}" for k, v in items[:limit])
+    if limit is not None and len(items) > limit:
+        text += f", +{len(items) - limit} more"
+    return text or "-"
+
+
+def _short_sha(record: dict) -> str:
+    sha = record.get("sha256", registry.UNKNOWN_SHA256)
+    return sha if sha == registry.UNKNOWN_SHA256 else sha[:12]
+
+
+def _total_size(entry: dict) -> int:
+    sizes = [record.get("size") or 0 for record in entry["files"]]
+    return 0 if 0 in sizes else sum(sizes)
+
+
+@weights_app.command(
+    "list",
+    help=(
+        "List the models in the registry: task, size, where the files come from, checksum and key metrics.\n\n"
+        "Any NAME shown works as `flowcli estimate --model NAME`. sha256 \"TBD\" means the entry has no "
+        "recorded checksum yet, so its file cannot be verified.\n\n"
+        "Example: flowcli weights list --json | jq '.models[].name'"
+    ),
+)
+def list_command(json_output: JsonOption = False) -> None:
+    models = registry.load_registry()["models"]
+    if json_output:
+        out = []
+        for name, entry in models.items():
+            local = registry.local_copy(name)
+            out.append({"name": name, **entry, "local_path": str(local) if local else None})
+        _echo_json({"registry": str(registry.registry_path()), "models": out})
+        return
+    table = Table(title=f"flowcli weights ({registry.registry_path()})", title_justify="left")
+    for column in ("name", "task", "size", "source", "sha256", "metrics"):
+        table.add_column(column, overflow="fold")
+    for name, entry in models.items():
+        primary = entry["files"][0]
+        source = primary["source"] + (f" (+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else "")
+        table.add_row(
+            name,
+            entry.get("task", "?"),
+            _human_size(_total_size(entry)),
+            source,
+            _short_sha(primary),
+            _summary(entry.get("metrics"), limit=3),
+        )
+    _stdout().print(table)
+
+
+@weights_app.command(
+    "info",
+    help=(
+        "Show everything known about a model: registry fields, its files and their local state, and the "
+        "metadata stored inside the checkpoint (architecture config, training provenance) when a local copy "
+        "exists.\n\n"
+        "Given a checkpoint file instead of a name, shows that file's metadata.\n\n"
+        "Example: flowcli weights info flowcli-pwc-synth"
+    ),
+)
+def info_command(
+    name: Annotated[str, typer.Argument(help="A registry name (see `flowcli weights list`) or a checkpoint file.")],
+    json_output: JsonOption = False,
+) -> None:
+    try:
+        entry = registry.model_entry(name)
+    except WeightsError:
+        if Path(name).is_file():
+            _show_file_metadata(Path(name), json_output)
+            return
+        raise
+    statuses = dict(registry.verify(name))
+    files = []
+    for record in entry["files"]:
+        local = registry.local_copy(name, record["path"])
+        files.append({**record, "status": statuses[record["path"]], "local_path": str(local) if local else None})
+    primary = files[0]["local_path"]
+    checkpoint = _checkpoint_metadata(Path(primary)) if primary else None
+    if json_output:
+        _echo_json({"name": name, **entry, "files": files, "checkpoint": checkpoint})
+        return
+
+    console = _stdout()
+    console.print(f"[bold]{name}[/]  ({entry.get('task', '?')})", highlight=False)
+    if entry.get("description"):
+        console.print(entry["description"], highlight=False)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("license", str(entry.get("license", "?")))
+    table.add_row("architecture", _summary(entry.get("architecture")))
+    table.add_row("training", _summary(entry.get("training")))
+    table.add_row("metrics", _summary(entry.get("metrics")) if entry.get("metrics") else "none recorded")
+    for record in files:
+        style = _STATUS_STYLE.get(record["status"], "")
+        table.add_row(
+            f"file {record['path']}",
+            f"source {record['source']}\nsize {_human_size(record.get('size') or 0)}, "
+            f"sha256 {record.get('sha256', registry.UNKNOWN_SHA256)}\n"
+            f"[{style}]{record['status']}[/], local copy: {record['local_path'] or 'none'}",
+        )
+    if checkpoint is None:
+        table.add_row("checkpoint", f"no local copy; `flowcli weights download {name}` fetches it")
+    else:
+        _add_checkpoint_rows(table, checkpoint)
+    console.print(table)
+
+
+def _checkpoint_metadata(path: Path) -> dict:
+    from flowcli.checkpoint import read_metadata
+
+    try:
+        return read_metadata(path)
+    except WeightsError as error:
+        return {"error": str(error)}
+
+
+def _add_checkpoint_rows(table: Table, metadata: dict) -> None:
+    if "error" in metadata:
+        table.add_row("checkpoint", f"[red]{metadata['error']}[/]")
+        return
+    table.add_row("checkpoint", f"flowcli format {metadata.get('flowcli.format')}, model {metadata.get('flowcli.model')}")
+    table.add_row("config", _summary(metadata.get("flowcli.config")))
+    table.add_row("provenance", _summary(metadata.get("flowcli.provenance")))
+
+
+def _show_file_metadata(path: Path, json_output: bool) -> None:
+    metadata = _checkpoint_metadata(path)
+    if "error" in metadata:
+        raise WeightsError(metadata["error"])
+    if json_output:
+        _echo_json({"path": str(path), "sha256": registry.sha256_file(path), "checkpoint": metadata})
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("file", str(path))
+    table.add_row("sha256", registry.sha256_file(path))
+    _add_checkpoint_rows(table, metadata)
+    _stdout().print(table)
+
+
+@weights_app.command(
+    "download",
+    help=(
+        "Fetch models into the cache now and verify their sha256, so later runs work offline.\n\n"
+        "Prints one `NAME<TAB>PATH` line per file. Files already cached and intact are not downloaded again; "
+        "a corrupt cached file is replaced.\n\n"
+        "Example: flowcli weights download --all && export FLOWCLI_OFFLINE=1"
+    ),
+)
+def download_command(
+    names: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Registry names, or hf://OWNER/REPO/FILE\\[@REV] / https:// sources.", metavar="NAME"),
+    ] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Fetch every model in the registry.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    if all_models:
+        names = registry.list_models()
+    elif not names:
+        raise typer.BadParameter("name at least one model (see `flowcli weights list`), or pass --all", param_hint="NAME")
+    models = registry.load_registry()["models"]
+    for name in names:
+        paths = registry.fetch_model(name, quiet=quiet) if name in models else [registry.resolve(name, quiet=quiet)]
+        for path in paths:
+            typer.echo(f"{name}\t{path}")
+
+
+@weights_app.command(
+    "verify",
+    help=(
+        "Check local copies against the registry's sha256 and size, without downloading anything.\n\n"
+        "Status per file: ok; unverified (no sha256 recorded yet); not downloaded; missing (a bundled file "
+        "absent from this installation); corrupt (wrong size or sha256; it is re-fetched on next use or by "
+        "`flowcli weights download NAME`). Exits with code 4 when a file is missing or corrupt."
+    ),
+)
+def verify_command(
+    name: Annotated[Optional[str], typer.Argument(help="One registry name; default: every model.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    names = [name] if name else registry.list_models()
+    rows = [(model, file, status) for model in names for file, status in registry.verify(model)]
+    if json_output:
+        _echo_json([{"name": model, "file": file, "status": status} for model, file, status in rows])
+    else:
+        table = Table()
+        for column in ("name", "file", "status"):
+            table.add_column(column)
+        for model, file, status in rows:
+            table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
+        _stdout().print(table)
+    failed = [f"{model}/{file} ({status})" for model, file, status in rows if status in _FAILED]
+    if failed:
+        raise WeightsError(
+            f"{len(failed)} file(s) failed verification: {', '.join(failed)}; "
+            "`flowcli weights download NAME` fetches them again"
+        )
+
+
+# `push` (publish a checkpoint and add its registry entry) will join these commands.

@@ -1,0 +1,512 @@
+"""Readers for the standard optical-flow and stereo benchmark layouts, and for unlabeled footage.
+
+Every labeled reader is a small indexable class; an item is a dict:
+  image1, image2  [3,H,W] float RGB in [0,1]
+  flow            [2,H,W] float pixels, 0 where unknown (stereo: (-disparity, 0))
+  valid           [1,H,W] bool, where the ground truth is known
+  occlusion       [1,H,W] float (1 = occluded) or None where the dataset has no occlusion GT
+  name            str, unique within the dataset ("alley_1/frame_0002", "000010_10", ...)
+Stereo readers add `disparity` [1,H,W] (left-image disparity in pixels, 0 where unknown).
+
+Paths are found once at construction; files are read on `__getitem__`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from flowcli.errors import InputError
+
+UNKNOWN_FLOW = 1e9  # .flo values at or above this magnitude mean "unknown" (Middlebury convention)
+
+
+def _root(root: str | Path, layout: str, dataset: str) -> Path:
+    if root is None or str(root) == "":
+        raise InputError(f"no root folder given for {dataset}; expected {layout}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise InputError(f"{dataset} root {path} is not a folder; expected {layout}")
+    return path
+
+
+def _empty(root: Path, layout: str, dataset: str) -> InputError:
+    return InputError(f"no {dataset} items found under {root}; expected {layout}")
+
+
+def _io():
+    # Imported lazily so `import flowcli.data` stays cheap and works before the io modules are needed.
+    from flowcli.io import flow_formats, media
+
+    return flow_formats, media
+
+
+def _image(path: Path) -> torch.Tensor:
+    _, media = _io()
+    return media.read_image(path)
+
+
+def _mask_png(path: Path) -> torch.Tensor:
+    """A single-channel 8-bit mask PNG as [1,H,W] bool (> 127 = set, e.g. Sintel's 255)."""
+    flow_formats, _ = _io()
+    array = np.asarray(flow_formats.read_png(path))
+    if array.ndim == 3:
+        array = array[..., 0]
+    threshold = 32767 if array.dtype == np.uint16 else 127
+    return torch.from_numpy(array > threshold)[None]
+
+
+def _flow_from_flo(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(.flo flow [2,H,W] with unknown set to 0, valid [1,H,W])."""
+    flow_formats, _ = _io()
+    array = np.asarray(flow_formats.read_flo(path), dtype=np.float32)
+    valid = np.isfinite(array).all(axis=-1) & (np.abs(array) < UNKNOWN_FLOW).all(axis=-1)
+    array = np.where(valid[..., None], array, 0.0).astype(np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), torch.from_numpy(valid)[None]
+
+
+def _flow_from_kitti(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    flow_formats, _ = _io()
+    array, valid = flow_formats.read_kitti_flow(path)
+    valid = np.asarray(valid).astype(bool)
+    if valid.ndim == 3:
+        valid = valid[..., 0]
+    array = np.where(valid[..., None], np.asarray(array, dtype=np.float32), 0.0).astype(np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), torch.from_numpy(valid)[None]
+
+
+def _check_size(item: dict, what: str) -> dict:
+    h, w = item["image1"].shape[-2:]
+    for key in ("image2", "flow", "valid", "occlusion", "disparity"):
+        value = item.get(key)
+        if value is not None and tuple(value.shape[-2:]) != (h, w):
+            raise InputError(f"{what}: {key} is {tuple(value.shape[-2:])}, image1 is {(h, w)}; the files do not belong together")
+    return item
+
+
+class FlowDataset:
+    """Base: a list of sample records and a `load(record)`."""
+
+    name = "dataset"
+    layout = ""
+
+    def __init__(self):
+        self.samples: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        record = self.samples[index]
+        return _check_size(self.load(record), f"{self.name} item {record['name']}")
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def image_paths(self, index: int) -> tuple[Path, Path]:
+        """The files of image1 and image2 (left and right for stereo), e.g. for tools that read them."""
+        record = self.samples[index]
+        if "left" in record:
+            return record["left"], record["right"]
+        return record["image1"], record["image2"]
+
+    def load(self, record: dict) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} items)"
+
+
+class FlyingChairs(FlowDataset):
+    """FlyingChairs: data/NNNNN_img1.ppm, NNNNN_img2.ppm, NNNNN_flow.flo (root = the folder holding
+    `data/`, or `data/` itself)."""
+
+    name = "chairs"
+    layout = "FlyingChairs layout: <root>/data/NNNNN_img1.ppm, NNNNN_img2.ppm, NNNNN_flow.flo"
+
+    def __init__(self, root: str | Path):
+        super().__init__()
+        self.root = _root(root, self.layout, self.name)
+        folder = self.root / "data" if (self.root / "data").is_dir() else self.root
+        for flo in sorted(folder.glob("*_flow.flo")):
+            stem = flo.name[: -len("_flow.flo")]
+            img1, img2 = folder / f"{stem}_img1.ppm", folder / f"{stem}_img2.ppm"
+            if img1.is_file() and img2.is_file():
+                self.samples.append({"name": stem, "image1": img1, "image2": img2, "flow": flo})
+        if not self.samples:
+            raise _empty(self.root, self.layout, self.name)
+
+    def load(self, record: dict) -> dict:
+        flow, valid = _flow_from_flo(record["flow"])
+        return {
+            "image1": _image(record["image1"]),
+            "image2": _image(record["image2"]),
+            "flow": flow,
+            "valid": valid,
+            "occlusion": None,
+            "name": record["name"],
+        }
+
+
+class Sintel(FlowDataset):
+    """MPI-Sintel: {clean,final}/<scene>/frame_NNNN.png, flow/<scene>/frame_NNNN.flo,
+    occlusions/<scene>/frame_NNNN.png (255 = occluded), invalid/<scene>/frame_NNNN.png (255 =
+    invalid). Root is the dataset folder (holding `training/`) or the split folder itself.
+    Only pairs with ground-truth flow are listed."""
+
+    layout = "MPI-Sintel layout: <root>/training/{clean,final}/<scene>/frame_NNNN.png and <root>/training/flow/<scene>/frame_NNNN.flo"
+
+    def __init__(self, root: str | Path, split: str = "training", dstype: str = "clean"):
+        super().__init__()
+        if dstype not in ("clean", "final"):
+            raise InputError(f"Sintel pass must be 'clean' or 'final', got {dstype!r}")
+        self.name = f"sintel-{dstype}"
+        self.dstype = dstype
+        self.root = _root(root, self.layout, self.name)
+        base = self.root / split if (self.root / split).is_dir() else self.root
+        self.base = base
+        for flo in sorted(base.glob("flow/*/frame_*.flo")):
+            scene = flo.parent.name
+            match = re.fullmatch(r"frame_(\d+)\.flo", flo.name)
+            if not match:
+                continue
+            index, digits = int(match.group(1)), len(match.group(1))
+            img1 = base / dstype / scene / f"frame_{index:0{digits}d}.png"
+            img2 = base / dstype / scene / f"frame_{index + 1:0{digits}d}.png"
+            if not (img1.is_file() and img2.is_file()):
+                continue
+            occ = base / "occlusions" / scene / f"{flo.stem}.png"
+            inv = base / "invalid" / scene / f"{flo.stem}.png"
+            self.samples.append(
+                {
+                    "name": f"{scene}/{flo.stem}",
+                    "image1": img1,
+                    "image2": img2,
+                    "flow": flo,
+                    "occlusion": occ if occ.is_file() else None,
+                    "invalid": inv if inv.is_file() else None,
+                }
+            )
+        if not self.samples:
+            raise _empty(self.root, self.layout, self.name)
+
+    def load(self, record: dict) -> dict:
+        flow, valid = _flow_from_flo(record["flow"])
+        if record["invalid"] is not None:
+            valid = valid & ~_mask_png(record["invalid"])
+            flow = flow * valid
+        occlusion = _mask_png(record["occlusion"]).float() if record["occlusion"] is not None else None
+        return {
+            "image1": _image(record["image1"]),
+            "image2": _image(record["image2"]),
+            "flow": flow,
+            "valid": valid,
+            "occlusion": occlusion,
+            "name": record["name"],
+        }
+
+
+class KITTI(FlowDataset):
+    """KITTI flow 2015 (image_2/NNNNNN_10.png, _11.png) or 2012 (colored_0/), ground truth in
+    flow_occ/ (all pixels, occ=True) or flow_noc/ (non-occluded only). 16-bit PNG, sparse.
+
+    With occ=True and both flow_occ and flow_noc present, `occlusion` marks the pixels valid in
+    flow_occ but not in flow_noc (KITTI's own occluded region), so epe_noc / epe_occ can be split.
+    """
+
+    def __init__(self, root: str | Path, year: int = 2015, split: str = "training", occ: bool = True):
+        super().__init__()
+        year = int(year)
+        if year not in (2012, 2015):
+            raise InputError(f"KITTI year must be 2012 or 2015, got {year}")
+        self.name = f"kitti{year}"
+        images = "image_2" if year == 2015 else "colored_0"
+        self.layout = f"KITTI {year} layout: <root>/{split}/{images}/NNNNNN_10.png, NNNNNN_11.png and <root>/{split}/flow_occ/NNNNNN_10.png"
+        self.root = _root(root, self.layout, self.name)
+        base = self.root / split if (self.root / split).is_dir() else self.root
+        gt_dir = base / ("flow_occ" if occ else "flow_noc")
+        for gt in sorted(gt_dir.glob("*_10.png")):
+            stem = gt.name[: -len("_10.png")]
+            img1, img2 = base / images / f"{stem}_10.png", base / images / f"{stem}_11.png"
+            if not (img1.is_file() and img2.is_file()):
+                continue
+            noc = base / "flow_noc" / gt.name
+            self.samples.append(
+                {
+                    "name": f"{stem}_10",
+                    "image1": img1,
+                    "image2": img2,
+                    "flow": gt,
+                    "noc": noc if occ and noc.is_file() else None,
+                }
+            )
+        if not self.samples:
+            raise _empty(self.root, self.layout, self.name)
+
+    def load(self, record: dict) -> dict:
+        flow, valid = _flow_from_kitti(record["flow"])
+        occlusion = None
+        if record["noc"] is not None:
+            _, valid_noc = _flow_from_kitti(record["noc"])
+            occlusion = (valid & ~valid_noc).float()
+        return {
+            "image1": _image(record["image1"]),
+            "image2": _image(record["image2"]),
+            "flow": flow,
+            "valid": valid,
+            "occlusion": occlusion,
+            "name": record["name"],
+        }
+
+
+class Middlebury(FlowDataset):
+    """Middlebury flow: other-data/<scene>/frame10.png, frame11.png and
+    other-gt-flow/<scene>/flow10.flo (values >= 1e9 = unknown -> invalid)."""
+
+    name = "middlebury"
+    layout = "Middlebury flow layout: <root>/other-data/<scene>/frame10.png, frame11.png and <root>/other-gt-flow/<scene>/flow10.flo"
+
+    def __init__(self, root: str | Path):
+        super().__init__()
+        self.root = _root(root, self.layout, self.name)
+        for flo in sorted(self.root.glob("other-gt-flow/*/flow10.flo")):
+            scene = flo.parent.name
+            img1 = self.root / "other-data" / scene / "frame10.png"
+            img2 = self.root / "other-data" / scene / "frame11.png"
+            if img1.is_file() and img2.is_file():
+                self.samples.append({"name": scene, "image1": img1, "image2": img2, "flow": flo})
+        if not self.samples:
+            raise _empty(self.root, self.layout, self.name)
+
+    def load(self, record: dict) -> dict:
+        flow, valid = _flow_from_flo(record["flow"])
+        return {
+            "image1": _image(record["image1"]),
+            "image2": _image(record["image2"]),
+            "flow": flow,
+            "valid": valid,
+            "occlusion": None,
+            "name": record["name"],
+        }
+
+
+def _stereo_item(left: Path, right: Path, disparity: np.ndarray, valid: np.ndarray, name: str) -> dict:
+    disparity = np.where(valid, disparity, 0.0).astype(np.float32)
+    disp = torch.from_numpy(disparity)[None]
+    return {
+        "image1": _image(left),
+        "image2": _image(right),
+        "disparity": disp,
+        "flow": torch.cat((-disp, torch.zeros_like(disp)), dim=0),
+        "valid": torch.from_numpy(valid)[None],
+        "occlusion": None,
+        "name": name,
+    }
+
+
+class MiddleburyStereo(FlowDataset):
+    """Middlebury 2014 stereo layout: <scene>/im0.png (left), im1.png (right), disp0GT.pfm (left
+    disparity in pixels; inf = unknown). image1 = left, image2 = right."""
+
+    name = "middlebury-stereo"
+    layout = "Middlebury stereo layout: <root>/<scene>/im0.png, im1.png, disp0GT.pfm"
+
+    def __init__(self, root: str | Path):
+        super().__init__()
+        self.root = _root(root, self.layout, self.name)
+        for gt in sorted(self.root.glob("*/disp0GT.pfm")):
+            left, right = gt.parent / "im0.png", gt.parent / "im1.png"
+            if left.is_file() and right.is_file():
+                self.samples.append({"name": gt.parent.name, "left": left, "right": right, "disparity": gt})
+        if not self.samples:
+            raise _empty(self.root, self.layout, self.name)
+
+    def load(self, record: dict) -> dict:
+        flow_formats, _ = _io()
+        disparity = np.asarray(flow_formats.read_pfm(record["disparity"]), dtype=np.float32)
+        if disparity.ndim == 3:
+            disparity = disparity[..., 0]
+        valid = np.isfinite(disparity) & (disparity > 0)
+        return _stereo_item(record["left"], record["right"], disparity, valid, record["name"])
+
+
+class KITTIStereo(FlowDataset):
+    """KITTI 2015 stereo: image_2/NNNNNN_10.png (left), image_3/NNNNNN_10.png (right),
+    disp_occ_0/NNNNNN_10.png (16-bit, disparity = value / 256, 0 = unknown)."""
+
+    name = "kitti-stereo"
+    layout = "KITTI stereo layout: <root>/training/image_2/NNNNNN_10.png, image_3/NNNNNN_10.png, disp_occ_0/NNNNNN_10.png"
+
+    def __init__(self, root: str | Path, split: str = "training"):
+        super().__init__()
+        self.root = _root(root, self.layout, self.name)
+        base = self.root / split if (self.root / split).is_dir() else self.root
+        for gt in sorted(base.glob("disp_occ_0/*_10.png")):
+            left, right = base / "image_2" / gt.name, base / "image_3" / gt.name
+            if left.is_file() and right.is_file():
+                self.samples.append({"name": gt.stem, "left": left, "right": right, "disparity": gt})
+        if not self.samples:
+            raise _empty(self.root, self.layout, self.name)
+
+    def load(self, record: dict) -> dict:
+        flow_formats, _ = _io()
+        result = flow_formats.read_disparity_png(record["disparity"])
+        if isinstance(result, tuple):
+            disparity, valid = (np.asarray(r) for r in result)
+        else:
+            disparity = np.asarray(result)
+            valid = disparity > 0
+        disparity = disparity.astype(np.float32)
+        if disparity.ndim == 3:
+            disparity = disparity[..., 0]
+        valid = valid.astype(bool).reshape(disparity.shape) & np.isfinite(disparity)
+        return _stereo_item(record["left"], record["right"], disparity, valid, record["name"])
+
+
+class UnlabeledFrames:
+    """Consecutive frame tuples from any mix of video files, frame folders and globs.
+
+    `frames=2` yields pairs, `frames=3` triplets; frames within a tuple are `step` apart and
+    successive tuples start `stride` frames apart. Tuples never straddle two sources. Iterating
+    yields dicts with `images` (list of [3,H,W]), `image1`, `image2` (and `image3`), and `name`
+    ("<folder>:<first frame file>" or "<video>:<first frame index>"). Videos are streamed, never
+    loaded whole. `len()` is exact for frame folders and uses the container's frame-count
+    estimate (duration x fps) for videos.
+    """
+
+    layout = "video files (.mp4, .avi, ...) or folders of image frames"
+
+    def __init__(self, sources, frames: int = 2, step: int = 1, stride: int = 1):
+        if isinstance(sources, (str, Path)):
+            sources = [sources]
+        if frames < 2:
+            raise InputError(f"frames must be 2 or more, got {frames}")
+        if step < 1 or stride < 1:
+            raise InputError(f"step and stride must be at least 1, got step={step}, stride={stride}")
+        self.frames, self.step, self.stride = int(frames), int(step), int(stride)
+        _, media = _io()
+        self.sources: list[tuple[str, object]] = []  # ("video", Path) or ("frames", [Path, ...])
+        for source in sources:
+            path = Path(source).expanduser()
+            if path.is_file() and media.is_video(path):
+                self.sources.append(("video", path))
+            elif path.is_file():
+                raise InputError(f"{path} is neither a video file nor a folder of frames; give {self.layout}")
+            else:
+                frames_list = [Path(p) for p in media.list_frames(str(source))]
+                if not frames_list:
+                    raise InputError(f"no image frames found in {source}; give {self.layout}")
+                self.sources.append(("frames", frames_list))
+        if not self.sources:
+            raise InputError(f"no sources given; give {self.layout}")
+
+    @property
+    def span(self) -> int:
+        return (self.frames - 1) * self.step
+
+    def _starts(self, count: int) -> range:
+        return range(0, max(0, count - self.span), self.stride)
+
+    def __len__(self) -> int:
+        total = 0
+        for kind, source in self.sources:
+            if kind == "frames":
+                total += len(self._starts(len(source)))
+            else:
+                total += len(self._starts(_video_length(source)))
+        return total
+
+    def __iter__(self) -> Iterator[dict]:
+        for kind, source in self.sources:
+            if kind == "frames":
+                yield from self._from_frames(source)
+            else:
+                yield from self._from_video(source)
+
+    def _tuple(self, images: list[torch.Tensor], name: str) -> dict:
+        item = {"images": images, "name": name}
+        for i, image in enumerate(images):
+            item[f"image{i + 1}"] = image
+        return item
+
+    def _from_frames(self, paths: list[Path]) -> Iterator[dict]:
+        cache: dict[int, torch.Tensor] = {}
+        label = paths[0].parent.name or str(paths[0].parent)
+        for start in self._starts(len(paths)):
+            indices = [start + k * self.step for k in range(self.frames)]
+            for index in indices:
+                if index not in cache:
+                    cache[index] = _image(paths[index])
+            for old in [i for i in cache if i < start]:
+                del cache[old]
+            yield self._tuple([cache[i] for i in indices], f"{label}:{paths[start].name}")
+
+    def _from_video(self, path: Path) -> Iterator[dict]:
+        _, media = _io()
+        window: dict[int, torch.Tensor] = {}
+        next_start = 0
+        reader = media.VideoReader(path)
+        try:
+            for index, frame in enumerate(reader):
+                window[index] = _as_image_tensor(frame)
+                last = next_start + self.span
+                while index >= last:
+                    indices = [next_start + k * self.step for k in range(self.frames)]
+                    yield self._tuple([window[i] for i in indices], f"{path.name}:{next_start}")
+                    next_start += self.stride
+                    last = next_start + self.span
+                for old in [i for i in window if i < next_start]:
+                    del window[old]
+        finally:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
+
+
+def _as_image_tensor(frame) -> torch.Tensor:
+    """A decoded video frame as [3,H,W] float in [0,1] (accepts the reader's tensor or an HxWx3 array)."""
+    if isinstance(frame, torch.Tensor):
+        if frame.dim() == 4:
+            frame = frame[0]
+        if frame.shape[0] != 3 and frame.shape[-1] == 3:
+            frame = frame.permute(2, 0, 1)
+        return frame.float() / 255.0 if frame.dtype == torch.uint8 else frame.float()
+    array = np.asarray(frame)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    return tensor.float() / 255.0 if array.dtype == np.uint8 else tensor.float()
+
+
+def _video_length(path: Path) -> int:
+    _, media = _io()
+    with media.VideoReader(path) as reader:
+        return int(reader.num_frames or 0)
+
+
+STEREO_DATASETS = ("middlebury-stereo", "kitti-stereo")
+DATASETS = ("sintel-clean", "sintel-final", "kitti2015", "kitti2012", "chairs", "middlebury") + STEREO_DATASETS
+
+
+def make_dataset(name: str, root: str | Path, **kwargs) -> FlowDataset:
+    """A reader by benchmark name: sintel-clean, sintel-final, kitti2015, kitti2012, chairs,
+    middlebury, middlebury-stereo, kitti-stereo. Extra keywords go to the reader."""
+    key = name.lower().strip()
+    if key in ("sintel-clean", "sintel-final"):
+        return Sintel(root, dstype=key.split("-")[1], **kwargs)
+    if key in ("kitti2015", "kitti2012", "kitti"):
+        return KITTI(root, year=2012 if key == "kitti2012" else 2015, **kwargs)
+    if key in ("chairs", "flyingchairs"):
+        return FlyingChairs(root, **kwargs)
+    if key == "middlebury":
+        return Middlebury(root, **kwargs)
+    if key == "middlebury-stereo":
+        return MiddleburyStereo(root, **kwargs)
+    if key == "kitti-stereo":
+        return KITTIStereo(root, **kwargs)
+    raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

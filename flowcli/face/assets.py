@@ -1,0 +1,125 @@
+"""Finding the face assets and building the compact model file once.
+
+An asset folder is laid out like the shared test data:
+
+    <dir>/ict-facekit/ict_face_region.npz            (or ict-facekit/FaceXModel/*.obj, the OBJ download)
+    <dir>/ict-facekit/FaceXModel/generic_neutral_mesh.obj   (topology and UVs)
+    <dir>/mediapipe/face_detection_short_range.tflite
+    <dir>/mediapipe/face_landmark.tflite
+
+It is chosen by `--face-assets DIR`, else `FLOWCLI_FACE_ASSETS`, else the registry (when it has face entries).
+The compact model (bases + triangles + UVs + landmark indices) is written to the cache on first use:
+`$FLOWCLI_CACHE/face` or `~/.cache/flowcli/face`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowcli.errors import InputError, WeightsError
+from flowcli.face.model import FaceModel, build_compact, convert_ict, load_face_model
+
+ENV_ASSETS = "FLOWCLI_FACE_ASSETS"
+REGISTRY_NAMES = {"model": "ict-facekit", "mediapipe": "mediapipe-face"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLOWCLI_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "flowcli") / "face"
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class FaceAssets:
+    root: Path
+
+    @property
+    def ict_dir(self) -> Path:
+        return self.root / "ict-facekit"
+
+    @property
+    def mediapipe_dir(self) -> Path:
+        return self.root / "mediapipe"
+
+    @property
+    def topology_obj(self) -> Path:
+        return self.ict_dir / "FaceXModel" / "generic_neutral_mesh.obj"
+
+    @classmethod
+    def locate(cls, directory: str | os.PathLike | None = None, offline: bool = False) -> "FaceAssets":
+        if directory is None:
+            directory = os.environ.get(ENV_ASSETS) or None
+        if directory is None:
+            directory = _from_registry(offline)
+        root = Path(directory).expanduser()
+        if not root.is_dir():
+            raise InputError(f"face asset folder {root} not found; pass --face-assets DIR or set {ENV_ASSETS}")
+        return cls(root)
+
+    def model(self, face_model: str | os.PathLike | None = None) -> FaceModel:
+        """The face model: a user's file/folder if given, else ICT-FaceKit from the asset folder (cached)."""
+        if face_model is not None:
+            return load_user_model(Path(face_model), self.topology_obj if self.topology_obj.is_file() else None)
+        if not self.topology_obj.is_file():
+            raise WeightsError(f"{self.topology_obj} not found; the face asset folder needs ICT-FaceKit's FaceXModel")
+        region = self.ict_dir / "ict_face_region.npz"
+        sources = [region] if region.is_file() else sorted((self.ict_dir / "FaceXModel").glob("identity*.obj"))
+        if not sources:
+            raise WeightsError(f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)")
+        cached = cache_dir() / f"ict_face_compact-{_fingerprint(sources + [self.topology_obj])}.npz"
+        if not cached.is_file():
+            if region.is_file():
+                arrays = load_face_model_arrays(region)
+            else:
+                arrays = convert_ict(self.ict_dir / "FaceXModel")
+            try:
+                build_compact(arrays, self.topology_obj, cached, source=str(sources[0].parent))
+            except Exception:  # a read-only cache must not stop fitting: build in memory instead
+                import tempfile
+
+                tmp = Path(tempfile.mkdtemp()) / cached.name
+                build_compact(arrays, self.topology_obj, tmp, source=str(sources[0].parent))
+                cached = tmp
+        return load_face_model(cached)
+
+
+def load_face_model_arrays(path: Path) -> dict:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in ("mean", "id", "exp", "exp_names")}
+
+
+def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:
+    """`--face-model PATH`: a compact or bare .npz (mean, id, exp, exp_names), or a folder of ICT-style OBJs."""
+    if path.is_dir():
+        arrays = convert_ict(path)
+        cached = cache_dir() / f"user_compact-{_fingerprint(sorted(path.glob('*.obj')))}.npz"
+        if not cached.is_file():
+            build_compact(arrays, path / "generic_neutral_mesh.obj", cached, source=str(path))
+        return load_face_model(cached)
+    return load_face_model(path, topology_obj=topology_obj)
+
+
+def _from_registry(offline: bool) -> Path:
+    """The registry's face assets, once flowcli.registry has entries for them; else a clear error."""
+    try:
+        from flowcli.registry import resolve  # written separately; face entries pending
+    except ImportError:
+        resolve = None
+    if resolve is not None:
+        try:
+            return Path(resolve(REGISTRY_NAMES["model"], offline=offline)).parent
+        except Exception:
+            pass
+    raise WeightsError(f"face assets not found: pass --face-assets DIR or set {ENV_ASSETS} (a folder laid out like shared/data/face)")

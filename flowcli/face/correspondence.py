@@ -1,0 +1,133 @@
+"""Where MediaPipe's 468 Face Mesh points lie on the face model's surface, and the 68-point mappings.
+
+`compute_correspondence` derives the dense correspondence from data: fit the model to the inner 51 of the
+68 landmarks, carry every MediaPipe point into model space, take its closest point on the fitted surface,
+average over frames on the neutral mesh, and repeat with all 468 points. The shipped table
+(`flowcli/face/mp468_ict.py`) was made this way from the talking-head clip in the shared data (not from any
+evaluation image); `python -m flowcli.face.correspondence VIDEO ASSETS` regenerates it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowcli.face.geometry import FLIP, closest_points_on_mesh
+from flowcli.face.model import FaceModel
+from flowcli.face.solve import ShapeSolveConfig, point_basis, robust_weights
+from flowcli.face.solve import solve_shape
+from flowcli.face.geometry import closed_form_pose
+
+# MediaPipe Face Mesh index for each of the 68 iBUG / Multi-PIE landmarks (the commonly used mapping).
+MP_TO_68 = [
+    127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356,
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+    168, 197, 5, 4, 75, 97, 2, 326, 305,
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87,
+]
+
+# MediaPipe's face oval, clockwise from the top of the forehead.
+FACE_OVAL = [
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+    176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+]
+# The lower part of the oval (temple to chin to temple): the face contour a jaw term works on.
+# The first list is on the subject's left (image right in a frontal view), the second on the subject's right.
+JAW_OVAL_LEFT = [356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377]
+JAW_OVAL_RIGHT = [127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148]
+CHIN = 152
+
+
+def fit_frame(basis, targets, model, config, weights, iterations=6, sigma=None, fixed_id=None, depth_weight=0.0):
+    """Alternate closed-form pose and regularised shape on fixed correspondences; returns the fit parts."""
+    exp_active = model.active_expressions()
+    id_coeffs = np.zeros(len(model.id_basis)) if fixed_id is None else fixed_id
+    exp_weights = np.zeros(len(model.exp_basis))
+    w = np.asarray(weights, np.float64).copy()
+    for _ in range(iterations):
+        pts = basis.points(id_coeffs, exp_weights)
+        scale, rotation, _ = closed_form_pose(pts, targets, w, depth_weight=depth_weight)
+        id_coeffs, exp_weights, translation = solve_shape(
+            basis, targets, scale, rotation, w, config, exp_active, fixed_id=fixed_id
+        )
+        if sigma is not None:
+            pred = scale * basis.points(id_coeffs, exp_weights) @ (FLIP @ rotation).T + translation
+            res = np.linalg.norm((pred - targets)[:, :2], axis=1) / scale
+            w = weights * robust_weights(res, sigma)
+    return scale, rotation, translation, id_coeffs, exp_weights
+
+
+def compute_correspondence(model: FaceModel, frames_points: list[np.ndarray], rounds: int = 3, z_weight: float = 0.5):
+    """Dense correspondence from MediaPipe point sets (each 468 x 3, image px + depth) of real faces.
+
+    Returns (vertex ids 468 x 3, barycentric weights 468 x 3, mean residual in cm per round).
+    """
+    config = ShapeSolveConfig(id_reg=2.0, exp_reg=0.1, z_weight=z_weight)
+    vids = model.landmarks68[17:][:, None].repeat(3, 1)
+    bary = np.tile([1.0, 0.0, 0.0], (51, 1))
+    sparse = True
+    history = []
+    mean_mesh = model.mean.astype(np.float64)
+    for _ in range(rounds):
+        on_mean, dists = [], []
+        for pts in frames_points:
+            targets = pts[MP_TO_68[17:]] if sparse else pts
+            basis = point_basis(model, vids, bary)
+            s, r, t, a, b = fit_frame(basis, targets, model, config, np.ones(len(targets)), sigma=None if sparse else 0.5)
+            verts = model.vertices(a, b)
+            local = (pts - t) @ (FLIP @ r) / s  # inverse of s C R X + t (C R is orthogonal)
+            tri, w, dist = closest_points_on_mesh(local, verts, model.triangles)
+            on_mean.append((mean_mesh[model.triangles[tri]] * w[:, :, None]).sum(1))
+            dists.append(dist)
+        target = np.median(np.stack(on_mean), 0)
+        tri, bary, _ = closest_points_on_mesh(target, mean_mesh, model.triangles)
+        vids = model.triangles[tri]
+        history.append(float(np.mean(dists)))
+        sparse = False
+    return vids, bary, history
+
+
+def _main(video: str, assets: str) -> None:
+    import sys
+    from pathlib import Path
+
+    import imageio.v2 as imageio
+
+    from flowcli.face.assets import FaceAssets
+    from flowcli.face.mediapipe import FaceMeshRunner
+
+    fa = FaceAssets.locate(assets)
+    model = fa.model()
+    runner = FaceMeshRunner(fa.mediapipe_dir)
+    sets = []
+    for i, frame in enumerate(imageio.get_reader(video, "ffmpeg")):
+        if i % 2:
+            continue
+        dets = runner.detect(frame)
+        if dets:
+            sets.append(runner.landmarks(frame, dets[0]).points)
+    vids, bary, history = compute_correspondence(model, sets)
+    print(f"# {len(sets)} frames, mean point-to-surface distance per round (cm): {np.round(history, 3).tolist()}", file=sys.stderr)
+    out = Path(__file__).with_name("mp468_ict.py")
+    lines = [
+        '"""Generated by `python -m flowcli.face.correspondence`: MediaPipe point i lies at',
+        'sum_k BARY[i][k] * vertex[VERTS[i][k]] of the ICT-FaceKit face region (see correspondence.py)."""',
+        "",
+        "# fmt: off",
+        "VERTS = [",
+        *[f"    ({a}, {b}, {c})," for a, b, c in vids.tolist()],
+        "]",
+        "BARY = [",
+        *[f"    ({a:.5f}, {b:.5f}, {c:.5f})," for a, b, c in bary.tolist()],
+        "]",
+        "# fmt: on",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1], sys.argv[2])

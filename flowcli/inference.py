@@ -1,0 +1,219 @@
+"""Flow inference on images of any size: padding, batching, both directions, occlusion, tiling.
+
+`estimate_flow(model, image1, image2)` is the library entry point; the CLI only wraps it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from flowcli.console import warn
+from flowcli.errors import FlowcliError, InputError
+from flowcli.ops.warp import backward_warp, out_of_frame
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class FlowResult:
+    forward: torch.Tensor  # [B, 2, H, W] frame 1 -> frame 2, pixels
+    backward: torch.Tensor | None = None  # [B, 2, H, W] frame 2 -> frame 1
+    occlusion: torch.Tensor | None = None  # [B, 1, H, W] 1 = pixel of frame 1 not visible in frame 2
+    occlusion_backward: torch.Tensor | None = None  # [B, 1, H, W] same for frame 2
+    learned_occlusion: torch.Tensor | None = None  # [B, 1, H, W] probability, models with a mask (MaskFlowNet)
+    tiles: int = 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FlowcliError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FlowcliError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise FlowcliError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise FlowcliError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float16 and device.type == "cpu":
+        warn("fp16 is not supported on CPU; running in fp32")
+        return torch.float32
+    return dtype
+
+
+def forward_backward_occlusion(
+    flow_fw: torch.Tensor, flow_bw: torch.Tensor, alpha1: float = 0.01, alpha2: float = 0.5
+) -> torch.Tensor:
+    """Occlusion of frame 1's pixels by forward-backward consistency (UnFlow/DDFlow):
+
+    occluded where |w_f + w_b(x + w_f)|^2 >= alpha1 (|w_f|^2 + |w_b(x + w_f)|^2) + alpha2,
+    or where x + w_f leaves the image.
+    """
+    bw_warped = backward_warp(flow_bw, flow_fw)
+    mismatch = (flow_fw + bw_warped).pow(2).sum(1, keepdim=True)
+    bound = alpha1 * (flow_fw.pow(2).sum(1, keepdim=True) + bw_warped.pow(2).sum(1, keepdim=True)) + alpha2
+    return ((mismatch >= bound) | out_of_frame(flow_fw)).float()
+
+
+def _pad(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)
+
+
+def _run_model(model, image1, image2, dtype: torch.dtype):
+    """One padded forward pass: returns (flow [B,2,H,W], occlusion logit or None), fp32, cropped."""
+    multiple = model.config.size_multiple
+    (x1, size), (x2, _) = _pad(image1, multiple), _pad(image2, multiple)
+    device_type = x1.device.type
+    with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+        out = model(x1, x2)
+    h, w = size
+    flow = out.flow[..., :h, :w].float()
+    logit = None if out.occlusion_logit is None else out.occlusion_logit[..., :h, :w].float()
+    return flow, logit
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    stride = (length - tile) / (n - 1)
+    return [round(i * stride) for i in range(n)]
+
+
+def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """1D blending weight: linear ramps over the overlap on inner edges, flat elsewhere."""
+    weight = torch.ones(length)
+    ramp = torch.linspace(0, 1, overlap + 2)[1:-1]
+    if not at_start:
+        weight[:overlap] = ramp
+    if not at_end:
+        weight[-overlap:] = ramp.flip(0)
+    return weight
+
+
+def _run_tiled(model, image1, image2, dtype, max_pixels: int, overlap: int):
+    """Overlapping tiles, each with at most `max_pixels`, blended with linear ramps at the seams."""
+    h, w = image1.shape[-2:]
+    multiple = model.config.size_multiple
+    side = max(multiple * 2, int(math.sqrt(max_pixels)) // multiple * multiple)
+    tile_h = min(h, side)
+    tile_w = min(w, max(side, max_pixels // tile_h // multiple * multiple))
+    overlap = min(overlap, tile_h // 2, tile_w // 2)
+    ys, xs = _tile_starts(h, tile_h, overlap), _tile_starts(w, tile_w, overlap)
+    b = image1.shape[0]
+    flow_sum = image1.new_zeros(b, 2, h, w)
+    logit_sum = None
+    weight_sum = image1.new_zeros(1, 1, h, w)
+    for y in ys:
+        for x in xs:
+            th, tw = min(tile_h, h - y), min(tile_w, w - x)
+            flow, logit = _run_model(
+                model, image1[..., y : y + th, x : x + tw], image2[..., y : y + th, x : x + tw], dtype
+            )
+            wy = _ramp(th, overlap, y == 0, y + th >= h).to(flow.device)
+            wx = _ramp(tw, overlap, x == 0, x + tw >= w).to(flow.device)
+            weight = (wy[:, None] * wx[None, :])[None, None]
+            flow_sum[..., y : y + th, x : x + tw] += flow * weight
+            if logit is not None:
+                if logit_sum is None:
+                    logit_sum = image1.new_zeros(b, 1, h, w)
+                logit_sum[..., y : y + th, x : x + tw] += logit * weight
+            weight_sum[..., y : y + th, x : x + tw] += weight
+    flow = flow_sum / weight_sum
+    logit = None if logit_sum is None else logit_sum / weight_sum
+    return flow, logit, len(ys) * len(xs)
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int):
+    h, w = image1.shape[-2:]
+    if max_pixels is not None and h * w > max_pixels:
+        return _run_tiled(model, image1, image2, dtype, max_pixels, overlap)
+    try:
+        flow, logit = _run_model(model, image1, image2, dtype)
+        return flow, logit, 1
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        if not _is_oom(error):
+            raise
+    if image1.is_cuda:
+        torch.cuda.empty_cache()
+    budget = (max_pixels or h * w) // 2
+    while budget >= 256 * 256:
+        warn(f"out of memory at {w}x{h}; retrying with tiles of at most {budget} pixels")
+        try:
+            return _run_tiled(model, image1, image2, dtype, budget, overlap)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not _is_oom(error):
+                raise
+            if image1.is_cuda:
+                torch.cuda.empty_cache()
+            budget //= 2
+    raise FlowcliError(f"out of memory even with small tiles at {w}x{h}; use --device cpu or smaller images")
+
+
+def estimate_flow(
+    model: torch.nn.Module,
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    *,
+    backward: bool = False,
+    occlusion: bool = False,
+    max_pixels: int | None = None,
+    tile_overlap: int = 64,
+    precision: str = "fp32",
+) -> FlowResult:
+    """Flow between image1 and image2 ([B,3,H,W] or [3,H,W], RGB in [0,1], any size).
+
+    backward=True also returns the flow 2 -> 1; occlusion=True (implies backward) adds the
+    forward-backward consistency occlusion of both frames. Images larger than `max_pixels` run
+    in overlapping tiles; running out of memory retries with tiles automatically.
+    """
+    if image1.dim() == 3:
+        image1, image2 = image1[None], image2[None]
+    if image1.shape != image2.shape:
+        raise InputError(
+            f"the two frames differ in size ({tuple(image1.shape[-2:])} vs {tuple(image2.shape[-2:])}); "
+            "flow needs frames of the same size"
+        )
+    device = next(model.parameters()).device
+    dtype = resolve_precision(precision, device)
+    image1, image2 = image1.to(device, torch.float32), image2.to(device, torch.float32)
+    backward = backward or occlusion
+    b = image1.shape[0]
+    if backward:  # both directions in one batch
+        first, second = torch.cat((image1, image2)), torch.cat((image2, image1))
+    else:
+        first, second = image1, image2
+    flow, logit, tiles = _predict(model, first, second, dtype, max_pixels, tile_overlap)
+    result = FlowResult(forward=flow[:b], tiles=tiles)
+    if logit is not None:
+        result.learned_occlusion = torch.sigmoid(logit[:b])
+    if backward:
+        result.backward = flow[b:]
+        if occlusion:
+            result.occlusion = forward_backward_occlusion(result.forward, result.backward)
+            result.occlusion_backward = forward_backward_occlusion(result.backward, result.forward)
+    return result

@@ -1,0 +1,424 @@
+"""Input media: images, frame folders and videos, as float RGB tensors [3, H, W] in [0, 1].
+
+Videos are decoded and encoded by the ffmpeg binary that imageio-ffmpeg ships, streamed one frame at
+a time: a long video is never held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+from flowcli.console import warn
+from flowcli.errors import InputError, OutputError
+from flowcli.io.atomic import atomic_path, check_writable
+from flowcli.io.flow_formats import read_png
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264
+
+PathLike = str | os.PathLike
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _existing_file(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; check the path")
+    if not path.is_file():
+        raise InputError(f"{path} is not a file")
+    return path
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def image_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """An image array [H, W] / [H, W, C] (uint8, uint16, bool or float in [0, 1]) -> float32 RGB [3, H, W].
+
+    Gray is replicated to RGB, gray+alpha and RGBA lose their alpha, 16-bit is divided by 65535.
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"an image must be [H, W] or [H, W, 1-4], got {list(array.shape)}")
+    channels = array.shape[2]
+    array = array[:, :, :1] if channels in (1, 2) else array[:, :, :3]
+    if array.dtype == np.uint8:
+        scale = 1 / 255
+    elif array.dtype == np.uint16:
+        scale = 1 / 65535
+    elif array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
+        scale = 1.0
+    else:
+        raise ValueError(f"unsupported image pixel type {array.dtype}")
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+    chw *= scale
+    if np.issubdtype(array.dtype, np.floating):
+        np.clip(chw, 0.0, 1.0, out=chw)
+    tensor = torch.from_numpy(chw)
+    return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
+
+
+def read_image_array(path: PathLike) -> np.ndarray:
+    """An image file as stored (uint8 or uint16; [H, W] or [H, W, C]); the first frame of animated files."""
+    path = _existing_file(path)
+    if path.suffix.lower() == ".png":
+        return read_png(path)  # exact for 16-bit colour, which Pillow would truncate to 8 bits
+    try:
+        return iio.imread(path, index=0)
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt files
+        raise InputError(f"cannot read image {path}: {_one_line(error)}") from None
+
+
+def read_image(path: PathLike) -> torch.Tensor:
+    """An image file -> float32 RGB [3, H, W] in [0, 1] (gray replicated, alpha dropped, 16-bit scaled)."""
+    array = read_image_array(path)
+    try:
+        return image_to_tensor(array)
+    except ValueError as error:
+        raise InputError(f"cannot use image {path}: {error}") from None
+
+
+# ----------------------------------------------------------------------------- frame lists
+
+
+def natural_sort_key(path: PathLike) -> tuple:
+    """Sort key where digit runs compare as numbers: frame_2 < frame_10."""
+    text = str(path)
+    parts = re.split(r"(\d+)", text)
+    return tuple(int(part) if i % 2 else part.lower() for i, part in enumerate(parts)) + (text,)
+
+
+def _has_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
+def list_frames(folder_or_glob: PathLike) -> list[Path]:
+    """Image files of a folder (not recursive) or a glob pattern, in natural order."""
+    text = str(folder_or_glob)
+    folder = Path(text)
+    if folder.is_dir():
+        candidates = list(folder.iterdir())
+    elif _has_glob(text):
+        candidates = [Path(match) for match in glob.glob(text, recursive=True)]
+    elif folder.exists():
+        raise InputError(f"{folder} is a file; give a folder of frames or a glob pattern such as 'frames/*.png'")
+    else:
+        raise InputError(f"{folder} does not exist; check the path")
+    # hidden files are skipped: among them the temp files of writes in progress (see atomic_path)
+    frames = [
+        p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    ]
+    if not frames:
+        raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {text}")
+    return sorted(frames, key=natural_sort_key)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def is_video(path: PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+class VideoReader:
+    """Streams a video's frames as float32 RGB tensors [3, H, W] in [0, 1], one at a time.
+
+    `fps` (None when the file does not say), `size` = (width, height), `width`, `height`, and
+    `num_frames`: an estimate from duration x fps (None if unknown), capped by `max_frames`.
+
+    Decoding errors: a file ffmpeg cannot open raises InputError at construction. If decoding fails
+    mid-stream, iteration stops with a warning when at least 2 frames were decoded (enough for flow),
+    and raises InputError otherwise. A video that yields no frame at all raises InputError.
+    Each iteration restarts decoding from the first frame.
+    """
+
+    def __init__(self, path: PathLike, max_frames: int | None = None):
+        self.path = _existing_file(path)
+        if max_frames is not None and max_frames < 1:
+            raise ValueError("max_frames must be at least 1")
+        self.max_frames = max_frames
+        self._pending = self._open()  # the stream opened to read the metadata serves the first iteration
+        meta = self._meta
+        self.width, self.height = (int(v) for v in meta["size"])
+        self.size = (self.width, self.height)
+        self.fps = float(meta["fps"]) if meta.get("fps") else None
+        duration = float(meta.get("duration") or 0.0)
+        estimate = round(duration * self.fps) if self.fps and duration > 0 else None
+        if max_frames is not None:
+            estimate = max_frames if estimate is None else min(estimate, max_frames)
+        self.num_frames = estimate
+        self.frames_read = 0
+
+    def _open(self):
+        stream = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        try:
+            self._meta = next(stream)
+        except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as error:
+            stream.close()
+            no_stream = isinstance(error, (StopIteration, KeyError))
+            reason = "no video stream found" if no_stream else "ffmpeg cannot open it"
+            raise InputError(f"cannot read video {self.path}: {reason}; the file is corrupt or not a video") from None
+        return stream
+
+    def _frame_tensor(self, raw: bytes) -> torch.Tensor:
+        frame = np.frombuffer(raw, np.uint8).reshape(self.height, self.width, 3)
+        return image_to_tensor(frame)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        stream, self._pending = (self._pending or self._open()), None
+        count, failed = 0, False
+        try:
+            while self.max_frames is None or count < self.max_frames:
+                try:
+                    raw = next(stream)
+                except StopIteration:
+                    break
+                except (RuntimeError, OSError) as error:
+                    if count < 2:
+                        raise InputError(
+                            f"cannot decode video {self.path}: decoding failed after {count} frame(s); "
+                            "the file is corrupt"
+                        ) from None
+                    warn(f"{self.path}: decoding failed after frame {count - 1} ({_one_line(error)}); stopping there")
+                    failed = True
+                    break
+                count += 1
+                self.frames_read = count
+                yield self._frame_tensor(raw)
+        finally:
+            stream.close()
+        if count == 0:
+            raise InputError(f"cannot decode video {self.path}: no frame could be decoded; the file is corrupt")
+        if not failed and self.max_frames is None and self.num_frames and count < 0.9 * self.num_frames:
+            warn(f"{self.path}: only {count} of about {self.num_frames} frames decoded; the file may be truncated")
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _frame_to_uint8_hwc(frame) -> np.ndarray:
+    """uint8 [H, W, 3] from a uint8 array [H, W, 3] or a float tensor/array [3, H, W] in [0, 1]."""
+    if isinstance(frame, torch.Tensor):
+        if frame.dim() == 4 and frame.shape[0] == 1:
+            frame = frame[0]
+        if frame.dim() != 3 or frame.shape[0] != 3:
+            raise ValueError(f"a frame tensor must be [3, H, W], got {list(frame.shape)}")
+        if frame.dtype != torch.uint8:
+            frame = (frame.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        frame = frame.permute(1, 2, 0).cpu().numpy()
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"a frame array must be uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+    return np.ascontiguousarray(frame)
+
+
+class VideoWriter:
+    """Context manager writing RGB frames to an H.264 video (yuv420p) with the given fps, atomically.
+
+    `write(frame)` takes uint8 [H, W, 3] arrays (or float [3, H, W] tensors in [0, 1]); all frames must
+    have the size of the first. Odd sizes are padded by one black row/column (yuv420p needs even
+    sizes). The file appears at `path` only when the block exits without error.
+    """
+
+    def __init__(self, path: PathLike, fps: float, overwrite: bool = False, crf: int = 18):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+            raise OutputError(
+                f"cannot write video {self.path}: use one of {' '.join(VIDEO_OUTPUT_SUFFIXES)} (H.264)"
+            )
+        if not fps or fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        check_writable(self.path, overwrite)  # fail before any frame is computed
+        self.fps = fps
+        self.overwrite = overwrite
+        self.crf = crf
+        self.frames_written = 0
+        self.size: tuple[int, int] | None = None  # (width, height) of the input frames
+        self._stack: contextlib.ExitStack | None = None
+        self._tmp: Path | None = None
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    def __enter__(self) -> VideoWriter:
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path, self.overwrite))
+        self._log = self._stack.enter_context(tempfile.TemporaryFile())
+        return self
+
+    def _start(self, width: int, height: int) -> None:
+        rate = Fraction(self.fps).limit_denominator(10000)
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-nostdin"]
+        command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
+        command += ["-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-r", str(rate)]
+        if width % 2 or height % 2:
+            command += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        if self.path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+            command += ["-movflags", "+faststart"]
+        command.append(str(self._tmp))
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+        )
+
+    def _ffmpeg_message(self) -> str:
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no message"
+
+    def write(self, frame) -> None:
+        if self._stack is None:
+            raise RuntimeError("use VideoWriter as a context manager: `with VideoWriter(...) as writer:`")
+        frame = _frame_to_uint8_hwc(frame)
+        height, width = frame.shape[:2]
+        if self._process is None:
+            self.size = (width, height)
+            self._start(width, height)
+        elif (width, height) != self.size:
+            first = f"{self.size[0]}x{self.size[1]}"
+            raise ValueError(f"frame size {width}x{height} differs from the first frame's {first}")
+        try:
+            self._process.stdin.write(frame.tobytes())
+        except (BrokenPipeError, OSError):
+            self._process.wait()
+            raise OutputError(f"cannot write video {self.path}: ffmpeg stopped ({self._ffmpeg_message()})") from None
+        self.frames_written += 1
+
+    def _finish(self) -> None:
+        if self._process is None:
+            raise OutputError(f"no frames were written to {self.path}")
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._process.stdin.close()
+        if self._process.wait() != 0:
+            raise OutputError(f"cannot write video {self.path}: ffmpeg failed ({self._ffmpeg_message()})")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        stack, self._stack = self._stack, None
+        if exc_type is not None:
+            if self._process is not None:
+                self._process.kill()
+                self._process.wait()
+            return bool(stack.__exit__(exc_type, exc, tb))  # atomic_path removes the temp file
+        with stack:  # renames the temp file over `path` only if ffmpeg finished cleanly
+            self._finish()
+        return False
+
+
+# ----------------------------------------------------------------------------- frame pairs
+
+
+@dataclass(frozen=True)
+class FramePair:
+    """Two consecutive frames (float32 RGB [3, H, W]); names are file stems or `frame_NNNNNN` for video."""
+
+    image1: torch.Tensor
+    image2: torch.Tensor
+    name1: str
+    name2: str
+    index: int
+
+
+@dataclass(frozen=True)
+class _Frame:
+    image: torch.Tensor
+    name: str
+    label: str  # how error messages name it
+
+
+def _image_frames(paths: Sequence[Path]) -> Iterator[_Frame]:
+    for path in paths:
+        yield _Frame(read_image(path), path.stem, str(path))
+
+
+def _video_frames(reader: VideoReader, step: int) -> Iterator[_Frame]:
+    with reader:
+        for number, image in enumerate(reader):
+            if number % step == 0:
+                yield _Frame(image, f"frame_{number:06d}", f"{reader.path} frame {number}")
+
+
+def frame_pairs(source, step: int = 1, max_frames: int | None = None) -> Iterator[FramePair]:
+    """Consecutive frame pairs from two image paths (a tuple), a folder or glob of frames, or a video file.
+
+    Frames are taken every `step` frames and at most `max_frames` of them are used (so at most
+    max_frames - 1 pairs); both are ignored for an explicit image pair. Frames are read lazily and each
+    is decoded once. Raises InputError for fewer than 2 frames or for frames of different sizes.
+    """
+    if step < 1:
+        raise ValueError("step must be at least 1")
+    if max_frames is not None and max_frames < 2:
+        raise InputError(f"max_frames must be at least 2 to form a pair, got {max_frames}")
+    label = str(source)
+    if isinstance(source, (tuple, list)):
+        if len(source) != 2:
+            raise InputError(f"an image pair needs exactly 2 paths, got {len(source)}")
+        paths = [_existing_file(p) for p in source]
+        frames = _image_frames(paths)
+        label = f"{paths[0]} and {paths[1]}"
+    else:
+        path = Path(source)
+        if path.is_file() and is_video(path):
+            to_decode = None if max_frames is None else (max_frames - 1) * step + 1
+            frames = _video_frames(VideoReader(path, max_frames=to_decode), step)  # opened now: errors are immediate
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            raise InputError(f"{path} is a single image; give two images, a folder of frames or a video")
+        elif path.is_file():
+            raise InputError(
+                f"{path} is neither a video ({' '.join(VIDEO_SUFFIXES)}) nor an image; "
+                "give a video, a folder or two images"
+            )
+        else:
+            paths = list_frames(source)[::step][:max_frames]
+            if len(paths) < 2:
+                raise InputError(f"{source} has {len(paths)} frame(s) to use; optical flow needs at least 2")
+            frames = _image_frames(paths)
+    return _pairs(frames, label)
+
+
+def _pairs(frames: Iterator[_Frame], label: str) -> Iterator[FramePair]:
+    previous = next(frames, None)
+    index = 0
+    for frame in frames:
+        if frame.image.shape != previous.image.shape:
+            h1, w1 = previous.image.shape[-2:]
+            h2, w2 = frame.image.shape[-2:]
+            raise InputError(
+                f"frames differ in size: {previous.label} is {w1}x{h1}, {frame.label} is {w2}x{h2}; "
+                "resize them to match"
+            )
+        yield FramePair(previous.image, frame.image, previous.name, frame.name, index)
+        previous = frame
+        index += 1
+    if index == 0:
+        raise InputError(f"{label} has fewer than 2 frames; optical flow needs at least 2")

@@ -1,0 +1,568 @@
+"""Pretrained weights: the registry (`flowcli/weights.json`), the download cache and `resolve(spec)`.
+
+A checkpoint spec is one of:
+  a local file path            returned as is (it must exist)
+  a registry name              e.g. `flowcli-pwc-synth`: its first (primary) file; see `flowcli weights list`
+  bundled:REL/PATH             a file shipped inside the flowcli package folder
+  hf://OWNER/REPO/FILE[@REV]   a file in a Hugging Face Hub repo (REV defaults to `main`)
+  https://HOST/PATH            any other URL, fetched by flowcli's own downloader
+
+Registry files with a recorded sha256 (and size) are verified every time they are resolved; a cached copy
+that fails the check is deleted and fetched again once. "TBD" / 0 mean "not recorded yet" (unverified).
+
+Environment (read at call time):
+  FLOWCLI_REGISTRY        an alternative registry JSON file (same format), e.g. a private model zoo or tests
+  FLOWCLI_CACHE           download cache for URL sources (default $XDG_CACHE_HOME/flowcli, ~/.cache/flowcli)
+  FLOWCLI_OFFLINE=1       never touch the network, only the caches (HF_HUB_OFFLINE=1 does the same)
+  HF_ENDPOINT, HF_HOME, HF_HUB_CACHE   honoured for hf:// sources, which live in the Hugging Face cache
+
+Plain http:// is refused except for loopback hosts (a local mirror, tests): weights are code-adjacent,
+so they come over https:// (or from the Hub) and are checked against the registry's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from flowcli.console import progress
+from flowcli.errors import WeightsError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REGISTRY_FILE = PACKAGE_DIR / "weights.json"
+UNKNOWN_SHA256 = "TBD"
+
+SOURCE_PREFIXES = ("bundled:", "hf://", "https://", "http://")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DOWNLOAD_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.5  # multiplied by the attempt number
+TIMEOUT_S = 30
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "flowcli (+https://pypi.org/project/flowcli)"
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_TRUE = {"1", "true", "yes", "on"}
+_CHECKPOINT_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
+
+# verify() statuses
+OK = "ok"
+UNVERIFIED = "unverified"  # no sha256 recorded in the registry (TBD)
+NOT_DOWNLOADED = "not downloaded"  # remote file not in the cache yet
+MISSING = "missing"  # bundled file absent from this installation
+CORRUPT = "corrupt"  # local copy has the wrong size or sha256
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+def registry_path() -> Path:
+    """The registry in use: $FLOWCLI_REGISTRY if set, else the one packaged with flowcli."""
+    override = os.environ.get("FLOWCLI_REGISTRY")
+    return Path(override).expanduser() if override else REGISTRY_FILE
+
+
+def load_registry() -> dict:
+    """The parsed and checked registry: {"models": {name: entry}}."""
+    path = registry_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        where = "FLOWCLI_REGISTRY points at a missing file" if path != REGISTRY_FILE else "reinstall flowcli"
+        raise WeightsError(f"weights registry {path} not found ({where})") from None
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"weights registry {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    _check_registry(data, path)
+    return data
+
+
+def _check_registry(data: object, path: Path) -> None:
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"weights registry {path} is invalid: {what}")
+
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise bad('expected {"models": {name: entry}} at the top level')
+    for name, entry in models.items():
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(files, list) or not files:
+            raise bad(f"model {name!r} has no files")
+        for record in files:
+            if not isinstance(record, dict) or not record.get("path") or not record.get("source"):
+                raise bad(f"model {name!r} has a file without 'path' and 'source'")
+            if not str(record["source"]).startswith(SOURCE_PREFIXES):
+                raise bad(f"model {name!r} file {record['path']!r} has source {record['source']!r}; "
+                          f"expected one of {', '.join(SOURCE_PREFIXES)}")
+            sha = record.get("sha256", UNKNOWN_SHA256)
+            if sha != UNKNOWN_SHA256 and not _SHA256_RE.match(str(sha)):
+                raise bad(f"model {name!r} file {record['path']!r} sha256 must be 64 lowercase hex digits or 'TBD'")
+            if not isinstance(record.get("size", 0), int) or record.get("size", 0) < 0:
+                raise bad(f"model {name!r} file {record['path']!r} size must be a byte count (0 = unknown)")
+
+
+def list_models() -> list[str]:
+    """Registry model names, in registry order."""
+    return list(load_registry()["models"])
+
+
+def model_entry(name: str) -> dict:
+    """The registry entry of `name`; an unknown name raises WeightsError listing the known ones."""
+    models = load_registry()["models"]
+    if name not in models:
+        raise WeightsError(_unknown_name_message(name, models))
+    return models[name]
+
+
+def _unknown_name_message(name: str, models: dict) -> str:
+    known = ", ".join(models) or "(the registry is empty)"
+    return f"unknown model {name!r}; known models: {known} (see `flowcli weights list`), or pass a checkpoint file path"
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where URL sources are cached: $FLOWCLI_CACHE, $XDG_CACHE_HOME/flowcli or ~/.cache/flowcli."""
+    if os.environ.get("FLOWCLI_CACHE"):
+        return Path(os.environ["FLOWCLI_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "flowcli"
+    return Path.home() / ".cache" / "flowcli"
+
+
+def offline_reason(offline: bool = False) -> str | None:
+    """Why flowcli must stay off the network (None when it may download)."""
+    if offline:
+        return "offline mode was requested"
+    for var in ("FLOWCLI_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+def is_offline(offline: bool = False) -> bool:
+    return offline_reason(offline) is not None
+
+
+def _known_sha256(record: dict) -> str | None:
+    sha = record.get("sha256", UNKNOWN_SHA256)
+    return None if sha == UNKNOWN_SHA256 else sha
+
+
+def _known_size(record: dict) -> int | None:
+    return record.get("size") or None
+
+
+def _local_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
+    """(what, expected, got) if `path` does not match the record's size or sha256, else None."""
+    size = _known_size(record)
+    if size is not None and path.stat().st_size != size:
+        return ("size", f"{size} bytes", f"{path.stat().st_size} bytes")
+    sha = _known_sha256(record)
+    if sha is not None:
+        actual = sha256_file(path)
+        if actual != sha:
+            return ("sha256", sha, actual)
+    return None
+
+
+def _mismatch_error(label: str, problem: tuple[str, str, str]) -> WeightsError:
+    what, expected, got = problem
+    return WeightsError(f"{what} mismatch for {label}: expected {expected}, got {got} (the source changed or is corrupt)")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        "/" in spec
+        or os.sep in spec
+        or spec.startswith((".", "~"))
+        or PurePosixPath(spec).suffix.lower() in _CHECKPOINT_SUFFIXES
+    )
+
+
+def _find_source(source: str) -> tuple[str, dict] | None:
+    """The registry (name, file record) that uses `source`, so a raw spec still gets its sha256 checked."""
+    for name, entry in load_registry()["models"].items():
+        for record in entry["files"]:
+            if record["source"] == source:
+                return name, record
+    return None
+
+
+# --- resolve -----------------------------------------------------------------------------------
+
+
+def resolve(spec: str | os.PathLike, offline: bool = False, *, quiet: bool = False) -> Path:
+    """A local, verified path for a checkpoint spec (see the module docstring), downloading if needed.
+
+    `offline=True` (or FLOWCLI_OFFLINE=1 / HF_HUB_OFFLINE=1) uses only the caches; a cache miss raises a
+    WeightsError naming the missing file and the `flowcli weights download` command that fetches it.
+    """
+    spec = os.fspath(spec)
+    if spec.startswith(SOURCE_PREFIXES):
+        found = _find_source(spec)
+        if found is not None:
+            return _fetch(found[0], found[1], offline=offline, quiet=quiet)
+        filename = PurePosixPath(urlsplit(spec.split("@")[0] if spec.startswith("hf://") else spec).path).name
+        return _fetch(None, {"path": filename or "download", "source": spec}, offline=offline, quiet=quiet)
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    models = load_registry()["models"]
+    if spec in models:
+        return _fetch(spec, models[spec]["files"][0], offline=offline, quiet=quiet)
+    if path.is_dir():
+        raise WeightsError(f"{spec} is a folder, not a checkpoint file; pass the .safetensors file inside it")
+    if _looks_like_path(spec):
+        raise WeightsError(f"no such checkpoint file: {spec}")
+    raise WeightsError(_unknown_name_message(spec, models))
+
+
+def fetch_model(name: str, offline: bool = False, *, quiet: bool = False) -> list[Path]:
+    """Every file of registry model `name`, fetched into the cache and verified (for offline use later)."""
+    return [_fetch(name, record, offline=offline, quiet=quiet) for record in model_entry(name)["files"]]
+
+
+def local_copy(name: str, file: str | None = None) -> Path | None:
+    """The local copy of a registry model's file (default: the primary one), or None; never downloads."""
+    entry = model_entry(name)
+    records = [r for r in entry["files"] if file is None or r["path"] == file]
+    if not records:
+        raise WeightsError(f"model {name!r} has no file {file!r}; it has {[r['path'] for r in entry['files']]}")
+    return _local_copy(name, records[0])
+
+
+def verify(name: str) -> list[tuple[str, str]]:
+    """(file, status) for each file of registry model `name`, checking local copies only (no download).
+
+    Status: "ok", "unverified" (no sha256 recorded), "not downloaded", "missing" (bundled file absent)
+    or "corrupt" (size or sha256 mismatch).
+    """
+    results = []
+    for record in model_entry(name)["files"]:
+        path = _local_copy(name, record)
+        known = _known_sha256(record) is not None
+        if path is None:
+            # Without a recorded sha256 there is nothing to verify even once the file is there.
+            status = NOT_DOWNLOADED if known else UNVERIFIED
+            if known and record["source"].startswith("bundled:"):
+                status = MISSING
+        elif _local_problem(path, record) is not None:
+            status = CORRUPT
+        else:
+            status = OK if known else UNVERIFIED
+        results.append((record["path"], status))
+    return results
+
+
+def _label(name: str | None, record: dict) -> str:
+    return f"{name} ({record['path']})" if name else record["source"]
+
+
+def _fetch(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
+    source = record["source"]
+    if source.startswith("bundled:"):
+        return _fetch_bundled(name, record)
+    if source.startswith("hf://"):
+        return _fetch_hf(name, record, offline=offline, quiet=quiet)
+    return _fetch_url(name, record, offline=offline, quiet=quiet)
+
+
+def _local_copy(name: str | None, record: dict) -> Path | None:
+    source = record["source"]
+    if source.startswith("bundled:"):
+        path = _bundled_path(source)
+        return path if path.is_file() else None
+    if source.startswith("hf://"):
+        return _hf_cached(source)
+    path = _url_cache_path(name, record)
+    return path if path.is_file() else None
+
+
+# --- bundled: ----------------------------------------------------------------------------------
+
+
+def _bundled_path(source: str) -> Path:
+    relative = source[len("bundled:") :]
+    path = (PACKAGE_DIR / relative).resolve()
+    if not path.is_relative_to(PACKAGE_DIR):
+        raise WeightsError(f"{source} points outside the flowcli package; bundled: paths are relative to it")
+    return path
+
+
+def _fetch_bundled(name: str | None, record: dict) -> Path:
+    path = _bundled_path(record["source"])
+    if not path.is_file():
+        raise WeightsError(
+            f"{_label(name, record)}: bundled file {path} is missing from this installation; "
+            "reinstall flowcli or pass a checkpoint file path instead"
+        )
+    problem = _local_problem(path, record)
+    if problem is not None:
+        raise _mismatch_error(f"{_label(name, record)} at {path}", problem)
+    return path
+
+
+# --- hf:// -------------------------------------------------------------------------------------
+
+
+def parse_hf_source(source: str) -> tuple[str, str, str]:
+    """`hf://owner/repo/path/in/repo@rev` -> (repo_id, filename, revision); revision defaults to main."""
+    body = source[len("hf://") :]
+    revision = "main"
+    if "@" in body:
+        body, revision = body.rsplit("@", 1)
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < 3 or not revision:
+        raise WeightsError(f"{source} is not a valid hf:// spec; expected hf://OWNER/REPO/FILE[@REVISION]")
+    return "/".join(parts[:2]), "/".join(parts[2:]), revision
+
+
+def _hf_cache_dir() -> str | None:
+    # huggingface_hub reads HF_HOME/HF_HUB_CACHE once at import; read them now so changes are honoured.
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _quiet_tqdm() -> type:
+    from tqdm import tqdm
+
+    class QuietTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return QuietTqdm
+
+
+def _forget_hf_file(path: Path) -> None:
+    """Delete a cached hf file: the snapshot pointer and the blob it links to."""
+    blob = Path(os.path.realpath(path))
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def _hf_cached(source: str) -> Path | None:
+    """The cached copy of an hf:// source, looked up on disk only."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename, revision = parse_hf_source(source)
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=_hf_cache_dir(), revision=revision)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _hf_download(source: str, label: str, *, force: bool, quiet: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, filename, revision = parse_hf_source(source)
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                revision=revision,
+                cache_dir=_hf_cache_dir(),
+                endpoint=endpoint,
+                force_download=force,
+                **({"tqdm_class": _quiet_tqdm()} if quiet else {}),
+            )
+        )
+    except LocalEntryNotFoundError:
+        raise WeightsError(
+            f"cannot download {label} from {endpoint or 'https://huggingface.co'} and it is not cached; "
+            "check the connection (HF_ENDPOINT, proxy) and retry"
+        ) from None
+    # The network stack under huggingface_hub varies by version (requests, httpx, httpx2): turn any of
+    # its failures into one line that says what could not be fetched.
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise WeightsError(f"cannot download {label} ({source}): {type(error).__name__}: {first}") from None
+
+
+def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
+    source = record["source"]
+    label = _label(name, record)
+    reason = offline_reason(offline)
+    if reason is not None:
+        # Straight from the cache: hf_hub_download(local_files_only=True) may still make requests
+        # (its user-agent telemetry) unless HF_HUB_OFFLINE was set before huggingface_hub was imported.
+        path = _hf_cached(source)
+        if path is None:
+            raise _offline_miss(name, record, reason)
+        problem = _local_problem(path, record)
+        if problem is not None:
+            _forget_hf_file(path)
+            raise _corrupt_while_offline(name, record, problem, reason)
+        return path
+
+    path = _hf_download(source, label, force=False, quiet=quiet)
+    problem = _local_problem(path, record)
+    if problem is None:
+        return path
+    _forget_hf_file(path)  # corrupt or truncated: fetch again, once
+    path = _hf_download(source, label, force=True, quiet=quiet)
+    problem = _local_problem(path, record)
+    if problem is not None:
+        _forget_hf_file(path)
+        raise _mismatch_error(label, problem)
+    return path
+
+
+def _corrupt_while_offline(name: str | None, record: dict, problem: tuple[str, str, str], reason: str) -> WeightsError:
+    return WeightsError(
+        f"the cached copy of {_label(name, record)} was corrupt ({problem[0]} mismatch) and has been deleted; "
+        f"flowcli is offline ({reason}), so run `flowcli weights download {name or record['source']}` while online"
+    )
+
+
+def _offline_miss(name: str | None, record: dict, reason: str) -> WeightsError:
+    return WeightsError(
+        f"{record['path']} of {name or record['source']} ({record['source']}) is not in the local cache and "
+        f"flowcli is offline ({reason}); run `flowcli weights download {name or record['source']}` while online"
+    )
+
+
+# --- https:// ----------------------------------------------------------------------------------
+
+
+def _check_url_allowed(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS:
+        return
+    raise WeightsError(
+        f"refusing to download {url} over plain http; use an https:// URL (http:// is allowed only for localhost)"
+    )
+
+
+def _url_cache_path(name: str | None, record: dict) -> Path:
+    if name is not None:
+        return cache_dir() / "models" / name / record["path"]
+    url = record["source"]
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    filename = PurePosixPath(unquote(urlsplit(url).path)).name or "download"
+    return cache_dir() / "urls" / key / filename
+
+
+def _fetch_url(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
+    url = record["source"]
+    _check_url_allowed(url)
+    label = _label(name, record)
+    target = _url_cache_path(name, record)
+    reason = offline_reason(offline)
+    if target.is_file():
+        problem = _local_problem(target, record)
+        if problem is None:
+            return target
+        target.unlink()  # corrupt or truncated: fetch again, once
+        if reason is not None:
+            raise _corrupt_while_offline(name, record, problem, reason)
+    elif reason is not None:
+        raise _offline_miss(name, record, reason)
+    download_file(url, target, label=label, quiet=quiet)
+    problem = _local_problem(target, record)
+    if problem is not None:
+        target.unlink(missing_ok=True)
+        raise _mismatch_error(label, problem)
+    return target
+
+
+class _TransferCut(Exception):
+    """A transfer that broke off mid-way; worth resuming."""
+
+
+def download_file(url: str, target: Path, *, label: str | None = None, quiet: bool = False) -> Path:
+    """Fetch `url` to `target` through a temp file in the same folder, renamed only when complete.
+
+    Broken transfers are resumed (HTTP Range, or restarted if the server ignores it) up to
+    DOWNLOAD_ATTEMPTS times; on failure no partial file is left behind.
+    """
+    _check_url_allowed(url)
+    label = label or url
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, progress(quiet=quiet, transient=True) as bar:
+            task = bar.add_task(f"download {target.name}", total=None, info="")
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    _transfer(url, out, bar, task)
+                    break
+                except _TransferCut as cut:
+                    if attempt == DOWNLOAD_ATTEMPTS:
+                        raise WeightsError(
+                            f"download of {label} from {url} failed after {attempt} attempts ({cut}); "
+                            "check the connection and run the command again"
+                        ) from None
+                    time.sleep(RETRY_BACKOFF_S * attempt)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _transfer(url: str, out, bar, task) -> None:
+    """One GET into `out`, resuming from out.tell(); raises _TransferCut when the body ends early."""
+    have = out.tell()
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code in (408, 429) or error.code >= 500:
+            raise _TransferCut(f"HTTP {error.code} {error.reason}") from None
+        raise WeightsError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise WeightsError(
+            f"cannot reach {urlsplit(url).netloc} to download {url} ({reason}); check the connection, "
+            "or set FLOWCLI_OFFLINE=1 to use only cached weights"
+        ) from None
+    with response:
+        if have and response.status != 206:  # the server ignored Range: start over
+            out.seek(0)
+            out.truncate()
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        bar.update(task, total=total, completed=have)
+        try:
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                have += len(chunk)
+                bar.update(task, completed=have, info=_megabytes(have, total))
+        except (OSError, HTTPException) as error:
+            raise _TransferCut(f"connection lost after {have} bytes: {error}") from None
+    if total is not None and have < total:
+        raise _TransferCut(f"connection closed after {have} of {total} bytes")
+
+
+def _megabytes(done: int, total: int | None) -> str:
+    return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"

@@ -1,0 +1,358 @@
+"""Synthetic training scenes with exact flow and occlusion (FlyingChairs / AutoFlow style).
+
+A scene is a background plus layers (ellipses, star polygons, noise blobs with soft edges), each
+with a texture and its own affine motion M (the background too). Frame k shows layer i where its
+canonical (frame-1) coordinates are M_i^-k(p), composited back to front, so every quantity is
+analytic:
+- forward flow at p in frame 1: M_i(p) - p for the topmost layer i at p;
+- backward flow at p in frame 2: M_i^-1(p) - p;
+- occlusion: p (layer i in frame 1) is occluded when its frame-2 position leaves the image or lies
+  under a higher layer there, which is checked by evaluating the higher layers' shapes at that
+  position, not by resampling masks.
+Stereo scenes use purely horizontal motion: a slanted plane per layer, d(p) = a + b x + c y,
+nearer layers larger, and the left-to-right flow u = -d (Flow2Stereo's view of stereo as flow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from flowcli.ops.warp import normalized_grid, pixel_grid
+
+
+@dataclass
+class SynthConfig:
+    height: int = 320
+    width: int = 448
+    min_layers: int = 3
+    max_layers: int = 10
+    layer_translation: float = 40.0  # std of a layer's translation scale (px); heavy-tailed below
+    background_translation: float = 12.0
+    rotation_deg: float = 8.0
+    log_scale: float = 0.08
+    shear: float = 0.05
+    stereo: bool = False  # purely horizontal motion: image1 = left, image2 = right, flow u = -disparity
+    max_disparity: float = 64.0
+    num_frames: int = 2  # 3 gives a triplet with constant per-layer motion (SelFlow's temporal cue)
+    real_texture_prob: float = 0.6
+    edge_softness: tuple[float, float] = (0.3, 1.2)  # px
+    photometric: bool = True
+    noise_std: float = 0.02
+
+
+@dataclass
+class SynthSample:
+    images: list[torch.Tensor]  # num_frames x [3, H, W] in [0, 1]
+    flow_forward: torch.Tensor  # [2, H, W] frame 1 -> frame 2
+    flow_backward: torch.Tensor  # [2, H, W] frame 2 -> frame 1
+    occlusion_forward: torch.Tensor  # [1, H, W] 1 = pixel of frame 1 not visible in frame 2
+    occlusion_backward: torch.Tensor  # [1, H, W] 1 = pixel of frame 2 not visible in frame 1
+    layer_index: list[torch.Tensor] = field(default_factory=list)  # per frame [H, W] visible layer (0 = bg)
+    flow_forward_23: torch.Tensor | None = None  # frame 2 -> frame 3 when num_frames == 3
+
+    @property
+    def image1(self):
+        return self.images[0]
+
+    @property
+    def image2(self):
+        return self.images[1]
+
+
+class TextureBank:
+    """Crops of real images or video frames, kept small in memory (uint8, at most `max_side`)."""
+
+    def __init__(self, images: list[torch.Tensor]):
+        self.images = images
+
+    @classmethod
+    def from_paths(cls, paths: list[str | Path], max_images: int = 400, max_side: int = 640, frame_stride: int = 8):
+        from flowcli.io.media import VideoReader, list_frames, read_image
+
+        images: list[torch.Tensor] = []
+
+        def keep(img: torch.Tensor):
+            h, w = img.shape[-2:]
+            s = max_side / max(h, w)
+            if s < 1:
+                img = F.interpolate(img[None], scale_factor=s, mode="area")[0]
+            images.append((img.clamp(0, 1) * 255).to(torch.uint8))
+
+        for path in map(Path, paths):
+            if len(images) >= max_images:
+                break
+            if path.is_dir():
+                for frame in list_frames(path)[::frame_stride or 1][: max_images - len(images)]:
+                    keep(read_image(frame))
+            elif path.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"):
+                reader = VideoReader(path)
+                for i, frame in enumerate(reader):
+                    if len(images) >= max_images:
+                        break
+                    if i % frame_stride == 0:
+                        keep(frame)
+            else:
+                keep(read_image(path))
+        if not images:
+            from flowcli.errors import InputError
+
+            raise InputError(f"no texture images found in {', '.join(map(str, paths))}")
+        return cls(images)
+
+    def sample(self, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+        img = self.images[int(torch.randint(len(self.images), (1,), generator=gen))].float() / 255
+        zoom = math.exp(_uniform(gen, math.log(0.6), math.log(2.0)))
+        ch, cw = min(img.shape[1], max(8, int(h / zoom))), min(img.shape[2], max(8, int(w / zoom)))
+        y = int(torch.randint(img.shape[1] - ch + 1, (1,), generator=gen))
+        x = int(torch.randint(img.shape[2] - cw + 1, (1,), generator=gen))
+        crop = img[:, y : y + ch, x : x + cw]
+        if _uniform(gen, 0, 1) < 0.5:
+            crop = crop.flip(-1)
+        crop = F.interpolate(crop[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        # Recolour so one source image yields many textures.
+        mix = torch.eye(3) + 0.3 * torch.randn(3, 3, generator=gen)
+        crop = torch.einsum("ij,jhw->ihw", mix, crop - 0.5) + 0.5 + 0.1 * torch.randn(3, 1, 1, generator=gen)
+        return crop.clamp(0, 1)
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def procedural_texture(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """Multi-octave coloured noise, sometimes with oriented stripes: structure at every scale.
+
+    Octaves are accumulated coarse to fine (upsample x2, add noise), so the cost stays near one
+    full-size image instead of one upsampling per octave.
+    """
+    octaves = 6
+    size = (h // 2**octaves + 2, w // 2**octaves + 2)
+    out = torch.zeros(3, *size)
+    falloff = _uniform(gen, 0.5, 0.95)
+    for octave in range(octaves, -1, -1):
+        noise = torch.randn(3, *out.shape[-2:], generator=gen)
+        if _uniform(gen, 0, 1) < 0.5:  # some octaves vary in brightness only
+            noise = noise.mean(0, keepdim=True) * torch.rand(3, 1, 1, generator=gen) * 1.7
+        out = out + falloff ** (octaves - octave) * _uniform(gen, 0.3, 1.0) * noise
+        if octave:
+            target = (max(h // 2 ** (octave - 1), out.shape[1]), max(w // 2 ** (octave - 1), out.shape[2]))
+            out = F.interpolate(out[None], size=target, mode="bilinear", align_corners=False)[0]
+    out = F.interpolate(out[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    out = torch.rand(3, 1, 1, generator=gen) + 0.12 * out / out.std().clamp_min(1e-6)
+    if _uniform(gen, 0, 1) < 0.3:
+        theta = _uniform(gen, 0, math.pi)
+        freq = _uniform(gen, 0.05, 0.6)
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        stripes = torch.sin(freq * (xs * math.cos(theta) + ys * math.sin(theta)))
+        out = out + 0.15 * stripes * torch.rand(3, 1, 1, generator=gen)
+    return out.clamp(0, 1)
+
+
+class Shape:
+    """A soft-edged shape in canonical (frame-1) coordinates; alpha(coords) in [0, 1]."""
+
+    def __init__(self, kind: str, center, size: float, gen: torch.Generator, h: int, w: int, softness: float):
+        self.kind, self.center, self.size, self.softness = kind, center, size, softness
+        self.angle = _uniform(gen, 0, 2 * math.pi)
+        if kind == "ellipse":
+            self.axes = (size, size * _uniform(gen, 0.3, 1.0))
+        elif kind == "polygon":
+            n = int(torch.randint(3, 12, (1,), generator=gen))
+            self.vertex_angles = torch.sort(torch.rand(n, generator=gen) * 2 * math.pi).values
+            self.vertex_radii = size * (0.4 + 0.6 * torch.rand(n, generator=gen))
+        else:  # blob: a thresholded smooth noise field, centred by a radial falloff
+            cells = int(torch.randint(3, 7, (1,), generator=gen))
+            self.field = torch.randn(1, 1, cells, cells, generator=gen)
+
+    def signed_distance(self, coords: torch.Tensor) -> torch.Tensor:
+        """Approximately the distance in pixels to the boundary, positive inside. coords [2, H, W]."""
+        dx, dy = coords[0] - self.center[0], coords[1] - self.center[1]
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        u, v = c * dx + s * dy, -s * dx + c * dy
+        if self.kind == "ellipse":
+            a, b = self.axes
+            r = torch.sqrt((u / a) ** 2 + (v / b) ** 2 + 1e-12)
+            return (1 - r) * b
+        radius = torch.sqrt(u * u + v * v + 1e-12)
+        if self.kind == "polygon":
+            phi = torch.atan2(v, u) % (2 * math.pi)
+            angles = torch.cat([self.vertex_angles, self.vertex_angles[:1] + 2 * math.pi])
+            radii = torch.cat([self.vertex_radii, self.vertex_radii[:1]])
+            phi = torch.where(phi < angles[0], phi + 2 * math.pi, phi)
+            k = torch.searchsorted(angles, phi.contiguous()).clamp(1, len(angles) - 1)
+            t = (phi - angles[k - 1]) / (angles[k] - angles[k - 1])
+            boundary = radii[k - 1] + t * (radii[k] - radii[k - 1])
+            return boundary - radius
+        grid = torch.stack((u / self.size, v / self.size), dim=-1)[None].clamp(-1, 1)
+        noise = F.grid_sample(self.field, grid, mode="bicubic", align_corners=True)[0, 0]
+        return self.size * (0.6 * noise + 1.0 - radius / self.size) * 0.5
+
+    def alpha(self, coords: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.signed_distance(coords) / self.softness)
+
+
+def _affine(center, tx, ty, angle, log_scale_x, log_scale_y, shear) -> torch.Tensor:
+    """3x3 matrix p -> center + t + R S H (p - center)."""
+    c, s = math.cos(angle), math.sin(angle)
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    scale = torch.diag(torch.tensor([math.exp(log_scale_x), math.exp(log_scale_y)], dtype=torch.float64))
+    shr = torch.tensor([[1.0, shear], [0.0, 1.0]], dtype=torch.float64)
+    a = rot @ scale @ shr
+    cx, cy = center
+    m = torch.eye(3, dtype=torch.float64)
+    m[:2, :2] = a
+    m[:2, 2] = torch.tensor([cx + tx, cy + ty], dtype=torch.float64) - a @ torch.tensor([cx, cy], dtype=torch.float64)
+    return m
+
+
+def _apply(m: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    m = m.float()
+    return torch.einsum("ij,jhw->ihw", m[:2, :2], coords) + m[:2, 2, None, None]
+
+
+def _heavy_tailed(gen: torch.Generator, scale: float) -> float:
+    """A translation: mostly small, sometimes large (log-uniform magnitude, random direction)."""
+    return scale * math.exp(_uniform(gen, math.log(0.05), math.log(2.5)))
+
+
+def _random_motion(gen, center, cfg: SynthConfig, translation: float, strength: float = 1.0) -> torch.Tensor:
+    mag, direction = _heavy_tailed(gen, translation), _uniform(gen, 0, 2 * math.pi)
+    return _affine(
+        center,
+        mag * math.cos(direction),
+        mag * math.sin(direction),
+        math.radians(cfg.rotation_deg) * strength * float(torch.randn((), generator=gen)).__mul__(0.5),
+        cfg.log_scale * strength * float(torch.randn((), generator=gen)),
+        cfg.log_scale * strength * float(torch.randn((), generator=gen)),
+        cfg.shear * strength * float(torch.randn((), generator=gen)),
+    )
+
+
+def _stereo_motion(gen, h: int, w: int, disparity: float, cfg: SynthConfig) -> torch.Tensor:
+    """x' = x - d(x, y) with d = a + b x + c y a slanted plane around `disparity` at the centre."""
+    b = 0.1 * float(torch.randn((), generator=gen)) * disparity / w
+    c = 0.1 * float(torch.randn((), generator=gen)) * disparity / h
+    a = disparity - b * w / 2 - c * h / 2
+    m = torch.eye(3, dtype=torch.float64)
+    m[0, 0], m[0, 1], m[0, 2] = 1 - b, -c, -a
+    return m
+
+
+def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBank | None = None) -> SynthSample:
+    h, w = cfg.height, cfg.width
+    coords = pixel_grid(1, h, w, "cpu", torch.float32)[0]
+    n_layers = int(torch.randint(cfg.min_layers, cfg.max_layers + 1, (1,), generator=gen))
+
+    def texture():
+        if textures is not None and _uniform(gen, 0, 1) < cfg.real_texture_prob:
+            return textures.sample(h, w, gen)
+        return procedural_texture(h, w, gen)
+
+    center = (w / 2, h / 2)
+    shapes: list[Shape | None] = [None]
+    if cfg.stereo:
+        disparities = sorted(_uniform(gen, 0, 1) ** 1.5 * cfg.max_disparity for _ in range(n_layers + 1))
+        motions = [_stereo_motion(gen, h, w, d, cfg) for d in disparities]
+    else:
+        motions = [_random_motion(gen, center, cfg, cfg.background_translation, strength=0.5)]
+    tex = [texture()]
+    for i in range(n_layers):
+        size = min(h, w) * math.exp(_uniform(gen, math.log(0.06), math.log(0.45)))
+        c = (_uniform(gen, -0.1, 1.1) * w, _uniform(gen, -0.1, 1.1) * h)
+        kind = ("ellipse", "polygon", "blob")[int(torch.randint(3, (1,), generator=gen))]
+        shapes.append(Shape(kind, c, size, gen, h, w, _uniform(gen, *cfg.edge_softness)))
+        if not cfg.stereo:
+            motions.append(_random_motion(gen, c, cfg, cfg.layer_translation))
+        tex.append(texture())
+
+    inverses = [torch.linalg.inv(m) for m in motions]
+
+    def canonical(layer: int, frame: int, at: torch.Tensor) -> torch.Tensor:
+        """Frame-1 coordinates of the layer point seen at `at` in frame `frame` (0-based)."""
+        m = torch.linalg.matrix_power(inverses[layer], frame) if frame else torch.eye(3, dtype=torch.float64)
+        return _apply(m, at)
+
+    def sample_texture(layer: int, pts: torch.Tensor) -> torch.Tensor:
+        grid = normalized_grid(pts[None])
+        return F.grid_sample(tex[layer][None], grid, mode="bilinear", padding_mode="reflection", align_corners=True)[0]
+
+    images, indices = [], []
+    for frame in range(cfg.num_frames):
+        image = sample_texture(0, canonical(0, frame, coords)) if frame else tex[0].clone()
+        index = torch.zeros(h, w, dtype=torch.long)
+        for i in range(1, n_layers + 1):
+            pts = canonical(i, frame, coords)
+            alpha = shapes[i].alpha(pts)[None]
+            image = alpha * (sample_texture(i, pts) if frame else tex[i]) + (1 - alpha) * image
+            index[alpha[0] > 0.5] = i
+        images.append(image)
+        indices.append(index)
+
+    def layer_flow(index: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
+        flow = torch.zeros(2, h, w)
+        for i, m in enumerate(matrices):
+            sel = index == i
+            if sel.any():
+                flow[:, sel] = (_apply(m, coords) - coords)[:, sel]
+        return flow
+
+    def occluded(index: torch.Tensor, flow: torch.Tensor, target_frame: int) -> torch.Tensor:
+        """Pixels whose point, moved by `flow`, leaves the image or lands under a higher layer."""
+        target = coords + flow
+        occ = (target[0] < 0) | (target[0] > w - 1) | (target[1] < 0) | (target[1] > h - 1)
+        for j in range(1, n_layers + 1):
+            above = index < j
+            if above.any():
+                covered = shapes[j].alpha(canonical(j, target_frame, target)) > 0.5
+                occ |= above & covered
+        return occ[None].float()
+
+    fwd = layer_flow(indices[0], motions)
+    bwd = layer_flow(indices[1], inverses)
+    sample = SynthSample(
+        images=images,
+        flow_forward=fwd,
+        flow_backward=bwd,
+        occlusion_forward=occluded(indices[0], fwd, 1),
+        occlusion_backward=occluded(indices[1], bwd, 0),
+        layer_index=indices,
+    )
+    if cfg.num_frames == 3:
+        sample.flow_forward_23 = layer_flow(indices[1], motions)
+    if cfg.photometric:
+        sample.images = photometric_augment(sample.images, gen, cfg.noise_std)
+    return sample
+
+
+def photometric_augment(images: list[torch.Tensor], gen: torch.Generator, noise_std: float) -> list[torch.Tensor]:
+    """Shared colour jitter (brightness, contrast, saturation, gamma), a little per frame, and noise."""
+    brightness = _uniform(gen, -0.15, 0.15)
+    contrast = math.exp(_uniform(gen, -0.3, 0.3))
+    saturation = _uniform(gen, 0.5, 1.4)
+    gamma = math.exp(_uniform(gen, -0.25, 0.25))
+    out = []
+    for img in images:
+        gray = img.mean(0, keepdim=True)
+        x = gray + saturation * (img - gray)
+        x = (x - 0.5) * contrast + 0.5 + brightness + _uniform(gen, -0.02, 0.02)
+        x = x.clamp(0, 1) ** gamma
+        sigma = noise_std * float(torch.rand((), generator=gen))
+        x = x + sigma * torch.randn(x.shape, generator=gen)
+        out.append(x.clamp(0, 1))
+    return out
+
+
+def generate_batch(cfg: SynthConfig, batch_size: int, gen: torch.Generator, textures: TextureBank | None = None):
+    """Stacked (image1 [B,3,H,W], image2, flow [B,2,H,W], occlusion [B,1,H,W])."""
+    samples = [generate_sample(cfg, gen, textures) for _ in range(batch_size)]
+    return (
+        torch.stack([s.images[0] for s in samples]),
+        torch.stack([s.images[1] for s in samples]),
+        torch.stack([s.flow_forward for s in samples]),
+        torch.stack([s.occlusion_forward for s in samples]),
+    )

@@ -1,0 +1,64 @@
+"""Supervised losses: pure functions, plus one composer returning named terms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flowcli.models.pwc import FlowOutput
+
+# PWC-Net's level weights, finest decoded level first (levels 2..6).
+LEVEL_WEIGHTS = {2: 0.005, 3: 0.01, 4: 0.02, 5: 0.08, 6: 0.32}
+
+
+def endpoint_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel EPE [B, 1, H, W]."""
+    return torch.linalg.vector_norm(pred - target, dim=1, keepdim=True)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return x.mean()
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def robust_penalty(epe: torch.Tensor, q: float = 0.4, eps: float = 0.01) -> torch.Tensor:
+    """PWC-Net's fine-tuning loss (|e| + eps)^q: damps the pull of outliers."""
+    return (epe + eps) ** q
+
+
+def downsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-average the flow to `size`, in that size's pixel units."""
+    scale = size[1] / flow.shape[-1]
+    return F.adaptive_avg_pool2d(flow, size) * scale
+
+
+def multiscale_epe(output: FlowOutput, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """PWC-Net's multi-scale loss, with each level's EPE measured in full-resolution pixels.
+
+    Level weights are PWC-Net's, rescaled so that they sum to one.
+    """
+    total_weight = sum(LEVEL_WEIGHTS.get(lvl, 0.0) for lvl in output.level_flows)
+    loss = target.new_zeros(())
+    for lvl, flow in output.level_flows.items():
+        size = flow.shape[-2:]
+        gt = downsample_flow(target, size)
+        mask = None if valid is None else F.adaptive_max_pool2d((~valid).float(), size) < 0.5
+        err = endpoint_error(flow, gt) * (target.shape[-1] / size[1])
+        loss = loss + LEVEL_WEIGHTS.get(lvl, 0.0) / total_weight * masked_mean(err, mask)
+    return loss
+
+
+def supervised_loss(
+    output: FlowOutput, target: torch.Tensor, valid: torch.Tensor | None = None, robust: bool = False
+) -> dict[str, torch.Tensor]:
+    """Named terms; `total` is what is minimised. `epe` is the full-resolution EPE (monitoring)."""
+    full_epe = endpoint_error(output.flow, target)
+    terms = {"multiscale": multiscale_epe(output, target, valid)}
+    terms["total"] = terms["multiscale"]
+    if robust:
+        terms["robust"] = masked_mean(robust_penalty(full_epe), valid)
+        terms["total"] = terms["total"] + terms["robust"]
+    terms["epe"] = masked_mean(full_epe.detach(), valid)
+    return terms

@@ -1,0 +1,177 @@
+"""Benchmark readers on the real items in ../shared/data, plus error paths."""
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flowcli.data import (
+    KITTI,
+    FlyingChairs,
+    KITTIStereo,
+    Middlebury,
+    MiddleburyStereo,
+    Sintel,
+    UnlabeledFrames,
+    make_dataset,
+)
+from flowcli.errors import InputError
+from flowcli.metrics import flow_metrics, stereo_metrics
+from flowcli.ops.warp import backward_warp
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (DATA / "flow").is_dir(), reason="../shared/data is absent")
+
+
+def _check_item(item, h, w, occlusion: bool):
+    assert item["image1"].shape == item["image2"].shape == (3, h, w)
+    assert item["image1"].dtype == torch.float32 and 0 <= item["image1"].min() and item["image1"].max() <= 1
+    assert item["flow"].shape == (2, h, w) and item["flow"].dtype == torch.float32
+    assert item["valid"].shape == (1, h, w) and item["valid"].dtype == torch.bool
+    assert torch.isfinite(item["flow"]).all()
+    assert (item["flow"][:, ~item["valid"][0]] == 0).all()  # unknown flow is zeroed
+    if occlusion:
+        occ = item["occlusion"]
+        assert occ.shape == (1, h, w) and occ.dtype == torch.float32
+        assert set(occ.unique().tolist()) <= {0.0, 1.0} and 0 < occ.mean() < 0.5
+    else:
+        assert item["occlusion"] is None
+    assert isinstance(item["name"], str) and item["name"]
+
+
+def _warp_gain(item) -> float:
+    """Photometric error of frame 2 warped by the GT flow, relative to no warp (valid pixels)."""
+    i1, i2 = item["image1"][None], item["image2"][None]
+    mask = item["valid"][None].expand_as(i1)
+    if item.get("occlusion") is not None:
+        mask = mask & (item["occlusion"][None] < 0.5).expand_as(i1)
+    warped = backward_warp(i2, item["flow"][None], padding_mode="border")
+    return float((warped - i1).abs()[mask].mean() / (i2 - i1).abs()[mask].mean())
+
+
+@pytest.mark.parametrize("dstype", ["clean", "final"])
+def test_sintel(dstype):
+    ds = Sintel(DATA / "flow" / "sintel", dstype=dstype)
+    assert len(ds) == 3 and ds.name == f"sintel-{dstype}"
+    assert [ds.samples[i]["name"] for i in range(3)] == ["alley_1/frame_0002", "cave_2/frame_0002", "market_5/frame_0002"]
+    item = ds[0]
+    _check_item(item, 436, 1024, occlusion=True)
+    assert 0.99 < item["valid"].float().mean() < 1  # a few invalid pixels from invalid/*.png
+    assert _warp_gain(item) < 0.5
+    # the split folder itself is accepted as root
+    assert len(Sintel(DATA / "flow" / "sintel" / "training", dstype=dstype)) == 3
+
+
+def test_chairs_both_roots():
+    ds = FlyingChairs(DATA / "flow" / "chairs")
+    assert len(ds) == 6 and len(FlyingChairs(DATA / "flow" / "chairs" / "data")) == 6
+    item = ds[5]
+    _check_item(item, 384, 512, occlusion=False)
+    assert item["valid"].all() and item["name"] == "00006"
+    assert _warp_gain(item) < 0.5
+
+
+def test_kitti2015():
+    ds = KITTI(DATA / "flow" / "kitti2015", year=2015)
+    assert len(ds) == 1
+    item = ds[0]
+    _check_item(item, 375, 1242, occlusion=True)  # occlusion = flow_occ valid and not flow_noc valid
+    density = item["valid"].float().mean()
+    assert 0.1 < density < 0.6  # sparse
+    assert (item["occlusion"].bool() <= item["valid"]).all()
+    noc = KITTI(DATA / "flow" / "kitti2015", occ=False)[0]
+    assert noc["occlusion"] is None and noc["valid"].sum() < item["valid"].sum()
+    assert _warp_gain(item) < 0.7
+
+
+def test_middlebury_unknown_is_invalid():
+    ds = Middlebury(DATA / "flow" / "middlebury")
+    assert len(ds) == 1
+    item = ds[0]
+    _check_item(item, 388, 584, occlusion=False)
+    assert 0.8 < item["valid"].float().mean() < 1  # values >= 1e9 are unknown
+    assert item["flow"].abs().max() < 100
+    assert _warp_gain(item) < 0.7
+
+
+def test_middlebury_stereo():
+    ds = MiddleburyStereo(DATA / "stereo" / "middlebury")
+    assert len(ds) == 3
+    sizes = {}
+    for item in ds:
+        h, w = item["image1"].shape[-2:]
+        sizes[item["name"]] = (w, h)
+        assert item["disparity"].shape == item["valid"].shape == (1, h, w)
+        assert torch.isfinite(item["disparity"]).all() and (item["disparity"][item["valid"]] > 0).all()
+        assert torch.equal(item["flow"][0:1], -item["disparity"]) and (item["flow"][1] == 0).all()
+        assert _warp_gain(item) < 0.7  # PFM rows read bottom-up the right way
+    assert sizes == {"motorcycle": (741, 500), "tsukuba": (384, 288), "venus": (434, 383)}
+    assert not ds[0]["valid"].all()  # motorcycle has inf = unknown
+
+
+def test_kitti_stereo_synthetic_layout(tmp_path):
+    from flowcli.io.flow_formats import write_disparity_png, write_png
+
+    base = tmp_path / "training"
+    for folder in ("image_2", "image_3", "disp_occ_0"):
+        (base / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_png(base / "image_2" / "000000_10.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    write_png(base / "image_3" / "000000_10.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    disparity = np.full((20, 30), 12.5, np.float32)
+    valid = np.ones((20, 30), bool)
+    valid[:5] = False
+    write_disparity_png(base / "disp_occ_0" / "000000_10.png", disparity, valid)
+    ds = make_dataset("kitti-stereo", tmp_path)
+    assert isinstance(ds, KITTIStereo) and len(ds) == 1
+    item = ds[0]
+    assert item["valid"].sum() == 15 * 30 and torch.allclose(item["disparity"][item["valid"]], torch.tensor(12.5))
+    assert (item["disparity"][~item["valid"]] == 0).all()
+    assert stereo_metrics(item["disparity"][None], item["disparity"][None], item["valid"][None])["epe"] == 0
+
+
+def test_perfect_prediction_on_real_gt():
+    item = make_dataset("sintel-clean", DATA / "flow" / "sintel")[2]
+    m = flow_metrics(item["flow"][None], item["flow"][None], item["valid"][None], item["occlusion"][None])
+    assert m["epe"] == m["epe_noc"] == m["epe_occ"] == m["fl_all"] == 0
+
+
+def test_make_dataset_names():
+    flow = DATA / "flow"
+    assert len(make_dataset("sintel-final", flow / "sintel")) == 3
+    assert len(make_dataset("chairs", flow / "chairs")) == 6
+    assert len(make_dataset("kitti2015", flow / "kitti2015")) == 1
+    assert len(make_dataset("middlebury", flow / "middlebury")) == 1
+    assert len(make_dataset("middlebury-stereo", DATA / "stereo" / "middlebury")) == 3
+    with pytest.raises(InputError, match="unknown dataset"):
+        make_dataset("imagenet", flow)
+
+
+@pytest.mark.parametrize("name", ["sintel-clean", "chairs", "kitti2015", "kitti2012", "middlebury", "middlebury-stereo"])
+def test_missing_or_empty_root(name, tmp_path):
+    with pytest.raises(InputError, match="expected .*layout") as missing:
+        make_dataset(name, tmp_path / "nope")
+    assert "\n" not in str(missing.value)
+    with pytest.raises(InputError, match="expected .*layout"):
+        make_dataset(name, tmp_path)
+
+
+def test_unlabeled_frames_folders_and_video():
+    footage = DATA / "footage"
+    pairs = UnlabeledFrames([footage / "sintel_frames", footage / "kitti_frames"])
+    assert len(pairs) == 4 + 2  # pairs never straddle two sources
+    items = list(pairs)
+    assert len(items) == 6 and items[0]["name"] == "sintel_frames:frame_0004.png"
+    assert items[-1]["image1"].shape == (3, 375, 1242)
+    triplets = list(UnlabeledFrames(footage / "sintel_frames", frames=3, step=2))
+    assert len(triplets) == 1 and torch.equal(triplets[0]["image3"], items[3]["image2"])  # frames 4, 6, 8
+    assert [t["images"][0].shape for t in triplets] == [(3, 436, 1024)]
+    video = UnlabeledFrames(footage / "sintel_demo.mp4", frames=3, step=2)
+    first = list(itertools.islice(video, 3))
+    assert [f["name"] for f in first] == ["sintel_demo.mp4:0", "sintel_demo.mp4:1", "sintel_demo.mp4:2"]
+    assert first[0]["image3"].shape == (3, 436, 1024)
+    assert torch.equal(first[0]["image2"], first[2]["image1"])  # tuples (0, 2, 4), (1, 3, 5), (2, 4, 6)
+    with pytest.raises(InputError):
+        UnlabeledFrames(footage / "stereo_demo_missing")

@@ -1,0 +1,380 @@
+"""`flowcli estimate` end to end, on tiny synthetic images, frame folders and videos, with a tiny real checkpoint.
+
+Most runs go through `flowcli.cli.main.run()` in-process (same error handling as the installed command, with
+only `estimate` registered so other commands' modules are not imported); two runs use a real subprocess to
+check stdout/stderr separation and that errors never show a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from safetensors.torch import load_file, save_file
+
+from flowcli import console
+from flowcli.checkpoint import read_metadata, save_checkpoint
+from flowcli.cli import main
+from flowcli.io.flow_formats import read_flo, read_kitti_flow, read_npy, read_npz, read_png, write_png
+from flowcli.io.media import VideoReader, VideoWriter, read_image
+from flowcli.io.visualize import flow_to_rgb
+from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+H, W = 48, 80
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+PAIR_KEYS = {
+    "type", "source", "index", "frame1", "frame2", "inputs", "width", "height", "outputs",
+    "flow_mean", "flow_max", "occluded_fraction", "ms", "tiles", "model", "weights", "sha256",
+}
+ALL_PAIR_OUTPUTS = {
+    "flo", "kitti", "npy", "npz", "vis", "occlusion", "warp",
+    "flo_backward", "kitti_backward", "npy_backward", "vis_backward", "occlusion_backward",
+}
+
+# Harness for a real process: only `estimate` registered, plus a hidden no-op so Typer keeps subcommands.
+HARNESS = """
+import sys
+from flowcli.cli import main
+main._COMMAND_MODULES[:] = ["estimate"]
+main.app.command("_noop", hidden=True)(lambda: None)
+sys.argv[0] = "flowcli"
+main.run()
+"""
+
+
+def _frame(shift: int, rng_seed: int = 0, size=(H, W)) -> np.ndarray:
+    base = np.random.default_rng(rng_seed).integers(0, 256, (size[0], size[1] + 8, 3), dtype=np.uint8)
+    return np.ascontiguousarray(base[:, shift : shift + size[1]])
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    paths = {"root": root}
+    ckpt = save_checkpoint(FlowNet(FlowNetConfig(**TINY)), root / "tiny.safetensors")
+    paths["weights"] = ckpt
+    paths["a"], paths["b"] = write_png(root / "a.png", _frame(0)), write_png(root / "b.png", _frame(2))
+    frames = root / "frames"
+    for i in range(3):
+        write_png(frames / f"f_{i}.png", _frame(i))
+    paths["frames"] = frames
+    with VideoWriter(root / "clip.mp4", fps=12.5) as writer:
+        for i in range(5):
+            writer.write(_frame(i, rng_seed=1))
+    paths["clip"] = root / "clip.mp4"
+    return paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 cores shared with other work, torch's default of 2 spins and runs ~20x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `flowcli estimate ARGS` in-process: returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(main, "_COMMAND_MODULES", ["estimate"])
+    # rich wraps at 80 columns when stderr is not a terminal; keep each message on its own line
+    monkeypatch.setattr(console.stderr, "soft_wrap", True)
+
+    def run(*args) -> tuple[int, str, str]:
+        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        app.command("_noop", hidden=True)(lambda: None)
+        monkeypatch.setattr(main, "app", app)
+        monkeypatch.setattr(sys, "argv", ["flowcli", "estimate", *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        with warnings.catch_warnings():
+            try:
+                main.run()
+            except SystemExit as exit_:
+                code = exit_.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def _assert_one_line_error(code: int, err: str, expected_code: int, *needles: str) -> None:
+    assert code == expected_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], err
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_all_outputs_in_a_real_process(media, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
+    args = [media["frames"], "--weights", media["weights"], "-o", out, "--all", "--json", "--max-flow", "3"]
+    proc = subprocess.run([sys.executable, "-c", HARNESS, "estimate", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    records = _json_lines(proc.stdout)  # stdout holds JSON lines only
+    pairs = [r for r in records if r["type"] == "pair"]
+    videos = [r for r in records if r["type"] == "video"]
+    assert len(pairs) == 2 and len(videos) == 1
+    sha = hashlib.sha256(media["weights"].read_bytes()).hexdigest()
+    for index, record in enumerate(pairs):
+        assert set(record) == PAIR_KEYS
+        assert record["index"] == index and record["frame1"] == f"f_{index}" and record["frame2"] == f"f_{index + 1}"
+        assert record["inputs"] == [str(media["frames"] / f"f_{index}.png"), str(media["frames"] / f"f_{index + 1}.png")]
+        assert (record["width"], record["height"]) == (W, H)
+        assert record["sha256"] == sha and record["model"] == str(media["weights"])
+        assert 0 <= record["occluded_fraction"] <= 1 and record["flow_max"] >= record["flow_mean"] >= 0
+        assert set(record["outputs"]) == ALL_PAIR_OUTPUTS
+        paths = {key: Path(p) for key, p in record["outputs"].items()}
+        assert paths["flo"] == out / f"f_{index}_flow.flo"
+
+        bundle = read_npz(paths["npz"])
+        forward, backward = bundle["forward"], bundle["backward"]
+        assert forward.shape == (H, W, 2) and bundle["occlusion"].shape == (H, W)
+        np.testing.assert_array_equal(read_flo(paths["flo"]), forward)
+        np.testing.assert_array_equal(read_npy(paths["npy"]), forward)
+        np.testing.assert_array_equal(read_flo(paths["flo_backward"]), backward)
+        np.testing.assert_array_equal(read_npy(paths["npy_backward"]), backward)
+        kitti, valid = read_kitti_flow(paths["kitti"])
+        assert valid.all() and np.abs(kitti - forward).max() <= 1 / 128 + 1e-6
+        assert np.abs(read_kitti_flow(paths["kitti_backward"])[0] - backward).max() <= 1 / 128 + 1e-6
+        np.testing.assert_array_equal(read_png(paths["vis"]), flow_to_rgb(forward, max_flow=3))
+        np.testing.assert_array_equal(read_png(paths["vis_backward"]), flow_to_rgb(backward, max_flow=3))
+        np.testing.assert_array_equal(read_png(paths["occlusion"]), bundle["occlusion"].astype(np.uint8) * 255)
+        np.testing.assert_array_equal(
+            read_png(paths["occlusion_backward"]), bundle["occlusion_backward"].astype(np.uint8) * 255
+        )
+        assert record["occluded_fraction"] == pytest.approx(bundle["occlusion"].mean(), abs=1e-4)
+        magnitude = np.linalg.norm(forward, axis=-1)
+        assert record["flow_mean"] == pytest.approx(magnitude.mean(), abs=1e-3)
+        assert read_png(paths["warp"]).shape == (H, W, 3)
+    video = Path(videos[0]["outputs"]["video"])
+    assert video == out / "frames_vis.mp4"
+    reader = VideoReader(video)
+    assert reader.fps == pytest.approx(10.0) and reader.size == (W, H) and sum(1 for _ in reader) == 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_default_outputs_for_an_image_pair(media, tmp_path, cli):
+    out = tmp_path / "out"
+    code, stdout, err = cli(media["a"], media["b"], "--weights", media["weights"], "-o", out, "--json", "-q")
+    assert code == 0, err
+    [record] = _json_lines(stdout)
+    assert record["outputs"] == {"flo": str(out / "a_flow.flo"), "vis": str(out / "a_vis.png")}
+    assert record["occluded_fraction"] is None and record["inputs"] == [str(media["a"]), str(media["b"])]
+    assert sorted(p.name for p in out.iterdir()) == ["a_flow.flo", "a_vis.png"]
+    assert err == ""  # --quiet
+
+
+def test_video_input_keeps_fps_and_streams_batches(media, tmp_path, cli):
+    out = tmp_path / "out"
+    args = [media["clip"], "--weights", media["weights"], "-o", out, "--video", "--npy", "--json", "-q"]
+    code, stdout, err = cli(*args, "--batch-size", "2")
+    assert code == 0, err
+    records = _json_lines(stdout)
+    pairs = [r for r in records if r["type"] == "pair"]
+    assert [r["frame1"] for r in pairs] == [f"frame_{i:06d}" for i in range(4)]
+    assert pairs[1]["inputs"] == [f"{media['clip']}#1", f"{media['clip']}#2"]
+    assert pairs[0]["outputs"] == {"npy": str(out / "clip_frame_000000_flow.npy")}
+    [video] = [r for r in records if r["type"] == "video"]
+    reader = VideoReader(video["outputs"]["video"])
+    assert reader.fps == pytest.approx(12.5) and sum(1 for _ in reader) == 4
+    # --max-frames and --step on a video; batches give the same flow as single pairs
+    code, stdout, err = cli(media["clip"], "--weights", media["weights"], "-o", tmp_path / "o2", "--npy", "--json",
+                            "--max-frames", "3", "-q")
+    assert code == 0, err
+    single = _json_lines(stdout)
+    assert len(single) == 2
+    np.testing.assert_allclose(read_npy(single[1]["outputs"]["npy"]), read_npy(pairs[1]["outputs"]["npy"]), atol=1e-4)
+    code, stdout, err = cli(media["clip"], "--weights", media["weights"], "-o", tmp_path / "o3", "--json",
+                            "--step", "2", "-q")
+    assert code == 0, err
+    assert [(r["frame1"], r["frame2"]) for r in _json_lines(stdout)] == [
+        ("frame_000000", "frame_000002"), ("frame_000002", "frame_000004")
+    ]
+
+
+def test_name_template_formats_and_several_inputs(media, tmp_path, cli):
+    out = tmp_path / "out"
+    code, stdout, err = cli(media["a"], media["b"], media["frames"], "--weights", media["weights"], "-o", out,
+                            "--formats", "npy,warp", "--name", "{source}/{index:03d}-{frame2}", "--json", "-q")
+    assert code == 0, err
+    outputs = [r["outputs"] for r in _json_lines(stdout)]
+    assert outputs == [
+        {"npy": str(out / "a/000-b_flow.npy"), "warp": str(out / "a/000-b_warp.png")},
+        {"npy": str(out / "frames/000-f_1_flow.npy"), "warp": str(out / "frames/000-f_1_warp.png")},
+        {"npy": str(out / "frames/001-f_2_flow.npy"), "warp": str(out / "frames/001-f_2_warp.png")},
+    ]
+
+
+def test_gray_rgba_and_16_bit_inputs(media, tmp_path, cli):
+    gray16 = (_frame(0)[:, :, 0].astype(np.uint16) * 257)
+    rgba = np.concatenate((_frame(2), np.full((H, W, 1), 255, np.uint8)), axis=2)
+    first, second = write_png(tmp_path / "g.png", gray16), write_png(tmp_path / "r.png", rgba)
+    assert read_image(first).shape == read_image(second).shape == (3, H, W)
+    code, _, err = cli(first, second, "--weights", media["weights"], "-o", tmp_path / "out", "-q")
+    assert code == 0, err
+
+
+def test_learned_occlusion_is_written_for_models_that_have_it(tmp_path, media, cli):
+    weights = save_checkpoint(FlowNet(FlowNetConfig(matching="maskflownet", **TINY)), tmp_path / "mask.safetensors")
+    code, stdout, err = cli(media["a"], media["b"], "--weights", weights, "-o", tmp_path / "out", "--occlusion",
+                            "--json", "-q")
+    assert code == 0, err
+    [record] = _json_lines(stdout)
+    assert set(record["outputs"]) == {"occlusion", "occlusion_learned"}
+    assert read_png(record["outputs"]["occlusion_learned"]).shape == (H, W)
+
+
+def test_existing_outputs_are_never_replaced_without_overwrite(media, tmp_path, cli):
+    out = tmp_path / "out"
+    base = [media["frames"], "--weights", media["weights"], "-o", out, "-q"]
+    # an output of the *second* pair exists: nothing at all is written, the file is untouched
+    out.mkdir()
+    existing = out / "f_1_vis.png"
+    existing.write_bytes(b"keep me")
+    code, _, err = cli(*base)
+    _assert_one_line_error(code, err, 3, "f_1_vis.png", "--overwrite")
+    assert existing.read_bytes() == b"keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["f_1_vis.png"]
+    code, _, err = cli(*base, "--overwrite")
+    assert code == 0, err
+    assert existing.read_bytes() != b"keep me"
+    assert len(list(out.iterdir())) == 4
+    # outputs that would collide with each other are refused up front too
+    code, _, err = cli(*base, "--overwrite", "--name", "{source}")
+    _assert_one_line_error(code, err, 3, "{index}")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _registry(tmp_path: Path, monkeypatch, media, sha256: str, cached: bool) -> str:
+    cache = tmp_path / "cache"
+    data = media["weights"].read_bytes()
+    if cached:
+        (cache / "models" / "tiny-url").mkdir(parents=True)
+        (cache / "models" / "tiny-url" / "model.safetensors").write_bytes(data)
+    record = {"path": "model.safetensors", "source": "https://flowcli.invalid/tiny.safetensors",
+              "sha256": sha256, "size": len(data)}
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"models": {"tiny-url": {"task": "flow", "files": [record]}}}))
+    monkeypatch.setenv("FLOWCLI_REGISTRY", str(registry))
+    monkeypatch.setenv("FLOWCLI_CACHE", str(cache))
+    return "tiny-url"
+
+
+def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int, str]:
+    """(arguments before the common ones, expected exit code, text the error must contain)."""
+    a, b, weights = media["a"], media["b"], media["weights"]
+    if case == "missing file":
+        return [a, tmp_path / "nope.png"], 2, "does not exist"
+    if case == "corrupt image":
+        (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+        return [a, tmp_path / "bad.png"], 2, "bad.png"
+    if case == "truncated video":
+        (tmp_path / "cut.mp4").write_bytes(media["clip"].read_bytes()[: media["clip"].stat().st_size // 2])
+        return [tmp_path / "cut.mp4"], 2, "cut.mp4"
+    if case == "1-frame video":
+        with VideoWriter(tmp_path / "one.mp4", fps=10) as writer:
+            writer.write(_frame(0))
+        return [tmp_path / "one.mp4"], 2, "1 frame"
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        return [tmp_path / "empty"], 2, "no images"
+    if case == "frames of different sizes":
+        write_png(tmp_path / "mixed" / "0.png", _frame(0))
+        write_png(tmp_path / "mixed" / "1.png", _frame(1, size=(32, 32)))
+        return [tmp_path / "mixed"], 2, "differ in size"
+    if case == "single image":
+        return [a], 2, "single image"
+    if case == "unknown output format":
+        return [a, b, "--formats", "flo,exr"], 3, "valid formats: flo, kitti"
+    if case == "unknown name placeholder":
+        return [a, b, "--name", "{frame}"], 3, "{frame}"
+    if case == "unwritable output folder":
+        return [a, b, "-o", a / "sub"], 3, "output folder"
+    if case == "wrong sha256":
+        name = _registry(tmp_path, monkeypatch, media, "0" * 64, cached=True)
+        return [a, b, "--weights", name, "--offline"], 4, "sha256 mismatch"
+    if case == "offline with an empty cache":
+        name = _registry(tmp_path, monkeypatch, media, hashlib.sha256(weights.read_bytes()).hexdigest(), cached=False)
+        return [a, b, "--weights", name, "--offline"], 4, "offline"
+    if case == "checkpoint of another architecture":
+        meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(weights).items()}
+        meta["flowcli.config"] = json.dumps({**json.loads(meta["flowcli.config"]), "matching": "maskflownet"})
+        save_file(load_file(str(weights)), str(tmp_path / "other.safetensors"), metadata=meta)
+        return [a, b, "--weights", tmp_path / "other.safetensors"], 4, "does not match its declared architecture"
+    if case == "missing weights file":
+        return [a, b, "--weights", tmp_path / "none.safetensors"], 4, "no such checkpoint"
+    raise AssertionError(case)
+
+
+BAD_CASES = [
+    "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
+    "single image", "unknown output format", "unknown name placeholder", "unwritable output folder", "wrong sha256",
+    "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_error_without_outputs(case, media, tmp_path, monkeypatch, cli):
+    args, expected_code, needle = _bad_case(case, media, tmp_path, monkeypatch)
+    if "--weights" not in args:
+        args += ["--weights", media["weights"]]
+    out = tmp_path / "out"
+    if "-o" not in args:
+        args += ["-o", out]
+    code, stdout, err = cli(*args, "--all")
+    _assert_one_line_error(code, err, expected_code, needle)
+    assert stdout == ""
+    assert not out.exists()  # created only when the first file is written
+
+
+def test_error_in_a_real_process_has_no_traceback(media, tmp_path):
+    env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", HARNESS, "estimate", str(media["a"]), str(tmp_path / "nope.png")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.png'} does not exist; check the path"]
+
+
+# ----------------------------------------------------------------------------- real footage
+
+
+def test_real_traffic_frames(shared_data, media, tmp_path, cli):
+    traffic = shared_data / "footage" / "traffic"
+    if not traffic.is_dir():
+        pytest.skip(f"{traffic} not found")
+    code, stdout, err = cli(traffic, "--max-frames", "3", "--weights", media["weights"], "-o", tmp_path / "out",
+                            "--json", "--flo", "--occlusion", "-q")
+    assert code == 0, err
+    records = _json_lines(stdout)
+    assert [r["frame1"] for r in records] == ["00001", "00002"]
+    first = read_image(traffic / "00001.jpg")
+    for record in records:
+        assert (record["height"], record["width"]) == tuple(first.shape[-2:])
+        assert read_png(record["outputs"]["occlusion"]).shape == tuple(first.shape[-2:])
+        assert read_flo(record["outputs"]["flo"]).shape == (*first.shape[-2:], 2)

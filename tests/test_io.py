@@ -1,0 +1,568 @@
+"""flowcli.io: flow/disparity/array formats, images, frame lists, video, visualisation."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flowcli.errors import InputError, OutputError
+from flowcli.io import media
+from flowcli.io.flow_formats import (
+    UNKNOWN_FLOW,
+    read_disparity_png,
+    read_flo,
+    read_flow,
+    read_kitti_flow,
+    read_npy,
+    read_npz,
+    read_pfm,
+    read_png,
+    valid_mask,
+    write_disparity_png,
+    write_flo,
+    write_flow,
+    write_kitti_flow,
+    write_npy,
+    write_npz,
+    write_pfm,
+)
+from flowcli.io.media import (
+    FramePair,
+    VideoReader,
+    VideoWriter,
+    frame_pairs,
+    list_frames,
+    natural_sort_key,
+    read_image,
+)
+from flowcli.io.visualize import flow_to_rgb, mask_to_png_array, write_png
+from flowcli.ops.warp import backward_warp, out_of_frame
+
+RNG = np.random.default_rng(0)
+
+
+def random_flow(h=13, w=17, scale=20.0) -> np.ndarray:
+    return (RNG.standard_normal((h, w, 2)) * scale).astype(np.float32)
+
+
+def assert_one_line_error(excinfo, *fragments):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert str(fragment) in message
+
+
+# ----------------------------------------------------------------------------- .flo
+
+
+def test_flo_round_trip_is_exact_and_keeps_unknown(tmp_path):
+    flow = random_flow()
+    flow[2, 3] = [1e10, 1e10]
+    flow[4, 5, 1] = np.float32(1e9)
+    path = write_flo(tmp_path / "a.flo", flow)
+    back = read_flo(path)
+    assert back.dtype == np.float32 and back.shape == (13, 17, 2)
+    np.testing.assert_array_equal(back, flow)
+    valid = valid_mask(back)
+    assert not valid[2, 3] and not valid[4, 5] and valid.sum() == 13 * 17 - 2
+
+
+def test_flo_layout_matches_the_middlebury_spec(tmp_path):
+    flow = random_flow(3, 4)
+    data = write_flo(tmp_path / "a.flo", flow).read_bytes()
+    magic, width, height = struct.unpack("<fii", data[:12])
+    assert (magic, width, height) == (202021.25, 4, 3)
+    # u, v interleaved, rows top to bottom
+    np.testing.assert_array_equal(np.frombuffer(data[12:], "<f4"), flow.reshape(-1))
+    # and a hand-made file reads back as written
+    hand = struct.pack("<fii", 202021.25, 2, 1) + struct.pack("<4f", 1.5, -2.0, 3.0, 4.25)
+    (tmp_path / "hand.flo").write_bytes(hand)
+    np.testing.assert_array_equal(read_flo(tmp_path / "hand.flo"), [[[1.5, -2.0], [3.0, 4.25]]])
+
+
+def test_flow_tensor_layout_is_accepted(tmp_path):
+    flow = random_flow(5, 6)
+    write_flo(tmp_path / "t.flo", torch.from_numpy(flow).permute(2, 0, 1).unsqueeze(0))
+    np.testing.assert_array_equal(read_flo(tmp_path / "t.flo"), flow)
+
+
+# ----------------------------------------------------------------------------- KITTI PNG
+
+
+def test_kitti_flow_round_trip_within_quantisation(tmp_path):
+    flow = random_flow(20, 30, scale=100.0)
+    valid = RNG.random((20, 30)) > 0.3
+    flow[0, 0] = np.nan  # non-finite pixels are always written invalid
+    path = write_kitti_flow(tmp_path / "k.png", flow, valid)
+    back, back_valid = read_kitti_flow(path)
+    expected_valid = valid.copy()
+    expected_valid[0, 0] = False
+    np.testing.assert_array_equal(back_valid, expected_valid)
+    assert np.abs(back[expected_valid] - flow[expected_valid]).max() <= 1 / 128 + 1e-6
+    assert (back[~expected_valid] == 0).all()
+    # exact on the 1/64 grid
+    grid = np.round(flow * 64) / 64
+    np.testing.assert_array_equal(back[expected_valid], grid[expected_valid])
+
+
+def test_kitti_flow_png_channels_and_byte_order(tmp_path):
+    flow = np.zeros((4, 5, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 1.0, -2.0
+    path = write_kitti_flow(tmp_path / "k.png", flow)
+    raw = read_png(path)
+    assert raw.dtype == np.uint16 and raw.shape == (4, 5, 3)
+    assert tuple(raw[0, 0]) == (2**15 + 64, 2**15 - 128, 1)
+    # An independent decoder (Pillow, which keeps the high byte of 16-bit colour) agrees.
+    np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), (raw >> 8).astype(np.uint8))
+
+
+def test_disparity_png_round_trip_within_quantisation(tmp_path):
+    disparity = (RNG.random((11, 9)) * 200).astype(np.float32)
+    disparity[1, 1] = np.inf
+    valid = RNG.random((11, 9)) > 0.2
+    path = write_disparity_png(tmp_path / "d.png", disparity, valid)
+    back, back_valid = read_disparity_png(path)
+    expected = valid & np.isfinite(disparity)
+    np.testing.assert_array_equal(back_valid, expected)
+    assert np.abs(back[expected] - disparity[expected]).max() <= 1 / 512 + 1e-6
+    raw = np.asarray(Image.open(path))  # Pillow reads 16-bit gray exactly
+    np.testing.assert_array_equal(raw[expected], np.clip(np.rint(disparity[expected] * 256), 1, None))
+    assert (raw[~expected] == 0).all()
+
+
+# ----------------------------------------------------------------------------- PFM
+
+
+def test_pfm_round_trip_gray_and_colour_with_inf(tmp_path):
+    gray = RNG.standard_normal((7, 5)).astype(np.float32)
+    gray[0, 0], gray[6, 4] = np.inf, -np.inf
+    colour = RNG.standard_normal((4, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(read_pfm(write_pfm(tmp_path / "g.pfm", gray)), gray)
+    np.testing.assert_array_equal(read_pfm(write_pfm(tmp_path / "c.pfm", colour)), colour)
+
+
+def test_pfm_rows_are_bottom_up_and_scale_sign_is_endianness(tmp_path):
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    data = write_pfm(tmp_path / "a.pfm", array).read_bytes()
+    header = b"Pf\n3 2\n-1.0\n"
+    assert data.startswith(header)
+    np.testing.assert_array_equal(np.frombuffer(data[len(header) :], "<f4"), [3, 4, 5, 0, 1, 2])
+    # big endian (positive scale), hand made
+    big = b"Pf\n3 2\n1.0\n" + np.array([3, 4, 5, 0, 1, 2], ">f4").tobytes()
+    (tmp_path / "big.pfm").write_bytes(big)
+    np.testing.assert_array_equal(read_pfm(tmp_path / "big.pfm"), array)
+
+
+# ----------------------------------------------------------------------------- NumPy, dispatch
+
+
+def test_npy_and_npz_round_trip(tmp_path):
+    flow = random_flow()
+    np.testing.assert_array_equal(read_npy(write_npy(tmp_path / "f.npy", flow)), flow)
+    occlusion = RNG.random((13, 17)) > 0.5
+    bundle = read_npz(write_npz(tmp_path / "b.npz", flow=flow, occlusion=occlusion))
+    assert set(bundle) == {"flow", "occlusion"}
+    np.testing.assert_array_equal(bundle["flow"], flow)
+    np.testing.assert_array_equal(bundle["occlusion"], occlusion)
+    # a name without the .npz suffix is written exactly there
+    write_npz(tmp_path / "bundle.data", flow=flow)
+    assert (tmp_path / "bundle.data").is_file() and not (tmp_path / "bundle.data.npz").exists()
+
+
+@pytest.mark.parametrize("suffix", [".flo", ".png", ".npy", ".pfm"])
+def test_read_write_flow_dispatch(tmp_path, suffix):
+    flow = random_flow(8, 10)
+    flow[1, 2] = UNKNOWN_FLOW
+    path = write_flow(tmp_path / f"f{suffix}", flow)
+    back = read_flow(path)
+    assert back.shape == (8, 10, 2) and back.dtype == np.float32
+    valid = valid_mask(flow)
+    np.testing.assert_array_equal(valid_mask(back), valid)
+    tolerance = 1 / 128 + 1e-6 if suffix == ".png" else 0
+    assert np.abs(back[valid] - flow[valid]).max() <= tolerance
+    if suffix == ".pfm":
+        assert read_pfm(path).shape == (8, 10, 3) and (read_pfm(path)[..., 2] == 0).all()
+
+
+def test_write_flow_fmt_overrides_extension(tmp_path):
+    flow = random_flow(4, 4)
+    write_flow(tmp_path / "out.bin", flow, fmt="flo")
+    np.testing.assert_array_equal(read_flo(tmp_path / "out.bin"), flow)
+
+
+def test_unknown_flow_format_is_one_line_listing_formats(tmp_path):
+    with pytest.raises(OutputError) as excinfo:
+        write_flow(tmp_path / "f.xyz", random_flow())
+    assert_one_line_error(excinfo, "f.xyz", ".flo", ".png", ".npy", ".pfm")
+    (tmp_path / "f.xyz").write_bytes(b"x")
+    with pytest.raises(InputError) as excinfo:
+        read_flow(tmp_path / "f.xyz")
+    assert_one_line_error(excinfo, "f.xyz", ".flo")
+
+
+def test_writes_refuse_to_overwrite_and_leave_no_temp_files(tmp_path):
+    path = write_flo(tmp_path / "a.flo", random_flow())
+    with pytest.raises(OutputError):
+        write_flo(path, random_flow())
+    write_flo(path, np.zeros((2, 2, 2), np.float32), overwrite=True)
+    assert read_flo(path).shape == (2, 2, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flo"]
+
+
+# ----------------------------------------------------------------------------- corrupt inputs
+
+
+def _corrupt_files(tmp_path):
+    flow = random_flow(6, 7)
+    flo = write_flo(tmp_path / "good.flo", flow).read_bytes()
+    png = write_kitti_flow(tmp_path / "good.png", flow).read_bytes()
+    pfm = write_pfm(tmp_path / "good.pfm", flow[..., 0]).read_bytes()
+    npy = write_npy(tmp_path / "good.npy", flow).read_bytes()
+    npz = write_npz(tmp_path / "good.npz", flow=flow).read_bytes()
+    return {
+        "truncated.flo": (read_flo, flo[:-5]),
+        "magic.flo": (read_flo, b"\0\0\0\0" + flo[4:]),
+        "empty.flo": (read_flo, b""),
+        "truncated.png": (read_kitti_flow, png[: len(png) // 2]),
+        "notpng.png": (read_kitti_flow, b"GIF89a" + b"\0" * 40),
+        "eightbit.png": (read_kitti_flow, iio.imwrite("<bytes>", np.zeros((4, 4, 3), np.uint8), extension=".png")),
+        "truncated.pfm": (read_pfm, pfm[:-9]),
+        "header.pfm": (read_pfm, b"P7\nhello"),
+        "truncated.npy": (read_npy, npy[:-7]),
+        "truncated.npz": (read_npz, npz[: len(npz) // 2]),
+        "image.png": (media.read_image, png[:60]),
+        "image.jpg": (media.read_image, b"\xff\xd8\xff\xe0 not a jpeg"),
+        "image.ppm": (media.read_image, b"P6\n10 10\n255\n" + b"\0" * 20),
+    }
+
+
+def test_corrupt_and_missing_inputs_raise_one_line_input_error(tmp_path):
+    for name, (reader, data) in _corrupt_files(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(InputError) as excinfo:
+            reader(path)
+        assert_one_line_error(excinfo, path)
+    for reader in (read_flo, read_flow, read_pfm, read_png, read_npy, read_image):
+        with pytest.raises(InputError) as excinfo:
+            reader(tmp_path / "missing.flo")
+        assert_one_line_error(excinfo, "missing.flo", "does not exist")
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def warp_errors(image1, image2, flow_hw2, valid=None):
+    """Mean |frame1 - warp(frame2, flow)| and mean |frame1 - frame2| over valid in-frame pixels."""
+    flow = torch.from_numpy(np.where(np.isfinite(flow_hw2), flow_hw2, 0)).permute(2, 0, 1)[None].float()
+    keep = ~out_of_frame(flow)[0, 0]
+    if valid is not None:
+        keep &= torch.from_numpy(valid)
+    warped = backward_warp(image2[None], flow)[0]
+    warp_error = (image1 - warped).abs().mean(0)[keep].mean().item()
+    still_error = (image1 - image2).abs().mean(0)[keep].mean().item()
+    return warp_error, still_error
+
+
+def test_sintel_flo_ground_truth(shared_data):
+    root = shared_data / "flow" / "sintel" / "training"
+    flow = read_flow(root / "flow" / "alley_1" / "frame_0002.flo")
+    assert flow.shape == (436, 1024, 2) and valid_mask(flow).all()
+    image1 = read_image(root / "clean" / "alley_1" / "frame_0002.png")
+    image2 = read_image(root / "clean" / "alley_1" / "frame_0003.png")
+    assert image1.shape == (3, 436, 1024)
+    warp_error, still_error = warp_errors(image1, image2, flow)
+    assert warp_error < 0.5 * still_error
+    occlusion = read_image(root / "occlusions" / "alley_1" / "frame_0002.png")
+    assert 0 < occlusion[0].mean() < 0.5
+
+
+def test_kitti_flow_ground_truth(shared_data):
+    root = shared_data / "flow" / "kitti2015" / "training"
+    flow, valid = read_kitti_flow(root / "flow_occ" / "000010_10.png")
+    assert flow.shape == (375, 1242, 2) and valid.shape == (375, 1242)
+    assert 0.1 < valid.mean() < 0.9  # sparse
+    assert np.abs(flow[valid]).max() < 512 and (flow[~valid] == 0).all()
+    _, valid_noc = read_kitti_flow(root / "flow_noc" / "000010_10.png")
+    assert (valid_noc <= valid).all() and valid_noc.sum() < valid.sum()
+    image1 = read_image(root / "image_2" / "000010_10.png")
+    image2 = read_image(root / "image_2" / "000010_11.png")
+    warp_error, still_error = warp_errors(image1, image2, flow, valid)
+    assert warp_error < 0.5 * still_error
+    flow_via_dispatch = read_flow(root / "flow_occ" / "000010_10.png")
+    np.testing.assert_array_equal(valid_mask(flow_via_dispatch), valid)
+
+
+def test_middlebury_flo_with_unknown_and_gray_frames(shared_data):
+    root = shared_data / "flow" / "middlebury"
+    flow = read_flo(root / "other-gt-flow" / "Dimetrodon" / "flow10.flo")
+    assert flow.shape == (388, 584, 2)
+    valid = valid_mask(flow)
+    assert 0 < (~valid).sum() and valid.mean() > 0.5
+    assert (np.abs(flow[~valid]) >= 1e9).any()
+    image1 = read_image(root / "other-data" / "Dimetrodon" / "frame10.png")
+    image2 = read_image(root / "other-data" / "Dimetrodon" / "frame11.png")
+    assert image1.shape == (3, 388, 584)
+    assert torch.equal(image1[0], image1[1]) and torch.equal(image1[0], image1[2])  # gray replicated
+    warp_error, still_error = warp_errors(image1, image2, flow, valid)
+    assert warp_error < 0.7 * still_error
+    rgb = flow_to_rgb(flow)
+    assert rgb.shape == (388, 584, 3) and (rgb[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("scene", ["tsukuba", "venus"])
+def test_middlebury_stereo_pfm_ground_truth(shared_data, scene):
+    root = shared_data / "stereo" / "middlebury" / scene
+    disparity = read_pfm(root / "disp0GT.pfm")
+    left, right = read_image(root / "im0.png"), read_image(root / "im1.png")
+    assert disparity.shape == tuple(left.shape[1:]) and disparity.dtype == np.float32
+    finite = np.isfinite(disparity)
+    assert finite.mean() > 0.7 and (disparity[finite] >= 0).all()
+    # left(x) = right(x - d): a flow of (-d, 0) brings the right image onto the left one
+    flow = np.stack((-np.where(finite, disparity, 0), np.zeros_like(disparity)), axis=-1)
+    warp_error, still_error = warp_errors(left, right, flow, finite)
+    assert warp_error < 0.5 * still_error
+    # reading rows top-down instead of bottom-up would not match
+    flipped_error, _ = warp_errors(left, right, flow[::-1].copy(), finite[::-1].copy())
+    assert warp_error < 0.5 * flipped_error
+
+
+def test_flying_chairs_ppm_and_flo(shared_data):
+    root = shared_data / "flow" / "chairs" / "data"
+    flow = read_flow(root / "00001_flow.flo")
+    assert flow.shape == (384, 512, 2) and valid_mask(flow).all()
+    pair = next(iter(frame_pairs((root / "00001_img1.ppm", root / "00001_img2.ppm"))))
+    assert isinstance(pair, FramePair)
+    assert (pair.name1, pair.name2, pair.index) == ("00001_img1", "00001_img2", 0)
+    assert pair.image1.shape == (3, 384, 512) and pair.image1.dtype == torch.float32
+    warp_error, still_error = warp_errors(pair.image1, pair.image2, flow)
+    assert warp_error < 0.5 * still_error
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_read_image_conversions(tmp_path):
+    gray = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
+    rgba = RNG.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    rgb16 = RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    gray16 = RNG.integers(0, 65536, (6, 5), dtype=np.uint16)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.ppm")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.bmp")
+    write_png(tmp_path / "rgb16.png", rgb16)
+    write_png(tmp_path / "gray16.png", gray16)
+
+    image = read_image(tmp_path / "gray.png")
+    assert image.shape == (3, 6, 5) and image.dtype == torch.float32
+    for channel in range(3):
+        np.testing.assert_allclose(image[channel].numpy(), gray / 255, atol=1e-7)
+    rgb = rgba[..., :3].transpose(2, 0, 1) / 255
+    for name in ("rgba.png", "rgb.ppm", "rgb.bmp"):
+        np.testing.assert_allclose(read_image(tmp_path / name).numpy(), rgb, atol=1e-7)
+    np.testing.assert_allclose(read_image(tmp_path / "rgb16.png").numpy(), rgb16.transpose(2, 0, 1) / 65535, atol=1e-7)
+    np.testing.assert_allclose(read_image(tmp_path / "gray16.png")[2].numpy(), gray16 / 65535, atol=1e-7)
+
+
+def test_natural_sort_and_list_frames(tmp_path):
+    names = ["frame_10.png", "frame_2.png", "frame_1.jpg", "Frame_3.PNG", "notes.txt", "frame_20.ppm"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    listed = [p.name for p in list_frames(tmp_path)]
+    assert listed == ["frame_1.jpg", "frame_2.png", "Frame_3.PNG", "frame_10.png", "frame_20.ppm"]
+    assert [p.name for p in list_frames(tmp_path / "frame_*.png")] == ["frame_2.png", "frame_10.png"]
+    assert sorted(["a10", "a9", "a100"], key=natural_sort_key) == ["a9", "a10", "a100"]
+    with pytest.raises(InputError) as excinfo:
+        list_frames(tmp_path / "*.webp")
+    assert_one_line_error(excinfo, "no images")
+    with pytest.raises(InputError):
+        list_frames(tmp_path / "sub")
+    with pytest.raises(InputError):
+        list_frames(tmp_path / "nowhere")
+
+
+def test_frame_pairs_from_folder_with_step_and_limit(shared_data):
+    folder = shared_data / "footage" / "traffic"
+    pairs = list(frame_pairs(folder, step=2, max_frames=4))
+    expected = [("00001", "00003", 0), ("00003", "00005", 1), ("00005", "00007", 2)]
+    assert [(p.name1, p.name2, p.index) for p in pairs] == expected
+    assert pairs[0].image2 is pairs[1].image1  # each frame decoded once
+    assert pairs[0].image1.shape == (3, 272, 480)
+
+
+def test_frame_pairs_errors(tmp_path):
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(InputError) as excinfo:
+        list(frame_pairs((tmp_path / "a.png", tmp_path / "b.png")))
+    assert_one_line_error(excinfo, "a.png", "b.png", "6x4", "6x5")
+    with pytest.raises(InputError) as excinfo:
+        list(frame_pairs(tmp_path / "a.png"))
+    assert_one_line_error(excinfo, "single image")
+    single = tmp_path / "single"
+    single.mkdir()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(single / "only.png")
+    with pytest.raises(InputError) as excinfo:
+        frame_pairs(single)
+    assert_one_line_error(excinfo, "at least 2")
+    with pytest.raises(InputError):
+        frame_pairs((tmp_path / "a.png", tmp_path / "missing.png"))
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def test_video_reader_streams_vtest(shared_data):
+    path = shared_data / "footage" / "vtest.avi"
+    reader = VideoReader(path, max_frames=3)
+    assert reader.fps == 10.0 and reader.size == (768, 576)
+    assert reader.num_frames == 3
+    assert abs(VideoReader(path).num_frames - 795) <= 2
+    frames = list(reader)
+    assert len(frames) == 3 and reader.frames_read == 3
+    assert all(f.shape == (3, 576, 768) and f.dtype == torch.float32 for f in frames)
+    assert 0.0 <= float(frames[0].min()) and float(frames[0].max()) <= 1.0 and float(frames[0].std()) > 0.05
+    assert 0 < (frames[0] - frames[1]).abs().mean() < 0.1  # consecutive frames differ, but not much
+    pairs = list(frame_pairs(path, step=2, max_frames=3))
+    assert [(p.name1, p.name2) for p in pairs] == [("frame_000000", "frame_000002"), ("frame_000002", "frame_000004")]
+    assert torch.equal(pairs[0].image1, frames[0]) and torch.equal(pairs[0].image2, frames[2])
+
+
+def _gradient_frames(count, height=49, width=65):
+    ys, xs = np.mgrid[0:height, 0:width]
+    for i in range(count):
+        frame = np.stack(((xs * 3 + i * 8) % 256, (ys * 4) % 256, np.full_like(xs, 40 + 20 * i)), axis=-1)
+        yield frame.astype(np.uint8)
+
+
+def test_video_writer_round_trip_keeps_fps_and_frame_count(tmp_path):
+    path = tmp_path / "out.mp4"
+    frames = list(_gradient_frames(6))
+    with VideoWriter(path, fps=7, overwrite=False) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert writer.frames_written == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    reader = VideoReader(path)
+    assert reader.fps == pytest.approx(7.0) and reader.num_frames == 6
+    assert reader.size == (66, 50)  # odd sizes padded to even for yuv420p
+    back = list(reader)
+    assert len(back) == 6
+    first = back[0][:, :49, :65].permute(1, 2, 0).numpy() * 255
+    assert np.abs(first - frames[0]).mean() < 6
+    with pytest.raises(OutputError):
+        VideoWriter(path, fps=7)
+
+
+def test_video_writer_failure_leaves_no_file(tmp_path):
+    path = tmp_path / "out.mp4"
+    with pytest.raises(KeyError):
+        with VideoWriter(path, fps=5) as writer:
+            writer.write(next(_gradient_frames(1)))
+            raise KeyError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError):
+        with VideoWriter(path, fps=5):
+            pass
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError):
+        VideoWriter(tmp_path / "out.webm", fps=5)
+
+
+def test_corrupt_and_short_videos(tmp_path, shared_data):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video" * 100)
+    with pytest.raises(InputError) as excinfo:
+        VideoReader(garbage)
+    assert_one_line_error(excinfo, "garbage.mp4")
+    with pytest.raises(InputError):
+        frame_pairs(garbage)
+
+    one = tmp_path / "one.mp4"
+    with VideoWriter(one, fps=5) as writer:
+        writer.write(next(_gradient_frames(1)))
+    assert len(list(VideoReader(one))) == 1
+    with pytest.raises(InputError) as excinfo:
+        list(frame_pairs(one))
+    assert_one_line_error(excinfo, "one.mp4", "fewer than 2 frames")
+
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes((shared_data / "footage" / "vtest.avi").read_bytes()[:200_000])
+    with pytest.warns(UserWarning, match="truncated"):
+        frames = list(VideoReader(truncated))
+    assert 2 <= len(frames) < 795
+
+
+def _fake_stream(frames_before_failure):
+    def read_frames(path, pix_fmt="rgb24"):
+        yield {"size": (4, 3), "fps": 10.0, "duration": 1.0}
+        for _ in range(frames_before_failure):
+            yield bytes(4 * 3 * 3)
+        raise RuntimeError("Could not read frame:\nEnd of file reached before full frame could be read.")
+
+    return read_frames
+
+
+def test_mid_stream_decode_failure_policy(tmp_path, monkeypatch):
+    path = tmp_path / "fake.mp4"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(media.imageio_ffmpeg, "read_frames", _fake_stream(3))
+    with pytest.warns(UserWarning, match="decoding failed after frame 2"):
+        assert len(list(VideoReader(path))) == 3
+    monkeypatch.setattr(media.imageio_ffmpeg, "read_frames", _fake_stream(1))
+    with pytest.raises(InputError) as excinfo, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        list(VideoReader(path))
+    assert_one_line_error(excinfo, "fake.mp4", "after 1 frame")
+
+
+# ----------------------------------------------------------------------------- visualisation
+
+
+def test_flow_to_rgb_colours_and_max_flow():
+    flow = np.zeros((2, 4, 2), np.float32)
+    flow[0, 1] = [5, 0]
+    flow[0, 2] = [-5, 0]
+    flow[0, 3] = [0, 5]
+    flow[1, 0] = [10, 0]
+    flow[1, 1] = [np.nan, 0]
+    rgb = flow_to_rgb(flow)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3)
+    assert (rgb[0, 0] == 255).all()  # zero flow is white
+    assert len({tuple(rgb[0, i]) for i in (1, 2, 3)}) == 3  # directions differ in hue
+    assert (rgb[1, 1] == 0).all()  # unknown is black
+    np.testing.assert_array_equal(flow_to_rgb(torch.from_numpy(flow).permute(2, 0, 1)), rgb)
+
+    # With max_flow, a vector keeps its colour whatever the largest flow of its frame is.
+    small_frame, big_frame = flow.copy(), flow.copy()
+    big_frame[1, 0] = [40, 0]
+    np.testing.assert_array_equal(flow_to_rgb(small_frame, 20)[0, 1], flow_to_rgb(big_frame, 20)[0, 1])
+    assert not np.array_equal(flow_to_rgb(small_frame)[0, 1], flow_to_rgb(big_frame)[0, 1])
+    # beyond max_flow: saturated like exactly max_flow, not darkened
+    np.testing.assert_array_equal(flow_to_rgb(big_frame, 20)[1, 0], flow_to_rgb(big_frame, 40)[1, 0])
+
+
+def test_mask_to_png_array_and_write_png(tmp_path):
+    assert mask_to_png_array(np.array([[True, False]])).tolist() == [[255, 0]]
+    assert mask_to_png_array(torch.tensor([[[[0.0, 0.5, 1.0, 2.0]]]])).tolist() == [[0, 128, 255, 255]]
+    assert mask_to_png_array(np.array([[0, 3]], np.int64)).tolist() == [[0, 255]]
+    for array in (
+        RNG.integers(0, 256, (5, 6), dtype=np.uint8),
+        RNG.integers(0, 256, (5, 6, 3), dtype=np.uint8),
+        RNG.integers(0, 65536, (5, 6), dtype=np.uint16),
+        RNG.integers(0, 65536, (5, 6, 3), dtype=np.uint16),
+    ):
+        path = write_png(tmp_path / "x.png", array, overwrite=True)
+        back = read_png(path)
+        assert back.dtype == array.dtype
+        np.testing.assert_array_equal(back, array)
+    with pytest.raises(OutputError):
+        write_png(tmp_path / "x.png", array)

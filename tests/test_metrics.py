@@ -1,0 +1,107 @@
+"""Metrics on tiny hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from flowcli.metrics import flow_metrics, mean_metrics, occlusion_f1, stereo_metrics
+
+
+def _flow(u, v):
+    """[1,2,H,W] flow from two nested lists."""
+    return torch.stack((torch.tensor(u, dtype=torch.float32), torch.tensor(v, dtype=torch.float32)))[None]
+
+
+def test_perfect_prediction_is_zero():
+    gt = torch.randn(2, 2, 5, 7) * 10
+    valid = torch.ones(2, 1, 5, 7, dtype=torch.bool)
+    m = flow_metrics(gt.clone(), gt, valid, occlusion=torch.zeros(2, 1, 5, 7))
+    assert m["epe"] == 0 and m["epe_noc"] == 0 and m["fl_all"] == 0
+    assert m["acc_1px"] == m["acc_3px"] == m["acc_5px"] == 100
+    assert math.isnan(m["epe_occ"])  # no occluded pixel
+    s = stereo_metrics(gt[:, :1].abs(), gt[:, :1].abs(), valid)
+    assert s["epe"] == 0 and s["bad_1"] == s["bad_2"] == s["bad_4"] == s["d1"] == 0
+
+
+def test_epe_and_accuracy_hand_computed():
+    gt = _flow([[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]])
+    # errors: 5 (3-4-5), 0.5, 2, invalid 100
+    pred = _flow([[3.0, 0.5], [2.0, 100.0]], [[4.0, 0.0], [0.0, 0.0]])
+    valid = torch.tensor([[[[True, True], [True, False]]]])
+    m = flow_metrics(pred, gt, valid)
+    assert m["epe"] == pytest.approx((5 + 0.5 + 2) / 3)
+    assert m["acc_1px"] == pytest.approx(100 / 3)
+    assert m["acc_3px"] == pytest.approx(200 / 3)
+    assert m["acc_5px"] == pytest.approx(200 / 3)  # EPE < 5 is strict: the 5-px error is not counted
+    assert m["n_valid"] == 3
+
+
+def test_fl_all_needs_both_thresholds():
+    # gt magnitude 100: 5% is 5 px, so an error of 4 px (> 3 px) is NOT an outlier, 6 px is.
+    # gt magnitude 10: 5% is 0.5 px, so an error of 3 px is NOT an outlier (not > 3), 3.5 px is.
+    gt = _flow([[100.0, 100.0, 10.0, 10.0]], [[0.0, 0.0, 0.0, 0.0]])
+    pred = _flow([[104.0, 106.0, 13.0, 13.5]], [[0.0, 0.0, 0.0, 0.0]])
+    valid = torch.ones(1, 1, 1, 4, dtype=torch.bool)
+    m = flow_metrics(pred, gt, valid)
+    assert m["fl_all"] == pytest.approx(50.0)
+
+
+def test_noc_occ_split():
+    gt = torch.zeros(1, 2, 1, 4)
+    pred = _flow([[1.0, 1.0, 3.0, 5.0]], [[0.0, 0.0, 0.0, 0.0]])
+    occ = torch.tensor([[[[0.0, 0.0, 1.0, 1.0]]]])
+    m = flow_metrics(pred, gt, torch.ones(1, 1, 1, 4, dtype=torch.bool), occlusion=occ)
+    assert m["epe_noc"] == pytest.approx(1.0) and m["epe_occ"] == pytest.approx(4.0) and m["epe"] == pytest.approx(2.5)
+
+
+def test_batch_mean_is_over_items():
+    gt = torch.zeros(2, 2, 1, 2)
+    pred = torch.zeros(2, 2, 1, 2)
+    pred[0, 0] = 1.0  # item 0: EPE 1 at both pixels
+    pred[1, 0, 0, 0] = 4.0  # item 1: one valid pixel with EPE 4
+    valid = torch.tensor([[[[True, True]]], [[[True, False]]]])
+    m = flow_metrics(pred, gt, valid)
+    assert m["epe"] == pytest.approx((1 + 4) / 2)  # not the pixel-weighted (1+1+4)/3
+
+
+def test_occlusion_f1():
+    pred = torch.tensor([[[[1.0, 1.0, 0.0, 0.0, 1.0]]]])
+    gt = torch.tensor([[[[1.0, 0.0, 1.0, 0.0, 1.0]]]])
+    # TP 2, FP 1, FN 1 -> 4 / 6
+    assert occlusion_f1(pred, gt) == pytest.approx(4 / 6)
+    valid = torch.tensor([[[[True, False, True, True, True]]]])  # drops the FP -> 4 / 5
+    assert occlusion_f1(pred, gt, valid) == pytest.approx(4 / 5)
+    assert occlusion_f1(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)) == 1.0
+    assert occlusion_f1(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)) == 0.0
+
+
+def test_stereo_bad_n_and_d1():
+    gt = torch.tensor([[[[10.0, 10.0, 10.0, 100.0, 100.0, 50.0]]]])
+    pred = torch.tensor([[[[10.5, 12.0, 12.5, 104.0, 106.0, 0.0]]]])
+    valid = torch.tensor([[[[True, True, True, True, True, False]]]])
+    s = stereo_metrics(pred, gt, valid)
+    # errors 0.5, 2, 2.5, 4, 6 on the valid pixels
+    assert s["epe"] == pytest.approx(15 / 5)
+    assert s["bad_1"] == pytest.approx(80.0)
+    assert s["bad_2"] == pytest.approx(60.0)  # 2.0 is not > 2
+    assert s["bad_4"] == pytest.approx(20.0)
+    # D1: > 3 px and > 5 %: 4 px on 100 is not (5 % = 5 px), 6 px on 100 is
+    assert s["d1"] == pytest.approx(20.0)
+
+
+def test_mean_metrics_items_and_pixels():
+    rows = [
+        {"name": "a", "epe": 1.0, "fl_all": 0.0, "epe_occ": math.nan, "n_valid": 300.0, "height": 4, "width": 5},
+        {"name": "b", "epe": 3.0, "fl_all": 50.0, "epe_occ": 2.0, "n_valid": 100.0, "height": 4, "width": 5},
+    ]
+    mean = mean_metrics(rows)
+    assert mean["epe"] == pytest.approx(2.0) and mean["fl_all"] == pytest.approx(25.0)
+    assert mean["epe_occ"] == pytest.approx(2.0)  # NaN skipped
+    assert mean["epe_px"] == pytest.approx(1.5) and mean["fl_all_px"] == pytest.approx(12.5)
+    assert mean["items"] == 2 and "height" not in mean
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        flow_metrics(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4), torch.ones(1, 1, 3, 3, dtype=torch.bool))

@@ -1,0 +1,372 @@
+"""Registry, cache and downloads, against a loopback Hub look-alike (tests/hub_server.py); no internet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flowcli import registry
+from flowcli.errors import WeightsError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import HubServer  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "flowcli-test/tiny-flow"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory) -> bytes:
+    """A real (tiny) flowcli checkpoint, as served by the fake hub."""
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    config = FlowNetConfig(
+        pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,)
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(FlowNet(config), path, provenance={"data": "none", "note": "test"})
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HubServer() as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub(server, tmp_path, monkeypatch):
+    """A clean server plus an isolated environment: temp caches, HF_ENDPOINT at the server, online."""
+    server.reset()
+    for var in ("HF_HUB_OFFLINE", "FLOWCLI_OFFLINE", "HF_HUB_CACHE", "FLOWCLI_REGISTRY", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "flowcli-cache"))
+    monkeypatch.setattr(registry, "RETRY_BACKOFF_S", 0.0)
+    # huggingface_hub reads these once at import; pin them so nothing it does can leave the loopback server
+    # (its user-agent telemetry fetches {ENDPOINT}/api/agent-harnesses).
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    return server
+
+
+def write_registry(tmp_path: Path, monkeypatch, models: dict) -> Path:
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"models": models}))
+    monkeypatch.setenv("FLOWCLI_REGISTRY", str(path))
+    return path
+
+
+def entry(source: str, data: bytes | None, path: str = "model.safetensors", task: str = "flow") -> dict:
+    sha = hashlib.sha256(data).hexdigest() if data is not None else "TBD"
+    return {
+        "task": task,
+        "files": [{"path": path, "source": source, "sha256": sha, "size": len(data) if data is not None else 0}],
+        "license": "Apache-2.0",
+        "metrics": {"synth": {"epe": 1.5}},
+        "description": "test entry",
+    }
+
+
+def hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes, name="tiny-hf"):
+    hosted = hub.add_repo_file(REPO_ID, "weights/model.safetensors", checkpoint_bytes)
+    source = f"hf://{REPO_ID}/weights/model.safetensors@main"
+    write_registry(tmp_path, monkeypatch, {name: entry(source, checkpoint_bytes)})
+    return hosted, source
+
+
+def url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes, name="tiny-url"):
+    hosted = hub.add_plain_file("tiny.safetensors", checkpoint_bytes)
+    write_registry(tmp_path, monkeypatch, {name: entry(hub.plain_url("tiny.safetensors"), checkpoint_bytes)})
+    return hosted
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.suffix in (".part", ".incomplete")]
+
+
+# --- the packaged registry ---------------------------------------------------------------------
+
+
+def test_packaged_registry_is_the_top_level_one_and_valid(monkeypatch):
+    monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
+    assert (REPO_ROOT / "weights.json").read_bytes() == registry.REGISTRY_FILE.read_bytes(), (
+        "weights.json and flowcli/weights.json must be identical; edit one and copy it over the other"
+    )
+    assert "flowcli-pwc-synth" in registry.list_models()
+    record = registry.model_entry("flowcli-pwc-synth")["files"][0]
+    assert record["source"] == "bundled:weights/flowcli-pwc-synth.safetensors"
+    for name in registry.list_models():  # a TBD entry is reported, never a crash
+        assert all(status in _STATUSES for _, status in registry.verify(name))
+
+
+_STATUSES = {registry.OK, registry.UNVERIFIED, registry.NOT_DOWNLOADED, registry.MISSING, registry.CORRUPT}
+
+
+def test_invalid_registry_is_a_clear_error(tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {"x": {"files": [{"path": "a", "source": "ftp://h/a"}]}})
+    with pytest.raises(WeightsError, match="invalid.*source"):
+        registry.load_registry()
+
+
+# --- hf:// -------------------------------------------------------------------------------------
+
+
+def test_hf_download_is_verified_and_cached(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    _, source = hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    path = registry.resolve("tiny-hf", quiet=True)
+    assert path.read_bytes() == checkpoint_bytes
+    assert (tmp_path / "hf" / "hub") in path.parents
+    assert registry.verify("tiny-hf") == [("model.safetensors", registry.OK)]
+
+    from flowcli.checkpoint import read_metadata
+
+    assert read_metadata(path)["flowcli.provenance"]["note"] == "test"
+    # the raw spec resolves to the same cached file and is still checked against the registry sha256
+    assert registry.resolve(source, quiet=True) == path
+    assert hub.count("GET", "/resolve/") == 1
+
+
+def test_hf_corrupt_source_is_a_clear_error(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    hosted, _ = hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    hosted.corrupt = True
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-hf.*expected [0-9a-f]{64}, got [0-9a-f]{64}"):
+        registry.resolve("tiny-hf", quiet=True)
+    assert hub.count("GET", "/resolve/") == 2  # fetched again once with force_download, then gave up
+    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts]
+
+
+def test_hf_corrupt_cached_blob_is_fetched_again(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    path = registry.resolve("tiny-hf", quiet=True)
+    blob = Path(os.path.realpath(path))
+    blob.write_bytes(b"\0" * len(checkpoint_bytes))
+    assert registry.verify("tiny-hf") == [("model.safetensors", registry.CORRUPT)]
+    path = registry.resolve("tiny-hf", quiet=True)
+    assert path.read_bytes() == checkpoint_bytes
+    assert hub.count("GET", "/resolve/") == 2
+
+
+def test_hf_interrupted_transfer_resumes(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    hosted, _ = hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    hosted.interrupt = 1
+    path = registry.resolve("tiny-hf", quiet=True)  # huggingface_hub retries (resuming when it can)
+    assert registry.sha256_file(path) == hosted.sha256
+    assert hub.count("GET", "/resolve/") == 2
+    assert leftovers(tmp_path / "hf") == []
+
+
+def test_hf_offline_with_empty_cache_names_the_file(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as error:
+        registry.resolve("tiny-hf", quiet=True)
+    message = str(error.value)
+    assert "model.safetensors" in message and f"hf://{REPO_ID}/weights/model.safetensors" in message
+    assert "flowcli weights download tiny-hf" in message and "HF_HUB_OFFLINE=1" in message
+    assert hub.requests == []
+
+
+def test_hf_offline_with_warm_cache_works(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    online = registry.resolve("tiny-hf", quiet=True)
+    seen = len(hub.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert registry.resolve("tiny-hf", quiet=True) == online
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert registry.resolve("tiny-hf", offline=True, quiet=True) == online
+    assert len(hub.requests) == seen
+
+
+def test_hf_unknown_file_is_a_weights_error(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    with pytest.raises(WeightsError, match="cannot download"):
+        registry.resolve(f"hf://{REPO_ID}/nope.safetensors", quiet=True)
+
+
+# --- plain URLs --------------------------------------------------------------------------------
+
+
+def test_url_download_is_verified_and_cached(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    path = registry.resolve("tiny-url", quiet=True)
+    assert path == tmp_path / "flowcli-cache" / "models" / "tiny-url" / "model.safetensors"
+    assert path.read_bytes() == checkpoint_bytes
+    assert registry.resolve("tiny-url", quiet=True) == path
+    assert hub.count("GET", "/files/") == 1
+
+
+def test_url_spec_outside_the_registry(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_plain_file("loose.safetensors", checkpoint_bytes)
+    path = registry.resolve(hub.plain_url("loose.safetensors"), quiet=True)
+    assert path.name == "loose.safetensors" and path.read_bytes() == checkpoint_bytes
+
+
+def test_url_corrupt_source_leaves_nothing_behind(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes).corrupt = True
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-url.*\(the source changed or is corrupt\)"):
+        registry.resolve("tiny-url", quiet=True)
+    cache = tmp_path / "flowcli-cache"
+    assert not (cache / "models" / "tiny-url" / "model.safetensors").exists() and leftovers(cache) == []
+
+
+def test_url_truncated_cached_file_is_fetched_again(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    path = registry.resolve("tiny-url", quiet=True)
+    path.write_bytes(checkpoint_bytes[:100])
+    assert registry.verify("tiny-url") == [("model.safetensors", registry.CORRUPT)]
+    assert registry.resolve("tiny-url", quiet=True).read_bytes() == checkpoint_bytes
+    assert hub.count("GET", "/files/") == 2
+
+
+def test_url_interrupted_transfer_resumes(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes).interrupt = 1
+    path = registry.resolve("tiny-url", quiet=True)
+    assert path.read_bytes() == checkpoint_bytes
+    assert [r.range for r in hub.requests] == [None, f"bytes={len(checkpoint_bytes) // 2}-"]
+    assert leftovers(tmp_path / "flowcli-cache") == []
+
+
+def test_url_transfer_that_keeps_breaking_fails_cleanly(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes).interrupt = -1
+    with pytest.raises(WeightsError, match="failed after 3 attempts"):
+        registry.resolve("tiny-url", quiet=True)
+    cache = tmp_path / "flowcli-cache"
+    assert not (cache / "models" / "tiny-url" / "model.safetensors").exists() and leftovers(cache) == []
+
+
+def test_url_offline(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    monkeypatch.setenv("FLOWCLI_OFFLINE", "1")
+    with pytest.raises(WeightsError, match=r"model\.safetensors of tiny-url.*flowcli weights download tiny-url"):
+        registry.resolve("tiny-url", quiet=True)
+    assert hub.requests == []
+    monkeypatch.delenv("FLOWCLI_OFFLINE")
+    path = registry.resolve("tiny-url", quiet=True)
+    assert registry.resolve("tiny-url", offline=True, quiet=True) == path
+
+
+def test_plain_http_only_for_loopback(hub, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {})
+    with pytest.raises(WeightsError, match="plain http"):
+        registry.resolve("http://weights.invalid/model.safetensors", quiet=True)
+
+
+def test_http_404_is_a_weights_error(hub, tmp_path, monkeypatch):
+    write_registry(tmp_path, monkeypatch, {})
+    with pytest.raises(WeightsError, match="HTTP 404"):
+        registry.resolve(hub.plain_url("absent.safetensors"), quiet=True)
+
+
+# --- bundled:, local paths, names --------------------------------------------------------------
+
+
+def test_bundled_resolution(tmp_path, monkeypatch, checkpoint_bytes):
+    assert registry.resolve("bundled:weights.json") == registry.REGISTRY_FILE
+    package = tmp_path / "package"
+    (package / "weights").mkdir(parents=True)
+    (package / "weights" / "tiny.safetensors").write_bytes(checkpoint_bytes)
+    monkeypatch.setattr(registry, "PACKAGE_DIR", package)
+    write_registry(tmp_path, monkeypatch, {
+        "tiny-bundled": entry("bundled:weights/tiny.safetensors", checkpoint_bytes),
+        "gone": entry("bundled:weights/absent.safetensors", checkpoint_bytes),
+        "bad": entry("bundled:weights/tiny.safetensors", b"something else"),
+    })
+    assert registry.resolve("tiny-bundled") == package / "weights" / "tiny.safetensors"
+    assert registry.verify("gone") == [("model.safetensors", registry.MISSING)]
+    with pytest.raises(WeightsError, match="missing from this installation"):
+        registry.resolve("gone")
+    with pytest.raises(WeightsError, match="size mismatch for bad"):
+        registry.resolve("bad")
+    with pytest.raises(WeightsError, match="outside the flowcli package"):
+        registry.resolve("bundled:../../etc/passwd")
+
+
+def test_names_and_paths(tmp_path, monkeypatch, checkpoint_bytes):
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    write_registry(tmp_path, monkeypatch, {"alpha": entry("https://weights.invalid/a", None),
+                                           "beta": entry("https://weights.invalid/b", None)})
+    with pytest.raises(WeightsError, match=r"unknown model 'gamma'; known models: alpha, beta"):
+        registry.model_entry("gamma")
+    with pytest.raises(WeightsError, match="known models: alpha, beta"):
+        registry.resolve("gamma")
+    with pytest.raises(WeightsError, match="no such checkpoint file: missing/model.safetensors"):
+        registry.resolve("missing/model.safetensors")
+    local = tmp_path / "mine.safetensors"
+    local.write_bytes(checkpoint_bytes)
+    assert registry.resolve(str(local)) == local
+    assert registry.verify("alpha") == [("model.safetensors", registry.UNVERIFIED)]  # TBD sha256
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert registry.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("FLOWCLI_CACHE")
+    assert registry.cache_dir() == tmp_path / "xdg" / "flowcli"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert registry.cache_dir() == Path.home() / ".cache" / "flowcli"
+
+
+def test_parse_hf_source():
+    assert registry.parse_hf_source("hf://o/r/a/b.safetensors@v1") == ("o/r", "a/b.safetensors", "v1")
+    assert registry.parse_hf_source("hf://o/r/b.safetensors") == ("o/r", "b.safetensors", "main")
+    with pytest.raises(WeightsError, match="not a valid hf:// spec"):
+        registry.parse_hf_source("hf://o/r")
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli():
+    from flowcli.cli import weights
+
+    app = typer.Typer()
+    weights.register(app)
+
+    @app.callback()
+    def root() -> None:
+        """flowcli (test app holding only `weights`)"""
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, ["weights", *args])
+
+
+def test_cli_list_json_parses(cli, monkeypatch):
+    monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
+    result = cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    names = [model["name"] for model in json.loads(result.stdout)["models"]]
+    assert "flowcli-pwc-synth" in names
+    assert "flowcli-pwc-synth" in cli("list").stdout
+
+
+def test_cli_download_info_verify(cli, hub, tmp_path, monkeypatch, checkpoint_bytes):
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    assert json.loads(cli("verify", "--json").stdout)[0]["status"] == registry.NOT_DOWNLOADED
+    result = cli("download", "--all", "--quiet")
+    assert result.exit_code == 0, result.output
+    name, path = result.stdout.strip().split("\t")
+    assert name == "tiny-url" and Path(path).read_bytes() == checkpoint_bytes
+    info = json.loads(cli("info", "tiny-url", "--json").stdout)
+    assert info["checkpoint"]["flowcli.model"] == "flownet" and info["files"][0]["status"] == registry.OK
+    assert "flownet" in cli("info", "tiny-url").stdout
+    assert "ok" in cli("verify").stdout
+    Path(path).write_bytes(b"x")
+    result = cli("verify", "tiny-url")
+    assert isinstance(result.exception, WeightsError) and "corrupt" in str(result.exception)
+    assert cli("download").exit_code == 2  # neither a name nor --all
