@@ -50,7 +50,12 @@ FLOW_SETS = {
 }
 STEREO_SETS = {"middlebury-stereo": "stereo/middlebury"}
 METHODS = ("dis", "deepflow", "flowcli")
-LABELS = {"dis": "DIS-medium (OpenCV)", "deepflow": "DeepFlow (OpenCV)", "flowcli": "flowcli", "sgbm": "StereoSGBM (OpenCV)"}
+LABELS = {
+    "dis": "DIS-medium (OpenCV)",
+    "deepflow": "DeepFlow (OpenCV)",
+    "flowcli": "flowcli",
+    "sgbm": "StereoSGBM (OpenCV)",
+}
 
 
 def import_cv2():
@@ -180,7 +185,10 @@ def run_stereo(baselines: Baselines, data: Path, methods, max_items):
                 metrics["seconds"] = seconds
                 rows[method].append(metrics)
                 times.setdefault((method, size), []).append(seconds)
-                log(f"{name:13s} {item['name']:20s} {method:9s} EPE {metrics['epe']:7.3f} bad-2 {metrics['bad_2']:5.1f}  {seconds:6.2f} s")
+                log(
+                    f"{name:13s} {item['name']:20s} {method:9s} EPE {metrics['epe']:7.3f} "
+                    f"bad-2 {metrics['bad_2']:5.1f}  {seconds:6.2f} s"
+                )
         results[name] = {m: mean_metrics(rows[m]) for m in methods}
     return results, times
 
@@ -235,7 +243,10 @@ def stereo_table(results: dict, methods) -> str:
     for name, by_method in results.items():
         for method in methods:
             m = by_method[method]
-            lines.append(f"| {LABELS[method]} | {name} | {m['epe']:.2f} | {m['bad_2']:.1f} | {m['d1']:.1f} | {m['seconds']:.2f} |")
+            lines.append(
+                f"| {LABELS[method]} | {name} | {m['epe']:.2f} | {m['bad_2']:.1f} | {m['d1']:.1f} "
+                f"| {m['seconds']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -260,17 +271,27 @@ def load_flowcli_model(weights: str | None, random_init: bool):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder (default ../shared/data)")
-    parser.add_argument("--weights", default=None, help="flowcli model: registry name or checkpoint path (default: the default model)")
-    parser.add_argument("--random-init", action="store_true", help="use a randomly initialised flowcli model (checks the plumbing only)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder (default ../shared/data)"
+    )
+    parser.add_argument(
+        "--weights", default=None, help="flowcli model: registry name or checkpoint path (default: the default model)"
+    )
+    parser.add_argument(
+        "--random-init", action="store_true", help="use a randomly initialised flowcli model (checks the plumbing only)"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of dis, deepflow, flowcli")
     parser.add_argument("--datasets", default=",".join(FLOW_SETS), help="comma list of flow datasets")
     parser.add_argument("--no-stereo", action="store_true", help="skip the SGBM stereo comparison")
     parser.add_argument("--max-items", type=int, default=None, help="items per dataset (default: all)")
     parser.add_argument("--speed", action="store_true", help="only time one 1024x436 pair per method")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method in --speed mode")
-    parser.add_argument("--threads", type=int, default=None, help="torch and OpenCV threads (default: library defaults)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and OpenCV threads (default: library defaults)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     args = parser.parse_args(argv)
 

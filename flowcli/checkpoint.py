@@ -78,11 +78,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
         raise WeightsError(f"{path} describes an architecture this flowcli cannot build: {error}") from None
     model = model_cls(config)
     state = load_file(str(path))
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise WeightsError(f"{path} does not match its declared architecture: {first}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        detail = (
+            f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+            else f"{wrong_shape[0]} has shape {tuple(state[wrong_shape[0]].shape)}, "
+            f"expected {tuple(expected[wrong_shape[0]].shape)}"
+        )
+        count = len(missing) + len(unexpected) + len(wrong_shape)
+        raise WeightsError(f"{path} does not match its declared architecture ({count} tensors differ; {detail})")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model.provenance = meta["flowcli.provenance"]
     model.checkpoint_path = str(path)
     return model.to(device).eval()

@@ -26,7 +26,9 @@ def _check(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, channels: 
     if valid.dim() == 3:
         valid = valid[:, None]
     if pred.shape != gt.shape or pred.shape[1] != channels:
-        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} must both be [B,{channels},H,W]")
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} must both be [B,{channels},H,W]"
+        )
     if valid.shape[0] != pred.shape[0] or valid.shape[-2:] != pred.shape[-2:]:
         raise ValueError(f"valid mask {tuple(valid.shape)} does not match {tuple(pred.shape)}")
     return pred.float(), gt.float(), valid.bool()
@@ -137,7 +139,9 @@ def mean_metrics(per_item: list[dict], pixel_weighted: tuple[str, ...] = ("epe",
     mean = {k: _nanmean([float(item[k]) for item in per_item if k in item and item[k] is not None]) for k in keys}
     weights = [float(item.get("n_valid", 0.0)) for item in per_item]
     for k in pixel_weighted:
-        pairs = [(float(item[k]), w) for item, w in zip(per_item, weights) if k in item and w > 0 and not math.isnan(item[k])]
+        pairs = [
+            (float(item[k]), w) for item, w in zip(per_item, weights) if k in item and w > 0 and not math.isnan(item[k])
+        ]
         total = sum(w for _, w in pairs)
         if pairs and total > 0:
             mean[f"{k}_px"] = sum(v * w for v, w in pairs) / total

@@ -29,16 +29,15 @@ import contextlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from flowcli.errors import OutputError
-from flowcli.inference import FlowResult
-from flowcli.io.atomic import atomic_path
-from flowcli.io.flow_formats import as_flow_hw2, valid_mask, write_flo, write_kitti_flow, write_npy, write_npz
-from flowcli.io.visualize import flow_to_rgb, mask_to_png_array, write_png
-from flowcli.ops.warp import backward_warp
+
+if TYPE_CHECKING:  # torch, numpy and the writers are imported where used: `flowcli --help` stays fast
+    import numpy as np
+    import torch
+
+    from flowcli.inference import FlowResult
 
 # Format names a user can ask for, in help order.
 FORMATS = {
@@ -205,6 +204,7 @@ def video_path(options: OutputOptions, source: str) -> Path:
 
 def pair_result(result: FlowResult, i: int) -> FlowResult:
     """The i-th pair of a batched FlowResult, on the CPU, each tensor [1, C, H, W]."""
+    from flowcli.inference import FlowResult
 
     def take(tensor):
         return None if tensor is None else tensor[i : i + 1].detach().float().cpu()
@@ -221,6 +221,10 @@ def pair_result(result: FlowResult, i: int) -> FlowResult:
 
 def flow_stats(result: FlowResult) -> dict:
     """flow_mean / flow_max (forward magnitude in px over known pixels), occluded_fraction (None if not computed)."""
+    import numpy as np
+
+    from flowcli.io.flow_formats import as_flow_hw2, valid_mask
+
     flow = as_flow_hw2(result.forward)
     magnitude = np.sqrt((flow.astype(np.float64) ** 2).sum(axis=-1))[valid_mask(flow)]
     occluded = None
@@ -235,19 +239,29 @@ def flow_stats(result: FlowResult) -> dict:
 
 def visualize(result: FlowResult, max_flow: float | None = None, backward: bool = False) -> np.ndarray:
     """Colour-coded flow, uint8 H x W x 3."""
+    from flowcli.io.visualize import flow_to_rgb
+
     return flow_to_rgb(result.backward if backward else result.forward, max_flow=max_flow)
 
 
 def _image_uint8(image: torch.Tensor) -> np.ndarray:
+    import torch
+
     image = image[0] if image.dim() == 4 else image
     return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def _mask(mask: torch.Tensor) -> np.ndarray:
+    from flowcli.io.visualize import mask_to_png_array
+
     return mask_to_png_array(mask.detach().cpu() > 0.5)
 
 
 def _npz_arrays(result: FlowResult) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    from flowcli.io.flow_formats import as_flow_hw2
+
     arrays = {"forward": as_flow_hw2(result.forward), "backward": as_flow_hw2(result.backward)}
     arrays["occlusion"] = (result.occlusion[0, 0] > 0.5).cpu().numpy()
     if result.occlusion_backward is not None:
@@ -287,6 +301,11 @@ def write_pair_outputs(
     files raise OutputError before anything is written unless `overwrite`. `vis` is a precomputed
     colour coding of the forward flow (saves recomputing it when the caller needs it too).
     """
+    from flowcli.io.atomic import atomic_path
+    from flowcli.io.flow_formats import as_flow_hw2, write_flo, write_kitti_flow, write_npy, write_npz
+    from flowcli.io.visualize import mask_to_png_array, write_png
+    from flowcli.ops.warp import backward_warp
+
     result = pair_result(result, 0) if result.forward.dim() == 4 else pair_result(_batched(result), 0)
     for key in paths:
         if key not in FILE_KINDS or key == "video":
@@ -321,6 +340,8 @@ def write_pair_outputs(
 
 
 def _batched(result: FlowResult) -> FlowResult:
+    from flowcli.inference import FlowResult
+
     def add(tensor):
         return None if tensor is None else tensor[None]
 

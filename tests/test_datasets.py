@@ -55,7 +55,11 @@ def _warp_gain(item) -> float:
 def test_sintel(dstype):
     ds = Sintel(DATA / "flow" / "sintel", dstype=dstype)
     assert len(ds) == 3 and ds.name == f"sintel-{dstype}"
-    assert [ds.samples[i]["name"] for i in range(3)] == ["alley_1/frame_0002", "cave_2/frame_0002", "market_5/frame_0002"]
+    assert [ds.samples[i]["name"] for i in range(3)] == [
+        "alley_1/frame_0002",
+        "cave_2/frame_0002",
+        "market_5/frame_0002",
+    ]
     item = ds[0]
     _check_item(item, 436, 1024, occlusion=True)
     assert 0.99 < item["valid"].float().mean() < 1  # a few invalid pixels from invalid/*.png
@@ -149,7 +153,9 @@ def test_make_dataset_names():
         make_dataset("imagenet", flow)
 
 
-@pytest.mark.parametrize("name", ["sintel-clean", "chairs", "kitti2015", "kitti2012", "middlebury", "middlebury-stereo"])
+@pytest.mark.parametrize(
+    "name", ["sintel-clean", "chairs", "kitti2015", "kitti2012", "middlebury", "middlebury-stereo"]
+)
 def test_missing_or_empty_root(name, tmp_path):
     with pytest.raises(InputError, match="expected .*layout") as missing:
         make_dataset(name, tmp_path / "nope")
@@ -175,3 +181,26 @@ def test_unlabeled_frames_folders_and_video():
     assert torch.equal(first[0]["image2"], first[2]["image1"])  # tuples (0, 2, 4), (1, 3, 5), (2, 4, 6)
     with pytest.raises(InputError):
         UnlabeledFrames(footage / "stereo_demo_missing")
+
+
+def test_evaluate_plumbing_with_a_tiny_model():
+    from flowcli.evaluate import evaluate
+    from flowcli.models import FlowNet, FlowNetConfig
+
+    torch.manual_seed(0)
+    config = FlowNetConfig(
+        pyramid_channels=(4, 4, 4, 4, 4, 4),
+        decoder_channels=(4,),
+        context_channels=(4,),
+        context_dilations=(1,),
+        reduced_channels=4,
+    )
+    model = FlowNet(config).eval()
+    flow = evaluate(model, "sintel-clean", DATA / "flow" / "sintel", max_items=1, progress=False)
+    assert len(flow.per_item) == 1 and flow.dataset == "sintel-clean"
+    row = flow.per_item[0]
+    assert {"epe", "epe_noc", "epe_occ", "fl_all", "acc_1px", "occ_f1", "seconds", "n_valid"} <= set(row)
+    assert flow.mean["items"] == 1 and flow.mean["epe"] == pytest.approx(row["epe"])
+    stereo = evaluate(model, "middlebury-stereo", DATA / "stereo" / "middlebury", max_items=1, progress=False)
+    assert {"epe", "bad_1", "bad_2", "bad_4", "d1", "vert_abs", "vert_gt1"} <= set(stereo.per_item[0])
+    assert stereo.to_dict()["mean"]["items"] == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import typer
 from safetensors.torch import load_file, save_file
 
@@ -27,6 +28,7 @@ from flowcli.io.flow_formats import read_flo, read_kitti_flow, read_npy, read_np
 from flowcli.io.media import VideoReader, VideoWriter, read_image
 from flowcli.io.visualize import flow_to_rgb
 from flowcli.models.pwc import FlowNet, FlowNetConfig
+from flowcli.ops.warp import backward_warp
 
 H, W = 48, 80
 TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
@@ -76,8 +78,6 @@ def media(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread: on 2 cores shared with other work, torch's default of 2 spins and runs ~20x slower."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -126,14 +126,12 @@ def _assert_one_line_error(code: int, err: str, expected_code: int, *needles: st
 # ----------------------------------------------------------------------------- outputs
 
 
-def test_all_outputs_in_a_real_process(media, tmp_path):
+def test_every_output_kind_is_written_and_readable(media, tmp_path, cli):
     out = tmp_path / "out"
-    env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
-    args = [media["frames"], "--weights", media["weights"], "-o", out, "--all", "--json", "--max-flow", "3"]
-    proc = subprocess.run([sys.executable, "-c", HARNESS, "estimate", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    records = _json_lines(proc.stdout)  # stdout holds JSON lines only
+    code, stdout, err = cli(media["frames"], "--weights", media["weights"], "-o", out, "--all", "--json",
+                            "--max-flow", "3", "-q")
+    assert code == 0, err
+    records = _json_lines(stdout)
     pairs = [r for r in records if r["type"] == "pair"]
     videos = [r for r in records if r["type"] == "video"]
     assert len(pairs) == 2 and len(videos) == 1
@@ -141,7 +139,7 @@ def test_all_outputs_in_a_real_process(media, tmp_path):
     for index, record in enumerate(pairs):
         assert set(record) == PAIR_KEYS
         assert record["index"] == index and record["frame1"] == f"f_{index}" and record["frame2"] == f"f_{index + 1}"
-        assert record["inputs"] == [str(media["frames"] / f"f_{index}.png"), str(media["frames"] / f"f_{index + 1}.png")]
+        assert record["inputs"] == [str(media["frames"] / f"f_{i}.png") for i in (index, index + 1)]
         assert (record["width"], record["height"]) == (W, H)
         assert record["sha256"] == sha and record["model"] == str(media["weights"])
         assert 0 <= record["occluded_fraction"] <= 1 and record["flow_max"] >= record["flow_mean"] >= 0
@@ -168,7 +166,10 @@ def test_all_outputs_in_a_real_process(media, tmp_path):
         assert record["occluded_fraction"] == pytest.approx(bundle["occlusion"].mean(), abs=1e-4)
         magnitude = np.linalg.norm(forward, axis=-1)
         assert record["flow_mean"] == pytest.approx(magnitude.mean(), abs=1e-3)
-        assert read_png(paths["warp"]).shape == (H, W, 3)
+        frame2 = read_image(media["frames"] / f"f_{index + 1}.png")[None]
+        expected = backward_warp(frame2, torch.from_numpy(forward).permute(2, 0, 1)[None])[0]
+        expected = (expected.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(read_png(paths["warp"]), expected)
     video = Path(videos[0]["outputs"]["video"])
     assert video == out / "frames_vis.mp4"
     reader = VideoReader(video)
@@ -315,6 +316,12 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [a, b, "--name", "{frame}"], 3, "{frame}"
     if case == "unwritable output folder":
         return [a, b, "-o", a / "sub"], 3, "output folder"
+    if case == "read-only output folder":
+        if os.geteuid() == 0:
+            pytest.skip("root can write into read-only folders")
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        return [a, b, "-o", tmp_path / "ro" / "out"], 3, "not writable"
     if case == "wrong sha256":
         name = _registry(tmp_path, monkeypatch, media, "0" * 64, cached=True)
         return [a, b, "--weights", name, "--offline"], 4, "sha256 mismatch"
@@ -333,7 +340,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "unknown name placeholder", "unwritable output folder", "wrong sha256",
+    "single image", "unknown output format", "unknown name placeholder", "unwritable output folder",
+    "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
 ]
 
@@ -344,12 +352,26 @@ def test_bad_input_is_one_line_error_without_outputs(case, media, tmp_path, monk
     if "--weights" not in args:
         args += ["--weights", media["weights"]]
     out = tmp_path / "out"
-    if "-o" not in args:
+    if "-o" in args:
+        out = Path(args[args.index("-o") + 1])
+    else:
         args += ["-o", out]
     code, stdout, err = cli(*args, "--all")
     _assert_one_line_error(code, err, expected_code, needle)
     assert stdout == ""
     assert not out.exists()  # created only when the first file is written
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: a few seconds, much more on a loaded machine
+def test_a_real_process_keeps_json_on_stdout(media, tmp_path):
+    env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
+    args = [media["a"], media["b"], "--weights", media["weights"], "-o", tmp_path / "out", "--json"]
+    proc = subprocess.run([sys.executable, "-c", HARNESS, "estimate", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [record] = _json_lines(proc.stdout)
+    assert set(record) == PAIR_KEYS and Path(record["outputs"]["flo"]).is_file()
+    assert "pair(s)" in proc.stderr and "{" not in proc.stderr  # progress and info on stderr only
 
 
 def test_error_in_a_real_process_has_no_traceback(media, tmp_path):

@@ -4,7 +4,8 @@ Prints versions (flowcli, python, torch, triton), CUDA availability, the device 
 backend the dispatch picks (`FLOWCLI_CORR` forces one), then checks `correlation` and
 `warp_correlation` on that backend (forward and gradients) against an independent float64
 computation on a small case. On the CPU the Triton backend only runs under Triton's interpreter
-(TRITON_INTERPRET=1), and then on a tiny case. Exit code 1 when the self-check fails.
+(TRITON_INTERPRET=1 with triton installed): then it is checked too, on a tiny case. Exit code 1 when
+a self-check fails.
 """
 
 from __future__ import annotations
@@ -63,19 +64,21 @@ def _shifted_reference(f1, f2, max_displacement: int):
     return torch.stack(planes, dim=1)
 
 
-def self_check(device: str | None = None) -> SelfCheck:
-    """Run correlation and warp_correlation on the active backend against a float64 reference."""
+def self_check(device: str | None = None, backend: str | None = None) -> SelfCheck:
+    """Run correlation and warp_correlation on a backend (default: the one the dispatch picks for
+    `device`) against a float64 reference."""
     import torch
 
-    from flowcli.ops.correlation import backend_name, correlation, warp_correlation
+    from flowcli.ops import correlation as corr
     from flowcli.ops.warp import backward_warp
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     probe = torch.empty(0, device=device)
-    try:
-        backend = backend_name(probe)
-    except ValueError as error:
-        return SelfCheck(False, "?", device, message=str(error))
+    if backend is None:
+        try:
+            backend = corr.backend_name(probe)
+        except ValueError as error:
+            return SelfCheck(False, "?", device, message=str(error))
     if backend == "triton" and probe.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return SelfCheck(
             False,
@@ -84,6 +87,14 @@ def self_check(device: str | None = None) -> SelfCheck:
             message="the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
             "unset FLOWCLI_CORR=triton",
         )
+    if backend == "triton":
+        try:
+            from flowcli.ops.correlation_triton import correlation_triton as correlation
+            from flowcli.ops.correlation_triton import warp_correlation_triton as warp_correlation
+        except ImportError as error:
+            return SelfCheck(False, backend, device, message=str(error))
+    else:
+        correlation, warp_correlation = corr.correlation_torch, corr.warp_correlation_torch
     # Interpreted Triton costs milliseconds per program: keep the CPU case tiny.
     b, c, h, w, r = (2, 16, 24, 40, 4) if probe.device.type == "cuda" else (1, 3, 5, 7, 2)
     gen = torch.Generator().manual_seed(0)
@@ -96,7 +107,8 @@ def self_check(device: str | None = None) -> SelfCheck:
     def run(fn, inputs, dtype, dev):
         leaves = [t.to(dev, dtype).requires_grad_() for t in inputs]
         out = fn(*leaves)
-        grads = torch.autograd.grad(out, leaves, grad.to(dev, out.dtype))
+        # A scalar loss: autograd.grad with a grad_outputs tensor imports sympy on its first call (seconds).
+        grads = torch.autograd.grad((out * grad.to(dev, out.dtype)).sum(), leaves)
         return [t.detach().double().cpu() for t in (out, *grads)]
 
     start = time.perf_counter()
@@ -176,8 +188,13 @@ def doctor(
         raise InputError(f"--device {device!r}: flowcli runs on cpu or cuda")
     info = environment()
     check = self_check(device)
+    checks = [("self-check", check)]
+    if dev.type == "cpu" and check.backend == "torch" and info["TRITON_INTERPRET"] == "1" and info["triton"]:
+        # On the CPU the dispatch keeps the reference; with the interpreter on, check Triton as well.
+        checks.append(("self-check (triton interpreter)", self_check(device, backend="triton")))
     if json_output:
-        typer.echo(json.dumps({**info, "device": device, "self_check": asdict(check)}, indent=2))
+        extra = {"interpreter_check": asdict(checks[1][1])} if len(checks) > 1 else {}
+        typer.echo(json.dumps({**info, "device": device, "self_check": asdict(check), **extra}, indent=2))
     else:
         rows = [
             ("flowcli", info["flowcli"] or "?"),
@@ -194,13 +211,15 @@ def doctor(
         ]
         if info["TRITON_INTERPRET"]:
             rows.append(("TRITON_INTERPRET", info["TRITON_INTERPRET"]))
-        worst = max(check.max_error.values(), default=float("nan"))
-        status = "passed" if check.ok else "FAILED"
-        rows.append(
-            ("self-check", f"{status} in {check.seconds:.2f} s, max error {worst:.1e} vs float64 ({check.message})")
-        )
+        for label, result in checks:
+            worst = max(result.max_error.values(), default=float("nan"))
+            status = "passed" if result.ok else "FAILED"
+            rows.append(
+                (label, f"{status} in {result.seconds:.2f} s, max error {worst:.1e} vs float64 ({result.message})")
+            )
         width = max(len(key) for key, _ in rows)
         for key, value in rows:
             typer.echo(f"{key.ljust(width)}  {value}")
-    if not check.ok:
-        raise FlowcliError(f"correlation self-check failed on {device} ({check.backend}): {check.message}")
+    for _, result in checks:
+        if not result.ok:
+            raise FlowcliError(f"correlation self-check failed on {device} ({result.backend}): {result.message}")

@@ -27,6 +27,7 @@ from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
 DEFAULT_OUTPUT = Path("flowcli_out")
 DEFAULT_MAX_PIXELS = 8_000_000
 DEFAULT_FPS = 10.0
+_PRECISIONS = ("fp32", "fp16", "bf16")  # flowcli.inference.PRECISIONS, without importing torch
 _GLOB_CHARS = "*?["
 
 _HELP_PARAGRAPHS = [
@@ -183,11 +184,11 @@ def _video_source(path: Path, step: int, max_frames: int | None) -> _Source:
 
 def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = None) -> list[_Source]:
     """Group INPUTS into sources (see the command help) and validate them, without decoding images."""
-    from flowcli.io.media import is_video, list_frames
-
     for arg in inputs:
         if not Path(arg).exists() and not _is_glob(arg):
             raise InputError(f"{arg} does not exist; check the path")
+    from flowcli.io.media import is_video, list_frames
+
     sources: list[_Source] = []
     i = 0
     while i < len(inputs):
@@ -274,7 +275,9 @@ def _check_output_folder(directory: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"cannot create output folder {directory}: {existing} is not a folder; choose another with -o")
+        raise OutputError(
+            f"cannot create output folder {directory}: {existing} is not a folder; choose another with -o"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
 
@@ -351,6 +354,11 @@ def _batches(pairs: Iterator[_Pair], size: int) -> Iterator[list[_Pair]]:
         yield batch
 
 
+def _format_flag(name: str, note: str = ""):
+    return typer.Option(f"--{name}", help=FORMATS[name][0].upper() + FORMATS[name][1:] + note + ".",
+                        rich_help_panel=_OUTPUT)
+
+
 def estimate(
     inputs: Annotated[
         list[str],
@@ -376,18 +384,14 @@ def estimate(
         typer.Option("-f", "--formats", help=f"Comma-separated outputs: {','.join(FORMATS)} or all.",
                      rich_help_panel=_OUTPUT, show_default=False),
     ] = None,
-    flo: Annotated[bool, typer.Option("--flo", help=FORMATS["flo"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
-    kitti: Annotated[bool, typer.Option("--kitti", help=FORMATS["kitti"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
-    npy: Annotated[bool, typer.Option("--npy", help=FORMATS["npy"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
-    npz: Annotated[bool, typer.Option("--npz", help=FORMATS["npz"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
-    vis: Annotated[bool, typer.Option("--vis", help=FORMATS["vis"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
-    video: Annotated[
-        bool, typer.Option("--video", help=FORMATS["video"].capitalize() + " (not for image pairs).", rich_help_panel=_OUTPUT)
-    ] = False,
-    occlusion: Annotated[
-        bool, typer.Option("--occlusion", help=FORMATS["occlusion"].capitalize() + ".", rich_help_panel=_OUTPUT)
-    ] = False,
-    warp: Annotated[bool, typer.Option("--warp", help=FORMATS["warp"].capitalize() + ".", rich_help_panel=_OUTPUT)] = False,
+    flo: Annotated[bool, _format_flag("flo")] = False,
+    kitti: Annotated[bool, _format_flag("kitti")] = False,
+    npy: Annotated[bool, _format_flag("npy")] = False,
+    npz: Annotated[bool, _format_flag("npz")] = False,
+    vis: Annotated[bool, _format_flag("vis")] = False,
+    video: Annotated[bool, _format_flag("video", " (not for image pairs)")] = False,
+    occlusion: Annotated[bool, _format_flag("occlusion")] = False,
+    warp: Annotated[bool, _format_flag("warp")] = False,
     backward: Annotated[
         bool,
         typer.Option("--backward", help="Also write backward-flow twins of flo/kitti/npy/vis/occlusion.",
@@ -444,7 +448,6 @@ def estimate(
     stdout = sys.stdout  # the progress display may redirect sys.stdout to the console while it runs
 
     from flowcli.console import progress, stderr, warn
-    from flowcli.inference import PRECISIONS, resolve_device
     from flowcli.outputs import OutputOptions
 
     # ---- options, before anything is read
@@ -453,10 +456,8 @@ def estimate(
     chosen, everything = _parse_outputs(formats, flags, all_)
     backward = backward or everything
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
-    torch_device = resolve_device(device)
-    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
-    if precision not in PRECISIONS:
-        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in _PRECISIONS:
+        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(_PRECISIONS)}")
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen
@@ -468,6 +469,13 @@ def estimate(
     _check_output_folder(output)
     input_files = {p.resolve() for s in sources for p in (s.frames or [s.video])}
     _plan(sources, options, _Claims(input_files, overwrite), step, want_video)
+
+    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
+
+    torch_device = resolve_device(device)
+    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
+    dtype = resolve_precision(precision, torch_device)  # warns once here, not for every batch
+    precision = next(name for name, value in PRECISIONS.items() if value == dtype)
 
     # ---- model
     model, spec, weights_path, sha256 = _load_model(weights, torch_device, offline, quiet)

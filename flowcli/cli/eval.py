@@ -46,6 +46,14 @@ STEREO_COLUMNS = [
 ]
 
 
+EVAL_HELP = (
+    "Score a model on a benchmark: EPE, Fl-all and accuracy for flow; EPE, bad-N and D1 for stereo.\n\n"
+    "Prints a table per item and the mean over items on stderr, plus pixel-weighted EPE, Fl-all and D1 "
+    "(KITTI's convention); --json prints every number as one JSON object on stdout.\n\n"
+    "Example: flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3"
+)
+
+
 def _format(value, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -120,14 +128,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table on stderr."),
 ):
-    """Score a model on a benchmark: EPE, Fl-all and accuracy for flow; EPE, bad-N and D1 for stereo.
-
-    Prints a table per item and the mean over items on stderr (plus pixel-weighted EPE / Fl-all /
-    D1, KITTI's convention); --json prints every number as one JSON object on stdout.
-
-    Example: flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3
-    """
-    from flowcli.console import stderr
+    """Score a model on a benchmark (help text: EVAL_HELP)."""
     from flowcli.data import STEREO_DATASETS
     from flowcli.evaluate import evaluate
     from flowcli.models import load_model
@@ -141,7 +142,9 @@ def eval_command(
     model = load_model(weights, device=device, offline=offline)
     reports = []
     for each in names:
-        report = evaluate(model, each, root, max_items=max_items, occlusion=occlusion, device=device, progress=not quiet)
+        report = evaluate(
+            model, each, root, max_items=max_items, occlusion=occlusion, device=device, progress=not quiet
+        )
         reports.append(report)
         if not quiet:
             table = _table(report, each in STEREO_DATASETS)
@@ -151,10 +154,12 @@ def eval_command(
             "weights": weights or getattr(model, "checkpoint_path", None),
             "model": getattr(model, "checkpoint_path", None),
             "device": device,
-            "results": {r.dataset: {k: v for k, v in r.to_dict().items() if k not in ("dataset", "model")} for r in reports},
+            "results": {
+                r.dataset: {k: v for k, v in r.to_dict().items() if k not in ("dataset", "model")} for r in reports
+            },
         }
         typer.echo(json.dumps(payload, allow_nan=False))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.command("eval", help=EVAL_HELP)(eval_command)

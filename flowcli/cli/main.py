@@ -21,11 +21,14 @@ app = typer.Typer(
 # Each command module exposes `register(app)`; listed here so `flowcli --help` shows them in this order.
 _COMMAND_MODULES = [
     "estimate",
+    "stereo",
     "train",
+    "adapt",
     "eval",
     "synth",
     "weights",
     "doctor",
+    "face",
 ]
 
 
@@ -38,29 +41,32 @@ def _register_commands() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def run() -> None:
     """Entry point: user errors become one line on stderr and an exit code, never a traceback."""
+    from rich.markup import escape
+
     warnings.showwarning = _show_warning
     _register_commands()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except FlowcliError as error:
-        stderr.print(f"[red]error:[/] {error}", highlight=False)
+        stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         stderr.print("[red]interrupted[/]")
         sys.exit(130)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as error:  # click usage errors arrive here with standalone_mode=False
-        import click
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as error:  # usage errors: unknown option, bad value, missing argument
+        error.show()
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Exit):
-            sys.exit(error.exit_code)
-        raise
+
+if __name__ == "__main__":
+    run()

@@ -279,4 +279,124 @@ def verify_command(
         )
 
 
-# `push` (publish a checkpoint and add its registry entry) will join these commands.
+def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str) -> dict:
+    """A registry entry (flowcli/weights.json format) for a pushed checkpoint."""
+    provenance = metadata.get("flowcli.provenance") or {}
+    config = metadata.get("flowcli.config") or {}
+    training = {k: provenance[k] for k in ("trained_by", "steps", "date", "mode") if k in provenance}
+    if isinstance(provenance.get("base_weights"), dict):
+        training["base_weights"] = provenance["base_weights"].get("spec")
+    if isinstance(provenance.get("footage"), dict):
+        training["footage_fingerprint"] = provenance["footage"].get("fingerprint")
+    metrics = {}
+    for key in ("heldout_after", "gt_after"):
+        if isinstance(provenance.get(key), dict):
+            metrics[key.replace("_after", "")] = provenance[key]
+    return {
+        "task": "stereo" if str(provenance.get("mode", "")).startswith("stereo") else "flow",
+        "description": f"{path.name}, published with `flowcli weights push`"
+        + (f" ({provenance['trained_by']})" if provenance.get("trained_by") else ""),
+        "architecture": {"family": metadata.get("flowcli.model", "flownet"), "matching": config.get("matching")},
+        "files": [
+            {"path": path_in_repo, "source": source, "sha256": registry.sha256_file(path), "size": path.stat().st_size}
+        ],
+        "license": "TBD",
+        "training": training,
+        "metrics": metrics,
+    }
+
+
+def _hub_error(error: Exception, repo: str, endpoint: str) -> WeightsError:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return WeightsError(
+            f"{endpoint} refused to let you write to {repo} (HTTP {status}); set HF_TOKEN to a token with write "
+            "access (or run `hf auth login`) and check the repository name"
+        )
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return WeightsError(f"cannot push to {repo} on {endpoint}: {type(error).__name__}: {first}")
+
+
+@weights_app.command(
+    "push",
+    help=(
+        "Publish a flowcli checkpoint (e.g. from `flowcli adapt`) to a Hugging Face Hub model repository.\n\n"
+        "Creates the repository if needed and uploads FILE with huggingface_hub (HF_ENDPOINT and HF_TOKEN are "
+        "honoured; HF_TOKEN needs write access). Prints the hf:// source, pinned to the new commit, which works "
+        "anywhere flowcli takes weights (--weights hf://OWNER/NAME/FILE@COMMIT), and a registry entry with the "
+        "file's sha256; --registry FILE adds that entry to a registry JSON (created if missing) that "
+        "FLOWCLI_REGISTRY can point at.\n\n"
+        "Example: flowcli weights push my_model.safetensors --repo me/my-flow --registry my_registry.json"
+    ),
+)
+def push_command(
+    file: Annotated[Path, typer.Argument(help="A flowcli checkpoint (.safetensors with flowcli metadata).")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository OWNER/NAME (created if missing).")],
+    path_in_repo: Annotated[
+        Optional[str], typer.Option("--path-in-repo", help="File name in the repository (default: FILE's name).")
+    ] = None,
+    revision: Annotated[str, typer.Option("--revision", help="Branch to commit to.")] = "main",
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Commit message.")] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Registry name of the entry (default: the repository name).")
+    ] = None,
+    registry_file: Annotated[
+        Optional[Path], typer.Option("--registry", help="Add the entry to this registry JSON file.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    import os
+
+    from flowcli.checkpoint import read_metadata
+
+    if not file.is_file():
+        raise WeightsError(f"{file} does not exist; give the .safetensors file to publish")
+    metadata = read_metadata(file)  # refuses anything that is not a flowcli checkpoint
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise WeightsError(f"--repo {repo!r} is not OWNER/NAME")
+    path_in_repo = path_in_repo or file.name
+    name = name or parts[1]
+
+    from huggingface_hub import HfApi
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    api = HfApi(endpoint=endpoint)  # token: HF_TOKEN, else the stored login
+    try:
+        api.create_repo(repo, private=True if private else None, exist_ok=True, repo_type="model")
+        commit = api.upload_file(
+            path_or_fileobj=str(file), path_in_repo=path_in_repo, repo_id=repo, repo_type="model",
+            revision=revision, commit_message=message or f"Upload {path_in_repo} with flowcli weights push",
+        )  # fmt: skip
+    except Exception as error:  # huggingface_hub's HTTP stack varies by version: one line for any failure
+        raise _hub_error(error, repo, endpoint) from None
+    oid = getattr(commit, "oid", None)
+    source = f"hf://{repo}/{path_in_repo}" + (f"@{oid}" if oid else f"@{revision}")
+    entry = _registry_entry(file, metadata, source, path_in_repo)
+    if registry_file is not None:
+        from flowcli.io.atomic import atomic_path
+
+        data = {"models": {}}
+        if registry_file.exists():
+            try:
+                data = json.loads(registry_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise WeightsError(f"{registry_file} is not valid JSON (line {error.lineno}); fix or remove it") from None
+        data.setdefault("models", {})[name] = entry
+        registry._check_registry(data, registry_file)
+        with atomic_path(registry_file, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if json_output:
+        _echo_json({"source": source, "commit": oid, "name": name, "entry": entry,
+                    "registry": str(registry_file) if registry_file else None})
+        return
+    typer.echo(source)
+    from flowcli.console import stderr
+
+    stderr.print(f"pushed {file} to {repo} ({entry['files'][0]['sha256'][:12]})", highlight=False)
+    if registry_file is not None:
+        stderr.print(f"registry entry {name!r} written to {registry_file}", highlight=False)
+    else:
+        stderr.print("registry entry (add it to a FLOWCLI_REGISTRY file, or pass --registry FILE):", highlight=False)
+        stderr.print_json(json.dumps({name: entry}))

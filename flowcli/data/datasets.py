@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from flowcli.errors import InputError
-
-UNKNOWN_FLOW = 1e9  # .flo values at or above this magnitude mean "unknown" (Middlebury convention)
+from flowcli.io import flow_formats, media
 
 
 def _root(root: str | Path, layout: str, dataset: str) -> Path:
@@ -38,21 +37,12 @@ def _empty(root: Path, layout: str, dataset: str) -> InputError:
     return InputError(f"no {dataset} items found under {root}; expected {layout}")
 
 
-def _io():
-    # Imported lazily so `import flowcli.data` stays cheap and works before the io modules are needed.
-    from flowcli.io import flow_formats, media
-
-    return flow_formats, media
-
-
 def _image(path: Path) -> torch.Tensor:
-    _, media = _io()
     return media.read_image(path)
 
 
 def _mask_png(path: Path) -> torch.Tensor:
     """A single-channel 8-bit mask PNG as [1,H,W] bool (> 127 = set, e.g. Sintel's 255)."""
-    flow_formats, _ = _io()
     array = np.asarray(flow_formats.read_png(path))
     if array.ndim == 3:
         array = array[..., 0]
@@ -61,16 +51,14 @@ def _mask_png(path: Path) -> torch.Tensor:
 
 
 def _flow_from_flo(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(.flo flow [2,H,W] with unknown set to 0, valid [1,H,W])."""
-    flow_formats, _ = _io()
-    array = np.asarray(flow_formats.read_flo(path), dtype=np.float32)
-    valid = np.isfinite(array).all(axis=-1) & (np.abs(array) < UNKNOWN_FLOW).all(axis=-1)
+    """(.flo flow [2,H,W] with unknown (>= 1e9, non-finite) set to 0, valid [1,H,W])."""
+    array = flow_formats.read_flo(path)
+    valid = flow_formats.valid_mask(array)
     array = np.where(valid[..., None], array, 0.0).astype(np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous(), torch.from_numpy(valid)[None]
 
 
 def _flow_from_kitti(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    flow_formats, _ = _io()
     array, valid = flow_formats.read_kitti_flow(path)
     valid = np.asarray(valid).astype(bool)
     if valid.ndim == 3:
@@ -84,7 +72,9 @@ def _check_size(item: dict, what: str) -> dict:
     for key in ("image2", "flow", "valid", "occlusion", "disparity"):
         value = item.get(key)
         if value is not None and tuple(value.shape[-2:]) != (h, w):
-            raise InputError(f"{what}: {key} is {tuple(value.shape[-2:])}, image1 is {(h, w)}; the files do not belong together")
+            raise InputError(
+                f"{what}: {key} is {tuple(value.shape[-2:])}, image1 is {(h, w)}; the files do not belong together"
+            )
     return item
 
 
@@ -161,7 +151,10 @@ class Sintel(FlowDataset):
     invalid). Root is the dataset folder (holding `training/`) or the split folder itself.
     Only pairs with ground-truth flow are listed."""
 
-    layout = "MPI-Sintel layout: <root>/training/{clean,final}/<scene>/frame_NNNN.png and <root>/training/flow/<scene>/frame_NNNN.flo"
+    layout = (
+        "MPI-Sintel layout: <root>/training/{clean,final}/<scene>/frame_NNNN.png "
+        "and <root>/training/flow/<scene>/frame_NNNN.flo"
+    )
 
     def __init__(self, root: str | Path, split: str = "training", dstype: str = "clean"):
         super().__init__()
@@ -228,7 +221,10 @@ class KITTI(FlowDataset):
             raise InputError(f"KITTI year must be 2012 or 2015, got {year}")
         self.name = f"kitti{year}"
         images = "image_2" if year == 2015 else "colored_0"
-        self.layout = f"KITTI {year} layout: <root>/{split}/{images}/NNNNNN_10.png, NNNNNN_11.png and <root>/{split}/flow_occ/NNNNNN_10.png"
+        self.layout = (
+            f"KITTI {year} layout: <root>/{split}/{images}/NNNNNN_10.png, NNNNNN_11.png "
+            f"and <root>/{split}/flow_occ/NNNNNN_10.png"
+        )
         self.root = _root(root, self.layout, self.name)
         base = self.root / split if (self.root / split).is_dir() else self.root
         gt_dir = base / ("flow_occ" if occ else "flow_noc")
@@ -271,7 +267,10 @@ class Middlebury(FlowDataset):
     other-gt-flow/<scene>/flow10.flo (values >= 1e9 = unknown -> invalid)."""
 
     name = "middlebury"
-    layout = "Middlebury flow layout: <root>/other-data/<scene>/frame10.png, frame11.png and <root>/other-gt-flow/<scene>/flow10.flo"
+    layout = (
+        "Middlebury flow layout: <root>/other-data/<scene>/frame10.png, frame11.png "
+        "and <root>/other-gt-flow/<scene>/flow10.flo"
+    )
 
     def __init__(self, root: str | Path):
         super().__init__()
@@ -329,7 +328,6 @@ class MiddleburyStereo(FlowDataset):
             raise _empty(self.root, self.layout, self.name)
 
     def load(self, record: dict) -> dict:
-        flow_formats, _ = _io()
         disparity = np.asarray(flow_formats.read_pfm(record["disparity"]), dtype=np.float32)
         if disparity.ndim == 3:
             disparity = disparity[..., 0]
@@ -342,7 +340,9 @@ class KITTIStereo(FlowDataset):
     disp_occ_0/NNNNNN_10.png (16-bit, disparity = value / 256, 0 = unknown)."""
 
     name = "kitti-stereo"
-    layout = "KITTI stereo layout: <root>/training/image_2/NNNNNN_10.png, image_3/NNNNNN_10.png, disp_occ_0/NNNNNN_10.png"
+    layout = (
+        "KITTI stereo layout: <root>/training/image_2/NNNNNN_10.png, image_3/NNNNNN_10.png, disp_occ_0/NNNNNN_10.png"
+    )
 
     def __init__(self, root: str | Path, split: str = "training"):
         super().__init__()
@@ -356,7 +356,6 @@ class KITTIStereo(FlowDataset):
             raise _empty(self.root, self.layout, self.name)
 
     def load(self, record: dict) -> dict:
-        flow_formats, _ = _io()
         result = flow_formats.read_disparity_png(record["disparity"])
         if isinstance(result, tuple):
             disparity, valid = (np.asarray(r) for r in result)
@@ -391,7 +390,6 @@ class UnlabeledFrames:
         if step < 1 or stride < 1:
             raise InputError(f"step and stride must be at least 1, got step={step}, stride={stride}")
         self.frames, self.step, self.stride = int(frames), int(step), int(stride)
-        _, media = _io()
         self.sources: list[tuple[str, object]] = []  # ("video", Path) or ("frames", [Path, ...])
         for source in sources:
             path = Path(source).expanduser()
@@ -449,7 +447,6 @@ class UnlabeledFrames:
             yield self._tuple([cache[i] for i in indices], f"{label}:{paths[start].name}")
 
     def _from_video(self, path: Path) -> Iterator[dict]:
-        _, media = _io()
         window: dict[int, torch.Tensor] = {}
         next_start = 0
         reader = media.VideoReader(path)
@@ -484,7 +481,6 @@ def _as_image_tensor(frame) -> torch.Tensor:
 
 
 def _video_length(path: Path) -> int:
-    _, media = _io()
     with media.VideoReader(path) as reader:
         return int(reader.num_frames or 0)
 

@@ -14,7 +14,7 @@ import numpy as np
 from flowcli.face.geometry import FLIP, closest_points_on_mesh
 from flowcli.face.model import FaceModel
 from flowcli.face.solve import ShapeSolveConfig, point_basis, robust_weights
-from flowcli.face.solve import solve_shape
+from flowcli.face.solve import gauss_newton, solve_shape
 from flowcli.face.geometry import closed_form_pose
 
 # MediaPipe Face Mesh index for each of the 68 iBUG / Multi-PIE landmarks (the commonly used mapping).
@@ -38,23 +38,33 @@ JAW_OVAL_RIGHT = [127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148]
 CHIN = 152
 
 
-def fit_frame(basis, targets, model, config, weights, iterations=6, sigma=None, fixed_id=None, depth_weight=0.0):
-    """Alternate closed-form pose and regularised shape on fixed correspondences; returns the fit parts."""
+def fit_frame(basis, targets, model, config, weights, iterations=6, sigma=None, fixed_id=None, depth_weight=0.0, gn_rounds=3):
+    """Closed-form pose and regularised shape alternated on fixed correspondences, then joint damped
+    Gauss-Newton rounds (Cauchy-reweighted when sigma is given). Returns (scale, R, t, id, exp)."""
     exp_active = model.active_expressions()
     id_coeffs = np.zeros(len(model.id_basis)) if fixed_id is None else fixed_id
     exp_weights = np.zeros(len(model.exp_basis))
     w = np.asarray(weights, np.float64).copy()
+
+    def reweight(scale, rotation, translation, id_coeffs, exp_weights):
+        if sigma is None:
+            return w
+        pred = scale * basis.points(id_coeffs, exp_weights) @ (FLIP @ rotation).T + translation
+        res = np.linalg.norm((pred - targets)[:, :2], axis=1) / scale
+        return weights * robust_weights(res, sigma)
+
     for _ in range(iterations):
         pts = basis.points(id_coeffs, exp_weights)
         scale, rotation, _ = closed_form_pose(pts, targets, w, depth_weight=depth_weight)
         id_coeffs, exp_weights, translation = solve_shape(
             basis, targets, scale, rotation, w, config, exp_active, fixed_id=fixed_id
         )
-        if sigma is not None:
-            pred = scale * basis.points(id_coeffs, exp_weights) @ (FLIP @ rotation).T + translation
-            res = np.linalg.norm((pred - targets)[:, :2], axis=1) / scale
-            w = weights * robust_weights(res, sigma)
-    return scale, rotation, translation, id_coeffs, exp_weights
+        w = reweight(scale, rotation, translation, id_coeffs, exp_weights)
+    params = (scale, rotation, translation, id_coeffs, exp_weights)
+    for _ in range(gn_rounds):
+        params = gauss_newton(basis, targets, params, w, config, exp_active, iterations=4, fixed_id=fixed_id)
+        w = reweight(*params)
+    return params
 
 
 def compute_correspondence(model: FaceModel, frames_points: list[np.ndarray], rounds: int = 3, z_weight: float = 0.5):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from flowcli.face.correspondence import JAW_OVAL_LEFT, JAW_OVAL_RIGHT, MP_TO_68, fit_frame
-from flowcli.face.geometry import FLIP, axis_angle_to_matrix, matrix_to_axis_angle, rotation_to_euler
+from flowcli.face.geometry import FLIP, axis_angle_to_matrix, matrix_to_axis_angle, nearest_rotation, rotation_to_euler
 from flowcli.face.model import ICT_JAW_LEFT, ICT_JAW_RIGHT, FaceModel
 from flowcli.face.solve import PointBasis, ShapeSolveConfig, point_basis
 
@@ -33,9 +33,9 @@ class FitOptions:
     exp_reg: float = 0.05  # prior weight on blendshape weights
     z_weight: float = 0.5  # MediaPipe depth against image x, y
     pose_depth_weight: float = 1.0  # depth in the closed-form pose
-    sigma_cm: float = 0.5  # Cauchy scale of the dense-landmark loss
-    alternations: int = 6
-    refine_steps: int = 60
+    sigma_cm: float = 0.3  # Cauchy scale of the dense-landmark loss
+    alternations: int = 3
+    refine_steps: int = 40
     lr: float = 0.01
     jaw_weight: float = 1.0  # contour term at full strength (|yaw| >= jaw_yaw_full)
     jaw_yaw_start: float = 15.0  # degrees where the contour term starts to replace the far-side oval points
@@ -79,29 +79,38 @@ class FaceFit:
         }
 
 
-def landmark68_surface_points(model: FaceModel) -> tuple[np.ndarray, np.ndarray]:
+# The 17 jaw landmarks: mirror-symmetric vertices within 2 cm of ICT's extended jawline, chosen so that the
+# fitted model reproduces AFLW2000-3D's 3D jawline (benchmarks/face_aflw.py --calibrate-jaw; on the 8 shared
+# samples its leave-one-out jaw NME is reported in docs/face.md). Multi-PIE order, subject's right first.
+JAW_VERTICES = [8157, 7516, 7442, 7853, 8849, 828, 789, 817, 965, 3058, 3030, 3069, 9172, 7126, 6715, 6789, 7430]
+
+
+def landmark68_surface_points(model: FaceModel, jaw: str = "calibrated") -> tuple[np.ndarray, np.ndarray]:
     """The fitted model's 68 landmarks as surface points (vertex ids 68 x 3, barycentric 68 x 3).
 
-    Inner 51: where MediaPipe's corresponding points lie on the surface (project's own correspondence).
-    Jaw 17: ICT's extended jawline (README) from the right temple over the chin (vertex 966) to the left,
-    sampled uniformly in arc length on the neutral mesh, 9 points per half; a 3D jawline, as AFLW2000-3D's
-    re-annotation uses.
+    Inner 51: where MediaPipe's corresponding points lie on the surface (the project's own correspondence).
+    Jaw 17: `JAW_VERTICES` (jaw="calibrated"), or (jaw="arc") ICT's extended jawline (README) from the right
+    temple over the chin (vertex 966) to the left, sampled uniformly in arc length on the neutral mesh.
     """
     from flowcli.face.mp468_ict import BARY, VERTS
 
     verts, bary = np.array(VERTS), np.array(BARY)
-    chain = list(ICT_JAW_RIGHT) + [JAW_ARC_CHIN] + list(ICT_JAW_LEFT)
-    pts = model.mean.astype(np.float64)[chain]
-    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    mid = cum[len(ICT_JAW_RIGHT)]
-    ts = np.concatenate([np.linspace(0, mid, 9), np.linspace(mid, cum[-1], 9)[1:]])
-    jaw_v, jaw_b = [], []
-    for t in ts:
-        i = int(min(np.searchsorted(cum, t, side="right") - 1, len(chain) - 2))
-        f = (t - cum[i]) / seg[i]
-        jaw_v.append([chain[i], chain[i + 1], chain[i + 1]])
-        jaw_b.append([1 - f, f, 0.0])
+    if jaw == "calibrated":
+        jaw_v = np.array(JAW_VERTICES)[:, None].repeat(3, 1)
+        jaw_b = np.tile([1.0, 0.0, 0.0], (17, 1))
+    else:
+        chain = list(ICT_JAW_RIGHT) + [JAW_ARC_CHIN] + list(ICT_JAW_LEFT)
+        pts = model.mean.astype(np.float64)[chain]
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        mid = cum[len(ICT_JAW_RIGHT)]
+        ts = np.concatenate([np.linspace(0, mid, 9), np.linspace(mid, cum[-1], 9)[1:]])
+        jaw_v, jaw_b = [], []
+        for t in ts:
+            i = int(min(np.searchsorted(cum, t, side="right") - 1, len(chain) - 2))
+            f = (t - cum[i]) / seg[i]
+            jaw_v.append([chain[i], chain[i + 1], chain[i + 1]])
+            jaw_b.append([1 - f, f, 0.0])
     vids = np.concatenate([np.array(jaw_v), verts[MP_TO_68[17:]]])
     bary = np.concatenate([np.array(jaw_b), bary[MP_TO_68[17:]]])
     return vids, bary
@@ -165,10 +174,13 @@ class FaceFitter:
 
     # --- PyTorch refinement over a batch of frames -----------------------------------------------------------
 
-    def refine(self, fits: list[FaceFit], shared_id: bool = False, extra_loss=None, steps: int | None = None) -> list[FaceFit]:
-        """Jointly refine a batch of fits. `extra_loss(state) -> tensor` adds video terms."""
+    def refine(
+        self, fits: list[FaceFit], shared_id: bool = False, extra_loss=None, steps: int | None = None, optimize_id: bool = True
+    ) -> list[FaceFit]:
+        """Jointly refine a batch of fits. `extra_loss(state) -> tensor` adds video terms; with
+        optimize_id=False the (shared) identity stays as given."""
         o = self.options
-        dtype = torch.float64
+        dtype = torch.float32  # float64 halves the speed and buys nothing at 1e-6 cm
         n = len(fits)
         mean, idb, expb = (torch.as_tensor(a, dtype=dtype) for a in (self.dense.mean, self.dense.id, self.dense.exp))
         targets = torch.as_tensor(np.stack([f.mediapipe for f in fits]), dtype=dtype)  # B x N x 3
@@ -178,7 +190,7 @@ class FaceFitter:
         # translation in cm (divided by the initial scale) keeps every parameter on a similar footing
         offset = torch.tensor(np.stack([f.translation for f in fits]) / scale0.numpy()[:, None], dtype=dtype, requires_grad=True)
         ids0 = np.stack([f.id_coeffs for f in fits])
-        id_param = torch.tensor(ids0.mean(0, keepdims=True) if shared_id else ids0, dtype=dtype, requires_grad=True)
+        id_param = torch.tensor(ids0.mean(0, keepdims=True) if shared_id else ids0, dtype=dtype, requires_grad=optimize_id)
         exp = torch.tensor(np.stack([f.exp_weights for f in fits]), dtype=dtype, requires_grad=True)
         active = torch.zeros(expb.shape[0], dtype=dtype)
         active[self.exp_active] = 1.0
@@ -186,7 +198,7 @@ class FaceFitter:
         flip = torch.tensor(FLIP, dtype=dtype)
         cand_mean, cand_id, cand_exp = (torch.as_tensor(a, dtype=dtype) for a in (self.cand_basis.mean, self.cand_basis.id, self.cand_basis.exp))
         cand_x = self.cand_basis.mean[:, 0]
-        params = [rotvec, log_scale, offset, id_param, exp]
+        params = [rotvec, log_scale, offset, exp] + ([id_param] if optimize_id else [])
         optimizer = _Adam(params, lr=o.lr)
         steps = o.refine_steps if steps is None else steps
         jaw = None
@@ -235,9 +247,10 @@ class FaceFitter:
             for b, f in enumerate(fits):
                 out.append(
                     FaceFit(
-                        scale=float(scale[b]), rotation=rot[b].numpy().copy(),
-                        translation=(offset[b] * scale[b]).numpy().copy(), id_coeffs=ident[b].numpy().copy(),
-                        exp_weights=(exp[b] * active).numpy().copy(), mediapipe=f.mediapipe, score=f.score, box=f.box,
+                        scale=float(scale[b]), rotation=nearest_rotation(rot[b].numpy().astype(np.float64)),
+                        translation=(offset[b] * scale[b]).numpy().astype(np.float64),
+                        id_coeffs=ident[b].numpy().astype(np.float64),
+                        exp_weights=(exp[b] * active).numpy().astype(np.float64), mediapipe=f.mediapipe, score=f.score, box=f.box,
                     )
                 )
         return out

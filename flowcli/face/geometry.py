@@ -113,6 +113,14 @@ def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
     return eye + a * k + b * (k @ k)
 
 
+def axis_angle_to_matrix_np(v: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(v))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]]) / theta
+    return np.eye(3) + math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
+
+
 def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
     cos = np.clip((np.trace(r) - 1) / 2, -1.0, 1.0)
     theta = math.acos(cos)

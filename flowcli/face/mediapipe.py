@@ -8,7 +8,10 @@ model in [0, 1]; a second landmark pass on the crop the first pass implies.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,25 @@ class FaceLandmarks:
     detection: Detection | None = None
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured by a test runner)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _interpreter(path: Path):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -49,8 +71,9 @@ def _interpreter(path: Path):
     if not path.is_file():
         raise WeightsError(f"face model file {path} not found; check --face-assets or FLOWCLI_FACE_ASSETS")
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=1)
-        interpreter.allocate_tensors()
+        with _quiet_stderr():  # the runtime prints an INFO line about its CPU delegate to fd 2
+            interpreter = Interpreter(model_path=str(path), num_threads=1)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise WeightsError(f"cannot load {path.name}: {error}".splitlines()[0]) from None
     return interpreter
@@ -140,18 +163,30 @@ class FaceMeshRunner:
         score = float(_sigmoid(score.ravel()[:1])[0])
         return FaceLandmarks(np.concatenate([xy, z[:, None]], 1), score)
 
-    def landmarks(self, image: np.ndarray, detection: Detection, refine: int = 1) -> FaceLandmarks:
-        """Face Mesh on the detection's rotated crop, then `refine` passes on the crop the landmarks imply."""
+    def landmarks(self, image: np.ndarray, detection: Detection, refine: int = 8) -> FaceLandmarks:
+        """Face Mesh on the detection's rotated crop, then up to `refine` passes on the crop the landmarks
+        imply, until it stops moving (turned heads need several: each pass centres the face better)."""
         x0, y0, x1, y1 = detection.box
         eye_r, eye_l = detection.keypoints[0], detection.keypoints[1]
         angle = math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0])
         center = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
         size = max(x1 - x0, y1 - y0) * 1.5
         result = self.landmarks_in_roi(image, center, size, angle)
-        for _ in range(refine):
-            center, size, angle = roi_from_landmarks(result.points)
-            result = self.landmarks_in_roi(image, center, size, angle)
+        result = self.track(image, result.points, passes=refine)
         result.detection = detection
+        return result
+
+    def track(self, image: np.ndarray, previous: np.ndarray, passes: int = 2, tol: float = 0.005) -> FaceLandmarks:
+        """Landmarks from the crop that earlier landmarks (this frame's or the previous frame's) imply."""
+        center, size, angle = roi_from_landmarks(previous)
+        result = self.landmarks_in_roi(image, center, size, angle)
+        for _ in range(passes - 1):
+            new_center, new_size, new_angle = roi_from_landmarks(result.points)
+            moved = np.linalg.norm(new_center - center) / size + abs(new_size - size) / size + abs(new_angle - angle)
+            if moved < tol:
+                break
+            center, size, angle = new_center, new_size, new_angle
+            result = self.landmarks_in_roi(image, center, size, angle)
         return result
 
 

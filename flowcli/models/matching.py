@@ -1,6 +1,7 @@
 """Matching modules: how frame 2's features are brought onto frame 1 before the cost volume.
 
-- FeatureWarping (PWC-Net): bilinear backward warp of f2 by the upsampled flow.
+- PWC-Net: bilinear backward warp of f2 by the upsampled flow (fused with the correlation, see
+  flowcli.ops.correlation.warp_correlation).
 - AsymOFMM (MaskFlowNet, CVPR'20): f2 goes through a deformable 3x3 convolution whose sampling
   points are shifted by the flow, is multiplied by a learnable occlusion mask (sigmoid of the
   previous level's mask logit, learned with no occlusion labels) and gets a trade-off term added,
@@ -14,12 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flowcli.ops.warp import backward_warp, normalized_grid, pixel_grid
-
-
-class FeatureWarping(nn.Module):
-    def forward(self, feature2, flow, mask_logit=None, decoder_feature=None):
-        return backward_warp(feature2, flow)
+from flowcli.ops.warp import normalized_grid, pixel_grid
 
 
 class FlowDeformableConv(nn.Module):
@@ -33,6 +29,7 @@ class FlowDeformableConv(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.mix = nn.Conv2d(channels * 9, channels, kernel_size=1)
+        self.mix.keep_init = True
         nn.init.zeros_(self.mix.weight)
         with torch.no_grad():  # start as a plain warp: the centre tap passes through
             for c in range(channels):
@@ -58,6 +55,7 @@ class AsymOFMM(nn.Module):
         super().__init__()
         self.deform = FlowDeformableConv(channels)
         self.tradeoff = nn.Conv2d(decoder_channels, channels, kernel_size=1)
+        self.tradeoff.keep_init = True
         nn.init.zeros_(self.tradeoff.weight)
         nn.init.zeros_(self.tradeoff.bias)
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flowcli.models.matching import AsymOFMM, FeatureWarping
-from flowcli.ops.correlation import correlation
+from flowcli.models.matching import AsymOFMM
+from flowcli.ops.correlation import correlation, warp_correlation
 
 MATCHING = ("pwc", "maskflownet")
 
@@ -142,8 +142,16 @@ class FlowNet(nn.Module):
             )
         else:
             self.matching = None
-        self.plain_warp = FeatureWarping()
         self.context = ContextNetwork(self.decoder.out_channels + 2, config.context_channels, config.context_dilations)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # He init for the leaky ReLUs. PyTorch's default shrinks activations through the pyramid so
+        # much that the coarse cost volumes start near 1e-5 and training sits at "predict zero".
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and not getattr(module, "keep_init", False):
+                nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
 
     @staticmethod
     def normalize(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +172,7 @@ class FlowNet(nn.Module):
             f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
             if flow is None:
                 flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
-                warped = f2
+                cost = correlation(f1, f2, cfg.max_displacement)
             else:
                 flow = 2.0 * F.interpolate(flow, size=f1.shape[-2:], mode="bilinear", align_corners=False)
                 if self.matching is not None:
@@ -173,9 +181,10 @@ class FlowNet(nn.Module):
                         decoder_feature, size=f1.shape[-2:], mode="bilinear", align_corners=False
                     )
                     warped = self.matching[str(lvl)](f2, flow, mask, decoder_feature)
-                else:
-                    warped = self.plain_warp(f2, flow)
-            cost = F.leaky_relu(correlation(f1, warped, cfg.max_displacement), 0.1)
+                    cost = correlation(f1, warped, cfg.max_displacement)
+                else:  # warp + correlation, fused into one kernel on GPU
+                    cost = warp_correlation(f1, f2, flow, cfg.max_displacement)
+            cost = F.leaky_relu(cost, 0.1)
             x = torch.cat((cost, self.reduce[str(lvl)](f1), flow), dim=1)
             decoder_feature, delta, mask = self.decoder(x)
             flow = flow + delta

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 from flowcli.models.pwc import FlowOutput
 
-# PWC-Net's level weights, finest decoded level first (levels 2..6).
-LEVEL_WEIGHTS = {2: 0.005, 3: 0.01, 4: 0.02, 5: 0.08, 6: 0.32}
+# PWC-Net weights its levels 0.005, 0.01, 0.02, 0.08, 0.32 (levels 2..6) on errors *summed* over
+# pixels. We average per level instead, so each weight is multiplied by the level's pixel count
+# relative to level 6 (256, 64, 16, 4, 1); otherwise the 1/64 level would take 74% of the loss.
+LEVEL_WEIGHTS = {2: 1.28, 3: 0.64, 4: 0.32, 5: 0.32, 6: 0.32}
 
 
 def endpoint_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,7 +39,7 @@ def downsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def multiscale_epe(output: FlowOutput, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """PWC-Net's multi-scale loss, with each level's EPE measured in full-resolution pixels.
 
-    Level weights are PWC-Net's, rescaled so that they sum to one.
+    Level weights are PWC-Net's (adjusted for averaging, see LEVEL_WEIGHTS), normalised to sum to one.
     """
     total_weight = sum(LEVEL_WEIGHTS.get(lvl, 0.0) for lvl in output.level_flows)
     loss = target.new_zeros(())

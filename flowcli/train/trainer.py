@@ -44,6 +44,7 @@ class TrainConfig:
     clip_grad: float = 10.0
     init_weights: str | None = None  # fine-tune from a checkpoint
     workers: int = 1
+    device: str = "auto"  # auto | cpu | cuda | mps; bf16 autocast on CUDA
     model: dict = field(default_factory=dict)  # FlowNetConfig fields
     synth: dict = field(default_factory=dict)  # SynthConfig overrides
 
@@ -123,13 +124,17 @@ def train(
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
+    from flowcli.inference import resolve_device
+
+    device = resolve_device(cfg.device)
+    autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, cfg)
     step, history = 0, []
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
             raise FlowcliError(
                 f"{state_path} was made with a different training config; use another --out or the same config"
@@ -137,7 +142,7 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         step, history = state["step"], json.loads(state["history"])
         stderr.print(f"resuming {out} at step {step}/{cfg.steps}")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -166,8 +171,11 @@ def train(
         with progress(quiet) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
-                image1, image2, flow = next(batches)
-                output = model(image1, image2)
+                image1, image2, flow = (t.to(device, non_blocking=True) for t in next(batches))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    output = model(image1, image2)
+                output.flow = output.flow.float()
+                output.level_flows = {k: v.float() for k, v in output.level_flows.items()}
                 terms = supervised_loss(output, flow, robust=cfg.robust)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()

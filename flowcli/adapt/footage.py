@@ -1,0 +1,435 @@
+"""The user's footage for `flowcli adapt`: sequences of frames, the tuples drawn from them, the
+held-out slice and a fingerprint for the checkpoint's provenance.
+
+A source is a video file, a folder or a quoted glob. A folder's own images (natural order) form one
+sequence, each video in it another, and its subfolders are searched the same way, so a dataset
+folder such as Sintel's `training/clean` (one subfolder per scene) gives one sequence per scene.
+Videos are decoded once into an uint8 cache file (memory-mapped, random access) in the run folder.
+
+Frame sizes are read from the image headers up front: frames that cannot be read are skipped with a
+warning (and every tuple that needs them); frames of different sizes may be in different sequences,
+but the frames of one tuple must agree (an error naming the two files otherwise).
+
+Stereo footage (`stereo=True`): rectified left/right pairs, from two folders (left, right), a folder
+holding `left/` and `right/` (or KITTI's `image_2/` and `image_3/`) subfolders, a folder of
+`*left*` / `*right*` files (e.g. `desk_left.png`, `desk_right.png`), Middlebury-style scene folders
+(`<scene>/im0.png`, `im1.png`) or a text file with one `LEFT RIGHT` pair of paths per line. The
+pairs of one source are a stereo sequence in natural order (consecutive in time for `--temporal`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowcli.console import stderr, warn
+from flowcli.errors import InputError
+from flowcli.io import media
+
+MIN_SIDE = 64
+FINGERPRINT_SAMPLES = 64
+
+
+@dataclass
+class Sequence:
+    """Frames in time order. `frames[i]` is a Path (mono), a (left, right) pair of Paths (stereo), or
+    an index into the decoded video cache `video_cache` (mono video)."""
+
+    label: str
+    frames: list
+    sizes: list  # per frame (h, w), or None where the frame cannot be read
+    video: Path | None = None
+    video_cache: Path | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass
+class Footage:
+    sequences: list[Sequence]
+    stereo: bool = False
+    skipped: list[str] = field(default_factory=list)  # unreadable frames
+
+    # ------------------------------------------------------------------ tuples
+
+    def tuples(self, length: int, step: int = 1) -> list[tuple[int, int]]:
+        """(sequence, start) of every usable tuple of `length` time steps `step` apart.
+
+        Mono: `length` frames; stereo: `length` time steps of (left, right). Tuples with an
+        unreadable frame are left out; frames of different sizes within a tuple raise InputError.
+        """
+        span = (length - 1) * step
+        out = []
+        for s, seq in enumerate(self.sequences):
+            for start in range(0, len(seq) - span):
+                indices = [start + k * step for k in range(length)]
+                sizes = [seq.sizes[i] for i in indices]
+                if any(size is None for size in sizes):
+                    continue
+                if len(set(sizes)) > 1:
+                    a, b = next((i, j) for i, j in zip(indices, indices[1:]) if seq.sizes[i] != seq.sizes[j])
+                    raise InputError(
+                        f"{seq.label}: {self.frame_name(s, a)} is {_wh(seq.sizes[a])} but {self.frame_name(s, b)} is "
+                        f"{_wh(seq.sizes[b])}; the frames of one sequence must share a size (put them in separate "
+                        "folders or resize them)"
+                    )
+                out.append((s, start))
+        return out
+
+    def frame_name(self, seq: int, index: int) -> str:
+        frame = self.sequences[seq].frames[index]
+        if isinstance(frame, tuple):
+            return f"{frame[0].name}|{frame[1].name}"
+        if isinstance(frame, Path):
+            return frame.name
+        return f"{self.sequences[seq].label}#{frame}"
+
+    def tuple_size(self, seq: int, start: int) -> tuple[int, int]:
+        return self.sequences[seq].sizes[start]
+
+    def load(self, seq: int, start: int, length: int, step: int = 1) -> torch.Tensor:
+        """The frames of a tuple as [T, 3, H, W] float in [0, 1] (stereo: L, R of each time step)."""
+        sequence = self.sequences[seq]
+        images = []
+        for k in range(length):
+            frame = sequence.frames[start + k * step]
+            if isinstance(frame, tuple):
+                images.extend(media.read_image(p) for p in frame)
+            elif isinstance(frame, Path):
+                images.append(media.read_image(frame))
+            else:
+                images.append(_video_frame(sequence, frame))
+        sizes = {tuple(image.shape[-2:]) for image in images}
+        if len(sizes) > 1:
+            raise InputError(f"{sequence.label}: the frames of one tuple differ in size ({sorted(sizes)})")
+        return torch.stack(images)
+
+    # ------------------------------------------------------------------ split
+
+    def split(
+        self, tuples: list[tuple[int, int]], fraction: float, span: int
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(train, held-out): the last `fraction` of each sequence's tuples are held out, and training
+        tuples never share a frame with held-out ones. Shares are spread over sequences by size."""
+        if fraction <= 0 or len(tuples) < 2:
+            return list(tuples), []
+        by_seq: dict[int, list[int]] = {}
+        for s, start in tuples:
+            by_seq.setdefault(s, []).append(start)
+        want = max(1, round(fraction * len(tuples)))
+        # Largest-remainder apportionment of `want` held-out tuples over the sequences.
+        quotas = {s: want * len(v) / len(tuples) for s, v in by_seq.items()}
+        counts = {s: int(q) for s, q in quotas.items()}
+        for s in sorted(quotas, key=lambda s: (counts[s] - quotas[s], s))[: want - sum(counts.values())]:
+            counts[s] += 1
+        train, held = [], []
+        for s, starts in by_seq.items():
+            k = min(counts[s], len(starts))
+            held_starts = starts[len(starts) - k :] if k else []
+            cut = held_starts[0] if held_starts else math.inf
+            held += [(s, v) for v in held_starts]
+            train += [(s, v) for v in starts if v + span < cut]
+        if not train:
+            return list(tuples), list(tuples)
+        return train, held
+
+    # ------------------------------------------------------------------ provenance
+
+    def fingerprint(self) -> str:
+        """sha256 over every sequence's label, frame names and file sizes, plus the content of up to
+        FINGERPRINT_SAMPLES evenly spaced frame files (and the first and last MiB of each video)."""
+        digest = hashlib.sha256()
+        files: list[Path] = []
+        for seq in self.sequences:
+            digest.update(f"{seq.label}\0{len(seq)}\0".encode())
+            if seq.video is not None:
+                size = seq.video.stat().st_size
+                digest.update(f"{seq.video.name}\0{size}\0".encode())
+                with open(seq.video, "rb") as f:
+                    digest.update(f.read(1 << 20))
+                    f.seek(max(0, size - (1 << 20)))
+                    digest.update(f.read())
+                continue
+            for frame in seq.frames:
+                for path in frame if isinstance(frame, tuple) else (frame,):
+                    digest.update(f"{path.name}\0{_file_size(path)}\0".encode())
+                    files.append(path)
+        if files:
+            picks = sorted({round(i * (len(files) - 1) / max(1, FINGERPRINT_SAMPLES - 1)) for i in range(FINGERPRINT_SAMPLES)})
+            for i in picks:
+                try:
+                    digest.update(files[i].read_bytes())
+                except OSError:
+                    digest.update(b"unreadable")
+        return digest.hexdigest()
+
+    def summary(self) -> dict:
+        return {
+            "sequences": len(self.sequences),
+            "frames": sum(len(s) for s in self.sequences),
+            "sources": sorted({s.source for s in self.sequences}),
+            "stereo": self.stereo,
+        }
+
+    def min_size(self) -> tuple[int, int]:
+        sizes = [size for seq in self.sequences for size in seq.sizes if size is not None]
+        return min(h for h, _ in sizes), min(w for _, w in sizes)
+
+
+def _wh(size) -> str:
+    return f"{size[1]}x{size[0]}" if size else "unreadable"
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+# ----------------------------------------------------------------------------- scanning
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(h, w) from the image header, None when the file cannot be read as an image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+        return (h, w)
+    except Exception:  # Pillow raises many types for bad files
+        return None
+
+
+def _image_sequence(paths: list[Path], label: str, source: str, skipped: list[str]) -> Sequence:
+    sizes = []
+    for path in paths:
+        size = _header_size(path)
+        if size is None:
+            skipped.append(str(path))
+        sizes.append(size)
+    return Sequence(label=label, frames=list(paths), sizes=sizes, source=source)
+
+
+def _walk(folder: Path, root: Path, source: str, skipped: list[str], cache_dir: Path | None, max_frames) -> list[Sequence]:
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=media.natural_sort_key)
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES]
+    videos = [p for p in entries if p.is_file() and media.is_video(p)]
+    out = []
+    label = str(folder.relative_to(root.parent)) if folder != root else folder.name or str(folder)
+    if images:
+        out.append(_image_sequence(images[:max_frames], label, source, skipped))
+    for video in videos:
+        out.append(_video_sequence(video, source, cache_dir, max_frames))
+    for sub in entries:
+        if sub.is_dir() and not sub.name.endswith(".adapt"):
+            out.extend(_walk(sub, root, source, skipped, cache_dir, max_frames))
+    return out
+
+
+def _video_sequence(path: Path, source: str, cache_dir: Path | None, max_frames: int | None) -> Sequence:
+    cache_dir = cache_dir or path.parent / ".flowcli-cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{max_frames}".encode()).hexdigest()[:16]
+    data, meta = cache_dir / f"{path.stem}-{key}.u8", cache_dir / f"{path.stem}-{key}.json"
+    if not (data.is_file() and meta.is_file()):
+        count, size = 0, None
+        tmp = data.with_suffix(".part")
+        with media.VideoReader(path, max_frames=max_frames) as reader, open(tmp, "wb") as out:
+            stderr.print(f"decoding {path.name} into the adaptation cache ({reader.num_frames or '?'} frames)")
+            for frame in reader:
+                array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+                size = array.shape[:2]
+                out.write(array.tobytes())
+                count += 1
+        tmp.replace(data)
+        meta.write_text(json.dumps({"count": count, "height": size[0], "width": size[1]}))
+    info = json.loads(meta.read_text())
+    size = (info["height"], info["width"])
+    return Sequence(
+        label=path.name, frames=list(range(info["count"])), sizes=[size] * info["count"], video=path,
+        video_cache=data, source=source,
+    )  # fmt: skip
+
+
+_VIDEO_MAPS: dict[str, np.memmap] = {}
+
+
+def _video_frame(sequence: Sequence, index: int) -> torch.Tensor:
+    key = str(sequence.video_cache)
+    array = _VIDEO_MAPS.get(key)
+    if array is None:
+        h, w = sequence.sizes[0]
+        array = np.memmap(sequence.video_cache, dtype=np.uint8, mode="r", shape=(len(sequence), h, w, 3))
+        _VIDEO_MAPS[key] = array
+    return torch.from_numpy(np.array(array[index])).permute(2, 0, 1).float() / 255.0
+
+
+def scan_footage(
+    sources: list[str | Path],
+    *,
+    stereo: bool = False,
+    cache_dir: Path | None = None,
+    max_frames: int | None = None,
+    min_frames: int = 2,
+) -> Footage:
+    """Find the sequences of `sources`; every source must give at least `min_frames` frames in one sequence."""
+    if not sources:
+        raise InputError("no footage given; pass video files or folders of frames")
+    skipped: list[str] = []
+    sequences: list[Sequence] = []
+    stereo_sources = _stereo_sources(sources) if stereo else None
+    for source in stereo_sources or sources:
+        found = _stereo_source(source, skipped, max_frames) if stereo else _mono_source(source, skipped, cache_dir, max_frames)
+        label = source if isinstance(source, str) else " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
+        readable = [sum(size is not None for size in seq.sizes) for seq in found]
+        if not found or max(readable) < min_frames:
+            frames = max((len(seq) for seq in found), default=0)
+            what = "stereo pairs" if stereo else "frames"
+            detail = f"{frames} {what}" + (f", {frames - max(readable)} unreadable" if found and max(readable) < frames else "")
+            raise InputError(
+                f"{label}: {detail}; adaptation needs at least {min_frames} readable {what} in a sequence"
+                + (" (--temporal needs 3)" if min_frames == 3 and not stereo else "")
+            )
+        sequences.extend(found)
+    if skipped:
+        shown = ", ".join(Path(p).name for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warn(f"skipping {len(skipped)} unreadable frame(s) ({shown}) and the pairs that need them")
+    for seq in sequences:
+        for size, frame in zip(seq.sizes, seq.frames):
+            if size is not None and min(size) < MIN_SIDE:
+                name = frame[0].name if isinstance(frame, tuple) else getattr(frame, "name", frame)
+                raise InputError(
+                    f"{seq.label}: {name} is {_wh(size)}; frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
+                )
+    return Footage(sequences=sequences, stereo=stereo, skipped=skipped)
+
+
+def _mono_source(source, skipped, cache_dir, max_frames) -> list[Sequence]:
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if media.is_video(path):
+            return [_video_sequence(path, text, cache_dir, max_frames)]
+        raise InputError(f"{path} is neither a video nor a folder of frames; give videos, folders or a quoted glob")
+    if path.is_dir():
+        return _walk(path, path, text, skipped, cache_dir, max_frames)
+    if any(c in text for c in "*?["):
+        frames = media.list_frames(text)[:max_frames]
+        return [_image_sequence(frames, text, text, skipped)]
+    raise InputError(f"{text} does not exist; check the path")
+
+
+# ----------------------------------------------------------------------------- stereo
+
+_LEFT_RIGHT_DIRS = (("left", "right"), ("image_2", "image_3"), ("colored_0", "colored_1"), ("cam0", "cam1"))
+_LEFT_TOKEN = re.compile(r"(left|Left|LEFT|_l\b|_L\b)")
+
+
+def _stereo_sources(sources) -> list:
+    """Two folders of images given together are one left/right source; anything else stays itself."""
+    paths = [Path(str(s)).expanduser() for s in sources]
+    def plain_folder(p: Path) -> bool:  # images, none of them named as one side of a pair
+        images = _images(p) if p.is_dir() else []
+        return bool(images) and not any(_LEFT_TOKEN.search(i.stem) for i in images)
+
+    if len(paths) == 2 and all(plain_folder(p) for p in paths):
+        return [(paths[0], paths[1])]
+    return [str(s) for s in sources]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES and not p.name.startswith(".")),
+        key=media.natural_sort_key,
+    )
+
+
+def _stereo_sequence(pairs: list[tuple[Path, Path]], label: str, source: str, skipped: list[str]) -> Sequence:
+    sizes = []
+    for left, right in pairs:
+        a, b = _header_size(left), _header_size(right)
+        for path, size in ((left, a), (right, b)):
+            if size is None:
+                skipped.append(str(path))
+        if a is not None and b is not None and a != b:
+            raise InputError(
+                f"{left.name} is {_wh(a)} but {right.name} is {_wh(b)}; a rectified stereo pair must share a size"
+            )
+        sizes.append(a if (a is not None and b is not None) else None)
+    return Sequence(label=label, frames=list(pairs), sizes=sizes, source=source)
+
+
+def _match_folders(left: Path, right: Path) -> list[tuple[Path, Path]]:
+    lefts, rights = _images(left), _images(right)
+    by_name = {p.stem: p for p in rights}
+    if lefts and all(p.stem in by_name for p in lefts):
+        return [(p, by_name[p.stem]) for p in lefts]
+    if len(lefts) != len(rights):
+        raise InputError(
+            f"{left} has {len(lefts)} images but {right} has {len(rights)}; left and right folders must pair up "
+            "(same file names, or the same count in natural order)"
+        )
+    return list(zip(lefts, rights))
+
+
+def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
+    if isinstance(source, tuple):
+        pairs = _match_folders(*source)[:max_frames]
+        return [_stereo_sequence(pairs, f"{source[0].name}+{source[1].name}", f"{source[0]} {source[1]}", skipped)]
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".txt":
+        pairs = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise InputError(f"{path}:{number}: expected 'LEFT RIGHT' (two paths), got {line.strip()!r}")
+            left, right = ((path.parent / p) if not Path(p).is_absolute() else Path(p) for p in parts)
+            for p in (left, right):
+                if not p.is_file():
+                    raise InputError(f"{path}:{number}: {p} does not exist")
+            pairs.append((left, right))
+        return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
+    if not path.is_dir():
+        raise InputError(
+            f"{source} is not a folder or a .txt list of pairs; --stereo takes LEFT_DIR RIGHT_DIR, a folder with "
+            "left/ and right/ (or image_2/ and image_3/), a folder of *_left/*_right images, or a pairs .txt file"
+        )
+    for left_name, right_name in _LEFT_RIGHT_DIRS:
+        left, right = path / left_name, path / right_name
+        if left.is_dir() and right.is_dir():
+            return [_stereo_sequence(_match_folders(left, right)[:max_frames], path.name, source, skipped)]
+    images = _images(path)
+    pairs = []
+    names = {p.name: p for p in images}
+    for image in images:
+        if _LEFT_TOKEN.search(image.stem):
+            for token, other in (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT"), ("_l", "_r"), ("_L", "_R")):
+                if token in image.stem:
+                    partner = names.get(image.name.replace(token, other, 1))
+                    if partner is not None:
+                        pairs.append((image, partner))
+                        break
+    if pairs:
+        return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
+    scenes = [d for d in sorted(path.iterdir(), key=media.natural_sort_key) if (d / "im0.png").is_file() and (d / "im1.png").is_file()]
+    if scenes:
+        pairs = [(d / "im0.png", d / "im1.png") for d in scenes]
+        return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
+    raise InputError(
+        f"no stereo pairs found in {path}; expected left/ and right/ subfolders, *_left/*_right images, "
+        "<scene>/im0.png + im1.png, or pass LEFT_DIR RIGHT_DIR"
+    )

@@ -1,0 +1,106 @@
+"""Before/after measurements of an adaptation run: on the held-out slice of the footage (no labels)
+and, when a labeled copy is named (`--gt DATASET:ROOT`), the benchmark metrics of flowcli.evaluate.
+
+Held-out metrics (means over the held-out tuples, full-resolution frames, `estimate_flow` with
+forward-backward occlusion):
+  photo       photometric error (census + SSIM + L1, the training weights) over non-occluded pixels
+  photo_all   the same over every pixel whose match stays in the frame (cannot be gamed by
+              declaring pixels occluded)
+  occ         fraction of pixels the forward-backward check calls occluded
+  vertical    stereo only: mean |v| (0 for a perfectly rectified prediction)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from flowcli.adapt.footage import Footage
+from flowcli.adapt.losses import LossWeights, masked_mean, photometric_error
+from flowcli.errors import InputError
+from flowcli.ops.warp import backward_warp, out_of_frame
+
+GT_CHOICES = ("sintel", "sintel-clean", "sintel-final", "kitti2015", "kitti2012", "chairs", "middlebury",
+              "middlebury-stereo", "kitti-stereo")  # fmt: skip
+
+
+@torch.no_grad()
+def heldout_metrics(
+    model: torch.nn.Module,
+    footage: Footage,
+    tuples: list[tuple[int, int]],
+    *,
+    step: int,
+    weights: LossWeights,
+    precision: str = "fp32",
+    max_pixels: int | None = None,
+) -> dict[str, float]:
+    """Mean photometric error / occluded fraction of `model` on the main pair of each tuple."""
+    from flowcli.inference import estimate_flow
+
+    if not tuples:
+        return {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    try:
+        for seq, start in tuples:
+            frames = footage.load(seq, start, 1 if footage.stereo else 2, step)
+            image1, image2 = frames[0][None].to(device), frames[1][None].to(device)
+            result = estimate_flow(model, image1, image2, occlusion=True, precision=precision, max_pixels=max_pixels)
+            flow = result.forward
+            error = photometric_error(image1, backward_warp(image2, flow), weights)
+            visible = 1.0 - result.occlusion
+            row = {
+                "photo": float(masked_mean(error, visible)),
+                "photo_all": float(masked_mean(error, ~out_of_frame(flow))),
+                "occ": float(result.occlusion.mean()),
+            }
+            if footage.stereo:
+                row["vertical"] = float(flow[:, 1].abs().mean())
+            for key, value in row.items():
+                sums[key] = sums.get(key, 0.0) + value
+    finally:
+        model.train(was_training)
+    return {key: round(value / len(tuples), 5) for key, value in sums.items()}
+
+
+def parse_gt(specs: list[str]) -> list[tuple[str, str]]:
+    """`DATASET:ROOT` specs -> [(dataset, root)]; `sintel:ROOT` expands to the clean and final passes."""
+    out = []
+    for spec in specs:
+        name, sep, root = spec.partition(":")
+        name = name.strip().lower()
+        if not sep or not root or name not in GT_CHOICES:
+            raise InputError(f"--gt {spec!r}: expected DATASET:ROOT with DATASET one of {', '.join(GT_CHOICES)}")
+        names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
+        out += [(n, root) for n in names]
+    return out
+
+
+GT_KEYS = ("epe", "epe_px", "epe_occ", "epe_noc", "fl_all", "fl_all_px", "d1", "d1_px", "occ_f1", "vert_abs")
+
+
+def gt_metrics(
+    model: torch.nn.Module, datasets: list[tuple[str, str]], *, precision: str = "fp32", max_pixels: int | None = None
+) -> dict[str, dict[str, float]]:
+    """flowcli.evaluate on each labeled dataset: {dataset: {metric: value}} (the usual headline metrics)."""
+    from flowcli.evaluate import evaluate
+
+    if not datasets:
+        return {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    out = {}
+    try:
+        for name, root in datasets:
+            report = evaluate(model, name, root, device=device, progress=False, precision=precision, max_pixels=max_pixels)
+            out[name] = {
+                k: round(float(v), 4) for k, v in report.mean.items()
+                if k in GT_KEYS and isinstance(v, (int, float)) and not math.isnan(float(v))
+            }  # fmt: skip
+    finally:
+        model.train(was_training)
+    return out

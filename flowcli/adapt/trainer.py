@@ -1,0 +1,634 @@
+"""`adapt(cfg)`: self-supervised fine-tuning of a flow model on a user's own unlabeled footage.
+
+Two stages, as in DDFlow / SelFlow / DistillFlow:
+1. photometric: census + SSIM + L1 with forward-backward occlusion masking and edge-aware
+   smoothness, multi-scale (flowcli.adapt.losses), on random crops of the footage;
+2. distillation: the model as it is at the end of stage 1, frozen (plus any `--teacher`
+   checkpoints, and flipped inputs with `teacher_flip`), predicts flow and occlusion on a window of
+   the frames; the student sees a transformed crop of that window (crop, superpixel noise, colour,
+   zoom/rotation/flip; flowcli.adapt.transforms) and learns the teacher's confident flow where the
+   view occluded or changed the pixels, next to the photometric loss on its own view.
+The split between the stages follows the footage size (`plan_stages`). Stereo (`cfg.stereo`) runs
+stage 1 only, with the horizontal constraint and, on stereo video, Flow2Stereo's constraints.
+
+Resumable like flowcli.train: the state (model, optimiser, teacher, plan, history, before-metrics)
+is saved in `<output stem>.adapt/state.pt` every `checkpoint_every` steps and on Ctrl-C, and the
+same command continues from it with the same batches (each step's batch is drawn from seeds derived
+from (seed, step, rank)). Multi-GPU: launch with torchrun; WORLD_SIZE > 1 selects
+DistributedDataParallel with the pairs sharded by torch's DistributedSampler.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from flowcli.adapt.footage import Footage, scan_footage
+from flowcli.adapt.losses import LossWeights, PairFlows, StereoVideo, adapt_loss, fb_occlusion
+from flowcli.adapt.report import gt_metrics, heldout_metrics, parse_gt
+from flowcli.adapt.teacher import freeze, teacher_predictions
+from flowcli.adapt.transforms import (
+    TransformConfig,
+    flip_and_reverse,
+    make_student_view,
+    random_crop,
+    sample_view,
+    teacher_targets,
+)
+from flowcli.checkpoint import save_checkpoint
+from flowcli.console import progress, stderr, warn
+from flowcli.errors import FlowcliError, InputError
+from flowcli.io.atomic import atomic_path, check_writable
+from flowcli.models.pwc import FlowOutput
+
+DEFAULT_STEPS = 2000
+CALIBRATION_STEPS = 5
+# Fields that do not change what is trained: a resumed run may differ in these.
+RUNTIME_FIELDS = (
+    "device", "precision", "workers", "overwrite", "offline", "keep_state", "checkpoint_every", "gt", "max_pixels",
+    "restart",
+)  # fmt: skip
+
+
+@dataclass
+class AdaptConfig:
+    sources: list[str]
+    output: str
+    weights: str | None = None  # base model: registry name, hf:// spec, URL or path (default model if None)
+    steps: int | None = None  # budget in optimiser steps ...
+    minutes: float | None = None  # ... or in wall-clock minutes (steps estimated after a short calibration)
+    step: int = 1  # frame gap within a tuple
+    temporal: bool = False  # mono: triplets (SelFlow); stereo: stereo video (Flow2Stereo)
+    stereo: bool = False
+    batch_size: int = 4  # per process
+    crop: tuple[int, int] = (320, 448)
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup: int = 20
+    clip_grad: float = 10.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    max_val: int = 16  # held-out tuples measured before/after (evenly spaced over the slice)
+    distill: bool = True
+    stage1_epochs: float = 20.0  # stage-1 length in passes over the training pairs, bounded below
+    stage1_fraction: float | None = None  # fixed share of the budget instead
+    teachers: list[str] = field(default_factory=list)  # extra teachers for the ensemble
+    teacher_flip: bool = False  # add flipped-input predictions to the ensemble
+    teacher_margin: int = 64  # the teacher's window extends this far beyond the student's crop
+    max_frames: int | None = None  # per source
+    losses: dict = field(default_factory=dict)  # LossWeights overrides
+    transforms: dict = field(default_factory=dict)  # TransformConfig overrides
+    checkpoint_every: int = 50
+    gt: list[str] = field(default_factory=list)  # "DATASET:ROOT" labeled copies, for the final report
+    device: str = "auto"
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    workers: int | None = None
+    overwrite: bool = False
+    offline: bool = False
+    keep_state: bool = False
+    max_pixels: int | None = None  # tile held-out / gt inference above this many pixels
+    restart: bool = False  # ignore an existing state
+
+    def __post_init__(self):
+        self.sources = [str(s) for s in self.sources]
+        self.crop = tuple(int(v) for v in self.crop)
+        self.teachers = list(self.teachers)
+        self.gt = list(self.gt)
+
+    def identity(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+        return json.dumps(data, sort_keys=True, default=list)
+
+    @property
+    def tuple_length(self) -> int:
+        """Time steps per training tuple."""
+        if self.stereo:
+            return 2 if self.temporal else 1
+        return 3 if self.temporal else 2
+
+
+@dataclass
+class Plan:
+    total: int | None  # None until the minutes budget is calibrated
+    stage1: int | None
+    crop: tuple[int, int]
+    window: tuple[int, int]
+
+    def stage(self, step: int) -> int:
+        return 1 if self.stage1 is None or step < self.stage1 else 2
+
+
+def plan_stages(total: int, train_tuples: int, batch: int, cfg: AdaptConfig) -> int:
+    """Steps of stage 1 (photometric); the rest of `total` is distillation.
+
+    Small footage is learnt quickly and then overfitted by the photometric loss, so stage 1 is
+    `stage1_epochs` passes over the training tuples, but at least 25 % and at most 60 % of the
+    budget; stereo, `distill=False` or a budget under 4 steps give stage 1 only.
+    """
+    if cfg.stereo or not cfg.distill or total < 4:
+        return total
+    if cfg.stage1_fraction is not None:
+        stage1 = round(cfg.stage1_fraction * total)
+    else:
+        epoch = math.ceil(train_tuples / batch)
+        stage1 = min(max(round(cfg.stage1_epochs * epoch), math.ceil(0.25 * total)), math.floor(0.6 * total))
+    return min(max(stage1, 1), total)
+
+
+def lr_at(step: int, plan: Plan, cfg: AdaptConfig) -> float:
+    """Warm-up then cosine decay to 10 %, restarted at the distillation stage."""
+    total = plan.total or max(step + 1, CALIBRATION_STEPS)
+    stage1 = plan.stage1 if plan.stage1 is not None else total
+    start, length = (0, stage1) if step < stage1 else (stage1, max(1, total - stage1))
+    k = step - start
+    warm = min(1.0, (k + 1) / max(1, min(cfg.warmup, length // 5 + 1)))
+    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, length) / length)))
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_spec: str) -> tuple[_Dist, torch.device]:
+    from flowcli.inference import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), resolve_device(device_spec)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_spec in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return _Dist(rank=rank, world=world, local_rank=local), device
+
+
+def _barrier(ctx: _Dist) -> None:
+    if ctx.world > 1:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _seed(*parts: int) -> int:
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value % (2**63)
+
+
+class StepBatches(Dataset):
+    """Item `step` is that step's batch for this rank: training tuples in DistributedSampler order
+    (reshuffled each epoch), each cropped / transformed with a generator seeded by (seed, step, rank, slot)."""
+
+    def __init__(self, footage: Footage, tuples: list, plan: Plan, cfg: AdaptConfig, ctx: _Dist):
+        self.footage, self.tuples, self.plan, self.cfg = footage, tuples, plan, cfg
+        self.ctx = ctx
+        self.sampler = DistributedSampler(
+            tuples, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=False
+        )
+        self.transform_cfg = TransformConfig(**cfg.transforms)
+        self._orders: dict[int, list[int]] = {}
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            self.sampler.set_epoch(epoch)
+            self._orders = {epoch: list(iter(self.sampler))}
+        return self._orders[epoch]
+
+    def __getitem__(self, step: int) -> dict:
+        cfg = self.cfg
+        per_epoch = len(self.sampler)
+        stage = self.plan.stage(step)
+        items = []
+        for slot in range(cfg.batch_size):
+            epoch, k = divmod(step * cfg.batch_size + slot, per_epoch)
+            index = self._order(epoch)[k]
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, step, self.ctx.rank, slot))
+            items.append(self._item(index, stage, gen))
+        batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        batch["stage"] = torch.tensor(stage)
+        batch["step"] = torch.tensor(step)
+        return batch
+
+    def _load(self, index: int) -> torch.Tensor:
+        cfg = self.cfg
+        for attempt in range(20):
+            seq, start = self.tuples[(index + attempt) % len(self.tuples)]
+            try:
+                return self.footage.load(seq, start, cfg.tuple_length, cfg.step)
+            except InputError as error:
+                if str(error) not in self._warned:
+                    self._warned.add(str(error))
+                    warn(f"{error}; using another pair instead")
+        raise InputError("20 training tuples in a row could not be read; check the footage (see the warnings above)")
+
+    def _item(self, index: int, stage: int, gen: torch.Generator) -> dict:
+        cfg = self.cfg
+        frames = self._load(index)
+        if stage == 1:
+            frames = random_crop(frames, self.plan.crop, gen)
+            return {"frames": flip_and_reverse(frames, gen, cfg.stereo, cfg.tuple_length).contiguous()}
+        window = random_crop(frames, self.plan.window, gen)
+        window = flip_and_reverse(window, gen, False, cfg.tuple_length).contiguous()
+        return {"frames": window, **sample_view(gen, self.plan.crop, self.plan.window, self.transform_cfg)}
+
+
+def _loader(dataset: StepBatches, start: int, end: int, workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start, end),
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _chunks(out: FlowOutput, n: int) -> list[FlowOutput]:
+    flows = out.flow.float().chunk(n)
+    levels = {lvl: f.float().chunk(n) for lvl, f in out.level_flows.items()}
+    return [FlowOutput(flow=flows[i], level_flows={lvl: levels[lvl][i] for lvl in levels}) for i in range(n)]
+
+
+def _forward(net, first: list[torch.Tensor], second: list[torch.Tensor], dtype: torch.dtype) -> list[FlowOutput]:
+    """One batched pass over several (first, second) pairs: one forward per step keeps DDP simple."""
+    a, b = torch.cat(first), torch.cat(second)
+    with torch.autocast(a.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = net(a, b)
+    return _chunks(out, len(first))
+
+
+def _student_terms(net, frames: torch.Tensor, weights: LossWeights, cfg: AdaptConfig, dtype, **extra) -> dict:
+    """Loss terms of the model on frames [B, T, 3, h, w] (mono pair, mono triplet, stereo pair, stereo video)."""
+    valid1, valid2 = extra.pop("valid1", None), extra.pop("valid2", None)
+    if cfg.stereo and cfg.temporal:
+        lt, rt, lt1, rt1 = frames.unbind(1)
+        first, second = [lt, rt, lt, lt1, rt, rt1, lt1, rt1], [rt, lt, lt1, lt, rt1, rt, rt1, lt1]
+        if weights.triangle:
+            first, second = first + [lt, rt1], second + [rt1, lt]
+        outs = _forward(net, first, second, dtype)
+        s_t, s_tb, wl, wlb, wr, wrb, s_t1, s_t1b = outs[:8]
+        pairs = [
+            PairFlows(lt, rt, s_t, s_tb, stereo=True),
+            PairFlows(lt1, rt1, s_t1, s_t1b, stereo=True),
+            PairFlows(lt, lt1, wl, wlb),
+            PairFlows(rt, rt1, wr, wrb),
+        ]
+        cross = None
+        if weights.triangle:
+            pairs.append(PairFlows(lt, rt1, outs[8], outs[9]))
+            cross = outs[8].flow
+        video = StereoVideo(wl.flow, wlb.flow, wr.flow, s_t.flow, s_tb.flow, s_t1.flow, cross)
+        return adapt_loss(pairs, weights, stereo_video=video)
+    if cfg.stereo:
+        left, right = frames.unbind(1)
+        fw, bw = _forward(net, [left, right], [right, left], dtype)
+        return adapt_loss(PairFlows(left, right, fw, bw, stereo=True), weights)
+    if cfg.temporal:
+        prev, cur, nxt = frames.unbind(1)
+        fw, bw, pv, pvb = _forward(net, [cur, nxt, cur, prev], [nxt, cur, prev, cur], dtype)
+        visible = (1 - fb_occlusion(fw.flow, bw.flow)) * (1 - fb_occlusion(pv.flow, pvb.flow))
+        pairs = [PairFlows(cur, nxt, fw, bw, valid1, valid2), PairFlows(cur, prev, pv, pvb)]
+        return adapt_loss(pairs, weights, previous=pv.flow, previous_mask=visible, **extra)
+    first, second = frames.unbind(1)
+    fw, bw = _forward(net, [first, second], [second, first], dtype)
+    return adapt_loss(PairFlows(first, second, fw, bw, valid1, valid2), weights, **extra)
+
+
+def _distill_terms(net, teachers, batch: dict, plan: Plan, weights: LossWeights, cfg: AdaptConfig, dtype) -> dict:
+    window = batch["frames"]
+    tcfg = TransformConfig(**cfg.transforms)
+    flow, occlusion = teacher_predictions(teachers, window, temporal=cfg.temporal, flip=cfg.teacher_flip, dtype=dtype)
+    target_index = window.shape[1] - 1  # the main pair's frame 2: (t, t+1), last in the tuple
+    student, noise = make_student_view(window, batch, plan.crop, tcfg, target_index=target_index)
+    targets = teacher_targets(flow, occlusion, batch, plan.crop, noise)
+    terms = _student_terms(
+        net, student, weights, cfg, dtype, valid1=1 - targets["hallucinated"], valid2=1 - noise,
+        teacher_flow=targets["flow"], teacher_mask=targets["mask"],
+    )  # fmt: skip
+    terms["distill_px"] = targets["mask"].mean()
+    return terms
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _precision(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    from flowcli.inference import resolve_precision
+
+    return resolve_precision(spec, device)
+
+
+def _precision_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def work_dir(output: str | Path) -> Path:
+    """The run folder next to the output: `<stem>.adapt/` (state.pt, last.safetensors, video cache)."""
+    output = Path(output)
+    return output.with_name(output.stem + ".adapt")
+
+
+def report_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.stem + ".report.json")
+
+
+def _evenly(items: list, count: int) -> list:
+    if len(items) <= count:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(1, count - 1))] for i in range(count)]
+
+
+def _floor_to(value: int, multiple: int) -> int:
+    return value // multiple * multiple
+
+
+def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dict], None] | None = None) -> dict:
+    """Run (or resume) an adaptation; returns the report (also written next to the output).
+
+    `callback(step, record)` is called after every step (tests raise KeyboardInterrupt from it to
+    simulate Ctrl-C). Raises InputError / OutputError / WeightsError for what the user can fix.
+    """
+    from flowcli.models import DEFAULT_MODEL, load_model
+    from flowcli.registry import resolve, sha256_file
+
+    if cfg.steps is not None and cfg.minutes is not None:
+        raise InputError("give either --steps or --minutes as the budget, not both")
+    if (cfg.steps is not None and cfg.steps <= 0) or (cfg.minutes is not None and cfg.minutes <= 0):
+        raise InputError("the budget must be positive: --steps N (N >= 1) or --minutes M (M > 0)")
+    if cfg.step < 1 or cfg.batch_size < 1:
+        raise InputError("--step and --batch-size must be at least 1")
+    if not 0 <= cfg.val_fraction < 1:
+        raise InputError("--val-fraction must be in [0, 1)")
+    if cfg.steps is None and cfg.minutes is None:
+        cfg.steps = DEFAULT_STEPS
+    output = Path(cfg.output)
+    if output.suffix != ".safetensors":
+        raise InputError(f"the output {output} must be a .safetensors file")
+    check_writable(output, cfg.overwrite)
+    check_writable(report_path(output), cfg.overwrite)
+    gt_sets = parse_gt(cfg.gt)
+
+    ctx, device = _init_distributed(cfg.device)
+    dtype = _precision(cfg.precision, device)
+    workdir = work_dir(output)
+    state_path = workdir / "state.pt"
+    if cfg.restart and ctx.main:
+        state_path.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    length = cfg.tuple_length
+    footage = scan_footage(
+        cfg.sources, stereo=cfg.stereo, cache_dir=workdir / "cache", max_frames=cfg.max_frames,
+        min_frames=length,
+    )  # fmt: skip
+    tuples = footage.tuples(length, cfg.step)
+    if not tuples:
+        what = "stereo pairs" if cfg.stereo else f"{length}-frame tuples"
+        raise InputError(f"no usable {what} in the footage (frames unreadable or too few); check the sources")
+    span = (length - 1) * cfg.step
+    train, held = footage.split(tuples, cfg.val_fraction, span)
+    if cfg.val_fraction > 0 and (not held or held == tuples) and ctx.main:
+        warn(f"the footage has only {len(tuples)} usable pair(s), too few for a held-out slice; "
+             "the report measures the training pairs")  # fmt: skip
+    if not held:
+        held = train
+    heldout = _evenly(held, cfg.max_val)
+
+    base_spec = cfg.weights or DEFAULT_MODEL
+    base_path = resolve(base_spec, offline=cfg.offline)
+    model = load_model(base_spec, device=device, offline=cfg.offline)
+    multiple = model.config.size_multiple
+    min_h, min_w = footage.min_size()
+    crop = (min(cfg.crop[0], _floor_to(min_h, multiple)), min(cfg.crop[1], _floor_to(min_w, multiple)))
+    if crop[0] < multiple or crop[1] < multiple:
+        raise InputError(f"the smallest frames are {min_w}x{min_h}; this model needs at least {multiple}x{multiple}")
+    if crop != (_floor_to(cfg.crop[0], multiple), _floor_to(cfg.crop[1], multiple)) and ctx.main:
+        warn(f"training crops are {crop[1]}x{crop[0]} (the smallest frames are {min_w}x{min_h})")
+    window = (min(min_h, crop[0] + 2 * cfg.teacher_margin), min(min_w, crop[1] + 2 * cfg.teacher_margin))
+    extra_teachers = [freeze(load_model(spec, device=device, offline=cfg.offline)) for spec in cfg.teachers]
+    weights = LossWeights(**cfg.losses)
+
+    model.train()
+    net = model
+    if ctx.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch_world = cfg.batch_size * ctx.world
+    plan = Plan(total=None, stage1=None, crop=crop, window=window)
+    if cfg.steps is not None:
+        plan.total = cfg.steps
+        plan.stage1 = plan_stages(cfg.steps, len(train), batch_world, cfg)
+    step, history, teacher = 0, [], None
+    before: dict = {}
+    elapsed_before = 0.0
+
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["config"] != cfg.identity():
+            raise FlowcliError(
+                f"{state_path} belongs to a run with different settings; run the same command to resume it, "
+                "or pass --restart to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], json.loads(state["history"])
+        before = json.loads(state["before"])
+        elapsed_before = state["elapsed"]
+        plan.total, plan.stage1 = state["total"], state["stage1"]
+        if state.get("teacher") is not None:
+            teacher = freeze(model)
+            teacher.load_state_dict(state["teacher"])
+        if ctx.main:
+            stderr.print(f"resuming {output} at step {step}/{plan.total or '?'} (state in {state_path})")
+
+    if not before and ctx.main:
+        t0 = time.time()
+        before = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step, weights=weights,
+                                             precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
+        if gt_sets:
+            before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+        before["seconds"] = round(time.time() - t0, 2)
+
+    def provenance(final: bool, after: dict | None = None) -> dict:
+        recent = history[-50:]
+        losses = {}
+        for record in recent:
+            for key, value in record.items():
+                if key not in ("step", "stage", "lr") and isinstance(value, (int, float)):
+                    losses[key] = losses.get(key, 0.0) + value / len(recent)
+        return {
+            "trained_by": "flowcli adapt",
+            "base_weights": {"spec": base_spec, "sha256": sha256_file(base_path)},
+            "footage": {**footage.summary(), "fingerprint": footage.fingerprint(), "train_tuples": len(train),
+                        "heldout_tuples": len(held), "step": cfg.step},  # fmt: skip
+            "mode": ("stereo" if cfg.stereo else "flow") + (" video" if cfg.temporal and cfg.stereo else "")
+            + (" triplets" if cfg.temporal and not cfg.stereo else ""),
+            "steps": step,
+            "stages": {"photometric": min(step, plan.stage1 or step), "distillation": max(0, step - (plan.stage1 or step))},
+            "complete": final,
+            "losses": {k: round(v, 5) for k, v in losses.items()},
+            "teachers": (["stage-1 snapshot", *cfg.teachers] + (["flipped inputs"] if cfg.teacher_flip else []))
+            if plan.stage1 is not None and plan.total is not None and plan.stage1 < plan.total else [],
+            "heldout_before": before.get("heldout"),
+            "heldout_after": (after or {}).get("heldout"),
+            "gt_before": before.get("gt"),
+            "gt_after": (after or {}).get("gt"),
+            "crop": list(plan.crop),
+            "date": time.strftime("%Y-%m-%d"),
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "restart", "keep_state")},
+        }
+
+    def save_state() -> None:
+        if not ctx.main:
+            return
+        with atomic_path(state_path, overwrite=True) as tmp:
+            torch.save(
+                {
+                    "config": cfg.identity(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "teacher": teacher.state_dict() if teacher is not None else None,
+                    "step": step,
+                    "total": plan.total,
+                    "stage1": plan.stage1,
+                    "history": json.dumps(history),
+                    "before": json.dumps(before),
+                    "elapsed": elapsed_before + time.time() - started,
+                },
+                tmp,
+            )
+        save_checkpoint(model, workdir / "last.safetensors", provenance=provenance(False))
+
+    workers = cfg.workers if cfg.workers is not None else (min(4, max(0, (os.cpu_count() or 1) // ctx.world - 1))
+                                                           if device.type == "cuda" else 0)  # fmt: skip
+    dataset = StepBatches(footage, train, plan, cfg, ctx)
+    teachers_all = lambda: [teacher, *extra_teachers]  # noqa: E731
+    calibration = None  # (time, step) when the minutes budget started being measured
+    try:
+        with progress(quiet or not ctx.main) as bar:
+            task = bar.add_task("adapt", total=plan.total, completed=step, info="")
+            while plan.total is None or step < plan.total:
+                end = plan.total if plan.total is not None else step + CALIBRATION_STEPS
+                for batch in _loader(dataset, step, end, workers):
+                    stage = plan.stage(step)
+                    if stage == 2 and teacher is None:
+                        teacher = freeze(model)  # the model before the distillation stage
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(step, plan, cfg)
+                    if stage == 1:
+                        terms = _student_terms(net, batch["frames"], weights, cfg, dtype)
+                    else:
+                        terms = _distill_terms(net, teachers_all(), batch, plan, weights, cfg, dtype)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["total"].backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    optimizer.step()
+                    step += 1
+                    if plan.total is None and calibration is None:
+                        calibration = (time.time(), step)  # from the end of the first step: no warm-up in it
+                    record = {"step": step, "stage": stage, "lr": optimizer.param_groups[0]["lr"]}
+                    record.update({k: round(float(v.detach()), 5) for k, v in terms.items()})
+                    history.append(record)
+                    info = f"stage {stage} " + " ".join(
+                        f"{k} {record[k]:.3f}" for k in ("photo", "smooth1", "smooth2", "distill", "temporal",
+                                                        "vertical", "quad", "triangle", "occ") if k in record
+                    )  # fmt: skip
+                    bar.update(task, completed=step, info=info)
+                    if ctx.main and not quiet and not stderr.is_terminal and step % 10 == 0:
+                        stderr.print(f"step {step}/{plan.total or '?'} {info}")
+                    if callback is not None:
+                        callback(step, record)
+                    if plan.total is not None and (step % cfg.checkpoint_every == 0 or step == plan.total):
+                        save_state()
+                if plan.total is None:
+                    calibration = calibration or (started, 0)
+                    t0, s0 = calibration
+                    per_step = (time.time() - t0) / max(1, step - s0)
+                    if ctx.world > 1:
+                        t = torch.tensor([per_step], device=device)
+                        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                        per_step = float(t)
+                    spent = elapsed_before + time.time() - started
+                    remaining = cfg.minutes * 60 - spent - before.get("seconds", 0.0)  # the final report costs as much
+                    plan.total = max(step, step + int(remaining / max(per_step, 1e-6)))
+                    plan.stage1 = plan_stages(plan.total, len(train), batch_world, cfg)
+                    bar.update(task, total=plan.total)
+                    if ctx.main:
+                        stderr.print(f"{per_step:.2f} s/step: the {cfg.minutes:g}-minute budget allows {plan.total} steps")
+                    save_state()
+    except KeyboardInterrupt:
+        save_state()
+        raise FlowcliError(
+            f"interrupted at step {step}/{plan.total or '?'}; state saved in {state_path} (weights so far in "
+            f"{workdir / 'last.safetensors'}). Run the same command again to resume."
+        ) from None
+
+    result: dict = {"output": str(output), "steps": step, "stages": {"photometric": plan.stage1, "total": plan.total}}
+    if ctx.main:
+        after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step, weights=weights,
+                                            precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
+        if gt_sets:
+            after["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+        prov = provenance(True, after)
+        save_checkpoint(model, output, provenance=prov, overwrite=cfg.overwrite)
+        result.update(
+            {
+                "base_weights": base_spec,
+                "footage": prov["footage"],
+                "heldout": {"before": before.get("heldout"), "after": after["heldout"], "tuples": len(heldout)},
+                "gt": {"before": before.get("gt"), "after": after.get("gt")} if gt_sets else None,
+                "losses": prov["losses"],
+                "seconds": round(elapsed_before + time.time() - started, 1),
+                "history": history,
+            }
+        )
+        with atomic_path(report_path(output), overwrite=True) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        result["report"] = str(report_path(output))
+        if not cfg.keep_state:
+            shutil.rmtree(workdir, ignore_errors=True)
+    _barrier(ctx)
+    return result

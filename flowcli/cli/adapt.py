@@ -1,0 +1,255 @@
+"""`flowcli adapt`: self-supervised fine-tuning on the user's own unlabeled footage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flowcli.errors import FlowcliError, InputError
+
+_HELP_PARAGRAPHS = [
+    "Fine-tune a flow model on your own footage, without labels, and write the adapted checkpoint.",
+    "SOURCES are video files, folders of frames (natural order; subfolders are searched, one sequence per folder) "
+    "and quoted globs, in any mix. Consecutive frames, --step apart, form the training pairs (triplets with "
+    "--temporal); the last --val-fraction of each sequence is held out to measure the result.",
+    "Two stages, split automatically by the footage size: photometric (census + SSIM + L1, occlusion-masked by "
+    "forward-backward consistency, edge-aware smoothness, multi-scale), then distillation: the stage-1 model, "
+    "frozen, teaches a student that sees crops, superpixel occlusions, colour and geometric transformations of the "
+    "same frames (DDFlow / SelFlow / DistillFlow). --teacher adds checkpoints to the teacher ensemble, "
+    "--teacher-flip adds predictions on flipped frames.",
+    "--stereo adapts on rectified left/right pairs (LEFT_DIR RIGHT_DIR, a folder with left/ and right/, a folder of "
+    "*_left/*_right images, or a .txt file of 'LEFT RIGHT' lines): photometric + smoothness with the vertical "
+    "component penalised (--vertical zero also drops it from the warp); with --temporal the pairs are a stereo "
+    "video and Flow2Stereo's quadrilateral and triangle constraints tie flow and disparity together.",
+    "Budget: --steps N or --minutes M. Ctrl-C saves the state in OUTPUT_STEM.adapt/ next to the output; the same "
+    "command resumes it. The output is a self-describing checkpoint (architecture + provenance: base weights, "
+    "footage fingerprint, steps, losses, before/after metrics, date) that works anywhere with --weights; "
+    "OUTPUT_STEM.report.json holds the report. Publish it with `flowcli weights push`.",
+    "On a GPU, bf16 autocast and the fused correlation kernel are used automatically. Several GPUs: "
+    "torchrun --nproc_per_node N -m flowcli.cli.main adapt ... (pairs are sharded with DistributedSampler).",
+    "Exit codes: 0 ok, 1 other error or interrupted (resumable), 2 input error, 3 output error, 4 weights error.",
+    "Examples:",
+    "  flowcli adapt my_footage/ -o my_model.safetensors",
+    "  flowcli adapt clip.mp4 shots/ --minutes 30 --device cuda -o my_model.safetensors",
+    "  flowcli adapt sintel/training/clean --gt sintel:sintel/ --steps 3000 -o sintel_adapted.safetensors",
+    "  flowcli adapt --stereo left/ right/ --steps 1000 -o my_stereo.safetensors",
+]
+HELP = "\n\n".join(_HELP_PARAGRAPHS)
+
+_DATA, _TRAIN, _MODEL, _OUT = "Footage", "Training", "Model and compute", "Output"
+
+
+def _parse_crop(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--crop {text!r} is not HEIGHTxWIDTH, e.g. 320x448") from None
+    if h <= 0 or w <= 0:
+        raise InputError(f"--crop {text!r}: height and width must be positive")
+    return h, w
+
+
+def _parse_value(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if "," in text:
+        return tuple(_parse_value(v) for v in text.split(",") if v.strip())
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _parse_settings(items: list[str] | None, option: str, allowed: set[str]) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in allowed:
+            raise InputError(f"{option} {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed))}")
+        out[key] = _parse_value(value)
+    return out
+
+
+def adapt_command(
+    sources: Annotated[
+        list[str], typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The adapted checkpoint (.safetensors).", rich_help_panel=_OUT,
+                           show_default=False)
+    ],
+    weights: Annotated[
+        Optional[str],
+        typer.Option("--weights", "-w", help="Base model: registry name, checkpoint file, hf://OWNER/REPO/FILE or URL. "
+                     "Default: the registry default model.", rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option("--steps", help="Budget in optimiser steps (default 2000 without --minutes).",
+                                    rich_help_panel=_TRAIN, show_default=False)
+    ] = None,
+    minutes: Annotated[
+        Optional[float], typer.Option("--minutes", help="Budget in wall-clock minutes (report included).",
+                                      rich_help_panel=_TRAIN, show_default=False)
+    ] = None,
+    step: Annotated[int, typer.Option("--step", help="Frame gap within a pair.", rich_help_panel=_DATA)] = 1,
+    temporal: Annotated[
+        bool, typer.Option("--temporal", help="Triplets with temporal consistency (SelFlow); with --stereo: a stereo "
+                           "video with Flow2Stereo's constraints.", rich_help_panel=_DATA)
+    ] = False,
+    stereo: Annotated[bool, typer.Option("--stereo", help="Rectified left/right pairs.", rich_help_panel=_DATA)] = False,
+    vertical: Annotated[
+        str, typer.Option("--vertical", help="Stereo: 'penalty' (|v| loss) or 'zero' (also warp with u only).",
+                          rich_help_panel=_DATA)
+    ] = "penalty",
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of each sequence held out for the report.",
+                            rich_help_panel=_DATA)
+    ] = 0.1,
+    max_frames: Annotated[
+        Optional[int], typer.Option("--max-frames", help="Use at most N frames (pairs with --stereo) per source.",
+                                    rich_help_panel=_DATA, show_default=False)
+    ] = None,
+    gt: Annotated[
+        Optional[list[str]],
+        typer.Option("--gt", help="DATASET:ROOT of a labeled copy (sintel, sintel-clean, sintel-final, kitti2015, "
+                     "kitti2012, chairs, middlebury, middlebury-stereo, kitti-stereo): EPE before/after in the "
+                     "report. Repeatable.", rich_help_panel=_OUT, show_default=False),
+    ] = None,
+    teacher: Annotated[
+        Optional[list[str]],
+        typer.Option("--teacher", help="Extra teacher checkpoint for the distillation ensemble. Repeatable.",
+                     rich_help_panel=_TRAIN, show_default=False),
+    ] = None,
+    teacher_flip: Annotated[
+        bool, typer.Option("--teacher-flip", help="Add the teachers' predictions on flipped frames to the ensemble.",
+                           rich_help_panel=_TRAIN)
+    ] = False,
+    distill: Annotated[
+        bool, typer.Option("--distill/--no-distill", help="Run the distillation stage.", rich_help_panel=_TRAIN)
+    ] = True,
+    stage1_fraction: Annotated[
+        Optional[float], typer.Option("--stage1-fraction", help="Share of the budget for stage 1 (default: from the "
+                                      "footage size).", rich_help_panel=_TRAIN, show_default=False)
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tuples per step (per GPU).", rich_help_panel=_TRAIN)] = 4,
+    crop: Annotated[
+        str, typer.Option("--crop", help="Training crop HEIGHTxWIDTH (rounded down to multiples of 64).",
+                          rich_help_panel=_TRAIN)
+    ] = "320x448",
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).", rich_help_panel=_TRAIN)] = 5e-5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and transformations.",
+                                      rich_help_panel=_TRAIN)] = 0,
+    loss: Annotated[
+        Optional[list[str]],
+        typer.Option("--loss", help="Loss setting KEY=VALUE, e.g. census=1 ssim=0 smooth2=1 occlusion=false "
+                     "scales=0,2,3. Repeatable.", rich_help_panel=_TRAIN, show_default=False),
+    ] = None,
+    transform: Annotated[
+        Optional[list[str]],
+        typer.Option("--transform", help="Student view setting KEY=VALUE, e.g. superpixel=0 colour=0.5 "
+                     "geometric=0. Repeatable.", rich_help_panel=_TRAIN, show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16.",
+                          rich_help_panel=_MODEL)
+    ] = "auto",
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", help="Data loading processes (default: 4 on GPU, 0 on CPU).",
+                                    rich_help_panel=_MODEL, show_default=False)
+    ] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Use only cached weights.", rich_help_panel=_MODEL)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=_OUT)] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore a saved state and start over.", rich_help_panel=_OUT)
+    ] = False,
+    keep_state: Annotated[
+        bool, typer.Option("--keep-state", help="Keep OUTPUT_STEM.adapt/ after success.", rich_help_panel=_OUT)
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=_OUT)
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or report table.",
+                                        rich_help_panel=_OUT)] = False,
+) -> None:
+    stdout = sys.stdout
+    from dataclasses import fields
+
+    from flowcli.adapt.losses import LossWeights
+    from flowcli.adapt.transforms import TransformConfig
+
+    if vertical not in ("penalty", "zero"):
+        raise InputError(f"--vertical must be 'penalty' or 'zero', got {vertical!r}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    losses = _parse_settings(loss, "--loss", {f.name for f in fields(LossWeights)})
+    if stereo and vertical == "zero":
+        losses["zero_vertical"] = True
+    transforms = _parse_settings(transform, "--transform", {f.name for f in fields(TransformConfig)})
+
+    from flowcli.adapt.trainer import AdaptConfig, adapt
+
+    cfg = AdaptConfig(
+        sources=list(sources), output=str(output), weights=weights, steps=steps, minutes=minutes, step=step,
+        temporal=temporal, stereo=stereo, batch_size=batch_size, crop=_parse_crop(crop), lr=lr, seed=seed,
+        val_fraction=val_fraction, distill=distill, stage1_fraction=stage1_fraction, teachers=list(teacher or []),
+        teacher_flip=teacher_flip, max_frames=max_frames, losses=losses, transforms=transforms,
+        gt=list(gt or []), device=device, precision=precision, workers=workers, overwrite=overwrite,
+        offline=offline, keep_state=keep_state, restart=restart,
+    )  # fmt: skip
+    try:
+        result = adapt(cfg, quiet=quiet)
+    except ValueError as error:  # a loss / transform setting of the wrong type
+        raise FlowcliError(f"invalid setting: {error}") from None
+    if "heldout" not in result:  # not the main process of a multi-GPU run
+        return
+    if json_output:
+        stdout.write(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2) + "\n")
+    if not quiet:
+        print_report(result)
+
+
+def _row(table, name: str, before, after) -> None:
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    change = ""
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
+        change = f"{100 * (after - before) / abs(before):+.1f}%"
+    table.add_row(name, fmt(before), fmt(after), change)
+
+
+def print_report(result: dict) -> None:
+    from rich.table import Table
+
+    from flowcli.console import stderr
+
+    held = result["heldout"]
+    table = Table(title=f"flowcli adapt: {result['steps']} steps -> {result['output']}", title_justify="left")
+    for column in ("metric", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    before, after = held.get("before") or {}, held.get("after") or {}
+    for key in after:
+        _row(table, f"held-out {key} ({held['tuples']} pairs)", before.get(key), after.get(key))
+    gt = result.get("gt") or {}
+    for dataset, metrics in (gt.get("after") or {}).items():
+        for key, value in metrics.items():
+            _row(table, f"{dataset} {key}", ((gt.get("before") or {}).get(dataset) or {}).get(key), value)
+    stderr.print(table)
+    stderr.print(f"report: {result.get('report')}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("adapt", help=HELP, no_args_is_help=True)(adapt_command)

@@ -1,0 +1,350 @@
+"""`flowcli face fit` and `flowcli face convert`: 3D face model fitting for images and videos."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from flowcli.errors import FlowcliError, InputError
+
+face_app = typer.Typer(help="Fit a 3D face model (ICT-FaceKit) to images and videos.", no_args_is_help=True)
+
+
+class MeshFormat(str, Enum):
+    obj = "obj"
+    ply = "ply"
+    both = "both"
+    none = "none"
+
+
+class Names(str, Enum):
+    arkit = "arkit"
+    ict = "ict"
+
+
+class VideoMode(str, Enum):
+    joint = "joint"
+    independent = "independent"
+
+
+def register(app: typer.Typer) -> None:
+    face_app.command("fit")(fit_command)
+    face_app.command("convert")(convert_command)
+    app.add_typer(face_app, name="face")
+
+
+def fit_command(
+    inputs: List[Path] = typer.Argument(..., help="Images and/or videos (.mp4, .mov, .avi, ...)."),
+    output: Path = typer.Option(Path("face-output"), "-o", "--output", help="Folder for the results."),
+    face_assets: Optional[Path] = typer.Option(
+        None, "--face-assets", envvar="FLOWCLI_FACE_ASSETS",
+        help="Folder laid out like shared/data/face (ict-facekit/, mediapipe/).",
+    ),
+    face_model: Optional[Path] = typer.Option(
+        None, "--face-model", help="Your own model with ICT-FaceKit's structure: .npz (mean, id, exp, exp_names) or a folder of OBJs."
+    ),
+    max_faces: int = typer.Option(1, "--max-faces", min=1, help="Fit up to this many faces per image (largest first)."),
+    mesh_format: MeshFormat = typer.Option(MeshFormat.obj, "--mesh-format", help="Mesh file(s) to write."),
+    mesh_space: str = typer.Option("model", "--mesh-space", help="'model' (cm, pose in the JSON) or 'image' (pixels, depth)."),
+    names: Names = typer.Option(Names.arkit, "--blendshape-names", help="ARKit's 52 names or ICT's 57."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write an overlay PNG (images) or MP4 (videos)."),
+    video_mode: VideoMode = typer.Option(VideoMode.joint, "--video-mode", help="joint: one identity, temporal terms; independent: per-frame fits."),
+    flow: bool = typer.Option(False, "--flow/--no-flow", help="Add the optical-flow consistency term in video mode (slow on CPU)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Fit only the first N frames of videos."),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per image or video frame on stdout."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay."""
+    import torch
+
+    from flowcli.console import progress, stderr, warn
+    from flowcli.face.assets import FaceAssets
+    from flowcli.face.media import is_video
+    from flowcli.face.pipeline import FacePipeline
+
+    if mesh_space not in ("model", "image"):
+        raise InputError("--mesh-space must be 'model' or 'image'")
+    for path in inputs:
+        if not path.exists():
+            raise InputError(f"{path} not found")
+    settings = dict(mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite)
+    job = FaceJob(None, Path(output), settings, json_lines)
+    stems = _unique_stems(inputs)
+    for path in inputs:  # fail before any work if an output exists
+        job.check_outputs(stems[path], video=is_video(path), faces=1 if is_video(path) else max_faces)
+    torch.set_num_threads(1)  # many tiny solves: threads only add contention
+    job.set_pipeline(FacePipeline(FaceAssets.locate(face_assets), face_model=face_model))
+    failures = []
+    with progress(quiet) as bar:
+        for path in inputs:
+            try:
+                if is_video(path):
+                    job.video(path, stems[path], bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
+                else:
+                    job.image(path, stems[path], max_faces, warn)
+            except FlowcliError as error:
+                if len(inputs) == 1:
+                    raise
+                stderr.print(f"[red]error:[/] {error}", highlight=False)
+                failures.append(path)
+    if failures:
+        raise InputError(f"{len(failures)} of {len(inputs)} inputs failed: {', '.join(str(p) for p in failures[:5])}")
+
+
+def convert_command(
+    folder: Path = typer.Argument(..., help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Convert ICT-FaceKit OBJ files into the compact model file `--face-model` reads (face region only)."""
+    from flowcli.face.model import build_compact, convert_ict
+    from flowcli.io.atomic import check_writable
+
+    if output.suffix.lower() != ".npz":
+        raise InputError("the compact model file must end in .npz")
+    check_writable(output, overwrite)
+    arrays = convert_ict(folder)
+    build_compact(arrays, folder / "generic_neutral_mesh.obj", output, source=str(folder))
+    print(json.dumps({"output": str(output), "identity_modes": int(arrays["id"].shape[0]), "expressions": int(arrays["exp"].shape[0])}))
+
+
+def _unique_stems(paths: list[Path]) -> dict[Path, str]:
+    stems, seen = {}, {}
+    for path in paths:
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems[path] = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+    return stems
+
+
+class FaceJob:
+    """Writes the outputs of one run and prints JSON lines."""
+
+    def __init__(self, pipeline, output: Path, settings: dict, json_lines: bool):
+        self.pipeline = pipeline
+        self.model = pipeline.model if pipeline is not None else None
+        self.output = output
+        self.s = settings
+        self.json_lines = json_lines
+
+    def set_pipeline(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.model = pipeline.model
+
+    # --- file names -----------------------------------------------------------------------------------------
+
+    def outputs(self, stem: str, video: bool) -> dict[str, Path]:
+        out = {}
+        fmt = self.s["mesh_format"]
+        if fmt in ("obj", "both"):
+            out["mesh_obj"] = self.output / f"{stem}.obj"
+        if fmt in ("ply", "both"):
+            out["mesh_ply"] = self.output / f"{stem}.ply"
+        out["pose"] = self.output / f"{stem}.pose.json"
+        out["landmarks"] = self.output / f"{stem}.landmarks.json"
+        out["landmarks68"] = self.output / f"{stem}.landmarks68.npy"
+        out["landmarks468"] = self.output / f"{stem}.landmarks468.npy"
+        out["blendshapes_csv"] = self.output / f"{stem}.blendshapes.csv"
+        out["blendshapes_json"] = self.output / f"{stem}.blendshapes.json"
+        if self.s["overlay"]:
+            out["overlay"] = self.output / (f"{stem}.overlay.mp4" if video else f"{stem}.overlay.png")
+        return out
+
+    def check_outputs(self, stem: str, video: bool, faces: int) -> None:
+        from flowcli.io.atomic import check_writable
+
+        stems = [stem] if faces == 1 else [stem] + [f"{stem}.face{k}" for k in range(2, faces + 1)]
+        for st in stems:
+            for key, path in self.outputs(st, video).items():
+                if key == "overlay" and st != stem:
+                    continue
+                check_writable(path, self.s["overwrite"])
+
+    def _names_and_weights(self, exp_weights):
+        if self.s["names"] == "arkit":
+            weights = self.model.arkit_weights(exp_weights)
+        else:
+            weights = {n: float(w) for n, w in zip(self.model.exp_names, exp_weights)}
+        return list(weights), weights
+
+    def _mesh_vertices(self, fit, result_vertices):
+        return self.model.vertices(fit.id_coeffs, fit.exp_weights) if self.s["mesh_space"] == "model" else result_vertices
+
+    def _emit(self, record: dict) -> None:
+        if self.json_lines:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+
+    # --- images ---------------------------------------------------------------------------------------------
+
+    def image(self, path: Path, stem: str, max_faces: int, warn) -> None:
+        from flowcli.face import writers
+        from flowcli.face.media import read_image
+        from flowcli.face.pipeline import NoFaceError
+        from flowcli.face.render import render_overlay
+
+        image = read_image(path)
+        try:
+            results, total = self.pipeline.fit_image(image, max_faces)
+        except NoFaceError as error:
+            self._emit({"input": str(path), "frame": None, "face": None, "status": "no_face", "error": str(error)})
+            raise InputError(f"{path}: {error}; try a larger, frontal, well-lit face") from None
+        if total > len(results) and max_faces < total:
+            warn(f"{path.name}: {total} faces found, fitted {len(results)} (largest first); use --max-faces {total} for all")
+        ow = self.s["overwrite"]
+        for k, res in enumerate(results):
+            st = stem if k == 0 else f"{stem}.face{k + 1}"
+            out = self.outputs(st, video=False)
+            fit = res.fit
+            verts = self._mesh_vertices(fit, res.vertices)
+            for key in ("mesh_obj", "mesh_ply"):
+                if key in out:
+                    writers.write_mesh(out[key], verts, self.model, overwrite=ow)
+            pose = fit.pose_dict()
+            writers.write_json(out["pose"], {"input": str(path), "face": k + 1, "score": round(fit.score, 4), **pose}, overwrite=ow)
+            writers.write_json(out["landmarks"], {
+                "input": str(path), "face": k + 1,
+                "landmarks68": [[round(x, 2), round(y, 2)] for x, y in res.landmarks68[:, :2].tolist()],
+                "landmarks468": [[round(x, 2), round(y, 2), round(z, 2)] for x, y, z in res.landmarks468.tolist()],
+                "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); 468: MediaPipe Face Mesh points (x, y px, relative depth)",
+            }, overwrite=ow)
+            writers.write_npy(out["landmarks68"], res.landmarks68[:, :2], overwrite=ow)
+            writers.write_npy(out["landmarks468"], res.landmarks468, overwrite=ow)
+            names, weights = self._names_and_weights(fit.exp_weights)
+            writers.write_blendshapes_csv(out["blendshapes_csv"], names, [(0, weights)], overwrite=ow)
+            writers.write_json(out["blendshapes_json"], {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}}, overwrite=ow)
+            self._emit({"input": str(path), "frame": None, "face": k + 1, "status": "ok", "faces_found": total, "score": round(fit.score, 4),
+                        **{key: pose[key] for key in ("yaw", "pitch", "roll", "scale")}, "outputs": {key: str(p) for key, p in out.items()}})
+        if self.s["overlay"]:
+            picture = render_overlay(
+                image, [(r.vertices, self.model.triangles) for r in results], [r.landmarks68 for r in results]
+            )
+            writers.write_png(self.outputs(stem, video=False)["overlay"], picture, overwrite=ow)
+
+    # --- videos ---------------------------------------------------------------------------------------------
+
+    def video(self, path: Path, stem: str, bar, video_mode: str, use_flow: bool, max_frames: int | None = None) -> None:
+        from itertools import islice
+
+        from flowcli.console import warn
+        from flowcli.face.media import VideoReader
+        from flowcli.face.video import VideoOptions, fit_video, flow_function, small_flow, small_gray
+
+        options = VideoOptions()
+        flow_fn = None
+        if use_flow and video_mode == "joint":
+            flow_fn = flow_function()
+            if flow_fn is None:
+                warn("optical flow is unavailable (flowcli.inference or its weights); fitting without the flow term")
+        # pass 1: landmarks (tracked), small grayscale frames for the census term, optional flow
+        reader = VideoReader(path)
+        task = bar.add_task(f"{path.name}: landmarks", total=max_frames, info="")
+        points, grays, flows, previous, previous_frame, zoom = [], [], [], None, None, 1.0
+        for frame in islice(reader, max_frames):
+            pts, _ = self.pipeline.track(frame, None if video_mode == "independent" else previous)
+            points.append(pts)
+            previous = pts
+            if video_mode == "joint":
+                gray, zoom = small_gray(frame, options.max_side)
+                grays.append(gray)
+                if flow_fn is not None and previous_frame is not None:
+                    flows.append(small_flow(flow_fn(previous_frame, frame), zoom, tuple(gray.shape[-2:])))
+                previous_frame = frame
+            bar.advance(task)
+        reader.close()
+        if reader.decode_error:
+            warn(f"{path.name}: stopped at an undecodable frame ({reader.decode_error}); fitting the {len(points)} frames before it")
+        if not points:
+            raise InputError(f"{path}: no decodable frames")
+        found = sum(p is not None for p in points)
+        if found == 0:
+            for t in range(len(points)):
+                self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face"})
+            raise InputError(f"{path}: no face found in any of {len(points)} frames")
+        # pass 2: the fit
+        bar.update(task, description=f"{path.name}: fitting", completed=0, total=found)
+        fitter = self.pipeline.fitter
+        if video_mode == "independent":
+            fits = []
+            for p in points:
+                fits.append(None if p is None else fitter.fit(p))
+                bar.advance(task)
+        else:
+            fits = fit_video(fitter, points, grays, zoom, flows if flow_fn is not None else None, options,
+                             progress=lambda n: bar.update(task, completed=n))
+        self._write_video(path, stem, fits, reader.fps, bar)
+
+    def _write_video(self, path: Path, stem: str, fits: list, fps: float, bar) -> None:
+        import numpy as np
+
+        from flowcli.console import warn
+        from flowcli.face import writers
+        from flowcli.face.media import VideoReader
+        from flowcli.face.render import render_overlay
+
+        frames_total = len(fits)
+        found = sum(f is not None for f in fits)
+        ow = self.s["overwrite"]
+        out = self.outputs(stem, video=True)
+        present = [f for f in fits if f is not None]
+        identity = np.mean([f.id_coeffs for f in present], 0)
+        neutral = self.model.vertices(identity, None)
+        for key in ("mesh_obj", "mesh_ply"):
+            if key in out:
+                writers.write_mesh(out[key], neutral, self.model, overwrite=ow)
+        lm68 = np.full((frames_total, 68, 2), np.nan)
+        lm468 = np.full((frames_total, 468, 3), np.nan)
+        poses, rows, blend = [], [], []
+        names = None
+        writer = writers.Mp4Writer(out["overlay"], fps, overwrite=ow) if "overlay" in out else None
+        reader = VideoReader(path) if writer else None
+        frames = iter(reader) if reader else iter(lambda: None, 0)
+        task = bar.add_task(f"{path.name}: writing", total=frames_total, info="")
+        ok = False
+        try:
+            for t, fit in enumerate(fits):
+                frame = next(frames) if writer else None
+                bar.advance(task)
+                if fit is None:
+                    poses.append({"frame": t, "status": "no_face"})
+                    rows.append((t, None))
+                    blend.append({"frame": t, "status": "no_face"})
+                    self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face"})
+                    if writer:
+                        writer.append(frame)
+                    continue
+                res = self.pipeline.result(fit)
+                lm68[t], lm468[t] = res.landmarks68[:, :2], res.landmarks468
+                pose = fit.pose_dict()
+                poses.append({"frame": t, "status": "ok", **pose})
+                names, weights = self._names_and_weights(fit.exp_weights)
+                rows.append((t, weights))
+                blend.append({"frame": t, "status": "ok", "blendshapes": {n: round(w, 5) for n, w in weights.items()}})
+                self._emit({"input": str(path), "frame": t, "face": 1, "status": "ok",
+                            **{k: pose[k] for k in ("yaw", "pitch", "roll", "scale")}})
+                if writer:
+                    writer.append(render_overlay(frame, [(res.vertices, self.model.triangles)], [res.landmarks68]))
+            ok = True
+        finally:
+            if writer:
+                writer.close(ok)
+                reader.close()
+        names = names or list(self._names_and_weights(np.zeros(len(self.model.exp_names)))[0])
+        writers.write_json(out["pose"], {"input": str(path), "fps": fps, "identity": np.round(identity, 5).tolist(), "frames": poses}, overwrite=ow)
+        writers.write_json(out["landmarks"], {
+            "input": str(path),
+            "frames": [{"frame": t, "landmarks68": None if np.isnan(lm68[t, 0, 0]) else np.round(lm68[t], 2).tolist()} for t in range(frames_total)],
+            "note": "landmarks468 (MediaPipe) are in the .npy file; NaN where no face",
+        }, overwrite=ow)
+        writers.write_npy(out["landmarks68"], lm68, overwrite=ow)
+        writers.write_npy(out["landmarks468"], lm468, overwrite=ow)
+        writers.write_blendshapes_csv(out["blendshapes_csv"], names, rows, overwrite=ow)
+        writers.write_json(out["blendshapes_json"], {"input": str(path), "frames": blend}, overwrite=ow)
+        if found < frames_total:
+            warn(f"{path.name}: no face in {frames_total - found} of {frames_total} frames")

@@ -1,0 +1,973 @@
+"""`flowcli stereo`: disparity, occlusion, depth and point clouds for rectified stereo pairs, written as files.
+
+Like `flowcli estimate`, the command validates everything it can before loading the model (inputs exist
+and decode, left and right agree in size, the camera is sane, outputs can be written and do not exist
+yet), then streams the pairs through `flowcli.stereo.estimate_disparity` in batches and writes each
+pair's outputs all-or-nothing through temp files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import string
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Annotated, Optional
+
+import typer
+
+from flowcli.errors import FlowcliError, InputError, OutputError
+
+DEFAULT_OUTPUT = Path("flowcli_out")
+DEFAULT_NAME = "{stem}"
+DEFAULT_MAX_PIXELS = 8_000_000
+DEFAULT_FPS = 10.0
+_PRECISIONS = ("fp32", "fp16", "bf16")
+
+FORMATS = {
+    "pfm": "left disparity as PFM (float32 px)",
+    "kitti": "left disparity as KITTI 16-bit PNG (px x 256, 0 = invalid)",
+    "npy": "left disparity as NumPy .npy (H x W float32 px)",
+    "vis": "colour-coded disparity PNG (turbo: near red, far blue)",
+    "video": "colour-coded disparity video per sequence (mp4)",
+    "occlusion": "left-right consistency occlusion mask PNG (255 = occluded)",
+    "depth": "depth as NumPy .npy (H x W float32 metres, 0 = invalid; needs a camera)",
+    "depth_pfm": "depth as PFM (metres, 0 = invalid; needs a camera)",
+    "depth_png": "depth as 16-bit PNG in millimetres (0 = invalid; needs a camera)",
+    "ply": "coloured point cloud PLY (binary; --ascii-ply for text; needs a camera)",
+}
+FILE_KINDS = {
+    "pfm": ("disp", "pfm"),
+    "kitti": ("disp", "png"),
+    "npy": ("disp", "npy"),
+    "vis": ("disp_vis", "png"),
+    "occlusion": ("occ", "png"),
+    "depth": ("depth", "npy"),
+    "depth_pfm": ("depth", "pfm"),
+    "depth_png": ("depth", "png"),
+    "ply": ("cloud", "ply"),
+}
+DEPTH_FORMATS = frozenset({"depth", "depth_pfm", "depth_png", "ply"})
+DEFAULT_FORMATS = frozenset({"pfm", "vis"})
+NAME_FIELDS = ("source", "stem", "left", "right", "index", "kind", "ext")
+_SAMPLE_FIELDS = {"source": "rig", "stem": "rig_frame_000000", "left": "a_left", "right": "a_right", "index": 0,
+                  "kind": "disp", "ext": "pfm"}
+
+_HELP_PARAGRAPHS = [
+    "Disparity (and with a camera, depth and point clouds) of rectified stereo pairs, with the flow model: the "
+    "left -> right flow is (-disparity, 0) (Flow2Stereo), so one network serves flow and stereo.",
+    "INPUTS, several in one call: LEFT RIGHT image files (more files in a row: LEFT1 RIGHT1 LEFT2 RIGHT2 ...); a "
+    "folder or quoted glob whose images pair up by name (x_left.png / x_right.png, x_L / x_R, im0 / im1, cam0 / "
+    "cam1); two folders (or globs) in a row, the left frames then the right frames, matched by name (also x_left / "
+    "x_right), else by order; a left and a right video. With --sbs every input is side-by-side (left half = left "
+    "view): an image, a folder or glob of them, or a video. --swap: the first image or half is the right view. "
+    "Sequences (folders, globs, videos) use every --step-th pair, at most --max-frames pairs.",
+    "Outputs (choose with flags or --formats; default --pfm --vis, plus --depth when a camera is given): pfm, kitti, "
+    "npy (left disparity in px, >= 0: negative values are clamped and their share reported), vis (colour PNG), video "
+    "(colour mp4 per sequence, SOURCE_disp_vis.mp4), occlusion (mask PNG from the left-right consistency check, "
+    "255 = occluded), and with a camera (--focal PX --baseline M, or --calib FILE) depth (.npy metres), depth_pfm, "
+    "depth_png (16-bit millimetres) with Z = focal x baseline / disparity, 0 where disparity <= 0, and ply (coloured "
+    "point cloud, OpenCV camera frame: x right, y down, z forward; pixels failing the left-right check are left out).",
+    "--calib reads a JSON calibration (fx, baseline_meters, optional fy, cx0, cx1, cy, width, height, as written by "
+    "stereodemo) or a Middlebury calib.txt; --focal / --baseline override its values. A calibration with a size "
+    "must match the images.",
+    f"File names come from --name (default '{DEFAULT_NAME}') with placeholders {{source}} (folder, video or pair "
+    "name), {stem} (the pair's name: the left file's stem without its left/right token, the folder name for "
+    "im0/im1, {source}_frame_NNNNNN for video frames), {left} {right} (file stems or frame_NNNNNN), {index} (pair "
+    "number in its input), {kind} (disp, disp_vis, occ, depth, cloud) and {ext}; '_{kind}' and '.{ext}' are "
+    "appended when missing. Existing files are never replaced without --overwrite (all planned names are checked "
+    "before any work); every file is written to a temp file and renamed when complete.",
+    "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, left, right, inputs, "
+    "width, height (of one view), outputs (output name -> path), disparity_mean, disparity_max (px), "
+    "negative_fraction (share of pixels with -u < -0.5 px before clamping), vertical_median (median |v| px; large = "
+    "not rectified, warned above 1 px), occluded_fraction (null unless the left-right check ran), camera (focal, "
+    "baseline, cx, cy, doffs, or null), depth_median (m, over valid pixels, or null), points (in the .ply, or null), "
+    "ms, tiles, model, weights, sha256. Each video written adds a line with type \"video\", source, outputs, frames, "
+    "fps.",
+    "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",
+    "Examples:",
+    "  flowcli stereo left.png right.png",
+    "  flowcli stereo oakd_stereo/ --calib oakd_stereo/stereodemo_calibration.json --depth --ply -o out/",
+    "  flowcli stereo cam_left/ cam_right/ --focal 721.5 --baseline 0.54 --depth-png --video",
+    "  flowcli stereo --sbs clip_sbs.mp4 --max-frames 50 --formats npy,video --json > disparity.jsonl",
+]
+HELP = "\n\n".join(_HELP_PARAGRAPHS)
+
+_INPUT = "Inputs"
+_OUTPUT = "Outputs"
+_CAMERA = "Camera"
+_MODEL = "Model"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stereo", help=HELP, no_args_is_help=True)(stereo)
+
+
+# ----------------------------------------------------------------------------- left/right names
+
+_LEFT_TOKENS = ("left", "l", "im0", "cam0", "view1")
+_RIGHT_TOKENS = ("right", "r", "im1", "cam1", "view5")
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])(left|right|l|r|im0|im1|cam0|cam1|view1|view5)(?![A-Za-z0-9])", re.I)
+_DELIMITERS = "_-. "
+
+
+@dataclass(frozen=True)
+class _Role:
+    side: str  # "left" or "right"
+    key: str  # the stem with the token replaced by its family: equal for the two views of one pair
+    bare: str  # the stem without the token, for output names ("" for im0 / im1)
+
+
+def _role(stem: str) -> _Role | None:
+    matches = list(_TOKEN_RE.finditer(stem))
+    if not matches:
+        return None
+    match = matches[-1]
+    token = match.group(1).lower()
+    side = "left" if token in _LEFT_TOKENS else "right"
+    family = (_LEFT_TOKENS if side == "left" else _RIGHT_TOKENS).index(token)
+    before, after = stem[: match.start()], stem[match.end() :]
+    if before and after and before[-1] in _DELIMITERS and after[0] in _DELIMITERS:
+        after = after[1:]
+    bare = (before + after).strip(_DELIMITERS)
+    return _Role(side, f"{before.lower()}\0{family}\0{after.lower()}", bare)
+
+
+def _pair_by_tokens(frames: list[Path]) -> list[tuple[Path, Path, str]] | None:
+    """[(left, right, bare name)] when every image has a left/right token and a counterpart, else None."""
+    lefts: dict[str, tuple[Path, str]] = {}
+    rights: dict[str, Path] = {}
+    for path in frames:
+        role = _role(path.stem)
+        if role is None:
+            return None
+        side = lefts if role.side == "left" else rights
+        if role.key in side:
+            return None
+        side[role.key] = (path, role.bare) if role.side == "left" else path
+    if not lefts or set(lefts) != set(rights):
+        return None
+    return [(left, rights[key], bare) for key, (left, bare) in lefts.items()]
+
+
+def _match_folders(lefts: list[Path], rights: list[Path], label: str) -> list[tuple[Path, Path, str]]:
+    from flowcli.console import warn
+
+    right_by_stem = {p.stem: p for p in rights}
+    if len(lefts) == len(rights) and all(p.stem in right_by_stem for p in lefts):
+        return [(p, right_by_stem[p.stem], p.stem) for p in lefts]
+    by_token = _pair_by_tokens(lefts + rights)
+    if by_token is not None and len(by_token) == len(lefts) and {p for p, _, _ in by_token} == set(lefts):
+        return by_token
+    if len(lefts) == len(rights):
+        warn(f"{label}: file names do not match, so left and right frames are paired in natural order")
+        return [(a, b, a.stem) for a, b in zip(lefts, rights)]
+    unmatched = next((p for p in lefts if p.stem not in right_by_stem), lefts[0])
+    raise InputError(
+        f"{label}: the left folder has {len(lefts)} images and the right folder {len(rights)}, and {unmatched.name} "
+        "has no right image of the same name; give folders whose frames match by name or count"
+    )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Source:
+    label: str
+    name: str  # the {source} placeholder
+    pairs: list[tuple[Path, Path | None, str]] | None = None  # image inputs: (left, right or None for sbs, stem)
+    video: Path | None = None
+    video_right: Path | None = None  # a left/right video pair; None with --sbs
+    fps: float | None = None
+    count: int | None = None  # pairs, None if unknown before decoding
+    sequence: bool = True  # False for explicit image pairs: no visualisation video
+    size: tuple[int, int] | None = None  # (width, height) of one view, from headers (the first pair's)
+    sizes_differ: bool = False  # pairs of different sizes: no visualisation video
+
+
+@dataclass
+class _Item:
+    left: object  # torch.Tensor [3, H, W]
+    right: object
+    stem: str
+    left_name: str
+    right_name: str
+    inputs: list[str]
+    index: int
+
+
+def _is_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
+def _is_image_file(path: Path) -> bool:
+    from flowcli.io.media import IMAGE_SUFFIXES
+
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _is_frames(arg: str) -> bool:
+    return Path(arg).is_dir() or (_is_glob(arg) and not Path(arg).exists())
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
+        raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
+
+
+def _frames_name(arg: str) -> str:
+    path = Path(arg)
+    if path.is_dir():
+        return path.resolve().name
+    parts = path.parts
+    fixed = parts[: next((i for i, p in enumerate(parts) if _is_glob(p)), len(parts))]
+    return Path(*fixed).name if fixed else Path.cwd().name
+
+
+def _pair_stem(left: Path, right: Path) -> str:
+    a, b = _role(left.stem), _role(right.stem)
+    if a and b and a.side == "left" and b.side == "right" and a.key == b.key:
+        return a.bare or left.resolve().parent.name
+    return left.stem
+
+
+def _check_pair_sizes(left: Path, right: Path | None) -> tuple[int, int]:
+    """Header check of one pair: (width, height) of one view."""
+    size = _image_size(left)
+    if right is None:
+        if size[0] % 2:
+            raise InputError(
+                f"{left} is {size[0]} px wide, an odd width; a side-by-side image has two halves of equal width"
+            )
+        return size[0] // 2, size[1]
+    other = _image_size(right)
+    if other != size:
+        raise InputError(
+            f"left and right differ in size: {left} is {size[0]}x{size[1]}, {right} is {other[0]}x{other[1]}; "
+            "a rectified pair has two images of the same size"
+        )
+    return size
+
+
+def _video_info(path: Path) -> tuple[float | None, int | None, tuple[int, int]]:
+    """Open a video (errors now, not mid-run): (fps, frame count estimate, (width, height))."""
+    from flowcli.io.media import VideoReader
+
+    reader = VideoReader(path)
+    try:
+        return reader.fps, reader.num_frames, reader.size
+    finally:
+        reader.close()
+
+
+def collect_sources(inputs: list[str], *, sbs: bool = False, step: int = 1,
+                    max_frames: int | None = None) -> list[_Source]:
+    """Group INPUTS into sources (see the command help) and check them from file headers, without decoding."""
+    from flowcli.io.media import is_video, list_frames
+
+    for arg in inputs:
+        if not Path(arg).exists() and not _is_glob(arg):
+            raise InputError(f"{arg} does not exist; check the path")
+    sources: list[_Source] = []
+    i = 0
+    while i < len(inputs):
+        arg, path = inputs[i], Path(inputs[i])
+        if _is_image_file(path):
+            j = i
+            while j < len(inputs) and _is_image_file(Path(inputs[j])):
+                j += 1
+            run = [Path(a) for a in inputs[i:j]]
+            if sbs:
+                label = " ".join(inputs[i:j])
+                sources.append(_Source(label=label, name=run[0].stem, pairs=[(p, None, p.stem) for p in run],
+                                       count=len(run), sequence=len(run) > 1))
+            else:
+                if len(run) % 2:
+                    raise InputError(
+                        f"{len(run)} image files in a row ({run[-1]} has no partner); give LEFT RIGHT pairs, "
+                        "or --sbs for side-by-side images"
+                    )
+                for left, right in zip(run[::2], run[1::2]):
+                    stem = _pair_stem(left, right)
+                    sources.append(_Source(label=f"{left} {right}", name=stem, pairs=[(left, right, stem)], count=1,
+                                           sequence=False))
+            i = j
+            continue
+        if path.is_file() and is_video(path):
+            if sbs:
+                sources.append(_video_source(path, None, step, max_frames))
+                i += 1
+            elif i + 1 < len(inputs) and Path(inputs[i + 1]).is_file() and is_video(Path(inputs[i + 1])):
+                sources.append(_video_source(path, Path(inputs[i + 1]), step, max_frames))
+                i += 2
+            else:
+                raise InputError(
+                    f"{arg} is a single video; pass --sbs for a side-by-side video, or give a left and a right video"
+                )
+            continue
+        if path.is_file():
+            raise InputError(
+                f"{arg} is neither an image nor a video (mp4, avi, mov, mkv, webm); give images, folders or videos"
+            )
+        frames = list_frames(arg)
+        name = _frames_name(arg)
+        if sbs:
+            pairs = [(p, None, p.stem) for p in frames]
+            i += 1
+        else:
+            pairs = _pair_by_tokens(frames)
+            if pairs is not None:
+                i += 1
+            elif i + 1 < len(inputs) and _is_frames(inputs[i + 1]):
+                right_arg = inputs[i + 1]
+                pairs = _match_folders(frames, list_frames(right_arg), f"{arg} and {right_arg}")
+                right_parent = Path(right_arg).resolve().parent if Path(right_arg).is_dir() else None
+                if Path(arg).is_dir() and right_parent == Path(arg).resolve().parent:
+                    name = right_parent.name
+                arg = f"{arg} {right_arg}"
+                i += 2
+            else:
+                raise InputError(
+                    f"the images of {arg} do not pair up as left/right by name (x_left / x_right, im0 / im1); give "
+                    "a left and a right folder, or --sbs for side-by-side images"
+                )
+            pairs = [(left, right, bare or name) for left, right, bare in sorted(pairs, key=lambda p: _natural(p[0]))]
+        pairs = pairs[::step][:max_frames]
+        sources.append(_Source(label=arg, name=name, pairs=pairs, count=len(pairs)))
+    for source in sources:
+        for left, right, _ in source.pairs or []:
+            size = _check_pair_sizes(left, right)
+            source.size = source.size or size
+            if size != source.size:
+                source.sizes_differ = True
+    return sources
+
+
+def _natural(path: Path):
+    from flowcli.io.media import natural_sort_key
+
+    return natural_sort_key(path)
+
+
+def _video_source(left: Path, right: Path | None, step: int, max_frames: int | None) -> _Source:
+    fps, count, size = _video_info(left)
+    label, name = str(left), left.stem
+    if right is None:
+        if size[0] % 2:
+            raise InputError(
+                f"{left} is {size[0]} px wide, an odd width; a side-by-side video has two halves of equal width"
+            )
+        size = (size[0] // 2, size[1])
+    else:
+        _, count_r, size_r = _video_info(right)
+        if size_r != size:
+            raise InputError(
+                f"left and right videos differ in size: {left} is {size[0]}x{size[1]}, {right} is "
+                f"{size_r[0]}x{size_r[1]}; a rectified pair has two views of the same size"
+            )
+        count = min(count, count_r) if count and count_r else None
+        role = _role(left.stem)
+        name = (role.bare if role and role.bare else left.stem)
+        label = f"{left} {right}"
+    pairs = None
+    if count:
+        pairs = math.ceil(count / step)
+        pairs = min(pairs, max_frames) if max_frames else pairs
+    return _Source(label=label, name=name, video=left, video_right=right, fps=fps / step if fps else None,
+                   count=pairs, size=size)
+
+
+def _read_pairs(source: _Source, sbs: bool, swap: bool, step: int, max_frames: int | None) -> Iterator[_Item]:
+    from flowcli.io.media import read_image
+    from flowcli.stereo import split_side_by_side
+
+    def order(a, b):
+        return (b, a) if swap else (a, b)
+
+    if source.pairs is not None:
+        for index, (left, right, stem) in enumerate(source.pairs):
+            if right is None:
+                a, b = order(*split_side_by_side(read_image(left), str(left)))
+                yield _Item(a, b, stem, left.stem, left.stem, [str(left)], index)
+            else:
+                a, b = order(read_image(left), read_image(right))
+                if a.shape != b.shape:  # headers were checked; this catches files changed since
+                    raise InputError(f"left and right differ in size: {left} and {right}; resize them to match")
+                yield _Item(a, b, stem, left.stem, right.stem, [str(left), str(right)], index)
+        return
+    yield from _video_pairs(source, swap, step, max_frames)
+
+
+def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None) -> Iterator[_Item]:
+    from flowcli.console import warn
+    from flowcli.io.media import VideoReader
+    from flowcli.stereo import split_side_by_side
+
+    with contextlib.ExitStack() as stack:
+        frames_left = iter(stack.enter_context(VideoReader(source.video)))
+        stack.callback(frames_left.close)  # stops ffmpeg when --max-frames ends the loop early
+        frames_right = None
+        if source.video_right is not None:
+            frames_right = iter(stack.enter_context(VideoReader(source.video_right)))
+            stack.callback(frames_right.close)
+        index = 0
+        for number, frame in enumerate(frames_left):
+            other = None
+            if frames_right is not None:
+                other = next(frames_right, None)
+                if other is None:
+                    warn(f"{source.video_right} ended after {number} frames, before {source.video}; stopping there")
+                    break
+            if number % step:
+                continue
+            if max_frames is not None and index >= max_frames:
+                break
+            if other is None:
+                a, b = split_side_by_side(frame, f"{source.video}")
+                inputs = [f"{source.video}#{number}"]
+            else:
+                a, b = frame, other
+                inputs = [f"{source.video}#{number}", f"{source.video_right}#{number}"]
+            if swap:
+                a, b = b, a
+            name = f"frame_{number:06d}"
+            yield _Item(a, b, f"{source.name}_{name}", name, name, inputs, index)
+            index += 1
+        if frames_right is not None and max_frames is None and next(frames_right, None) is not None:
+            warn(f"{source.video} ended before {source.video_right}; the extra right frames were not used")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def check_template(template: str) -> str:
+    """Validate --name and complete it with `_{kind}` and `.{ext}` when missing."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as error:
+        raise OutputError(f"invalid --name template {template!r}: {error}") from None
+    for name in fields:
+        if name not in NAME_FIELDS:
+            shown = "{" + name + "}" if name else "{}"
+            raise OutputError(
+                f"unknown placeholder {shown} in --name {template!r}; use {' '.join('{' + f + '}' for f in NAME_FIELDS)}"
+            )
+    if "kind" not in fields:
+        template += "_{kind}"
+    if "ext" not in fields:
+        template += ".{ext}"
+    try:
+        sample = template.format(**_SAMPLE_FIELDS)
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        raise OutputError(f"invalid --name template {template!r}: {error}") from None
+    if PurePath(sample).is_absolute() or ".." in PurePath(sample).parts:
+        raise OutputError(f"--name {template!r} must give a path inside the output folder (no leading / or ..)")
+    return template
+
+
+def parse_formats(text: str | None) -> frozenset[str]:
+    if text is None:
+        return frozenset()
+    names = [part.strip().lower().lstrip(".").replace("-", "_") for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in FORMATS and n != "all"]
+    if unknown:
+        raise OutputError(f"unknown output format {unknown[0]!r}; valid formats: {', '.join(FORMATS)}, all")
+    return frozenset(FORMATS) if "all" in names else frozenset(names)
+
+
+def _output_paths(directory: Path, template: str, formats, source: _Source, item_fields: dict) -> dict[str, Path]:
+    keys = [k for k in FILE_KINDS if k in formats]
+    out = {}
+    for key in keys:
+        kind, ext = FILE_KINDS[key]
+        out[key] = directory / template.format(source=source.name, **item_fields, kind=kind, ext=ext)
+    return out
+
+
+def _item_fields(stem: str, left: str, right: str, index: int) -> dict:
+    return {"stem": stem, "left": left, "right": right, "index": index}
+
+
+def _known_fields(source: _Source) -> list[dict]:
+    if source.pairs is not None:
+        return [_item_fields(stem, l.stem, l.stem if r is None else r.stem, i)
+                for i, (l, r, stem) in enumerate(source.pairs)]
+    return [_item_fields(f"{source.name}_frame_000000", "frame_000000", "frame_000000", 0)]
+
+
+def _video_path(directory: Path, source: _Source) -> Path:
+    return directory / f"{source.name}_disp_vis.mp4"
+
+
+def _check_output_folder(directory: Path) -> None:
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create output folder {directory}: {existing} is not a folder; choose another with -o")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+
+
+class _Claims:
+    """Output paths of this run: collisions between outputs, outputs over inputs, existing files."""
+
+    def __init__(self, inputs: set[Path], overwrite: bool):
+        self.inputs, self.overwrite = inputs, overwrite
+        self.owners: dict[Path, str] = {}
+
+    def check(self, path: Path, owner: str) -> None:
+        key = path.resolve()
+        if key in self.inputs:
+            raise OutputError(f"output {path} would replace an input file; choose another output folder with -o")
+        if key in self.owners and self.owners[key] != owner:
+            raise OutputError(
+                f"{self.owners[key]} and {owner} would both write {path}; add {{source}} or {{index}} to --name"
+            )
+        if path.exists() and not self.overwrite:
+            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output with -o")
+        self.owners[key] = owner
+
+
+def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_image, camera, ascii_ply: bool,
+                   overwrite: bool, vis) -> int | None:
+    """Write one pair's outputs all-or-nothing; returns the number of points in the .ply (or None)."""
+    from flowcli.io.atomic import atomic_path
+    from flowcli.io.flow_formats import write_disparity_png, write_npy, write_pfm, write_png
+    from flowcli.io.visualize import mask_to_png_array
+    from flowcli.stereo import depth_to_png_array, point_cloud, write_ply
+
+    points = None
+    with contextlib.ExitStack() as stack:
+        temps = {key: stack.enter_context(atomic_path(path, overwrite)) for key, path in paths.items()}
+        for key, tmp in temps.items():
+            if key == "pfm":
+                write_pfm(tmp, disparity, overwrite=True)
+            elif key == "kitti":
+                write_disparity_png(tmp, disparity, valid=disparity > 0, overwrite=True)
+            elif key == "npy":
+                write_npy(tmp, disparity, overwrite=True)
+            elif key == "vis":
+                write_png(tmp, vis, overwrite=True)
+            elif key == "occlusion":
+                write_png(tmp, mask_to_png_array(occlusion > 0.5), overwrite=True)
+            elif key == "depth":
+                write_npy(tmp, depth, overwrite=True)
+            elif key == "depth_pfm":
+                write_pfm(tmp, depth, overwrite=True)
+            elif key == "depth_png":
+                write_png(tmp, depth_to_png_array(depth), overwrite=True)
+            elif key == "ply":
+                mask = None if occlusion is None else occlusion < 0.5
+                cloud, colours = point_cloud(depth, left_image, camera, mask=mask)
+                write_ply(tmp, cloud, colours, binary=not ascii_ply, overwrite=True)
+                points = int(len(cloud))
+    return points
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _format_flag(name: str):
+    text = FORMATS[name]
+    return typer.Option(f"--{name.replace('_', '-')}", help=text[0].upper() + text[1:] + ".", rich_help_panel=_OUTPUT)
+
+
+def _positive(value, flag: str, unit: str, error=InputError) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise error(f"{flag} must be a positive number{unit}, got {value:g}")
+
+
+def _camera(focal, baseline, calib):
+    from flowcli.stereo import Camera, read_calibration
+
+    _positive(focal, "--focal", " of pixels")
+    _positive(baseline, "--baseline", " of metres")
+    base = read_calibration(calib) if calib is not None else None
+    if base is None:
+        if focal is None and baseline is None:
+            return None
+        if focal is None or baseline is None:
+            missing = "--baseline (metres)" if baseline is None else "--focal (pixels)"
+            raise InputError(f"depth needs both --focal and --baseline; add {missing} or give --calib FILE")
+        return Camera(focal=focal, baseline=baseline)
+    if focal is None and baseline is None:
+        return base
+    from dataclasses import replace
+
+    changed = {"focal": focal, "fy": None} if focal is not None else {}
+    if baseline is not None:
+        changed["baseline"] = baseline
+    return replace(base, **changed)
+
+
+def stereo(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="LEFT RIGHT images, folders or globs of pairs, left and right folders, videos; several "
+                       "allowed.", show_default=False, metavar="INPUTS"),
+    ],
+    sbs: Annotated[
+        bool, typer.Option("--sbs", help="Every input is side by side: left half = left view.", rich_help_panel=_INPUT)
+    ] = False,
+    swap: Annotated[
+        bool, typer.Option("--swap", help="The first image (or half) is the right view.", rich_help_panel=_INPUT)
+    ] = False,
+    step: Annotated[
+        int, typer.Option("--step", help="Use every N-th pair of sequences (folders, videos).", rich_help_panel=_INPUT)
+    ] = 1,
+    max_frames: Annotated[
+        Optional[int],
+        typer.Option("--max-frames", help="Use at most this many pairs of each sequence (after --step).",
+                     rich_help_panel=_INPUT, show_default=False),
+    ] = None,
+    focal: Annotated[
+        Optional[float],
+        typer.Option("--focal", help="Focal length in pixels (of the rectified images), for depth.",
+                     rich_help_panel=_CAMERA, show_default=False),
+    ] = None,
+    baseline: Annotated[
+        Optional[float],
+        typer.Option("--baseline", help="Distance between the two cameras in metres, for depth.",
+                     rich_help_panel=_CAMERA, show_default=False),
+    ] = None,
+    calib: Annotated[
+        Optional[Path],
+        typer.Option("--calib", help="Calibration file: JSON (fx, baseline_meters, cx0, cx1, cy, width, height) or "
+                     "Middlebury calib.txt.", rich_help_panel=_CAMERA, show_default=False),
+    ] = None,
+    max_depth: Annotated[
+        Optional[float],
+        typer.Option("--max-depth", help="Depths beyond this many metres are written invalid (0) and left out of "
+                     "the point cloud.", rich_help_panel=_CAMERA, show_default=False),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder (created when needed).", rich_help_panel=_OUTPUT)
+    ] = DEFAULT_OUTPUT,
+    name: Annotated[
+        str, typer.Option("--name", help="File name template, see above.", rich_help_panel=_OUTPUT)
+    ] = DEFAULT_NAME,
+    formats: Annotated[
+        Optional[str],
+        typer.Option("-f", "--formats", help=f"Comma-separated outputs: {','.join(FORMATS)} or all.",
+                     rich_help_panel=_OUTPUT, show_default=False),
+    ] = None,
+    pfm: Annotated[bool, _format_flag("pfm")] = False,
+    kitti: Annotated[bool, _format_flag("kitti")] = False,
+    npy: Annotated[bool, _format_flag("npy")] = False,
+    vis: Annotated[bool, _format_flag("vis")] = False,
+    video: Annotated[bool, _format_flag("video")] = False,
+    occlusion: Annotated[bool, _format_flag("occlusion")] = False,
+    depth: Annotated[bool, _format_flag("depth")] = False,
+    depth_pfm: Annotated[bool, _format_flag("depth_pfm")] = False,
+    depth_png: Annotated[bool, _format_flag("depth_png")] = False,
+    ply: Annotated[bool, _format_flag("ply")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every output format (depth ones when a camera is given).",
+                           rich_help_panel=_OUTPUT)
+    ] = False,
+    ascii_ply: Annotated[
+        bool, typer.Option("--ascii-ply", help="Write the point cloud as ASCII PLY (default binary).",
+                           rich_help_panel=_OUTPUT)
+    ] = False,
+    max_disparity: Annotated[
+        Optional[float],
+        typer.Option("--max-disparity", help="Disparity (px) of full colour in vis/video; default: per-pair maximum.",
+                     rich_help_panel=_OUTPUT, show_default=False),
+    ] = None,
+    lr_threshold: Annotated[
+        float, typer.Option("--lr-threshold", help="Left-right consistency tolerance in px (occlusion, ply).",
+                            rich_help_panel=_OUTPUT)
+    ] = 1.0,
+    fps: Annotated[
+        Optional[float],
+        typer.Option("--fps", help=f"Frame rate of --video; default: the source video's (divided by --step), "
+                     f"{DEFAULT_FPS:g} for images.", rich_help_panel=_OUTPUT, show_default=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing output files.", rich_help_panel=_OUTPUT)
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON line per pair on stdout (keys above).", rich_help_panel=_OUTPUT)
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="No progress bar or info on stderr (warnings and errors stay).",
+                           rich_help_panel=_OUTPUT)
+    ] = False,
+    weights: Annotated[
+        Optional[str],
+        typer.Option("--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
+                     "https:// URL. Default: the registry default model.", rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)
+    ] = "auto",
+    precision: Annotated[
+        Optional[str],
+        typer.Option("--precision", help="fp32, fp16 or bf16; default fp16 on CUDA, fp32 elsewhere.",
+                     rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Pairs per forward pass (sequences).", rich_help_panel=_MODEL)
+    ] = 1,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Larger views run in overlapping tiles; 0 = never tile.",
+                          rich_help_panel=_MODEL)
+    ] = DEFAULT_MAX_PIXELS,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=_MODEL)
+    ] = False,
+) -> None:
+    stdout = sys.stdout  # the progress display may redirect sys.stdout while it runs
+
+    from flowcli.console import progress, stderr, warn
+
+    # ---- options, before anything is read
+    if step < 1:
+        raise InputError(f"--step must be at least 1, got {step}")
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
+    if batch_size < 1:
+        raise FlowcliError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_pixels < 0:
+        raise FlowcliError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
+    _positive(fps, "--fps", "", OutputError)
+    _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
+    _positive(max_depth, "--max-depth", " of metres")
+    _positive(lr_threshold, "--lr-threshold", " of pixels", FlowcliError)
+    if precision is not None and precision not in _PRECISIONS:
+        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(_PRECISIONS)}")
+    camera = _camera(focal, baseline, calib)
+    flags = {"pfm": pfm, "kitti": kitti, "npy": npy, "vis": vis, "video": video, "occlusion": occlusion,
+             "depth": depth, "depth_pfm": depth_pfm, "depth_png": depth_png, "ply": ply}
+    chosen = set(parse_formats(formats)) | {k for k, on in flags.items() if on}
+    everything = all_ or (formats is not None and "all" in formats.lower().split(","))
+    if everything:
+        chosen = set(FORMATS) - (set() if camera else DEPTH_FORMATS)
+    if not chosen:
+        chosen = set(DEFAULT_FORMATS) | ({"depth"} if camera else set())
+    if camera is None and chosen & DEPTH_FORMATS:
+        wanted = min(chosen & DEPTH_FORMATS).replace("_", "-")
+        raise InputError(f"--{wanted} needs a camera: give --focal PX and --baseline M, or --calib FILE")
+    template = check_template(name)
+    want_video = "video" in chosen
+    formats_set = frozenset(chosen - {"video"})
+
+    # ---- inputs and outputs, before the model
+    sources = collect_sources(inputs, sbs=sbs, step=step, max_frames=max_frames)
+    if camera is not None:
+        for source in sources:
+            camera.check_size(*source.size)
+    for source in sources:
+        if want_video and source.sequence and source.sizes_differ:
+            raise InputError(f"{source.label}: pairs differ in size, and --video needs one size per sequence")
+    if want_video and not everything and not any(s.sequence for s in sources):
+        warn("--video writes one video per sequence (folder, glob or video); single image pairs get none")
+    _check_output_folder(output)
+    input_files = set()
+    for s in sources:
+        for left, right, _ in s.pairs or []:
+            input_files.update(p.resolve() for p in (left, right) if p is not None)
+        input_files.update(p.resolve() for p in (s.video, s.video_right) if p is not None)
+    if calib is not None:
+        input_files.add(calib.resolve())
+    claims = _Claims(input_files, overwrite)
+    for s in sources:
+        for fields in _known_fields(s):
+            owner = f"{s.label} pair {fields['stem']}"
+            for path in _output_paths(output, template, formats_set, s, fields).values():
+                claims.check(path, owner)
+        if want_video and s.sequence:
+            claims.check(_video_path(output, s), f"{s.label} video")
+
+    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
+
+    torch_device = resolve_device(device)
+    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
+    dtype = resolve_precision(precision, torch_device)
+    precision = next(k for k, v in PRECISIONS.items() if v == dtype)
+
+    # ---- model
+    model, spec, weights_path, sha256 = _load_model(weights, torch_device, offline, quiet)
+    if not quiet:
+        stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
+
+    run = _Run(model=model, directory=output, template=template, formats=formats_set, want_video=want_video,
+               camera=camera, max_depth=max_depth, max_disparity=max_disparity, lr_threshold=lr_threshold,
+               ascii_ply=ascii_ply, overwrite=overwrite, precision=precision, max_pixels=max_pixels or None,
+               batch_size=batch_size, sbs=sbs, swap=swap, step=step, max_frames=max_frames, fps=fps,
+               claims=_Claims(input_files, overwrite), json_out=stdout if json_output else None,
+               model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
+    known = [s.count for s in sources]
+    total = sum(known) if all(n is not None for n in known) else None
+    with progress(quiet) as bar:
+        task = bar.add_task("stereo", total=total, info="")
+        for source in sources:
+            run.source(source, lambda info: bar.update(task, advance=1, info=info))
+    if not quiet:
+        stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
+
+
+def _load_model(weights: str | None, device, offline: bool, quiet: bool):
+    from flowcli.checkpoint import load_checkpoint
+    from flowcli.models import DEFAULT_MODEL
+    from flowcli.registry import resolve, sha256_file
+
+    spec = weights or DEFAULT_MODEL
+    path = resolve(spec, offline=offline, quiet=quiet)
+    return load_checkpoint(path, device=device), spec, path, sha256_file(path)
+
+
+@dataclass
+class _Run:
+    model: object
+    directory: Path
+    template: str
+    formats: frozenset
+    want_video: bool
+    camera: object
+    max_depth: float | None
+    max_disparity: float | None
+    lr_threshold: float
+    ascii_ply: bool
+    overwrite: bool
+    precision: str
+    max_pixels: int | None
+    batch_size: int
+    sbs: bool
+    swap: bool
+    step: int
+    max_frames: int | None
+    fps: float | None
+    claims: _Claims
+    json_out: object | None
+    model_info: dict
+    done: int = 0
+
+    def _emit(self, record: dict) -> None:
+        if self.json_out is not None:
+            self.json_out.write(json.dumps(record) + "\n")
+            self.json_out.flush()
+
+    def source(self, source: _Source, advance) -> None:
+        from flowcli.io.media import VideoWriter
+
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if self.want_video and source.sequence:
+                path = _video_path(self.directory, source)
+                self.claims.check(path, f"{source.label} video")
+                writer = stack.enter_context(VideoWriter(path, fps=self.fps or source.fps or DEFAULT_FPS,
+                                                         overwrite=self.overwrite))
+            batch: list[_Item] = []
+            for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames):
+                if batch and (item.left.shape != batch[0].left.shape or len(batch) == self.batch_size):
+                    self._batch(source, batch, writer, advance)
+                    batch = []
+                batch.append(item)
+            if batch:
+                self._batch(source, batch, writer, advance)
+        if writer is not None:
+            self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
+                        "frames": writer.frames_written, "fps": writer.fps})
+
+    def _batch(self, source: _Source, batch: list[_Item], writer, advance) -> None:
+        import numpy as np
+        import torch
+
+        from flowcli.console import warn
+        from flowcli.stereo import (
+            DEFAULT_MAX_VERTICAL,
+            depth_from_disparity,
+            disparity_to_rgb,
+            estimate_disparity,
+            non_rectified_message,
+        )
+
+        planned = []
+        for item in batch:
+            paths = _output_paths(self.directory, self.template, self.formats, source,
+                                  _item_fields(item.stem, item.left_name, item.right_name, item.index))
+            for path in paths.values():
+                self.claims.check(path, f"{source.label} pair {item.stem}")
+            planned.append(paths)
+        if self.camera is not None:
+            height, width = batch[0].left.shape[-2:]
+            self.camera.check_size(int(width), int(height))
+        start = time.perf_counter()
+        result = estimate_disparity(
+            self.model,
+            torch.stack([item.left for item in batch]),
+            torch.stack([item.right for item in batch]),
+            consistency=bool(self.formats & {"occlusion", "ply"}),
+            lr_threshold=self.lr_threshold,
+            max_vertical=None,
+            max_pixels=self.max_pixels,
+            precision=self.precision,
+        )
+        if result.disparity.is_cuda:
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) * 1000 / len(batch)
+        for i, (item, paths) in enumerate(zip(batch, planned)):
+            label = f"{source.label}" if source.pairs is not None and len(source.pairs) == 1 else (
+                f"{source.label} pair {item.stem}")
+            vertical = result.vertical_median[i]
+            if vertical > DEFAULT_MAX_VERTICAL:
+                warn(non_rectified_message(vertical, DEFAULT_MAX_VERTICAL, f"{label}: "))
+            negative = result.negative_fraction[i]
+            if negative > 0.5:
+                warn(f"{label}: {100 * negative:.0f}% of the disparity is negative: are left and right swapped? "
+                     "(--swap exchanges them)")
+            disparity = result.disparity[i, 0].float().cpu().numpy()
+            occ = None if result.occlusion is None else result.occlusion[i, 0].cpu().numpy()
+            depth_map = None
+            if self.camera is not None:
+                depth_map = depth_from_disparity(disparity, self.camera.focal, self.camera.baseline,
+                                                 doffs=self.camera.doffs, max_depth=self.max_depth)
+            colours = None
+            if writer is not None or "vis" in paths:
+                colours = disparity_to_rgb(disparity, self.max_disparity)
+            points = _write_outputs(paths, disparity=disparity, occlusion=occ, depth=depth_map, left_image=item.left,
+                                    camera=self.camera, ascii_ply=self.ascii_ply, overwrite=self.overwrite, vis=colours)
+            if writer is not None:
+                writer.write(colours)
+            self.done += 1
+            height, width = disparity.shape
+            valid_depth = None if depth_map is None else depth_map[depth_map > 0]
+            cam = self.camera
+            self._emit({
+                "type": "pair", "source": source.label, "index": item.index, "left": item.left_name,
+                "right": item.right_name, "inputs": item.inputs, "width": int(width), "height": int(height),
+                "outputs": {key: str(path) for key, path in paths.items()},
+                "disparity_mean": round(float(disparity.mean()), 4),
+                "disparity_max": round(float(disparity.max()), 4),
+                "negative_fraction": round(negative, 4),
+                "vertical_median": round(vertical, 4),
+                "occluded_fraction": None if occ is None else round(float((occ > 0.5).mean()), 4),
+                "camera": None if cam is None else dict(zip(("focal", "fy", "cx", "cy"),
+                                                            cam.intrinsics(int(width), int(height))),
+                                                        baseline=cam.baseline, doffs=cam.doffs),
+                "depth_median": None if valid_depth is None or not valid_depth.size
+                else round(float(np.median(valid_depth)), 4),
+                "points": points,
+                "ms": round(ms, 2), "tiles": result.tiles, **self.model_info,
+            })
+            advance(item.stem)

@@ -1,0 +1,90 @@
+"""Reading images and videos for face fitting, with one-line errors for what cannot be used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flowcli.errors import InputError
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+MIN_SIDE = 64  # smaller images cannot hold a face the detector finds
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any decoded image -> H x W x 3 uint8 RGB: grayscale is replicated, alpha dropped, 16-bit scaled."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise InputError(f"{name}: unsupported image layout {a.shape}; expected an RGB or grayscale picture")
+    a = a[:, :, :3]
+    if a.dtype == np.uint16:
+        a = (a / 257.0).round().astype(np.uint8)
+    elif a.dtype in (np.float32, np.float64):
+        a = (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8) if a.max() <= 1.0 else np.clip(a, 0, 255).astype(np.uint8)
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    h, w = a.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"{name} is {w}x{h} px; face fitting needs at least {MIN_SIDE} px on each side")
+    return np.ascontiguousarray(a)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} not found")
+    try:
+        image = iio.imread(path)
+    except Exception as error:  # imageio raises many kinds for undecodable files
+        raise InputError(f"cannot read {path} as an image: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    if image.ndim == 4:  # animated formats: the first frame
+        image = image[0]
+    return as_rgb8(image, path.name)
+
+
+class VideoReader:
+    """Frames of a video as uint8 RGB, through imageio-ffmpeg; stops quietly at the first undecodable frame."""
+
+    def __init__(self, path: str | Path):
+        import imageio.v2 as imageio
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path} not found")
+        try:
+            self._reader = imageio.get_reader(str(self.path), "ffmpeg")
+            meta = self._reader.get_meta_data()
+        except Exception as error:
+            raise InputError(f"cannot open {self.path} as a video: {str(error).splitlines()[0]}") from None
+        self.fps = float(meta.get("fps") or 25.0)
+        self.size = tuple(meta.get("size") or (0, 0))
+        self.decode_error: str | None = None
+
+    def __iter__(self):
+        index = 0
+        while True:
+            try:
+                frame = self._reader.get_data(index)
+            except IndexError:
+                return
+            except Exception as error:
+                self.decode_error = f"frame {index}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                return
+            yield as_rgb8(frame, f"{self.path.name} frame {index}")
+            index += 1
+
+    def close(self) -> None:
+        self._reader.close()

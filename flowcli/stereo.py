@@ -1,0 +1,434 @@
+"""Disparity and depth from rectified stereo pairs with the flow network (Flow2Stereo's view of stereo).
+
+A rectified pair is a flow problem whose flow is purely horizontal: the left -> right flow of a
+left pixel is (-d, 0), d its disparity. So one network serves both tasks:
+
+    result = estimate_disparity(model, left, right)          # DisparityResult
+    depth = depth_from_disparity(result.disparity, focal=451.0, baseline=0.075)   # metres, 0 = invalid
+
+- disparity = -u of the left -> right flow, clamped at 0; `negative_fraction` reports how much of it
+  was clearly negative (below -0.5 px) before clamping: most of it means left and right are swapped.
+- `vertical_flow` is v of the same flow, 0 for a rectified pair; `vertical_median` (median |v| per
+  pair) above `max_vertical` px warns that the pair does not look rectified.
+- occlusion comes from the left-right consistency check: the right -> left flow gives the right
+  image's disparity d_R, and a left pixel is occluded (or unreliable) where
+  |d_L(x, y) - d_R(x - d_L(x, y), y)| > `lr_threshold` px, or where x - d_L leaves the image.
+- depth Z = f B / (d + doffs) (doffs = cx_right - cx_left, 0 for most rigs), invalid (0) where d <= 0.
+
+Also here: `Camera` and `read_calibration` (JSON like stereodemo's, or Middlebury calib.txt),
+`point_cloud` + `write_ply` / `read_ply` (binary or ASCII PLY with colours), `disparity_to_rgb`
+(turbo colour map) and `split_side_by_side`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowcli.console import warn
+from flowcli.errors import InputError
+
+NEGATIVE_TOLERANCE = 0.5  # px: -u below -this counts as negative disparity (sub-pixel noise around 0 does not)
+DEFAULT_LR_THRESHOLD = 1.0  # px
+DEFAULT_MAX_VERTICAL = 1.0  # px of median |v| before a pair is called non-rectified
+PNG_DEPTH_SCALE = 1000.0  # 16-bit depth PNG: millimetres
+
+
+@dataclass
+class DisparityResult:
+    disparity: torch.Tensor  # [B, 1, H, W] left disparity in px, >= 0
+    occlusion: torch.Tensor | None  # [B, 1, H, W] 1 = left pixel fails the left-right check (None: not run)
+    vertical_flow: torch.Tensor  # [B, 1, H, W] v of the left -> right flow (px; 0 when rectified)
+    disparity_right: torch.Tensor | None = None  # [B, 1, H, W] right disparity (u of right -> left), >= 0
+    negative_fraction: list[float] = field(default_factory=list)  # per pair, before clamping
+    vertical_median: list[float] = field(default_factory=list)  # per pair, median |v| in px
+    tiles: int = 1
+
+
+def _pair_size_error(left: torch.Tensor, right: torch.Tensor) -> InputError:
+    (h1, w1), (h2, w2) = left.shape[-2:], right.shape[-2:]
+    return InputError(
+        f"left and right images differ in size ({w1}x{h1} vs {w2}x{h2}); a rectified pair has two images "
+        "of the same size"
+    )
+
+
+def estimate_disparity(
+    model: torch.nn.Module,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    *,
+    consistency: bool = True,
+    lr_threshold: float = DEFAULT_LR_THRESHOLD,
+    max_vertical: float | None = DEFAULT_MAX_VERTICAL,
+    max_pixels: int | None = None,
+    tile_overlap: int = 64,
+    precision: str = "fp32",
+) -> DisparityResult:
+    """Left disparity of rectified pairs ([B,3,H,W] or [3,H,W], RGB in [0,1]) with a flow model.
+
+    consistency=True also runs right -> left (in the same batch) for the right disparity and the
+    left-right occlusion. `max_vertical=None` turns the non-rectified warning off (callers that warn
+    themselves read `vertical_median`).
+    """
+    from flowcli.inference import estimate_flow
+
+    if left.dim() == 3:
+        left = left[None]
+    if right.dim() == 3:
+        right = right[None]
+    if left.shape[-2:] != right.shape[-2:]:
+        raise _pair_size_error(left, right)
+    flows = estimate_flow(
+        model, left, right, backward=consistency, max_pixels=max_pixels, tile_overlap=tile_overlap,
+        precision=precision,
+    )  # fmt: skip
+    raw = -flows.forward[:, :1]
+    vertical = flows.forward[:, 1:2]
+    result = DisparityResult(
+        disparity=raw.clamp_min(0.0),
+        occlusion=None,
+        vertical_flow=vertical,
+        negative_fraction=[float(v) for v in (raw < -NEGATIVE_TOLERANCE).float().flatten(1).mean(1)],
+        vertical_median=[float(v) for v in vertical.abs().flatten(1).median(1).values],
+        tiles=flows.tiles,
+    )
+    if consistency:
+        result.disparity_right = flows.backward[:, :1].clamp_min(0.0)
+        result.occlusion = left_right_occlusion(result.disparity, result.disparity_right, lr_threshold)
+    if max_vertical is not None:
+        for i, median in enumerate(result.vertical_median):
+            if median > max_vertical:
+                which = f"pair {i}: " if len(result.vertical_median) > 1 else ""
+                warn(non_rectified_message(median, max_vertical, which))
+    return result
+
+
+def non_rectified_message(median: float, max_vertical: float, prefix: str = "") -> str:
+    return (
+        f"{prefix}median vertical flow between left and right is {median:.1f} px (above {max_vertical:g} px): "
+        "the pair does not look rectified, so the disparity is unreliable; rectify it so that rows match"
+    )
+
+
+def left_right_occlusion(
+    disparity_left: torch.Tensor, disparity_right: torch.Tensor, threshold: float = DEFAULT_LR_THRESHOLD
+) -> torch.Tensor:
+    """[B,1,H,W] float, 1 where the left disparity fails the left-right consistency check.
+
+    d_R is read at (x - d_L, y) by linear interpolation along the row; a pixel is occluded where
+    |d_L - d_R(x - d_L)| > threshold, or where x - d_L falls left of the image.
+    """
+    w = disparity_left.shape[-1]
+    xs = torch.arange(w, device=disparity_left.device, dtype=disparity_left.dtype).view(1, 1, 1, w)
+    target = xs - disparity_left
+    x0 = target.floor().clamp(0, w - 1)
+    frac = (target - x0).clamp(0, 1)
+    i0 = x0.long()
+    i1 = (i0 + 1).clamp(max=w - 1)
+    right = disparity_right.to(disparity_left.dtype)
+    sampled = torch.gather(right, 3, i0) * (1 - frac) + torch.gather(right, 3, i1) * frac
+    inconsistent = (disparity_left - sampled).abs() > threshold
+    return (inconsistent | (target < 0)).float()
+
+
+# ----------------------------------------------------------------------------- depth and camera
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A rectified stereo rig: focal length (px), baseline (m), principal point, disparity offset.
+
+    fy defaults to focal, cx/cy to the image centre, doffs (cx_right - cx_left) to 0. width/height,
+    when known (calibration files), are the image size the calibration is for.
+    """
+
+    focal: float
+    baseline: float
+    fy: float | None = None
+    cx: float | None = None
+    cy: float | None = None
+    doffs: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        where = f" in {self.source}" if self.source else ""
+        for name, value in (("focal length", self.focal), ("baseline", self.baseline), ("fy", self.fy)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                unit = "metres" if name == "baseline" else "pixels"
+                raise InputError(f"the {name}{where} must be a positive number of {unit}, got {value}")
+
+    def check_size(self, width: int, height: int) -> None:
+        if self.width is not None and self.height is not None and (self.width, self.height) != (width, height):
+            what = f"calibration {self.source}" if self.source else "calibration"
+            raise InputError(
+                f"the {what} is for {self.width}x{self.height} images but the images are {width}x{height}; "
+                "give --focal and --baseline for this size"
+            )
+
+    def intrinsics(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """(fx, fy, cx, cy) for an image of this size."""
+        cx = self.cx if self.cx is not None else (width - 1) / 2
+        cy = self.cy if self.cy is not None else (height - 1) / 2
+        return self.focal, self.fy or self.focal, cx, cy
+
+
+def depth_from_disparity(disparity, focal: float, baseline: float, *, doffs: float = 0.0,
+                         max_depth: float | None = None):
+    """Depth Z = focal * baseline / (disparity + doffs) in the baseline's unit (metres).
+
+    Invalid pixels (disparity <= 0 or not finite, or beyond `max_depth`) are 0. Takes and returns a
+    torch tensor or a numpy array of any shape.
+    """
+    Camera(focal=focal, baseline=baseline)  # validates both
+    is_tensor = isinstance(disparity, torch.Tensor)
+    d = disparity.float() if is_tensor else torch.as_tensor(np.asarray(disparity, dtype=np.float32))
+    shifted = d + doffs
+    valid = torch.isfinite(d) & (d > 0) & (shifted > 0)
+    depth = torch.where(valid, (focal * baseline) / torch.where(valid, shifted, torch.ones_like(d)),
+                        torch.zeros_like(d))
+    if max_depth is not None:
+        depth = torch.where(depth > max_depth, torch.zeros_like(depth), depth)
+    return depth if is_tensor else depth.numpy()
+
+
+def depth_to_png_array(depth) -> np.ndarray:
+    """Depth in metres -> uint16 millimetres for a 16-bit PNG; 0 = invalid (also depths beyond 65.535 m)."""
+    depth = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, dtype=np.float64)
+    mm = np.rint(np.nan_to_num(depth, nan=0.0, posinf=0.0) * PNG_DEPTH_SCALE)
+    return np.where((mm >= 1) & (mm <= 65535), mm, 0).astype(np.uint16)
+
+
+_FOCAL_KEYS = ("fx", "focal", "focal_px", "f")
+_BASELINE_KEYS = (("baseline_meters", 1.0), ("baseline_m", 1.0), ("baseline", 1.0), ("baseline_mm", 1e-3))
+
+
+def read_calibration(path: str | os.PathLike) -> Camera:
+    """A rig's calibration from a JSON file or a Middlebury calib.txt.
+
+    JSON (e.g. stereodemo's): focal from fx / focal / focal_px / f; baseline in metres from
+    baseline_meters / baseline_m / baseline (or baseline_mm); optional fy, cx0 (or cx), cx1, cy,
+    width, height. doffs = cx1 - cx0. Middlebury calib.txt: cam0=[f 0 cx; 0 f cy; 0 0 1], cam1,
+    doffs, baseline (mm), width, height.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"calibration file {path} does not exist; check the path")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read calibration {path}: {getattr(error, 'strerror', None) or error}") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(f"cannot read calibration {path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"calibration {path} must hold a JSON object with fx and baseline_meters")
+        return _camera_from_json(data, path)
+    return _camera_from_middlebury(text, path)
+
+
+def _number(data: dict, key: str, path: Path) -> float:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"calibration {path}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _camera_from_json(data: dict, path: Path) -> Camera:
+    focal_key = next((k for k in _FOCAL_KEYS if k in data), None)
+    if focal_key is None:
+        raise InputError(f"calibration {path} has no focal length; expected one of {', '.join(_FOCAL_KEYS)} (pixels)")
+    baseline = next(((k, s) for k, s in _BASELINE_KEYS if k in data), None)
+    if baseline is None:
+        raise InputError(f"calibration {path} has no baseline; expected baseline_meters (or baseline_mm)")
+
+    def optional(*keys):
+        key = next((k for k in keys if k in data), None)
+        return None if key is None else _number(data, key, path)
+
+    cx0, cx1 = optional("cx0", "cx"), optional("cx1")
+    width, height = optional("width"), optional("height")
+    return Camera(
+        focal=_number(data, focal_key, path),
+        baseline=_number(data, baseline[0], path) * baseline[1],
+        fy=optional("fy"),
+        cx=cx0,
+        cy=optional("cy", "cy0"),
+        doffs=(cx1 - cx0) if (cx0 is not None and cx1 is not None) else 0.0,
+        width=None if width is None else int(width),
+        height=None if height is None else int(height),
+        source=str(path),
+    )
+
+
+def _camera_from_middlebury(text: str, path: Path) -> Camera:
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    values = {k.strip(): v.strip() for k, v in values.items()}
+
+    def matrix(key):
+        numbers = re.findall(r"[-+0-9.eE]+", values.get(key, ""))
+        return [float(n) for n in numbers] if len(numbers) == 9 else None
+
+    cam0, cam1 = matrix("cam0"), matrix("cam1")
+    if cam0 is None or "baseline" not in values:
+        raise InputError(
+            f"cannot read calibration {path}: expected JSON (fx, baseline_meters) or a Middlebury calib.txt "
+            "(cam0=[f 0 cx; 0 f cy; 0 0 1], baseline in mm)"
+        )
+    try:
+        baseline_mm = float(values["baseline"])
+        doffs = float(values["doffs"]) if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else 0.0)
+        width = int(values["width"]) if "width" in values else None
+        height = int(values["height"]) if "height" in values else None
+    except ValueError as error:
+        raise InputError(f"cannot read calibration {path}: {error}") from None
+    return Camera(focal=cam0[0], baseline=baseline_mm / 1000.0, fy=cam0[4], cx=cam0[2], cy=cam0[5], doffs=doffs,
+                  width=width, height=height, source=str(path))
+
+
+# ----------------------------------------------------------------------------- point clouds
+
+
+def point_cloud(depth, image, camera: Camera, mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """(points float32 [N, 3] in metres, colours uint8 [N, 3]) for the valid (depth > 0) pixels.
+
+    depth [H, W] (or [1, 1, H, W]); image RGB [3, H, W] in [0, 1] or uint8 [H, W, 3]; `mask` [H, W]
+    True = keep. Camera frame as OpenCV: x right, y down, z forward.
+    """
+    depth = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, dtype=np.float32)
+    depth = depth.reshape(depth.shape[-2:])
+    h, w = depth.shape
+    if isinstance(image, torch.Tensor):
+        image = image.reshape(3, h, w)
+        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    image = np.asarray(image)
+    fx, fy, cx, cy = camera.intrinsics(w, h)
+    keep = depth > 0
+    if mask is not None:
+        mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+        keep &= mask.reshape(h, w)
+    ys, xs = np.nonzero(keep)
+    z = depth[ys, xs]
+    points = np.stack(((xs - cx) * z / fx, (ys - cy) * z / fy, z), axis=1).astype(np.float32)
+    return points, np.ascontiguousarray(image[ys, xs, :3], dtype=np.uint8)
+
+
+_PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
+              "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4"}
+
+
+def write_ply(path, points, colors=None, *, binary: bool = True, overwrite: bool = False) -> Path:
+    """Write a coloured point cloud as PLY (binary little endian or ASCII), atomically."""
+    from flowcli.io.atomic import atomic_path
+
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if colors is not None:
+        colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+        if len(colors) != len(points):
+            raise ValueError(f"{len(points)} points but {len(colors)} colours")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", "comment written by flowcli",
+              f"element vertex {len(points)}"]
+    header += [f"property {'float' if t == '<f4' else 'uchar'} {name}" for name, t in fields]
+    header_bytes = ("\n".join(header + ["end_header"]) + "\n").encode("ascii")
+    with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as file:
+        file.write(header_bytes)
+        if binary:
+            vertices = np.empty(len(points), dtype=fields)
+            vertices["x"], vertices["y"], vertices["z"] = points.T
+            if colors is not None:
+                vertices["red"], vertices["green"], vertices["blue"] = colors.T
+            file.write(vertices.tobytes())
+        elif len(points):
+            columns = [points.astype(np.float64)] + ([colors.astype(np.float64)] if colors is not None else [])
+            fmt = ["%.7g"] * 3 + (["%d"] * 3 if colors is not None else [])
+            np.savetxt(file, np.concatenate(columns, axis=1), fmt=fmt)
+    return Path(path)
+
+
+def read_ply(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(points float32 [N, 3], colours uint8 [N, 3] or None) of a vertex-only PLY such as write_ply's."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; check the path")
+    data = path.read_bytes()
+    end = data.find(b"end_header\n")
+    if not data.startswith(b"ply") or end < 0:
+        raise InputError(f"cannot read {path}: not a PLY file")
+    header = data[:end].decode("ascii", errors="replace").splitlines()
+    fmt = next((line.split()[1] for line in header if line.startswith("format")), "")
+    count = next((int(line.split()[2]) for line in header if line.startswith("element vertex")), 0)
+    props = [(line.split()[2], _PLY_TYPES.get(line.split()[1])) for line in header if line.startswith("property")]
+    if fmt not in ("ascii", "binary_little_endian") or any(t is None for _, t in props):
+        raise InputError(f"cannot read {path}: only vertex-only ascii or binary_little_endian PLY is supported")
+    body = data[end + len(b"end_header\n"):]
+    if fmt == "ascii":
+        table = np.loadtxt(body.decode("ascii").splitlines(), ndmin=2) if count else np.zeros((0, len(props)))
+        vertices = {name: table[:count, i] for i, (name, _) in enumerate(props)}
+    else:
+        vertices = np.frombuffer(body, dtype=props, count=count)
+    points = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1).astype(np.float32)
+    names = [name for name, _ in props]
+    colors = None
+    if all(k in names for k in ("red", "green", "blue")):
+        colors = np.stack([vertices[k] for k in ("red", "green", "blue")], axis=1).astype(np.uint8)
+    return points, colors
+
+
+# ----------------------------------------------------------------------------- pictures and layouts
+
+# Turbo colour map (Google, Apache-2.0), polynomial approximation by its authors: t in [0, 1] -> RGB.
+_TURBO = (
+    ((0.13572138, 4.61539260, -42.66032258, 132.13108234), (-152.94239396, 59.28637943)),
+    ((0.09140261, 2.19418839, 4.84296658, -14.18503333), (4.27729857, 2.82956604)),
+    ((0.10667330, 12.64194608, -60.58204836, 110.36276771), (-89.90310912, 27.34824973)),
+)
+
+
+def turbo(t) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 RGB [..., 3] with the turbo colour map."""
+    t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
+    powers = [np.ones_like(t), t, t**2, t**3, t**4, t**5]
+    channels = [sum(c * p for c, p in zip(low + high, powers)) for low, high in _TURBO]
+    return np.rint(np.clip(np.stack(channels, axis=-1), 0, 1) * 255).astype(np.uint8)
+
+
+def disparity_to_rgb(disparity, max_disparity: float | None = None, valid=None) -> np.ndarray:
+    """Colour-code disparity ([H, W], [1, H, W] or [1, 1, H, W]; tensor or array) as uint8 RGB [H, W, 3].
+
+    Turbo colour map, near (large disparity) red, far blue; full scale at `max_disparity` (default:
+    the frame's maximum). Pixels not `valid` and non-finite ones are black.
+    """
+    d = np.asarray(disparity.detach().cpu() if isinstance(disparity, torch.Tensor) else disparity, dtype=np.float64)
+    d = d.reshape(d.shape[-2:])
+    known = np.isfinite(d)
+    if valid is not None:
+        known &= np.asarray(valid.detach().cpu() if isinstance(valid, torch.Tensor) else valid, bool).reshape(d.shape)
+    if max_disparity is None:
+        max_disparity = float(d[known].max()) if known.any() else 1.0
+    elif not max_disparity > 0:
+        raise ValueError(f"max_disparity must be positive, got {max_disparity}")
+    rgb = turbo(np.where(known, d, 0.0) / max(max_disparity, 1e-6))
+    rgb[~known] = 0
+    return rgb
+
+
+def split_side_by_side(frame: torch.Tensor, label: str = "the frame") -> tuple[torch.Tensor, torch.Tensor]:
+    """A side-by-side frame [3, H, 2W] -> (left half, right half)."""
+    w = frame.shape[-1]
+    if w % 2:
+        raise InputError(f"{label} is {w} px wide, an odd width; a side-by-side frame has two halves of equal width")
+    return frame[..., : w // 2], frame[..., w // 2 :]
+

@@ -1,0 +1,110 @@
+"""Synthetic round trip: random identity, expression and pose, projected noise-free, are recovered."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowcli.face.geometry import euler_to_rotation, project, rotation_angle_deg
+
+FACE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "face"
+pytestmark = pytest.mark.skipif(not (FACE / "ict-facekit" / "ict_face_region.npz").is_file(), reason="shared face data not present")
+
+
+@pytest.fixture(scope="module")
+def fitter(tmp_path_factory):
+    from flowcli.face.assets import FaceAssets
+    from flowcli.face.fit import FaceFitter, FitOptions
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLOWCLI_CACHE", str(tmp_path_factory.mktemp("cache")))
+        model = FaceAssets.locate(FACE).model()
+    # noise-free data: weak priors, so the solution is the truth rather than a shrunk estimate
+    return FaceFitter(model, FitOptions(id_reg=1e-4, exp_reg=1e-5, alternations=8, refine_steps=0))
+
+
+def synthetic(fitter, seed):
+    rng = np.random.default_rng(seed)
+    model = fitter.model
+    id_coeffs = rng.normal(size=len(model.id_basis)) * 0.8
+    exp = np.zeros(len(model.exp_basis))
+    active = fitter.exp_active
+    chosen = rng.choice(active, 8, replace=False)
+    exp[chosen] = rng.uniform(0.1, 0.9, 8)
+    angles = np.radians([rng.uniform(-20, 20), rng.uniform(-40, 40), rng.uniform(-15, 15)])
+    rotation = euler_to_rotation(*angles)
+    scale, translation = rng.uniform(8, 20), np.array([rng.uniform(200, 400), rng.uniform(150, 300), 0.0])
+    points = project(fitter.dense.points(id_coeffs, exp), scale, rotation, translation)
+    return id_coeffs, exp, rotation, scale, translation, points
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_trip(fitter, seed):
+    id_coeffs, exp, rotation, scale, translation, points = synthetic(fitter, seed)
+    fit = fitter.fit(points, refine=False)
+    assert rotation_angle_deg(rotation, fit.rotation) < 1.0
+    assert abs(fit.scale - scale) / scale < 0.01
+    truth = fitter.model.vertices(id_coeffs, exp)
+    estimate = fitter.model.vertices(fit.id_coeffs, fit.exp_weights)
+    rms_cm = np.sqrt(((truth - estimate) ** 2).sum(1).mean())
+    assert rms_cm < 0.1  # 1 mm
+    assert fit.exp_weights.min() >= 0 and fit.exp_weights.max() <= 1
+
+
+def test_refinement_keeps_exact_fit(fitter):
+    from dataclasses import replace
+
+    from flowcli.face.fit import FaceFitter
+
+    id_coeffs, exp, rotation, scale, translation, points = synthetic(fitter, 7)
+    refiner = FaceFitter(fitter.model, replace(fitter.options, refine_steps=15))
+    fit = refiner.fit(points)
+    assert rotation_angle_deg(rotation, fit.rotation) < 1.0
+    truth = fitter.model.vertices(id_coeffs, exp)
+    rms_cm = np.sqrt(((truth - fitter.model.vertices(fit.id_coeffs, fit.exp_weights)) ** 2).sum(1).mean())
+    assert rms_cm < 0.1
+    # landmarks of the fit land where the model's landmarks project
+    lm = refiner.landmarks68(fit)[:, :2]
+    expected = project(refiner.lm68.points(id_coeffs, exp), scale, rotation, translation)[:, :2]
+    assert np.abs(lm - expected).mean() < 0.5  # pixels
+
+
+def test_video_terms_batch(fitter):
+    """The joint video refinement runs on a batch and keeps one identity."""
+    from flowcli.face.video import VideoOptions, fit_video, landmark_jitter
+
+    _, _, _, _, _, points = synthetic(fitter, 3)
+    rng = np.random.default_rng(0)
+    seq = [points + np.r_[rng.normal(0, 1.5, 2), 0.0] for _ in range(6)]
+    seq[3] = None  # a frame without a face splits the clip
+    fits = fit_video(fitter, seq, options=VideoOptions(steps=10, census_weight=0.0))
+    assert fits[3] is None and all(f is not None for i, f in enumerate(fits) if i != 3)
+    np.testing.assert_allclose(fits[0].id_coeffs, fits[5].id_coeffs, atol=1e-5)
+    assert landmark_jitter(np.zeros((5, 68, 2))) == 0.0
+
+
+def test_census_and_flow_terms(fitter):
+    """Census and flow terms: finite, differentiable, and zero flow with a static textured face is a fixed point."""
+    import torch
+
+    from flowcli.face.video import VideoOptions, VideoTerms, fit_video, small_flow, small_gray
+
+    _, _, _, _, _, points = synthetic(fitter, 4)
+    rng = np.random.default_rng(0)
+    texture = (rng.uniform(0, 255, (480, 640, 3))).astype(np.uint8)
+    gray, zoom = small_gray(texture, 320)
+    assert gray.shape == (1, 240, 320) and abs(zoom - 0.5) < 1e-9
+    flow = small_flow(np.zeros((2, 480, 640)), zoom, (240, 320))
+    seq = [points] * 4
+    options = VideoOptions(steps=8, census_weight=1.0, flow_weight=1.0)
+    fits = fit_video(fitter, seq, [gray] * 4, zoom, [flow] * 3, options)
+    first = fits[0]
+    for f in fits[1:]:  # identical frames stay identical
+        assert np.abs(f.rotation - first.rotation).max() < 1e-3
+    terms = VideoTerms(fitter, options, torch.stack([gray] * 3), zoom, [flow] * 2)
+    rot = torch.eye(3, dtype=torch.float32).repeat(3, 1, 1).requires_grad_()
+    state = dict(rot=rot, cr=torch.diag(torch.tensor([1.0, -1.0, -1.0])) @ rot, scale=torch.full((3,), 10.0),
+                 ident=torch.zeros(3, 100), exp=torch.zeros(3, 57), offset=torch.tensor([[32.0, 24.0, 0.0]] * 3))
+    loss = terms(state)
+    loss.backward()
+    assert torch.isfinite(loss) and rot.grad is not None

@@ -1,0 +1,71 @@
+"""Face model assets: the OBJ converter reproduces the shipped arrays; the compact file loads back."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowcli.errors import InputError
+
+FACE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "face"
+ICT = FACE / "ict-facekit"
+pytestmark = pytest.mark.skipif(not (ICT / "ict_face_region.npz").is_file(), reason="shared face data not present")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with np.load(ICT / "ict_face_region.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from flowcli.face.assets import FaceAssets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLOWCLI_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return FaceAssets.locate(FACE).model()
+
+
+def test_obj_converter_reproduces_npz(reference):
+    from flowcli.face.model import convert_ict
+
+    arrays = convert_ict(ICT / "FaceXModel")
+    assert arrays["mean"].shape == reference["mean"].shape == (9409, 3)
+    np.testing.assert_allclose(arrays["mean"], reference["mean"], atol=1e-6)
+    # the folder holds identity000/001 and two expressions of the full download
+    np.testing.assert_allclose(arrays["id"], reference["id"][:2], atol=1e-6)
+    names = list(reference["exp_names"])
+    assert list(arrays["exp_names"]) == ["eyeBlink_L", "jawOpen"]
+    for i, name in enumerate(arrays["exp_names"]):
+        np.testing.assert_allclose(arrays["exp"][i], reference["exp"][names.index(name)], atol=1e-6)
+
+
+def test_compact_model(model, reference):
+    assert model.num_vertices == 9409
+    assert model.triangles.shape == (18460, 3) and model.triangles.max() < 9409
+    assert model.uv_triangles.shape == model.triangles.shape and model.uv_triangles.max() < len(model.uvs)
+    assert np.isfinite(model.uvs).all()
+    np.testing.assert_array_equal(model.id_basis, reference["id"])
+    assert model.exp_names == [str(n) for n in reference["exp_names"]]
+    # PupilDilate_* do not move the face region and are left out of fitting
+    active = {model.exp_names[i] for i in model.active_expressions()}
+    assert "jawOpen" in active and "PupilDilate_L" not in active
+    weights = model.arkit_weights(np.ones(len(model.exp_names)))
+    assert len(weights) == 52 and weights["browInnerUp"] == 1.0 and weights["tongueOut"] == 0.0
+
+
+def test_user_model_loader(tmp_path, reference, model):
+    from flowcli.face.assets import load_user_model
+    from flowcli.face.model import load_face_model
+
+    bare = tmp_path / "mine.npz"
+    np.savez(bare, mean=reference["mean"], id=reference["id"][:10], exp=reference["exp"], exp_names=reference["exp_names"])
+    mine = load_user_model(bare, ICT / "FaceXModel" / "generic_neutral_mesh.obj")
+    assert mine.id_basis.shape[0] == 10 and mine.triangles.shape == model.triangles.shape
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, mean=reference["mean"])
+    with pytest.raises(InputError, match="lacks id, exp, exp_names"):
+        load_face_model(broken)
+    with pytest.raises(InputError, match="not found"):
+        load_face_model(tmp_path / "missing.npz")

@@ -1,0 +1,68 @@
+"""Mesh and result writers: what is written reads back; nothing is overwritten without permission."""
+
+import json
+
+import numpy as np
+import pytest
+
+from flowcli.errors import OutputError
+from flowcli.face import writers
+
+
+class TinyModel:
+    triangles = np.array([[0, 1, 2], [0, 2, 3]])
+    uvs = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.5, 0.5]])
+    uv_triangles = np.array([[0, 1, 2], [0, 2, 4]])
+
+
+VERTS = np.array([[0.0, 0.0, 0.0], [1.5, 0.0, 0.25], [1.5, 2.0, -0.5], [0.0, 2.0, 1.0]])
+
+
+def test_obj_round_trip(tmp_path):
+    path = writers.write_mesh(tmp_path / "m.obj", VERTS, TinyModel)
+    back = writers.read_obj(path)
+    np.testing.assert_allclose(back["vertices"], VERTS, atol=1e-6)
+    np.testing.assert_array_equal(back["triangles"], TinyModel.triangles)
+    np.testing.assert_allclose(back["uvs"], TinyModel.uvs, atol=1e-6)
+    np.testing.assert_array_equal(back["uv_triangles"], TinyModel.uv_triangles)
+
+
+def test_ply_round_trip(tmp_path):
+    path = writers.write_mesh(tmp_path / "m.ply", VERTS, TinyModel)
+    back = writers.read_ply(path)
+    np.testing.assert_allclose(back["vertices"], VERTS, atol=1e-6)
+    np.testing.assert_array_equal(back["triangles"], TinyModel.triangles)
+    np.testing.assert_allclose(back["face_uvs"], TinyModel.uvs[TinyModel.uv_triangles], atol=1e-6)
+    assert path.read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+
+
+def test_no_overwrite_and_atomic(tmp_path):
+    path = writers.write_json(tmp_path / "pose.json", {"yaw": 1.0})
+    with pytest.raises(OutputError, match="--overwrite"):
+        writers.write_json(path, {"yaw": 2.0})
+    assert json.loads(path.read_text()) == {"yaw": 1.0}
+    writers.write_json(path, {"yaw": 2.0}, overwrite=True)
+    assert json.loads(path.read_text()) == {"yaw": 2.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["pose.json"]  # no temp files left
+    assert path.stat().st_mode & 0o044  # readable by others like any new file, not the temp file's 0600
+    with pytest.raises(OutputError, match="unknown mesh format"):
+        writers.write_mesh(tmp_path / "m.stl", VERTS, TinyModel)
+
+
+def test_tables_and_arrays(tmp_path):
+    rows = [(0, {"jawOpen": 0.5, "eyeBlinkLeft": 0.25}), (1, None)]
+    path = writers.write_blendshapes_csv(tmp_path / "b.csv", ["jawOpen", "eyeBlinkLeft"], rows)
+    assert path.read_text().splitlines() == ["frame,jawOpen,eyeBlinkLeft", "0,0.50000,0.25000", "1,,"]
+    arr = np.arange(12.0).reshape(2, 3, 2)
+    np.testing.assert_array_equal(np.load(writers.write_npy(tmp_path / "a.npy", arr)), arr)
+    image = np.zeros((31, 33, 3), np.uint8)
+    image[5:9, 5:9] = 200
+    import imageio.v3 as iio
+
+    np.testing.assert_array_equal(iio.imread(writers.write_png(tmp_path / "o.png", image)), image)
+    video = writers.Mp4Writer(tmp_path / "o.mp4", fps=10)
+    for _ in range(3):
+        video.append(image)  # odd size: padded to even
+    video.close()
+    frames = iio.imread(tmp_path / "o.mp4")
+    assert frames.shape[0] == 3 and frames.shape[1:3] == (32, 34)

@@ -1,0 +1,96 @@
+"""The network, its correlation reference, and self-describing checkpoints."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from flowcli.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from flowcli.errors import WeightsError
+from flowcli.models.pwc import FlowNet, FlowNetConfig
+from flowcli.ops.correlation import correlation_torch
+
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+
+
+def naive_correlation(f1, f2, r):
+    h, w = f1.shape[-2:]
+    padded = F.pad(f2, (r, r, r, r))
+    shifts = [
+        (f1 * padded[:, :, r + dy : r + dy + h, r + dx : r + dx + w]).mean(1)
+        for dy in range(-r, r + 1)
+        for dx in range(-r, r + 1)
+    ]
+    return torch.stack(shifts, 1)
+
+
+@pytest.mark.parametrize("r", [1, 4])
+def test_correlation_reference_matches_definition_and_gradcheck(r):
+    torch.manual_seed(0)
+    f1 = torch.randn(2, 5, 7, 11, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(2, 5, 7, 11, dtype=torch.float64, requires_grad=True)
+    out = correlation_torch(f1, f2, r)
+    assert out.shape == (2, (2 * r + 1) ** 2, 7, 11)
+    torch.testing.assert_close(out, naive_correlation(f1, f2, r))
+    assert torch.autograd.gradcheck(lambda a, b: correlation_torch(a, b, r), (f1, f2))
+
+
+def test_correlation_peaks_at_true_shift():
+    f2 = torch.randn(1, 16, 20, 20)
+    f1 = torch.roll(f2, shifts=(-2, 3), dims=(2, 3))  # f1(x) = f2(x + (dx=-3, dy=2))
+    out = correlation_torch(f1, f2, 4)
+    best = out[0, :, 8:12, 8:12].mean((1, 2)).argmax().item()
+    assert divmod(best, 9) == (2 + 4, -3 + 4)
+
+
+@pytest.mark.parametrize("matching", ["pwc", "maskflownet"])
+def test_flownet_shapes_and_gradients(matching):
+    model = FlowNet(FlowNetConfig(matching=matching, **TINY))
+    out = model(torch.rand(2, 3, 64, 128), torch.rand(2, 3, 64, 128))
+    assert out.flow.shape == (2, 2, 64, 128)
+    assert set(out.level_flows) == {2, 3, 4, 5, 6}
+    assert (out.occlusion_logit is not None) == (matching == "maskflownet")
+    out.flow.mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_flownet_rejects_unpadded_input():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        FlowNet(FlowNetConfig(**TINY))(torch.rand(1, 3, 60, 64), torch.rand(1, 3, 60, 64))
+
+
+def test_checkpoint_round_trip_is_self_describing(tmp_path):
+    model = FlowNet(FlowNetConfig(matching="maskflownet", **TINY)).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", provenance={"steps": 3})
+    meta = read_metadata(path)
+    assert meta["flowcli.config"]["matching"] == "maskflownet"
+    assert meta["flowcli.provenance"] == {"steps": 3}
+    loaded = load_checkpoint(path)
+    x1, x2 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x1, x2).flow, model(x1, x2).flow)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = save_checkpoint(FlowNet(FlowNetConfig(**TINY)), tmp_path / "m.safetensors")
+    tensors = load_file(str(path))
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(path).items()}
+    meta["flowcli.config"] = json.dumps(FlowNetConfig().to_dict())  # claims the full-size network
+    save_file(tensors, str(tmp_path / "lying.safetensors"), metadata=meta)
+    with pytest.raises(WeightsError, match="does not match its declared architecture"):
+        load_checkpoint(tmp_path / "lying.safetensors")
+    save_file(tensors, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(WeightsError, match="not a flowcli checkpoint"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="not a readable"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+
+
+def test_fp16_checkpoint_loads_as_fp32(tmp_path):
+    model = FlowNet(FlowNetConfig(**TINY))
+    path = save_checkpoint(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    loaded = load_checkpoint(path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())

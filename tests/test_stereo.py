@@ -1,0 +1,211 @@
+"""flowcli.stereo: disparity from flow, left-right occlusion, depth, calibration, point clouds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowcli.errors import InputError
+from flowcli.inference import FlowResult
+from flowcli.metrics import occlusion_f1
+from flowcli.models.pwc import FlowNet, FlowNetConfig
+from flowcli.stereo import (
+    Camera,
+    depth_from_disparity,
+    depth_to_png_array,
+    disparity_to_rgb,
+    estimate_disparity,
+    left_right_occlusion,
+    point_cloud,
+    read_calibration,
+    read_ply,
+    split_side_by_side,
+    write_ply,
+)
+from flowcli.synth import SynthConfig, generate_sample
+from flowcli.synth.stereo_video import StereoVideoConfig, generate_stereo_video
+
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+LR_F1_BOUND = 0.9  # measured 0.95-0.99 per scene (mean 0.97) on the generator's stereo GT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fake_flow(monkeypatch, forward: torch.Tensor, backward: torch.Tensor):
+    """estimate_flow returns the given flows ([2, H, W]) for any batch, as if a model had predicted them."""
+
+    def fake(model, image1, image2, **kwargs):
+        b = image1.shape[0] if image1.dim() == 4 else 1
+        result = FlowResult(forward=forward[None].expand(b, -1, -1, -1).clone())
+        if kwargs.get("backward"):
+            result.backward = backward[None].expand(b, -1, -1, -1).clone()
+        return result
+
+    monkeypatch.setattr("flowcli.inference.estimate_flow", fake)
+
+
+def test_gt_stereo_flow_gives_positive_disparity_and_depth_f_b_over_z(monkeypatch):
+    s = generate_stereo_video(StereoVideoConfig(height=48, width=64, photometric=False, real_texture_prob=0),
+                              torch.Generator().manual_seed(1))
+    right_flow = torch.cat((s.disparity_right[0], torch.zeros_like(s.disparity_right[0])))
+    _fake_flow(monkeypatch, s.stereo_flow(0), right_flow)
+    result = estimate_disparity(None, s.left[0], s.right[0])
+    assert (result.disparity >= 0).all() and result.disparity.mean() > 1
+    torch.testing.assert_close(result.disparity[0], s.disparity_left[0])
+    torch.testing.assert_close(result.disparity_right[0], s.disparity_right[0])
+    assert result.negative_fraction == [0.0] and result.vertical_median == [0.0]
+    depth = depth_from_disparity(result.disparity, s.focal, s.baseline)
+    torch.testing.assert_close(depth[0], s.depth_left[0], rtol=1e-5, atol=0)
+    # and back: d = f B / Z
+    torch.testing.assert_close(s.focal * s.baseline / depth[0], s.disparity_left[0], rtol=1e-5, atol=0)
+
+
+def test_negative_disparity_is_clamped_and_reported_vertical_flow_warns(monkeypatch):
+    flow = torch.zeros(2, 8, 12)
+    flow[0, :, :6] = 3.0  # a right-to-left shift: negative disparity on half the image
+    flow[0, :, 6:] = -2.0
+    flow[1] = 2.5
+    _fake_flow(monkeypatch, flow, -flow)
+    image = torch.rand(3, 8, 12)
+    with pytest.warns(UserWarning, match="does not look rectified"):
+        result = estimate_disparity(None, image, image)
+    assert result.disparity.min() == 0 and result.disparity.max() == 2
+    assert result.negative_fraction == [0.5] and result.vertical_median == [2.5]
+    torch.testing.assert_close(result.vertical_flow[0, 0], flow[1])
+
+
+def test_different_sizes_are_an_input_error():
+    model = FlowNet(FlowNetConfig(**TINY)).eval()
+    with pytest.raises(InputError, match="differ in size"):
+        estimate_disparity(model, torch.rand(3, 32, 48), torch.rand(3, 32, 40))
+
+
+def test_tiny_model_plumbing_shapes():
+    torch.manual_seed(0)
+    model = FlowNet(FlowNetConfig(**TINY)).eval()
+    result = estimate_disparity(model, torch.rand(2, 3, 40, 56), torch.rand(2, 3, 40, 56), max_vertical=None)
+    assert result.disparity.shape == (2, 1, 40, 56) and result.occlusion.shape == (2, 1, 40, 56)
+    assert result.vertical_flow.shape == (2, 1, 40, 56) and len(result.negative_fraction) == 2
+    assert (result.disparity >= 0).all() and set(result.occlusion.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_left_right_consistency_finds_the_generators_occlusions():
+    cfg = SynthConfig(height=64, width=96, photometric=False, stereo=True, real_texture_prob=0)
+    scores = []
+    for seed in range(4):
+        s = generate_sample(cfg, torch.Generator().manual_seed(seed))
+        left = (-s.flow_forward[None, :1]).clamp_min(0)
+        right = s.flow_backward[None, :1].clamp_min(0)
+        occ = left_right_occlusion(left, right)
+        assert s.occlusion_forward.sum() > 20  # there is something to find
+        scores.append(occlusion_f1(occ, s.occlusion_forward[None]))
+    assert min(scores) > LR_F1_BOUND, scores
+
+
+def test_left_right_occlusion_on_a_step():
+    # background disparity 2, a foreground block with disparity 6 on columns 20..29 of the left image
+    left = torch.full((1, 1, 4, 40), 2.0)
+    left[..., 20:30] = 6.0
+    right = torch.full((1, 1, 4, 40), 2.0)
+    right[..., 14:24] = 6.0
+    occ = left_right_occlusion(left, right)[0, 0, 0]
+    # left pixels 0, 1 leave the image; background 16..19 is hidden behind the block in the right view
+    expected = torch.zeros(40)
+    expected[:2] = 1
+    expected[16:20] = 1
+    torch.testing.assert_close(occ, expected)
+
+
+def test_depth_invalid_where_disparity_not_positive_and_png_millimetres():
+    d = np.array([[0.0, -1.0, 2.0, np.nan], [4.0, 0.5, 1e-9, 8.0]], dtype=np.float32)
+    depth = depth_from_disparity(d, focal=400.0, baseline=0.1)
+    expected = np.where(d > 0, 40.0 / np.where(d > 0, d, 1), 0.0)
+    expected[1, 2] = 40.0 / 1e-9
+    expected[0, 3] = 0
+    np.testing.assert_allclose(depth, expected, rtol=1e-6)
+    png = depth_to_png_array(depth)
+    assert png.dtype == np.uint16
+    assert png[0, 2] == 20000 and png[1, 0] == 10000 and png[1, 3] == 5000
+    assert png[0, 0] == png[0, 1] == png[0, 3] == 0
+    assert png[1, 1] == 0 and png[1, 2] == 0  # 80 m and 4e10 m: beyond 65.535 m is invalid, not clipped
+    assert (depth_from_disparity(d, 400.0, 0.1, max_depth=15.0) <= 15.0).all()
+    for focal, baseline in ((0.0, 0.1), (-5.0, 0.1), (400.0, 0.0), (400.0, -0.2), (math.nan, 0.1)):
+        with pytest.raises(InputError, match="must be a positive number"):
+            depth_from_disparity(d, focal, baseline)
+
+
+def test_calibration_json_and_middlebury(tmp_path, shared_data):
+    camera = read_calibration(shared_data / "footage" / "oakd_stereo" / "stereodemo_calibration.json")
+    assert camera.focal == pytest.approx(451.0344543457031) and camera.baseline == pytest.approx(0.075)
+    assert (camera.width, camera.height, camera.doffs) == (640, 480, 0.0)
+    assert camera.intrinsics(640, 480)[2:] == pytest.approx((299.03839111328125, 255.16502380371094))
+    camera.check_size(640, 480)
+    with pytest.raises(InputError, match="is for 640x480 images"):
+        camera.check_size(320, 240)
+    txt = tmp_path / "calib.txt"
+    txt.write_text("cam0=[3997.684 0 1176.728; 0 3997.684 1011.728; 0 0 1]\n"
+                   "cam1=[3997.684 0 1307.839; 0 3997.684 1011.728; 0 0 1]\ndoffs=131.111\nbaseline=193.001\n"
+                   "width=2964\nheight=1988\n")
+    mb = read_calibration(txt)
+    assert mb.focal == pytest.approx(3997.684) and mb.baseline == pytest.approx(0.193001)
+    assert mb.doffs == pytest.approx(131.111) and (mb.width, mb.height) == (2964, 1988)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"fx": 400, "baseline_meters": -0.1}))
+    with pytest.raises(InputError, match="baseline.*must be a positive"):
+        read_calibration(bad)
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_calibration(bad)
+    bad.write_text(json.dumps({"baseline_meters": 0.1}))
+    with pytest.raises(InputError, match="no focal length"):
+        read_calibration(bad)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_point_cloud_back_projects_and_ply_round_trips(tmp_path, binary):
+    depth = np.zeros((6, 8), np.float32)
+    depth[2:5, 1:7] = np.linspace(1.0, 3.0, 18).reshape(3, 6)
+    image = torch.rand(3, 6, 8)
+    camera = Camera(focal=100.0, baseline=0.1, cx=3.5, cy=2.5)
+    mask = np.ones((6, 8), bool)
+    mask[3, 3] = False
+    points, colours = point_cloud(depth, image, camera, mask=mask)
+    assert len(points) == 17
+    # re-projecting gives back the pixels and their depth
+    x = points[:, 0] * 100 / points[:, 2] + 3.5
+    y = points[:, 1] * 100 / points[:, 2] + 2.5
+    ys, xs = np.nonzero((depth > 0) & mask)
+    np.testing.assert_allclose(x, xs, atol=1e-4)
+    np.testing.assert_allclose(y, ys, atol=1e-4)
+    np.testing.assert_allclose(points[:, 2], depth[ys, xs])
+    expected_colours = (image.permute(1, 2, 0).numpy()[ys, xs] * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(colours, expected_colours)
+    path = write_ply(tmp_path / "cloud.ply", points, colours, binary=binary)
+    header = path.read_bytes()[:200]
+    assert (b"binary_little_endian" in header) == binary and b"element vertex 17" in header
+    back, back_colours = read_ply(path)
+    np.testing.assert_allclose(back, points, rtol=1e-6 if not binary else 0)
+    np.testing.assert_array_equal(back_colours, colours)
+
+
+def test_disparity_colours_and_side_by_side():
+    d = np.array([[2.0, 5.0, 10.0, np.inf]])
+    rgb = disparity_to_rgb(d, max_disparity=10)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 3] == 0).all()  # unknown: black
+    assert rgb[0, 2, 0] > rgb[0, 2, 2] and rgb[0, 0, 2] > rgb[0, 0, 0]  # near red, far blue
+    frame = torch.arange(2 * 3 * 6, dtype=torch.float32).reshape(1, 3, 2, 6)[0]
+    left, right = split_side_by_side(frame)
+    assert torch.equal(left, frame[..., :3]) and torch.equal(right, frame[..., 3:])
+    with pytest.raises(InputError, match="odd width"):
+        split_side_by_side(frame[..., :5])

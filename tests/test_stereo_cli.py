@@ -1,0 +1,316 @@
+"""`flowcli stereo` end to end: outputs round-trip, the sign of disparity and depth = f B / d against a synthetic
+stereo scene's ground truth, input forms and names, and one-line errors.
+
+Accuracy-style checks replace the model's prediction with the scene's exact flows (`estimate_flow` patched),
+so they test the command's arithmetic and files, not a network; input forms run a tiny random checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+
+from flowcli import console
+from flowcli.checkpoint import save_checkpoint
+from flowcli.cli import main
+from flowcli.inference import FlowResult
+from flowcli.io.flow_formats import read_disparity_png, read_npy, read_pfm, read_png, write_png
+from flowcli.io.media import VideoReader, VideoWriter
+from flowcli.metrics import occlusion_f1
+from flowcli.models.pwc import FlowNet, FlowNetConfig
+from flowcli.stereo import disparity_to_rgb, read_ply
+from flowcli.synth.stereo_video import StereoVideoConfig, generate_stereo_video
+
+H, W = 48, 64
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+LR_F1_BOUND = 0.85  # left-right check on exact flows vs the scene's stereo occlusion (measured 0.97 on this scene)
+PAIR_KEYS = {
+    "type", "source", "index", "left", "right", "inputs", "width", "height", "outputs", "disparity_mean",
+    "disparity_max", "negative_fraction", "vertical_median", "occluded_fraction", "camera", "depth_median", "points",
+    "ms", "tiles", "model", "weights", "sha256",
+}
+HARNESS = """
+import sys
+from flowcli.cli import main
+main._COMMAND_MODULES[:] = ["stereo"]
+main.app.command("_noop", hidden=True)(lambda: None)
+sys.argv[0] = "flowcli"
+main.run()
+"""
+
+
+def _uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("stereo")
+    torch.manual_seed(0)
+    paths: dict = {"root": root, "weights": save_checkpoint(FlowNet(FlowNetConfig(**TINY)), root / "tiny.safetensors")}
+    cfg = StereoVideoConfig(height=H, width=W, num_frames=3, photometric=False, real_texture_prob=0, max_disparity=12)
+    scene = generate_stereo_video(cfg, torch.Generator().manual_seed(3))
+    paths["scene"] = scene
+    paths["left"] = write_png(root / "scene_left.png", _uint8(scene.left[0]))
+    paths["right"] = write_png(root / "scene_right.png", _uint8(scene.right[0]))
+    pairs = root / "pairs"  # one folder, pairs by name
+    for t in range(2):
+        write_png(pairs / f"shot{t}_left.png", _uint8(scene.left[t]))
+        write_png(pairs / f"shot{t}_right.png", _uint8(scene.right[t]))
+    paths["pairs"] = pairs
+    for side in ("left", "right"):  # two folders, same names
+        for t in range(3):
+            write_png(root / f"cam_{side}" / f"{t:04d}.png", _uint8(getattr(scene, side)[t]))
+    sbs = [np.concatenate((_uint8(scene.left[t]), _uint8(scene.right[t])), axis=1) for t in range(3)]
+    paths["sbs"] = write_png(root / "sbs.png", sbs[0])
+    with VideoWriter(root / "sbs.mp4", fps=5) as writer:
+        for frame in sbs:
+            writer.write(frame)
+    paths["sbs_video"] = root / "sbs.mp4"
+    for side in ("left", "right"):
+        with VideoWriter(root / f"walk_{side}.mp4", fps=5) as writer:
+            for t in range(3):
+                writer.write(_uint8(getattr(scene, side)[t]))
+        paths[f"video_{side}"] = root / f"walk_{side}.mp4"
+    paths["small"] = write_png(root / "small.png", _uint8(scene.left[0])[:, :40])
+    paths["odd"] = write_png(root / "odd.png", np.zeros((H, 63, 3), np.uint8))
+    return paths
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `flowcli stereo ARGS` in-process: returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(main, "_COMMAND_MODULES", ["stereo"])
+    monkeypatch.setattr(console.stderr, "soft_wrap", True)
+
+    def run(*args) -> tuple[int, str, str]:
+        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        app.command("_noop", hidden=True)(lambda: None)
+        monkeypatch.setattr(main, "app", app)
+        monkeypatch.setattr(sys, "argv", ["flowcli", "stereo", *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            try:
+                main.run()
+            except SystemExit as exit_:
+                code = exit_.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def exact_flow(monkeypatch, media):
+    """The model 'predicts' the scene's exact stereo flows at frame 0 (optionally with a vertical offset)."""
+    scene = media["scene"]
+    state = {"vertical": 0.0}
+
+    def fake(model, image1, image2, **kwargs):
+        b = image1.shape[0]
+        forward = scene.stereo_flow(0).clone()
+        forward[1] += state["vertical"]
+        d_right = scene.disparity_right[0]
+        result = FlowResult(forward=forward[None].expand(b, -1, -1, -1).clone())
+        if kwargs.get("backward"):
+            result.backward = torch.cat((d_right, torch.zeros_like(d_right)))[None].expand(b, -1, -1, -1).clone()
+        return result
+
+    monkeypatch.setattr("flowcli.inference.estimate_flow", fake)
+    return state
+
+
+def _records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def _assert_one_line_error(code: int, err: str, expected_code: int, *needles: str) -> None:
+    assert code == expected_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], err
+
+
+# ----------------------------------------------------------------------------- outputs against ground truth
+
+
+def test_every_output_round_trips_and_depth_is_f_b_over_d(media, tmp_path, cli, exact_flow):
+    scene = media["scene"]
+    out = tmp_path / "out"
+    code, stdout, err = cli(media["left"], media["right"], "--weights", media["weights"], "--focal", scene.focal,
+                            "--baseline", scene.baseline, "-o", out, "--all", "--json", "-q")
+    assert code == 0, err
+    [record] = _records(stdout)
+    assert set(record) == PAIR_KEYS and record["type"] == "pair"
+    assert record["left"] == "scene_left" and (record["width"], record["height"]) == (W, H)
+    assert record["negative_fraction"] == 0 and record["vertical_median"] == 0
+    paths = {key: Path(p) for key, p in record["outputs"].items()}
+    assert set(paths) == {"pfm", "kitti", "npy", "vis", "occlusion", "depth", "depth_pfm", "depth_png", "ply"}
+    assert paths["pfm"] == out / "scene_disp.pfm" and paths["ply"] == out / "scene_cloud.ply"
+
+    gt = scene.disparity_left[0][0].numpy()
+    disparity = read_pfm(paths["pfm"])
+    np.testing.assert_array_equal(disparity, gt)  # positive: the sign of -u
+    np.testing.assert_array_equal(read_npy(paths["npy"]), gt)
+    kitti, valid = read_disparity_png(paths["kitti"])
+    assert valid.all() and np.abs(kitti - gt).max() <= 1 / 512 + 1e-6
+    np.testing.assert_array_equal(read_png(paths["vis"]), disparity_to_rgb(gt))
+
+    depth = read_npy(paths["depth"])
+    np.testing.assert_allclose(depth, scene.depth_left[0][0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(scene.focal * scene.baseline / depth, gt, rtol=1e-5)
+    np.testing.assert_array_equal(read_pfm(paths["depth_pfm"]), depth)
+    millimetres = read_png(paths["depth_png"])
+    assert millimetres.dtype == np.uint16 and np.abs(millimetres / 1000.0 - depth).max() <= 0.0005 + 1e-7
+    assert record["depth_median"] == pytest.approx(float(np.median(depth)), rel=1e-3)
+
+    occlusion = read_png(paths["occlusion"]) > 127
+    f1 = occlusion_f1(torch.from_numpy(occlusion)[None, None].float(), scene.occlusion_stereo[0][None])
+    assert f1 > LR_F1_BOUND
+    assert record["occluded_fraction"] == pytest.approx(occlusion.mean(), abs=1e-4)
+
+    points, colours = read_ply(paths["ply"])
+    ys, xs = np.nonzero(~occlusion)
+    assert record["points"] == len(points) == len(ys)
+    np.testing.assert_allclose(points[:, 2], depth[ys, xs], rtol=1e-6)
+    np.testing.assert_allclose(points[:, 0], (xs - (W - 1) / 2) * depth[ys, xs] / scene.focal, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(colours, read_png(media["left"])[ys, xs])
+    assert record["camera"]["focal"] == pytest.approx(scene.focal)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_non_rectified_pair_warns_but_succeeds(media, tmp_path, cli, exact_flow):
+    exact_flow["vertical"] = 3.0
+    code, stdout, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", tmp_path, "--json",
+                            "-q", "--npy")
+    assert code == 0, err
+    assert "warning:" in err and "does not look rectified" in err and "Traceback" not in err
+    assert _records(stdout)[0]["vertical_median"] == pytest.approx(3.0)
+
+
+# ----------------------------------------------------------------------------- input forms, tiny model
+
+
+def test_input_forms_and_names(media, tmp_path, cli):
+    out = tmp_path / "out"
+    root = media["root"]
+    code, stdout, err = cli(
+        media["pairs"], root / "cam_left", root / "cam_right", "--weights", media["weights"], "-o", out, "--npy",
+        "--video", "--json", "-q", "--name", "{source}/{stem}",
+    )
+    assert code == 0, err
+    records = _records(stdout)
+    pairs = [r for r in records if r["type"] == "pair"]
+    assert [(r["left"], r["right"]) for r in pairs] == [
+        ("shot0_left", "shot0_right"), ("shot1_left", "shot1_right"),
+        ("0000", "0000"), ("0001", "0001"), ("0002", "0002"),
+    ]
+    assert pairs[0]["outputs"] == {"npy": str(out / "pairs" / "shot0_disp.npy")}
+    assert pairs[2]["outputs"] == {"npy": str(out / media["root"].name / "0000_disp.npy")}
+    assert pairs[2]["inputs"] == [str(root / "cam_left" / "0000.png"), str(root / "cam_right" / "0000.png")]
+    videos = [r for r in records if r["type"] == "video"]
+    assert [v["frames"] for v in videos] == [2, 3]
+    assert read_npy(pairs[0]["outputs"]["npy"]).shape == (H, W)
+
+    out2 = tmp_path / "sbs"
+    code, stdout, err = cli("--sbs", media["sbs"], media["sbs_video"], "--weights", media["weights"], "-o", out2,
+                            "--pfm", "--video", "--json", "-q", "--max-frames", "2")
+    assert code == 0, err
+    records = _records(stdout)
+    assert [(r["type"], r.get("left")) for r in records] == [
+        ("pair", "sbs"), ("pair", "frame_000000"), ("pair", "frame_000001"), ("video", None),
+    ]
+    assert records[1]["outputs"] == {"pfm": str(out2 / "sbs_frame_000000_disp.pfm")}
+    assert records[1]["inputs"] == [f"{media['sbs_video']}#0"] and (records[1]["width"], records[1]["height"]) == (W, H)
+    assert VideoReader(records[3]["outputs"]["video"]).size == (W, H)
+
+    code, stdout, err = cli(media["video_left"], media["video_right"], "--weights", media["weights"], "-o",
+                            tmp_path / "videos", "--npy", "--json", "-q", "--step", "2")
+    assert code == 0, err
+    records = _records(stdout)
+    assert [r["outputs"]["npy"] for r in records] == [
+        str(tmp_path / "videos" / f"walk_frame_{n:06d}_disp.npy") for n in (0, 2)
+    ]
+
+
+def test_left_right_names_pair_up(tmp_path):
+    from flowcli.cli.stereo import _match_folders, _pair_by_tokens, _role
+
+    assert (_role("desk_left").side, _role("desk_left").bare) == ("left", "desk")
+    assert (_role("frame_0001_R").side, _role("frame_0001_R").bare) == ("right", "frame_0001")
+    assert _role("a_left_b").bare == "a_b" and _role("im1").bare == "" and _role("im1").side == "right"
+    assert _role("leftover") is None and _role("0001") is None
+    names = [Path(n) for n in ("x_left.png", "x_right.png", "im0.png", "im1.png", "Y-L.png", "Y-R.png")]
+    assert sorted((a.name, b.name, bare) for a, b, bare in _pair_by_tokens(names)) == [
+        ("Y-L.png", "Y-R.png", "Y"), ("im0.png", "im1.png", ""), ("x_left.png", "x_right.png", "x"),
+    ]
+    assert _pair_by_tokens([Path("x_left.png"), Path("y_right.png")]) is None
+    lefts = [Path("l/a.png"), Path("l/b.png")]
+    with pytest.warns(UserWarning, match="natural order"):
+        pairs = _match_folders(lefts, [Path("r/c.png"), Path("r/d.png")], "l and r")
+    assert [(a.name, b.name) for a, b, _ in pairs] == [("a.png", "c.png"), ("b.png", "d.png")]
+    with pytest.raises(Exception, match="a.png has no right image"):
+        _match_folders(lefts, [Path("r/c.png")], "l and r")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
+    w = ["--weights", media["weights"], "-o", tmp_path / "out", "-q"]
+    cases = [
+        ((media["left"], media["small"]), 2, ("differ in size", "64x48", "40x48")),
+        ((media["left"], media["right"], "--focal", "-100", "--baseline", "0.1"), 2, ("--focal must be a positive",)),
+        ((media["left"], media["right"], "--focal", "100", "--baseline", "0"), 2, ("--baseline must be a positive",)),
+        ((media["left"], media["right"], "--focal", "100"), 2, ("--baseline",)),
+        ((media["left"], media["right"], "--ply"), 2, ("--ply needs a camera",)),
+        ((media["left"], media["right"], "--calib", media["root"] / "nope.json"), 2, ("does not exist",)),
+        ((media["left"], media["right"], media["left"]), 2, ("no partner",)),
+        (("--sbs", media["odd"]), 2, ("odd width",)),
+        ((media["sbs_video"],), 2, ("--sbs",)),
+        ((media["left"], media["right"], "--formats", "pfm,zip"), 3, ("unknown output format 'zip'",)),
+        ((media["left"], media["right"], "--name", "{frame1}"), 3, ("unknown placeholder {frame1}",)),
+    ]
+    for args, expected, needles in cases:
+        code, _, err = cli(*args, *w)
+        _assert_one_line_error(code, err, expected, *needles)
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps({"fx": 451.0, "baseline_meters": 0.075, "width": 640, "height": 480}))
+    code, _, err = cli(media["left"], media["right"], "--calib", calib, *w)
+    _assert_one_line_error(code, err, 2, "640x480", f"{W}x{H}")
+    assert not (tmp_path / "out").exists()
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    (existing / "scene_disp.pfm").write_bytes(b"x")
+    code, _, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", existing, "-q")
+    _assert_one_line_error(code, err, 3, "already exists", "--overwrite")
+
+
+def test_real_process_error_has_no_traceback(media, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", HARNESS, "stereo", str(media["left"]), str(media["right"]), "--focal", "0",
+         "--baseline", "0.1", "-o", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == "error: --focal must be a positive number of pixels, got 0"
