@@ -81,14 +81,21 @@ def main() -> None:
         yaw = res.fit.euler_degrees()[1]
         lm = res.landmarks68[:, :2]
         norm = math.sqrt(float(np.prod(gt.max(0) - gt.min(0))))
-        rows.append({
-            "image": path.name, "yaw_gt": yaw_gt, "yaw": yaw, "yaw_error": abs(yaw - yaw_gt),
-            "nme": nme(lm, gt),
-            "nme_inner": float(np.linalg.norm(lm[17:] - gt[17:], axis=1).mean() / norm),
-            "nme_jaw": float(np.linalg.norm(lm[:17] - gt[:17], axis=1).mean() / norm),
-            "nme_mediapipe": nme(res.landmarks468[MP_TO_68, :2], gt), "seconds": seconds,
-            "_vertices": res.vertices[:, :2], "_gt": gt,
-        })
+        rows.append(
+            {
+                "image": path.name,
+                "yaw_gt": yaw_gt,
+                "yaw": yaw,
+                "yaw_error": abs(yaw - yaw_gt),
+                "nme": nme(lm, gt),
+                "nme_inner": float(np.linalg.norm(lm[17:] - gt[17:], axis=1).mean() / norm),
+                "nme_jaw": float(np.linalg.norm(lm[:17] - gt[:17], axis=1).mean() / norm),
+                "nme_mediapipe": nme(res.landmarks468[MP_TO_68, :2], gt),
+                "seconds": seconds,
+                "_vertices": res.vertices[:, :2],
+                "_gt": gt,
+            }
+        )
     yaws = [r["yaw_gt"] for r in rows]
     summary = {
         "images": len(rows),
@@ -111,8 +118,10 @@ def main() -> None:
         print(json.dumps({"summary": summary, "images": rows}, indent=1))
         return
     for r in rows:
-        print(f"{r['image']}: yaw {r['yaw_gt']:6.1f} (fit {r['yaw']:6.1f})  NME fitted {100 * r['nme']:.2f}%  "
-              f"(inner {100 * r['nme_inner']:.2f}%, jaw {100 * r['nme_jaw']:.2f}%)  MediaPipe {100 * r['nme_mediapipe']:.2f}%  {r['seconds']:.2f}s")
+        print(
+            f"{r['image']}: yaw {r['yaw_gt']:6.1f} (fit {r['yaw']:6.1f})  NME fitted {100 * r['nme']:.2f}%  "
+            f"(inner {100 * r['nme_inner']:.2f}%, jaw {100 * r['nme_jaw']:.2f}%)  MediaPipe {100 * r['nme_mediapipe']:.2f}%  {r['seconds']:.2f}s"
+        )
     print(json.dumps(summary, indent=1))
 
 

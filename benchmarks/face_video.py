@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=None)
     parser.add_argument("--smooth", type=float, default=None, help="VideoOptions.smooth_weight")
     parser.add_argument("--census", type=float, default=None, help="VideoOptions.census_weight")
+    parser.add_argument("--flow", action="store_true", help="add the optical-flow term (flowcli.inference)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -37,7 +38,15 @@ def main() -> None:
     from flowcli.face.assets import FaceAssets
     from flowcli.face.media import VideoReader
     from flowcli.face.pipeline import FacePipeline, NoFaceError
-    from flowcli.face.video import VideoOptions, census_consistency, fit_video, landmark_jitter, small_gray
+    from flowcli.face.video import (
+        VideoOptions,
+        census_consistency,
+        fit_video,
+        flow_function,
+        landmark_jitter,
+        small_flow,
+        small_gray,
+    )
 
     video = args.video or args.data / "video" / "obama.mp4"
     pipe = FacePipeline(FaceAssets.locate(args.data))
@@ -70,8 +79,17 @@ def main() -> None:
         gray, zoom = small_gray(frame, options.max_side)
         grays.append(gray)
     t_track = (time.perf_counter() - t0) / len(frames)
+    flows, t_flow = None, 0.0
+    if args.flow:
+        flow_fn = flow_function()
+        if flow_fn is None:
+            raise SystemExit("flowcli.inference (or its weights) is unavailable")
+        t0 = time.perf_counter()
+        size = tuple(grays[0].shape[-2:])
+        flows = [small_flow(flow_fn(a, b), zoom, size) for a, b in zip(frames[:-1], frames[1:])]
+        t_flow = (time.perf_counter() - t0) / len(frames)
     t0 = time.perf_counter()
-    fits = fit_video(pipe.fitter, points, grays, zoom, None, options)
+    fits = fit_video(pipe.fitter, points, grays, zoom, flows, options)
     t_fit = (time.perf_counter() - t0) / len(frames)
     joint = [None if f is None else pipe.fitter.landmarks68(f)[:, :2] for f in fits]
 
@@ -91,7 +109,10 @@ def main() -> None:
         "seconds_per_frame_independent": t_independent,
         "seconds_per_frame_video_tracking": t_track,
         "seconds_per_frame_video_fit": t_fit,
-        "options": {k: getattr(options, k) for k in ("smooth_weight", "exp_smooth_weight", "census_weight", "steps", "window")},
+        "seconds_per_frame_flow": t_flow,
+        "options": {
+            k: getattr(options, k) for k in ("smooth_weight", "exp_smooth_weight", "census_weight", "steps", "window")
+        },
         "load_average": os.getloadavg()[0],
     }
     if contiguous:

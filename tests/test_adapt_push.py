@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer, _HubHandler, commit_for  # noqa: E402
+from hub_server import HubServer, _HubHandler, commit_for
 
 TOKEN = "hf_test_write_token"
 
@@ -38,7 +38,9 @@ class _UploadHandler(_HubHandler):
             data = json.loads(body)
             repo_id = f"{data['organization']}/{data['name']}"
             if repo_id in self.hub.repos:
-                return self._json(409, {"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"})
+                return self._json(
+                    409, {"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"}
+                )
             self.hub.repos[repo_id] = {}
             self.hub.created.append((repo_id, data.get("visibility")))
             return self._json(200, {"url": f"{self.hub.url}/{repo_id}"})
@@ -80,7 +82,7 @@ class UploadHubServer(HubServer):
         self.auth_headers: list = []
         self.require_token = True
 
-    def start(self) -> "UploadHubServer":
+    def start(self) -> UploadHubServer:
         import threading
         from http.server import ThreadingHTTPServer
 
@@ -132,8 +134,14 @@ def checkpoint(tmp_path_factory) -> Path:
         pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,)
     )
     path = tmp_path_factory.mktemp("push") / "adapted.safetensors"
-    provenance = {"trained_by": "flowcli adapt", "steps": 20, "base_weights": {"spec": "tiny", "sha256": "0" * 64},
-                  "footage": {"fingerprint": "ab" * 32}, "heldout_after": {"photo": 0.1}, "date": "2026-01-01"}  # fmt: skip
+    provenance = {
+        "trained_by": "flowcli adapt",
+        "steps": 20,
+        "base_weights": {"spec": "tiny", "sha256": "0" * 64},
+        "footage": {"fingerprint": "ab" * 32},
+        "heldout_after": {"photo": 0.1},
+        "date": "2026-01-01",
+    }
     save_checkpoint(FlowNet(config), path, provenance=provenance)
     return path
 

@@ -8,7 +8,15 @@ import pytest
 from flowcli.face.geometry import euler_to_rotation, project, rotation_angle_deg
 
 FACE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "face"
-pytestmark = pytest.mark.skipif(not (FACE / "ict-facekit" / "ict_face_region.npz").is_file(), reason="shared face data not present")
+pytestmark = pytest.mark.skipif(
+    not (FACE / "ict-facekit" / "ict_face_region.npz").is_file(), reason="shared face data not present"
+)
+
+
+def _cache(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "flowcli-face-cache"  # shared by the face test modules
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +25,7 @@ def fitter(tmp_path_factory):
     from flowcli.face.fit import FaceFitter, FitOptions
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLOWCLI_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("FLOWCLI_CACHE", str(_cache(tmp_path_factory)))
         model = FaceAssets.locate(FACE).model()
     # noise-free data: weak priors, so the solution is the truth rather than a shrunk estimate
     return FaceFitter(model, FitOptions(id_reg=1e-4, exp_reg=1e-5, alternations=8, refine_steps=0))
@@ -77,7 +85,7 @@ def test_video_terms_batch(fitter):
     rng = np.random.default_rng(0)
     seq = [points + np.r_[rng.normal(0, 1.5, 2), 0.0] for _ in range(6)]
     seq[3] = None  # a frame without a face splits the clip
-    fits = fit_video(fitter, seq, options=VideoOptions(steps=10, census_weight=0.0))
+    fits = fit_video(fitter, seq, options=VideoOptions(steps=6, census_weight=0.0))
     assert fits[3] is None and all(f is not None for i, f in enumerate(fits) if i != 3)
     np.testing.assert_allclose(fits[0].id_coeffs, fits[5].id_coeffs, atol=1e-5)
     assert landmark_jitter(np.zeros((5, 68, 2))) == 0.0
@@ -87,7 +95,13 @@ def test_census_and_flow_terms(fitter):
     """Census and flow terms: finite, differentiable, and zero flow with a static textured face is a fixed point."""
     import torch
 
-    from flowcli.face.video import VideoOptions, VideoTerms, fit_video, small_flow, small_gray
+    from flowcli.face.video import (
+        VideoOptions,
+        VideoTerms,
+        fit_video,
+        small_flow,
+        small_gray,
+    )
 
     _, _, _, _, _, points = synthetic(fitter, 4)
     rng = np.random.default_rng(0)
@@ -96,15 +110,21 @@ def test_census_and_flow_terms(fitter):
     assert gray.shape == (1, 240, 320) and abs(zoom - 0.5) < 1e-9
     flow = small_flow(np.zeros((2, 480, 640)), zoom, (240, 320))
     seq = [points] * 4
-    options = VideoOptions(steps=8, census_weight=1.0, flow_weight=1.0)
+    options = VideoOptions(steps=5, census_weight=1.0, flow_weight=1.0)
     fits = fit_video(fitter, seq, [gray] * 4, zoom, [flow] * 3, options)
     first = fits[0]
     for f in fits[1:]:  # identical frames stay identical
         assert np.abs(f.rotation - first.rotation).max() < 1e-3
     terms = VideoTerms(fitter, options, torch.stack([gray] * 3), zoom, [flow] * 2)
     rot = torch.eye(3, dtype=torch.float32).repeat(3, 1, 1).requires_grad_()
-    state = dict(rot=rot, cr=torch.diag(torch.tensor([1.0, -1.0, -1.0])) @ rot, scale=torch.full((3,), 10.0),
-                 ident=torch.zeros(3, 100), exp=torch.zeros(3, 57), offset=torch.tensor([[32.0, 24.0, 0.0]] * 3))
+    state = dict(
+        rot=rot,
+        cr=torch.diag(torch.tensor([1.0, -1.0, -1.0])) @ rot,
+        scale=torch.full((3,), 10.0),
+        ident=torch.zeros(3, 100),
+        exp=torch.zeros(3, 57),
+        offset=torch.tensor([[32.0, 24.0, 0.0]] * 3),
+    )
     loss = terms(state)
     loss.backward()
     assert torch.isfinite(loss) and rot.grad is not None

@@ -12,6 +12,12 @@ ICT = FACE / "ict-facekit"
 pytestmark = pytest.mark.skipif(not (ICT / "ict_face_region.npz").is_file(), reason="shared face data not present")
 
 
+def _cache(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "flowcli-face-cache"  # shared by the face test modules
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def reference():
     with np.load(ICT / "ict_face_region.npz") as data:
@@ -23,7 +29,7 @@ def model(tmp_path_factory):
     from flowcli.face.assets import FaceAssets
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLOWCLI_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("FLOWCLI_CACHE", str(_cache(tmp_path_factory)))
         return FaceAssets.locate(FACE).model()
 
 
@@ -60,7 +66,9 @@ def test_user_model_loader(tmp_path, reference, model):
     from flowcli.face.model import load_face_model
 
     bare = tmp_path / "mine.npz"
-    np.savez(bare, mean=reference["mean"], id=reference["id"][:10], exp=reference["exp"], exp_names=reference["exp_names"])
+    np.savez(
+        bare, mean=reference["mean"], id=reference["id"][:10], exp=reference["exp"], exp_names=reference["exp_names"]
+    )
     mine = load_user_model(bare, ICT / "FaceXModel" / "generic_neutral_mesh.obj")
     assert mine.id_basis.shape[0] == 10 and mine.triangles.shape == model.triangles.shape
     broken = tmp_path / "broken.npz"

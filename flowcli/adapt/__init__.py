@@ -9,4 +9,4 @@ slice, fingerprint), `report` (before/after metrics), `trainer` (`adapt(AdaptCon
 from flowcli.adapt.losses import LossWeights, adapt_loss
 from flowcli.adapt.trainer import AdaptConfig, adapt
 
-__all__ = ["AdaptConfig", "adapt", "LossWeights", "adapt_loss"]
+__all__ = ["AdaptConfig", "LossWeights", "adapt", "adapt_loss"]

@@ -70,7 +70,7 @@ class Footage:
         span = (length - 1) * step
         out = []
         for s, seq in enumerate(self.sequences):
-            for start in range(0, len(seq) - span):
+            for start in range(len(seq) - span):
                 indices = [start + k * step for k in range(length)]
                 sizes = [seq.sizes[i] for i in indices]
                 if any(size is None for size in sizes):
@@ -164,7 +164,9 @@ class Footage:
                     digest.update(f"{path.name}\0{_file_size(path)}\0".encode())
                     files.append(path)
         if files:
-            picks = sorted({round(i * (len(files) - 1) / max(1, FINGERPRINT_SAMPLES - 1)) for i in range(FINGERPRINT_SAMPLES)})
+            picks = sorted(
+                {round(i * (len(files) - 1) / max(1, FINGERPRINT_SAMPLES - 1)) for i in range(FINGERPRINT_SAMPLES)}
+            )
             for i in picks:
                 try:
                     digest.update(files[i].read_bytes())
@@ -221,7 +223,9 @@ def _image_sequence(paths: list[Path], label: str, source: str, skipped: list[st
     return Sequence(label=label, frames=list(paths), sizes=sizes, source=source)
 
 
-def _walk(folder: Path, root: Path, source: str, skipped: list[str], cache_dir: Path | None, max_frames) -> list[Sequence]:
+def _walk(
+    folder: Path, root: Path, source: str, skipped: list[str], cache_dir: Path | None, max_frames
+) -> list[Sequence]:
     entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=media.natural_sort_key)
     images = [p for p in entries if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES]
     videos = [p for p in entries if p.is_file() and media.is_video(p)]
@@ -291,20 +295,34 @@ def scan_footage(
     sequences: list[Sequence] = []
     stereo_sources = _stereo_sources(sources) if stereo else None
     for source in stereo_sources or sources:
-        found = _stereo_source(source, skipped, max_frames) if stereo else _mono_source(source, skipped, cache_dir, max_frames)
-        label = source if isinstance(source, str) else " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
+        found = (
+            _stereo_source(source, skipped, max_frames)
+            if stereo
+            else _mono_source(source, skipped, cache_dir, max_frames)
+        )
+        label = (
+            source
+            if isinstance(source, str)
+            else " + ".join(map(str, source))
+            if isinstance(source, tuple)
+            else str(source)
+        )
         readable = [sum(size is not None for size in seq.sizes) for seq in found]
         if not found or max(readable) < min_frames:
             frames = max((len(seq) for seq in found), default=0)
-            what = "stereo pairs" if stereo else "frames"
-            detail = f"{frames} {what}" + (f", {frames - max(readable)} unreadable" if found and max(readable) < frames else "")
+            what = "stereo pair(s)" if stereo else "frame(s)"
+            detail = f"{frames} {what}" + (
+                f", {frames - max(readable)} unreadable" if found and max(readable) < frames else ""
+            )
             raise InputError(
                 f"{label}: {detail}; adaptation needs at least {min_frames} readable {what} in a sequence"
                 + (" (--temporal needs 3)" if min_frames == 3 and not stereo else "")
             )
         sequences.extend(found)
     if skipped:
-        shown = ", ".join(Path(p).name for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        shown = ", ".join(Path(p).name for p in skipped[:3]) + (
+            f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        )
         warn(f"skipping {len(skipped)} unreadable frame(s) ({shown}) and the pairs that need them")
     for seq in sequences:
         for size, frame in zip(seq.sizes, seq.frames):
@@ -340,6 +358,7 @@ _LEFT_TOKEN = re.compile(r"(left|Left|LEFT|_l\b|_L\b)")
 def _stereo_sources(sources) -> list:
     """Two folders of images given together are one left/right source; anything else stays itself."""
     paths = [Path(str(s)).expanduser() for s in sources]
+
     def plain_folder(p: Path) -> bool:  # images, none of them named as one side of a pair
         images = _images(p) if p.is_dir() else []
         return bool(images) and not any(_LEFT_TOKEN.search(i.stem) for i in images)
@@ -351,7 +370,11 @@ def _stereo_sources(sources) -> list:
 
 def _images(folder: Path) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES and not p.name.startswith(".")),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES and not p.name.startswith(".")
+        ),
         key=media.natural_sort_key,
     )
 
@@ -425,7 +448,11 @@ def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
                         break
     if pairs:
         return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
-    scenes = [d for d in sorted(path.iterdir(), key=media.natural_sort_key) if (d / "im0.png").is_file() and (d / "im1.png").is_file()]
+    scenes = [
+        d
+        for d in sorted(path.iterdir(), key=media.natural_sort_key)
+        if (d / "im0.png").is_file() and (d / "im1.png").is_file()
+    ]
     if scenes:
         pairs = [(d / "im0.png", d / "im1.png") for d in scenes]
         return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]

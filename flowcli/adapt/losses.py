@@ -174,9 +174,7 @@ def quadrilateral_residual(
     w_l(p) + s_{t+1}(p + w_l(p)) - s_t(p) - w_r(p + s_t(p)) = 0, with s = (-d, 0) the left->right
     stereo flow; componentwise u_r - u_l = (-d_{t+1}) - (-d_t) and v_r - v_l = 0.
     """
-    return (
-        flow_left + backward_warp(stereo_t1, flow_left) - stereo_t - backward_warp(flow_right, stereo_t)
-    )
+    return flow_left + backward_warp(stereo_t1, flow_left) - stereo_t - backward_warp(flow_right, stereo_t)
 
 
 def triangle_residual(cross: torch.Tensor, flow_left: torch.Tensor, stereo_t1: torch.Tensor) -> torch.Tensor:
@@ -230,7 +228,9 @@ def _resize_mask(mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tens
     return 1.0 - F.adaptive_max_pool2d(1.0 - mask.float(), size)
 
 
-def _scale_flows(forward: FlowOutput, backward: FlowOutput, weights: LossWeights) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+def _scale_flows(
+    forward: FlowOutput, backward: FlowOutput, weights: LossWeights
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     out = []
     for scale in weights.scales:
         if scale == 0:

@@ -3,7 +3,9 @@ and, when a labeled copy is named (`--gt DATASET:ROOT`), the benchmark metrics o
 
 Held-out metrics (means over the held-out tuples, full-resolution frames, `estimate_flow` with
 forward-backward occlusion):
-  photo       photometric error (census + SSIM + L1, the training weights) over non-occluded pixels
+  photo       photometric error (census + SSIM + L1 with the default LossWeights, whatever the run
+              trained with, so runs compare) over non-occluded pixels
+              (pairs where under 1 % is visible are left out; None if that is every pair)
   photo_all   the same over every pixel whose match stays in the frame (cannot be gamed by
               declaring pixels occluded)
   occ         fraction of pixels the forward-backward check calls occluded
@@ -32,7 +34,7 @@ def heldout_metrics(
     tuples: list[tuple[int, int]],
     *,
     step: int,
-    weights: LossWeights,
+    weights: LossWeights | None = None,
     precision: str = "fp32",
     max_pixels: int | None = None,
 ) -> dict[str, float]:
@@ -41,30 +43,40 @@ def heldout_metrics(
 
     if not tuples:
         return {}
+    weights = weights or LossWeights()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     try:
         for seq, start in tuples:
-            frames = footage.load(seq, start, 1 if footage.stereo else 2, step)
+            try:
+                frames = footage.load(seq, start, 1 if footage.stereo else 2, step)
+            except InputError:  # a frame that passed the header check but does not decode: warned elsewhere
+                continue
             image1, image2 = frames[0][None].to(device), frames[1][None].to(device)
             result = estimate_flow(model, image1, image2, occlusion=True, precision=precision, max_pixels=max_pixels)
             flow = result.forward
             error = photometric_error(image1, backward_warp(image2, flow), weights)
             visible = 1.0 - result.occlusion
             row = {
-                "photo": float(masked_mean(error, visible)),
+                # undefined (skipped) where the check leaves (almost) nothing visible
+                "photo": float(masked_mean(error, visible)) if float(visible.mean()) >= 0.01 else None,
                 "photo_all": float(masked_mean(error, ~out_of_frame(flow))),
                 "occ": float(result.occlusion.mean()),
             }
             if footage.stereo:
                 row["vertical"] = float(flow[:, 1].abs().mean())
             for key, value in row.items():
-                sums[key] = sums.get(key, 0.0) + value
+                if value is not None:
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
     finally:
         model.train(was_training)
-    return {key: round(value / len(tuples), 5) for key, value in sums.items()}
+    order = ("photo", "photo_all", "occ", "vertical")
+    return {key: round(sums[key] / counts[key], 5) if key in sums else None for key in order if key in sums or
+            (key == "photo" and sums)}  # fmt: skip
 
 
 def parse_gt(specs: list[str]) -> list[tuple[str, str]]:
@@ -96,7 +108,9 @@ def gt_metrics(
     out = {}
     try:
         for name, root in datasets:
-            report = evaluate(model, name, root, device=device, progress=False, precision=precision, max_pixels=max_pixels)
+            report = evaluate(
+                model, name, root, device=device, progress=False, precision=precision, max_pixels=max_pixels
+            )
             out[name] = {
                 k: round(float(v), 4) for k, v in report.mean.items()
                 if k in GT_KEYS and isinstance(v, (int, float)) and not math.isnan(float(v))

@@ -38,7 +38,7 @@ def slic(image: torch.Tensor, segments: int = 100, compactness: float = 10.0, it
         for dx in (-1, 0, 1):
             ny, nx = cy + dy, cx + dx
             ok = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
-            candidates.append((ny.clamp(0, gh - 1) * gw + nx.clamp(0, gw - 1)))
+            candidates.append(ny.clamp(0, gh - 1) * gw + nx.clamp(0, gw - 1))
             valid.append(ok)
     candidates = torch.stack(candidates, dim=-1).view(-1, 9)  # [N, 9] cell indices around each pixel
     invalid = ~torch.stack(valid, dim=-1).view(-1, 9)

@@ -43,7 +43,11 @@ def _unflip(flow: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ensemble_flow(
-    teachers: list[torch.nn.Module], first: torch.Tensor, second: torch.Tensor, *, flip: bool = False,
+    teachers: list[torch.nn.Module],
+    first: torch.Tensor,
+    second: torch.Tensor,
+    *,
+    flip: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean flow [B, 2, H, W], disagreement [B, 1, H, W] bool) of the members on first -> second."""

@@ -20,21 +20,28 @@ DistributedDataParallel with the pairs sharded by torch's DistributedSampler.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from flowcli.adapt.footage import Footage, scan_footage
-from flowcli.adapt.losses import LossWeights, PairFlows, StereoVideo, adapt_loss, fb_occlusion
+from flowcli.adapt.losses import (
+    LossWeights,
+    PairFlows,
+    StereoVideo,
+    adapt_loss,
+    fb_occlusion,
+)
 from flowcli.adapt.report import gt_metrics, heldout_metrics, parse_gt
 from flowcli.adapt.teacher import freeze, teacher_predictions
 from flowcli.adapt.transforms import (
@@ -178,7 +185,8 @@ def _init_distributed(device_spec: str) -> tuple[_Dist, torch.device]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_spec in ("auto", "cuda")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # rank 0 alone measures the model before and after training while the others wait: allow for it
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
     if use_cuda:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
@@ -387,8 +395,6 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     `callback(step, record)` is called after every step (tests raise KeyboardInterrupt from it to
     simulate Ctrl-C). Raises InputError / OutputError / WeightsError for what the user can fix.
     """
-    from flowcli.models import DEFAULT_MODEL, load_model
-    from flowcli.registry import resolve, sha256_file
 
     if cfg.steps is not None and cfg.minutes is not None:
         raise InputError("give either --steps or --minutes as the budget, not both")
@@ -413,14 +419,31 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     state_path = workdir / "state.pt"
     if cfg.restart and ctx.main:
         state_path.unlink(missing_ok=True)
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, callback)
+    except BaseException:
+        if created and ctx.main and not state_path.exists():  # nothing to resume: leave no trace
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, callback) -> dict:
+    from flowcli.models import DEFAULT_MODEL, load_model
+    from flowcli.registry import resolve, sha256_file
+
     started = time.time()
 
     length = cfg.tuple_length
+    if not ctx.main:
+        _barrier(ctx)  # rank 0 scans first: it decodes videos into the shared cache
     footage = scan_footage(
         cfg.sources, stereo=cfg.stereo, cache_dir=workdir / "cache", max_frames=cfg.max_frames,
         min_frames=length,
     )  # fmt: skip
+    if ctx.main:
+        _barrier(ctx)
     tuples = footage.tuples(length, cfg.step)
     if not tuples:
         what = "stereo pairs" if cfg.stereo else f"{length}-frame tuples"
@@ -439,7 +462,7 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     model = load_model(base_spec, device=device, offline=cfg.offline)
     multiple = model.config.size_multiple
     min_h, min_w = footage.min_size()
-    crop = (min(cfg.crop[0], _floor_to(min_h, multiple)), min(cfg.crop[1], _floor_to(min_w, multiple)))
+    crop = (_floor_to(min(cfg.crop[0], min_h), multiple), _floor_to(min(cfg.crop[1], min_w), multiple))
     if crop[0] < multiple or crop[1] < multiple:
         raise InputError(f"the smallest frames are {min_w}x{min_h}; this model needs at least {multiple}x{multiple}")
     if crop != (_floor_to(cfg.crop[0], multiple), _floor_to(cfg.crop[1], multiple)) and ctx.main:
@@ -485,11 +508,13 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
 
     if not before and ctx.main:
         t0 = time.time()
-        before = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step, weights=weights,
+        before = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
                                              precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
         if gt_sets:
             before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["seconds"] = round(time.time() - t0, 2)
+
+    fingerprint, base_sha256 = footage.fingerprint(), sha256_file(base_path)
 
     def provenance(final: bool, after: dict | None = None) -> dict:
         recent = history[-50:]
@@ -500,17 +525,27 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
                     losses[key] = losses.get(key, 0.0) + value / len(recent)
         return {
             "trained_by": "flowcli adapt",
-            "base_weights": {"spec": base_spec, "sha256": sha256_file(base_path)},
-            "footage": {**footage.summary(), "fingerprint": footage.fingerprint(), "train_tuples": len(train),
-                        "heldout_tuples": len(held), "step": cfg.step},  # fmt: skip
-            "mode": ("stereo" if cfg.stereo else "flow") + (" video" if cfg.temporal and cfg.stereo else "")
+            "base_weights": {"spec": base_spec, "sha256": base_sha256},
+            "footage": {
+                **footage.summary(),
+                "fingerprint": fingerprint,
+                "train_tuples": len(train),
+                "heldout_tuples": len(held),
+                "step": cfg.step,
+            },
+            "mode": ("stereo" if cfg.stereo else "flow")
+            + (" video" if cfg.temporal and cfg.stereo else "")
             + (" triplets" if cfg.temporal and not cfg.stereo else ""),
             "steps": step,
-            "stages": {"photometric": min(step, plan.stage1 or step), "distillation": max(0, step - (plan.stage1 or step))},
+            "stages": {
+                "photometric": min(step, plan.stage1 or step),
+                "distillation": max(0, step - (plan.stage1 or step)),
+            },
             "complete": final,
             "losses": {k: round(v, 5) for k, v in losses.items()},
             "teachers": (["stage-1 snapshot", *cfg.teachers] + (["flipped inputs"] if cfg.teacher_flip else []))
-            if plan.stage1 is not None and plan.total is not None and plan.stage1 < plan.total else [],
+            if plan.stage1 is not None and plan.total is not None and plan.stage1 < plan.total
+            else [],
             "heldout_before": before.get("heldout"),
             "heldout_after": (after or {}).get("heldout"),
             "gt_before": before.get("gt"),
@@ -544,7 +579,7 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     workers = cfg.workers if cfg.workers is not None else (min(4, max(0, (os.cpu_count() or 1) // ctx.world - 1))
                                                            if device.type == "cuda" else 0)  # fmt: skip
     dataset = StepBatches(footage, train, plan, cfg, ctx)
-    teachers_all = lambda: [teacher, *extra_teachers]  # noqa: E731
+    teachers_all = lambda: [teacher, *extra_teachers]
     calibration = None  # (time, step) when the minutes budget started being measured
     try:
         with progress(quiet or not ctx.main) as bar:
@@ -587,17 +622,21 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
                     calibration = calibration or (started, 0)
                     t0, s0 = calibration
                     per_step = (time.time() - t0) / max(1, step - s0)
-                    if ctx.world > 1:
-                        t = torch.tensor([per_step], device=device)
-                        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                        per_step = float(t)
                     spent = elapsed_before + time.time() - started
                     remaining = cfg.minutes * 60 - spent - before.get("seconds", 0.0)  # the final report costs as much
                     plan.total = max(step, step + int(remaining / max(per_step, 1e-6)))
-                    plan.stage1 = plan_stages(plan.total, len(train), batch_world, cfg)
+                    if ctx.world > 1:  # every rank must run the same number of steps: rank 0 decides
+                        t = torch.tensor([plan.total], device=device, dtype=torch.int64)
+                        dist.broadcast(t, src=0)
+                        plan.total = int(t)
+                    plan.stage1 = max(
+                        plan_stages(plan.total, len(train), batch_world, cfg), step
+                    )  # calibration was stage 1
                     bar.update(task, total=plan.total)
                     if ctx.main:
-                        stderr.print(f"{per_step:.2f} s/step: the {cfg.minutes:g}-minute budget allows {plan.total} steps")
+                        stderr.print(
+                            f"{per_step:.2f} s/step: the {cfg.minutes:g}-minute budget allows {plan.total} steps"
+                        )
                     save_state()
     except KeyboardInterrupt:
         save_state()
@@ -608,7 +647,7 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
 
     result: dict = {"output": str(output), "steps": step, "stages": {"photometric": plan.stage1, "total": plan.total}}
     if ctx.main:
-        after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step, weights=weights,
+        after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
                                             precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
         if gt_sets:
             after["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from flowcli.adapt.superpixels import slic
-from flowcli.ops.warp import backward_warp, normalized_grid, out_of_frame, pixel_grid
+from flowcli.ops.warp import backward_warp, out_of_frame, pixel_grid
 
 
 @dataclass
@@ -91,7 +91,9 @@ def sample_view(
         need = max(((cw - 1) * c + (ch - 1) * s) / max(ww - 1, 1), ((cw - 1) * s + (ch - 1) * c) / max(wh - 1, 1))
         lo, hi = max(need, cfg.zoom[0]), max(need, cfg.zoom[1])
         zoom = math.exp(_uniform(gen, math.log(lo), math.log(hi)))
-        rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
+        rot = torch.tensor(
+            [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64
+        )
         linear = rot @ torch.diag(torch.tensor([-1.0 if flip else 1.0, 1.0], dtype=torch.float64)) / zoom
         corners = torch.tensor([[0, 0], [cw - 1, 0], [0, ch - 1], [cw - 1, ch - 1]], dtype=torch.float64)
         mapped = corners @ linear.T
@@ -104,15 +106,19 @@ def sample_view(
         ty = float(torch.randint(wh - ch + 1, (1,), generator=gen))
     theta = torch.cat((linear, torch.tensor([[tx], [ty]], dtype=torch.float64)), dim=1).float()
     colour_on = float(torch.rand((), generator=gen)) < cfg.colour
-    colour = torch.tensor(
-        [
-            _uniform(gen, -0.1, 0.1),
-            math.exp(_uniform(gen, -0.3, 0.3)),
-            _uniform(gen, 0.6, 1.4),
-            math.exp(_uniform(gen, -0.25, 0.25)),
-            _uniform(gen, 0.0, 0.03),
-        ]
-    ) if colour_on else torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0])
+    colour = (
+        torch.tensor(
+            [
+                _uniform(gen, -0.1, 0.1),
+                math.exp(_uniform(gen, -0.3, 0.3)),
+                _uniform(gen, 0.6, 1.4),
+                math.exp(_uniform(gen, -0.25, 0.25)),
+                _uniform(gen, 0.0, 0.03),
+            ]
+        )
+        if colour_on
+        else torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0])
+    )
     superpixel = float(torch.rand((), generator=gen)) < cfg.superpixel
     grid = superpixel_grid(crop, cfg.superpixel_segments)
     return {
@@ -147,7 +153,10 @@ def _student_grid(theta: torch.Tensor, crop: tuple[int, int], window: tuple[int,
 
 
 def _sample(x: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    return F.grid_sample(x, normalized_grid(coords).to(x.dtype), mode=mode, padding_mode="border", align_corners=True)
+    """x [B, C, H, W] sampled at pixel coordinates [B, 2, h, w] of x (any h, w)."""
+    h, w = x.shape[-2:]
+    grid = torch.stack((coords[:, 0] * (2.0 / max(w - 1, 1)) - 1.0, coords[:, 1] * (2.0 / max(h - 1, 1)) - 1.0), dim=-1)
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=True)
 
 
 def _apply_colour(frames: torch.Tensor, colour: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

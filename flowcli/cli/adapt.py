@@ -87,91 +87,165 @@ def adapt_command(
         list[str], typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", show_default=False)
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="The adapted checkpoint (.safetensors).", rich_help_panel=_OUT,
-                           show_default=False)
+        Path,
+        typer.Option(
+            "--output", "-o", help="The adapted checkpoint (.safetensors).", rich_help_panel=_OUT, show_default=False
+        ),
     ],
     weights: Annotated[
         Optional[str],
-        typer.Option("--weights", "-w", help="Base model: registry name, checkpoint file, hf://OWNER/REPO/FILE or URL. "
-                     "Default: the registry default model.", rich_help_panel=_MODEL, show_default=False),
+        typer.Option(
+            "--weights",
+            "-w",
+            help="Base model: registry name, checkpoint file, hf://OWNER/REPO/FILE or URL. "
+            "Default: the registry default model.",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
     ] = None,
     steps: Annotated[
-        Optional[int], typer.Option("--steps", help="Budget in optimiser steps (default 2000 without --minutes).",
-                                    rich_help_panel=_TRAIN, show_default=False)
+        Optional[int],
+        typer.Option(
+            "--steps",
+            help="Budget in optimiser steps (default 2000 without --minutes).",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
     ] = None,
     minutes: Annotated[
-        Optional[float], typer.Option("--minutes", help="Budget in wall-clock minutes (report included).",
-                                      rich_help_panel=_TRAIN, show_default=False)
+        Optional[float],
+        typer.Option(
+            "--minutes",
+            help="Budget in wall-clock minutes (report included).",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
     ] = None,
     step: Annotated[int, typer.Option("--step", help="Frame gap within a pair.", rich_help_panel=_DATA)] = 1,
     temporal: Annotated[
-        bool, typer.Option("--temporal", help="Triplets with temporal consistency (SelFlow); with --stereo: a stereo "
-                           "video with Flow2Stereo's constraints.", rich_help_panel=_DATA)
+        bool,
+        typer.Option(
+            "--temporal",
+            help="Triplets with temporal consistency (SelFlow); with --stereo: a stereo "
+            "video with Flow2Stereo's constraints.",
+            rich_help_panel=_DATA,
+        ),
     ] = False,
-    stereo: Annotated[bool, typer.Option("--stereo", help="Rectified left/right pairs.", rich_help_panel=_DATA)] = False,
+    stereo: Annotated[
+        bool, typer.Option("--stereo", help="Rectified left/right pairs.", rich_help_panel=_DATA)
+    ] = False,
     vertical: Annotated[
-        str, typer.Option("--vertical", help="Stereo: 'penalty' (|v| loss) or 'zero' (also warp with u only).",
-                          rich_help_panel=_DATA)
+        str,
+        typer.Option(
+            "--vertical", help="Stereo: 'penalty' (|v| loss) or 'zero' (also warp with u only).", rich_help_panel=_DATA
+        ),
     ] = "penalty",
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of each sequence held out for the report.",
-                            rich_help_panel=_DATA)
+        float,
+        typer.Option("--val-fraction", help="Share of each sequence held out for the report.", rich_help_panel=_DATA),
     ] = 0.1,
     max_frames: Annotated[
-        Optional[int], typer.Option("--max-frames", help="Use at most N frames (pairs with --stereo) per source.",
-                                    rich_help_panel=_DATA, show_default=False)
+        Optional[int],
+        typer.Option(
+            "--max-frames",
+            help="Use at most N frames (pairs with --stereo) per source.",
+            rich_help_panel=_DATA,
+            show_default=False,
+        ),
     ] = None,
     gt: Annotated[
         Optional[list[str]],
-        typer.Option("--gt", help="DATASET:ROOT of a labeled copy (sintel, sintel-clean, sintel-final, kitti2015, "
-                     "kitti2012, chairs, middlebury, middlebury-stereo, kitti-stereo): EPE before/after in the "
-                     "report. Repeatable.", rich_help_panel=_OUT, show_default=False),
+        typer.Option(
+            "--gt",
+            help="DATASET:ROOT of a labeled copy (sintel, sintel-clean, sintel-final, kitti2015, "
+            "kitti2012, chairs, middlebury, middlebury-stereo, kitti-stereo): EPE before/after in the "
+            "report. Repeatable.",
+            rich_help_panel=_OUT,
+            show_default=False,
+        ),
     ] = None,
     teacher: Annotated[
         Optional[list[str]],
-        typer.Option("--teacher", help="Extra teacher checkpoint for the distillation ensemble. Repeatable.",
-                     rich_help_panel=_TRAIN, show_default=False),
+        typer.Option(
+            "--teacher",
+            help="Extra teacher checkpoint for the distillation ensemble. Repeatable.",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
     ] = None,
     teacher_flip: Annotated[
-        bool, typer.Option("--teacher-flip", help="Add the teachers' predictions on flipped frames to the ensemble.",
-                           rich_help_panel=_TRAIN)
+        bool,
+        typer.Option(
+            "--teacher-flip",
+            help="Add the teachers' predictions on flipped frames to the ensemble.",
+            rich_help_panel=_TRAIN,
+        ),
     ] = False,
     distill: Annotated[
         bool, typer.Option("--distill/--no-distill", help="Run the distillation stage.", rich_help_panel=_TRAIN)
     ] = True,
     stage1_fraction: Annotated[
-        Optional[float], typer.Option("--stage1-fraction", help="Share of the budget for stage 1 (default: from the "
-                                      "footage size).", rich_help_panel=_TRAIN, show_default=False)
+        Optional[float],
+        typer.Option(
+            "--stage1-fraction",
+            help="Share of the budget for stage 1 (default: from the footage size).",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tuples per step (per GPU).", rich_help_panel=_TRAIN)] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Tuples per step (per GPU).", rich_help_panel=_TRAIN)
+    ] = 4,
     crop: Annotated[
-        str, typer.Option("--crop", help="Training crop HEIGHTxWIDTH (rounded down to multiples of 64).",
-                          rich_help_panel=_TRAIN)
+        str,
+        typer.Option(
+            "--crop", help="Training crop HEIGHTxWIDTH (rounded down to multiples of 64).", rich_help_panel=_TRAIN
+        ),
     ] = "320x448",
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).", rich_help_panel=_TRAIN)] = 5e-5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and transformations.",
-                                      rich_help_panel=_TRAIN)] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the data order and transformations.", rich_help_panel=_TRAIN)
+    ] = 0,
     loss: Annotated[
         Optional[list[str]],
-        typer.Option("--loss", help="Loss setting KEY=VALUE, e.g. census=1 ssim=0 smooth2=1 occlusion=false "
-                     "scales=0,2,3. Repeatable.", rich_help_panel=_TRAIN, show_default=False),
+        typer.Option(
+            "--loss",
+            help="Loss setting KEY=VALUE, e.g. census=1 ssim=0 smooth2=1 occlusion=false scales=0,2,3. Repeatable.",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
     ] = None,
     transform: Annotated[
         Optional[list[str]],
-        typer.Option("--transform", help="Student view setting KEY=VALUE, e.g. superpixel=0 colour=0.5 "
-                     "geometric=0. Repeatable.", rich_help_panel=_TRAIN, show_default=False),
+        typer.Option(
+            "--transform",
+            help="Student view setting KEY=VALUE, e.g. superpixel=0 colour=0.5 geometric=0. Repeatable.",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)
+    ] = "auto",
     precision: Annotated[
-        str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16.",
-                          rich_help_panel=_MODEL)
+        str,
+        typer.Option("--precision", help="auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16.", rich_help_panel=_MODEL),
     ] = "auto",
     workers: Annotated[
-        Optional[int], typer.Option("--workers", help="Data loading processes (default: 4 on GPU, 0 on CPU).",
-                                    rich_help_panel=_MODEL, show_default=False)
+        Optional[int],
+        typer.Option(
+            "--workers",
+            help="Data loading processes (default: 4 on GPU, 0 on CPU).",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
     ] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Use only cached weights.", rich_help_panel=_MODEL)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=_OUT)] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use only cached weights.", rich_help_panel=_MODEL)
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=_OUT)
+    ] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore a saved state and start over.", rich_help_panel=_OUT)
     ] = False,
@@ -181,8 +255,9 @@ def adapt_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=_OUT)
     ] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or report table.",
-                                        rich_help_panel=_OUT)] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="No progress bar or report table.", rich_help_panel=_OUT)
+    ] = False,
 ) -> None:
     stdout = sys.stdout
     from dataclasses import fields
@@ -242,7 +317,12 @@ def print_report(result: dict) -> None:
         table.add_column(column, justify="left" if column == "metric" else "right")
     before, after = held.get("before") or {}, held.get("after") or {}
     for key in after:
-        _row(table, f"held-out {key} ({held['tuples']} pairs)", before.get(key), after.get(key))
+        _row(
+            table,
+            f"held-out {key} ({held['tuples']} pair{'s' if held['tuples'] != 1 else ''})",
+            before.get(key),
+            after.get(key),
+        )
     gt = result.get("gt") or {}
     for dataset, metrics in (gt.get("after") or {}).items():
         for key, value in metrics.items():

@@ -12,7 +12,6 @@ import typer
 
 from flowcli.errors import FlowcliError, InputError
 
-face_app = typer.Typer(help="Fit a 3D face model (ICT-FaceKit) to images and videos.", no_args_is_help=True)
 
 
 class MeshFormat(str, Enum):
@@ -33,6 +32,7 @@ class VideoMode(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
+    face_app = typer.Typer(help="Fit a 3D face model (ICT-FaceKit) to images and videos.", no_args_is_help=True)
     face_app.command("fit")(fit_command)
     face_app.command("convert")(convert_command)
     app.add_typer(face_app, name="face")
@@ -42,20 +42,32 @@ def fit_command(
     inputs: List[Path] = typer.Argument(..., help="Images and/or videos (.mp4, .mov, .avi, ...)."),
     output: Path = typer.Option(Path("face-output"), "-o", "--output", help="Folder for the results."),
     face_assets: Optional[Path] = typer.Option(
-        None, "--face-assets", envvar="FLOWCLI_FACE_ASSETS",
+        None,
+        "--face-assets",
+        envvar="FLOWCLI_FACE_ASSETS",
         help="Folder laid out like shared/data/face (ict-facekit/, mediapipe/).",
     ),
     face_model: Optional[Path] = typer.Option(
-        None, "--face-model", help="Your own model with ICT-FaceKit's structure: .npz (mean, id, exp, exp_names) or a folder of OBJs."
+        None,
+        "--face-model",
+        help="Your own model with ICT-FaceKit's structure: .npz (mean, id, exp, exp_names) or a folder of OBJs.",
     ),
     max_faces: int = typer.Option(1, "--max-faces", min=1, help="Fit up to this many faces per image (largest first)."),
     mesh_format: MeshFormat = typer.Option(MeshFormat.obj, "--mesh-format", help="Mesh file(s) to write."),
-    mesh_space: str = typer.Option("model", "--mesh-space", help="'model' (cm, pose in the JSON) or 'image' (pixels, depth)."),
+    mesh_space: str = typer.Option(
+        "model", "--mesh-space", help="'model' (cm, pose in the JSON) or 'image' (pixels, depth)."
+    ),
     names: Names = typer.Option(Names.arkit, "--blendshape-names", help="ARKit's 52 names or ICT's 57."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write an overlay PNG (images) or MP4 (videos)."),
-    video_mode: VideoMode = typer.Option(VideoMode.joint, "--video-mode", help="joint: one identity, temporal terms; independent: per-frame fits."),
-    flow: bool = typer.Option(False, "--flow/--no-flow", help="Add the optical-flow consistency term in video mode (slow on CPU)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Fit only the first N frames of videos."),
+    video_mode: VideoMode = typer.Option(
+        VideoMode.joint, "--video-mode", help="joint: one identity, temporal terms; independent: per-frame fits."
+    ),
+    flow: bool = typer.Option(
+        False, "--flow/--no-flow", help="Add the optical-flow consistency term in video mode (slow on CPU)."
+    ),
+    max_frames: Optional[int] = typer.Option(
+        None, "--max-frames", min=1, help="Fit only the first N frames of videos."
+    ),
     json_lines: bool = typer.Option(False, "--json", help="One JSON line per image or video frame on stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -73,7 +85,9 @@ def fit_command(
     for path in inputs:
         if not path.exists():
             raise InputError(f"{path} not found")
-    settings = dict(mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite)
+    settings = dict(
+        mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
+    )
     job = FaceJob(None, Path(output), settings, json_lines)
     stems = _unique_stems(inputs)
     for path in inputs:  # fail before any work if an output exists
@@ -91,14 +105,17 @@ def fit_command(
             except FlowcliError as error:
                 if len(inputs) == 1:
                     raise
-                stderr.print(f"[red]error:[/] {error}", highlight=False)
+                stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
                 failures.append(path)
     if failures:
-        raise InputError(f"{len(failures)} of {len(inputs)} inputs failed: {', '.join(str(p) for p in failures[:5])}")
+        names = ", ".join(p.name for p in failures[:3]) + (", ..." if len(failures) > 3 else "")
+        raise InputError(f"{len(failures)} of {len(inputs)} inputs failed ({names})")
 
 
 def convert_command(
-    folder: Path = typer.Argument(..., help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions)."),
+    folder: Path = typer.Argument(
+        ..., help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
@@ -111,7 +128,15 @@ def convert_command(
     check_writable(output, overwrite)
     arrays = convert_ict(folder)
     build_compact(arrays, folder / "generic_neutral_mesh.obj", output, source=str(folder))
-    print(json.dumps({"output": str(output), "identity_modes": int(arrays["id"].shape[0]), "expressions": int(arrays["exp"].shape[0])}))
+    print(
+        json.dumps(
+            {
+                "output": str(output),
+                "identity_modes": int(arrays["id"].shape[0]),
+                "expressions": int(arrays["exp"].shape[0]),
+            }
+        )
+    )
 
 
 def _unique_stems(paths: list[Path]) -> dict[Path, str]:
@@ -174,7 +199,9 @@ class FaceJob:
         return list(weights), weights
 
     def _mesh_vertices(self, fit, result_vertices):
-        return self.model.vertices(fit.id_coeffs, fit.exp_weights) if self.s["mesh_space"] == "model" else result_vertices
+        return (
+            self.model.vertices(fit.id_coeffs, fit.exp_weights) if self.s["mesh_space"] == "model" else result_vertices
+        )
 
     def _emit(self, record: dict) -> None:
         if self.json_lines:
@@ -194,9 +221,11 @@ class FaceJob:
             results, total = self.pipeline.fit_image(image, max_faces)
         except NoFaceError as error:
             self._emit({"input": str(path), "frame": None, "face": None, "status": "no_face", "error": str(error)})
-            raise InputError(f"{path}: {error}; try a larger, frontal, well-lit face") from None
+            raise InputError(f"{path.name}: {error}; try a larger, frontal, well-lit face") from None
         if total > len(results) and max_faces < total:
-            warn(f"{path.name}: {total} faces found, fitted {len(results)} (largest first); use --max-faces {total} for all")
+            warn(
+                f"{path.name}: {total} faces found, fitted {len(results)} (largest first); use --max-faces {total} for all"
+            )
         ow = self.s["overwrite"]
         for k, res in enumerate(results):
             st = stem if k == 0 else f"{stem}.face{k + 1}"
@@ -207,20 +236,41 @@ class FaceJob:
                 if key in out:
                     writers.write_mesh(out[key], verts, self.model, overwrite=ow)
             pose = fit.pose_dict()
-            writers.write_json(out["pose"], {"input": str(path), "face": k + 1, "score": round(fit.score, 4), **pose}, overwrite=ow)
-            writers.write_json(out["landmarks"], {
-                "input": str(path), "face": k + 1,
-                "landmarks68": [[round(x, 2), round(y, 2)] for x, y in res.landmarks68[:, :2].tolist()],
-                "landmarks468": [[round(x, 2), round(y, 2), round(z, 2)] for x, y, z in res.landmarks468.tolist()],
-                "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); 468: MediaPipe Face Mesh points (x, y px, relative depth)",
-            }, overwrite=ow)
+            writers.write_json(
+                out["pose"], {"input": str(path), "face": k + 1, "score": round(fit.score, 4), **pose}, overwrite=ow
+            )
+            writers.write_json(
+                out["landmarks"],
+                {
+                    "input": str(path),
+                    "face": k + 1,
+                    "landmarks68": [[round(x, 2), round(y, 2)] for x, y in res.landmarks68[:, :2].tolist()],
+                    "landmarks468": [[round(x, 2), round(y, 2), round(z, 2)] for x, y, z in res.landmarks468.tolist()],
+                    "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); 468: MediaPipe Face Mesh points (x, y px, relative depth)",
+                },
+                overwrite=ow,
+            )
             writers.write_npy(out["landmarks68"], res.landmarks68[:, :2], overwrite=ow)
             writers.write_npy(out["landmarks468"], res.landmarks468, overwrite=ow)
             names, weights = self._names_and_weights(fit.exp_weights)
             writers.write_blendshapes_csv(out["blendshapes_csv"], names, [(0, weights)], overwrite=ow)
-            writers.write_json(out["blendshapes_json"], {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}}, overwrite=ow)
-            self._emit({"input": str(path), "frame": None, "face": k + 1, "status": "ok", "faces_found": total, "score": round(fit.score, 4),
-                        **{key: pose[key] for key in ("yaw", "pitch", "roll", "scale")}, "outputs": {key: str(p) for key, p in out.items()}})
+            writers.write_json(
+                out["blendshapes_json"],
+                {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}},
+                overwrite=ow,
+            )
+            self._emit(
+                {
+                    "input": str(path),
+                    "frame": None,
+                    "face": k + 1,
+                    "status": "ok",
+                    "faces_found": total,
+                    "score": round(fit.score, 4),
+                    **{key: pose[key] for key in ("yaw", "pitch", "roll", "scale")},
+                    "outputs": {key: str(p) for key, p in out.items()},
+                }
+            )
         if self.s["overlay"]:
             picture = render_overlay(
                 image, [(r.vertices, self.model.triangles) for r in results], [r.landmarks68 for r in results]
@@ -234,7 +284,13 @@ class FaceJob:
 
         from flowcli.console import warn
         from flowcli.face.media import VideoReader
-        from flowcli.face.video import VideoOptions, fit_video, flow_function, small_flow, small_gray
+        from flowcli.face.video import (
+            VideoOptions,
+            fit_video,
+            flow_function,
+            small_flow,
+            small_gray,
+        )
 
         options = VideoOptions()
         flow_fn = None
@@ -259,7 +315,9 @@ class FaceJob:
             bar.advance(task)
         reader.close()
         if reader.decode_error:
-            warn(f"{path.name}: stopped at an undecodable frame ({reader.decode_error}); fitting the {len(points)} frames before it")
+            warn(
+                f"{path.name}: stopped at an undecodable frame ({reader.decode_error}); fitting the {len(points)} frames before it"
+            )
         if not points:
             raise InputError(f"{path}: no decodable frames")
         found = sum(p is not None for p in points)
@@ -276,8 +334,15 @@ class FaceJob:
                 fits.append(None if p is None else fitter.fit(p))
                 bar.advance(task)
         else:
-            fits = fit_video(fitter, points, grays, zoom, flows if flow_fn is not None else None, options,
-                             progress=lambda n: bar.update(task, completed=n))
+            fits = fit_video(
+                fitter,
+                points,
+                grays,
+                zoom,
+                flows if flow_fn is not None else None,
+                options,
+                progress=lambda n: bar.update(task, completed=n),
+            )
         self._write_video(path, stem, fits, reader.fps, bar)
 
     def _write_video(self, path: Path, stem: str, fits: list, fps: float, bar) -> None:
@@ -326,8 +391,15 @@ class FaceJob:
                 names, weights = self._names_and_weights(fit.exp_weights)
                 rows.append((t, weights))
                 blend.append({"frame": t, "status": "ok", "blendshapes": {n: round(w, 5) for n, w in weights.items()}})
-                self._emit({"input": str(path), "frame": t, "face": 1, "status": "ok",
-                            **{k: pose[k] for k in ("yaw", "pitch", "roll", "scale")}})
+                self._emit(
+                    {
+                        "input": str(path),
+                        "frame": t,
+                        "face": 1,
+                        "status": "ok",
+                        **{k: pose[k] for k in ("yaw", "pitch", "roll", "scale")},
+                    }
+                )
                 if writer:
                     writer.append(render_overlay(frame, [(res.vertices, self.model.triangles)], [res.landmarks68]))
             ok = True
@@ -336,12 +408,23 @@ class FaceJob:
                 writer.close(ok)
                 reader.close()
         names = names or list(self._names_and_weights(np.zeros(len(self.model.exp_names)))[0])
-        writers.write_json(out["pose"], {"input": str(path), "fps": fps, "identity": np.round(identity, 5).tolist(), "frames": poses}, overwrite=ow)
-        writers.write_json(out["landmarks"], {
-            "input": str(path),
-            "frames": [{"frame": t, "landmarks68": None if np.isnan(lm68[t, 0, 0]) else np.round(lm68[t], 2).tolist()} for t in range(frames_total)],
-            "note": "landmarks468 (MediaPipe) are in the .npy file; NaN where no face",
-        }, overwrite=ow)
+        writers.write_json(
+            out["pose"],
+            {"input": str(path), "fps": fps, "identity": np.round(identity, 5).tolist(), "frames": poses},
+            overwrite=ow,
+        )
+        writers.write_json(
+            out["landmarks"],
+            {
+                "input": str(path),
+                "frames": [
+                    {"frame": t, "landmarks68": None if np.isnan(lm68[t, 0, 0]) else np.round(lm68[t], 2).tolist()}
+                    for t in range(frames_total)
+                ],
+                "note": "landmarks468 (MediaPipe) are in the .npy file; NaN where no face",
+            },
+            overwrite=ow,
+        )
         writers.write_npy(out["landmarks68"], lm68, overwrite=ow)
         writers.write_npy(out["landmarks468"], lm468, overwrite=ow)
         writers.write_blendshapes_csv(out["blendshapes_csv"], names, rows, overwrite=ow)

@@ -382,7 +382,9 @@ def push_command(
             try:
                 data = json.loads(registry_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as error:
-                raise WeightsError(f"{registry_file} is not valid JSON (line {error.lineno}); fix or remove it") from None
+                raise WeightsError(
+                    f"{registry_file} is not valid JSON (line {error.lineno}); fix or remove it"
+                ) from None
         data.setdefault("models", {})[name] = entry
         registry._check_registry(data, registry_file)
         with atomic_path(registry_file, overwrite=True) as tmp:

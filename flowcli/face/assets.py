@@ -75,7 +75,9 @@ class FaceAssets:
         region = self.ict_dir / "ict_face_region.npz"
         sources = [region] if region.is_file() else sorted((self.ict_dir / "FaceXModel").glob("identity*.obj"))
         if not sources:
-            raise WeightsError(f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)")
+            raise WeightsError(
+                f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)"
+            )
         cached = cache_dir() / f"ict_face_compact-{_fingerprint(sources + [self.topology_obj])}.npz"
         if not cached.is_file():
             if region.is_file():
@@ -122,4 +124,6 @@ def _from_registry(offline: bool) -> Path:
             return Path(resolve(REGISTRY_NAMES["model"], offline=offline)).parent
         except Exception:
             pass
-    raise WeightsError(f"face assets not found: pass --face-assets DIR or set {ENV_ASSETS} (a folder laid out like shared/data/face)")
+    raise WeightsError(
+        f"face assets not found: pass --face-assets DIR or set {ENV_ASSETS} (a folder laid out like shared/data/face)"
+    )

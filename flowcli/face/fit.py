@@ -19,10 +19,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flowcli.face.correspondence import JAW_OVAL_LEFT, JAW_OVAL_RIGHT, MP_TO_68, fit_frame
-from flowcli.face.geometry import FLIP, axis_angle_to_matrix, matrix_to_axis_angle, nearest_rotation, rotation_to_euler
+from flowcli.face.correspondence import (
+    JAW_OVAL_LEFT,
+    JAW_OVAL_RIGHT,
+    MP_TO_68,
+    fit_frame,
+)
+from flowcli.face.geometry import (
+    FLIP,
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    nearest_rotation,
+    rotation_to_euler,
+)
 from flowcli.face.model import ICT_JAW_LEFT, ICT_JAW_RIGHT, FaceModel
-from flowcli.face.solve import PointBasis, ShapeSolveConfig, point_basis
+from flowcli.face.solve import ShapeSolveConfig, point_basis
 
 JAW_ARC_CHIN = 966  # ICT's chin vertex (landmark 8)
 
@@ -161,8 +172,15 @@ class FaceFitter:
     def initial_fit(self, points: np.ndarray, fixed_id: np.ndarray | None = None) -> FaceFit:
         o = self.options
         s, r, t, a, b = fit_frame(
-            self.dense, points, self.model, o.shape_config(), np.ones(len(points)), iterations=o.alternations,
-            sigma=o.sigma_cm, fixed_id=fixed_id, depth_weight=o.pose_depth_weight,
+            self.dense,
+            points,
+            self.model,
+            o.shape_config(),
+            np.ones(len(points)),
+            iterations=o.alternations,
+            sigma=o.sigma_cm,
+            fixed_id=fixed_id,
+            depth_weight=o.pose_depth_weight,
         )
         return FaceFit(scale=s, rotation=r, translation=t, id_coeffs=a, exp_weights=b, mediapipe=points)
 
@@ -175,7 +193,12 @@ class FaceFitter:
     # --- PyTorch refinement over a batch of frames -----------------------------------------------------------
 
     def refine(
-        self, fits: list[FaceFit], shared_id: bool = False, extra_loss=None, steps: int | None = None, optimize_id: bool = True
+        self,
+        fits: list[FaceFit],
+        shared_id: bool = False,
+        extra_loss=None,
+        steps: int | None = None,
+        optimize_id: bool = True,
     ) -> list[FaceFit]:
         """Jointly refine a batch of fits. `extra_loss(state) -> tensor` adds video terms; with
         optimize_id=False the (shared) identity stays as given."""
@@ -185,18 +208,26 @@ class FaceFitter:
         mean, idb, expb = (torch.as_tensor(a, dtype=dtype) for a in (self.dense.mean, self.dense.id, self.dense.exp))
         targets = torch.as_tensor(np.stack([f.mediapipe for f in fits]), dtype=dtype)  # B x N x 3
         scale0 = torch.as_tensor([f.scale for f in fits], dtype=dtype)
-        rotvec = torch.tensor(np.stack([matrix_to_axis_angle(f.rotation) for f in fits]), dtype=dtype, requires_grad=True)
+        rotvec = torch.tensor(
+            np.stack([matrix_to_axis_angle(f.rotation) for f in fits]), dtype=dtype, requires_grad=True
+        )
         log_scale = torch.zeros(n, dtype=dtype, requires_grad=True)
         # translation in cm (divided by the initial scale) keeps every parameter on a similar footing
-        offset = torch.tensor(np.stack([f.translation for f in fits]) / scale0.numpy()[:, None], dtype=dtype, requires_grad=True)
+        offset = torch.tensor(
+            np.stack([f.translation for f in fits]) / scale0.numpy()[:, None], dtype=dtype, requires_grad=True
+        )
         ids0 = np.stack([f.id_coeffs for f in fits])
-        id_param = torch.tensor(ids0.mean(0, keepdims=True) if shared_id else ids0, dtype=dtype, requires_grad=optimize_id)
+        id_param = torch.tensor(
+            ids0.mean(0, keepdims=True) if shared_id else ids0, dtype=dtype, requires_grad=optimize_id
+        )
         exp = torch.tensor(np.stack([f.exp_weights for f in fits]), dtype=dtype, requires_grad=True)
         active = torch.zeros(expb.shape[0], dtype=dtype)
         active[self.exp_active] = 1.0
         dim_w = torch.tensor([1.0, 1.0, o.z_weight], dtype=dtype)
         flip = torch.tensor(FLIP, dtype=dtype)
-        cand_mean, cand_id, cand_exp = (torch.as_tensor(a, dtype=dtype) for a in (self.cand_basis.mean, self.cand_basis.id, self.cand_basis.exp))
+        cand_mean, cand_id, cand_exp = (
+            torch.as_tensor(a, dtype=dtype) for a in (self.cand_basis.mean, self.cand_basis.id, self.cand_basis.exp)
+        )
         cand_x = self.cand_basis.mean[:, 0]
         params = [rotvec, log_scale, offset, exp] + ([id_param] if optimize_id else [])
         optimizer = _Adam(params, lr=o.lr)
@@ -228,15 +259,19 @@ class FaceFitter:
                 mp_idx = torch.tensor([p[1] for p in jaw["pairs"]])
                 c_idx = torch.tensor([p[2] for p in jaw["pairs"]])
                 wj = torch.tensor([p[3] for p in jaw["pairs"]], dtype=dtype)
-                cshape = cand_mean[c_idx] + torch.einsum("pk,pkc->pc", ident[b_idx], cand_id[:, c_idx].transpose(0, 1)) + torch.einsum(
-                    "pe,pec->pc", (exp * active)[b_idx], cand_exp[:, c_idx].transpose(0, 1)
+                cshape = (
+                    cand_mean[c_idx]
+                    + torch.einsum("pk,pkc->pc", ident[b_idx], cand_id[:, c_idx].transpose(0, 1))
+                    + torch.einsum("pe,pec->pc", (exp * active)[b_idx], cand_exp[:, c_idx].transpose(0, 1))
                 )
                 cproj = torch.einsum("pc,pdc->pd", cshape, cr[b_idx])[:, :2] + offset[b_idx, :2]
                 cres = ((cproj - targets[b_idx, mp_idx, :2] / scale[b_idx, None]) ** 2).sum(-1)
                 loss = loss + o.jaw_weight * (wj * o.sigma_cm**2 * torch.log1p(cres / o.sigma_cm**2)).sum()
             loss = loss + o.id_reg * (id_param**2).sum() * (n if shared_id else 1) + o.exp_reg * (exp**2).sum()
             if extra_loss is not None:
-                loss = loss + extra_loss(dict(rot=rot, cr=cr, scale=scale, ident=ident, exp=exp * active, offset=offset, proj=proj))
+                loss = loss + extra_loss(
+                    dict(rot=rot, cr=cr, scale=scale, ident=ident, exp=exp * active, offset=offset, proj=proj)
+                )
             loss.backward()
             optimizer.step()
             with torch.no_grad():
@@ -247,10 +282,14 @@ class FaceFitter:
             for b, f in enumerate(fits):
                 out.append(
                     FaceFit(
-                        scale=float(scale[b]), rotation=nearest_rotation(rot[b].numpy().astype(np.float64)),
+                        scale=float(scale[b]),
+                        rotation=nearest_rotation(rot[b].numpy().astype(np.float64)),
                         translation=(offset[b] * scale[b]).numpy().astype(np.float64),
                         id_coeffs=ident[b].numpy().astype(np.float64),
-                        exp_weights=(exp[b] * active).numpy().astype(np.float64), mediapipe=f.mediapipe, score=f.score, box=f.box,
+                        exp_weights=(exp[b] * active).numpy().astype(np.float64),
+                        mediapipe=f.mediapipe,
+                        score=f.score,
+                        box=f.box,
                     )
                 )
         return out
@@ -333,7 +372,13 @@ def fits_now(fits, rotvec, log_scale, offset, id_param, exp, scale0, n) -> list[
     out = []
     for b, f in enumerate(fits):
         out.append(
-            FaceFit(scale=float(scale[b]), rotation=rot[b], translation=offset[b].detach().numpy() * scale[b],
-                    id_coeffs=ids[b], exp_weights=exp[b].detach().numpy(), mediapipe=f.mediapipe)
+            FaceFit(
+                scale=float(scale[b]),
+                rotation=rot[b],
+                translation=offset[b].detach().numpy() * scale[b],
+                id_coeffs=ids[b],
+                exp_weights=exp[b].detach().numpy(),
+                mediapipe=f.mediapipe,
+            )
         )
     return out

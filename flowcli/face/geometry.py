@@ -48,7 +48,9 @@ def pose_from_affine(t_affine: np.ndarray) -> tuple[float, np.ndarray, np.ndarra
     return float(scale), rotation, translation
 
 
-def closed_form_pose(points3d, image_points, weights=None, depth_weight: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
+def closed_form_pose(
+    points3d, image_points, weights=None, depth_weight: float = 0.0
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Pose guidance: affine camera in closed form, projected to a scaled rotation, then the scale and
     translation re-solved in closed form for that rotation (from image x, y).
 
@@ -64,7 +66,9 @@ def closed_form_pose(points3d, image_points, weights=None, depth_weight: float =
         a = t3[:, :3]
         # every row has the same norm (s) for a scaled rotation: rebalance the depth row before projecting
         rows = a / np.linalg.norm(a, axis=1, keepdims=True)
-        m = FLIP @ np.stack([rows[0], rows[1], rows[2] * depth_weight + (1 - depth_weight) * -np.cross(rows[0], -rows[1])])
+        m = FLIP @ np.stack(
+            [rows[0], rows[1], rows[2] * depth_weight + (1 - depth_weight) * -np.cross(rows[0], -rows[1])]
+        )
         rotation = nearest_rotation(m)
         scale, translation = 1.0, np.zeros(3)
     else:
@@ -83,7 +87,14 @@ def project(points3d: np.ndarray, scale: float, rotation: np.ndarray, translatio
 
 
 def euler_to_rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw), math.cos(roll), math.sin(roll)
+    cx, sx, cy, sy, cz, sz = (
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(yaw),
+        math.sin(yaw),
+        math.cos(roll),
+        math.sin(roll),
+    )
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])

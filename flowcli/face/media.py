@@ -29,7 +29,11 @@ def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint16:
         a = (a / 257.0).round().astype(np.uint8)
     elif a.dtype in (np.float32, np.float64):
-        a = (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8) if a.max() <= 1.0 else np.clip(a, 0, 255).astype(np.uint8)
+        a = (
+            (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8)
+            if a.max() <= 1.0
+            else np.clip(a, 0, 255).astype(np.uint8)
+        )
     elif a.dtype == bool:
         a = a.astype(np.uint8) * 255
     elif a.dtype != np.uint8:
@@ -49,7 +53,9 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         image = iio.imread(path)
     except Exception as error:  # imageio raises many kinds for undecodable files
-        raise InputError(f"cannot read {path} as an image: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise InputError(
+            f"cannot read {path} as an image: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
     if image.ndim == 4:  # animated formats: the first frame
         image = image[0]
     return as_rgb8(image, path.name)
@@ -81,7 +87,9 @@ class VideoReader:
             except IndexError:
                 return
             except Exception as error:
-                self.decode_error = f"frame {index}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                self.decode_error = (
+                    f"frame {index}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                )
                 return
             yield as_rgb8(frame, f"{self.path.name} frame {index}")
             index += 1

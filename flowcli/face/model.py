@@ -23,10 +23,74 @@ COMPACT_VERSION = 1
 
 # ICT-FaceKit README, "Multi-PIE 68 point facial landmarks indices" (0-indexed).
 ICT_LANDMARKS_68 = [
-    1225, 1888, 1052, 367, 1719, 1722, 2199, 1447, 966, 3661, 4390, 3927, 3924, 2608, 3272, 4088, 3443,
-    268, 493, 1914, 2044, 1401, 3615, 4240, 4114, 2734, 2509, 978, 4527, 4942, 4857, 1140, 2075, 1147, 4269,
-    3360, 1507, 1542, 1537, 1528, 1518, 1511, 3742, 3751, 3756, 3721, 3725, 3732, 5708, 5695, 2081, 0, 4275,
-    6200, 6213, 6346, 6461, 5518, 5957, 5841, 5702, 5711, 5533, 6216, 6207, 6470, 5517, 5966,
+    1225,
+    1888,
+    1052,
+    367,
+    1719,
+    1722,
+    2199,
+    1447,
+    966,
+    3661,
+    4390,
+    3927,
+    3924,
+    2608,
+    3272,
+    4088,
+    3443,
+    268,
+    493,
+    1914,
+    2044,
+    1401,
+    3615,
+    4240,
+    4114,
+    2734,
+    2509,
+    978,
+    4527,
+    4942,
+    4857,
+    1140,
+    2075,
+    1147,
+    4269,
+    3360,
+    1507,
+    1542,
+    1537,
+    1528,
+    1518,
+    1511,
+    3742,
+    3751,
+    3756,
+    3721,
+    3725,
+    3732,
+    5708,
+    5695,
+    2081,
+    0,
+    4275,
+    6200,
+    6213,
+    6346,
+    6461,
+    5518,
+    5957,
+    5841,
+    5702,
+    5711,
+    5533,
+    6216,
+    6207,
+    6470,
+    5517,
+    5966,
 ]
 # ICT-FaceKit README, extended jawlines (supersets of the jaw points 0-7 and 9-16), ordered top to chin.
 ICT_JAW_RIGHT = [1280, 1278, 1275, 1272, 1248, 12, 820, 1834, 1902, 243, 844, 781, 1673, 2199, 801, 1447, 800]
@@ -34,15 +98,58 @@ ICT_JAW_LEFT = [3041, 3661, 3042, 4390, 3880, 3022, 3085, 2484, 4102, 4036, 3061
 
 # ICT names -> Apple ARKit names (ICT splits browInnerUp and cheekPuff into left and right).
 ARKIT_NAMES = [
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
-    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
-    "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight",
-    "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
-    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight",
-    "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft",
-    "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "cheekPuff",
+    "cheekSquintLeft",
+    "cheekSquintRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "eyeLookDownLeft",
+    "eyeLookDownRight",
+    "eyeLookInLeft",
+    "eyeLookInRight",
+    "eyeLookOutLeft",
+    "eyeLookOutRight",
+    "eyeLookUpLeft",
+    "eyeLookUpRight",
+    "eyeSquintLeft",
+    "eyeSquintRight",
+    "eyeWideLeft",
+    "eyeWideRight",
+    "jawForward",
+    "jawLeft",
+    "jawOpen",
+    "jawRight",
+    "mouthClose",
+    "mouthDimpleLeft",
+    "mouthDimpleRight",
+    "mouthFrownLeft",
+    "mouthFrownRight",
+    "mouthFunnel",
+    "mouthLeft",
+    "mouthLowerDownLeft",
+    "mouthLowerDownRight",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "mouthPucker",
+    "mouthRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "noseSneerLeft",
+    "noseSneerRight",
+    "tongueOut",
 ]
 
 
@@ -89,7 +196,8 @@ class FaceModel:
         cache = self.__dict__.setdefault("_torch", {})
         if key not in cache:
             cache[key] = tuple(
-                torch.as_tensor(np.ascontiguousarray(a), dtype=dtype) for a in (self.mean, self.id_basis, self.exp_basis)
+                torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
+                for a in (self.mean, self.id_basis, self.exp_basis)
             )
         return cache[key]
 
@@ -233,7 +341,12 @@ def load_face_model(path: str | Path, topology_obj: str | Path | None = None) ->
     if missing:
         raise InputError(f"face model {path} lacks {', '.join(missing)}; expected arrays mean, id, exp, exp_names")
     mean = arrays["mean"]
-    if mean.ndim != 2 or mean.shape[1] != 3 or arrays["id"].shape[1:] != mean.shape or arrays["exp"].shape[1:] != mean.shape:
+    if (
+        mean.ndim != 2
+        or mean.shape[1] != 3
+        or arrays["id"].shape[1:] != mean.shape
+        or arrays["exp"].shape[1:] != mean.shape
+    ):
         raise InputError(f"face model {path}: mean must be V x 3 and id, exp K x V x 3 with the same V")
     if "triangles" not in arrays:
         if topology_obj is None:

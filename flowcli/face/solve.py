@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowcli.face.geometry import FLIP, closed_form_pose
+from flowcli.face.geometry import FLIP
 from flowcli.face.model import FaceModel
 
 
@@ -71,7 +71,9 @@ def box_qp(h: np.ndarray, g: np.ndarray, lower: np.ndarray, upper: np.ndarray, x
             target[free] = np.linalg.solve(h[np.ix_(free, free)], rhs)
         direction = target - x
         with np.errstate(divide="ignore", invalid="ignore"):
-            room = np.where(direction < -tol, (lower - x) / direction, np.where(direction > tol, (upper - x) / direction, np.inf))
+            room = np.where(
+                direction < -tol, (lower - x) / direction, np.where(direction > tol, (upper - x) / direction, np.inf)
+            )
         room[fixed] = np.inf
         alpha = float(min(1.0, room.min()))
         x = x + alpha * direction

@@ -25,7 +25,7 @@ from flowcli.face.fit import FaceFit, FaceFitter, vertex_normals
 class VideoOptions:
     smooth_weight: float = 200.0  # second differences of the 68 landmarks (cm^2, summed over points)
     exp_smooth_weight: float = 2.0  # second differences of blendshape weights
-    census_weight: float = 0.5
+    census_weight: float = 5.0
     census_vertices: int = 400
     flow_weight: float = 1.0
     window: int = 64  # frames per joint refinement window (overlapping by `overlap`)
@@ -59,14 +59,18 @@ def soft_census(samples: torch.Tensor) -> torch.Tensor:
 class VideoTerms:
     """Builds the extra loss for a window of frames: smoothness, census, optional flow."""
 
-    def __init__(self, fitter: FaceFitter, options: VideoOptions, gray: torch.Tensor | None, zoom: float, flows: list | None):
+    def __init__(
+        self, fitter: FaceFitter, options: VideoOptions, gray: torch.Tensor | None, zoom: float, flows: list | None
+    ):
         self.fitter = fitter
         self.options = options
         self.gray = gray  # T x 1 x h x w, 0-255, frames downscaled by `zoom`
         self.zoom = zoom
         self.flows = flows  # per consecutive pair: 2 x H x W numpy (full resolution) or None
         dt = torch.float32
-        self.lm_mean, self.lm_id, self.lm_exp = (torch.as_tensor(a, dtype=dt) for a in (fitter.lm68.mean, fitter.lm68.id, fitter.lm68.exp))
+        self.lm_mean, self.lm_id, self.lm_exp = (
+            torch.as_tensor(a, dtype=dt) for a in (fitter.lm68.mean, fitter.lm68.id, fitter.lm68.exp)
+        )
         idx = sample_vertices(fitter.model, options.census_vertices)
         from flowcli.face.solve import point_basis
 
@@ -77,7 +81,9 @@ class VideoTerms:
         self.offsets = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2).flip(-1)  # (dx, dy), 49
 
     def _points(self, mean, idb, expb, state) -> torch.Tensor:
-        shape = mean + torch.einsum("bk,knc->bnc", state["ident"], idb) + torch.einsum("be,enc->bnc", state["exp"], expb)
+        shape = (
+            mean + torch.einsum("bk,knc->bnc", state["ident"], idb) + torch.einsum("be,enc->bnc", state["exp"], expb)
+        )
         cam = torch.einsum("bnc,bdc->bnd", shape, state["cr"]) + state["offset"][:, None, :]
         return cam * state["scale"][:, None, None]  # image px (x, y) and depth
 
@@ -109,7 +115,9 @@ class VideoTerms:
         p = pts * self.zoom
         locs = p[:, :, None, :] + self.offsets[None, None] * spacing[:, None, None, None]  # B x M x 49 x 2
         grid = torch.stack([(locs[..., 0] + 0.5) / w * 2 - 1, (locs[..., 1] + 0.5) / h * 2 - 1], -1)
-        samples = F.grid_sample(gray, grid.to(gray.dtype), mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+        samples = F.grid_sample(gray, grid.to(gray.dtype), mode="bilinear", padding_mode="border", align_corners=False)[
+            :, 0
+        ]
         sig = soft_census(samples)  # B x M x 48
         d = (sig[1:] - sig[:-1]) ** 2
         dist = (d / (0.1 + d)).mean(-1)  # B-1 x M, in [0, 1)
@@ -189,7 +197,9 @@ def fit_video(
             pair_flows = [flows[t] for t in window[:-1]] if flows is not None else None
             terms = VideoTerms(fitter, o, gray, zoom, pair_flows)
             # one identity per clip: the first window of a clip settles it, later windows keep it
-            refined = fitter.refine([fits[t] for t in window], shared_id=True, extra_loss=terms, steps=o.steps, optimize_id=first)
+            refined = fitter.refine(
+                [fits[t] for t in window], shared_id=True, extra_loss=terms, steps=o.steps, optimize_id=first
+            )
             if first:
                 identity = refined[0].id_coeffs
                 for t in present:
@@ -248,7 +258,9 @@ def census_consistency(fitter: FaceFitter, fits: list[FaceFit], grays: list[torc
     rot = torch.tensor(np.stack([f.rotation for f in fits]), dtype=torch.float32)
     scale = torch.tensor([f.scale for f in fits], dtype=torch.float32)
     state = dict(
-        rot=rot, cr=torch.tensor(FLIP, dtype=torch.float32) @ rot, scale=scale,
+        rot=rot,
+        cr=torch.tensor(FLIP, dtype=torch.float32) @ rot,
+        scale=scale,
         ident=torch.tensor(np.stack([f.id_coeffs for f in fits]), dtype=torch.float32),
         exp=torch.tensor(np.stack([f.exp_weights for f in fits]), dtype=torch.float32),
         offset=torch.tensor(np.stack([f.translation for f in fits]), dtype=torch.float32) / scale[:, None],

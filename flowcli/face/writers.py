@@ -75,9 +75,17 @@ def write_ply(path, vertices, triangles, uvs=None, uv_triangles=None, overwrite=
     v = np.asarray(vertices, np.float32)
     t = np.asarray(triangles, np.int32)
     with_uv = uvs is not None and uv_triangles is not None
-    header = ["ply", "format binary_little_endian 1.0", "comment flowcli face mesh", f"element vertex {len(v)}",
-              "property float x", "property float y", "property float z", f"element face {len(t)}",
-              "property list uchar int vertex_indices"]
+    header = [
+        "ply",
+        "format binary_little_endian 1.0",
+        "comment flowcli face mesh",
+        f"element vertex {len(v)}",
+        "property float x",
+        "property float y",
+        "property float z",
+        f"element face {len(t)}",
+        "property list uchar int vertex_indices",
+    ]
     if with_uv:
         header.append("property list uchar float texcoord")
     header.append("end_header")
@@ -141,7 +149,9 @@ def write_blendshapes_csv(path, names: list[str], rows: list[tuple[int, dict | N
             writer = csv.writer(fh)
             writer.writerow(["frame", *names])
             for frame, weights in rows:
-                writer.writerow([frame, *(["" for _ in names] if weights is None else [f"{weights[n]:.5f}" for n in names])])
+                writer.writerow(
+                    [frame, *(["" for _ in names] if weights is None else [f"{weights[n]:.5f}" for n in names])]
+                )
     return Path(path)
 
 
@@ -161,8 +171,16 @@ class Mp4Writer:
         self._tmp = self._context.__enter__()
         import imageio.v2 as imageio
 
-        self._writer = imageio.get_writer(str(self._tmp), format="FFMPEG", fps=fps, codec="libx264", quality=7,
-                                          macro_block_size=1, pixelformat="yuv420p", ffmpeg_log_level="error")
+        self._writer = imageio.get_writer(
+            str(self._tmp),
+            format="FFMPEG",
+            fps=fps,
+            codec="libx264",
+            quality=7,
+            macro_block_size=1,
+            pixelformat="yuv420p",
+            ffmpeg_log_level="error",
+        )
         self.path = Path(path)
 
     def append(self, frame: np.ndarray) -> None:

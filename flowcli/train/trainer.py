@@ -108,9 +108,11 @@ def build_model(cfg: TrainConfig) -> FlowNet:
 
 
 def _schedule(optimizer, cfg: TrainConfig):
+    if cfg.steps < 10:  # too short for a warm-up and an annealing phase
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=cfg.pct_start, anneal_strategy="cos",
-        cycle_momentum=False,
+        optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=max(cfg.pct_start, 3.0 / cfg.steps),
+        anneal_strategy="cos", cycle_momentum=False,
     )
 
 

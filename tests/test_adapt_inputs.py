@@ -1,0 +1,189 @@
+"""`flowcli adapt` on bad input: clear one-line errors (exit codes 2 / 3) before any training, and
+the footage reader's handling of unreadable frames, mixed sizes, stereo layouts and the held-out split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flowcli.adapt.footage import scan_footage
+from flowcli.errors import FlowcliError, InputError
+
+
+def _png(path: Path, h: int = 64, w: int = 96, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    iio.imwrite(path, (rng.random((h, w, 3)) * 255).astype(np.uint8))
+    return path
+
+
+def _frames(folder: Path, count: int, h: int = 64, w: int = 96) -> Path:
+    for i in range(count):
+        _png(folder / f"frame_{i + 1}.png", h, w, seed=i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    config = FlowNetConfig(
+        pyramid_channels=(8,) * 6, decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,)
+    )
+    path = tmp_path_factory.mktemp("base") / "tiny.safetensors"
+    save_checkpoint(FlowNet(config), path)
+    return path
+
+
+def _cli(*args) -> tuple[int, str]:
+    """(exit code, message) of `flowcli adapt ARGS`, as the real entry point would report them."""
+    from flowcli.cli import adapt as adapt_cli
+
+    app = typer.Typer()
+    adapt_cli.register(app)
+
+    @app.callback()
+    def main() -> None:
+        """flowcli (test app holding only `adapt`)"""
+
+    result = CliRunner().invoke(app, ["adapt", *map(str, args)])
+    if isinstance(result.exception, FlowcliError):
+        message = str(result.exception)
+        assert len(message.splitlines()) == 1, message
+        return result.exception.exit_code, message
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
+def test_too_few_frames(tmp_path, base):
+    _frames(tmp_path / "one", 1)
+    code, message = _cli(tmp_path / "one", "-o", tmp_path / "m.safetensors", "-w", base, "--steps", 2)
+    assert code == 2 and "1 frame(s)" in message and "at least 2" in message
+    _frames(tmp_path / "two", 2)
+    code, message = _cli(tmp_path / "two", "--temporal", "-o", tmp_path / "m.safetensors", "-w", base, "--steps", 2)
+    assert code == 2 and "--temporal needs 3" in message
+    code, message = _cli(tmp_path / "missing", "-o", tmp_path / "m.safetensors", "-w", base)
+    assert code == 2 and "does not exist" in message
+
+
+def test_unreadable_frames_are_skipped_with_a_warning(tmp_path):
+    folder = _frames(tmp_path / "shot", 4)
+    (folder / "frame_3.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipping 1 unreadable frame"):
+        footage = scan_footage([folder])
+    assert footage.tuples(2) == [(0, 0)]  # 1-2 only: 2-3 and 3-4 need the broken frame
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"f{i}.png").write_bytes(b"junk")
+    with pytest.raises(InputError, match="3 unreadable"):
+        scan_footage([bad])
+
+
+def test_frames_that_decode_badly_later_are_replaced(tmp_path):
+    from flowcli.adapt.footage import Footage
+
+    folder = _frames(tmp_path / "shot", 3)
+    data = (folder / "frame_2.png").read_bytes()
+    (folder / "frame_2.png").write_bytes(data[: len(data) // 2])  # valid header, truncated pixels
+    footage: Footage = scan_footage([folder])
+    assert footage.tuples(2) == [(0, 0), (0, 1)]  # the header check passes...
+    with pytest.raises(InputError, match="truncated|corrupt"):
+        footage.load(0, 0, 2)  # ...decoding does not; the trainer warns and uses another pair
+
+
+def test_mixed_sizes(tmp_path):
+    _frames(tmp_path / "small", 3, 64, 96)
+    _frames(tmp_path / "large", 3, 128, 160)
+    footage = scan_footage([tmp_path / "small", tmp_path / "large"])  # each sequence keeps its own size
+    assert len(footage.tuples(2)) == 4 and footage.min_size() == (64, 96)
+    mixed = _frames(tmp_path / "mixed", 3, 64, 96)
+    _png(mixed / "frame_3.png", 80, 96)
+    footage = scan_footage([mixed])
+    with pytest.raises(InputError, match=r"frame_2.png is 96x64 but frame_3.png is 96x80"):
+        footage.tuples(2)
+
+
+@pytest.mark.filterwarnings("ignore:the footage has only")
+def test_budget_output_and_option_errors(tmp_path, base):
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    assert _cli(folder, "-o", out, "-w", base, "--steps", 0)[0] == 2
+    assert _cli(folder, "-o", out, "-w", base, "--minutes", 0)[0] == 2
+    assert _cli(folder, "-o", out, "-w", base, "--steps", 5, "--minutes", 1)[0] == 2
+    assert _cli(folder, "-o", tmp_path / "m.pt", "-w", base)[0] == 2
+    assert _cli(folder, "-o", out, "-w", base, "--crop", "big")[0] == 2
+    assert _cli(folder, "-o", out, "-w", base, "--loss", "nonsense=1")[0] == 2
+    assert _cli(folder, "-o", out, "-w", base, "--gt", "sintel")[0] == 2
+    out.write_bytes(b"existing")
+    code, message = _cli(folder, "-o", out, "-w", base, "--steps", 2)
+    assert code == 3 and "--overwrite" in message
+    assert out.read_bytes() == b"existing"
+    assert _cli(folder, "-o", tmp_path / "n.safetensors", "-w", tmp_path / "nope.safetensors")[0] == 4
+
+
+def test_stereo_layouts(tmp_path):
+    oakd = tmp_path / "oakd"
+    for name in ("desk", "toy"):
+        _png(oakd / f"{name}_left.png")
+        _png(oakd / f"{name}_right.png", seed=1)
+    footage = scan_footage([oakd], stereo=True, min_frames=1)
+    assert [tuple(p.name for p in pair) for pair in footage.sequences[0].frames] == [
+        ("desk_left.png", "desk_right.png"), ("toy_left.png", "toy_right.png"),
+    ]  # fmt: skip
+    left, right = _frames(tmp_path / "L", 3), _frames(tmp_path / "R", 3)
+    assert len(scan_footage([left, right], stereo=True, min_frames=1).tuples(2)) == 2
+    nested = tmp_path / "rig"
+    _frames(nested / "left", 2)
+    _frames(nested / "right", 2)
+    assert len(scan_footage([nested], stereo=True, min_frames=1).tuples(1)) == 2
+    listing = tmp_path / "pairs.txt"
+    listing.write_text("# left right\noakd/desk_left.png oakd/desk_right.png\n")
+    assert len(scan_footage([listing], stereo=True, min_frames=1).tuples(1)) == 1
+    _png(oakd / "odd_left.png", 64, 96)
+    _png(oakd / "odd_right.png", 80, 96)
+    with pytest.raises(InputError, match="must share a size"):
+        scan_footage([oakd], stereo=True, min_frames=1)
+
+
+def test_heldout_split_never_shares_frames(tmp_path):
+    footage = scan_footage([_frames(tmp_path / "a", 10), _frames(tmp_path / "b", 5)])
+    tuples = footage.tuples(2)
+    train, held = footage.split(tuples, 0.2, span=1)
+    assert held and train and not set(train) & set(held)
+    for seq in (0, 1):
+        held_frames = {s + k for s_, s in held if s_ == seq for k in (0, 1)}
+        train_frames = {s + k for s_, s in train if s_ == seq for k in (0, 1)}
+        assert not held_frames & train_frames
+    assert footage.split(tuples[:1], 0.2, span=1) == (tuples[:1], [])
+    fingerprint = footage.fingerprint()
+    assert len(fingerprint) == 64 and footage.fingerprint() == fingerprint
+    (tmp_path / "a" / "frame_1.png").write_bytes((tmp_path / "a" / "frame_2.png").read_bytes())
+    assert scan_footage([tmp_path / "a", tmp_path / "b"]).fingerprint() != fingerprint
+
+
+def test_videos_and_folders_mix_and_videos_are_cached(tmp_path):
+    import torch
+
+    from flowcli.io.media import VideoWriter
+
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for i in range(4):
+            writer.write(torch.full((3, 64, 96), 0.2 + 0.15 * i))
+    folder = _frames(tmp_path / "shots" / "a", 3)
+    cache = tmp_path / "cache"
+    footage = scan_footage([video, tmp_path / "shots"], cache_dir=cache)
+    assert [len(seq) for seq in footage.sequences] == [4, 3]
+    assert footage.sequences[1].label == "shots/a" and footage.sequences[1].frames[0] == folder / "frame_1.png"
+    assert len(footage.tuples(2, step=2)) == 2 + 1
+    frames = footage.load(0, 1, 2, step=2)  # video frames 1 and 3, from the uint8 cache
+    assert frames.shape == (2, 3, 64, 96) and float(frames[1].mean()) > float(frames[0].mean()) + 0.2
+    assert len(list(cache.glob("clip-*.u8"))) == 1
+    assert scan_footage([video], cache_dir=cache).sequences[0].video_cache == footage.sequences[0].video_cache

@@ -1,0 +1,177 @@
+"""`flowcli adapt` end to end on tiny synthetic footage (flowcli.synth) and a tiny model, on the CPU:
+the photometric loss goes down, the checkpoint describes itself, Ctrl-C saves a resumable state and
+the resumed run continues the same schedule, and the triplet / stereo / stereo-video modes run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from flowcli.adapt import AdaptConfig, adapt
+from flowcli.errors import FlowcliError
+
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write(path: Path, image: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory) -> Path:
+    """Two sequences of five 64x96 frames: layered scenes moving a few pixels per frame."""
+    from flowcli.synth import SynthConfig, generate_sample
+
+    root = tmp_path_factory.mktemp("footage")
+    for seq in range(2):
+        cfg = SynthConfig(height=64, width=96, num_frames=5, min_layers=2, max_layers=3, layer_translation=3,
+                          background_translation=2, rotation_deg=2, photometric=False)  # fmt: skip
+        sample = generate_sample(cfg, torch.Generator().manual_seed(seq))
+        for i, image in enumerate(sample.images):
+            _write(root / f"shot{seq}" / f"frame_{i}.png", image)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny untrained model: its flow is noisy (several px), so the photometric loss has room to fall."""
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "tiny.safetensors"
+    save_checkpoint(FlowNet(FlowNetConfig(**TINY)), path, provenance={"note": "random init"})
+    return path
+
+
+def _config(footage, base, output, **overrides) -> AdaptConfig:
+    settings = dict(sources=[str(footage)], output=str(output), weights=str(base), steps=6, batch_size=2, crop=(64, 64),
+                    lr=1e-3, warmup=2, teacher_margin=16, transforms={"superpixel_segments": 24})  # fmt: skip
+    settings.update(overrides)
+    return AdaptConfig(**settings)
+
+
+def _photometric(model_path: Path, footage: Path) -> float:
+    """Mean photometric error of the forward flow over every pixel of every pair (zero padding outside the
+    frame, so flow that leaves the image is not excused)."""
+    from flowcli.adapt.losses import LossWeights, photometric_error
+    from flowcli.checkpoint import load_checkpoint
+    from flowcli.inference import estimate_flow
+    from flowcli.io.media import read_image
+    from flowcli.ops.warp import backward_warp
+
+    model = load_checkpoint(model_path)
+    errors = []
+    for shot in sorted(footage.iterdir()):
+        frames = [read_image(p) for p in sorted(shot.glob("*.png"))]
+        for a, b in zip(frames, frames[1:]):
+            flow = estimate_flow(model, a, b).forward
+            errors.append(float(photometric_error(a[None], backward_warp(b[None], flow), LossWeights()).mean()))
+    return sum(errors) / len(errors)
+
+
+def test_twenty_steps_lower_the_photometric_loss_and_the_checkpoint_describes_itself(footage, base, tmp_path):
+    from flowcli.checkpoint import read_metadata
+    from flowcli.models import load_model
+
+    output = tmp_path / "adapted.safetensors"
+    result = adapt(_config(footage, base, output, steps=20), quiet=True)
+    assert result["steps"] == 20 and output.is_file()
+    assert _photometric(output, footage) < 0.9 * _photometric(base, footage)
+    photo = [r["photo"] for r in result["history"]]
+    assert sum(photo[-5:]) < sum(photo[:5])
+    assert {r["stage"] for r in result["history"]} == {1, 2}  # both stages ran
+    assert any(r.get("distill_px", 0) >= 0 for r in result["history"] if r["stage"] == 2)
+
+    meta = read_metadata(output)
+    prov = meta["flowcli.provenance"]
+    assert meta["flowcli.config"]["pyramid_channels"] == [8] * 6
+    assert prov["base_weights"]["spec"] == str(base) and len(prov["base_weights"]["sha256"]) == 64
+    assert len(prov["footage"]["fingerprint"]) == 64 and prov["footage"]["sequences"] == 2
+    assert prov["steps"] == 20 and prov["stages"]["photometric"] + prov["stages"]["distillation"] == 20
+    assert "photo" in prov["losses"] and prov["date"]
+    assert set(prov["heldout_before"]) >= {"photo", "photo_all", "occ"}
+    report = json.loads((tmp_path / "adapted.report.json").read_text())
+    assert report["heldout"]["after"] == prov["heldout_after"]
+    assert not (tmp_path / "adapted.adapt").exists()  # the run folder is cleaned up after success
+    load_model(str(output))  # usable wherever --weights is
+
+
+def test_ctrl_c_saves_state_and_the_resumed_run_continues_the_schedule(footage, base, tmp_path):
+    straight = adapt(_config(footage, base, tmp_path / "straight.safetensors"), quiet=True)
+
+    output = tmp_path / "resumed.safetensors"
+
+    def interrupt(step, record):
+        if step == 4:  # in the distillation stage (stage 1 is 3 of the 6 steps here)
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError) as error:
+        adapt(_config(footage, base, output), quiet=True, callback=interrupt)
+    message = str(error.value)
+    assert "interrupted at step 4/6" in message and "Run the same command again to resume" in message
+    assert (tmp_path / "resumed.adapt" / "state.pt").is_file()
+    assert (tmp_path / "resumed.adapt" / "last.safetensors").is_file()
+    assert not output.exists()
+
+    with pytest.raises(FlowcliError, match="different settings"):
+        adapt(_config(footage, base, output, lr=2e-3), quiet=True)
+    resumed = adapt(_config(footage, base, output), quiet=True)
+    assert [r["stage"] for r in resumed["history"]] == [1, 1, 1, 2, 2, 2]
+    for a, b in zip(straight["history"], resumed["history"]):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    assert resumed["heldout"]["before"] == straight["heldout"]["before"]
+
+
+def test_triplets_with_temporal_consistency(footage, base, tmp_path):
+    result = adapt(_config(footage, base, tmp_path / "t.safetensors", steps=4, temporal=True, batch_size=1,
+                           teacher_flip=True), quiet=True)  # fmt: skip
+    assert [r["stage"] for r in result["history"]] == [1, 1, 2, 2]
+    assert all("temporal" in r for r in result["history"])
+    assert all("distill" in r for r in result["history"] if r["stage"] == 2)
+
+
+@pytest.fixture(scope="module")
+def stereo_footage(tmp_path_factory) -> Path:
+    """A rectified stereo video: left frames moving over time, right = left shifted 3 px to the left."""
+    from flowcli.synth import SynthConfig, generate_sample
+
+    root = tmp_path_factory.mktemp("stereo")
+    cfg = SynthConfig(height=64, width=96, num_frames=3, min_layers=1, max_layers=2, layer_translation=2)
+    sample = generate_sample(cfg, torch.Generator().manual_seed(5))
+    for i, image in enumerate(sample.images):
+        _write(root / "left" / f"{i:04d}.png", image)
+        _write(root / "right" / f"{i:04d}.png", torch.roll(image, -3, dims=-1))
+    return root
+
+
+def test_stereo_pairs_and_stereo_video(stereo_footage, base, tmp_path):
+    pairs = adapt(_config(stereo_footage, base, tmp_path / "s.safetensors", steps=2, stereo=True, batch_size=1,
+                          losses={"zero_vertical": True}), quiet=True)  # fmt: skip
+    assert all("vertical" in r and r["stage"] == 1 for r in pairs["history"])  # stereo: photometric stage only
+    assert "vertical" in pairs["heldout"]["after"]
+    video = adapt(_config(stereo_footage, base, tmp_path / "v.safetensors", steps=2, stereo=True, temporal=True,
+                          batch_size=1, val_fraction=0.0), quiet=True)  # fmt: skip
+    assert all({"quad", "triangle", "vertical"} <= set(r) for r in video["history"])
+
+
+def test_minutes_budget_is_calibrated(footage, base, tmp_path):
+    from flowcli.adapt.trainer import CALIBRATION_STEPS
+
+    result = adapt(_config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.01, batch_size=1), quiet=True)
+    assert result["steps"] == result["stages"]["total"] >= CALIBRATION_STEPS  # the budget was spent calibrating
+    assert result["stages"]["photometric"] == result["steps"]
