@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=None)
     parser.add_argument("--smooth", type=float, default=None, help="VideoOptions.smooth_weight")
     parser.add_argument("--census", type=float, default=None, help="VideoOptions.census_weight")
+    parser.add_argument("--flow-weight", type=float, default=None, help="VideoOptions.flow_weight")
     parser.add_argument("--flow", action="store_true", help="add the optical-flow term (flowcli.inference)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -57,6 +58,8 @@ def main() -> None:
         options.smooth_weight = args.smooth
     if args.census is not None:
         options.census_weight = args.census
+    if args.flow_weight is not None:
+        options.flow_weight = args.flow_weight
 
     t0 = time.perf_counter()
     independent, independent_fits = [], []
@@ -111,8 +114,10 @@ def main() -> None:
         "seconds_per_frame_video_fit": t_fit,
         "seconds_per_frame_flow": t_flow,
         "options": {
-            k: getattr(options, k) for k in ("smooth_weight", "exp_smooth_weight", "census_weight", "steps", "window")
+            k: getattr(options, k)
+            for k in ("smooth_weight", "exp_smooth_weight", "census_weight", "flow_weight", "steps", "window")
         },
+        "flow_term": bool(args.flow),
         "load_average": os.getloadavg()[0],
     }
     if contiguous:

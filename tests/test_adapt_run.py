@@ -78,7 +78,7 @@ def _photometric(model_path: Path, footage: Path) -> float:
     errors = []
     for shot in sorted(footage.iterdir()):
         frames = [read_image(p) for p in sorted(shot.glob("*.png"))]
-        for a, b in zip(frames, frames[1:]):
+        for a, b in zip(frames, frames[1:], strict=False):
             flow = estimate_flow(model, a, b).forward
             errors.append(float(photometric_error(a[None], backward_warp(b[None], flow), LossWeights()).mean()))
     return sum(errors) / len(errors)
@@ -100,7 +100,8 @@ def test_twenty_steps_lower_the_photometric_loss_and_the_checkpoint_describes_it
     meta = read_metadata(output)
     prov = meta["flowcli.provenance"]
     assert meta["flowcli.config"]["pyramid_channels"] == [8] * 6
-    assert prov["base_weights"]["spec"] == str(base) and len(prov["base_weights"]["sha256"]) == 64
+    assert prov["base_weights"]["spec"] == base.name and len(prov["base_weights"]["sha256"]) == 64  # no local folders
+    assert prov["footage"]["sources"] == [footage.name] and prov["config"]["output"] == "adapted.safetensors"
     assert len(prov["footage"]["fingerprint"]) == 64 and prov["footage"]["sequences"] == 2
     assert prov["steps"] == 20 and prov["stages"]["photometric"] + prov["stages"]["distillation"] == 20
     assert "photo" in prov["losses"] and prov["date"]
@@ -132,7 +133,7 @@ def test_ctrl_c_saves_state_and_the_resumed_run_continues_the_schedule(footage, 
         adapt(_config(footage, base, output, lr=2e-3), quiet=True)
     resumed = adapt(_config(footage, base, output), quiet=True)
     assert [r["stage"] for r in resumed["history"]] == [1, 1, 1, 2, 2, 2]
-    for a, b in zip(straight["history"], resumed["history"]):
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
     assert resumed["heldout"]["before"] == straight["heldout"]["before"]
 
@@ -172,6 +173,7 @@ def test_stereo_pairs_and_stereo_video(stereo_footage, base, tmp_path):
 def test_minutes_budget_is_calibrated(footage, base, tmp_path):
     from flowcli.adapt.trainer import CALIBRATION_STEPS
 
-    result = adapt(_config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.01, batch_size=1), quiet=True)
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.01, batch_size=1)
+    result = adapt(cfg, quiet=True)
     assert result["steps"] == result["stages"]["total"] >= CALIBRATION_STEPS  # the budget was spent calibrating
-    assert result["stages"]["photometric"] == result["steps"]
+    assert result["stages"]["photometric"] >= CALIBRATION_STEPS  # calibration steps count as stage 1

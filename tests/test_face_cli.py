@@ -125,7 +125,9 @@ def test_bad_inputs_exit_codes(tmp_path, cache):
     iio.imwrite(tiny, np.zeros((20, 20, 3), np.uint8))
     env = dict(os.environ, FLOWCLI_FACE_ASSETS=str(FACE), FLOWCLI_CACHE=str(cache), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-c", "from flowcli.cli.main import run; run()", "face", "fit", "--json", "-q"]
-    run = subprocess.run([*cmd, str(blank), str(tiny), "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [*cmd, str(blank), str(tiny), "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300
+    )
     assert run.returncode == 2, run.stderr
     assert json.loads(run.stdout.splitlines()[0])["status"] == "no_face"
     lines = run.stderr.strip().splitlines()

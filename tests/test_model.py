@@ -29,12 +29,12 @@ def naive_correlation(f1, f2, r):
 @pytest.mark.parametrize("r", [1, 4])
 def test_correlation_reference_matches_definition_and_gradcheck(r):
     torch.manual_seed(0)
-    f1 = torch.randn(2, 5, 7, 11, dtype=torch.float64, requires_grad=True)
-    f2 = torch.randn(2, 5, 7, 11, dtype=torch.float64, requires_grad=True)
+    f1 = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     out = correlation_torch(f1, f2, r)
-    assert out.shape == (2, (2 * r + 1) ** 2, 7, 11)
+    assert out.shape == (2, (2 * r + 1) ** 2, 5, 7)
     torch.testing.assert_close(out, naive_correlation(f1, f2, r))
-    assert torch.autograd.gradcheck(lambda a, b: correlation_torch(a, b, r), (f1, f2))
+    assert torch.autograd.gradcheck(lambda a, b: correlation_torch(a, b, r), (f1, f2), fast_mode=True)
 
 
 def test_correlation_peaks_at_true_shift():

@@ -76,7 +76,7 @@ class Footage:
                 if any(size is None for size in sizes):
                     continue
                 if len(set(sizes)) > 1:
-                    a, b = next((i, j) for i, j in zip(indices, indices[1:]) if seq.sizes[i] != seq.sizes[j])
+                    a, b = next((i, j) for i, j in zip(indices, indices[1:], strict=False) if seq.sizes[i] != seq.sizes[j])
                     raise InputError(
                         f"{seq.label}: {self.frame_name(s, a)} is {_wh(seq.sizes[a])} but {self.frame_name(s, b)} is "
                         f"{_wh(seq.sizes[b])}; the frames of one sequence must share a size (put them in separate "
@@ -325,7 +325,7 @@ def scan_footage(
         )
         warn(f"skipping {len(skipped)} unreadable frame(s) ({shown}) and the pairs that need them")
     for seq in sequences:
-        for size, frame in zip(seq.sizes, seq.frames):
+        for size, frame in zip(seq.sizes, seq.frames, strict=True):
             if size is not None and min(size) < MIN_SIDE:
                 name = frame[0].name if isinstance(frame, tuple) else getattr(frame, "name", frame)
                 raise InputError(
@@ -404,7 +404,7 @@ def _match_folders(left: Path, right: Path) -> list[tuple[Path, Path]]:
             f"{left} has {len(lefts)} images but {right} has {len(rights)}; left and right folders must pair up "
             "(same file names, or the same count in natural order)"
         )
-    return list(zip(lefts, rights))
+    return list(zip(lefts, rights, strict=True))
 
 
 def _stereo_source(source, skipped, max_frames) -> list[Sequence]:

@@ -154,7 +154,7 @@ def plan_stages(total: int, train_tuples: int, batch: int, cfg: AdaptConfig) -> 
 
 def lr_at(step: int, plan: Plan, cfg: AdaptConfig) -> float:
     """Warm-up then cosine decay to 10 %, restarted at the distillation stage."""
-    total = plan.total or max(step + 1, CALIBRATION_STEPS)
+    total = plan.total or 10**9  # still calibrating a minutes budget: warm-up only
     stage1 = plan.stage1 if plan.stage1 is not None else total
     start, length = (0, stage1) if step < stage1 else (stage1, max(1, total - stage1))
     k = step - start
@@ -385,6 +385,24 @@ def _evenly(items: list, count: int) -> list:
     return [items[round(i * (len(items) - 1) / max(1, count - 1))] for i in range(count)]
 
 
+def _public(spec: str) -> str:
+    """A local path reduced to its name, so a published checkpoint does not reveal the user's folders;
+    registry names, hf:// specs and URLs stay as they are."""
+    if spec.startswith(("hf://", "https://", "http://", "bundled:")) or not ("/" in spec or Path(spec).exists()):
+        return spec
+    return Path(spec.rstrip("/")).name or spec
+
+
+def _public_config(cfg: AdaptConfig) -> dict:
+    data = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "restart", "keep_state", "offline")}
+    data["sources"] = [_public(s) for s in cfg.sources]
+    data["output"] = Path(cfg.output).name
+    data["weights"] = _public(cfg.weights) if cfg.weights else None
+    data["teachers"] = [_public(t) for t in cfg.teachers]
+    data["gt"] = [g.split(":", 1)[0] for g in cfg.gt]
+    return data
+
+
 def _floor_to(value: int, multiple: int) -> int:
     return value // multiple * multiple
 
@@ -525,9 +543,10 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     losses[key] = losses.get(key, 0.0) + value / len(recent)
         return {
             "trained_by": "flowcli adapt",
-            "base_weights": {"spec": base_spec, "sha256": base_sha256},
+            "base_weights": {"spec": _public(base_spec), "sha256": base_sha256},
             "footage": {
                 **footage.summary(),
+                "sources": sorted({_public(q.source) for q in footage.sequences}),
                 "fingerprint": fingerprint,
                 "train_tuples": len(train),
                 "heldout_tuples": len(held),
@@ -543,7 +562,9 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             },
             "complete": final,
             "losses": {k: round(v, 5) for k, v in losses.items()},
-            "teachers": (["stage-1 snapshot", *cfg.teachers] + (["flipped inputs"] if cfg.teacher_flip else []))
+            "teachers": (
+                ["stage-1 snapshot", *map(_public, cfg.teachers)] + (["flipped inputs"] if cfg.teacher_flip else [])
+            )
             if plan.stage1 is not None and plan.total is not None and plan.stage1 < plan.total
             else [],
             "heldout_before": before.get("heldout"),
@@ -552,7 +573,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             "gt_after": (after or {}).get("gt"),
             "crop": list(plan.crop),
             "date": time.strftime("%Y-%m-%d"),
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "restart", "keep_state")},
+            "config": _public_config(cfg),
         }
 
     def save_state() -> None:

@@ -13,7 +13,6 @@ import typer
 from flowcli.errors import FlowcliError, InputError
 
 
-
 class MeshFormat(str, Enum):
     obj = "obj"
     ply = "ply"

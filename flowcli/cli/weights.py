@@ -111,7 +111,8 @@ def list_command(json_output: JsonOption = False) -> None:
         _echo_json({"registry": str(registry.registry_path()), "models": out})
         return
     table = Table(title=f"flowcli weights ({registry.registry_path()})", title_justify="left")
-    for column in ("name", "task", "size", "source", "sha256", "metrics"):
+    table.add_column("name", no_wrap=True)
+    for column in ("task", "size", "source", "sha256", "metrics"):
         table.add_column(column, overflow="fold")
     for name, entry in models.items():
         primary = entry["files"][0]
