@@ -92,27 +92,28 @@ def parse_formats(text: str | None) -> frozenset[str]:
     return frozenset(FORMATS) if "all" in names else frozenset(names)
 
 
-def check_template(template: str) -> str:
+def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_fields: dict | None = None) -> str:
     """Validate a --name template and complete it: `_{kind}` and `.{ext}` are appended when missing.
 
-    Placeholders: {source} {stem} {frame1} {frame2} {index} {kind} {ext}, with format specs ({index:06d}).
-    The result must be a relative path inside the output folder (subfolders allowed).
+    Placeholders: `names` (for flow: {source} {stem} {frame1} {frame2} {index} {kind} {ext}), with format
+    specs ({index:06d}); `sample_fields` fills them to try the template. The result must be a relative path
+    inside the output folder (subfolders allowed).
     """
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as error:
         raise OutputError(f"invalid --name template {template!r}: {error}") from None
     for name in fields:
-        if name not in NAME_FIELDS:
+        if name not in names:
             shown = "{" + name + "}" if name else "{}"
-            allowed = " ".join("{" + f + "}" for f in NAME_FIELDS)
+            allowed = " ".join("{" + f + "}" for f in names)
             raise OutputError(f"unknown placeholder {shown} in --name {template!r}; use {allowed}")
     if "kind" not in fields:
         template += "_{kind}"
     if "ext" not in fields:
         template += ".{ext}"
     try:
-        sample = render_name(template, _SAMPLE_FIELDS)
+        sample = render_name(template, _SAMPLE_FIELDS if sample_fields is None else sample_fields)
     except (ValueError, TypeError, KeyError, IndexError) as error:
         raise OutputError(f"invalid --name template {template!r}: {error}") from None
     if PurePath(sample).is_absolute() or ".." in PurePath(sample).parts:

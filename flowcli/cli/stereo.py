@@ -13,17 +13,17 @@ import json
 import math
 import os
 import re
-import string
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from flowcli.errors import FlowcliError, InputError, OutputError
+from flowcli.outputs import check_template
 
 DEFAULT_OUTPUT = Path("flowcli_out")
 DEFAULT_NAME = "{stem}"
@@ -458,31 +458,6 @@ def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None)
 # ----------------------------------------------------------------------------- outputs
 
 
-def check_template(template: str) -> str:
-    """Validate --name and complete it with `_{kind}` and `.{ext}` when missing."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as error:
-        raise OutputError(f"invalid --name template {template!r}: {error}") from None
-    for name in fields:
-        if name not in NAME_FIELDS:
-            shown = "{" + name + "}" if name else "{}"
-            raise OutputError(
-                f"unknown placeholder {shown} in --name {template!r}; use {' '.join('{' + f + '}' for f in NAME_FIELDS)}"
-            )
-    if "kind" not in fields:
-        template += "_{kind}"
-    if "ext" not in fields:
-        template += ".{ext}"
-    try:
-        sample = template.format(**_SAMPLE_FIELDS)
-    except (ValueError, TypeError, KeyError, IndexError) as error:
-        raise OutputError(f"invalid --name template {template!r}: {error}") from None
-    if PurePath(sample).is_absolute() or ".." in PurePath(sample).parts:
-        raise OutputError(f"--name {template!r} must give a path inside the output folder (no leading / or ..)")
-    return template
-
-
 def parse_formats(text: str | None) -> frozenset[str]:
     if text is None:
         return frozenset()
@@ -767,7 +742,7 @@ def stereo(
     if camera is None and chosen & DEPTH_FORMATS:
         wanted = min(chosen & DEPTH_FORMATS).replace("_", "-")
         raise InputError(f"--{wanted} needs a camera: give --focal PX and --baseline M, or --calib FILE")
-    template = check_template(name)
+    template = check_template(name, NAME_FIELDS, _SAMPLE_FIELDS)
     want_video = "video" in chosen
     formats_set = frozenset(chosen - {"video"})
 
