@@ -72,8 +72,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
     if family not in ARCHITECTURES:
         raise WeightsError(f"{path} holds a '{family}' model; this flowcli knows {sorted(ARCHITECTURES)}")
     model_cls, config_cls = ARCHITECTURES[family]
+    stored = dict(meta["flowcli.config"])
+    if family == "flownet":
+        stored.setdefault("normalize_features", False)  # checkpoints made before the field existed
     try:
-        config = config_cls(**meta["flowcli.config"])
+        config = config_cls(**stored)
     except (TypeError, ValueError) as error:
         raise WeightsError(f"{path} describes an architecture this flowcli cannot build: {error}") from None
     model = model_cls(config)

@@ -67,6 +67,7 @@ def evaluate(
     progress: bool = True,
     precision: str = "fp32",
     max_pixels: int | None = None,
+    scale: float = 1.0,
 ) -> EvalReport:
     """Evaluate `model` (a loaded module, or a registry name / checkpoint path) on a benchmark.
 
@@ -96,7 +97,7 @@ def evaluate(
             with torch.inference_mode():
                 result = estimate_flow(
                     model, image1, image2, backward=want_occ, occlusion=want_occ,
-                    max_pixels=max_pixels, precision=precision,
+                    max_pixels=max_pixels, precision=precision, scale=scale,
                 )  # fmt: skip
             seconds = time.perf_counter() - start
             flow = result.forward.float()

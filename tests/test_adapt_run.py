@@ -54,7 +54,10 @@ def base(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("base") / "tiny.safetensors"
-    save_checkpoint(FlowNet(FlowNetConfig(**TINY)), path, provenance={"note": "random init"})
+    model = FlowNet(FlowNetConfig(**TINY))
+    for head in (model.decoder.predict_flow[0], model.context.body[-1][0]):  # FlowNet starts these near zero
+        torch.nn.init.kaiming_normal_(head.weight, a=0.1, nonlinearity="leaky_relu")
+    save_checkpoint(model, path, provenance={"note": "random init"})
     return path
 
 

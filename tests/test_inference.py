@@ -45,6 +45,21 @@ def test_tiled_result_matches_untiled_away_from_seams():
     torch.testing.assert_close(tiled.forward, whole.forward, atol=1e-4, rtol=1e-4)
 
 
+def test_scale_returns_full_size_flow_in_full_size_pixels():
+    model = FlowNet(FlowNetConfig(**TINY)).eval()
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    model.context.body[-1][0].bias.data[:] = torch.tensor([1.5, -0.5])  # 4x that in network-input pixels
+    a, b = torch.rand(1, 3, 130, 190), torch.rand(1, 3, 130, 190)
+    native = estimate_flow(model, a, b).forward
+    half = estimate_flow(model, a, b, scale=0.5, occlusion=True)
+    assert half.forward.shape == (1, 2, 130, 190) and half.occlusion.shape == (1, 1, 130, 190)
+    torch.testing.assert_close(native.mean((2, 3)), torch.tensor([[6.0, -2.0]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(half.forward.mean((2, 3)), torch.tensor([[12.0, -4.0]]), atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="scale"):
+        estimate_flow(model, a, b, scale=0)
+
+
 def test_frames_of_different_sizes_are_an_input_error(model):
     with pytest.raises(InputError, match="differ in size"):
         estimate_flow(model, torch.rand(3, 64, 64), torch.rand(3, 64, 80))

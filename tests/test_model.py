@@ -94,3 +94,35 @@ def test_fp16_checkpoint_loads_as_fp32(tmp_path):
     path = save_checkpoint(model, tmp_path / "half.safetensors", dtype=torch.float16)
     loaded = load_checkpoint(path)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_checkpoint_from_before_feature_normalization_keeps_its_behaviour(tmp_path):
+    model = FlowNet(FlowNetConfig(normalize_features=False, **TINY)).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(path).items()}
+    config = json.loads(meta["flowcli.config"])
+    del config["normalize_features"]  # written by a flowcli that did not have the field
+    meta["flowcli.config"] = json.dumps(config)
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded = load_checkpoint(tmp_path / "old.safetensors")
+    assert loaded.config.normalize_features is False
+    x1, x2 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x1, x2).flow, model(x1, x2).flow)
+
+
+def test_fresh_network_cost_volume_already_finds_the_shift():
+    """With normalised matching features even untrained ones peak at the true displacement, which is
+    what lets training leave the 'predict zero flow' plateau."""
+    torch.manual_seed(0)
+    model = FlowNet(FlowNetConfig())
+    from flowcli.models.pwc import normalize_for_matching
+
+    image = F.interpolate(torch.rand(1, 3, 24, 32), size=(192, 256), mode="bicubic", align_corners=False).clamp(0, 1)
+    image1, image2 = image[..., 16:144, 16:208], image[..., 8:136, 0:192]  # content moves +16 x, +8 y
+    with torch.no_grad():
+        a, b = model.normalize(image1, image2)
+        f = model.pyramid(torch.cat((a, b)))[2]  # level 3: shift (2, 1)
+    cost = correlation_torch(normalize_for_matching(f[:1]), normalize_for_matching(f[1:]), 4)[0, :, 3:-3, 3:-3]
+    true_index = (1 + 4) * 9 + (2 + 4)
+    assert (cost.argmax(0) == true_index).float().mean() > 0.8

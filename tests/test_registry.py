@@ -261,6 +261,82 @@ def test_url_offline(hub, tmp_path, monkeypatch, checkpoint_bytes):
     assert registry.resolve("tiny-url", offline=True, quiet=True) == path
 
 
+def member_setup(hub, tmp_path, monkeypatch, payload: bytes, *, member_sha: str | None = None):
+    """A zip 'wheel' on the server holding one model file, registered as an archive member."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr("pkg/modules/detector.tflite", payload)
+        bundle.writestr("pkg/__init__.py", b"")
+    archive = buffer.getvalue()
+    hosted = hub.add_plain_file("pkg-1.0-py3-none-any.whl", archive)
+    record = {
+        "path": "models/detector.tflite",
+        "source": hub.plain_url("pkg-1.0-py3-none-any.whl"),
+        "member": "pkg/modules/detector.tflite",
+        "sha256": member_sha or hashlib.sha256(payload).hexdigest(),
+        "size": len(payload),
+        "archive_sha256": hashlib.sha256(archive).hexdigest(),
+        "archive_size": len(archive),
+    }
+    write_registry(tmp_path, monkeypatch, {"tiny-face": {"task": "face", "files": [record], "license": "MIT"}})
+    return hosted
+
+
+def test_archive_member_is_extracted_and_verified(hub, tmp_path, monkeypatch):
+    payload = os.urandom(5000)
+    member_setup(hub, tmp_path, monkeypatch, payload)
+    [path] = registry.fetch_model("tiny-face", quiet=True)
+    assert path == tmp_path / "flowcli-cache" / "models" / "tiny-face" / "models" / "detector.tflite"
+    assert path.read_bytes() == payload
+    assert registry.verify("tiny-face") == [("models/detector.tflite", registry.OK)]
+    registry.fetch_model("tiny-face", offline=True, quiet=True)  # served from the cache, no request
+    assert hub.count("GET", "/files/") == 1
+
+
+def test_archive_member_with_wrong_sha256_leaves_nothing(hub, tmp_path, monkeypatch):
+    member_setup(hub, tmp_path, monkeypatch, os.urandom(5000), member_sha="0" * 64)
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-face \(models/detector.tflite\)"):
+        registry.fetch_model("tiny-face", quiet=True)
+    cache = tmp_path / "flowcli-cache"
+    assert not (cache / "models" / "tiny-face" / "models" / "detector.tflite").exists() and leftovers(cache) == []
+
+
+def test_corrupt_archive_is_refused_before_extraction(hub, tmp_path, monkeypatch):
+    member_setup(hub, tmp_path, monkeypatch, os.urandom(5000)).corrupt = True
+    with pytest.raises(WeightsError, match=r"tiny-face \(models/detector.tflite\): sha256 mismatch"):
+        registry.fetch_model("tiny-face", quiet=True)
+    assert not (tmp_path / "flowcli-cache" / "models" / "tiny-face").exists()
+
+
+def test_archive_member_offline_names_the_download_command(hub, tmp_path, monkeypatch):
+    member_setup(hub, tmp_path, monkeypatch, os.urandom(100))
+    with pytest.raises(WeightsError, match="flowcli weights download tiny-face"):
+        registry.fetch_model("tiny-face", offline=True, quiet=True)
+    assert hub.requests == []
+
+
+def test_member_records_need_both_checksums(tmp_path, monkeypatch):
+    record = {"path": "a.tflite", "source": "https://example.org/x.whl", "member": "x/a.tflite", "sha256": "a" * 64}
+    write_registry(tmp_path, monkeypatch, {"m": {"files": [record]}})
+    with pytest.raises(WeightsError, match="archive_sha256"):
+        registry.load_registry()
+
+
+def test_face_detector_falls_back_to_the_registry(hub, tmp_path, monkeypatch):
+    from flowcli.face.assets import FaceAssets
+
+    monkeypatch.delenv("FLOWCLI_FACE_ASSETS", raising=False)
+    (tmp_path / "assets" / "mediapipe").mkdir(parents=True)  # a user folder without the MediaPipe files
+    monkeypatch.setenv("FLOWCLI_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="flowcli weights download mediapipe-face"):
+        FaceAssets.locate(tmp_path / "assets").mediapipe_dir
+    with pytest.raises(WeightsError, match="ICT-FaceKit model is needed"):
+        FaceAssets.locate(None).model()
+
+
 def test_plain_http_only_for_loopback(hub, tmp_path, monkeypatch):
     write_registry(tmp_path, monkeypatch, {})
     with pytest.raises(WeightsError, match="plain http"):

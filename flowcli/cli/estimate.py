@@ -441,6 +441,11 @@ def estimate(
         int, typer.Option("--max-pixels", help="Larger frames run in overlapping tiles; 0 = never tile.",
                           rich_help_panel=_MODEL)
     ] = DEFAULT_MAX_PIXELS,
+    scale: Annotated[
+        float, typer.Option("--scale", help="Resize frames by this factor for the network (0.5: about 4x faster "
+                            "on large frames); flow is written at full size, in full-size pixels.",
+                            rich_help_panel=_MODEL)
+    ] = 1.0,
     offline: Annotated[
         bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=_MODEL)
     ] = False,
@@ -456,6 +461,8 @@ def estimate(
     chosen, everything = _parse_outputs(formats, flags, all_)
     backward = backward or everything
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
+    if not 0.05 <= scale <= 4:
+        raise FlowcliError(f"--scale must be between 0.05 and 4, got {scale}")
     if precision is not None and precision not in _PRECISIONS:
         raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(_PRECISIONS)}")
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
@@ -478,7 +485,10 @@ def estimate(
     precision = next(name for name, value in PRECISIONS.items() if value == dtype)
 
     # ---- model
-    model, spec, weights_path, sha256 = _load_model(weights, torch_device, offline, quiet)
+    from flowcli.models import DEFAULT_MODEL, load_model_and_file
+
+    spec = weights or DEFAULT_MODEL
+    model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
     if getattr(model.config, "matching", None) == "maskflownet" and "occlusion" in chosen:
         options = dataclasses.replace(options, learned_occlusion=True)
         _plan(sources, options, _Claims(input_files, overwrite), step, want_video)
@@ -487,7 +497,7 @@ def estimate(
 
     # ---- run
     claims = _Claims(input_files, overwrite)
-    run = _Run(model=model, options=options, precision=precision, max_pixels=max_pixels or None,
+    run = _Run(model=model, options=options, precision=precision, max_pixels=max_pixels or None, scale=scale,
                batch_size=batch_size, step=step, max_frames=max_frames, want_video=want_video, fps=fps,
                claims=claims, json_out=stdout if json_output else None,
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
@@ -501,23 +511,13 @@ def estimate(
         stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
 
 
-def _load_model(weights: str | None, device, offline: bool, quiet: bool):
-    from flowcli.checkpoint import load_checkpoint
-    from flowcli.models import DEFAULT_MODEL
-    from flowcli.registry import resolve, sha256_file
-
-    spec = weights or DEFAULT_MODEL
-    path = resolve(spec, offline=offline, quiet=quiet)
-    model = load_checkpoint(path, device=device)
-    return model, spec, path, sha256_file(path)
-
-
 @dataclass
 class _Run:
     model: object
     options: object
     precision: str
     max_pixels: int | None
+    scale: float
     batch_size: int
     step: int
     max_frames: int | None
@@ -573,6 +573,7 @@ class _Run:
             occlusion=options.needs_occlusion,
             max_pixels=self.max_pixels,
             precision=self.precision,
+            scale=self.scale,
         )
         if result.forward.is_cuda:
             torch.cuda.synchronize()

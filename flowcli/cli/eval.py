@@ -124,6 +124,9 @@ def eval_command(
     occlusion: bool = typer.Option(
         True, "--occlusion/--no-occlusion", help="Also score forward-backward occlusion where GT occlusion exists."
     ),
+    scale: float = typer.Option(
+        1.0, "--scale", min=0.05, max=4.0, help="Resize frames by this factor for the network (as estimate --scale)."
+    ),
     offline: bool = typer.Option(False, "--offline", help="Never download weights; use the cache only."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table on stderr."),
@@ -143,7 +146,8 @@ def eval_command(
     reports = []
     for each in names:
         report = evaluate(
-            model, each, root, max_items=max_items, occlusion=occlusion, device=device, progress=not quiet
+            model, each, root, max_items=max_items, occlusion=occlusion, device=device, progress=not quiet,
+            scale=scale,
         )
         reports.append(report)
         if not quiet:
@@ -154,6 +158,7 @@ def eval_command(
             "weights": weights or getattr(model, "checkpoint_path", None),
             "model": getattr(model, "checkpoint_path", None),
             "device": device,
+            "scale": scale,
             "results": {
                 r.dataset: {k: v for k, v in r.to_dict().items() if k not in ("dataset", "model")} for r in reports
             },

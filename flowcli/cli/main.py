@@ -18,6 +18,23 @@ app = typer.Typer(
     add_completion=False,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from flowcli import __version__
+
+        typer.echo(f"flowcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the flowcli version and exit."
+    ),
+) -> None:
+    """Dense correspondence from the command line: optical flow, stereo, occlusion, 3D faces."""
+
+
 # Each command module exposes `register(app)`; listed here so `flowcli --help` shows them in this order.
 _COMMAND_MODULES = [
     "estimate",

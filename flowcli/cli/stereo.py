@@ -781,7 +781,10 @@ def stereo(
     precision = next(k for k, v in PRECISIONS.items() if v == dtype)
 
     # ---- model
-    model, spec, weights_path, sha256 = _load_model(weights, torch_device, offline, quiet)
+    from flowcli.models import DEFAULT_MODEL, load_model_and_file
+
+    spec = weights or DEFAULT_MODEL
+    model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
     if not quiet:
         stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
 
@@ -799,16 +802,6 @@ def stereo(
             run.source(source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
-
-
-def _load_model(weights: str | None, device, offline: bool, quiet: bool):
-    from flowcli.checkpoint import load_checkpoint
-    from flowcli.models import DEFAULT_MODEL
-    from flowcli.registry import resolve, sha256_file
-
-    spec = weights or DEFAULT_MODEL
-    path = resolve(spec, offline=offline, quiet=quiet)
-    return load_checkpoint(path, device=device), spec, path, sha256_file(path)
 
 
 @dataclass

@@ -6,8 +6,9 @@ Results (tables, JSON, paths) go to stdout; progress and messages to stderr.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Optional
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -87,6 +88,16 @@ def _short_sha(record: dict) -> str:
     return sha if sha == registry.UNKNOWN_SHA256 else sha[:12]
 
 
+def _short_source(record: dict) -> str:
+    """URLs shortened to host/.../file for the table; `weights info` and --json show them whole."""
+    source = record["source"]
+    if source.startswith(("https://", "http://")):
+        parts = urlsplit(source)
+        name = PurePosixPath(parts.path).name
+        source = f"{parts.netloc}/.../{name}" if name else parts.netloc
+    return source + (f" ({record['member'].rsplit('/', 1)[-1]} inside)" if "member" in record else "")
+
+
 def _total_size(entry: dict) -> int:
     sizes = [record.get("size") or 0 for record in entry["files"]]
     return 0 if 0 in sizes else sum(sizes)
@@ -96,7 +107,7 @@ def _total_size(entry: dict) -> int:
     "list",
     help=(
         "List the models in the registry: task, size, where the files come from, checksum and key metrics.\n\n"
-        "Any NAME shown works as `flowcli estimate --model NAME`. sha256 \"TBD\" means the entry has no "
+        "Any NAME shown works as `flowcli estimate --weights NAME`. sha256 \"TBD\" means the entry has no "
         "recorded checksum yet, so its file cannot be verified.\n\n"
         "Example: flowcli weights list --json | jq '.models[].name'"
     ),
@@ -116,7 +127,7 @@ def list_command(json_output: JsonOption = False) -> None:
         table.add_column(column, overflow="fold")
     for name, entry in models.items():
         primary = entry["files"][0]
-        source = primary["source"] + (f" (+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else "")
+        source = _short_source(primary) + (f" (+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else "")
         table.add_row(
             name,
             entry.get("task", "?"),
@@ -155,7 +166,8 @@ def info_command(
         local = registry.local_copy(name, record["path"])
         files.append({**record, "status": statuses[record["path"]], "local_path": str(local) if local else None})
     primary = files[0]["local_path"]
-    checkpoint = _checkpoint_metadata(Path(primary)) if primary else None
+    is_checkpoint = files[0]["path"].endswith(".safetensors")  # face entries hold .tflite models
+    checkpoint = _checkpoint_metadata(Path(primary)) if primary and is_checkpoint else None
     if json_output:
         _echo_json({"name": name, **entry, "files": files, "checkpoint": checkpoint})
         return
@@ -175,11 +187,15 @@ def info_command(
         style = _STATUS_STYLE.get(record["status"], "")
         table.add_row(
             f"file {record['path']}",
-            f"source {record['source']}\nsize {_human_size(record.get('size') or 0)}, "
+            f"source {record['source']}\n"
+            + (f"member {record['member']} (archive sha256 {record['archive_sha256'][:12]}...)\n" if "member" in record else "")
+            + f"size {_human_size(record.get('size') or 0)}, "
             f"sha256 {record.get('sha256', registry.UNKNOWN_SHA256)}\n"
             f"[{style}]{record['status']}[/], local copy: {record['local_path'] or 'none'}",
         )
-    if checkpoint is None:
+    if not is_checkpoint:
+        pass
+    elif checkpoint is None:
         table.add_row("checkpoint", f"no local copy; `flowcli weights download {name}` fetches it")
     else:
         _add_checkpoint_rows(table, checkpoint)

@@ -7,7 +7,7 @@ An asset folder is laid out like the shared test data:
     <dir>/mediapipe/face_detection_short_range.tflite
     <dir>/mediapipe/face_landmark.tflite
 
-It is chosen by `--face-assets DIR`, else `FLOWCLI_FACE_ASSETS`, else the registry (when it has face entries).
+It is chosen by `--face-assets DIR`, else `FLOWCLI_FACE_ASSETS`; the MediaPipe models fall back to the registry.
 The compact model (bases + triangles + UVs + landmark indices) is written to the cache on first use:
 `$FLOWCLI_CACHE/face` or `~/.cache/flowcli/face`.
 """
@@ -23,7 +23,8 @@ from flowcli.errors import InputError, WeightsError
 from flowcli.face.model import FaceModel, build_compact, convert_ict, load_face_model
 
 ENV_ASSETS = "FLOWCLI_FACE_ASSETS"
-REGISTRY_NAMES = {"model": "ict-facekit", "mediapipe": "mediapipe-face"}
+REGISTRY_NAMES = {"mediapipe": "mediapipe-face"}
+MEDIAPIPE_FILES = ("face_detection_short_range.tflite", "face_landmark.tflite")
 
 
 def cache_dir() -> Path:
@@ -41,15 +42,36 @@ def _fingerprint(paths: list[Path]) -> str:
 
 @dataclass
 class FaceAssets:
-    root: Path
+    """Where the face models come from: a user folder (`--face-assets`) and/or the weights registry.
+
+    The MediaPipe detector and landmarker come from `<root>/mediapipe` when that folder has them, else from
+    the registry entry `mediapipe-face` (the two files inside the published mediapipe 0.10.21 wheel, checked
+    by sha256, downloaded once). The ICT-FaceKit model must be on disk (`<root>/ict-facekit`) or given with
+    `--face-model`: no copy with a published checksum can be fetched and verified automatically.
+    """
+
+    root: Path | None
+    offline: bool = False
 
     @property
     def ict_dir(self) -> Path:
+        if self.root is None:
+            raise WeightsError(
+                "the ICT-FaceKit model is needed: download FaceXModel from https://github.com/ICT-VGL/ICT-FaceKit "
+                f"and pass --face-assets DIR (with DIR/ict-facekit/FaceXModel/*.obj, or set {ENV_ASSETS}) or --face-model PATH"
+            )
         return self.root / "ict-facekit"
 
     @property
     def mediapipe_dir(self) -> Path:
-        return self.root / "mediapipe"
+        if self.root is not None:
+            local = self.root / "mediapipe"
+            if all((local / name).is_file() for name in MEDIAPIPE_FILES):
+                return local
+        from flowcli.registry import fetch_model
+
+        paths = fetch_model(REGISTRY_NAMES["mediapipe"], offline=self.offline)
+        return paths[0].parent
 
     @property
     def topology_obj(self) -> Path:
@@ -60,16 +82,17 @@ class FaceAssets:
         if directory is None:
             directory = os.environ.get(ENV_ASSETS) or None
         if directory is None:
-            directory = _from_registry(offline)
+            return cls(None, offline)
         root = Path(directory).expanduser()
         if not root.is_dir():
             raise InputError(f"face asset folder {root} not found; pass --face-assets DIR or set {ENV_ASSETS}")
-        return cls(root)
+        return cls(root, offline)
 
     def model(self, face_model: str | os.PathLike | None = None) -> FaceModel:
         """The face model: a user's file/folder if given, else ICT-FaceKit from the asset folder (cached)."""
         if face_model is not None:
-            return load_user_model(Path(face_model), self.topology_obj if self.topology_obj.is_file() else None)
+            topology = self.topology_obj if self.root is not None and self.topology_obj.is_file() else None
+            return load_user_model(Path(face_model), topology)
         if not self.topology_obj.is_file():
             raise WeightsError(f"{self.topology_obj} not found; the face asset folder needs ICT-FaceKit's FaceXModel")
         region = self.ict_dir / "ict_face_region.npz"
@@ -111,19 +134,3 @@ def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:
             build_compact(arrays, path / "generic_neutral_mesh.obj", cached, source=str(path))
         return load_face_model(cached)
     return load_face_model(path, topology_obj=topology_obj)
-
-
-def _from_registry(offline: bool) -> Path:
-    """The registry's face assets, once flowcli.registry has entries for them; else a clear error."""
-    try:
-        from flowcli.registry import resolve  # written separately; face entries pending
-    except ImportError:
-        resolve = None
-    if resolve is not None:
-        try:
-            return Path(resolve(REGISTRY_NAMES["model"], offline=offline)).parent
-        except Exception:
-            pass
-    raise WeightsError(
-        f"face assets not found: pass --face-assets DIR or set {ENV_ASSETS} (a folder laid out like shared/data/face)"
-    )

@@ -10,16 +10,40 @@ from flowcli.models.pwc import FlowNet, FlowNetConfig, FlowOutput
 
 DEFAULT_MODEL = "flowcli-pwc-synth"
 
-__all__ = ["FlowNet", "FlowNetConfig", "FlowOutput", "load_model", "DEFAULT_MODEL"]
+__all__ = ["FlowNet", "FlowNetConfig", "FlowOutput", "load_model", "resolve_model_file", "DEFAULT_MODEL"]
 
 
-def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu", offline: bool = False):
+def resolve_model_file(name_or_path: str | Path | None = None, offline: bool = False, quiet: bool = False) -> Path:
+    """The verified local checkpoint for a flow model spec (default: the bundled model), fetched if needed."""
+    from flowcli.errors import WeightsError
+    from flowcli.registry import load_registry, resolve
+
+    spec = str(name_or_path or DEFAULT_MODEL)
+    entry = load_registry()["models"].get(spec)
+    if entry is not None and entry.get("task") not in (None, "flow", "stereo"):
+        raise WeightsError(f"{spec} is a {entry['task']} model, not a flow network; see `flowcli weights list`")
+    return resolve(spec, offline=offline, quiet=quiet)
+
+
+def load_model(
+    name_or_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    offline: bool = False,
+    quiet: bool = False,
+):
     """Load a flow model by registry name (see `flowcli weights list`), hf:// spec, URL or local path.
 
     Registry and remote files are fetched into the cache on first use and sha256-verified.
     """
     from flowcli.checkpoint import load_checkpoint
-    from flowcli.registry import resolve
 
-    path = resolve(str(name_or_path or DEFAULT_MODEL), offline=offline)
-    return load_checkpoint(path, device=device)
+    return load_checkpoint(resolve_model_file(name_or_path, offline, quiet), device=device)
+
+
+def load_model_and_file(name_or_path: str | Path | None, device, offline: bool = False, quiet: bool = False):
+    """(model, checkpoint path, its sha256): what the CLIs need to record which weights made an output."""
+    from flowcli.checkpoint import load_checkpoint
+    from flowcli.registry import sha256_file
+
+    path = resolve_model_file(name_or_path, offline, quiet)
+    return load_checkpoint(path, device=device), path, sha256_file(path)

@@ -32,6 +32,10 @@ class FlowNetConfig:
     reduced_channels: int = 32
     max_displacement: int = 4
     output_level: int = 2
+    # Centre and scale each feature vector before matching, so the cost volume is a correlation
+    # coefficient in [-1, 1]. Raw PWC features share a large positive mean that drowns the matching
+    # signal (cost contrast ~0.01 at init) and training then sits at "predict zero flow".
+    normalize_features: bool = True
 
     def __post_init__(self):
         for name in ("pyramid_channels", "decoder_channels", "context_channels", "context_dilations"):
@@ -53,6 +57,13 @@ class FlowNetConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def normalize_for_matching(features: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, norm sqrt(C) per pixel: correlation (which divides by C) then gives a cosine."""
+    centred = features - features.mean(dim=1, keepdim=True)
+    norm = torch.linalg.vector_norm(centred, dim=1, keepdim=True).clamp_min(1e-6)
+    return centred * (features.shape[1] ** 0.5) / norm
 
 
 def conv(cin: int, cout: int, stride: int = 1, dilation: int = 1, act: bool = True) -> nn.Sequential:
@@ -152,6 +163,13 @@ class FlowNet(nn.Module):
             if isinstance(module, nn.Conv2d) and not getattr(module, "keep_init", False):
                 nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
                 nn.init.zeros_(module.bias)
+        # Start the flow heads near zero: large random initial flows are unlearned first, and the
+        # network collapses to predicting zero before it learns to read the cost volume.
+        heads = [self.decoder.predict_flow[0], self.context.body[-1][0]]
+        if self.decoder.predict_mask is not None:
+            heads.append(self.decoder.predict_mask[0])
+        for head in heads:
+            nn.init.normal_(head.weight, std=1e-3)
 
     @staticmethod
     def normalize(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,9 +188,10 @@ class FlowNet(nn.Module):
         level_flows = {}
         for lvl in self.levels:
             f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
+            m1, m2 = (normalize_for_matching(f1), normalize_for_matching(f2)) if cfg.normalize_features else (f1, f2)
             if flow is None:
                 flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
-                cost = correlation(f1, f2, cfg.max_displacement)
+                cost = correlation(m1, m2, cfg.max_displacement)
             else:
                 flow = 2.0 * F.interpolate(flow, size=f1.shape[-2:], mode="bilinear", align_corners=False)
                 if self.matching is not None:
@@ -180,10 +199,10 @@ class FlowNet(nn.Module):
                     decoder_feature = F.interpolate(
                         decoder_feature, size=f1.shape[-2:], mode="bilinear", align_corners=False
                     )
-                    warped = self.matching[str(lvl)](f2, flow, mask, decoder_feature)
-                    cost = correlation(f1, warped, cfg.max_displacement)
+                    warped = self.matching[str(lvl)](m2, flow, mask, decoder_feature)
+                    cost = correlation(m1, warped, cfg.max_displacement)
                 else:  # warp + correlation, fused into one kernel on GPU
-                    cost = warp_correlation(f1, f2, flow, cfg.max_displacement)
+                    cost = warp_correlation(m1, m2, flow, cfg.max_displacement)
             cost = F.leaky_relu(cost, 0.1)
             x = torch.cat((cost, self.reduce[str(lvl)](f1), flow), dim=1)
             decoder_feature, delta, mask = self.decoder(x)

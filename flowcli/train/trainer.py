@@ -8,7 +8,6 @@ same config continues from it and produces the same loss curve.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

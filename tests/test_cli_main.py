@@ -1,0 +1,27 @@
+"""The top-level `flowcli` command: version and the public library entry points."""
+
+import importlib.metadata
+import subprocess
+import sys
+
+import flowcli
+
+
+def test_version_flag_matches_the_installed_package():
+    proc = subprocess.run([sys.executable, "-m", "flowcli.cli.main", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"flowcli {flowcli.__version__}"
+    assert importlib.metadata.version("flowcli") == flowcli.__version__
+
+
+def test_library_entry_points_resolve_lazily():
+    from flowcli.inference import estimate_flow
+    from flowcli.models import load_model
+
+    assert flowcli.load_model is load_model and flowcli.estimate_flow is estimate_flow
+    try:
+        flowcli.no_such_thing
+    except AttributeError as error:
+        assert "no_such_thing" in str(error)
+    else:
+        raise AssertionError("unknown attribute did not raise")
