@@ -64,6 +64,8 @@ def commit_for(repo_id: str, revision: str) -> str:
 class HubServer:
     """Start with `with HubServer() as hub:`; `hub.url` is the endpoint (http://127.0.0.1:PORT)."""
 
+    handler_class: type | None = None  # request handler base (default _HubHandler); subclasses extend it
+
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, HostedFile]] = {}
         self.plain: dict[str, HostedFile] = {}
@@ -108,7 +110,7 @@ class HubServer:
     def start(self) -> HubServer:
         server = self
 
-        class Handler(_HubHandler):
+        class Handler(self.handler_class or _HubHandler):
             hub = server
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

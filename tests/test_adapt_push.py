@@ -75,27 +75,14 @@ class _UploadHandler(_HubHandler):
 
 
 class UploadHubServer(HubServer):
+    handler_class = _UploadHandler
+
     def __init__(self) -> None:
         super().__init__()
         self.created: list = []
         self.commits: list = []
         self.auth_headers: list = []
         self.require_token = True
-
-    def start(self) -> UploadHubServer:
-        import threading
-        from http.server import ThreadingHTTPServer
-
-        server = self
-
-        class Handler(_UploadHandler):
-            hub = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
 
 
 @pytest.fixture(scope="module")
