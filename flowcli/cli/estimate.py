@@ -21,6 +21,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from flowcli.cli.options import (
+    MODEL_PANEL,
+    BatchSizeOption,
+    DeviceOption,
+    OfflineOption,
+    PrecisionOption,
+    WeightsOption,
+)
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
 
@@ -66,7 +74,7 @@ HELP = "\n\n".join(_HELP_PARAGRAPHS)
 
 _INPUT = "Inputs"
 _OUTPUT = "Outputs"
-_MODEL = "Model"
+_MODEL = MODEL_PANEL  # shared with the options in flowcli/cli/options.py
 
 
 def register(app: typer.Typer) -> None:
@@ -420,23 +428,10 @@ def estimate(
         bool, typer.Option("-q", "--quiet", help="No progress bar or info on stderr (warnings and errors stay).",
                            rich_help_panel=_OUTPUT)
     ] = False,
-    weights: Annotated[
-        Optional[str],
-        typer.Option("--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
-                     "https:// URL. Default: the registry default model.", rich_help_panel=_MODEL,
-                     show_default=False),
-    ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)
-    ] = "auto",
-    precision: Annotated[
-        Optional[str],
-        typer.Option("--precision", help="fp32, fp16 or bf16; default fp16 on CUDA, fp32 elsewhere.",
-                     rich_help_panel=_MODEL, show_default=False),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Pairs per forward pass (sequences).", rich_help_panel=_MODEL)
-    ] = 1,
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
+    batch_size: BatchSizeOption = 1,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Larger frames run in overlapping tiles; 0 = never tile.",
                           rich_help_panel=_MODEL)
@@ -446,9 +441,7 @@ def estimate(
                             "on large frames); flow is written at full size, in full-size pixels.",
                             rich_help_panel=_MODEL)
     ] = 1.0,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=_MODEL)
-    ] = False,
+    offline: OfflineOption = False,
 ) -> None:
     stdout = sys.stdout  # the progress display may redirect sys.stdout to the console while it runs
 
@@ -554,7 +547,13 @@ class _Run:
         import torch
 
         from flowcli.inference import estimate_flow
-        from flowcli.outputs import flow_stats, output_paths, pair_result, visualize, write_pair_outputs
+        from flowcli.outputs import (
+            flow_stats,
+            output_paths,
+            pair_result,
+            visualize,
+            write_pair_outputs,
+        )
 
         options = self.options
         planned = []

@@ -22,6 +22,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from flowcli.cli.options import (
+    MODEL_PANEL,
+    BatchSizeOption,
+    DeviceOption,
+    OfflineOption,
+    PrecisionOption,
+    WeightsOption,
+)
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.outputs import check_template
 
@@ -103,7 +111,7 @@ HELP = "\n\n".join(_HELP_PARAGRAPHS)
 _INPUT = "Inputs"
 _OUTPUT = "Outputs"
 _CAMERA = "Camera"
-_MODEL = "Model"
+_MODEL = MODEL_PANEL  # shared with the options in flowcli/cli/options.py
 
 
 def register(app: typer.Typer) -> None:
@@ -526,7 +534,12 @@ def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_
                    overwrite: bool, vis) -> int | None:
     """Write one pair's outputs all-or-nothing; returns the number of points in the .ply (or None)."""
     from flowcli.io.atomic import atomic_path
-    from flowcli.io.flow_formats import write_disparity_png, write_npy, write_pfm, write_png
+    from flowcli.io.flow_formats import (
+        write_disparity_png,
+        write_npy,
+        write_pfm,
+        write_png,
+    )
     from flowcli.io.visualize import mask_to_png_array
     from flowcli.stereo import depth_to_png_array, point_cloud, write_ply
 
@@ -687,29 +700,15 @@ def stereo(
         bool, typer.Option("-q", "--quiet", help="No progress bar or info on stderr (warnings and errors stay).",
                            rich_help_panel=_OUTPUT)
     ] = False,
-    weights: Annotated[
-        Optional[str],
-        typer.Option("--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
-                     "https:// URL. Default: the registry default model.", rich_help_panel=_MODEL, show_default=False),
-    ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)
-    ] = "auto",
-    precision: Annotated[
-        Optional[str],
-        typer.Option("--precision", help="fp32, fp16 or bf16; default fp16 on CUDA, fp32 elsewhere.",
-                     rich_help_panel=_MODEL, show_default=False),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Pairs per forward pass (sequences).", rich_help_panel=_MODEL)
-    ] = 1,
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
+    batch_size: BatchSizeOption = 1,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Larger views run in overlapping tiles; 0 = never tile.",
                           rich_help_panel=_MODEL)
     ] = DEFAULT_MAX_PIXELS,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=_MODEL)
-    ] = False,
+    offline: OfflineOption = False,
 ) -> None:
     stdout = sys.stdout  # the progress display may redirect sys.stdout while it runs
 
