@@ -314,6 +314,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [a, b, "--formats", "flo,exr"], 3, "valid formats: flo, kitti"
     if case == "scale out of range":
         return [a, b, "--scale", "0"], 1, "--scale must be between"
+    if case == "unknown precision":
+        return [a, b, "--precision", "fp8"], 1, "unknown precision 'fp8'"
     if case == "unknown name placeholder":
         return [a, b, "--name", "{frame}"], 3, "{frame}"
     if case == "unwritable output folder":
@@ -342,7 +344,7 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "scale out of range", "unknown name placeholder", "unwritable output folder",
+    "single image", "unknown output format", "scale out of range", "unknown precision", "unknown name placeholder", "unwritable output folder",
     "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
 ]

@@ -22,20 +22,31 @@ from typing import Annotated, Optional
 import typer
 
 from flowcli.cli.options import (
+    DEFAULT_FPS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OUTPUT,
+    INPUT_PANEL,
     MODEL_PANEL,
+    OUTPUT_PANEL,
+    PRECISION_NAMES,
     BatchSizeOption,
     DeviceOption,
+    FpsOption,
+    JsonOption,
+    MaxPixelsOption,
+    NameOption,
     OfflineOption,
+    OutputDirOption,
+    OverwriteOption,
     PrecisionOption,
+    QuietOption,
     WeightsOption,
+    format_flag,
+    formats_option,
 )
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
 
-DEFAULT_OUTPUT = Path("flowcli_out")
-DEFAULT_MAX_PIXELS = 8_000_000
-DEFAULT_FPS = 10.0
-_PRECISIONS = ("fp32", "fp16", "bf16")  # flowcli.inference.PRECISIONS, without importing torch
 _GLOB_CHARS = "*?["
 
 _HELP_PARAGRAPHS = [
@@ -72,9 +83,6 @@ _HELP_PARAGRAPHS = [
 ]
 HELP = "\n\n".join(_HELP_PARAGRAPHS)
 
-_INPUT = "Inputs"
-_OUTPUT = "Outputs"
-_MODEL = MODEL_PANEL  # shared with the options in flowcli/cli/options.py
 
 
 def register(app: typer.Typer) -> None:
@@ -363,8 +371,7 @@ def _batches(pairs: Iterator[_Pair], size: int) -> Iterator[list[_Pair]]:
 
 
 def _format_flag(name: str, note: str = ""):
-    return typer.Option(f"--{name}", help=FORMATS[name][0].upper() + FORMATS[name][1:] + note + ".",
-                        rich_help_panel=_OUTPUT)
+    return format_flag(FORMATS, name, note)
 
 
 def estimate(
@@ -374,24 +381,16 @@ def estimate(
                        show_default=False, metavar="INPUTS"),
     ],
     step: Annotated[
-        int, typer.Option("--step", help="Frame gap within sequences: pairs (0, N), (N, 2N)...", rich_help_panel=_INPUT)
+        int, typer.Option("--step", help="Frame gap within sequences: pairs (0, N), (N, 2N)...", rich_help_panel=INPUT_PANEL)
     ] = 1,
     max_frames: Annotated[
         Optional[int],
         typer.Option("--max-frames", help="Use at most this many frames of each sequence (after --step).",
-                     rich_help_panel=_INPUT, show_default=False),
+                     rich_help_panel=INPUT_PANEL, show_default=False),
     ] = None,
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Output folder (created when needed).", rich_help_panel=_OUTPUT)
-    ] = DEFAULT_OUTPUT,
-    name: Annotated[
-        str, typer.Option("--name", help="File name template, see above.", rich_help_panel=_OUTPUT)
-    ] = DEFAULT_NAME,
-    formats: Annotated[
-        Optional[str],
-        typer.Option("-f", "--formats", help=f"Comma-separated outputs: {','.join(FORMATS)} or all.",
-                     rich_help_panel=_OUTPUT, show_default=False),
-    ] = None,
+    output: OutputDirOption = DEFAULT_OUTPUT,
+    name: NameOption = DEFAULT_NAME,
+    formats: formats_option(FORMATS) = None,
     flo: Annotated[bool, _format_flag("flo")] = False,
     kitti: Annotated[bool, _format_flag("kitti")] = False,
     npy: Annotated[bool, _format_flag("npy")] = False,
@@ -403,43 +402,29 @@ def estimate(
     backward: Annotated[
         bool,
         typer.Option("--backward", help="Also write backward-flow twins of flo/kitti/npy/vis/occlusion.",
-                     rich_help_panel=_OUTPUT),
+                     rich_help_panel=OUTPUT_PANEL),
     ] = False,
     all_: Annotated[
-        bool, typer.Option("--all", help="Every output format, with --backward.", rich_help_panel=_OUTPUT)
+        bool, typer.Option("--all", help="Every output format, with --backward.", rich_help_panel=OUTPUT_PANEL)
     ] = False,
     max_flow: Annotated[
         Optional[float],
         typer.Option("--max-flow", help="Flow magnitude (px) of full colour in vis/video; default: per-frame maximum. "
-                     "Set it for colours that compare across frames.", rich_help_panel=_OUTPUT, show_default=False),
+                     "Set it for colours that compare across frames.", rich_help_panel=OUTPUT_PANEL, show_default=False),
     ] = None,
-    fps: Annotated[
-        Optional[float],
-        typer.Option("--fps", help=f"Frame rate of --video; default: the source video's (divided by --step), "
-                     f"{DEFAULT_FPS:g} for images.", rich_help_panel=_OUTPUT, show_default=False),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing output files.", rich_help_panel=_OUTPUT)
-    ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON line per pair on stdout (keys above).", rich_help_panel=_OUTPUT)
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("-q", "--quiet", help="No progress bar or info on stderr (warnings and errors stay).",
-                           rich_help_panel=_OUTPUT)
-    ] = False,
+    fps: FpsOption = None,
+    overwrite: OverwriteOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = None,
     batch_size: BatchSizeOption = 1,
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", help="Larger frames run in overlapping tiles; 0 = never tile.",
-                          rich_help_panel=_MODEL)
-    ] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     scale: Annotated[
         float, typer.Option("--scale", help="Resize frames by this factor for the network (0.5: about 4x faster "
                             "on large frames); flow is written at full size, in full-size pixels.",
-                            rich_help_panel=_MODEL)
+                            rich_help_panel=MODEL_PANEL)
     ] = 1.0,
     offline: OfflineOption = False,
 ) -> None:
@@ -456,8 +441,8 @@ def estimate(
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
     if not 0.05 <= scale <= 4:
         raise FlowcliError(f"--scale must be between 0.05 and 4, got {scale}")
-    if precision is not None and precision not in _PRECISIONS:
-        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(_PRECISIONS)}")
+    if precision is not None and precision not in PRECISION_NAMES:
+        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen

@@ -23,21 +23,31 @@ from typing import Annotated, Optional
 import typer
 
 from flowcli.cli.options import (
-    MODEL_PANEL,
+    DEFAULT_FPS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OUTPUT,
+    INPUT_PANEL,
+    OUTPUT_PANEL,
+    PRECISION_NAMES,
     BatchSizeOption,
     DeviceOption,
+    FpsOption,
+    JsonOption,
+    MaxPixelsOption,
+    NameOption,
     OfflineOption,
+    OutputDirOption,
+    OverwriteOption,
     PrecisionOption,
+    QuietOption,
     WeightsOption,
+    format_flag,
+    formats_option,
 )
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.outputs import check_template
 
-DEFAULT_OUTPUT = Path("flowcli_out")
 DEFAULT_NAME = "{stem}"
-DEFAULT_MAX_PIXELS = 8_000_000
-DEFAULT_FPS = 10.0
-_PRECISIONS = ("fp32", "fp16", "bf16")
 
 FORMATS = {
     "pfm": "left disparity as PFM (float32 px)",
@@ -108,10 +118,7 @@ _HELP_PARAGRAPHS = [
 ]
 HELP = "\n\n".join(_HELP_PARAGRAPHS)
 
-_INPUT = "Inputs"
-_OUTPUT = "Outputs"
 _CAMERA = "Camera"
-_MODEL = MODEL_PANEL  # shared with the options in flowcli/cli/options.py
 
 
 def register(app: typer.Typer) -> None:
@@ -574,9 +581,8 @@ def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_
 # ----------------------------------------------------------------------------- the command
 
 
-def _format_flag(name: str):
-    text = FORMATS[name]
-    return typer.Option(f"--{name.replace('_', '-')}", help=text[0].upper() + text[1:] + ".", rich_help_panel=_OUTPUT)
+def _format_flag(name: str, note: str = ""):
+    return format_flag(FORMATS, name, note)
 
 
 def _positive(value, flag: str, unit: str, error=InputError) -> None:
@@ -614,18 +620,18 @@ def stereo(
                        "allowed.", show_default=False, metavar="INPUTS"),
     ],
     sbs: Annotated[
-        bool, typer.Option("--sbs", help="Every input is side by side: left half = left view.", rich_help_panel=_INPUT)
+        bool, typer.Option("--sbs", help="Every input is side by side: left half = left view.", rich_help_panel=INPUT_PANEL)
     ] = False,
     swap: Annotated[
-        bool, typer.Option("--swap", help="The first image (or half) is the right view.", rich_help_panel=_INPUT)
+        bool, typer.Option("--swap", help="The first image (or half) is the right view.", rich_help_panel=INPUT_PANEL)
     ] = False,
     step: Annotated[
-        int, typer.Option("--step", help="Use every N-th pair of sequences (folders, videos).", rich_help_panel=_INPUT)
+        int, typer.Option("--step", help="Use every N-th pair of sequences (folders, videos).", rich_help_panel=INPUT_PANEL)
     ] = 1,
     max_frames: Annotated[
         Optional[int],
         typer.Option("--max-frames", help="Use at most this many pairs of each sequence (after --step).",
-                     rich_help_panel=_INPUT, show_default=False),
+                     rich_help_panel=INPUT_PANEL, show_default=False),
     ] = None,
     focal: Annotated[
         Optional[float],
@@ -647,17 +653,9 @@ def stereo(
         typer.Option("--max-depth", help="Depths beyond this many metres are written invalid (0) and left out of "
                      "the point cloud.", rich_help_panel=_CAMERA, show_default=False),
     ] = None,
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Output folder (created when needed).", rich_help_panel=_OUTPUT)
-    ] = DEFAULT_OUTPUT,
-    name: Annotated[
-        str, typer.Option("--name", help="File name template, see above.", rich_help_panel=_OUTPUT)
-    ] = DEFAULT_NAME,
-    formats: Annotated[
-        Optional[str],
-        typer.Option("-f", "--formats", help=f"Comma-separated outputs: {','.join(FORMATS)} or all.",
-                     rich_help_panel=_OUTPUT, show_default=False),
-    ] = None,
+    output: OutputDirOption = DEFAULT_OUTPUT,
+    name: NameOption = DEFAULT_NAME,
+    formats: formats_option(FORMATS) = None,
     pfm: Annotated[bool, _format_flag("pfm")] = False,
     kitti: Annotated[bool, _format_flag("kitti")] = False,
     npy: Annotated[bool, _format_flag("npy")] = False,
@@ -670,44 +668,30 @@ def stereo(
     ply: Annotated[bool, _format_flag("ply")] = False,
     all_: Annotated[
         bool, typer.Option("--all", help="Every output format (depth ones when a camera is given).",
-                           rich_help_panel=_OUTPUT)
+                           rich_help_panel=OUTPUT_PANEL)
     ] = False,
     ascii_ply: Annotated[
         bool, typer.Option("--ascii-ply", help="Write the point cloud as ASCII PLY (default binary).",
-                           rich_help_panel=_OUTPUT)
+                           rich_help_panel=OUTPUT_PANEL)
     ] = False,
     max_disparity: Annotated[
         Optional[float],
         typer.Option("--max-disparity", help="Disparity (px) of full colour in vis/video; default: per-pair maximum.",
-                     rich_help_panel=_OUTPUT, show_default=False),
+                     rich_help_panel=OUTPUT_PANEL, show_default=False),
     ] = None,
     lr_threshold: Annotated[
         float, typer.Option("--lr-threshold", help="Left-right consistency tolerance in px (occlusion, ply).",
-                            rich_help_panel=_OUTPUT)
+                            rich_help_panel=OUTPUT_PANEL)
     ] = 1.0,
-    fps: Annotated[
-        Optional[float],
-        typer.Option("--fps", help=f"Frame rate of --video; default: the source video's (divided by --step), "
-                     f"{DEFAULT_FPS:g} for images.", rich_help_panel=_OUTPUT, show_default=False),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing output files.", rich_help_panel=_OUTPUT)
-    ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON line per pair on stdout (keys above).", rich_help_panel=_OUTPUT)
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("-q", "--quiet", help="No progress bar or info on stderr (warnings and errors stay).",
-                           rich_help_panel=_OUTPUT)
-    ] = False,
+    fps: FpsOption = None,
+    overwrite: OverwriteOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = None,
     batch_size: BatchSizeOption = 1,
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", help="Larger views run in overlapping tiles; 0 = never tile.",
-                          rich_help_panel=_MODEL)
-    ] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     offline: OfflineOption = False,
 ) -> None:
     stdout = sys.stdout  # the progress display may redirect sys.stdout while it runs
@@ -727,8 +711,8 @@ def stereo(
     _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
     _positive(max_depth, "--max-depth", " of metres")
     _positive(lr_threshold, "--lr-threshold", " of pixels", FlowcliError)
-    if precision is not None and precision not in _PRECISIONS:
-        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(_PRECISIONS)}")
+    if precision is not None and precision not in PRECISION_NAMES:
+        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     camera = _camera(focal, baseline, calib)
     flags = {"pfm": pfm, "kitti": kitti, "npy": npy, "vis": vis, "video": video, "occlusion": occlusion,
              "depth": depth, "depth_pfm": depth_pfm, "depth_png": depth_png, "ply": ply}
