@@ -114,7 +114,22 @@ class FlowDataset:
         return f"{type(self).__name__}({len(self)} items)"
 
 
-class FlyingChairs(FlowDataset):
+class _FloPairs(FlowDataset):
+    """Records of image1, image2 and a dense .flo with no occlusion mask (FlyingChairs, Middlebury)."""
+
+    def load(self, record: dict) -> dict:
+        flow, valid = _flow_from_flo(record["flow"])
+        return {
+            "image1": _image(record["image1"]),
+            "image2": _image(record["image2"]),
+            "flow": flow,
+            "valid": valid,
+            "occlusion": None,
+            "name": record["name"],
+        }
+
+
+class FlyingChairs(_FloPairs):
     """FlyingChairs: data/NNNNN_img1.ppm, NNNNN_img2.ppm, NNNNN_flow.flo (root = the folder holding
     `data/`, or `data/` itself)."""
 
@@ -132,17 +147,6 @@ class FlyingChairs(FlowDataset):
                 self.samples.append({"name": stem, "image1": img1, "image2": img2, "flow": flo})
         if not self.samples:
             raise _empty(self.root, self.layout, self.name)
-
-    def load(self, record: dict) -> dict:
-        flow, valid = _flow_from_flo(record["flow"])
-        return {
-            "image1": _image(record["image1"]),
-            "image2": _image(record["image2"]),
-            "flow": flow,
-            "valid": valid,
-            "occlusion": None,
-            "name": record["name"],
-        }
 
 
 class Sintel(FlowDataset):
@@ -262,7 +266,7 @@ class KITTI(FlowDataset):
         }
 
 
-class Middlebury(FlowDataset):
+class Middlebury(_FloPairs):
     """Middlebury flow: other-data/<scene>/frame10.png, frame11.png and
     other-gt-flow/<scene>/flow10.flo (values >= 1e9 = unknown -> invalid)."""
 
@@ -283,17 +287,6 @@ class Middlebury(FlowDataset):
                 self.samples.append({"name": scene, "image1": img1, "image2": img2, "flow": flo})
         if not self.samples:
             raise _empty(self.root, self.layout, self.name)
-
-    def load(self, record: dict) -> dict:
-        flow, valid = _flow_from_flo(record["flow"])
-        return {
-            "image1": _image(record["image1"]),
-            "image2": _image(record["image2"]),
-            "flow": flow,
-            "valid": valid,
-            "occlusion": None,
-            "name": record["name"],
-        }
 
 
 def _stereo_item(left: Path, right: Path, disparity: np.ndarray, valid: np.ndarray, name: str) -> dict:
