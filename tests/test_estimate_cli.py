@@ -12,19 +12,23 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import typer
+from cli_harness import assert_one_line_error, in_process_cli
 from safetensors.torch import load_file, save_file
 
-from flowcli import console
 from flowcli.checkpoint import read_metadata, save_checkpoint
-from flowcli.cli import main
-from flowcli.io.flow_formats import read_flo, read_kitti_flow, read_npy, read_npz, read_png, write_png
+from flowcli.io.flow_formats import (
+    read_flo,
+    read_kitti_flow,
+    read_npy,
+    read_npz,
+    read_png,
+    write_png,
+)
 from flowcli.io.media import VideoReader, VideoWriter, read_image
 from flowcli.io.visualize import flow_to_rgb
 from flowcli.models.pwc import FlowNet, FlowNetConfig
@@ -87,40 +91,11 @@ def one_thread():
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run `flowcli estimate ARGS` in-process: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(main, "_COMMAND_MODULES", ["estimate"])
-    # rich wraps at 80 columns when stderr is not a terminal; keep each message on its own line
-    monkeypatch.setattr(console.stderr, "soft_wrap", True)
-
-    def run(*args) -> tuple[int, str, str]:
-        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-        app.command("_noop", hidden=True)(lambda: None)
-        monkeypatch.setattr(main, "app", app)
-        monkeypatch.setattr(sys, "argv", ["flowcli", "estimate", *map(str, args)])
-        capsys.readouterr()
-        code = 0
-        with warnings.catch_warnings():
-            try:
-                main.run()
-            except SystemExit as exit_:
-                code = exit_.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return in_process_cli(monkeypatch, capsys, "estimate")
 
 
 def _json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def _assert_one_line_error(code: int, err: str, expected_code: int, *needles: str) -> None:
-    assert code == expected_code, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], err
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -256,7 +231,7 @@ def test_existing_outputs_are_never_replaced_without_overwrite(media, tmp_path, 
     existing = out / "f_1_vis.png"
     existing.write_bytes(b"keep me")
     code, _, err = cli(*base)
-    _assert_one_line_error(code, err, 3, "f_1_vis.png", "--overwrite")
+    assert_one_line_error(code, err, 3, "f_1_vis.png", "--overwrite")
     assert existing.read_bytes() == b"keep me"
     assert sorted(p.name for p in out.iterdir()) == ["f_1_vis.png"]
     code, _, err = cli(*base, "--overwrite")
@@ -265,7 +240,7 @@ def test_existing_outputs_are_never_replaced_without_overwrite(media, tmp_path, 
     assert len(list(out.iterdir())) == 4
     # outputs that would collide with each other are refused up front too
     code, _, err = cli(*base, "--overwrite", "--name", "{source}")
-    _assert_one_line_error(code, err, 3, "{index}")
+    assert_one_line_error(code, err, 3, "{index}")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -361,7 +336,7 @@ def test_bad_input_is_one_line_error_without_outputs(case, media, tmp_path, monk
     else:
         args += ["-o", out]
     code, stdout, err = cli(*args, "--all")
-    _assert_one_line_error(code, err, expected_code, needle)
+    assert_one_line_error(code, err, expected_code, needle)
     assert stdout == ""
     assert not out.exists()  # created only when the first file is written
 

@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import typer
+from cli_harness import assert_one_line_error, in_process_cli
 
-from flowcli import console
 from flowcli.checkpoint import save_checkpoint
-from flowcli.cli import main
 from flowcli.inference import FlowResult
-from flowcli.io.flow_formats import read_disparity_png, read_npy, read_pfm, read_png, write_png
+from flowcli.io.flow_formats import (
+    read_disparity_png,
+    read_npy,
+    read_pfm,
+    read_png,
+    write_png,
+)
 from flowcli.io.media import VideoReader, VideoWriter
 from flowcli.metrics import occlusion_f1
 from flowcli.models.pwc import FlowNet, FlowNetConfig
@@ -96,26 +99,7 @@ def media(tmp_path_factory) -> dict:
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run `flowcli stereo ARGS` in-process: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(main, "_COMMAND_MODULES", ["stereo"])
-    monkeypatch.setattr(console.stderr, "soft_wrap", True)
-
-    def run(*args) -> tuple[int, str, str]:
-        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-        app.command("_noop", hidden=True)(lambda: None)
-        monkeypatch.setattr(main, "app", app)
-        monkeypatch.setattr(sys, "argv", ["flowcli", "stereo", *map(str, args)])
-        capsys.readouterr()
-        code = 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            try:
-                main.run()
-            except SystemExit as exit_:
-                code = exit_.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return in_process_cli(monkeypatch, capsys, "stereo", show_every_warning=True)
 
 
 @pytest.fixture
@@ -140,15 +124,6 @@ def exact_flow(monkeypatch, media):
 
 def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def _assert_one_line_error(code: int, err: str, expected_code: int, *needles: str) -> None:
-    assert code == expected_code, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], err
 
 
 # ----------------------------------------------------------------------------- outputs against ground truth
@@ -294,17 +269,17 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
     ]
     for args, expected, needles in cases:
         code, _, err = cli(*args, *w)
-        _assert_one_line_error(code, err, expected, *needles)
+        assert_one_line_error(code, err, expected, *needles)
     calib = tmp_path / "calib.json"
     calib.write_text(json.dumps({"fx": 451.0, "baseline_meters": 0.075, "width": 640, "height": 480}))
     code, _, err = cli(media["left"], media["right"], "--calib", calib, *w)
-    _assert_one_line_error(code, err, 2, "640x480", f"{W}x{H}")
+    assert_one_line_error(code, err, 2, "640x480", f"{W}x{H}")
     assert not (tmp_path / "out").exists()
     existing = tmp_path / "exists"
     existing.mkdir()
     (existing / "scene_disp.pfm").write_bytes(b"x")
     code, _, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", existing, "-q")
-    _assert_one_line_error(code, err, 3, "already exists", "--overwrite")
+    assert_one_line_error(code, err, 3, "already exists", "--overwrite")
 
 
 def test_real_process_error_has_no_traceback(media, tmp_path):

@@ -1,0 +1,47 @@
+"""Run one `flowcli` command in-process (fast: no interpreter start-up) and check one-line errors."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import typer
+
+from flowcli import console
+from flowcli.cli import main
+
+
+def in_process_cli(monkeypatch, capsys, command: str, show_every_warning: bool = False):
+    """A function `run(*args) -> (exit code, stdout, stderr)` that runs `flowcli COMMAND ARGS`."""
+    monkeypatch.setattr(main, "_COMMAND_MODULES", [command])
+    # rich wraps at 80 columns when stderr is not a terminal; keep each message on its own line
+    monkeypatch.setattr(console.stderr, "soft_wrap", True)
+
+    def run(*args) -> tuple[int, str, str]:
+        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        app.command("_noop", hidden=True)(lambda: None)
+        monkeypatch.setattr(main, "app", app)
+        monkeypatch.setattr(sys, "argv", ["flowcli", command, *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        with warnings.catch_warnings():
+            if show_every_warning:
+                warnings.simplefilter("always")
+            try:
+                main.run()
+            except SystemExit as exit_:
+                code = exit_.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def assert_one_line_error(code: int, err: str, expected_code: int, *needles: str) -> None:
+    assert code == expected_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], err
