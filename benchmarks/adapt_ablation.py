@@ -3,6 +3,7 @@
 Every variant starts from the same base weights, sees the same footage and budget (--steps,
 default 1500) and seed, and changes one thing relative to `full` (the CLI defaults):
 
+  photometric-unmasked  no distillation, photometric term not masked by occlusion
   photometric-only   no distillation stage
   no-census          photometric term = SSIM + L1 only
   no-occlusion       the photometric term is not masked by forward-backward occlusion
@@ -14,6 +15,10 @@ default 1500) and seed, and changes one thing relative to `full` (the CLI defaul
   no-colour-geom     distillation without DistillFlow's colour and geometric transforms
   temporal           three-frame temporal consistency (SelFlow)
   flip-ensemble      teacher = stage-1 model on original and flipped frames (DistillFlow)
+
+Read as a ladder, five of them add one component at a time (`--variants ladder`):
+photometric-unmasked -> photometric-only (+ occlusion masking) -> crop-only (+ distillation with crops)
+-> no-colour-geom (+ superpixel hallucination) -> full (+ colour/geometric transforms).
 
 The table (markdown, stdout) has one row per variant: EPE on each labeled dataset and the held-out
 photometric error (photo_all) and occluded fraction after adaptation, plus the base model's row.
@@ -42,6 +47,7 @@ from adapt_sintel import DEFAULT_DATA, SETUPS, config_for, smoke_weights
 _NO_TRANSFORMS = {"superpixel": 0.0, "colour": 0.0, "geometric": 0.0}
 VARIANTS: dict[str, dict] = {
     "full": {},
+    "photometric-unmasked": {"distill": False, "losses": {"occlusion": False}},
     "photometric-only": {"distill": False},
     "no-census": {"losses": {"census": 0.0, "ssim": 0.85, "l1": 0.15}},
     "no-occlusion": {"losses": {"occlusion": False}},
@@ -54,6 +60,7 @@ VARIANTS: dict[str, dict] = {
     "temporal": {"temporal": True},
     "flip-ensemble": {"teacher_flip": True},
 }
+LADDER = ["photometric-unmasked", "photometric-only", "crop-only", "no-colour-geom", "full"]
 
 
 def main() -> None:
@@ -62,7 +69,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--weights", default=None)
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS)
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS) + "; or ladder"
     )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--minutes", type=float, default=None)
@@ -75,7 +82,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps per variant")
     args = parser.parse_args()
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    names = LADDER if args.variants == "ladder" else [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")

@@ -63,3 +63,15 @@ def test_resume_refuses_a_different_config(tmp_path):
     train(tiny_config(tmp_path, 4), quiet=True, stop_after=2)
     with pytest.raises(FlowcliError, match="different training config"):
         train(tiny_config(tmp_path, 4, lr=5e-4), quiet=True)
+
+
+def test_fine_tuning_starts_from_init_weights_and_records_them(tmp_path):
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path / "base", 4), quiet=True)
+    base_file = tmp_path / "base" / "last.safetensors"
+    train(tiny_config(tmp_path / "tuned", 3, init_weights=str(base_file), model={}), quiet=True)
+    base, tuned = load_checkpoint(base_file), load_checkpoint(tmp_path / "tuned" / "last.safetensors")
+    assert tuned.config == base.config  # the architecture comes from the init checkpoint
+    assert tuned.provenance["init_weights"] == str(base_file)
+    assert tuned.provenance["steps"] == 3
+    assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))

@@ -223,4 +223,4 @@ def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
         "stereo_fraction": cfg.stereo_fraction,
         "recent_epe": round(sum(r["epe"] for r in recent) / max(len(recent), 1), 4) if recent else None,
         "date": time.strftime("%Y-%m-%d"),
-    }
+    } | ({"init_weights": cfg.init_weights} if cfg.init_weights else {})
