@@ -78,6 +78,17 @@ def _check_size(item: dict, what: str) -> dict:
     return item
 
 
+def _flow_item(record: dict, flow: torch.Tensor, valid: torch.Tensor, occlusion: torch.Tensor | None) -> dict:
+    return {
+        "image1": _image(record["image1"]),
+        "image2": _image(record["image2"]),
+        "flow": flow,
+        "valid": valid,
+        "occlusion": occlusion,
+        "name": record["name"],
+    }
+
+
 class FlowDataset:
     """Base: a list of sample records and a `load(record)`."""
 
@@ -119,14 +130,7 @@ class _FloPairs(FlowDataset):
 
     def load(self, record: dict) -> dict:
         flow, valid = _flow_from_flo(record["flow"])
-        return {
-            "image1": _image(record["image1"]),
-            "image2": _image(record["image2"]),
-            "flow": flow,
-            "valid": valid,
-            "occlusion": None,
-            "name": record["name"],
-        }
+        return _flow_item(record, flow, valid, occlusion=None)
 
 
 class FlyingChairs(_FloPairs):
@@ -200,14 +204,7 @@ class Sintel(FlowDataset):
             valid = valid & ~_mask_png(record["invalid"])
             flow = flow * valid
         occlusion = _mask_png(record["occlusion"]).float() if record["occlusion"] is not None else None
-        return {
-            "image1": _image(record["image1"]),
-            "image2": _image(record["image2"]),
-            "flow": flow,
-            "valid": valid,
-            "occlusion": occlusion,
-            "name": record["name"],
-        }
+        return _flow_item(record, flow, valid, occlusion)
 
 
 class KITTI(FlowDataset):
@@ -256,14 +253,7 @@ class KITTI(FlowDataset):
         if record["noc"] is not None:
             _, valid_noc = _flow_from_kitti(record["noc"])
             occlusion = (valid & ~valid_noc).float()
-        return {
-            "image1": _image(record["image1"]),
-            "image2": _image(record["image2"]),
-            "flow": flow,
-            "valid": valid,
-            "occlusion": occlusion,
-            "name": record["name"],
-        }
+        return _flow_item(record, flow, valid, occlusion)
 
 
 class Middlebury(_FloPairs):
