@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--weights", default=None)
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS) + "; or ladder"
+        "--variants", default=",".join(VARIANTS),
+        help="comma-separated subset of: " + ", ".join(VARIANTS) + "; or ladder (the five cumulative rows)",
     )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--minutes", type=float, default=None)

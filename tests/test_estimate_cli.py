@@ -21,14 +21,7 @@ from cli_harness import assert_one_line_error, in_process_cli
 from safetensors.torch import load_file, save_file
 
 from flowcli.checkpoint import read_metadata, save_checkpoint
-from flowcli.io.flow_formats import (
-    read_flo,
-    read_kitti_flow,
-    read_npy,
-    read_npz,
-    read_png,
-    write_png,
-)
+from flowcli.io.flow_formats import read_flo, read_kitti_flow, read_npy, read_npz, read_png, write_png
 from flowcli.io.media import VideoReader, VideoWriter, read_image
 from flowcli.io.visualize import flow_to_rgb
 from flowcli.models.pwc import FlowNet, FlowNetConfig
@@ -319,8 +312,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "scale out of range", "unknown precision", "unknown name placeholder", "unwritable output folder",
-    "read-only output folder", "wrong sha256",
+    "single image", "unknown output format", "scale out of range", "unknown precision", "unknown name placeholder",
+    "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
 ]
 

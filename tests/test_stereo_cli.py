@@ -19,13 +19,7 @@ from cli_harness import assert_one_line_error, in_process_cli
 
 from flowcli.checkpoint import save_checkpoint
 from flowcli.inference import FlowResult
-from flowcli.io.flow_formats import (
-    read_disparity_png,
-    read_npy,
-    read_pfm,
-    read_png,
-    write_png,
-)
+from flowcli.io.flow_formats import read_disparity_png, read_npy, read_pfm, read_png, write_png
 from flowcli.io.media import VideoReader, VideoWriter
 from flowcli.metrics import occlusion_f1
 from flowcli.models.pwc import FlowNet, FlowNetConfig

@@ -381,7 +381,8 @@ def estimate(
                        show_default=False, metavar="INPUTS"),
     ],
     step: Annotated[
-        int, typer.Option("--step", help="Frame gap within sequences: pairs (0, N), (N, 2N)...", rich_help_panel=INPUT_PANEL)
+        int, typer.Option("--step", help="Frame gap within sequences: pairs (0, N), (N, 2N)...",
+                          rich_help_panel=INPUT_PANEL)
     ] = 1,
     max_frames: Annotated[
         Optional[int],
@@ -410,7 +411,8 @@ def estimate(
     max_flow: Annotated[
         Optional[float],
         typer.Option("--max-flow", help="Flow magnitude (px) of full colour in vis/video; default: per-frame maximum. "
-                     "Set it for colours that compare across frames.", rich_help_panel=OUTPUT_PANEL, show_default=False),
+                     "Set it for colours that compare across frames.", rich_help_panel=OUTPUT_PANEL,
+                     show_default=False),
     ] = None,
     fps: FpsOption = None,
     overwrite: OverwriteOption = False,
@@ -532,13 +534,7 @@ class _Run:
         import torch
 
         from flowcli.inference import estimate_flow
-        from flowcli.outputs import (
-            flow_stats,
-            output_paths,
-            pair_result,
-            visualize,
-            write_pair_outputs,
-        )
+        from flowcli.outputs import flow_stats, output_paths, pair_result, visualize, write_pair_outputs
 
         options = self.options
         planned = []

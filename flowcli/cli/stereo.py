@@ -541,12 +541,7 @@ def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_
                    overwrite: bool, vis) -> int | None:
     """Write one pair's outputs all-or-nothing; returns the number of points in the .ply (or None)."""
     from flowcli.io.atomic import atomic_path
-    from flowcli.io.flow_formats import (
-        write_disparity_png,
-        write_npy,
-        write_pfm,
-        write_png,
-    )
+    from flowcli.io.flow_formats import write_disparity_png, write_npy, write_pfm, write_png
     from flowcli.io.visualize import mask_to_png_array
     from flowcli.stereo import depth_to_png_array, point_cloud, write_ply
 
@@ -620,13 +615,15 @@ def stereo(
                        "allowed.", show_default=False, metavar="INPUTS"),
     ],
     sbs: Annotated[
-        bool, typer.Option("--sbs", help="Every input is side by side: left half = left view.", rich_help_panel=INPUT_PANEL)
+        bool, typer.Option("--sbs", help="Every input is side by side: left half = left view.",
+                           rich_help_panel=INPUT_PANEL)
     ] = False,
     swap: Annotated[
         bool, typer.Option("--swap", help="The first image (or half) is the right view.", rich_help_panel=INPUT_PANEL)
     ] = False,
     step: Annotated[
-        int, typer.Option("--step", help="Use every N-th pair of sequences (folders, videos).", rich_help_panel=INPUT_PANEL)
+        int, typer.Option("--step", help="Use every N-th pair of sequences (folders, videos).",
+                          rich_help_panel=INPUT_PANEL)
     ] = 1,
     max_frames: Annotated[
         Optional[int],

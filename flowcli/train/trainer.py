@@ -214,7 +214,7 @@ def train(
 
 def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
     recent = history[-50:]
-    return {
+    provenance = {
         "trained_by": "flowcli train",
         "data": "flowcli synthetic scenes" + (f" with textures from {cfg.textures}" if cfg.textures else ""),
         "steps": step,
@@ -223,4 +223,7 @@ def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
         "stereo_fraction": cfg.stereo_fraction,
         "recent_epe": round(sum(r["epe"] for r in recent) / max(len(recent), 1), 4) if recent else None,
         "date": time.strftime("%Y-%m-%d"),
-    } | ({"init_weights": cfg.init_weights} if cfg.init_weights else {})
+    }
+    if cfg.init_weights:
+        provenance["init_weights"] = cfg.init_weights
+    return provenance
