@@ -50,3 +50,51 @@ def test_triplets_have_constant_motion_and_same_seed_same_scene():
     b = generate_sample(cfg, torch.Generator().manual_seed(7))
     assert len(a.images) == 3 and a.flow_forward_23 is not None
     torch.testing.assert_close(a.images[2], b.images[2])
+
+
+def test_motion_blur_follows_each_pixels_motion():
+    from flowcli.synth.generator import motion_blur
+
+    # A vertical step edge, moving 8 px to the right, spreads over 8 px; a still one stays sharp.
+    image = torch.zeros(3, 16, 32)
+    image[..., 16:] = 1.0
+    moving = torch.zeros(2, 16, 32)
+    moving[0] = 8.0
+    blurred = motion_blur(image, moving, exposure=1.0)[0, 8]
+    ramp = (blurred > 0.01) & (blurred < 0.99)
+    assert 6 <= int(ramp.sum()) <= 9 and abs(float(blurred[16]) - 0.5) < 0.1
+    torch.testing.assert_close(motion_blur(image, torch.zeros(2, 16, 32), exposure=1.0), image)
+
+
+def test_degradations_are_off_by_default_and_keep_older_recipes_exact():
+    from dataclasses import replace
+
+    from flowcli.synth.generator import degrade
+
+    cfg = SynthConfig(height=64, width=96, real_texture_prob=0, photometric=False)
+    s = generate_sample(cfg, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert all(torch.equal(a, b) for a, b in zip(degrade(s, cfg, gen), s.images))
+    assert torch.equal(gen.get_state(), state)  # no random draws: older synthetic streams are unchanged
+    blurry = replace(cfg, motion_blur_prob=1.0, defocus_prob=1.0, haze_prob=1.0)
+    out = degrade(s, blurry, torch.Generator().manual_seed(0))
+    # Blur and haze lower the image's high-frequency energy; the flow ground truth is untouched.
+    def detail(img):
+        return float((img[..., 1:] - img[..., :-1]).abs().mean())
+
+    assert detail(out[0]) < 0.8 * detail(s.images[0]) and len(out) == len(s.images)
+
+
+def test_synth_cli_writes_blurred_scenes_and_rejects_a_share_above_one(monkeypatch, capsys, tmp_path):
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--motion-blur", "1.5")
+    assert_one_line_error(code, err, 1, "--motion-blur", "between 0 and 1")
+    code, _, err = run(tmp_path / "ok", "-n", "2", "--size", "64x64", "--motion-blur", "1", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ok" / "synth.json").read_text())["motion_blur"] == 1.0
+    assert len(list((tmp_path / "ok").glob("*_flow.flo"))) == 2

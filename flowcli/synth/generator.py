@@ -43,6 +43,11 @@ class SynthConfig:
     edge_softness: tuple[float, float] = (0.3, 1.2)  # px
     photometric: bool = True
     noise_std: float = 0.02
+    # Degradations of rendered frames (Sintel "final"-style), each applied to a sample with this
+    # probability when `photometric` is on. Off by default so older recipes keep their exact data.
+    motion_blur_prob: float = 0.0  # blur along each pixel's own motion, exposure up to one frame interval
+    defocus_prob: float = 0.0  # Gaussian blur, sigma 0.5-2 px, same on every frame
+    haze_prob: float = 0.0  # blend towards a grey-ish colour with a smooth vertical density ramp
 
 
 @dataclass
@@ -325,8 +330,57 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
     if cfg.num_frames == 3:
         sample.flow_forward_23 = layer_flow(indices[1], motions)
     if cfg.photometric:
+        sample.images = degrade(sample, cfg, gen)
         sample.images = photometric_augment(sample.images, gen, cfg.noise_std)
     return sample
+
+
+def motion_blur(image: torch.Tensor, velocity: torch.Tensor, exposure: float, taps: int = 9) -> torch.Tensor:
+    """Mean of `image` [3,H,W] sampled along each pixel's motion, x + s * velocity(x), s in exposure * [-1/2, 1/2].
+
+    The shutter-open integral for the topmost layer at each pixel; at layer boundaries it smears the
+    foreground over the background instead of mixing in the hidden layer, a fine approximation here.
+    """
+    h, w = image.shape[-2:]
+    coords = pixel_grid(1, h, w, image.device, image.dtype)
+    total = torch.zeros_like(image)
+    for s in torch.linspace(-0.5, 0.5, taps).tolist():
+        grid = normalized_grid(coords + (s * exposure) * velocity[None])
+        total += F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    return total / taps
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = image.shape[0]
+    out = F.pad(image[None], (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out[0]
+
+
+def degrade(sample: SynthSample, cfg: SynthConfig, gen: torch.Generator) -> list[torch.Tensor]:
+    """Motion blur, defocus and haze, each with its configured probability (no random draws when 0)."""
+    images = list(sample.images)
+    if cfg.motion_blur_prob > 0 and _uniform(gen, 0, 1) < cfg.motion_blur_prob:
+        exposure = _uniform(gen, 0.2, 1.0)
+        # Frame 1 moves along the forward flow; frame 2 (and a third frame, approximately) along -backward.
+        velocities = [sample.flow_forward] + [-sample.flow_backward] * (len(images) - 1)
+        images = [motion_blur(img, v, exposure) for img, v in zip(images, velocities)]
+    if cfg.defocus_prob > 0 and _uniform(gen, 0, 1) < cfg.defocus_prob:
+        sigma = _uniform(gen, 0.5, 2.0)
+        images = [gaussian_blur(img, sigma) for img in images]
+    if cfg.haze_prob > 0 and _uniform(gen, 0, 1) < cfg.haze_prob:
+        h = images[0].shape[-2]
+        top, bottom = _uniform(gen, 0.0, 0.5), _uniform(gen, 0.0, 0.5)
+        density = torch.linspace(top, bottom, h).view(1, h, 1)
+        colour = torch.tensor([_uniform(gen, 0.4, 0.9) for _ in range(3)]).view(3, 1, 1)
+        colour = 0.7 * colour.mean() + 0.3 * colour  # mostly grey, a little tint
+        images = [img * (1 - density) + colour * density for img in images]
+    return images
 
 
 def photometric_augment(images: list[torch.Tensor], gen: torch.Generator, noise_std: float) -> list[torch.Tensor]:
