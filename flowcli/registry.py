@@ -140,13 +140,21 @@ def _unknown_name_message(name: str, models: dict) -> str:
 # --- small helpers -----------------------------------------------------------------------------
 
 
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file, read in chunks; remembered for this process while the file's inode, size and
+    mtime stay the same (verifying a checkpoint and then recording its hash reads a large file once)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+        _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
 
 
 def cache_dir() -> Path:

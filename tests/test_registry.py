@@ -389,6 +389,17 @@ def test_names_and_paths(tmp_path, monkeypatch, checkpoint_bytes):
     assert registry.verify("alpha") == [("model.safetensors", registry.UNVERIFIED)]  # TBD sha256
 
 
+def test_sha256_is_remembered_only_while_the_file_is_unchanged(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"a" * 10)
+    first = registry.sha256_file(path)
+    assert registry.sha256_file(path) == first == hashlib.sha256(b"a" * 10).hexdigest()
+    replacement = tmp_path / "new.tmp"
+    replacement.write_bytes(b"b" * 10)  # same size, replaced atomically as flowcli writes files
+    replacement.replace(path)
+    assert registry.sha256_file(path) == hashlib.sha256(b"b" * 10).hexdigest()
+
+
 def test_cache_dir_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -431,6 +442,16 @@ def test_cli_list_json_parses(cli, monkeypatch):
     names = [model["name"] for model in json.loads(result.stdout)["models"]]
     assert "flowcli-pwc-synth" in names
     assert "flowcli-pwc-synth" in cli("list").stdout
+
+
+def test_cli_info_lists_the_bundled_models_training_stages_one_per_line(cli, monkeypatch):
+    monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    out = cli("info", "flowcli-pwc-synth").stdout
+    stages = registry.model_entry("flowcli-pwc-synth")["training"]["stages"]
+    for number, stage in enumerate(stages, start=1):
+        assert f"{number}: {stage['recipe']}, {stage['steps']} steps x {stage['batch_size']}" in out
+    assert "{'" not in out  # no Python reprs
 
 
 def test_cli_download_info_verify(cli, hub, tmp_path, monkeypatch, checkpoint_bytes):

@@ -83,6 +83,19 @@ def _summary(mapping: dict | None, limit: int | None = None) -> str:
     return text or "-"
 
 
+def _stage_line(number: int, stage: dict) -> str:
+    """'2: recipes/x.json, 3800 steps x 4 at 192x320, 96 min' (keys it does not know appended as k=v)."""
+    stage = dict(stage)
+    parts = [str(stage.pop("recipe", "?"))]
+    steps, batch, crop = stage.pop("steps", None), stage.pop("batch_size", None), stage.pop("crop", None)
+    if steps is not None:
+        parts.append(f"{steps} steps" + (f" x {batch}" if batch else "") + (f" at {crop[0]}x{crop[1]}" if crop else ""))
+    if "minutes" in stage:
+        parts.append(f"{stage.pop('minutes')} min")
+    parts += [f"{k}={v}" for k, v in stage.items()]
+    return f"{number}: " + ", ".join(parts)
+
+
 def _short_sha(record: dict) -> str:
     sha = record.get("sha256", registry.UNKNOWN_SHA256)
     return sha if sha == registry.UNKNOWN_SHA256 else sha[:12]
@@ -181,7 +194,11 @@ def info_command(
     table.add_column(overflow="fold")
     table.add_row("license", str(entry.get("license", "?")))
     table.add_row("architecture", _summary(entry.get("architecture")))
-    table.add_row("training", _summary(entry.get("training")))
+    training = dict(entry.get("training") or {})
+    stages = training.pop("stages", None)
+    table.add_row("training", _summary(training))
+    if stages:
+        table.add_row("stages", "\n".join(_stage_line(i, stage) for i, stage in enumerate(stages, start=1)))
     table.add_row("metrics", _summary(entry.get("metrics")) if entry.get("metrics") else "none recorded")
     for record in files:
         style = _STATUS_STYLE.get(record["status"], "")
@@ -193,11 +210,9 @@ def info_command(
             f"sha256 {record.get('sha256', registry.UNKNOWN_SHA256)}\n"
             f"[{style}]{record['status']}[/], local copy: {record['local_path'] or 'none'}",
         )
-    if not is_checkpoint:
-        pass
-    elif checkpoint is None:
+    if is_checkpoint and checkpoint is None:
         table.add_row("checkpoint", f"no local copy; `flowcli weights download {name}` fetches it")
-    else:
+    elif is_checkpoint:
         _add_checkpoint_rows(table, checkpoint)
     console.print(table)
 
