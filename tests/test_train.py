@@ -75,3 +75,18 @@ def test_fine_tuning_starts_from_init_weights_and_records_them(tmp_path):
     assert tuned.provenance["init_weights"] == str(base_file)
     assert tuned.provenance["steps"] == 3
     assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))
+
+
+def test_every_recipe_in_the_repository_is_a_valid_training_config():
+    from pathlib import Path
+
+    from flowcli.models.pwc import FlowNetConfig
+    from flowcli.synth.generator import SynthConfig
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").rglob("*.json"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        cfg = TrainConfig.from_file(path)
+        SynthConfig(height=cfg.height, width=cfg.width, **cfg.synth)  # a misspelt key raises here, not hours in
+        FlowNetConfig(**cfg.model)
+        assert cfg.height % 64 == 0 and cfg.width % 64 == 0, path
