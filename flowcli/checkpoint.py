@@ -97,3 +97,34 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
     model.provenance = meta["flowcli.provenance"]
     model.checkpoint_path = str(path)
     return model.to(device).eval()
+
+
+def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None) -> torch.nn.Module:
+    """Weight-space average of checkpoints of one architecture ("model soup"; Wortsman et al. 2022).
+
+    Meaningful for checkpoints of one training lineage, e.g. a stage and the stage fine-tuned from it.
+    `mix`: one weight per checkpoint, normalised to sum 1 (default: equal). The result's provenance lists
+    its sources, their sha256 and the mix.
+    """
+    from flowcli.registry import sha256_file
+
+    if len(paths) < 2:
+        raise WeightsError("averaging needs at least two checkpoints")
+    mix = [1.0] * len(paths) if mix is None else [float(m) for m in mix]
+    if len(mix) != len(paths) or any(m < 0 for m in mix) or sum(mix) <= 0:
+        raise WeightsError(f"--mix needs {len(paths)} non-negative weights with a positive sum, got {mix}")
+    mix = [m / sum(mix) for m in mix]
+    models = [load_checkpoint(path) for path in paths]
+    for path, model in zip(paths[1:], models[1:]):
+        if model.config != models[0].config:
+            raise WeightsError(f"{path} has another architecture than {paths[0]}; only the same one can be averaged")
+    states = [model.state_dict() for model in models]
+    averaged = models[0]
+    averaged.load_state_dict({key: sum(m * state[key] for m, state in zip(mix, states)) for key in states[0]})
+    averaged.provenance = {
+        "averaged_from": [
+            {"path": str(path), "sha256": sha256_file(path), "weight": round(m, 6), "provenance": model.provenance}
+            for path, m, model in zip(paths, mix, models)
+        ]
+    }
+    return averaged

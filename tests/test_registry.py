@@ -469,3 +469,33 @@ def test_cli_download_info_verify(cli, hub, tmp_path, monkeypatch, checkpoint_by
     result = cli("verify", "tiny-url")
     assert isinstance(result.exception, WeightsError) and "corrupt" in str(result.exception)
     assert cli("download").exit_code == 2  # neither a name nor --all
+
+
+def test_cli_average_of_a_checkpoint_with_itself_is_itself_and_records_its_sources(cli, tmp_path, checkpoint_bytes):
+    import torch
+
+    from flowcli.checkpoint import load_checkpoint
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(checkpoint_bytes)
+    b.write_bytes(checkpoint_bytes)
+    out = tmp_path / "soup.safetensors"
+    result = cli("average", str(a), str(b), "-o", str(out), "--mix", "1,3")
+    assert result.exit_code == 0, result.output
+    soup, base = load_checkpoint(out), load_checkpoint(a)
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(soup.state_dict()[key], value)
+    sources = soup.provenance["averaged_from"]
+    assert [s["weight"] for s in sources] == [0.25, 0.75] and sources[0]["sha256"] == registry.sha256_file(a)
+    result = cli("average", str(a), str(b), "-o", str(out))
+    assert isinstance(result.exception, WeightsError) and "--overwrite" in str(result.exception)
+    from flowcli.checkpoint import average_checkpoints, save_checkpoint
+
+    doubled = load_checkpoint(a)
+    doubled.load_state_dict({k: 2 * v for k, v in doubled.state_dict().items()})
+    save_checkpoint(doubled, b)
+    mean = average_checkpoints([a, b]).state_dict()  # equal weights: 1.5 x the original
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(mean[key], 1.5 * value)
+    result = cli("average", str(a), "-o", str(tmp_path / "one.safetensors"))
+    assert isinstance(result.exception, WeightsError) and "at least two" in str(result.exception)

@@ -350,6 +350,44 @@ def _hub_error(error: Exception, repo: str, endpoint: str) -> WeightsError:
 
 
 @weights_app.command(
+    "average",
+    help=(
+        "Average the weights of checkpoints of one architecture into a new checkpoint (a \"model soup\").\n\n"
+        "Useful for stages of one training lineage, e.g. a model and the model fine-tuned from it: the average "
+        "often keeps the strengths of both. The output's provenance records every source, its sha256 and weight.\n\n"
+        "Example: flowcli weights average runs/a/last.safetensors runs/b/last.safetensors -o soup.safetensors --fp16"
+    ),
+)
+def average_command(
+    files: Annotated[list[Path], typer.Argument(help="Two or more flowcli checkpoints with the same architecture.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint to write.")],
+    mix: Annotated[
+        Optional[str], typer.Option("--mix", help="Comma-separated weights, one per file (default: equal).")
+    ] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store float16 (half the size).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    import torch
+
+    from flowcli.checkpoint import average_checkpoints, save_checkpoint
+    from flowcli.console import stderr
+
+    for file in files:
+        if not file.is_file():
+            raise WeightsError(f"{file} does not exist; give flowcli .safetensors checkpoints to average")
+    if output.exists() and not overwrite:
+        raise WeightsError(f"{output} exists; pass --overwrite to replace it")
+    try:
+        weights = [float(v) for v in mix.split(",")] if mix else None
+    except ValueError:
+        raise WeightsError(f"--mix {mix!r} is not a comma-separated list of numbers, e.g. 0.5,0.5") from None
+    model = average_checkpoints(list(files), weights)
+    save_checkpoint(model, output, provenance=model.provenance, dtype=torch.float16 if fp16 else None,
+                    overwrite=overwrite)  # fmt: skip
+    stderr.print(f"wrote {output}: the average of {len(files)} checkpoints")
+
+
+@weights_app.command(
     "push",
     help=(
         "Publish a flowcli checkpoint (e.g. from `flowcli adapt`) to a Hugging Face Hub model repository.\n\n"
