@@ -369,6 +369,7 @@ def degrade(sample: SynthSample, cfg: SynthConfig, gen: torch.Generator) -> list
     if cfg.motion_blur_prob > 0 and not cfg.stereo and _uniform(gen, 0, 1) < cfg.motion_blur_prob:
         exposure = _uniform(gen, 0.2, 1.0)
         # Frame 1 moves along the forward flow; frame 2 (and a third frame, approximately) along -backward.
+        # Stereo scenes are blurred along their disparity: not physical, a horizontal-blur augmentation.
         velocities = [sample.flow_forward] + [-sample.flow_backward] * (len(images) - 1)
         images = [motion_blur(img, v, exposure) for img, v in zip(images, velocities)]
     if cfg.defocus_prob > 0 and _uniform(gen, 0, 1) < cfg.defocus_prob:
