@@ -365,8 +365,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 def degrade(sample: SynthSample, cfg: SynthConfig, gen: torch.Generator) -> list[torch.Tensor]:
     """Motion blur, defocus and haze, each with its configured probability (no random draws when 0)."""
     images = list(sample.images)
-    # A stereo pair is taken at one instant: its "motion" (the disparity) does not blur.
-    if cfg.motion_blur_prob > 0 and not cfg.stereo and _uniform(gen, 0, 1) < cfg.motion_blur_prob:
+    if cfg.motion_blur_prob > 0 and _uniform(gen, 0, 1) < cfg.motion_blur_prob:
         exposure = _uniform(gen, 0.2, 1.0)
         # Frame 1 moves along the forward flow; frame 2 (and a third frame, approximately) along -backward.
         # Stereo scenes are blurred along their disparity: not physical, a horizontal-blur augmentation.
