@@ -70,6 +70,9 @@ def _flatten(mapping: dict, prefix: str = "") -> dict:
     for key, value in mapping.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            # e.g. an averaged checkpoint's sources: averaged_from.1.path=..., averaged_from.2.path=...
+            flat.update(_flatten({str(i): item for i, item in enumerate(value, start=1)}, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
