@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from flowcli import registry
-from flowcli.errors import WeightsError
+from flowcli.errors import OutputError, WeightsError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer  # noqa: E402
@@ -488,7 +488,7 @@ def test_cli_average_of_a_checkpoint_with_itself_is_itself_and_records_its_sourc
     sources = soup.provenance["averaged_from"]
     assert [s["weight"] for s in sources] == [0.25, 0.75] and sources[0]["sha256"] == registry.sha256_file(a)
     result = cli("average", str(a), str(b), "-o", str(out))
-    assert isinstance(result.exception, WeightsError) and "--overwrite" in str(result.exception)
+    assert isinstance(result.exception, OutputError) and "--overwrite" in str(result.exception)
     from flowcli.checkpoint import average_checkpoints, save_checkpoint
 
     doubled = load_checkpoint(a)

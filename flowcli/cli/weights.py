@@ -374,12 +374,12 @@ def average_command(
 
     from flowcli.checkpoint import average_checkpoints, save_checkpoint
     from flowcli.console import stderr
+    from flowcli.io.atomic import check_writable
 
     for file in files:
         if not file.is_file():
             raise WeightsError(f"{file} does not exist; give flowcli .safetensors checkpoints to average")
-    if output.exists() and not overwrite:
-        raise WeightsError(f"{output} exists; pass --overwrite to replace it")
+    check_writable(output, overwrite)  # before loading anything
     try:
         weights = [float(v) for v in mix.split(",")] if mix else None
     except ValueError:
