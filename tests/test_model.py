@@ -56,6 +56,22 @@ def test_flownet_shapes_and_gradients(matching):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("matching", ["pwc", "maskflownet"])
+def test_cpu_inference_layout_is_channels_last_and_gives_the_same_flow(matching):
+    torch.manual_seed(0)
+    model = FlowNet(FlowNetConfig(matching=matching, **TINY))
+    image1, image2 = torch.rand(1, 3, 64, 128), torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        trained_layout = model(image1, image2).flow
+        model.eval()
+        inference_layout = model(image1, image2).flow
+    conv = model.decoder.body[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(inference_layout, trained_layout, atol=1e-4, rtol=1e-4)
+    model.train()  # training's backward is faster in NCHW
+    assert model.decoder.body[0][0].weight.is_contiguous()
+
+
 def test_flownet_rejects_unpadded_input():
     with pytest.raises(ValueError, match="multiple of 64"):
         FlowNet(FlowNetConfig(**TINY))(torch.rand(1, 3, 60, 64), torch.rand(1, 3, 60, 64))

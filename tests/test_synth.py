@@ -16,10 +16,18 @@ def edge_band(index: torch.Tensor) -> torch.Tensor:
     return (dil != ero)[0]
 
 
-@pytest.mark.parametrize("stereo", [False, True])
-def test_gt_flow_warps_frame2_onto_frame1(stereo):
+SCENES = {
+    "layers": {},
+    "stereo": {"stereo": True},
+    "plane-and-bars": {"perspective_prob": 1.0, "thin_prob": 0.5},
+}
+
+
+@pytest.mark.parametrize("scene", SCENES)
+def test_gt_flow_warps_frame2_onto_frame1(scene):
     # What remains after warping is bilinear resampling of pixel-level texture noise, not GT error.
-    cfg = SynthConfig(height=96, width=128, photometric=False, stereo=stereo, real_texture_prob=0)
+    stereo = scene == "stereo"
+    cfg = SynthConfig(height=96, width=128, photometric=False, real_texture_prob=0, **SCENES[scene])
     errors, unwarped = [], []
     for seed in range(4):
         s = generate_sample(cfg, torch.Generator().manual_seed(seed))
@@ -33,8 +41,9 @@ def test_gt_flow_warps_frame2_onto_frame1(stereo):
     assert torch.stack(errors).mean() < 0.25 * torch.stack(unwarped).mean()
 
 
-def test_occlusion_agrees_with_forward_backward_consistency():
-    cfg = SynthConfig(height=96, width=128, photometric=False, real_texture_prob=0)
+@pytest.mark.parametrize("scene", ["layers", "plane-and-bars"])
+def test_occlusion_agrees_with_forward_backward_consistency(scene):
+    cfg = SynthConfig(height=96, width=128, photometric=False, real_texture_prob=0, **SCENES[scene])
     agree = []
     for seed in range(4):
         s = generate_sample(cfg, torch.Generator().manual_seed(seed))
@@ -94,7 +103,42 @@ def test_synth_cli_writes_blurred_scenes_and_rejects_a_share_above_one(monkeypat
     run = in_process_cli(monkeypatch, capsys, "synth")
     code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--motion-blur", "1.5")
     assert_one_line_error(code, err, 1, "--motion-blur", "between 0 and 1")
-    code, _, err = run(tmp_path / "ok", "-n", "2", "--size", "64x64", "--motion-blur", "1", "-q")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--thin", "2")
+    assert_one_line_error(code, err, 1, "--thin", "between 0 and 1")
+    code, _, err = run(tmp_path / "ok", "-n", "2", "--size", "64x64", "--motion-blur", "1", "--perspective", "1", "-q")
     assert code == 0, err
-    assert json.loads((tmp_path / "ok" / "synth.json").read_text())["motion_blur"] == 1.0
+    settings = json.loads((tmp_path / "ok" / "synth.json").read_text())
+    assert settings["motion_blur"] == 1.0 and settings["perspective"] == 1.0
     assert len(list((tmp_path / "ok").glob("*_flow.flo"))) == 2
+
+
+def test_plane_background_moves_projectively_within_the_requested_range():
+    # A tilted plane's flow is not affine: its best affine fit leaves pixels off by pixels (planes facing
+    # the camera, or moving little, stay close to affine).
+    cfg = SynthConfig(height=96, width=128, min_layers=0, max_layers=0, perspective_prob=1.0, perspective_flow=40.0,
+                      background_translation=0.0, rotation_deg=0.0, log_scale=0.0, shear=0.0, photometric=False)
+    ys, xs = torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")
+    design = torch.stack((xs.flatten(), ys.flatten(), torch.ones(96 * 128)), dim=1)
+    residuals = []
+    for seed in range(6):
+        flow = generate_sample(cfg, torch.Generator().manual_seed(seed)).flow_forward.reshape(2, -1).T
+        assert flow.norm(dim=1).max() <= 40.0 + 1e-3
+        fit = torch.linalg.lstsq(design, flow).solution
+        residuals.append(float((design @ fit - flow).norm(dim=1).max()))
+    assert sum(r > 1.0 for r in residuals) >= 2 and max(residuals) > 5.0, residuals  # an affine motion gives 0
+
+
+def test_thin_bars_are_a_few_pixels_wide():
+    from flowcli.synth.generator import Shape, pixel_grid
+
+    coords = pixel_grid(1, 96, 128, "cpu", torch.float32)[0]
+    for seed in range(5):
+        bar = Shape("bar", (64.0, 48.0), 40.0, torch.Generator().manual_seed(seed), 96, 128, softness=0.5)
+        inside = (bar.alpha(coords) > 0.5).float()[None, None]
+        eroded = -torch.nn.functional.max_pool2d(-inside, 7, 1, 3)  # nothing survives a 7x7 erosion
+        assert inside.sum() >= 40 and eroded.sum() == 0
+
+
+def test_scene_structure_shares_must_be_between_0_and_1():
+    with pytest.raises(ValueError, match="thin_prob"):
+        SynthConfig(thin_prob=1.5)

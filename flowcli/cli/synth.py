@@ -22,6 +22,10 @@ def synth(
     motion_blur: float = typer.Option(0.0, help="Share of scenes blurred along their own motion (Sintel-final-like)."),
     defocus: float = typer.Option(0.0, help="Share of scenes with a Gaussian defocus blur."),
     haze: float = typer.Option(0.0, help="Share of scenes with haze (a smooth blend towards grey)."),
+    perspective: float = typer.Option(
+        0.0, help="Share of scenes whose background is a tilted plane seen by a moving camera (ground-plane flow)."
+    ),
+    thin: float = typer.Option(0.0, help="Share of moving shapes that are thin bars, 1.5-6 px wide (legs, poles)."),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
     fps: float = typer.Option(12.0, help="Frame rate of --clip videos."),
     overwrite: bool = typer.Option(False, help="Replace existing files."),
@@ -36,6 +40,7 @@ def synth(
     Examples:
       flowcli synth data/synth -n 1000
       flowcli synth data/synth-final -n 1000 --motion-blur 0.4 --haze 0.2
+      flowcli synth data/synth-street -n 1000 --perspective 0.5 --thin 0.15
       flowcli synth examples/clip.mp4 --clip --frames 24 --size 256x384
     """
     import torch
@@ -54,14 +59,17 @@ def synth(
         raise FlowcliError("--size must be at least 32x32")
     if count <= 0:
         raise FlowcliError("--count must be positive")
-    for name, share in (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze)):
+    shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
+              ("--perspective", perspective), ("--thin", thin))
+    for name, share in shares:
         if not 0 <= share <= 1:
             raise FlowcliError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
     if frames < 2 or (not clip and frames > 3):
         raise FlowcliError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
     bank = TextureBank.from_paths(list(textures)) if textures else None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
-                      motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze)
+                      motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
+                      perspective_prob=perspective, thin_prob=thin)
 
     def to_uint8(img: torch.Tensor):
         return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -92,6 +100,7 @@ def synth(
     rate = count / (time.time() - started)
     settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
+                "perspective": perspective, "thin": thin,
                 "textures": [str(t) for t in textures or []], "scenes_per_second": round(rate, 2)}
     (output / "synth.json").write_text(json.dumps(settings, indent=2))
     stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")

