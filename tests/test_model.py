@@ -37,6 +37,16 @@ def test_correlation_reference_matches_definition_and_gradcheck(r):
     assert torch.autograd.gradcheck(lambda a, b: correlation_torch(a, b, r), (f1, f2), fast_mode=True)
 
 
+@pytest.mark.parametrize("band_tiles", [1, 512])
+def test_tiled_cost_volume_matches_the_definition_across_tiles_and_bands(band_tiles):
+    from flowcli.ops.correlation import _correlation_tiled
+
+    torch.manual_seed(1)
+    f1, f2 = torch.randn(2, 5, 19, 37, dtype=torch.float64), torch.randn(2, 5, 19, 37, dtype=torch.float64)
+    torch.testing.assert_close(_correlation_tiled(f1, f2, 4, band_tiles=band_tiles), naive_correlation(f1, f2, 4))
+    torch.testing.assert_close(_correlation_tiled(f1, f2, 2, tile=4), naive_correlation(f1, f2, 2))
+
+
 def test_correlation_peaks_at_true_shift():
     f2 = torch.randn(1, 16, 20, 20)
     f1 = torch.roll(f2, shifts=(-2, 3), dims=(2, 3))  # f1(x) = f2(x + (dx=-3, dy=2))
