@@ -199,7 +199,8 @@ class FlowNet(nn.Module):
         for lvl in self.levels:
             f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
             m1, m2 = (normalize_for_matching(f1), normalize_for_matching(f2)) if cfg.normalize_features else (f1, f2)
-            # The reference cost volume slices per displacement: 5x slower on channels-last memory.
+            # In eval mode on CPU the convolutions hand out channels-last maps; the torch cost volume and
+            # its backward slice NCHW memory (5x slower on channels-last).
             m1, m2 = m1.contiguous(), m2.contiguous()
             if flow is None:
                 flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
