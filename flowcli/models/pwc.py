@@ -174,8 +174,9 @@ class FlowNet(nn.Module):
     def train(self, mode: bool = True) -> "FlowNet":
         """Also sets the weights' memory layout: channels-last for inference on CPU.
 
-        oneDNN's convolutions run ~1.35x faster on channels-last weights at inference (0.59 -> 0.44 s
-        per 1024x436 pair on 2 cores), but its backward is slower that way, so training keeps NCHW.
+        oneDNN's convolutions run faster on channels-last weights at inference (0.57 -> 0.43 s per
+        1024x436 pair on 2 cores, benchmarks/cpu_inference_ab.py), but their backward is slower that way,
+        so training keeps NCHW.
         """
         super().train(mode)
         on_cpu = next(self.parameters()).device.type == "cpu"
@@ -199,9 +200,6 @@ class FlowNet(nn.Module):
         for lvl in self.levels:
             f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
             m1, m2 = (normalize_for_matching(f1), normalize_for_matching(f2)) if cfg.normalize_features else (f1, f2)
-            # In eval mode on CPU the convolutions hand out channels-last maps; the torch cost volume and
-            # its backward slice NCHW memory (5x slower on channels-last).
-            m1, m2 = m1.contiguous(), m2.contiguous()
             if flow is None:
                 flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
                 cost = correlation(m1, m2, cfg.max_displacement)
