@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
@@ -80,6 +81,41 @@ def test_cpu_inference_layout_is_channels_last_and_gives_the_same_flow(matching)
     torch.testing.assert_close(inference_layout, trained_layout, atol=1e-4, rtol=1e-4)
     model.train()  # training's backward is faster in NCHW
     assert model.decoder.body[0][0].weight.is_contiguous()
+
+
+def test_convex_upsampler_starts_as_bilinear_and_keeps_constant_flow_exact():
+    """Added to a trained model it must change nothing until trained; it mixes flows convexly."""
+    torch.manual_seed(0)
+    bilinear = FlowNet(FlowNetConfig(**TINY)).eval()
+    convex = FlowNet(FlowNetConfig(upsampler="convex", **TINY))
+    convex.load_state_dict(bilinear.state_dict(), strict=False)
+    convex.eval()
+    image1, image2 = torch.rand(1, 3, 64, 128), torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        a, b = bilinear(image1, image2), convex(image1, image2)
+    torch.testing.assert_close(a.level_flows[2], b.level_flows[2])
+    spread = float(a.flow.abs().max())
+    assert spread > 0 and float((a.flow - b.flow).abs().max()) < 2e-3 * spread
+
+    from flowcli.models.pwc import ConvexUpsampler
+
+    upsampler = ConvexUpsampler(6, 4)
+    nn.init.normal_(upsampler.weights.weight, std=1.0)  # arbitrary (trained-looking) mixing weights
+    constant = torch.tensor([1.5, -2.0]).view(1, 2, 1, 1).expand(2, 2, 5, 7)
+    fine = upsampler(constant, torch.randn(2, 6, 5, 7), torch.rand(2, 3, 20, 28))
+    torch.testing.assert_close(fine, 4 * constant.repeat_interleave(4, 2).repeat_interleave(4, 3))
+
+
+def test_convex_upsampler_config_round_trips_through_a_checkpoint(tmp_path):
+    model = FlowNet(FlowNetConfig(upsampler="convex", **TINY)).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    assert read_metadata(path)["flowcli.config"]["upsampler"] == "convex"
+    loaded = load_checkpoint(path)
+    x1, x2 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x1, x2).flow, model(x1, x2).flow)
+    with pytest.raises(ValueError, match="upsampler must be one of"):
+        FlowNetConfig(upsampler="bicubic")
 
 
 def test_flownet_rejects_unpadded_input():

@@ -3,6 +3,7 @@
 import torch
 
 from flowcli.checkpoint import load_checkpoint
+from flowcli.models.pwc import FlowNet
 from flowcli.train.trainer import TrainConfig, train
 
 TINY_MODEL = dict(
@@ -73,8 +74,39 @@ def test_fine_tuning_starts_from_init_weights_and_records_them(tmp_path):
     base, tuned = load_checkpoint(base_file), load_checkpoint(tmp_path / "tuned" / "last.safetensors")
     assert tuned.config == base.config  # the architecture comes from the init checkpoint
     assert tuned.provenance["init_weights"] == str(base_file)
+    from flowcli.registry import sha256_file
+
+    assert tuned.provenance["init_sha256"] == sha256_file(base_file)
     assert tuned.provenance["steps"] == 3
     assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))
+
+
+def test_training_only_an_added_upsampler_leaves_the_base_weights_untouched(tmp_path):
+    import pytest
+
+    from flowcli.errors import FlowcliError
+
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path / "base", 4), quiet=True)
+    base_file = tmp_path / "base" / "last.safetensors"
+    added = dict(init_weights=str(base_file), model={"upsampler": "convex"}, train_only=["upsampler."])
+    summary = train(tiny_config(tmp_path / "up", 3, full_resolution=1.0, **added), quiet=True)
+    assert all("full" in record for record in summary["history"])
+    base, tuned = load_checkpoint(base_file), load_checkpoint(tmp_path / "up" / "last.safetensors")
+    assert tuned.config.upsampler == "convex"
+    assert tuned.provenance["trained_parameters"] == ["upsampler."]
+    base_state, tuned_state = base.state_dict(), tuned.state_dict()
+    for name, value in tuned_state.items():
+        if name.startswith("upsampler."):
+            continue
+        torch.testing.assert_close(value, base_state[name], rtol=0, atol=0)
+    assert any(
+        not torch.equal(value, FlowNet(tuned.config).state_dict()[name])
+        for name, value in tuned_state.items()
+        if name.startswith("upsampler.weights")
+    )
+    with pytest.raises(FlowcliError, match="matches no parameter"):
+        train(tiny_config(tmp_path / "none", 2, init_weights=str(base_file), train_only=["nothing."]), quiet=True)
 
 
 def test_every_recipe_in_the_repository_is_a_valid_training_config():

@@ -53,12 +53,23 @@ def multiscale_epe(output: FlowOutput, target: torch.Tensor, valid: torch.Tensor
 
 
 def supervised_loss(
-    output: FlowOutput, target: torch.Tensor, valid: torch.Tensor | None = None, robust: bool = False
+    output: FlowOutput,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    robust: bool = False,
+    full_resolution: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Named terms; `total` is what is minimised. `epe` is the full-resolution EPE (monitoring)."""
+    """Named terms; `total` is what is minimised. `epe` is the full-resolution EPE (monitoring).
+
+    `full_resolution` weights the EPE of the full-resolution flow, the only term that reaches a
+    learned upsampler (the multi-scale terms stop at the decoder's finest level).
+    """
     full_epe = endpoint_error(output.flow, target)
     terms = {"multiscale": multiscale_epe(output, target, valid)}
     terms["total"] = terms["multiscale"]
+    if full_resolution:
+        terms["full"] = masked_mean(full_epe, valid)
+        terms["total"] = terms["total"] + full_resolution * terms["full"]
     if robust:
         terms["robust"] = masked_mean(robust_penalty(full_epe), valid)
         terms["total"] = terms["total"] + terms["robust"]

@@ -42,6 +42,9 @@ class TrainConfig:
     robust: bool = False
     clip_grad: float = 10.0
     init_weights: str | None = None  # fine-tune from a checkpoint
+    # Parameter-name prefixes to train (e.g. ["upsampler."]); the rest is frozen. Empty: train all.
+    train_only: list[str] = field(default_factory=list)
+    full_resolution: float = 0.0  # weight of the EPE of the full-resolution flow (learned upsampler)
     workers: int = 1
     device: str = "auto"  # auto | cpu | cuda | mps; bf16 autocast on CUDA
     model: dict = field(default_factory=dict)  # FlowNetConfig fields
@@ -96,14 +99,37 @@ def _batches(cfg: TrainConfig, step: int) -> Iterator:
 
 
 def build_model(cfg: TrainConfig) -> FlowNet:
-    torch.manual_seed(cfg.seed)
-    if cfg.init_weights:
-        from flowcli.models import load_model
+    """A fresh model, or `init_weights` with `model` overrides that may add modules (a new upsampler).
 
-        model = load_model(cfg.init_weights)
-        model.train()
-        return model
-    return FlowNet(FlowNetConfig(**cfg.model))
+    Added modules keep their initialisation; anything else missing or left over is an error.
+    """
+    torch.manual_seed(cfg.seed)
+    if not cfg.init_weights:
+        return FlowNet(FlowNetConfig(**cfg.model))
+    from flowcli.models import load_model
+
+    base = load_model(cfg.init_weights)
+    if not cfg.model:
+        return base.train()
+    model = FlowNet(FlowNetConfig(**{**base.config.to_dict(), **cfg.model}))
+    added = {name.split(".")[0] for name in model.state_dict()} - {name.split(".")[0] for name in base.state_dict()}
+    result = model.load_state_dict(base.state_dict(), strict=False)
+    stray = result.unexpected_keys + [k for k in result.missing_keys if k.split(".")[0] not in added]
+    if stray:
+        raise FlowcliError(f"model overrides {cfg.model} do not fit {cfg.init_weights}: {stray[:4]}")
+    return model.train()
+
+
+def trainable_parameters(model: torch.nn.Module, train_only: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze every parameter outside the `train_only` prefixes (all train when it is empty)."""
+    params = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(not train_only or name.startswith(tuple(train_only)))
+        if param.requires_grad:
+            params.append(param)
+    if not params:
+        raise FlowcliError(f"train_only {train_only} matches no parameter of the model")
+    return params
 
 
 def _schedule(optimizer, cfg: TrainConfig):
@@ -131,7 +157,8 @@ def train(
     autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = trainable_parameters(model, cfg.train_only)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, cfg)
     step, history = 0, []
     if state_path.exists():
@@ -177,10 +204,10 @@ def train(
                     output = model(image1, image2)
                 output.flow = output.flow.float()
                 output.level_flows = {k: v.float() for k, v in output.level_flows.items()}
-                terms = supervised_loss(output, flow, robust=cfg.robust)
+                terms = supervised_loss(output, flow, robust=cfg.robust, full_resolution=cfg.full_resolution)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -226,4 +253,10 @@ def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
     }
     if cfg.init_weights:
         provenance["init_weights"] = cfg.init_weights
+        if Path(cfg.init_weights).is_file():
+            from flowcli.registry import sha256_file
+
+            provenance["init_sha256"] = sha256_file(cfg.init_weights)
+    if cfg.train_only:
+        provenance["trained_parameters"] = cfg.train_only
     return provenance
