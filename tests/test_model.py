@@ -107,15 +107,20 @@ def test_convex_upsampler_starts_as_bilinear_and_keeps_constant_flow_exact():
 
 
 def test_convex_upsampler_config_round_trips_through_a_checkpoint(tmp_path):
-    model = FlowNet(FlowNetConfig(upsampler="convex", **TINY)).eval()
+    model = FlowNet(FlowNetConfig(upsampler="convex", upsampler_channels=(24,), **TINY)).eval()
+    assert [m[0].out_channels for m in model.upsampler.body] == [24]
     path = save_checkpoint(model, tmp_path / "m.safetensors")
-    assert read_metadata(path)["flowcli.config"]["upsampler"] == "convex"
+    config = read_metadata(path)["flowcli.config"]
+    assert config["upsampler"] == "convex" and config["upsampler_channels"] == [24]
     loaded = load_checkpoint(path)
+    assert [m[0].out_channels for m in loaded.upsampler.body] == [24]
     x1, x2 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x1, x2).flow, model(x1, x2).flow)
     with pytest.raises(ValueError, match="upsampler must be one of"):
         FlowNetConfig(upsampler="bicubic")
+    with pytest.raises(ValueError, match="upsampler_channels"):
+        FlowNetConfig(upsampler="convex", upsampler_channels=())
 
 
 def test_flownet_rejects_unpadded_input():

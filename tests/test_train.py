@@ -81,6 +81,16 @@ def test_fine_tuning_starts_from_init_weights_and_records_them(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values()))
 
 
+def test_fine_tuning_from_a_registry_name_records_the_resolved_files_sha256(tmp_path):
+    from flowcli.registry import model_entry
+
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path, 1, init_weights="flowcli-pwc-synth", model={}), quiet=True)
+    tuned = load_checkpoint(tmp_path / "last.safetensors")
+    assert tuned.provenance["init_weights"] == "flowcli-pwc-synth"
+    assert tuned.provenance["init_sha256"] == model_entry("flowcli-pwc-synth")["files"][0]["sha256"]
+
+
 def test_training_only_an_added_upsampler_leaves_the_base_weights_untouched(tmp_path):
     import pytest
 

@@ -40,14 +40,18 @@ class FlowNetConfig:
     # signal (cost contrast ~0.01 at init) and training then sits at "predict zero flow".
     normalize_features: bool = True
     upsampler: str = "bilinear"
+    upsampler_channels: tuple[int, ...] = (64, 64)  # widths of the convex upsampler's 3x3 convolutions
 
     def __post_init__(self):
-        for name in ("pyramid_channels", "decoder_channels", "context_channels", "context_dilations"):
+        names = ("pyramid_channels", "decoder_channels", "context_channels", "context_dilations", "upsampler_channels")
+        for name in names:
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.matching not in MATCHING:
             raise ValueError(f"matching must be one of {MATCHING}, got {self.matching!r}")
         if self.upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+        if not self.upsampler_channels or min(self.upsampler_channels) < 1:
+            raise ValueError("upsampler_channels must list at least one positive width")
         if len(self.context_channels) != len(self.context_dilations):
             raise ValueError("context_channels and context_dilations must have the same length")
         if not 1 <= self.output_level < len(self.pyramid_channels):
@@ -155,11 +159,12 @@ class ConvexUpsampler(nn.Module):
     nothing until it is trained.
     """
 
-    def __init__(self, cin: int, factor: int, hidden: int = 64):
+    def __init__(self, cin: int, factor: int, hidden: tuple[int, ...] = (64, 64)):
         super().__init__()
         self.factor = factor
-        self.body = nn.Sequential(conv(cin + 3 * factor * factor, hidden), conv(hidden, hidden))
-        self.weights = nn.Conv2d(hidden, 9 * factor * factor, 1)
+        widths = (cin + 3 * factor * factor, *hidden)
+        self.body = nn.Sequential(*(conv(a, b) for a, b in zip(widths[:-1], widths[1:])))
+        self.weights = nn.Conv2d(widths[-1], 9 * factor * factor, 1)
         self.weights.keep_init = True
         nn.init.zeros_(self.weights.weight)
         with torch.no_grad():
@@ -217,7 +222,7 @@ class FlowNet(nn.Module):
         self.context = ContextNetwork(self.decoder.out_channels + 2, config.context_channels, config.context_dilations)
         if config.upsampler == "convex":
             cin = self.decoder.out_channels + 2 + config.pyramid_channels[config.output_level - 1]
-            self.upsampler = ConvexUpsampler(cin, 2**config.output_level)
+            self.upsampler = ConvexUpsampler(cin, 2**config.output_level, config.upsampler_channels)
         else:
             self.upsampler = None
         self._init_weights()

@@ -252,11 +252,12 @@ def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
         "date": time.strftime("%Y-%m-%d"),
     }
     if cfg.init_weights:
-        provenance["init_weights"] = cfg.init_weights
-        if Path(cfg.init_weights).is_file():
-            from flowcli.registry import sha256_file
+        from flowcli.models import resolve_model_file
+        from flowcli.registry import sha256_file
 
-            provenance["init_sha256"] = sha256_file(cfg.init_weights)
+        provenance["init_weights"] = cfg.init_weights
+        # A registry name or hf:// spec was resolved (and verified) when the model was built.
+        provenance["init_sha256"] = sha256_file(resolve_model_file(cfg.init_weights, quiet=True))
     if cfg.train_only:
         provenance["trained_parameters"] = cfg.train_only
     return provenance
