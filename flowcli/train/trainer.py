@@ -98,26 +98,27 @@ def _batches(cfg: TrainConfig, step: int) -> Iterator:
     return iter(loader)
 
 
-def build_model(cfg: TrainConfig) -> FlowNet:
-    """A fresh model, or `init_weights` with `model` overrides that may add modules (a new upsampler).
+def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
+    """(model, sha256 of the init checkpoint or None): a fresh model, or `init_weights` with `model`
+    overrides that may add modules (a new upsampler).
 
     Added modules keep their initialisation; anything else missing or left over is an error.
     """
     torch.manual_seed(cfg.seed)
     if not cfg.init_weights:
-        return FlowNet(FlowNetConfig(**cfg.model))
-    from flowcli.models import load_model
+        return FlowNet(FlowNetConfig(**cfg.model)), None
+    from flowcli.models import load_model_and_file
 
-    base = load_model(cfg.init_weights)
+    base, _, init_sha256 = load_model_and_file(cfg.init_weights, "cpu")
     if not cfg.model:
-        return base.train()
+        return base.train(), init_sha256
     model = FlowNet(FlowNetConfig(**{**base.config.to_dict(), **cfg.model}))
     added = {name.split(".")[0] for name in model.state_dict()} - {name.split(".")[0] for name in base.state_dict()}
     result = model.load_state_dict(base.state_dict(), strict=False)
     stray = result.unexpected_keys + [k for k in result.missing_keys if k.split(".")[0] not in added]
     if stray:
         raise FlowcliError(f"model overrides {cfg.model} do not fit {cfg.init_weights}: {stray[:4]}")
-    return model.train()
+    return model.train(), init_sha256
 
 
 def trainable_parameters(model: torch.nn.Module, train_only: list[str]) -> list[torch.nn.Parameter]:
@@ -156,7 +157,8 @@ def train(
     device = resolve_device(cfg.device)
     autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model, init_sha256 = build_model(cfg)
+    model = model.to(device)
     params = trainable_parameters(model, cfg.train_only)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, cfg)
@@ -189,7 +191,7 @@ def train(
                 },
                 tmp,
             )
-        save_checkpoint(model, out / "last.safetensors", provenance=_provenance(cfg, step, history))
+        save_checkpoint(model, out / "last.safetensors", provenance=_provenance(cfg, step, history, init_sha256))
 
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     model.train()
@@ -239,7 +241,7 @@ def train(
     }
 
 
-def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
+def _provenance(cfg: TrainConfig, step: int, history: list[dict], init_sha256: str | None) -> dict:
     recent = history[-50:]
     provenance = {
         "trained_by": "flowcli train",
@@ -252,12 +254,8 @@ def _provenance(cfg: TrainConfig, step: int, history: list[dict]) -> dict:
         "date": time.strftime("%Y-%m-%d"),
     }
     if cfg.init_weights:
-        from flowcli.models import resolve_model_file
-        from flowcli.registry import sha256_file
-
         provenance["init_weights"] = cfg.init_weights
-        # A registry name or hf:// spec was resolved (and verified) when the model was built.
-        provenance["init_sha256"] = sha256_file(resolve_model_file(cfg.init_weights, quiet=True))
+        provenance["init_sha256"] = init_sha256
     if cfg.train_only:
         provenance["trained_parameters"] = cfg.train_only
     return provenance
