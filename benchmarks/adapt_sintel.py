@@ -78,6 +78,7 @@ def config_for(args, data: Path, output: Path, **overrides):
         precision=args.precision,
         overwrite=True,
         restart=True,
+        losses={"anchor": args.anchor} if args.anchor else {},
     )
     if args.smoke:
         settings.update(steps=2, minutes=None, batch_size=1, crop=(64, 64), max_val=1, teacher_margin=16)
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--crop", default="320x448")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anchor", type=float, default=0.0, help="weight of synthetic replay (flowcli adapt --anchor)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="adapted checkpoint (default: a temp folder)")

@@ -114,6 +114,18 @@ def test_distillation_temporal_and_stereo_terms_vanish_when_consistent():
     assert {"vertical", "quad", "triangle", "total"} <= set(terms)
 
 
+def test_anchor_term_vanishes_at_the_exact_flow_and_joins_the_total(samples):
+    s = samples[0]
+    i1, i2 = s.images[0][None], s.images[1][None]
+    fw, bw = s.flow_forward[None], s.flow_backward[None]
+    assert abs(float(L.anchor_loss(fw, fw))) < 1e-6 and float(L.anchor_loss(fw + 1, fw)) > 0.5
+    pair = PairFlows(i1, i2, _out(fw), _out(bw))
+    plain = adapt_loss(pair, LossWeights(scales=(0,)))
+    off = adapt_loss(pair, LossWeights(scales=(0,)), anchor=(fw + 1, fw))  # weight 0: not computed
+    on = adapt_loss(pair, LossWeights(scales=(0,), anchor=2.0), anchor=(fw + 1, fw))
+    assert "anchor" not in off and float(off["total"]) == float(plain["total"])
+    assert float(on["total"]) == pytest.approx(float(plain["total"]) + 2.0 * float(on["anchor"]), rel=1e-6)
+
 def test_multiscale_uses_the_pyramid_levels(samples):
     s = samples[0]
     i1, i2 = s.images[0][None], s.images[1][None]

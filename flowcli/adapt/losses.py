@@ -54,6 +54,7 @@ class LossWeights:
     quadrilateral: float = 0.2  # stereo video (Flow2Stereo)
     triangle: float = 0.2
     zero_vertical: bool = False  # stereo: warp with the horizontal component only (|v| is still penalised)
+    anchor: float = 0.0  # supervised term on synthetic scenes with exact flow (0 = off; see anchor_loss)
 
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
@@ -153,6 +154,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
     floor = 2 * 0.01**0.4
     per_pixel = robust_penalty(student - teacher.detach()).sum(1, keepdim=True) - floor
     return masked_mean(per_pixel, mask)
+
+
+def anchor_loss(flow: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The distillation penalty against exact flow, on synthetic scenes rendered from the footage.
+
+    Photometric self-supervision has its own optimum, which is not the true flow where the frames are
+    ambiguous (occlusions, blur, dark or flat regions), so on its own it pulls a supervised base model
+    away from what it knew there. A few synthetic pairs per step with exact ground truth hold it back
+    (replay); an exact prediction scores 0.
+    """
+    return distillation_loss(flow, target, None)
 
 
 def temporal_loss(flow_next: torch.Tensor, flow_prev: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -337,6 +349,7 @@ def adapt_loss(
     previous: torch.Tensor | None = None,
     previous_mask: torch.Tensor | None = None,
     stereo_video: StereoVideo | None = None,
+    anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Named loss terms for one batch; `total` is what is minimised.
 
@@ -346,6 +359,7 @@ def adapt_loss(
     teacher_flow + teacher_mask distil its full-resolution forward flow (DDFlow / SelFlow /
     DistillFlow); previous (the flow t->t-1 of the same frame 1) + previous_mask add the
     constant-velocity temporal term. stereo_video adds Flow2Stereo's quadrilateral and triangle terms.
+    anchor, (predicted flow, exact flow) of synthetic pairs, adds the supervised replay term.
     Monitoring terms (not in `total`): `occ`, the occluded fraction at full resolution.
     """
     if isinstance(pairs, PairFlows):
@@ -390,5 +404,8 @@ def adapt_loss(
         if weights.triangle and sv.cross is not None:
             terms["triangle"] = triangle_loss(sv.cross, sv.flow_left, sv.stereo_t1, visible)
             total = total + weights.triangle * terms["triangle"]
+    if anchor is not None and weights.anchor:
+        terms["anchor"] = anchor_loss(*anchor)
+        total = total + weights.anchor * terms["anchor"]
     terms["total"] = total
     return terms

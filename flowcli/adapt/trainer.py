@@ -10,6 +10,9 @@ Two stages, as in DDFlow / SelFlow / DistillFlow:
    view occluded or changed the pixels, next to the photometric loss on its own view.
 The split between the stages follows the footage size (`plan_stages`). Stereo (`cfg.stereo`) runs
 stage 1 only, with the horizontal constraint and, on stereo video, Flow2Stereo's constraints.
+With `losses["anchor"]` > 0 every step of both stages also carries `anchor_pairs` synthetic scenes
+(flowcli.synth, textured with frames of the training slice) supervised by their exact flow: replay
+that keeps a supervised base from drifting where the photometric loss is blind.
 
 Resumable like flowcli.train: the state (model, optimiser, teacher, plan, history, before-metrics)
 is saved in `<output stem>.adapt/state.pt` every `checkpoint_every` steps and on Ctrl-C, and the
@@ -57,6 +60,7 @@ from flowcli.console import progress, stderr, warn
 from flowcli.errors import FlowcliError, InputError
 from flowcli.io.atomic import atomic_path, check_writable
 from flowcli.models.pwc import FlowOutput
+from flowcli.synth.generator import SynthConfig, TextureBank, generate_batch
 
 DEFAULT_STEPS = 2000
 CALIBRATION_STEPS = 5
@@ -95,6 +99,10 @@ class AdaptConfig:
     max_frames: int | None = None  # per source
     losses: dict = field(default_factory=dict)  # LossWeights overrides
     transforms: dict = field(default_factory=dict)  # TransformConfig overrides
+    # Synthetic replay, on when losses["anchor"] > 0: pairs of flowcli synth scenes per step, textured
+    # with the training frames, supervised by their exact flow (SynthConfig overrides in anchor_synth).
+    anchor_pairs: int = 2
+    anchor_synth: dict = field(default_factory=dict)
     checkpoint_every: int = 50
     gt: list[str] = field(default_factory=list)  # "DATASET:ROOT" labeled copies, for the final report
     device: str = "auto"
@@ -111,6 +119,8 @@ class AdaptConfig:
         self.crop = tuple(int(v) for v in self.crop)
         self.teachers = list(self.teachers)
         self.gt = list(self.gt)
+        if self.anchor_pairs < 1:
+            raise ValueError(f"anchor_pairs must be at least 1, got {self.anchor_pairs}")
 
     def identity(self) -> str:
         data = {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
@@ -215,8 +225,12 @@ class StepBatches(Dataset):
     """Item `step` is that step's batch for this rank: training tuples in DistributedSampler order
     (reshuffled each epoch), each cropped / transformed with a generator seeded by (seed, step, rank, slot)."""
 
-    def __init__(self, footage: Footage, tuples: list, plan: Plan, cfg: AdaptConfig, ctx: _Dist):
+    def __init__(
+        self, footage: Footage, tuples: list, plan: Plan, cfg: AdaptConfig, ctx: _Dist,
+        anchor: bool = False, textures: TextureBank | None = None,
+    ):  # fmt: skip
         self.footage, self.tuples, self.plan, self.cfg = footage, tuples, plan, cfg
+        self.anchor, self.textures = anchor, textures  # anchor: add synthetic replay pairs to every batch
         self.ctx = ctx
         self.sampler = DistributedSampler(
             tuples, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=False
@@ -245,6 +259,8 @@ class StepBatches(Dataset):
             gen = torch.Generator().manual_seed(_seed(cfg.seed, step, self.ctx.rank, slot))
             items.append(self._item(index, stage, gen))
         batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        if self.anchor:
+            batch.update(self._anchor(step))
         batch["stage"] = torch.tensor(stage)
         batch["step"] = torch.tensor(step)
         return batch
@@ -260,6 +276,14 @@ class StepBatches(Dataset):
                     self._warned.add(str(error))
                     warn(f"{error}; using another pair instead")
         raise InputError("20 training tuples in a row could not be read; check the footage (see the warnings above)")
+
+    def _anchor(self, step: int) -> dict:
+        cfg = self.cfg
+        h, w = self.plan.crop
+        synth = SynthConfig(height=h, width=w, **cfg.anchor_synth)
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, step, self.ctx.rank, 1 << 20))
+        image1, image2, flow, _ = generate_batch(synth, cfg.anchor_pairs, gen, self.textures)
+        return {"anchor1": image1, "anchor2": image2, "anchor_flow": flow}
 
     def _item(self, index: int, stage: int, gen: torch.Generator) -> dict:
         cfg = self.cfg
@@ -287,10 +311,10 @@ def _loader(dataset: StepBatches, start: int, end: int, workers: int) -> DataLoa
 # ----------------------------------------------------------------------------- one step
 
 
-def _chunks(out: FlowOutput, n: int) -> list[FlowOutput]:
-    flows = out.flow.float().chunk(n)
-    levels = {lvl: f.float().chunk(n) for lvl, f in out.level_flows.items()}
-    return [FlowOutput(flow=flows[i], level_flows={lvl: levels[lvl][i] for lvl in levels}) for i in range(n)]
+def _chunks(out: FlowOutput, sizes: list[int]) -> list[FlowOutput]:
+    flows = out.flow.float().split(sizes)
+    levels = {lvl: f.float().split(sizes) for lvl, f in out.level_flows.items()}
+    return [FlowOutput(flow=flows[i], level_flows={lvl: levels[lvl][i] for lvl in levels}) for i in range(len(sizes))]
 
 
 def _forward(net, first: list[torch.Tensor], second: list[torch.Tensor], dtype: torch.dtype) -> list[FlowOutput]:
@@ -298,18 +322,35 @@ def _forward(net, first: list[torch.Tensor], second: list[torch.Tensor], dtype: 
     a, b = torch.cat(first), torch.cat(second)
     with torch.autocast(a.device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = net(a, b)
-    return _chunks(out, len(first))
+    return _chunks(out, [t.shape[0] for t in first])
 
 
-def _student_terms(net, frames: torch.Tensor, weights: LossWeights, cfg: AdaptConfig, dtype, **extra) -> dict:
-    """Loss terms of the model on frames [B, T, 3, h, w] (mono pair, mono triplet, stereo pair, stereo video)."""
+def _student_terms(
+    net, frames: torch.Tensor, weights: LossWeights, cfg: AdaptConfig, dtype, anchor_batch: dict | None = None, **extra
+) -> dict:
+    """Loss terms of the model on frames [B, T, 3, h, w] (mono pair, mono triplet, stereo pair, stereo video).
+
+    anchor_batch (synthetic image1, image2, flow) rides along in the same forward pass for the replay term.
+    """
     valid1, valid2 = extra.pop("valid1", None), extra.pop("valid2", None)
+    anchor_flow: list[torch.Tensor] = []
+
+    def forward(first: list[torch.Tensor], second: list[torch.Tensor]) -> list[FlowOutput]:
+        if anchor_batch is None:
+            return _forward(net, first, second, dtype)
+        outs = _forward(net, [*first, anchor_batch["anchor1"]], [*second, anchor_batch["anchor2"]], dtype)
+        anchor_flow.append(outs[-1].flow)
+        return outs[:-1]
+
+    def anchor() -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (anchor_flow[0], anchor_batch["anchor_flow"]) if anchor_batch is not None else None
+
     if cfg.stereo and cfg.temporal:
         lt, rt, lt1, rt1 = frames.unbind(1)
         first, second = [lt, rt, lt, lt1, rt, rt1, lt1, rt1], [rt, lt, lt1, lt, rt1, rt, rt1, lt1]
         if weights.triangle:
             first, second = first + [lt, rt1], second + [rt1, lt]
-        outs = _forward(net, first, second, dtype)
+        outs = forward(first, second)
         s_t, s_tb, wl, wlb, wr, wrb, s_t1, s_t1b = outs[:8]
         pairs = [
             PairFlows(lt, rt, s_t, s_tb, stereo=True),
@@ -322,20 +363,24 @@ def _student_terms(net, frames: torch.Tensor, weights: LossWeights, cfg: AdaptCo
             pairs.append(PairFlows(lt, rt1, outs[8], outs[9]))
             cross = outs[8].flow
         video = StereoVideo(wl.flow, wlb.flow, wr.flow, s_t.flow, s_tb.flow, s_t1.flow, cross)
-        return adapt_loss(pairs, weights, stereo_video=video)
+        return adapt_loss(pairs, weights, stereo_video=video, anchor=anchor())
     if cfg.stereo:
         left, right = frames.unbind(1)
-        fw, bw = _forward(net, [left, right], [right, left], dtype)
-        return adapt_loss(PairFlows(left, right, fw, bw, stereo=True), weights)
+        fw, bw = forward([left, right], [right, left])
+        return adapt_loss(PairFlows(left, right, fw, bw, stereo=True), weights, anchor=anchor())
     if cfg.temporal:
         prev, cur, nxt = frames.unbind(1)
-        fw, bw, pv, pvb = _forward(net, [cur, nxt, cur, prev], [nxt, cur, prev, cur], dtype)
+        fw, bw, pv, pvb = forward([cur, nxt, cur, prev], [nxt, cur, prev, cur])
         visible = (1 - fb_occlusion(fw.flow, bw.flow)) * (1 - fb_occlusion(pv.flow, pvb.flow))
         pairs = [PairFlows(cur, nxt, fw, bw, valid1, valid2), PairFlows(cur, prev, pv, pvb)]
-        return adapt_loss(pairs, weights, previous=pv.flow, previous_mask=visible, **extra)
+        return adapt_loss(pairs, weights, previous=pv.flow, previous_mask=visible, anchor=anchor(), **extra)
     first, second = frames.unbind(1)
-    fw, bw = _forward(net, [first, second], [second, first], dtype)
-    return adapt_loss(PairFlows(first, second, fw, bw, valid1, valid2), weights, **extra)
+    fw, bw = forward([first, second], [second, first])
+    return adapt_loss(PairFlows(first, second, fw, bw, valid1, valid2), weights, anchor=anchor(), **extra)
+
+
+def _anchor_batch(batch: dict) -> dict | None:
+    return {k: batch[k] for k in ("anchor1", "anchor2", "anchor_flow")} if "anchor1" in batch else None
 
 
 def _distill_terms(net, teachers, batch: dict, plan: Plan, weights: LossWeights, cfg: AdaptConfig, dtype) -> dict:
@@ -346,8 +391,8 @@ def _distill_terms(net, teachers, batch: dict, plan: Plan, weights: LossWeights,
     student, noise = make_student_view(window, batch, plan.crop, tcfg, target_index=target_index)
     targets = teacher_targets(flow, occlusion, batch, plan.crop, noise)
     terms = _student_terms(
-        net, student, weights, cfg, dtype, valid1=1 - targets["hallucinated"], valid2=1 - noise,
-        teacher_flow=targets["flow"], teacher_mask=targets["mask"],
+        net, student, weights, cfg, dtype, _anchor_batch(batch), valid1=1 - targets["hallucinated"],
+        valid2=1 - noise, teacher_flow=targets["flow"], teacher_mask=targets["mask"],
     )  # fmt: skip
     terms["distill_px"] = targets["mask"].mean()
     return terms
@@ -401,6 +446,21 @@ def _public_config(cfg: AdaptConfig) -> dict:
     data["teachers"] = [_public(t) for t in cfg.teachers]
     data["gt"] = [g.split(":", 1)[0] for g in cfg.gt]
     return data
+
+
+def _footage_textures(footage: Footage, train: list, count: int = 48, max_side: int = 640) -> TextureBank | None:
+    """Frames of the training tuples (evenly spaced, never the held-out slice) as textures for replay scenes."""
+    images = []
+    for seq, start in _evenly(train, count):
+        try:
+            frame = footage.load(seq, start, 1)[0]
+        except InputError:  # unreadable: StepBatches warns about it when it meets the pair
+            continue
+        scale = max_side / max(frame.shape[-2:])
+        if scale < 1:
+            frame = torch.nn.functional.interpolate(frame[None], scale_factor=scale, mode="area")[0]
+        images.append((frame.clamp(0, 1) * 255).to(torch.uint8))
+    return TextureBank(images) if images else None
 
 
 def _floor_to(value: int, multiple: int) -> int:
@@ -599,7 +659,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     workers = cfg.workers if cfg.workers is not None else (min(4, max(0, (os.cpu_count() or 1) // ctx.world - 1))
                                                            if device.type == "cuda" else 0)  # fmt: skip
-    dataset = StepBatches(footage, train, plan, cfg, ctx)
+    textures = _footage_textures(footage, train) if weights.anchor > 0 else None
+    dataset = StepBatches(footage, train, plan, cfg, ctx, anchor=weights.anchor > 0, textures=textures)
     teachers_all = lambda: [teacher, *extra_teachers]
     calibration = None  # (time, step) when the minutes budget started being measured
     try:
@@ -615,7 +676,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(step, plan, cfg)
                     if stage == 1:
-                        terms = _student_terms(net, batch["frames"], weights, cfg, dtype)
+                        terms = _student_terms(net, batch["frames"], weights, cfg, dtype, _anchor_batch(batch))
                     else:
                         terms = _distill_terms(net, teachers_all(), batch, plan, weights, cfg, dtype)
                     optimizer.zero_grad(set_to_none=True)
@@ -630,7 +691,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     history.append(record)
                     info = f"stage {stage} " + " ".join(
                         f"{k} {record[k]:.3f}" for k in ("photo", "smooth1", "smooth2", "distill", "temporal",
-                                                        "vertical", "quad", "triangle", "occ") if k in record
+                                                        "vertical", "quad", "triangle", "anchor", "occ") if k in record
                     )  # fmt: skip
                     bar.update(task, completed=step, info=info)
                     if ctx.main and not quiet and not stderr.is_terminal and step % 10 == 0:

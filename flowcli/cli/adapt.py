@@ -193,6 +193,17 @@ def adapt_command(
             show_default=False,
         ),
     ] = None,
+    anchor: Annotated[
+        Optional[float],
+        typer.Option(
+            "--anchor",
+            help="Weight of synthetic replay: each step adds 2 flowcli-synth scenes textured with your training "
+            "frames, supervised by their exact flow, so the model keeps what it knew where the photometric "
+            "loss is blind (occlusions, blur, flat regions). 0 = off. Same as --loss anchor=W.",
+            rich_help_panel=_TRAIN,
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Tuples per step (per GPU).", rich_help_panel=_TRAIN)
     ] = 4,
@@ -272,6 +283,10 @@ def adapt_command(
     losses = _parse_settings(loss, "--loss", {f.name for f in fields(LossWeights)})
     if stereo and vertical == "zero":
         losses["zero_vertical"] = True
+    if anchor is not None:
+        if anchor < 0:
+            raise InputError(f"--anchor must be 0 or more, got {anchor:g}")
+        losses["anchor"] = anchor
     transforms = _parse_settings(transform, "--transform", {f.name for f in fields(TransformConfig)})
 
     from flowcli.adapt.trainer import AdaptConfig, adapt
