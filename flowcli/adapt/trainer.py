@@ -448,18 +448,14 @@ def _public_config(cfg: AdaptConfig) -> dict:
     return data
 
 
-def _footage_textures(footage: Footage, train: list, count: int = 48, max_side: int = 640) -> TextureBank | None:
+def _footage_textures(footage: Footage, train: list, count: int = 48) -> TextureBank | None:
     """Frames of the training tuples (evenly spaced, never the held-out slice) as textures for replay scenes."""
     images = []
     for seq, start in _evenly(train, count):
         try:
-            frame = footage.load(seq, start, 1)[0]
+            images.append(TextureBank.stored(footage.load(seq, start, 1)[0]))
         except InputError:  # unreadable: StepBatches warns about it when it meets the pair
             continue
-        scale = max_side / max(frame.shape[-2:])
-        if scale < 1:
-            frame = torch.nn.functional.interpolate(frame[None], scale_factor=scale, mode="area")[0]
-        images.append((frame.clamp(0, 1) * 255).to(torch.uint8))
     return TextureBank(images) if images else None
 
 

@@ -84,6 +84,14 @@ class TextureBank:
     def __init__(self, images: list[torch.Tensor]):
         self.images = images
 
+    @staticmethod
+    def stored(image: torch.Tensor, max_side: int = 640) -> torch.Tensor:
+        """A float [3, H, W] image in [0, 1] as the bank keeps it: uint8, longest side at most max_side."""
+        scale = max_side / max(image.shape[-2:])
+        if scale < 1:
+            image = F.interpolate(image[None], scale_factor=scale, mode="area")[0]
+        return (image.clamp(0, 1) * 255).to(torch.uint8)
+
     @classmethod
     def from_paths(cls, paths: list[str | Path], max_images: int = 400, max_side: int = 640, frame_stride: int = 8):
         from flowcli.io.media import VideoReader, list_frames, read_image
@@ -91,11 +99,7 @@ class TextureBank:
         images: list[torch.Tensor] = []
 
         def keep(img: torch.Tensor):
-            h, w = img.shape[-2:]
-            s = max_side / max(h, w)
-            if s < 1:
-                img = F.interpolate(img[None], scale_factor=s, mode="area")[0]
-            images.append((img.clamp(0, 1) * 255).to(torch.uint8))
+            images.append(cls.stored(img, max_side))
 
         for path in map(Path, paths):
             if len(images) >= max_images:
