@@ -91,7 +91,8 @@ def table(result: dict) -> list[str]:
         change = (
             f"{100 * (after - before) / abs(before):+.1f}%" if before not in (None, 0) and after is not None else ""
         )
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"
+        def fmt(v):
+            return "-" if v is None else f"{v:.4f}"
         return f"| {name} | {fmt(before)} | {fmt(after)} | {change} |"
 
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]

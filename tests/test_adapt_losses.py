@@ -130,7 +130,8 @@ def test_multiscale_uses_the_pyramid_levels(samples):
     s = samples[0]
     i1, i2 = s.images[0][None], s.images[1][None]
     fw, bw = s.flow_forward[None], s.flow_backward[None]
-    level2 = lambda f: torch.nn.functional.adaptive_avg_pool2d(f, (16, 24)) / 4
+    def level2(f):
+        return torch.nn.functional.adaptive_avg_pool2d(f, (16, 24)) / 4
     out_fw, out_bw = FlowOutput(fw, {2: level2(fw)}), FlowOutput(bw, {2: level2(bw)})
     good = adapt_loss(PairFlows(i1, i2, out_fw, out_bw), LossWeights(scales=(0, 2)))
     bad = adapt_loss(PairFlows(i1, i2, FlowOutput(fw, {2: -level2(fw)}), FlowOutput(bw, {2: -level2(bw)})),

@@ -76,7 +76,8 @@ class Footage:
                 if any(size is None for size in sizes):
                     continue
                 if len(set(sizes)) > 1:
-                    a, b = next((i, j) for i, j in zip(indices, indices[1:], strict=False) if seq.sizes[i] != seq.sizes[j])
+                    neighbours = zip(indices, indices[1:], strict=False)
+                    a, b = next((i, j) for i, j in neighbours if seq.sizes[i] != seq.sizes[j])
                     raise InputError(
                         f"{seq.label}: {self.frame_name(s, a)} is {_wh(seq.sizes[a])} but {self.frame_name(s, b)} is "
                         f"{_wh(seq.sizes[b])}; the frames of one sequence must share a size (put them in separate "

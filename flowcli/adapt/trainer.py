@@ -657,7 +657,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                                                            if device.type == "cuda" else 0)  # fmt: skip
     textures = _footage_textures(footage, train) if weights.anchor > 0 else None
     dataset = StepBatches(footage, train, plan, cfg, ctx, anchor=weights.anchor > 0, textures=textures)
-    teachers_all = lambda: [teacher, *extra_teachers]
+    def teachers_all():
+        return [teacher, *extra_teachers]
     calibration = None  # (time, step) when the minutes budget started being measured
     try:
         with progress(quiet or not ctx.main) as bar:
