@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapt_sintel import DEFAULT_DATA, SETUPS, config_for, smoke_weights
+from adapt_sintel import DEFAULT_DATA, SETUPS, config_for, smoke_weights  # noqa: E402 (after the sys.path insert)
 
 _NO_TRANSFORMS = {"superpixel": 0.0, "colour": 0.0, "geometric": 0.0}
 VARIANTS: dict[str, dict] = {

@@ -208,8 +208,9 @@ def run(args) -> dict:
                                     row[f"bytes_{key}"] / (ms * 1e-3) / (peak_gbs * 1e9) if ms and peak_gbs else None
                                 )
                             rows.append(row)
-                            print(f"  {res} L{lvl} b{b} {dtype_name} {op:4s} {impl:6s} fwd {_fmt(row.get('fwd_ms'))} ms  "
-                                  f"fwd+bwd {_fmt(row.get('fwdbwd_ms'))} ms", file=sys.stderr, flush=True)  # fmt: skip
+                            timing = f"fwd {_fmt(row.get('fwd_ms'))} ms  fwd+bwd {_fmt(row.get('fwdbwd_ms'))} ms"
+                            label = f"{res} L{lvl} b{b} {dtype_name} {op:4s} {impl:6s}"
+                            print(f"  {label} {timing}", file=sys.stderr, flush=True)
     _add_speedups(rows)
     sweep = sweep_blocks(args, device, timer) if args.sweep_blocks and use_triton else None
     return {
@@ -369,7 +370,8 @@ def parse_args(argv=None):
     p.add_argument("--ops", default="corr,warp", help="corr (correlation) and/or warp (warp + correlation)")
     p.add_argument("--max-displacement", type=int, default=4)
     p.add_argument("--peak-bandwidth-gbs", type=float, default=None,
-                   help=f"memory bandwidth for the roofline fraction (default: by GPU name, H100 SXM {DEFAULT_PEAK_GBS:.0f})")  # fmt: skip
+                   help="memory bandwidth for the roofline fraction "
+                        f"(default: by GPU name, H100 SXM {DEFAULT_PEAK_GBS:.0f})")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--sweep-blocks", action="store_true", help="also time other Triton tile sizes (finest level)")

@@ -120,7 +120,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['image']}: yaw {r['yaw_gt']:6.1f} (fit {r['yaw']:6.1f})  NME fitted {100 * r['nme']:.2f}%  "
-            f"(inner {100 * r['nme_inner']:.2f}%, jaw {100 * r['nme_jaw']:.2f}%)  MediaPipe {100 * r['nme_mediapipe']:.2f}%  {r['seconds']:.2f}s"
+            f"(inner {100 * r['nme_inner']:.2f}%, jaw {100 * r['nme_jaw']:.2f}%)  "
+            f"MediaPipe {100 * r['nme_mediapipe']:.2f}%  {r['seconds']:.2f}s"
         )
     print(json.dumps(summary, indent=1))
 

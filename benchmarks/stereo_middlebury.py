@@ -89,7 +89,8 @@ def run(baselines: Baselines, root: Path, scenes, precision: str) -> dict:
 
 
 def table(rows: dict, scenes) -> str:
-    lines = ["| method | " + " | ".join(f"{s} EPE / bad-2 %" for s in scenes) + " | mean EPE | mean bad-2 % | mean D1 % |",
+    header = " | ".join(f"{s} EPE / bad-2 %" for s in scenes)
+    lines = ["| method | " + header + " | mean EPE | mean bad-2 % | mean D1 % |",
              "|---|" + "---|" * (len(scenes) + 3)]
     for method, by_scene in rows.items():
         mean = mean_metrics(list(by_scene.values()))
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
           f"negative disparity {statistics.mean(r['negative_pct'] for r in rows['flowcli'].values()):.1f} %")
     print(f"\nACCEPTANCE {'PASS' if passed else 'FAIL'}: flowcli mean EPE {means['flowcli']['epe']:.2f} vs SGBM "
           f"{means['sgbm']['epe']:.2f} ({'lower' if better_epe else 'not lower'}), mean bad-2 "
-          f"{means['flowcli']['bad_2']:.1f} % vs {means['sgbm']['bad_2']:.1f} % ({'lower' if better_bad2 else 'not lower'})")
+          f"{means['flowcli']['bad_2']:.1f} % vs {means['sgbm']['bad_2']:.1f} % "
+          f"({'lower' if better_bad2 else 'not lower'})")
     if args.json:
         report = {"opencv": cv2.__version__, "torch": torch.__version__, "model": model_label, "scenes": rows,
                   "mean": means, "pass": passed}

@@ -204,7 +204,9 @@ def _local_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
 
 def _mismatch_error(label: str, problem: tuple[str, str, str]) -> WeightsError:
     what, expected, got = problem
-    return WeightsError(f"{what} mismatch for {label}: expected {expected}, got {got} (the source changed or is corrupt)")
+    return WeightsError(
+        f"{what} mismatch for {label}: expected {expected}, got {got} (the source changed or is corrupt)"
+    )
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -231,7 +231,9 @@ def read_calibration(path: str | os.PathLike) -> Camera:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise InputError(f"cannot read calibration {path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+            raise InputError(
+                f"cannot read calibration {path}: not valid JSON ({error.msg} at line {error.lineno})"
+            ) from None
         if not isinstance(data, dict):
             raise InputError(f"calibration {path} must hold a JSON object with fx and baseline_meters")
         return _camera_from_json(data, path)

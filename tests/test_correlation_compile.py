@@ -39,13 +39,16 @@ def _compile_worker() -> None:
             ("fwd", ct._corr_fwd_kernel, {"f1_ptr": p, "f2_ptr": p, "out_ptr": p, **shape}, {}),
             ("bwd", ct._corr_bwd_kernel, {"g_ptr": p, "f1_ptr": p, "f2_ptr": p, "g1_ptr": p, "g2_ptr": p, **shape},
              {"NEED1": True, "NEED2": True}),
-            ("warp_fwd", ct._warp_corr_fwd_kernel, {"f1_ptr": p, "f2_ptr": p, "flow_ptr": "*fp32", "out_ptr": p, **shape, **scales}, {}),
+            ("warp_fwd", ct._warp_corr_fwd_kernel,
+             {"f1_ptr": p, "f2_ptr": p, "flow_ptr": "*fp32", "out_ptr": p, **shape, **scales}, {}),
         ]  # fmt: skip
         warp_bwd = {"g_ptr": p, "f1_ptr": p, "f2_ptr": p, "flow_ptr": "*fp32", "g1_ptr": p, "gw_ptr": "*fp32",
                     "gflow_ptr": "*fp32", **shape, **scales}  # fmt: skip
         variants += [
-            ("warp_bwd_f1", ct._warp_corr_bwd_kernel, warp_bwd, {"NEED1": True, "NEED2": False, "NEEDFLOW": False, "ATOMIC": True}),
-            ("warp_bwd_f2", ct._warp_corr_bwd_kernel, warp_bwd, {"NEED1": False, "NEED2": True, "NEEDFLOW": True, "ATOMIC": dt == "bf16"}),
+            ("warp_bwd_f1", ct._warp_corr_bwd_kernel, warp_bwd,
+             {"NEED1": True, "NEED2": False, "NEEDFLOW": False, "ATOMIC": True}),
+            ("warp_bwd_f2", ct._warp_corr_bwd_kernel, warp_bwd,
+             {"NEED1": False, "NEED2": True, "NEEDFLOW": True, "ATOMIC": dt == "bf16"}),
         ]  # fmt: skip
         for kind, kernel, signature, flags in variants:
             block_d, block_p, num_warps = ct._config(r, kind)

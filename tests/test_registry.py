@@ -58,7 +58,8 @@ def hub(server, tmp_path, monkeypatch):
 
     monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
     # the download URL template is built from HF_ENDPOINT once, when huggingface_hub is first imported
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    url_template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url_template)
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     return server

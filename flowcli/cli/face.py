@@ -223,7 +223,8 @@ class FaceJob:
             raise InputError(f"{path.name}: {error}; try a larger, frontal, well-lit face") from None
         if total > len(results) and max_faces < total:
             warn(
-                f"{path.name}: {total} faces found, fitted {len(results)} (largest first); use --max-faces {total} for all"
+                f"{path.name}: {total} faces found, fitted {len(results)} (largest first); "
+                f"use --max-faces {total} for all"
             )
         ow = self.s["overwrite"]
         for k, res in enumerate(results):
@@ -245,7 +246,8 @@ class FaceJob:
                     "face": k + 1,
                     "landmarks68": [[round(x, 2), round(y, 2)] for x, y in res.landmarks68[:, :2].tolist()],
                     "landmarks468": [[round(x, 2), round(y, 2), round(z, 2)] for x, y, z in res.landmarks468.tolist()],
-                    "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); 468: MediaPipe Face Mesh points (x, y px, relative depth)",
+                    "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); "
+                    "468: MediaPipe Face Mesh points (x, y px, relative depth)",
                 },
                 overwrite=ow,
             )
@@ -315,7 +317,8 @@ class FaceJob:
         reader.close()
         if reader.decode_error:
             warn(
-                f"{path.name}: stopped at an undecodable frame ({reader.decode_error}); fitting the {len(points)} frames before it"
+                f"{path.name}: stopped at an undecodable frame ({reader.decode_error}); "
+                f"fitting the {len(points)} frames before it"
             )
         if not points:
             raise InputError(f"{path}: no decodable frames")

@@ -498,8 +498,8 @@ def _item_fields(stem: str, left: str, right: str, index: int) -> dict:
 
 def _known_fields(source: _Source) -> list[dict]:
     if source.pairs is not None:
-        return [_item_fields(stem, l.stem, l.stem if r is None else r.stem, i)
-                for i, (l, r, stem) in enumerate(source.pairs)]
+        return [_item_fields(stem, left.stem, left.stem if right is None else right.stem, i)
+                for i, (left, right, stem) in enumerate(source.pairs)]
     return [_item_fields(f"{source.name}_frame_000000", "frame_000000", "frame_000000", 0)]
 
 
@@ -512,7 +512,9 @@ def _check_output_folder(directory: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"cannot create output folder {directory}: {existing} is not a folder; choose another with -o")
+        raise OutputError(
+            f"cannot create output folder {directory}: {existing} is not a folder; choose another with -o"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
 

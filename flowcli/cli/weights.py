@@ -208,7 +208,8 @@ def info_command(
         table.add_row(
             f"file {record['path']}",
             f"source {record['source']}\n"
-            + (f"member {record['member']} (archive sha256 {record['archive_sha256'][:12]}...)\n" if "member" in record else "")
+            + (f"member {record['member']} (archive sha256 {record['archive_sha256'][:12]}...)\n"
+               if "member" in record else "")
             + f"size {_human_size(record.get('size') or 0)}, "
             f"sha256 {record.get('sha256', registry.UNKNOWN_SHA256)}\n"
             f"[{style}]{record['status']}[/], local copy: {record['local_path'] or 'none'}",
@@ -233,7 +234,8 @@ def _add_checkpoint_rows(table: Table, metadata: dict) -> None:
     if "error" in metadata:
         table.add_row("checkpoint", f"[red]{metadata['error']}[/]")
         return
-    table.add_row("checkpoint", f"flowcli format {metadata.get('flowcli.format')}, model {metadata.get('flowcli.model')}")
+    checkpoint_format = f"flowcli format {metadata.get('flowcli.format')}, model {metadata.get('flowcli.model')}"
+    table.add_row("checkpoint", checkpoint_format)
     table.add_row("config", _summary(metadata.get("flowcli.config")))
     table.add_row("provenance", _summary(metadata.get("flowcli.provenance")))
 
@@ -274,7 +276,9 @@ def download_command(
     if all_models:
         names = registry.list_models()
     elif not names:
-        raise typer.BadParameter("name at least one model (see `flowcli weights list`), or pass --all", param_hint="NAME")
+        raise typer.BadParameter(
+            "name at least one model (see `flowcli weights list`), or pass --all", param_hint="NAME"
+        )
     models = registry.load_registry()["models"]
     for name in names:
         paths = registry.fetch_model(name, quiet=quiet) if name in models else [registry.resolve(name, quiet=quiet)]

@@ -58,7 +58,8 @@ class FaceAssets:
         if self.root is None:
             raise WeightsError(
                 "the ICT-FaceKit model is needed: download FaceXModel from https://github.com/ICT-VGL/ICT-FaceKit "
-                f"and pass --face-assets DIR (with DIR/ict-facekit/FaceXModel/*.obj, or set {ENV_ASSETS}) or --face-model PATH"
+                f"and pass --face-assets DIR (with DIR/ict-facekit/FaceXModel/*.obj, or set {ENV_ASSETS}) "
+                "or --face-model PATH"
             )
         return self.root / "ict-facekit"
 

@@ -86,7 +86,8 @@ class FaceFit:
             "yaw": round(yaw, 3),
             "pitch": round(pitch, 3),
             "roll": round(roll, 3),
-            "camera": "weak perspective: [x, y, depth] = scale * diag(1,-1,-1) @ rotation @ X_cm + translation (pixels)",
+            "camera": "weak perspective: [x, y, depth] = "
+            "scale * diag(1,-1,-1) @ rotation @ X_cm + translation (pixels)",
         }
 
 
