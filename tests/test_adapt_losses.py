@@ -126,6 +126,7 @@ def test_anchor_term_vanishes_at_the_exact_flow_and_joins_the_total(samples):
     assert "anchor" not in off and float(off["total"]) == float(plain["total"])
     assert float(on["total"]) == pytest.approx(float(plain["total"]) + 2.0 * float(on["anchor"]), rel=1e-6)
 
+
 def test_multiscale_uses_the_pyramid_levels(samples):
     s = samples[0]
     i1, i2 = s.images[0][None], s.images[1][None]
