@@ -11,6 +11,7 @@ Loading is strict: every tensor must match the architecture the metadata describ
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from flowcli.errors import WeightsError
 from flowcli.io.atomic import atomic_path
-from flowcli.models.pwc import FlowNet, FlowNetConfig
+from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 
 FORMAT_VERSION = "1"
 ARCHITECTURES = {"flownet": (FlowNet, FlowNetConfig)}
@@ -103,6 +104,8 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
     """Weight-space average of checkpoints of one architecture ("model soup"; Wortsman et al. 2022).
 
     Meaningful for checkpoints of one training lineage, e.g. a stage and the stage fine-tuned from it.
+    A shared-decoder checkpoint mixes with its untied fine-tune (`"shared_decoder": false`): its decoder
+    counts as every level's, and the result is untied.
     `mix`: one weight per checkpoint, normalised to sum 1 (default: equal). The result's provenance lists
     its sources, their sha256 and the mix.
     """
@@ -115,11 +118,18 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
         raise WeightsError(f"--mix needs {len(paths)} non-negative weights with a positive sum, got {mix}")
     mix = [m / sum(mix) for m in mix]
     models = [load_checkpoint(path) for path in paths]
-    for path, model in zip(paths[1:], models[1:]):
-        if model.config != models[0].config:
+    untied = next((model for model in models if not model.config.shared_decoder), None)
+    states = []
+    for path, model in zip(paths, models):
+        state = model.state_dict()
+        if untied is not None and model.config.shared_decoder:
+            # A shared decoder is the untied one with every level equal: average it level by level.
+            model = FlowNet(replace(model.config, shared_decoder=False))
+            state = untie_decoder_weights(state, model.levels)
+        if model.config != (untied or models[0]).config:
             raise WeightsError(f"{path} has another architecture than {paths[0]}; only the same one can be averaged")
-    states = [model.state_dict() for model in models]
-    averaged = models[0]
+        states.append(state)
+    averaged = untied or models[0]
     averaged.load_state_dict({key: sum(m * state[key] for m, state in zip(mix, states)) for key in states[0]})
     averaged.provenance = {
         "averaged_from": [

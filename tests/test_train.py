@@ -119,6 +119,33 @@ def test_training_only_an_added_upsampler_leaves_the_base_weights_untouched(tmp_
         train(tiny_config(tmp_path / "none", 2, init_weights=str(base_file), train_only=["nothing."]), quiet=True)
 
 
+def test_untying_the_shared_decoder_keeps_the_function_then_trains_each_level_apart(tmp_path):
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path / "base", 4), quiet=True)
+    base_file = tmp_path / "base" / "last.safetensors"
+    untied = dict(init_weights=str(base_file), model={"shared_decoder": False})
+    train(tiny_config(tmp_path / "start", 1, lr=1e-12, **untied), quiet=True)
+    base, start = load_checkpoint(base_file).eval(), load_checkpoint(tmp_path / "start" / "last.safetensors").eval()
+    assert start.config.shared_decoder is False
+    image1, image2 = torch.rand(2, 1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(start(image1, image2).flow, base(image1, image2).flow, rtol=0, atol=1e-5)
+
+    train(tiny_config(tmp_path / "tuned", 3, **untied), quiet=True)
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.safetensors").state_dict()
+    coarse, fine = max(start.levels), min(start.levels)
+    name = "predict_flow.0.weight"
+    assert not torch.equal(tuned[f"decoders.{coarse}.{name}"], tuned[f"decoders.{fine}.{name}"])
+
+    # `flowcli weights average` mixes the shared base with its untied fine-tune level by level.
+    from flowcli.checkpoint import average_checkpoints
+
+    soup = average_checkpoints([base_file, tmp_path / "tuned" / "last.safetensors"])
+    assert soup.config.shared_decoder is False
+    expected = 0.5 * (base.state_dict()[f"decoder.{name}"] + tuned[f"decoders.{coarse}.{name}"])
+    torch.testing.assert_close(soup.state_dict()[f"decoders.{coarse}.{name}"], expected)
+
+
 def test_every_recipe_in_the_repository_is_a_valid_training_config():
     from pathlib import Path
 

@@ -41,6 +41,8 @@ class FlowNetConfig:
     normalize_features: bool = True
     upsampler: str = "bilinear"
     upsampler_channels: tuple[int, ...] = (64, 64)  # widths of the convex upsampler's 3x3 convolutions
+    # One decoder for every level (PWC-Net has one per level). Untying them adds parameters, not compute.
+    shared_decoder: bool = True
 
     def __post_init__(self):
         names = ("pyramid_channels", "decoder_channels", "context_channels", "context_dilations", "upsampler_channels")
@@ -209,19 +211,25 @@ class FlowNet(nn.Module):
         )
         num_corr = (2 * config.max_displacement + 1) ** 2
         with_mask = config.matching == "maskflownet"
-        self.decoder = FlowDecoder(num_corr + config.reduced_channels + 2, config.decoder_channels, with_mask)
+        decoder_in = num_corr + config.reduced_channels + 2
+        if config.shared_decoder:
+            self.decoder = FlowDecoder(decoder_in, config.decoder_channels, with_mask)
+            decoders = [self.decoder]
+        else:
+            self.decoders = nn.ModuleDict(
+                {str(lvl): FlowDecoder(decoder_in, config.decoder_channels, with_mask) for lvl in self.levels}
+            )
+            decoders = list(self.decoders.values())
+        decoder_out = decoders[0].out_channels
         if with_mask:
             self.matching = nn.ModuleDict(
-                {
-                    str(lvl): AsymOFMM(config.pyramid_channels[lvl - 1], self.decoder.out_channels)
-                    for lvl in self.levels[1:]
-                }
+                {str(lvl): AsymOFMM(config.pyramid_channels[lvl - 1], decoder_out) for lvl in self.levels[1:]}
             )
         else:
             self.matching = None
-        self.context = ContextNetwork(self.decoder.out_channels + 2, config.context_channels, config.context_dilations)
+        self.context = ContextNetwork(decoder_out + 2, config.context_channels, config.context_dilations)
         if config.upsampler == "convex":
-            cin = self.decoder.out_channels + 2 + config.pyramid_channels[config.output_level - 1]
+            cin = decoder_out + 2 + config.pyramid_channels[config.output_level - 1]
             self.upsampler = ConvexUpsampler(cin, 2**config.output_level, config.upsampler_channels)
         else:
             self.upsampler = None
@@ -236,11 +244,17 @@ class FlowNet(nn.Module):
                 nn.init.zeros_(module.bias)
         # Start the flow heads near zero: large random initial flows are unlearned first, and the
         # network collapses to predicting zero before it learns to read the cost volume.
-        heads = [self.decoder.predict_flow[0], self.context.body[-1][0]]
-        if self.decoder.predict_mask is not None:
-            heads.append(self.decoder.predict_mask[0])
+        heads = [self.context.body[-1][0]]
+        for lvl in self.levels:
+            decoder = self.decoder_at(lvl)
+            heads.append(decoder.predict_flow[0])
+            if decoder.predict_mask is not None:
+                heads.append(decoder.predict_mask[0])
         for head in heads:
             nn.init.normal_(head.weight, std=1e-3)
+
+    def decoder_at(self, level: int) -> FlowDecoder:
+        return self.decoder if self.config.shared_decoder else self.decoders[str(level)]
 
     def train(self, mode: bool = True) -> "FlowNet":
         """Also sets the weights' memory layout: channels-last for inference on CPU.
@@ -287,7 +301,7 @@ class FlowNet(nn.Module):
                     cost = warp_correlation(m1, m2, flow, cfg.max_displacement)
             cost = F.leaky_relu(cost, 0.1)
             x = torch.cat((cost, self.reduce[str(lvl)](f1), flow), dim=1)
-            decoder_feature, delta, mask = self.decoder(x)
+            decoder_feature, delta, mask = self.decoder_at(lvl)(x)
             flow = flow + delta
             if lvl == cfg.output_level:
                 flow = flow + self.context(torch.cat((decoder_feature, flow), dim=1))
@@ -301,3 +315,19 @@ class FlowNet(nn.Module):
             # MaskFlowNet's mask is ~1 where f2 is trusted (visible); occlusion logit is its negation.
             occlusion = -F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
         return FlowOutput(flow=full, level_flows=level_flows, occlusion_logit=occlusion)
+
+
+def untie_decoder_weights(state_dict: dict[str, torch.Tensor], levels: list[int]) -> dict[str, torch.Tensor]:
+    """A shared-decoder state dict as per-level decoders, each a copy of the shared one.
+
+    The untied model then computes exactly what the shared one did, and fine-tuning lets each level
+    specialise (the coarse levels, which must catch small fast objects, most of all).
+    """
+    untied = {}
+    for name, value in state_dict.items():
+        if name.startswith("decoder."):
+            for lvl in levels:
+                untied[f"decoders.{lvl}.{name[len('decoder.'):]}"] = value.clone()
+        else:
+            untied[name] = value
+    return untied

@@ -19,7 +19,7 @@ from flowcli.checkpoint import save_checkpoint
 from flowcli.console import progress, stderr
 from flowcli.errors import FlowcliError
 from flowcli.io.atomic import atomic_path
-from flowcli.models.pwc import FlowNet, FlowNetConfig
+from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 from flowcli.train.losses import supervised_loss
 
@@ -100,7 +100,7 @@ def _batches(cfg: TrainConfig, step: int) -> Iterator:
 
 def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
     """(model, sha256 of the init checkpoint or None): a fresh model, or `init_weights` with `model`
-    overrides that may add modules (a new upsampler).
+    overrides that may add modules (a new upsampler) or untie a shared decoder (copied to every level).
 
     Added modules keep their initialisation; anything else missing or left over is an error.
     """
@@ -113,8 +113,11 @@ def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
     if not cfg.model:
         return base.train(), init_sha256
     model = FlowNet(FlowNetConfig(**{**base.config.to_dict(), **cfg.model}))
-    added = {name.split(".")[0] for name in model.state_dict()} - {name.split(".")[0] for name in base.state_dict()}
-    result = model.load_state_dict(base.state_dict(), strict=False)
+    base_state = base.state_dict()
+    if base.config.shared_decoder and not model.config.shared_decoder:
+        base_state = untie_decoder_weights(base_state, model.levels)
+    added = {name.split(".")[0] for name in model.state_dict()} - {name.split(".")[0] for name in base_state}
+    result = model.load_state_dict(base_state, strict=False)
     stray = result.unexpected_keys + [k for k in result.missing_keys if k.split(".")[0] not in added]
     if stray:
         raise FlowcliError(f"model overrides {cfg.model} do not fit {cfg.init_weights}: {stray[:4]}")
