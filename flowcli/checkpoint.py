@@ -118,18 +118,17 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
         raise WeightsError(f"--mix needs {len(paths)} non-negative weights with a positive sum, got {mix}")
     mix = [m / sum(mix) for m in mix]
     models = [load_checkpoint(path) for path in paths]
-    untied = next((model for model in models if not model.config.shared_decoder), None)
+    averaged = next((model for model in models if not model.config.shared_decoder), models[0])
     states = []
     for path, model in zip(paths, models):
-        state = model.state_dict()
-        if untied is not None and model.config.shared_decoder:
+        config, state = model.config, model.state_dict()
+        if config.shared_decoder and not averaged.config.shared_decoder:
             # A shared decoder is the untied one with every level equal: average it level by level.
-            model = FlowNet(replace(model.config, shared_decoder=False))
-            state = untie_decoder_weights(state, model.levels)
-        if model.config != (untied or models[0]).config:
+            config = replace(config, shared_decoder=False)
+            state = untie_decoder_weights(state, config.decoded_levels)
+        if config != averaged.config:
             raise WeightsError(f"{path} has another architecture than {paths[0]}; only the same one can be averaged")
         states.append(state)
-    averaged = untied or models[0]
     averaged.load_state_dict({key: sum(m * state[key] for m, state in zip(mix, states)) for key in states[0]})
     averaged.provenance = {
         "averaged_from": [

@@ -64,6 +64,11 @@ class FlowNetConfig:
         return len(self.pyramid_channels)
 
     @property
+    def decoded_levels(self) -> list[int]:
+        """Pyramid levels the decoder runs at, coarse to fine."""
+        return list(range(self.num_levels, self.output_level - 1, -1))
+
+    @property
     def size_multiple(self) -> int:
         return 2**self.num_levels
 
@@ -205,7 +210,7 @@ class FlowNet(nn.Module):
         super().__init__()
         self.config = config = config or FlowNetConfig()
         self.pyramid = FeaturePyramid(config.pyramid_channels)
-        self.levels = list(range(config.num_levels, config.output_level - 1, -1))  # coarse to fine
+        self.levels = config.decoded_levels
         self.reduce = nn.ModuleDict(
             {str(lvl): nn.Conv2d(config.pyramid_channels[lvl - 1], config.reduced_channels, 1) for lvl in self.levels}
         )

@@ -115,7 +115,7 @@ def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
     model = FlowNet(FlowNetConfig(**{**base.config.to_dict(), **cfg.model}))
     base_state = base.state_dict()
     if base.config.shared_decoder and not model.config.shared_decoder:
-        base_state = untie_decoder_weights(base_state, model.levels)
+        base_state = untie_decoder_weights(base_state, model.config.decoded_levels)
     added = {name.split(".")[0] for name in model.state_dict()} - {name.split(".")[0] for name in base_state}
     result = model.load_state_dict(base_state, strict=False)
     stray = result.unexpected_keys + [k for k in result.missing_keys if k.split(".")[0] not in added]
