@@ -1,5 +1,7 @@
 """The synthetic generator's ground truth is exact."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -76,7 +78,6 @@ def test_motion_blur_follows_each_pixels_motion():
 
 
 def test_degradations_are_off_by_default_and_keep_older_recipes_exact():
-    from dataclasses import replace
 
     from flowcli.synth.generator import degrade
 
@@ -95,6 +96,24 @@ def test_degradations_are_off_by_default_and_keep_older_recipes_exact():
     assert detail(out[0]) < 0.8 * detail(s.images[0]) and len(out) == len(s.images)
 
 
+def test_low_light_dims_to_8_bit_levels_and_keeps_the_flow():
+    cfg = SynthConfig(height=64, width=96, real_texture_prob=0, noise_std=0.0)
+    dark = replace(cfg, dark_prob=1.0, min_exposure=0.125)
+    for seed in range(4):
+        bright = generate_sample(cfg, torch.Generator().manual_seed(seed))
+        dim = generate_sample(dark, torch.Generator().manual_seed(seed))
+        assert torch.equal(dim.flow_forward, bright.flow_forward)  # the scene and its flow are the same
+        assert torch.equal(dim.occlusion_forward, bright.occlusion_forward)
+        for a, b in zip(dim.images, bright.images):
+            assert torch.equal(torch.round(a * 255), a * 255)  # quantised to 8 bits
+            assert float(a.mean()) < 0.9 * float(b.mean()) and float(a.std()) < float(b.std())
+    # Off by default and with no random draws when off, so older recipes render the same scenes.
+    assert torch.equal(generate_sample(cfg, torch.Generator().manual_seed(7)).images[0],
+                       generate_sample(replace(cfg, dark_prob=0.0), torch.Generator().manual_seed(7)).images[0])
+    with pytest.raises(ValueError, match="min_exposure"):
+        SynthConfig(min_exposure=0.0)
+
+
 def test_synth_cli_writes_blurred_scenes_and_rejects_a_share_above_one(monkeypatch, capsys, tmp_path):
     import json
 
@@ -105,6 +124,8 @@ def test_synth_cli_writes_blurred_scenes_and_rejects_a_share_above_one(monkeypat
     assert_one_line_error(code, err, 1, "--motion-blur", "between 0 and 1")
     code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--thin", "2")
     assert_one_line_error(code, err, 1, "--thin", "between 0 and 1")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--dark", "0.5", "--min-exposure", "0")
+    assert_one_line_error(code, err, 1, "--min-exposure", "(0, 1]")
     code, _, err = run(tmp_path / "ok", "-n", "2", "--size", "64x64", "--motion-blur", "1", "--perspective", "1", "-q")
     assert code == 0, err
     settings = json.loads((tmp_path / "ok" / "synth.json").read_text())

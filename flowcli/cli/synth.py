@@ -26,6 +26,10 @@ def synth(
         0.0, help="Share of scenes whose background is a tilted plane seen by a moving camera (ground-plane flow)."
     ),
     thin: float = typer.Option(0.0, help="Share of moving shapes that are thin bars, 1.5-6 px wide (legs, poles)."),
+    dark: float = typer.Option(
+        0.0, help="Share of scenes dimmed to low light (exposure down to --min-exposure, uneven, 8-bit)."
+    ),
+    min_exposure: float = typer.Option(0.125, help="Darkest exposure factor of --dark scenes, in (0, 1]."),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
     fps: float = typer.Option(12.0, help="Frame rate of --clip videos."),
     overwrite: bool = typer.Option(False, help="Replace existing files."),
@@ -41,6 +45,7 @@ def synth(
       flowcli synth data/synth -n 1000
       flowcli synth data/synth-final -n 1000 --motion-blur 0.4 --haze 0.2
       flowcli synth data/synth-street -n 1000 --perspective 0.5 --thin 0.15
+      flowcli synth data/synth-night -n 1000 --dark 0.35 --min-exposure 0.125
       flowcli synth examples/clip.mp4 --clip --frames 24 --size 256x384
     """
     import torch
@@ -60,16 +65,18 @@ def synth(
     if count <= 0:
         raise FlowcliError("--count must be positive")
     shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
-              ("--perspective", perspective), ("--thin", thin))
+              ("--perspective", perspective), ("--thin", thin), ("--dark", dark))
     for name, share in shares:
         if not 0 <= share <= 1:
             raise FlowcliError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
     if frames < 2 or (not clip and frames > 3):
         raise FlowcliError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
+    if not 0 < min_exposure <= 1:
+        raise FlowcliError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
     bank = TextureBank.from_paths(list(textures)) if textures else None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
-                      perspective_prob=perspective, thin_prob=thin)
+                      perspective_prob=perspective, thin_prob=thin, dark_prob=dark, min_exposure=min_exposure)
 
     def to_uint8(img: torch.Tensor):
         return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -100,7 +107,7 @@ def synth(
     rate = count / (time.time() - started)
     settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
-                "perspective": perspective, "thin": thin,
+                "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
                 "textures": [str(t) for t in textures or []], "scenes_per_second": round(rate, 2)}
     (output / "synth.json").write_text(json.dumps(settings, indent=2))
     stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
