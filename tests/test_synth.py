@@ -78,7 +78,6 @@ def test_motion_blur_follows_each_pixels_motion():
 
 
 def test_degradations_are_off_by_default_and_keep_older_recipes_exact():
-
     from flowcli.synth.generator import degrade
 
     cfg = SynthConfig(height=64, width=96, real_texture_prob=0, photometric=False)
@@ -107,9 +106,6 @@ def test_low_light_dims_to_8_bit_levels_and_keeps_the_flow():
         for a, b in zip(dim.images, bright.images):
             assert torch.equal(torch.round(a * 255), a * 255)  # quantised to 8 bits
             assert float(a.mean()) < 0.9 * float(b.mean()) and float(a.std()) < float(b.std())
-    # Off by default and with no random draws when off, so older recipes render the same scenes.
-    assert torch.equal(generate_sample(cfg, torch.Generator().manual_seed(7)).images[0],
-                       generate_sample(replace(cfg, dark_prob=0.0), torch.Generator().manual_seed(7)).images[0])
     with pytest.raises(ValueError, match="min_exposure"):
         SynthConfig(min_exposure=0.0)
 
