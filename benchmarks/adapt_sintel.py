@@ -78,7 +78,10 @@ def config_for(args, data: Path, output: Path, **overrides):
         precision=args.precision,
         overwrite=True,
         restart=True,
-        losses={"anchor": args.anchor} if args.anchor else {},
+        losses={
+            **({"anchor": args.anchor} if args.anchor else {}),
+            **({"occlusion": args.occlusion} if args.occlusion else {}),
+        },
     )
     if args.smoke:
         settings.update(steps=2, minutes=None, batch_size=1, crop=(64, 64), max_val=1, teacher_margin=16)
@@ -119,6 +122,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--anchor", type=float, default=0.0, help="weight of synthetic replay (flowcli adapt --anchor)")
+    parser.add_argument(
+        "--occlusion", choices=("fb", "range", "none"), default=None,
+        help="occlusion mask of the photometric term (flowcli adapt --loss occlusion=...; default: adapt's)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="adapted checkpoint (default: a temp folder)")

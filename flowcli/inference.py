@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from flowcli.console import warn
 from flowcli.errors import FlowcliError, InputError
-from flowcli.ops.warp import backward_warp, out_of_frame
+from flowcli.ops.warp import backward_warp, out_of_frame, splat_density
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -66,6 +66,14 @@ def forward_backward_occlusion(
     mismatch = (flow_fw + bw_warped).pow(2).sum(1, keepdim=True)
     bound = alpha1 * (flow_fw.pow(2).sum(1, keepdim=True) + bw_warped.pow(2).sum(1, keepdim=True)) + alpha2
     return ((mismatch >= bound) | out_of_frame(flow_fw)).float()
+
+
+def range_map_occlusion(flow_fw: torch.Tensor, flow_bw: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Occlusion of frame 1's pixels from the range map of the backward flow (Wang et al. 2018):
+    occluded where fewer than `threshold` of frame 2's pixels, moved by the backward flow, land, or
+    where x + w_f leaves the image. Unlike the forward-backward check, a region whose flow is merely
+    wrong is still reached by frame 2's pixels, so it is not marked occluded."""
+    return ((splat_density(flow_bw) < threshold) | out_of_frame(flow_fw)).float()
 
 
 def _pad(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

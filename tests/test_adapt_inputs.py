@@ -120,6 +120,8 @@ def test_budget_output_and_option_errors(tmp_path, base):
     assert _cli(folder, "-o", tmp_path / "m.pt", "-w", base)[0] == 2
     assert _cli(folder, "-o", out, "-w", base, "--crop", "big")[0] == 2
     assert _cli(folder, "-o", out, "-w", base, "--loss", "nonsense=1")[0] == 2
+    code, message = _cli(folder, "-o", out, "-w", base, "--loss", "occlusion=census")
+    assert code == 2 and "fb, range, none" in message
     code, message = _cli(folder, "-o", out, "-w", base, "--anchor", -1)
     assert code == 2 and "--anchor" in message
     assert _cli(folder, "-o", out, "-w", base, "--gt", "sintel")[0] == 2

@@ -157,11 +157,70 @@ def test_fb_occlusion_finds_the_true_occlusions(samples):
     assert sum(census) / len(census) > 0.5, census
 
 
+def test_splat_density_counts_what_lands_where():
+    """A shift by (3, 1) px lands exactly one source pixel on every target pixel except the strips
+    nothing moves into; a half-pixel shift spreads each source pixel over two targets."""
+    from flowcli.ops.warp import splat_density
+
+    shift = torch.zeros(1, 2, 20, 30)
+    shift[:, 0], shift[:, 1] = 3.0, 1.0
+    density = splat_density(shift)[0, 0]
+    assert torch.allclose(density[1:, 3:], torch.ones(19, 27)) and float(density[:1].abs().max()) == 0
+    assert float(density[:, :3].abs().max()) == 0
+    half = torch.zeros(1, 2, 20, 30)
+    half[:, 0] = 0.5
+    density = splat_density(half)[0, 0]
+    assert torch.allclose(density[:, 1:-1], torch.ones(20, 28))
+    assert torch.allclose(density[:, 0], torch.full((20,), 0.5))
+
+
+def test_range_map_finds_the_true_occlusions(samples):
+    """The range map of the exact backward flow marks the generator's occlusions (F1 > 0.9)."""
+    from flowcli.metrics import occlusion_f1
+
+    f1 = [
+        occlusion_f1(L.range_occlusion(s.flow_forward[None], s.flow_backward[None]), s.occlusion_forward[None])
+        for s in samples
+    ]
+    assert min(f1) > 0.9, f1
+
+
+def test_range_map_leaves_a_wrong_but_visible_region_in_the_loss(samples):
+    """A visible region whose forward flow is off by 4 px: the forward-backward check masks it out of
+    the photometric term (no gradient can correct it), the range map keeps it, and its gradient there
+    points back towards the true flow."""
+    s = samples[0]
+    image1, image2 = s.images[0][None], s.images[1][None]
+    fw, bw = s.flow_forward[None], s.flow_backward[None]
+    box = torch.zeros_like(s.occlusion_forward[None], dtype=torch.bool)
+    box[..., 16:48, 24:72] = True
+    region = box & (s.occlusion_forward[None] < 0.5) & (L.range_occlusion(fw, bw) < 0.5)
+    assert int(region.sum()) > 500
+    wrong = fw + 4.0 * box.float() * torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    assert float(L.fb_occlusion(wrong, bw)[region].mean()) > 0.9
+    assert float(L.range_occlusion(wrong, bw)[region].mean()) < 0.05
+    grads = {}
+    for method in ("fb", "range"):
+        flow = wrong.clone().requires_grad_(True)
+        weights = LossWeights(occlusion=method, smooth2=0.0, max_occluded=1.0)
+        L.photometric_terms(image1, image2, flow, bw, weights)["photo"].backward()
+        grads[method] = flow.grad
+    pull = {method: float(g[:, 0:1][region].sum()) for method, g in grads.items()}
+    assert pull["range"] > 0  # descent lowers u, back towards the truth
+    assert abs(pull["fb"]) < 0.1 * pull["range"]  # census windows reach a few masked pixels from outside
+
+
+def test_occlusion_setting_accepts_old_booleans_and_rejects_unknown_methods():
+    assert LossWeights(occlusion=True).occlusion == "fb" and LossWeights(occlusion=False).occlusion == "none"
+    with pytest.raises(ValueError, match="occlusion must be one of"):
+        LossWeights(occlusion="census")
+
+
 def test_untrusted_occlusion_falls_back_to_out_of_frame():
     image1, image2 = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     fw = torch.full((1, 2, 32, 32), 0.5)
     bw = torch.full((1, 2, 32, 32), 0.5)  # both directions the same: inconsistent everywhere
-    terms = L.photometric_terms(image1, image2, fw, bw, LossWeights())
+    terms = L.photometric_terms(image1, image2, fw, bw, LossWeights(occlusion="fb"))
     assert float(terms["occ"]) > 0.9 and float(terms["photo"]) > 0.1  # not masked away to zero
 
 

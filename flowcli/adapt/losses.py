@@ -16,11 +16,15 @@ Scalar terms:
   and the disparities at t and t+1.
 `adapt_loss` composes them over the output scales and returns named terms with `total`.
 
-Occlusion of the photometric term: forward-backward consistency of the (detached) flows at each
-scale (`flowcli.inference.forward_backward_occlusion`), so occluded pixels do not pull the flow. A
-sample where the check flags more than `max_occluded` of the frame is not trusted (an untrained or
-drifting model whose directions disagree would otherwise mask itself out of the loss and stall):
-it is masked only where the flow leaves the frame.
+Occlusion of the photometric term, from the (detached) flows at each scale, so occluded pixels do
+not pull the flow: `occlusion="fb"`, forward-backward consistency
+(`flowcli.inference.forward_backward_occlusion`), or `"range"`, the range map of the backward flow
+(`flowcli.inference.range_map_occlusion`). The forward-backward check also marks every region
+where the model is wrong, since its two directions disagree there, and so takes exactly those
+pixels out of the loss that should correct them; the range map marks only pixels that nothing of
+frame 2 lands on. A sample where the estimate flags more than `max_occluded` of the frame is not
+trusted (an untrained or drifting model would otherwise mask itself out of the loss and stall): it
+is masked only where the flow leaves the frame.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from flowcli.inference import forward_backward_occlusion
+from flowcli.inference import forward_backward_occlusion, range_map_occlusion
 from flowcli.models.pwc import FlowOutput
 from flowcli.ops.warp import backward_warp, out_of_frame
+
+
+OCCLUSION_METHODS = ("fb", "range", "none")
 
 
 @dataclass
@@ -44,8 +51,8 @@ class LossWeights:
     smooth2: float = 0.5
     edge_alpha: float = 150.0  # edge-aware weight exp(-alpha |grad I|), I in [0, 1]
     census_patch: int = 7
-    occlusion: bool = True  # mask the photometric term with forward-backward occlusion
-    max_occluded: float = 0.5  # a sample whose fb check flags more than this is not trusted (see photometric_terms)
+    occlusion: str = "fb"  # mask the photometric term: "fb" (forward-backward), "range" (range map) or "none"
+    max_occluded: float = 0.5  # a sample whose occlusion estimate flags more than this is not trusted
     scales: tuple[int, ...] = (0, 2, 3)  # 0 = full resolution, k = pyramid level k (1/2^k)
     min_scale_side: int = 16  # skip scales whose flow is smaller than this on a side
     distill: float = 1.0
@@ -58,6 +65,10 @@ class LossWeights:
 
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
+        if isinstance(self.occlusion, bool):  # recipes and checkpoints written before the choice existed
+            self.occlusion = "fb" if self.occlusion else "none"
+        if self.occlusion not in OCCLUSION_METHODS:
+            raise ValueError(f"occlusion must be one of {', '.join(OCCLUSION_METHODS)}, got {self.occlusion!r}")
 
 
 # ----------------------------------------------------------------------------- per-pixel distances
@@ -215,6 +226,14 @@ def fb_occlusion(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
         return forward_backward_occlusion(flow_fw.detach().float(), flow_bw.detach().float())
 
 
+def range_occlusion(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
+    """Occlusion [B, 1, H, W] from the range map of the backward flow (1 = nothing of frame 2 lands
+    there, or leaving the frame), no gradient. It leaves a region whose flow is only wrong unmasked,
+    so the photometric term can still correct it; the forward-backward check masks such regions."""
+    with torch.no_grad():
+        return range_map_occlusion(flow_fw.detach().float(), flow_bw.detach().float())
+
+
 def census_occlusion(
     image1: torch.Tensor, image2: torch.Tensor, flow: torch.Tensor, threshold: float = 0.4, patch: int = 7
 ) -> torch.Tensor:
@@ -280,8 +299,9 @@ def photometric_terms(
     else:
         warp_fw, warp_bw = flow_fw, flow_bw
     oof1, oof2 = out_of_frame(warp_fw.detach()).float(), out_of_frame(warp_bw.detach()).float()
-    if weights.occlusion:
-        occ1, occ2 = fb_occlusion(warp_fw, warp_bw), fb_occlusion(warp_bw, warp_fw)
+    if weights.occlusion != "none":
+        estimate = fb_occlusion if weights.occlusion == "fb" else range_occlusion
+        occ1, occ2 = estimate(warp_fw, warp_bw), estimate(warp_bw, warp_fw)
         # A model whose two directions disagree almost everywhere (untrained, or drifting) would mask
         # itself out of the loss and stall; such a sample falls back to out-of-frame masking only.
         mask1 = torch.where(occ1.mean((1, 2, 3), keepdim=True) > weights.max_occluded, oof1, occ1)

@@ -1,8 +1,8 @@
 """`adapt(cfg)`: self-supervised fine-tuning of a flow model on a user's own unlabeled footage.
 
 Two stages, as in DDFlow / SelFlow / DistillFlow:
-1. photometric: census + SSIM + L1 with forward-backward occlusion masking and edge-aware
-   smoothness, multi-scale (flowcli.adapt.losses), on random crops of the footage;
+1. photometric: census + SSIM + L1 with occlusion masking (forward-backward, or the range map) and
+   edge-aware smoothness, multi-scale (flowcli.adapt.losses), on random crops of the footage;
 2. distillation: the model as it is at the end of stage 1, frozen (plus any `--teacher`
    checkpoints, and flipped inputs with `teacher_flip`), predicts flow and occlusion on a window of
    the frames; the student sees a transformed crop of that window (crop, superpixel noise, colour,

@@ -221,7 +221,8 @@ def adapt_command(
         Optional[list[str]],
         typer.Option(
             "--loss",
-            help="Loss setting KEY=VALUE, e.g. census=1 ssim=0 smooth2=1 occlusion=false scales=0,2,3. Repeatable.",
+            help="Loss setting KEY=VALUE, e.g. census=1 ssim=0 smooth2=1 occlusion=fb|range|none scales=0,2,3. "
+            "Repeatable.",
             rich_help_panel=_TRAIN,
             show_default=False,
         ),
@@ -288,6 +289,11 @@ def adapt_command(
             raise InputError(f"--anchor must be 0 or more, got {anchor:g}")
         losses["anchor"] = anchor
     transforms = _parse_settings(transform, "--transform", {f.name for f in fields(TransformConfig)})
+    for option, settings, config in (("--loss", losses, LossWeights), ("--transform", transforms, TransformConfig)):
+        try:
+            config(**settings)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{option}: {error}") from None
 
     from flowcli.adapt.trainer import AdaptConfig, adapt
 

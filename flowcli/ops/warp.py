@@ -37,3 +37,22 @@ def out_of_frame(flow: torch.Tensor) -> torch.Tensor:
     coords = pixel_grid(b, h, w, flow.device, flow.dtype) + flow
     x, y = coords[:, 0:1], coords[:, 1:2]
     return (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
+
+
+def splat_density(flow: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W]: how much of the source lands on each target pixel when every pixel x moves to
+    x + flow(x), by bilinear splatting of ones (1 where the motion is locally a translation, 0 where
+    nothing arrives)."""
+    b, _, h, w = flow.shape
+    coords = pixel_grid(b, h, w, flow.device, flow.dtype) + flow
+    x, y = coords[:, 0].reshape(b, -1), coords[:, 1].reshape(b, -1)
+    x0, y0 = x.floor(), y.floor()
+    density = flow.new_zeros(b, h * w)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1 - (x - xi).abs()) * (1 - (y - yi).abs())
+            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            density.scatter_add_(1, index, weight * inside)
+    return density.view(b, 1, h, w)
