@@ -31,16 +31,12 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 DATASETS = (("sintel-clean", "flow/sintel"), ("sintel-final", "flow/sintel"), ("kitti2015", "flow/kitti2015"))
 
 
-def f_score(pred, truth, valid) -> float:
-    p, t = pred[valid], truth[valid]
-    return float(2 * (p & t).sum() / (p.sum() + t.sum()).clamp(min=1))
-
-
 def measure(model, item) -> dict:
     import torch
 
     from flowcli.adapt.losses import census_distance, fb_occlusion, range_occlusion
     from flowcli.inference import estimate_flow
+    from flowcli.metrics import occlusion_f1
     from flowcli.ops.warp import backward_warp
 
     image1, image2 = item["image1"][None], item["image2"][None]
@@ -61,7 +57,7 @@ def measure(model, item) -> dict:
         row[name] = {
             "all": float(occluded.float().mean()),
             "wrong": float(occluded[wrong].float().mean()) if wrong.any() else None,
-            "f1": f_score(occluded, truth, valid) if truth.any() else None,
+            "f1": occlusion_f1(occluded.float(), truth.float(), valid) if truth.any() else None,
         }
     return row
 
