@@ -79,8 +79,9 @@ def config_for(args, data: Path, output: Path, **overrides):
         overwrite=True,
         restart=True,
         losses={
-            **({"anchor": args.anchor} if args.anchor else {}),
-            **({"occlusion": args.occlusion} if args.occlusion else {}),
+            # adapt_ablation.py's parser has neither option: its variants set the losses themselves
+            **({"anchor": args.anchor} if getattr(args, "anchor", None) else {}),
+            **({"occlusion": args.occlusion} if getattr(args, "occlusion", None) else {}),
         },
     )
     if args.smoke:
