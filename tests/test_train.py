@@ -159,3 +159,47 @@ def test_every_recipe_in_the_repository_is_a_valid_training_config():
         SynthConfig(height=cfg.height, width=cfg.width, **cfg.synth)  # a misspelt key raises here, not hours in
         FlowNetConfig(**cfg.model)
         assert cfg.height % 64 == 0 and cfg.width % 64 == 0, path
+
+
+def test_weight_average_is_the_ema_of_the_run_and_resumes_bit_for_bit(tmp_path):
+    """ema.safetensors is the moving average of the weights along the run (not the last weights), and
+    an interrupted run resumes it exactly."""
+    from flowcli.models.pwc import FlowNetConfig
+    from flowcli.train.trainer import WeightEMA
+
+    torch.set_num_threads(1)
+    straight = train(tiny_config(tmp_path / "a", 12, ema_decay=0.9), quiet=True)
+    assert straight["ema_checkpoint"] == str(tmp_path / "a" / "ema.safetensors")
+    train(tiny_config(tmp_path / "b", 12, ema_decay=0.9), quiet=True, stop_after=5)
+    train(tiny_config(tmp_path / "b", 12, ema_decay=0.9), quiet=True)
+    last = load_checkpoint(tmp_path / "a" / "last.safetensors").state_dict()
+    ema_a = load_checkpoint(tmp_path / "a" / "ema.safetensors").state_dict()
+    ema_b = load_checkpoint(tmp_path / "b" / "ema.safetensors").state_dict()
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert any(not torch.equal(ema_a[k], last[k]) for k in last)  # an average, not the last weights
+
+    # The update rule itself: with the warm-up, the first update weighs the new weights 9/10.
+    model = FlowNet(FlowNetConfig(**TINY_MODEL))
+    ema = WeightEMA(model, decay=0.99)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for k, v in ema.model.state_dict().items():
+        assert torch.allclose(v, before[k] + 0.9, atol=1e-6)
+
+
+def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
+    """A state saved by an older flowcli lacks fields added since; at their defaults it resumes."""
+    import json
+
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, 6)
+    train(cfg, quiet=True, stop_after=3)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    saved = json.loads(state["config"])
+    del saved["ema_decay"]
+    state["config"] = json.dumps(saved, sort_keys=True)
+    torch.save(state, tmp_path / "state.pt")
+    assert len(train(cfg, quiet=True)["history"]) == 6

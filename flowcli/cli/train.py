@@ -21,13 +21,17 @@ def train(
     stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
     init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),
     checkpoint_every: int = typer.Option(None, help="Save the resumable state every N steps."),
+    ema_decay: float = typer.Option(
+        None, help="Also keep an exponential moving average of the weights (e.g. 0.999), saved as OUT/ema.safetensors."
+    ),
     stop_after: int = typer.Option(None, help="Stop after this step (the schedule still assumes --steps)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo).
 
     Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for
-    bit. The weights are in OUT/last.safetensors, usable anywhere with --weights.
+    bit. The weights are in OUT/last.safetensors (and OUT/ema.safetensors with --ema-decay), usable
+    anywhere with --weights.
 
     Example: flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
     """
@@ -46,7 +50,7 @@ def train(
     overrides = dict(
         out_dir=out, steps=steps, batch_size=batch_size, lr=lr, height=height, width=width, seed=seed,
         textures=list(textures) if textures else None, stereo_fraction=stereo_fraction,
-        init_weights=init_weights, checkpoint_every=checkpoint_every,
+        init_weights=init_weights, checkpoint_every=checkpoint_every, ema_decay=ema_decay,
     )
     if config is not None:
         if not config.is_file():
@@ -56,8 +60,11 @@ def train(
         cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     if cfg.steps <= 0:
         raise FlowcliError("--steps must be positive")
+    if cfg.ema_decay and not 0.0 < cfg.ema_decay < 1.0:
+        raise FlowcliError(f"--ema-decay {cfg.ema_decay} must be between 0 and 1 (e.g. 0.999), or 0 for none")
     summary = run_training(cfg, quiet=quiet, stop_after=stop_after)
-    stderr.print(f"done: {summary['steps']} steps, weights in {summary['checkpoint']}")
+    weights = summary["checkpoint"] + (f" (moving average: {summary['ema_checkpoint']})" if cfg.ema_decay else "")
+    stderr.print(f"done: {summary['steps']} steps, weights in {weights}")
 
 
 def register(app: typer.Typer) -> None:

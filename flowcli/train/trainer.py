@@ -7,6 +7,7 @@ same config continues from it and produces the same loss curve.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,10 @@ class TrainConfig:
     # Parameter-name prefixes to train (e.g. ["upsampler."]); the rest is frozen. Empty: train all.
     train_only: list[str] = field(default_factory=list)
     full_resolution: float = 0.0  # weight of the EPE of the full-resolution flow (learned upsampler)
+    # Exponential moving average of the weights, written as ema.safetensors next to last.safetensors;
+    # 0 turns it off. Averaging checkpoints has beaten the last one in every stage of the shipped
+    # model (docs/training.md), and an EMA is that average taken along the run.
+    ema_decay: float = 0.0
     workers: int = 1
     device: str = "auto"  # auto | cpu | cuda | mps; bf16 autocast on CUDA
     model: dict = field(default_factory=dict)  # FlowNetConfig fields
@@ -136,6 +141,47 @@ def trainable_parameters(model: torch.nn.Module, train_only: list[str]) -> list[
     return params
 
 
+class WeightEMA:
+    """An exponential moving average of a model's weights, kept as a frozen copy of the model.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a run from scratch does
+    not carry its random initialisation for thousands of steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise FlowcliError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for averaged, current in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if averaged.is_floating_point():
+                averaged.lerp_(current.detach(), 1.0 - decay)
+            else:
+                averaged.copy_(current)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
+def _same_config(saved: str, cfg: TrainConfig) -> bool:
+    """Whether a saved state's config is `cfg`. A field added to TrainConfig after the state was saved
+    counts as equal when `cfg` leaves it at its default, so runs saved by an older flowcli resume."""
+    saved_fields, defaults = json.loads(saved), asdict(TrainConfig())
+    current = json.loads(json.dumps(asdict(cfg)))  # tuples become lists, as in the saved JSON
+    return set(saved_fields) <= set(current) and all(
+        saved_fields.get(name, defaults[name]) == value for name, value in current.items()
+    )
+
+
 def _schedule(optimizer, cfg: TrainConfig):
     if cfg.steps < 10:  # too short for a warm-up and an annealing phase
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -165,16 +211,19 @@ def train(
     params = trainable_parameters(model, cfg.train_only)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, cfg)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
+        if not _same_config(state["config"], cfg):
             raise FlowcliError(
                 f"{state_path} was made with a different training config; use another --out or the same config"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"].cpu())
         step, history = state["step"], json.loads(state["history"])
         stderr.print(f"resuming {out} at step {step}/{cfg.steps}")
@@ -191,10 +240,15 @@ def train(
                     "rng": torch.get_rng_state(),
                     "step": step,
                     "history": json.dumps(history),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                 },
                 tmp,
             )
-        save_checkpoint(model, out / "last.safetensors", provenance=_provenance(cfg, step, history, init_sha256))
+        provenance = _provenance(cfg, step, history, init_sha256)
+        save_checkpoint(model, out / "last.safetensors", provenance=provenance)
+        if ema is not None:
+            provenance = {**provenance, "weights": f"exponential moving average, decay {cfg.ema_decay}"}
+            save_checkpoint(ema.model, out / "ema.safetensors", provenance=provenance)
 
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     model.train()
@@ -215,6 +269,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
                 record["lr"] = scheduler.get_last_lr()[0]
@@ -223,9 +279,10 @@ def train(
                 if not stderr.is_terminal and not quiet and step % 10 == 0:  # a log file gets plain lines
                     stderr.print(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
                 if cfg.eval_every and evaluate is not None and step % cfg.eval_every == 0:
-                    model.eval()
-                    metrics = evaluate(model)
-                    model.train()
+                    evaluated = ema.model if ema is not None else model  # the weights a user would take
+                    evaluated.eval()
+                    metrics = evaluate(evaluated)
+                    evaluated.train()
                     history[-1]["eval"] = metrics
                     stderr.print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 if step % cfg.checkpoint_every == 0 or step == end:
@@ -240,6 +297,7 @@ def train(
         "seconds": time.time() - started,
         "final_loss": history[-1]["total"] if history else None,
         "checkpoint": str(out / "last.safetensors"),
+        "ema_checkpoint": str(out / "ema.safetensors") if ema is not None else None,
         "history": history,
     }
 
