@@ -43,3 +43,18 @@ def test_adapt_sintel_smoke(shared_data, tmp_path):
     _run("adapt_sintel.py", "--occlusion", "range", "--json", str(out))
     result = json.loads(out.read_text())
     assert result["steps"] == 2 and set(result["gt"]["after"]) == {"sintel-clean", "sintel-final"}
+
+
+@pytest.mark.slow
+def test_kitti_outliers_splits_fl_all_by_motion_and_reports_every_decoder_level(shared_data, tmp_path):
+    out = tmp_path / "outliers.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kitti_outliers.py"), "flowcli-pwc-synth", "--json", str(out),
+         "--root", str(shared_data / "flow" / "kitti2015")],
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = json.loads(out.read_text())
+    assert sum(band["share_of_fl_all"] for band in report["bands"]) == pytest.approx(report["fl_all"], abs=1e-6)
+    assert list(report["fast_by_level"]) == ["6", "5", "4", "3", "2"]
+    assert report["fast_pixels"] > 0 and "Fl-all" in proc.stdout
