@@ -60,8 +60,6 @@ def train(
         cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     if cfg.steps <= 0:
         raise FlowcliError("--steps must be positive")
-    if cfg.ema_decay and not 0.0 < cfg.ema_decay < 1.0:
-        raise FlowcliError(f"--ema-decay {cfg.ema_decay} must be between 0 and 1 (e.g. 0.999), or 0 for none")
     summary = run_training(cfg, quiet=quiet, stop_after=stop_after)
     weights = summary["checkpoint"] + (f" (moving average: {summary['ema_checkpoint']})" if cfg.ema_decay else "")
     stderr.print(f"done: {summary['steps']} steps, weights in {weights}")

@@ -150,7 +150,7 @@ class WeightEMA:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
-            raise FlowcliError(f"ema_decay must be in (0, 1), got {decay}")
+            raise FlowcliError(f"--ema-decay {decay} must be between 0 and 1 (e.g. 0.999), or 0 for none")
         self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).requires_grad_(False)
 
