@@ -47,8 +47,8 @@ class TrainConfig:
     train_only: list[str] = field(default_factory=list)
     full_resolution: float = 0.0  # weight of the EPE of the full-resolution flow (learned upsampler)
     # Exponential moving average of the weights, written as ema.safetensors next to last.safetensors;
-    # 0 turns it off. Averaging checkpoints has beaten the last one in every stage of the shipped
-    # model (docs/training.md), and an EMA is that average taken along the run.
+    # 0 turns it off. The shipped model is an average of checkpoints (docs/training.md); an EMA is
+    # such an average taken along the run.
     ema_decay: float = 0.0
     workers: int = 1
     device: str = "auto"  # auto | cpu | cuda | mps; bf16 autocast on CUDA
