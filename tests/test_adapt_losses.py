@@ -273,3 +273,38 @@ def test_student_view_targets_are_the_teacher_flow_in_the_new_frame(samples, geo
             expected = s.flow_forward[:, ty : ty + crop[0], tx : tx + crop[1]]
             assert torch.allclose(targets["flow"][0], expected, atol=1e-4)
         assert float((targets["mask"] > 0).float().mean()) <= float(targets["confident"].mean())
+
+
+class _ShiftFinder(torch.nn.Module):
+    """A stand-in teacher that finds a pair's global integer shift by brute force, in its own input pixels."""
+
+    config = type("Config", (), {"size_multiple": 4})()
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> FlowOutput:
+        m, reach = 12, 10
+        h, w = first.shape[-2:]
+        best = min(
+            (float((first[..., m : h - m, m : w - m] - second[..., m + dy : h - m + dy, m + dx : w - m + dx]).abs().mean()), dx, dy)
+            for dy in range(-reach, reach + 1)
+            for dx in range(-reach, reach + 1)
+        )  # fmt: skip
+        flow = torch.tensor([float(best[1]), float(best[2])]).view(1, 2, 1, 1)
+        return _out(flow.expand(first.shape[0], 2, h, w).clone())
+
+
+def test_teacher_ensemble_returns_flow_in_input_pixels_at_every_scale_and_flip():
+    """Upsampled 2x the teacher sees a shift twice as long; the ensemble halves it back, un-flips the mirrored
+    pass, and the members agree, so no pixel loses its confidence."""
+    from flowcli.adapt.teacher import ensemble_flow
+
+    gen = torch.Generator().manual_seed(0)
+    texture = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=gen), size=(48, 64), mode="bicubic")
+    first = texture[..., 4:44, 4:60]  # 40 x 56
+    second = torch.roll(texture, shifts=(-2, 3), dims=(-2, -1))[..., 4:44, 4:60]  # content moves (+3, -2)
+    teacher = _ShiftFinder()
+    for scales in [(1.0,), (2.0,), (1.0, 2.0)]:
+        flow, disagree = ensemble_flow([teacher], first, second, flip=True, scales=scales)
+        assert flow.shape == (1, 2, 40, 56)
+        assert torch.allclose(flow[:, 0], torch.full_like(flow[:, 0], 3.0))
+        assert torch.allclose(flow[:, 1], torch.full_like(flow[:, 1], -2.0))
+        assert not disagree.any()

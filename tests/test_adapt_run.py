@@ -143,7 +143,7 @@ def test_ctrl_c_saves_state_and_the_resumed_run_continues_the_schedule(footage, 
 
 def test_triplets_with_temporal_consistency(footage, base, tmp_path):
     result = adapt(_config(footage, base, tmp_path / "t.safetensors", steps=4, temporal=True, batch_size=1,
-                           teacher_flip=True), quiet=True)  # fmt: skip
+                           teacher_flip=True, teacher_scales=(1.0, 1.5)), quiet=True)  # fmt: skip
     assert [r["stage"] for r in result["history"]] == [1, 1, 2, 2]
     assert all("temporal" in r for r in result["history"])
     assert all("distill" in r for r in result["history"] if r["stage"] == 2)

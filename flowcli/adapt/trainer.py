@@ -95,6 +95,7 @@ class AdaptConfig:
     stage1_fraction: float | None = None  # fixed share of the budget instead
     teachers: list[str] = field(default_factory=list)  # extra teachers for the ensemble
     teacher_flip: bool = False  # add flipped-input predictions to the ensemble
+    teacher_scales: tuple[float, ...] = (1.0,)  # input sizes the teachers run at (2.0: frames upsampled 2x)
     teacher_margin: int = 64  # the teacher's window extends this far beyond the student's crop
     max_frames: int | None = None  # per source
     losses: dict = field(default_factory=dict)  # LossWeights overrides
@@ -118,6 +119,9 @@ class AdaptConfig:
         self.sources = [str(s) for s in self.sources]
         self.crop = tuple(int(v) for v in self.crop)
         self.teachers = list(self.teachers)
+        self.teacher_scales = tuple(float(v) for v in self.teacher_scales)
+        if not self.teacher_scales or min(self.teacher_scales) <= 0:
+            raise ValueError(f"teacher_scales must be positive numbers, got {list(self.teacher_scales)}")
         self.gt = list(self.gt)
         if self.anchor_pairs < 1:
             raise ValueError(f"anchor_pairs must be at least 1, got {self.anchor_pairs}")
@@ -386,7 +390,9 @@ def _anchor_batch(batch: dict) -> dict | None:
 def _distill_terms(net, teachers, batch: dict, plan: Plan, weights: LossWeights, cfg: AdaptConfig, dtype) -> dict:
     window = batch["frames"]
     tcfg = TransformConfig(**cfg.transforms)
-    flow, occlusion = teacher_predictions(teachers, window, temporal=cfg.temporal, flip=cfg.teacher_flip, dtype=dtype)
+    flow, occlusion = teacher_predictions(
+        teachers, window, temporal=cfg.temporal, flip=cfg.teacher_flip, scales=cfg.teacher_scales, dtype=dtype
+    )
     target_index = window.shape[1] - 1  # the main pair's frame 2: (t, t+1), last in the tuple
     student, noise = make_student_view(window, batch, plan.crop, tcfg, target_index=target_index)
     targets = teacher_targets(flow, occlusion, batch, plan.crop, noise)
@@ -619,7 +625,9 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             "complete": final,
             "losses": {k: round(v, 5) for k, v in losses.items()},
             "teachers": (
-                ["stage-1 snapshot", *map(_public, cfg.teachers)] + (["flipped inputs"] if cfg.teacher_flip else [])
+                ["stage-1 snapshot", *map(_public, cfg.teachers)]
+                + (["flipped inputs"] if cfg.teacher_flip else [])
+                + ([f"input scales {list(cfg.teacher_scales)}"] if cfg.teacher_scales != (1.0,) else [])
             )
             if plan.stage1 is not None and plan.total is not None and plan.stage1 < plan.total
             else [],
