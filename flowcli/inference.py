@@ -76,6 +76,12 @@ def range_map_occlusion(flow_fw: torch.Tensor, flow_bw: torch.Tensor, threshold:
     return ((splat_density(flow_bw) < threshold) | out_of_frame(flow_fw)).float()
 
 
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Flow [B, 2, h, w] resampled to `size` (H, W), its vectors rescaled to the new pixels."""
+    ratio = torch.tensor([size[1] / flow.shape[-1], size[0] / flow.shape[-2]], device=flow.device)
+    return F.interpolate(flow, size=tuple(size), mode="bilinear", align_corners=False) * ratio.view(1, 2, 1, 1)
+
+
 def _pad(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
@@ -225,8 +231,7 @@ def estimate_flow(
         first, second = (F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1) for x in (first, second))
     flow, logit, tiles = _predict(model, first, second, dtype, max_pixels, tile_overlap)
     if flow.shape[-2:] != full_size:
-        ratio = torch.tensor([full_size[1] / flow.shape[-1], full_size[0] / flow.shape[-2]], device=flow.device)
-        flow = F.interpolate(flow, size=full_size, mode="bilinear", align_corners=False) * ratio.view(1, 2, 1, 1)
+        flow = resize_flow(flow, full_size)
         if logit is not None:
             logit = F.interpolate(logit, size=full_size, mode="bilinear", align_corners=False)
     result = FlowResult(forward=flow[:b], tiles=tiles)

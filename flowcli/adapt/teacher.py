@@ -19,7 +19,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from flowcli.inference import forward_backward_occlusion
+from flowcli.inference import forward_backward_occlusion, resize_flow
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -48,9 +48,7 @@ def _scaled_flow(model, first: torch.Tensor, second: torch.Tensor, dtype: torch.
     h, w = first.shape[-2:]
     size = (max(8, round(h * scale)), max(8, round(w * scale)))
     first, second = (F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1) for x in (first, second))
-    flow = _padded_flow(model, first, second, dtype)
-    ratio = torch.tensor([w / size[1], h / size[0]], device=flow.device).view(1, 2, 1, 1)
-    return F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False) * ratio
+    return resize_flow(_padded_flow(model, first, second, dtype), (h, w))
 
 
 def _unflip(flow: torch.Tensor) -> torch.Tensor:

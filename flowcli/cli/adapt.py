@@ -313,7 +313,8 @@ def adapt_command(
         sources=list(sources), output=str(output), weights=weights, steps=steps, minutes=minutes, step=step,
         temporal=temporal, stereo=stereo, batch_size=batch_size, crop=_parse_crop(crop), lr=lr, seed=seed,
         val_fraction=val_fraction, distill=distill, stage1_fraction=stage1_fraction, teachers=list(teacher or []),
-        teacher_flip=teacher_flip, teacher_scales=tuple(teacher_scale or (1.0,)), max_frames=max_frames, losses=losses, transforms=transforms,
+        teacher_flip=teacher_flip, teacher_scales=tuple(teacher_scale or (1.0,)), max_frames=max_frames,
+        losses=losses, transforms=transforms,
         gt=list(gt or []), device=device, precision=precision, workers=workers, overwrite=overwrite,
         offline=offline, keep_state=keep_state, restart=restart,
     )  # fmt: skip
