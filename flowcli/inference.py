@@ -76,6 +76,13 @@ def range_map_occlusion(flow_fw: torch.Tensor, flow_bw: torch.Tensor, threshold:
     return ((splat_density(flow_bw) < threshold) | out_of_frame(flow_fw)).float()
 
 
+def scale_frames(frames: tuple[torch.Tensor, ...], scale: float) -> tuple[torch.Tensor, ...]:
+    """Frames [B, 3, H, W] resized by `scale` (sides rounded, at least 8 px; antialiased when shrinking)."""
+    h, w = frames[0].shape[-2:]
+    size = (max(8, round(h * scale)), max(8, round(w * scale)))
+    return tuple(F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1) for x in frames)
+
+
 def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Flow [B, 2, h, w] resampled to `size` (H, W), its vectors rescaled to the new pixels."""
     ratio = torch.tensor([size[1] / flow.shape[-1], size[0] / flow.shape[-2]], device=flow.device)
@@ -227,8 +234,7 @@ def estimate_flow(
         raise InputError(f"scale must be positive, got {scale}")
     full_size = first.shape[-2:]
     if scale != 1.0:
-        size = (max(8, round(full_size[0] * scale)), max(8, round(full_size[1] * scale)))
-        first, second = (F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1) for x in (first, second))
+        first, second = scale_frames((first, second), scale)
     flow, logit, tiles = _predict(model, first, second, dtype, max_pixels, tile_overlap)
     if flow.shape[-2:] != full_size:
         flow = resize_flow(flow, full_size)

@@ -19,7 +19,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from flowcli.inference import forward_backward_occlusion, resize_flow
+from flowcli.inference import forward_backward_occlusion, resize_flow, scale_frames
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,8 +46,7 @@ def _scaled_flow(model, first: torch.Tensor, second: torch.Tensor, dtype: torch.
     if scale == 1.0:
         return _padded_flow(model, first, second, dtype)
     h, w = first.shape[-2:]
-    size = (max(8, round(h * scale)), max(8, round(w * scale)))
-    first, second = (F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1) for x in (first, second))
+    first, second = scale_frames((first, second), scale)
     return resize_flow(_padded_flow(model, first, second, dtype), (h, w))
 
 
