@@ -125,6 +125,12 @@ def test_budget_output_and_option_errors(tmp_path, base):
     code, message = _cli(folder, "-o", out, "-w", base, "--anchor", -1)
     assert code == 2 and "--anchor" in message
     assert _cli(folder, "-o", out, "-w", base, "--gt", "sintel")[0] == 2
+    no_photometric = ("--loss", "census=0", "--loss", "ssim=0", "--loss", "l1=0", "--loss", "smooth2=0")
+    code, message = _cli(folder, "-o", out, "-w", base, "--steps", 8, *no_photometric)
+    assert code == 2 and "photometric stage has no loss term" in message and "--stage1-fraction 0" in message
+    code, message = _cli(folder, "-o", out, "-w", base, "--steps", 8, "--stage1-fraction", 0, "--loss", "distill=0",
+                         *no_photometric)  # fmt: skip
+    assert code == 2 and "distillation stage has no loss term" in message
     out.write_bytes(b"existing")
     code, message = _cli(folder, "-o", out, "-w", base, "--steps", 2)
     assert code == 3 and "--overwrite" in message

@@ -182,6 +182,23 @@ def test_minutes_budget_is_calibrated(footage, base, tmp_path):
     assert result["stages"]["photometric"] >= CALIBRATION_STEPS  # calibration steps count as stage 1
 
 
+def test_stage1_fraction_zero_distils_the_base_model_directly(footage, tmp_path):
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    torch.manual_seed(0)
+    base = tmp_path / "calm.safetensors"  # heads start near zero: consistent flow, so the teacher is confident
+    save_checkpoint(FlowNet(FlowNetConfig(**TINY)), base)
+    no_photometric = {"census": 0, "ssim": 0, "l1": 0, "smooth2": 0}
+    result = adapt(_config(footage, base, tmp_path / "d.safetensors", steps=3, stage1_fraction=0.0,
+                           losses=no_photometric), quiet=True)  # fmt: skip
+    assert [r["stage"] for r in result["history"]] == [2, 2, 2] and result["stages"]["photometric"] == 0
+    assert all(r["photo"] == 0 and r["distill_px"] > 0.5 for r in result["history"])  # the teacher's labels alone
+    timed = adapt(_config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.01, batch_size=1,
+                          stage1_fraction=0.0), quiet=True)  # fmt: skip
+    assert timed["stages"]["photometric"] == 0 and {r["stage"] for r in timed["history"]} == {2}
+
+
 def test_synthetic_replay_anchor_runs_in_both_stages_and_is_reproducible(footage, base, tmp_path):
     cfg = dict(steps=4, losses={"anchor": 1.0}, anchor_pairs=1)
     first = adapt(_config(footage, base, tmp_path / "a.safetensors", **cfg), quiet=True)

@@ -154,16 +154,36 @@ def plan_stages(total: int, train_tuples: int, batch: int, cfg: AdaptConfig) -> 
 
     Small footage is learnt quickly and then overfitted by the photometric loss, so stage 1 is
     `stage1_epochs` passes over the training tuples, but at least 25 % and at most 60 % of the
-    budget; stereo, `distill=False` or a budget under 4 steps give stage 1 only.
+    budget; stereo, `distill=False` or a budget under 4 steps give stage 1 only. `stage1_fraction`
+    overrides the rule; 0 distils the base model directly.
     """
-    if cfg.stereo or not cfg.distill or total < 4:
+    if cfg.stereo or not cfg.distill:
         return total
     if cfg.stage1_fraction is not None:
-        stage1 = round(cfg.stage1_fraction * total)
-    else:
-        epoch = math.ceil(train_tuples / batch)
-        stage1 = min(max(round(cfg.stage1_epochs * epoch), math.ceil(0.25 * total)), math.floor(0.6 * total))
+        return min(max(round(cfg.stage1_fraction * total), 0), total)
+    if total < 4:
+        return total
+    epoch = math.ceil(train_tuples / batch)
+    stage1 = min(max(round(cfg.stage1_epochs * epoch), math.ceil(0.25 * total)), math.floor(0.6 * total))
     return min(max(stage1, 1), total)
+
+
+def check_loss_terms(weights: LossWeights, cfg: AdaptConfig, plan: Plan) -> None:
+    """Refuse a stage that would run with every one of its loss terms weighted 0: nothing to learn."""
+    stage1_terms = [weights.census, weights.ssim, weights.l1, weights.smooth1, weights.smooth2, weights.anchor]
+    if cfg.temporal:
+        stage1_terms += [weights.quadrilateral, weights.triangle] if cfg.stereo else [weights.temporal]
+    if cfg.stereo:
+        stage1_terms.append(weights.vertical)
+    runs_stage1 = plan.stage1 is None or plan.stage1 > 0
+    runs_stage2 = plan.total is None or plan.stage1 is None or plan.total > plan.stage1
+    if runs_stage1 and not any(stage1_terms):
+        raise InputError(
+            "the photometric stage has no loss term: census, ssim, l1, smooth1 and smooth2 are all 0 (--loss); "
+            "set one above 0, or pass --stage1-fraction 0 to go straight to distillation"
+        )
+    if runs_stage2 and cfg.distill and not cfg.stereo and not (any(stage1_terms) or weights.distill):
+        raise InputError("the distillation stage has no loss term: set --loss distill above 0, or pass --no-distill")
 
 
 def lr_at(step: int, plan: Plan, cfg: AdaptConfig) -> float:
@@ -563,6 +583,9 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     if cfg.steps is not None:
         plan.total = cfg.steps
         plan.stage1 = plan_stages(cfg.steps, len(train), batch_world, cfg)
+    elif cfg.stage1_fraction == 0 and cfg.distill and not cfg.stereo:
+        plan.stage1 = 0  # a minutes budget is then calibrated on distillation steps
+    check_loss_terms(weights, cfg, plan)
     step, history, teacher = 0, [], None
     before: dict = {}
     elapsed_before = 0.0
@@ -716,9 +739,10 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         t = torch.tensor([plan.total], device=device, dtype=torch.int64)
                         dist.broadcast(t, src=0)
                         plan.total = int(t)
-                    plan.stage1 = max(
-                        plan_stages(plan.total, len(train), batch_world, cfg), step
-                    )  # calibration was stage 1
+                    if plan.stage1 != 0:
+                        plan.stage1 = max(
+                            plan_stages(plan.total, len(train), batch_world, cfg), step
+                        )  # calibration was stage 1
                     bar.update(task, total=plan.total)
                     if ctx.main:
                         stderr.print(

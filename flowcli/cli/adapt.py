@@ -200,7 +200,7 @@ def adapt_command(
         Optional[float],
         typer.Option(
             "--stage1-fraction",
-            help="Share of the budget for stage 1 (default: from the footage size).",
+            help="Share of the budget for stage 1 (default: from the footage size); 0 distils the base model directly.",
             rich_help_panel=_TRAIN,
             show_default=False,
         ),
