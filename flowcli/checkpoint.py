@@ -11,7 +11,7 @@ Loading is strict: every tensor must match the architecture the metadata describ
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import torch
@@ -137,3 +137,28 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
         ]
     }
     return averaged
+
+
+def field_defaults(config_class) -> dict:
+    """The default value of each field of a dataclass that has one."""
+    defaults = {}
+    for f in fields(config_class):
+        if f.default is not MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
+
+
+def same_settings(saved: str, current: dict, defaults: dict) -> bool:
+    """Whether a resumable run's saved settings (JSON of a dict of fields) are `current`.
+
+    A field added to flowcli after the state was saved counts as equal when `current` leaves it at its
+    default, so a run interrupted under an older flowcli resumes under a newer one.
+    """
+    saved_fields = json.loads(saved)
+    current, defaults = (json.loads(json.dumps(d, sort_keys=True, default=list)) for d in (current, defaults))
+    return set(saved_fields) <= set(current) and all(
+        saved_fields[name] == value if name in saved_fields else name in defaults and defaults[name] == value
+        for name, value in current.items()
+    )

@@ -141,6 +141,27 @@ def test_ctrl_c_saves_state_and_the_resumed_run_continues_the_schedule(footage, 
     assert resumed["heldout"]["before"] == straight["heldout"]["before"]
 
 
+def test_a_state_saved_before_a_setting_existed_still_resumes(footage, base, tmp_path):
+    """A run interrupted under an older flowcli lacks settings added since; at their defaults it resumes."""
+    output = tmp_path / "old.safetensors"
+
+    def interrupt(step, record):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError):
+        adapt(_config(footage, base, output), quiet=True, callback=interrupt)
+    state_path = tmp_path / "old.adapt" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    saved = json.loads(state["config"])
+    del saved["teacher_scales"], saved["anchor_synth"]  # (1.0,) and {}: a tuple and a dict at their defaults
+    state["config"] = json.dumps(saved, sort_keys=True)
+    torch.save(state, state_path)
+    with pytest.raises(FlowcliError, match="different settings"):  # a setting that is not at its default
+        adapt(_config(footage, base, output, teacher_scales=(2.0,)), quiet=True)
+    assert adapt(_config(footage, base, output), quiet=True)["steps"] == 6
+
+
 def test_triplets_with_temporal_consistency(footage, base, tmp_path):
     result = adapt(_config(footage, base, tmp_path / "t.safetensors", steps=4, temporal=True, batch_size=1,
                            teacher_flip=True, teacher_scales=(1.0, 1.5)), quiet=True)  # fmt: skip

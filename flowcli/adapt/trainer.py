@@ -55,7 +55,7 @@ from flowcli.adapt.transforms import (
     sample_view,
     teacher_targets,
 )
-from flowcli.checkpoint import save_checkpoint
+from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
 from flowcli.console import progress, stderr, warn
 from flowcli.errors import FlowcliError, InputError
 from flowcli.io.atomic import atomic_path, check_writable
@@ -127,8 +127,11 @@ class AdaptConfig:
             raise ValueError(f"anchor_pairs must be at least 1, got {self.anchor_pairs}")
 
     def identity(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
-        return json.dumps(data, sort_keys=True, default=list)
+        """The settings that define a run (JSON); a saved state resumes only under the same ones."""
+        return json.dumps(self.settings(), sort_keys=True, default=list)
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
 
     @property
     def tuple_length(self) -> int:
@@ -592,7 +595,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["config"] != cfg.identity():
+        if not same_settings(state["config"], cfg.settings(), field_defaults(AdaptConfig)):
             raise FlowcliError(
                 f"{state_path} belongs to a run with different settings; run the same command to resume it, "
                 "or pass --restart to start over"

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from flowcli.checkpoint import save_checkpoint
+from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
 from flowcli.console import progress, stderr
 from flowcli.errors import FlowcliError
 from flowcli.io.atomic import atomic_path
@@ -172,16 +172,6 @@ class WeightEMA:
         self.updates = int(state["updates"])
 
 
-def _same_config(saved: str, cfg: TrainConfig) -> bool:
-    """Whether a saved state's config is `cfg`. A field added to TrainConfig after the state was saved
-    counts as equal when `cfg` leaves it at its default, so runs saved by an older flowcli resume."""
-    saved_fields, defaults = json.loads(saved), asdict(TrainConfig())
-    current = json.loads(json.dumps(asdict(cfg)))  # tuples become lists, as in the saved JSON
-    return set(saved_fields) <= set(current) and all(
-        saved_fields.get(name, defaults[name]) == value for name, value in current.items()
-    )
-
-
 def _schedule(optimizer, cfg: TrainConfig):
     if cfg.steps < 10:  # too short for a warm-up and an annealing phase
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -215,7 +205,7 @@ def train(
     step, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
-        if not _same_config(state["config"], cfg):
+        if not same_settings(state["config"], asdict(cfg), field_defaults(TrainConfig)):
             raise FlowcliError(
                 f"{state_path} was made with a different training config; use another --out or the same config"
             )
