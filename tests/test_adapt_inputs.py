@@ -131,11 +131,29 @@ def test_budget_output_and_option_errors(tmp_path, base):
     code, message = _cli(folder, "-o", out, "-w", base, "--steps", 8, "--stage1-fraction", 0, "--loss", "distill=0",
                          *no_photometric)  # fmt: skip
     assert code == 2 and "distillation stage has no loss term" in message
+    code, message = _cli(folder, "-o", out, "-w", base, "--distill-only", "--no-distill")
+    assert code == 2 and "--distill-only needs the distillation stage" in message
+    code, message = _cli(folder, "-o", out, "-w", base, "--distill-only", "--stage1-fraction", 0.5)
+    assert code == 2 and "--stage1-fraction is 0.5" in message
     out.write_bytes(b"existing")
     code, message = _cli(folder, "-o", out, "-w", base, "--steps", 2)
     assert code == 3 and "--overwrite" in message
     assert out.read_bytes() == b"existing"
     assert _cli(folder, "-o", tmp_path / "n.safetensors", "-w", tmp_path / "nope.safetensors")[0] == 4
+
+
+@pytest.mark.filterwarnings("ignore:the footage has only")
+def test_distill_only_runs_no_photometric_step(tmp_path, base):
+    from flowcli.checkpoint import read_metadata
+
+    folder = _frames(tmp_path / "shot", 4)
+    out = tmp_path / "d.safetensors"
+    code, _ = _cli(folder, "-o", out, "-w", base, "--steps", 4, "--crop", "64x64", "--batch-size", 1, "--distill-only",
+                   "-q")  # fmt: skip
+    assert code == 0
+    prov = read_metadata(out)["flowcli.provenance"]
+    assert prov["stages"] == {"photometric": 0, "distillation": 4} and prov["teachers"][0] == "base model"
+    assert prov["config"]["losses"] == {"census": 0.0, "ssim": 0.0, "l1": 0.0, "smooth1": 0.0, "smooth2": 0.0}
 
 
 def test_stereo_layouts(tmp_path):

@@ -645,13 +645,13 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             + (" triplets" if cfg.temporal and not cfg.stereo else ""),
             "steps": step,
             "stages": {
-                "photometric": min(step, plan.stage1 or step),
-                "distillation": max(0, step - (plan.stage1 or step)),
+                "photometric": min(step, step if plan.stage1 is None else plan.stage1),
+                "distillation": max(0, step - (step if plan.stage1 is None else plan.stage1)),
             },
             "complete": final,
             "losses": {k: round(v, 5) for k, v in losses.items()},
             "teachers": (
-                ["stage-1 snapshot", *map(_public, cfg.teachers)]
+                ["base model" if plan.stage1 == 0 else "stage-1 snapshot", *map(_public, cfg.teachers)]
                 + (["flipped inputs"] if cfg.teacher_flip else [])
                 + ([f"input scales {list(cfg.teacher_scales)}"] if cfg.teacher_scales != (1.0,) else [])
             )

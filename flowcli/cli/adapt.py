@@ -205,6 +205,16 @@ def adapt_command(
             show_default=False,
         ),
     ] = None,
+    distill_only: Annotated[
+        bool,
+        typer.Option(
+            "--distill-only",
+            help="No photometric stage or terms: the student learns only the teachers' confident flow "
+            "(short for --stage1-fraction 0 --loss census=0 --loss ssim=0 --loss l1=0 --loss smooth2=0; "
+            "an explicit --loss still wins). With --teacher-scale 1.5 it lowered KITTI's Fl-all (docs/adapt.md).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = False,
     anchor: Annotated[
         Optional[float],
         typer.Option(
@@ -294,6 +304,13 @@ def adapt_command(
     if precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     losses = _parse_settings(loss, "--loss", {f.name for f in fields(LossWeights)})
+    if distill_only:
+        if stereo or not distill:
+            raise InputError("--distill-only needs the distillation stage: drop --no-distill / --stereo")
+        if stage1_fraction not in (None, 0):
+            raise InputError(f"--distill-only skips stage 1, but --stage1-fraction is {stage1_fraction:g}; drop one")
+        stage1_fraction = 0.0
+        losses = {"census": 0.0, "ssim": 0.0, "l1": 0.0, "smooth1": 0.0, "smooth2": 0.0, **losses}
     if stereo and vertical == "zero":
         losses["zero_vertical"] = True
     if anchor is not None:
