@@ -624,6 +624,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     def provenance(final: bool, after: dict | None = None) -> dict:
         recent = history[-50:]
+        photometric = min(step, step if plan.stage1 is None else plan.stage1)
         losses = {}
         for record in recent:
             for key, value in record.items():
@@ -645,8 +646,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             + (" triplets" if cfg.temporal and not cfg.stereo else ""),
             "steps": step,
             "stages": {
-                "photometric": min(step, step if plan.stage1 is None else plan.stage1),
-                "distillation": max(0, step - (step if plan.stage1 is None else plan.stage1)),
+                "photometric": photometric,
+                "distillation": step - photometric,
             },
             "complete": final,
             "losses": {k: round(v, 5) for k, v in losses.items()},
