@@ -203,6 +203,38 @@ def test_minutes_budget_is_calibrated(footage, base, tmp_path):
     assert result["stages"]["photometric"] >= CALIBRATION_STEPS  # calibration steps count as stage 1
 
 
+def test_minutes_budget_is_timed_again_on_distillation_steps(footage, base, tmp_path, monkeypatch):
+    """A distillation step costs more than a photometric one (the teacher runs too). Timed on stage 1 alone, a
+    minutes budget would overrun; the first distillation steps are timed again and the run ends on budget."""
+    from flowcli.adapt import trainer
+
+    now = [0.0]
+    monkeypatch.setattr(trainer, "clock", lambda: now[0])
+    seconds = {1: 2.0, 2: 4.0}  # per step, on the fake clock
+
+    def tick(step, record):
+        now[0] += seconds[record["stage"]]
+
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=1.0, batch_size=1)
+    result = adapt(cfg, quiet=True, callback=tick)
+    # timed at 2 s/step: 30 steps, 18 of them photometric (36 s); the 24 s left are 6 distillation steps, not 12
+    assert result["stages"] == {"photometric": 18, "total": 24} and result["steps"] == 24
+    assert [r["stage"] for r in result["history"]] == [1] * 18 + [2] * 6
+    assert now[0] == 60.0
+
+    def interrupt_while_timing_stage2(step, record):  # Ctrl-C during the second timing; the resume finishes it
+        tick(step, record)
+        if step == 20:
+            raise KeyboardInterrupt
+
+    now[0] = 0.0
+    cfg = _config(footage, base, tmp_path / "r.safetensors", steps=None, minutes=1.0, batch_size=1)
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(cfg, quiet=True, callback=interrupt_while_timing_stage2)
+    resumed = adapt(cfg, quiet=True, callback=tick)
+    assert resumed["stages"] == {"photometric": 18, "total": 24} and now[0] == 60.0
+
+
 def test_stage1_fraction_zero_distils_the_base_model_directly(footage, tmp_path):
     from flowcli.checkpoint import save_checkpoint
     from flowcli.models.pwc import FlowNet, FlowNetConfig

@@ -64,6 +64,7 @@ from flowcli.synth.generator import SynthConfig, TextureBank, generate_batch
 
 DEFAULT_STEPS = 2000
 CALIBRATION_STEPS = 5
+clock = time.monotonic  # the budget's clock (tests replace it)
 # Fields that do not change what is trained: a resumed run may differ in these.
 RUNTIME_FIELDS = (
     "device", "precision", "workers", "overwrite", "offline", "keep_state", "checkpoint_every", "gt", "max_pixels",
@@ -536,7 +537,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     from flowcli.models import DEFAULT_MODEL, load_model
     from flowcli.registry import resolve, sha256_file
 
-    started = time.time()
+    started = clock()
 
     length = cfg.tuple_length
     if not ctx.main:
@@ -613,12 +614,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             stderr.print(f"resuming {output} at step {step}/{plan.total or '?'} (state in {state_path})")
 
     if not before and ctx.main:
-        t0 = time.time()
+        t0 = clock()
         before = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
                                              precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
         if gt_sets:
             before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
-        before["seconds"] = round(time.time() - t0, 2)
+        before["seconds"] = round(clock() - t0, 2)
 
     fingerprint, base_sha256 = footage.fingerprint(), sha256_file(base_path)
 
@@ -682,7 +683,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     "stage1": plan.stage1,
                     "history": json.dumps(history),
                     "before": json.dumps(before),
-                    "elapsed": elapsed_before + time.time() - started,
+                    "elapsed": elapsed_before + clock() - started,
                 },
                 tmp,
             )
@@ -692,14 +693,35 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                                                            if device.type == "cuda" else 0)  # fmt: skip
     textures = _footage_textures(footage, train) if weights.anchor > 0 else None
     dataset = StepBatches(footage, train, plan, cfg, ctx, anchor=weights.anchor > 0, textures=textures)
+
     def teachers_all():
         return [teacher, *extra_teachers]
+
     calibration = None  # (time, step) when the minutes budget started being measured
+
+    def recalibrate_at_stage2() -> bool:
+        """A minutes budget is first timed on photometric steps, but a distillation step costs more (the
+        teacher runs too), so the step count is measured again on the first distillation steps."""
+        return (
+            cfg.minutes is not None
+            and bool(plan.stage1)
+            and plan.total is not None
+            and (step <= plan.stage1 < plan.total)
+        )
+
     try:
         with progress(quiet or not ctx.main) as bar:
             task = bar.add_task("adapt", total=plan.total, completed=step, info="")
             while plan.total is None or step < plan.total:
-                end = plan.total if plan.total is not None else step + CALIBRATION_STEPS
+                if recalibrate_at_stage2() and step == plan.stage1:
+                    plan.total, calibration = None, None
+                if plan.total is None:  # timing: CALIBRATION_STEPS from the stage's start, 2 after a resume
+                    timed_from = plan.stage1 if plan.stage1 and step >= plan.stage1 else 0
+                    end = max(timed_from + CALIBRATION_STEPS, step + 2)
+                else:
+                    end = plan.total
+                if recalibrate_at_stage2():
+                    end = plan.stage1
                 for batch in _loader(dataset, step, end, workers):
                     stage = plan.stage(step)
                     if stage == 2 and teacher is None:
@@ -716,8 +738,6 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                     optimizer.step()
                     step += 1
-                    if plan.total is None and calibration is None:
-                        calibration = (time.time(), step)  # from the end of the first step: no warm-up in it
                     record = {"step": step, "stage": stage, "lr": optimizer.param_groups[0]["lr"]}
                     record.update({k: round(float(v.detach()), 5) for k, v in terms.items()})
                     history.append(record)
@@ -730,27 +750,29 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         stderr.print(f"step {step}/{plan.total or '?'} {info}")
                     if callback is not None:
                         callback(step, record)
+                    if plan.total is None and calibration is None:
+                        calibration = (clock(), step)  # from the end of the first step: no warm-up in it
                     if plan.total is not None and (step % cfg.checkpoint_every == 0 or step == plan.total):
                         save_state()
                 if plan.total is None:
                     calibration = calibration or (started, 0)
                     t0, s0 = calibration
-                    per_step = (time.time() - t0) / max(1, step - s0)
-                    spent = elapsed_before + time.time() - started
+                    per_step = (clock() - t0) / max(1, step - s0)
+                    spent = elapsed_before + clock() - started
                     remaining = cfg.minutes * 60 - spent - before.get("seconds", 0.0)  # the final report costs as much
                     plan.total = max(step, step + int(remaining / max(per_step, 1e-6)))
                     if ctx.world > 1:  # every rank must run the same number of steps: rank 0 decides
                         t = torch.tensor([plan.total], device=device, dtype=torch.int64)
                         dist.broadcast(t, src=0)
                         plan.total = int(t)
-                    if plan.stage1 != 0:
-                        plan.stage1 = max(
-                            plan_stages(plan.total, len(train), batch_world, cfg), step
-                        )  # calibration was stage 1
+                    distilling = plan.stage1 is not None and step > plan.stage1
+                    if plan.stage1 is None:  # calibrated on stage 1: split the budget now
+                        plan.stage1 = max(plan_stages(plan.total, len(train), batch_world, cfg), step)
                     bar.update(task, total=plan.total)
                     if ctx.main:
                         stderr.print(
-                            f"{per_step:.2f} s/step: the {cfg.minutes:g}-minute budget allows {plan.total} steps"
+                            f"{per_step:.2f} s/{'distillation ' if distilling else ''}step: the {cfg.minutes:g}-minute "
+                            f"budget allows {plan.total} steps" + (" in all" if distilling and plan.stage1 else "")
                         )
                     save_state()
     except KeyboardInterrupt:
@@ -775,7 +797,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                 "heldout": {"before": before.get("heldout"), "after": after["heldout"], "tuples": len(heldout)},
                 "gt": {"before": before.get("gt"), "after": after.get("gt")} if gt_sets else None,
                 "losses": prov["losses"],
-                "seconds": round(elapsed_before + time.time() - started, 1),
+                "seconds": round(elapsed_before + clock() - started, 1),
                 "history": history,
             }
         )
