@@ -204,8 +204,8 @@ def test_minutes_budget_is_calibrated(footage, base, tmp_path):
 
 
 def test_minutes_budget_is_timed_again_on_distillation_steps(footage, base, tmp_path, monkeypatch):
-    """A distillation step costs more than a photometric one (the teacher runs too). Timed on stage 1 alone, a
-    minutes budget would overrun; the first distillation steps are timed again and the run ends on budget."""
+    """A distillation step costs more or less than a photometric one. Timed on stage 1 alone, a minutes budget
+    would overrun here; the first distillation steps are timed again and the run ends on budget."""
     from flowcli.adapt import trainer
 
     now = [0.0]

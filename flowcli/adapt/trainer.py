@@ -700,8 +700,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     calibration = None  # (time, step) when the minutes budget started being measured
 
     def recalibrate_at_stage2() -> bool:
-        """A minutes budget is first timed on photometric steps, but a distillation step costs more (the
-        teacher runs too), so the step count is measured again on the first distillation steps."""
+        """A minutes budget is first timed on photometric steps, but a distillation step costs something else
+        (the teacher runs, the student's losses differ), so the first distillation steps are timed again."""
         return (
             cfg.minutes is not None
             and bool(plan.stage1)
