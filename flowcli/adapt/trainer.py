@@ -718,10 +718,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                 if plan.total is None:  # timing: CALIBRATION_STEPS from the stage's start, 2 after a resume
                     timed_from = plan.stage1 if plan.stage1 and step >= plan.stage1 else 0
                     end = max(timed_from + CALIBRATION_STEPS, step + 2)
-                else:
-                    end = plan.total
-                if recalibrate_at_stage2():
-                    end = plan.stage1
+                else:  # with a second timing due, stop at the stage change
+                    end = plan.stage1 if recalibrate_at_stage2() else plan.total
                 for batch in _loader(dataset, step, end, workers):
                     stage = plan.stage(step)
                     if stage == 2 and teacher is None:
