@@ -159,3 +159,24 @@ def test_thin_bars_are_a_few_pixels_wide():
 def test_scene_structure_shares_must_be_between_0_and_1():
     with pytest.raises(ValueError, match="thin_prob"):
         SynthConfig(thin_prob=1.5)
+
+
+def test_synth_output_is_an_eval_dataset_with_its_occlusion(monkeypatch, capsys, tmp_path):
+    """`flowcli synth` promises FlyingChairs naming readable by `flowcli eval --dataset chairs`: the PNG
+    frames, the flow and the occlusion mask come back as written."""
+    from cli_harness import in_process_cli
+
+    from flowcli.data import make_dataset
+    from flowcli.evaluate import evaluate
+    from flowcli.io.flow_formats import read_flo
+
+    code, _, err = in_process_cli(monkeypatch, capsys, "synth")(tmp_path, "-n", "2", "--size", "64x96", "-q")
+    assert code == 0, err
+    dataset = make_dataset("chairs", tmp_path)
+    assert len(dataset) == 2
+    item = dataset[1]
+    assert item["image1"].shape == (3, 64, 96) and item["occlusion"].shape == (1, 64, 96)
+    assert torch.equal(item["flow"], torch.from_numpy(read_flo(tmp_path / "00001_flow.flo")).permute(2, 0, 1))
+    assert 0 < item["occlusion"].mean() < 1
+    report = evaluate("flowcli-pwc-synth", "chairs", tmp_path, progress=False)
+    assert len(report.per_item) == 2 and "occ_f1" in report.per_item[0]

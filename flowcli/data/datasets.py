@@ -130,15 +130,17 @@ class _FloPairs(FlowDataset):
 
     def load(self, record: dict) -> dict:
         flow, valid = _flow_from_flo(record["flow"])
-        return _flow_item(record, flow, valid, occlusion=None)
+        occlusion = _mask_png(record["occlusion"]).float() if record.get("occlusion") else None
+        return _flow_item(record, flow, valid, occlusion=occlusion)
 
 
 class FlyingChairs(_FloPairs):
     """FlyingChairs: data/NNNNN_img1.ppm, NNNNN_img2.ppm, NNNNN_flow.flo (root = the folder holding
-    `data/`, or `data/` itself)."""
+    `data/`, or `data/` itself). `flowcli synth` writes the same layout with PNG frames and an
+    NNNNN_occ.png occlusion mask (255 = occluded), which is read too."""
 
     name = "chairs"
-    layout = "FlyingChairs layout: <root>/data/NNNNN_img1.ppm, NNNNN_img2.ppm, NNNNN_flow.flo"
+    layout = "FlyingChairs layout: <root>/data/NNNNN_img1.ppm (or .png), NNNNN_img2.ppm, NNNNN_flow.flo"
 
     def __init__(self, root: str | Path):
         super().__init__()
@@ -146,9 +148,20 @@ class FlyingChairs(_FloPairs):
         folder = self.root / "data" if (self.root / "data").is_dir() else self.root
         for flo in sorted(folder.glob("*_flow.flo")):
             stem = flo.name[: -len("_flow.flo")]
-            img1, img2 = folder / f"{stem}_img1.ppm", folder / f"{stem}_img2.ppm"
-            if img1.is_file() and img2.is_file():
-                self.samples.append({"name": stem, "image1": img1, "image2": img2, "flow": flo})
+            for suffix in (".ppm", ".png"):
+                img1, img2 = folder / f"{stem}_img1{suffix}", folder / f"{stem}_img2{suffix}"
+                if img1.is_file() and img2.is_file():
+                    occ = folder / f"{stem}_occ.png"
+                    self.samples.append(
+                        {
+                            "name": stem,
+                            "image1": img1,
+                            "image2": img2,
+                            "flow": flo,
+                            "occlusion": occ if occ.is_file() else None,
+                        }
+                    )
+                    break
         if not self.samples:
             raise _empty(self.root, self.layout, self.name)
 
