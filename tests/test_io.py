@@ -566,3 +566,83 @@ def test_mask_to_png_array_and_write_png(tmp_path):
         np.testing.assert_array_equal(back, array)
     with pytest.raises(OutputError):
         write_png(tmp_path / "x.png", array)
+
+
+def test_read_image_converts_cmyk_to_rgb(tmp_path):
+    Image.new("RGB", (5, 3), (8, 15, 16)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    Image.new("RGB", (5, 3), (8, 15, 16)).convert("CMYK").save(tmp_path / "cmyk.tif")
+    expected = np.array([8, 15, 16]).reshape(3, 1, 1) / 255
+    for name, atol in (("cmyk.jpg", 2 / 255), ("cmyk.tif", 1e-7)):
+        image = read_image(tmp_path / name)
+        assert image.shape == (3, 3, 5)
+        np.testing.assert_allclose(image.numpy(), np.broadcast_to(expected, (3, 3, 5)), atol=atol)
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    return exif
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    from PIL import ImageOps
+
+    # a photo taken upright and stored sideways: four gray quadrants tell every rotation and flip apart
+    upright = np.zeros((16, 32), np.uint8)
+    upright[:8, 16:], upright[8:, :16], upright[8:, 16:] = 80, 160, 240
+    Image.fromarray(np.rot90(upright)).save(tmp_path / "photo.jpg", quality=95, exif=_exif(6))
+    image = read_image(tmp_path / "photo.jpg")
+    assert image.shape == (3, 16, 32)
+    np.testing.assert_allclose(image[0].numpy(), upright / 255, atol=0.05)
+
+    stored = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        Image.fromarray(stored).save(tmp_path / "o.png", exif=_exif(orientation))
+        with Image.open(tmp_path / "o.png") as file:
+            reference = np.asarray(ImageOps.exif_transpose(file))
+        np.testing.assert_array_equal(media.read_image_array(tmp_path / "o.png"), reference)
+
+    gray16 = RNG.integers(0, 65536, (4, 6), dtype=np.uint16)  # 16 bits survive the rotation
+    Image.fromarray(gray16).save(tmp_path / "g16.tif", exif=_exif(6))
+    array = media.read_image_array(tmp_path / "g16.tif")
+    assert array.dtype == np.uint16
+    np.testing.assert_array_equal(array, np.rot90(gray16, -1))
+
+
+def test_output_path_that_is_a_folder_is_refused_before_writing(tmp_path):
+    from flowcli.inference import FlowResult
+    from flowcli.io.atomic import check_target, check_writable
+    from flowcli.outputs import write_pair_outputs
+
+    folder = tmp_path / "a_flow.flo"
+    folder.mkdir()
+    for check in (check_target, check_writable):
+        with pytest.raises(OutputError) as excinfo:
+            check(folder, overwrite=True)
+        assert_one_line_error(excinfo, folder, "is a folder")
+    with pytest.raises(OutputError):
+        write_flo(folder, random_flow(), overwrite=True)
+
+    result = FlowResult(forward=torch.zeros(1, 2, 4, 5))
+    image = torch.zeros(3, 4, 5)
+    paths = {"vis": tmp_path / "a_vis.png", "flo": folder}  # vis is renamed into place first when both succeed
+    with pytest.raises(OutputError):
+        write_pair_outputs(result, image, image, paths, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_flow.flo"]  # no output, no temp file
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_disparity_png_of_one_pixel_tall_or_wide_maps(tmp_path):
+    for shape in ((1, 30), (30, 1), (1, 1)):
+        disparity = RNG.uniform(1, 50, shape).astype(np.float32)
+        write_disparity_png(tmp_path / "d.png", disparity, overwrite=True)
+        back, valid = read_disparity_png(tmp_path / "d.png")
+        assert back.shape == shape and valid.all()
+        np.testing.assert_allclose(back, disparity, atol=0.5 / 256)
+        # the project's tensor layouts and a trailing channel axis are accepted too
+        tensor = torch.from_numpy(disparity)
+        for variant in (tensor[None], tensor[None, None], disparity[:, :, None]):
+            write_disparity_png(tmp_path / "v.png", variant, overwrite=True)
+            assert read_disparity_png(tmp_path / "v.png")[0].shape == shape
+    with pytest.raises(ValueError, match="one-channel map"):
+        write_disparity_png(tmp_path / "bad.png", np.ones((2, 3, 4)))

@@ -10,11 +10,19 @@ from pathlib import Path
 from flowcli.errors import OutputError
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Fail early (before any work) if `path` exists without overwrite or its folder cannot be made."""
+def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail if `path` is a folder, or exists without overwrite; creates nothing (to plan outputs up front)."""
     path = Path(path)
+    if path.is_dir():  # --overwrite replaces files only: os.replace cannot put a file over a folder
+        raise OutputError(f"{path} is a folder, not a file; remove or rename it, or choose another output")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output")
+    return path
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail early (before any work) if `path` cannot be written (see `check_target`) or its folder cannot be made."""
+    path = check_target(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

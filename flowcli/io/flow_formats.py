@@ -104,6 +104,25 @@ def as_flow_hw2(flow) -> np.ndarray:
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
+def as_map_hw(array) -> np.ndarray:
+    """A one-channel map as [H, W]: numpy [H, W] / [H, W, 1], or a torch tensor [H, W] / [1, H, W] / [1, 1, H, W].
+
+    Only the channel and batch axes are dropped, never H or W, so 1-pixel-tall or -wide maps keep their shape.
+    """
+    is_tensor = hasattr(array, "detach")
+    array = _to_numpy(array)
+    shape = list(array.shape)
+    if is_tensor:
+        while array.ndim > 2 and array.shape[0] == 1:
+            array = array[0]
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim != 2:
+        layouts = "[H, W], [1, H, W] or [1, 1, H, W]" if is_tensor else "[H, W] or [H, W, 1]"
+        raise ValueError(f"a one-channel map must be {layouts}, got {shape}")
+    return array
+
+
 def valid_mask(flow) -> np.ndarray:
     """[H, W] bool: pixels whose flow is known (finite and both components below 1e9 in magnitude)."""
     flow = as_flow_hw2(flow)
@@ -278,9 +297,7 @@ def write_disparity_png(path: PathLike, disparity, valid=None, overwrite: bool =
     `valid` defaults to the finite pixels; valid values are clipped to [1/256, 65535/256] so that they
     stay distinguishable from the invalid code 0.
     """
-    disparity = _to_numpy(disparity).astype(np.float64).squeeze()
-    if disparity.ndim != 2:
-        raise ValueError(f"disparity must be [H, W], got {list(disparity.shape)}")
+    disparity = as_map_hw(disparity).astype(np.float64)
     finite = np.isfinite(disparity)
     valid = finite if valid is None else (_to_numpy(valid).astype(bool).reshape(finite.shape) & finite)
     encoded = np.clip(np.rint(np.where(valid, disparity, 0.0) * KITTI_DISPARITY_SCALE), 1, 65535)

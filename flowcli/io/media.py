@@ -21,6 +21,7 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 import torch
+from PIL import ExifTags, Image
 
 from flowcli.console import warn
 from flowcli.errors import InputError, OutputError
@@ -30,6 +31,7 @@ from flowcli.io.flow_formats import read_png
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264
+_NON_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B
 
 PathLike = str | os.PathLike
 
@@ -79,15 +81,51 @@ def image_to_tensor(array: np.ndarray) -> torch.Tensor:
     return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
 
 
-def read_image_array(path: PathLike) -> np.ndarray:
-    """An image file as stored (uint8 or uint16; [H, W] or [H, W, C]); the first frame of animated files."""
-    path = _existing_file(path)
-    if path.suffix.lower() == ".png":
-        return read_png(path)  # exact for 16-bit colour, which Pillow would truncate to 8 bits
+def _orientation_and_mode(path: Path) -> tuple[int, str | None]:
+    """The EXIF orientation (1 = upright) and the Pillow mode of an image file, read from its header."""
     try:
-        return iio.imread(path, index=0)
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt files
-        raise InputError(f"cannot read image {path}: {_one_line(error)}") from None
+        with Image.open(path) as image:
+            if image.format == "PNG" and "exif" not in image.info:
+                return 1, image.mode  # getexif() would decode the whole PNG to look for a late eXIf chunk
+            return int(image.getexif().get(ExifTags.Base.Orientation, 1)), image.mode
+    except Exception:  # unreadable header or EXIF block: the decoder reports a broken file, a bad tag is ignored
+        return 1, None
+
+
+def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Undo an EXIF orientation (2-8: flips, rotations) on an [H, W] / [H, W, C] array, as photo viewers do."""
+    transforms = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 1)[:, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    transform = transforms.get(orientation)
+    return array if transform is None else np.ascontiguousarray(transform(array))
+
+
+def read_image_array(path: PathLike) -> np.ndarray:
+    """An image file (uint8 or uint16; [H, W] or [H, W, C]); the first frame of animated files.
+
+    The EXIF orientation is applied, and colour spaces other than RGB (CMYK, YCbCr, LAB, HSV) are
+    converted to RGB, so the channels are always gray, gray+alpha, RGB or RGBA.
+    """
+    path = _existing_file(path)
+    orientation, mode = _orientation_and_mode(path)
+    if path.suffix.lower() == ".png":
+        array = read_png(path)  # exact for 16-bit colour, which Pillow would truncate to 8 bits
+    else:
+        try:
+            if mode in _NON_RGB_MODES:
+                array = iio.imread(path, index=0, plugin="pillow", mode="RGB")
+            else:
+                array = iio.imread(path, index=0)  # 16-bit colour TIFF goes to tifffile, which keeps 16 bits
+        except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt files
+            raise InputError(f"cannot read image {path}: {_one_line(error)}") from None
+    return _upright(array, orientation)
 
 
 def read_image(path: PathLike) -> torch.Tensor:
