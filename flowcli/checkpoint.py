@@ -11,6 +11,7 @@ Loading is strict: every tensor must match the architecture the metadata describ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
@@ -114,8 +115,13 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
     if len(paths) < 2:
         raise WeightsError("averaging needs at least two checkpoints")
     mix = [1.0] * len(paths) if mix is None else [float(m) for m in mix]
-    if len(mix) != len(paths) or any(m < 0 for m in mix) or sum(mix) <= 0:
-        raise WeightsError(f"--mix needs {len(paths)} non-negative weights with a positive sum, got {mix}")
+    # NaN passes `m < 0` and an infinite sum normalises every weight to NaN or 0: check finiteness too
+    finite = all(math.isfinite(m) for m in mix) and math.isfinite(sum(mix))
+    if len(mix) != len(paths) or not finite or any(m < 0 for m in mix) or sum(mix) <= 0:
+        raise WeightsError(
+            f"--mix needs {len(paths)} finite, non-negative weights with a positive sum, e.g. "
+            f"{','.join(['1'] * len(paths))}; got {','.join(f'{m:g}' for m in mix)}"
+        )
     mix = [m / sum(mix) for m in mix]
     models = [load_checkpoint(path) for path in paths]
     averaged = next((model for model in models if not model.config.shared_decoder), models[0])

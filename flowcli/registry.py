@@ -281,11 +281,11 @@ def verify(name: str) -> list[tuple[str, str]]:
     for record in model_entry(name)["files"]:
         path = _local_copy(name, record)
         known = _known_sha256(record) is not None
-        if path is None:
+        if path is None and record["source"].startswith("bundled:"):
+            status = MISSING  # absent whether or not a sha256 is recorded
+        elif path is None:
             # Without a recorded sha256 there is nothing to verify even once the file is there.
             status = NOT_DOWNLOADED if known else UNVERIFIED
-            if known and record["source"].startswith("bundled:"):
-                status = MISSING
         elif _local_problem(path, record) is not None:
             status = CORRUPT
         else:

@@ -202,3 +202,16 @@ def test_push_errors_are_one_line(hub, checkpoint, tmp_path, monkeypatch):
     assert run_cli(["weights", "push", str(not_flowcli), "--repo", "me/x"]) == 4
     assert run_cli(["weights", "push", str(checkpoint), "--repo", "no-slash"]) == 4
     assert not hub.commits
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"models": []}', '{"models": {"x": 1}}', "{oops"])
+def test_push_checks_the_registry_file_before_uploading(hub, checkpoint, tmp_path, content):
+    from flowcli.errors import WeightsError
+
+    reg = tmp_path / "r.json"
+    reg.write_text(content)
+    result = CliRunner().invoke(_app(), ["weights", "push", str(checkpoint), "--repo", "me/x", "--registry", str(reg)])
+    assert isinstance(result.exception, WeightsError), result.output
+    assert len(str(result.exception).splitlines()) == 1 and str(reg) in str(result.exception)
+    assert not hub.commits and not hub.created  # nothing was uploaded
+    assert reg.read_text() == content

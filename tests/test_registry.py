@@ -500,3 +500,46 @@ def test_cli_average_of_a_checkpoint_with_itself_is_itself_and_records_its_sourc
         torch.testing.assert_close(mean[key], 1.5 * value)
     result = cli("average", str(a), "-o", str(tmp_path / "one.safetensors"))
     assert isinstance(result.exception, WeightsError) and "at least two" in str(result.exception)
+
+
+@pytest.fixture
+def weights_cli(monkeypatch, capsys):
+    from cli_harness import in_process_cli
+
+    return in_process_cli(monkeypatch, capsys, "weights")
+
+
+@pytest.mark.parametrize("mix", ["nan,1", "inf,1", "1e308,1e308"])
+def test_cli_average_refuses_non_finite_weights(weights_cli, tmp_path, checkpoint_bytes, mix):
+    from cli_harness import assert_one_line_error
+
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(checkpoint_bytes)
+    code, _, err = weights_cli("average", a, a, "--mix", mix, "-o", tmp_path / "soup.safetensors")
+    assert_one_line_error(code, err, 4, "--mix", "finite")
+    assert not (tmp_path / "soup.safetensors").exists()
+
+
+def test_cli_average_says_a_folder_is_not_a_checkpoint(weights_cli, tmp_path, checkpoint_bytes):
+    from cli_harness import assert_one_line_error
+
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(checkpoint_bytes)
+    (tmp_path / "emptydir").mkdir()
+    code, _, err = weights_cli("average", tmp_path / "emptydir", a, "-o", tmp_path / "soup.safetensors")
+    assert_one_line_error(code, err, 4, "emptydir is a folder", "checkpoint file")
+    (tmp_path / "out").mkdir()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = weights_cli("average", a, a, "-o", tmp_path / "out", *extra)
+        assert_one_line_error(code, err, 3, "is a folder")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_verify_reports_an_absent_bundled_file_as_missing_even_without_a_sha256(weights_cli, tmp_path, monkeypatch):
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {"gone": entry("bundled:weights/does-not-exist.safetensors", None)})
+    assert registry.verify("gone") == [("model.safetensors", registry.MISSING)]
+    code, out, err = weights_cli("verify", "--json")
+    assert_one_line_error(code, err, 4, "gone/model.safetensors (missing)", "reinstall flowcli")
+    assert json.loads(out)[0]["status"] == registry.MISSING

@@ -180,3 +180,40 @@ def test_synth_output_is_an_eval_dataset_with_its_occlusion(monkeypatch, capsys,
     assert 0 < item["occlusion"].mean() < 1
     report = evaluate("flowcli-pwc-synth", "chairs", tmp_path, progress=False)
     assert len(report.per_item) == 2 and "occ_f1" in report.per_item[0]
+
+
+@pytest.mark.parametrize("fps", ["0", "-3", "nan", "inf"])
+def test_synth_clip_refuses_a_frame_rate_that_is_not_positive_and_finite(monkeypatch, capsys, tmp_path, fps):
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "c.mp4", "--clip", "--size", "32x32", "--fps", fps)
+    assert_one_line_error(code, err, 3, "--fps", "positive")
+    assert not (tmp_path / "c.mp4").exists()
+
+
+def test_synth_output_of_the_wrong_kind_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    (tmp_path / "afile").write_text("keep")
+    code, _, err = run(tmp_path / "afile", "-n", "1", "--size", "32x32")
+    assert_one_line_error(code, err, 3, "afile is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "keep"
+    (tmp_path / "dir.mp4").mkdir()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(tmp_path / "dir.mp4", "--clip", "--size", "32x32", *extra)
+        assert_one_line_error(code, err, 3, "dir.mp4 is a folder")
+    assert list((tmp_path / "dir.mp4").iterdir()) == []
+
+
+def test_synth_clip_reports_the_size_it_wrote(monkeypatch, capsys, tmp_path):
+    from cli_harness import in_process_cli
+
+    from flowcli.io.media import VideoReader
+
+    code, _, err = in_process_cli(monkeypatch, capsys, "synth")(tmp_path / "c.mp4", "--clip", "--size", "37x51")
+    assert code == 0, err
+    with VideoReader(tmp_path / "c.mp4") as reader:
+        assert reader.size == (52, 38)  # (width, height), padded to even for H.264
+    assert "52 wide x 38 high" in err and "padded" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from flowcli.console import progress, stderr
 def synth(
     output: Path = typer.Argument(..., help="Dataset folder, or a .mp4 path with --clip."),
     count: int = typer.Option(100, "--count", "-n", help="Scenes to write (dataset mode)."),
-    size: str = typer.Option("384x512", help="HEIGHTxWIDTH of the frames."),
+    size: str = typer.Option(
+        "384x512", help="HEIGHTxWIDTH of the frames (--clip videos pad odd sizes to even, as H.264 needs)."
+    ),
     seed: int = typer.Option(0, help="Scene i uses seed (seed, i): the same command writes the same data."),
     stereo: bool = typer.Option(False, help="Purely horizontal motion: img1 = left, img2 = right, disparity = -u."),
     frames: int = typer.Option(2, help="Frames per scene: 2, or 3 for triplets (constant motion)."),
@@ -50,8 +53,7 @@ def synth(
     """
     import torch
 
-    from flowcli.errors import FlowcliError
-    from flowcli.io.atomic import check_writable
+    from flowcli.errors import FlowcliError, OutputError
     from flowcli.io.flow_formats import write_flo, write_png
     from flowcli.io.media import VideoWriter
     from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
@@ -73,6 +75,9 @@ def synth(
         raise FlowcliError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
     if not 0 < min_exposure <= 1:
         raise FlowcliError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise OutputError(f"--fps must be a positive number of frames per second, e.g. 12; got {fps:g}")
+    _check_output(output, clip, overwrite)
     bank = TextureBank.from_paths(list(textures)) if textures else None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
@@ -82,15 +87,20 @@ def synth(
         return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
 
     if clip:
-        check_writable(output, overwrite)
         sample = generate_sample(cfg, torch.Generator().manual_seed(seed), bank)
         with VideoWriter(output, fps=fps, overwrite=overwrite) as writer:
             for image in sample.images:
                 writer.write(to_uint8(image))
-        stderr.print(f"wrote {output} ({frames} frames, {width}x{height}, {fps:g} fps)")
+        # VideoWriter pads odd sizes by a black row/column: report what the file holds
+        padded = f", padded from --size {height}x{width} as H.264 needs even sizes" if width % 2 or height % 2 else ""
+        size_written = f"{width + width % 2} wide x {height + height % 2} high"
+        stderr.print(f"wrote {output} ({frames} frames, {size_written}{padded}, {fps:g} fps)")
         return
 
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create dataset folder {output}: {error.strerror}; choose another") from None
     started = time.time()
     with progress(quiet) as bar:
         task = bar.add_task("rendering", total=count, info="")
@@ -111,6 +121,20 @@ def synth(
                 "textures": [str(t) for t in textures or []], "scenes_per_second": round(rate, 2)}
     (output / "synth.json").write_text(json.dumps(settings, indent=2))
     stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
+
+
+def _check_output(output: Path, clip: bool, overwrite: bool) -> None:
+    """Fail before rendering when OUTPUT cannot be written: a folder for --clip, a file for a dataset."""
+    from flowcli.errors import OutputError
+    from flowcli.io.atomic import check_writable
+
+    if clip:
+        check_writable(output, overwrite)  # refuses a folder even with --overwrite
+        return
+    if output.exists() and not output.is_dir():
+        raise OutputError(
+            f"{output} is a file, not a folder; give a folder for the dataset (or a .mp4 path with --clip)"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -312,10 +312,10 @@ def verify_command(
         _stdout().print(table)
     failed = [f"{model}/{file} ({status})" for model, file, status in rows if status in _FAILED]
     if failed:
-        raise WeightsError(
-            f"{len(failed)} file(s) failed verification: {', '.join(failed)}; "
-            "`flowcli weights download NAME` fetches them again"
-        )
+        fix = "`flowcli weights download NAME` fetches corrupt ones again"
+        if any(status == registry.MISSING for _, _, status in rows):
+            fix = "reinstall flowcli for missing bundled files; " + fix
+        raise WeightsError(f"{len(failed)} file(s) failed verification: {', '.join(failed)}; {fix}")
 
 
 def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str) -> dict:
@@ -343,6 +343,30 @@ def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str) 
         "training": training,
         "metrics": metrics,
     }
+
+
+def _check_checkpoint_file(file: Path, what_to_do: str) -> None:
+    if file.is_dir():
+        raise WeightsError(f"{file} is a folder, not a checkpoint file; {what_to_do}")
+    if not file.is_file():
+        raise WeightsError(f"{file} does not exist; {what_to_do}")
+
+
+def _read_registry_for_push(path: Path) -> dict:
+    """The registry JSON that `push --registry` adds to ({"models": {}} if absent), checked before any upload."""
+    from flowcli.io.atomic import check_writable
+
+    check_writable(path, overwrite=True)  # not a folder; its folder can be made and written
+    if not path.exists():
+        return {"models": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path} is not valid JSON (line {error.lineno}); fix or remove it") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise WeightsError(f"cannot read registry {path} ({error}); fix it or choose another --registry") from None
+    registry._check_registry(data, path)
+    return data
 
 
 def _hub_error(error: Exception, repo: str, endpoint: str) -> WeightsError:
@@ -381,9 +405,8 @@ def average_command(
     from flowcli.io.atomic import check_writable
 
     for file in files:
-        if not file.is_file():
-            raise WeightsError(f"{file} does not exist; give flowcli .safetensors checkpoints to average")
-    check_writable(output, overwrite)  # before loading anything
+        _check_checkpoint_file(file, "give flowcli .safetensors checkpoints to average")
+    check_writable(output, overwrite)  # before loading anything; refuses a folder even with --overwrite
     try:
         weights = [float(v) for v in mix.split(",")] if mix else None
     except ValueError:
@@ -427,14 +450,15 @@ def push_command(
 
     from flowcli.checkpoint import read_metadata
 
-    if not file.is_file():
-        raise WeightsError(f"{file} does not exist; give the .safetensors file to publish")
+    _check_checkpoint_file(file, "give the .safetensors file to publish")
     metadata = read_metadata(file)  # refuses anything that is not a flowcli checkpoint
     parts = repo.split("/")
     if len(parts) != 2 or not all(parts):
         raise WeightsError(f"--repo {repo!r} is not OWNER/NAME")
     path_in_repo = path_in_repo or file.name
     name = name or parts[1]
+    # read and check the registry before uploading, so a bad one stops the push instead of failing after it
+    registry_data = _read_registry_for_push(registry_file) if registry_file is not None else None
 
     from huggingface_hub import HfApi
 
@@ -454,18 +478,9 @@ def push_command(
     if registry_file is not None:
         from flowcli.io.atomic import atomic_path
 
-        data = {"models": {}}
-        if registry_file.exists():
-            try:
-                data = json.loads(registry_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise WeightsError(
-                    f"{registry_file} is not valid JSON (line {error.lineno}); fix or remove it"
-                ) from None
-        data.setdefault("models", {})[name] = entry
-        registry._check_registry(data, registry_file)
+        registry_data["models"][name] = entry
         with atomic_path(registry_file, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(registry_data, indent=2) + "\n", encoding="utf-8")
     if json_output:
         _echo_json({"source": source, "commit": oid, "name": name, "entry": entry,
                     "registry": str(registry_file) if registry_file else None})
