@@ -646,3 +646,18 @@ def test_disparity_png_of_one_pixel_tall_or_wide_maps(tmp_path):
             assert read_disparity_png(tmp_path / "v.png")[0].shape == shape
     with pytest.raises(ValueError, match="one-channel map"):
         write_disparity_png(tmp_path / "bad.png", np.ones((2, 3, 4)))
+
+
+def test_outputs_get_the_usual_permissions_even_when_the_writer_recreates_the_file(tmp_path):
+    """safetensors recreates its file 0600; a checkpoint must be as readable as any other output."""
+    import os
+
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models import FlowNet, FlowNetConfig
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(FlowNet(FlowNetConfig()), tmp_path / "model.safetensors")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -43,9 +43,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) recreate the file 0600: give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
