@@ -215,3 +215,82 @@ def test_videos_and_folders_mix_and_videos_are_cached(tmp_path):
     assert frames.shape == (2, 3, 64, 96) and float(frames[1].mean()) > float(frames[0].mean()) + 0.2
     assert len(list(cache.glob("clip-*.u8"))) == 1
     assert scan_footage([video], cache_dir=cache).sequences[0].video_cache == footage.sequences[0].video_cache
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if the footage is scanned: option errors must come before any decoding."""
+    from flowcli.adapt import trainer
+
+    def scan(*args, **kwargs):
+        raise AssertionError("the footage was scanned before the options were checked")
+
+    monkeypatch.setattr(trainer, "scan_footage", scan)
+
+
+_TINY = ("--steps", 2, "--crop", "64x64", "--batch-size", 1)
+
+
+def test_loss_and_transform_values_of_the_wrong_type_are_refused_up_front(tmp_path, base, no_decoding):
+    from flowcli.adapt.losses import LossWeights
+    from flowcli.cli.adapt import _parse_settings
+
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    for option, setting, expected in (
+        ("--loss", "census=abc", "census must be a number, e.g. --loss census=1.0"),
+        ("--loss", "census_patch=7.5", "census_patch must be a whole number"),
+        ("--loss", "scales=0,x", "scales must be whole numbers separated by commas"),
+        ("--loss", "zero_vertical=maybe", "zero_vertical must be true or false"),
+        ("--transform", "colour=abc", "colour must be a number, e.g. --transform colour=0.5"),
+        ("--transform", "zoom=1", "zoom must be 2 numbers separated by commas, e.g. --transform zoom=0.8,1.25"),
+    ):
+        code, message = _cli(folder, "-o", out, "-w", base, *_TINY, option, setting)
+        assert code == 2 and message.startswith(f"{option} '{setting}': ") and expected in message, message
+    assert not out.exists() and not (tmp_path / "m.adapt").exists()
+    settings = _parse_settings(["scales=2", "zero-vertical=yes", "census=0"], "--loss", LossWeights)
+    assert settings == {"scales": (2,), "zero_vertical": True, "census": 0.0}
+    with pytest.raises(ValueError, match="census must be a number"):
+        LossWeights(census="abc")  # the Python API checks too, before a run starts
+
+
+def test_max_frames_caps_each_sequence_and_must_be_positive(tmp_path, base, no_decoding):
+    import torch
+
+    from flowcli.cli import adapt as adapt_cli
+    from flowcli.io.media import VideoWriter
+
+    for scene in ("a", "b"):
+        _frames(tmp_path / "scenes" / scene, 4)
+    footage = scan_footage([tmp_path / "scenes"], max_frames=2)
+    assert [len(seq) for seq in footage.sequences] == [2, 2]  # per sequence, as the help says
+    app = typer.Typer()
+    adapt_cli.register(app)
+    params = {p.name: p for p in typer.main.get_command(app).params}
+    assert "of each sequence" in params["max_frames"].help
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for i in range(3):
+            writer.write(torch.full((3, 64, 96), 0.2 + 0.2 * i))
+    for source, value in ((tmp_path / "scenes", -1), (tmp_path / "scenes", 0), (video, -1)):
+        code, message = _cli(source, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--max-frames", value)
+        assert code == 2 and f"--max-frames must be at least 1, got {value}" in message, message
+
+
+def test_too_small_crop_is_named_with_the_minimum(tmp_path, base, no_decoding):
+    folder = _frames(tmp_path / "shot", 3)
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, "--steps", 2, "--crop", "10x10")
+    assert code == 2 and "--crop 10x10 is too small" in message and "at least 64x64" in message, message
+    assert "frames" not in message
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, "--steps", 2, "--crop", "64x63")
+    assert code == 2 and "--crop 64x63 is too small" in message
+
+
+def test_stage1_fraction_outside_zero_to_one_is_refused(tmp_path, base, no_decoding):
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    for value in (2, -1, 1.5):
+        code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--stage1-fraction", value)
+        assert code == 2 and "--stage1-fraction must be in [0, 1]" in message and f"got {value:g}" in message
+    code, message = _cli(folder, "-o", out, "-w", base, "--distill-only", "--stage1-fraction", 2)
+    assert code == 2 and "--distill-only skips stage 1" in message

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from flowcli.adapt.settings import check_fields
 from flowcli.inference import forward_backward_occlusion, range_map_occlusion
 from flowcli.models.pwc import FlowOutput
 from flowcli.ops.warp import backward_warp, out_of_frame
@@ -64,9 +65,9 @@ class LossWeights:
     anchor: float = 0.0  # supervised term on synthetic scenes with exact flow (0 = off; see anchor_loss)
 
     def __post_init__(self):
-        self.scales = tuple(int(s) for s in self.scales)
         if isinstance(self.occlusion, bool):  # recipes and checkpoints written before the choice existed
             self.occlusion = "fb" if self.occlusion else "none"
+        check_fields(self)
         if self.occlusion not in OCCLUSION_METHODS:
             raise ValueError(f"occlusion must be one of {', '.join(OCCLUSION_METHODS)}, got {self.occlusion!r}")
 

@@ -98,7 +98,7 @@ class AdaptConfig:
     teacher_flip: bool = False  # add flipped-input predictions to the ensemble
     teacher_scales: tuple[float, ...] = (1.0,)  # input sizes the teachers run at (2.0: frames upsampled 2x)
     teacher_margin: int = 64  # the teacher's window extends this far beyond the student's crop
-    max_frames: int | None = None  # per source
+    max_frames: int | None = None  # the first N of each sequence (video, folder's own images, glob)
     losses: dict = field(default_factory=dict)  # LossWeights overrides
     transforms: dict = field(default_factory=dict)  # TransformConfig overrides
     # Synthetic replay, on when losses["anchor"] > 0: pairs of flowcli synth scenes per step, textured
@@ -508,6 +508,21 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
         raise InputError("--step and --batch-size must be at least 1")
     if not 0 <= cfg.val_fraction < 1:
         raise InputError("--val-fraction must be in [0, 1)")
+    if cfg.max_frames is not None and cfg.max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {cfg.max_frames}; leave it out to use every frame")
+    if cfg.stage1_fraction is not None and not 0 <= cfg.stage1_fraction <= 1:
+        raise InputError(
+            f"--stage1-fraction must be in [0, 1] (a share of the budget), got {cfg.stage1_fraction:g}; "
+            "0 skips the photometric stage, --no-distill skips distillation"
+        )
+    for option, config, settings in (
+        ("--loss", LossWeights, cfg.losses),
+        ("--transform", TransformConfig, cfg.transforms),
+    ):
+        try:
+            config(**settings)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{option}: {error}") from None
     if cfg.steps is None and cfg.minutes is None:
         cfg.steps = DEFAULT_STEPS
     output = Path(cfg.output)
@@ -539,6 +554,17 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     started = clock()
 
+    # the model first: its size multiple bounds --crop, and a bad crop is refused before any footage is decoded
+    base_spec = cfg.weights or DEFAULT_MODEL
+    base_path = resolve(base_spec, offline=cfg.offline)
+    model = load_model(base_spec, device=device, offline=cfg.offline)
+    multiple = model.config.size_multiple
+    if min(cfg.crop) < multiple:
+        raise InputError(
+            f"--crop {cfg.crop[0]}x{cfg.crop[1]} is too small: this model needs at least {multiple}x{multiple} "
+            f"(HEIGHTxWIDTH, rounded down to multiples of {multiple})"
+        )
+
     length = cfg.tuple_length
     if not ctx.main:
         _barrier(ctx)  # rank 0 scans first: it decodes videos into the shared cache
@@ -561,10 +587,6 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         held = train
     heldout = _evenly(held, cfg.max_val)
 
-    base_spec = cfg.weights or DEFAULT_MODEL
-    base_path = resolve(base_spec, offline=cfg.offline)
-    model = load_model(base_spec, device=device, offline=cfg.offline)
-    multiple = model.config.size_multiple
     min_h, min_w = footage.min_size()
     crop = (_floor_to(min(cfg.crop[0], min_h), multiple), _floor_to(min(cfg.crop[1], min_w), multiple))
     if crop[0] < multiple or crop[1] < multiple:

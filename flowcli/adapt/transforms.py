@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from flowcli.adapt.settings import check_fields
 from flowcli.adapt.superpixels import slic
 from flowcli.ops.warp import backward_warp, out_of_frame, pixel_grid
 
@@ -37,8 +38,7 @@ class TransformConfig:
     superpixel_fraction: tuple[float, float] = (0.02, 0.1)
 
     def __post_init__(self):
-        self.zoom = tuple(float(v) for v in self.zoom)
-        self.superpixel_fraction = tuple(float(v) for v in self.superpixel_fraction)
+        check_fields(self)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:

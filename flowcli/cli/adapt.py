@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowcli.errors import FlowcliError, InputError
+from flowcli.errors import InputError
 
 _HELP_PARAGRAPHS = [
     "Fine-tune a flow model on your own footage, without labels, and write the adapted checkpoint.",
@@ -53,32 +53,24 @@ def _parse_crop(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _parse_value(text: str):
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if "," in text:
-        return tuple(_parse_value(v) for v in text.split(",") if v.strip())
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _parse_settings(items: list[str] | None, option: str, config: type) -> dict:
+    """KEY=VALUE settings of `config` (LossWeights or TransformConfig), each value converted to its field's type."""
+    from flowcli.adapt.settings import as_text, convert, expected, field_types
 
-
-def _parse_settings(items: list[str] | None, option: str, allowed: set[str]) -> dict:
+    types = field_types(config)
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in allowed:
-            raise InputError(f"{option} {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed))}")
-        out[key] = _parse_value(value)
+        if not sep or key not in types:
+            raise InputError(f"{option} {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
+        try:
+            out[key] = convert(value, types[key])
+        except ValueError:
+            example = as_text(getattr(config(), key))
+            raise InputError(
+                f"{option} {item!r}: {key} must be {expected(types[key])}, e.g. {option} {key}={example}"
+            ) from None
     return out
 
 
@@ -148,7 +140,8 @@ def adapt_command(
         Optional[int],
         typer.Option(
             "--max-frames",
-            help="Use at most N frames (pairs with --stereo) per source.",
+            help="Use the first N frames (pairs with --stereo) of each sequence: of each video, each folder's own "
+            "images, each glob.",
             rich_help_panel=_DATA,
             show_default=False,
         ),
@@ -294,8 +287,6 @@ def adapt_command(
     ] = False,
 ) -> None:
     stdout = sys.stdout
-    from dataclasses import fields
-
     from flowcli.adapt.losses import LossWeights
     from flowcli.adapt.transforms import TransformConfig
 
@@ -303,7 +294,7 @@ def adapt_command(
         raise InputError(f"--vertical must be 'penalty' or 'zero', got {vertical!r}")
     if precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-    losses = _parse_settings(loss, "--loss", {f.name for f in fields(LossWeights)})
+    losses = _parse_settings(loss, "--loss", LossWeights)
     if distill_only:
         if stereo or not distill:
             raise InputError("--distill-only needs the distillation stage: drop --no-distill / --stereo")
@@ -317,12 +308,7 @@ def adapt_command(
         if anchor < 0:
             raise InputError(f"--anchor must be 0 or more, got {anchor:g}")
         losses["anchor"] = anchor
-    transforms = _parse_settings(transform, "--transform", {f.name for f in fields(TransformConfig)})
-    for option, settings, config in (("--loss", losses, LossWeights), ("--transform", transforms, TransformConfig)):
-        try:
-            config(**settings)
-        except (TypeError, ValueError) as error:
-            raise InputError(f"{option}: {error}") from None
+    transforms = _parse_settings(transform, "--transform", TransformConfig)
 
     from flowcli.adapt.trainer import AdaptConfig, adapt
 
@@ -335,10 +321,7 @@ def adapt_command(
         gt=list(gt or []), device=device, precision=precision, workers=workers, overwrite=overwrite,
         offline=offline, keep_state=keep_state, restart=restart,
     )  # fmt: skip
-    try:
-        result = adapt(cfg, quiet=quiet)
-    except ValueError as error:  # a loss / transform setting of the wrong type
-        raise FlowcliError(f"invalid setting: {error}") from None
+    result = adapt(cfg, quiet=quiet)
     if "heldout" not in result:  # not the main process of a multi-GPU run
         return
     if json_output:
