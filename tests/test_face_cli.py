@@ -104,11 +104,18 @@ def test_image_outputs_grayscale_and_two_faces(tmp_path, cli):
 def test_video(tmp_path, cli):
     import imageio.v3 as iio
 
+    from flowcli.face.writers import read_obj
+
     out = tmp_path / "out"
-    run = cli(["face", "fit", FACE / "video" / "obama.mp4", "-o", out, "--json", "--max-frames", "4", "-q"])
+    video = FACE / "video" / "obama.mp4"
+    run = cli(["face", "fit", video, "-o", out, "--json", "--max-frames", "4", "--mesh-space", "image", "-q"])
     assert run.exit_code == 0, run.output
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert [r["frame"] for r in records] == list(range(4)) and all(r["status"] == "ok" for r in records)
+    assert all(r["outputs"]["overlay"] == str(out / "obama.overlay.mp4") for r in records)
+    assert all(Path(p).is_file() for p in records[0]["outputs"].values())
+    mesh = read_obj(out / "obama.obj")["vertices"]  # image space: pixels of the 1280x720 frame, not cm
+    assert mesh[:, 0].min() > 0 and mesh[:, 0].max() < 1280 and np.ptp(mesh[:, 0]) > 100
     assert np.load(out / "obama.landmarks68.npy").shape == (4, 68, 2)
     assert len((out / "obama.blendshapes.csv").read_text().splitlines()) == 5
     assert iio.imread(out / "obama.overlay.mp4").shape[:3] == (4, 720, 1280)
@@ -133,3 +140,78 @@ def test_bad_inputs_exit_codes(tmp_path, cache):
     lines = run.stderr.strip().splitlines()
     assert "Traceback" not in run.stderr and all(line.startswith("error:") for line in lines)
     assert "no face found" in lines[0] and "at least 64 px" in lines[1] and "2 of 2 inputs failed" in lines[2]
+
+
+def test_same_names_and_folders(tmp_path, cli):
+    """Inputs that share a name keep their own results; a folder stands for its images in natural order."""
+    import imageio.v3 as iio
+
+    from flowcli.cli.face import _unique_stems
+
+    paths = [Path("a/X.jpg"), Path("b/x.png"), Path("two.face2.jpg"), Path("two.jpg")]  # ignoring case, as macOS
+    assert _unique_stems(paths, max_faces=2) == ["X", "x-2", "two.face2", "two-2"]
+    image, other = iio.imread(IMAGE), iio.imread(FACE / "aflw2000-3d" / "image00251.jpg")
+    for name, picture in (("d1/x.jpg", image), ("d2/x.jpg", image[:, ::-1]), ("x-2.jpg", other)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        iio.imwrite(tmp_path / name, picture)
+    out, fast = tmp_path / "out", ["--no-overlay", "--mesh-format", "none", "--json", "-q"]
+    run = cli(["face", "fit", tmp_path / "d1/x.jpg", tmp_path / "d2/x.jpg", tmp_path / "x-2.jpg", "-o", out, *fast])
+    assert run.exit_code == 0, run.output
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [Path(r["outputs"]["pose"]).name for r in records] == ["x.pose.json", "x-3.pose.json", "x-2.pose.json"]
+    for record in records:  # each photo's results are its own, none overwritten by another's
+        assert json.loads(Path(record["outputs"]["pose"]).read_text())["input"] == record["input"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    iio.imwrite(folder / "img10.jpg", image)
+    iio.imwrite(folder / "img2.png", image)
+    (folder / "notes.txt").write_text("not a picture")
+    run = cli(["face", "fit", folder, "-o", tmp_path / "out2", *fast])
+    assert run.exit_code == 0, run.output
+    assert [Path(json.loads(line)["input"]).name for line in run.stdout.splitlines()] == ["img2.png", "img10.jpg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = cli(["face", "fit", empty, "-o", tmp_path / "out3"])
+    assert run.exception.exit_code == 2 and "holds no images" in str(run.exception)
+
+
+def test_image_layouts_fit(tmp_path, cli):
+    """Gray + alpha, CMYK and an EXIF-rotated copy of a frontal face all fit, upright."""
+    from PIL import Image
+
+    picture = Image.open(IMAGE)
+    picture.convert("LA").save(tmp_path / "la.png")
+    picture.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, shown upright
+    picture.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    inputs = [IMAGE, tmp_path / "la.png", tmp_path / "cmyk.jpg", tmp_path / "rotated.jpg"]
+    run = cli(["face", "fit", *inputs, "-o", tmp_path / "out", "--no-overlay", "--mesh-format", "none", "--json", "-q"])
+    assert run.exit_code == 0, run.output
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["ok"] * 4
+    for record in records[1:]:
+        assert abs(record["roll"] - records[0]["roll"]) < 3 and abs(record["yaw"] - records[0]["yaw"]) < 3
+
+
+def test_bad_face_models(tmp_path, cli):
+    """An incomplete OBJ folder, an empty model and a picture given as a model: one line, exit 2 or 4."""
+    from flowcli.errors import WeightsError
+
+    neutral = tmp_path / "neutral"
+    neutral.mkdir()
+    (neutral / "generic_neutral_mesh.obj").symlink_to(FACE / "ict-facekit" / "FaceXModel" / "generic_neutral_mesh.obj")
+    run = cli(["face", "convert", neutral, "-o", tmp_path / "m.npz"])
+    assert run.exception.exit_code == 2
+    assert "no identity modes" in str(run.exception) and "no expression" in str(run.exception)
+    assert not (tmp_path / "m.npz").exists()
+    with np.load(FACE / "ict-facekit" / "ict_face_region.npz") as data:
+        mean, names = data["mean"], data["exp_names"]
+    empty = np.zeros((0, *mean.shape))
+    np.savez(tmp_path / "empty.npz", mean=mean, id=empty, exp=empty, exp_names=names[:0])
+    models = [(tmp_path / "empty.npz", "no identity modes"), (IMAGE, "not a face model .npz"), (neutral, "no identity")]
+    for model, message in models:
+        run = cli(["face", "fit", IMAGE, "--face-model", model, "-o", tmp_path / "out", "-q"])
+        assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
+        assert message in str(run.exception) and "\n" not in str(run.exception)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowcli.errors import InputError
+from flowcli.errors import WeightsError
 
 FACE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "face"
 ICT = FACE / "ict-facekit"
@@ -73,7 +73,7 @@ def test_user_model_loader(tmp_path, reference, model):
     assert mine.id_basis.shape[0] == 10 and mine.triangles.shape == model.triangles.shape
     broken = tmp_path / "broken.npz"
     np.savez(broken, mean=reference["mean"])
-    with pytest.raises(InputError, match="lacks id, exp, exp_names"):
+    with pytest.raises(WeightsError, match="lacks id, exp, exp_names"):
         load_face_model(broken)
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(WeightsError, match="not found"):
         load_face_model(tmp_path / "missing.npz")

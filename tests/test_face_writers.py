@@ -1,4 +1,5 @@
-"""Mesh and result writers: what is written reads back; nothing is overwritten without permission."""
+"""Mesh and result writers: what is written reads back; nothing is overwritten without permission.
+Also the image reader: every stored layout comes back as upright 8-bit RGB."""
 
 import json
 
@@ -66,3 +67,24 @@ def test_tables_and_arrays(tmp_path):
     video.close()
     frames = iio.imread(tmp_path / "o.mp4")
     assert frames.shape[0] == 3 and frames.shape[1:3] == (32, 34)
+
+
+def test_read_image_layouts(tmp_path):
+    """Gray + alpha, CMYK JPEG (K is not alpha) and EXIF-rotated photos read as the picture a viewer shows."""
+    from PIL import Image
+
+    from flowcli.face.media import read_image
+
+    y, x = np.mgrid[0:96, 0:128]
+    rgb = np.stack([x * 2, y * 2, 255 - x - y], -1).astype(np.uint8)  # no symmetry: a rotation shows
+    picture = Image.fromarray(rgb)
+    picture.convert("LA").save(tmp_path / "la.png")
+    gray = read_image(tmp_path / "la.png")
+    assert gray.shape == (96, 128, 3) and (gray == np.asarray(picture.convert("L"))[:, :, None]).all()
+    picture.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    assert np.abs(read_image(tmp_path / "cmyk.jpg").astype(int) - rgb).mean() < 4
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    picture.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    upright = read_image(tmp_path / "rotated.jpg")
+    assert upright.shape == rgb.shape and np.abs(upright.astype(int) - rgb).mean() < 4

@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
 
 
 def fit_command(
-    inputs: List[Path] = typer.Argument(..., help="Images and/or videos (.mp4, .mov, .avi, ...)."),
+    inputs: List[Path] = typer.Argument(
+        ..., help="Images and/or videos (.mp4, .mov, .avi, ...), or folders of them (natural order)."
+    ),
     output: Path = typer.Option(Path("face-output"), "-o", "--output", help="Folder for the results."),
     face_assets: Optional[Path] = typer.Option(
         None,
@@ -81,26 +83,24 @@ def fit_command(
 
     if mesh_space not in ("model", "image"):
         raise InputError("--mesh-space must be 'model' or 'image'")
-    for path in inputs:
-        if not path.exists():
-            raise InputError(f"{path} not found")
+    inputs = _expand_inputs(inputs)
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
     )
     job = FaceJob(None, Path(output), settings, json_lines)
-    stems = _unique_stems(inputs)
-    for path in inputs:  # fail before any work if an output exists
-        job.check_outputs(stems[path], video=is_video(path), faces=1 if is_video(path) else max_faces)
+    stems = _unique_stems(inputs, max_faces)
+    for path, stem in zip(inputs, stems):  # fail before any work if an output exists
+        job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
     torch.set_num_threads(1)  # many tiny solves: threads only add contention
     job.set_pipeline(FacePipeline(FaceAssets.locate(face_assets), face_model=face_model))
     failures = []
     with progress(quiet) as bar:
-        for path in inputs:
+        for path, stem in zip(inputs, stems):
             try:
                 if is_video(path):
-                    job.video(path, stems[path], bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
+                    job.video(path, stem, bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
                 else:
-                    job.image(path, stems[path], max_faces, warn)
+                    job.image(path, stem, max_faces, warn)
             except FlowcliError as error:
                 if len(inputs) == 1:
                     raise
@@ -138,12 +138,45 @@ def convert_command(
     )
 
 
-def _unique_stems(paths: list[Path]) -> dict[Path, str]:
-    stems, seen = {}, {}
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given, folders replaced by their images and videos; a file given twice is fitted once."""
+    from flowcli.face.media import IMAGE_SUFFIXES, media_in_folder
+
+    files = []
+    for path in inputs:
+        if path.is_dir():
+            found = media_in_folder(path)
+            if not found:
+                raise InputError(f"{path} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}) or videos")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputError(f"{path} not found; check the path")
+    unique = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def _unique_stems(paths: list[Path], max_faces: int = 1) -> list[str]:
+    """One output stem per input, none of whose output names another input also wants, ignoring case
+    (macOS, Windows): d1/x.jpg, d2/x.jpg, x-2.jpg -> x, x-3, x-2. Extra faces of an image take NAME.face2..."""
+    from flowcli.face.media import is_video
+
+    def names(stem: str, path: Path) -> set[str]:
+        faces = 1 if is_video(path) else max_faces
+        return {(stem if k == 1 else f"{stem}.face{k}").casefold() for k in range(1, faces + 1)}
+
+    wanted = set().union(*(names(p.stem, p) for p in paths))
+    used, stems = set(), []
     for path in paths:
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems[path] = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        stem, n = path.stem, 1
+        while names(stem, path) & used or (n > 1 and names(stem, path) & wanted):
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used |= names(stem, path)
+        stems.append(stem)
     return stems
 
 
@@ -361,10 +394,14 @@ class FaceJob:
         out = self.outputs(stem, video=True)
         present = [f for f in fits if f is not None]
         identity = np.mean([f.id_coeffs for f in present], 0)
-        neutral = self.model.vertices(identity, None)
+        if self.s["mesh_space"] == "model":
+            mesh = self.model.vertices(identity, None)
+        else:  # pixels exist only per frame: the first frame with a face, as fitted there
+            mesh = self.pipeline.fitter.vertices_image(present[0])
         for key in ("mesh_obj", "mesh_ply"):
             if key in out:
-                writers.write_mesh(out[key], neutral, self.model, overwrite=ow)
+                writers.write_mesh(out[key], mesh, self.model, overwrite=ow)
+        paths = {key: str(p) for key, p in out.items()}
         lm68 = np.full((frames_total, 68, 2), np.nan)
         lm468 = np.full((frames_total, 468, 3), np.nan)
         poses, rows, blend = [], [], []
@@ -382,7 +419,7 @@ class FaceJob:
                     poses.append({"frame": t, "status": "no_face"})
                     rows.append((t, None))
                     blend.append({"frame": t, "status": "no_face"})
-                    self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face"})
+                    self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face", "outputs": paths})
                     if writer:
                         writer.append(frame)
                     continue
@@ -400,6 +437,7 @@ class FaceJob:
                         "face": 1,
                         "status": "ok",
                         **{k: pose[k] for k in ("yaw", "pitch", "roll", "scale")},
+                        "outputs": paths,
                     }
                 )
                 if writer:

@@ -129,7 +129,10 @@ def load_face_model_arrays(path: Path) -> dict:
 def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:
     """`--face-model PATH`: a compact or bare .npz (mean, id, exp, exp_names), or a folder of ICT-style OBJs."""
     if path.is_dir():
-        arrays = convert_ict(path)
+        try:
+            arrays = convert_ict(path)
+        except InputError as error:  # for `fit`, the OBJ folder is a model, not an input
+            raise WeightsError(str(error)) from None
         cached = cache_dir() / f"user_compact-{_fingerprint(sorted(path.glob('*.obj')))}.npz"
         if not cached.is_file():
             build_compact(arrays, path / "generic_neutral_mesh.obj", cached, source=str(path))

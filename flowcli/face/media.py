@@ -9,6 +9,7 @@ import numpy as np
 from flowcli.errors import InputError
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 MIN_SIDE = 64  # smaller images cannot hold a face the detector finds
 
 
@@ -16,10 +17,22 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+def media_in_folder(folder: Path) -> list[Path]:
+    """The images and videos directly in a folder (not hidden), in natural order: frame_2 before frame_10."""
+    from flowcli.io.media import natural_sort_key
+
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in IMAGE_SUFFIXES or is_video(p))
+    ]
+    return sorted(found, key=natural_sort_key)
+
+
 def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Any decoded image -> H x W x 3 uint8 RGB: grayscale is replicated, alpha dropped, 16-bit scaled."""
     a = np.asarray(image)
-    if a.ndim == 3 and a.shape[2] == 1:
+    if a.ndim == 3 and a.shape[2] in (1, 2):  # grayscale, grayscale + alpha
         a = a[:, :, 0]
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
@@ -45,20 +58,15 @@ def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    import imageio.v3 as iio
-
+    """An image file -> H x W x 3 uint8 RGB, upright as viewers show it (EXIF orientation applied)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image; give an image file")
     if not path.is_file():
         raise InputError(f"{path} not found")
-    try:
-        image = iio.imread(path)
-    except Exception as error:  # imageio raises many kinds for undecodable files
-        raise InputError(
-            f"cannot read {path} as an image: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from None
-    if image.ndim == 4:  # animated formats: the first frame
-        image = image[0]
-    return as_rgb8(image, path.name)
+    from flowcli.io.media import read_image_array  # applies EXIF orientation, converts CMYK and the like to RGB
+
+    return as_rgb8(read_image_array(path), path.name)
 
 
 class VideoReader:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowcli.errors import InputError
+from flowcli.errors import InputError, WeightsError
 
 FACE_VERTICES = 9409  # ICT-FaceKit: the face region is the first 9,409 vertices (polygons [0:9229])
 FACE_POLYGONS = 9230
@@ -259,15 +259,24 @@ def convert_ict(folder: str | Path, num_vertices: int = FACE_VERTICES) -> dict[s
     neutral_path = folder / "generic_neutral_mesh.obj"
     if not neutral_path.is_file():
         raise InputError(f"{folder} has no generic_neutral_mesh.obj; point at ICT-FaceKit's FaceXModel folder")
-    neutral = read_obj_vertices(neutral_path)
     identity, expressions = [], []
     for path in sorted(folder.glob("*.obj")):
         if path.name == neutral_path.name:
             continue
         match = re.fullmatch(r"identity(\d+)", path.stem)
         (identity if match else expressions).append((int(match.group(1)) if match else path.stem, path))
+    missing = []
+    if not identity:
+        missing.append("identity modes (identityNNN.obj)")
+    if not expressions:
+        missing.append("expression blendshapes (jawOpen.obj, ...)")
+    if missing:
+        raise InputError(
+            f"{folder} has no {' and no '.join(missing)}; point at ICT-FaceKit's complete FaceXModel folder"
+        )
     identity.sort()
     expressions.sort()
+    neutral = read_obj_vertices(neutral_path)
 
     def offsets(items):
         out = np.zeros((len(items), num_vertices, 3), np.float32)
@@ -329,35 +338,36 @@ def build_compact(
 
 def load_face_model(path: str | Path, topology_obj: str | Path | None = None) -> FaceModel:
     """Load a compact model file, or a bare {mean, id, exp, exp_names} .npz plus an OBJ that gives its topology."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"face model {path} not found")
+        raise WeightsError(f"face model {path} not found; {_MODEL_HINT}")
+    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle and say so
+        raise WeightsError(f"{path} is not a face model .npz; {_MODEL_HINT}")
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read face model {path}: {error}".splitlines()[0]) from None
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise WeightsError(f"cannot read face model {path}: {error}".splitlines()[0]) from None
     missing = [k for k in ("mean", "id", "exp", "exp_names") if k not in arrays]
     if missing:
-        raise InputError(f"face model {path} lacks {', '.join(missing)}; expected arrays mean, id, exp, exp_names")
+        raise WeightsError(f"face model {path} lacks {', '.join(missing)}; {_MODEL_HINT}")
+    problem = _basis_problem(arrays)
+    if problem:
+        raise WeightsError(f"face model {path}: {problem}; {_MODEL_HINT}")
     mean = arrays["mean"]
-    if (
-        mean.ndim != 2
-        or mean.shape[1] != 3
-        or arrays["id"].shape[1:] != mean.shape
-        or arrays["exp"].shape[1:] != mean.shape
-    ):
-        raise InputError(f"face model {path}: mean must be V x 3 and id, exp K x V x 3 with the same V")
     if "triangles" not in arrays:
         if topology_obj is None:
-            raise InputError(f"face model {path} has no triangles; give an OBJ with its topology")
+            raise WeightsError(f"face model {path} has no triangles; give an OBJ with its topology")
         polys, uv_polys, uvs = read_obj_topology(topology_obj)
         keep = [i for i, p in enumerate(polys) if max(p) < len(mean)]
         tris, uv_tris = triangulate([polys[i] for i in keep], [uv_polys[i] for i in keep])
         arrays.update(triangles=tris, uvs=uvs, uv_triangles=uv_tris)
-    landmarks = arrays.get("landmarks68", np.array(ICT_LANDMARKS_68))
-    if landmarks.max() >= len(mean):
-        raise InputError(f"face model {path}: landmark indices exceed its {len(mean)} vertices")
+    landmarks = arrays.setdefault("landmarks68", np.array(ICT_LANDMARKS_68))
+    problem = _topology_problem(arrays, len(mean))
+    if problem:
+        raise WeightsError(f"face model {path}: {problem}")
     return FaceModel(
         mean=mean.astype(np.float32),
         id_basis=arrays["id"].astype(np.float32),
@@ -371,6 +381,55 @@ def load_face_model(path: str | Path, topology_obj: str | Path | None = None) ->
         jaw_left=arrays.get("jaw_left", np.array(ICT_JAW_LEFT)).astype(np.int64),
         source=str(arrays.get("source", path)),
     )
+
+
+_MODEL_HINT = (
+    "pass --face-model an .npz with mean (V x 3), id (K x V x 3), exp (E x V x 3) and exp_names "
+    "(e.g. written by `flowcli face convert`), or a folder of ICT-FaceKit OBJs"
+)
+
+
+def _numeric(a) -> bool:
+    return isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.number)
+
+
+def _basis_problem(arrays: dict) -> str | None:
+    """What makes mean, id, exp, exp_names unusable (None when they are fine)."""
+    mean, ids, exps = arrays["mean"], arrays["id"], arrays["exp"]
+    if not all(_numeric(a) for a in (mean, ids, exps)):
+        return "mean, id and exp must be numeric arrays"
+    if mean.ndim != 2 or mean.shape[1] != 3 or len(mean) == 0:
+        return f"mean is {mean.shape}, not V x 3"
+    if ids.ndim != 3 or ids.shape[1:] != mean.shape or exps.ndim != 3 or exps.shape[1:] != mean.shape:
+        return f"id {ids.shape} and exp {exps.shape} must be K x V x 3 and E x V x 3 with mean's V = {len(mean)}"
+    if len(ids) == 0:
+        return "it has no identity modes (id is empty)"
+    if len(exps) == 0:
+        return "it has no expression blendshapes (exp is empty)"
+    if np.shape(arrays["exp_names"]) != (len(exps),):
+        return f"exp_names must name its {len(exps)} expressions"
+    if not all(np.isfinite(a).all() for a in (mean, ids, exps)):
+        return "mean, id or exp holds NaN or infinite values"
+    return None
+
+
+def _topology_problem(arrays: dict, num_vertices: int) -> str | None:
+    """What makes the triangles, UVs or landmark indices unusable for a mesh of num_vertices (None if fine)."""
+    tris, uv_tris, uvs = (arrays.get(key) for key in ("triangles", "uv_triangles", "uvs"))
+    if not all(_numeric(a) for a in (tris, uv_tris, uvs)):
+        return "triangles, uvs and uv_triangles must be numeric arrays"
+    if tris.ndim != 2 or tris.shape[1] != 3 or len(tris) == 0 or tris.min() < 0 or tris.max() >= num_vertices:
+        return f"triangles must be F x 3 indices of its {num_vertices} vertices"
+    if uv_tris.shape != tris.shape or uvs.ndim != 2 or uvs.shape[1] != 2 or uv_tris.max() >= len(uvs):
+        return "uvs (T x 2) and uv_triangles (one row per triangle) do not match"
+    for key, count in (("landmarks68", 68), ("jaw_right", None), ("jaw_left", None)):
+        if key in arrays:
+            a = arrays[key]
+            if not _numeric(a) or a.ndim != 1 or count not in (None, len(a)) or len(a) == 0:
+                return f"{key} must be a list of {count or 'some'} vertex indices"
+            if a.min() < 0 or a.max() >= num_vertices:
+                return f"{key} indices exceed its {num_vertices} vertices"
+    return None
 
 
 def vertex_indices(folder: str | Path) -> dict:
