@@ -1,8 +1,13 @@
 """`flowcli train`: a tiny CPU run learns, and an interrupted run resumes bit for bit."""
 
+import json
+
+import pytest
 import torch
+from cli_harness import assert_one_line_error, in_process_cli
 
 from flowcli.checkpoint import load_checkpoint
+from flowcli.errors import FlowcliError
 from flowcli.models.pwc import FlowNet
 from flowcli.train.trainer import TrainConfig, train
 
@@ -203,3 +208,131 @@ def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
     state["config"] = json.dumps(saved, sort_keys=True)
     torch.save(state, tmp_path / "state.pt")
     assert len(train(cfg, quiet=True)["history"]) == 6
+
+
+# ----------------------------------------------------------------------------- `flowcli train`: bad input
+
+# Flags of a run that would be quick if it started (it must not: each of these is refused up front).
+QUICK_FLAGS = ("--size", "64x64", "--batch-size", "1", "--steps", "3", "-q")
+
+
+def tiny_recipe(tmp_path):
+    """A config file of a 2-step run of the tiny model in this process (no data worker), without out_dir."""
+    from dataclasses import asdict
+
+    settings = asdict(tiny_config("unused", 2, batch_size=1))
+    del settings["out_dir"]
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ('{"steps": 3,', ["not valid JSON", "line 1"]),
+        ('{"steps": 3, "bogus": 1}', ['"bogus"', "known keys", "steps"]),
+        ('{"stpes": 3}', ['did you mean "steps"']),
+        ("[1, 2]", ["JSON object"]),
+        ('{"steps": "abc"}', ['"steps"', "positive integer", '"abc"']),
+        ('{"height": 100}', ['"height"', "multiple of 64", "100"]),
+        ('{"model": {"bogus": 1}}', ['"model"', '"bogus"', "pyramid_channels"]),
+        ('{"synth": {"bogus": 1}}', ['"synth"', '"bogus"', "layer_translation"]),
+        ('{"textures": "/some/dir"}', ['"textures"', "list"]),
+    ],
+)
+def test_a_bad_config_file_is_a_one_line_error_naming_the_file_and_the_key(
+    monkeypatch, capsys, tmp_path, text, needles
+):
+    config = tmp_path / "recipe.json"
+    config.write_text(text)
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", config, "-o", tmp_path / "run", *QUICK_FLAGS)
+    assert_one_line_error(code, err, 2, str(config), *needles)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (["--checkpoint-every", "0"], ["--checkpoint-every", "positive"]),
+        (["--batch-size", "0"], ["--batch-size", "positive"]),
+        (["--lr", "-1"], ["--lr", "positive"]),
+        (["--size", "0x64"], ["--size", "multiples of 64"]),
+        (["--size", "abc"], ["--size", "HEIGHTxWIDTH"]),
+        (["--steps", "0"], ["--steps", "positive"]),
+        (["--stop-after", "0"], ["--stop-after", "positive"]),
+        (["--stop-after", "-2"], ["--stop-after", "positive"]),
+        (["-c", "missing.json"], ["missing.json", "does not exist"]),
+    ],
+)
+def test_a_bad_flag_is_a_one_line_input_error_and_writes_nothing(monkeypatch, capsys, tmp_path, flags, needles):
+    monkeypatch.chdir(tmp_path)
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-o", "run", *QUICK_FLAGS, *flags)
+    assert_one_line_error(code, err, 2, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_that_is_a_file_is_a_one_line_output_error(monkeypatch, capsys, tmp_path):
+    taken = tmp_path / "afile"
+    taken.write_text("keep me")
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-o", taken, *QUICK_FLAGS)
+    assert_one_line_error(code, err, 3, str(taken), "is a file")
+    assert taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_bad_textures_are_a_one_line_error_before_any_data_worker_starts(monkeypatch, capsys, tmp_path, kind):
+    textures = tmp_path / "textures"
+    if kind == "corrupt":
+        textures.mkdir()
+        for name in ("a.png", "b.png"):
+            (textures / name).write_bytes(b"not a png at all")
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-o", tmp_path / "run", "--textures", textures, *QUICK_FLAGS)  # 1 data worker by default
+    assert_one_line_error(code, err, 2, "textures", str(textures))
+    assert "DataLoader" not in err
+
+
+def test_textures_loaded_up_front_reach_the_data_worker(tmp_path):
+    from flowcli.io.flow_formats import write_png
+
+    torch.set_num_threads(1)
+    (tmp_path / "textures").mkdir()
+    image = (torch.rand(3, 48, 40) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    write_png(tmp_path / "textures" / "a.png", image)
+    config = tiny_config(tmp_path / "run", 2, textures=[str(tmp_path / "textures")], workers=1)
+    assert train(config, quiet=True)["steps"] == 2
+
+
+def test_a_run_folder_resumes_bit_for_bit_when_spelt_differently_or_moved(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    straight = train(tiny_config("a", 6), quiet=True)["history"]
+    train(tiny_config("b", 6), quiet=True, stop_after=2)
+    train(tiny_config(str(tmp_path / "b") + "/", 6), quiet=True, stop_after=4)
+    (tmp_path / "b").rename(tmp_path / "c")
+    resumed = train(tiny_config("c", 6), quiet=True)["history"]
+    assert [r["total"] for r in resumed] == [r["total"] for r in straight]
+    with pytest.raises(FlowcliError, match="different training config"):  # the settings still count
+        train(tiny_config("c", 6, seed=1), quiet=True)
+
+
+def test_weights_without_a_state_are_not_replaced_without_overwrite(monkeypatch, capsys, tmp_path):
+    recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
+    run = in_process_cli(monkeypatch, capsys, "train")
+    assert run("-c", recipe, "-o", out, "-q")[0] == 0
+    (out / "state.pt").unlink()  # a finished run whose state was cleaned away
+    weights = (out / "last.safetensors").read_bytes()
+    code, _, err = run("-c", recipe, "-o", out, "-q")
+    assert_one_line_error(code, err, 3, str(out / "last.safetensors"), "--overwrite")
+    assert (out / "last.safetensors").read_bytes() == weights
+
+    assert run("-c", recipe, "-o", out, "-q", "--overwrite")[0] == 0
+    code, _, err = run("-c", recipe, "-o", out, "-q", "--lr", "0.0005")  # another config on a resumable run
+    assert_one_line_error(code, err, 3, "different training config", "--overwrite")
+    code, _, err = run("-c", recipe, "-o", out, "-q", "--lr", "0.0005", "--overwrite")
+    assert code == 0 and "replacing" in err
+    assert load_checkpoint(out / "last.safetensors").provenance["steps"] == 2

@@ -8,6 +8,9 @@ import typer
 
 from flowcli.console import stderr
 
+# The flag of each TrainConfig field that is not --field-name.
+_FLAGS = {"out_dir": "--out", "init_weights": "--init"}
+
 
 def train(
     config: Path = typer.Option(None, "--config", "-c", help="JSON recipe (see recipes/); flags override it."),
@@ -26,6 +29,12 @@ def train(
     ),
     stop_after: int = typer.Option(None, help="Stop after this step (the schedule still assumes --steps)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the weights in OUT of a finished run or of another config (a run of the same config, with "
+        "its state.pt, resumes).",
+    ),
 ) -> None:
     """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo).
 
@@ -35,8 +44,8 @@ def train(
 
     Example: flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
     """
-    from flowcli.errors import FlowcliError
-    from flowcli.train.trainer import TrainConfig
+    from flowcli.errors import InputError
+    from flowcli.train.trainer import TrainConfig, setting_problem
     from flowcli.train.trainer import train as run_training
 
     height = width = None
@@ -44,23 +53,21 @@ def train(
         try:
             height, width = (int(v) for v in size.lower().split("x"))
         except ValueError:
-            raise FlowcliError(f"--size {size!r} is not HEIGHTxWIDTH, e.g. 256x320") from None
-        if height % 64 or width % 64:
-            raise FlowcliError(f"--size {size}: height and width must be multiples of 64")
+            raise InputError(f"--size {size!r} is not HEIGHTxWIDTH, e.g. 256x320") from None
+        if min(height, width) <= 0 or height % 64 or width % 64:
+            raise InputError(f"--size {size}: height and width must be positive multiples of 64, e.g. 256x320")
     overrides = dict(
         out_dir=out, steps=steps, batch_size=batch_size, lr=lr, height=height, width=width, seed=seed,
         textures=list(textures) if textures else None, stereo_fraction=stereo_fraction,
         init_weights=init_weights, checkpoint_every=checkpoint_every, ema_decay=ema_decay,
     )
-    if config is not None:
-        if not config.is_file():
-            raise FlowcliError(f"config file {config} does not exist")
-        cfg = TrainConfig.from_file(config, **overrides)
-    else:
-        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-    if cfg.steps <= 0:
-        raise FlowcliError("--steps must be positive")
-    summary = run_training(cfg, quiet=quiet, stop_after=stop_after)
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    for name, value in overrides.items():
+        problem = setting_problem(name, value)
+        if problem:
+            raise InputError(f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {problem}")
+    cfg = TrainConfig.from_file(config, **overrides) if config is not None else TrainConfig(**overrides)
+    summary = run_training(cfg, quiet=quiet, stop_after=stop_after, overwrite=overwrite)
     weights = summary["checkpoint"] + (f" (moving average: {summary['ema_checkpoint']})" if cfg.ema_decay else "")
     stderr.print(f"done: {summary['steps']} steps, weights in {weights}")
 

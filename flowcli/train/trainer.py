@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,11 +19,12 @@ import torch
 
 from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
 from flowcli.console import progress, stderr
-from flowcli.errors import FlowcliError
+from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
 from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 from flowcli.train.losses import supervised_loss
+from flowcli.train.validation import dataclass_problem, value_problem
 
 
 @dataclass
@@ -57,9 +59,104 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
-        data = json.loads(Path(path).read_text())
+        """The config of a JSON file, `overrides` (None: keep the file's) on top; InputError naming the
+        file and the key when the file is unreadable or a setting is unknown or invalid."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"config file {path} does not exist; check the path") from None
+        except IsADirectoryError:
+            raise InputError(f"config file {path} is a folder; give a JSON file such as recipes/*.json") from None
+        except json.JSONDecodeError as error:
+            raise InputError(
+                f"config file {path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read config file {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise InputError(
+                f'config file {path} must hold a JSON object of settings such as {{"steps": 1000}}, '
+                f"not {json.dumps(data)[:40]}"
+            )
+        problem = settings_problem(data)
+        if problem:
+            raise InputError(f"config file {path}: {problem}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+    def check(self) -> None:
+        """InputError if a setting is invalid (the Python API can set anything; files and flags are
+        checked where they are read, with their names)."""
+        problem = settings_problem(asdict(self))
+        if problem:
+            raise InputError(f"training config: {problem}")
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _non_negative(value) -> bool:
+    return value >= 0
+
+
+def _share(value) -> bool:
+    return 0 <= value <= 1
+
+
+_MULTIPLE_OF_64 = (lambda value: value > 0 and value % 64 == 0, "a positive multiple of 64 (e.g. 256)")
+# Each TrainConfig field with a range: (test of a well-typed value, what is expected).
+_RULES = {
+    "out_dir": (bool, "a folder path"),
+    "steps": (_positive, "a positive integer"),
+    "batch_size": (_positive, "a positive integer"),
+    "lr": (_positive, "a positive number (e.g. 0.0004)"),
+    "weight_decay": (_non_negative, "a number >= 0"),
+    "pct_start": (_share, "a share between 0 and 1"),
+    "height": _MULTIPLE_OF_64,
+    "width": _MULTIPLE_OF_64,
+    "checkpoint_every": (_positive, "a positive integer (steps)"),
+    "eval_every": (_non_negative, "an integer >= 0 (0: never)"),
+    "stereo_fraction": (_share, "a share between 0 and 1"),
+    "textures": (None, "a list of folders or videos (strings)"),
+    "clip_grad": (_positive, "a positive number"),
+    "init_weights": (None, "a weights name or path (a string), or null"),
+    "train_only": (None, "a list of parameter-name prefixes (strings)"),
+    "full_resolution": (_non_negative, "a number >= 0"),
+    "ema_decay": (lambda value: 0 <= value < 1, "0 (off) or a decay between 0 and 1 (e.g. 0.999)"),
+    "workers": (_non_negative, "an integer >= 0"),
+}
+# Set by the trainer itself (the stereo share of scenes is `stereo_fraction`).
+_TRAINER_SYNTH_FIELDS = ("height", "width", "stereo")
+
+
+def setting_problem(name: str, value) -> str | None:
+    """What is wrong with one top-level setting ("must be ..., got ..."), or None."""
+    return value_problem(value, typing.get_type_hints(TrainConfig)[name], _RULES.get(name))
+
+
+def settings_problem(data: dict) -> str | None:
+    """The first problem of TrainConfig settings (a config file's, or a config's as a dict), or None."""
+    problem = dataclass_problem(TrainConfig, data, rules=_RULES)
+    if problem:
+        return problem
+    model, synth = data.get("model", {}), data.get("synth", {})
+    problem = dataclass_problem(FlowNetConfig, model, prefix="model.") or dataclass_problem(
+        SynthConfig, synth, prefix="synth.", exclude=_TRAINER_SYNTH_FIELDS
+    )
+    if problem:
+        return problem
+    try:
+        SynthConfig(**synth)
+    except ValueError as error:
+        return f'"synth": {error}'
+    if not data.get("init_weights"):  # with init weights, `model` overrides the checkpoint's config
+        try:
+            FlowNetConfig(**model)
+        except ValueError as error:
+            return f'"model": {error}'
+    return None
 
 
 class SynthStream(torch.utils.data.IterableDataset):
@@ -91,8 +188,9 @@ class SynthStream(torch.utils.data.IterableDataset):
             index += 1
 
 
-def _batches(cfg: TrainConfig, step: int) -> Iterator:
+def _batches(cfg: TrainConfig, step: int, textures: TextureBank | None) -> Iterator:
     stream = SynthStream(cfg, start_index=step * cfg.batch_size)
+    stream.textures = textures
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=cfg.batch_size,
@@ -172,6 +270,40 @@ class WeightEMA:
         self.updates = int(state["updates"])
 
 
+def _load_textures(cfg: TrainConfig) -> TextureBank | None:
+    """The texture images, loaded in this process rather than in the data workers (which inherit or
+    share them), so a missing or unreadable texture is a one-line error, not a worker's traceback."""
+    if not cfg.textures:
+        return None
+    try:
+        return TextureBank.from_paths(cfg.textures)
+    except FlowcliError as error:
+        raise InputError(f"textures: {error}") from None
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """OutputError if `out` is a file, or holds weights without a state to resume (a finished or
+    foreign run) and `overwrite` is off."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a run folder; choose another --out")
+    if overwrite or (out / "state.pt").exists():
+        return
+    for name in ("last.safetensors", "ema.safetensors"):
+        if (out / name).exists():
+            raise OutputError(
+                f"{out / name} already exists and {out} has no state.pt to resume; "
+                "pass --overwrite to replace it or choose another --out"
+            )
+
+
+def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
+    """Whether a saved state was made with `cfg`, wherever its run folder is now or however it is spelt."""
+    saved, current, defaults = json.loads(saved_config), asdict(cfg), field_defaults(TrainConfig)
+    for settings in (saved, current, defaults):
+        settings.pop("out_dir", None)
+    return same_settings(json.dumps(saved), current, defaults)
+
+
 def _schedule(optimizer, cfg: TrainConfig):
     if cfg.steps < 10:  # too short for a warm-up and an annealing phase
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -186,11 +318,24 @@ def train(
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
     quiet: bool = False,
     stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Run (or resume) training; returns a summary. `stop_after` ends early (tests, budgets)."""
+    """Run (or resume) training; returns a summary. `stop_after` ends early (tests, budgets).
+
+    A run folder holding a state of the same config resumes; one of another config, or with weights
+    and no state, is refused unless `overwrite`, which starts afresh.
+    """
+    cfg.check()
+    if stop_after is not None and stop_after < 1:
+        raise InputError(f"--stop-after must be a positive step number, got {stop_after}")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
+    _check_run_folder(out, overwrite)
+    textures = _load_textures(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the run folder {out}: {error.strerror}; choose another --out") from None
     from flowcli.inference import resolve_device
 
     device = resolve_device(cfg.device)
@@ -203,12 +348,16 @@ def train(
     scheduler = _schedule(optimizer, cfg)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, history = 0, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if not same_settings(state["config"], asdict(cfg), field_defaults(TrainConfig)):
-            raise FlowcliError(
-                f"{state_path} was made with a different training config; use another --out or the same config"
+    state = torch.load(state_path, map_location=device, weights_only=True) if state_path.exists() else None
+    if state is not None and not _same_run(state["config"], cfg):
+        if not overwrite:
+            raise OutputError(
+                f"{state_path} was made with a different training config; use the same config, "
+                "another --out, or --overwrite to start afresh"
             )
+        stderr.print(f"replacing the run in {out} (another config, --overwrite)")
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -217,6 +366,8 @@ def train(
         torch.set_rng_state(state["rng"].cpu())
         step, history = state["step"], json.loads(state["history"])
         stderr.print(f"resuming {out} at step {step}/{cfg.steps}")
+    elif ema is None:
+        (out / "ema.safetensors").unlink(missing_ok=True)  # an earlier run's average is not this run's
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def save_state():
@@ -242,7 +393,7 @@ def train(
 
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     model.train()
-    batches = _batches(cfg, step)
+    batches = _batches(cfg, step, textures)
     started = time.time()
     try:
         with progress(quiet) as bar:
