@@ -29,18 +29,25 @@ class FlowResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for --device auto, cpu, cuda, cuda:N or mps; FlowcliError if it is unknown or absent."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FlowcliError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FlowcliError("--device mps was asked for but MPS is not available; use --device cpu or auto")
-    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+    kind, colon, number = device.partition(":")
+    numbered = colon and kind == "cuda" and number.isascii() and number.isdigit()
+    if kind not in ("cpu", "cuda", "mps") or (colon and not numbered):
         raise FlowcliError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise FlowcliError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if int(number or 0) >= count:
+            raise FlowcliError(f"--device {device}: there is no such GPU; use cuda:0 to cuda:{count - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FlowcliError("--device mps was asked for but MPS is not available; use --device cpu or auto")
     return torch.device(device)
 
 

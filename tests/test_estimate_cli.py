@@ -236,6 +236,53 @@ def test_existing_outputs_are_never_replaced_without_overwrite(media, tmp_path, 
     assert_one_line_error(code, err, 3, "{index}")
 
 
+def test_pairs_of_one_input_with_the_same_name_are_refused_before_any_work(media, tmp_path, cli):
+    for shot in ("a", "b"):  # one glob, two pairs named 0001: a/0001 -> a/0002 and b/0001 -> b/0002
+        for i in (1, 2):
+            write_png(tmp_path / "shots" / shot / f"{i:04d}.png", _frame(i))
+    out = tmp_path / "out"
+    shots = [str(tmp_path / "shots" / "*" / "*.png"), "--weights", media["weights"], "-o", out, "--flo", "-q"]
+    a_b_a_b = [media["a"], media["b"], media["a"], media["b"], "--weights", media["weights"], "-o", out, "-q"]
+    for args in (shots, [*shots, "--overwrite"], a_b_a_b):
+        code, _, err = cli(*args)
+        assert_one_line_error(code, err, 3, "pair 0", "pair 2", "would both write", "add {index} to --name")
+        assert not out.exists()
+    code, stdout, err = cli(*shots, "--name", "{index}_{stem}", "--json")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["0_0001_flow.flo", "1_0002_flow.flo", "2_0001_flow.flo"]
+
+
+def test_inputs_of_the_same_name_get_distinct_sources(media, tmp_path, cli):
+    out = tmp_path / "out"
+    args = [media["frames"], media["frames"], "--weights", media["weights"], "-o", out, "--npy", "--json", "-q"]
+    code, _, err = cli(*args)
+    assert_one_line_error(code, err, 3, "(input 1)", "(input 2)", "add {source} to --name")
+    assert not out.exists()
+    code, stdout, err = cli(*args, "--name", "{source}/{stem}", "--video")
+    assert code == 0, err
+    outputs = [r["outputs"] for r in _json_lines(stdout)]
+    assert [o.get("npy") for o in outputs if "npy" in o] == [
+        str(out / folder / f"f_{i}_flow.npy") for folder in ("frames", "frames-2") for i in (0, 1)
+    ]
+    assert [o["video"] for o in outputs if "video" in o] == [str(out / "frames_vis.mp4"), str(out / "frames-2_vis.mp4")]
+
+
+def test_every_video_pair_name_is_checked_before_any_work(media, tmp_path, cli):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip_frame_000002_flow.flo").write_bytes(b"keep me")  # the third of the video's 4 pairs
+    args = [media["clip"], "--weights", media["weights"], "-o", out, "--flo", "-q"]
+    code, _, err = cli(*args)
+    assert_one_line_error(code, err, 3, "clip_frame_000002_flow.flo", "already exists")
+    assert [p.name for p in out.iterdir()] == ["clip_frame_000002_flow.flo"]
+    code, _, err = cli(*args, "--step", "2")  # frames 0, 2, 4: pair 1 is named frame_000002
+    assert_one_line_error(code, err, 3, "clip_frame_000002_flow.flo")
+    assert [p.name for p in out.iterdir()] == ["clip_frame_000002_flow.flo"]
+    code, _, err = cli(*args, "--max-frames", "3")  # pairs 0 and 1 only
+    assert code == 0, err
+    assert (out / "clip_frame_000002_flow.flo").read_bytes() == b"keep me"
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -280,6 +327,14 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [a], 2, "single image"
     if case == "unknown output format":
         return [a, b, "--formats", "flo,exr"], 3, "valid formats: flo, kitti"
+    if case == "infinite fps":
+        return [media["frames"], "--fps", "inf"], 3, "--fps must be a positive number"
+    if case == "nan fps":
+        return [media["frames"], "--fps", "nan"], 3, "--fps must be a positive number"
+    if case == "unknown device":
+        return [a, b, "--device", "cuda:x"], 1, "unknown device 'cuda:x'"
+    if case == "absent GPU":
+        return [a, b, "--device", "cuda:99"], 1, "--device cuda:99"
     if case == "scale out of range":
         return [a, b, "--scale", "0"], 1, "--scale must be between"
     if case == "unknown precision":
@@ -312,7 +367,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "scale out of range", "unknown precision", "unknown name placeholder",
+    "single image", "unknown output format", "infinite fps", "nan fps", "unknown device", "absent GPU",
+    "scale out of range", "unknown precision", "unknown name placeholder",
     "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
 ]

@@ -1,12 +1,17 @@
 """estimate_flow: any size, both directions, occlusion, tiling."""
 
+import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from cli_harness import assert_one_line_error, in_process_cli
 
-from flowcli.errors import InputError
-from flowcli.inference import estimate_flow, forward_backward_occlusion, resolve_precision
+from flowcli.checkpoint import save_checkpoint
+from flowcli.errors import FlowcliError, InputError
+from flowcli.inference import estimate_flow, forward_backward_occlusion, resolve_device, resolve_precision
+from flowcli.io.flow_formats import write_flo, write_png
 from flowcli.models.pwc import FlowNet, FlowNetConfig
 
 TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
@@ -70,6 +75,33 @@ def test_fp16_on_cpu_falls_back_with_a_warning():
         warnings.simplefilter("always")
         assert resolve_precision("fp16", torch.device("cpu")) == torch.float32
     assert any("fp32" in str(w.message) for w in caught)
+
+
+def test_unknown_or_absent_devices_are_one_line_errors():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    for device in ("cuda:x", "cuda:", "cpu:0", "bogus", "cuda:-1"):
+        with pytest.raises(FlowcliError, match="unknown device"):
+            resolve_device(device)
+    with pytest.raises(FlowcliError, match="cuda:99"):  # no CUDA at all, or not 100 GPUs
+        resolve_device("cuda:99")
+
+
+def test_eval_checks_the_device_and_runs_on_auto(tmp_path, monkeypatch, capsys, model):
+    weights = save_checkpoint(model, tmp_path / "tiny.safetensors")
+    rng = np.random.default_rng(0)
+    for name in ("00001_img1.png", "00001_img2.png"):
+        write_png(tmp_path / "chairs" / "data" / name, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    write_flo(tmp_path / "chairs" / "data" / "00001_flow.flo", np.zeros((64, 64, 2), np.float32))
+    cli = in_process_cli(monkeypatch, capsys, "eval")
+    args = ["-d", "chairs", "-r", tmp_path / "chairs", "-w", weights, "-q", "--json"]
+    for device, needle in (("bogus", "unknown device 'bogus'"), ("cuda:99", "--device cuda:99")):
+        code, stdout, err = cli(*args, "--device", device)
+        assert_one_line_error(code, err, 1, needle)
+        assert stdout == ""
+    code, stdout, err = cli(*args, "--device", "auto")
+    assert code == 0, err
+    assert json.loads(stdout)["device"] == str(resolve_device("auto"))
 
 
 def test_forward_backward_occlusion_marks_inconsistent_and_outgoing_pixels():

@@ -209,7 +209,8 @@ def test_input_forms_and_names(media, tmp_path, cli):
     assert [(r["type"], r.get("left")) for r in records] == [
         ("pair", "sbs"), ("pair", "frame_000000"), ("pair", "frame_000001"), ("video", None),
     ]
-    assert records[1]["outputs"] == {"pfm": str(out2 / "sbs_frame_000000_disp.pfm")}
+    # sbs.png is already source "sbs", so the video's frames are named after source "sbs-2"
+    assert records[1]["outputs"] == {"pfm": str(out2 / "sbs-2_frame_000000_disp.pfm")}
     assert records[1]["inputs"] == [f"{media['sbs_video']}#0"] and (records[1]["width"], records[1]["height"]) == (W, H)
     assert VideoReader(records[3]["outputs"]["video"]).size == (W, H)
 
@@ -219,6 +220,91 @@ def test_input_forms_and_names(media, tmp_path, cli):
     records = _records(stdout)
     assert [r["outputs"]["npy"] for r in records] == [
         str(tmp_path / "videos" / f"walk_frame_{n:06d}_disp.npy") for n in (0, 2)
+    ]
+
+
+def test_pairs_with_the_same_name_are_refused_before_any_work(media, tmp_path, cli):
+    scene = media["scene"]
+    folder = tmp_path / "f3"  # two pairs of one folder both named a: a_left / a_right and a_L / a_R
+    for left, right in (("a_left", "a_right"), ("a_L", "a_R")):
+        write_png(folder / f"{left}.png", _uint8(scene.left[0]))
+        write_png(folder / f"{right}.png", _uint8(scene.right[0]))
+    out = tmp_path / "out"
+    w = ["--weights", media["weights"], "-o", out, "-q", "--npy"]
+    for overwrite in ([], ["--overwrite"]):
+        code, _, err = cli(folder, *w, *overwrite)
+        assert_one_line_error(code, err, 3, "pair 0 (a)", "pair 1 (a)", "would both write", "add {index} to --name")
+        code, _, err = cli(media["left"], media["right"], media["left"], media["right"], *w, *overwrite)
+        assert_one_line_error(code, err, 3, "(input 1)", "(input 2)", "add {source} to --name")
+        assert not out.exists()
+    code, _, err = cli(folder, *w, "--name", "{index}_{stem}")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["0_a_disp.npy", "1_a_disp.npy"]
+
+
+def test_inputs_of_the_same_name_get_distinct_sources(media, tmp_path, cli):
+    root, out = media["root"], tmp_path / "out"
+    folders = [root / "cam_left", root / "cam_right"] * 2
+    args = [*folders, "--weights", media["weights"], "-o", out, "-q", "--npy", "--video", "--json"]
+    code, _, err = cli(*args)
+    assert_one_line_error(code, err, 3, "pair 0 (0000)", "add {source} to --name")
+    assert not out.exists()
+    code, stdout, err = cli(*args, "--name", "{source}/{stem}")
+    assert code == 0, err
+    records = _records(stdout)
+    sources = [root.name, f"{root.name}-2"]
+    assert [r["outputs"]["npy"] for r in records if r["type"] == "pair"] == [
+        str(out / name / f"{t:04d}_disp.npy") for name in sources for t in range(3)
+    ]
+    videos = [r["outputs"]["video"] for r in records if r["type"] == "video"]
+    assert videos == [str(out / f"{name}_disp_vis.mp4") for name in sources]
+    # video frames are named {source}_frame_NNNNNN: distinct sources, distinct names
+    clips = [tmp_path / folder / "clip.mp4" for folder in ("va", "vb")]
+    for clip in clips:
+        clip.parent.mkdir()
+        clip.write_bytes(media["sbs_video"].read_bytes())
+    out = tmp_path / "videos"
+    code, stdout, err = cli("--sbs", *clips, "--max-frames", "1", "--weights", media["weights"], "-o", out, "--npy")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["clip-2_frame_000000_disp.npy", "clip_frame_000000_disp.npy"]
+
+
+def test_every_video_pair_name_is_checked_before_any_work(media, tmp_path, monkeypatch, capsys):
+    # warnings filtered as for users: imageio-ffmpeg leaves ResourceWarnings behind when a video is closed early
+    cli = in_process_cli(monkeypatch, capsys, "stereo")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sbs_frame_000002_disp.npy").write_bytes(b"keep me")
+    w = ["--weights", media["weights"], "-o", out, "-q"]
+    code, _, err = cli("--sbs", media["sbs_video"], "--step", "2", "--formats", "npy,video", *w)
+    assert_one_line_error(code, err, 3, "sbs_frame_000002_disp.npy", "already exists")
+    assert [p.name for p in out.iterdir()] == ["sbs_frame_000002_disp.npy"]
+
+
+def test_swap_names_outputs_after_the_true_left_view(media, tmp_path, cli):
+    w = ["--swap", "--weights", media["weights"], "-o", tmp_path, "--npy", "--json", "-q"]
+    code, stdout, err = cli(media["right"], media["left"], *w)
+    assert code == 0, err
+    [record] = _records(stdout)
+    assert (record["left"], record["right"]) == ("scene_left", "scene_right")
+    assert record["inputs"] == [str(media["left"]), str(media["right"])]
+    assert record["outputs"] == {"npy": str(tmp_path / "scene_disp.npy")}
+    code, stdout, err = cli(media["video_right"], media["video_left"], "--max-frames", "1", *w)
+    assert code == 0, err
+    assert _records(stdout)[0]["inputs"] == [f"{media['video_left']}#0", f"{media['video_right']}#0"]
+
+
+def test_a_glob_across_middlebury_scenes_pairs_im0_im1_per_folder(media, tmp_path, cli):
+    scene, scenes = media["scene"], tmp_path / "middlebury"
+    for name in ("motorcycle", "venus"):
+        write_png(scenes / name / "im0.png", _uint8(scene.left[0]))
+        write_png(scenes / name / "im1.png", _uint8(scene.right[0]))
+    out = tmp_path / "out"
+    code, stdout, err = cli(scenes / "*" / "im[01].png", "--weights", media["weights"], "-o", out, "--npy", "--json")
+    assert code == 0, err
+    assert [(r["inputs"], r["outputs"]["npy"]) for r in _records(stdout)] == [
+        ([str(scenes / name / "im0.png"), str(scenes / name / "im1.png")], str(out / f"{name}_disp.npy"))
+        for name in ("motorcycle", "venus")
     ]
 
 

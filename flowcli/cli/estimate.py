@@ -36,13 +36,16 @@ from flowcli.cli.options import (
     MaxPixelsOption,
     NameOption,
     OfflineOption,
+    OutputClaims,
     OutputDirOption,
     OverwriteOption,
+    Owner,
     PrecisionOption,
     QuietOption,
     WeightsOption,
     format_flag,
     formats_option,
+    unique_source_names,
 )
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
@@ -63,12 +66,13 @@ _HELP_PARAGRAPHS = [
     "with a learned occlusion mask also write occ_learned), warp (frame 2 warped onto frame 1). --backward adds the "
     "backward flow (2 -> 1) twin of flo, kitti, npy, vis and occlusion.",
     f"File names come from --name (default '{DEFAULT_NAME}') with placeholders {{source}} (video file stem, folder "
-    "name, or first image's stem), {frame1} {frame2} (image stems, or frame_NNNNNN for video frames), {index} (pair "
-    "number in its input; format specs work: {index:06d}), {stem} ({frame1} for images, {source}_{frame1} for "
-    "video frames), {kind} (flow, flow_bw, vis, vis_bw, occ, occ_bw, occ_learned, warp) and {ext}; '_{kind}' and "
-    "'.{ext}' are appended when missing. Subfolders work: --name '{source}/{index:06d}'. Existing files are never "
-    "replaced without --overwrite (all planned names are checked before any work); every file is written to a temp "
-    "file and renamed when complete.",
+    "name, or first image's stem; -2, -3... added to tell apart inputs of the same name), {frame1} {frame2} (image "
+    "stems, or frame_NNNNNN for video frames), {index} (pair number in its input; format specs work: {index:06d}), "
+    "{stem} ({frame1} for images, {source}_{frame1} for video frames), {kind} (flow, flow_bw, vis, vis_bw, occ, "
+    "occ_bw, occ_learned, warp) and {ext}; '_{kind}' and '.{ext}' are appended when missing. Subfolders work: "
+    "--name '{source}/{index:06d}'. Existing files are never replaced without --overwrite (all planned names are "
+    "checked before any work, for a video as many pairs as its header or --max-frames tells); every file is written "
+    "to a temp file and renamed when complete.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, frame1, frame2, inputs "
     "(paths; video frames as VIDEO#N), width, height, outputs (output name -> path), flow_mean, flow_max (px), "
     "occluded_fraction (null unless occlusion was computed), ms (inference time per pair), tiles, model, weights, "
@@ -238,6 +242,8 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
         else:  # a glob pattern the shell did not expand
             sources.append(_image_sequence(arg, _glob_folder_name(arg), list_frames(arg), step, max_frames))
         i += 1
+    for source, name in zip(sources, unique_source_names([s.name for s in sources])):
+        source.name = name
     return sources
 
 
@@ -274,12 +280,23 @@ def _names(source: _Source, frame1: str, frame2: str, index: int):
     return PairNames(source=source.name, frame1=frame1, frame2=frame2, index=index, stem=stem)
 
 
-def _known_names(source: _Source, step: int) -> list:
-    """Names of every pair known before decoding: all pairs of image inputs, the first pair of a video."""
+def _known_names(source: _Source, step: int, max_frames: int | None) -> list:
+    """Names of every pair known before decoding: all pairs of image inputs; for a video, the pairs its header
+    (frame count) or --max-frames promises, at least the first."""
     if source.video is not None:
-        return [_names(source, "frame_000000", f"frame_{step:06d}", 0)]
+        count = source.pairs or (max_frames - 1 if max_frames else 1)
+        return [_names(source, f"frame_{i * step:06d}", f"frame_{(i + 1) * step:06d}", i) for i in range(count)]
     frames = source.frames
     return [_names(source, a.stem, b.stem, i) for i, (a, b) in enumerate(zip(frames, frames[1:]))]
+
+
+def _pair_owner(number: int, source: _Source, names) -> Owner:
+    """Pair `names.index` of input number `number`: frame names alone repeat (a/0001 and b/0001 in one glob)."""
+    return Owner(number, names.index, f"{source.label} pair {names.index} ({names.frame1} -> {names.frame2})")
+
+
+def _video_owner(number: int, source: _Source) -> Owner:
+    return Owner(number, None, f"{source.label} video")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -298,38 +315,18 @@ def _check_output_folder(directory: Path) -> None:
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
 
 
-class _Claims:
-    """Output paths of this run: collisions between outputs, outputs over inputs, existing files."""
-
-    def __init__(self, inputs: set[Path], overwrite: bool):
-        self.inputs = inputs
-        self.overwrite = overwrite
-        self.owners: dict[Path, str] = {}
-
-    def check(self, path: Path, owner: str, claim: bool = True) -> None:
-        key = path.resolve()
-        if key in self.inputs:
-            raise OutputError(f"output {path} would replace an input file; choose another output folder with -o")
-        if key in self.owners and self.owners[key] != owner:
-            raise OutputError(
-                f"{self.owners[key]} and {owner} would both write {path}; add {{source}} or {{index}} to --name"
-            )
-        if path.exists() and not self.overwrite:
-            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output with -o")
-        if claim:
-            self.owners[key] = owner
-
-
-def _plan(sources: list[_Source], options, claims: _Claims, step: int, video: bool) -> None:
+def _plan(
+    sources: list[_Source], options, claims: OutputClaims, step: int, max_frames: int | None, video: bool
+) -> None:
     from flowcli.outputs import output_paths, video_path
 
-    for source in sources:
-        for names in _known_names(source, step):
-            owner = f"{source.label} pair {names.frame1}-{names.frame2}"
+    for number, source in enumerate(sources):
+        for names in _known_names(source, step, max_frames):
+            owner = _pair_owner(number, source, names)
             for path in output_paths(options, names).values():
                 claims.check(path, owner)
         if video and source.sequence:
-            claims.check(video_path(options, source.name), f"{source.label} video")
+            claims.check(video_path(options, source.name), _video_owner(number, source))
 
 
 # ----------------------------------------------------------------------------- the command
@@ -353,10 +350,10 @@ def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> N
         raise FlowcliError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
         raise FlowcliError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
-    if fps is not None and not fps > 0:
-        raise OutputError(f"--fps must be positive, got {fps}")
-    if max_flow is not None and not max_flow > 0:
-        raise OutputError(f"--max-flow must be positive, got {max_flow}")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise OutputError(f"--fps must be a positive number, got {fps}")
+    if max_flow is not None and not (math.isfinite(max_flow) and max_flow > 0):
+        raise OutputError(f"--max-flow must be a positive number, got {max_flow}")
 
 
 def _batches(pairs: Iterator[_Pair], size: int) -> Iterator[list[_Pair]]:
@@ -455,7 +452,7 @@ def estimate(
         warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
     _check_output_folder(output)
     input_files = {p.resolve() for s in sources for p in (s.frames or [s.video])}
-    _plan(sources, options, _Claims(input_files, overwrite), step, want_video)
+    _plan(sources, options, OutputClaims(input_files, overwrite), step, max_frames, want_video)
 
     from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
 
@@ -471,12 +468,12 @@ def estimate(
     model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
     if getattr(model.config, "matching", None) == "maskflownet" and "occlusion" in chosen:
         options = dataclasses.replace(options, learned_occlusion=True)
-        _plan(sources, options, _Claims(input_files, overwrite), step, want_video)
+        _plan(sources, options, OutputClaims(input_files, overwrite), step, max_frames, want_video)
     if not quiet:
         stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
 
     # ---- run
-    claims = _Claims(input_files, overwrite)
+    claims = OutputClaims(input_files, overwrite)
     run = _Run(model=model, options=options, precision=precision, max_pixels=max_pixels or None, scale=scale,
                batch_size=batch_size, step=step, max_frames=max_frames, want_video=want_video, fps=fps,
                claims=claims, json_out=stdout if json_output else None,
@@ -485,8 +482,8 @@ def estimate(
     total = sum(known) if all(n is not None for n in known) else None
     with progress(quiet) as bar:
         task = bar.add_task("estimate", total=total, info="")
-        for source in sources:
-            run.source(source, lambda info: bar.update(task, advance=1, info=info))
+        for number, source in enumerate(sources):
+            run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
 
@@ -503,7 +500,7 @@ class _Run:
     max_frames: int | None
     want_video: bool
     fps: float | None
-    claims: _Claims
+    claims: OutputClaims
     json_out: object | None
     model_info: dict
     done: int = 0
@@ -513,7 +510,7 @@ class _Run:
             self.json_out.write(json.dumps(record) + "\n")
             self.json_out.flush()
 
-    def source(self, source: _Source, advance) -> None:
+    def source(self, number: int, source: _Source, advance) -> None:
         from flowcli.io.media import VideoWriter
         from flowcli.outputs import video_path
 
@@ -522,15 +519,15 @@ class _Run:
             if self.want_video and source.sequence:
                 fps = self.fps or source.fps or DEFAULT_FPS
                 path = video_path(self.options, source.name)
-                self.claims.check(path, f"{source.label} video")
+                self.claims.check(path, _video_owner(number, source))
                 writer = stack.enter_context(VideoWriter(path, fps=fps, overwrite=self.options.overwrite))
             for batch in _batches(_pairs(source, self.step, self.max_frames), self.batch_size):
-                self._batch(source, batch, writer, advance)
+                self._batch(number, source, batch, writer, advance)
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
 
-    def _batch(self, source: _Source, batch: list[_Pair], writer, advance) -> None:
+    def _batch(self, number: int, source: _Source, batch: list[_Pair], writer, advance) -> None:
         import torch
 
         from flowcli.inference import estimate_flow
@@ -539,8 +536,9 @@ class _Run:
         options = self.options
         planned = []
         for pair in batch:  # every output of the batch is checked before any model work on it
-            paths = output_paths(options, _names(source, pair.frame1, pair.frame2, pair.index))
-            owner = f"{source.label} pair {pair.frame1}-{pair.frame2}"
+            names = _names(source, pair.frame1, pair.frame2, pair.index)
+            paths = output_paths(options, names)
+            owner = _pair_owner(number, source, names)
             for path in paths.values():
                 self.claims.check(path, owner)
             planned.append(paths)

@@ -120,7 +120,7 @@ def eval_command(
         None, "--weights", "-w", help="Registry name, hf:// spec, URL or checkpoint path (default: the default model)."
     ),
     max_items: Optional[int] = typer.Option(None, "--max-items", "-n", min=1, help="Evaluate only the first N items."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     occlusion: bool = typer.Option(
         True, "--occlusion/--no-occlusion", help="Also score forward-backward occlusion where GT occlusion exists."
     ),
@@ -134,6 +134,7 @@ def eval_command(
     """Score a model on a benchmark (help text: EVAL_HELP)."""
     from flowcli.data import STEREO_DATASETS
     from flowcli.evaluate import evaluate
+    from flowcli.inference import resolve_device
     from flowcli.models import load_model
 
     name = dataset.lower().strip()
@@ -142,11 +143,12 @@ def eval_command(
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
     if not root.is_dir():
         raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
-    model = load_model(weights, device=device, offline=offline)
+    torch_device = resolve_device(device)
+    model = load_model(weights, device=torch_device, offline=offline)
     reports = []
     for each in names:
         report = evaluate(
-            model, each, root, max_items=max_items, occlusion=occlusion, device=device, progress=not quiet,
+            model, each, root, max_items=max_items, occlusion=occlusion, device=torch_device, progress=not quiet,
             scale=scale,
         )
         reports.append(report)
@@ -157,7 +159,7 @@ def eval_command(
         payload = {
             "weights": weights or getattr(model, "checkpoint_path", None),
             "model": getattr(model, "checkpoint_path", None),
-            "device": device,
+            "device": str(torch_device),
             "scale": scale,
             "results": {
                 r.dataset: {k: v for k, v in r.to_dict().items() if k not in ("dataset", "model")} for r in reports

@@ -1,11 +1,16 @@
-"""Options that `flowcli estimate` and `flowcli stereo` share word for word, and their defaults."""
+"""Options that `flowcli estimate` and `flowcli stereo` share word for word, their defaults, and how both
+claim output names."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from flowcli.errors import OutputError
+from flowcli.io.atomic import check_target
 
 INPUT_PANEL = "Inputs"
 OUTPUT_PANEL = "Outputs"
@@ -80,3 +85,58 @@ MaxPixelsOption = Annotated[
 OfflineOption = Annotated[
     bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=MODEL_PANEL)
 ]
+
+
+# ---- output names
+
+
+def unique_source_names(names: list[str]) -> list[str]:
+    """{source} names that tell a run's inputs apart: a repeated name gets -2, -3... (clip, clip-2)."""
+    given, taken, unique = set(names), set(), []
+    for name in names:
+        candidate, number = name, 1
+        while candidate in taken or (candidate != name and candidate in given):
+            number += 1
+            candidate = f"{name}-{number}"
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What writes an output: pair `pair` of input number `input`, or (pair None) that input's video."""
+
+    input: int
+    pair: int | None
+    text: str = field(compare=False)  # for messages
+
+
+def _collision_advice(first: Owner, second: Owner) -> str:
+    if first.pair is None and second.pair is None:  # videos are named after {source}, whatever --name says
+        return "rename one of the inputs"
+    if first.pair is None or second.pair is None:
+        return "choose another --name"
+    if first.input == second.input:
+        return "add {index} to --name"
+    return "add {source} to --name"
+
+
+class OutputClaims:
+    """Output paths of one run: collisions between outputs, outputs over inputs, existing files."""
+
+    def __init__(self, inputs: set[Path], overwrite: bool):
+        self.inputs, self.overwrite = inputs, overwrite
+        self.owners: dict[Path, Owner] = {}
+
+    def check(self, path: Path, owner: Owner) -> None:
+        key = path.resolve()
+        if key in self.inputs:
+            raise OutputError(f"output {path} would replace an input file; choose another output folder with -o")
+        first = self.owners.setdefault(key, owner)
+        if first != owner:
+            texts = [first.text, owner.text]
+            if texts[0] == texts[1]:  # the same input given twice
+                texts = [f"{o.text} (input {o.input + 1})" for o in (first, owner)]
+            raise OutputError(f"{texts[0]} and {texts[1]} would both write {path}; {_collision_advice(first, owner)}")
+        check_target(path, self.overwrite)  # a folder in the way, or an existing file without --overwrite

@@ -36,13 +36,16 @@ from flowcli.cli.options import (
     MaxPixelsOption,
     NameOption,
     OfflineOption,
+    OutputClaims,
     OutputDirOption,
     OverwriteOption,
+    Owner,
     PrecisionOption,
     QuietOption,
     WeightsOption,
     format_flag,
     formats_option,
+    unique_source_names,
 )
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.outputs import check_template
@@ -97,11 +100,12 @@ _HELP_PARAGRAPHS = [
     "stereodemo) or a Middlebury calib.txt; --focal / --baseline override its values. A calibration with a size "
     "must match the images.",
     f"File names come from --name (default '{DEFAULT_NAME}') with placeholders {{source}} (folder, video or pair "
-    "name), {stem} (the pair's name: the left file's stem without its left/right token, the folder name for "
-    "im0/im1, {source}_frame_NNNNNN for video frames), {left} {right} (file stems or frame_NNNNNN), {index} (pair "
-    "number in its input), {kind} (disp, disp_vis, occ, depth, cloud) and {ext}; '_{kind}' and '.{ext}' are "
-    "appended when missing. Existing files are never replaced without --overwrite (all planned names are checked "
-    "before any work); every file is written to a temp file and renamed when complete.",
+    "name; -2, -3... added to tell apart inputs of the same name), {stem} (the pair's name: the left file's stem "
+    "without its left/right token, the folder name for im0/im1, {source}_frame_NNNNNN for video frames), {left} "
+    "{right} (file stems or frame_NNNNNN), {index} (pair number in its input), {kind} (disp, disp_vis, occ, depth, "
+    "cloud) and {ext}; '_{kind}' and '.{ext}' are appended when missing. Existing files are never replaced without "
+    "--overwrite (all planned names are checked before any work, for a video as many pairs as its header or "
+    "--max-frames tells); every file is written to a temp file and renamed when complete.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, left, right, inputs, "
     "width, height (of one view), outputs (output name -> path), disparity_mean, disparity_max (px), "
     "negative_fraction (share of pixels with -u < -0.5 px before clamping), vertical_median (median |v| px; large = "
@@ -155,18 +159,21 @@ def _role(stem: str) -> _Role | None:
     return _Role(side, f"{before.lower()}\0{family}\0{after.lower()}", bare)
 
 
-def _pair_by_tokens(frames: list[Path]) -> list[tuple[Path, Path, str]] | None:
-    """[(left, right, bare name)] when every image has a left/right token and a counterpart, else None."""
-    lefts: dict[str, tuple[Path, str]] = {}
-    rights: dict[str, Path] = {}
+def _pair_by_tokens(frames: list[Path], same_folder: bool = True) -> list[tuple[Path, Path, str]] | None:
+    """[(left, right, bare name)] when every image has a left/right token and a counterpart, else None.
+
+    With `same_folder` a counterpart is in the same folder (a glob over Middlebury scenes: */im0.png */im1.png)."""
+    lefts: dict[tuple, tuple[Path, str]] = {}
+    rights: dict[tuple, Path] = {}
     for path in frames:
         role = _role(path.stem)
         if role is None:
             return None
         side = lefts if role.side == "left" else rights
-        if role.key in side:
+        key = (path.resolve().parent if same_folder else None, role.key)
+        if key in side:
             return None
-        side[role.key] = (path, role.bare) if role.side == "left" else path
+        side[key] = (path, role.bare) if role.side == "left" else path
     if not lefts or set(lefts) != set(rights):
         return None
     return [(left, rights[key], bare) for key, (left, bare) in lefts.items()]
@@ -178,7 +185,7 @@ def _match_folders(lefts: list[Path], rights: list[Path], label: str) -> list[tu
     right_by_stem = {p.stem: p for p in rights}
     if len(lefts) == len(rights) and all(p.stem in right_by_stem for p in lefts):
         return [(p, right_by_stem[p.stem], p.stem) for p in lefts]
-    by_token = _pair_by_tokens(lefts + rights)
+    by_token = _pair_by_tokens(lefts + rights, same_folder=False)
     if by_token is not None and len(by_token) == len(lefts) and {p for p, _, _ in by_token} == set(lefts):
         return by_token
     if len(lefts) == len(rights):
@@ -293,7 +300,7 @@ def _video_info(path: Path) -> tuple[float | None, int | None, tuple[int, int]]:
         reader.close()
 
 
-def collect_sources(inputs: list[str], *, sbs: bool = False, step: int = 1,
+def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False, step: int = 1,
                     max_frames: int | None = None) -> list[_Source]:
     """Group INPUTS into sources (see the command help) and check them from file headers, without decoding."""
     from flowcli.io.media import is_video, list_frames
@@ -320,9 +327,10 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, step: int = 1,
                         f"{len(run)} image files in a row ({run[-1]} has no partner); give LEFT RIGHT pairs, "
                         "or --sbs for side-by-side images"
                     )
-                for left, right in zip(run[::2], run[1::2]):
+                for first, second in zip(run[::2], run[1::2]):
+                    left, right = (second, first) if swap else (first, second)
                     stem = _pair_stem(left, right)
-                    sources.append(_Source(label=f"{left} {right}", name=stem, pairs=[(left, right, stem)], count=1,
+                    sources.append(_Source(label=f"{first} {second}", name=stem, pairs=[(left, right, stem)], count=1,
                                            sequence=False))
             i = j
             continue
@@ -350,6 +358,8 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, step: int = 1,
         else:
             pairs = _pair_by_tokens(frames)
             if pairs is not None:
+                # im0 / im1 have no name of their own: their folder names them (a glob may span scenes)
+                pairs = [(left, right, bare or left.resolve().parent.name) for left, right, bare in pairs]
                 i += 1
             elif i + 1 < len(inputs) and _is_frames(inputs[i + 1]):
                 right_arg = inputs[i + 1]
@@ -365,6 +375,8 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, step: int = 1,
                     "a left and a right folder, or --sbs for side-by-side images"
                 )
             pairs = [(left, right, bare or name) for left, right, bare in sorted(pairs, key=lambda p: _natural(p[0]))]
+            if swap:
+                pairs = [(right, left, stem) for left, right, stem in pairs]
         pairs = pairs[::step][:max_frames]
         sources.append(_Source(label=arg, name=name, pairs=pairs, count=len(pairs)))
     for source in sources:
@@ -373,6 +385,8 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, step: int = 1,
             source.size = source.size or size
             if size != source.size:
                 source.sizes_differ = True
+    for source, name in zip(sources, unique_source_names([s.name for s in sources])):
+        source.name = name
     return sources
 
 
@@ -414,16 +428,15 @@ def _read_pairs(source: _Source, sbs: bool, swap: bool, step: int, max_frames: i
     from flowcli.io.media import read_image
     from flowcli.stereo import split_side_by_side
 
-    def order(a, b):
-        return (b, a) if swap else (a, b)
-
     if source.pairs is not None:
         for index, (left, right, stem) in enumerate(source.pairs):
             if right is None:
-                a, b = order(*split_side_by_side(read_image(left), str(left)))
+                a, b = split_side_by_side(read_image(left), str(left))
+                if swap:
+                    a, b = b, a
                 yield _Item(a, b, stem, left.stem, left.stem, [str(left)], index)
-            else:
-                a, b = order(read_image(left), read_image(right))
+            else:  # collect_sources already put the files of a --swap pair in left, right order
+                a, b = read_image(left), read_image(right)
                 if a.shape != b.shape:  # headers were checked; this catches files changed since
                     raise InputError(f"left and right differ in size: {left} and {right}; resize them to match")
                 yield _Item(a, b, stem, left.stem, right.stem, [str(left), str(right)], index)
@@ -463,6 +476,7 @@ def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None)
                 inputs = [f"{source.video}#{number}", f"{source.video_right}#{number}"]
             if swap:
                 a, b = b, a
+                inputs.reverse()
             name = f"frame_{number:06d}"
             yield _Item(a, b, f"{source.name}_{name}", name, name, inputs, index)
             index += 1
@@ -496,11 +510,24 @@ def _item_fields(stem: str, left: str, right: str, index: int) -> dict:
     return {"stem": stem, "left": left, "right": right, "index": index}
 
 
-def _known_fields(source: _Source) -> list[dict]:
+def _known_fields(source: _Source, step: int, max_frames: int | None) -> list[dict]:
+    """Name fields of every pair known before decoding: all image pairs; for videos, the pairs their header (frame
+    count) or --max-frames promises, at least the first."""
     if source.pairs is not None:
         return [_item_fields(stem, left.stem, left.stem if right is None else right.stem, i)
                 for i, (left, right, stem) in enumerate(source.pairs)]
-    return [_item_fields(f"{source.name}_frame_000000", "frame_000000", "frame_000000", 0)]
+    names = [f"frame_{i * step:06d}" for i in range(source.count or max_frames or 1)]
+    return [_item_fields(f"{source.name}_{name}", name, name, i) for i, name in enumerate(names)]
+
+
+def _pair_owner(number: int, source: _Source, index: int, stem: str) -> Owner:
+    """Pair `index` of input number `number`: stems alone repeat (x_left / x_right and x_L / x_R in one folder)."""
+    single = source.pairs is not None and len(source.pairs) == 1
+    return Owner(number, index, source.label if single else f"{source.label} pair {index} ({stem})")
+
+
+def _video_owner(number: int, source: _Source) -> Owner:
+    return Owner(number, None, f"{source.label} video")
 
 
 def _video_path(directory: Path, source: _Source) -> Path:
@@ -517,26 +544,6 @@ def _check_output_folder(directory: Path) -> None:
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
-
-
-class _Claims:
-    """Output paths of this run: collisions between outputs, outputs over inputs, existing files."""
-
-    def __init__(self, inputs: set[Path], overwrite: bool):
-        self.inputs, self.overwrite = inputs, overwrite
-        self.owners: dict[Path, str] = {}
-
-    def check(self, path: Path, owner: str) -> None:
-        key = path.resolve()
-        if key in self.inputs:
-            raise OutputError(f"output {path} would replace an input file; choose another output folder with -o")
-        if key in self.owners and self.owners[key] != owner:
-            raise OutputError(
-                f"{self.owners[key]} and {owner} would both write {path}; add {{source}} or {{index}} to --name"
-            )
-        if path.exists() and not self.overwrite:
-            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output with -o")
-        self.owners[key] = owner
 
 
 def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_image, camera, ascii_ply: bool,
@@ -729,7 +736,7 @@ def stereo(
     formats_set = frozenset(chosen - {"video"})
 
     # ---- inputs and outputs, before the model
-    sources = collect_sources(inputs, sbs=sbs, step=step, max_frames=max_frames)
+    sources = collect_sources(inputs, sbs=sbs, swap=swap, step=step, max_frames=max_frames)
     if camera is not None:
         for source in sources:
             camera.check_size(*source.size)
@@ -746,14 +753,14 @@ def stereo(
         input_files.update(p.resolve() for p in (s.video, s.video_right) if p is not None)
     if calib is not None:
         input_files.add(calib.resolve())
-    claims = _Claims(input_files, overwrite)
-    for s in sources:
-        for fields in _known_fields(s):
-            owner = f"{s.label} pair {fields['stem']}"
+    claims = OutputClaims(input_files, overwrite)
+    for number, s in enumerate(sources):
+        for fields in _known_fields(s, step, max_frames):
+            owner = _pair_owner(number, s, fields["index"], fields["stem"])
             for path in _output_paths(output, template, formats_set, s, fields).values():
                 claims.check(path, owner)
         if want_video and s.sequence:
-            claims.check(_video_path(output, s), f"{s.label} video")
+            claims.check(_video_path(output, s), _video_owner(number, s))
 
     from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
 
@@ -774,14 +781,14 @@ def stereo(
                camera=camera, max_depth=max_depth, max_disparity=max_disparity, lr_threshold=lr_threshold,
                ascii_ply=ascii_ply, overwrite=overwrite, precision=precision, max_pixels=max_pixels or None,
                batch_size=batch_size, sbs=sbs, swap=swap, step=step, max_frames=max_frames, fps=fps,
-               claims=_Claims(input_files, overwrite), json_out=stdout if json_output else None,
+               claims=OutputClaims(input_files, overwrite), json_out=stdout if json_output else None,
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.count for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
     with progress(quiet) as bar:
         task = bar.add_task("stereo", total=total, info="")
-        for source in sources:
-            run.source(source, lambda info: bar.update(task, advance=1, info=info))
+        for number, source in enumerate(sources):
+            run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
 
@@ -807,7 +814,7 @@ class _Run:
     step: int
     max_frames: int | None
     fps: float | None
-    claims: _Claims
+    claims: OutputClaims
     json_out: object | None
     model_info: dict
     done: int = 0
@@ -817,29 +824,29 @@ class _Run:
             self.json_out.write(json.dumps(record) + "\n")
             self.json_out.flush()
 
-    def source(self, source: _Source, advance) -> None:
+    def source(self, number: int, source: _Source, advance) -> None:
         from flowcli.io.media import VideoWriter
 
         with contextlib.ExitStack() as stack:
             writer = None
             if self.want_video and source.sequence:
                 path = _video_path(self.directory, source)
-                self.claims.check(path, f"{source.label} video")
+                self.claims.check(path, _video_owner(number, source))
                 writer = stack.enter_context(VideoWriter(path, fps=self.fps or source.fps or DEFAULT_FPS,
                                                          overwrite=self.overwrite))
             batch: list[_Item] = []
             for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames):
                 if batch and (item.left.shape != batch[0].left.shape or len(batch) == self.batch_size):
-                    self._batch(source, batch, writer, advance)
+                    self._batch(number, source, batch, writer, advance)
                     batch = []
                 batch.append(item)
             if batch:
-                self._batch(source, batch, writer, advance)
+                self._batch(number, source, batch, writer, advance)
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
 
-    def _batch(self, source: _Source, batch: list[_Item], writer, advance) -> None:
+    def _batch(self, number: int, source: _Source, batch: list[_Item], writer, advance) -> None:
         import numpy as np
         import torch
 
@@ -856,8 +863,9 @@ class _Run:
         for item in batch:
             paths = _output_paths(self.directory, self.template, self.formats, source,
                                   _item_fields(item.stem, item.left_name, item.right_name, item.index))
+            owner = _pair_owner(number, source, item.index, item.stem)
             for path in paths.values():
-                self.claims.check(path, f"{source.label} pair {item.stem}")
+                self.claims.check(path, owner)
             planned.append(paths)
         if self.camera is not None:
             height, width = batch[0].left.shape[-2:]
