@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "flowcli.models",
     "estimate_flow": "flowcli.inference",
-    "evaluate": "flowcli.evaluate",
+    "evaluate": "flowcli.evaluation",
     "estimate_disparity": "flowcli.stereo",
 }
 

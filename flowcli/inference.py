@@ -128,6 +128,8 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
     """1D blending weight: linear ramps over the overlap on inner edges, flat elsewhere."""
     weight = torch.ones(length)
+    if overlap == 0:  # tiles abut: weight[-0:] would be the whole ramp
+        return weight
     ramp = torch.linspace(0, 1, overlap + 2)[1:-1]
     if not at_start:
         weight[:overlap] = ramp
@@ -202,6 +204,32 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
     raise FlowcliError(f"out of memory even with small tiles at {w}x{h}; use --device cpu or smaller images")
 
 
+def check_frames(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two frames as [B,3,H,W] floating-point tensors of the same shape, or an InputError saying what is wrong."""
+    for name, image in (("image1", image1), ("image2", image2)):
+        if not isinstance(image, torch.Tensor):
+            raise InputError(f"{name} must be a torch tensor [B,3,H,W] or [3,H,W], got {type(image).__name__}")
+        if not image.is_floating_point():
+            raise InputError(
+                f"{name} is {image.dtype}; frames must be float RGB in [0, 1] (divide 8-bit images by 255)"
+            )
+        if image.dim() not in (3, 4) or image.shape[-3] != 3:
+            raise InputError(
+                f"{name} has shape {tuple(image.shape)}; frames must be RGB [B,3,H,W] or [3,H,W] "
+                "(convert gray or RGBA images to RGB, channels first)"
+            )
+    image1 = image1[None] if image1.dim() == 3 else image1
+    image2 = image2[None] if image2.dim() == 3 else image2
+    if image1.shape[-2:] != image2.shape[-2:]:
+        raise InputError(
+            f"the two frames differ in size ({tuple(image1.shape[-2:])} vs {tuple(image2.shape[-2:])}); "
+            "flow needs frames of the same size"
+        )
+    if image1.shape[0] != image2.shape[0]:
+        raise InputError(f"the two batches hold {image1.shape[0]} and {image2.shape[0]} frames; give as many of each")
+    return image1, image2
+
+
 def estimate_flow(
     model: torch.nn.Module,
     image1: torch.Tensor,
@@ -221,13 +249,11 @@ def estimate_flow(
     in overlapping tiles; running out of memory retries with tiles automatically. `scale` resizes the
     frames before the network (0.5: half size, 4x faster) and the flow back to full size and pixels.
     """
-    if image1.dim() == 3:
-        image1, image2 = image1[None], image2[None]
-    if image1.shape != image2.shape:
-        raise InputError(
-            f"the two frames differ in size ({tuple(image1.shape[-2:])} vs {tuple(image2.shape[-2:])}); "
-            "flow needs frames of the same size"
-        )
+    image1, image2 = check_frames(image1, image2)
+    if not (math.isfinite(scale) and scale > 0):
+        raise InputError(f"scale must be a positive number, got {scale}")
+    if tile_overlap < 0:
+        raise InputError(f"tile_overlap must be 0 or more pixels, got {tile_overlap}")
     device = next(model.parameters()).device
     dtype = resolve_precision(precision, device)
     image1, image2 = image1.to(device, torch.float32), image2.to(device, torch.float32)
@@ -237,12 +263,13 @@ def estimate_flow(
         first, second = torch.cat((image1, image2)), torch.cat((image2, image1))
     else:
         first, second = image1, image2
-    if scale <= 0:
-        raise InputError(f"scale must be positive, got {scale}")
     full_size = first.shape[-2:]
     if scale != 1.0:
         first, second = scale_frames((first, second), scale)
     flow, logit, tiles = _predict(model, first, second, dtype, max_pixels, tile_overlap)
+    # the network ran under inference_mode; callers get ordinary tensors they may edit in place
+    flow = flow.clone()
+    logit = None if logit is None else logit.clone()
     if flow.shape[-2:] != full_size:
         flow = resize_flow(flow, full_size)
         if logit is not None:

@@ -78,14 +78,11 @@ def estimate_disparity(
     left-right occlusion. `max_vertical=None` turns the non-rectified warning off (callers that warn
     themselves read `vertical_median`).
     """
-    from flowcli.inference import estimate_flow
+    from flowcli.inference import check_frames, estimate_flow
 
-    if left.dim() == 3:
-        left = left[None]
-    if right.dim() == 3:
-        right = right[None]
     if left.shape[-2:] != right.shape[-2:]:
         raise _pair_size_error(left, right)
+    left, right = check_frames(left, right)
     flows = estimate_flow(
         model, left, right, backward=consistency, max_pixels=max_pixels, tile_overlap=tile_overlap,
         precision=precision,

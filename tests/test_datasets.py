@@ -184,7 +184,7 @@ def test_unlabeled_frames_folders_and_video():
 
 
 def test_evaluate_plumbing_with_a_tiny_model():
-    from flowcli.evaluate import evaluate
+    from flowcli.evaluation import evaluate
     from flowcli.models import FlowNet, FlowNetConfig
 
     torch.manual_seed(0)

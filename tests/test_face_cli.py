@@ -215,3 +215,19 @@ def test_bad_face_models(tmp_path, cli):
         assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
         assert message in str(run.exception) and "\n" not in str(run.exception)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_library_fit_image_takes_float_gray_and_rgba_pictures(monkeypatch):
+    """FacePipeline.fit_image is the library entry point: it converts pictures as the CLI's reader does."""
+    from flowcli.face.assets import FaceAssets
+    from flowcli.face.media import read_image
+    from flowcli.face.pipeline import FacePipeline
+
+    monkeypatch.setenv("FLOWCLI_FACE_ASSETS", str(FACE))
+    pipeline = FacePipeline(FaceAssets.locate(offline=True))
+    rgb = read_image(IMAGE)
+    reference = pipeline.fit_image(rgb)[0][0].landmarks68[:, :2]
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    for picture in (rgb / 255.0, rgba, rgb.mean(axis=2).astype(np.uint8)):
+        results, total = pipeline.fit_image(picture)
+        assert total == 1 and np.abs(results[0].landmarks68[:, :2] - reference).mean() < 3  # pixels

@@ -1,6 +1,7 @@
 """estimate_flow: any size, both directions, occlusion, tiling."""
 
 import json
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -112,3 +113,61 @@ def test_forward_backward_occlusion_marks_inconsistent_and_outgoing_pixels():
     occ = forward_backward_occlusion(fw, bw)[0, 0]
     assert occ[4:8, 4:8].all() and occ[:, 15].all()
     assert occ[10:14, 0:4].sum() == 0
+
+
+def test_package_level_evaluate_stays_the_function_after_its_module_is_imported():
+    """`flowcli.evaluate(...)` must keep working once any code has imported the evaluation module."""
+    import flowcli
+    import flowcli.evaluation  # noqa: F401  (what the CLI and adapt's report do)
+
+    assert callable(flowcli.evaluate) and flowcli.evaluate.__name__ == "evaluate"
+    from flowcli import evaluate
+
+    assert callable(evaluate)
+
+
+@pytest.mark.parametrize(
+    "image1, image2, message",
+    [
+        (torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), None, "divide 8-bit images by 255"),
+        (torch.rand(1, 1, 64, 64), None, "RGB"),
+        (torch.rand(1, 4, 64, 64), None, "RGB"),
+        (torch.rand(64, 64, 3), None, "channels first"),
+        (torch.rand(3, 64, 64), torch.rand(2, 3, 64, 64), "give as many of each"),
+    ],
+)
+def test_frames_of_the_wrong_kind_are_input_errors_that_say_what_to_do(model, image1, image2, message):
+    image2 = torch.zeros_like(image1) if image2 is None else image2
+    with pytest.raises(InputError, match=message):
+        estimate_flow(model, image1, image2)
+
+
+def test_tiles_without_overlap_and_bad_options(model):
+    image1, image2 = torch.rand(1, 3, 128, 192), torch.rand(1, 3, 128, 192)
+    result = estimate_flow(model, image1, image2, max_pixels=64 * 64, tile_overlap=0)
+    assert result.forward.shape == (1, 2, 128, 192) and result.tiles > 1
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(InputError, match="scale"):
+            estimate_flow(model, image1, image2, scale=bad)
+    with pytest.raises(InputError, match="tile_overlap"):
+        estimate_flow(model, image1, image2, tile_overlap=-1)
+
+
+def test_results_are_ordinary_tensors_the_caller_may_edit(model):
+    result = estimate_flow(model, torch.rand(3, 64, 64), torch.rand(3, 64, 64), occlusion=True)
+    result.forward[:, 1] = 0  # an inference tensor would refuse this in-place update
+    assert not result.forward.is_inference() and not result.backward.is_inference()
+
+
+def test_evaluate_leaves_the_callers_model_as_it_was_and_devices_resolve():
+    from flowcli.evaluation import evaluate
+    from flowcli.models import load_model
+
+    chairs = Path(__file__).resolve().parents[2] / "shared" / "data" / "flow" / "chairs"
+    if not chairs.is_dir():
+        pytest.skip("needs ../shared/data")
+    model = load_model(device="auto").train()
+    report = evaluate(model, "chairs", chairs, max_items=1, progress=False)
+    assert len(report.per_item) == 1 and model.training
+    with pytest.raises(FlowcliError, match="unknown device"):
+        load_model(device="bogus")

@@ -661,3 +661,10 @@ def test_outputs_get_the_usual_permissions_even_when_the_writer_recreates_the_fi
     finally:
         os.umask(umask)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_natural_order_of_a_name_and_its_numbered_relatives():
+    from flowcli.io.media import natural_sort_key
+
+    names = ["a/seq10", "a/seq", "a/seq2", "frame_10.png", "frame_2.png"]
+    assert sorted(names, key=natural_sort_key) == ["a/seq", "a/seq2", "a/seq10", "frame_2.png", "frame_10.png"]

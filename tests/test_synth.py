@@ -167,7 +167,7 @@ def test_synth_output_is_an_eval_dataset_with_its_occlusion(monkeypatch, capsys,
     from cli_harness import in_process_cli
 
     from flowcli.data import make_dataset
-    from flowcli.evaluate import evaluate
+    from flowcli.evaluation import evaluate
     from flowcli.io.flow_formats import read_flo
 
     code, _, err = in_process_cli(monkeypatch, capsys, "synth")(tmp_path, "-n", "2", "--size", "64x96", "-q")

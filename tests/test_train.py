@@ -336,3 +336,14 @@ def test_weights_without_a_state_are_not_replaced_without_overwrite(monkeypatch,
     code, _, err = run("-c", recipe, "-o", out, "-q", "--lr", "0.0005", "--overwrite")
     assert code == 0 and "replacing" in err
     assert load_checkpoint(out / "last.safetensors").provenance["steps"] == 2
+
+
+def test_training_in_process_leaves_the_callers_thread_count(tmp_path):
+    """With workers=0 the synthetic stream runs in the caller's process; only a data worker drops to 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(tiny_config(tmp_path, 2), quiet=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

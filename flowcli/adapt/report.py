@@ -99,7 +99,7 @@ def gt_metrics(
     model: torch.nn.Module, datasets: list[tuple[str, str]], *, precision: str = "fp32", max_pixels: int | None = None
 ) -> dict[str, dict[str, float]]:
     """flowcli.evaluate on each labeled dataset: {dataset: {metric: value}} (the usual headline metrics)."""
-    from flowcli.evaluate import evaluate
+    from flowcli.evaluation import evaluate
 
     if not datasets:
         return {}

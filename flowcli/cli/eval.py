@@ -133,7 +133,7 @@ def eval_command(
 ):
     """Score a model on a benchmark (help text: EVAL_HELP)."""
     from flowcli.data import STEREO_DATASETS
-    from flowcli.evaluate import evaluate
+    from flowcli.evaluation import evaluate
     from flowcli.inference import resolve_device
     from flowcli.models import load_model
 

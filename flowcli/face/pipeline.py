@@ -8,6 +8,7 @@ import numpy as np
 
 from flowcli.face.assets import FaceAssets
 from flowcli.face.fit import FaceFit, FaceFitter, FitOptions
+from flowcli.face.media import as_rgb8
 from flowcli.face.mediapipe import FaceMeshRunner
 
 
@@ -67,7 +68,8 @@ class FacePipeline:
         )
 
     def fit_image(self, image: np.ndarray, max_faces: int = 1) -> tuple[list[FaceResult], int]:
-        found, total = self.landmarks(image, max_faces)
+        """Faces of an H x W (x 1/3/4) picture: uint8, uint16 or float in [0, 1], gray, RGB or RGBA."""
+        found, total = self.landmarks(as_rgb8(image), max_faces)
         results = []
         for lm in found:
             fit = self.fitter.fit(lm.points)

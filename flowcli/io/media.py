@@ -144,7 +144,9 @@ def natural_sort_key(path: PathLike) -> tuple:
     """Sort key where digit runs compare as numbers: frame_2 < frame_10."""
     text = str(path)
     parts = re.split(r"(\d+)", text)
-    return tuple(int(part) if i % 2 else part.lower() for i, part in enumerate(parts)) + (text,)
+    # tagged so that a number never meets a string: "seq" against "seq2" compares tags, not "seq" with 2;
+    # the full text, last, breaks ties and ends a name before any of its longer relatives
+    return tuple((0, int(part)) if i % 2 else (1, part.lower()) for i, part in enumerate(parts)) + ((-1, text),)
 
 
 def _has_glob(text: str) -> bool:

@@ -31,12 +31,15 @@ def load_model(
     offline: bool = False,
     quiet: bool = False,
 ):
-    """Load a flow model by registry name (see `flowcli weights list`), hf:// spec, URL or local path.
+    """Load a flow model by registry name (see `flowcli weights list`), hf:// spec, URL or local path,
+    onto `device` (a torch.device or auto, cpu, cuda, cuda:N, mps).
 
     Registry and remote files are fetched into the cache on first use and sha256-verified.
     """
     from flowcli.checkpoint import load_checkpoint
+    from flowcli.inference import resolve_device
 
+    device = resolve_device(device) if isinstance(device, str) else device
     return load_checkpoint(resolve_model_file(name_or_path, offline, quiet), device=device)
 
 

@@ -173,7 +173,8 @@ class SynthStream(torch.utils.data.IterableDataset):
         self.textures: TextureBank | None = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        torch.set_num_threads(1)
+        if torch.utils.data.get_worker_info() is not None:  # a data worker: leave the cores to the training step
+            torch.set_num_threads(1)
         if self.cfg.textures and self.textures is None:
             self.textures = TextureBank.from_paths(self.cfg.textures)
         index = self.start_index

@@ -49,11 +49,17 @@ def _clean(d: dict) -> dict:
 
 
 def _resolve_model(model, device):
+    """(model on its device in eval mode, that device): a loaded module stays where it is unless `device` is given."""
+    from flowcli.inference import resolve_device
+
     if isinstance(model, (str, Path)) or model is None:
         from flowcli.models import load_model
 
-        model = load_model(model, device=device)
-    return model.to(device).eval()
+        device = resolve_device(device or "auto")
+        return load_model(model, device=device).eval(), device
+    device = resolve_device(device) if isinstance(device, str) else device
+    device = device or next(model.parameters()).device
+    return model.to(device).eval(), device
 
 
 def evaluate(
@@ -63,7 +69,7 @@ def evaluate(
     *,
     max_items: int | None = None,
     occlusion: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = True,
     precision: str = "fp32",
     max_pixels: int | None = None,
@@ -74,51 +80,57 @@ def evaluate(
     `dataset_name`: sintel-clean, sintel-final, kitti2015, kitti2012, chairs, middlebury,
     middlebury-stereo or kitti-stereo; `root`: the dataset folder in its standard layout.
     `occlusion=True` also runs the backward flow and scores forward-backward occlusion where
-    the dataset has occlusion ground truth.
+    the dataset has occlusion ground truth. `device`: where to run (default: a loaded module's own
+    device, "auto" for a name); a loaded module is left in the mode it came in.
     """
     from flowcli.console import progress as progress_bar
     from flowcli.inference import estimate_flow
 
     dataset = make_dataset(dataset_name, root)
-    model = _resolve_model(model, device)
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    model, device = _resolve_model(model, device)
     stereo = dataset_name.lower() in STEREO_DATASETS
     count = len(dataset) if max_items is None else min(len(dataset), max(0, int(max_items)))
     per_item: list[dict] = []
-    with progress_bar(quiet=not progress, transient=True) as bar:
-        task = bar.add_task(f"eval {dataset.name}", total=count, info="")
-        for index in range(count):
-            item = dataset[index]
-            image1 = item["image1"][None].to(device)
-            image2 = item["image2"][None].to(device)
-            valid = item["valid"][None].to(device)
-            gt_occ = item["occlusion"]
-            want_occ = occlusion and not stereo and gt_occ is not None
-            start = time.perf_counter()
-            with torch.inference_mode():
-                result = estimate_flow(
-                    model, image1, image2, backward=want_occ, occlusion=want_occ,
-                    max_pixels=max_pixels, precision=precision, scale=scale,
-                )  # fmt: skip
-            seconds = time.perf_counter() - start
-            flow = result.forward.float()
-            row: dict = {"name": item["name"], "height": int(image1.shape[-2]), "width": int(image1.shape[-1])}
-            if stereo:
-                gt_disp = item["disparity"][None].to(device)
-                row.update(stereo_metrics(-flow[:, :1], gt_disp, valid))
-                vertical = flow[:, 1][valid[:, 0]].abs()
-                row["vert_abs"] = float(vertical.mean()) if vertical.numel() else math.nan
-                row["vert_gt1"] = 100.0 * float((vertical > 1.0).float().mean()) if vertical.numel() else math.nan
-            else:
-                gt_occ_d = gt_occ[None].to(device) if gt_occ is not None else None
-                row.update(flow_metrics(flow, item["flow"][None].to(device), valid, gt_occ_d))
-                if want_occ and result.occlusion is not None:
-                    row["occ_f1"] = occlusion_f1(result.occlusion.float(), gt_occ_d, valid)
-                learned = getattr(result, "learned_occlusion", None)
-                if want_occ and learned is not None:
-                    row["occ_f1_learned"] = occlusion_f1(learned.float(), gt_occ_d, valid)
-            row["seconds"] = seconds
-            per_item.append(row)
-            bar.update(task, advance=1, info=f"{item['name']} epe {row['epe']:.2f}")
+    try:
+        with progress_bar(quiet=not progress, transient=True) as bar:
+            task = bar.add_task(f"eval {dataset.name}", total=count, info="")
+            for index in range(count):
+                item = dataset[index]
+                image1 = item["image1"][None].to(device)
+                image2 = item["image2"][None].to(device)
+                valid = item["valid"][None].to(device)
+                gt_occ = item["occlusion"]
+                want_occ = occlusion and not stereo and gt_occ is not None
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    result = estimate_flow(
+                        model, image1, image2, backward=want_occ, occlusion=want_occ,
+                        max_pixels=max_pixels, precision=precision, scale=scale,
+                    )  # fmt: skip
+                seconds = time.perf_counter() - start
+                flow = result.forward.float()
+                row: dict = {"name": item["name"], "height": int(image1.shape[-2]), "width": int(image1.shape[-1])}
+                if stereo:
+                    gt_disp = item["disparity"][None].to(device)
+                    row.update(stereo_metrics(-flow[:, :1], gt_disp, valid))
+                    vertical = flow[:, 1][valid[:, 0]].abs()
+                    row["vert_abs"] = float(vertical.mean()) if vertical.numel() else math.nan
+                    row["vert_gt1"] = 100.0 * float((vertical > 1.0).float().mean()) if vertical.numel() else math.nan
+                else:
+                    gt_occ_d = gt_occ[None].to(device) if gt_occ is not None else None
+                    row.update(flow_metrics(flow, item["flow"][None].to(device), valid, gt_occ_d))
+                    if want_occ and result.occlusion is not None:
+                        row["occ_f1"] = occlusion_f1(result.occlusion.float(), gt_occ_d, valid)
+                    learned = getattr(result, "learned_occlusion", None)
+                    if want_occ and learned is not None:
+                        row["occ_f1_learned"] = occlusion_f1(learned.float(), gt_occ_d, valid)
+                row["seconds"] = seconds
+                per_item.append(row)
+                bar.update(task, advance=1, info=f"{item['name']} epe {row['epe']:.2f}")
+    finally:
+        if was_training:
+            model.train()
     report = EvalReport(dataset=dataset.name, per_item=per_item, mean=mean_metrics(per_item))
     report.model = getattr(model, "checkpoint_path", None)
     return report
