@@ -601,6 +601,8 @@ def test_read_image_applies_exif_orientation(tmp_path):
         with Image.open(tmp_path / "o.png") as file:
             reference = np.asarray(ImageOps.exif_transpose(file))
         np.testing.assert_array_equal(media.read_image_array(tmp_path / "o.png"), reference)
+        # the header size that commands check before reading must be the upright one too
+        assert media.image_size(tmp_path / "o.png") == (reference.shape[1], reference.shape[0])
 
     gray16 = RNG.integers(0, 65536, (4, 6), dtype=np.uint16)  # 16 bits survive the rotation
     Image.fromarray(gray16).save(tmp_path / "g16.tif", exif=_exif(6))

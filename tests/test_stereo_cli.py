@@ -320,6 +320,20 @@ def test_left_right_names_pair_up(tmp_path):
         ("Y-L.png", "Y-R.png", "Y"), ("im0.png", "im1.png", ""), ("x_left.png", "x_right.png", "x"),
     ]
     assert _pair_by_tokens([Path("x_left.png"), Path("y_right.png")]) is None
+    # names pair across folders (one glob over L/ and R/); links are paired where they are, not where they point
+    across = [Path("L/x_left.png"), Path("R/x_right.png")]
+    assert [(a.name, b.name, bare) for a, b, bare in _pair_by_tokens(across)] == [("x_left.png", "x_right.png", "x")]
+    links = []
+    for scene, targets in (("scene1", "ab"), ("scene2", "cd")):  # git-annex / DVC style: links into a store
+        (tmp_path / scene).mkdir()
+        for name, target in zip(("im0.png", "im1.png"), targets, strict=True):
+            (tmp_path / "store" / target).mkdir(parents=True)
+            (tmp_path / "store" / target / "x.png").touch()
+            (tmp_path / scene / name).symlink_to(tmp_path / "store" / target / "x.png")
+            links.append(tmp_path / scene / name)
+    assert sorted((a.parent.name, b.parent.name) for a, b, _ in _pair_by_tokens(links)) == [
+        ("scene1", "scene1"), ("scene2", "scene2"),
+    ]
     lefts = [Path("l/a.png"), Path("l/b.png")]
     with pytest.warns(UserWarning, match="natural order"):
         pairs = _match_folders(lefts, [Path("r/c.png"), Path("r/d.png")], "l and r")

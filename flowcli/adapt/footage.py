@@ -204,14 +204,13 @@ def _file_size(path: Path) -> int:
 
 def _header_size(path: Path) -> tuple[int, int] | None:
     """(h, w) from the image header, None when the file cannot be read as an image."""
-    from PIL import Image
+    from flowcli.io.media import image_size
 
     try:
-        with Image.open(path) as image:
-            w, h = image.size
-        return (h, w)
-    except Exception:  # Pillow raises many types for bad files
+        w, h = image_size(path)  # as the frame will be read: EXIF orientation applied
+    except InputError:
         return None
+    return (h, w)
 
 
 def _image_sequence(paths: list[Path], label: str, source: str, skipped: list[str]) -> Sequence:

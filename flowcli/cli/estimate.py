@@ -139,13 +139,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+    from flowcli.io.media import image_size
 
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
-        raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
+    return image_size(path)
 
 
 def _check_frame_sizes(frames: list[Path]) -> None:

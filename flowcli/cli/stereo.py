@@ -162,7 +162,13 @@ def _role(stem: str) -> _Role | None:
 def _pair_by_tokens(frames: list[Path], same_folder: bool = True) -> list[tuple[Path, Path, str]] | None:
     """[(left, right, bare name)] when every image has a left/right token and a counterpart, else None.
 
-    With `same_folder` a counterpart is in the same folder (a glob over Middlebury scenes: */im0.png */im1.png)."""
+    Names pair up wherever the files are (L/x_left.png with R/x_right.png); with `same_folder`, names that
+    repeat across folders (a glob over Middlebury scenes: */im0.png */im1.png) pair within each folder."""
+    pairs = _pair_tokens(frames, by_folder=False)
+    return pairs if pairs is not None or not same_folder else _pair_tokens(frames, by_folder=True)
+
+
+def _pair_tokens(frames: list[Path], by_folder: bool) -> list[tuple[Path, Path, str]] | None:
     lefts: dict[tuple, tuple[Path, str]] = {}
     rights: dict[tuple, Path] = {}
     for path in frames:
@@ -170,7 +176,7 @@ def _pair_by_tokens(frames: list[Path], same_folder: bool = True) -> list[tuple[
         if role is None:
             return None
         side = lefts if role.side == "left" else rights
-        key = (path.resolve().parent if same_folder else None, role.key)
+        key = (path.absolute().parent if by_folder else None, role.key)
         if key in side:
             return None
         side[key] = (path, role.bare) if role.side == "left" else path
@@ -246,13 +252,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+    from flowcli.io.media import image_size
 
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
-        raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
+    return image_size(path)
 
 
 def _frames_name(arg: str) -> str:
@@ -267,7 +269,7 @@ def _frames_name(arg: str) -> str:
 def _pair_stem(left: Path, right: Path) -> str:
     a, b = _role(left.stem), _role(right.stem)
     if a and b and a.side == "left" and b.side == "right" and a.key == b.key:
-        return a.bare or left.resolve().parent.name
+        return a.bare or left.absolute().parent.name
     return left.stem
 
 
@@ -359,7 +361,7 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
             pairs = _pair_by_tokens(frames)
             if pairs is not None:
                 # im0 / im1 have no name of their own: their folder names them (a glob may span scenes)
-                pairs = [(left, right, bare or left.resolve().parent.name) for left, right, bare in pairs]
+                pairs = [(left, right, bare or left.absolute().parent.name) for left, right, bare in pairs]
                 i += 1
             elif i + 1 < len(inputs) and _is_frames(inputs[i + 1]):
                 right_arg = inputs[i + 1]

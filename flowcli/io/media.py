@@ -92,6 +92,18 @@ def _orientation_and_mode(path: Path) -> tuple[int, str | None]:
         return 1, None
 
 
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(width, height) of an image as `read_image` returns it (EXIF orientation applied), from its header only."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
+        raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
+    orientation, _ = _orientation_and_mode(path)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the picture a quarter
+
+
 def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
     """Undo an EXIF orientation (2-8: flips, rotations) on an [H, W] / [H, W, C] array, as photo viewers do."""
     transforms = {
