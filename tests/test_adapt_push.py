@@ -157,6 +157,7 @@ def test_push_uploads_and_the_pinned_source_resolves(hub, checkpoint, tmp_path):
     from flowcli.checkpoint import load_checkpoint
 
     reg = tmp_path / "my_registry.json"
+    reg.write_text("{}")  # an empty registry is one to add to
     result = CliRunner().invoke(
         _app(), ["weights", "push", str(checkpoint), "--repo", "me/my-flow", "--registry", str(reg), "--json"]
     )

@@ -347,3 +347,24 @@ def test_training_in_process_leaves_the_callers_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_config_problems_found_before_the_run_folder_is_made(tmp_path):
+    """A bad device, bad model overrides on init weights, or a trainer-owned synth key: one line, no folder."""
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.errors import FlowcliError
+    from flowcli.models import FlowNet, FlowNetConfig
+
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(FlowNet(FlowNetConfig(**TINY_MODEL)), init)
+    bad = {
+        "device": dict(device="cuda:x"),
+        "overrides": dict(init_weights=str(init), model={"upsampler": "bogus"}),
+    }
+    for name, overrides in bad.items():
+        with pytest.raises(FlowcliError):
+            train(tiny_config(tmp_path / name, 2, **overrides), quiet=True)
+        assert not (tmp_path / name).exists(), name
+    from flowcli.train.trainer import settings_problem
+
+    assert "top-level" in settings_problem({"synth": {"height": 64}})

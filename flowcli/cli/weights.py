@@ -365,6 +365,8 @@ def _read_registry_for_push(path: Path) -> dict:
         raise WeightsError(f"{path} is not valid JSON (line {error.lineno}); fix or remove it") from None
     except (OSError, UnicodeDecodeError) as error:
         raise WeightsError(f"cannot read registry {path} ({error}); fix it or choose another --registry") from None
+    if isinstance(data, dict):
+        data.setdefault("models", {})  # an empty registry ({}) is one to add to
     registry._check_registry(data, path)
     return data
 

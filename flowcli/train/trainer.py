@@ -142,6 +142,10 @@ def settings_problem(data: dict) -> str | None:
     if problem:
         return problem
     model, synth = data.get("model", {}), data.get("synth", {})
+    for name in _TRAINER_SYNTH_FIELDS:
+        if isinstance(synth, dict) and name in synth:
+            top = "stereo_fraction" if name == "stereo" else name
+            return f'"synth.{name}": set by the trainer; use the top-level "{top}" instead'
     problem = dataclass_problem(FlowNetConfig, model, prefix="model.") or dataclass_problem(
         SynthConfig, synth, prefix="synth.", exclude=_TRAINER_SYNTH_FIELDS
     )
@@ -166,17 +170,14 @@ class SynthStream(torch.utils.data.IterableDataset):
     reproduce exactly what an uninterrupted run would have seen.
     """
 
-    def __init__(self, cfg: TrainConfig, start_index: int):
-        self.cfg, self.start_index = cfg, start_index
+    def __init__(self, cfg: TrainConfig, start_index: int, textures: TextureBank | None = None):
+        self.cfg, self.start_index, self.textures = cfg, start_index, textures
         self.flow_cfg = SynthConfig(height=cfg.height, width=cfg.width, **cfg.synth)
         self.stereo_cfg = SynthConfig(height=cfg.height, width=cfg.width, stereo=True, **cfg.synth)
-        self.textures: TextureBank | None = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if torch.utils.data.get_worker_info() is not None:  # a data worker: leave the cores to the training step
             torch.set_num_threads(1)
-        if self.cfg.textures and self.textures is None:
-            self.textures = TextureBank.from_paths(self.cfg.textures)
         index = self.start_index
         while True:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
@@ -190,8 +191,7 @@ class SynthStream(torch.utils.data.IterableDataset):
 
 
 def _batches(cfg: TrainConfig, step: int, textures: TextureBank | None) -> Iterator:
-    stream = SynthStream(cfg, start_index=step * cfg.batch_size)
-    stream.textures = textures
+    stream = SynthStream(cfg, start_index=step * cfg.batch_size, textures=textures)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=cfg.batch_size,
@@ -216,7 +216,10 @@ def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
     base, _, init_sha256 = load_model_and_file(cfg.init_weights, "cpu")
     if not cfg.model:
         return base.train(), init_sha256
-    model = FlowNet(FlowNetConfig(**{**base.config.to_dict(), **cfg.model}))
+    try:
+        model = FlowNet(FlowNetConfig(**{**base.config.to_dict(), **cfg.model}))
+    except (TypeError, ValueError) as error:  # an unknown key or a bad value in the "model" overrides
+        raise InputError(f'"model" overrides {cfg.model} do not make a valid model: {error}') from None
     base_state = base.state_dict()
     if base.config.shared_decoder and not model.config.shared_decoder:
         base_state = untie_decoder_weights(base_state, model.config.decoded_levels)
@@ -333,17 +336,18 @@ def train(
     state_path = out / "state.pt"
     _check_run_folder(out, overwrite)
     textures = _load_textures(cfg)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create the run folder {out}: {error.strerror}; choose another --out") from None
     from flowcli.inference import resolve_device
 
+    # the device and the model (init weights, overrides) are checked before the run folder is made
     device = resolve_device(cfg.device)
     autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
     model, init_sha256 = build_model(cfg)
     model = model.to(device)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the run folder {out}: {error.strerror}; choose another --out") from None
     params = trainable_parameters(model, cfg.train_only)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, cfg)
@@ -369,7 +373,8 @@ def train(
         stderr.print(f"resuming {out} at step {step}/{cfg.steps}")
     elif ema is None:
         (out / "ema.safetensors").unlink(missing_ok=True)  # an earlier run's average is not this run's
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    with atomic_path(out / "config.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(asdict(cfg), indent=2))
 
     def save_state():
         with atomic_path(state_path, overwrite=True) as tmp:

@@ -76,7 +76,7 @@ def value_problem(value: Any, hint: Any, rule: Rule | None = None) -> str | None
     test, expected = rule or (None, describe_type(hint))
     if matches_type(value, hint) and (test is None or test(value)):
         return None
-    return f"must be {expected}, got {json.dumps(value)}"
+    return f"must be {expected}, got {json.dumps(value, default=repr)}"
 
 
 def dataclass_problem(
