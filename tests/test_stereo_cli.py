@@ -384,3 +384,14 @@ def test_real_process_error_has_no_traceback(media, tmp_path):
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == "error: --focal must be a positive number of pixels, got 0"
+
+
+def test_a_pair_given_from_a_subfolder_is_named_after_its_real_folder(media, tmp_path, cli, monkeypatch):
+    scene, rig = media["scene"], tmp_path / "rig"
+    write_png(rig / "left.png", _uint8(scene.left[0]))
+    write_png(rig / "right.png", _uint8(scene.right[0]))
+    (rig / "sub").mkdir()
+    monkeypatch.chdir(rig / "sub")
+    code, stdout, err = cli("../left.png", "../right.png", "--weights", media["weights"], "-o", tmp_path / "o", "--npy", "--json")
+    assert code == 0, err
+    assert [r["outputs"]["npy"] for r in _records(stdout)] == [str(tmp_path / "o" / "rig_disp.npy")]

@@ -159,6 +159,11 @@ def _role(stem: str) -> _Role | None:
     return _Role(side, f"{before.lower()}\0{family}\0{after.lower()}", bare)
 
 
+def _folder(path: Path) -> Path:
+    """The folder a file is given in: ".." collapsed (../im0.png is named after the real parent), links not followed."""
+    return Path(os.path.abspath(path)).parent
+
+
 def _pair_by_tokens(frames: list[Path], same_folder: bool = True) -> list[tuple[Path, Path, str]] | None:
     """[(left, right, bare name)] when every image has a left/right token and a counterpart, else None.
 
@@ -176,7 +181,7 @@ def _pair_tokens(frames: list[Path], by_folder: bool) -> list[tuple[Path, Path, 
         if role is None:
             return None
         side = lefts if role.side == "left" else rights
-        key = (path.absolute().parent if by_folder else None, role.key)
+        key = (_folder(path) if by_folder else None, role.key)
         if key in side:
             return None
         side[key] = (path, role.bare) if role.side == "left" else path
@@ -269,7 +274,7 @@ def _frames_name(arg: str) -> str:
 def _pair_stem(left: Path, right: Path) -> str:
     a, b = _role(left.stem), _role(right.stem)
     if a and b and a.side == "left" and b.side == "right" and a.key == b.key:
-        return a.bare or left.absolute().parent.name
+        return a.bare or _folder(left).name
     return left.stem
 
 
@@ -361,7 +366,7 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
             pairs = _pair_by_tokens(frames)
             if pairs is not None:
                 # im0 / im1 have no name of their own: their folder names them (a glob may span scenes)
-                pairs = [(left, right, bare or left.absolute().parent.name) for left, right, bare in pairs]
+                pairs = [(left, right, bare or _folder(left).name) for left, right, bare in pairs]
                 i += 1
             elif i + 1 < len(inputs) and _is_frames(inputs[i + 1]):
                 right_arg = inputs[i + 1]
