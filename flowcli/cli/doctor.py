@@ -173,7 +173,10 @@ def doctor(
     ] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")] = False,
 ) -> None:
-    """Show versions, device and correlation backend, and self-check the backend against a reference."""
+    """Show versions, device and correlation backend, and self-check the backend against a reference.
+
+    Example: flowcli doctor --json
+    """
     import torch
 
     if device == "auto":

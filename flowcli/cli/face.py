@@ -73,7 +73,12 @@ def fit_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay."""
+    """Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay.
+
+    Examples:
+      flowcli face fit selfie.jpg -o faces/
+      flowcli face fit talk.mp4 --max-frames 100 --json -o faces/ > poses.jsonl
+    """
     import torch
 
     from flowcli.console import progress, stderr, warn
@@ -118,7 +123,10 @@ def convert_command(
     output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Convert ICT-FaceKit OBJ files into the compact model file `--face-model` reads (face region only)."""
+    """Convert ICT-FaceKit OBJ files into the compact model file `--face-model` reads (face region only).
+
+    Example: flowcli face convert ICT-FaceKit/FaceXModel -o ict.npz
+    """
     from flowcli.face.model import build_compact, convert_ict
     from flowcli.io.atomic import check_writable
 

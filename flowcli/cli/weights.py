@@ -292,7 +292,8 @@ def download_command(
         "Check local copies against the registry's sha256 and size, without downloading anything.\n\n"
         "Status per file: ok; unverified (no sha256 recorded yet); not downloaded; missing (a bundled file "
         "absent from this installation); corrupt (wrong size or sha256; it is re-fetched on next use or by "
-        "`flowcli weights download NAME`). Exits with code 4 when a file is missing or corrupt."
+        "`flowcli weights download NAME`). Exits with code 4 when a file is missing or corrupt.\n\n"
+        "Example: flowcli weights verify flowcli-pwc-synth"
     ),
 )
 def verify_command(
