@@ -55,7 +55,7 @@ def _resolve_model(model, device):
     if isinstance(model, (str, Path)) or model is None:
         from flowcli.models import load_model
 
-        device = resolve_device(device or "auto")
+        device = resolve_device(device or "auto") if isinstance(device, (str, type(None))) else device
         return load_model(model, device=device).eval(), device
     device = resolve_device(device) if isinstance(device, str) else device
     device = device or next(model.parameters()).device

@@ -42,12 +42,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise FlowcliError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise FlowcliError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu or auto")
+            raise FlowcliError(f"device {device} was asked for but no CUDA GPU is visible; use cpu or auto")
         count = torch.cuda.device_count()
         if int(number or 0) >= count:
-            raise FlowcliError(f"--device {device}: there is no such GPU; use cuda:0 to cuda:{count - 1}")
+            raise FlowcliError(f"device {device}: there is no such GPU; use cuda:0 to cuda:{count - 1}")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FlowcliError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+        raise FlowcliError("device mps was asked for but MPS is not available; use cpu or auto")
     return torch.device(device)
 
 
@@ -204,9 +204,11 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
     raise FlowcliError(f"out of memory even with small tiles at {w}x{h}; use --device cpu or smaller images")
 
 
-def check_frames(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def check_frames(
+    image1: torch.Tensor, image2: torch.Tensor, names: tuple[str, str] = ("image1", "image2")
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two frames as [B,3,H,W] floating-point tensors of the same shape, or an InputError saying what is wrong."""
-    for name, image in (("image1", image1), ("image2", image2)):
+    for name, image in zip(names, (image1, image2), strict=True):
         if not isinstance(image, torch.Tensor):
             raise InputError(f"{name} must be a torch tensor [B,3,H,W] or [3,H,W], got {type(image).__name__}")
         if not image.is_floating_point():

@@ -80,9 +80,10 @@ def estimate_disparity(
     """
     from flowcli.inference import check_frames, estimate_flow
 
-    if left.shape[-2:] != right.shape[-2:]:
-        raise _pair_size_error(left, right)
-    left, right = check_frames(left, right)
+    if isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor) and left.shape[-2:] != right.shape[-2:]:
+        if left.dim() in (3, 4) and right.dim() in (3, 4) and left.shape[-3] == right.shape[-3] == 3:
+            raise _pair_size_error(left, right)
+    left, right = check_frames(left, right, names=("left", "right"))
     flows = estimate_flow(
         model, left, right, backward=consistency, max_pixels=max_pixels, tile_overlap=tile_overlap,
         precision=precision,

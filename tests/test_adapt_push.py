@@ -152,12 +152,14 @@ def _app():
     return app
 
 
-def test_push_uploads_and_the_pinned_source_resolves(hub, checkpoint, tmp_path):
+@pytest.mark.parametrize("existing", [None, "{}"])  # a registry file made by the push, or an empty one added to
+def test_push_uploads_and_the_pinned_source_resolves(hub, checkpoint, tmp_path, existing):
     from flowcli import registry
     from flowcli.checkpoint import load_checkpoint
 
     reg = tmp_path / "my_registry.json"
-    reg.write_text("{}")  # an empty registry is one to add to
+    if existing is not None:
+        reg.write_text(existing)
     result = CliRunner().invoke(
         _app(), ["weights", "push", str(checkpoint), "--repo", "me/my-flow", "--registry", str(reg), "--json"]
     )

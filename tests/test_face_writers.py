@@ -88,3 +88,10 @@ def test_read_image_layouts(tmp_path):
     picture.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
     upright = read_image(tmp_path / "rotated.jpg")
     assert upright.shape == rgb.shape and np.abs(upright.astype(int) - rgb).mean() < 4
+
+
+def test_half_precision_pictures_are_scaled_like_other_floats():
+    from flowcli.face.media import as_rgb8
+
+    picture = np.full((64, 64, 3), 0.6, np.float16)
+    assert (as_rgb8(picture) == 153).all()

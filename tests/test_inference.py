@@ -96,7 +96,7 @@ def test_eval_checks_the_device_and_runs_on_auto(tmp_path, monkeypatch, capsys, 
     write_flo(tmp_path / "chairs" / "data" / "00001_flow.flo", np.zeros((64, 64, 2), np.float32))
     cli = in_process_cli(monkeypatch, capsys, "eval")
     args = ["-d", "chairs", "-r", tmp_path / "chairs", "-w", weights, "-q", "--json"]
-    for device, needle in (("bogus", "unknown device 'bogus'"), ("cuda:99", "--device cuda:99")):
+    for device, needle in (("bogus", "unknown device 'bogus'"), ("cuda:99", "device cuda:99")):
         code, stdout, err = cli(*args, "--device", device)
         assert_one_line_error(code, err, 1, needle)
         assert stdout == ""
@@ -169,5 +169,7 @@ def test_evaluate_leaves_the_callers_model_as_it_was_and_devices_resolve():
     model = load_model(device="auto").train()
     report = evaluate(model, "chairs", chairs, max_items=1, progress=False)
     assert len(report.per_item) == 1 and model.training
+    for device in (torch.device("cpu"), "cpu", None):  # a name is loaded onto a torch.device, a string or auto
+        assert len(evaluate("flowcli-pwc-synth", "chairs", chairs, max_items=1, progress=False, device=device).per_item) == 1
     with pytest.raises(FlowcliError, match="unknown device"):
         load_model(device="bogus")

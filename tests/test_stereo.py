@@ -209,3 +209,17 @@ def test_disparity_colours_and_side_by_side():
     assert torch.equal(left, frame[..., :3]) and torch.equal(right, frame[..., 3:])
     with pytest.raises(InputError, match="odd width"):
         split_side_by_side(frame[..., :5])
+
+
+def test_library_disparity_names_the_view_and_checks_the_layout_before_sizes():
+    from flowcli.errors import InputError
+    from flowcli.models import load_model
+    from flowcli.stereo import estimate_disparity
+
+    model = load_model()
+    with pytest.raises(InputError, match="left is torch.uint8"):
+        estimate_disparity(model, torch.zeros(1, 3, 64, 64, dtype=torch.uint8), torch.zeros(1, 3, 64, 64))
+    with pytest.raises(InputError, match="channels first"):  # not "differ in size" for channels-last frames
+        estimate_disparity(model, torch.rand(64, 64, 3), torch.rand(64, 80, 3))
+    with pytest.raises(InputError, match="differ in size"):
+        estimate_disparity(model, torch.rand(3, 64, 64), torch.rand(3, 64, 80))

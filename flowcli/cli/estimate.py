@@ -133,22 +133,13 @@ def _glob_folder_name(pattern: str) -> str:
     return Path(*fixed).name if fixed else Path.cwd().name
 
 
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from flowcli.io.media import image_size
-
-    return image_size(path)
-
-
 def _check_frame_sizes(frames: list[Path]) -> None:
     """Every frame's header is read (cheap): unreadable files and size mismatches fail before any work."""
-    first, first_size = frames[0], _image_size(frames[0])
+    from flowcli.io.media import image_size
+
+    first, first_size = frames[0], image_size(frames[0])
     for path in frames[1:]:
-        size = _image_size(path)
+        size = image_size(path)
         if size != first_size:
             raise InputError(
                 f"frames differ in size: {first} is {first_size[0]}x{first_size[1]}, {path} is {size[0]}x{size[1]}; "

@@ -251,17 +251,6 @@ def _is_frames(arg: str) -> bool:
     return Path(arg).is_dir() or (_is_glob(arg) and not Path(arg).exists())
 
 
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from flowcli.io.media import image_size
-
-    return image_size(path)
-
-
 def _frames_name(arg: str) -> str:
     path = Path(arg)
     if path.is_dir():
@@ -280,14 +269,16 @@ def _pair_stem(left: Path, right: Path) -> str:
 
 def _check_pair_sizes(left: Path, right: Path | None) -> tuple[int, int]:
     """Header check of one pair: (width, height) of one view."""
-    size = _image_size(left)
+    from flowcli.io.media import image_size
+
+    size = image_size(left)
     if right is None:
         if size[0] % 2:
             raise InputError(
                 f"{left} is {size[0]} px wide, an odd width; a side-by-side image has two halves of equal width"
             )
         return size[0] // 2, size[1]
-    other = _image_size(right)
+    other = image_size(right)
     if other != size:
         raise InputError(
             f"left and right differ in size: {left} is {size[0]}x{size[1]}, {right} is {other[0]}x{other[1]}; "
@@ -371,8 +362,8 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
             elif i + 1 < len(inputs) and _is_frames(inputs[i + 1]):
                 right_arg = inputs[i + 1]
                 pairs = _match_folders(frames, list_frames(right_arg), f"{arg} and {right_arg}")
-                right_parent = Path(right_arg).resolve().parent if Path(right_arg).is_dir() else None
-                if Path(arg).is_dir() and right_parent == Path(arg).resolve().parent:
+                right_parent = _folder(Path(right_arg)) if Path(right_arg).is_dir() else None
+                if Path(arg).is_dir() and right_parent == _folder(Path(arg)):
                     name = right_parent.name
                 arg = f"{arg} {right_arg}"
                 i += 2

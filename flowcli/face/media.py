@@ -41,7 +41,7 @@ def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
     a = a[:, :, :3]
     if a.dtype == np.uint16:
         a = (a / 257.0).round().astype(np.uint8)
-    elif a.dtype in (np.float32, np.float64):
+    elif np.issubdtype(a.dtype, np.floating):
         a = (
             (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8)
             if a.max() <= 1.0
