@@ -8,10 +8,10 @@ setting is refused before any footage is decoded instead of failing inside a los
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 import typing
 from dataclasses import fields
+
+from flowcli.validation import matches_type
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -25,38 +25,35 @@ def field_types(cls: type) -> dict[str, object]:
 
 def convert(value, kind):
     """`value` as `kind` (bool, int, float, str or a tuple of them); text is parsed, e.g. '0,2,3' for a tuple."""
-    if typing.get_origin(kind) is tuple:
-        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not items:
-            raise ValueError(value)
-        args = typing.get_args(kind)
-        if args[-1] is Ellipsis:
-            args = (args[0],) * len(items)
-        elif len(items) != len(args):
-            raise ValueError(value)
-        return tuple(convert(item, item_kind) for item, item_kind in zip(items, args, strict=True))
-    if isinstance(value, str):
-        return _parse(value.strip(), kind)
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    raise ValueError(value)
+    if isinstance(value, str) and kind is not str:
+        value = _parse(value.strip(), kind)
+    if not matches_type(value, kind) or (typing.get_origin(kind) is tuple and not value):
+        raise ValueError(value)
+    return _as(value, kind)
 
 
 def _parse(text: str, kind):
-    if kind is str:
-        return text
+    """CLI text as a value of `kind`; what does not parse is returned as it is, for `matches_type` to refuse."""
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return [_parse(item, args[0] if args[-1] is Ellipsis else arg) for item, arg in zip(items, args * len(items))]
     if kind is bool:
-        if text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-        raise ValueError(text)
-    number = kind(text)  # int('1.5') and float('abc') raise ValueError
-    if not math.isfinite(number):
-        raise ValueError(text)
-    return number
+        lowered = text.lower()
+        return lowered in _TRUE if lowered in _TRUE + _FALSE else text
+    try:
+        return kind(text)  # int('1.5') and float('abc') raise ValueError
+    except ValueError:
+        return text
+
+
+def _as(value, kind):
+    """A value that matches `kind` in exactly that type: ints become floats where floats are declared, lists tuples."""
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        item_kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_as(item, item_kind) for item, item_kind in zip(value, item_kinds, strict=True))
+    return float(value) if kind is float else value
 
 
 def expected(kind) -> str:

@@ -24,7 +24,7 @@ from flowcli.io.atomic import atomic_path
 from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 from flowcli.train.losses import supervised_loss
-from flowcli.train.validation import dataclass_problem, value_problem
+from flowcli.validation import dataclass_problem, value_problem
 
 
 @dataclass

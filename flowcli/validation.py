@@ -1,7 +1,7 @@
-"""Checks of settings read from JSON against a dataclass: each problem is one line that names the key.
+"""Checks of settings against a dataclass's type hints: each problem is one line that names the key.
 
 A problem is returned as text (or None) so the caller can say where the setting came from: a config
-file and its key, or a command-line flag.
+file and its key (`flowcli train -c`), or a command-line flag (`flowcli adapt --loss KEY=VALUE`).
 """
 
 from __future__ import annotations
