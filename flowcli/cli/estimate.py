@@ -282,10 +282,6 @@ def _pair_owner(number: int, source: _Source, names) -> Owner:
     return Owner(number, names.index, f"{source.label} pair {names.index} ({names.frame1} -> {names.frame2})")
 
 
-def _video_owner(number: int, source: _Source) -> Owner:
-    return Owner(number, None, f"{source.label} video")
-
-
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -313,7 +309,7 @@ def _plan(
             for path in output_paths(options, names).values():
                 claims.check(path, owner)
         if video and source.sequence:
-            claims.check(video_path(options, source.name), _video_owner(number, source))
+            claims.check(video_path(options, source.name), Owner.video(number, source.label))
 
 
 # ----------------------------------------------------------------------------- the command
@@ -506,7 +502,7 @@ class _Run:
             if self.want_video and source.sequence:
                 fps = self.fps or source.fps or DEFAULT_FPS
                 path = video_path(self.options, source.name)
-                self.claims.check(path, _video_owner(number, source))
+                self.claims.check(path, Owner.video(number, source.label))
                 writer = stack.enter_context(VideoWriter(path, fps=fps, overwrite=self.options.overwrite))
             for batch in _batches(_pairs(source, self.step, self.max_frames), self.batch_size):
                 self._batch(number, source, batch, writer, advance)

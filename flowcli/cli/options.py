@@ -111,6 +111,11 @@ class Owner:
     pair: int | None
     text: str = field(compare=False)  # for messages
 
+    @classmethod
+    def video(cls, number: int, label: str) -> Owner:
+        """The video written from input number `number` (labelled `label` in messages)."""
+        return cls(number, None, f"{label} video")
+
 
 def _collision_advice(first: Owner, second: Owner) -> str:
     if first.pair is None and second.pair is None:  # videos are named after {source}, whatever --name says

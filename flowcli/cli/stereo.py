@@ -524,10 +524,6 @@ def _pair_owner(number: int, source: _Source, index: int, stem: str) -> Owner:
     return Owner(number, index, source.label if single else f"{source.label} pair {index} ({stem})")
 
 
-def _video_owner(number: int, source: _Source) -> Owner:
-    return Owner(number, None, f"{source.label} video")
-
-
 def _video_path(directory: Path, source: _Source) -> Path:
     return directory / f"{source.name}_disp_vis.mp4"
 
@@ -758,7 +754,7 @@ def stereo(
             for path in _output_paths(output, template, formats_set, s, fields).values():
                 claims.check(path, owner)
         if want_video and s.sequence:
-            claims.check(_video_path(output, s), _video_owner(number, s))
+            claims.check(_video_path(output, s), Owner.video(number, s.label))
 
     from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
 
@@ -829,7 +825,7 @@ class _Run:
             writer = None
             if self.want_video and source.sequence:
                 path = _video_path(self.directory, source)
-                self.claims.check(path, _video_owner(number, source))
+                self.claims.check(path, Owner.video(number, source.label))
                 writer = stack.enter_context(VideoWriter(path, fps=self.fps or source.fps or DEFAULT_FPS,
                                                          overwrite=self.overwrite))
             batch: list[_Item] = []
