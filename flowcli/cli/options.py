@@ -133,9 +133,13 @@ class OutputClaims:
     def __init__(self, inputs: set[Path], overwrite: bool):
         self.inputs, self.overwrite = inputs, overwrite
         self.owners: dict[Path, Owner] = {}
+        self._folders: dict[Path, Path] = {}  # resolved once per folder: a long video plans 100k names in one
 
     def check(self, path: Path, owner: Owner) -> None:
-        key = path.resolve()
+        folder = self._folders.get(path.parent)
+        if folder is None:
+            folder = self._folders[path.parent] = path.parent.resolve()
+        key = folder / path.name
         if key in self.inputs:
             raise OutputError(f"output {path} would replace an input file; choose another output folder with -o")
         first = self.owners.setdefault(key, owner)
