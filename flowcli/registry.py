@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -39,7 +40,7 @@ from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from flowcli.console import progress
+from flowcli.console import progress, warn
 from flowcli.errors import WeightsError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -393,12 +394,29 @@ def _hf_cached(source: str) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
+class _RetryNotice(logging.Filter):
+    """huggingface_hub logs each retry of a failed request (a dozen lines over ~25 s): say it once, our way."""
+
+    def __init__(self, label: str, endpoint: str):
+        super().__init__()
+        self.label, self.endpoint, self.said = label, endpoint, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.said and record.levelno >= logging.WARNING:
+            self.said = True
+            warn(f"{self.label}: {self.endpoint} does not answer; retrying for up to half a minute (Ctrl-C stops)")
+        return False
+
+
 def _hf_download(source: str, label: str, *, force: bool, quiet: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo_id, filename, revision = parse_hf_source(source)
     endpoint = os.environ.get("HF_ENDPOINT") or None
+    http_logger = logging.getLogger("huggingface_hub.utils._http")  # where its request retries are logged
+    notice = _RetryNotice(label, endpoint or "https://huggingface.co")
+    http_logger.addFilter(notice)
     try:
         return Path(
             hf_hub_download(
@@ -421,6 +439,8 @@ def _hf_download(source: str, label: str, *, force: bool, quiet: bool) -> Path:
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WeightsError(f"cannot download {label} ({source}): {type(error).__name__}: {first}") from None
+    finally:
+        http_logger.removeFilter(notice)
 
 
 def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:

@@ -214,7 +214,7 @@ def test_bad_face_models(tmp_path, cli):
         run = cli(["face", "fit", IMAGE, "--face-model", model, "-o", tmp_path / "out", "-q"])
         assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
         assert message in str(run.exception) and "\n" not in str(run.exception)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # a run that cannot start leaves no folder behind
 
 
 def test_library_fit_image_takes_float_gray_and_rgba_pictures(monkeypatch):

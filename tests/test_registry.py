@@ -543,3 +543,19 @@ def test_cli_verify_reports_an_absent_bundled_file_as_missing_even_without_a_sha
     code, out, err = weights_cli("verify", "--json")
     assert_one_line_error(code, err, 4, "gone/model.safetensors (missing)", "reinstall flowcli")
     assert json.loads(out)[0]["status"] == registry.MISSING
+
+
+def test_an_unreachable_hub_is_one_warning_then_one_error(monkeypatch, capsys, tmp_path):
+    """huggingface_hub logs each retry of a refused connection; the user sees one notice and the error."""
+    import huggingface_hub.utils._http as hub_http
+    from cli_harness import in_process_cli
+
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)  # its backoff waits ~25 s in all
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    code, _, err = in_process_cli(monkeypatch, capsys, "weights")("download", "hf://someone/models/x.safetensors")
+    lines = err.strip().splitlines()
+    assert code == 4 and len(lines) == 2, err
+    assert lines[0].startswith("warning: ") and "retrying" in lines[0]
+    assert lines[1].startswith("error: cannot download") and "Traceback" not in err

@@ -92,12 +92,14 @@ def fit_command(
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
     )
+    torch.set_num_threads(1)  # many tiny solves: threads only add contention
+    # the runtime, assets and model first: a run that cannot start leaves no output folder behind
+    pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=face_model)
     job = FaceJob(None, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
     for path, stem in zip(inputs, stems):  # fail before any work if an output exists
         job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
-    torch.set_num_threads(1)  # many tiny solves: threads only add contention
-    job.set_pipeline(FacePipeline(FaceAssets.locate(face_assets), face_model=face_model))
+    job.set_pipeline(pipeline)
     failures = []
     with progress(quiet) as bar:
         for path, stem in zip(inputs, stems):
