@@ -11,7 +11,8 @@ stderr = Console(stderr=True)
 
 
 def progress(quiet: bool = False, transient: bool = False) -> Progress:
-    """A rich progress bar on stderr; disabled with quiet=True."""
+    """A rich progress bar on stderr; disabled with quiet=True. A transient bar is shown on a terminal only:
+    elsewhere (a log file, a pipe) it would leave nothing but an empty line."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -21,7 +22,7 @@ def progress(quiet: bool = False, transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=stderr,
-        disable=quiet,
+        disable=quiet or (transient and not stderr.is_terminal),
         transient=transient,
     )
 

@@ -25,3 +25,12 @@ def test_library_entry_points_resolve_lazily():
         assert "no_such_thing" in str(error)
     else:
         raise AssertionError("unknown attribute did not raise")
+
+
+def test_a_transient_progress_bar_leaves_nothing_in_a_log(capsys):
+    """Off a terminal a transient bar (downloads, eval) would print an empty line before the next message."""
+    from flowcli.console import progress
+
+    with progress(transient=True) as bar:
+        bar.update(bar.add_task("download", total=2, info=""), advance=1)
+    assert capsys.readouterr().err == ""
