@@ -7,20 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from flowcli.errors import InputError
+from flowcli.io.media import IMAGE_SUFFIXES, is_video, natural_sort_key
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 MIN_SIDE = 64  # smaller images cannot hold a face the detector finds
-
-
-def is_video(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 def media_in_folder(folder: Path) -> list[Path]:
     """The images and videos directly in a folder (not hidden), in natural order: frame_2 before frame_10."""
-    from flowcli.io.media import natural_sort_key
-
     found = [
         p
         for p in folder.iterdir()

@@ -28,8 +28,8 @@ from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import atomic_path, check_writable
 from flowcli.io.flow_formats import read_png
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264
 _NON_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B
 
