@@ -292,6 +292,13 @@ def test_swap_names_outputs_after_the_true_left_view(media, tmp_path, cli):
     code, stdout, err = cli(media["video_right"], media["video_left"], "--max-frames", "1", *w)
     assert code == 0, err
     assert _records(stdout)[0]["inputs"] == [f"{media['video_left']}#0", f"{media['video_right']}#0"]
+    import shutil  # videos without left/right tokens: named after the one given second, the true left
+
+    shutil.copy(media["video_right"], tmp_path / "a.mp4")
+    shutil.copy(media["video_left"], tmp_path / "b.mp4")
+    code, stdout, err = cli(tmp_path / "a.mp4", tmp_path / "b.mp4", "--max-frames", "1", *w)
+    assert code == 0, err
+    assert Path(_records(stdout)[0]["outputs"]["npy"]).name.startswith("b_frame_")
 
 
 def test_a_glob_across_middlebury_scenes_pairs_im0_im1_per_folder(media, tmp_path, cli):
