@@ -115,9 +115,8 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
     if len(paths) < 2:
         raise WeightsError("averaging needs at least two checkpoints")
     mix = [1.0] * len(paths) if mix is None else [float(m) for m in mix]
-    # NaN passes `m < 0` and an infinite sum normalises every weight to NaN or 0: check finiteness too
-    finite = all(math.isfinite(m) for m in mix) and math.isfinite(sum(mix))
-    if len(mix) != len(paths) or not finite or any(m < 0 for m in mix) or sum(mix) <= 0:
+    # a NaN or infinite weight passes `m < 0` and would normalise the others to NaN or 0; it makes the sum non-finite
+    if len(mix) != len(paths) or not math.isfinite(sum(mix)) or any(m < 0 for m in mix) or sum(mix) <= 0:
         raise WeightsError(
             f"--mix needs {len(paths)} finite, non-negative weights with a positive sum, e.g. "
             f"{','.join(['1'] * len(paths))}; got {','.join(f'{m:g}' for m in mix)}"

@@ -52,12 +52,13 @@ def _resolve_model(model, device):
     """(model on its device in eval mode, that device): a loaded module stays where it is unless `device` is given."""
     from flowcli.inference import resolve_device
 
+    if isinstance(device, str):
+        device = resolve_device(device)
     if isinstance(model, (str, Path)) or model is None:
         from flowcli.models import load_model
 
-        device = resolve_device(device or "auto") if isinstance(device, (str, type(None))) else device
+        device = device or resolve_device("auto")
         return load_model(model, device=device).eval(), device
-    device = resolve_device(device) if isinstance(device, str) else device
     device = device or next(model.parameters()).device
     return model.to(device).eval(), device
 

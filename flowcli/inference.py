@@ -204,24 +204,23 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
     raise FlowcliError(f"out of memory even with small tiles at {w}x{h}; use --device cpu or smaller images")
 
 
-def check_frames(
-    image1: torch.Tensor, image2: torch.Tensor, names: tuple[str, str] = ("image1", "image2")
-) -> tuple[torch.Tensor, torch.Tensor]:
+def check_frame(name: str, image) -> torch.Tensor:
+    """One frame as a [B,3,H,W] floating-point tensor, or an InputError naming it."""
+    if not isinstance(image, torch.Tensor):
+        raise InputError(f"{name} must be a torch tensor [B,3,H,W] or [3,H,W], got {type(image).__name__}")
+    if not image.is_floating_point():
+        raise InputError(f"{name} is {image.dtype}; frames must be float RGB in [0, 1] (divide 8-bit images by 255)")
+    if image.dim() not in (3, 4) or image.shape[-3] != 3:
+        raise InputError(
+            f"{name} has shape {tuple(image.shape)}; frames must be RGB [B,3,H,W] or [3,H,W] "
+            "(convert gray or RGBA images to RGB, channels first)"
+        )
+    return image[None] if image.dim() == 3 else image
+
+
+def check_frames(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two frames as [B,3,H,W] floating-point tensors of the same shape, or an InputError saying what is wrong."""
-    for name, image in zip(names, (image1, image2), strict=True):
-        if not isinstance(image, torch.Tensor):
-            raise InputError(f"{name} must be a torch tensor [B,3,H,W] or [3,H,W], got {type(image).__name__}")
-        if not image.is_floating_point():
-            raise InputError(
-                f"{name} is {image.dtype}; frames must be float RGB in [0, 1] (divide 8-bit images by 255)"
-            )
-        if image.dim() not in (3, 4) or image.shape[-3] != 3:
-            raise InputError(
-                f"{name} has shape {tuple(image.shape)}; frames must be RGB [B,3,H,W] or [3,H,W] "
-                "(convert gray or RGBA images to RGB, channels first)"
-            )
-    image1 = image1[None] if image1.dim() == 3 else image1
-    image2 = image2[None] if image2.dim() == 3 else image2
+    image1, image2 = check_frame("image1", image1), check_frame("image2", image2)
     if image1.shape[-2:] != image2.shape[-2:]:
         raise InputError(
             f"the two frames differ in size ({tuple(image1.shape[-2:])} vs {tuple(image2.shape[-2:])}); "
@@ -269,13 +268,12 @@ def estimate_flow(
     if scale != 1.0:
         first, second = scale_frames((first, second), scale)
     flow, logit, tiles = _predict(model, first, second, dtype, max_pixels, tile_overlap)
-    # the network ran under inference_mode; callers get ordinary tensors they may edit in place
-    flow = flow.clone()
-    logit = None if logit is None else logit.clone()
     if flow.shape[-2:] != full_size:
         flow = resize_flow(flow, full_size)
         if logit is not None:
             logit = F.interpolate(logit, size=full_size, mode="bilinear", align_corners=False)
+    if flow.is_inference():  # straight from the network: callers get a tensor they may edit in place
+        flow = flow.clone()
     result = FlowResult(forward=flow[:b], tiles=tiles)
     if logit is not None:
         result.learned_occlusion = torch.sigmoid(logit[:b])

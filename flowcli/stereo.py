@@ -78,12 +78,11 @@ def estimate_disparity(
     left-right occlusion. `max_vertical=None` turns the non-rectified warning off (callers that warn
     themselves read `vertical_median`).
     """
-    from flowcli.inference import check_frames, estimate_flow
+    from flowcli.inference import check_frame, estimate_flow
 
-    if isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor) and left.shape[-2:] != right.shape[-2:]:
-        if left.dim() in (3, 4) and right.dim() in (3, 4) and left.shape[-3] == right.shape[-3] == 3:
-            raise _pair_size_error(left, right)
-    left, right = check_frames(left, right, names=("left", "right"))
+    left, right = check_frame("left", left), check_frame("right", right)
+    if left.shape[-2:] != right.shape[-2:]:
+        raise _pair_size_error(left, right)
     flows = estimate_flow(
         model, left, right, backward=consistency, max_pixels=max_pixels, tile_overlap=tile_overlap,
         precision=precision,

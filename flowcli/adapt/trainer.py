@@ -549,15 +549,13 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
 
 
 def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, callback) -> dict:
-    from flowcli.models import DEFAULT_MODEL, load_model
-    from flowcli.registry import resolve, sha256_file
+    from flowcli.models import DEFAULT_MODEL, load_model, load_model_and_file
 
     started = clock()
 
     # the model first: its size multiple bounds --crop, and a bad crop is refused before any footage is decoded
     base_spec = cfg.weights or DEFAULT_MODEL
-    base_path = resolve(base_spec, offline=cfg.offline)
-    model = load_model(base_spec, device=device, offline=cfg.offline)
+    model, _, base_sha256 = load_model_and_file(base_spec, device, offline=cfg.offline)
     multiple = model.config.size_multiple
     if min(cfg.crop) < multiple:
         raise InputError(
@@ -643,7 +641,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["seconds"] = round(clock() - t0, 2)
 
-    fingerprint, base_sha256 = footage.fingerprint(), sha256_file(base_path)
+    fingerprint = footage.fingerprint()
 
     def provenance(final: bool, after: dict | None = None) -> dict:
         recent = history[-50:]

@@ -95,11 +95,10 @@ def fit_command(
     torch.set_num_threads(1)  # many tiny solves: threads only add contention
     # the runtime, assets and model first: a run that cannot start leaves no output folder behind
     pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=face_model)
-    job = FaceJob(None, Path(output), settings, json_lines)
+    job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
     for path, stem in zip(inputs, stems):  # fail before any work if an output exists
         job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
-    job.set_pipeline(pipeline)
     failures = []
     with progress(quiet) as bar:
         for path, stem in zip(inputs, stems):
@@ -195,14 +194,10 @@ class FaceJob:
 
     def __init__(self, pipeline, output: Path, settings: dict, json_lines: bool):
         self.pipeline = pipeline
-        self.model = pipeline.model if pipeline is not None else None
+        self.model = pipeline.model
         self.output = output
         self.s = settings
         self.json_lines = json_lines
-
-    def set_pipeline(self, pipeline) -> None:
-        self.pipeline = pipeline
-        self.model = pipeline.model
 
     # --- file names -----------------------------------------------------------------------------------------
 

@@ -337,9 +337,9 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
                 sources.append(_video_source(path, None, step, max_frames))
                 i += 1
             elif i + 1 < len(inputs) and Path(inputs[i + 1]).is_file() and is_video(Path(inputs[i + 1])):
-                source = _video_source(path, Path(inputs[i + 1]), step, max_frames)
-                if swap:  # named after the true left view, as image pairs are (frames are swapped when read)
-                    source.name = _video_pair_name(Path(inputs[i + 1]))
+                first, second = path, Path(inputs[i + 1])
+                source = _video_source(*((second, first) if swap else (first, second)), step, max_frames)
+                source.label = f"{first} {second}"
                 sources.append(source)
                 i += 2
             else:
@@ -397,12 +397,6 @@ def _natural(path: Path):
     return natural_sort_key(path)
 
 
-def _video_pair_name(left: Path) -> str:
-    """A left/right video pair is named after the left video without its left token (cam_left.mp4 -> cam)."""
-    role = _role(left.stem)
-    return role.bare if role and role.bare else left.stem
-
-
 def _video_source(left: Path, right: Path | None, step: int, max_frames: int | None) -> _Source:
     fps, count, size = _video_info(left)
     label, name = str(left), left.stem
@@ -420,7 +414,8 @@ def _video_source(left: Path, right: Path | None, step: int, max_frames: int | N
                 f"{size_r[0]}x{size_r[1]}; a rectified pair has two views of the same size"
             )
         count = min(count, count_r) if count and count_r else None
-        name = _video_pair_name(left)
+        role = _role(left.stem)
+        name = role.bare if role and role.bare else left.stem
         label = f"{left} {right}"
     pairs = None
     if count:
@@ -476,13 +471,12 @@ def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None)
                 break
             if other is None:
                 a, b = split_side_by_side(frame, f"{source.video}")
+                if swap:
+                    a, b = b, a
                 inputs = [f"{source.video}#{number}"]
-            else:
+            else:  # collect_sources already put the videos of a --swap pair in left, right order
                 a, b = frame, other
                 inputs = [f"{source.video}#{number}", f"{source.video_right}#{number}"]
-            if swap:
-                a, b = b, a
-                inputs.reverse()
             name = f"frame_{number:06d}"
             yield _Item(a, b, f"{source.name}_{name}", name, name, inputs, index)
             index += 1

@@ -81,14 +81,22 @@ def image_to_tensor(array: np.ndarray) -> torch.Tensor:
     return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an open image (1 = upright, also when its EXIF block cannot be read)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # getexif() would decode the whole PNG to look for a late eXIf chunk
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a bad EXIF block or tag is ignored
+        return 1
+
+
 def _orientation_and_mode(path: Path) -> tuple[int, str | None]:
-    """The EXIF orientation (1 = upright) and the Pillow mode of an image file, read from its header."""
+    """The EXIF orientation and the Pillow mode of an image file, read from its header."""
     try:
         with Image.open(path) as image:
-            if image.format == "PNG" and "exif" not in image.info:
-                return 1, image.mode  # getexif() would decode the whole PNG to look for a late eXIf chunk
-            return int(image.getexif().get(ExifTags.Base.Orientation, 1)), image.mode
-    except Exception:  # unreadable header or EXIF block: the decoder reports a broken file, a bad tag is ignored
+            return _orientation(image), image.mode
+    except Exception:  # an unreadable header: the decoder reports the broken file
         return 1, None
 
 
@@ -97,10 +105,9 @@ def image_size(path: PathLike) -> tuple[int, int]:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            width, height = image.size
+            (width, height), orientation = image.size, _orientation(image)
     except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
         raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
-    orientation, _ = _orientation_and_mode(path)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the picture a quarter
 
 

@@ -143,7 +143,7 @@ def settings_problem(data: dict) -> str | None:
         return problem
     model, synth = data.get("model", {}), data.get("synth", {})
     for name in _TRAINER_SYNTH_FIELDS:
-        if isinstance(synth, dict) and name in synth:
+        if name in synth:
             top = "stereo_fraction" if name == "stereo" else name
             return f'"synth.{name}": set by the trainer; use the top-level "{top}" instead'
     problem = dataclass_problem(FlowNetConfig, model, prefix="model.") or dataclass_problem(
@@ -302,10 +302,8 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
 
 def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
     """Whether a saved state was made with `cfg`, wherever its run folder is now or however it is spelt."""
-    saved, current, defaults = json.loads(saved_config), asdict(cfg), field_defaults(TrainConfig)
-    for settings in (saved, current, defaults):
-        settings.pop("out_dir", None)
-    return same_settings(json.dumps(saved), current, defaults)
+    saved = {**json.loads(saved_config), "out_dir": cfg.out_dir}
+    return same_settings(json.dumps(saved), asdict(cfg), field_defaults(TrainConfig))
 
 
 def _schedule(optimizer, cfg: TrainConfig):
