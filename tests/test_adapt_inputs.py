@@ -294,3 +294,16 @@ def test_stage1_fraction_outside_zero_to_one_is_refused(tmp_path, base, no_decod
         assert code == 2 and "--stage1-fraction must be in [0, 1]" in message and f"got {value:g}" in message
     code, message = _cli(folder, "-o", out, "-w", base, "--distill-only", "--stage1-fraction", 2)
     assert code == 2 and "--distill-only skips stage 1" in message
+
+
+def test_library_config_of_the_wrong_shape_is_an_input_error():
+    """AdaptConfig from Python: a bare source path is one source; wrong types are refused with the field named."""
+    from flowcli.adapt.trainer import AdaptConfig
+    from flowcli.errors import InputError
+
+    assert AdaptConfig(sources="clips/a.mp4", output="o.safetensors").sources == ["clips/a.mp4"]
+    for settings, field_name in ((dict(crop="64x64"), "crop"), (dict(crop=(64,)), "crop"), (dict(steps=1.5), "steps")):
+        with pytest.raises(InputError, match=f'"{field_name}"'):
+            AdaptConfig(sources=["a.mp4"], output="o.safetensors", **settings)
+    with pytest.raises(InputError, match="teacher scales"):
+        AdaptConfig(sources=["a.mp4"], output="o.safetensors", teacher_scales=(0.0,))

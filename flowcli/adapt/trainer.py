@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -61,6 +61,7 @@ from flowcli.errors import FlowcliError, InputError
 from flowcli.io.atomic import atomic_path, check_writable
 from flowcli.models.pwc import FlowOutput
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_batch
+from flowcli.validation import dataclass_problem
 
 DEFAULT_STEPS = 2000
 CALIBRATION_STEPS = 5
@@ -117,15 +118,20 @@ class AdaptConfig:
     restart: bool = False  # ignore an existing state
 
     def __post_init__(self):
+        if isinstance(self.sources, (str, os.PathLike)):
+            self.sources = [self.sources]  # one source given bare, not read as a list of characters
         self.sources = [str(s) for s in self.sources]
-        self.crop = tuple(int(v) for v in self.crop)
+        problem = dataclass_problem(AdaptConfig, {f.name: getattr(self, f.name) for f in fields(self)})
+        if problem:
+            raise InputError(f"adapt setting {problem}")
+        self.crop = tuple(self.crop)
         self.teachers = list(self.teachers)
         self.teacher_scales = tuple(float(v) for v in self.teacher_scales)
         if not self.teacher_scales or min(self.teacher_scales) <= 0:
-            raise ValueError(f"teacher_scales must be positive numbers, got {list(self.teacher_scales)}")
+            raise InputError(f"teacher scales must be positive numbers, got {list(self.teacher_scales)}")
         self.gt = list(self.gt)
         if self.anchor_pairs < 1:
-            raise ValueError(f"anchor_pairs must be at least 1, got {self.anchor_pairs}")
+            raise InputError(f"anchor pairs must be at least 1, got {self.anchor_pairs}")
 
     def identity(self) -> str:
         """The settings that define a run (JSON); a saved state resumes only under the same ones."""
