@@ -128,3 +128,15 @@ def test_census_and_flow_terms(fitter):
     loss = terms(state)
     loss.backward()
     assert torch.isfinite(loss) and rot.grad is not None
+
+
+def test_fit_takes_478_points_and_refuses_other_shapes(fitter):
+    """MediaPipe's current face mesh adds 10 iris points after the 468; they are dropped, not a numpy error."""
+    from flowcli.errors import InputError
+
+    *_, points = synthetic(fitter, 0)
+    with_irises = np.concatenate([points, np.zeros((10, 3))])
+    np.testing.assert_allclose(fitter.fit(with_irises, refine=False).rotation, fitter.fit(points, refine=False).rotation)
+    for bad in (points[:, :2], points[:68], np.full_like(points, np.nan)):
+        with pytest.raises(InputError):
+            fitter.fit(bad, refine=False)

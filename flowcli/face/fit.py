@@ -146,6 +146,19 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return n / (np.linalg.norm(n, axis=1, keepdims=True) + 1e-12)
 
 
+def mediapipe_points(points) -> np.ndarray:
+    """MediaPipe face-mesh points as 468 x 3 (x, y px, relative depth); the 10 iris points of the
+    478-point model are dropped. InputError for anything else."""
+    from flowcli.errors import InputError
+
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[0] not in (468, 478) or points.shape[1] != 3:
+        raise InputError(f"expected MediaPipe's 468 (or 478) face-mesh points as N x 3, got {points.shape}")
+    if not np.isfinite(points).all():
+        raise InputError("the face-mesh points hold NaN or infinite values; fit only faces that were found")
+    return points[:468]
+
+
 class FaceFitter:
     """Fits a FaceModel to MediaPipe points; holds the point bases so that many faces fit fast."""
 
@@ -171,6 +184,7 @@ class FaceFitter:
     # --- closed form ---------------------------------------------------------------------------------------
 
     def initial_fit(self, points: np.ndarray, fixed_id: np.ndarray | None = None) -> FaceFit:
+        points = mediapipe_points(points)
         o = self.options
         s, r, t, a, b = fit_frame(
             self.dense,
