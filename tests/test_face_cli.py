@@ -231,3 +231,82 @@ def test_library_fit_image_takes_float_gray_and_rgba_pictures(monkeypatch):
     for picture in (rgb / 255.0, rgba, rgb.mean(axis=2).astype(np.uint8)):
         results, total = pipeline.fit_image(picture)
         assert total == 1 and np.abs(results[0].landmarks68[:, :2] - reference).mean() < 3  # pixels
+
+
+@pytest.fixture
+def emitted(monkeypatch):
+    """The --json records, each checked when printed: every file it names must already exist."""
+    from flowcli.cli import face
+
+    records, emit = [], face.FaceJob._emit
+
+    def checked(self, record):
+        missing = [p for p in record.get("outputs", {}).values() if not Path(p).is_file()]
+        assert not missing, f"record printed before its files exist: {missing}"
+        records.append(record)
+        emit(self, record)
+
+    monkeypatch.setattr(face.FaceJob, "_emit", checked)
+    return records
+
+
+def test_every_face_record_names_existing_files(tmp_path, cli, emitted):
+    """With several faces, each face's `outputs` name files that exist when the record is printed, the
+    overlay included (one picture shows all faces; there is no NAME.face2.overlay.png)."""
+    import imageio.v3 as iio
+
+    image = iio.imread(IMAGE)
+    two = tmp_path / "two.png"
+    iio.imwrite(two, np.concatenate([image, image[:, ::-1]], 1))
+    out = tmp_path / "out"
+    run = cli(["face", "fit", two, "-o", out, "--max-faces", "2", "--mesh-format", "none", "--json", "-q"])
+    assert run.exit_code == 0, run.output
+    assert [r["face"] for r in emitted] == [1, 2]
+    assert {r["outputs"]["overlay"] for r in emitted} == {str(out / "two.overlay.png")}
+
+
+def test_video_independent_identity_and_interrupted_overlay(tmp_path, cli, emitted, monkeypatch):
+    """--video-mode independent: each frame's pose entry carries its own identity, so the per-frame pose,
+    identity and blendshapes reproduce the written landmarks. A run stopped while writing the overlay
+    leaves no mesh, no temp file and no output folder behind."""
+    import imageio.v3 as iio
+
+    from flowcli.errors import InputError
+    from flowcli.face import render
+    from flowcli.face.assets import FaceAssets
+    from flowcli.face.fit import landmark68_surface_points
+
+    frames = [iio.imread(IMAGE), iio.imread(FACE / "aflw2000-3d" / "image03614.jpg")]  # two people
+    video = tmp_path / "two.mp4"
+    iio.imwrite(video, np.stack(frames), fps=5, macro_block_size=1)
+    out = tmp_path / "out"
+    args = ["face", "fit", video, "-o", out, "--video-mode", "independent", "--blendshape-names", "ict", "-q"]
+    calls, real_overlay = [], render.render_overlay
+
+    def failing_overlay(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise InputError("stopped while writing the overlay")
+        return real_overlay(*a, **k)
+
+    monkeypatch.setattr(render, "render_overlay", failing_overlay)
+    run = cli(args)
+    assert isinstance(run.exception, InputError) and "stopped while writing" in str(run.exception)
+    assert not out.exists() and not emitted
+    monkeypatch.setattr(render, "render_overlay", real_overlay)
+    run = cli([*args, "--no-overlay", "--json"])
+    assert run.exit_code == 0, run.output
+    assert [r["status"] for r in emitted] == ["ok", "ok"]
+    model = FaceAssets.locate(FACE).model()
+    vids, bary = landmark68_surface_points(model)
+    pose = json.loads((out / "two.pose.json").read_text())
+    blend = json.loads((out / "two.blendshapes.json").read_text())["frames"]
+    lm68 = np.load(out / "two.landmarks68.npy")
+    identities = [np.array(f["identity"]) for f in pose["frames"]]
+    assert np.abs(identities[0] - identities[1]).max() > 0.1  # two people, two identities
+    for t, (frame, b) in enumerate(zip(pose["frames"], blend)):
+        weights = [b["blendshapes"][n] for n in model.exp_names]
+        v = model.vertices(identities[t], weights)
+        image = frame["scale"] * v @ (np.diag([1.0, -1.0, -1.0]) @ np.array(frame["rotation"])).T
+        image += np.array(frame["translation"])
+        assert np.abs((image[vids] * bary[..., None]).sum(1)[:, :2] - lm68[t]).max() < 0.05  # pixels

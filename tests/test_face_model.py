@@ -77,3 +77,25 @@ def test_user_model_loader(tmp_path, reference, model):
         load_face_model(broken)
     with pytest.raises(WeightsError, match="not found"):
         load_face_model(tmp_path / "missing.npz")
+
+
+def test_obj_folder_model_fits_with_an_unwritable_cache(tmp_path, monkeypatch, reference):
+    """`--face-model FOLDER` when the cache cannot be written (here: FLOWCLI_CACHE is a file): the compact
+    model is built in a temporary folder, loaded and removed, as for the asset folder, instead of exit 3."""
+    import tempfile
+
+    from flowcli.face.assets import load_user_model
+
+    folder = tmp_path / "FaceXModel"
+    folder.mkdir()
+    for name in ("generic_neutral_mesh.obj", "identity000.obj", "jawOpen.obj"):
+        (folder / name).symlink_to(ICT / "FaceXModel" / name)
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "not-a-folder"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    mine = load_user_model(folder, None)
+    assert mine.id_basis.shape == (1, 9409, 3) and mine.exp_names == ["jawOpen"]
+    np.testing.assert_allclose(mine.mean, reference["mean"], atol=1e-5)
+    assert list(scratch.iterdir()) == []  # the temporary build is gone

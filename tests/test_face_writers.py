@@ -95,3 +95,33 @@ def test_half_precision_pictures_are_scaled_like_other_floats():
 
     picture = np.full((64, 64, 3), 0.6, np.float16)
     assert (as_rgb8(picture) == 153).all()
+
+
+def test_mp4_writer_leaves_no_temp_file_when_the_encoder_fails(tmp_path, monkeypatch):
+    """An encoder that fails to start or to finish: one OutputError, and no hidden temp file left behind."""
+    import imageio.v2 as imageio
+
+    path = tmp_path / "clip.overlay.mp4"
+    writer = writers.Mp4Writer(path, 10.0)
+
+    def broken_close():
+        raise OSError("[Errno 32] Broken pipe\nffmpeg said more")
+
+    writer._writer.close()  # the real encoder ends; then pretend it failed to finish
+    monkeypatch.setattr(writer._writer, "close", broken_close)
+    with pytest.raises(OutputError, match="cannot write .*Broken pipe$"):
+        writer.close(ok=True)
+    assert list(tmp_path.iterdir()) == []
+    writer = writers.Mp4Writer(path, 10.0)
+    writer._writer.close()
+    monkeypatch.setattr(writer._writer, "close", broken_close)
+    writer.close(ok=False)  # already failing: the first error is the one the caller reports
+    assert list(tmp_path.iterdir()) == []
+
+    def no_encoder(*args, **kwargs):
+        raise RuntimeError("no ffmpeg here")
+
+    monkeypatch.setattr(imageio, "get_writer", no_encoder)
+    with pytest.raises(OutputError, match="no ffmpeg here"):
+        writers.Mp4Writer(path, 10.0)
+    assert list(tmp_path.iterdir()) == []

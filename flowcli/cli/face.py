@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from enum import Enum
@@ -97,24 +98,31 @@ def fit_command(
     pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=face_model)
     job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
-    for path, stem in zip(inputs, stems):  # fail before any work if an output exists
-        job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
-    failures = []
-    with progress(quiet) as bar:
-        for path, stem in zip(inputs, stems):
-            try:
-                if is_video(path):
-                    job.video(path, stem, bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
-                else:
-                    job.image(path, stem, max_faces, warn)
-            except FlowcliError as error:
-                if len(inputs) == 1:
-                    raise
-                stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-                failures.append(path)
-    if failures:
-        names = ", ".join(p.name for p in failures[:3]) + (", ..." if len(failures) > 3 else "")
-        raise InputError(f"{len(failures)} of {len(inputs)} inputs failed ({names})")
+    new_folder = not Path(output).exists()
+    try:
+        for path, stem in zip(inputs, stems):  # fail before any work if an output exists
+            job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
+        failures = []
+        with progress(quiet) as bar:
+            for path, stem in zip(inputs, stems):
+                try:
+                    if is_video(path):
+                        job.video(path, stem, bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
+                    else:
+                        job.image(path, stem, max_faces, warn)
+                except FlowcliError as error:
+                    if len(inputs) == 1:
+                        raise
+                    stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+                    failures.append(path)
+        if failures:
+            names = ", ".join(p.name for p in failures[:3]) + (", ..." if len(failures) > 3 else "")
+            raise InputError(f"{len(failures)} of {len(inputs)} inputs failed ({names})")
+    except BaseException:
+        if new_folder:  # a run that wrote nothing leaves no empty output folder behind
+            with contextlib.suppress(OSError):
+                Path(output).rmdir()  # only if empty
+        raise
 
 
 def convert_command(
@@ -265,9 +273,12 @@ class FaceJob:
                 f"use --max-faces {total} for all"
             )
         ow = self.s["overwrite"]
+        records = []
         for k, res in enumerate(results):
             st = stem if k == 0 else f"{stem}.face{k + 1}"
             out = self.outputs(st, video=False)
+            if "overlay" in out:  # one overlay picture shows all the image's faces
+                out["overlay"] = self.outputs(stem, video=False)["overlay"]
             fit = res.fit
             verts = self._mesh_vertices(fit, res.vertices)
             for key in ("mesh_obj", "mesh_ply"):
@@ -298,7 +309,7 @@ class FaceJob:
                 {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}},
                 overwrite=ow,
             )
-            self._emit(
+            records.append(
                 {
                     "input": str(path),
                     "frame": None,
@@ -315,6 +326,8 @@ class FaceJob:
                 image, [(r.vertices, self.model.triangles) for r in results], [r.landmarks68 for r in results]
             )
             writers.write_png(self.outputs(stem, video=False)["overlay"], picture, overwrite=ow)
+        for record in records:  # printed once every file it names exists
+            self._emit(record)
 
     # --- videos ---------------------------------------------------------------------------------------------
 
@@ -399,32 +412,36 @@ class FaceJob:
         out = self.outputs(stem, video=True)
         present = [f for f in fits if f is not None]
         identity = np.mean([f.id_coeffs for f in present], 0)
+        # --video-mode independent fits an identity per frame: each frame's pose entry keeps its own
+        per_frame_identity = any(np.abs(f.id_coeffs - identity).max() > 1e-6 for f in present)
         if self.s["mesh_space"] == "model":
             mesh = self.model.vertices(identity, None)
         else:  # pixels exist only per frame: the first frame with a face, as fitted there
             mesh = self.pipeline.fitter.vertices_image(present[0])
-        for key in ("mesh_obj", "mesh_ply"):
-            if key in out:
-                writers.write_mesh(out[key], mesh, self.model, overwrite=ow)
         paths = {key: str(p) for key, p in out.items()}
         lm68 = np.full((frames_total, 68, 2), np.nan)
         lm468 = np.full((frames_total, 468, 3), np.nan)
-        poses, rows, blend = [], [], []
+        poses, rows, blend, records = [], [], [], []
         names = None
         writer = writers.Mp4Writer(out["overlay"], fps, overwrite=ow) if "overlay" in out else None
-        reader = VideoReader(path) if writer else None
-        frames = iter(reader) if reader else iter(lambda: None, 0)
+        reader = None
         task = bar.add_task(f"{path.name}: writing", total=frames_total, info="")
         ok = False
         try:
+            reader = VideoReader(path) if writer else None
+            frames = iter(reader) if reader else iter(lambda: None, 0)
             for t, fit in enumerate(fits):
-                frame = next(frames) if writer else None
+                frame = next(frames, None) if writer else None
+                if writer and frame is None:
+                    raise InputError(f"{path}: frame {t} could not be decoded again for the overlay")
                 bar.advance(task)
                 if fit is None:
                     poses.append({"frame": t, "status": "no_face"})
                     rows.append((t, None))
                     blend.append({"frame": t, "status": "no_face"})
-                    self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face", "outputs": paths})
+                    records.append(
+                        {"input": str(path), "frame": t, "face": None, "status": "no_face", "outputs": paths}
+                    )
                     if writer:
                         writer.append(frame)
                     continue
@@ -432,10 +449,12 @@ class FaceJob:
                 lm68[t], lm468[t] = res.landmarks68[:, :2], res.landmarks468
                 pose = fit.pose_dict()
                 poses.append({"frame": t, "status": "ok", **pose})
+                if per_frame_identity:
+                    poses[-1]["identity"] = np.round(fit.id_coeffs, 5).tolist()
                 names, weights = self._names_and_weights(fit.exp_weights)
                 rows.append((t, weights))
                 blend.append({"frame": t, "status": "ok", "blendshapes": {n: round(w, 5) for n, w in weights.items()}})
-                self._emit(
+                records.append(
                     {
                         "input": str(path),
                         "frame": t,
@@ -451,8 +470,12 @@ class FaceJob:
         finally:
             if writer:
                 writer.close(ok)
+            if reader:
                 reader.close()
         names = names or list(self._names_and_weights(np.zeros(len(self.model.exp_names)))[0])
+        for key in ("mesh_obj", "mesh_ply"):  # after the overlay: an interrupted run leaves no mesh behind
+            if key in out:
+                writers.write_mesh(out[key], mesh, self.model, overwrite=ow)
         writers.write_json(
             out["pose"],
             {"input": str(path), "fps": fps, "identity": np.round(identity, 5).tolist(), "frames": poses},
@@ -474,5 +497,7 @@ class FaceJob:
         writers.write_npy(out["landmarks468"], lm468, overwrite=ow)
         writers.write_blendshapes_csv(out["blendshapes_csv"], names, rows, overwrite=ow)
         writers.write_json(out["blendshapes_json"], {"input": str(path), "frames": blend}, overwrite=ow)
+        for record in records:  # printed once the clip's files exist
+            self._emit(record)
         if found < frames_total:
             warn(f"{path.name}: no face in {frames_total - found} of {frames_total} frames")

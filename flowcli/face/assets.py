@@ -103,20 +103,29 @@ class FaceAssets:
                 f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)"
             )
         cached = cache_dir() / f"ict_face_compact-{_fingerprint(sources + [self.topology_obj])}.npz"
-        if not cached.is_file():
-            if region.is_file():
-                arrays = load_face_model_arrays(region)
-            else:
-                arrays = convert_ict(self.ict_dir / "FaceXModel")
-            try:
-                build_compact(arrays, self.topology_obj, cached, source=str(sources[0].parent))
-            except Exception:  # a read-only cache must not stop fitting: build in memory instead
-                import tempfile
+        if cached.is_file():
+            return load_face_model(cached)
+        arrays = load_face_model_arrays(region) if region.is_file() else convert_ict(self.ict_dir / "FaceXModel")
+        return _build_and_load(arrays, self.topology_obj, cached, source=str(sources[0].parent))
 
-                tmp = Path(tempfile.mkdtemp()) / cached.name
-                build_compact(arrays, self.topology_obj, tmp, source=str(sources[0].parent))
-                cached = tmp
-        return load_face_model(cached)
+
+def _build_and_load(arrays: dict, topology_obj: Path, cached: Path, source: str) -> FaceModel:
+    """Write the compact model to the cache and load it; a cache that cannot be written (read-only, not a
+    folder) must not stop fitting: the file is then built in a temporary folder, loaded and removed."""
+    from flowcli.errors import OutputError
+
+    try:
+        build_compact(arrays, topology_obj, cached, source=source)
+    except (OSError, OutputError):
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="flowcli-face-"))
+        try:
+            return load_face_model(build_compact(arrays, topology_obj, tmp / cached.name, source=source))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_face_model(cached)
 
 
 def load_face_model_arrays(path: Path) -> dict:
@@ -129,12 +138,12 @@ def load_face_model_arrays(path: Path) -> dict:
 def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:
     """`--face-model PATH`: a compact or bare .npz (mean, id, exp, exp_names), or a folder of ICT-style OBJs."""
     if path.is_dir():
+        cached = cache_dir() / f"user_compact-{_fingerprint(sorted(path.glob('*.obj')))}.npz"
+        if cached.is_file():  # built from these very files: no need to read them again
+            return load_face_model(cached)
         try:
             arrays = convert_ict(path)
         except InputError as error:  # for `fit`, the OBJ folder is a model, not an input
             raise WeightsError(str(error)) from None
-        cached = cache_dir() / f"user_compact-{_fingerprint(sorted(path.glob('*.obj')))}.npz"
-        if not cached.is_file():
-            build_compact(arrays, path / "generic_neutral_mesh.obj", cached, source=str(path))
-        return load_face_model(cached)
+        return _build_and_load(arrays, path / "generic_neutral_mesh.obj", cached, source=str(path))
     return load_face_model(path, topology_obj=topology_obj)

@@ -163,24 +163,34 @@ def write_png(path, image: np.ndarray, overwrite=False) -> Path:
     return Path(path)
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 class Mp4Writer:
     """An H.264 MP4 written to a temp file and renamed on close; frames are padded to even sizes."""
 
     def __init__(self, path, fps: float, overwrite=False):
-        self._context = atomic_path(path, overwrite)
-        self._tmp = self._context.__enter__()
         import imageio.v2 as imageio
 
-        self._writer = imageio.get_writer(
-            str(self._tmp),
-            format="FFMPEG",
-            fps=fps,
-            codec="libx264",
-            quality=7,
-            macro_block_size=1,
-            pixelformat="yuv420p",
-            ffmpeg_log_level="error",
-        )
+        self._context = atomic_path(path, overwrite)
+        self._tmp = self._context.__enter__()
+        try:
+            self._writer = imageio.get_writer(
+                str(self._tmp),
+                format="FFMPEG",
+                fps=fps,
+                codec="libx264",
+                quality=7,
+                macro_block_size=1,
+                pixelformat="yuv420p",
+                ffmpeg_log_level="error",
+            )
+        except BaseException as error:  # no temp file left behind
+            self._context.__exit__(type(error), error, error.__traceback__)
+            if isinstance(error, Exception):
+                raise OutputError(f"cannot write {path}: {_first_line(error)}") from None
+            raise
         self.path = Path(path)
 
     def append(self, frame: np.ndarray) -> None:
@@ -190,7 +200,16 @@ class Mp4Writer:
         self._writer.append_data(frame)
 
     def close(self, ok: bool = True) -> None:
-        self._writer.close()
+        """Keep the video (ok) or remove its temp file; an encoder that fails to close never leaves one."""
+        try:
+            self._writer.close()
+        except BaseException as error:
+            self._context.__exit__(type(error), error, error.__traceback__)
+            if not isinstance(error, Exception):
+                raise
+            if ok:
+                raise OutputError(f"cannot write {self.path}: {_first_line(error)}") from None
+            return  # already failing: the first error is the one to report
         if ok:
             self._context.__exit__(None, None, None)
         else:
