@@ -96,7 +96,8 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
     """Validate a --name template and complete it: `_{kind}` and `.{ext}` are appended when missing.
 
     Placeholders: `names` (for flow: {source} {stem} {frame1} {frame2} {index} {kind} {ext}), with format
-    specs ({index:06d}); `sample_fields` fills them to try the template. The result must be a relative path
+    specs ({index:06d}); `sample_fields` fills them to try the template. A missing `_{kind}` goes before a
+    final `.{ext}`. The result must be a relative path
     inside the output folder (subfolders allowed).
     """
     try:
@@ -108,8 +109,9 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
             shown = "{" + name + "}" if name else "{}"
             allowed = " ".join("{" + f + "}" for f in names)
             raise OutputError(f"unknown placeholder {shown} in --name {template!r}; use {allowed}")
-    if "kind" not in fields:
-        template += "_{kind}"
+    if "kind" not in fields:  # before a final '.{ext}': '{stem}.{ext}' -> a_flow.flo, not a.flo_flow
+        ext_end = template.endswith(".{ext}") and not template.endswith("}.{ext}}")
+        template = template[: -len(".{ext}")] + "_{kind}.{ext}" if ext_end else template + "_{kind}"
     if "ext" not in fields:
         template += ".{ext}"
     try:
@@ -123,6 +125,14 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
 
 def render_name(template: str, fields: dict) -> str:
     return template.format(**fields)
+
+
+def inside_output(name: str) -> str:
+    """A rendered output name, refused (OutputError) if it would leave the output folder: the template was checked
+    with sample values, but real values (a file stem '..') could still lead out of it."""
+    if PurePath(name).is_absolute() or ".." in PurePath(name).parts:
+        raise OutputError(f"output name {name!r} leads out of the output folder; choose another --name")
+    return name
 
 
 @dataclass(frozen=True)
@@ -187,7 +197,8 @@ class OutputOptions:
 
     def path_for(self, key: str, names: PairNames) -> Path:
         kind, ext = FILE_KINDS[key]
-        return self.directory / render_name(self._checked_template, {**names.fields(), "kind": kind, "ext": ext})
+        name = render_name(self._checked_template, {**names.fields(), "kind": kind, "ext": ext})
+        return self.directory / inside_output(name)
 
 
 def output_paths(options: OutputOptions, names: PairNames) -> dict[str, Path]:

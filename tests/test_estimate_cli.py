@@ -428,3 +428,44 @@ def test_real_traffic_frames(shared_data, media, tmp_path, cli):
         assert (record["height"], record["width"]) == tuple(first.shape[-2:])
         assert read_png(record["outputs"]["occlusion"]).shape == tuple(first.shape[-2:])
         assert read_flo(record["outputs"]["flo"]).shape == (*first.shape[-2:], 2)
+
+
+def test_a_glob_from_the_parent_folder_names_its_real_folder(media, tmp_path, cli, monkeypatch):
+    # '../*.png' was named '..', and --name '{source}/...' then wrote next to the output folder, not in it
+    for i in range(2):
+        write_png(tmp_path / "shot" / f"{i}.png", _frame(i))
+    (tmp_path / "shot" / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "shot" / "sub")
+    code, stdout, err = cli("../*.png", "--weights", media["weights"], "-o", "out", "--name", "{source}/{index}",
+                            "--npy", "--json", "-q")
+    assert code == 0, err
+    [record] = _json_lines(stdout)
+    assert record["outputs"] == {"npy": "out/shot/0_flow.npy"}
+    assert Path("out/shot/0_flow.npy").is_file() and not Path("0_flow.npy").exists()
+
+
+def test_an_output_folder_that_refuses_files_fails_before_the_model(media, tmp_path, cli, monkeypatch):
+    # as root, os.access says yes for read-only and special folders (/sys); the first write then gave a traceback
+    import errno
+
+    from flowcli.io import atomic
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    code, stdout, err = cli(media["a"], media["b"], "--weights", media["weights"], "-o", tmp_path, "--json")
+    assert_one_line_error(code, err, 3, "cannot write in output folder", "Permission denied")
+    assert stdout == ""
+
+
+def test_a_name_ending_in_ext_gets_its_kind_before_the_extension(media, tmp_path, cli):
+    # --name '{stem}.{ext}' wrote a.flo_flow and a.png_vis: files whose extension no reader knows
+    out = tmp_path / "out"
+    code, stdout, err = cli(media["a"], media["b"], "--weights", media["weights"], "-o", out, "--name", "{stem}.{ext}",
+                            "--flo", "--vis", "--json", "-q")
+    assert code == 0, err
+    [record] = _json_lines(stdout)
+    assert record["outputs"] == {"flo": str(out / "a_flow.flo"), "vis": str(out / "a_vis.png")}
+    assert read_flo(out / "a_flow.flo").shape == (H, W, 2)

@@ -670,3 +670,80 @@ def test_natural_order_of_a_name_and_its_numbered_relatives():
 
     names = ["a/seq10", "a/seq", "a/seq2", "frame_10.png", "frame_2.png"]
     assert sorted(names, key=natural_sort_key) == ["a/seq", "a/seq2", "a/seq10", "frame_2.png", "frame_10.png"]
+
+
+def test_16_bit_pgm_and_ppm_keep_their_bits(tmp_path):
+    # Pillow reads 16-bit PGM as int32 (which read_image refused) and 16-bit PPM truncated to 8 bits
+    gray = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
+    colour = RNG.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    twelve = RNG.integers(0, 4096, (5, 7), dtype=np.uint16)
+    (tmp_path / "g.pgm").write_bytes(b"P5\n# a comment\n7 5\n65535\n" + gray.astype(">u2").tobytes())
+    (tmp_path / "c.ppm").write_bytes(b"P6\n7 5\n65535\n" + colour.astype(">u2").tobytes())
+    (tmp_path / "t.pgm").write_bytes(b"P5 7 5 4095\n" + twelve.astype(">u2").tobytes())
+    assert np.array_equal(media.read_image_array(tmp_path / "g.pgm"), gray)
+    assert np.array_equal(media.read_image_array(tmp_path / "c.ppm"), colour)
+    np.testing.assert_allclose(read_image(tmp_path / "t.pgm")[0].numpy(), twelve / 4095, atol=1e-5)
+    np.testing.assert_allclose(read_image(tmp_path / "c.ppm").numpy(), colour.transpose(2, 0, 1) / 65535, atol=1e-6)
+    (tmp_path / "short.ppm").write_bytes(b"P6\n7 5\n65535\n" + colour.astype(">u2").tobytes()[:-4])
+    with pytest.raises(InputError) as excinfo:
+        read_image(tmp_path / "short.ppm")
+    assert_one_line_error(excinfo, "short.ppm", "truncated")
+
+
+def test_write_errors_are_one_line_output_errors_without_temp_files(tmp_path, monkeypatch):
+    import errno
+
+    from flowcli.io import atomic
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", full)
+    with pytest.raises(OutputError) as excinfo:
+        write_flo(tmp_path / "f.flo", random_flow())
+    assert_one_line_error(excinfo, "f.flo", "No space left")
+    assert list(tmp_path.iterdir()) == []
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)  # what root gets in a read-only special folder
+    with pytest.raises(OutputError) as excinfo:
+        write_npy(tmp_path / "f.npy", random_flow())
+    assert_one_line_error(excinfo, "f.npy", "Permission denied")
+    with pytest.raises(OutputError) as excinfo:
+        atomic.probe_folder(tmp_path)
+    assert_one_line_error(excinfo, str(tmp_path), "Permission denied")
+
+
+def test_a_rotated_video_reads_upright_without_log_noise(tmp_path, caplog):
+    import logging
+    import subprocess
+
+    import imageio_ffmpeg
+
+    frames = [RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in range(2)]
+    with VideoWriter(tmp_path / "flat.mp4", fps=5) as writer:
+        for frame in frames:
+            writer.write(frame)
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-display_rotation", "90", "-i",
+               str(tmp_path / "flat.mp4"), "-c", "copy", str(tmp_path / "phone.mp4")]
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("this ffmpeg cannot set a display rotation")
+    with caplog.at_level(logging.INFO):
+        reader = VideoReader(tmp_path / "phone.mp4")
+        decoded = list(reader)
+    assert reader.size == (24, 40) and [f.shape for f in decoded] == [(3, 40, 24)] * 2
+    assert not [r for r in caplog.records if "frame size" in r.getMessage()]  # was logged twice per video
+
+
+def test_pfm_takes_tensors_in_the_project_layout(tmp_path):
+    # a DisparityResult.disparity [1, 1, H, W] raised "PFM stores [H, W] or [H, W, 3]"
+    disparity = torch.rand(1, 1, 5, 7) * 30
+    write_pfm(tmp_path / "d.pfm", disparity)
+    np.testing.assert_array_equal(read_pfm(tmp_path / "d.pfm"), disparity[0, 0].numpy())
+    colour = torch.rand(3, 5, 7)
+    write_pfm(tmp_path / "c.pfm", colour)
+    np.testing.assert_array_equal(read_pfm(tmp_path / "c.pfm"), colour.permute(1, 2, 0).numpy())
+    write_pfm(tmp_path / "a.pfm", disparity[0, 0].numpy()[:, :3].copy())  # arrays are taken as [H, W] / [H, W, C]
+    assert read_pfm(tmp_path / "a.pfm").shape == (5, 3)

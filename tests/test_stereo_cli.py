@@ -402,3 +402,48 @@ def test_a_pair_given_from_a_subfolder_is_named_after_its_real_folder(media, tmp
     code, stdout, err = cli("../left.png", "../right.png", "--weights", media["weights"], "-o", tmp_path / "o", "--npy", "--json")
     assert code == 0, err
     assert [r["outputs"]["npy"] for r in _records(stdout)] == [str(tmp_path / "o" / "rig_disp.npy")]
+
+
+def test_a_glob_from_the_parent_folder_names_its_real_folder(media, tmp_path, cli, monkeypatch):
+    # '../*.png' was named '..', and --name '{source}/...' then wrote next to the output folder, not in it
+    scene, rig = media["scene"], tmp_path / "rig"
+    write_png(rig / "x_left.png", _uint8(scene.left[0]))
+    write_png(rig / "x_right.png", _uint8(scene.right[0]))
+    (rig / "sub").mkdir()
+    monkeypatch.chdir(rig / "sub")
+    code, stdout, err = cli("../*.png", "--weights", media["weights"], "-o", "out", "--name", "{source}/{index}",
+                            "--npy", "--json", "-q")
+    assert code == 0, err
+    assert [r["outputs"] for r in _records(stdout)] == [{"npy": "out/rig/0_disp.npy"}]
+    assert Path("out/rig/0_disp.npy").is_file() and not Path("0_disp.npy").exists()
+
+
+def test_a_calibration_size_is_checked_against_every_pair_before_any_output(media, tmp_path, cli):
+    # only the folder's first pair was checked up front: the first pairs' files were written, then the run failed
+    scene, rig = media["scene"], tmp_path / "rig"
+    write_png(rig / "a_left.png", _uint8(scene.left[0]))
+    write_png(rig / "a_right.png", _uint8(scene.right[0]))
+    write_png(rig / "b_left.png", _uint8(scene.left[1])[:, :40])
+    write_png(rig / "b_right.png", _uint8(scene.right[1])[:, :40])
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps({"fx": 100.0, "baseline_meters": 0.1, "width": W, "height": H}))
+    out = tmp_path / "out"
+    code, stdout, err = cli(rig, "--calib", calib, "--weights", media["weights"], "-o", out, "--json", "-q")
+    assert_one_line_error(code, err, 2, f"{W}x{H}", f"40x{H}")
+    assert stdout == "" and not out.exists()
+
+
+def test_an_output_folder_that_refuses_files_fails_before_the_model(media, tmp_path, cli, monkeypatch):
+    # as root, os.access says yes for read-only and special folders (/sys); the first write then gave a traceback
+    import errno
+
+    from flowcli.io import atomic
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    code, stdout, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", tmp_path, "--json")
+    assert_one_line_error(code, err, 3, "cannot write in output folder", "Permission denied")
+    assert stdout == ""

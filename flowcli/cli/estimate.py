@@ -48,6 +48,7 @@ from flowcli.cli.options import (
     unique_source_names,
 )
 from flowcli.errors import FlowcliError, InputError, OutputError
+from flowcli.io.atomic import probe_folder
 from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
 
 _GLOB_CHARS = "*?["
@@ -69,7 +70,8 @@ _HELP_PARAGRAPHS = [
     "name, or first image's stem; -2, -3... added to tell apart inputs of the same name), {frame1} {frame2} (image "
     "stems, or frame_NNNNNN for video frames), {index} (pair number in its input; format specs work: {index:06d}), "
     "{stem} ({frame1} for images, {source}_{frame1} for video frames), {kind} (flow, flow_bw, vis, vis_bw, occ, "
-    "occ_bw, occ_learned, warp) and {ext}; '_{kind}' and '.{ext}' are appended when missing. Subfolders work: "
+    "occ_bw, occ_learned, warp) and {ext}; '_{kind}' and '.{ext}' are added when missing ('_{kind}' before a final "
+    "'.{ext}'). Subfolders work: "
     "--name '{source}/{index:06d}'. Existing files are never replaced without --overwrite (all planned names are "
     "checked before any work, for a video as many pairs as its header or --max-frames tells); every file is written "
     "to a temp file and renamed when complete.",
@@ -130,7 +132,8 @@ def _is_image_file(path: Path) -> bool:
 def _glob_folder_name(pattern: str) -> str:
     parts = Path(pattern).parts
     fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if _is_glob(p)), len(parts))]]
-    return Path(*fixed).name if fixed else Path.cwd().name
+    # resolved: '../*.png' is named after the real folder, never '..' (which would lead {source} out of -o)
+    return (Path(*fixed) if fixed else Path.cwd()).resolve().name or "frames"
 
 
 def _check_frame_sizes(frames: list[Path]) -> None:
@@ -220,7 +223,7 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
         if path.is_file() and is_video(path):
             sources.append(_video_source(path, step, max_frames))
         elif path.is_dir():
-            sources.append(_image_sequence(arg, path.resolve().name, list_frames(path), step, max_frames))
+            sources.append(_image_sequence(arg, path.resolve().name or "frames", list_frames(path), step, max_frames))
         elif path.is_file():
             raise InputError(
                 f"{arg} is neither an image nor a video (mp4, avi, mov, mkv, webm); give images, a folder, a glob "
@@ -296,6 +299,7 @@ def _check_output_folder(directory: Path) -> None:
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+    probe_folder(existing)
 
 
 def _plan(

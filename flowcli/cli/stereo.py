@@ -9,6 +9,7 @@ pair's outputs all-or-nothing through temp files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -48,7 +49,8 @@ from flowcli.cli.options import (
     unique_source_names,
 )
 from flowcli.errors import FlowcliError, InputError, OutputError
-from flowcli.outputs import check_template
+from flowcli.io.atomic import probe_folder
+from flowcli.outputs import check_template, inside_output
 
 DEFAULT_NAME = "{stem}"
 
@@ -103,7 +105,8 @@ _HELP_PARAGRAPHS = [
     "name; -2, -3... added to tell apart inputs of the same name), {stem} (the pair's name: the left file's stem "
     "without its left/right token, the folder name for im0/im1, {source}_frame_NNNNNN for video frames), {left} "
     "{right} (file stems or frame_NNNNNN), {index} (pair number in its input), {kind} (disp, disp_vis, occ, depth, "
-    "cloud) and {ext}; '_{kind}' and '.{ext}' are appended when missing. Existing files are never replaced without "
+    "cloud) and {ext}; '_{kind}' and '.{ext}' are added when missing ('_{kind}' before a final '.{ext}'). Existing "
+    "files are never replaced without "
     "--overwrite (all planned names are checked before any work, for a video as many pairs as its header or "
     "--max-frames tells); every file is written to a temp file and renamed when complete.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, left, right, inputs, "
@@ -224,6 +227,7 @@ class _Source:
     sequence: bool = True  # False for explicit image pairs: no visualisation video
     size: tuple[int, int] | None = None  # (width, height) of one view, from headers (the first pair's)
     sizes_differ: bool = False  # pairs of different sizes: no visualisation video
+    other_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # sizes besides `size`
 
 
 @dataclass
@@ -254,10 +258,11 @@ def _is_frames(arg: str) -> bool:
 def _frames_name(arg: str) -> str:
     path = Path(arg)
     if path.is_dir():
-        return path.resolve().name
+        return path.resolve().name or "frames"
     parts = path.parts
     fixed = parts[: next((i for i, p in enumerate(parts) if _is_glob(p)), len(parts))]
-    return Path(*fixed).name if fixed else Path.cwd().name
+    # resolved: '../*.png' is named after the real folder, never '..' (which would lead {source} out of -o)
+    return (Path(*fixed) if fixed else Path.cwd()).resolve().name or "frames"
 
 
 def _pair_stem(left: Path, right: Path) -> str:
@@ -386,6 +391,8 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
             source.size = source.size or size
             if size != source.size:
                 source.sizes_differ = True
+                if size not in source.other_sizes:
+                    source.other_sizes.append(size)
     for source, name in zip(sources, unique_source_names([s.name for s in sources])):
         source.name = name
     return sources
@@ -502,7 +509,7 @@ def _output_paths(directory: Path, template: str, formats, source: _Source, item
     out = {}
     for key in keys:
         kind, ext = FILE_KINDS[key]
-        out[key] = directory / template.format(source=source.name, **item_fields, kind=kind, ext=ext)
+        out[key] = directory / inside_output(template.format(source=source.name, **item_fields, kind=kind, ext=ext))
     return out
 
 
@@ -540,6 +547,7 @@ def _check_output_folder(directory: Path) -> None:
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+    probe_folder(existing)
 
 
 def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_image, camera, ascii_ply: bool,
@@ -734,8 +742,9 @@ def stereo(
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs, sbs=sbs, swap=swap, step=step, max_frames=max_frames)
     if camera is not None:
-        for source in sources:
-            camera.check_size(*source.size)
+        for source in sources:  # every size of a folder, not only its first pair's: fail before any output
+            for size in (source.size, *source.other_sizes):
+                camera.check_size(*size)
     for source in sources:
         if want_video and source.sequence and source.sizes_differ:
             raise InputError(f"{source.label}: pairs differ in size, and --video needs one size per sequence")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,19 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def probe_folder(folder: str | os.PathLike) -> None:
+    """Create and remove a hidden temp file in an existing folder: OutputError if that fails. os.access answers
+    yes for root on read-only or special file systems, so a run would fail only at its first write."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".flowcli-probe.", dir=folder)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write in output folder {folder}: {error.strerror or error}; choose another with -o"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary path next to `path`; on success it is renamed to `path`, on error removed.
@@ -39,16 +53,35 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     The temp name keeps the suffix, so writers that choose a format by extension still work.
     """
     path = check_writable(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as error:  # os.access passes for root on read-only or special file systems
+        raise _write_error(path, error) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        yield Path(tmp)
-        # mkstemp makes 0600, and some writers (safetensors) recreate the file 0600: give the usual permissions
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+        except OSError as error:
+            if error.errno not in _WRITE_ERRNOS and error.filename not in (tmp, str(tmp)):
+                raise
+            raise _write_error(path, error) from None
+        try:
+            # mkstemp makes 0600, and some writers (safetensors) recreate the file 0600: give the usual permissions
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except OSError as error:
+            raise _write_error(path, error) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# errors of writing a file (as opposed to reading an input) that a writer may raise inside atomic_path
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def _write_error(path: Path, error: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {error.strerror or error}; choose another output")

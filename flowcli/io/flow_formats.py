@@ -334,8 +334,17 @@ def read_pfm(path: PathLike) -> np.ndarray:
 
 
 def write_pfm(path: PathLike, array, overwrite: bool = False) -> Path:
-    """Write float [H, W] / [H, W, 1] as 'Pf' or [H, W, 3] as 'PF' (little endian, rows bottom-up)."""
+    """Write float [H, W] / [H, W, 1] as 'Pf' or [H, W, 3] as 'PF' (little endian, rows bottom-up).
+
+    Torch tensors are taken in the project layout: [1, H, W] / [1, 1, H, W] (a disparity map) or [3, H, W].
+    """
+    is_tensor = hasattr(array, "detach")
     array = _to_numpy(array)
+    if is_tensor:
+        while array.ndim > 3 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim == 3 and array.shape[0] in (1, 3):
+            array = array.transpose(1, 2, 0)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):

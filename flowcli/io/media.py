@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import re
 import subprocess
@@ -34,6 +35,15 @@ VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take
 _NON_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B
 
 PathLike = str | os.PathLike
+
+
+def _not_rotation_notice(record: logging.LogRecord) -> bool:
+    # imageio-ffmpeg logs this (twice, unformatted, even with --quiet) for every video with a rotation: the frames
+    # come upright and `VideoReader.size` is their size, so there is nothing for the user to do
+    return not record.getMessage().startswith("The frame size for reading")
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_not_rotation_notice)
 
 
 def _one_line(error: BaseException) -> str:
@@ -126,6 +136,37 @@ def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
     return array if transform is None else np.ascontiguousarray(transform(array))
 
 
+_NETPBM_SUFFIXES = (".pgm", ".ppm", ".pnm")
+_NETPBM_HEADER = re.compile(rb"(P[56])((?:\s+|#[^\n]*\n)+)(\d+)((?:\s+|#[^\n]*\n)+)(\d+)((?:\s+|#[^\n]*\n)+)(\d+)\s")
+
+
+def _read_netpbm16(path: Path) -> np.ndarray | None:
+    """A binary PGM / PPM with more than 8 bits (maxval > 255) as uint16 scaled to 0..65535, else None.
+
+    Pillow reads 16-bit PGM as int32 and 16-bit PPM truncated to 8 bits; the format is simple enough to read here.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+            match = _NETPBM_HEADER.match(head)
+            if match is None or int(match.group(7)) <= 255:
+                return None
+            file.seek(match.end())
+            data = file.read()
+    except OSError as error:
+        raise InputError(f"cannot read image {path}: {error.strerror}") from None
+    channels = 1 if match.group(1) == b"P5" else 3
+    width, height, maxval = int(match.group(3)), int(match.group(5)), int(match.group(7))
+    count = width * height * channels
+    if maxval > 65535 or width == 0 or height == 0 or len(data) < 2 * count:
+        raise InputError(f"cannot read image {path}: truncated or invalid {width}x{height} netpbm file")
+    array = np.frombuffer(data, ">u2", count=count).astype(np.uint32)
+    if maxval != 65535:
+        array = (array * 65535 + maxval // 2) // maxval
+    array = np.minimum(array, 65535).astype(np.uint16).reshape(height, width, channels)
+    return array[:, :, 0] if channels == 1 else array
+
+
 def read_image_array(path: PathLike) -> np.ndarray:
     """An image file (uint8 or uint16; [H, W] or [H, W, C]); the first frame of animated files.
 
@@ -136,6 +177,8 @@ def read_image_array(path: PathLike) -> np.ndarray:
     orientation, mode = _orientation_and_mode(path)
     if path.suffix.lower() == ".png":
         array = read_png(path)  # exact for 16-bit colour, which Pillow would truncate to 8 bits
+    elif path.suffix.lower() in _NETPBM_SUFFIXES and (deep := _read_netpbm16(path)) is not None:
+        array = deep  # 16-bit PGM / PPM: Pillow gives int32 gray and 8-bit colour
     else:
         try:
             if mode in _NON_RGB_MODES:
@@ -144,6 +187,8 @@ def read_image_array(path: PathLike) -> np.ndarray:
                 array = iio.imread(path, index=0)  # 16-bit colour TIFF goes to tifffile, which keeps 16 bits
         except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt files
             raise InputError(f"cannot read image {path}: {_one_line(error)}") from None
+        if path.suffix.lower() in _NETPBM_SUFFIXES and array.dtype == np.int32:  # ASCII 16-bit PGM, scaled by Pillow
+            array = np.clip(array, 0, 65535).astype(np.uint16)
     return _upright(array, orientation)
 
 
