@@ -39,7 +39,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     kind, colon, number = device.partition(":")
     numbered = colon and kind == "cuda" and number.isascii() and number.isdigit()
     if kind not in ("cpu", "cuda", "mps") or (colon and not numbered):
-        raise FlowcliError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise FlowcliError(f"device {device} was asked for but no CUDA GPU is visible; use cpu or auto")
@@ -53,7 +53,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise FlowcliError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+        raise InputError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
     dtype = PRECISIONS[precision]
     if dtype == torch.float16 and device.type == "cpu":
         warn("fp16 is not supported on CPU; running in fp32")

@@ -332,13 +332,15 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
     if case == "nan fps":
         return [media["frames"], "--fps", "nan"], 3, "--fps must be a positive number"
     if case == "unknown device":
-        return [a, b, "--device", "cuda:x"], 1, "unknown device 'cuda:x'"
+        return [a, b, "--device", "cuda:x"], 2, "unknown device 'cuda:x'"
     if case == "absent GPU":
         return [a, b, "--device", "cuda:99"], 1, "device cuda:99"
     if case == "scale out of range":
-        return [a, b, "--scale", "0"], 1, "--scale must be between"
+        return [a, b, "--scale", "0"], 2, "--scale must be between"
     if case == "unknown precision":
-        return [a, b, "--precision", "fp8"], 1, "unknown precision 'fp8'"
+        return [a, b, "--precision", "fp8"], 2, "unknown precision 'fp8'"
+    if case == "batch size zero":
+        return [a, b, "--batch-size", "0"], 2, "--batch-size must be at least 1"
     if case == "unknown name placeholder":
         return [a, b, "--name", "{frame}"], 3, "{frame}"
     if case == "unwritable output folder":
@@ -368,7 +370,7 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
     "single image", "unknown output format", "infinite fps", "nan fps", "unknown device", "absent GPU",
-    "scale out of range", "unknown precision", "unknown name placeholder",
+    "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder",
     "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
 ]

@@ -96,9 +96,9 @@ def test_eval_checks_the_device_and_runs_on_auto(tmp_path, monkeypatch, capsys, 
     write_flo(tmp_path / "chairs" / "data" / "00001_flow.flo", np.zeros((64, 64, 2), np.float32))
     cli = in_process_cli(monkeypatch, capsys, "eval")
     args = ["-d", "chairs", "-r", tmp_path / "chairs", "-w", weights, "-q", "--json"]
-    for device, needle in (("bogus", "unknown device 'bogus'"), ("cuda:99", "device cuda:99")):
+    for device, needle, expected in (("bogus", "unknown device 'bogus'", 2), ("cuda:99", "device cuda:99", 1)):
         code, stdout, err = cli(*args, "--device", device)
-        assert_one_line_error(code, err, 1, needle)
+        assert_one_line_error(code, err, expected, needle)
         assert stdout == ""
     code, stdout, err = cli(*args, "--device", "auto")
     assert code == 0, err

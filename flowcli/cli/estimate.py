@@ -47,7 +47,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
-from flowcli.errors import FlowcliError, InputError, OutputError
+from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
 from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
 
@@ -334,9 +334,9 @@ def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> N
     if max_frames is not None and max_frames < 2:
         raise InputError(f"--max-frames must be at least 2 to form a pair, got {max_frames}")
     if batch_size < 1:
-        raise FlowcliError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
-        raise FlowcliError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
+        raise InputError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise OutputError(f"--fps must be a positive number, got {fps}")
     if max_flow is not None and not (math.isfinite(max_flow) and max_flow > 0):
@@ -426,9 +426,9 @@ def estimate(
     backward = backward or everything
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
     if not 0.05 <= scale <= 4:
-        raise FlowcliError(f"--scale must be between 0.05 and 4, got {scale}")
+        raise InputError(f"--scale must be between 0.05 and 4, got {scale}")
     if precision is not None and precision not in PRECISION_NAMES:
-        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
+        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen

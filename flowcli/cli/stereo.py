@@ -714,15 +714,15 @@ def stereo(
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}")
     if batch_size < 1:
-        raise FlowcliError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
-        raise FlowcliError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
+        raise InputError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
     _positive(fps, "--fps", "", OutputError)
     _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
     _positive(max_depth, "--max-depth", " of metres")
     _positive(lr_threshold, "--lr-threshold", " of pixels", FlowcliError)
     if precision is not None and precision not in PRECISION_NAMES:
-        raise FlowcliError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
+        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     camera = _camera(focal, baseline, calib)
     flags = {"pfm": pfm, "kitti": kitti, "npy": npy, "vis": vis, "video": video, "occlusion": occlusion,
              "depth": depth, "depth_pfm": depth_pfm, "depth_png": depth_png, "ply": ply}
