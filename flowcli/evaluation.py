@@ -45,7 +45,8 @@ class EvalReport:
 
 
 def _clean(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+    """NaN (nothing to score) and inf (a non-finite prediction) have no JSON spelling: None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def _resolve_model(model, device):
@@ -90,7 +91,7 @@ def evaluate(
     dataset = make_dataset(dataset_name, root)
     was_training = isinstance(model, torch.nn.Module) and model.training
     model, device = _resolve_model(model, device)
-    stereo = dataset_name.lower() in STEREO_DATASETS
+    stereo = dataset.name in STEREO_DATASETS
     count = len(dataset) if max_items is None else min(len(dataset), max(0, int(max_items)))
     per_item: list[dict] = []
     try:

@@ -53,6 +53,12 @@ def endpoint_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(pred.float() - gt.float(), dim=1)
 
 
+def _finite_error(error: torch.Tensor) -> torch.Tensor:
+    """A non-finite prediction (NaN, inf) is an infinite error: an outlier in every rate, and an infinite
+    mean, rather than a NaN that the mean over items would skip as if the item had no pixel to score."""
+    return torch.nan_to_num(error, nan=math.inf)
+
+
 def flow_metrics(
     pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, occlusion: torch.Tensor | None = None
 ) -> dict[str, float]:
@@ -64,7 +70,7 @@ def flow_metrics(
     """
     pred, gt, valid = _check(pred, gt, valid, 2)
     mask = valid[:, 0]
-    epe = endpoint_error(pred, gt)
+    epe = _finite_error(endpoint_error(pred, gt))
     magnitude = torch.linalg.vector_norm(gt, dim=1)
     outlier = ((epe > FL_ABS) & (epe > FL_REL * magnitude)).float()
     out = {
@@ -115,7 +121,7 @@ def stereo_metrics(pred_disp: torch.Tensor, gt_disp: torch.Tensor, valid: torch.
     """
     pred, gt, valid = _check(pred_disp, gt_disp, valid, 1)
     mask = valid[:, 0]
-    err = (pred - gt).abs()[:, 0]
+    err = _finite_error((pred - gt).abs()[:, 0])
     out = {"epe": _masked_mean(err, mask)}
     for n in (1, 2, 4):
         out[f"bad_{n}"] = 100.0 * _masked_mean((err > n).float(), mask)

@@ -105,3 +105,27 @@ def test_mean_metrics_items_and_pixels():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         flow_metrics(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4), torch.ones(1, 1, 3, 3, dtype=torch.bool))
+
+
+def test_a_non_finite_prediction_is_an_outlier_not_a_skipped_item():
+    """NaN used to make the item's EPE NaN (dropped by the mean over items) and to count as an inlier in
+    Fl-all and bad-N; inf made `eval --json` fail on a value JSON cannot hold."""
+    gt = torch.zeros(2, 2, 1, 2)
+    pred = torch.zeros(2, 2, 1, 2)
+    pred[0, 0, 0, 0] = math.nan  # item 0: one NaN pixel, one perfect pixel
+    pred[1, 0] = 2.0  # item 1: EPE 2 everywhere
+    valid = torch.ones(2, 1, 1, 2, dtype=torch.bool)
+    m = flow_metrics(pred, gt, valid)
+    assert m["epe"] == math.inf  # not 2.0, the EPE of the other item alone
+    assert m["fl_all"] == pytest.approx(25.0) and m["acc_1px"] == pytest.approx(25.0)
+    rows = [dict(flow_metrics(pred[i : i + 1], gt[i : i + 1], valid[i : i + 1]), name=str(i)) for i in range(2)]
+    assert mean_metrics(rows)["epe"] == math.inf
+    s = stereo_metrics(torch.tensor([[[[math.nan, 10.0]]]]), torch.tensor([[[[10.0, 10.0]]]]), valid[:1, :, :, :])
+    assert s["bad_2"] == pytest.approx(50.0) and s["d1"] == pytest.approx(50.0)
+
+    import json
+
+    from flowcli.evaluation import EvalReport
+
+    report = EvalReport("x", per_item=rows, mean=mean_metrics(rows))
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["mean"]["epe"] is None

@@ -117,11 +117,11 @@ def test_synth_cli_writes_blurred_scenes_and_rejects_a_share_above_one(monkeypat
 
     run = in_process_cli(monkeypatch, capsys, "synth")
     code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--motion-blur", "1.5")
-    assert_one_line_error(code, err, 1, "--motion-blur", "between 0 and 1")
+    assert_one_line_error(code, err, 2, "--motion-blur", "between 0 and 1")
     code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--thin", "2")
-    assert_one_line_error(code, err, 1, "--thin", "between 0 and 1")
+    assert_one_line_error(code, err, 2, "--thin", "between 0 and 1")
     code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--dark", "0.5", "--min-exposure", "0")
-    assert_one_line_error(code, err, 1, "--min-exposure", "(0, 1]")
+    assert_one_line_error(code, err, 2, "--min-exposure", "(0, 1]")
     code, _, err = run(tmp_path / "ok", "-n", "2", "--size", "64x64", "--motion-blur", "1", "--perspective", "1", "-q")
     assert code == 0, err
     settings = json.loads((tmp_path / "ok" / "synth.json").read_text())
@@ -217,3 +217,30 @@ def test_synth_clip_reports_the_size_it_wrote(monkeypatch, capsys, tmp_path):
     with VideoReader(tmp_path / "c.mp4") as reader:
         assert reader.size == (52, 38)  # (width, height), padded to even for H.264
     assert "52 wide x 38 high" in err and "padded" in err
+
+
+def test_synth_refuses_an_existing_dataset_before_writing_any_scene(monkeypatch, capsys, tmp_path):
+    """Without --overwrite, a scene file or synth.json already in OUTPUT used to be found only when its
+    turn came: earlier scenes were replaced by the new seed's and synth.json was overwritten. Bad
+    settings are input errors (2), as in `flowcli train`."""
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x", "-q")
+    assert_one_line_error(code, err, 2, "--size")
+    assert run(tmp_path, "-n", "2", "--size", "32x32", "-q")[0] == 0
+    (tmp_path / "00000_img1.png").unlink()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, _, err = run(tmp_path, "-n", "2", "--size", "32x32", "--seed", "5", "-q")
+    assert_one_line_error(code, err, 3, "00000_img2.png already exists", "--overwrite")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    only_settings = tmp_path / "other"
+    only_settings.mkdir()
+    (only_settings / "synth.json").write_text("mine")
+    code, _, err = run(only_settings, "-n", "1", "--size", "32x32", "-q")
+    assert_one_line_error(code, err, 3, "synth.json already exists")
+    assert [p.name for p in only_settings.iterdir()] == ["synth.json"]
+    assert run(tmp_path, "-n", "2", "--size", "32x32", "--seed", "5", "-q", "--overwrite")[0] == 0
+    assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 5

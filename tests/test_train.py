@@ -368,3 +368,48 @@ def test_config_problems_found_before_the_run_folder_is_made(tmp_path):
     from flowcli.train.trainer import settings_problem
 
     assert "top-level" in settings_problem({"synth": {"height": 64}})
+
+
+def test_ctrl_c_right_after_the_optimiser_step_saves_a_whole_step_and_resumes_bit_for_bit(tmp_path):
+    """SIGINT between the weight update and the step count used to save updated weights under the
+    previous step number: the resumed run repeated that step on moved weights."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    torch.set_num_threads(1)
+    straight = train(tiny_config(tmp_path / "a", 6), quiet=True)["history"]
+    calls = []
+
+    def ctrl_c_after_third_update(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(ctrl_c_after_third_update)
+    try:
+        with pytest.raises(FlowcliError, match="interrupted at step 3"):
+            train(tiny_config(tmp_path / "b", 6), quiet=True)
+    finally:
+        handle.remove()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = train(tiny_config(tmp_path / "b", 6), quiet=True)["history"]
+    assert [r["total"] for r in resumed] == [r["total"] for r in straight]
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", "foreign"])
+def test_an_unreadable_or_foreign_state_is_a_one_line_error_and_overwrite_starts_afresh(
+    monkeypatch, capsys, tmp_path, content
+):
+    recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
+    out.mkdir()
+    if content == "foreign":
+        torch.save({"weights": torch.zeros(2)}, out / "state.pt")
+    else:
+        (out / "state.pt").write_bytes(content)
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", recipe, "-o", out, "-q")
+    assert_one_line_error(code, err, 2, str(out / "state.pt"), "--overwrite")
+    code, _, err = run("-c", recipe, "-o", out, "-q", "--overwrite")
+    assert code == 0 and "replacing" in err, err
+    assert load_checkpoint(out / "last.safetensors").provenance["steps"] == 2

@@ -49,11 +49,12 @@ def synth(
       flowcli synth data/synth-final -n 1000 --motion-blur 0.4 --haze 0.2
       flowcli synth data/synth-street -n 1000 --perspective 0.5 --thin 0.15
       flowcli synth data/synth-night -n 1000 --dark 0.35 --min-exposure 0.125
-      flowcli synth examples/clip.mp4 --clip --frames 24 --size 256x384
+      flowcli synth clip.mp4 --clip --frames 24 --size 256x384
     """
     import torch
 
-    from flowcli.errors import FlowcliError, OutputError
+    from flowcli.errors import InputError, OutputError
+    from flowcli.io.atomic import atomic_path
     from flowcli.io.flow_formats import write_flo, write_png
     from flowcli.io.media import VideoWriter
     from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
@@ -61,23 +62,23 @@ def synth(
     try:
         height, width = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise FlowcliError(f"--size {size!r} is not HEIGHTxWIDTH, e.g. 384x512") from None
+        raise InputError(f"--size {size!r} is not HEIGHTxWIDTH, e.g. 384x512") from None
     if height < 32 or width < 32:
-        raise FlowcliError("--size must be at least 32x32")
+        raise InputError("--size must be at least 32x32")
     if count <= 0:
-        raise FlowcliError("--count must be positive")
+        raise InputError("--count must be positive")
     shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
               ("--perspective", perspective), ("--thin", thin), ("--dark", dark))
     for name, share in shares:
         if not 0 <= share <= 1:
-            raise FlowcliError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
+            raise InputError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
     if frames < 2 or (not clip and frames > 3):
-        raise FlowcliError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
+        raise InputError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
     if not 0 < min_exposure <= 1:
-        raise FlowcliError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
+        raise InputError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
     if not (math.isfinite(fps) and fps > 0):
         raise OutputError(f"--fps must be a positive number of frames per second, e.g. 12; got {fps:g}")
-    _check_output(output, clip, overwrite)
+    _check_output(output, clip, overwrite, count, frames)
     bank = TextureBank.from_paths(list(textures)) if textures else None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
@@ -119,14 +120,17 @@ def synth(
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
                 "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
                 "textures": [str(t) for t in textures or []], "scenes_per_second": round(rate, 2)}
-    (output / "synth.json").write_text(json.dumps(settings, indent=2))
+    with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2))
     stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
 
 
-def _check_output(output: Path, clip: bool, overwrite: bool) -> None:
-    """Fail before rendering when OUTPUT cannot be written: a folder for --clip, a file for a dataset."""
+def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames: int) -> None:
+    """Fail before rendering when OUTPUT cannot be written: a folder for --clip, a file for a dataset,
+    or (without --overwrite) a dataset file that already exists, so no scene of the old data set is
+    mixed with the new one."""
     from flowcli.errors import OutputError
-    from flowcli.io.atomic import check_writable
+    from flowcli.io.atomic import check_target, check_writable
 
     if clip:
         check_writable(output, overwrite)  # refuses a folder even with --overwrite
@@ -135,6 +139,15 @@ def _check_output(output: Path, clip: bool, overwrite: bool) -> None:
         raise OutputError(
             f"{output} is a file, not a folder; give a folder for the dataset (or a .mp4 path with --clip)"
         )
+    if not output.is_dir():
+        return
+    names = []
+    for i in range(count):
+        names += [f"{i:05d}_img{k}.png" for k in range(1, frames + 1)]
+        names += [f"{i:05d}_flow.flo", f"{i:05d}_flow_bw.flo", f"{i:05d}_occ.png"]
+    names.append("synth.json")
+    for name in names:
+        check_target(output / name, overwrite)
 
 
 def register(app: typer.Typer) -> None:

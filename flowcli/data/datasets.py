@@ -42,10 +42,12 @@ def _image(path: Path) -> torch.Tensor:
 
 
 def _mask_png(path: Path) -> torch.Tensor:
-    """A single-channel 8-bit mask PNG as [1,H,W] bool (> 127 = set, e.g. Sintel's 255)."""
+    """A single-channel mask PNG as [1,H,W] bool (> 127 = set, e.g. Sintel's 255; 1-bit PNGs: 1 = set)."""
     array = np.asarray(flow_formats.read_png(path))
     if array.ndim == 3:
         array = array[..., 0]
+    if array.dtype == bool:  # a 1-bit PNG decodes to bool, where 1 (True) is set
+        return torch.from_numpy(array.copy())[None]
     threshold = 32767 if array.dtype == np.uint16 else 127
     return torch.from_numpy(array > threshold)[None]
 

@@ -7,8 +7,11 @@ same config continues from it and produces the same loss curve.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import signal
+import threading
 import time
 import typing
 from dataclasses import asdict, dataclass, field
@@ -300,6 +303,54 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
             )
 
 
+_STATE_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "step", "history")
+
+
+def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict | None:
+    """The saved training state, or None when there is none (or, with `overwrite`, when it is unreadable);
+    InputError when it cannot be read or is not a flowcli training state."""
+    if not state_path.exists():
+        return None
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or not made by flowcli train
+        problem = f"is not a readable training state ({str(error).splitlines()[0][:120]})"
+    else:
+        missing = [key for key in _STATE_KEYS if key not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+        if not missing:
+            return state
+        problem = f"is not a flowcli training state (no {', '.join(missing)})"
+    if overwrite:
+        stderr.print(f"replacing the run in {state_path.parent} ({state_path.name} {problem}, --overwrite)")
+        return None
+    raise InputError(f"{state_path} {problem}; pass --overwrite to start the run afresh, or choose another --out")
+
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: the update of the weights, the
+    optimiser, the schedule and the step count (or a save of them) is never left half done, so the
+    state saved on Ctrl-C is always that of a whole step. Outside the main thread the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
     """Whether a saved state was made with `cfg`, wherever its run folder is now or however it is spelt."""
     saved = {**json.loads(saved_config), "out_dir": cfg.out_dir}
@@ -351,7 +402,7 @@ def train(
     scheduler = _schedule(optimizer, cfg)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, history = 0, []
-    state = torch.load(state_path, map_location=device, weights_only=True) if state_path.exists() else None
+    state = _load_state(state_path, device, overwrite)
     if state is not None and not _same_run(state["config"], cfg):
         if not overwrite:
             raise OutputError(
@@ -396,6 +447,7 @@ def train(
             save_checkpoint(ema.model, out / "ema.safetensors", provenance=provenance)
 
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
+    saved = step if state is not None else -1  # the step whose state is on disk
     model.train()
     batches = _batches(cfg, step, textures)
     started = time.time()
@@ -412,14 +464,15 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
-                record["lr"] = scheduler.get_last_lr()[0]
-                history.append(record)
+                with _interrupt_deferred():  # a Ctrl-C lands before or after a whole step, never inside
+                    optimizer.step()
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update(model)
+                    step += 1
+                    record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
+                    record["lr"] = scheduler.get_last_lr()[0]
+                    history.append(record)
                 bar.update(task, completed=step, info=f"loss {record['total']:.3f} epe {record['epe']:.2f}")
                 if not stderr.is_terminal and not quiet and step % 10 == 0:  # a log file gets plain lines
                     stderr.print(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
@@ -431,9 +484,16 @@ def train(
                     history[-1]["eval"] = metrics
                     stderr.print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 if step % cfg.checkpoint_every == 0 or step == end:
-                    save_state()
+                    with _interrupt_deferred():
+                        save_state()
+                        saved = step
     except KeyboardInterrupt:
-        save_state()
+        if saved != step:
+            try:
+                with _interrupt_deferred():
+                    save_state()
+            except KeyboardInterrupt:  # a second Ctrl-C while saving: the state is saved all the same
+                pass
         raise FlowcliError(
             f"interrupted at step {step}; state saved in {state_path}. Run the same command again to resume."
         ) from None
