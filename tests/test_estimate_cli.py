@@ -329,6 +329,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [a, b, "--formats", "flo,exr"], 3, "valid formats: flo, kitti"
     if case == "infinite fps":
         return [media["frames"], "--fps", "inf"], 3, "--fps must be a positive number"
+    if case == "fps that rounds to zero":
+        return [media["frames"], "--video", "--fps", "1e-9"], 3, "--fps must be a positive number of at least 0.001"
     if case == "nan fps":
         return [media["frames"], "--fps", "nan"], 3, "--fps must be a positive number"
     if case == "unknown device":
@@ -369,7 +371,7 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "infinite fps", "nan fps", "unknown device", "absent GPU",
+    "single image", "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device", "absent GPU",
     "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder",
     "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",

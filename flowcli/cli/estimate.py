@@ -337,8 +337,10 @@ def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> N
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
         raise InputError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise OutputError(f"--fps must be a positive number, got {fps}")
+    from flowcli.io.media import MIN_FPS
+
+    if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
+        raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
     if max_flow is not None and not (math.isfinite(max_flow) and max_flow > 0):
         raise OutputError(f"--max-flow must be a positive number, got {max_flow}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import math
 import os
 import re
 import subprocess
@@ -349,6 +350,9 @@ def _frame_to_uint8_hwc(frame) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+MIN_FPS = 0.001  # the writer stores the rate as a fraction with a denominator of at most 10000
+
+
 class VideoWriter:
     """Context manager writing RGB frames to an H.264 video (yuv420p) with the given fps, atomically.
 
@@ -363,8 +367,8 @@ class VideoWriter:
             raise OutputError(
                 f"cannot write video {self.path}: use one of {' '.join(VIDEO_OUTPUT_SUFFIXES)} (H.264)"
             )
-        if not fps or fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        if not (fps and math.isfinite(fps) and fps >= MIN_FPS):
+            raise ValueError(f"fps must be at least {MIN_FPS}, got {fps}")
         check_writable(self.path, overwrite)  # fail before any frame is computed
         self.fps = fps
         self.overwrite = overwrite
