@@ -307,3 +307,94 @@ def test_library_config_of_the_wrong_shape_is_an_input_error():
             AdaptConfig(sources=["a.mp4"], output="o.safetensors", **settings)
     with pytest.raises(InputError, match="teacher scales"):
         AdaptConfig(sources=["a.mp4"], output="o.safetensors", teacher_scales=(0.0,))
+
+
+def test_out_of_range_option_values_are_refused_up_front(tmp_path, base, no_decoding):
+    """Values of the right type but outside their range: one line and exit code 2, never a traceback mid-run."""
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    for args, expected in (
+        (("--workers", -1), "--workers must be 0 or more"),
+        (("--lr", -1), "--lr must be positive"),
+        (("--lr", 0), "--lr must be positive"),
+        (("--loss", "scales=1"), "this model has no pyramid level 1"),
+        (("--loss", "scales=-1"), "scales must be 0 (full resolution) or pyramid levels above 0"),
+        (("--loss", "census_patch=4"), "census_patch must be an odd number"),
+        (("--loss", "distill=-1"), "distill must be 0 or more"),
+        (("--loss", "max_occluded=2"), "max_occluded must be in [0, 1]"),
+        (("--transform", "zoom=2,1"), "zoom must be two positive numbers"),
+        (("--transform", "colour=2"), "colour is a probability"),
+    ):
+        code, message = _cli(folder, "-o", out, "-w", base, *_TINY, *args)
+        assert code == 2 and expected in message, (args, message)
+    assert not out.exists() and not (tmp_path / "m.adapt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:the footage has only")
+def test_scales_that_leave_no_level_at_the_crop_are_refused(tmp_path, base):
+    folder = _frames(tmp_path / "shot", 3)
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--loss", "scales=3")
+    assert code == 2 and "at the 64x64 training crop every level is under min_scale_side" in message, message
+
+
+def test_heldout_frames_are_not_trained_on_when_sources_overlap(tmp_path):
+    """A folder given twice, or a folder and its own subfolder: the same frames are in two sequences, and
+    none of the held-out ones may be in a training tuple of the other copy."""
+    shot = _frames(tmp_path / "footage" / "shot", 6)
+    for sources in ([shot, shot], [tmp_path / "footage", shot]):
+        footage = scan_footage(sources)
+        train, held = footage.split(footage.tuples(2), 0.1, span=1)
+        assert held and train
+
+        def files(tuples):
+            return {footage.sequences[s].frames[v + k].resolve() for s, v in tuples for k in (0, 1)}
+
+        assert not files(train) & files(held), sources
+
+
+def test_side_tokens_are_replaced_where_they_match(tmp_path):
+    """`desk_lamp_l.png` pairs with `desk_lamp_r.png`: the `_l` of `_lamp` is not the side token."""
+    for name in ("desk_lamp", "kitchen_light"):
+        _png(tmp_path / "rig" / f"{name}_l.png")
+        _png(tmp_path / "rig" / f"{name}_r.png", seed=1)
+    footage = scan_footage([tmp_path / "rig"], stereo=True, min_frames=1)
+    assert [tuple(p.name for p in pair) for pair in footage.sequences[0].frames] == [
+        ("desk_lamp_l.png", "desk_lamp_r.png"), ("kitchen_light_l.png", "kitchen_light_r.png"),
+    ]  # fmt: skip
+
+
+def test_a_damaged_video_cache_record_is_decoded_again(tmp_path):
+    import torch
+
+    from flowcli.io.media import VideoWriter
+
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for i in range(3):
+            writer.write(torch.full((3, 64, 96), 0.2 + 0.2 * i))
+    cache = tmp_path / "cache"
+    first = scan_footage([video], cache_dir=cache).sequences[0]
+    (meta,) = cache.glob("clip-*.json")
+    meta.write_text('{"count": 3, "hei')  # a write cut short (disk full, killed)
+    assert len(scan_footage([video], cache_dir=cache).sequences[0]) == 3
+    first.video_cache.write_bytes(first.video_cache.read_bytes()[:100])  # truncated frames
+    again = scan_footage([video], cache_dir=cache)
+    assert len(again.sequences[0]) == 3 and first.video_cache.stat().st_size == 3 * 64 * 96 * 3
+
+
+def test_bad_synthetic_replay_settings_are_refused_before_the_run(tmp_path, no_decoding):
+    from flowcli.adapt import AdaptConfig, adapt
+
+    out = tmp_path / "o.safetensors"
+    for anchor_synth, expected in (({"height": 64}, "may not set height"), ({"nonsense": 1}, "nonsense")):
+        cfg = AdaptConfig(sources=["a"], output=str(out), losses={"anchor": 1.0}, anchor_synth=anchor_synth)
+        with pytest.raises(InputError, match=expected):
+            adapt(cfg, quiet=True)
+
+
+def test_a_file_where_the_run_folder_goes_is_an_output_error(tmp_path, base, no_decoding):
+    folder = _frames(tmp_path / "shot", 3)
+    (tmp_path / "m.adapt").write_text("not a folder")
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY)
+    assert code == 3 and "m.adapt is a file" in message, message
+    assert (tmp_path / "m.adapt").read_text() == "not a folder"

@@ -108,6 +108,8 @@ def test_twenty_steps_lower_the_photometric_loss_and_the_checkpoint_describes_it
     assert len(prov["footage"]["fingerprint"]) == 64 and prov["footage"]["sequences"] == 2
     assert prov["steps"] == 20 and prov["stages"]["photometric"] + prov["stages"]["distillation"] == 20
     assert "photo" in prov["losses"] and prov["date"]
+    distill = [r["distill"] for r in result["history"] if "distill" in r]  # stage 2 only: its mean where it ran
+    assert prov["losses"]["distill"] == pytest.approx(sum(distill) / len(distill), abs=1e-5)
     assert set(prov["heldout_before"]) >= {"photo", "photo_all", "occ"}
     report = json.loads((tmp_path / "adapted.report.json").read_text())
     assert report["heldout"]["after"] == prov["heldout_after"]
@@ -262,3 +264,44 @@ def test_synthetic_replay_anchor_runs_in_both_stages_and_is_reproducible(footage
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
     off = adapt(_config(footage, base, tmp_path / "c.safetensors", steps=4), quiet=True)
     assert all("anchor" not in r for r in off["history"])
+
+
+def test_a_run_resumes_after_its_folders_are_moved_and_refuses_changed_footage(footage, base, tmp_path):
+    """The same footage, base and output named by other paths (the project folder moved, or relative and
+    absolute paths mixed) is the same run; different footage under the same path is not."""
+    import shutil
+
+    def interrupt(step, record):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    old = tmp_path / "old"
+    shutil.copytree(footage, old / "clips")
+    shutil.copy(base, old / "base.safetensors")
+
+    def cfg(root, **overrides):
+        return _config(root / "clips", root / "base.safetensors", root / "out" / "m.safetensors", steps=4, **overrides)
+
+    with pytest.raises(FlowcliError):
+        adapt(cfg(old), quiet=True, callback=interrupt)
+    new = tmp_path / "new"
+    old.rename(new)
+    with pytest.raises(FlowcliError, match=r"different settings \(lr\)"):  # the refusal names what differs
+        adapt(cfg(new, lr=2e-3), quiet=True)
+    frame = next((new / "clips" / "shot0").iterdir())
+    original = frame.read_bytes()
+    frame.write_bytes(next((new / "clips" / "shot1").iterdir()).read_bytes())
+    with pytest.raises(FlowcliError, match="different footage"):
+        adapt(cfg(new), quiet=True)
+    frame.write_bytes(original)
+    steps_run = []
+    resumed = adapt(cfg(new), quiet=True, callback=lambda step, record: steps_run.append(step))
+    assert steps_run == [3, 4] and len(resumed["history"]) == 4  # continued, not started over
+
+
+def test_a_diverging_run_stops_without_writing_nan_weights(footage, base, tmp_path):
+    output = tmp_path / "nan.safetensors"
+    with pytest.raises(FlowcliError, match="training diverged.*lower --lr"):
+        adapt(_config(footage, base, output, steps=6, lr=1e6), quiet=True)
+    assert not output.exists() and not (tmp_path / "nan.report.json").exists()
+    assert not (tmp_path / "nan.adapt").exists()  # nothing saved to resume: no trace left

@@ -19,6 +19,7 @@ pairs of one source are a stereo sequence in natural order (consecutive in time 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -139,9 +140,24 @@ class Footage:
             cut = held_starts[0] if held_starts else math.inf
             held += [(s, v) for v in held_starts]
             train += [(s, v) for v in starts if v + span < cut]
+        # The same frames can be in two sequences (a folder given twice, or a folder and its subfolder):
+        # a training tuple may not use a frame that a held-out tuple uses in any sequence.
+        held_frames = {key for s, v in held for key in self._frame_keys(s, v, span)}
+        train = [(s, v) for s, v in train if held_frames.isdisjoint(self._frame_keys(s, v, span))]
         if not train:
             return list(tuples), list(tuples)
         return train, held
+
+    def _frame_keys(self, seq: int, start: int, span: int) -> list:
+        """What identifies the frames start .. start + span of a sequence, whichever source named them."""
+        sequence = self.sequences[seq]
+        keys = []
+        for frame in sequence.frames[start : start + span + 1]:
+            if isinstance(frame, (Path, tuple)):
+                keys += [_resolved(p) for p in (frame if isinstance(frame, tuple) else (frame,))]
+            else:
+                keys.append((_resolved(sequence.video), frame) if sequence.video is not None else (seq, frame))
+        return keys
 
     # ------------------------------------------------------------------ provenance
 
@@ -190,6 +206,14 @@ class Footage:
 
 def _wh(size) -> str:
     return f"{size[1]}x{size[0]}" if size else "unreadable"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _resolved(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path.absolute())
 
 
 def _file_size(path: Path) -> int:
@@ -247,7 +271,8 @@ def _video_sequence(path: Path, source: str, cache_dir: Path | None, max_frames:
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{max_frames}".encode()).hexdigest()[:16]
     data, meta = cache_dir / f"{path.stem}-{key}.u8", cache_dir / f"{path.stem}-{key}.json"
-    if not (data.is_file() and meta.is_file()):
+    info = _cache_info(meta)
+    if not (info and data.is_file() and data.stat().st_size == info["count"] * info["height"] * info["width"] * 3):
         count, size = 0, None
         tmp = data.with_suffix(".part")
         with media.VideoReader(path, max_frames=max_frames) as reader, open(tmp, "wb") as out:
@@ -257,14 +282,28 @@ def _video_sequence(path: Path, source: str, cache_dir: Path | None, max_frames:
                 size = array.shape[:2]
                 out.write(array.tobytes())
                 count += 1
+        if size is None:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"{path}: no frame of the video could be decoded; the file is corrupt or empty")
         tmp.replace(data)
-        meta.write_text(json.dumps({"count": count, "height": size[0], "width": size[1]}))
-    info = json.loads(meta.read_text())
+        meta_tmp = meta.with_suffix(".json.part")
+        meta_tmp.write_text(json.dumps({"count": count, "height": size[0], "width": size[1]}))
+        meta_tmp.replace(meta)  # atomic: an interrupted write leaves no half-written record to trip on later
+    info = _cache_info(meta)
     size = (info["height"], info["width"])
     return Sequence(
         label=path.name, frames=list(range(info["count"])), sizes=[size] * info["count"], video=path,
         video_cache=data, source=source,
     )  # fmt: skip
+
+
+def _cache_info(meta: Path) -> dict | None:
+    """The record of a decoded video (frame count and size), None if it is missing or unreadable."""
+    try:
+        info = json.loads(meta.read_text())
+        return info if all(isinstance(info.get(k), int) for k in ("count", "height", "width")) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 _VIDEO_MAPS: dict[str, np.memmap] = {}
@@ -353,6 +392,7 @@ def _mono_source(source, skipped, cache_dir, max_frames) -> list[Sequence]:
 
 _LEFT_RIGHT_DIRS = (("left", "right"), ("image_2", "image_3"), ("colored_0", "colored_1"), ("cam0", "cam1"))
 _LEFT_TOKEN = re.compile(r"(left|Left|LEFT|_l\b|_L\b)")
+_RIGHT_OF = {"left": "right", "Left": "Right", "LEFT": "RIGHT", "_l": "_r", "_L": "_R"}
 
 
 def _stereo_sources(sources) -> list:
@@ -439,13 +479,14 @@ def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
     pairs = []
     names = {p.name: p for p in images}
     for image in images:
-        if _LEFT_TOKEN.search(image.stem):
-            for token, other in (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT"), ("_l", "_r"), ("_L", "_R")):
-                if token in image.stem:
-                    partner = names.get(image.name.replace(token, other, 1))
-                    if partner is not None:
-                        pairs.append((image, partner))
-                        break
+        # replace the side token where it matched (the last such place first), not the first look-alike:
+        # `kitchen_light_l.png` pairs with `kitchen_light_r.png`
+        for match in reversed(list(_LEFT_TOKEN.finditer(image.stem))):
+            other = _RIGHT_OF[match.group()]
+            partner = names.get(image.name[: match.start()] + other + image.name[match.end() :])
+            if partner is not None:
+                pairs.append((image, partner))
+                break
     if pairs:
         return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
     scenes = [

@@ -70,6 +70,19 @@ class LossWeights:
         check_fields(self)
         if self.occlusion not in OCCLUSION_METHODS:
             raise ValueError(f"occlusion must be one of {', '.join(OCCLUSION_METHODS)}, got {self.occlusion!r}")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name):g}")
+        if self.census_patch < 3 or self.census_patch % 2 == 0:
+            raise ValueError(f"census_patch must be an odd number of pixels, 3 or more, got {self.census_patch}")
+        if not 0 <= self.max_occluded <= 1:
+            raise ValueError(f"max_occluded must be in [0, 1] (a share of the frame), got {self.max_occluded:g}")
+        if any(scale < 0 for scale in self.scales):
+            raise ValueError(f"scales must be 0 (full resolution) or pyramid levels above 0, got {self.scales}")
+
+
+_NON_NEGATIVE = ("census", "ssim", "l1", "smooth1", "smooth2", "edge_alpha", "min_scale_side", "distill", "temporal",
+                 "vertical", "quadrilateral", "triangle", "anchor")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- per-pixel distances

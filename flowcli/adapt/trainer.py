@@ -57,7 +57,7 @@ from flowcli.adapt.transforms import (
 )
 from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
 from flowcli.console import progress, stderr, warn
-from flowcli.errors import FlowcliError, InputError
+from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path, check_writable
 from flowcli.models.pwc import FlowOutput
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_batch
@@ -71,6 +71,10 @@ RUNTIME_FIELDS = (
     "device", "precision", "workers", "overwrite", "offline", "keep_state", "checkpoint_every", "gt", "max_pixels",
     "restart",
 )  # fmt: skip
+# Fields that say where the footage, the base weights and the output are, not what they are. A state records
+# what they were (footage fingerprint, base sha256) and a resume is checked against that, so the same run,
+# named by other paths (relative / absolute) or after its folders were moved, still resumes.
+LOCATION_FIELDS = ("sources", "output", "weights")
 
 
 @dataclass
@@ -495,6 +499,38 @@ def _footage_textures(footage: Footage, train: list, count: int = 48) -> Texture
     return TextureBank(images) if images else None
 
 
+def _check_finite(value: torch.Tensor, what: str, step: int, cfg: AdaptConfig) -> None:
+    """Stop a diverged run before it writes NaN weights (checked before the optimiser step)."""
+    value = value.detach()
+    if not bool(torch.isfinite(value)):
+        raise FlowcliError(
+            f"training diverged: the {what} is {float(value)} at step {step + 1}, so no adapted checkpoint was "
+            f"written; lower --lr (it is {cfg.lr:g}) and pass --restart"
+        )
+
+
+def _resume_problem(state: dict, cfg: AdaptConfig, fingerprint: str, base_sha256: str) -> str | None:
+    """Why a saved state cannot be resumed under `cfg` (None if it can): the settings that differ."""
+    saved, current = json.loads(state["config"]), cfg.settings()
+    if state.get("fingerprint") is not None:  # compare the footage and base by content, not by their paths
+        if state["fingerprint"] != fingerprint:
+            return "different footage (its frames or their content changed)"
+        if state.get("base_sha256") != base_sha256:
+            return "different base weights"
+        for name in LOCATION_FIELDS:
+            saved.pop(name, None)
+            current.pop(name, None)
+    defaults = field_defaults(AdaptConfig)
+    if same_settings(json.dumps(saved), current, defaults):
+        return None
+    current, defaults = (json.loads(json.dumps(d, sort_keys=True, default=list)) for d in (current, defaults))
+    changed = sorted(
+        {name for name in saved if name not in current}
+        | {name for name, value in current.items() if saved.get(name, defaults.get(name)) != value}
+    )
+    return "different settings" + (f" ({', '.join(changed)})" if changed else "")
+
+
 def _floor_to(value: int, multiple: int) -> int:
     return value // multiple * multiple
 
@@ -512,6 +548,10 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
         raise InputError("the budget must be positive: --steps N (N >= 1) or --minutes M (M > 0)")
     if cfg.step < 1 or cfg.batch_size < 1:
         raise InputError("--step and --batch-size must be at least 1")
+    if not cfg.lr > 0:
+        raise InputError(f"--lr must be positive, got {cfg.lr:g}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {cfg.workers}; 0 loads the data in the main process")
     if not 0 <= cfg.val_fraction < 1:
         raise InputError("--val-fraction must be in [0, 1)")
     if cfg.max_frames is not None and cfg.max_frames < 1:
@@ -529,6 +569,13 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
             config(**settings)
         except (TypeError, ValueError) as error:
             raise InputError(f"{option}: {error}") from None
+    sized = sorted({"height", "width"} & set(cfg.anchor_synth))
+    if sized:
+        raise InputError(f"anchor_synth may not set {' or '.join(sized)}: replay scenes take the training crop's size")
+    try:
+        SynthConfig(**cfg.anchor_synth)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"anchor_synth: {error}") from None
     if cfg.steps is None and cfg.minutes is None:
         cfg.steps = DEFAULT_STEPS
     output = Path(cfg.output)
@@ -545,7 +592,12 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     if cfg.restart and ctx.main:
         state_path.unlink(missing_ok=True)
     created = not workdir.exists()
-    workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.exists() and not workdir.is_dir():
+        raise OutputError(f"{workdir} is a file, but the run folder (state, video cache) goes there; move it away")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the run folder {workdir}: {error.strerror}") from None
     try:
         return _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, callback)
     except BaseException:
@@ -567,6 +619,14 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         raise InputError(
             f"--crop {cfg.crop[0]}x{cfg.crop[1]} is too small: this model needs at least {multiple}x{multiple} "
             f"(HEIGHTxWIDTH, rounded down to multiples of {multiple})"
+        )
+    weights = LossWeights(**cfg.losses)
+    levels = sorted(model.config.decoded_levels)
+    unknown = [s for s in weights.scales if s != 0 and s not in levels]
+    if unknown:
+        raise InputError(
+            f"--loss scales: this model has no pyramid level {unknown[0]}; use 0 (full resolution) or "
+            f"{', '.join(map(str, levels))}, e.g. --loss scales=0,2,3"
         )
 
     length = cfg.tuple_length
@@ -598,8 +658,13 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     if crop != (_floor_to(cfg.crop[0], multiple), _floor_to(cfg.crop[1], multiple)) and ctx.main:
         warn(f"training crops are {crop[1]}x{crop[0]} (the smallest frames are {min_w}x{min_h})")
     window = (min(min_h, crop[0] + 2 * cfg.teacher_margin), min(min_w, crop[1] + 2 * cfg.teacher_margin))
+    if not any(s == 0 or min(crop) >> s >= weights.min_scale_side for s in weights.scales):
+        raise InputError(
+            f"--loss scales={','.join(map(str, weights.scales))}: at the {crop[1]}x{crop[0]} training crop every "
+            f"level is under min_scale_side ({weights.min_scale_side} px), so no scale is left; add 0 (full "
+            "resolution) or a finer level"
+        )
     extra_teachers = [freeze(load_model(spec, device=device, offline=cfg.offline)) for spec in cfg.teachers]
-    weights = LossWeights(**cfg.losses)
 
     model.train()
     net = model
@@ -620,11 +685,13 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     before: dict = {}
     elapsed_before = 0.0
 
+    fingerprint = footage.fingerprint()
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if not same_settings(state["config"], cfg.settings(), field_defaults(AdaptConfig)):
+        problem = _resume_problem(state, cfg, fingerprint, base_sha256)
+        if problem:
             raise FlowcliError(
-                f"{state_path} belongs to a run with different settings; run the same command to resume it, "
+                f"{state_path} belongs to a run with {problem}; run the same command to resume it, "
                 "or pass --restart to start over"
             )
         model.load_state_dict(state["model"])
@@ -647,16 +714,17 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["seconds"] = round(clock() - t0, 2)
 
-    fingerprint = footage.fingerprint()
-
     def provenance(final: bool, after: dict | None = None) -> dict:
         recent = history[-50:]
         photometric = min(step, step if plan.stage1 is None else plan.stage1)
-        losses = {}
-        for record in recent:
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for record in recent:  # a term absent from some steps (distill in stage 1) is averaged where it ran
             for key, value in record.items():
                 if key not in ("step", "stage", "lr") and isinstance(value, (int, float)):
-                    losses[key] = losses.get(key, 0.0) + value / len(recent)
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
+        losses = {key: sums[key] / counts[key] for key in sums}
         return {
             "trained_by": "flowcli adapt",
             "base_weights": {"spec": _public(base_spec), "sha256": base_sha256},
@@ -710,6 +778,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     "history": json.dumps(history),
                     "before": json.dumps(before),
                     "elapsed": elapsed_before + clock() - started,
+                    "fingerprint": fingerprint,
+                    "base_sha256": base_sha256,
                 },
                 tmp,
             )
@@ -758,8 +828,10 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     else:
                         terms = _distill_terms(net, teachers_all(), batch, plan, weights, cfg, dtype)
                     optimizer.zero_grad(set_to_none=True)
+                    _check_finite(terms["total"], "loss", step, cfg)
                     terms["total"].backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    _check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad), "gradient",
+                                  step, cfg)  # fmt: skip
                     optimizer.step()
                     step += 1
                     record = {"step": step, "stage": stage, "lr": optimizer.param_groups[0]["lr"]}

@@ -39,6 +39,17 @@ class TransformConfig:
 
     def __post_init__(self):
         check_fields(self)
+        for name in ("superpixel", "colour", "geometric", "flip"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability, in [0, 1], got {getattr(self, name):g}")
+        lo, hi = self.zoom
+        if not 0 < lo <= hi:
+            raise ValueError(f"zoom must be two positive numbers LOW,HIGH with LOW <= HIGH, got {lo:g},{hi:g}")
+        lo, hi = self.superpixel_fraction
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"superpixel_fraction must be LOW,HIGH with 0 <= LOW <= HIGH <= 1, got {lo:g},{hi:g}")
+        if self.rotation_deg < 0 or self.superpixel_segments < 1:
+            raise ValueError("rotation_deg must be 0 or more and superpixel_segments at least 1")
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
