@@ -16,7 +16,7 @@ from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from flowcli.errors import WeightsError
@@ -25,6 +25,11 @@ from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 
 FORMAT_VERSION = "1"
 ARCHITECTURES = {"flownet": (FlowNet, FlowNetConfig)}
+# safetensors dtype names a weight may be stored in (loaded as float32)
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+# bounds on architecture numbers read from a checkpoint's metadata (widths, levels, displacement)
+_MAX_CONFIG_INT = 1 << 16
+_MAX_CONFIG_LENGTH = 64
 
 
 def save_checkpoint(
@@ -49,8 +54,6 @@ def save_checkpoint(
 
 def read_metadata(path: str | Path) -> dict:
     """The flowcli metadata of a checkpoint, decoded (config and provenance as dicts)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -62,8 +65,10 @@ def read_metadata(path: str | Path) -> dict:
     for key in ("flowcli.config", "flowcli.provenance"):
         try:
             out[key] = json.loads(meta.get(key, "{}"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # a hostile file can nest [[[...]]] past the stack
             raise WeightsError(f"{path} has corrupt {key} metadata") from None
+        if not isinstance(out[key], dict):
+            raise WeightsError(f"{path} has corrupt {key} metadata (a JSON object was expected)")
     return out
 
 
@@ -77,28 +82,87 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
     stored = dict(meta["flowcli.config"])
     if family == "flownet":
         stored.setdefault("normalize_features", False)  # checkpoints made before the field existed
+    config = _build_config(config_cls, stored, path)
     try:
-        config = config_cls(**stored)
-    except (TypeError, ValueError) as error:
+        try:
+            with torch.device("meta"):  # shapes only: a hostile config cannot make it allocate terabytes
+                skeleton = model_cls(config)
+        except (RuntimeError, NotImplementedError):
+            # an initialisation that reads values (the convex upsampler's .tolist()) cannot run on meta
+            # tensors; the config is range-checked, so build it for real
+            skeleton = model_cls(config)
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{path} describes an architecture this flowcli cannot build: {error}") from None
-    model = model_cls(config)
-    state = load_file(str(path))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    with safe_open(str(path), framework="pt") as f:  # the header: names, shapes and dtypes, no data
+        stored_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    missing = sorted(set(expected) - set(stored_shapes))
+    unexpected = sorted(set(stored_shapes) - set(expected))
+    wrong_shape = sorted(k for k in set(stored_shapes) & set(expected) if stored_shapes[k] != expected[k])
     if missing or unexpected or wrong_shape:
         detail = (
             f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-            else f"{wrong_shape[0]} has shape {tuple(state[wrong_shape[0]].shape)}, "
-            f"expected {tuple(expected[wrong_shape[0]].shape)}"
+            else f"{wrong_shape[0]} has shape {stored_shapes[wrong_shape[0]]}, expected {expected[wrong_shape[0]]}"
         )
         count = len(missing) + len(unexpected) + len(wrong_shape)
         raise WeightsError(f"{path} does not match its declared architecture ({count} tensors differ; {detail})")
+    not_float = sorted(k for k, dtype in dtypes.items() if dtype not in _FLOAT_DTYPES)
+    if not_float:
+        raise WeightsError(
+            f"{path} stores {not_float[0]} as {dtypes[not_float[0]]}; flowcli weights are floating point"
+        )
+    state = load_file(str(path))
+    non_finite = sorted(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
+    if non_finite:
+        raise WeightsError(
+            f"{path} has NaN or infinite values in {len(non_finite)} tensor(s), e.g. {non_finite[0]}; "
+            "the training that wrote it diverged or the file is corrupt"
+        )
+    model = skeleton
+    if any(t.is_meta for t in skeleton.state_dict().values()):
+        # every parameter and buffer is in `state`, so the skeleton needs memory, not a (slow) random init
+        unsaved = {name for name, _ in skeleton.named_buffers()} - set(expected)
+        model = model_cls(config) if unsaved else skeleton.to_empty(device="cpu")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model.provenance = meta["flowcli.provenance"]
     model.checkpoint_path = str(path)
     return model.to(device).eval()
+
+
+def _build_config(config_cls, stored: dict, path: str | Path):
+    """The config a checkpoint's metadata describes, each field of the type its default has.
+
+    The metadata is untrusted input: `"normalize_features": "no"` must not be taken as true, nor a
+    negative or absurdly long channel list reach the network's constructor.
+    """
+    defaults = field_defaults(config_cls)
+
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"{path} describes an architecture this flowcli cannot build: {what}")
+
+    for name, value in stored.items():
+        default = defaults.get(name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_CONFIG_INT
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, tuple):
+            ok = (
+                isinstance(value, list)
+                and len(value) <= _MAX_CONFIG_LENGTH
+                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_CONFIG_INT for v in value)
+            )
+        else:
+            ok = name not in defaults  # unknown fields: the constructor names them below
+        if not ok:
+            raise bad(f"{name}={json.dumps(value)[:60]} is not a valid value")
+    try:
+        return config_cls(**stored)
+    except (TypeError, ValueError) as error:
+        raise bad(str(error)) from None
 
 
 def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None) -> torch.nn.Module:

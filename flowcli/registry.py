@@ -98,12 +98,19 @@ def _check_registry(data: object, path: Path) -> None:
     if not isinstance(models, dict):
         raise bad('expected {"models": {name: entry}} at the top level')
     for name, entry in models.items():
+        if not _is_plain_relative(name):  # names are cache folders: models/NAME/PATH
+            raise bad(f"model name {name!r} must not be empty, absolute or contain '..'")
         files = entry.get("files") if isinstance(entry, dict) else None
         if not isinstance(files, list) or not files:
             raise bad(f"model {name!r} has no files")
         for record in files:
             if not isinstance(record, dict) or not record.get("path") or not record.get("source"):
                 raise bad(f"model {name!r} has a file without 'path' and 'source'")
+            if not _is_plain_relative(str(record["path"])):
+                raise bad(
+                    f"model {name!r} file {record['path']!r}: 'path' must be a relative path inside the "
+                    "model's cache folder (no '..', not absolute)"
+                )
             if not str(record["source"]).startswith(SOURCE_PREFIXES):
                 raise bad(f"model {name!r} file {record['path']!r} has source {record['source']!r}; "
                           f"expected one of {', '.join(SOURCE_PREFIXES)}")
@@ -118,6 +125,12 @@ def _check_registry(data: object, path: Path) -> None:
                 if not _SHA256_RE.match(str(record.get("archive_sha256", ""))) or _known_sha256(record) is None:
                     raise bad(f"model {name!r} file {record['path']!r}: an archive member needs both "
                               "'archive_sha256' and 'sha256'")
+
+
+def _is_plain_relative(path: str) -> bool:
+    """A relative path that stays inside the folder it is joined to (no '..', not absolute, not empty)."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    return bool(parts) and not PurePosixPath(path).is_absolute() and ".." not in parts and ":" not in parts[0]
 
 
 def list_models() -> list[str]:
@@ -219,11 +232,22 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
+def _source_key(source: str) -> object:
+    """What identifies a source: hf://o/r/f, hf://o/r/f@main and hf://o//r/f name one file of one revision."""
+    if source.startswith("hf://"):
+        try:
+            return parse_hf_source(source)
+        except WeightsError:
+            pass
+    return source
+
+
 def _find_source(source: str) -> tuple[str, dict] | None:
     """The registry (name, file record) that uses `source`, so a raw spec still gets its sha256 checked."""
+    key = _source_key(source)
     for name, entry in load_registry()["models"].items():
         for record in entry["files"]:
-            if record["source"] == source:
+            if _source_key(record["source"]) == key:
                 return name, record
     return None
 
@@ -287,7 +311,7 @@ def verify(name: str) -> list[tuple[str, str]]:
         elif path is None:
             # Without a recorded sha256 there is nothing to verify even once the file is there.
             status = NOT_DOWNLOADED if known else UNVERIFIED
-        elif _local_problem(path, record) is not None:
+        elif (_hf_problem if record["source"].startswith("hf://") else _local_problem)(path, record) is not None:
             status = CORRUPT
         else:
             status = OK if known else UNVERIFIED
@@ -443,6 +467,16 @@ def _hf_download(source: str, label: str, *, force: bool, quiet: bool) -> Path:
         http_logger.removeFilter(notice)
 
 
+def _hf_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
+    """`_local_problem` for a cached hf file. Without a registry sha256 the Hub's own is used: a file stored
+    with git LFS (every checkpoint is) is cached as a blob named by its sha256."""
+    if _known_sha256(record) is None:
+        blob = os.path.basename(os.path.realpath(path))
+        if _SHA256_RE.match(blob):
+            record = {**record, "sha256": blob}
+    return _local_problem(path, record)
+
+
 def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
     source = record["source"]
     label = _label(name, record)
@@ -453,19 +487,19 @@ def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> 
         path = _hf_cached(source)
         if path is None:
             raise _offline_miss(name, record, reason)
-        problem = _local_problem(path, record)
+        problem = _hf_problem(path, record)
         if problem is not None:
             _forget_hf_file(path)
             raise _corrupt_while_offline(name, record, problem, reason)
         return path
 
     path = _hf_download(source, label, force=False, quiet=quiet)
-    problem = _local_problem(path, record)
+    problem = _hf_problem(path, record)
     if problem is None:
         return path
     _forget_hf_file(path)  # corrupt or truncated: fetch again, once
     path = _hf_download(source, label, force=True, quiet=quiet)
-    problem = _local_problem(path, record)
+    problem = _hf_problem(path, record)
     if problem is not None:
         _forget_hf_file(path)
         raise _mismatch_error(label, problem)
@@ -586,6 +620,17 @@ def _extract_member(archive: Path, member: str, target: Path, label: str) -> Non
         raise
 
 
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only where the first URL could go: https:// (or http:// on a loopback host)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        _check_url_allowed(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_CheckedRedirects)
+
+
 class _TransferCut(Exception):
     """A transfer that broke off mid-way; worth resuming."""
 
@@ -629,7 +674,7 @@ def _transfer(url: str, out, bar, task) -> None:
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+        response = _OPENER.open(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
     except urllib.error.HTTPError as error:
         if error.code in (408, 429) or error.code >= 500:
             raise _TransferCut(f"HTTP {error.code} {error.reason}") from None

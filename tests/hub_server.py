@@ -18,6 +18,7 @@ Fault modes, per hosted file:
   corrupt=True        the body differs from the advertised sha256 (same length, flipped bytes)
   interrupt=k         the next k GETs send the full Content-Length, then close after half the bytes
                       (interrupt=-1: every GET)
+`hub.redirects[name] = url` makes /files/{name} answer 302 to `url`.
 Every request is logged in `server.requests` (method, path, Range header) so tests can count them.
 """
 
@@ -69,6 +70,7 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, HostedFile]] = {}
         self.plain: dict[str, HostedFile] = {}
+        self.redirects: dict[str, str] = {}  # /files/{name} -> Location (a 302)
         self.requests: list[LoggedRequest] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -93,6 +95,7 @@ class HubServer:
         with self._lock:
             self.repos.clear()
             self.plain.clear()
+            self.redirects.clear()
             self.requests.clear()
 
     def count(self, method: str, path_contains: str = "") -> int:
@@ -154,6 +157,12 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _serve(self, send_body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
         self.hub._log(self.command, path, self.headers.get("Range"))
+        if path.startswith("/files/") and path[len("/files/") :] in self.hub.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.hub.redirects[path[len("/files/") :]])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path.startswith("/files/"):
             hosted = self.hub.plain.get(path[len("/files/") :])
             if hosted is None:

@@ -34,3 +34,11 @@ def test_a_transient_progress_bar_leaves_nothing_in_a_log(capsys):
     with progress(transient=True) as bar:
         bar.update(bar.add_task("download", total=2, info=""), advance=1)
     assert capsys.readouterr().err == ""
+
+
+def test_doctor_reports_the_version_of_the_running_flowcli(monkeypatch):
+    """Not the install record's: an editable or stale install can say another version than `--version`."""
+    from flowcli.cli import doctor
+
+    monkeypatch.setattr(flowcli, "__version__", "9.9.9-running")
+    assert doctor.environment()["flowcli"] == "9.9.9-running"

@@ -193,3 +193,53 @@ def test_fresh_network_cost_volume_already_finds_the_shift():
     cost = correlation_torch(normalize_for_matching(f[:1]), normalize_for_matching(f[1:]), 4)[0, :, 3:-3, 3:-3]
     true_index = (1 + 4) * 9 + (2 + 4)
     assert (cost.argmax(0) == true_index).float().mean() > 0.8
+
+
+def _rewritten(path, out, tensors=None, **metadata):
+    """A copy of checkpoint `path` with some metadata values (str) or config fields (JSON values) replaced."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(path).items()}
+    config = json.loads(meta["flowcli.config"])
+    for key, value in metadata.items():
+        if key.startswith("flowcli."):
+            meta[key] = value
+        else:
+            config[key] = value
+    meta["flowcli.config"] = metadata.get("flowcli.config", json.dumps(config))
+    save_file(load_file(str(path)) if tensors is None else tensors, str(out), metadata=meta)
+    return out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"flowcli.config": "[1, 2]"}, "corrupt flowcli.config metadata"),
+        ({"flowcli.config": '"abc"'}, "corrupt flowcli.config metadata"),
+        ({"flowcli.config": "[" * 100_000 + "]" * 100_000}, "corrupt flowcli.config metadata"),  # RecursionError
+        ({"flowcli.provenance": "5"}, "corrupt flowcli.provenance metadata"),
+        ({"normalize_features": "no"}, "normalize_features"),  # a truthy string is not True
+        ({"pyramid_channels": [-1] * 6}, "pyramid_channels"),
+        ({"context_dilations": [0]}, "context_dilations"),
+        ({"max_displacement": -3}, "max_displacement"),
+        ({"pyramid_channels": [65536] * 6}, "does not match its declared architecture"),  # never allocated
+    ],
+)
+def test_hostile_checkpoint_metadata_is_one_weights_error(tmp_path, change, message):
+    path = save_checkpoint(FlowNet(FlowNetConfig(**TINY)), tmp_path / "m.safetensors")
+    hostile = _rewritten(path, tmp_path / "hostile.safetensors", **change)
+    with pytest.raises(WeightsError, match=message) as error:
+        load_checkpoint(hostile)
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_strict_loading_refuses_integer_and_non_finite_tensors(tmp_path):
+    path = save_checkpoint(FlowNet(FlowNetConfig(**TINY)), tmp_path / "m.safetensors")
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    as_int = _rewritten(path, tmp_path / "int.safetensors", {**tensors, name: tensors[name].to(torch.int32)})
+    with pytest.raises(WeightsError, match=f"stores {name} as I32"):
+        load_checkpoint(as_int)
+    nan = _rewritten(
+        path, tmp_path / "nan.safetensors", {**tensors, name: torch.full_like(tensors[name], float("nan"))}
+    )
+    with pytest.raises(WeightsError, match=f"NaN or infinite values in 1 tensor.*{name}"):
+        load_checkpoint(nan)

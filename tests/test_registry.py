@@ -199,6 +199,35 @@ def test_hf_unknown_file_is_a_weights_error(hub, tmp_path, monkeypatch, checkpoi
         registry.resolve(f"hf://{REPO_ID}/nope.safetensors", quiet=True)
 
 
+def test_hf_spec_spelled_without_the_revision_is_still_checked_against_the_registry(
+    hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    hosted, _ = hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)  # registered as ...@main
+    hosted.corrupt = True
+    for spec in (f"hf://{REPO_ID}/weights/model.safetensors", f"hf://{REPO_ID}//weights/model.safetensors@main"):
+        with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-hf \(model.safetensors\)"):
+            registry.resolve(spec, quiet=True)
+
+
+def test_hf_spec_outside_the_registry_is_checked_against_the_hubs_sha256(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    """A checkpoint on the Hub is stored with git LFS: its cache blob is named by its sha256, which is checked."""
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
+    spec = f"hf://{REPO_ID}/loose.safetensors"
+    path = registry.resolve(spec, quiet=True)
+    Path(os.path.realpath(path)).write_bytes(b"\0" * len(checkpoint_bytes))  # corrupted in the cache
+    assert registry.resolve(spec, quiet=True).read_bytes() == checkpoint_bytes  # noticed and fetched again
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    Path(os.path.realpath(path)).write_bytes(b"\0" * len(checkpoint_bytes))
+    with pytest.raises(WeightsError, match="was corrupt"):
+        registry.resolve(spec, quiet=True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.add_repo_file(REPO_ID, "bad.safetensors", checkpoint_bytes).corrupt = True
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for hf://.*/bad.safetensors"):
+        registry.resolve(f"hf://{REPO_ID}/bad.safetensors", quiet=True)
+    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts]
+
+
 # --- plain URLs --------------------------------------------------------------------------------
 
 
@@ -319,6 +348,18 @@ def test_archive_member_offline_names_the_download_command(hub, tmp_path, monkey
     assert hub.requests == []
 
 
+@pytest.mark.parametrize("name, path", [("evil", "../../../escaped.safetensors"), ("evil", "ABSOLUTE"), ("../..", "x")])
+def test_registry_paths_cannot_leave_the_cache(hub, tmp_path, monkeypatch, checkpoint_bytes, name, path):
+    """A registry file (FLOWCLI_REGISTRY, a private zoo) must not make a download land outside the cache."""
+    path = str(tmp_path / "escaped.safetensors") if path == "ABSOLUTE" else path
+    hub.add_plain_file("m.safetensors", checkpoint_bytes)
+    record = entry(hub.plain_url("m.safetensors"), checkpoint_bytes, path=path)
+    write_registry(tmp_path, monkeypatch, {name: record})
+    with pytest.raises(WeightsError, match="is invalid.*(relative path|must not be)"):
+        registry.resolve(name, quiet=True)
+    assert hub.requests == [] and not (tmp_path / "escaped.safetensors").exists()
+
+
 def test_member_records_need_both_checksums(tmp_path, monkeypatch):
     record = {"path": "a.tflite", "source": "https://example.org/x.whl", "member": "x/a.tflite", "sha256": "a" * 64}
     write_registry(tmp_path, monkeypatch, {"m": {"files": [record]}})
@@ -342,6 +383,17 @@ def test_plain_http_only_for_loopback(hub, tmp_path, monkeypatch):
     write_registry(tmp_path, monkeypatch, {})
     with pytest.raises(WeightsError, match="plain http"):
         registry.resolve("http://weights.invalid/model.safetensors", quiet=True)
+
+
+def test_a_redirect_cannot_downgrade_a_download_to_plain_http(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_plain_file("real.safetensors", checkpoint_bytes)
+    hub.redirects["moved.safetensors"] = hub.plain_url("real.safetensors")  # loopback: allowed
+    assert registry.resolve(hub.plain_url("moved.safetensors"), quiet=True).read_bytes() == checkpoint_bytes
+    hub.redirects["away.safetensors"] = "http://weights.invalid/real.safetensors"
+    with pytest.raises(WeightsError, match="refusing to download http://weights.invalid/.* over plain http"):
+        registry.resolve(hub.plain_url("away.safetensors"), quiet=True)
+    assert leftovers(tmp_path / "flowcli-cache") == []
 
 
 def test_http_404_is_a_weights_error(hub, tmp_path, monkeypatch):
@@ -559,3 +611,102 @@ def test_an_unreachable_hub_is_one_warning_then_one_error(monkeypatch, capsys, t
     assert code == 4 and len(lines) == 2, err
     assert lines[0].startswith("warning: ") and "retrying" in lines[0]
     assert lines[1].startswith("error: cannot download") and "Traceback" not in err
+
+
+def test_cli_info_of_a_hostile_checkpoint_is_one_error_line(weights_cli, tmp_path, checkpoint_bytes):
+    """Metadata is untrusted: a config or provenance that is not a JSON object must not crash `weights info`."""
+    from cli_harness import assert_one_line_error
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(checkpoint_bytes)
+    tensors = load_file(str(good))
+    for key, value in (("flowcli.config", "[1, 2]"), ("flowcli.provenance", '"text"')):
+        meta = {"flowcli.format": "1", "flowcli.model": "flownet", "flowcli.config": "{}", "flowcli.provenance": "{}"}
+        save_file(tensors, str(tmp_path / "hostile.safetensors"), metadata={**meta, key: value})
+        code, out, err = weights_cli("info", tmp_path / "hostile.safetensors")
+        assert_one_line_error(code, err, 4, f"corrupt {key} metadata")
+        assert out == ""
+
+
+# --- push (HfApi replaced by a recorder: what is uploaded, and what the registry entry says) ---------
+
+
+class _FakeHfApi:
+    uploads: list = []
+    on_upload = None  # called after the bytes are taken, e.g. to replace the file as a training run would
+
+    def __init__(self, endpoint=None):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        return None
+
+    def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+        data = path_or_fileobj if isinstance(path_or_fileobj, bytes) else Path(path_or_fileobj).read_bytes()
+        type(self).uploads.append((repo_id, path_in_repo, data))
+        if type(self).on_upload is not None:
+            type(self).on_upload()
+        return type("Commit", (), {"oid": "c" * 40})()
+
+
+@pytest.fixture
+def fake_hf_api(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(_FakeHfApi, "uploads", [])
+    monkeypatch.setattr(_FakeHfApi, "on_upload", None)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHfApi)
+    return _FakeHfApi
+
+
+def test_push_refuses_a_checkpoint_that_does_not_load_strictly(weights_cli, fake_hf_api, tmp_path, checkpoint_bytes):
+    import torch
+    from cli_harness import assert_one_line_error
+    from safetensors.torch import load_file, save_file
+
+    from flowcli.checkpoint import read_metadata
+
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(checkpoint_bytes)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(good).items()}
+    tensors = load_file(str(good))
+    broken = tmp_path / "diverged.safetensors"
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(broken), metadata=meta)
+    code, _, err = weights_cli("push", broken, "--repo", "me/flow")
+    assert_one_line_error(code, err, 4, "NaN")
+    assert fake_hf_api.uploads == []
+
+
+def test_push_registers_the_bytes_it_uploaded(weights_cli, fake_hf_api, tmp_path, checkpoint_bytes):
+    """A run that replaces FILE during the upload must not leave a registry sha256 of other bytes."""
+    from flowcli.checkpoint import load_checkpoint, save_checkpoint
+
+    file = tmp_path / "last.safetensors"
+    file.write_bytes(checkpoint_bytes)
+    newer = load_checkpoint(file)
+    newer.load_state_dict({k: v + 1 for k, v in newer.state_dict().items()})
+    fake_hf_api.on_upload = lambda: save_checkpoint(newer, file)  # the next step's checkpoint lands
+    reg = tmp_path / "reg.json"
+    code, out, err = weights_cli("push", file, "--repo", "me/flow", "--registry", reg)
+    assert code == 0, err
+    [(_, _, uploaded)] = fake_hf_api.uploads
+    record = json.loads(reg.read_text())["models"]["flow"]["files"][0]
+    assert record["sha256"] == hashlib.sha256(uploaded).hexdigest() and record["size"] == len(uploaded)
+
+
+def test_push_does_not_replace_a_registry_entry_without_overwrite(weights_cli, fake_hf_api, tmp_path, checkpoint_bytes):
+    from cli_harness import assert_one_line_error
+
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(checkpoint_bytes)
+    reg = tmp_path / "reg.json"
+    existing = {"models": {"flow": entry("hf://me/flow/old.safetensors@" + "a" * 40, b"old weights")}}
+    reg.write_text(json.dumps(existing))
+    code, _, err = weights_cli("push", file, "--repo", "me/flow", "--registry", reg)
+    assert_one_line_error(code, err, 4, "already has a model 'flow'", "--overwrite")
+    assert fake_hf_api.uploads == [] and json.loads(reg.read_text()) == existing
+    code, _, err = weights_cli("push", file, "--repo", "me/flow", "--registry", reg, "--overwrite")
+    assert code == 0, err
+    record = json.loads(reg.read_text())["models"]["flow"]["files"][0]
+    assert record["sha256"] == hashlib.sha256(checkpoint_bytes).hexdigest()

@@ -143,8 +143,10 @@ def self_check(device: str | None = None, backend: str | None = None) -> SelfChe
 def environment() -> dict:
     import torch
 
+    from flowcli import __version__
+
     info = {
-        "flowcli": _version("flowcli"),
+        "flowcli": __version__,  # the code running, as `flowcli --version` says (not a stale install record)
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda_build": torch.version.cuda,

@@ -319,7 +319,7 @@ def verify_command(
         raise WeightsError(f"{len(failed)} file(s) failed verification: {', '.join(failed)}; {fix}")
 
 
-def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str) -> dict:
+def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str, sha256: str, size: int) -> dict:
     """A registry entry (flowcli/weights.json format) for a pushed checkpoint."""
     provenance = metadata.get("flowcli.provenance") or {}
     config = metadata.get("flowcli.config") or {}
@@ -337,9 +337,7 @@ def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str) 
         "description": f"{path.name}, published with `flowcli weights push`"
         + (f" ({provenance['trained_by']})" if provenance.get("trained_by") else ""),
         "architecture": {"family": metadata.get("flowcli.model", "flownet"), "matching": config.get("matching")},
-        "files": [
-            {"path": path_in_repo, "source": source, "sha256": registry.sha256_file(path), "size": path.stat().st_size}
-        ],
+        "files": [{"path": path_in_repo, "source": source, "sha256": sha256, "size": size}],
         "license": "TBD",
         "training": training,
         "metrics": metrics,
@@ -447,14 +445,17 @@ def push_command(
     registry_file: Annotated[
         Optional[Path], typer.Option("--registry", help="Add the entry to this registry JSON file.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an entry of the same --name in the --registry file.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
+    import hashlib
     import os
 
-    from flowcli.checkpoint import read_metadata
+    from flowcli.checkpoint import load_checkpoint, read_metadata
 
     _check_checkpoint_file(file, "give the .safetensors file to publish")
-    metadata = read_metadata(file)  # refuses anything that is not a flowcli checkpoint
     parts = repo.split("/")
     if len(parts) != 2 or not all(parts):
         raise WeightsError(f"--repo {repo!r} is not OWNER/NAME")
@@ -462,6 +463,16 @@ def push_command(
     name = name or parts[1]
     # read and check the registry before uploading, so a bad one stops the push instead of failing after it
     registry_data = _read_registry_for_push(registry_file) if registry_file is not None else None
+    if registry_data is not None and name in registry_data["models"] and not overwrite:
+        raise WeightsError(
+            f"{registry_file} already has a model {name!r}; pass --overwrite to replace it or choose another --name"
+        )
+    # What is hashed is what is uploaded, even if a training run replaces FILE meanwhile.
+    data = file.read_bytes()
+    metadata = read_metadata(file)  # refuses anything that is not a flowcli checkpoint
+    load_checkpoint(file)  # and one that does not load strictly (wrong tensors, NaN) is not published either
+    if hashlib.sha256(data).hexdigest() != registry.sha256_file(file):
+        raise WeightsError(f"{file} changed while it was being checked; push it again once it is written")
 
     from huggingface_hub import HfApi
 
@@ -470,14 +481,14 @@ def push_command(
     try:
         api.create_repo(repo, private=True if private else None, exist_ok=True, repo_type="model")
         commit = api.upload_file(
-            path_or_fileobj=str(file), path_in_repo=path_in_repo, repo_id=repo, repo_type="model",
+            path_or_fileobj=data, path_in_repo=path_in_repo, repo_id=repo, repo_type="model",
             revision=revision, commit_message=message or f"Upload {path_in_repo} with flowcli weights push",
         )  # fmt: skip
     except Exception as error:  # huggingface_hub's HTTP stack varies by version: one line for any failure
         raise _hub_error(error, repo, endpoint) from None
     oid = getattr(commit, "oid", None)
     source = f"hf://{repo}/{path_in_repo}" + (f"@{oid}" if oid else f"@{revision}")
-    entry = _registry_entry(file, metadata, source, path_in_repo)
+    entry = _registry_entry(file, metadata, source, path_in_repo, hashlib.sha256(data).hexdigest(), len(data))
     if registry_file is not None:
         from flowcli.io.atomic import atomic_path
 
