@@ -84,15 +84,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
         stored.setdefault("normalize_features", False)  # checkpoints made before the field existed
     config = _build_config(config_cls, stored, path)
     try:
-        try:
-            with torch.device("meta"):  # shapes only: a hostile config cannot make it allocate terabytes
-                skeleton = model_cls(config)
-        except (RuntimeError, NotImplementedError):
-            # an initialisation that reads values (the convex upsampler's .tolist()) cannot run on meta
-            # tensors; the config is range-checked, so build it for real
+        with torch.device("meta"):  # shapes only: a hostile config cannot make it allocate terabytes
             skeleton = model_cls(config)
         expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    except (TypeError, ValueError, RuntimeError) as error:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise WeightsError(f"{path} describes an architecture this flowcli cannot build: {error}") from None
     with safe_open(str(path), framework="pt") as f:  # the header: names, shapes and dtypes, no data
         stored_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

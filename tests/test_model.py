@@ -106,6 +106,14 @@ def test_convex_upsampler_starts_as_bilinear_and_keeps_constant_flow_exact():
     torch.testing.assert_close(fine, 4 * constant.repeat_interleave(4, 2).repeat_interleave(4, 3))
 
 
+def test_every_upsampler_builds_on_the_meta_device():
+    """The checkpoint loader checks a file's shapes on a meta-device build before allocating anything."""
+    for upsampler in ("bilinear", "convex"):
+        with torch.device("meta"):
+            model = FlowNet(FlowNetConfig(upsampler=upsampler, **TINY))
+        assert all(p.is_meta for p in model.parameters())
+
+
 def test_convex_upsampler_config_round_trips_through_a_checkpoint(tmp_path):
     model = FlowNet(FlowNetConfig(upsampler="convex", upsampler_channels=(24,), **TINY)).eval()
     assert [m[0].out_channels for m in model.upsampler.body] == [24]

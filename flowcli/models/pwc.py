@@ -148,8 +148,9 @@ def bilinear_upsampling_logits(factor: int) -> torch.Tensor:
     Fine pixel (i, j) of a coarse cell sits at offset ((i + 0.5) / factor - 0.5) from the cell
     centre (align_corners=False), so it blends the centre with one neighbour along each axis.
     """
-    offsets = (torch.arange(factor, dtype=torch.float64) + 0.5) / factor - 0.5
-    taps = torch.zeros(factor, 3, dtype=torch.float64)  # per fine position: weights of coarse -1, 0, +1
+    # on the CPU even inside a `torch.device("meta")` block (the checkpoint loader's shape check)
+    offsets = (torch.arange(factor, dtype=torch.float64, device="cpu") + 0.5) / factor - 0.5
+    taps = torch.zeros(factor, 3, dtype=torch.float64, device="cpu")  # per fine position: weights of coarse -1, 0, +1
     for i, o in enumerate(offsets.tolist()):
         taps[i, 1] = 1 - abs(o)
         taps[i, 0 if o < 0 else 2] = abs(o)
