@@ -244,3 +244,31 @@ def test_synth_refuses_an_existing_dataset_before_writing_any_scene(monkeypatch,
     assert [p.name for p in only_settings.iterdir()] == ["synth.json"]
     assert run(tmp_path, "-n", "2", "--size", "32x32", "--seed", "5", "-q", "--overwrite")[0] == 0
     assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 5
+
+
+def test_synth_overwrite_removes_the_earlier_runs_scenes_it_does_not_rewrite(monkeypatch, capsys, tmp_path):
+    """`synth -n 3 --frames 3` then `synth -n 2 --overwrite` used to leave scene 00002 and every img3:
+    synth.json said 2 scenes and `flowcli eval --dataset chairs` read 3, mixing two data sets. Files synth
+    does not name, and synth-like names in a folder that is not a synth dataset (no synth.json), stay."""
+    import json
+
+    from cli_harness import in_process_cli
+
+    from flowcli.data import make_dataset
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    assert run(tmp_path, "-n", "3", "--frames", "3", "--size", "32x32", "-q")[0] == 0
+    foreign = ["notes.txt", "00002_img1.ppm", "00002_flow.flo.bak", "0002_flow.flo", "000002_flow.flo"]
+    for name in foreign:
+        (tmp_path / name).write_text("mine")
+    assert run(tmp_path, "-n", "2", "--size", "32x32", "--seed", "1", "-q", "--overwrite")[0] == 0
+    kinds = ("img1.png", "img2.png", "flow.flo", "flow_bw.flo", "occ.png")
+    scenes = [f"{i:05d}_{kind}" for i in range(2) for kind in kinds]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*scenes, *foreign, "synth.json"])
+    assert json.loads((tmp_path / "synth.json").read_text())["count"] == 2
+    assert len(make_dataset("chairs", tmp_path)) == 2
+    chairs = tmp_path / "chairs"  # a FlyingChairs-like folder that synth did not make: nothing is removed
+    chairs.mkdir()
+    (chairs / "00005_flow.flo").write_text("theirs")
+    assert run(chairs, "-n", "1", "--size", "32x32", "-q", "--overwrite")[0] == 0
+    assert (chairs / "00005_flow.flo").read_text() == "theirs"

@@ -413,3 +413,24 @@ def test_an_unreadable_or_foreign_state_is_a_one_line_error_and_overwrite_starts
     code, _, err = run("-c", recipe, "-o", out, "-q", "--overwrite")
     assert code == 0 and "replacing" in err, err
     assert load_checkpoint(out / "last.safetensors").provenance["steps"] == 2
+
+
+def test_a_resume_may_change_only_settings_that_cannot_change_the_result(monkeypatch, capsys, tmp_path):
+    """--checkpoint-every (and eval_every) used to make a resume "a different training config", whose
+    offered --overwrite threw the run away; the refusal of a real change did not say what differed."""
+    torch.set_num_threads(1)
+    recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
+    run = in_process_cli(monkeypatch, capsys, "train")
+    assert run("-c", recipe, "-o", out, "-q", "--steps", "4", "--stop-after", "2")[0] == 0
+    code, _, err = run("-c", recipe, "-o", out, "-q", "--steps", "4", "--lr", "0.0005", "--seed", "3")
+    assert_one_line_error(code, err, 3, "different training config", "lr: 0.001 -> 0.0005", "seed: 0 -> 3")
+    code, _, err = run("-c", recipe, "-o", out, "-q", "--steps", "4", "--checkpoint-every", "1", "--stop-after", "3")
+    assert code == 0 and "resuming" in err and "replacing" not in err, err
+    assert json.loads((out / "config.json").read_text())["checkpoint_every"] == 1  # the new value applies
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] == 3 and json.loads(state["config"])["checkpoint_every"] == 1
+    straight = train(tiny_config(tmp_path / "straight", 4, batch_size=1), quiet=True, stop_after=3)["history"]
+    assert [r["total"] for r in json.loads(state["history"])] == [r["total"] for r in straight]
+    synth = {**tiny_config(out, 4).synth, "max_layers": 2}
+    with pytest.raises(FlowcliError, match=r"config \(synth\.max_layers: 3 -> 2\);"):  # nested ones named, alone
+        train(tiny_config(out, 4, batch_size=1, eval_every=5, synth=synth), quiet=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -35,7 +36,12 @@ def synth(
     min_exposure: float = typer.Option(0.125, help="Darkest exposure factor of --dark scenes, in (0, 1]."),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
     fps: float = typer.Option(12.0, help="Frame rate of --clip videos."),
-    overwrite: bool = typer.Option(False, help="Replace existing files."),
+    overwrite: bool = typer.Option(
+        False,
+        help="Replace existing files. In a dataset folder of an earlier synth run (one with synth.json), also "
+        "remove that run's scene files this run does not write (extra scenes, img3 of triplets), so the folder "
+        "holds only the new data set; other files are left alone.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Render FlyingChairs-style scenes: layered textured shapes with their own affine motions.
@@ -43,6 +49,9 @@ def synth(
     Dataset layout (FlyingChairs naming, readable by `flowcli eval --dataset chairs`):
     NNNNN_img1.png, NNNNN_img2.png (, NNNNN_img3.png), NNNNN_flow.flo (1->2), NNNNN_flow_bw.flo (2->1),
     NNNNN_occ.png (255 = pixel of img1 occluded in img2), plus synth.json with the settings.
+    With --overwrite over an earlier synth dataset, its scene files that this run does not rewrite
+    (more scenes, img3) are removed first, so `flowcli eval` never mixes the two; files of other
+    names are kept.
 
     Examples:
       flowcli synth data/synth -n 1000
@@ -78,7 +87,7 @@ def synth(
         raise InputError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
     if not (math.isfinite(fps) and fps > 0):
         raise OutputError(f"--fps must be a positive number of frames per second, e.g. 12; got {fps:g}")
-    _check_output(output, clip, overwrite, count, frames)
+    stale = _check_output(output, clip, overwrite, count, frames)
     bank = TextureBank.from_paths(list(textures)) if textures else None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
@@ -102,6 +111,11 @@ def synth(
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create dataset folder {output}: {error.strerror}; choose another") from None
+    for path in stale:  # an earlier run's scenes beyond this one's, before any new file is written
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot remove {path} of the earlier data set: {error.strerror}") from None
     started = time.time()
     with progress(quiet) as bar:
         task = bar.add_task("rendering", total=count, info="")
@@ -125,22 +139,28 @@ def synth(
     stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
 
 
-def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames: int) -> None:
+# The name of every scene file a dataset run writes: NNNNN_img1.png .. NNNNN_img3.png, NNNNN_flow.flo,
+# NNNNN_flow_bw.flo, NNNNN_occ.png (NNNNN: the scene index, at least 5 digits, zero-padded).
+_SCENE_FILE = re.compile(r"(?P<index>\d{5,})_(?:img[1-3]\.png|flow\.flo|flow_bw\.flo|occ\.png)")
+
+
+def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames: int) -> list[Path]:
     """Fail before rendering when OUTPUT cannot be written: a folder for --clip, a file for a dataset,
     or (without --overwrite) a dataset file that already exists, so no scene of the old data set is
-    mixed with the new one."""
+    mixed with the new one. Returns the files to remove first (with --overwrite): the scene files of an
+    earlier synth run in the folder (it holds synth.json) that this run does not write."""
     from flowcli.errors import OutputError
     from flowcli.io.atomic import check_target, check_writable
 
     if clip:
         check_writable(output, overwrite)  # refuses a folder even with --overwrite
-        return
+        return []
     if output.exists() and not output.is_dir():
         raise OutputError(
             f"{output} is a file, not a folder; give a folder for the dataset (or a .mp4 path with --clip)"
         )
     if not output.is_dir():
-        return
+        return []
     names = []
     for i in range(count):
         names += [f"{i:05d}_img{k}.png" for k in range(1, frames + 1)]
@@ -148,6 +168,17 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     names.append("synth.json")
     for name in names:
         check_target(output / name, overwrite)
+    if not overwrite or not (output / "synth.json").is_file():
+        return []  # not a synth dataset: its files of synth's names may be someone else's (FlyingChairs .flo)
+    written = set(names)
+    stale = []
+    for path in sorted(output.iterdir()):
+        match = _SCENE_FILE.fullmatch(path.name)
+        # synth's own spelling of the index only (00012, 123456; not 012345), and files, not folders
+        if match and f"{int(match['index']):05d}" == match["index"] and path.name not in written:
+            if path.is_symlink() or path.is_file():
+                stale.append(path)
+    return stale
 
 
 def register(app: typer.Typer) -> None:

@@ -23,7 +23,9 @@ def train(
     textures: list[str] = typer.Option(None, "--textures", help="Folder or video of real images to texture scenes."),
     stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
     init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),
-    checkpoint_every: int = typer.Option(None, help="Save the resumable state every N steps."),
+    checkpoint_every: int = typer.Option(
+        None, help="Save the resumable state every N steps (may change when a run resumes)."
+    ),
     ema_decay: float = typer.Option(
         None, help="Also keep an exponential moving average of the weights (e.g. 0.999), saved as OUT/ema.safetensors."
     ),
@@ -33,13 +35,14 @@ def train(
         False,
         "--overwrite",
         help="Replace the weights in OUT of a finished run or of another config (a run of the same config, with "
-        "its state.pt, resumes).",
+        "its state.pt, resumes; --checkpoint-every, and eval_every in a config file, may differ).",
     ),
 ) -> None:
     """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo).
 
     Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for
-    bit. The weights are in OUT/last.safetensors (and OUT/ema.safetensors with --ema-decay), usable
+    bit (a resume may change --checkpoint-every and eval_every, which cannot change the result; any
+    other difference is refused, naming the settings). The weights are in OUT/last.safetensors (and OUT/ema.safetensors with --ema-decay), usable
     anywhere with --weights.
 
     Example: flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine

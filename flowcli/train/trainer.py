@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
+from flowcli.checkpoint import field_defaults, save_checkpoint
 from flowcli.console import progress, stderr
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
@@ -351,10 +351,46 @@ def _interrupt_deferred():
             raise KeyboardInterrupt
 
 
-def _same_run(saved_config: str, cfg: TrainConfig) -> bool:
-    """Whether a saved state was made with `cfg`, wherever its run folder is now or however it is spelt."""
-    saved = {**json.loads(saved_config), "out_dir": cfg.out_dir}
-    return same_settings(json.dumps(saved), asdict(cfg), field_defaults(TrainConfig))
+# Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
+# with new values of them (which apply from then on). out_dir: wherever the run folder is now, however spelt;
+# eval_every: evaluation runs the model in eval mode and training draws no number from the global RNG.
+# Not `workers`: 2+ workers each read the whole stream, and a worker generates with 1 thread.
+_FREE_ON_RESUME = ("out_dir", "checkpoint_every", "eval_every")
+_ABSENT = object()
+
+
+def _changed_settings(saved_config: str, cfg: TrainConfig) -> list[str]:
+    """The settings of `cfg` that differ from those a saved state was made with and change the result
+    ("name: saved -> now", nested ones as "synth.name"); empty when the state resumes under `cfg`.
+
+    A field added to flowcli after the state was saved counts as equal when `cfg` leaves it at its default,
+    so a run interrupted under an older flowcli resumes under a newer one."""
+    saved = json.loads(saved_config)
+    current, defaults = (
+        json.loads(json.dumps(d, sort_keys=True, default=list)) for d in (asdict(cfg), field_defaults(TrainConfig))
+    )
+
+    def shown(value) -> str:
+        text = "(unset)" if value is _ABSENT else json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    changed = []
+    for name in sorted(set(saved) | set(current)):
+        if name in _FREE_ON_RESUME:
+            continue
+        before = saved.get(name, defaults.get(name, _ABSENT) if name in current else _ABSENT)
+        now = current.get(name, _ABSENT)
+        if before == now:
+            continue
+        if isinstance(before, dict) and isinstance(now, dict):
+            changed += [
+                f"{name}.{key}: {shown(before.get(key, _ABSENT))} -> {shown(now.get(key, _ABSENT))}"
+                for key in sorted(set(before) | set(now))
+                if before.get(key, _ABSENT) != now.get(key, _ABSENT)
+            ]
+        else:
+            changed.append(f"{name}: {shown(before)} -> {shown(now)}")
+    return changed
 
 
 def _schedule(optimizer, cfg: TrainConfig):
@@ -376,7 +412,9 @@ def train(
     """Run (or resume) training; returns a summary. `stop_after` ends early (tests, budgets).
 
     A run folder holding a state of the same config resumes; one of another config, or with weights
-    and no state, is refused unless `overwrite`, which starts afresh.
+    and no state, is refused unless `overwrite`, which starts afresh. Settings that cannot change the
+    loss curve or the weights (`checkpoint_every`, `eval_every`, `out_dir`) may differ on resume: the
+    new values apply.
     """
     cfg.check()
     if stop_after is not None and stop_after < 1:
@@ -403,11 +441,13 @@ def train(
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, history = 0, []
     state = _load_state(state_path, device, overwrite)
-    if state is not None and not _same_run(state["config"], cfg):
+    changed = _changed_settings(state["config"], cfg) if state is not None else []
+    if changed:
         if not overwrite:
+            shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
             raise OutputError(
-                f"{state_path} was made with a different training config; use the same config, "
-                "another --out, or --overwrite to start afresh"
+                f"{state_path} was made with a different training config ({shown}); use the same settings "
+                "(checkpoint_every and eval_every may change), another --out, or --overwrite to start afresh"
             )
         stderr.print(f"replacing the run in {out} (another config, --overwrite)")
         state = None
