@@ -434,3 +434,19 @@ def test_a_resume_may_change_only_settings_that_cannot_change_the_result(monkeyp
     synth = {**tiny_config(out, 4).synth, "max_layers": 2}
     with pytest.raises(FlowcliError, match=r"config \(synth\.max_layers: 3 -> 2\);"):  # nested ones named, alone
         train(tiny_config(out, 4, batch_size=1, eval_every=5, synth=synth), quiet=True)
+
+
+def test_data_workers_share_the_stream_without_repeating_it():
+    """Each batch is made by one worker: 2 workers give the batches 1 worker gives, in the same order."""
+    from flowcli.train.trainer import _batches
+
+    cfg = TrainConfig(height=64, width=64, batch_size=2, seed=5, synth={"min_layers": 1, "max_layers": 1})
+
+    def first_batches(workers: int, step: int = 0, count: int = 3) -> list[torch.Tensor]:
+        stream = _batches(TrainConfig(**{**cfg.__dict__, "workers": workers}), step, None)
+        return [next(stream)[0] for _ in range(count)]
+
+    one, two = first_batches(1), first_batches(2)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    assert not torch.equal(one[0], one[1])  # not the same scenes again
+    assert torch.equal(first_batches(2, step=1, count=1)[0], one[1])  # resuming at step 1 starts at batch 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import signal
 import threading
@@ -179,18 +180,25 @@ class SynthStream(torch.utils.data.IterableDataset):
         self.stereo_cfg = SynthConfig(height=cfg.height, width=cfg.width, stereo=True, **cfg.synth)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        if torch.utils.data.get_worker_info() is not None:  # a data worker: leave the cores to the training step
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:  # a data worker: leave the cores to the training step
             torch.set_num_threads(1)
-        index = self.start_index
-        while True:
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
-            stereo = float(torch.rand((), generator=gen)) < self.cfg.stereo_fraction
-            s = generate_sample(self.stereo_cfg if stereo else self.flow_cfg, gen, self.textures)
-            if not stereo and float(torch.rand((), generator=gen)) < 0.5:  # train on both directions
-                yield s.images[1], s.images[0], s.flow_backward
-            else:
-                yield s.images[0], s.images[1], s.flow_forward
-            index += 1
+        # The DataLoader takes whole batches from its workers in turn, so worker k of n makes batches k, k + n, ...:
+        # the batches are the same, in the same order, whatever the number of workers.
+        first, every = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        size = self.cfg.batch_size
+        for batch in itertools.count(first, every):
+            for index in range(self.start_index + batch * size, self.start_index + (batch + 1) * size):
+                yield self.sample(index)
+
+    def sample(self, index: int) -> tuple[torch.Tensor, ...]:
+        """Sample `index` of the stream: (image1, image2, flow)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
+        stereo = float(torch.rand((), generator=gen)) < self.cfg.stereo_fraction
+        s = generate_sample(self.stereo_cfg if stereo else self.flow_cfg, gen, self.textures)
+        if not stereo and float(torch.rand((), generator=gen)) < 0.5:  # train on both directions
+            return s.images[1], s.images[0], s.flow_backward
+        return s.images[0], s.images[1], s.flow_forward
 
 
 def _batches(cfg: TrainConfig, step: int, textures: TextureBank | None) -> Iterator:
@@ -354,7 +362,7 @@ def _interrupt_deferred():
 # Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
 # with new values of them (which apply from then on). out_dir: wherever the run folder is now, however spelt;
 # eval_every: evaluation runs the model in eval mode and training draws no number from the global RNG.
-# Not `workers`: 2+ workers each read the whole stream, and a worker generates with 1 thread.
+# Not `workers`: a data worker generates with 1 thread, the main process (workers 0) with all of them.
 _FREE_ON_RESUME = ("out_dir", "checkpoint_every", "eval_every")
 _ABSENT = object()
 
