@@ -292,7 +292,10 @@ def test_video_independent_identity_and_interrupted_overlay(tmp_path, cli, emitt
     monkeypatch.setattr(render, "render_overlay", failing_overlay)
     run = cli(args)
     assert isinstance(run.exception, InputError) and "stopped while writing" in str(run.exception)
-    assert not out.exists() and not emitted
+    assert not out.exists() and [(r["status"], r["error"]) for r in emitted] == [
+        ("error", "stopped while writing the overlay")
+    ]  # the record of the failed input, which names no file
+    emitted.clear()
     monkeypatch.setattr(render, "render_overlay", real_overlay)
     run = cli([*args, "--no-overlay", "--json"])
     assert run.exit_code == 0, run.output
@@ -310,3 +313,70 @@ def test_video_independent_identity_and_interrupted_overlay(tmp_path, cli, emitt
         image = frame["scale"] * v @ (np.diag([1.0, -1.0, -1.0]) @ np.array(frame["rotation"])).T
         image += np.array(frame["translation"])
         assert np.abs((image[vids] * bary[..., None]).sum(1)[:, :2] - lm68[t]).max() < 0.05  # pixels
+
+
+def test_flow_with_independent_video_mode_is_refused(tmp_path, cli):
+    """--flow acts only on joint video fits: with --video-mode independent it is an error before any work."""
+    from flowcli.errors import InputError
+
+    out = tmp_path / "out"
+    run = cli(["face", "fit", FACE / "video" / "obama.mp4", "--flow", "--video-mode", "independent", "-o", out])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2
+    assert "--flow needs --video-mode joint" in str(run.exception) and not out.exists()
+
+
+def test_folder_expansion_skips_flowcli_overlays_only(tmp_path):
+    """An output folder given as input: flowcli's NAME.overlay.png/.mp4 (next to NAME.pose.json) are not
+    inputs; a user's picture that merely ends in .overlay.png is."""
+    from flowcli.cli.face import _expand_inputs
+
+    for name in ("x.jpg", "x.overlay.png", "x.pose.json", "clip.mp4", "clip.overlay.mp4", "clip.pose.json"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "mine.overlay.png").write_bytes(b"")  # no mine.pose.json: a user's file
+    assert [p.name for p in _expand_inputs([tmp_path])] == ["clip.mp4", "mine.overlay.png", "x.jpg"]
+    assert _expand_inputs([tmp_path / "x.overlay.png"]) == [tmp_path / "x.overlay.png"]  # named explicitly
+
+
+def test_overwrite_into_the_input_folder_replaces_the_earlier_run(tmp_path, cli):
+    """-o the input folder, --overwrite: the earlier overlay is no input, and the earlier run's outputs for
+    that stem that this run does not rewrite (NAME.ply, NAME.face2.*) are removed; other files stay."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(IMAGE, folder / "x.jpg")
+    earlier = ["x.overlay.png", "x.pose.json", "x.obj", "x.ply", "x.face2.obj", "x.face2.pose.json"]
+    shutil.copy(IMAGE, folder / earlier[0])  # stands in for the earlier run's overlay
+    for name in earlier[1:]:
+        (folder / name).write_text("earlier run")
+    users = ["x.notes.txt", "x-2.obj", "x.face2.txt", "xy.obj", "x.face1.obj"]
+    for name in users:
+        (folder / name).write_text("mine")
+    run = cli(["face", "fit", folder, "-o", folder, "--overwrite", "--json", "-q"])
+    assert run.exit_code == 0, run.output
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [Path(r["input"]).name for r in records] == ["x.jpg"]
+    expected = {"x.jpg", *users, *(Path(p).name for p in records[0]["outputs"].values())}
+    assert {p.name for p in folder.iterdir()} == expected
+    assert "x.ply" not in expected and (folder / "x.obj").read_text() != "earlier run"
+
+
+def test_json_records_for_unreadable_inputs(tmp_path, cli):
+    """--json: an unreadable or tiny image gets a record with status "error"; the exit code is as before (2)."""
+    import imageio.v3 as iio
+
+    from flowcli.errors import InputError
+
+    tiny, broken = tmp_path / "tiny.png", tmp_path / "broken.jpg"
+    iio.imwrite(tiny, np.zeros((20, 20, 3), np.uint8))
+    broken.write_text("not a picture")
+    run = cli(["face", "fit", tiny, broken, "-o", tmp_path / "out", "--json", "-q"])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [(Path(r["input"]).name, r["status"], r["face"]) for r in records] == [
+        ("tiny.png", "error", None),
+        ("broken.jpg", "error", None),
+    ]
+    assert "at least 64 px" in records[0]["error"] and records[1]["error"]
+    run = cli(["face", "fit", tiny, "-o", tmp_path / "out", "--json", "-q"])  # one input: its own error, exit 2
+    assert run.exception.exit_code == 2 and json.loads(run.stdout)["status"] == "error"

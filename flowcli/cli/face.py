@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -65,13 +66,21 @@ def fit_command(
         VideoMode.joint, "--video-mode", help="joint: one identity, temporal terms; independent: per-frame fits."
     ),
     flow: bool = typer.Option(
-        False, "--flow/--no-flow", help="Add the optical-flow consistency term in video mode (slow on CPU)."
+        False,
+        "--flow/--no-flow",
+        help="Add the optical-flow consistency term to --video-mode joint (slow on CPU); "
+        "an error with --video-mode independent, which has no temporal terms.",
     ),
     max_frames: Optional[int] = typer.Option(
         None, "--max-frames", min=1, help="Fit only the first N frames of videos."
     ),
     json_lines: bool = typer.Option(False, "--json", help="One JSON line per image or video frame on stdout."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace existing outputs; for each input fitted, also remove an earlier run's NAME.* / "
+        "NAME.faceK.* outputs (flowcli's own names only) that this run does not rewrite.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay.
@@ -89,6 +98,11 @@ def fit_command(
 
     if mesh_space not in ("model", "image"):
         raise InputError("--mesh-space must be 'model' or 'image'")
+    if flow and video_mode == VideoMode.independent:
+        raise InputError(
+            "--flow needs --video-mode joint: independent per-frame fits have no temporal term for it; "
+            "drop --flow or use --video-mode joint"
+        )
     inputs = _expand_inputs(inputs)
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
@@ -98,6 +112,7 @@ def fit_command(
     pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=face_model)
     job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
+    fitted = []  # stems whose outputs this run wrote
     new_folder = not Path(output).exists()
     try:
         for path, stem in zip(inputs, stems):  # fail before any work if an output exists
@@ -105,16 +120,22 @@ def fit_command(
         failures = []
         with progress(quiet) as bar:
             for path, stem in zip(inputs, stems):
+                printed = job.records_printed
                 try:
                     if is_video(path):
                         job.video(path, stem, bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
                     else:
                         job.image(path, stem, max_faces, warn)
+                    fitted.append(stem)
                 except FlowcliError as error:
+                    if job.records_printed == printed:  # a shell pipeline learns of every input that failed
+                        job.emit_error(path, error)
                     if len(inputs) == 1:
                         raise
                     stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
                     failures.append(path)
+        if overwrite:
+            job.remove_stale_outputs(fitted, stems)
         if failures:
             names = ", ".join(p.name for p in failures[:3]) + (", ..." if len(failures) > 3 else "")
             raise InputError(f"{len(failures)} of {len(inputs)} inputs failed ({names})")
@@ -162,7 +183,7 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
     files = []
     for path in inputs:
         if path.is_dir():
-            found = media_in_folder(path)
+            found = [p for p in media_in_folder(path) if not _is_own_output(p)]
             if not found:
                 raise InputError(f"{path} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}) or videos")
             files += found
@@ -174,6 +195,41 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
     for path in files:
         unique.setdefault(path.resolve(), path)
     return list(unique.values())
+
+
+# what flowcli writes for an output stem NAME: NAME.obj, NAME.pose.json, ..., NAME.faceK.* (K >= 2)
+OUTPUT_SUFFIXES = (
+    ".obj",
+    ".ply",
+    ".pose.json",
+    ".landmarks.json",
+    ".landmarks68.npy",
+    ".landmarks468.npy",
+    ".blendshapes.csv",
+    ".blendshapes.json",
+)
+OVERLAY_SUFFIXES = (".overlay.png", ".overlay.mp4")  # one per input stem, never NAME.faceK.overlay.*
+
+
+def _is_own_output(path: Path) -> bool:
+    """An overlay flowcli wrote (NAME.overlay.png / .mp4 next to the NAME.pose.json of the same run), which an
+    expanded folder must not offer as an input: a user's own picture named like that has no such neighbour."""
+    name = path.name
+    for suffix in OVERLAY_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return path.with_name(name[: -len(suffix)] + ".pose.json").is_file()
+    return False
+
+
+def _owned_by(name: str, stem: str) -> bool:
+    """Whether a file name is one of flowcli's outputs for this output stem (any face, any format)."""
+    if not name.startswith(stem + "."):
+        return False
+    rest = name[len(stem) :]
+    if rest in OUTPUT_SUFFIXES or rest in OVERLAY_SUFFIXES:
+        return True
+    match = re.fullmatch(r"\.face([1-9][0-9]*)(\..+)", rest)
+    return bool(match) and int(match.group(1)) >= 2 and match.group(2) in OUTPUT_SUFFIXES
 
 
 def _unique_stems(paths: list[Path], max_faces: int = 1) -> list[str]:
@@ -206,6 +262,8 @@ class FaceJob:
         self.output = output
         self.s = settings
         self.json_lines = json_lines
+        self.records_printed = 0
+        self.written: set[Path] = set()  # every output file this run wrote
 
     # --- file names -----------------------------------------------------------------------------------------
 
@@ -249,9 +307,31 @@ class FaceJob:
         )
 
     def _emit(self, record: dict) -> None:
+        self.records_printed += 1
         if self.json_lines:
             sys.stdout.write(json.dumps(record) + "\n")
             sys.stdout.flush()
+
+    def emit_error(self, path: Path, error: Exception) -> None:
+        """The record of an input that failed before any record of its own (unreadable, tiny, no frames...)."""
+        self._emit({"input": str(path), "frame": None, "face": None, "status": "error", "error": str(error)})
+
+    def remove_stale_outputs(self, fitted: list[str], stems: list[str]) -> None:
+        """--overwrite: remove files an earlier run wrote for a stem this run fitted (flowcli's own names, e.g.
+        NAME.face2.* or NAME.ply) and this run did not rewrite, so a folder never mixes two runs. A file
+        another of this run's stems could own (input two.face2.jpg next to two.jpg) is left alone."""
+        if not fitted or not self.output.is_dir():
+            return
+        written = {p.name for p in self.written}
+        others = set(stems) - set(fitted)
+        for entry in self.output.iterdir():
+            name = entry.name
+            if name in written or not entry.is_file() or entry.is_symlink():
+                continue
+            owners = [stem for stem in fitted if _owned_by(name, stem)]
+            if owners and not any(_owned_by(name, stem) for stem in others):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
 
     # --- images ---------------------------------------------------------------------------------------------
 
@@ -309,6 +389,7 @@ class FaceJob:
                 {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}},
                 overwrite=ow,
             )
+            self.written.update(out.values())
             records.append(
                 {
                     "input": str(path),
@@ -497,6 +578,7 @@ class FaceJob:
         writers.write_npy(out["landmarks468"], lm468, overwrite=ow)
         writers.write_blendshapes_csv(out["blendshapes_csv"], names, rows, overwrite=ow)
         writers.write_json(out["blendshapes_json"], {"input": str(path), "frames": blend}, overwrite=ow)
+        self.written.update(out.values())
         for record in records:  # printed once the clip's files exist
             self._emit(record)
         if found < frames_total:

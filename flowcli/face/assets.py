@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowcli.errors import InputError, WeightsError
-from flowcli.face.model import FaceModel, build_compact, convert_ict, load_face_model
+from flowcli.face.model import COMPACT_VERSION, FaceModel, build_compact, convert_ict, load_face_model
 
 ENV_ASSETS = "FLOWCLI_FACE_ASSETS"
 REGISTRY_NAMES = {"mediapipe": "mediapipe-face"}
@@ -38,6 +38,11 @@ def _fingerprint(paths: list[Path]) -> str:
         stat = path.stat()
         digest.update(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode())
     return digest.hexdigest()[:16]
+
+
+def _cached_name(kind: str, sources: list[Path]) -> Path:
+    """The compact file for these sources in this file format: a new COMPACT_VERSION never reads an old cache."""
+    return cache_dir() / f"{kind}-v{COMPACT_VERSION}-{_fingerprint(sources)}.npz"
 
 
 @dataclass
@@ -102,7 +107,7 @@ class FaceAssets:
             raise WeightsError(
                 f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)"
             )
-        cached = cache_dir() / f"ict_face_compact-{_fingerprint(sources + [self.topology_obj])}.npz"
+        cached = _cached_name("ict_face_compact", sources + [self.topology_obj])
         if cached.is_file():
             return load_face_model(cached)
         arrays = load_face_model_arrays(region) if region.is_file() else convert_ict(self.ict_dir / "FaceXModel")
@@ -138,7 +143,7 @@ def load_face_model_arrays(path: Path) -> dict:
 def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:
     """`--face-model PATH`: a compact or bare .npz (mean, id, exp, exp_names), or a folder of ICT-style OBJs."""
     if path.is_dir():
-        cached = cache_dir() / f"user_compact-{_fingerprint(sorted(path.glob('*.obj')))}.npz"
+        cached = _cached_name("user_compact", sorted(path.glob("*.obj")))
         if cached.is_file():  # built from these very files: no need to read them again
             return load_face_model(cached)
         try:

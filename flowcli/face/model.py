@@ -277,6 +277,11 @@ def convert_ict(folder: str | Path, num_vertices: int = FACE_VERTICES) -> dict[s
     identity.sort()
     expressions.sort()
     neutral = read_obj_vertices(neutral_path)
+    if len(neutral) < num_vertices:
+        raise InputError(
+            f"{neutral_path} has {len(neutral)} vertices, fewer than the {num_vertices} of ICT-FaceKit's face "
+            "region; point at ICT-FaceKit's FaceXModel folder"
+        )
 
     def offsets(items):
         out = np.zeros((len(items), num_vertices, 3), np.float32)
@@ -314,6 +319,7 @@ def build_compact(
     if not polys_uv:
         raise InputError(f"{topology_obj} has no polygons within the model's {num_vertices} vertices")
     tris, uv_tris = triangulate([p for p, _ in polys_uv], [u for _, u in polys_uv])
+    _check_uvs(topology_obj, uv_tris, uvs)
     used_uv = np.unique(uv_tris)
     remap = np.full(len(uvs), -1, np.int64)
     remap[used_uv] = np.arange(len(used_uv))
@@ -334,6 +340,15 @@ def build_compact(
             source=np.array(source),
         )
     return Path(out_path)
+
+
+def _check_uvs(topology_obj, uv_tris: np.ndarray, uvs: np.ndarray) -> None:
+    """Every face-region polygon of the topology OBJ needs texture coordinates (f v/vt): meshes are written with UVs."""
+    if len(uv_tris) and (uv_tris.min() < 0 or uv_tris.max() >= len(uvs)):
+        problem = "has no texture coordinates (vt lines)" if len(uvs) == 0 else "has polygons without valid UVs"
+        raise WeightsError(
+            f"topology OBJ {topology_obj} {problem}; use ICT-FaceKit's generic_neutral_mesh.obj, which has them"
+        )
 
 
 def load_face_model(path: str | Path, topology_obj: str | Path | None = None) -> FaceModel:
@@ -363,6 +378,7 @@ def load_face_model(path: str | Path, topology_obj: str | Path | None = None) ->
         polys, uv_polys, uvs = read_obj_topology(topology_obj)
         keep = [i for i, p in enumerate(polys) if max(p) < len(mean)]
         tris, uv_tris = triangulate([polys[i] for i in keep], [uv_polys[i] for i in keep])
+        _check_uvs(topology_obj, uv_tris, uvs)
         arrays.update(triangles=tris, uvs=uvs, uv_triangles=uv_tris)
     landmarks = arrays.setdefault("landmarks68", np.array(ICT_LANDMARKS_68))
     problem = _topology_problem(arrays, len(mean))
@@ -420,7 +436,13 @@ def _topology_problem(arrays: dict, num_vertices: int) -> str | None:
         return "triangles, uvs and uv_triangles must be numeric arrays"
     if tris.ndim != 2 or tris.shape[1] != 3 or len(tris) == 0 or tris.min() < 0 or tris.max() >= num_vertices:
         return f"triangles must be F x 3 indices of its {num_vertices} vertices"
-    if uv_tris.shape != tris.shape or uvs.ndim != 2 or uvs.shape[1] != 2 or uv_tris.max() >= len(uvs):
+    if (
+        uv_tris.shape != tris.shape
+        or uvs.ndim != 2
+        or uvs.shape[1] != 2
+        or uv_tris.min() < 0
+        or uv_tris.max() >= len(uvs)
+    ):
         return "uvs (T x 2) and uv_triangles (one row per triangle) do not match"
     for key, count in (("landmarks68", 68), ("jaw_right", None), ("jaw_left", None)):
         if key in arrays:

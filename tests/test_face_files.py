@@ -1,0 +1,118 @@
+"""Face model files, cache names and the correspondence table generator (no shared data needed: tiny files)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowcli.errors import InputError, OutputError, WeightsError
+
+QUAD = "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n"
+
+
+def _arrays():
+    mean = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+    return {"mean": mean, "id": np.ones((1, 4, 3)), "exp": np.ones((1, 4, 3)), "exp_names": np.array(["jawOpen"])}
+
+
+def test_topology_obj_without_uvs_is_a_face_model_error(tmp_path):
+    """`face convert` and the model loader name the OBJ that lacks texture coordinates: exit 4, no crash."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+    from flowcli.face.model import build_compact, convert_ict, load_face_model
+
+    folder = tmp_path / "FaceXModel"
+    folder.mkdir()
+    names = ("generic_neutral_mesh.obj", "identity000.obj", "jawOpen.obj")
+    for name in names:
+        (folder / name).write_text(QUAD)
+    with pytest.raises(InputError, match="generic_neutral_mesh.obj has 4 vertices, fewer than the 9409"):
+        convert_ict(folder)  # not a ValueError from numpy
+    face_region = QUAD + "v 0 0 1\n" * (9409 - 4)
+    for name in names:
+        (folder / name).write_text(face_region + "f 1 2 3 4\n")  # polygons without /vt indices, no vt lines
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    out = tmp_path / "m.npz"
+    run = CliRunner().invoke(app, ["face", "convert", str(folder), "-o", str(out)])
+    assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
+    message = str(run.exception)
+    assert "generic_neutral_mesh.obj" in message and "texture coordinates" in message and "\n" not in message
+    assert not out.exists() and os.listdir(tmp_path) == ["FaceXModel"]  # no temp file left
+    np.savez(tmp_path / "bare.npz", **_arrays())
+    with pytest.raises(WeightsError, match="generic_neutral_mesh.obj has no texture coordinates"):
+        load_face_model(tmp_path / "bare.npz", topology_obj=folder / "generic_neutral_mesh.obj")
+    half = tmp_path / "half.obj"  # UVs on one polygon only
+    half.write_text(QUAD + "vt 0 0\nvt 1 0\nvt 1 1\nf 1/1 2/2 3/3\nf 1 3 4\n")
+    with pytest.raises(WeightsError, match="half.obj has polygons without valid UVs"):
+        build_compact(_arrays(), half, tmp_path / "half.npz")
+
+
+def test_cached_model_name_carries_the_format_version(tmp_path, monkeypatch):
+    """A new compact-file format must not read a cache written by an older one."""
+    from flowcli.face import assets
+
+    root = tmp_path / "assets"
+    (root / "ict-facekit" / "FaceXModel").mkdir(parents=True)
+    (root / "ict-facekit" / "FaceXModel" / "generic_neutral_mesh.obj").write_text(QUAD)
+    (root / "ict-facekit" / "ict_face_region.npz").write_bytes(b"")
+    (root / "mine").mkdir()
+    (root / "mine" / "identity000.obj").write_text(QUAD)
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    built = []
+    monkeypatch.setattr(assets, "load_face_model_arrays", lambda path: {})
+    monkeypatch.setattr(assets, "convert_ict", lambda path: {})
+    monkeypatch.setattr(assets, "_build_and_load", lambda arrays, topology, cached, source: built.append(cached))
+    for version in (1, 2):
+        monkeypatch.setattr(assets, "COMPACT_VERSION", version)
+        assets.FaceAssets.locate(root).model()
+        assets.load_user_model(root / "mine", None)
+    assert [p.name.split("-")[:2] for p in built] == [
+        ["ict_face_compact", "v1"],
+        ["user_compact", "v1"],
+        ["ict_face_compact", "v2"],
+        ["user_compact", "v2"],
+    ]
+    assert len(set(built)) == 4
+
+
+def test_correspondence_generator_checks_arguments(tmp_path, capsys):
+    from flowcli.face import correspondence
+
+    table = Path(correspondence.__file__).with_name("mp468_ict.py")
+    before = table.stat().st_mtime_ns
+    for argv, needle in (
+        ([], "required"),
+        ([str(tmp_path / "missing.mp4"), str(tmp_path)], "missing.mp4 not found"),
+        ([__file__, str(tmp_path / "nowhere")], "nowhere not found"),
+        ([__file__, str(tmp_path), "--output", str(tmp_path / "table.txt")], "must be a .py file"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            correspondence.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and needle in err and "Traceback" not in err
+    assert table.stat().st_mtime_ns == before  # the shipped table is untouched
+
+
+def test_correspondence_table_is_written_atomically(tmp_path, monkeypatch):
+    from flowcli.face.correspondence import write_table
+
+    vids, bary = np.array([[1, 2, 3], [4, 5, 6]]), np.array([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]])
+    out = tmp_path / "table.py"
+    write_table(out, vids, bary)
+    space = {}
+    exec(out.read_text(), space)
+    assert space["VERTS"] == [(1, 2, 3), (4, 5, 6)] and space["BARY"][0] == (0.5, 0.25, 0.25)
+    before = out.read_text()
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OutputError):
+        write_table(out, vids[:1], bary[:1])
+    assert out.read_text() == before and os.listdir(tmp_path) == ["table.py"]
