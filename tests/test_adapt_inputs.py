@@ -296,6 +296,64 @@ def test_stage1_fraction_outside_zero_to_one_is_refused(tmp_path, base, no_decod
     assert code == 2 and "--distill-only skips stage 1" in message
 
 
+def test_options_without_effect_in_the_mode_are_refused(tmp_path, base, no_decoding):
+    """--teacher & co. with --stereo (stage 1 only) or --no-distill, and stereo options without --stereo: an error
+    naming them, like --distill-only --stereo, before any teacher is loaded or footage decoded."""
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    missing = tmp_path / "missing_teacher.safetensors"  # loading it would be a weights error (exit 4)
+    for args in (("--teacher", missing), ("--teacher-flip",), ("--teacher-scale", 2), ("--stage1-fraction", 0.5),
+                 ("--loss", "distill=2"), ("--transform", "colour=0")):  # fmt: skip
+        name = "--loss distill" if args[0] == "--loss" else args[0]
+        code, message = _cli("--stereo", folder, folder, "-o", out, "-w", base, *_TINY, *args)
+        assert code == 2 and f"{name} has no effect here" in message and "--stereo" in message, message
+        code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--no-distill", *args)
+        assert code == 2 and f"{name} has no effect here" in message and "--no-distill" in message, message
+    code, message = _cli("--stereo", folder, folder, "-o", out, "-w", base, *_TINY, "--teacher", missing,
+                         "--teacher-flip")  # fmt: skip
+    assert code == 2 and "--teacher and --teacher-flip have no effect here" in message and "drop them" in message
+    for args in (("--vertical", "zero"), ("--vertical", "penalty")):
+        code, message = _cli(folder, "-o", out, "-w", base, *_TINY, *args)
+        assert code == 2 and f"--vertical {args[1]} has no effect here" in message, message
+    for key in ("vertical=0.5", "zero_vertical=true", "quadrilateral=1", "triangle=1"):
+        code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--loss", key)
+        assert code == 2 and f"--loss {key.split('=')[0]} has no effect here" in message, message
+    code, message = _cli("--stereo", folder, folder, "-o", out, "-w", base, *_TINY, "--loss", "triangle=1")
+    assert code == 2 and "--stereo --temporal" in message
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--loss", "temporal=1")
+    assert code == 2 and "--loss temporal has no effect here" in message
+
+
+@pytest.mark.filterwarnings("ignore:the footage has only")
+def test_teachers_are_not_loaded_without_a_distillation_stage(tmp_path, base, monkeypatch):
+    """A budget that is all photometric (--stage1-fraction 1) loads no --teacher, and says so."""
+    import flowcli.models
+
+    folder = _frames(tmp_path / "shot", 3)
+    loaded = []
+    real = flowcli.models.load_model
+    monkeypatch.setattr(flowcli.models, "load_model", lambda spec, **kw: loaded.append(spec) or real(spec, **kw))
+    with pytest.warns(UserWarning, match="--teacher not used: the 1-step budget leaves no distillation stage"):
+        code, _ = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY[2:], "--steps", 1,
+                       "--stage1-fraction", 1, "--teacher", base, "-q")  # fmt: skip
+    assert code == 0 and loaded == []
+
+
+def test_provenance_urls_lose_user_info_and_query_strings():
+    """Base weights and teachers named by a signed or token-bearing URL are recorded without the secret parts."""
+    from flowcli.adapt.trainer import AdaptConfig, _public, _public_config
+
+    url = "https://user:hf_secret@mirror.example:8443/models/base.safetensors?token=hf_secret&X-Amz-Signature=s#x"
+    assert _public(url) == "https://mirror.example:8443/models/base.safetensors"
+    assert _public("http://tok@127.0.0.1:9000/t.safetensors?sig=1") == "http://127.0.0.1:9000/t.safetensors"
+    for kept in ("hf://owner/repo/model.safetensors@0123abc", "default", "bundled:pwc.safetensors"):
+        assert _public(kept) == kept
+    config = _public_config(AdaptConfig(sources=["/home/me/clips/a.mp4"], output="/home/me/o.safetensors",
+                                        weights=url, teachers=[url, "hf://o/r/t.safetensors"]))  # fmt: skip
+    assert "hf_secret" not in str(config) and "Signature" not in str(config) and config["sources"] == ["a.mp4"]
+    assert config["teachers"] == ["https://mirror.example:8443/models/base.safetensors", "hf://o/r/t.safetensors"]
+
+
 def test_library_config_of_the_wrong_shape_is_an_input_error():
     """AdaptConfig from Python: a bare source path is one source; wrong types are refused with the field named."""
     from flowcli.adapt.trainer import AdaptConfig

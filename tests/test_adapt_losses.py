@@ -114,6 +114,19 @@ def test_distillation_temporal_and_stereo_terms_vanish_when_consistent():
     assert {"vertical", "quad", "triangle", "total"} <= set(terms)
 
 
+def test_vertical_term_is_averaged_over_the_stereo_pairs():
+    """A stereo video has two stereo pairs (t and t+1): --loss vertical=W weighs as much as for one stereo pair."""
+    image = torch.rand(1, 3, 16, 20)
+    flow = torch.zeros(1, 2, 16, 20)
+    flow[:, 1] = 2.0  # |v| = 2 everywhere
+    stereo = PairFlows(image, image, _out(flow), _out(flow), stereo=True)
+    mono = PairFlows(image, image, _out(torch.zeros_like(flow)), _out(torch.zeros_like(flow)))
+    weights = LossWeights(scales=(0,))
+    one = adapt_loss(stereo, weights)["vertical"]
+    video = adapt_loss([stereo, stereo, mono, mono], weights)["vertical"]  # the layout of a stereo video step
+    assert float(one) == pytest.approx(2.0) and float(video) == pytest.approx(2.0)
+
+
 def test_anchor_term_vanishes_at_the_exact_flow_and_joins_the_total(samples):
     s = samples[0]
     i1, i2 = s.images[0][None], s.images[1][None]

@@ -164,6 +164,32 @@ def test_a_state_saved_before_a_setting_existed_still_resumes(footage, base, tmp
     assert adapt(_config(footage, base, output), quiet=True)["steps"] == 6
 
 
+def test_ctrl_c_during_the_final_measurement_says_how_to_finish(footage, base, tmp_path, monkeypatch):
+    """Training is done and saved; the message says so, and the same command measures and writes the output."""
+    from flowcli.adapt import trainer
+
+    output = tmp_path / "measured.safetensors"
+    measure = trainer.heldout_metrics
+    calls = []
+
+    def interrupt_after(*args, **kwargs):  # the first call measures the base, the second the trained model
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "heldout_metrics", interrupt_after)
+    with pytest.raises(FlowcliError) as error:
+        adapt(_config(footage, base, output, steps=2, checkpoint_every=50), quiet=True)
+    message = str(error.value)
+    assert "interrupted while measuring the trained model" in message and "training is done (2/2 steps)" in message
+    assert "state saved in" in message and "last.safetensors" in message and "Run the same command again" in message
+    assert (tmp_path / "measured.adapt" / "state.pt").is_file() and not output.exists()
+    monkeypatch.setattr(trainer, "heldout_metrics", measure)
+    result = adapt(_config(footage, base, output, steps=2, checkpoint_every=50), quiet=True)
+    assert result["steps"] == 2 and len(result["history"]) == 2 and output.is_file()
+
+
 def test_triplets_with_temporal_consistency(footage, base, tmp_path):
     result = adapt(_config(footage, base, tmp_path / "t.safetensors", steps=4, temporal=True, batch_size=1,
                            teacher_flip=True, teacher_scales=(1.0, 1.5)), quiet=True)  # fmt: skip
@@ -188,11 +214,11 @@ def stereo_footage(tmp_path_factory) -> Path:
 
 def test_stereo_pairs_and_stereo_video(stereo_footage, base, tmp_path):
     pairs = adapt(_config(stereo_footage, base, tmp_path / "s.safetensors", steps=2, stereo=True, batch_size=1,
-                          losses={"zero_vertical": True}), quiet=True)  # fmt: skip
+                          losses={"zero_vertical": True}, transforms={}), quiet=True)  # fmt: skip
     assert all("vertical" in r and r["stage"] == 1 for r in pairs["history"])  # stereo: photometric stage only
     assert "vertical" in pairs["heldout"]["after"]
     video = adapt(_config(stereo_footage, base, tmp_path / "v.safetensors", steps=2, stereo=True, temporal=True,
-                          batch_size=1, val_fraction=0.0), quiet=True)  # fmt: skip
+                          batch_size=1, val_fraction=0.0, transforms={}), quiet=True)  # fmt: skip
     assert all({"quad", "triangle", "vertical"} <= set(r) for r in video["history"])
 
 

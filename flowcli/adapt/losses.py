@@ -389,9 +389,10 @@ def adapt_loss(
 
     pairs: one or more frame pairs with the model's outputs in both directions; the photometric and
     smoothness terms are averaged over them and over `weights.scales` (full resolution and level 2
-    weigh 1 and 1/2, each further level half the one before). The first pair is the main one:
-    teacher_flow + teacher_mask distil its full-resolution forward flow (DDFlow / SelFlow /
-    DistillFlow); previous (the flow t->t-1 of the same frame 1) + previous_mask add the
+    weigh 1 and 1/2, each further level half the one before), and the `vertical` term over the
+    stereo pairs (so its weight means the same for stereo pairs and a stereo video). The first
+    pair is the main one: teacher_flow + teacher_mask distil its full-resolution forward flow
+    (DDFlow / SelFlow / DistillFlow); previous (the flow t->t-1 of the same frame 1) + previous_mask add the
     constant-velocity temporal term. stereo_video adds Flow2Stereo's quadrilateral and triangle terms.
     anchor, (predicted flow, exact flow) of synthetic pairs, adds the supervised replay term.
     Monitoring terms (not in `total`): `occ`, the occluded fraction at full resolution.
@@ -400,6 +401,7 @@ def adapt_loss(
         pairs = [pairs]
     terms: dict[str, torch.Tensor] = {}
     share = 1.0 / len(pairs)
+    stereo_share = 1.0 / max(1, sum(pair.stereo for pair in pairs))  # |v| is averaged over the stereo pairs
     for pair in pairs:
         scales = _scale_flows(pair.forward, pair.backward, weights)
         scale_weight = {s: 1.0 if s == 0 else 0.5 ** (s - 1) for s, _, _ in scales}
@@ -417,7 +419,7 @@ def adapt_loss(
                 terms[name] = terms.get(name, 0.0) + share * scale_weight[scale] / norm * value
         if pair.stereo and weights.vertical:
             vertical = 0.5 * (vertical_penalty(pair.forward.flow) + vertical_penalty(pair.backward.flow))
-            terms["vertical"] = terms.get("vertical", 0.0) + vertical
+            terms["vertical"] = terms.get("vertical", 0.0) + stereo_share * vertical
     total = terms["photo"]
     for name, weight in (("smooth1", weights.smooth1), ("smooth2", weights.smooth2), ("vertical", weights.vertical)):
         if name in terms:

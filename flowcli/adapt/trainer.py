@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 import torch.distributed as dist
@@ -471,11 +472,22 @@ def _evenly(items: list, count: int) -> list:
 
 
 def _public(spec: str) -> str:
-    """A local path reduced to its name, so a published checkpoint does not reveal the user's folders;
-    registry names, hf:// specs and URLs stay as they are."""
-    if spec.startswith(("hf://", "https://", "http://", "bundled:")) or not ("/" in spec or Path(spec).exists()):
+    """A local path reduced to its name, so a published checkpoint does not reveal the user's folders; a URL
+    without its user info, query string and fragment (where signed URLs and tokens go); registry names and
+    hf:// specs stay as they are."""
+    if spec.lower().startswith(("https://", "http://")):
+        return _public_url(spec)
+    if spec.startswith(("hf://", "bundled:")) or not ("/" in spec or Path(spec).exists()):
         return spec
     return Path(spec.rstrip("/")).name or spec
+
+
+def _public_url(spec: str) -> str:
+    """An http(s) URL without user info, query string and fragment; any other spec as it is."""
+    if not spec.lower().startswith(("https://", "http://")):
+        return spec
+    parts = urlsplit(spec)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _public_config(cfg: AdaptConfig) -> dict:
@@ -531,6 +543,43 @@ def _resume_problem(state: dict, cfg: AdaptConfig, fingerprint: str, base_sha256
     return "different settings" + (f" ({', '.join(changed)})" if changed else "")
 
 
+def _unused_options(cfg: AdaptConfig) -> str | None:
+    """Why options given would do nothing in this run's mode (one line), or None: refused, not ignored."""
+
+    def refuse(options: list[str], why: str) -> str:
+        return f"{' and '.join(options)} {'has' if len(options) == 1 else 'have'} no effect here: {why}; drop " + (
+            "it" if len(options) == 1 else "them"
+        )
+
+    distilling = [
+        option
+        for option, given in (
+            ("--teacher", bool(cfg.teachers)),
+            ("--teacher-flip", cfg.teacher_flip),
+            ("--teacher-scale", cfg.teacher_scales != (1.0,)),
+            ("--stage1-fraction", cfg.stage1_fraction is not None),
+            ("--loss distill", "distill" in cfg.losses),
+            ("--transform", bool(cfg.transforms)),  # the student's views, a distillation-stage setting
+        )
+        if given
+    ]
+    if distilling and cfg.stereo:
+        return refuse(distilling, "--stereo runs the photometric stage only, with no distillation")
+    if distilling and not cfg.distill:
+        return refuse(distilling, "--no-distill skips the distillation stage")
+    stereo = [
+        f"--loss {key}" for key in ("vertical", "zero_vertical", "quadrilateral", "triangle") if key in cfg.losses
+    ]
+    if stereo and not cfg.stereo:
+        return refuse(stereo, "they are terms of --stereo, and this run is not a stereo one")
+    video = [f"--loss {key}" for key in ("quadrilateral", "triangle") if key in cfg.losses]
+    if video and not cfg.temporal:
+        return refuse(video, "they are the constraints of a stereo video (--stereo --temporal)")
+    if "temporal" in cfg.losses and (cfg.stereo or not cfg.temporal):
+        return refuse(["--loss temporal"], "it is the constant-velocity term of triplets (--temporal without --stereo)")
+    return None
+
+
 def _floor_to(value: int, multiple: int) -> int:
     return value // multiple * multiple
 
@@ -561,6 +610,9 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
             f"--stage1-fraction must be in [0, 1] (a share of the budget), got {cfg.stage1_fraction:g}; "
             "0 skips the photometric stage, --no-distill skips distillation"
         )
+    unused = _unused_options(cfg)
+    if unused:
+        raise InputError(unused)
     for option, config, settings in (
         ("--loss", LossWeights, cfg.losses),
         ("--transform", TransformConfig, cfg.transforms),
@@ -664,8 +716,6 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             f"level is under min_scale_side ({weights.min_scale_side} px), so no scale is left; add 0 (full "
             "resolution) or a finer level"
         )
-    extra_teachers = [freeze(load_model(spec, device=device, offline=cfg.offline)) for spec in cfg.teachers]
-
     model.train()
     net = model
     if ctx.world > 1:
@@ -705,6 +755,16 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             teacher.load_state_dict(state["teacher"])
         if ctx.main:
             stderr.print(f"resuming {output} at step {step}/{plan.total or '?'} (state in {state_path})")
+
+    # extra teachers only where a distillation stage may run (a minutes budget is not split yet)
+    distills = plan.total is None or plan.stage1 is None or plan.stage1 < plan.total
+    specs = cfg.teachers if distills else []
+    if not distills and ctx.main:
+        unused = [o for o, given in (("--teacher", cfg.teachers), ("--teacher-flip", cfg.teacher_flip),
+                                     ("--teacher-scale", cfg.teacher_scales != (1.0,))) if given]  # fmt: skip
+        if unused:
+            warn(f"{' and '.join(unused)} not used: the {plan.total}-step budget leaves no distillation stage")
+    extra_teachers = [freeze(load_model(spec, device=device, offline=cfg.offline)) for spec in specs]
 
     if not before and ctx.main:
         t0 = clock()
@@ -762,9 +822,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             "config": _public_config(cfg),
         }
 
+    saved_at = [None]  # the step of the last saved state
+
     def save_state() -> None:
         if not ctx.main:
             return
+        saved_at[0] = step
         with atomic_path(state_path, overwrite=True) as tmp:
             torch.save(
                 {
@@ -880,15 +943,24 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     result: dict = {"output": str(output), "steps": step, "stages": {"photometric": plan.stage1, "total": plan.total}}
     if ctx.main:
-        after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
-                                            precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
-        if gt_sets:
-            after["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
-        prov = provenance(True, after)
-        save_checkpoint(model, output, provenance=prov, overwrite=cfg.overwrite)
+        try:
+            after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
+                                                precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
+            if gt_sets:
+                after["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+            prov = provenance(True, after)
+            save_checkpoint(model, output, provenance=prov, overwrite=cfg.overwrite)
+        except KeyboardInterrupt:
+            if saved_at[0] != step:
+                save_state()
+            raise FlowcliError(
+                f"interrupted while measuring the trained model: training is done ({step}/{plan.total} steps); "
+                f"state saved in {state_path} (trained weights in {workdir / 'last.safetensors'}). Run the same "
+                f"command again to finish: it measures the model and writes {output} without training again."
+            ) from None
         result.update(
             {
-                "base_weights": base_spec,
+                "base_weights": _public_url(base_spec),  # the report keeps local paths, not URL tokens
                 "footage": prov["footage"],
                 "heldout": {"before": before.get("heldout"), "after": after["heldout"], "tuples": len(heldout)},
                 "gt": {"before": before.get("gt"), "after": after.get("gt")} if gt_sets else None,

@@ -127,11 +127,14 @@ def adapt_command(
         bool, typer.Option("--stereo", help="Rectified left/right pairs.", rich_help_panel=_DATA)
     ] = False,
     vertical: Annotated[
-        str,
+        Optional[str],
         typer.Option(
-            "--vertical", help="Stereo: 'penalty' (|v| loss) or 'zero' (also warp with u only).", rich_help_panel=_DATA
+            "--vertical",
+            help="Stereo: 'penalty' (|v| loss, the default) or 'zero' (also warp with u only).",
+            rich_help_panel=_DATA,
+            show_default=False,
         ),
-    ] = "penalty",
+    ] = None,
     val_fraction: Annotated[
         float,
         typer.Option("--val-fraction", help="Share of each sequence held out for the report.", rich_help_panel=_DATA),
@@ -290,8 +293,10 @@ def adapt_command(
     from flowcli.adapt.losses import LossWeights
     from flowcli.adapt.transforms import TransformConfig
 
-    if vertical not in ("penalty", "zero"):
+    if vertical not in (None, "penalty", "zero"):
         raise InputError(f"--vertical must be 'penalty' or 'zero', got {vertical!r}")
+    if vertical is not None and not stereo:
+        raise InputError(f"--vertical {vertical} has no effect here: it is a --stereo option; drop it")
     if precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     losses = _parse_settings(loss, "--loss", LossWeights)
@@ -302,7 +307,7 @@ def adapt_command(
             raise InputError(f"--distill-only skips stage 1, but --stage1-fraction is {stage1_fraction:g}; drop one")
         stage1_fraction = 0.0
         losses = {"census": 0.0, "ssim": 0.0, "l1": 0.0, "smooth1": 0.0, "smooth2": 0.0, **losses}
-    if stereo and vertical == "zero":
+    if vertical == "zero":
         losses["zero_vertical"] = True
     if anchor is not None:
         if anchor < 0:
