@@ -72,6 +72,17 @@ def test_too_few_frames(tmp_path, base):
     assert code == 2 and "does not exist" in message
 
 
+def test_a_refused_run_leaves_no_output_folder_behind(tmp_path, base):
+    _frames(tmp_path / "one", 1)
+    output = tmp_path / "new" / "models" / "m.safetensors"
+    code, message = _cli(tmp_path / "one", "-o", output, "-w", base, "--steps", 2)
+    assert code == 2 and "at least 2" in message
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "a_file").write_text("")
+    code, message = _cli(tmp_path / "one", "-o", tmp_path / "a_file" / "m.safetensors", "-w", base)
+    assert code == 3 and "a_file is a file" in message
+
+
 def test_unreadable_frames_are_skipped_with_a_warning(tmp_path):
     folder = _frames(tmp_path / "shot", 4)
     (folder / "frame_3.png").write_bytes(b"not a png")

@@ -23,6 +23,7 @@ DistributedDataParallel with the pairs sharded by torch's DistributedSampler.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -59,7 +60,7 @@ from flowcli.adapt.transforms import (
 from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
 from flowcli.console import progress, stderr, warn
 from flowcli.errors import FlowcliError, InputError, OutputError
-from flowcli.io.atomic import atomic_path, check_writable
+from flowcli.io.atomic import atomic_path, check_creatable
 from flowcli.models.pwc import FlowOutput
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_batch
 from flowcli.validation import dataclass_problem
@@ -633,8 +634,8 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     output = Path(cfg.output)
     if output.suffix != ".safetensors":
         raise InputError(f"the output {output} must be a .safetensors file")
-    check_writable(output, cfg.overwrite)
-    check_writable(report_path(output), cfg.overwrite)
+    check_creatable(output, cfg.overwrite)
+    check_creatable(report_path(output), cfg.overwrite)
     gt_sets = parse_gt(cfg.gt)
 
     ctx, device = _init_distributed(cfg.device)
@@ -643,7 +644,7 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     state_path = workdir / "state.pt"
     if cfg.restart and ctx.main:
         state_path.unlink(missing_ok=True)
-    created = not workdir.exists()
+    new_folders = [folder for folder in (workdir, *workdir.absolute().parents) if not folder.exists()]
     if workdir.exists() and not workdir.is_dir():
         raise OutputError(f"{workdir} is a file, but the run folder (state, video cache) goes there; move it away")
     try:
@@ -653,8 +654,11 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     try:
         return _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, callback)
     except BaseException:
-        if created and ctx.main and not state_path.exists():  # nothing to resume: leave no trace
+        if new_folders and ctx.main and not state_path.exists():  # nothing to resume: leave no trace
             shutil.rmtree(workdir, ignore_errors=True)
+            for folder in new_folders[1:]:  # the output's own folders this run made, if still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 

@@ -33,6 +33,20 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def check_creatable(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Like `check_writable`, but creates nothing: the nearest existing folder above `path` must take new
+    files. For checks made before the inputs are, so that a run refused later leaves no empty folder."""
+    path = check_target(path, overwrite)
+    existing = path.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create output folder {path.parent}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+    return path
+
+
 def probe_folder(folder: str | os.PathLike) -> None:
     """Create and remove a hidden temp file in an existing folder: OutputError if that fails. os.access answers
     yes for root on read-only or special file systems, so a run would fail only at its first write."""
