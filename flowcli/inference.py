@@ -145,25 +145,26 @@ def _run_tiled(model, image1, image2, dtype, max_pixels: int, overlap: int):
     side = max(multiple * 2, int(math.sqrt(max_pixels)) // multiple * multiple)
     tile_h = min(h, side)
     tile_w = min(w, max(side, max_pixels // tile_h // multiple * multiple))
-    overlap = min(overlap, tile_h // 2, tile_w // 2)
-    ys, xs = _tile_starts(h, tile_h, overlap), _tile_starts(w, tile_w, overlap)
+    # per axis: a short, wide image (one row of tiles) keeps the full overlap between its columns
+    overlap_y, overlap_x = min(overlap, tile_h // 2), min(overlap, tile_w // 2)
+    ys, xs = _tile_starts(h, tile_h, overlap_y), _tile_starts(w, tile_w, overlap_x)
     b = image1.shape[0]
-    flow_sum = image1.new_zeros(b, 2, h, w)
+    flow_sum = image1.new_zeros(b, 2, h, w, dtype=torch.float32)  # _run_model's outputs are fp32
     logit_sum = None
-    weight_sum = image1.new_zeros(1, 1, h, w)
+    weight_sum = image1.new_zeros(1, 1, h, w, dtype=torch.float32)
     for y in ys:
         for x in xs:
             th, tw = min(tile_h, h - y), min(tile_w, w - x)
             flow, logit = _run_model(
                 model, image1[..., y : y + th, x : x + tw], image2[..., y : y + th, x : x + tw], dtype
             )
-            wy = _ramp(th, overlap, y == 0, y + th >= h).to(flow.device)
-            wx = _ramp(tw, overlap, x == 0, x + tw >= w).to(flow.device)
+            wy = _ramp(th, overlap_y, y == 0, y + th >= h).to(flow.device)
+            wx = _ramp(tw, overlap_x, x == 0, x + tw >= w).to(flow.device)
             weight = (wy[:, None] * wx[None, :])[None, None]
             flow_sum[..., y : y + th, x : x + tw] += flow * weight
             if logit is not None:
                 if logit_sum is None:
-                    logit_sum = image1.new_zeros(b, 1, h, w)
+                    logit_sum = image1.new_zeros(b, 1, h, w, dtype=torch.float32)
                 logit_sum[..., y : y + th, x : x + tw] += logit * weight
             weight_sum[..., y : y + th, x : x + tw] += weight
     flow = flow_sum / weight_sum
@@ -180,9 +181,10 @@ def _is_oom(error: BaseException) -> bool:
 
 def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int):
     h, w = image1.shape[-2:]
-    if max_pixels is not None and h * w > max_pixels:
-        return _run_tiled(model, image1, image2, dtype, max_pixels, overlap)
+    tiled = max_pixels is not None and h * w > max_pixels
     try:
+        if tiled:
+            return _run_tiled(model, image1, image2, dtype, max_pixels, overlap)
         flow, logit = _run_model(model, image1, image2, dtype)
         return flow, logit, 1
     except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
@@ -190,7 +192,7 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
             raise
     if image1.is_cuda:
         torch.cuda.empty_cache()
-    budget = (max_pixels or h * w) // 2
+    budget = (max_pixels if tiled else h * w) // 2  # tiles at `max_pixels` ran out too: halve those
     while budget >= 256 * 256:
         warn(f"out of memory at {w}x{h}; retrying with tiles of at most {budget} pixels")
         try:
@@ -215,6 +217,15 @@ def check_frame(name: str, image) -> torch.Tensor:
             f"{name} has shape {tuple(image.shape)}; frames must be RGB [B,3,H,W] or [3,H,W] "
             "(convert gray or RGBA images to RGB, channels first)"
         )
+    if 0 in image.shape[-2:]:
+        raise InputError(f"{name} has shape {tuple(image.shape)}, an empty image; frames need at least 1x1 pixels")
+    if image.numel():
+        low, high = (float(v) for v in torch.aminmax(image.detach()))
+        if not (-1.0 <= low and high <= 2.0):  # also catches NaN and inf
+            raise InputError(
+                f"{name} holds values from {low:g} to {high:g}; frames must be float RGB in [0, 1] "
+                "(divide 8-bit images by 255, 16-bit ones by 65535; replace NaN and inf)"
+            )
     return image[None] if image.dim() == 3 else image
 
 
@@ -253,11 +264,21 @@ def estimate_flow(
     image1, image2 = check_frames(image1, image2)
     if not (math.isfinite(scale) and scale > 0):
         raise InputError(f"scale must be a positive number, got {scale}")
+    if isinstance(tile_overlap, float) and tile_overlap.is_integer():
+        tile_overlap = int(tile_overlap)
+    if not isinstance(tile_overlap, int) or isinstance(tile_overlap, bool):
+        raise InputError(f"tile_overlap must be a whole number of pixels, got {tile_overlap!r}")
     if tile_overlap < 0:
         raise InputError(f"tile_overlap must be 0 or more pixels, got {tile_overlap}")
-    device = next(model.parameters()).device
+    if max_pixels is not None and not max_pixels >= 0:  # also NaN
+        raise InputError(f"max_pixels must be a positive number of pixels (0 or None: never tile), got {max_pixels}")
+    max_pixels = max_pixels or None  # 0 = never tile, as the CLIs' --max-pixels 0
+    weight = next(model.parameters())
+    device = weight.device
     dtype = resolve_precision(precision, device)
-    image1, image2 = image1.to(device, torch.float32), image2.to(device, torch.float32)
+    # the model's own floating dtype (a model.double() or .half() runs), fp32 otherwise
+    model_dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    image1, image2 = image1.to(device, model_dtype), image2.to(device, model_dtype)
     backward = backward or occlusion
     b = image1.shape[0]
     if backward:  # both directions in one batch

@@ -139,3 +139,10 @@ def test_doctor_is_a_registered_command():
     from flowcli.cli.main import _COMMAND_MODULES
 
     assert "doctor" in _COMMAND_MODULES
+
+
+def test_reference_promotes_mixed_dtypes_like_the_triton_backend():
+    f1, f2, _ = _features()
+    out = corr.correlation_torch(f1, f2.double(), 2)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, corr.correlation_torch(f1.double(), f2.double(), 2))

@@ -173,3 +173,78 @@ def test_evaluate_leaves_the_callers_model_as_it_was_and_devices_resolve():
         assert len(evaluate("flowcli-pwc-synth", "chairs", chairs, max_items=1, progress=False, device=device).per_item) == 1
     with pytest.raises(FlowcliError, match="unknown device"):
         load_model(device="bogus")
+
+
+class _TileRecorder(torch.nn.Module):
+    """A stand-in network: zero flow, records the columns each call saw (channel 0 of image1 = x / 1e4)."""
+
+    def __init__(self, fail_above: int | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = FlowNetConfig(**TINY)
+        self.fail_above, self.columns = fail_above, []
+
+    def forward(self, image1, image2):
+        from flowcli.models.pwc import FlowOutput
+
+        if self.fail_above is not None and image1.shape[-2] * image1.shape[-1] > self.fail_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        xs = (image1[0, 0, 0] * 1e4).round()
+        self.columns.append((int(xs.min()), int(xs.max())))
+        return FlowOutput(flow=torch.zeros_like(image1[:, :2]))
+
+
+def _column_coded(h, w):
+    image = torch.zeros(1, 3, h, w)
+    image[:, 0] = torch.arange(w) / 1e4
+    return image
+
+
+def test_short_wide_images_keep_the_requested_overlap_between_tiles():
+    model = _TileRecorder()
+    image = _column_coded(40, 1200)
+    result = estimate_flow(model, image, image, max_pixels=40 * 256, tile_overlap=64)
+    starts_ends = sorted(model.columns)
+    assert result.tiles == len(starts_ends) > 1
+    for (_, end), (start, _) in zip(starts_ends, starts_ends[1:]):
+        assert end - start + 1 >= 64, starts_ends  # was capped at half the 40 px tile height
+
+
+def test_out_of_memory_in_tiles_retries_with_smaller_tiles():
+    model = _TileRecorder(fail_above=200_000)
+    image = _column_coded(600, 600)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = estimate_flow(model, image, image, max_pixels=300_000)
+    assert result.tiles > 1 and any("out of memory" in str(w.message) for w in caught)
+
+
+def test_float_frames_outside_0_1_and_empty_frames_are_input_errors(model):
+    good = torch.rand(1, 3, 64, 64)
+    for bad, needle in ((good * 255, "divide 8-bit images by 255"), (good * float("nan"), "NaN"),
+                        (torch.rand(1, 3, 0, 64), "empty")):
+        with pytest.raises(InputError, match=needle):
+            estimate_flow(model, bad, good if bad.numel() else bad)
+    estimate_flow(model, good * 1.2 - 0.1, good)  # resampling overshoot stays fine
+
+
+def test_max_pixels_and_tile_overlap_options(model):
+    image1, image2 = torch.rand(1, 3, 200, 300), torch.rand(1, 3, 200, 300)
+    assert estimate_flow(model, image1, image2, max_pixels=0).tiles == 1  # 0 = never tile, as --max-pixels 0
+    assert estimate_flow(model, image1, image2, max_pixels=128 * 128, tile_overlap=16.0).tiles > 1
+    with pytest.raises(InputError, match="max_pixels"):
+        estimate_flow(model, image1, image2, max_pixels=-1)
+    with pytest.raises(InputError, match="tile_overlap"):
+        estimate_flow(model, image1, image2, tile_overlap=2.5)
+
+
+def test_a_float64_model_runs_and_matches_float32():
+    torch.manual_seed(0)
+    model32 = FlowNet(FlowNetConfig(**TINY)).eval()
+    model64 = FlowNet(FlowNetConfig(**TINY)).eval()
+    model64.load_state_dict(model32.state_dict())
+    model64.double()
+    a, b = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    result = estimate_flow(model64, a, b)
+    assert result.forward.dtype == torch.float32
+    torch.testing.assert_close(result.forward, estimate_flow(model32, a, b).forward, atol=1e-4, rtol=1e-4)

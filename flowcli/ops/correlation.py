@@ -93,8 +93,9 @@ class _TorchCorrelation(torch.autograd.Function):
 
 
 def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
-    """Reference backend: pure PyTorch, any device and dtype."""
-    return _TorchCorrelation.apply(f1, f2, max_displacement)
+    """Reference backend: pure PyTorch, any device and dtype (mixed dtypes promote, as on triton)."""
+    dtype = torch.promote_types(f1.dtype, f2.dtype)
+    return _TorchCorrelation.apply(f1.to(dtype), f2.to(dtype), max_displacement)
 
 
 def backend_name(tensor: torch.Tensor) -> str:
