@@ -95,6 +95,57 @@ def test_cuda_without_triton_warns_once_and_falls_back(monkeypatch):
     assert len(messages) == 1 and "flowcli[gpu]" in messages[0], messages
 
 
+def test_a_fused_kernel_that_cannot_launch_falls_back_once_with_a_warning(monkeypatch):
+    """Triton imports, but its kernel cannot be built here (no C compiler, an unsupported GPU): the first
+    launch warns and every call then uses the reference. Out of memory, a failure after a first success
+    and an explicit FLOWCLI_CORR=triton are raised as they are."""
+    f1, f2, _ = _features()
+    calls = []
+
+    def fused(a, b, r, error=None):
+        calls.append(error)
+        if error is not None:
+            raise error
+        return corr.correlation_torch(a, b, r)
+
+    def use(error):
+        fake = types.SimpleNamespace(correlation_triton=lambda a, b, r: fused(a, b, r, error))
+        monkeypatch.setitem(sys.modules, "flowcli.ops.correlation_triton", fake)
+
+    monkeypatch.setattr(corr, "_backend_for", lambda t: "triton" if corr._TRITON_STATE.get("ok", True) else "torch")
+    monkeypatch.delenv("FLOWCLI_CORR", raising=False)
+    expected = corr.correlation_torch(f1, f2, 4)
+
+    monkeypatch.setattr(corr, "_TRITON_STATE", {})
+    use(RuntimeError("Failed to find C compiler. Please specify via CC environment variable."))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(corr.correlation(f1, f2), expected)
+        assert torch.equal(corr.correlation(f1, f2), expected)
+    assert len(calls) == 1 and [str(w.message) for w in caught] == [
+        "fused correlation failed to run (Failed to find C compiler. Please specify via CC environment variable.); "
+        "using the PyTorch reference"
+    ]
+
+    monkeypatch.setattr(corr, "_TRITON_STATE", {})
+    use(torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(torch.OutOfMemoryError):
+        corr.correlation(f1, f2)
+
+    monkeypatch.setattr(corr, "_TRITON_STATE", {})
+    use(None)
+    assert torch.equal(corr.correlation(f1, f2), expected)
+    use(RuntimeError("illegal memory access"))
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # it ran before: a real error, not a setup one
+        corr.correlation(f1, f2)
+
+    monkeypatch.setattr(corr, "_TRITON_STATE", {})
+    monkeypatch.setenv("FLOWCLI_CORR", "triton")
+    use(RuntimeError("Failed to find C compiler"))
+    with pytest.raises(RuntimeError, match="C compiler"):
+        corr.correlation(f1, f2)
+
+
 def test_missing_triton_message(monkeypatch):
     monkeypatch.delitem(sys.modules, "flowcli.ops.correlation_triton", raising=False)
     monkeypatch.setitem(sys.modules, "triton", None)

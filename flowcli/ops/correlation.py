@@ -19,6 +19,7 @@ Backends plug in behind `correlation()`:
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,36 @@ def _triton_available() -> bool:
     return bool(_TRITON_STATE["ok"])
 
 
+def _launch_errors() -> tuple[type[BaseException], ...]:
+    """What a kernel that imports but cannot be built or launched here raises: no C compiler or an unsupported
+    GPU (RuntimeError), a Triton compilation error."""
+    compiler_errors = sys.modules.get("triton.compiler.errors")  # imported by then if Triton compiled anything
+    compilation_error = getattr(compiler_errors, "CompilationError", None)
+    return (RuntimeError, compilation_error) if isinstance(compilation_error, type) else (RuntimeError,)
+
+
+def _first_launch_checked(kind: str, dtype: torch.dtype, fused, reference):
+    """Run the fused kernel; the first launch of each kernel and dtype falls back to the reference with a
+    warning if the kernel cannot be built or launched, and so do all later calls. An explicit
+    FLOWCLI_CORR=triton, out-of-memory, and any failure after a first success are raised as they are."""
+    key = f"launched:{kind}:{dtype}"
+    if key in _TRITON_STATE or os.environ.get("FLOWCLI_CORR", "").strip().lower() == "triton":
+        return fused()
+    try:
+        result = fused()
+    except torch.OutOfMemoryError:
+        raise
+    except _launch_errors() as error:
+        import warnings
+
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        _TRITON_STATE["ok"], _TRITON_STATE["error"] = False, message
+        warnings.warn(f"fused correlation failed to run ({message}); using the PyTorch reference", stacklevel=3)
+        return reference()
+    _TRITON_STATE[key] = True
+    return result
+
+
 def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
     """Cost volume [B, (2r+1)^2, H, W] between feature maps f1, f2 of shape [B, C, H, W]."""
     if f1.shape != f2.shape:
@@ -140,7 +171,10 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -
     if _backend_for(f1) == "triton":
         from flowcli.ops.correlation_triton import correlation_triton
 
-        return correlation_triton(f1, f2, max_displacement)
+        return _first_launch_checked(
+            "correlation", f1.dtype, lambda: correlation_triton(f1, f2, max_displacement),
+            lambda: correlation_torch(f1, f2, max_displacement),
+        )  # fmt: skip
     return correlation_torch(f1, f2, max_displacement)
 
 
@@ -163,5 +197,8 @@ def warp_correlation(f1: torch.Tensor, f2: torch.Tensor, flow: torch.Tensor, max
     if _backend_for(f1) == "triton":
         from flowcli.ops.correlation_triton import warp_correlation_triton
 
-        return warp_correlation_triton(f1, f2, flow, max_displacement)
+        return _first_launch_checked(
+            "warp_correlation", f1.dtype, lambda: warp_correlation_triton(f1, f2, flow, max_displacement),
+            lambda: warp_correlation_torch(f1, f2, flow, max_displacement),
+        )  # fmt: skip
     return warp_correlation_torch(f1, f2, flow, max_displacement)
