@@ -45,3 +45,19 @@ def assert_one_line_error(code: int, err: str, expected_code: int, *needles: str
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], err
+
+
+def refuse_writes_before_the_model(monkeypatch) -> None:
+    """Every temp file fails with EACCES, as root meets in read-only or special folders (/sys) that os.access
+    calls writable, and loading a model fails the test: the output folder must be refused before the model."""
+    import errno
+
+    import pytest
+
+    from flowcli.io import atomic
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_harness import assert_one_line_error, in_process_cli
+from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_before_the_model
 from safetensors.torch import load_file, save_file
 
 from flowcli.checkpoint import read_metadata, save_checkpoint
@@ -450,15 +450,7 @@ def test_a_glob_from_the_parent_folder_names_its_real_folder(media, tmp_path, cl
 
 def test_an_output_folder_that_refuses_files_fails_before_the_model(media, tmp_path, cli, monkeypatch):
     # as root, os.access says yes for read-only and special folders (/sys); the first write then gave a traceback
-    import errno
-
-    from flowcli.io import atomic
-
-    def denied(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
-    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    refuse_writes_before_the_model(monkeypatch)
     code, stdout, err = cli(media["a"], media["b"], "--weights", media["weights"], "-o", tmp_path, "--json")
     assert_one_line_error(code, err, 3, "cannot write in output folder", "Permission denied")
     assert stdout == ""
