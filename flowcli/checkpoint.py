@@ -214,15 +214,21 @@ def field_defaults(config_class) -> dict:
     return defaults
 
 
-def same_settings(saved: str, current: dict, defaults: dict) -> bool:
-    """Whether a resumable run's saved settings (JSON of a dict of fields) are `current`.
+ABSENT = object()  # a setting one side of `changed_settings` does not have
+
+
+def changed_settings(saved: dict, current: dict, defaults: dict) -> dict[str, tuple]:
+    """The settings of a resumable run whose saved value (`saved`, decoded JSON) differs from `current`:
+    name -> (saved value, current value), ABSENT for a side that lacks it.
 
     A field added to flowcli after the state was saved counts as equal when `current` leaves it at its
     default, so a run interrupted under an older flowcli resumes under a newer one.
     """
-    saved_fields = json.loads(saved)
     current, defaults = (json.loads(json.dumps(d, sort_keys=True, default=list)) for d in (current, defaults))
-    return set(saved_fields) <= set(current) and all(
-        saved_fields[name] == value if name in saved_fields else name in defaults and defaults[name] == value
-        for name, value in current.items()
-    )
+    changed = {}
+    for name in sorted(set(saved) | set(current)):
+        before = saved.get(name, defaults.get(name, ABSENT) if name in current else ABSENT)
+        now = current.get(name, ABSENT)
+        if before != now:
+            changed[name] = (before, now)
+    return changed

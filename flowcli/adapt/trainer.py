@@ -57,7 +57,7 @@ from flowcli.adapt.transforms import (
     sample_view,
     teacher_targets,
 )
-from flowcli.checkpoint import field_defaults, same_settings, save_checkpoint
+from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr, warn
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path, check_creatable
@@ -533,15 +533,8 @@ def _resume_problem(state: dict, cfg: AdaptConfig, fingerprint: str, base_sha256
         for name in LOCATION_FIELDS:
             saved.pop(name, None)
             current.pop(name, None)
-    defaults = field_defaults(AdaptConfig)
-    if same_settings(json.dumps(saved), current, defaults):
-        return None
-    current, defaults = (json.loads(json.dumps(d, sort_keys=True, default=list)) for d in (current, defaults))
-    changed = sorted(
-        {name for name in saved if name not in current}
-        | {name for name, value in current.items() if saved.get(name, defaults.get(name)) != value}
-    )
-    return "different settings" + (f" ({', '.join(changed)})" if changed else "")
+    changed = changed_settings(saved, current, field_defaults(AdaptConfig))
+    return f"different settings ({', '.join(changed)})" if changed else None
 
 
 def _unused_options(cfg: AdaptConfig) -> str | None:

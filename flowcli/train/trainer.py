@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from flowcli.checkpoint import field_defaults, save_checkpoint
+from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
@@ -364,37 +364,26 @@ def _interrupt_deferred():
 # eval_every: evaluation runs the model in eval mode and training draws no number from the global RNG.
 # Not `workers`: a data worker generates with 1 thread, the main process (workers 0) with all of them.
 _FREE_ON_RESUME = ("out_dir", "checkpoint_every", "eval_every")
-_ABSENT = object()
 
 
 def _changed_settings(saved_config: str, cfg: TrainConfig) -> list[str]:
     """The settings of `cfg` that differ from those a saved state was made with and change the result
-    ("name: saved -> now", nested ones as "synth.name"); empty when the state resumes under `cfg`.
-
-    A field added to flowcli after the state was saved counts as equal when `cfg` leaves it at its default,
-    so a run interrupted under an older flowcli resumes under a newer one."""
-    saved = json.loads(saved_config)
-    current, defaults = (
-        json.loads(json.dumps(d, sort_keys=True, default=list)) for d in (asdict(cfg), field_defaults(TrainConfig))
-    )
+    ("name: saved -> now", nested ones as "synth.name"); empty when the state resumes under `cfg`."""
 
     def shown(value) -> str:
-        text = "(unset)" if value is _ABSENT else json.dumps(value)
+        text = "(unset)" if value is ABSENT else json.dumps(value)
         return text if len(text) <= 40 else text[:37] + "..."
 
     changed = []
-    for name in sorted(set(saved) | set(current)):
+    settings = changed_settings(json.loads(saved_config), asdict(cfg), field_defaults(TrainConfig))
+    for name, (before, now) in settings.items():
         if name in _FREE_ON_RESUME:
-            continue
-        before = saved.get(name, defaults.get(name, _ABSENT) if name in current else _ABSENT)
-        now = current.get(name, _ABSENT)
-        if before == now:
             continue
         if isinstance(before, dict) and isinstance(now, dict):
             changed += [
-                f"{name}.{key}: {shown(before.get(key, _ABSENT))} -> {shown(now.get(key, _ABSENT))}"
+                f"{name}.{key}: {shown(before.get(key, ABSENT))} -> {shown(now.get(key, ABSENT))}"
                 for key in sorted(set(before) | set(now))
-                if before.get(key, _ABSENT) != now.get(key, _ABSENT)
+                if before.get(key, ABSENT) != now.get(key, ABSENT)
             ]
         else:
             changed.append(f"{name}: {shown(before)} -> {shown(now)}")
