@@ -53,8 +53,8 @@ def _resolve_model(model, device):
     """(model on its device in eval mode, that device): a loaded module stays where it is unless `device` is given."""
     from flowcli.inference import resolve_device
 
-    if isinstance(device, str):
-        device = resolve_device(device)
+    if device is not None:
+        device = resolve_device(str(device))
     if isinstance(model, (str, Path)) or model is None:
         from flowcli.models import load_model
 

@@ -260,6 +260,8 @@ def estimate_flow(
     forward-backward consistency occlusion of both frames. Images larger than `max_pixels` run
     in overlapping tiles; running out of memory retries with tiles automatically. `scale` resizes the
     frames before the network (0.5: half size, 4x faster) and the flow back to full size and pixels.
+    A model.half() or .bfloat16() runs in its own dtype under autocast. The results are fp32 tensors on
+    the model's device, computed without autograd (no gradient reaches the frames).
     """
     image1, image2 = check_frames(image1, image2)
     if not (math.isfinite(scale) and scale > 0):
@@ -278,6 +280,10 @@ def estimate_flow(
     dtype = resolve_precision(precision, device)
     # the model's own floating dtype (a model.double() or .half() runs), fp32 otherwise
     model_dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    if dtype == torch.float32 and model_dtype in (torch.float16, torch.bfloat16):
+        # autocast keeps grid_sample in fp32: on CPU, PyTorch's half-precision grid_sample of the
+        # network's channels-last features returns garbage (NaN flow from a model.half())
+        dtype = model_dtype
     image1, image2 = image1.to(device, model_dtype), image2.to(device, model_dtype)
     backward = backward or occlusion
     b = image1.shape[0]

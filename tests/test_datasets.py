@@ -222,3 +222,22 @@ def test_mask_pngs_of_every_bit_depth_mark_the_same_pixels(tmp_path):
     for name in ("one_bit.png", "eight_bit.png", "sixteen_bit.png"):
         read = _mask_png(tmp_path / name)
         assert read.shape == (1, 4, 6) and torch.equal(read[0], torch.from_numpy(mask)), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_evaluate_checks_a_torch_device_like_its_name():
+    """`device=torch.device("cuda")` on a machine without CUDA used to end in torch's AssertionError
+    traceback, while the string "cuda" gave the one-line error."""
+    from flowcli.errors import FlowcliError
+    from flowcli.evaluation import evaluate
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    config = FlowNetConfig(
+        pyramid_channels=(4, 4, 4, 4, 4, 4),
+        decoder_channels=(4,),
+        context_channels=(4,),
+        context_dilations=(1,),
+        reduced_channels=4,
+    )
+    with pytest.raises(FlowcliError, match="no CUDA GPU"):
+        evaluate(FlowNet(config), "chairs", DATA / "flow" / "chairs", max_items=1, progress=False, device=torch.device("cuda"))

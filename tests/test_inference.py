@@ -248,3 +248,26 @@ def test_a_float64_model_runs_and_matches_float32():
     result = estimate_flow(model64, a, b)
     assert result.forward.dtype == torch.float32
     torch.testing.assert_close(result.forward, estimate_flow(model32, a, b).forward, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_on_cpu_matches_float32(dtype):
+    # at this size PyTorch's CPU grid_sample of half-precision channels-last features returned NaN
+    torch.manual_seed(0)
+    model32 = FlowNet(FlowNetConfig(**TINY)).eval()
+    low = FlowNet(FlowNetConfig(**TINY)).eval()
+    low.load_state_dict(model32.state_dict())
+    low.to(dtype)
+    a = torch.rand(1, 3, 384, 512)
+    b = a.roll(2, -1)
+    result = estimate_flow(low, a, b)
+    assert result.forward.dtype == torch.float32
+    torch.testing.assert_close(result.forward, estimate_flow(model32, a, b).forward, atol=0.05, rtol=0)
+
+
+def test_load_model_checks_a_torch_device_like_its_name():
+    from flowcli.models import load_model
+
+    with pytest.raises(FlowcliError, match="cuda:99"):  # was torch's AssertionError or invalid-ordinal traceback
+        load_model(device=torch.device("cuda:99"))
+    assert next(load_model(device=torch.device("cpu", 0)).parameters()).device.type == "cpu"

@@ -39,6 +39,8 @@ def load_model(
     from flowcli.checkpoint import load_checkpoint
     from flowcli.inference import resolve_device
 
+    if isinstance(device, torch.device) and device.type in ("cuda", "mps"):
+        device = str(device)  # checked like a string: an absent GPU is a one-line error, not torch's assertion
     device = resolve_device(device) if isinstance(device, str) else device
     return load_checkpoint(resolve_model_file(name_or_path, offline, quiet), device=device)
 
