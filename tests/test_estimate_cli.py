@@ -465,3 +465,20 @@ def test_a_name_ending_in_ext_gets_its_kind_before_the_extension(media, tmp_path
     [record] = _json_lines(stdout)
     assert record["outputs"] == {"flo": str(out / "a_flow.flo"), "vis": str(out / "a_vis.png")}
     assert read_flo(out / "a_flow.flo").shape == (H, W, 2)
+
+
+def test_camcorder_and_phone_video_containers_are_videos(media, tmp_path, cli):
+    # .MTS (camcorders), .3gp (phones) were refused as 'neither an image nor a video'
+    import imageio_ffmpeg
+
+    for name, muxer in (("cam.MTS", "mpegts"), ("phone.3gp", "3gp")):
+        path = tmp_path / name
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(media["clip"]), "-c", "copy",
+                   "-f", muxer, str(path)]
+        subprocess.run(command, check=True, capture_output=True)
+        code, stdout, err = cli(path, "--max-frames", "2", "--weights", media["weights"], "-o", tmp_path / "out",
+                                "--npy", "--json", "-q")
+        assert code == 0, err
+        [record] = _json_lines(stdout)
+        assert record["inputs"] == [f"{path}#0", f"{path}#1"]
+        assert read_npy(record["outputs"]["npy"]).shape == (H, W, 2)

@@ -502,7 +502,7 @@ def test_corrupt_and_short_videos(tmp_path, shared_data):
 
 
 def _fake_stream(frames_before_failure):
-    def read_frames(path, pix_fmt="rgb24"):
+    def read_frames(path, pix_fmt="rgb24", output_params=None):
         yield {"size": (4, 3), "fps": 10.0, "duration": 1.0}
         for _ in range(frames_before_failure):
             yield bytes(4 * 3 * 3)
@@ -747,3 +747,53 @@ def test_pfm_takes_tensors_in_the_project_layout(tmp_path):
     np.testing.assert_array_equal(read_pfm(tmp_path / "c.pfm"), colour.permute(1, 2, 0).numpy())
     write_pfm(tmp_path / "a.pfm", disparity[0, 0].numpy()[:, :3].copy())  # arrays are taken as [H, W] / [H, W, C]
     assert read_pfm(tmp_path / "a.pfm").shape == (5, 3)
+
+
+def test_a_variable_frame_rate_video_gives_each_frame_once(tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    # 10 of 30 test-pattern frames, kept in runs of 2 (gaps of 1/30 and 5/30 s), as phones record them
+    path = tmp_path / "phone.mp4"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+               "testsrc=size=48x32:rate=30", "-t", "1", "-vf", r"select=lt(mod(n\,6)\,2)", "-fps_mode", "vfr",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)]
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("this ffmpeg cannot make a variable-frame-rate test video")
+    frames = list(VideoReader(path))
+    assert len(frames) == 10  # not resampled to 30 fps with repeated frames
+    assert all(not torch.equal(a, b) for a, b in zip(frames, frames[1:]))
+    # MPEG-TS states the nominal 30 fps, not the average: the count looks short, and the warning says why
+    remuxed = tmp_path / "phone.ts"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-c", "copy", str(remuxed)],
+                   check=True, capture_output=True)
+    with pytest.warns(UserWarning, match="frame rate varies"):
+        assert len(list(VideoReader(remuxed))) == 10
+
+
+def test_image_content_wins_over_a_wrong_extension(tmp_path):
+    rgb = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    rgb16 = RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    Image.fromarray(rgb).save(tmp_path / "jpeg.png", format="JPEG", quality=100)
+    Image.fromarray(rgb).save(tmp_path / "jpeg.jpg", format="JPEG", quality=100)
+    write_png(tmp_path / "png16.jpg", rgb16)
+    assert media.image_size(tmp_path / "jpeg.png") == (5, 6)
+    np.testing.assert_array_equal(read_image(tmp_path / "jpeg.png").numpy(), read_image(tmp_path / "jpeg.jpg").numpy())
+    np.testing.assert_allclose(read_image(tmp_path / "png16.jpg").numpy(), rgb16.transpose(2, 0, 1) / 65535, atol=1e-7)
+
+
+def test_float_tiff_frames_have_a_size(tmp_path):
+    rgb = RNG.random((6, 5, 3), dtype=np.float32)
+    iio.imwrite(tmp_path / "linear.tif", rgb)
+    assert media.image_size(tmp_path / "linear.tif") == (5, 6)
+    np.testing.assert_allclose(read_image(tmp_path / "linear.tif").numpy(), rgb.transpose(2, 0, 1), atol=1e-7)
+
+
+def test_a_relative_video_name_with_a_colon_is_a_file_not_a_url(tmp_path, monkeypatch):
+    # 'take:2.mp4' was opened by ffmpeg as protocol 'take' and refused as a corrupt video
+    with VideoWriter(tmp_path / "take:2.mp4", fps=5) as writer:
+        for frame in _gradient_frames(2):
+            writer.write(frame)
+    monkeypatch.chdir(tmp_path)
+    assert len(list(VideoReader("take:2.mp4"))) == 2

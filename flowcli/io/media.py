@@ -7,6 +7,7 @@ a time: a long video is never held in memory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import logging
 import math
@@ -31,7 +32,8 @@ from flowcli.io.atomic import atomic_path, check_writable
 from flowcli.io.flow_formats import read_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                  ".3gp", ".mts", ".m2ts", ".ts", ".flv", ".ogv")  # phones, camcorders, dashcams, the web
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264
 _NON_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B
 
@@ -102,13 +104,14 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _orientation_and_mode(path: Path) -> tuple[int, str | None]:
-    """The EXIF orientation and the Pillow mode of an image file, read from its header."""
+def _image_header(path: Path) -> tuple[int, str | None, str | None]:
+    """The EXIF orientation, Pillow mode and Pillow format (from the content, not the extension) of an image
+    file, read from its header; mode and format are None for a header Pillow cannot read."""
     try:
         with Image.open(path) as image:
-            return _orientation(image), image.mode
+            return _orientation(image), image.mode, image.format
     except Exception:  # an unreadable header: the decoder reports the broken file
-        return 1, None
+        return 1, None, None
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
@@ -118,7 +121,13 @@ def image_size(path: PathLike) -> tuple[int, int]:
         with Image.open(path) as image:
             (width, height), orientation = image.size, _orientation(image)
     except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
-        raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image") from None
+        try:  # images Pillow cannot open but `read_image` reads through imageio's other plugins: float TIFF
+            height, width = iio.improps(path, index=0).shape[:2]
+            return width, height
+        except Exception:
+            raise InputError(
+                f"cannot read image {path}: {_one_line(error)}; the file is corrupt or not an image"
+            ) from None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the picture a quarter
 
 
@@ -175,10 +184,13 @@ def read_image_array(path: PathLike) -> np.ndarray:
     converted to RGB, so the channels are always gray, gray+alpha, RGB or RGBA.
     """
     path = _existing_file(path)
-    orientation, mode = _orientation_and_mode(path)
-    if path.suffix.lower() == ".png":
+    orientation, mode, content = _image_header(path)
+    # by content where Pillow knows it: phones and web downloads give JPEGs named .png and the reverse
+    is_png = content == "PNG" if content else path.suffix.lower() == ".png"
+    is_netpbm = content == "PPM" if content else path.suffix.lower() in _NETPBM_SUFFIXES
+    if is_png:
         array = read_png(path)  # exact for 16-bit colour, which Pillow would truncate to 8 bits
-    elif path.suffix.lower() in _NETPBM_SUFFIXES and (deep := _read_netpbm16(path)) is not None:
+    elif is_netpbm and (deep := _read_netpbm16(path)) is not None:
         array = deep  # 16-bit PGM / PPM: Pillow gives int32 gray and 8-bit colour
     else:
         try:
@@ -188,7 +200,7 @@ def read_image_array(path: PathLike) -> np.ndarray:
                 array = iio.imread(path, index=0)  # 16-bit colour TIFF goes to tifffile, which keeps 16 bits
         except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt files
             raise InputError(f"cannot read image {path}: {_one_line(error)}") from None
-        if path.suffix.lower() in _NETPBM_SUFFIXES and array.dtype == np.int32:  # ASCII 16-bit PGM, scaled by Pillow
+        if is_netpbm and array.dtype == np.int32:  # ASCII 16-bit PGM, scaled by Pillow
             array = np.clip(array, 0, 65535).astype(np.uint16)
     return _upright(array, orientation)
 
@@ -246,6 +258,20 @@ def is_video(path: PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+@functools.cache
+def _every_frame_once() -> tuple[str, ...]:
+    """ffmpeg options that output each decoded frame once. By default ffmpeg resamples to the nominal frame rate,
+    which duplicates frames of variable-frame-rate video (phones, screen recordings): pairs of identical frames."""
+    try:
+        version = imageio_ffmpeg.get_ffmpeg_version()
+    except Exception:  # no usable ffmpeg: opening the video reports it
+        version = ""
+    match = re.match(r"n?(\d+)\.(\d+)", version)
+    if match and (int(match[1]), int(match[2])) < (5, 1):
+        return ("-vsync", "passthrough")  # ffmpeg 5.1 renamed it -fps_mode; later versions dropped -vsync
+    return ("-fps_mode", "passthrough")
+
+
 class VideoReader:
     """Streams a video's frames as float32 RGB tensors [3, H, W] in [0, 1], one at a time.
 
@@ -276,7 +302,9 @@ class VideoReader:
         self.frames_read = 0
 
     def _open(self):
-        stream = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        # absolute: ffmpeg reads a relative name like 'take:2.mp4' as a URL of protocol 'take'
+        path = str(self.path.absolute())
+        stream = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", output_params=list(_every_frame_once()))
         try:
             self._meta = next(stream)
         except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as error:
@@ -316,7 +344,10 @@ class VideoReader:
         if count == 0:
             raise InputError(f"cannot decode video {self.path}: no frame could be decoded; the file is corrupt")
         if not failed and self.max_frames is None and self.num_frames and count < 0.9 * self.num_frames:
-            warn(f"{self.path}: only {count} of about {self.num_frames} frames decoded; the file may be truncated")
+            warn(
+                f"{self.path}: only {count} of about {self.num_frames} frames decoded; the file may be truncated, "
+                "or its frame rate varies"
+            )
 
     def close(self) -> None:
         if self._pending is not None:
