@@ -59,8 +59,16 @@ def read_metadata(path: str | Path) -> dict:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsError(f"{path} is not a readable safetensors checkpoint ({error})") from None
-    if meta.get("flowcli.format") != FORMAT_VERSION:
-        raise WeightsError(f"{path} is not a flowcli checkpoint (no flowcli metadata); was it saved by flowcli?")
+    if "flowcli.format" not in meta:
+        raise WeightsError(
+            f"{path} is not a flowcli checkpoint (no flowcli metadata); flowcli loads the checkpoints it writes "
+            "(flowcli train, flowcli adapt, flowcli weights average)"
+        )
+    if meta["flowcli.format"] != FORMAT_VERSION:
+        raise WeightsError(
+            f"{path} is a flowcli checkpoint of format {meta['flowcli.format'][:20]!r}, which this flowcli "
+            f"(format {FORMAT_VERSION}) cannot read; upgrade flowcli"
+        )
     out = dict(meta)
     for key in ("flowcli.config", "flowcli.provenance"):
         try:

@@ -205,15 +205,42 @@ def _known_size(record: dict) -> int | None:
 
 def _local_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
     """(what, expected, got) if `path` does not match the record's size or sha256, else None."""
-    size = _known_size(record)
-    if size is not None and path.stat().st_size != size:
-        return ("size", f"{size} bytes", f"{path.stat().st_size} bytes")
-    sha = _known_sha256(record)
-    if sha is not None:
-        actual = sha256_file(path)
-        if actual != sha:
-            return ("sha256", sha, actual)
+    try:
+        size = _known_size(record)
+        if size is not None and path.stat().st_size != size:
+            return ("size", f"{size} bytes", f"{path.stat().st_size} bytes")
+        sha = _known_sha256(record)
+        if sha is not None:
+            actual = sha256_file(path)
+            if actual != sha:
+                return ("sha256", sha, actual)
+    except OSError as error:  # e.g. a shared cache filled by another user
+        raise WeightsError(
+            f"cannot read {path} ({error.strerror or error}); fix its permissions, or delete it to fetch it again"
+        ) from None
     return None
+
+
+def _remove_corrupt(path: Path, label: str, problem: tuple[str, str, str], *, hf: bool = False) -> None:
+    """Delete a cached copy that failed its check (another process may have done so already)."""
+    try:
+        if hf:
+            _forget_hf_file(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:
+        raise WeightsError(
+            f"the cached copy of {label} is corrupt ({problem[0]} mismatch) and cannot be deleted "
+            f"({error.strerror or error}); delete {path} by hand, or fix the permissions of its folder"
+        ) from None
+
+
+def _cache_error(error: OSError, *, hf: bool) -> WeightsError:
+    folder, variable = (_hf_cache_folder(), "HF_HOME or HF_HUB_CACHE") if hf else (cache_dir(), "FLOWCLI_CACHE")
+    return WeightsError(
+        f"cannot write to the weights cache {folder} ({error.strerror or error}); "
+        f"fix its permissions or free some space, or set {variable} to a writable folder"
+    )
 
 
 def _mismatch_error(label: str, problem: tuple[str, str, str]) -> WeightsError:
@@ -327,9 +354,11 @@ def _fetch(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Pat
     source = record["source"]
     if source.startswith("bundled:"):
         return _fetch_bundled(name, record)
-    if source.startswith("hf://"):
-        return _fetch_hf(name, record, offline=offline, quiet=quiet)
-    return _fetch_url(name, record, offline=offline, quiet=quiet)
+    hf = source.startswith("hf://")
+    try:
+        return (_fetch_hf if hf else _fetch_url)(name, record, offline=offline, quiet=quiet)
+    except OSError as error:  # network failures are WeightsErrors by now: this one is the cache folder's
+        raise _cache_error(error, hf=hf) from None
 
 
 def _local_copy(name: str | None, record: dict) -> Path | None:
@@ -389,6 +418,12 @@ def _hf_cache_dir() -> str | None:
     if os.environ.get("HF_HOME"):
         return os.path.join(os.environ["HF_HOME"], "hub")
     return None
+
+
+def _hf_cache_folder() -> str:
+    from huggingface_hub import constants
+
+    return _hf_cache_dir() or constants.HF_HUB_CACHE
 
 
 def _quiet_tqdm() -> type:
@@ -461,6 +496,8 @@ def _hf_download(source: str, label: str, *, force: bool, quiet: bool) -> Path:
     # The network stack under huggingface_hub varies by version (requests, httpx, httpx2): turn any of
     # its failures into one line that says what could not be fetched.
     except Exception as error:
+        if isinstance(error, OSError) and error.filename:
+            raise _cache_error(error, hf=True) from None
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WeightsError(f"cannot download {label} ({source}): {type(error).__name__}: {first}") from None
     finally:
@@ -489,7 +526,7 @@ def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> 
             raise _offline_miss(name, record, reason)
         problem = _hf_problem(path, record)
         if problem is not None:
-            _forget_hf_file(path)
+            _remove_corrupt(path, label, problem, hf=True)
             raise _corrupt_while_offline(name, record, problem, reason)
         return path
 
@@ -497,7 +534,7 @@ def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> 
     problem = _hf_problem(path, record)
     if problem is None:
         return path
-    _forget_hf_file(path)  # corrupt or truncated: fetch again, once
+    _remove_corrupt(path, label, problem, hf=True)  # corrupt or truncated: fetch again, once
     path = _hf_download(source, label, force=True, quiet=quiet)
     problem = _hf_problem(path, record)
     if problem is not None:
@@ -555,7 +592,7 @@ def _fetch_url(name: str | None, record: dict, *, offline: bool, quiet: bool) ->
         problem = _local_problem(target, record)
         if problem is None:
             return target
-        target.unlink()  # corrupt or truncated: fetch again, once
+        _remove_corrupt(target, label, problem)  # corrupt or truncated: fetch again, once
         if reason is not None:
             raise _corrupt_while_offline(name, record, problem, reason)
     elif reason is not None:
@@ -576,7 +613,7 @@ def _fetch_member(name: str | None, record: dict, *, offline: bool, quiet: bool)
         problem = _local_problem(target, record)
         if problem is None:
             return target
-        target.unlink()
+        _remove_corrupt(target, label, problem)
         if offline_reason(offline) is not None:
             raise _corrupt_while_offline(name, record, problem, offline_reason(offline))
     archive_record = {
@@ -608,7 +645,7 @@ def _extract_member(archive: Path, member: str, target: Path, label: str) -> Non
             with bundle.open(member) as src:
                 while chunk := src.read(CHUNK_BYTES):
                     out.write(chunk)
-        os.replace(tmp_name, target)
+        _publish(Path(tmp_name), target)
     except KeyError:
         Path(tmp_name).unlink(missing_ok=True)
         raise WeightsError(f"{label}: {archive.name} has no member {member}") from None
@@ -660,11 +697,20 @@ def download_file(url: str, target: Path, *, label: str | None = None, quiet: bo
                             "check the connection and run the command again"
                         ) from None
                     time.sleep(RETRY_BACKOFF_S * attempt)
-        os.replace(tmp, target)
+        _publish(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a complete temp file to `target`, readable as any file the user makes: mkstemp creates it 0600,
+    and a cache filled by one user (a container build, a shared FLOWCLI_CACHE) is read by others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
 
 
 def _transfer(url: str, out, bar, task) -> None:
@@ -693,15 +739,19 @@ def _transfer(url: str, out, bar, task) -> None:
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         bar.update(task, total=total, completed=have)
-        try:
-            while chunk := response.read(CHUNK_BYTES):
-                out.write(chunk)
-                have += len(chunk)
-                bar.update(task, completed=have, info=_megabytes(have, total))
-        except (OSError, HTTPException) as error:
-            raise _TransferCut(f"connection lost after {have} bytes: {error}") from None
+        while chunk := _read(response, have):
+            out.write(chunk)  # an OSError here (disk full) is the cache's, not the connection's
+            have += len(chunk)
+            bar.update(task, completed=have, info=_megabytes(have, total))
     if total is not None and have < total:
         raise _TransferCut(f"connection closed after {have} of {total} bytes")
+
+
+def _read(response, have: int) -> bytes:
+    try:
+        return response.read(CHUNK_BYTES)
+    except (OSError, HTTPException) as error:
+        raise _TransferCut(f"connection lost after {have} bytes: {error}") from None
 
 
 def _megabytes(done: int, total: int | None) -> str:

@@ -4,6 +4,8 @@ import importlib.metadata
 import subprocess
 import sys
 
+import pytest
+
 import flowcli
 
 
@@ -42,3 +44,17 @@ def test_doctor_reports_the_version_of_the_running_flowcli(monkeypatch):
 
     monkeypatch.setattr(flowcli, "__version__", "9.9.9-running")
     assert doctor.environment()["flowcli"] == "9.9.9-running"
+
+
+def test_doctor_refuses_a_cuda_device_this_machine_does_not_have(monkeypatch, capsys):
+    """`--device cuda:1` on a one-GPU machine: an input error, not a CUDA traceback from the self-check."""
+    import torch
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.cli import doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(doctor, "environment", lambda: pytest.fail("checked a device that does not exist"))
+    code, _, err = in_process_cli(monkeypatch, capsys, "doctor")("--device", "cuda:1")
+    assert_one_line_error(code, err, 2, "--device cuda:1: no such CUDA device here; use one of cuda:0")

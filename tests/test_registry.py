@@ -291,6 +291,109 @@ def test_url_offline(hub, tmp_path, monkeypatch, checkpoint_bytes):
     assert registry.resolve("tiny-url", offline=True, quiet=True) == path
 
 
+# --- the cache folder: permissions, space ----------------------------------------------------------
+
+
+def test_a_cache_that_cannot_be_written_is_one_error_line(weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes):
+    from cli_harness import assert_one_line_error
+
+    hub.add_repo_file(REPO_ID, "weights/model.safetensors", checkpoint_bytes)
+    hub.add_plain_file("tiny.safetensors", checkpoint_bytes)
+    write_registry(tmp_path, monkeypatch, {
+        "tiny-hf": entry(f"hf://{REPO_ID}/weights/model.safetensors", checkpoint_bytes),
+        "tiny-url": entry(hub.plain_url("tiny.safetensors"), checkpoint_bytes),
+    })
+    (tmp_path / "a-file").write_text("in the way")
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "a-file" / "hf"))
+    code, _, err = weights_cli("download", "tiny-url")
+    assert_one_line_error(code, err, 4, "cannot write to the weights cache", "set FLOWCLI_CACHE to a writable folder")
+    code, _, err = weights_cli("download", "tiny-hf")
+    assert_one_line_error(code, err, 4, "cannot write to the weights cache", "HF_HOME")
+
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "read-only"))  # as a non-root user meets it
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "read-only"))
+
+    monkeypatch.setattr(registry.tempfile, "mkstemp", denied)
+    code, _, err = weights_cli("download", "tiny-url")
+    assert_one_line_error(code, err, 4, "read-only (Permission denied)", "FLOWCLI_CACHE")
+
+
+def test_a_corrupt_copy_that_cannot_be_deleted_is_one_error_line(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    """A read-only cache (a mounted volume, another user's) holding a damaged file."""
+    hub.add_repo_file(REPO_ID, "weights/model.safetensors", checkpoint_bytes)
+    hub.add_plain_file("tiny.safetensors", checkpoint_bytes)
+    write_registry(tmp_path, monkeypatch, {
+        "tiny-hf": entry(f"hf://{REPO_ID}/weights/model.safetensors", checkpoint_bytes),
+        "tiny-url": entry(hub.plain_url("tiny.safetensors"), checkpoint_bytes),
+    })
+    copies = {name: registry.resolve(name, quiet=True) for name in ("tiny-url", "tiny-hf")}
+    for path in copies.values():
+        Path(os.path.realpath(path)).write_bytes(checkpoint_bytes[:100])
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "unlink", denied)
+        for name, path in copies.items():
+            for offline in (False, True):
+                with pytest.raises(WeightsError) as error:
+                    registry.resolve(name, offline=offline, quiet=True)
+                message = str(error.value)
+                assert f"{name} (model.safetensors) is corrupt (size mismatch) and cannot be deleted" in message
+                assert f"delete {path} by hand" in message
+
+
+def test_an_unreadable_cached_copy_is_one_error_line(weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes):
+    """A cache filled by another user whose files this one cannot read."""
+    from cli_harness import assert_one_line_error
+
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    path = registry.resolve("tiny-url", quiet=True)
+
+    def denied(file):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(registry, "sha256_file", denied)
+    for command in ("verify", "download"):
+        code, _, err = weights_cli(command, "tiny-url")
+        assert_one_line_error(code, err, 4, f"cannot read {path} (Permission denied)", "permissions")
+
+
+def test_a_full_disk_is_not_retried_as_a_broken_connection(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    import errno
+    import io
+
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+
+    class FullDisk(io.BufferedWriter):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry.os, "fdopen", lambda fd, mode: FullDisk(io.FileIO(fd, mode)))
+    with pytest.raises(WeightsError, match=r"weights cache .*flowcli-cache \(No space left on device\).*FLOWCLI_CACHE"):
+        registry.resolve("tiny-url", quiet=True)
+    assert hub.count("GET", "/files/") == 1
+    assert leftovers(tmp_path / "flowcli-cache") == []
+
+
+def test_downloads_can_be_read_by_other_users(hub, tmp_path, monkeypatch, checkpoint_bytes):
+    """mkstemp makes 0600 files; a cache filled in a container build or shared by a team is read by other users."""
+    umask = os.umask(0o022)
+    try:
+        url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+        downloaded = registry.resolve("tiny-url", quiet=True)
+        member_setup(hub, tmp_path, monkeypatch, os.urandom(100))
+        [extracted] = registry.fetch_model("tiny-face", quiet=True)
+    finally:
+        os.umask(umask)
+    assert downloaded.stat().st_mode & 0o777 == 0o644
+    assert extracted.stat().st_mode & 0o777 == 0o644
+
+
 def member_setup(hub, tmp_path, monkeypatch, payload: bytes, *, member_sha: str | None = None):
     """A zip 'wheel' on the server holding one model file, registered as an archive member."""
     import io
@@ -629,6 +732,32 @@ def test_cli_info_of_a_hostile_checkpoint_is_one_error_line(weights_cli, tmp_pat
         assert out == ""
 
 
+def test_cli_info_of_a_missing_file_or_a_folder_says_so(weights_cli, tmp_path, monkeypatch):
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {})
+    code, _, err = weights_cli("info", tmp_path / "nope.safetensors")
+    assert_one_line_error(code, err, 4, "no such checkpoint file", "nope.safetensors")
+    code, _, err = weights_cli("info", tmp_path)
+    assert_one_line_error(code, err, 4, "is a folder, not a checkpoint file")
+
+
+def test_cli_info_of_a_checkpoint_without_flowcli_metadata_or_of_a_newer_format(weights_cli, tmp_path, checkpoint_bytes):
+    from cli_harness import assert_one_line_error
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(checkpoint_bytes)
+    tensors = load_file(str(good))
+    save_file(tensors, str(tmp_path / "foreign.safetensors"), metadata={"format": "pt"})
+    code, _, err = weights_cli("info", tmp_path / "foreign.safetensors")
+    assert_one_line_error(code, err, 4, "not a flowcli checkpoint (no flowcli metadata)", "flowcli train")
+    meta = {"flowcli.format": "2", "flowcli.model": "flownet", "flowcli.config": "{}", "flowcli.provenance": "{}"}
+    save_file(tensors, str(tmp_path / "newer.safetensors"), metadata=meta)
+    code, _, err = weights_cli("info", tmp_path / "newer.safetensors")
+    assert_one_line_error(code, err, 4, "format '2'", "upgrade flowcli")
+
+
 # --- push (HfApi replaced by a recorder: what is uploaded, and what the registry entry says) ---------
 
 
@@ -710,3 +839,16 @@ def test_push_does_not_replace_a_registry_entry_without_overwrite(weights_cli, f
     assert code == 0, err
     record = json.loads(reg.read_text())["models"]["flow"]["files"][0]
     assert record["sha256"] == hashlib.sha256(checkpoint_bytes).hexdigest()
+
+
+
+def test_push_stays_off_the_network_when_flowcli_is_offline(weights_cli, fake_hf_api, tmp_path, monkeypatch,
+                                                            checkpoint_bytes):
+    from cli_harness import assert_one_line_error
+
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(checkpoint_bytes)
+    monkeypatch.setenv("FLOWCLI_OFFLINE", "1")
+    code, _, err = weights_cli("push", file, "--repo", "me/flow")
+    assert_one_line_error(code, err, 4, "offline (FLOWCLI_OFFLINE=1)")
+    assert fake_hf_api.uploads == []

@@ -189,6 +189,9 @@ def doctor(
         raise InputError(f"--device {device!r} is not a device ({error}); use auto, cpu, cuda or cuda:N") from error
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        present = ", ".join(f"cuda:{index}" for index in range(torch.cuda.device_count()))
+        raise InputError(f"--device {device}: no such CUDA device here; use one of {present}")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: flowcli runs on cpu or cuda")
     info = environment()

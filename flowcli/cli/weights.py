@@ -23,7 +23,7 @@ weights_app = typer.Typer(
         "A model NAME from `flowcli weights list` works wherever flowcli takes a model; its files are "
         "downloaded on first use and checked against the registry's sha256. Files from the Hugging Face "
         "Hub (hf:// sources) live in the Hugging Face cache (HF_HOME); other downloads in $FLOWCLI_CACHE "
-        "(default ~/.cache/flowcli).\n\n"
+        "(default $XDG_CACHE_HOME/flowcli or ~/.cache/flowcli).\n\n"
         "To work without network: run `flowcli weights download NAME` (or `--all`) once while online, then "
         "set FLOWCLI_OFFLINE=1 (or HF_HUB_OFFLINE=1). FLOWCLI_REGISTRY=path/to/registry.json swaps in "
         "another registry file of the same format."
@@ -172,10 +172,11 @@ def info_command(
     try:
         entry = registry.model_entry(name)
     except WeightsError:
-        if Path(name).is_file():
-            _show_file_metadata(Path(name), json_output)
-            return
-        raise
+        if name.startswith(registry.SOURCE_PREFIXES):
+            raise
+        # a checkpoint file; a missing path or a folder is said as such, an unknown name lists the known ones
+        _show_file_metadata(registry.resolve(name), json_output)
+        return
     statuses = dict(registry.verify(name))
     files = []
     for record in entry["files"]:
@@ -456,6 +457,9 @@ def push_command(
     from flowcli.checkpoint import load_checkpoint, read_metadata
 
     _check_checkpoint_file(file, "give the .safetensors file to publish")
+    offline = registry.offline_reason()
+    if offline is not None:
+        raise WeightsError(f"cannot push while flowcli is offline ({offline}); unset it to publish")
     parts = repo.split("/")
     if len(parts) != 2 or not all(parts):
         raise WeightsError(f"--repo {repo!r} is not OWNER/NAME")
