@@ -169,7 +169,7 @@ class Camera:
             what = f"calibration {self.source}" if self.source else "calibration"
             raise InputError(
                 f"the {what} is for {self.width}x{self.height} images but the images are {width}x{height}; "
-                "give --focal and --baseline for this size"
+                "give --focal and --baseline for this size instead of --calib"
             )
 
     def intrinsics(self, width: int, height: int) -> tuple[float, float, float, float]:
@@ -206,6 +206,9 @@ def depth_to_png_array(depth) -> np.ndarray:
 
 
 _FOCAL_KEYS = ("fx", "focal", "focal_px", "f")
+# keys of an OpenCV stereo calibration (stereoCalibrate / stereoRectify): intrinsics of the unrectified cameras
+_OPENCV_KEYS = ("K1", "K2", "D1", "D2", "M1", "M2", "R", "T", "P1", "P2", "cameraMatrix1", "camera_matrix",
+                "dist_coeffs")
 _BASELINE_KEYS = (("baseline_meters", 1.0), ("baseline_m", 1.0), ("baseline", 1.0), ("baseline_mm", 1e-3))
 
 
@@ -247,6 +250,13 @@ def _number(data: dict, key: str, path: Path) -> float:
 def _camera_from_json(data: dict, path: Path) -> Camera:
     focal_key = next((k for k in _FOCAL_KEYS if k in data), None)
     if focal_key is None:
+        opencv = [key for key in _OPENCV_KEYS if key in data]
+        if opencv:
+            raise InputError(
+                f"calibration {path} holds the cameras' own calibration ({', '.join(opencv)}), not the rectified "
+                "rig's: rectify the images (OpenCV stereoRectify + remap) and give the rectified focal length "
+                "(P1[0][0]) as fx and the baseline as baseline_meters"
+            )
         raise InputError(f"calibration {path} has no focal length; expected one of {', '.join(_FOCAL_KEYS)} (pixels)")
     baseline = next(((k, s) for k, s in _BASELINE_KEYS if k in data), None)
     if baseline is None:

@@ -169,6 +169,11 @@ def test_calibration_json_and_middlebury(tmp_path, shared_data):
     bad.write_text(json.dumps({"baseline_meters": 0.1}))
     with pytest.raises(InputError, match="no focal length"):
         read_calibration(bad)
+    # an unrectified OpenCV calibration was only told it had no focal length; its K1 is not the rectified one
+    bad.write_text(json.dumps({"K1": [[451, 0, 320], [0, 451, 240], [0, 0, 1]], "D1": [0.1, 0, 0, 0, 0],
+                               "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "T": [-0.075, 0, 0]}))
+    with pytest.raises(InputError, match=r"\(K1, D1, R, T\), not the rectified rig's: rectify the images"):
+        read_calibration(bad)
 
 
 @pytest.mark.parametrize("binary", [True, False])

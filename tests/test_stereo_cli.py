@@ -440,3 +440,61 @@ def test_an_output_folder_that_refuses_files_fails_before_the_model(media, tmp_p
     code, stdout, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", tmp_path, "--json")
     assert_one_line_error(code, err, 3, "cannot write in output folder", "Permission denied")
     assert stdout == ""
+
+
+def test_a_middlebury_scene_folder_leaves_out_images_without_a_partner(media, tmp_path, cli):
+    # MiddEval3 / Middlebury 2014 scenes hold mask0nocc.png (and im1E.png, im1L.png) beside im0 / im1: the folder
+    # was refused as not pairing up by name
+    scene, scenes = media["scene"], tmp_path / "trainingQ"
+    for name in ("Adirondack", "Motorcycle"):
+        write_png(scenes / name / "im0.png", _uint8(scene.left[0]))
+        write_png(scenes / name / "im1.png", _uint8(scene.right[0]))
+        write_png(scenes / name / "mask0nocc.png", np.full((H, W), 255, np.uint8))
+    out = tmp_path / "out"
+    code, stdout, err = cli(scenes / "Adirondack", scenes / "*" / "*.png", "--weights", media["weights"], "-o", out,
+                            "--npy", "--json", "-q", "--name", "{source}/{stem}")
+    assert code == 0, err
+    assert [r["inputs"] for r in _records(stdout)] == [
+        [str(scenes / name / "im0.png"), str(scenes / name / "im1.png")]
+        for name in ("Adirondack", "Adirondack", "Motorcycle")
+    ]
+    assert "1 image(s) without a left/right partner by name were left out (Adirondack/mask0nocc.png)" in err
+    assert "2 image(s) without" in err and "left out (Adirondack/mask0nocc.png, Motorcycle/mask0nocc.png)" in err
+
+
+def test_all_leaves_out_the_video_of_a_folder_whose_pairs_differ_in_size(media, tmp_path, cli):
+    # --all means every format that applies, but a folder of two sizes was refused for the video
+    scene, rig = media["scene"], tmp_path / "rig"
+    write_png(rig / "a_left.png", _uint8(scene.left[0]))
+    write_png(rig / "a_right.png", _uint8(scene.right[0]))
+    write_png(rig / "b_left.png", _uint8(scene.left[1])[:, :40])
+    write_png(rig / "b_right.png", _uint8(scene.right[1])[:, :40])
+    out = tmp_path / "out"
+    code, stdout, err = cli(rig, "--weights", media["weights"], "-o", out, "--all", "--json", "-q")
+    assert code == 0, err
+    assert [r["type"] for r in _records(stdout)] == ["pair", "pair"]
+    assert (out / "b_disp_vis.png").is_file() and not list(out.glob("*.mp4"))
+    code, _, err = cli(rig, "--weights", media["weights"], "-o", tmp_path / "out2", "--video", "-q")
+    assert_one_line_error(code, err, 2, "pairs differ in size", "--video")
+
+
+def test_a_baseline_in_millimetres_warns(media, tmp_path, cli, exact_flow):
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps({"fx": 100.0, "baseline_meters": 75}))  # 75 mm written as metres
+    for camera in (("--calib", calib), ("--focal", "100", "--baseline", "120")):
+        code, _, err = cli(media["left"], media["right"], *camera, "--weights", media["weights"], "-o",
+                           tmp_path / camera[0], "-q")
+        assert code == 0, err
+        assert "warning: the baseline is" in err and "millimetres" in err
+    code, _, err = cli(media["left"], media["right"], "--focal", "100", "--baseline", "0.12", "--weights",
+                       media["weights"], "-o", tmp_path / "metres", "-q")
+    assert code == 0 and "baseline" not in err, err
+
+
+def test_a_calibration_for_another_size_says_to_drop_it(media, tmp_path, cli):
+    # the advice 'give --focal and --baseline' failed again when they were added to --calib
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps({"fx": 451.0, "baseline_meters": 0.075, "width": 640, "height": 480}))
+    code, _, err = cli(media["left"], media["right"], "--calib", calib, "--focal", "50", "--baseline", "0.075",
+                       "--weights", media["weights"], "-o", tmp_path / "out", "-q")
+    assert_one_line_error(code, err, 2, "640x480", f"{W}x{H}", "instead of --calib")

@@ -53,6 +53,7 @@ from flowcli.io.atomic import probe_folder
 from flowcli.outputs import check_template, inside_output
 
 DEFAULT_NAME = "{stem}"
+LARGEST_LIKELY_BASELINE = 5.0  # metres; more is almost always millimetres or centimetres given as metres
 
 FORMATS = {
     "pfm": "left disparity as PFM (float32 px)",
@@ -88,10 +89,11 @@ _HELP_PARAGRAPHS = [
     "left -> right flow is (-disparity, 0) (Flow2Stereo), so one network serves flow and stereo.",
     "INPUTS, several in one call: LEFT RIGHT image files (more files in a row: LEFT1 RIGHT1 LEFT2 RIGHT2 ...); a "
     "folder or quoted glob whose images pair up by name (x_left.png / x_right.png, x_L / x_R, im0 / im1, cam0 / "
-    "cam1); two folders (or globs) in a row, the left frames then the right frames, matched by name (also x_left / "
-    "x_right), else by order; a left and a right video. With --sbs every input is side-by-side (left half = left "
-    "view): an image, a folder or glob of them, or a video. --swap: the first image or half is the right view. "
-    "Sequences (folders, globs, videos) use every --step-th pair, at most --max-frames pairs.",
+    "cam1; images without a partner are left out, with a warning); two folders (or globs) in a row, the left "
+    "frames then the right frames, matched by name (also x_left / x_right), else by order; a left and a right "
+    "video. With --sbs every input is side-by-side (left half = left view): an image, a folder or glob of them, or "
+    "a video. --swap: the first image or half is the right view. Sequences (folders, globs, videos) use every "
+    "--step-th pair, at most --max-frames pairs.",
     "Outputs (choose with flags or --formats; default --pfm --vis, plus --depth when a camera is given): pfm, kitti, "
     "npy (left disparity in px, >= 0: negative values are clamped and their share reported), vis (colour PNG), video "
     "(colour mp4 per sequence, SOURCE_disp_vis.mp4), occlusion (mask PNG from the left-right consistency check, "
@@ -113,9 +115,9 @@ _HELP_PARAGRAPHS = [
     "width, height (of one view), outputs (output name -> path), disparity_mean, disparity_max (px), "
     "negative_fraction (share of pixels with -u < -0.5 px before clamping), vertical_median (median |v| px; large = "
     "not rectified, warned above 1 px), occluded_fraction (null unless the left-right check ran), camera (focal, "
-    "baseline, cx, cy, doffs, or null), depth_median (m, over valid pixels, or null), points (in the .ply, or null), "
-    "ms, tiles, model, weights, sha256. Each video written adds a line with type \"video\", source, outputs, frames, "
-    "fps.",
+    "fy, baseline, cx, cy, doffs, or null), depth_median (m, over valid pixels, or null), points (in the .ply, or "
+    "null), ms, tiles, model, weights, sha256. Each video written adds a line with type \"video\", source, outputs, "
+    "frames, fps.",
     "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",
     "Examples:",
     "  flowcli stereo left.png right.png",
@@ -167,30 +169,48 @@ def _folder(path: Path) -> Path:
     return Path(os.path.abspath(path)).parent
 
 
-def _pair_by_tokens(frames: list[Path], same_folder: bool = True) -> list[tuple[Path, Path, str]] | None:
+def _pair_by_tokens(frames: list[Path], same_folder: bool = True,
+                    leave_out_unpaired: bool = False) -> list[tuple[Path, Path, str]] | None:
     """[(left, right, bare name)] when every image has a left/right token and a counterpart, else None.
 
     Names pair up wherever the files are (L/x_left.png with R/x_right.png); with `same_folder`, names that
-    repeat across folders (a glob over Middlebury scenes: */im0.png */im1.png) pair within each folder."""
-    pairs = _pair_tokens(frames, by_folder=False)
-    return pairs if pairs is not None or not same_folder else _pair_tokens(frames, by_folder=True)
+    repeat across folders (a glob over Middlebury scenes: */im0.png */im1.png) pair within each folder.
+    With `leave_out_unpaired`, images without a counterpart are skipped (None only when no pair forms)."""
+    pairs = _pair_tokens(frames, by_folder=False, leave_out_unpaired=leave_out_unpaired)
+    if pairs is not None or not same_folder:
+        return pairs
+    return _pair_tokens(frames, by_folder=True, leave_out_unpaired=leave_out_unpaired)
 
 
-def _pair_tokens(frames: list[Path], by_folder: bool) -> list[tuple[Path, Path, str]] | None:
+def _pair_tokens(frames: list[Path], by_folder: bool, leave_out_unpaired: bool) -> list[tuple[Path, Path, str]] | None:
     lefts: dict[tuple, tuple[Path, str]] = {}
     rights: dict[tuple, Path] = {}
     for path in frames:
         role = _role(path.stem)
         if role is None:
+            if leave_out_unpaired:
+                continue
             return None
         side = lefts if role.side == "left" else rights
         key = (_folder(path) if by_folder else None, role.key)
         if key in side:
             return None
         side[key] = (path, role.bare) if role.side == "left" else path
+    if leave_out_unpaired:
+        lefts = {key: value for key, value in lefts.items() if key in rights}
+        rights = {key: value for key, value in rights.items() if key in lefts}
     if not lefts or set(lefts) != set(rights):
         return None
     return [(left, rights[key], bare) for key, (left, bare) in lefts.items()]
+
+
+def _warn_left_out(label: str, frames: list[Path], pairs: list[tuple[Path, Path, str]]) -> None:
+    from flowcli.console import warn
+
+    paired = {path for left, right, _ in pairs for path in (left, right)}
+    left_out = [f"{path.parent.name}/{path.name}" for path in frames if path not in paired]
+    shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+    warn(f"{label}: {len(left_out)} image(s) without a left/right partner by name were left out ({shown})")
 
 
 def _match_folders(lefts: list[Path], rights: list[Path], label: str) -> list[tuple[Path, Path, str]]:
@@ -363,6 +383,10 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
             i += 1
         else:
             pairs = _pair_by_tokens(frames)
+            if pairs is None:  # a Middlebury scene: im0 / im1 beside mask0nocc.png, im1E.png, im1L.png
+                pairs = _pair_by_tokens(frames, leave_out_unpaired=True)
+                if pairs is not None:
+                    _warn_left_out(arg, frames, pairs)
             if pairs is not None:
                 # im0 / im1 have no name of their own: their folder names them (a glob may span scenes)
                 pairs = [(left, right, bare or _folder(left).name) for left, right, bare in pairs]
@@ -677,8 +701,8 @@ def stereo(
     depth_png: Annotated[bool, _format_flag("depth_png")] = False,
     ply: Annotated[bool, _format_flag("ply")] = False,
     all_: Annotated[
-        bool, typer.Option("--all", help="Every output format (depth ones when a camera is given).",
-                           rich_help_panel=OUTPUT_PANEL)
+        bool, typer.Option("--all", help="Every output format that applies (depth ones when a camera is given; "
+                           "video for sequences of one size).", rich_help_panel=OUTPUT_PANEL)
     ] = False,
     ascii_ply: Annotated[
         bool, typer.Option("--ascii-ply", help="Write the point cloud as ASCII PLY (default binary).",
@@ -724,6 +748,9 @@ def stereo(
     if precision is not None and precision not in PRECISION_NAMES:
         raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     camera = _camera(focal, baseline, calib)
+    if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
+        warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: is it in "
+             "millimetres? --baseline and baseline_meters are metres (a JSON calibration may give baseline_mm)")
     flags = {"pfm": pfm, "kitti": kitti, "npy": npy, "vis": vis, "video": video, "occlusion": occlusion,
              "depth": depth, "depth_pfm": depth_pfm, "depth_png": depth_png, "ply": ply}
     chosen = set(parse_formats(formats)) | {k for k, on in flags.items() if on}
@@ -747,7 +774,9 @@ def stereo(
                 camera.check_size(*size)
     for source in sources:
         if want_video and source.sequence and source.sizes_differ:
-            raise InputError(f"{source.label}: pairs differ in size, and --video needs one size per sequence")
+            if not everything:
+                raise InputError(f"{source.label}: pairs differ in size, and --video needs one size per sequence")
+            source.sequence = False  # --all writes every format that applies: no video for this one
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video); single image pairs get none")
     _check_output_folder(output)
