@@ -194,6 +194,25 @@ def test_image_layouts_fit(tmp_path, cli):
         assert abs(record["roll"] - records[0]["roll"]) < 3 and abs(record["yaw"] - records[0]["yaw"]) < 3
 
 
+def test_a_larger_face_like_region_does_not_hide_the_face(tmp_path, cli):
+    """An upside-down face is detected (larger) but takes no landmarks: the smaller upright face is fitted,
+    not reported as no face, and no warning invites --max-faces 2 for a face that is not there."""
+    from PIL import Image
+
+    picture = Image.open(IMAGE)
+    canvas = Image.new("RGB", (700, 450), (200, 200, 200))
+    canvas.paste(picture.transpose(Image.Transpose.ROTATE_180), (0, 0))
+    canvas.paste(picture.resize((220, 220)), (470, 100))
+    canvas.save(tmp_path / "poster.jpg", quality=95)
+    run = cli(["face", "fit", tmp_path / "poster.jpg", "-o", tmp_path / "out", "--no-overlay", "--json", "-q"])
+    assert run.exit_code == 0, run.output
+    record = json.loads(run.stdout.splitlines()[0])
+    assert record["status"] == "ok" and record["faces_found"] == 1 and abs(record["yaw"]) < 10
+    landmarks = np.load(tmp_path / "out" / "poster.landmarks68.npy")
+    assert landmarks[:, 0].min() > 470 and landmarks[:, 1].min() > 100  # on the small upright face
+    assert "--max-faces" not in run.stderr
+
+
 def test_bad_face_models(tmp_path, cli):
     """An incomplete OBJ folder, an empty model and a picture given as a model: one line, exit 2 or 4."""
     from flowcli.errors import WeightsError

@@ -116,3 +116,14 @@ def test_correspondence_table_is_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OutputError):
         write_table(out, vids[:1], bary[:1])
     assert out.read_text() == before and os.listdir(tmp_path) == ["table.py"]
+
+
+def test_a_bare_model_without_topology_says_where_the_topology_comes_from(tmp_path):
+    """`--face-model bare.npz` (no triangles) with no asset folder: the message names both ways to fix it."""
+    from flowcli.face.assets import FaceAssets
+
+    np.savez(tmp_path / "bare.npz", **_arrays())
+    with pytest.raises(WeightsError) as caught:
+        FaceAssets(None).model(tmp_path / "bare.npz")
+    message = str(caught.value)
+    assert "--face-assets" in message and "generic_neutral_mesh.obj" in message and "uv_triangles" in message

@@ -1,5 +1,5 @@
 """Mesh and result writers: what is written reads back; nothing is overwritten without permission.
-Also the image reader: every stored layout comes back as upright 8-bit RGB."""
+Also the readers: every stored image layout comes back as upright 8-bit RGB, every video frame once."""
 
 import json
 
@@ -125,3 +125,26 @@ def test_mp4_writer_leaves_no_temp_file_when_the_encoder_fails(tmp_path, monkeyp
     with pytest.raises(OutputError, match="no ffmpeg here"):
         writers.Mp4Writer(path, 10.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_variable_frame_rate_video_gives_each_frame_once(tmp_path):
+    """A phone's variable-frame-rate clip: each recorded frame is fitted once, so `frame` t in the JSON is the
+    file's t-th frame and the overlay keeps the clip's length (not frames repeated up to the nominal rate)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from flowcli.face.media import VideoReader
+
+    # 10 of 30 test-pattern frames, kept in runs of 2 (gaps of 1/30 and 5/30 s)
+    path = tmp_path / "phone.mp4"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+               "testsrc=size=96x64:rate=30", "-t", "1", "-vf", r"select=lt(mod(n\,6)\,2)", "-fps_mode", "vfr",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)]  # fmt: skip
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("this ffmpeg cannot make a variable-frame-rate test video")
+    reader = VideoReader(path)
+    frames = list(reader)
+    reader.close()
+    assert len(frames) == 10 and reader.decode_error is None
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from flowcli.errors import InputError
-from flowcli.io.media import IMAGE_SUFFIXES, is_video, natural_sort_key
+from flowcli.io.media import IMAGE_SUFFIXES, _every_frame_once, is_video, natural_sort_key
 
 MIN_SIDE = 64  # smaller images cannot hold a face the detector finds
 
@@ -72,7 +72,8 @@ class VideoReader:
         if not self.path.is_file():
             raise InputError(f"{self.path} not found")
         try:
-            self._reader = imageio.get_reader(str(self.path), "ffmpeg")
+            # each decoded frame once: without it ffmpeg repeats frames of variable-frame-rate (phone) video
+            self._reader = imageio.get_reader(str(self.path), "ffmpeg", output_params=list(_every_frame_once()))
             meta = self._reader.get_meta_data()
         except Exception as error:
             raise InputError(f"cannot open {self.path} as a video: {str(error).splitlines()[0]}") from None

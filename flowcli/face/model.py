@@ -374,7 +374,10 @@ def load_face_model(path: str | Path, topology_obj: str | Path | None = None) ->
     mean = arrays["mean"]
     if "triangles" not in arrays:
         if topology_obj is None:
-            raise WeightsError(f"face model {path} has no triangles; give an OBJ with its topology")
+            raise WeightsError(
+                f"face model {path} has no triangles: add triangles, uvs and uv_triangles to it (as `flowcli face "
+                "convert` does), or pass --face-assets DIR with DIR/ict-facekit/FaceXModel/generic_neutral_mesh.obj"
+            )
         polys, uv_polys, uvs = read_obj_topology(topology_obj)
         keep = [i for i, p in enumerate(polys) if max(p) < len(mean)]
         tris, uv_tris = triangulate([polys[i] for i in keep], [uv_polys[i] for i in keep])

@@ -32,19 +32,23 @@ class FacePipeline:
         self.runner = FaceMeshRunner(assets.mediapipe_dir, min_score=min_score)
 
     def landmarks(self, image: np.ndarray, max_faces: int = 1):
-        """MediaPipe points of up to max_faces faces (largest first) and how many faces were found in all."""
+        """MediaPipe points of up to max_faces faces (largest first) and how many faces were found in all
+        (the faces fitted plus the detections left untried)."""
         detections = self.runner.detect(image)
         if not detections:
             raise NoFaceError("no face found")
         detections.sort(key=lambda d: -float(np.prod(d.box[2:] - d.box[:2])))
-        found = []
-        for det in detections[:max_faces]:
+        found, tried = [], 0
+        for det in detections:  # a larger face-like region without landmarks must not hide a real face
+            tried += 1
             lm = self.runner.landmarks(image, det)
             if lm.score >= 0.5:
                 found.append(lm)
+            if len(found) == max_faces:
+                break
         if not found:
             raise NoFaceError("a face-like region was found but no face landmarks could be placed")
-        return found, len(detections)
+        return found, len(found) + len(detections) - tried
 
     def track(self, frame: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray | None, int]:
         """One video frame's 468 points: tracked from the previous frame's crop, re-detected when lost.
