@@ -241,3 +241,94 @@ def test_evaluate_checks_a_torch_device_like_its_name():
     )
     with pytest.raises(FlowcliError, match="no CUDA GPU"):
         evaluate(FlowNet(config), "chairs", DATA / "flow" / "chairs", max_items=1, progress=False, device=torch.device("cuda"))
+
+
+def _write_frames(*paths, size=(12, 16)):
+    from flowcli.io.flow_formats import write_png
+
+    rng = np.random.default_rng(0)
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(path, rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def _write_chairs(root, pairs: int):
+    from flowcli.io.flow_formats import write_flo
+
+    for index in range(1, pairs + 1):
+        _write_frames(root / "data" / f"{index:05d}_img1.png", root / "data" / f"{index:05d}_img2.png")
+        write_flo(root / "data" / f"{index:05d}_flow.flo", np.zeros((12, 16, 2), np.float32))
+
+
+@pytest.mark.parametrize("split_file_in", [".", "data"])
+def test_chairs_with_the_official_split_file_lists_its_validation_pairs(tmp_path, split_file_in):
+    """The full FlyingChairs release comes with FlyingChairs_train_val.txt (1 = training, 2 = validation);
+    `flowcli eval --dataset chairs` used to score all 22,872 pairs, training pairs included, instead of
+    the 640 validation pairs the Chairs benchmark scores."""
+    release = tmp_path / "FlyingChairs_release"
+    _write_chairs(release, pairs=6)
+    (release / split_file_in / "FlyingChairs_train_val.txt").write_text("1\n1\n2\n1\n2\n1\n")
+    for root in (release, release / "data"):
+        assert [r["name"] for r in FlyingChairs(root).samples] == ["00003", "00005"]
+    assert [r["name"] for r in make_dataset("chairs", release).samples] == ["00003", "00005"]
+    assert [r["name"] for r in FlyingChairs(release, split="training").samples] == ["00001", "00002", "00004", "00006"]
+    assert len(FlyingChairs(release, split="all")) == 6
+    (release / split_file_in / "FlyingChairs_train_val.txt").write_text("1\n2\n")  # another copy's split file
+    with pytest.raises(InputError, match="00003 .* is not in .*FlyingChairs_train_val.txt"):
+        FlyingChairs(release)
+
+
+@pytest.mark.parametrize(
+    "name, layout, root",
+    [
+        ("sintel-clean", ["test/clean/ambush_1/frame_0001.png", "test/clean/ambush_1/frame_0002.png"], "test"),
+        ("sintel-final", ["test/final/ambush_1/frame_0001.png", "test/final/ambush_1/frame_0002.png"], "test"),
+        ("kitti2015", ["testing/image_2/000000_10.png", "testing/image_2/000000_11.png"], "testing"),
+        ("kitti2012", ["testing/colored_0/000000_10.png", "testing/colored_0/000000_11.png"], "testing"),
+        ("kitti-stereo", ["testing/image_2/000000_10.png", "testing/image_3/000000_10.png"], "testing"),
+        ("middlebury", ["eval-data/Army/frame10.png", "eval-data/Army/frame11.png"], "eval-data"),
+        ("middlebury-stereo", ["testQ/Australia/im0.png", "testQ/Australia/im1.png"], "testQ"),
+    ],
+)
+def test_a_test_split_without_ground_truth_says_so(tmp_path, name, layout, root):
+    """Test splits (Sintel test/, KITTI testing/, Middlebury eval-data/ and MiddEval3 test*/) hold frames
+    and no ground truth; the error said only "no items found", as for a wrong folder."""
+    _write_frames(*(tmp_path / path for path in layout))
+    with pytest.raises(InputError, match="frames but no ground truth.*test splits have none.*expected .*layout") as e:
+        make_dataset(name, tmp_path / root)
+    assert "\n" not in str(e.value)
+
+
+def test_kitti_stereo_reads_the_kitti_2012_layout(tmp_path):
+    """KITTI 2012 stereo is colored_0/ (left), colored_1/ (right), disp_occ/; kitti-stereo read only
+    KITTI 2015's image_2/, image_3/, disp_occ_0/."""
+    from flowcli.io.flow_formats import write_disparity_png
+
+    base = tmp_path / "data_stereo_flow" / "training"
+    for index in (1, 0):
+        _write_frames(base / "colored_0" / f"{index:06d}_10.png", base / "colored_1" / f"{index:06d}_10.png")
+        _write_frames(base / "image_0" / f"{index:06d}_10.png", base / "image_1" / f"{index:06d}_10.png")
+        write_disparity_png(base / "disp_occ" / f"{index:06d}_10.png", np.full((12, 16), 7.5, np.float32))
+    ds = make_dataset("kitti-stereo", tmp_path / "data_stereo_flow")
+    assert [r["name"] for r in ds.samples] == ["000000_10", "000001_10"]
+    assert ds.image_paths(0) == (base / "colored_0" / "000000_10.png", base / "colored_1" / "000000_10.png")
+    item = ds[1]
+    assert item["valid"].all() and torch.allclose(item["disparity"], torch.tensor(7.5))
+    assert stereo_metrics(item["disparity"][None], item["disparity"][None], item["valid"][None])["d1"] == 0
+
+
+def test_eval_checks_every_pass_of_sintel_before_scoring_one(monkeypatch, capsys, tmp_path):
+    """`--dataset sintel` on a copy without the final pass used to score the whole clean pass first (an
+    hour on the full dataset) and then fail, printing no --json."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.io.flow_formats import write_flo
+
+    training = tmp_path / "training"
+    _write_frames(training / "clean" / "alley_1" / "frame_0001.png", training / "clean" / "alley_1" / "frame_0002.png")
+    write_flo(training / "flow" / "alley_1" / "frame_0001.flo", np.zeros((12, 16, 2), np.float32))
+    monkeypatch.setattr("flowcli.models.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    run = in_process_cli(monkeypatch, capsys, "eval")
+    code, out, err = run("--dataset", "sintel", "--root", tmp_path, "--json")
+    assert_one_line_error(code, err, 2, "sintel-final", "expected MPI-Sintel layout")
+    assert out == ""

@@ -450,3 +450,15 @@ def test_data_workers_share_the_stream_without_repeating_it():
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     assert not torch.equal(one[0], one[1])  # not the same scenes again
     assert torch.equal(first_batches(2, step=1, count=1)[0], one[1])  # resuming at step 1 starts at batch 1
+
+
+def test_eval_every_in_a_config_file_warns_that_the_cli_has_nothing_to_evaluate(monkeypatch, capsys, tmp_path):
+    """eval_every only calls the Python API's `evaluate`; in a recipe run by `flowcli train` it used to
+    do nothing, silently, while the help names it as a setting."""
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "eval_every": 1}))
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", recipe, "-o", tmp_path / "run", "-q")
+    assert code == 0, err
+    assert "eval_every" in err and "no effect" in err and "flowcli eval --weights" in err
+    assert (tmp_path / "run" / "last.safetensors").is_file()

@@ -105,7 +105,8 @@ def eval_command(
         ...,
         "--dataset",
         "-d",
-        help="Benchmark: " + ", ".join(CHOICES) + " ('sintel' runs the clean and final passes).",
+        help="Benchmark: " + ", ".join(CHOICES) + " ('sintel' runs the clean and final passes; 'chairs' scores "
+        "the validation pairs of FlyingChairs_train_val.txt when that file is next to data/, else every pair).",
         show_default=False,
     ),
     root: Path = typer.Option(
@@ -132,7 +133,7 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table on stderr."),
 ):
     """Score a model on a benchmark (help text: EVAL_HELP)."""
-    from flowcli.data import STEREO_DATASETS
+    from flowcli.data import STEREO_DATASETS, make_dataset
     from flowcli.evaluation import evaluate
     from flowcli.inference import resolve_device
     from flowcli.models import load_model
@@ -143,6 +144,8 @@ def eval_command(
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
     if not root.is_dir():
         raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
+    for each in names:  # a root without the layout (or without sintel's final pass) fails before any scoring
+        make_dataset(each, root)
     torch_device = resolve_device(device)
     model = load_model(weights, device=torch_device, offline=offline)
     reports = []

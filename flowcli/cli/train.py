@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flowcli.console import stderr
+from flowcli.console import stderr, warn
 
 # The flag of each TrainConfig field that is not --field-name.
 _FLAGS = {"out_dir": "--out", "init_weights": "--init"}
@@ -70,6 +70,11 @@ def train(
         if problem:
             raise InputError(f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {problem}")
     cfg = TrainConfig.from_file(config, **overrides) if config is not None else TrainConfig(**overrides)
+    if cfg.eval_every:
+        warn(
+            f"eval_every in {config} has no effect: flowcli train has no evaluation data; score the run's "
+            f"weights with flowcli eval --weights {Path(cfg.out_dir) / 'last.safetensors'} instead"
+        )
     summary = run_training(cfg, quiet=quiet, stop_after=stop_after, overwrite=overwrite)
     weights = summary["checkpoint"] + (f" (moving average: {summary['ema_checkpoint']})" if cfg.ema_decay else "")
     stderr.print(f"done: {summary['steps']} steps, weights in {weights}")

@@ -33,7 +33,14 @@ def _root(root: str | Path, layout: str, dataset: str) -> Path:
     return path
 
 
-def _empty(root: Path, layout: str, dataset: str) -> InputError:
+def _empty(root: Path, layout: str, dataset: str, frames_without_gt: bool = False) -> InputError:
+    """`frames_without_gt`: the folder has the dataset's frames but none of its ground truth, as a
+    test split (Sintel test/, KITTI testing/, Middlebury eval-data/) has."""
+    if frames_without_gt:
+        return InputError(
+            f"{root} has {dataset} frames but no ground truth to score them against (test splits have none); "
+            f"give the folder of the training split, expected {layout}"
+        )
     return InputError(f"no {dataset} items found under {root}; expected {layout}")
 
 
@@ -139,17 +146,28 @@ class _FloPairs(FlowDataset):
 class FlyingChairs(_FloPairs):
     """FlyingChairs: data/NNNNN_img1.ppm, NNNNN_img2.ppm, NNNNN_flow.flo (root = the folder holding
     `data/`, or `data/` itself). `flowcli synth` writes the same layout with PNG frames and an
-    NNNNN_occ.png occlusion mask (255 = occluded), which is read too."""
+    NNNNN_occ.png occlusion mask (255 = occluded), which is read too.
+
+    With the official split file FlyingChairs_train_val.txt (line N: 1 = pair N is for training,
+    2 = for validation) next to `data/` or in it, `split` picks "validation" (the default: the 640
+    pairs the Chairs benchmark scores), "training" or "all"; without it every pair is listed."""
 
     name = "chairs"
     layout = "FlyingChairs layout: <root>/data/NNNNN_img1.ppm (or .png), NNNNN_img2.ppm, NNNNN_flow.flo"
+    SPLIT_FILE = "FlyingChairs_train_val.txt"
+    SPLITS = {"training": "1", "validation": "2"}
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, split: str = "validation"):
         super().__init__()
+        if split not in (*self.SPLITS, "all"):
+            raise InputError(f"FlyingChairs split must be 'training', 'validation' or 'all', got {split!r}")
         self.root = _root(root, self.layout, self.name)
         folder = self.root / "data" if (self.root / "data").is_dir() else self.root
+        split_of = _chairs_split(folder) if split != "all" else None
         for flo in sorted(folder.glob("*_flow.flo")):
             stem = flo.name[: -len("_flow.flo")]
+            if split_of is not None and split_of(stem) != self.SPLITS[split]:
+                continue
             for suffix in (".ppm", ".png"):
                 img1, img2 = folder / f"{stem}_img1{suffix}", folder / f"{stem}_img2{suffix}"
                 if img1.is_file() and img2.is_file():
@@ -164,8 +182,35 @@ class FlyingChairs(_FloPairs):
                         }
                     )
                     break
+        if not self.samples and split_of is not None and any(folder.glob("*_flow.flo")):
+            raise InputError(
+                f"none of the pairs under {folder} is a {split} pair in {self.SPLIT_FILE}; "
+                "use the split file of this copy of FlyingChairs, or remove it to list every pair"
+            )
         if not self.samples:
             raise _empty(self.root, self.layout, self.name)
+
+
+def _chairs_split(folder: Path):
+    """A function of a pair's stem ("00042") to its split code ("1" training, "2" validation) read from
+    FlyingChairs_train_val.txt next to `folder` or in it; None when there is no split file."""
+    candidates = [place / FlyingChairs.SPLIT_FILE for place in (folder.parent, folder)]
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        return None
+    codes = path.read_text(errors="replace").split()
+    if not codes or set(codes) - {"1", "2"}:
+        raise InputError(f"{path} is not a FlyingChairs split file (one 1 = training or 2 = validation per line)")
+
+    def split_of(stem: str) -> str:
+        if not stem.isdigit() or not 1 <= int(stem) <= len(codes):
+            raise InputError(
+                f"pair {stem} of {folder} is not in {path} ({len(codes)} pairs); "
+                "use the split file of this copy of FlyingChairs, or remove it to list every pair"
+            )
+        return codes[int(stem) - 1]
+
+    return split_of
 
 
 class Sintel(FlowDataset):
@@ -211,7 +256,8 @@ class Sintel(FlowDataset):
                 }
             )
         if not self.samples:
-            raise _empty(self.root, self.layout, self.name)
+            no_gt = any(base.glob(f"{dstype}/*/frame_*.png")) and not (base / "flow").is_dir()
+            raise _empty(self.root, self.layout, self.name, frames_without_gt=no_gt)
 
     def load(self, record: dict) -> dict:
         flow, valid = _flow_from_flo(record["flow"])
@@ -260,7 +306,8 @@ class KITTI(FlowDataset):
                 }
             )
         if not self.samples:
-            raise _empty(self.root, self.layout, self.name)
+            has_frames = any((base / images).glob("*_10.png"))
+            raise _empty(self.root, self.layout, self.name, frames_without_gt=has_frames and not gt_dir.is_dir())
 
     def load(self, record: dict) -> dict:
         flow, valid = _flow_from_kitti(record["flow"])
@@ -291,7 +338,10 @@ class Middlebury(_FloPairs):
             if img1.is_file() and img2.is_file():
                 self.samples.append({"name": scene, "image1": img1, "image2": img2, "flow": flo})
         if not self.samples:
-            raise _empty(self.root, self.layout, self.name)
+            is_eval_data = self.root.name == "eval-data" and any(self.root.glob("*/frame10.png"))
+            has_frames = is_eval_data or any(self.root.glob("*-data*/*/frame10.png"))
+            no_gt = not (self.root / "other-gt-flow").is_dir()
+            raise _empty(self.root, self.layout, self.name, frames_without_gt=has_frames and no_gt)
 
 
 def _stereo_item(left: Path, right: Path, disparity: np.ndarray, valid: np.ndarray, name: str) -> dict:
@@ -323,7 +373,7 @@ class MiddleburyStereo(FlowDataset):
             if left.is_file() and right.is_file():
                 self.samples.append({"name": gt.parent.name, "left": left, "right": right, "disparity": gt})
         if not self.samples:
-            raise _empty(self.root, self.layout, self.name)
+            raise _empty(self.root, self.layout, self.name, frames_without_gt=any(self.root.glob("*/im0.png")))
 
     def load(self, record: dict) -> dict:
         disparity = np.asarray(flow_formats.read_pfm(record["disparity"]), dtype=np.float32)
@@ -334,24 +384,33 @@ class MiddleburyStereo(FlowDataset):
 
 
 class KITTIStereo(FlowDataset):
-    """KITTI 2015 stereo: image_2/NNNNNN_10.png (left), image_3/NNNNNN_10.png (right),
-    disp_occ_0/NNNNNN_10.png (16-bit, disparity = value / 256, 0 = unknown)."""
+    """KITTI stereo, 2015 layout: image_2/NNNNNN_10.png (left), image_3/NNNNNN_10.png (right),
+    disp_occ_0/NNNNNN_10.png; 2012 layout: colored_0/ (left), colored_1/ (right), disp_occ/.
+    Disparity PNGs are 16-bit, disparity = value / 256, 0 = unknown."""
 
     name = "kitti-stereo"
     layout = (
-        "KITTI stereo layout: <root>/training/image_2/NNNNNN_10.png, image_3/NNNNNN_10.png, disp_occ_0/NNNNNN_10.png"
+        "KITTI stereo layout: <root>/training/image_2/NNNNNN_10.png, image_3/NNNNNN_10.png, disp_occ_0/NNNNNN_10.png "
+        "(KITTI 2015) or <root>/training/colored_0/, colored_1/, disp_occ/ (KITTI 2012)"
     )
+    # (left, right, ground truth) folders of KITTI 2015, then of KITTI 2012
+    FOLDERS = (("image_2", "image_3", "disp_occ_0"), ("colored_0", "colored_1", "disp_occ"))
 
     def __init__(self, root: str | Path, split: str = "training"):
         super().__init__()
         self.root = _root(root, self.layout, self.name)
         base = self.root / split if (self.root / split).is_dir() else self.root
-        for gt in sorted(base.glob("disp_occ_0/*_10.png")):
-            left, right = base / "image_2" / gt.name, base / "image_3" / gt.name
-            if left.is_file() and right.is_file():
-                self.samples.append({"name": gt.stem, "left": left, "right": right, "disparity": gt})
+        for left_dir, right_dir, gt_dir in self.FOLDERS:
+            for gt in sorted(base.glob(f"{gt_dir}/*_10.png")):
+                left, right = base / left_dir / gt.name, base / right_dir / gt.name
+                if left.is_file() and right.is_file():
+                    self.samples.append({"name": gt.stem, "left": left, "right": right, "disparity": gt})
+            if self.samples:
+                break
         if not self.samples:
-            raise _empty(self.root, self.layout, self.name)
+            has_frames = any(any(base.glob(f"{left_dir}/*_10.png")) for left_dir, _, _ in self.FOLDERS)
+            no_gt = not any((base / gt_dir).is_dir() for _, _, gt_dir in self.FOLDERS)
+            raise _empty(self.root, self.layout, self.name, frames_without_gt=has_frames and no_gt)
 
     def load(self, record: dict) -> dict:
         result = flow_formats.read_disparity_png(record["disparity"])

@@ -1,4 +1,4 @@
-"""Supervised training of the flow network on synthetic scenes (and standard datasets).
+"""Supervised training of the flow network on synthetic scenes.
 
 Resumable bit for bit: the training state (model, optimiser, schedule, step, every RNG the data
 and the model use) is saved every `checkpoint_every` steps and on Ctrl-C, and a restart with the
@@ -43,7 +43,7 @@ class TrainConfig:
     width: int = 448
     seed: int = 0
     checkpoint_every: int = 200
-    eval_every: int = 0
+    eval_every: int = 0  # calls train()'s `evaluate` every N steps (the Python API; the CLI has none)
     stereo_fraction: float = 0.2  # share of purely horizontal (stereo) scenes, so one model serves both
     textures: list[str] = field(default_factory=list)
     robust: bool = False
