@@ -1,6 +1,7 @@
 """`flowcli train`: a tiny CPU run learns, and an interrupted run resumes bit for bit."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -452,9 +453,9 @@ def test_data_workers_share_the_stream_without_repeating_it():
     assert torch.equal(first_batches(2, step=1, count=1)[0], one[1])  # resuming at step 1 starts at batch 1
 
 
-def test_eval_every_in_a_config_file_warns_that_the_cli_has_nothing_to_evaluate(monkeypatch, capsys, tmp_path):
-    """eval_every only calls the Python API's `evaluate`; in a recipe run by `flowcli train` it used to
-    do nothing, silently, while the help names it as a setting."""
+def test_eval_every_without_evaluation_data_warns_that_it_has_nothing_to_evaluate(monkeypatch, capsys, tmp_path):
+    """eval_every scores the weights on eval_datasets (or the Python API's `evaluate`); a recipe with
+    eval_every and no datasets used to do nothing, silently."""
     recipe = tiny_recipe(tmp_path)
     recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "eval_every": 1}))
     run = in_process_cli(monkeypatch, capsys, "train")
@@ -462,3 +463,120 @@ def test_eval_every_in_a_config_file_warns_that_the_cli_has_nothing_to_evaluate(
     assert code == 0, err
     assert "eval_every" in err and "no effect" in err and "flowcli eval --weights" in err
     assert (tmp_path / "run" / "last.safetensors").is_file()
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CHAIRS = SHARED / "flow" / "chairs"
+needs_chairs = pytest.mark.skipif(not CHAIRS.is_dir(), reason="../shared/data is absent")
+
+
+def test_a_labelled_crop_keeps_frames_flow_and_validity_aligned_and_pads_without_ground_truth():
+    from flowcli.train.trainer import random_crop
+
+    h, w = 40, 50
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    item = {
+        "image1": torch.stack((xs, ys, xs + ys)) / 100, "image2": torch.stack((ys, xs, xs - ys)) / 100,
+        "flow": torch.stack((xs, ys)), "valid": (xs.long() % 3 == 0)[None],
+    }
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        image1, image2, flow, valid = random_crop(item, 32, 32, gen)
+        top, left = int(flow[1, 0, 0]), int(flow[0, 0, 0])
+        window = (..., slice(top, top + 32), slice(left, left + 32))
+        assert torch.equal(image1, item["image1"][window]) and torch.equal(image2, item["image2"][window])
+        assert torch.equal(valid, item["valid"][window])
+    image1, _, flow, valid = random_crop(item, 64, 64, gen)  # larger than the item: padded
+    assert image1.shape[-2:] == (64, 64) and valid.dtype == torch.bool
+    assert not valid[:, h:].any() and not valid[:, :, w:].any() and torch.equal(valid[:, :h, :w], item["valid"])
+
+
+def test_pixels_without_ground_truth_take_no_part_and_sparse_truth_reaches_every_level():
+    """KITTI's ground truth is sparse: a level's cell must keep a target when any of its pixels has one
+    (requiring all of them left the coarse levels without any), and invalid pixels must not count."""
+    from flowcli.models.pwc import FlowOutput
+    from flowcli.train.losses import multiscale_epe
+
+    torch.manual_seed(0)
+    target = 3.0 + torch.randn(1, 2, 128, 128)
+    valid = torch.zeros(1, 1, 128, 128, dtype=torch.bool)
+    valid[..., ::8, ::8] = True  # one pixel in 64
+    levels = {level: torch.zeros(1, 2, 128 >> level, 128 >> level) for level in (2, 3, 4, 5, 6)}
+    output = FlowOutput(flow=torch.zeros(1, 2, 128, 128), level_flows=levels, occlusion_logit=None)
+    garbage = torch.where(valid, target, torch.full_like(target, 1e4))
+    assert multiscale_epe(output, garbage, valid) == pytest.approx(float(multiscale_epe(output, target, valid)))
+    for level in levels:  # each level alone still has a target: the loss of a zero flow is the flow's size
+        alone = FlowOutput(flow=output.flow, level_flows={level: levels[level]}, occlusion_logit=None)
+        assert float(multiscale_epe(alone, garbage, valid)) == pytest.approx(3 * 2**0.5, rel=0.1), level
+
+
+@needs_chairs
+def test_sources_are_drawn_by_weight_and_datasets_alone_give_their_crops(tmp_path):
+    from flowcli.train.trainer import SynthStream, load_datasets
+
+    datasets = load_datasets([f"chairs:{CHAIRS}:3"])
+    cfg = tiny_config(tmp_path, 2, datasets=[f"chairs:{CHAIRS}:3"])
+    stream = SynthStream(cfg, 0, datasets=datasets)
+    alone = SynthStream(tiny_config(tmp_path, 2, datasets=[f"chairs:{CHAIRS}"], synth_weight=0.0), 0, datasets=datasets)
+    items = [datasets[0][0][i] for i in range(len(datasets[0][0]))]
+    for index in range(4):
+        image1, image2, flow, valid = alone.sample(index)
+        assert image1.shape == (3, 64, 64) and flow.shape == (2, 64, 64) and bool(valid.all())
+        assert any(_holds_crop(item["image1"], image1) for item in items)
+    picks = [int(torch.multinomial(stream.source_weights, 1, generator=torch.Generator().manual_seed(i)))
+             for i in range(400)]  # fmt: skip
+    assert 0.65 < sum(p > 0 for p in picks) / 400 < 0.85  # chairs: weight 3 of 4
+
+
+def _holds_crop(image: torch.Tensor, crop: torch.Tensor) -> bool:
+    h, w = crop.shape[-2:]
+    windows = image.unfold(1, h, 1).unfold(2, w, 1)  # [3, H-h+1, W-w+1, h, w]
+    corner = (windows[0, :, :, 0, 0] == crop[0, 0, 0]).nonzero()
+    return any(torch.equal(windows[:, y, x], crop) for y, x in corner.tolist())
+
+
+@needs_chairs
+def test_training_on_a_dataset_with_evaluation_resumes_bit_for_bit_and_records_its_scores(monkeypatch, capsys, tmp_path):
+    torch.set_num_threads(1)
+    mixed = dict(datasets=[f"chairs:{CHAIRS}"], eval_datasets=[f"chairs:{CHAIRS}"], eval_every=2)
+    straight = train(tiny_config(tmp_path / "a", 4, **mixed), quiet=True)["history"]
+    train(tiny_config(tmp_path / "b", 4, **mixed), quiet=True, stop_after=2)
+    resumed = train(tiny_config(tmp_path / "b", 4, **mixed), quiet=True)["history"]
+    assert [r["total"] for r in straight] == [r["total"] for r in resumed]
+    scores = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert [s["step"] for s in scores] == [2, 4] and all(s["chairs epe"] > 0 for s in scores)
+    assert scores == [{"step": r["step"], **r["eval"]} for r in straight if "eval" in r]
+    provenance = load_checkpoint(tmp_path / "b" / "last.safetensors").provenance
+    assert "chairs" in provenance["data"] and "synthetic" in provenance["data"]
+
+
+@needs_chairs
+def test_train_cli_takes_datasets_and_evaluations(monkeypatch, capsys, tmp_path):
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run(
+        "-c", tiny_recipe(tmp_path), "-o", tmp_path / "run", "--dataset", f"chairs:{CHAIRS}", "--synth-weight", "0",
+        "--eval", f"chairs:{CHAIRS}", "--eval-every", "1", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "chairs epe" in err
+    assert len(json.loads((tmp_path / "run" / "eval.json").read_text())) == 2
+    provenance = load_checkpoint(tmp_path / "run" / "last.safetensors").provenance
+    assert "synthetic" not in provenance["data"] and str(CHAIRS) in provenance["data"]
+
+
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (["--dataset", "nope:/x"], ["--dataset", "'nope:/x'", "NAME:ROOT"]),
+        (["--dataset", "chairs"], ["--dataset", "NAME:ROOT"]),
+        (["--dataset", "chairs:/x:-1"], ["--dataset", "weight must be a positive"]),
+        (["--dataset", "chairs:/no/such/folder"], ["datasets", "/no/such/folder"]),
+        (["--eval", "kitti2015:/no/such/folder"], ["eval_datasets", "/no/such/folder"]),
+        (["--synth-weight", "0"], ["synth_weight", "nothing to train on"]),
+    ],
+)
+def test_bad_datasets_are_one_line_errors_before_the_run_folder_is_made(monkeypatch, capsys, tmp_path, flags, needles):
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", tiny_recipe(tmp_path), "-o", tmp_path / "run", "-q", *flags)
+    assert_one_line_error(code, err, 2, *needles)
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""`flowcli train`: supervised training on synthetic scenes, resumable."""
+"""`flowcli train`: supervised training on synthetic scenes and labelled datasets, resumable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from flowcli.console import stderr, warn
 
 # The flag of each TrainConfig field that is not --field-name.
-_FLAGS = {"out_dir": "--out", "init_weights": "--init"}
+_FLAGS = {"out_dir": "--out", "init_weights": "--init", "datasets": "--dataset", "eval_datasets": "--eval"}
 
 
 def train(
@@ -23,6 +23,23 @@ def train(
     textures: list[str] = typer.Option(None, "--textures", help="Folder or video of real images to texture scenes."),
     stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
     init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),
+    datasets: list[str] = typer.Option(
+        None,
+        "--dataset",
+        help="Also train on a labelled dataset, NAME:ROOT or NAME:ROOT:WEIGHT (sintel, sintel-clean, sintel-final, "
+        "kitti2015, kitti2012, chairs (its training split), middlebury, middlebury-stereo, kitti-stereo): random "
+        "crops of its items, mixed with the synthetic scenes by weight. Repeatable.",
+    ),
+    synth_weight: float = typer.Option(
+        None, help="Weight of the synthetic scenes among the sources (default 1; 0: the --dataset ones alone)."
+    ),
+    eval_datasets: list[str] = typer.Option(
+        None,
+        "--eval",
+        help="Score the weights on a labelled dataset, NAME:ROOT (as flowcli eval), every --eval-every steps; "
+        "the scores go to the progress log and OUT/eval.json. Repeatable.",
+    ),
+    eval_every: int = typer.Option(None, help="Steps between evaluations (default: at each checkpoint)."),
     checkpoint_every: int = typer.Option(
         None, help="Save the resumable state every N steps (may change when a run resumes)."
     ),
@@ -35,17 +52,27 @@ def train(
         False,
         "--overwrite",
         help="Replace the weights in OUT of a finished run or of another config (a run of the same config, with "
-        "its state.pt, resumes; --checkpoint-every, and eval_every in a config file, may differ).",
+        "its state.pt, resumes; --checkpoint-every, --eval and --eval-every may differ).",
     ),
 ) -> None:
-    """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo).
+    """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo), and on labelled datasets.
+
+    With --dataset, random crops of a benchmark's training items (sparse KITTI ground truth included: pixels
+    without it take no part) are mixed with the synthetic scenes, each source drawn in proportion to its weight;
+    --synth-weight 0 trains on the datasets alone, e.g. to fine-tune a model on Sintel as PWC-Net does.
+    --eval scores the weights (the moving average with --ema-decay) during the run.
 
     Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for
-    bit (a resume may change --checkpoint-every and eval_every, which cannot change the result; any
+    bit (a resume may change --checkpoint-every, --eval and --eval-every, which cannot change the result; any
     other difference is refused, naming the settings). The weights are in OUT/last.safetensors (and OUT/ema.safetensors with --ema-decay), usable
     anywhere with --weights.
 
-    Example: flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
+    Examples:
+
+      flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
+
+      flowcli train --init flowcli-pwc-synth --dataset sintel:MPI-Sintel/training --dataset kitti2015:KITTI/training:0.5
+      --synth-weight 0 --lr 5e-5 --steps 20000 --eval chairs:FlyingChairs_release --eval-every 1000 --out runs/sintel-ft
     """
     from flowcli.errors import InputError
     from flowcli.train.trainer import TrainConfig, setting_problem
@@ -63,6 +90,8 @@ def train(
         out_dir=out, steps=steps, batch_size=batch_size, lr=lr, height=height, width=width, seed=seed,
         textures=list(textures) if textures else None, stereo_fraction=stereo_fraction,
         init_weights=init_weights, checkpoint_every=checkpoint_every, ema_decay=ema_decay,
+        datasets=list(datasets) if datasets else None, synth_weight=synth_weight,
+        eval_datasets=list(eval_datasets) if eval_datasets else None, eval_every=eval_every,
     )
     overrides = {name: value for name, value in overrides.items() if value is not None}
     for name, value in overrides.items():
@@ -70,10 +99,10 @@ def train(
         if problem:
             raise InputError(f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {problem}")
     cfg = TrainConfig.from_file(config, **overrides) if config is not None else TrainConfig(**overrides)
-    if cfg.eval_every:
+    if cfg.eval_every and not cfg.eval_datasets:
         warn(
-            f"eval_every in {config} has no effect: flowcli train has no evaluation data; score the run's "
-            f"weights with flowcli eval --weights {Path(cfg.out_dir) / 'last.safetensors'} instead"
+            "eval_every has no effect without evaluation data: add --eval NAME:ROOT (\"eval_datasets\" in a "
+            f"config), or score the run's weights with flowcli eval --weights {Path(cfg.out_dir) / 'last.safetensors'}"
         )
     summary = run_training(cfg, quiet=quiet, stop_after=stop_after, overwrite=overwrite)
     weights = summary["checkpoint"] + (f" (moving average: {summary['ema_checkpoint']})" if cfg.ema_decay else "")

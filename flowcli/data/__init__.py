@@ -12,6 +12,7 @@ from flowcli.data.datasets import (
     Sintel,
     UnlabeledFrames,
     make_dataset,
+    parse_dataset_spec,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "Sintel",
     "UnlabeledFrames",
     "make_dataset",
+    "parse_dataset_spec",
 ]

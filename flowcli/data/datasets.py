@@ -13,6 +13,7 @@ Paths are found once at construction; files are read on `__getitem__`.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Iterator
@@ -544,6 +545,27 @@ def _video_length(path: Path) -> int:
 
 STEREO_DATASETS = ("middlebury-stereo", "kitti-stereo")
 DATASETS = ("sintel-clean", "sintel-final", "kitti2015", "kitti2012", "chairs", "middlebury") + STEREO_DATASETS
+
+
+def parse_dataset_spec(spec: str, *, weighted: bool = False) -> list[tuple[str, str, float]]:
+    """A `NAME:ROOT` spec (`NAME:ROOT:WEIGHT` when `weighted`) -> [(dataset, root, weight)]; `sintel` is the
+    clean and the final pass, each with half the weight. Raises ValueError saying what is expected."""
+    expected = "NAME:ROOT" + (" or NAME:ROOT:WEIGHT" if weighted else "")
+    name, sep, root = spec.partition(":")
+    name, weight = name.strip().lower(), 1.0
+    if weighted and root.count(":"):
+        head, _, tail = root.rpartition(":")
+        try:
+            weight, root = float(tail), head
+        except ValueError:  # a colon inside the folder name
+            pass
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"{spec!r}: the weight must be a positive number, e.g. {name}:{head}:2")
+    if not sep or not root or name not in ("sintel",) + DATASETS:
+        raise ValueError(f"{spec!r}: expected {expected} with NAME one of sintel, {', '.join(DATASETS)}")
+    if name == "sintel":
+        return [("sintel-clean", root, weight / 2), ("sintel-final", root, weight / 2)]
+    return [(name, root, weight)]
 
 
 def make_dataset(name: str, root: str | Path, **kwargs) -> FlowDataset:

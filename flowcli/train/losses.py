@@ -36,17 +36,29 @@ def downsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(flow, size) * scale
 
 
+def downsample_valid_flow(flow: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """(flow averaged over the valid pixels of each cell of `size`, in that size's pixel units; cells with any
+    valid pixel). Sparse ground truth (KITTI) keeps a target at every level instead of vanishing at coarse ones."""
+    valid = valid.to(flow.dtype)
+    share = F.adaptive_avg_pool2d(valid, size)
+    flow = F.adaptive_avg_pool2d(flow * valid, size) / share.clamp_min(1e-6) * (size[1] / flow.shape[-1])
+    return flow, share > 0
+
+
 def multiscale_epe(output: FlowOutput, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """PWC-Net's multi-scale loss, with each level's EPE measured in full-resolution pixels.
 
     Level weights are PWC-Net's (adjusted for averaging, see LEVEL_WEIGHTS), normalised to sum to one.
+    With `valid` [B,1,H,W] (bool), pixels without ground truth take no part.
     """
     total_weight = sum(LEVEL_WEIGHTS.get(lvl, 0.0) for lvl in output.level_flows)
     loss = target.new_zeros(())
     for lvl, flow in output.level_flows.items():
         size = flow.shape[-2:]
-        gt = downsample_flow(target, size)
-        mask = None if valid is None else F.adaptive_max_pool2d((~valid).float(), size) < 0.5
+        if valid is None:
+            gt, mask = downsample_flow(target, size), None
+        else:
+            gt, mask = downsample_valid_flow(target, valid, size)
         err = endpoint_error(flow, gt) * (target.shape[-1] / size[1])
         loss = loss + LEVEL_WEIGHTS.get(lvl, 0.0) / total_weight * masked_mean(err, mask)
     return loss

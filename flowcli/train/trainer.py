@@ -1,4 +1,4 @@
-"""Supervised training of the flow network on synthetic scenes.
+"""Supervised training of the flow network on synthetic scenes, mixed with labelled datasets if given.
 
 Resumable bit for bit: the training state (model, optimiser, schedule, step, every RNG the data
 and the model use) is saved every `checkpoint_every` steps and on Ctrl-C, and a restart with the
@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr
+from flowcli.data.datasets import FlowDataset, make_dataset, parse_dataset_spec
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
 from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 from flowcli.train.losses import supervised_loss
-from flowcli.validation import dataclass_problem, value_problem
+from flowcli.validation import dataclass_problem, matches_type, value_problem
 
 
 @dataclass
@@ -43,7 +45,15 @@ class TrainConfig:
     width: int = 448
     seed: int = 0
     checkpoint_every: int = 200
-    eval_every: int = 0  # calls train()'s `evaluate` every N steps (the Python API; the CLI has none)
+    # Score the weights every N steps on `eval_datasets` (or with train()'s `evaluate`); 0: at every checkpoint
+    # when `eval_datasets` are given, else never.
+    eval_every: int = 0
+    eval_datasets: list[str] = field(default_factory=list)  # NAME:ROOT, as `flowcli eval` names them
+    # Labelled datasets mixed with the synthetic scenes, as NAME:ROOT or NAME:ROOT:WEIGHT (sintel: both passes,
+    # half the weight each): each pair comes from a source with probability proportional to its weight,
+    # as a random crop of a random item.
+    datasets: list[str] = field(default_factory=list)
+    synth_weight: float = 1.0  # the synthetic scenes' weight among the sources; 0: the datasets alone
     stereo_fraction: float = 0.2  # share of purely horizontal (stereo) scenes, so one model serves both
     textures: list[str] = field(default_factory=list)
     robust: bool = False
@@ -121,7 +131,10 @@ _RULES = {
     "height": _MULTIPLE_OF_64,
     "width": _MULTIPLE_OF_64,
     "checkpoint_every": (_positive, "a positive integer (steps)"),
-    "eval_every": (_non_negative, "an integer >= 0 (0: never)"),
+    "eval_every": (_non_negative, "an integer >= 0 (0: at each checkpoint with eval_datasets, else never)"),
+    "eval_datasets": (lambda specs: _specs_problem(specs) is None, "a list of NAME:ROOT strings"),
+    "datasets": (lambda specs: _specs_problem(specs, weighted=True) is None, "a list of NAME:ROOT[:WEIGHT] strings"),
+    "synth_weight": (_non_negative, "a number >= 0"),
     "stereo_fraction": (_share, "a share between 0 and 1"),
     "textures": (None, "a list of folders or videos (strings)"),
     "clip_grad": (_positive, "a positive number"),
@@ -135,16 +148,37 @@ _RULES = {
 _TRAINER_SYNTH_FIELDS = ("height", "width", "stereo")
 
 
+def _specs_problem(specs: list[str], weighted: bool = False) -> str | None:
+    for spec in specs:
+        try:
+            parse_dataset_spec(spec, weighted=weighted)
+        except ValueError as error:
+            return str(error)
+    return None
+
+
 def setting_problem(name: str, value) -> str | None:
     """What is wrong with one top-level setting ("must be ..., got ..."), or None."""
-    return value_problem(value, typing.get_type_hints(TrainConfig)[name], _RULES.get(name))
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if name in ("datasets", "eval_datasets") and matches_type(value, hint):
+        problem = _specs_problem(value, weighted=name == "datasets")
+        if problem:
+            return problem
+    return value_problem(value, hint, _RULES.get(name))
 
 
 def settings_problem(data: dict) -> str | None:
     """The first problem of TrainConfig settings (a config file's, or a config's as a dict), or None."""
+    for name in ("datasets", "eval_datasets"):  # the spec's own problem, not only "must be a list of ..."
+        if matches_type(data.get(name, []), list[str]):
+            problem = _specs_problem(data.get(name, []), weighted=name == "datasets")
+            if problem:
+                return f'"{name}": {problem}'
     problem = dataclass_problem(TrainConfig, data, rules=_RULES)
     if problem:
         return problem
+    if data.get("synth_weight") == 0 and not data.get("datasets"):
+        return '"synth_weight" 0 leaves nothing to train on; give "datasets" or a positive synth_weight'
     model, synth = data.get("model", {}), data.get("synth", {})
     for name in _TRAINER_SYNTH_FIELDS:
         if name in synth:
@@ -167,17 +201,62 @@ def settings_problem(data: dict) -> str | None:
     return None
 
 
-class SynthStream(torch.utils.data.IterableDataset):
-    """An endless, seeded stream of synthetic training pairs.
+def load_datasets(specs: list[str]) -> list[tuple[FlowDataset, float]]:
+    """The labelled training sources of `datasets` specs: (reader, weight), chairs' training split;
+    InputError naming the spec when a folder does not hold the dataset."""
+    sources = []
+    for spec in specs:
+        try:
+            parsed = parse_dataset_spec(spec, weighted=True)
+        except ValueError as error:
+            raise InputError(f"datasets: {error}") from None
+        for name, root, weight in parsed:
+            split = {"split": "training"} if name == "chairs" else {}
+            try:
+                reader = make_dataset(name, root, **split)
+            except InputError as error:
+                raise InputError(f"datasets {spec!r}: {error}") from None
+            sources.append((reader, weight))
+    return sources
 
-    Sample i is generated from seed (base_seed, i), so the stream can restart at any index and
+
+def random_crop(item: dict, height: int, width: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """(image1, image2, flow, valid) of a labelled item cut to height x width at a random place; an item
+    smaller than that is padded, and the padding has no ground truth (valid False)."""
+    image1, image2, flow, valid = item["image1"], item["image2"], item["flow"], item["valid"]
+    h, w = image1.shape[-2:]
+    if h < height or w < width:
+        pad = (0, max(width - w, 0), 0, max(height - h, 0))
+        image1, image2, flow = (F.pad(t, pad) for t in (image1, image2, flow))
+        valid = F.pad(valid.to(torch.uint8), pad).bool()
+        h, w = image1.shape[-2:]
+    top = int(torch.randint(h - height + 1, (), generator=gen))
+    left = int(torch.randint(w - width + 1, (), generator=gen))
+    window = (..., slice(top, top + height), slice(left, left + width))
+    return tuple(t[window].contiguous() for t in (image1, image2, flow, valid))
+
+
+class SynthStream(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of training pairs (image1, image2, flow, valid): synthetic scenes, and random
+    crops of the labelled `datasets` when the config has them.
+
+    Sample i is drawn from seed (base_seed, i), so the stream can restart at any index and
     reproduce exactly what an uninterrupted run would have seen.
     """
 
-    def __init__(self, cfg: TrainConfig, start_index: int, textures: TextureBank | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        start_index: int,
+        textures: TextureBank | None = None,
+        datasets: list[tuple[FlowDataset, float]] | None = None,
+    ):
         self.cfg, self.start_index, self.textures = cfg, start_index, textures
         self.flow_cfg = SynthConfig(height=cfg.height, width=cfg.width, **cfg.synth)
         self.stereo_cfg = SynthConfig(height=cfg.height, width=cfg.width, stereo=True, **cfg.synth)
+        self.datasets = datasets or []
+        weights = [cfg.synth_weight] + [weight for _, weight in self.datasets]
+        self.source_weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         worker = torch.utils.data.get_worker_info()
@@ -192,17 +271,26 @@ class SynthStream(torch.utils.data.IterableDataset):
                 yield self.sample(index)
 
     def sample(self, index: int) -> tuple[torch.Tensor, ...]:
-        """Sample `index` of the stream: (image1, image2, flow)."""
+        """Sample `index` of the stream: (image1, image2, flow, valid)."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
+        if self.datasets:  # (without datasets no source is drawn: synthetic-only runs keep their stream)
+            source = int(torch.multinomial(self.source_weights, 1, generator=gen))
+            if source > 0:
+                reader = self.datasets[source - 1][0]
+                item = reader[int(torch.randint(len(reader), (), generator=gen))]
+                return random_crop(item, self.cfg.height, self.cfg.width, gen)
         stereo = float(torch.rand((), generator=gen)) < self.cfg.stereo_fraction
         s = generate_sample(self.stereo_cfg if stereo else self.flow_cfg, gen, self.textures)
+        valid = torch.ones(1, self.cfg.height, self.cfg.width, dtype=torch.bool)
         if not stereo and float(torch.rand((), generator=gen)) < 0.5:  # train on both directions
-            return s.images[1], s.images[0], s.flow_backward
-        return s.images[0], s.images[1], s.flow_forward
+            return s.images[1], s.images[0], s.flow_backward, valid
+        return s.images[0], s.images[1], s.flow_forward, valid
 
 
-def _batches(cfg: TrainConfig, step: int, textures: TextureBank | None) -> Iterator:
-    stream = SynthStream(cfg, start_index=step * cfg.batch_size, textures=textures)
+def _batches(
+    cfg: TrainConfig, step: int, textures: TextureBank | None, datasets: list[tuple[FlowDataset, float]] | None = None
+) -> Iterator:
+    stream = SynthStream(cfg, start_index=step * cfg.batch_size, textures=textures, datasets=datasets)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=cfg.batch_size,
@@ -361,9 +449,9 @@ def _interrupt_deferred():
 
 # Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
 # with new values of them (which apply from then on). out_dir: wherever the run folder is now, however spelt;
-# eval_every: evaluation runs the model in eval mode and training draws no number from the global RNG.
+# eval_every, eval_datasets: evaluation runs the model in eval mode and draws no number from the global RNG.
 # Not `workers`: a data worker generates with 1 thread, the main process (workers 0) with all of them.
-_FREE_ON_RESUME = ("out_dir", "checkpoint_every", "eval_every")
+_FREE_ON_RESUME = ("out_dir", "checkpoint_every", "eval_every", "eval_datasets")
 
 
 def _changed_settings(saved_config: str, cfg: TrainConfig) -> list[str]:
@@ -399,6 +487,36 @@ def _schedule(optimizer, cfg: TrainConfig):
     )
 
 
+def dataset_evaluator(specs: list[str], device: torch.device) -> Callable[[torch.nn.Module], dict]:
+    """An `evaluate` for train(): `flowcli eval` on each NAME:ROOT spec, {"DATASET epe": ..., "DATASET fl_all": ...}
+    (Fl-all for KITTI, D1 for stereo); every folder is checked now, so a wrong one fails before training."""
+    from flowcli.evaluation import evaluate
+
+    sets = []
+    for spec in specs:
+        try:
+            parsed = parse_dataset_spec(spec)
+        except ValueError as error:
+            raise InputError(f"eval_datasets: {error}") from None
+        for name, root, _ in parsed:
+            try:
+                make_dataset(name, root)
+            except InputError as error:
+                raise InputError(f"eval_datasets {spec!r}: {error}") from None
+            sets.append((name, root))
+
+    def scores(model: torch.nn.Module) -> dict:
+        out = {}
+        for name, root in sets:
+            mean = evaluate(model, name, root, device=device, occlusion=False, progress=False).mean
+            for key in ("epe", "fl_all", "d1"):
+                if isinstance(mean.get(key), (int, float)):
+                    out[f"{name} {key}"] = round(float(mean[key]), 4)
+        return out
+
+    return scores
+
+
 def train(
     cfg: TrainConfig,
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
@@ -407,6 +525,7 @@ def train(
     overwrite: bool = False,
 ) -> dict:
     """Run (or resume) training; returns a summary. `stop_after` ends early (tests, budgets).
+    `evaluate` (default: `flowcli eval` on `cfg.eval_datasets`) scores the weights every `eval_every` steps.
 
     A run folder holding a state of the same config resumes; one of another config, or with weights
     and no state, is refused unless `overwrite`, which starts afresh. Settings that cannot change the
@@ -420,10 +539,14 @@ def train(
     state_path = out / "state.pt"
     _check_run_folder(out, overwrite)
     textures = _load_textures(cfg)
+    datasets = load_datasets(cfg.datasets)
     from flowcli.inference import resolve_device
 
     # the device and the model (init weights, overrides) are checked before the run folder is made
     device = resolve_device(cfg.device)
+    if evaluate is None and cfg.eval_datasets:
+        evaluate = dataset_evaluator(cfg.eval_datasets, device)
+    eval_every = cfg.eval_every or (cfg.checkpoint_every if cfg.eval_datasets else 0)
     autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
     model, init_sha256 = build_model(cfg)
@@ -486,18 +609,21 @@ def train(
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     saved = step if state is not None else -1  # the step whose state is on disk
     model.train()
-    batches = _batches(cfg, step, textures)
+    batches = _batches(cfg, step, textures, datasets)
     started = time.time()
     try:
         with progress(quiet) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
-                image1, image2, flow = (t.to(device, non_blocking=True) for t in next(batches))
+                image1, image2, flow, valid = (t.to(device, non_blocking=True) for t in next(batches))
+                valid = None if bool(valid.all()) else valid  # (an all-valid batch: the plain mean, as ever)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     output = model(image1, image2)
                 output.flow = output.flow.float()
                 output.level_flows = {k: v.float() for k, v in output.level_flows.items()}
-                terms = supervised_loss(output, flow, robust=cfg.robust, full_resolution=cfg.full_resolution)
+                terms = supervised_loss(
+                    output, flow, valid, robust=cfg.robust, full_resolution=cfg.full_resolution
+                )
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
@@ -513,12 +639,13 @@ def train(
                 bar.update(task, completed=step, info=f"loss {record['total']:.3f} epe {record['epe']:.2f}")
                 if not stderr.is_terminal and not quiet and step % 10 == 0:  # a log file gets plain lines
                     stderr.print(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
-                if cfg.eval_every and evaluate is not None and step % cfg.eval_every == 0:
+                if eval_every and evaluate is not None and step % eval_every == 0:
                     evaluated = ema.model if ema is not None else model  # the weights a user would take
                     evaluated.eval()
                     metrics = evaluate(evaluated)
                     evaluated.train()
                     history[-1]["eval"] = metrics
+                    _write_evaluations(out / "eval.json", history)
                     stderr.print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 if step % cfg.checkpoint_every == 0 or step == end:
                     with _interrupt_deferred():
@@ -544,11 +671,30 @@ def train(
     }
 
 
+def _write_evaluations(path: Path, history: list[dict]) -> None:
+    """OUT/eval.json: every evaluation of the run so far, [{"step": N, "DATASET epe": ...}, ...]."""
+    records = [{"step": record["step"], **record["eval"]} for record in history if "eval" in record]
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(records, indent=1))
+
+
+def _training_data(cfg: TrainConfig) -> str:
+    synthetic = "flowcli synthetic scenes" + (f" with textures from {cfg.textures}" if cfg.textures else "")
+    if not cfg.datasets:
+        return synthetic
+    sources = ([f"{synthetic} (weight {cfg.synth_weight:g})"] if cfg.synth_weight else []) + [
+        f"{name} {root} (weight {weight:g})"
+        for spec in cfg.datasets
+        for name, root, weight in parse_dataset_spec(spec, weighted=True)
+    ]
+    return "; ".join(sources)
+
+
 def _provenance(cfg: TrainConfig, step: int, history: list[dict], init_sha256: str | None) -> dict:
     recent = history[-50:]
     provenance = {
         "trained_by": "flowcli train",
-        "data": "flowcli synthetic scenes" + (f" with textures from {cfg.textures}" if cfg.textures else ""),
+        "data": _training_data(cfg),
         "steps": step,
         "batch_size": cfg.batch_size,
         "crop": [cfg.height, cfg.width],
