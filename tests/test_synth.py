@@ -272,3 +272,113 @@ def test_synth_overwrite_removes_the_earlier_runs_scenes_it_does_not_rewrite(mon
     (chairs / "00005_flow.flo").write_text("theirs")
     assert run(chairs, "-n", "1", "--size", "32x32", "-q", "--overwrite")[0] == 0
     assert (chairs / "00005_flow.flo").read_text() == "theirs"
+
+
+def test_synth_refuses_a_seed_too_large_for_the_scene_seeds(monkeypatch, capsys, tmp_path):
+    """Scene i is rendered from seed * 1_000_003 + i: --seed 10^16 overflowed torch's 64-bit seed with a
+    traceback, after the output folder was made."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for args in ([tmp_path / "data", "-n", "1"], [tmp_path / "c.mp4", "--clip"]):
+        code, _, err = run(*args, "--size", "32x32", "--seed", str(10**16), "-q")
+        assert_one_line_error(code, err, 2, "--seed", "10^12")
+    assert list(tmp_path.iterdir()) == []
+    assert run(tmp_path / "data", "-n", "1", "--size", "32x32", "--seed", str(-(10**12)), "-q")[0] == 0
+
+
+def test_synth_refuses_perspective_with_stereo_instead_of_ignoring_it(monkeypatch, capsys, tmp_path):
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "data", "-n", "1", "--size", "32x32", "--stereo", "--perspective", "0.5")
+    assert_one_line_error(code, err, 2, "--perspective", "--stereo")
+    assert not (tmp_path / "data").exists()
+
+
+def test_texture_bank_reads_every_video_container_media_knows(tmp_path):
+    """A .ts (or .mts, .flv...) video used to be opened as one image and failed."""
+    import numpy as np
+
+    from flowcli.io.media import VideoWriter
+    from flowcli.synth import TextureBank
+
+    with VideoWriter(tmp_path / "clip.mp4", fps=10) as writer:
+        for k in range(9):
+            writer.write(np.full((32, 48, 3), 20 * k, dtype=np.uint8))
+    (tmp_path / "clip.mp4").rename(tmp_path / "dashcam.ts")
+    bank = TextureBank.from_paths([tmp_path / "dashcam.ts"], frame_stride=8)
+    assert len(bank.images) == 2 and bank.images[0].shape == (3, 32, 48)  # frames 0 and 8
+
+
+def test_synth_writes_the_same_files_for_the_same_command(monkeypatch, capsys, tmp_path):
+    """synth.json held the rendering speed, so two runs of one command differed."""
+    from cli_harness import in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for name in ("a", "b"):
+        assert run(tmp_path / name, "-n", "2", "--size", "32x48", "--seed", "3", "--haze", "0.5", "-q")[0] == 0
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_synth_overwrite_after_an_interrupted_run_leaves_none_of_its_scenes(monkeypatch, capsys, tmp_path):
+    """synth.json was written last: after Ctrl-C the folder was not known as synth's, and a smaller
+    --overwrite run kept the interrupted run's later scenes, which `flowcli eval` then read too."""
+    from cli_harness import in_process_cli
+
+    from flowcli.data import make_dataset
+    from flowcli.synth import generator
+
+    render = generator.generate_sample
+    calls = []
+
+    def interrupted_after_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return render(*args, **kwargs)
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    monkeypatch.setattr(generator, "generate_sample", interrupted_after_three)
+    assert run(tmp_path, "-n", "10", "--size", "32x32", "-q")[0] == 130
+    assert (tmp_path / "00002_flow.flo").is_file()
+    monkeypatch.setattr(generator, "generate_sample", render)
+    assert run(tmp_path, "-n", "1", "--size", "32x32", "--seed", "4", "-q", "--overwrite")[0] == 0
+    assert len(make_dataset("chairs", tmp_path)) == 1
+    scene = ["00000_flow.flo", "00000_flow_bw.flo", "00000_img1.png", "00000_img2.png", "00000_occ.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [*scene, "synth.json"]
+
+
+def test_synth_triplets_come_with_the_flow_from_frame_2_to_3(monkeypatch, capsys, tmp_path):
+    """--frames 3 wrote img3 without any ground truth for it; NNNNN_flow_23.flo is the 2->3 flow, which
+    warps frame 3 onto frame 2 where the same layer is seen in both."""
+    from cli_harness import in_process_cli
+
+    from flowcli.io.flow_formats import read_flo
+
+    code, _, err = in_process_cli(monkeypatch, capsys, "synth")(tmp_path, "-n", "2", "--frames", "3",
+                                                                  "--size", "48x64", "--seed", "2", "-q")
+    assert code == 0, err
+    for i in range(2):
+        written = torch.from_numpy(read_flo(tmp_path / f"{i:05d}_flow_23.flo")).permute(2, 0, 1)
+        cfg = SynthConfig(height=48, width=64, num_frames=3)
+        assert torch.equal(written, generate_sample(cfg, torch.Generator().manual_seed(2 * 1_000_003 + i)).flow_forward_23)
+
+    cfg = SynthConfig(height=96, width=128, num_frames=3, photometric=False, real_texture_prob=0)
+    grid = torch.stack(torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")[::-1])
+    errors, unwarped = [], []
+    for seed in range(3):
+        s = generate_sample(cfg, torch.Generator().manual_seed(seed))
+        target = (grid + s.flow_forward_23).round().long()
+        inside = (target[0] >= 0) & (target[0] < 128) & (target[1] >= 0) & (target[1] < 96)
+        layer3 = torch.full_like(s.layer_index[1], -1)
+        layer3[inside] = s.layer_index[2][target[1][inside], target[0][inside]]
+        keep = (layer3 == s.layer_index[1]) & ~edge_band(s.layer_index[1])[0]
+        warped = backward_warp(s.images[2][None], s.flow_forward_23[None])[0]
+        errors.append((warped - s.image2).abs().mean(0)[keep].mean())
+        unwarped.append((s.images[2] - s.image2).abs().mean(0)[keep].mean())
+    assert torch.stack(errors).mean() < 0.02
+    assert torch.stack(errors).mean() < 0.25 * torch.stack(unwarped).mean()

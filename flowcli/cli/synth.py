@@ -12,6 +12,9 @@ import typer
 
 from flowcli.console import progress, stderr
 
+# Scene i is rendered from torch seed seed * 1_000_003 + i, which must fit in 64 bits.
+MAX_SEED = 10**12
+
 
 def synth(
     output: Path = typer.Argument(..., help="Dataset folder, or a .mp4 path with --clip."),
@@ -19,10 +22,16 @@ def synth(
     size: str = typer.Option(
         "384x512", help="HEIGHTxWIDTH of the frames (--clip videos pad odd sizes to even, as H.264 needs)."
     ),
-    seed: int = typer.Option(0, help="Scene i uses seed (seed, i): the same command writes the same data."),
+    seed: int = typer.Option(
+        0, help="Scene i uses seed (seed, i): the same command writes the same data. Between -10^12 and 10^12."
+    ),
     stereo: bool = typer.Option(False, help="Purely horizontal motion: img1 = left, img2 = right, disparity = -u."),
     frames: int = typer.Option(2, help="Frames per scene: 2, or 3 for triplets (constant motion)."),
-    textures: list[Path] = typer.Option(None, help="Folders/videos of real images used as textures."),
+    textures: list[Path] = typer.Option(
+        None,
+        help="Real images used as textures: image files, folders of frames and videos (every 8th image of a "
+        "folder or frame of a video, as neighbours are near duplicates; at most 400 in all). Repeat for more.",
+    ),
     motion_blur: float = typer.Option(0.0, help="Share of scenes blurred along their own motion (Sintel-final-like)."),
     defocus: float = typer.Option(0.0, help="Share of scenes with a Gaussian defocus blur."),
     haze: float = typer.Option(0.0, help="Share of scenes with haze (a smooth blend towards grey)."),
@@ -39,18 +48,20 @@ def synth(
     overwrite: bool = typer.Option(
         False,
         help="Replace existing files. In a dataset folder of an earlier synth run (one with synth.json), also "
-        "remove that run's scene files this run does not write (extra scenes, img3 of triplets), so the folder "
-        "holds only the new data set; other files are left alone.",
+        "remove that run's scene files this run does not write (extra scenes, img3 and flow_23 of triplets), so "
+        "the folder holds only the new data set; other files are left alone.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Render FlyingChairs-style scenes: layered textured shapes with their own affine motions.
 
     Dataset layout (FlyingChairs naming, readable by `flowcli eval --dataset chairs`):
-    NNNNN_img1.png, NNNNN_img2.png (, NNNNN_img3.png), NNNNN_flow.flo (1->2), NNNNN_flow_bw.flo (2->1),
-    NNNNN_occ.png (255 = pixel of img1 occluded in img2), plus synth.json with the settings.
+    NNNNN_img1.png, NNNNN_img2.png, NNNNN_flow.flo (1->2), NNNNN_flow_bw.flo (2->1),
+    NNNNN_occ.png (255 = pixel of img1 occluded in img2), with --frames 3 also NNNNN_img3.png and
+    NNNNN_flow_23.flo (2->3), plus synth.json with the settings (written first, so an interrupted
+    run's folder is known as synth's).
     With --overwrite over an earlier synth dataset, its scene files that this run does not rewrite
-    (more scenes, img3) are removed first, so `flowcli eval` never mixes the two; files of other
+    (more scenes, img3, flow_23) are removed first, so `flowcli eval` never mixes the two; files of other
     names are kept.
 
     Examples:
@@ -76,11 +87,15 @@ def synth(
         raise InputError("--size must be at least 32x32")
     if count <= 0:
         raise InputError("--count must be positive")
+    if abs(seed) > MAX_SEED:
+        raise InputError(f"--seed must be between -10^12 and 10^12; got {seed}")
     shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
               ("--perspective", perspective), ("--thin", thin), ("--dark", dark))
     for name, share in shares:
         if not 0 <= share <= 1:
             raise InputError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
+    if stereo and perspective > 0:  # the generator has no perspective stereo scenes: it would be ignored
+        raise InputError("--perspective does not apply to --stereo scenes (their layers are slanted planes); leave one out")
     if frames < 2 or (not clip and frames > 3):
         raise InputError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
     if not 0 < min_exposure <= 1:
@@ -116,6 +131,14 @@ def synth(
             path.unlink(missing_ok=True)
         except OSError as error:
             raise OutputError(f"cannot remove {path} of the earlier data set: {error.strerror}") from None
+    # Written before the scenes: an interrupted run's folder is then known as synth's to a later --overwrite
+    # run (which removes its extra scenes); no timing in it, so the same command writes the same files.
+    settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
+                "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
+                "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
+                "textures": [str(t) for t in textures or []]}
+    with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2))
     started = time.time()
     with progress(quiet) as bar:
         task = bar.add_task("rendering", total=count, info="")
@@ -126,22 +149,18 @@ def synth(
                 write_png(f"{stem}_img{k}.png", to_uint8(image), overwrite=overwrite)
             write_flo(f"{stem}_flow.flo", sample.flow_forward.permute(1, 2, 0).numpy(), overwrite=overwrite)
             write_flo(f"{stem}_flow_bw.flo", sample.flow_backward.permute(1, 2, 0).numpy(), overwrite=overwrite)
+            if sample.flow_forward_23 is not None:
+                write_flo(f"{stem}_flow_23.flo", sample.flow_forward_23.permute(1, 2, 0).numpy(), overwrite=overwrite)
             occ = (sample.occlusion_forward[0] * 255).to(torch.uint8).numpy()
             write_png(f"{stem}_occ.png", occ, overwrite=overwrite)
             bar.update(task, advance=1)
     rate = count / (time.time() - started)
-    settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
-                "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
-                "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
-                "textures": [str(t) for t in textures or []], "scenes_per_second": round(rate, 2)}
-    with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2))
     stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
 
 
 # The name of every scene file a dataset run writes: NNNNN_img1.png .. NNNNN_img3.png, NNNNN_flow.flo,
-# NNNNN_flow_bw.flo, NNNNN_occ.png (NNNNN: the scene index, at least 5 digits, zero-padded).
-_SCENE_FILE = re.compile(r"(?P<index>\d{5,})_(?:img[1-3]\.png|flow\.flo|flow_bw\.flo|occ\.png)")
+# NNNNN_flow_bw.flo, NNNNN_flow_23.flo, NNNNN_occ.png (NNNNN: the scene index, at least 5 digits, zero-padded).
+_SCENE_FILE = re.compile(r"(?P<index>\d{5,})_(?:img[1-3]\.png|flow\.flo|flow_bw\.flo|flow_23\.flo|occ\.png)")
 
 
 def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames: int) -> list[Path]:
@@ -165,6 +184,8 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     for i in range(count):
         names += [f"{i:05d}_img{k}.png" for k in range(1, frames + 1)]
         names += [f"{i:05d}_flow.flo", f"{i:05d}_flow_bw.flo", f"{i:05d}_occ.png"]
+        if frames == 3:
+            names.append(f"{i:05d}_flow_23.flo")
     names.append("synth.json")
     for name in names:
         check_target(output / name, overwrite)

@@ -100,7 +100,7 @@ class TextureBank:
 
     @classmethod
     def from_paths(cls, paths: list[str | Path], max_images: int = 400, max_side: int = 640, frame_stride: int = 8):
-        from flowcli.io.media import VideoReader, list_frames, read_image
+        from flowcli.io.media import VideoReader, is_video, list_frames, read_image
 
         images: list[torch.Tensor] = []
 
@@ -113,13 +113,13 @@ class TextureBank:
             if path.is_dir():
                 for frame in list_frames(path)[::frame_stride or 1][: max_images - len(images)]:
                     keep(read_image(frame))
-            elif path.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"):
-                reader = VideoReader(path)
-                for i, frame in enumerate(reader):
-                    if len(images) >= max_images:
-                        break
-                    if i % frame_stride == 0:
-                        keep(frame)
+            elif is_video(path):
+                with VideoReader(path) as reader:
+                    for i, frame in enumerate(reader):
+                        if len(images) >= max_images:
+                            break
+                        if i % frame_stride == 0:
+                            keep(frame)
             else:
                 keep(read_image(path))
         if not images:
