@@ -58,3 +58,19 @@ def test_doctor_refuses_a_cuda_device_this_machine_does_not_have(monkeypatch, ca
     monkeypatch.setattr(doctor, "environment", lambda: pytest.fail("checked a device that does not exist"))
     code, _, err = in_process_cli(monkeypatch, capsys, "doctor")("--device", "cuda:1")
     assert_one_line_error(code, err, 2, "--device cuda:1: no such CUDA device here; use one of cuda:0")
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
+    """Typer turns a KeyboardInterrupt into exit code 130 and prints nothing; a user who pressed Ctrl-C
+    in a long run (estimate on a video) saw the command end without a word."""
+    from cli_harness import in_process_cli
+
+    from flowcli.cli import doctor
+
+    def pressed_ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(doctor, "environment", pressed_ctrl_c)
+    code, out, err = in_process_cli(monkeypatch, capsys, "doctor")()
+    assert code == 130 and out == ""
+    assert err.strip() == "interrupted"

@@ -797,3 +797,26 @@ def test_a_relative_video_name_with_a_colon_is_a_file_not_a_url(tmp_path, monkey
             writer.write(frame)
     monkeypatch.chdir(tmp_path)
     assert len(list(VideoReader("take:2.mp4"))) == 2
+
+
+@pytest.mark.parametrize("content", [b"just some text, not pixels", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00"])
+def test_a_file_in_a_format_flowcli_cannot_read_says_to_convert_it(tmp_path, content):
+    """A text file or a HEIC photo used to give imageio's "Could not find a backend to open ... with iomode `r`"."""
+    from flowcli.errors import InputError
+    from flowcli.io.media import read_image
+
+    path = tmp_path / "photo.heic"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=r"not an image format flowcli reads; convert it to PNG or JPEG") as error:
+        read_image(path)
+    assert "backend" not in str(error.value)
+
+
+def test_an_output_folder_under_a_file_names_the_file(tmp_path):
+    from flowcli.errors import OutputError
+    from flowcli.io.atomic import check_writable
+
+    (tmp_path / "taken").write_text("keep me")
+    with pytest.raises(OutputError, match=r"taken is a file"):
+        check_writable(tmp_path / "taken" / "sub" / "out.mp4")
+    assert (tmp_path / "taken").read_text() == "keep me"

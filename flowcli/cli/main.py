@@ -78,10 +78,12 @@ def run() -> None:
         stderr.print("[red]interrupted[/]")
         sys.exit(130)
     except typer.Exit as done:
-        sys.exit(done.exit_code)
+        code = done.exit_code
     except typer.TyperException as error:  # usage errors: unknown option, bad value, missing argument
         error.show()
         sys.exit(error.exit_code)
+    if code == 130:  # Typer turns a Ctrl-C (KeyboardInterrupt) into exit code 130, without a word
+        stderr.print("[red]interrupted[/]")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -27,7 +27,11 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create output folder {path.parent}: {error.strerror}") from None
+        existing = path.absolute().parent
+        while not existing.exists():
+            existing = existing.parent
+        reason = f"{existing} is a file" if not existing.is_dir() else error.strerror
+        raise OutputError(f"cannot create output folder {path.parent}: {reason}") from None
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"output folder {path.parent} is not writable; choose another with -o")
     return path

@@ -199,7 +199,12 @@ def read_image_array(path: PathLike) -> np.ndarray:
             else:
                 array = iio.imread(path, index=0)  # 16-bit colour TIFF goes to tifffile, which keeps 16 bits
         except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt files
-            raise InputError(f"cannot read image {path}: {_one_line(error)}") from None
+            if content is None:  # neither Pillow nor imageio knows the format (a text file, HEIC, RAW)
+                raise InputError(
+                    f"cannot read image {path}: not an image format flowcli reads; convert it to PNG or JPEG, "
+                    "or leave it out"
+                ) from None
+            raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt") from None
         if is_netpbm and array.dtype == np.int32:  # ASCII 16-bit PGM, scaled by Pillow
             array = np.clip(array, 0, 65535).astype(np.uint16)
     return _upright(array, orientation)
