@@ -57,7 +57,7 @@ def train(
 ) -> None:
     """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo), and on labelled datasets.
 
-    With --dataset, random crops of a benchmark's training items (sparse KITTI ground truth included: pixels
+    With --dataset, random crops (colour-jittered, flow pairs mirrored half the time) of a benchmark's training items (sparse KITTI ground truth included: pixels
     without it take no part) are mixed with the synthetic scenes, each source drawn in proportion to its weight;
     --synth-weight 0 trains on the datasets alone, e.g. to fine-tune a model on Sintel as PWC-Net does.
     --eval scores the weights (the moving average with --ema-decay) during the run.

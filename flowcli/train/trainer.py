@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr
-from flowcli.data.datasets import FlowDataset, make_dataset, parse_dataset_spec
+from flowcli.data.datasets import STEREO_DATASETS, FlowDataset, make_dataset, parse_dataset_spec
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
 from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
-from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
+from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample, photometric_augment
 from flowcli.train.losses import supervised_loss
 from flowcli.validation import dataclass_problem, matches_type, value_problem
 
@@ -236,6 +236,20 @@ def random_crop(item: dict, height: int, width: int, gen: torch.Generator) -> tu
     return tuple(t[window].contiguous() for t in (image1, image2, flow, valid))
 
 
+def augment_labelled(
+    pair: tuple[torch.Tensor, ...], gen: torch.Generator, *, flip: bool, noise_std: float
+) -> tuple[torch.Tensor, ...]:
+    """The synthetic scenes' colour jitter and noise on a labelled crop, and (`flip`) a mirror half the time:
+    flow is mirrored with its x component negated. Stereo pairs are not mirrored: left -> right flow is
+    (-disparity, 0), and a mirrored pair would move the other way."""
+    image1, image2, flow, valid = pair
+    image1, image2 = photometric_augment([image1, image2], gen, noise_std)
+    if flip and float(torch.rand((), generator=gen)) < 0.5:
+        image1, image2, flow, valid = (t.flip(-1) for t in (image1, image2, flow, valid))
+        flow = flow * torch.tensor([-1.0, 1.0]).view(2, 1, 1)
+    return image1, image2, flow, valid
+
+
 class SynthStream(torch.utils.data.IterableDataset):
     """An endless, seeded stream of training pairs (image1, image2, flow, valid): synthetic scenes, and random
     crops of the labelled `datasets` when the config has them.
@@ -278,7 +292,9 @@ class SynthStream(torch.utils.data.IterableDataset):
             if source > 0:
                 reader = self.datasets[source - 1][0]
                 item = reader[int(torch.randint(len(reader), (), generator=gen))]
-                return random_crop(item, self.cfg.height, self.cfg.width, gen)
+                crop = random_crop(item, self.cfg.height, self.cfg.width, gen)
+                stereo = reader.name in STEREO_DATASETS
+                return augment_labelled(crop, gen, flip=not stereo, noise_std=self.flow_cfg.noise_std)
         stereo = float(torch.rand((), generator=gen)) < self.cfg.stereo_fraction
         s = generate_sample(self.stereo_cfg if stereo else self.flow_cfg, gen, self.textures)
         valid = torch.ones(1, self.cfg.height, self.cfg.width, dtype=torch.bool)
