@@ -57,9 +57,11 @@ def train(
 ) -> None:
     """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo), and on labelled datasets.
 
-    With --dataset, random crops (colour-jittered, flow pairs mirrored half the time) of a benchmark's training items (sparse KITTI ground truth included: pixels
-    without it take no part) are mixed with the synthetic scenes, each source drawn in proportion to its weight;
-    --synth-weight 0 trains on the datasets alone, e.g. to fine-tune a model on Sintel as PWC-Net does.
+    With --dataset, random crops of a benchmark's training items (colour-jittered, flow pairs mirrored half the
+    time; sparse KITTI ground truth included: pixels without it take no part) are mixed with the synthetic
+    scenes, each source drawn in proportion to its weight; --synth-weight 0 trains on the datasets alone, e.g.
+    to fine-tune a model on Sintel as PWC-Net does, or a model from flowcli adapt (supervised fine-tuning after
+    self-supervised pre-training).
     --eval scores the weights (the moving average with --ema-decay) during the run.
 
     Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for
