@@ -64,10 +64,10 @@ def train(
     self-supervised pre-training).
     --eval scores the weights (the moving average with --ema-decay) during the run.
 
-    Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for
-    bit (a resume may change --checkpoint-every, --eval and --eval-every, which cannot change the result; any
-    other difference is refused, naming the settings). The weights are in OUT/last.safetensors (and OUT/ema.safetensors with --ema-decay), usable
-    anywhere with --weights.
+    Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for bit (a
+    resume may change --checkpoint-every, --eval and --eval-every, which cannot change the result; any other
+    difference is refused, naming the settings). The weights are in OUT/last.safetensors (and
+    OUT/ema.safetensors with --ema-decay), usable anywhere with --weights.
 
     Examples:
 
