@@ -122,6 +122,21 @@ def test_kitti_flow_png_channels_and_byte_order(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), (raw >> 8).astype(np.uint8))
 
 
+def test_flow_beyond_the_kitti_range_is_clipped_with_a_warning_that_names_no_temp_file(tmp_path):
+    """The CLI writes through temp files: a warning naming one points at a file the user never sees."""
+    from flowcli.inference import FlowResult
+    from flowcli.outputs import write_pair_outputs
+
+    flow = torch.zeros(1, 2, 3, 4)
+    flow[0, 0, 0, 0], flow[0, 1, 0, 1] = 900.0, -900.0
+    image = torch.zeros(3, 3, 4)
+    with pytest.warns(UserWarning, match="KITTI PNG range") as record:
+        write_pair_outputs(FlowResult(forward=flow), image, image, {"kitti": tmp_path / "a_flow.png"})
+    assert not any(".a_flow." in str(warning.message) for warning in record)
+    back, valid = read_kitti_flow(tmp_path / "a_flow.png")
+    assert valid.all() and back[0, 0, 0] == 32767 / 64 and back[0, 1, 1] == -512  # clipped, still valid
+
+
 def test_disparity_png_round_trip_within_quantisation(tmp_path):
     disparity = (RNG.random((11, 9)) * 200).astype(np.float32)
     disparity[1, 1] = np.inf
@@ -134,6 +149,17 @@ def test_disparity_png_round_trip_within_quantisation(tmp_path):
     raw = np.asarray(Image.open(path))  # Pillow reads 16-bit gray exactly
     np.testing.assert_array_equal(raw[expected], np.clip(np.rint(disparity[expected] * 256), 1, None))
     assert (raw[~expected] == 0).all()
+
+
+def test_disparity_beyond_the_kitti_png_range_warns_that_it_was_clipped(tmp_path):
+    disparity = np.array([[10.0, 300.0]], np.float32)  # wide-baseline or full-resolution stereo
+    with pytest.warns(UserWarning, match="disparity beyond the KITTI PNG range"):
+        write_disparity_png(tmp_path / "d.png", disparity)
+    back, valid = read_disparity_png(tmp_path / "d.png")
+    assert valid.all() and back.tolist() == [[10.0, 65535 / 256]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_disparity_png(tmp_path / "in_range.png", np.array([[255.99]], np.float32))
 
 
 # ----------------------------------------------------------------------------- PFM
@@ -157,6 +183,32 @@ def test_pfm_rows_are_bottom_up_and_scale_sign_is_endianness(tmp_path):
     big = b"Pf\n3 2\n1.0\n" + np.array([3, 4, 5, 0, 1, 2], ">f4").tobytes()
     (tmp_path / "big.pfm").write_bytes(big)
     np.testing.assert_array_equal(read_pfm(tmp_path / "big.pfm"), array)
+
+
+def test_pfm_with_a_windows_crlf_header_reads_the_right_values(tmp_path):
+    array = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    rows = np.ascontiguousarray(array[::-1], "<f4").tobytes()
+    (tmp_path / "crlf.pfm").write_bytes(b"Pf\r\n3 2\r\n-1.0\r\n" + rows)
+    np.testing.assert_array_equal(read_pfm(tmp_path / "crlf.pfm"), array)
+    (tmp_path / "one_line.pfm").write_bytes(b"Pf 3 2 -1.0\n" + rows)
+    np.testing.assert_array_equal(read_pfm(tmp_path / "one_line.pfm"), array)
+
+
+def test_empty_flow_is_refused_instead_of_writing_an_unreadable_file(tmp_path):
+    for shape in ((0, 5, 2), (5, 0, 2)):
+        for name in ("f.flo", "f.pfm"):
+            with pytest.raises(ValueError, match="at least one pixel"):
+                write_flow(tmp_path / name, np.zeros(shape, np.float32))
+    assert not any(tmp_path.iterdir())
+
+
+def test_writers_take_bfloat16_tensors(tmp_path):
+    flow = torch.from_numpy(random_flow(3, 4)).permute(2, 0, 1).to(torch.bfloat16)
+    expected = flow.float().permute(1, 2, 0).numpy()
+    for suffix in (".flo", ".npy", ".pfm"):
+        np.testing.assert_array_equal(read_flow(write_flow(tmp_path / f"f{suffix}", flow)), expected)
+    disparity = torch.tensor([[[1.5, 2.25]]], dtype=torch.bfloat16)
+    np.testing.assert_array_equal(read_pfm(write_pfm(tmp_path / "d.pfm", disparity)), [[1.5, 2.25]])
 
 
 # ----------------------------------------------------------------------------- NumPy, dispatch
@@ -548,6 +600,12 @@ def test_flow_to_rgb_colours_and_max_flow():
     assert not np.array_equal(flow_to_rgb(small_frame)[0, 1], flow_to_rgb(big_frame)[0, 1])
     # beyond max_flow: saturated like exactly max_flow, not darkened
     np.testing.assert_array_equal(flow_to_rgb(big_frame, 20)[1, 0], flow_to_rgb(big_frame, 40)[1, 0])
+
+
+@pytest.mark.parametrize("max_flow", [float("nan"), float("inf")])
+def test_flow_to_rgb_refuses_a_max_flow_that_is_not_a_finite_number(max_flow):
+    with pytest.raises(ValueError, match="max_flow must be"):
+        flow_to_rgb(random_flow(3, 4), max_flow)
 
 
 def test_mask_to_png_array_and_write_png(tmp_path):

@@ -85,7 +85,10 @@ def _write_bytes(path: PathLike, data: bytes, overwrite: bool) -> Path:
 
 def _to_numpy(array) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor; duck-typed so this module does not import torch
-        array = array.detach().cpu().numpy()
+        array = array.detach().cpu()
+        if str(array.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            array = array.float()
+        array = array.numpy()
     return np.asarray(array)
 
 
@@ -246,6 +249,8 @@ def read_flo(path: PathLike) -> np.ndarray:
 def write_flo(path: PathLike, flow, overwrite: bool = False) -> Path:
     """Write flow ([H, W, 2] array or [2, H, W] tensor) as Middlebury .flo."""
     flow = as_flow_hw2(flow)
+    if flow.size == 0:  # a 0-pixel .flo is unreadable, by read_flo and by OpenCV alike
+        raise ValueError(f".flo needs at least one pixel, got {list(flow.shape)}")
     height, width = flow.shape[:2]
     header = np.array([FLO_MAGIC], "<f4").tobytes() + np.array([width, height], "<i4").tobytes()
     return _write_bytes(path, header + flow.astype("<f4").tobytes(), overwrite)
@@ -276,7 +281,8 @@ def write_kitti_flow(path: PathLike, flow, valid=None, overwrite: bool = False) 
     # float64: in float32, v * 64 + 2**15 loses the 1/64 grid for large values
     encoded = np.rint(np.where(valid[:, :, None], flow.astype(np.float64), 0.0) * KITTI_FLOW_SCALE + 2**15)
     if (encoded < 0).any() or (encoded > 65535).any():
-        warn(f"{path}: flow beyond the KITTI range (about +-512 px) was clipped")
+        # No file name: callers write through a temp file (atomic_path), whose name the user never sees.
+        warn("flow beyond the KITTI PNG range (about +-512 px) was clipped; write .flo or .npy to keep it exact")
     raw = np.empty(flow.shape[:2] + (3,), np.uint16)
     raw[:, :, :2] = np.clip(encoded, 0, 65535)
     raw[:, :, 2] = valid
@@ -295,19 +301,23 @@ def write_disparity_png(path: PathLike, disparity, valid=None, overwrite: bool =
     """Write KITTI disparity PNG (quantised to 1/256 px).
 
     `valid` defaults to the finite pixels; valid values are clipped to [1/256, 65535/256] so that they
-    stay distinguishable from the invalid code 0.
+    stay distinguishable from the invalid code 0 (with a warning when a disparity exceeds 65535/256 px).
     """
     disparity = as_map_hw(disparity).astype(np.float64)
     finite = np.isfinite(disparity)
     valid = finite if valid is None else (_to_numpy(valid).astype(bool).reshape(finite.shape) & finite)
-    encoded = np.clip(np.rint(np.where(valid, disparity, 0.0) * KITTI_DISPARITY_SCALE), 1, 65535)
+    encoded = np.rint(np.where(valid, disparity, 0.0) * KITTI_DISPARITY_SCALE)
+    if (encoded > 65535).any():
+        warn("disparity beyond the KITTI PNG range (255.99 px) was clipped; write .pfm or .npy to keep it exact")
+    encoded = np.clip(encoded, 1, 65535)
     return write_png(path, np.where(valid, encoded, 0).astype(np.uint16), overwrite)
 
 
 # ----------------------------------------------------------------------------- PFM
 
 
-_PFM_HEADER = re.compile(rb"(P[Ff])\s+(\d+)\s+(\d+)\s+(\S+)\s")
+# The header ends with one whitespace byte, or CR LF (Windows text mode): taking only the CR would shift the data.
+_PFM_HEADER = re.compile(rb"(P[Ff])\s+(\d+)\s+(\d+)\s+(\S+)(?:\r\n|\s)")
 
 
 def read_pfm(path: PathLike) -> np.ndarray:
@@ -349,6 +359,8 @@ def write_pfm(path: PathLike, array, overwrite: bool = False) -> Path:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
         raise ValueError(f"PFM stores [H, W] or [H, W, 3], got {list(array.shape)}")
+    if array.size == 0:  # a 0-pixel PFM is unreadable, by read_pfm and by OpenCV alike
+        raise ValueError(f"PFM needs at least one pixel, got {list(array.shape)}")
     tag = "Pf" if array.ndim == 2 else "PF"
     height, width = array.shape[:2]
     header = f"{tag}\n{width} {height}\n-1.0\n".encode("ascii")

@@ -23,8 +23,8 @@ def flow_to_rgb(flow, max_flow: float | None = None) -> np.ndarray:
     if max_flow is None:
         rgb = flow_vis.flow_to_color(flow)
     else:
-        if max_flow <= 0:
-            raise ValueError(f"max_flow must be positive, got {max_flow}")
+        if not (np.isfinite(max_flow) and max_flow > 0):
+            raise ValueError(f"max_flow must be a finite positive number, got {max_flow}")
         uv = flow / max_flow
         radius = np.sqrt((uv**2).sum(axis=-1, keepdims=True))
         # Beyond max_flow: the saturated colour of that direction (flow_vis would darken it as
