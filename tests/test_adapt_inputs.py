@@ -467,3 +467,10 @@ def test_a_file_where_the_run_folder_goes_is_an_output_error(tmp_path, base, no_
     code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY)
     assert code == 3 and "m.adapt is a file" in message, message
     assert (tmp_path / "m.adapt").read_text() == "not a folder"
+
+
+def test_a_step_longer_than_every_sequence_is_named_in_the_error(tmp_path, base):
+    folder = _frames(tmp_path / "shot", 5)
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--step", 5)
+    assert code == 2 and "--step 5 needs sequences of at least 6 frames" in message and "has 5" in message, message
+    assert not (tmp_path / "m.adapt").exists()

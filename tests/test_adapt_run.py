@@ -331,3 +331,54 @@ def test_a_diverging_run_stops_without_writing_nan_weights(footage, base, tmp_pa
         adapt(_config(footage, base, output, steps=6, lr=1e6), quiet=True)
     assert not output.exists() and not (tmp_path / "nan.report.json").exists()
     assert not (tmp_path / "nan.adapt").exists()  # nothing saved to resume: no trace left
+
+
+def test_left_and_right_folders_are_both_named_in_the_provenance(stereo_footage, base, tmp_path):
+    from flowcli.checkpoint import read_metadata
+
+    output = tmp_path / "lr.safetensors"
+    sources = [str(stereo_footage / "left"), str(stereo_footage / "right")]
+    result = adapt(_config(stereo_footage, base, output, sources=sources, steps=1, stereo=True, batch_size=1,
+                           transforms={}), quiet=True)  # fmt: skip
+    assert result["footage"]["sources"] == ["left", "right"]
+    assert read_metadata(output)["flowcli.provenance"]["footage"]["sources"] == ["left", "right"]
+
+
+def test_a_heldout_frame_that_does_not_decode_is_left_out_of_the_report_with_a_warning(footage, base, tmp_path):
+    """The last frame has a valid header but truncated pixels: the held-out pair that needs it cannot be measured,
+    and the report says so and measures the training pairs instead of coming out empty."""
+    import shutil
+
+    clip = tmp_path / "clip"
+    shutil.copytree(footage / "shot0", clip)
+    last = sorted(clip.iterdir())[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning) as warned:
+        result = adapt(_config(clip, base, tmp_path / "m.safetensors", steps=1, batch_size=1), quiet=True)
+    messages = [str(w.message) for w in warned]
+    assert any(last.name in m and "the report leaves that pair out" in m for m in messages), messages
+    assert any("the report measures the training pairs" in m for m in messages), messages
+    assert result["heldout"]["tuples"] >= 1
+    for when in ("before", "after"):
+        assert {"photo_all", "occ"} <= set(result["heldout"][when])
+
+
+def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tmp_path):
+    from flowcli.adapt.report import gt_metrics
+    from flowcli.checkpoint import load_checkpoint
+
+    middlebury = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow" / "middlebury"
+    if not middlebury.is_dir():
+        pytest.skip("shared data not available")
+    output = tmp_path / "g.safetensors"
+
+    def interrupt(step, record):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(_config(footage, base, output, steps=3), quiet=True, callback=interrupt)
+    result = adapt(_config(footage, base, output, steps=3, gt=[f"middlebury:{middlebury}"]), quiet=True)
+    base_metrics = gt_metrics(load_checkpoint(base), [("middlebury", str(middlebury))])
+    assert result["gt"]["before"] == base_metrics and result["gt"]["after"]["middlebury"]

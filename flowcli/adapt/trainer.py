@@ -501,6 +501,20 @@ def _public_config(cfg: AdaptConfig) -> dict:
     return data
 
 
+def _decodable(footage: Footage, tuples: list, step: int) -> list:
+    """The tuples whose measured pair decodes: a frame that passed the header check but does not decode is left
+    out of the before/after measurement with a warning, instead of silently emptying the report."""
+    kept = []
+    for seq, start in tuples:
+        try:
+            footage.load(seq, start, 1 if footage.stereo else 2, step)
+        except InputError as error:
+            warn(f"{error}; the report leaves that pair out")
+            continue
+        kept.append((seq, start))
+    return kept
+
+
 def _footage_textures(footage: Footage, train: list, count: int = 48) -> TextureBank | None:
     """Frames of the training tuples (evenly spaced, never the held-out slice) as textures for replay scenes."""
     images = []
@@ -688,10 +702,17 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     if ctx.main:
         _barrier(ctx)
     tuples = footage.tuples(length, cfg.step)
+    span = (length - 1) * cfg.step
     if not tuples:
         what = "stereo pairs" if cfg.stereo else f"{length}-frame tuples"
+        longest = max(len(seq) for seq in footage.sequences)
+        if longest <= span:
+            unit = "stereo pairs" if cfg.stereo else "frames"
+            raise InputError(
+                f"no usable {what} in the footage: --step {cfg.step} needs sequences of at least {span + 1} {unit}, "
+                f"and the longest has {longest}; lower --step"
+            )
         raise InputError(f"no usable {what} in the footage (frames unreadable or too few); check the sources")
-    span = (length - 1) * cfg.step
     train, held = footage.split(tuples, cfg.val_fraction, span)
     if cfg.val_fraction > 0 and (not held or held == tuples) and ctx.main:
         warn(f"the footage has only {len(tuples)} usable pair(s), too few for a held-out slice; "
@@ -713,6 +734,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             f"level is under min_scale_side ({weights.min_scale_side} px), so no scale is left; add 0 (full "
             "resolution) or a finer level"
         )
+    if ctx.main:
+        heldout = _decodable(footage, heldout, cfg.step)
+        if not heldout:
+            warn("no held-out pair could be decoded; the report measures the training pairs")
+            heldout = _decodable(footage, _evenly(train, cfg.max_val), cfg.step)
+
     model.train()
     net = model
     if ctx.world > 1:
@@ -770,6 +797,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         if gt_sets:
             before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["seconds"] = round(clock() - t0, 2)
+    unmeasured = [(name, root) for name, root in gt_sets if name not in (before.get("gt") or {})]
+    if unmeasured and ctx.main:  # --gt added when resuming: the model has trained, so measure the base itself
+        base_model = load_model(base_spec, device=device, offline=cfg.offline)
+        added = gt_metrics(base_model, unmeasured, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+        before["gt"] = {**(before.get("gt") or {}), **added}
+        del base_model
 
     def provenance(final: bool, after: dict | None = None) -> dict:
         recent = history[-50:]
@@ -787,7 +820,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             "base_weights": {"spec": _public(base_spec), "sha256": base_sha256},
             "footage": {
                 **footage.summary(),
-                "sources": sorted({_public(q.source) for q in footage.sequences}),
+                "sources": sorted({_public(source) for source in cfg.sources}),  # LEFT_DIR RIGHT_DIR: both
                 "fingerprint": fingerprint,
                 "train_tuples": len(train),
                 "heldout_tuples": len(held),

@@ -15,7 +15,7 @@ _HELP_PARAGRAPHS = [
     "Fine-tune a flow model on your own footage, without labels, and write the adapted checkpoint.",
     "SOURCES are video files, folders of frames (natural order; subfolders are searched, one sequence per folder) "
     "and quoted globs, in any mix. Consecutive frames, --step apart, form the training pairs (triplets with "
-    "--temporal); the last --val-fraction of each sequence is held out to measure the result.",
+    "--temporal); --val-fraction of the pairs, the last ones of the sequences, is held out to measure the result.",
     "Two stages, split automatically by the footage size: photometric (census + SSIM + L1, occlusion-masked by "
     "forward-backward consistency, edge-aware smoothness, multi-scale), then distillation: the stage-1 model, "
     "frozen, teaches a student that sees crops, superpixel occlusions, colour and geometric transformations of the "
@@ -137,7 +137,11 @@ def adapt_command(
     ] = None,
     val_fraction: Annotated[
         float,
-        typer.Option("--val-fraction", help="Share of each sequence held out for the report.", rich_help_panel=_DATA),
+        typer.Option(
+            "--val-fraction",
+            help="Share of the pairs held out for the report: the last pairs of the sequences, shared out by length.",
+            rich_help_panel=_DATA,
+        ),
     ] = 0.1,
     max_frames: Annotated[
         Optional[int],
