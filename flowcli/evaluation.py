@@ -136,3 +136,34 @@ def evaluate(
     report = EvalReport(dataset=dataset.name, per_item=per_item, mean=mean_metrics(per_item))
     report.model = getattr(model, "checkpoint_path", None)
     return report
+
+
+HEADLINE_KEYS = ("epe", "epe_px", "epe_occ", "epe_noc", "fl_all", "fl_all_px", "d1", "d1_px", "occ_f1", "vert_abs")
+
+
+def headline_metrics(
+    model: torch.nn.Module,
+    datasets: list[tuple[str, str]],
+    *,
+    precision: str = "fp32",
+    max_pixels: int | None = None,
+    occlusion: bool = True,
+) -> dict[str, dict[str, float]]:
+    """`evaluate` on each (dataset, root): {dataset: {metric: value}}, the usual headline metrics of each
+    (HEADLINE_KEYS), on the model's device; the model is left in the mode it was in."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    out = {}
+    try:
+        for name, root in datasets:
+            report = evaluate(
+                model, name, root, device=device, progress=False, precision=precision, max_pixels=max_pixels,
+                occlusion=occlusion,
+            )  # fmt: skip
+            out[name] = {
+                k: round(float(v), 4) for k, v in report.mean.items()
+                if k in HEADLINE_KEYS and isinstance(v, (int, float)) and not math.isnan(float(v))
+            }  # fmt: skip
+    finally:
+        model.train(was_training)
+    return out

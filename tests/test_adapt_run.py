@@ -365,7 +365,7 @@ def test_a_heldout_frame_that_does_not_decode_is_left_out_of_the_report_with_a_w
 
 
 def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tmp_path):
-    from flowcli.adapt.report import gt_metrics
+    from flowcli.evaluation import headline_metrics
     from flowcli.checkpoint import load_checkpoint
 
     middlebury = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow" / "middlebury"
@@ -380,5 +380,5 @@ def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tm
     with pytest.raises(FlowcliError, match="to resume"):
         adapt(_config(footage, base, output, steps=3), quiet=True, callback=interrupt)
     result = adapt(_config(footage, base, output, steps=3, gt=[f"middlebury:{middlebury}"]), quiet=True)
-    base_metrics = gt_metrics(load_checkpoint(base), [("middlebury", str(middlebury))])
+    base_metrics = headline_metrics(load_checkpoint(base), [("middlebury", str(middlebury))])
     assert result["gt"]["before"] == base_metrics and result["gt"]["after"]["middlebury"]

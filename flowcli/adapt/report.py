@@ -14,17 +14,14 @@ forward-backward occlusion):
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from flowcli.adapt.footage import Footage
 from flowcli.adapt.losses import LossWeights, masked_mean, photometric_error
+from flowcli.data.datasets import parse_dataset_spec
 from flowcli.errors import InputError
 from flowcli.ops.warp import backward_warp, out_of_frame
-
-GT_CHOICES = ("sintel", "sintel-clean", "sintel-final", "kitti2015", "kitti2012", "chairs", "middlebury",
-              "middlebury-stereo", "kitti-stereo")  # fmt: skip
 
 
 @torch.no_grad()
@@ -83,38 +80,8 @@ def parse_gt(specs: list[str]) -> list[tuple[str, str]]:
     """`DATASET:ROOT` specs -> [(dataset, root)]; `sintel:ROOT` expands to the clean and final passes."""
     out = []
     for spec in specs:
-        name, sep, root = spec.partition(":")
-        name = name.strip().lower()
-        if not sep or not root or name not in GT_CHOICES:
-            raise InputError(f"--gt {spec!r}: expected DATASET:ROOT with DATASET one of {', '.join(GT_CHOICES)}")
-        names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
-        out += [(n, root) for n in names]
-    return out
-
-
-GT_KEYS = ("epe", "epe_px", "epe_occ", "epe_noc", "fl_all", "fl_all_px", "d1", "d1_px", "occ_f1", "vert_abs")
-
-
-def gt_metrics(
-    model: torch.nn.Module, datasets: list[tuple[str, str]], *, precision: str = "fp32", max_pixels: int | None = None
-) -> dict[str, dict[str, float]]:
-    """flowcli.evaluate on each labeled dataset: {dataset: {metric: value}} (the usual headline metrics)."""
-    from flowcli.evaluation import evaluate
-
-    if not datasets:
-        return {}
-    device = next(model.parameters()).device
-    was_training = model.training
-    out = {}
-    try:
-        for name, root in datasets:
-            report = evaluate(
-                model, name, root, device=device, progress=False, precision=precision, max_pixels=max_pixels
-            )
-            out[name] = {
-                k: round(float(v), 4) for k, v in report.mean.items()
-                if k in GT_KEYS and isinstance(v, (int, float)) and not math.isnan(float(v))
-            }  # fmt: skip
-    finally:
-        model.train(was_training)
+        try:
+            out += [(name, root) for name, root, _ in parse_dataset_spec(spec)]
+        except ValueError as error:
+            raise InputError(f"--gt {error}") from None
     return out

@@ -47,7 +47,7 @@ from flowcli.adapt.losses import (
     adapt_loss,
     fb_occlusion,
 )
-from flowcli.adapt.report import gt_metrics, heldout_metrics, parse_gt
+from flowcli.adapt.report import heldout_metrics, parse_gt
 from flowcli.adapt.teacher import freeze, teacher_predictions
 from flowcli.adapt.transforms import (
     TransformConfig,
@@ -60,6 +60,7 @@ from flowcli.adapt.transforms import (
 from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr, warn
 from flowcli.errors import FlowcliError, InputError, OutputError
+from flowcli.evaluation import headline_metrics
 from flowcli.io.atomic import atomic_path, check_creatable
 from flowcli.models.pwc import FlowOutput
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_batch
@@ -795,12 +796,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         before = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
                                              precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
         if gt_sets:
-            before["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+            before["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["seconds"] = round(clock() - t0, 2)
     unmeasured = [(name, root) for name, root in gt_sets if name not in (before.get("gt") or {})]
     if unmeasured and ctx.main:  # --gt added when resuming: the model has trained, so measure the base itself
         base_model = load_model(base_spec, device=device, offline=cfg.offline)
-        added = gt_metrics(base_model, unmeasured, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+        added = headline_metrics(base_model, unmeasured, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["gt"] = {**(before.get("gt") or {}), **added}
         del base_model
 
@@ -977,7 +978,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
                                                 precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
             if gt_sets:
-                after["gt"] = gt_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+                after["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
             prov = provenance(True, after)
             save_checkpoint(model, output, provenance=prov, overwrite=cfg.overwrite)
         except KeyboardInterrupt:

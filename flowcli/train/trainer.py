@@ -503,10 +503,10 @@ def _schedule(optimizer, cfg: TrainConfig):
     )
 
 
-def dataset_evaluator(specs: list[str], device: torch.device) -> Callable[[torch.nn.Module], dict]:
+def dataset_evaluator(specs: list[str]) -> Callable[[torch.nn.Module], dict]:
     """An `evaluate` for train(): `flowcli eval` on each NAME:ROOT spec, {"DATASET epe": ..., "DATASET fl_all": ...}
     (Fl-all for KITTI, D1 for stereo); every folder is checked now, so a wrong one fails before training."""
-    from flowcli.evaluation import evaluate
+    from flowcli.evaluation import headline_metrics
 
     sets = []
     for spec in specs:
@@ -522,13 +522,9 @@ def dataset_evaluator(specs: list[str], device: torch.device) -> Callable[[torch
             sets.append((name, root))
 
     def scores(model: torch.nn.Module) -> dict:
-        out = {}
-        for name, root in sets:
-            mean = evaluate(model, name, root, device=device, occlusion=False, progress=False).mean
-            for key in ("epe", "fl_all", "d1"):
-                if isinstance(mean.get(key), (int, float)):
-                    out[f"{name} {key}"] = round(float(mean[key]), 4)
-        return out
+        metrics = headline_metrics(model, sets, occlusion=False)  # on the model's device
+        return {f"{name} {key}": value for name, by_key in metrics.items() for key, value in by_key.items()
+                if key in ("epe", "fl_all", "d1")}  # fmt: skip
 
     return scores
 
@@ -561,7 +557,7 @@ def train(
     # the device and the model (init weights, overrides) are checked before the run folder is made
     device = resolve_device(cfg.device)
     if evaluate is None and cfg.eval_datasets:
-        evaluate = dataset_evaluator(cfg.eval_datasets, device)
+        evaluate = dataset_evaluator(cfg.eval_datasets)
     eval_every = cfg.eval_every or (cfg.checkpoint_every if cfg.eval_datasets else 0)
     autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
