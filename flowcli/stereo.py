@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ def estimate_disparity(
     left, right = check_frame("left", left), check_frame("right", right)
     if left.shape[-2:] != right.shape[-2:]:
         raise _pair_size_error(left, right)
+    if consistency and not _is_positive(lr_threshold):
+        raise InputError(f"lr_threshold must be a positive number of pixels, got {lr_threshold}")
     flows = estimate_flow(
         model, left, right, backward=consistency, max_pixels=max_pixels, tile_overlap=tile_overlap,
         precision=precision,
@@ -121,22 +124,36 @@ def left_right_occlusion(
     """[B,1,H,W] float, 1 where the left disparity fails the left-right consistency check.
 
     d_R is read at (x - d_L, y) by linear interpolation along the row; a pixel is occluded where
-    |d_L - d_R(x - d_L)| > threshold, or where x - d_L falls left of the image.
+    |d_L - d_R(x - d_L)| > threshold, or where x - d_L falls left of the image (or d_L is NaN).
     """
     w = disparity_left.shape[-1]
     xs = torch.arange(w, device=disparity_left.device, dtype=disparity_left.dtype).view(1, 1, 1, w)
     target = xs - disparity_left
-    x0 = target.floor().clamp(0, w - 1)
+    x0 = target.floor().nan_to_num(0.0).clamp(0, w - 1)
     frac = (target - x0).clamp(0, 1)
     i0 = x0.long()
     i1 = (i0 + 1).clamp(max=w - 1)
     right = disparity_right.to(disparity_left.dtype)
     sampled = torch.gather(right, 3, i0) * (1 - frac) + torch.gather(right, 3, i1) * frac
     inconsistent = (disparity_left - sampled).abs() > threshold
-    return (inconsistent | (target < 0)).float()
+    return (inconsistent | (target < 0) | disparity_left.isnan()).float()
 
 
 # ----------------------------------------------------------------------------- depth and camera
+
+
+def _real(value):
+    """A Python, numpy or one-element tensor number as a float (None stays None); anything else as given."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    return value
+
+
+def _is_positive(value) -> bool:
+    value = _real(value)
+    return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True)
@@ -159,10 +176,17 @@ class Camera:
 
     def __post_init__(self):
         where = f" in {self.source}" if self.source else ""
-        for name, value in (("focal length", self.focal), ("baseline", self.baseline), ("fy", self.fy)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        for attribute, name in (("focal", "focal length"), ("baseline", "baseline"), ("fy", "fy")):
+            value = _real(getattr(self, attribute))
+            if value is not None and not _is_positive(value):
                 unit = "metres" if name == "baseline" else "pixels"
                 raise InputError(f"the {name}{where} must be a positive number of {unit}, got {value}")
+            object.__setattr__(self, attribute, value)  # numpy and tensor scalars stored as plain floats
+        for attribute in ("cx", "cy", "doffs"):  # cx, cy may be None (the image centre)
+            value = _real(getattr(self, attribute))
+            if (value is not None or attribute == "doffs") and not (isinstance(value, float) and math.isfinite(value)):
+                raise InputError(f"{attribute}{where} must be a finite number of pixels, got {value}")
+            object.__setattr__(self, attribute, value)
 
     def check_size(self, width: int, height: int) -> None:
         if self.width is not None and self.height is not None and (self.width, self.height) != (width, height):
@@ -186,7 +210,10 @@ def depth_from_disparity(disparity, focal: float, baseline: float, *, doffs: flo
     Invalid pixels (disparity <= 0 or not finite, or beyond `max_depth`) are 0. Takes and returns a
     torch tensor or a numpy array of any shape.
     """
-    Camera(focal=focal, baseline=baseline)  # validates both
+    camera = Camera(focal=focal, baseline=baseline, doffs=doffs)  # validates all three
+    focal, baseline, doffs = camera.focal, camera.baseline, camera.doffs
+    if max_depth is not None and not _is_positive(max_depth):
+        raise InputError(f"max_depth must be a positive number of metres (None: no limit), got {max_depth}")
     is_tensor = isinstance(disparity, torch.Tensor)
     d = disparity.float() if is_tensor else torch.as_tensor(np.asarray(disparity, dtype=np.float32))
     shifted = d + doffs
@@ -310,27 +337,56 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
 
 
 def point_cloud(depth, image, camera: Camera, mask=None) -> tuple[np.ndarray, np.ndarray]:
-    """(points float32 [N, 3] in metres, colours uint8 [N, 3]) for the valid (depth > 0) pixels.
+    """(points float32 [N, 3] in metres, colours uint8 [N, 3]) for the valid (finite, > 0) depths.
 
-    depth [H, W] (or [1, 1, H, W]); image RGB [3, H, W] in [0, 1] or uint8 [H, W, 3]; `mask` [H, W]
-    True = keep. Camera frame as OpenCV: x right, y down, z forward.
+    depth [H, W] (or [1, 1, H, W]); image RGB [3, H, W] (or [1, 3, H, W]) or [H, W, 3], float in [0, 1]
+    or uint8, tensor or array; `mask` [H, W] True = keep. Camera frame as OpenCV: x right, y down, z forward.
     """
-    depth = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, dtype=np.float32)
-    depth = depth.reshape(depth.shape[-2:])
+    depth = _one_map("depth", depth).astype(np.float32)
     h, w = depth.shape
-    if isinstance(image, torch.Tensor):
-        image = image.reshape(3, h, w)
-        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    image = np.asarray(image)
+    image = _rgb8(image, h, w)
     fx, fy, cx, cy = camera.intrinsics(w, h)
-    keep = depth > 0
+    keep = np.isfinite(depth) & (depth > 0)
     if mask is not None:
-        mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
-        keep &= mask.reshape(h, w)
+        mask = _one_map("mask", mask)
+        if mask.shape != (h, w):
+            raise InputError(f"the mask has shape {mask.shape} but the depth map has shape {(h, w)}")
+        keep &= mask.astype(bool)
     ys, xs = np.nonzero(keep)
     z = depth[ys, xs]
     points = np.stack(((xs - cx) * z / fx, (ys - cy) * z / fy, z), axis=1).astype(np.float32)
-    return points, np.ascontiguousarray(image[ys, xs, :3], dtype=np.uint8)
+    return points, np.ascontiguousarray(image[ys, xs])
+
+
+def _one_map(name: str, array) -> np.ndarray:
+    """A tensor or array [H, W], [1, H, W] or [1, 1, H, W] as a numpy [H, W]."""
+    array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
+    if array.ndim < 2 or any(n != 1 for n in array.shape[:-2]):
+        raise InputError(f"the {name} has shape {array.shape}; give one map [H, W] (of a batch [B, 1, H, W], take [i, 0])")
+    return array.reshape(array.shape[-2:])
+
+
+def _rgb8(image, h: int, w: int) -> np.ndarray:
+    """An RGB image [3, H, W], [1, 3, H, W] or [H, W, 3] (float in [0, 1] or uint8) as uint8 [h, w, 3]."""
+    image = np.asarray(image.detach().float().cpu() if isinstance(image, torch.Tensor) else image)
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3 and image.shape == (3, h, w):
+        image = image.transpose(1, 2, 0)
+    if image.ndim != 3 or image.shape[:2] != (h, w) or image.shape[2] not in (3, 4):
+        raise InputError(
+            f"the image has shape {image.shape} but the depth map has shape {(h, w)}; give the left image of the "
+            "pair, RGB [3, H, W] or [H, W, 3]"
+        )
+    image = image[..., :3]
+    if np.issubdtype(image.dtype, np.floating):
+        if image.size and not (image.min() >= -1.0 and image.max() <= 2.0):  # also NaN
+            raise InputError(f"the image holds values from {image.min():g} to {image.max():g}; a float image must "
+                             "be RGB in [0, 1] (divide 8-bit images by 255)")
+        return np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise InputError(f"the image is {image.dtype}; give float RGB in [0, 1] or uint8")
+    return image
 
 
 _PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
@@ -420,15 +476,17 @@ def disparity_to_rgb(disparity, max_disparity: float | None = None, valid=None) 
     Turbo colour map, near (large disparity) red, far blue; full scale at `max_disparity` (default:
     the frame's maximum). Pixels not `valid` and non-finite ones are black.
     """
-    d = np.asarray(disparity.detach().cpu() if isinstance(disparity, torch.Tensor) else disparity, dtype=np.float64)
-    d = d.reshape(d.shape[-2:])
+    d = _one_map("disparity", disparity).astype(np.float64)
     known = np.isfinite(d)
     if valid is not None:
-        known &= np.asarray(valid.detach().cpu() if isinstance(valid, torch.Tensor) else valid, bool).reshape(d.shape)
+        valid = _one_map("valid mask", valid)
+        if valid.shape != d.shape:
+            raise InputError(f"the valid mask has shape {valid.shape} but the disparity has shape {d.shape}")
+        known &= valid.astype(bool)
     if max_disparity is None:
         max_disparity = float(d[known].max()) if known.any() else 1.0
-    elif not max_disparity > 0:
-        raise ValueError(f"max_disparity must be positive, got {max_disparity}")
+    elif not _is_positive(max_disparity):
+        raise InputError(f"max_disparity must be a positive number of pixels, got {max_disparity}")
     rgb = turbo(np.where(known, d, 0.0) / max(max_disparity, 1e-6))
     rgb[~known] = 0
     return rgb

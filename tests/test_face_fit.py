@@ -140,3 +140,49 @@ def test_fit_takes_478_points_and_refuses_other_shapes(fitter):
     for bad in (points[:, :2], points[:68], np.full_like(points, np.nan)):
         with pytest.raises(InputError):
             fitter.fit(bad, refine=False)
+
+
+def test_degenerate_points_and_options_are_input_errors(fitter):
+    """Placeholder points (all zeros, one point, a line) ended in numpy's 'SVD did not converge'; alternations=0
+    in an UnboundLocalError and sigma_cm=0 in 'Singular matrix'."""
+    from flowcli.errors import InputError
+    from flowcli.face.fit import FitOptions
+
+    line = np.stack([np.arange(468.0), 2 * np.arange(468.0), np.zeros(468)], axis=1)
+    for bad in (np.zeros((468, 3)), np.full((468, 3), 120.0), line):
+        with pytest.raises(InputError, match="lie on one point or line"):
+            fitter.fit(bad, refine=False)
+    for options in (dict(alternations=0), dict(sigma_cm=0.0), dict(sigma_cm=float("nan"))):
+        with pytest.raises(InputError, match="FitOptions"):
+            FitOptions(**options)
+
+
+def test_pipeline_takes_one_picture_as_an_array_or_a_flow_style_tensor(tmp_path_factory):
+    """fit_image said 'unsupported image layout' for the float RGB [3, H, W] tensor that flowcli's flow and stereo
+    take; a batch is one clear error, and max_faces=0 fitted every face instead of refusing."""
+    pytest.importorskip("ai_edge_litert")
+    if not (FACE / "mediapipe" / "face_landmark.tflite").is_file():
+        pytest.skip("shared MediaPipe models not present")
+    import torch
+
+    from flowcli.errors import InputError
+    from flowcli.face.assets import FaceAssets
+    from flowcli.face.media import read_image
+    from flowcli.face.pipeline import FacePipeline
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLOWCLI_CACHE", str(_cache(tmp_path_factory)))
+        pipeline = FacePipeline(FaceAssets.locate(FACE))
+    rgb = read_image(FACE / "aflw2000-3d" / "image00050.jpg")
+    reference = pipeline.fit_image(rgb)[0][0].landmarks68
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    for picture in (tensor, tensor[None], tensor.numpy()):
+        results, total = pipeline.fit_image(picture)
+        assert total == 1
+        np.testing.assert_array_equal(results[0].landmarks68, reference)  # same pixels, same fit
+    for batch in (torch.stack([tensor, tensor]), np.stack([rgb, rgb])):
+        with pytest.raises(InputError, match="batch.*loop over them"):
+            pipeline.fit_image(batch)
+    for max_faces in (0, -1, 1.5):
+        with pytest.raises(InputError, match="max_faces must be a whole number"):
+            pipeline.fit_image(rgb, max_faces=max_faces)

@@ -228,3 +228,64 @@ def test_library_disparity_names_the_view_and_checks_the_layout_before_sizes():
         estimate_disparity(model, torch.rand(64, 64, 3), torch.rand(64, 80, 3))
     with pytest.raises(InputError, match="differ in size"):
         estimate_disparity(model, torch.rand(3, 64, 64), torch.rand(3, 64, 80))
+
+
+def test_camera_numbers_may_be_numpy_or_tensor_scalars_and_depth_options_are_checked():
+    """A focal length read from a float32 calibration matrix (np.float32) or a tensor is a number like any other;
+    a NaN doffs or a max_depth that is not positive is a one-line error, not an all-invalid depth map."""
+    d = np.array([[0.0, 2.0, 4.0]], np.float32)
+    expected = depth_from_disparity(d, 400.0, 0.1)
+    np.testing.assert_allclose(depth_from_disparity(d, np.float32(400.0), torch.tensor(0.1)), expected, rtol=1e-6)
+    np.testing.assert_allclose(depth_from_disparity(d, np.int64(400), np.float64(0.1), doffs=np.float32(0)), expected)
+    camera = Camera(focal=np.float32(451.0), baseline=torch.tensor(0.075), cx=np.int64(320))
+    assert type(camera.focal) is float and camera.focal == 451.0 and camera.intrinsics(640, 480)[2] == 320.0
+    for bad in (dict(doffs=math.nan), dict(doffs=math.inf), dict(max_depth=math.nan), dict(max_depth=0.0),
+                dict(max_depth=-1.0)):
+        with pytest.raises(InputError, match="doffs must be a finite|max_depth must be a positive"):
+            depth_from_disparity(d, 400.0, 0.1, **bad)
+    with pytest.raises(InputError, match="cx must be a finite"):
+        Camera(focal=400.0, baseline=0.1, cx=math.nan)
+
+
+def test_point_cloud_takes_float_arrays_and_refuses_images_of_another_size():
+    """A float [H, W, 3] array in [0, 1] gave all-black colours; a [3, H, W] array garbage; an image of another
+    size read colours from the wrong pixels (or crashed with a reshape error); infinite depths became points."""
+    depth = np.zeros((4, 6), np.float32)
+    depth[1:3, 1:4] = 2.0
+    depth[0, 0] = np.inf
+    image = torch.rand(3, 4, 6)
+    camera = Camera(focal=100.0, baseline=0.1)
+    points, colours = point_cloud(depth, image, camera)
+    assert len(points) == 6 and np.isfinite(points).all()
+    for same in (image.numpy(), image.permute(1, 2, 0).numpy(), image[None], image.permute(1, 2, 0).double()):
+        np.testing.assert_array_equal(point_cloud(depth, same, camera)[1], colours)
+    for image_bad, message in ((torch.rand(3, 5, 6), "depth map has shape"), (np.zeros((4, 7, 3), np.uint8), "shape"),
+                               (torch.rand(1, 4, 6), "RGB"), (image.numpy() * 255, "divide 8-bit"),
+                               (np.zeros((4, 6, 3), np.uint16), "uint16")):
+        with pytest.raises(InputError, match=message):
+            point_cloud(depth, image_bad, camera)
+    with pytest.raises(InputError, match=r"give one map \[H, W\]"):
+        point_cloud(np.stack([depth, depth])[:, None], image, camera)
+    with pytest.raises(InputError, match="the mask has shape"):
+        point_cloud(depth, image, camera, mask=np.ones((3, 3), bool))
+    with pytest.raises(InputError, match=r"give one map \[H, W\]"):
+        disparity_to_rgb(torch.ones(2, 1, 4, 6))
+
+
+def test_left_right_occlusion_marks_nan_disparity_occluded_instead_of_crashing():
+    left = torch.full((1, 1, 2, 8), 2.0)
+    left[0, 0, 0, 5] = math.nan
+    occ = left_right_occlusion(left, torch.full((1, 1, 2, 8), 2.0))
+    expected = torch.zeros(1, 1, 2, 8)
+    expected[..., :2] = 1  # x - d leaves the image
+    expected[0, 0, 0, 5] = 1
+    torch.testing.assert_close(occ, expected)
+
+
+@pytest.mark.parametrize("threshold", [math.nan, -1.0, 0.0])
+def test_lr_threshold_must_be_positive(monkeypatch, threshold):
+    """NaN marked nothing occluded and a negative threshold everything, silently."""
+    flow = torch.zeros(2, 8, 12)
+    _fake_flow(monkeypatch, flow, flow)
+    with pytest.raises(InputError, match="lr_threshold must be a positive number of pixels"):
+        estimate_disparity(None, torch.rand(3, 8, 12), torch.rand(3, 8, 12), lr_threshold=threshold)

@@ -53,6 +53,14 @@ class FitOptions:
     jaw_yaw_full: float = 40.0
     num_id: int | None = None
 
+    def __post_init__(self):
+        from flowcli.errors import InputError
+
+        if self.alternations < 1:
+            raise InputError(f"FitOptions.alternations must be at least 1, got {self.alternations}")
+        if not self.sigma_cm > 0:
+            raise InputError(f"FitOptions.sigma_cm must be a positive number of cm, got {self.sigma_cm}")
+
     def shape_config(self) -> ShapeSolveConfig:
         return ShapeSolveConfig(id_reg=self.id_reg, exp_reg=self.exp_reg, z_weight=self.z_weight, num_id=self.num_id)
 
@@ -156,6 +164,8 @@ def mediapipe_points(points) -> np.ndarray:
         raise InputError(f"expected MediaPipe's 468 (or 478) face-mesh points as N x 3, got {points.shape}")
     if not np.isfinite(points).all():
         raise InputError("the face-mesh points hold NaN or infinite values; fit only faces that were found")
+    if np.linalg.matrix_rank(points[:468, :2] - points[:468, :2].mean(0)) < 2:
+        raise InputError("the face-mesh points lie on one point or line (placeholders?); fit only faces that were found")
     return points[:468]
 
 

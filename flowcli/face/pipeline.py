@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from flowcli.errors import InputError
 from flowcli.face.assets import FaceAssets
 from flowcli.face.fit import FaceFit, FaceFitter, FitOptions
 from flowcli.face.media import as_rgb8
@@ -34,6 +37,8 @@ class FacePipeline:
     def landmarks(self, image: np.ndarray, max_faces: int = 1):
         """MediaPipe points of up to max_faces faces (largest first) and how many faces were found in all
         (the faces fitted plus the detections left untried)."""
+        if isinstance(max_faces, bool) or not isinstance(max_faces, numbers.Integral) or max_faces < 1:
+            raise InputError(f"max_faces must be a whole number of at least 1, got {max_faces!r}")
         detections = self.runner.detect(image)
         if not detections:
             raise NoFaceError("no face found")
@@ -71,9 +76,11 @@ class FacePipeline:
             vertices=self.fitter.vertices_image(fit),
         )
 
-    def fit_image(self, image: np.ndarray, max_faces: int = 1) -> tuple[list[FaceResult], int]:
-        """Faces of an H x W (x 1/3/4) picture: uint8, uint16 or float in [0, 1], gray, RGB or RGBA."""
-        found, total = self.landmarks(as_rgb8(image), max_faces)
+    def fit_image(self, image, max_faces: int = 1) -> tuple[list[FaceResult], int]:
+        """Faces of one picture: an H x W (x 1/3/4) array, uint8, uint16 or float in [0, 1], gray, RGB or RGBA,
+        or a frame as flowcli's flow and stereo take it, a float RGB tensor [3, H, W] (or [1, 3, H, W]) in
+        [0, 1]. Raises NoFaceError when it holds no face."""
+        found, total = self.landmarks(as_rgb8(_channels_last(image)), max_faces)
         results = []
         for lm in found:
             fit = self.fitter.fit(lm.points)
@@ -81,3 +88,21 @@ class FacePipeline:
             fit.box = lm.detection.box if lm.detection is not None else None
             results.append(self.result(fit))
         return results, total
+
+
+def _channels_last(image):
+    """One picture as an H x W (x C) array: tensors [3, H, W] / [1, 3, H, W] (RGB in [0, 1]) and channels-first
+    arrays are moved to channels last; a batch of several pictures is an InputError."""
+    if isinstance(image, torch.Tensor):
+        from flowcli.inference import check_frame
+
+        frame = check_frame("image", image)  # float RGB in [0, 1]: the flow and stereo convention
+        if len(frame) != 1:
+            raise InputError(f"image holds a batch of {len(frame)} pictures; fit_image takes one, loop over them")
+        return (frame[0].detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 4:
+        raise InputError(f"image has shape {array.shape}, a batch; fit_image takes one H x W x 3 picture, loop over them")
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] > 4:  # channels first
+        return array.transpose(1, 2, 0)
+    return array
