@@ -148,3 +148,21 @@ def test_a_variable_frame_rate_video_gives_each_frame_once(tmp_path):
     reader.close()
     assert len(frames) == 10 and reader.decode_error is None
     assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
+
+
+def test_a_float_picture_with_resampling_overshoot_is_read_as_0_to_1():
+    """Bicubic resizing leaves values a little above 1; such a picture used to be read as 0-255 (almost
+    black), and a face photo then gave "no face found"."""
+    import numpy as np
+    import pytest
+
+    from flowcli.errors import InputError
+    from flowcli.face.media import as_rgb8
+
+    picture = np.full((80, 80, 3), 0.5, np.float32)
+    picture[0, 0] = 1.0005
+    assert as_rgb8(picture)[40, 40].tolist() == [128, 128, 128]
+    assert as_rgb8(picture * 255)[40, 40].tolist() == [127, 127, 127]  # a float picture in 0-255 stays so
+    picture[1, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        as_rgb8(picture)

@@ -35,9 +35,13 @@ def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint16:
         a = (a / 257.0).round().astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise InputError(f"{name}: the image has NaN or infinite values; give a decoded picture")
+        # [0, 1] like flowcli's frames, with the overshoot of resampling filters (1.0005 after bicubic
+        # resizing); a float picture in 0-255 has values well above 2
         a = (
             (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8)
-            if a.max() <= 1.0
+            if a.max() <= 2.0
             else np.clip(a, 0, 255).astype(np.uint8)
         )
     elif a.dtype == bool:
