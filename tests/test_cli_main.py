@@ -74,3 +74,86 @@ def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
     code, out, err = in_process_cli(monkeypatch, capsys, "doctor")()
     assert code == 130 and out == ""
     assert err.strip() == "interrupted"
+
+
+def _commands():
+    """(command words, click command) for `flowcli` and each of its commands and subcommands."""
+    import importlib
+
+    import typer
+
+    from flowcli.cli import main
+
+    app = typer.Typer()
+    for name in main._COMMAND_MODULES:
+        importlib.import_module(f"flowcli.cli.{name}").register(app)
+
+    def walk(command, words):
+        yield words, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*words, name])
+
+    root = typer.main.get_command(app)
+    root.help = main.app.info.help
+    return list(walk(root, []))
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`synth --help` listed -q, and `face convert --help` --overwrite, without a word."""
+    for words, command in _commands():
+        silent = [param.opts[0] for param in command.params if param.param_type_name == "option" and not param.help]
+        assert not silent, f"flowcli {' '.join(words)}: {silent}"
+
+
+def test_every_command_documents_its_exit_codes():
+    """Scripts branch on them; eval, synth, doctor, weights and face fit/convert did not say them. The weights
+    subcommands share the weights group's line, train relies on `flowcli --help`."""
+    for words, command in _commands():
+        if words in (["train"], ["face"]) or (words[:1] == ["weights"] and len(words) > 1):
+            continue
+        assert "Exit codes" in (command.help or ""), f"flowcli {' '.join(words)} --help"
+
+
+def test_eval_uses_the_default_device_of_every_command(monkeypatch, capsys, tmp_path):
+    """--device auto (the GPU when there is one), as in estimate and stereo: eval ran on the CPU unless told."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from pathlib import Path
+
+    from flowcli import inference
+    from flowcli.errors import InputError
+
+    chairs = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow" / "chairs"
+    if not chairs.is_dir():
+        pytest.skip("../shared/data is absent")
+    asked = []
+
+    def stop_before_the_model(device):
+        asked.append(device)
+        raise InputError("stopped before the model")
+
+    monkeypatch.setattr(inference, "resolve_device", stop_before_the_model)
+    code, _, err = in_process_cli(monkeypatch, capsys, "eval")("-d", "chairs", "-r", chairs)
+    assert_one_line_error(code, err, 2, "stopped before the model")
+    assert asked == ["auto"]
+
+
+def test_doctor_says_which_devices_it_checks(monkeypatch, capsys):
+    """estimate and stereo run on mps: doctor must not say that flowcli runs on cpu or cuda only."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    code, _, err = in_process_cli(monkeypatch, capsys, "doctor")("--device", "mps")
+    assert_one_line_error(code, err, 2, "doctor checks cpu or cuda devices only")
+
+
+def test_synth_quiet_prints_nothing(monkeypatch, capsys, tmp_path):
+    """-q is silent on stderr, as in estimate and stereo: no progress bar and no summary line in a log."""
+    from cli_harness import in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, out, err = run(tmp_path / "data", "-n", "1", "--size", "32x32", "-q")
+    assert (code, out, err) == (0, "", "")
+    assert (tmp_path / "data" / "00000_flow.flo").is_file()
+    code, out, err = run(tmp_path / "clip.mp4", "--clip", "--size", "32x32", "-q")
+    assert (code, out, err) == (0, "", "")
+    assert (tmp_path / "clip.mp4").is_file()

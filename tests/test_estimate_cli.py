@@ -156,6 +156,15 @@ def test_default_outputs_for_an_image_pair(media, tmp_path, cli):
     assert err == ""  # --quiet
 
 
+def test_model_options_are_spelled_as_in_the_other_commands(media, tmp_path, cli):
+    """-w is --weights in eval and adapt, and --precision auto is adapt's default: both work here too."""
+    code, _, err = cli(media["a"], media["b"], "-w", media["weights"], "--precision", "auto", "--device", "cpu",
+                       "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "on cpu, fp32" in err
+    assert (tmp_path / "out" / "a_flow.flo").is_file()
+
+
 def test_video_input_keeps_fps_and_streams_batches(media, tmp_path, cli):
     out = tmp_path / "out"
     args = [media["clip"], "--weights", media["weights"], "-o", out, "--video", "--npy", "--json", "-q"]

@@ -236,6 +236,14 @@ def test_bad_face_models(tmp_path, cli):
     assert not (tmp_path / "out").exists()  # a run that cannot start leaves no folder behind
 
 
+def test_convert_refuses_an_output_that_is_not_npz(tmp_path, cli):
+    """A wrong -o is an output error (exit 3) in every command, said with what to give instead."""
+    run = cli(["face", "convert", FACE / "ict-facekit" / "FaceXModel", "-o", tmp_path / "ict.npy"])
+    assert run.exception.exit_code == 3, run.output
+    assert "give e.g. -o ict.npz" in str(run.exception)
+    assert not (tmp_path / "ict.npy").exists()
+
+
 def test_library_fit_image_takes_float_gray_and_rgba_pictures(monkeypatch):
     """FacePipeline.fit_image is the library entry point: it converts pictures as the CLI's reader does."""
     from flowcli.face.assets import FaceAssets

@@ -368,6 +368,7 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
         ((media["left"], media["right"], "--name", "{frame1}"), 3, ("unknown placeholder {frame1}",)),
         ((media["left"], media["right"], "--precision", "fp8"), 2, ("unknown precision 'fp8'",)),
         ((media["left"], media["right"], "--batch-size", "0"), 2, ("--batch-size must be at least 1",)),
+        ((media["left"], media["right"], "--lr-threshold", "0"), 2, ("--lr-threshold must be a positive",)),
     ]
     for args, expected, needles in cases:
         code, _, err = cli(*args, *w)
@@ -382,6 +383,15 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
     (existing / "scene_disp.pfm").write_bytes(b"x")
     code, _, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", existing, "-q")
     assert_one_line_error(code, err, 3, "already exists", "--overwrite")
+
+
+def test_model_options_are_spelled_as_in_the_other_commands(media, tmp_path, cli):
+    """-w is --weights in eval and adapt, and --precision auto is adapt's default: both work here too."""
+    code, _, err = cli(media["left"], media["right"], "-w", media["weights"], "--precision", "auto",
+                       "--device", "cpu", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "on cpu, fp32" in err
+    assert (tmp_path / "out" / "scene_disp.pfm").is_file()
 
 
 def test_real_process_error_has_no_traceback(media, tmp_path):

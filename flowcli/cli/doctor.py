@@ -177,7 +177,18 @@ def doctor(
 ) -> None:
     """Show versions, device and correlation backend, and self-check the backend against a reference.
 
-    Example: flowcli doctor --json
+    --json prints one JSON document on stdout with keys flowcli, python, torch, torch_cuda_build, triton,
+    cuda_available, cuda_devices (name, capability, memory_gib), FLOWCLI_CORR, TRITON_INTERPRET, device and
+    self_check (ok, backend, device, seconds, max_error, message); interpreter_check as well when the Triton
+    interpreter is checked on the CPU.
+
+    Exit codes: 0 ok, 1 a self-check failed, 2 a --device this machine does not have.
+
+    Examples:
+
+      flowcli doctor
+
+      flowcli doctor --device cpu --json
     """
     import torch
 
@@ -193,7 +204,7 @@ def doctor(
         present = ", ".join(f"cuda:{index}" for index in range(torch.cuda.device_count()))
         raise InputError(f"--device {device}: no such CUDA device here; use one of {present}")
     if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {device!r}: flowcli runs on cpu or cuda")
+        raise InputError(f"--device {device!r}: doctor checks cpu or cuda devices only; use --device cpu or cuda")
     info = environment()
     check = self_check(device)
     checks = [("self-check", check)]

@@ -406,7 +406,7 @@ def estimate(
     quiet: QuietOption = False,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = None,
+    precision: PrecisionOption = "auto",
     batch_size: BatchSizeOption = 1,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     scale: Annotated[
@@ -429,8 +429,8 @@ def estimate(
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
     if not 0.05 <= scale <= 4:
         raise InputError(f"--scale must be between 0.05 and 4, got {scale}")
-    if precision is not None and precision not in PRECISION_NAMES:
-        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
+    if precision != "auto" and precision not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen
@@ -446,7 +446,8 @@ def estimate(
     from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
-    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
+    if precision == "auto":
+        precision = "fp16" if torch_device.type == "cuda" else "fp32"
     dtype = resolve_precision(precision, torch_device)  # warns once here, not for every batch
     precision = next(name for name, value in PRECISIONS.items() if value == dtype)
 

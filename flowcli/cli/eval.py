@@ -49,8 +49,16 @@ STEREO_COLUMNS = [
 EVAL_HELP = (
     "Score a model on a benchmark: EPE, Fl-all and accuracy for flow; EPE, bad-N and D1 for stereo.\n\n"
     "Prints a table per item and the mean over items on stderr, plus pixel-weighted EPE, Fl-all and D1 "
-    "(KITTI's convention); --json prints every number as one JSON object on stdout.\n\n"
-    "Example: flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3"
+    "(KITTI's convention); --json prints every number as one JSON object on stdout, with keys weights, model "
+    "(checkpoint path), device, scale and results: per dataset, per_item (name, width, height, n_valid, seconds "
+    "and the scores: epe, epe_noc, epe_occ, fl_all, acc_1px, acc_3px, acc_5px, occ_f1 for flow; epe, bad_1, bad_2, "
+    "bad_4, d1, vert_abs, vert_gt1 for stereo; null where nothing was scored) and mean (their means over items, "
+    "KEY_px pixel-weighted, items).\n\n"
+    "Exit codes: 0 ok, 1 other error, 2 input error (unknown dataset, a --root without its layout), 4 weights "
+    "error.\n\n"
+    "Examples:\n\n"
+    "  flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3\n\n"
+    "  flowcli eval -d kitti2015 -r ../shared/data/flow/kitti2015 -w flowcli-pwc-synth --json > kitti.json"
 )
 
 
@@ -121,7 +129,7 @@ def eval_command(
         None, "--weights", "-w", help="Registry name, hf:// spec, URL or checkpoint path (default: the default model)."
     ),
     max_items: Optional[int] = typer.Option(None, "--max-items", "-n", min=1, help="Evaluate only the first N items."),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     occlusion: bool = typer.Option(
         True, "--occlusion/--no-occlusion", help="Also score forward-backward occlusion where GT occlusion exists."
     ),

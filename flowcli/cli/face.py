@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from flowcli.errors import FlowcliError, InputError
+from flowcli.errors import FlowcliError, InputError, OutputError
 
 
 class MeshFormat(str, Enum):
@@ -85,8 +85,22 @@ def fit_command(
 ) -> None:
     """Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay.
 
+    Needs ICT-FaceKit's model: --face-assets DIR (or FLOWCLI_FACE_ASSETS=DIR), a folder holding
+    ict-facekit/FaceXModel/ (ICT-FaceKit's OBJ files), or your own --face-model. The MediaPipe landmark models are
+    read from DIR/mediapipe/ when there, else downloaded once (`flowcli weights download mediapipe-face`).
+
+    --json prints one JSON line per image face or video frame on stdout, with keys input, frame (video frame
+    number, null for images), face (1, 2... or null), status (ok, no_face or error), when ok yaw, pitch, roll
+    (degrees), scale and outputs (output name -> path; a video's frames all name the clip's files); images add
+    faces_found and score; an image or input that failed adds error (the message).
+
+    Exit codes: 0 ok, 1 other error, 2 input error (an unreadable input, no face found: the other inputs are still
+    fitted), 3 output error (an existing output without --overwrite), 4 weights error (a missing or broken face
+    or landmark model).
+
     Examples:
-      flowcli face fit selfie.jpg -o faces/
+      flowcli face fit selfie.jpg --face-assets face_assets/ -o faces/
+      export FLOWCLI_FACE_ASSETS=face_assets/
       flowcli face fit talk.mp4 --max-frames 100 --json -o faces/ > poses.jsonl
     """
     import torch
@@ -151,9 +165,14 @@ def convert_command(
         ..., help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions)."
     ),
     output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Convert ICT-FaceKit OBJ files into the compact model file `--face-model` reads (face region only).
+
+    Prints one JSON line on stdout: output, identity_modes, expressions.
+
+    Exit codes: 0 ok, 1 other error, 2 input error (a folder without the OBJ files), 3 output error (not a .npz
+    path, or an existing file without --overwrite), 4 weights error (an OBJ file that cannot be used).
 
     Example: flowcli face convert ICT-FaceKit/FaceXModel -o ict.npz
     """
@@ -161,7 +180,7 @@ def convert_command(
     from flowcli.io.atomic import check_writable
 
     if output.suffix.lower() != ".npz":
-        raise InputError("the compact model file must end in .npz")
+        raise OutputError(f"-o {output}: the compact model file must end in .npz; give e.g. -o ict.npz")
     check_writable(output, overwrite)
     arrays = convert_ict(folder)
     build_compact(arrays, folder / "generic_neutral_mesh.obj", output, source=str(folder))

@@ -10,9 +10,15 @@ import typer
 from flowcli.console import stderr
 from flowcli.errors import FlowcliError
 
+HELP = (
+    "Dense correspondence from the command line: optical flow, stereo, occlusion, 3D faces.\n\n"
+    "--json output goes to stdout; progress, warnings and errors go to stderr, and -q hides the progress. "
+    "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error, 130 interrupted."
+)
+
 app = typer.Typer(
     name="flowcli",
-    help="Dense correspondence from the command line: optical flow, stereo, occlusion, 3D faces.",
+    help=HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

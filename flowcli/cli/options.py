@@ -64,16 +64,15 @@ def format_flag(formats: dict[str, str], name: str, note: str = ""):
 # ---- model
 WeightsOption = Annotated[
     Optional[str],
-    typer.Option("--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
+    typer.Option("-w", "--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
                  "https:// URL. Default: the registry default model.", rich_help_panel=MODEL_PANEL, show_default=False),
 ]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL)
 ]
 PrecisionOption = Annotated[
-    Optional[str],
-    typer.Option("--precision", help="fp32, fp16 or bf16; default fp16 on CUDA, fp32 elsewhere.",
-                 rich_help_panel=MODEL_PANEL, show_default=False),
+    str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.",
+                      rich_help_panel=MODEL_PANEL)
 ]
 BatchSizeOption = Annotated[
     int, typer.Option("--batch-size", help="Pairs per forward pass (sequences).", rich_help_panel=MODEL_PANEL)

@@ -48,7 +48,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
-from flowcli.errors import FlowcliError, InputError, OutputError
+from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
 from flowcli.outputs import check_template, inside_output
 
@@ -723,7 +723,7 @@ def stereo(
     quiet: QuietOption = False,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = None,
+    precision: PrecisionOption = "auto",
     batch_size: BatchSizeOption = 1,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     offline: OfflineOption = False,
@@ -744,9 +744,9 @@ def stereo(
     _positive(fps, "--fps", "", OutputError)
     _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
     _positive(max_depth, "--max-depth", " of metres")
-    _positive(lr_threshold, "--lr-threshold", " of pixels", FlowcliError)
-    if precision is not None and precision not in PRECISION_NAMES:
-        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
+    _positive(lr_threshold, "--lr-threshold", " of pixels")
+    if precision != "auto" and precision not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
     camera = _camera(focal, baseline, calib)
     if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
         warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: is it in "
@@ -799,7 +799,8 @@ def stereo(
     from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
-    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
+    if precision == "auto":
+        precision = "fp16" if torch_device.type == "cuda" else "fp32"
     dtype = resolve_precision(precision, torch_device)
     precision = next(k for k, v in PRECISIONS.items() if v == dtype)
 

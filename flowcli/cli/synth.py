@@ -51,7 +51,9 @@ def synth(
         "remove that run's scene files this run does not write (extra scenes, img3 and flow_23 of triplets), so "
         "the folder holds only the new data set; other files are left alone.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar or summary on stderr (warnings and errors stay)."
+    ),
 ) -> None:
     """Render FlyingChairs-style scenes: layered textured shapes with their own affine motions.
 
@@ -63,6 +65,9 @@ def synth(
     With --overwrite over an earlier synth dataset, its scene files that this run does not rewrite
     (more scenes, img3, flow_23) are removed first, so `flowcli eval` never mixes the two; files of other
     names are kept.
+
+    Exit codes: 0 ok, 1 other error, 2 input error (an option out of range), 3 output error (an existing
+    file without --overwrite, a folder that cannot be written).
 
     Examples:
       flowcli synth data/synth -n 1000
@@ -119,7 +124,8 @@ def synth(
         # VideoWriter pads odd sizes by a black row/column: report what the file holds
         padded = f", padded from --size {height}x{width} as H.264 needs even sizes" if width % 2 or height % 2 else ""
         size_written = f"{width + width % 2} wide x {height + height % 2} high"
-        stderr.print(f"wrote {output} ({frames} frames, {size_written}{padded}, {fps:g} fps)")
+        if not quiet:
+            stderr.print(f"wrote {output} ({frames} frames, {size_written}{padded}, {fps:g} fps)")
         return
 
     try:
@@ -155,7 +161,8 @@ def synth(
             write_png(f"{stem}_occ.png", occ, overwrite=overwrite)
             bar.update(task, advance=1)
     rate = count / (time.time() - started)
-    stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
+    if not quiet:
+        stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
 
 
 # The name of every scene file a dataset run writes: NNNNN_img1.png .. NNNNN_img3.png, NNNNN_flow.flo,

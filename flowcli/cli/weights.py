@@ -26,7 +26,10 @@ weights_app = typer.Typer(
         "(default $XDG_CACHE_HOME/flowcli or ~/.cache/flowcli).\n\n"
         "To work without network: run `flowcli weights download NAME` (or `--all`) once while online, then "
         "set FLOWCLI_OFFLINE=1 (or HF_HUB_OFFLINE=1). FLOWCLI_REGISTRY=path/to/registry.json swaps in "
-        "another registry file of the same format."
+        "another registry file of the same format.\n\n"
+        "Results (tables, JSON, paths) go to stdout, messages to stderr. Exit codes of every weights command: 0 ok, "
+        "1 other error, 2 input error, 3 output error, 4 weights error (unknown name, a file missing, corrupt or "
+        "not a flowcli checkpoint, offline without a cached copy, a failed download or push)."
     ),
     no_args_is_help=True,
 )
@@ -125,6 +128,9 @@ def _total_size(entry: dict) -> int:
         "List the models in the registry: task, size, where the files come from, checksum and key metrics.\n\n"
         "Any NAME shown works as `flowcli estimate --weights NAME`. sha256 \"TBD\" means the entry has no "
         "recorded checksum yet, so its file cannot be verified.\n\n"
+        "--json prints one JSON document: registry (the registry file) and models, a list of the registry entries "
+        "(name and the entry's fields as in the registry file: task, description, files, license...) with "
+        "local_path (the primary file's local copy, or null).\n\n"
         "Example: flowcli weights list --json | jq '.models[].name'"
     ),
 )
@@ -162,6 +168,9 @@ def list_command(json_output: JsonOption = False) -> None:
         "metadata stored inside the checkpoint (architecture config, training provenance) when a local copy "
         "exists.\n\n"
         "Given a checkpoint file instead of a name, shows that file's metadata.\n\n"
+        "--json prints one JSON document: name, the registry fields, files (each with status and local_path) and "
+        "checkpoint (the metadata inside the local copy, or null); for a checkpoint file: path, sha256 and "
+        "checkpoint.\n\n"
         "Example: flowcli weights info flowcli-pwc-synth"
     ),
 )
@@ -294,6 +303,7 @@ def download_command(
         "Status per file: ok; unverified (no sha256 recorded yet); not downloaded; missing (a bundled file "
         "absent from this installation); corrupt (wrong size or sha256; it is re-fetched on next use or by "
         "`flowcli weights download NAME`). Exits with code 4 when a file is missing or corrupt.\n\n"
+        "--json prints one JSON document: a list of {name, file, status}.\n\n"
         "Example: flowcli weights verify flowcli-pwc-synth"
     ),
 )
@@ -428,6 +438,8 @@ def average_command(
         "anywhere flowcli takes weights (--weights hf://OWNER/NAME/FILE@COMMIT), and a registry entry with the "
         "file's sha256; --registry FILE adds that entry to a registry JSON (created if missing) that "
         "FLOWCLI_REGISTRY can point at.\n\n"
+        "--json prints one JSON document instead: source, commit, name, entry (the registry entry) and registry "
+        "(the --registry file, or null).\n\n"
         "Example: flowcli weights push my_model.safetensors --repo me/my-flow --registry my_registry.json"
     ),
 )
