@@ -106,19 +106,19 @@ def test_every_option_of_every_command_says_what_it_does():
 
 
 def test_every_command_documents_its_exit_codes():
-    """Scripts branch on them; eval, synth, doctor, weights and face fit/convert did not say them. The weights
-    subcommands share the weights group's line, train relies on `flowcli --help`."""
+    """Scripts branch on them; eval, synth, doctor, train, weights and face fit/convert did not say them. The
+    weights subcommands share the weights group's line."""
     for words, command in _commands():
-        if words in (["train"], ["face"]) or (words[:1] == ["weights"] and len(words) > 1):
+        if words == ["face"] or (words[:1] == ["weights"] and len(words) > 1):
             continue
         assert "Exit codes" in (command.help or ""), f"flowcli {' '.join(words)} --help"
 
 
 def test_eval_uses_the_default_device_of_every_command(monkeypatch, capsys, tmp_path):
     """--device auto (the GPU when there is one), as in estimate and stereo: eval ran on the CPU unless told."""
-    from cli_harness import assert_one_line_error, in_process_cli
-
     from pathlib import Path
+
+    from cli_harness import assert_one_line_error, in_process_cli
 
     from flowcli import inference
     from flowcli.errors import InputError

@@ -69,6 +69,10 @@ def train(
     difference is refused, naming the settings). The weights are in OUT/last.safetensors (and
     OUT/ema.safetensors with --ema-decay), usable anywhere with --weights.
 
+    Exit codes: 0 ok (or a run already finished), 1 other error (an interrupted run: the message says how
+    to resume), 2 input error (a bad setting, config file, texture or dataset folder), 3 output error (the
+    run folder), 4 weights error (--init).
+
     Examples:
 
       flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
