@@ -332,3 +332,30 @@ def test_eval_checks_every_pass_of_sintel_before_scoring_one(monkeypatch, capsys
     code, out, err = run("--dataset", "sintel", "--root", tmp_path, "--json")
     assert_one_line_error(code, err, 2, "sintel-final", "expected MPI-Sintel layout")
     assert out == ""
+
+
+def test_eval_runs_at_the_precision_asked_and_refuses_an_unknown_one(monkeypatch, capsys):
+    """eval had no --precision, while estimate and stereo do: GPU users could not score the fp16/bf16 path
+    they run."""
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli import inference
+
+    asked = []
+    real = inference.estimate_flow
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("precision"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "estimate_flow", recording)
+    run = in_process_cli(monkeypatch, capsys, "eval")
+    root = DATA / "flow" / "middlebury"
+    code, out, err = run("-d", "middlebury", "-r", root, "--precision", "bf16", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["precision"] == "bf16" and asked == ["bf16"]
+    assert json.loads(out)["results"]["middlebury"]["mean"]["epe"] < 2.0  # bf16 still scores a sane flow
+    code, _, err = run("-d", "middlebury", "-r", root, "--precision", "fp8")
+    assert_one_line_error(code, err, 2, "unknown precision 'fp8'")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from flowcli.cli.options import PRECISION_NAMES
 from flowcli.errors import InputError
 
 CHOICES = (
@@ -50,7 +51,7 @@ EVAL_HELP = (
     "Score a model on a benchmark: EPE, Fl-all and accuracy for flow; EPE, bad-N and D1 for stereo.\n\n"
     "Prints a table per item and the mean over items on stderr, plus pixel-weighted EPE, Fl-all and D1 "
     "(KITTI's convention); --json prints every number as one JSON object on stdout, with keys weights, model "
-    "(checkpoint path), device, scale and results: per dataset, per_item (name, width, height, n_valid, seconds "
+    "(checkpoint path), device, scale, precision and results: per dataset, per_item (name, width, height, n_valid, seconds "
     "and the scores: epe, epe_noc, epe_occ, fl_all, acc_1px, acc_3px, acc_5px, occ_f1 for flow; epe, bad_1, bad_2, "
     "bad_4, d1, vert_abs, vert_gt1 for stereo; null where nothing was scored) and mean (their means over items, "
     "KEY_px pixel-weighted, items).\n\n"
@@ -136,6 +137,9 @@ def eval_command(
     scale: float = typer.Option(
         1.0, "--scale", min=0.05, max=4.0, help="Resize frames by this factor for the network (as estimate --scale)."
     ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32, fp16 or bf16 (autocast; fp16 and bf16 are for GPUs: scores may differ a little)."
+    ),
     offline: bool = typer.Option(False, "--offline", help="Never download weights; use the cache only."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table on stderr."),
@@ -149,6 +153,8 @@ def eval_command(
     name = dataset.lower().strip()
     if name not in CHOICES:
         raise InputError(f"unknown dataset '{dataset}'; choose one of {', '.join(CHOICES)}")
+    if precision not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
     if not root.is_dir():
         raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
@@ -160,7 +166,7 @@ def eval_command(
     for each in names:
         report = evaluate(
             model, each, root, max_items=max_items, occlusion=occlusion, device=torch_device, progress=not quiet,
-            scale=scale,
+            scale=scale, precision=precision,
         )
         reports.append(report)
         if not quiet:
@@ -172,6 +178,7 @@ def eval_command(
             "model": getattr(model, "checkpoint_path", None),
             "device": str(torch_device),
             "scale": scale,
+            "precision": precision,
             "results": {
                 r.dataset: {k: v for k, v in r.to_dict().items() if k not in ("dataset", "model")} for r in reports
             },
