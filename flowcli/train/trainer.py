@@ -505,7 +505,7 @@ def _schedule(optimizer, cfg: TrainConfig):
 
 def dataset_evaluator(specs: list[str]) -> Callable[[torch.nn.Module], dict]:
     """An `evaluate` for train(): `flowcli eval` on each NAME:ROOT spec, {"DATASET epe": ..., "DATASET fl_all": ...}
-    (Fl-all for KITTI, D1 for stereo); every folder is checked now, so a wrong one fails before training."""
+    (EPE, and Fl-all for flow, D1 for stereo); every folder is checked now, so a wrong one fails before training."""
     from flowcli.evaluation import headline_metrics
 
     sets = []
@@ -579,7 +579,8 @@ def train(
             shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
             raise OutputError(
                 f"{state_path} was made with a different training config ({shown}); use the same settings "
-                "(checkpoint_every and eval_every may change), another --out, or --overwrite to start afresh"
+                "(checkpoint_every, eval_every and eval_datasets may change), another --out, or --overwrite to start "
+                "afresh"
             )
         stderr.print(f"replacing the run in {out} (another config, --overwrite)")
         state = None
