@@ -157,3 +157,35 @@ def test_synth_quiet_prints_nothing(monkeypatch, capsys, tmp_path):
     code, out, err = run(tmp_path / "clip.mp4", "--clip", "--size", "32x32", "-q")
     assert (code, out, err) == (0, "", "")
     assert (tmp_path / "clip.mp4").is_file()
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_temp_file(tmp_path):
+    """kill, timeout and job schedulers send SIGTERM: Python died on the spot without a word, leaving hidden
+    temp files (a half-written video among them) in the output folder."""
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import numpy as np
+        from flowcli.cli import doctor, main
+        from flowcli.io.atomic import atomic_path
+        from flowcli.io.media import VideoWriter
+
+        def environment():
+            with VideoWriter({str(tmp_path / "v.mp4")!r}, fps=5) as video, atomic_path({str(tmp_path / "a.flo")!r}) as tmp:
+                video.write(np.zeros((16, 16, 3), np.uint8))
+                tmp.write_bytes(b"half")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+
+        doctor.environment = environment
+        main._COMMAND_MODULES = ["doctor"]
+        sys.argv = ["flowcli", "doctor"]
+        main.run()
+    """)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip() == "terminated"
+    assert list(tmp_path.iterdir()) == []

@@ -878,3 +878,70 @@ def test_an_output_folder_under_a_file_names_the_file(tmp_path):
     with pytest.raises(OutputError, match=r"taken is a file"):
         check_writable(tmp_path / "taken" / "sub" / "out.mp4")
     assert (tmp_path / "taken").read_text() == "keep me"
+
+
+def test_a_file_another_run_wrote_meanwhile_is_kept_without_overwrite(tmp_path, monkeypatch):
+    """Two runs writing the same -o: both pass the up-front check, and the rename of the later one replaced the
+    earlier one's file without --overwrite, both reporting success."""
+    import errno
+
+    from flowcli.io import atomic
+
+    path = tmp_path / "a_flow.flo"
+    with pytest.raises(OutputError) as excinfo:
+        with atomic.atomic_path(path) as mine:
+            write_flo(path, random_flow(), overwrite=False)  # the other run finishes first
+            mine.write_bytes(b"mine")
+    assert_one_line_error(excinfo, path, "already exists", "--overwrite")
+    assert read_flo(path).shape == (13, 17, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["a_flow.flo"]  # no temp file left
+
+    with atomic.atomic_path(path, overwrite=True) as mine:  # --overwrite replaces it
+        mine.write_bytes(b"mine")
+    assert path.read_bytes() == b"mine"
+
+    def no_hard_links(*args, **kwargs):  # FAT, some network and FUSE mounts
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "link", no_hard_links)
+    with pytest.raises(OutputError, match="already exists"):
+        with atomic.atomic_path(path) as mine:
+            mine.write_bytes(b"other")
+    write_npy(tmp_path / "b.npy", random_flow())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_flow.flo", "b.npy"]
+
+
+def test_a_write_error_of_one_pair_output_names_that_output_not_a_temp_file(tmp_path, monkeypatch):
+    """A full disk during `estimate` said 'cannot write out/.a_flow.mq_l9svn.flo', a hidden temp name."""
+    import errno
+
+    from flowcli.inference import FlowResult
+    from flowcli.outputs import write_pair_outputs
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", full)
+    image = torch.zeros(3, 4, 5)
+    paths = {"flo": tmp_path / "a_flow.flo"}
+    with pytest.raises(OutputError) as excinfo:
+        write_pair_outputs(FlowResult(forward=torch.zeros(1, 2, 4, 5)), image, image, paths)
+    assert_one_line_error(excinfo, f"cannot write {tmp_path / 'a_flow.flo'}: No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dangling_symlink_at_an_output_path_is_not_replaced_without_overwrite(tmp_path):
+    """A git-annex or DVC file whose content was dropped is a dangling link: it was silently replaced."""
+    from flowcli.io.atomic import check_creatable, check_target, check_writable
+
+    link = tmp_path / "a_vis.png"
+    link.symlink_to("annex/objects/missing.png")
+    for check in (check_target, check_writable, check_creatable):
+        with pytest.raises(OutputError) as excinfo:
+            check(link)
+        assert_one_line_error(excinfo, link, "already exists")
+    with pytest.raises(OutputError):
+        write_png(link, np.zeros((2, 3, 3), np.uint8))
+    assert link.is_symlink() and [p.name for p in tmp_path.iterdir()] == ["a_vis.png"]
+    write_png(link, np.zeros((2, 3, 3), np.uint8), overwrite=True)
+    assert not link.is_symlink() and read_png(link).shape == (2, 3, 3)

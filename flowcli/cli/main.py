@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import warnings
 
@@ -13,7 +15,8 @@ from flowcli.errors import FlowcliError
 HELP = (
     "Dense correspondence from the command line: optical flow, stereo, occlusion, 3D faces.\n\n"
     "--json output goes to stdout; progress, warnings and errors go to stderr, and -q hides the progress. "
-    "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error, 130 interrupted."
+    "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error, 130 interrupted (Ctrl-C), "
+    "143 terminated (SIGTERM)."
 )
 
 app = typer.Typer(
@@ -69,27 +72,59 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Within the block a SIGTERM (kill, timeout, a job scheduler) raises KeyboardInterrupt, as Ctrl-C does, so
+    the run stops the same way: temp files removed, ffmpeg stopped, train saves its state. By default Python dies
+    at once and leaves hidden temp files in the output folder. Yields a list that records the SIGTERM."""
+    received: list[int] = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous == signal.SIG_DFL:  # a parent that ignores SIGTERM for us is obeyed
+            signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield received
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(terminated: list[int]) -> None:
+    if terminated:
+        stderr.print("[red]terminated[/]")
+        sys.exit(128 + signal.SIGTERM)
+    stderr.print("[red]interrupted[/]")
+    sys.exit(130)
+
+
 def run() -> None:
     """Entry point: user errors become one line on stderr and an exit code, never a traceback."""
     from rich.markup import escape
 
     warnings.showwarning = _show_warning
     _register_commands()
-    try:
-        code = app(standalone_mode=False)
-    except FlowcliError as error:
-        stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        stderr.print("[red]interrupted[/]")
-        sys.exit(130)
-    except typer.Exit as done:
-        code = done.exit_code
-    except typer.TyperException as error:  # usage errors: unknown option, bad value, missing argument
-        error.show()
-        sys.exit(error.exit_code)
-    if code == 130:  # Typer turns a Ctrl-C (KeyboardInterrupt) into exit code 130, without a word
-        stderr.print("[red]interrupted[/]")
+    with _sigterm_as_ctrl_c() as terminated:
+        try:
+            code = app(standalone_mode=False)
+        except FlowcliError as error:
+            stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code)
+        except (KeyboardInterrupt, typer.Abort):
+            _stopped(terminated)
+        except typer.Exit as done:
+            code = done.exit_code
+        except typer.TyperException as error:  # usage errors: unknown option, bad value, missing argument
+            error.show()
+            sys.exit(error.exit_code)
+        if code == 130:  # Typer turns a Ctrl-C (KeyboardInterrupt) into exit code 130, without a word
+            _stopped(terminated)
     sys.exit(code if isinstance(code, int) else 0)
 
 

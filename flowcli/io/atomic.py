@@ -16,9 +16,13 @@ def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.is_dir():  # --overwrite replaces files only: os.replace cannot put a file over a folder
         raise OutputError(f"{path} is a folder, not a file; remove or rename it, or choose another output")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output")
+    if os.path.lexists(path) and not overwrite:  # lexists: a dangling link (a dropped git-annex file) is kept too
+        raise _exists_error(path)
     return path
+
+
+def _exists_error(path: Path) -> OutputError:
+    return OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output")
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -76,11 +80,13 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     except OSError as error:  # os.access passes for root on read-only or special file systems
         raise _write_error(path, error) from None
     os.close(fd)
+    tmp = Path(tmp)
+    _OUTPUT_OF_TEMP[tmp] = _OUTPUT_OF_TEMP.get(path, path)
     umask = os.umask(0)
     os.umask(umask)
     try:
         try:
-            yield Path(tmp)
+            yield tmp
         except OSError as error:
             if error.errno not in _WRITE_ERRNOS and error.filename not in (tmp, str(tmp)):
                 raise
@@ -88,13 +94,43 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
         try:
             # mkstemp makes 0600, and some writers (safetensors) recreate the file 0600: give the usual permissions
             os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
+            _publish(tmp, path, overwrite)
         except OSError as error:
             raise _write_error(path, error) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        del _OUTPUT_OF_TEMP[tmp]
+
+
+# temp file -> the output it becomes: a writer handed a temp file (write_flo inside write_pair_outputs) names the
+# output in its errors, not a hidden temp name the user never chose
+_OUTPUT_OF_TEMP: dict[Path, Path] = {}
+
+# a file system without hard links answers link() with one of these
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename `tmp` to `path`. Without overwrite, a file that appeared at `path` since `check_writable` (another
+    run writing the same folder) is kept and OutputError raised, where os.replace would silently replace it."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if `path` exists, where a rename replaces it
+    except FileExistsError:
+        raise _exists_error(path) from None
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise _exists_error(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 # errors of writing a file (as opposed to reading an input) that a writer may raise inside atomic_path
@@ -102,4 +138,5 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO
 
 
 def _write_error(path: Path, error: OSError) -> OutputError:
+    path = _OUTPUT_OF_TEMP.get(path, path)
     return OutputError(f"cannot write {path}: {error.strerror or error}; choose another output")
