@@ -577,3 +577,53 @@ def test_bad_datasets_are_one_line_errors_before_the_run_folder_is_made(monkeypa
     code, _, err = run("-c", tiny_recipe(tmp_path), "-o", tmp_path / "run", "-q", *flags)
     assert_one_line_error(code, err, 2, *needles)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_crop_without_ground_truth_is_drawn_again(tmp_path):
+    """KITTI has no ground truth in its top rows: a crop there gave a step with loss 0 that taught nothing."""
+    from flowcli.train.trainer import SynthStream
+
+    class SparseAtTheBottom:
+        name = "kitti2015"
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            valid = torch.zeros(1, 256, 256, dtype=torch.bool)
+            valid[:, 128:] = True
+            return {"image1": torch.rand(3, 256, 256), "image2": torch.rand(3, 256, 256),
+                    "flow": torch.zeros(2, 256, 256), "valid": valid}  # fmt: skip
+
+    cfg = tiny_config(tmp_path, 2, datasets=["kitti2015:unused"], synth_weight=0.0)
+    stream = SynthStream(cfg, 0, datasets=[(SparseAtTheBottom(), 1.0)])
+    assert all(bool(stream.sample(index)[3].any()) for index in range(20))
+
+
+def test_sigterm_right_after_the_optimiser_step_also_saves_a_whole_step(tmp_path):
+    """flowcli turns SIGTERM into a Ctrl-C (a job scheduler's stop saves the state); it must wait for the step
+    to finish, as Ctrl-C does, or the state saved would hold half an update."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from flowcli.cli.main import _sigterm_as_ctrl_c
+
+    torch.set_num_threads(1)
+    straight = train(tiny_config(tmp_path / "a", 6), quiet=True)["history"]
+    calls = []
+
+    def sigterm_after_third_update(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    handle = register_optimizer_step_post_hook(sigterm_after_third_update)
+    try:
+        with _sigterm_as_ctrl_c() as terminated, pytest.raises(FlowcliError, match="interrupted at step 3"):
+            train(tiny_config(tmp_path / "b", 6), quiet=True)
+    finally:
+        handle.remove()
+    assert terminated == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    resumed = train(tiny_config(tmp_path / "b", 6), quiet=True)["history"]
+    assert [r["total"] for r in resumed] == [r["total"] for r in straight]

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import signal
 import threading
 import time
@@ -292,7 +293,10 @@ class SynthStream(torch.utils.data.IterableDataset):
             if source > 0:
                 reader = self.datasets[source - 1][0]
                 item = reader[int(torch.randint(len(reader), (), generator=gen))]
-                crop = random_crop(item, self.cfg.height, self.cfg.width, gen)
+                for _ in range(8):  # a crop without ground truth (KITTI's sky) teaches nothing: try elsewhere
+                    crop = random_crop(item, self.cfg.height, self.cfg.width, gen)
+                    if crop[3].any():
+                        break
                 stereo = reader.name in STEREO_DATASETS
                 return augment_labelled(crop, gen, flip=not stereo, noise_std=self.flow_cfg.noise_std)
         stereo = float(torch.rand((), generator=gen)) < self.cfg.stereo_fraction
@@ -440,27 +444,35 @@ def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict
 
 @contextlib.contextmanager
 def _interrupt_deferred():
-    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: the update of the weights, the
-    optimiser, the schedule and the step count (or a save of them) is never left half done, so the
-    state saved on Ctrl-C is always that of a whole step. Outside the main thread the block runs as is."""
+    """Hold a Ctrl-C (SIGINT) or a SIGTERM until the block is done, then deliver it: the update of the weights,
+    the optimiser, the schedule and the step count (or a save of them) is never left half done, so the state
+    saved on an interrupt is always that of a whole step. Outside the main thread the block runs as is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
     except ValueError:  # not the main interpreter
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(received):
+        handler = previous[signum]
+        if callable(handler):  # Python's SIGINT handler raises KeyboardInterrupt; flowcli's SIGTERM one too
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)  # the default of SIGTERM: end the process, now that the step is whole
 
 
 # Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
