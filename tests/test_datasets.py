@@ -183,11 +183,9 @@ def test_unlabeled_frames_folders_and_video():
         UnlabeledFrames(footage / "stereo_demo_missing")
 
 
-def test_evaluate_plumbing_with_a_tiny_model():
-    from flowcli.evaluation import evaluate
+def _tiny_flow_model():
     from flowcli.models import FlowNet, FlowNetConfig
 
-    torch.manual_seed(0)
     config = FlowNetConfig(
         pyramid_channels=(4, 4, 4, 4, 4, 4),
         decoder_channels=(4,),
@@ -195,7 +193,14 @@ def test_evaluate_plumbing_with_a_tiny_model():
         context_dilations=(1,),
         reduced_channels=4,
     )
-    model = FlowNet(config).eval()
+    return FlowNet(config)
+
+
+def test_evaluate_plumbing_with_a_tiny_model():
+    from flowcli.evaluation import evaluate
+
+    torch.manual_seed(0)
+    model = _tiny_flow_model().eval()
     flow = evaluate(model, "sintel-clean", DATA / "flow" / "sintel", max_items=1, progress=False)
     assert len(flow.per_item) == 1 and flow.dataset == "sintel-clean"
     row = flow.per_item[0]
@@ -230,17 +235,9 @@ def test_evaluate_checks_a_torch_device_like_its_name():
     traceback, while the string "cuda" gave the one-line error."""
     from flowcli.errors import FlowcliError
     from flowcli.evaluation import evaluate
-    from flowcli.models.pwc import FlowNet, FlowNetConfig
 
-    config = FlowNetConfig(
-        pyramid_channels=(4, 4, 4, 4, 4, 4),
-        decoder_channels=(4,),
-        context_channels=(4,),
-        context_dilations=(1,),
-        reduced_channels=4,
-    )
     with pytest.raises(FlowcliError, match="no CUDA GPU"):
-        evaluate(FlowNet(config), "chairs", DATA / "flow" / "chairs", max_items=1, progress=False, device=torch.device("cuda"))
+        evaluate(_tiny_flow_model(), "chairs", DATA / "flow" / "chairs", max_items=1, progress=False, device=torch.device("cuda"))
 
 
 def _write_frames(*paths, size=(12, 16)):

@@ -371,29 +371,35 @@ def test_config_problems_found_before_the_run_folder_is_made(tmp_path):
     assert "top-level" in settings_problem({"synth": {"height": 64}})
 
 
-def test_ctrl_c_right_after_the_optimiser_step_saves_a_whole_step_and_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_right_after_the_optimiser_step_saves_a_whole_step_and_resumes_bit_for_bit(tmp_path, signal_name):
     """SIGINT between the weight update and the step count used to save updated weights under the
-    previous step number: the resumed run repeated that step on moved weights."""
+    previous step number: the resumed run repeated that step on moved weights. flowcli turns SIGTERM into
+    a Ctrl-C (a job scheduler's stop saves the state), so it must wait for the step too."""
     import signal
 
     from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from flowcli.cli.main import _sigterm_as_ctrl_c
 
     torch.set_num_threads(1)
     straight = train(tiny_config(tmp_path / "a", 6), quiet=True)["history"]
     calls = []
 
-    def ctrl_c_after_third_update(optimizer, args, kwargs):
+    def interrupt_after_third_update(optimizer, args, kwargs):
         calls.append(1)
         if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(getattr(signal, signal_name))
 
-    handle = register_optimizer_step_post_hook(ctrl_c_after_third_update)
+    handle = register_optimizer_step_post_hook(interrupt_after_third_update)
     try:
-        with pytest.raises(FlowcliError, match="interrupted at step 3"):
+        with _sigterm_as_ctrl_c() as terminated, pytest.raises(FlowcliError, match="interrupted at step 3"):
             train(tiny_config(tmp_path / "b", 6), quiet=True)
     finally:
         handle.remove()
+    assert terminated == ([signal.SIGTERM] if signal_name == "SIGTERM" else [])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     resumed = train(tiny_config(tmp_path / "b", 6), quiet=True)["history"]
     assert [r["total"] for r in resumed] == [r["total"] for r in straight]
 
@@ -598,32 +604,3 @@ def test_a_crop_without_ground_truth_is_drawn_again(tmp_path):
     cfg = tiny_config(tmp_path, 2, datasets=["kitti2015:unused"], synth_weight=0.0)
     stream = SynthStream(cfg, 0, datasets=[(SparseAtTheBottom(), 1.0)])
     assert all(bool(stream.sample(index)[3].any()) for index in range(20))
-
-
-def test_sigterm_right_after_the_optimiser_step_also_saves_a_whole_step(tmp_path):
-    """flowcli turns SIGTERM into a Ctrl-C (a job scheduler's stop saves the state); it must wait for the step
-    to finish, as Ctrl-C does, or the state saved would hold half an update."""
-    import signal
-
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    from flowcli.cli.main import _sigterm_as_ctrl_c
-
-    torch.set_num_threads(1)
-    straight = train(tiny_config(tmp_path / "a", 6), quiet=True)["history"]
-    calls = []
-
-    def sigterm_after_third_update(optimizer, args, kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGTERM)
-
-    handle = register_optimizer_step_post_hook(sigterm_after_third_update)
-    try:
-        with _sigterm_as_ctrl_c() as terminated, pytest.raises(FlowcliError, match="interrupted at step 3"):
-            train(tiny_config(tmp_path / "b", 6), quiet=True)
-    finally:
-        handle.remove()
-    assert terminated == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    resumed = train(tiny_config(tmp_path / "b", 6), quiet=True)["history"]
-    assert [r["total"] for r in resumed] == [r["total"] for r in straight]
