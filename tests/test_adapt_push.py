@@ -190,11 +190,11 @@ def test_push_to_existing_repo_and_custom_name(hub, checkpoint):
 
 
 def test_push_errors_are_one_line(hub, checkpoint, tmp_path, monkeypatch):
-    from flowcli.errors import WeightsError
+    from flowcli.errors import FlowcliError
 
     def run_cli(args):
         result = CliRunner().invoke(_app(), args)
-        assert isinstance(result.exception, WeightsError), result.output
+        assert isinstance(result.exception, FlowcliError), result.output
         assert len(str(result.exception).splitlines()) == 1
         return result.exception.exit_code
 
@@ -203,7 +203,7 @@ def test_push_errors_are_one_line(hub, checkpoint, tmp_path, monkeypatch):
     not_flowcli = tmp_path / "plain.safetensors"
     not_flowcli.write_bytes(b"garbage")
     assert run_cli(["weights", "push", str(not_flowcli), "--repo", "me/x"]) == 4
-    assert run_cli(["weights", "push", str(checkpoint), "--repo", "no-slash"]) == 4
+    assert run_cli(["weights", "push", str(checkpoint), "--repo", "no-slash"]) == 2  # a bad option value
     assert not hub.commits
 
 

@@ -6,6 +6,7 @@ Results (tables, JSON, paths) go to stdout; progress and messages to stderr.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Optional
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowcli import registry
-from flowcli.errors import WeightsError
+from flowcli.errors import InputError, WeightsError
 
 weights_app = typer.Typer(
     help=(
@@ -381,6 +382,20 @@ def _read_registry_for_push(path: Path) -> dict:
     return data
 
 
+def _parse_mix(mix: str, count: int) -> list[float]:
+    """--mix as one weight per checkpoint: finite, non-negative, with a positive sum."""
+    try:
+        weights = [float(v) for v in mix.split(",")]
+    except ValueError:
+        raise InputError(f"--mix {mix!r} is not a comma-separated list of numbers, e.g. 0.5,0.5") from None
+    if len(weights) != count or not math.isfinite(sum(weights)) or min(weights) < 0 or sum(weights) <= 0:
+        raise InputError(
+            f"--mix needs {count} finite, non-negative weights with a positive sum, e.g. {','.join(['1'] * count)}; "
+            f"got {mix}"
+        )
+    return weights
+
+
 def _hub_error(error: Exception, repo: str, endpoint: str) -> WeightsError:
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status in (401, 403):
@@ -416,13 +431,12 @@ def average_command(
     from flowcli.console import stderr
     from flowcli.io.atomic import check_writable
 
+    if len(files) < 2:
+        raise InputError("averaging needs at least two checkpoints; give two or more files")
+    weights = _parse_mix(mix, len(files)) if mix else None
     for file in files:
         _check_checkpoint_file(file, "give flowcli .safetensors checkpoints to average")
     check_writable(output, overwrite)  # before loading anything; refuses a folder even with --overwrite
-    try:
-        weights = [float(v) for v in mix.split(",")] if mix else None
-    except ValueError:
-        raise WeightsError(f"--mix {mix!r} is not a comma-separated list of numbers, e.g. 0.5,0.5") from None
     model = average_checkpoints(list(files), weights)
     save_checkpoint(model, output, provenance=model.provenance, dtype=torch.float16 if fp16 else None,
                     overwrite=overwrite)  # fmt: skip
@@ -474,7 +488,7 @@ def push_command(
         raise WeightsError(f"cannot push while flowcli is offline ({offline}); unset it to publish")
     parts = repo.split("/")
     if len(parts) != 2 or not all(parts):
-        raise WeightsError(f"--repo {repo!r} is not OWNER/NAME")
+        raise InputError(f"--repo {repo!r} is not OWNER/NAME; give the Hub repository as e.g. me/my-flow")
     path_in_repo = path_in_repo or file.name
     name = name or parts[1]
     # read and check the registry before uploading, so a bad one stops the push instead of failing after it
