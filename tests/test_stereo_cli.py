@@ -508,3 +508,21 @@ def test_a_calibration_for_another_size_says_to_drop_it(media, tmp_path, cli):
     code, _, err = cli(media["left"], media["right"], "--calib", calib, "--focal", "50", "--baseline", "0.075",
                        "--weights", media["weights"], "-o", tmp_path / "out", "-q")
     assert_one_line_error(code, err, 2, "640x480", f"{W}x{H}", "instead of --calib")
+
+
+def test_a_warning_about_every_pair_of_a_video_is_given_once(media, tmp_path, cli, monkeypatch):
+    """A video with left and right swapped printed "are left and right swapped?" once per pair: 100 lines
+    for a 100-pair clip, even with -q."""
+    from flowcli import stereo
+
+    real = stereo.estimate_disparity
+
+    def swapped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.negative_fraction = [0.9] * len(result.negative_fraction)
+        return result
+
+    monkeypatch.setattr(stereo, "estimate_disparity", swapped)
+    code, _, err = cli("--sbs", media["sbs_video"], "--weights", media["weights"], "-o", tmp_path, "--npy", "-q")
+    assert code == 0, err
+    assert err.count("swapped?") == 1 and "said once for" in err

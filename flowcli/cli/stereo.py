@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -853,6 +853,15 @@ class _Run:
     json_out: object | None
     model_info: dict
     done: int = 0
+    warned: set = field(default_factory=set)  # (input number, kind): a sequence's warning is given once
+
+    def _warn_once(self, number: int, source: _Source, kind: str, message: str) -> None:
+        if (number, kind) in self.warned:
+            return
+        self.warned.add((number, kind))
+        from flowcli.console import warn
+
+        warn(message + (f" (said once for {source.label})" if source.sequence else ""))
 
     def _emit(self, record: dict) -> None:
         if self.json_out is not None:
@@ -885,7 +894,6 @@ class _Run:
         import numpy as np
         import torch
 
-        from flowcli.console import warn
         from flowcli.stereo import (
             DEFAULT_MAX_VERTICAL,
             depth_from_disparity,
@@ -924,11 +932,12 @@ class _Run:
                 f"{source.label} pair {item.stem}")
             vertical = result.vertical_median[i]
             if vertical > DEFAULT_MAX_VERTICAL:
-                warn(non_rectified_message(vertical, DEFAULT_MAX_VERTICAL, f"{label}: "))
+                self._warn_once(number, source, "vertical", non_rectified_message(vertical, DEFAULT_MAX_VERTICAL,
+                                                                                  f"{label}: "))
             negative = result.negative_fraction[i]
             if negative > 0.5:
-                warn(f"{label}: {100 * negative:.0f}% of the disparity is negative: are left and right swapped? "
-                     "(--swap exchanges them)")
+                self._warn_once(number, source, "negative", f"{label}: {100 * negative:.0f}% of the disparity is "
+                                "negative: are left and right swapped? (--swap exchanges them)")
             disparity = result.disparity[i, 0].float().cpu().numpy()
             occ = None if result.occlusion is None else result.occlusion[i, 0].cpu().numpy()
             depth_map = None
