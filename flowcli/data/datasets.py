@@ -553,7 +553,7 @@ def parse_dataset_spec(spec: str, *, weighted: bool = False) -> list[tuple[str, 
     expected = "NAME:ROOT" + (" or NAME:ROOT:WEIGHT" if weighted else "")
     name, sep, root = spec.partition(":")
     name, weight = name.strip().lower(), 1.0
-    if weighted and root.count(":"):
+    if weighted and ":" in root:
         head, _, tail = root.rpartition(":")
         try:
             weight, root = float(tail), head

@@ -133,8 +133,8 @@ _RULES = {
     "width": _MULTIPLE_OF_64,
     "checkpoint_every": (_positive, "a positive integer (steps)"),
     "eval_every": (_non_negative, "an integer >= 0 (0: at each checkpoint with eval_datasets, else never)"),
-    "eval_datasets": (lambda specs: _specs_problem(specs) is None, "a list of NAME:ROOT strings"),
-    "datasets": (lambda specs: _specs_problem(specs, weighted=True) is None, "a list of NAME:ROOT[:WEIGHT] strings"),
+    "eval_datasets": (None, "a list of NAME:ROOT strings"),  # each spec: _specs_problem
+    "datasets": (None, "a list of NAME:ROOT[:WEIGHT] strings"),
     "synth_weight": (_non_negative, "a number >= 0"),
     "stereo_fraction": (_share, "a share between 0 and 1"),
     "textures": (None, "a list of folders or videos (strings)"),
