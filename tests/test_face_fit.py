@@ -186,3 +186,27 @@ def test_pipeline_takes_one_picture_as_an_array_or_a_flow_style_tensor(tmp_path_
     for max_faces in (0, -1, 1.5):
         with pytest.raises(InputError, match="max_faces must be a whole number"):
             pipeline.fit_image(rgb, max_faces=max_faces)
+
+
+def test_clip_textures_match_lists_of_every_frame_and_keep_only_a_window():
+    """A joint video fit used to keep every frame's census gray (about 1 MB per frame, 3 with --flow) until
+    the end: a ten-minute clip needed over 20 GB. The lazy store gives the same values and keeps a window."""
+    import torch
+
+    from flowcli.face.video import ClipTextures, small_flow, small_gray
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (90, 160, 3), dtype=np.uint8) for _ in range(12)]
+
+    def flow_fn(a, b):  # any deterministic function of the two frames stands in for the flow model
+        return np.stack([a[..., 0] - b[..., 0], a[..., 1] * 0.5]).astype(np.float64)
+
+    grays, zooms = zip(*(small_gray(f, 64) for f in frames))
+    flows = [small_flow(flow_fn(a, b), zooms[0], tuple(grays[0].shape[-2:])) for a, b in zip(frames, frames[1:])]
+    clip = ClipTextures(iter(frames), 64, flow_fn, keep=4)
+    for start in (0, 2, 4, 6, 8):  # windows of 4 overlapping by 2, as fit_video walks them
+        for t in range(start, start + 4):
+            assert torch.equal(clip.grays[t], grays[t])
+            if t < 11:
+                assert np.array_equal(clip.flows[t], flows[t])
+        assert len(clip._grays) <= 4 and len(clip._flows) <= 4

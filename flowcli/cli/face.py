@@ -437,10 +437,10 @@ class FaceJob:
         from flowcli.console import warn
         from flowcli.face.media import VideoReader
         from flowcli.face.video import (
+            ClipTextures,
             VideoOptions,
             fit_video,
             flow_function,
-            small_flow,
             small_gray,
         )
 
@@ -450,20 +450,16 @@ class FaceJob:
             flow_fn = flow_function()
             if flow_fn is None:
                 warn("optical flow is unavailable (flowcli.inference or its weights); fitting without the flow term")
-        # pass 1: landmarks (tracked), small grayscale frames for the census term, optional flow
+        # pass 1: landmarks (tracked); the census grays and flows come from a second decode, as the fit needs them
         reader = VideoReader(path)
         task = bar.add_task(f"{path.name}: landmarks", total=max_frames, info="")
-        points, grays, flows, previous, previous_frame, zoom = [], [], [], None, None, 1.0
+        points, previous, zoom = [], None, 1.0
         for frame in islice(reader, max_frames):
             pts, _ = self.pipeline.track(frame, None if video_mode == "independent" else previous)
+            if not points:
+                zoom = small_gray(frame, options.max_side)[1]
             points.append(pts)
             previous = pts
-            if video_mode == "joint":
-                gray, zoom = small_gray(frame, options.max_side)
-                grays.append(gray)
-                if flow_fn is not None and previous_frame is not None:
-                    flows.append(small_flow(flow_fn(previous_frame, frame), zoom, tuple(gray.shape[-2:])))
-                previous_frame = frame
             bar.advance(task)
         reader.close()
         if reader.decode_error:
@@ -487,15 +483,11 @@ class FaceJob:
                 fits.append(None if p is None else fitter.fit(p))
                 bar.advance(task)
         else:
-            fits = fit_video(
-                fitter,
-                points,
-                grays,
-                zoom,
-                flows if flow_fn is not None else None,
-                options,
-                progress=lambda n: bar.update(task, completed=n),
-            )
+            with contextlib.closing(VideoReader(path)) as again:
+                clip = ClipTextures(islice(again, len(points)), options.max_side, flow_fn, keep=options.window)
+                fits = fit_video(
+                    fitter, points, clip.grays, zoom, clip.flows, options, progress=lambda n: bar.update(task, completed=n)
+                )
         self._write_video(path, stem, fits, reader.fps, bar)
 
     def _write_video(self, path: Path, stem: str, fits: list, fps: float, bar) -> None:

@@ -12,7 +12,7 @@ All terms are measured in model units (cm) through each frame's scale, like the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -156,6 +156,54 @@ def small_flow(flow: np.ndarray, zoom: float, size: tuple[int, int]) -> np.ndarr
     return (F.interpolate(t, size=size, mode="area")[0] * zoom).numpy()
 
 
+class ClipTextures:
+    """The census grays and pair flows of a clip, computed from a second decode of it as `fit_video` reaches
+    them, and dropped once its windows have passed: a long clip fits in constant memory, where keeping them all
+    took about 1 MB per frame (3 MB with the flow term). `grays[t]` is frame t's 1 x h x w grayscale at the
+    census resolution, `flows[t]` the flow from frame t to t + 1 at that resolution; frames are requested in
+    order, at most `keep` back from the newest decoded (a window's length covers fit_video's overlap)."""
+
+    def __init__(self, frames: Iterable[np.ndarray], max_side: int, flow_fn=None, keep: int = 64):
+        self._frames = iter(frames)
+        self._max_side, self._flow_fn, self._keep = max_side, flow_fn, keep
+        self._grays: dict[int, torch.Tensor] = {}
+        self._flows: dict[int, np.ndarray] = {}
+        self._previous: np.ndarray | None = None
+        self._decoded = 0
+        self.grays = _Lookup(self._gray)
+        self.flows = _Lookup(self._flow) if flow_fn is not None else None
+
+    def _decode_through(self, t: int) -> None:
+        while self._decoded <= t:
+            frame = next(self._frames)
+            gray, zoom = small_gray(frame, self._max_side)
+            self._grays[self._decoded] = gray
+            if self._flow_fn is not None and self._previous is not None:
+                flow = self._flow_fn(self._previous, frame)
+                self._flows[self._decoded - 1] = small_flow(flow, zoom, tuple(gray.shape[-2:]))
+            self._previous = frame
+            self._decoded += 1
+            for old in [k for k in self._grays if k < self._decoded - self._keep]:
+                del self._grays[old]
+                self._flows.pop(old, None)
+
+    def _gray(self, t: int) -> torch.Tensor:
+        self._decode_through(t)
+        return self._grays[t]
+
+    def _flow(self, t: int) -> np.ndarray:
+        self._decode_through(t + 1)
+        return self._flows[t]
+
+
+class _Lookup:
+    def __init__(self, get: Callable[[int], object]):
+        self._get = get
+
+    def __getitem__(self, t: int):
+        return self._get(t)
+
+
 def fit_video(
     fitter: FaceFitter,
     points: list[np.ndarray | None],
@@ -169,6 +217,7 @@ def fit_video(
 
     grays: per-frame 1 x h x w grayscale at `zoom` times the frame size (census term; None skips it);
     flows: per consecutive pair t -> t+1, 2 x h x w flow at the same resolution (None skips the term).
+    Both are indexed by frame in increasing windows: lists, or `ClipTextures` for a clip of any length.
     One identity (mean of closed-form identities over a spread of frames, then refined jointly), per-frame
     pose and expression; frames without a face stay None and split the clip into independent runs.
     """
