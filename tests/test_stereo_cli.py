@@ -429,13 +429,19 @@ def test_a_glob_from_the_parent_folder_names_its_real_folder(media, tmp_path, cl
     assert Path("out/rig/0_disp.npy").is_file() and not Path("0_disp.npy").exists()
 
 
-def test_a_calibration_size_is_checked_against_every_pair_before_any_output(media, tmp_path, cli):
-    # only the folder's first pair was checked up front: the first pairs' files were written, then the run failed
+def _rig_of_two_sizes(media, tmp_path) -> Path:
+    """A folder of two left/right pairs by name, the second narrower (40 px) than the first."""
     scene, rig = media["scene"], tmp_path / "rig"
     write_png(rig / "a_left.png", _uint8(scene.left[0]))
     write_png(rig / "a_right.png", _uint8(scene.right[0]))
     write_png(rig / "b_left.png", _uint8(scene.left[1])[:, :40])
     write_png(rig / "b_right.png", _uint8(scene.right[1])[:, :40])
+    return rig
+
+
+def test_a_calibration_size_is_checked_against_every_pair_before_any_output(media, tmp_path, cli):
+    # only the folder's first pair was checked up front: the first pairs' files were written, then the run failed
+    rig = _rig_of_two_sizes(media, tmp_path)
     calib = tmp_path / "calib.json"
     calib.write_text(json.dumps({"fx": 100.0, "baseline_meters": 0.1, "width": W, "height": H}))
     out = tmp_path / "out"
@@ -474,11 +480,7 @@ def test_a_middlebury_scene_folder_leaves_out_images_without_a_partner(media, tm
 
 def test_all_leaves_out_the_video_of_a_folder_whose_pairs_differ_in_size(media, tmp_path, cli):
     # --all means every format that applies, but a folder of two sizes was refused for the video
-    scene, rig = media["scene"], tmp_path / "rig"
-    write_png(rig / "a_left.png", _uint8(scene.left[0]))
-    write_png(rig / "a_right.png", _uint8(scene.right[0]))
-    write_png(rig / "b_left.png", _uint8(scene.left[1])[:, :40])
-    write_png(rig / "b_right.png", _uint8(scene.right[1])[:, :40])
+    rig = _rig_of_two_sizes(media, tmp_path)
     out = tmp_path / "out"
     code, stdout, err = cli(rig, "--weights", media["weights"], "-o", out, "--all", "--json", "-q")
     assert code == 0, err
