@@ -277,11 +277,64 @@ def _every_frame_once() -> tuple[str, ...]:
     return ("-fps_mode", "passthrough")
 
 
+@dataclass(frozen=True)
+class _FrameTiming:
+    frames: int
+    span: float  # seconds from the earliest frame timestamp to the latest
+
+    @property
+    def average_fps(self) -> float | None:
+        return (self.frames - 1) / self.span if self.frames > 1 and self.span > 0 else None
+
+
+_AV_PKT_FLAG_DISCARD = 0x4  # frames before an edit list's start: decoded for reference, never output
+
+
+def _frame_timing(path: Path) -> _FrameTiming | None:
+    """Count the frames of the video stream ffmpeg decodes and the span of their timestamps, by demuxing
+    without decoding (fast). None when ffmpeg cannot read the timestamps."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path.absolute()),
+               "-an", "-sn", "-dn", "-c", "copy", "-f", "framecrc", "-"]
+    time_base, frames, first, last = None, 0, None, None
+    try:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+            for line in process.stdout:
+                if line.startswith("#tb 0:"):
+                    time_base = Fraction(line.split(":", 1)[1].strip())
+                    continue
+                fields = [field.strip() for field in line.split(",")]
+                if line.startswith("#") or len(fields) < 6 or fields[0] != "0":
+                    continue
+                pts = int(fields[2])
+                flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=")), 0)
+                if pts < 0 or flags & _AV_PKT_FLAG_DISCARD:  # ffmpeg starts output at 0: these are pre-roll
+                    continue
+                frames += 1
+                first = pts if first is None else min(first, pts)  # B-frames come out of order
+                last = pts if last is None else max(last, pts)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    if time_base is None or frames == 0:
+        return None
+    return _FrameTiming(frames=frames, span=float((last - first) * time_base))
+
+
+def _same_rate(nominal: float | None, average: float, frames: int) -> bool:
+    """Whether `frames` at the nominal rate last as long as at the average one, within a frame or the
+    two decimals ffmpeg gives the nominal rate in (23.98 for 24000/1001)."""
+    if not nominal:
+        return False
+    return abs(nominal - average) <= 0.006 or abs(frames / nominal - frames / average) <= 1 / nominal
+
+
 class VideoReader:
     """Streams a video's frames as float32 RGB tensors [3, H, W] in [0, 1], one at a time.
 
-    `fps` (None when the file does not say), `size` = (width, height), `width`, `height`, and
-    `num_frames`: an estimate from duration x fps (None if unknown), capped by `max_frames`.
+    `fps` (None when unknown), `size` = (width, height), `width`, `height`, and `num_frames`: an estimate
+    from duration x fps, or the count of frames when the rate varies (None if unknown), capped by
+    `max_frames`. Each decoded frame is given once, so `fps` is the rate at which they play for the source's
+    duration: the container's nominal rate for constant-frame-rate video, frames / duration when the rate
+    varies (read from the packet timestamps on first use of `fps` or `num_frames`).
 
     Decoding errors: a file ffmpeg cannot open raises InputError at construction. If decoding fails
     mid-stream, iteration stops with a warning when at least 2 frames were decoded (enough for flow),
@@ -298,13 +351,30 @@ class VideoReader:
         meta = self._meta
         self.width, self.height = (int(v) for v in meta["size"])
         self.size = (self.width, self.height)
-        self.fps = float(meta["fps"]) if meta.get("fps") else None
-        duration = float(meta.get("duration") or 0.0)
-        estimate = round(duration * self.fps) if self.fps and duration > 0 else None
-        if max_frames is not None:
-            estimate = max_frames if estimate is None else min(estimate, max_frames)
-        self.num_frames = estimate
+        self._nominal_fps = float(meta["fps"]) if meta.get("fps") else None
+        self._duration = float(meta.get("duration") or 0.0)
         self.frames_read = 0
+
+    @functools.cached_property
+    def _rate_and_count(self) -> tuple[float | None, int | None]:
+        """(fps, frame count estimate), from the packet timestamps when the frame rate varies."""
+        fps = self._nominal_fps
+        estimate = round(self._duration * fps) if fps and self._duration > 0 else None
+        timing = _frame_timing(self.path)
+        average = timing.average_fps if timing else None
+        if average and not _same_rate(fps, average, timing.frames):
+            fps, estimate = average, timing.frames
+        if self.max_frames is not None:
+            estimate = self.max_frames if estimate is None else min(estimate, self.max_frames)
+        return fps, estimate
+
+    @property
+    def fps(self) -> float | None:
+        return self._rate_and_count[0]
+
+    @property
+    def num_frames(self) -> int | None:
+        return self._rate_and_count[1]
 
     def _open(self):
         # absolute: ffmpeg reads a relative name like 'take:2.mp4' as a URL of protocol 'take'
