@@ -491,3 +491,130 @@ def test_camcorder_and_phone_video_containers_are_videos(media, tmp_path, cli):
         [record] = _json_lines(stdout)
         assert record["inputs"] == [f"{path}#0", f"{path}#1"]
         assert read_npy(record["outputs"]["npy"]).shape == (H, W, 2)
+
+
+# ----------------------------------------------------------------------------- --resume
+
+
+def _count_model_pairs(monkeypatch) -> list[int]:
+    """Pairs per call of estimate_flow (the model), appended as the run goes."""
+    import flowcli.inference
+
+    batches: list[int] = []
+    real = flowcli.inference.estimate_flow
+
+    def counting(model, image1, image2, **kwargs):
+        batches.append(image1.shape[0])
+        return real(model, image1, image2, **kwargs)
+
+    monkeypatch.setattr(flowcli.inference, "estimate_flow", counting)
+    return batches
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """name -> (bytes, mtime in ns) of every file under `folder`."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, tmp_path, cli, monkeypatch):
+    for i in range(4):  # 3 pairs
+        write_png(tmp_path / "shot" / f"f_{i}.png", _frame(i))
+    out = tmp_path / "out"
+    args = [tmp_path / "shot", "--weights", media["weights"], "-o", out, "--flo", "--vis", "--npy", "--json"]
+    code, _, err = cli(*args, "-q")
+    assert code == 0, err
+    complete = _snapshot(out)
+    # killed while publishing pair 0 (its .flo not renamed yet) and before pair 2: SIGKILL leaves hidden temp files
+    deleted = ["f_0_flow.flo", "f_2_flow.flo", "f_2_vis.png", "f_2_flow.npy"]
+    for name in deleted:
+        (out / name).unlink()
+    temps = {".f_0_flow.k2j4_x.flo", ".f_2_vis.q8w1za.png"}
+    for temp in temps:
+        (out / temp).write_bytes(b"half written")
+    model_pairs = _count_model_pairs(monkeypatch)
+    # a batch holds pairs 0 and 2 only if skipping pair 1 does not flush it first (and the lines come out of order)
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "2")
+    assert code == 0, err
+    assert model_pairs == [1, 1]  # pairs 0 and 2
+    records = _json_lines(stdout)
+    assert [(r["type"], r["index"]) for r in records] == [("pair", 0), ("skipped", 1), ("pair", 2)]
+    assert records[1] == {
+        "type": "skipped", "source": str(tmp_path / "shot"), "index": 1, "frame1": "f_1", "frame2": "f_2",
+        "inputs": [str(tmp_path / "shot" / "f_1.png"), str(tmp_path / "shot" / "f_2.png")],
+        "outputs": {"flo": str(out / "f_1_flow.flo"), "npy": str(out / "f_1_flow.npy"), "vis": str(out / "f_1_vis.png")},
+    }
+    assert set(records[0]["outputs"]) == {"flo", "npy", "vis"}  # every output of the pair, kept ones too
+    assert "3 pair(s)" in err and "2 computed, 1 skipped" in err
+    resumed = _snapshot(out)
+    assert set(resumed) == set(complete) | temps
+    for name, (data, mtime) in complete.items():
+        assert resumed[name][0] == data, name  # the recomputed files are the ones the run would have written
+        if name not in deleted:
+            assert resumed[name][1] == mtime, f"{name} was rewritten"
+    assert all(resumed[temp][0] == b"half written" for temp in temps)  # temp files are neither outputs nor touched
+
+
+def test_resume_of_a_complete_run_runs_no_model_and_reads_no_frames(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    args = [media["frames"], media["clip"], "--max-frames", "3", "--weights", media["weights"], "-o", out,
+            "--flo", "--vis", "--video", "--json", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    complete = _snapshot(out)
+    assert {"frames_vis.mp4", "clip_vis.mp4"} <= set(complete)
+    model_pairs = _count_model_pairs(monkeypatch)
+    from flowcli.io import media as media_module
+
+    read_image_calls = []
+    monkeypatch.setattr(media_module, "read_image", lambda *a, **k: read_image_calls.append(a) or read_image(*a, **k))
+    code, stdout, err = cli(*args, "--resume")
+    assert code == 0, err
+    assert model_pairs == [] and read_image_calls == []
+    records = _json_lines(stdout)
+    assert [r["type"] for r in records] == ["skipped"] * 4  # kept videos get no line
+    assert [r["inputs"] for r in records][2] == [f"{media['clip']}#0", f"{media['clip']}#1"]
+    assert _snapshot(out) == complete
+
+
+def test_resume_makes_a_missing_video_again(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    with_vis = [media["frames"], "--weights", media["weights"], "-o", out, "--vis", "--video", "--json", "-q"]
+    code, _, err = cli(*with_vis)
+    assert code == 0, err
+    video = out / "frames_vis.mp4"
+    original = list(VideoReader(video))
+    video.unlink()  # Ctrl-C while the video was being written: it never appeared
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*with_vis, "--resume")
+    assert code == 0, err
+    assert model_pairs == []  # the frames of skipped pairs come from their vis PNGs
+    assert [r["type"] for r in _json_lines(stdout)] == ["skipped", "skipped", "video"]
+    remade = list(VideoReader(video))
+    assert len(remade) == 2 and all(np.array_equal(a, b) for a, b in zip(original, remade))
+
+    # without --vis the video needs the flow of every pair; the per-pair files are kept as they are
+    out2 = tmp_path / "out2"
+    flo_only = [media["frames"], "--weights", media["weights"], "-o", out2, "--flo", "--video", "--json", "-q"]
+    code, _, err = cli(*flo_only)
+    assert code == 0, err
+    (out2 / "frames_vis.mp4").unlink()
+    kept = _snapshot(out2)
+    model_pairs.clear()
+    code, stdout, err = cli(*flo_only, "--resume")
+    assert code == 0, err
+    assert model_pairs == [1, 1]
+    assert [r["type"] for r in _json_lines(stdout)] == ["pair", "pair", "video"]
+    assert {name: value for name, value in _snapshot(out2).items() if name in kept} == kept
+    assert sum(1 for _ in VideoReader(out2 / "frames_vis.mp4")) == 2
+
+
+def test_resume_refuses_overwrite_and_what_is_in_the_way(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    args = [media["a"], media["b"], "--weights", media["weights"], "-o", out]
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    code, stdout, err = cli(*args, "--resume", "--overwrite")
+    assert_one_line_error(code, err, 2, "--resume", "--overwrite")
+    assert stdout == "" and not out.exists()
+    (out / "a_vis.png").mkdir(parents=True)  # a folder is never an output, even with --resume
+    code, _, err = cli(*args, "--resume")
+    assert_one_line_error(code, err, 3, "a_vis.png", "is a folder")

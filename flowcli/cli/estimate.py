@@ -2,19 +2,21 @@
 
 The command validates everything it can before loading the model (inputs exist and decode, frames agree
 in size, outputs can be written and do not exist yet), then streams the pairs through `estimate_flow`
-in batches and writes each pair's outputs with `flowcli.outputs.write_pair_outputs`.
+in batches and writes each pair's outputs with `flowcli.outputs.write_pair_outputs`. With --resume, pairs
+whose outputs are all there already are skipped without running the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -74,21 +76,30 @@ _HELP_PARAGRAPHS = [
     "'.{ext}'). Subfolders work: "
     "--name '{source}/{index:06d}'. Existing files are never replaced without --overwrite (all planned names are "
     "checked before any work, for a video as many pairs as its header or --max-frames tells); every file is written "
-    "to a temp file and renamed when complete.",
+    "to a temp file and renamed when complete, so a file under its final name is always whole.",
+    "--resume finishes an interrupted run: give the same inputs, options and weights again, plus --resume. A pair "
+    "whose outputs all exist is skipped without running the model (a video is still decoded up to its last pair); "
+    "for the other pairs only the missing files are written, and existing files are never touched: they are "
+    "trusted to come from the same settings. --video: a sequence's existing video is kept; a missing one is made "
+    "again over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
+    "sequence runs the model again (missing per-pair files are still the only ones written). Hidden .NAME.* temp "
+    "files left by a killed run are not outputs and may be deleted. --resume and --overwrite exclude each other.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, frame1, frame2, inputs "
     "(paths; video frames as VIDEO#N), width, height, outputs (output name -> path), flow_mean, flow_max (px), "
     "occluded_fraction (null unless occlusion was computed), ms (inference time per pair), tiles, model, weights, "
-    "sha256. Each video written adds a line with type \"video\", source, outputs ({\"video\": path}), frames, fps.",
+    "sha256. Each video written adds a line with type \"video\", source, outputs ({\"video\": path}), frames, fps. "
+    "With --resume, a skipped pair gets a line with type \"skipped\", source, index, frame1, frame2, inputs and "
+    "outputs (the files kept); a kept video gets no line.",
     "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",
     "Examples:",
     "  flowcli estimate a.png b.png",
     "  flowcli estimate frames/ --vis --video --fps 24 -o out/",
     "  flowcli estimate clip.mp4 --max-frames 100 --step 2 --formats flo,occlusion --json > flow.jsonl",
     "  flowcli estimate 'shots/*/*.png' clip.mp4 --all --name '{source}/{index:06d}' --overwrite",
+    "  flowcli estimate clip.mp4 --flo --vis -o out/ --resume    (after an interruption: only what is missing)",
     "  flowcli estimate a.png b.png --weights hf://OWNER/REPO/model.safetensors --device cuda --precision bf16",
 ]
 HELP = "\n\n".join(_HELP_PARAGRAPHS)
-
 
 
 def register(app: typer.Typer) -> None:
@@ -111,12 +122,11 @@ class _Source:
 
 @dataclass
 class _Pair:
-    image1: object  # torch.Tensor [3, H, W]
-    image2: object
     frame1: str
     frame2: str
     inputs: tuple[str, str]
     index: int
+    load: Callable[[], tuple]  # -> (image1, image2), torch.Tensor [3, H, W]; image files are read only when called
 
 
 def _is_glob(text: str) -> bool:
@@ -238,16 +248,31 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
 
 
 def _image_pairs(source: _Source) -> Iterator[_Pair]:
+    """Pairs of image frames, read when loaded: pairs that --resume skips are never read."""
     from flowcli.io.media import read_image
 
     frames = source.frames
-    previous = read_image(frames[0])
-    for index, path in enumerate(frames[1:]):
-        image = read_image(path)
-        if image.shape != previous.shape:  # headers were checked; this catches files changed since
-            raise InputError(f"frames differ in size: {frames[index]} and {path}; resize them to match")
-        yield _Pair(previous, image, frames[index].stem, path.stem, (str(frames[index]), str(path)), index)
-        previous = image
+    last_read: dict[int, object] = {}  # frame position -> image: consecutive pairs share a frame, read once
+
+    def read(position: int):
+        if position not in last_read:
+            image = read_image(frames[position])
+            last_read.clear()
+            last_read[position] = image
+        return last_read[position]
+
+    def load(index: int) -> tuple:
+        image1, image2 = read(index), read(index + 1)
+        if image1.shape != image2.shape:  # headers were checked; this catches files changed since
+            raise InputError(f"frames differ in size: {frames[index]} and {frames[index + 1]}; resize them to match")
+        return image1, image2
+
+    for index, (path1, path2) in enumerate(zip(frames, frames[1:])):
+        yield _Pair(path1.stem, path2.stem, (str(path1), str(path2)), index, functools.partial(load, index))
+
+
+def _decoded(image1, image2) -> Callable[[], tuple]:
+    return lambda: (image1, image2)
 
 
 def _video_pairs(source: _Source, step: int, max_frames: int | None) -> Iterator[_Pair]:
@@ -256,7 +281,7 @@ def _video_pairs(source: _Source, step: int, max_frames: int | None) -> Iterator
     for pair in frame_pairs(source.video, step=step, max_frames=max_frames):
         numbers = (pair.name1.rsplit("_", 1)[-1], pair.name2.rsplit("_", 1)[-1])
         inputs = (f"{source.video}#{int(numbers[0])}", f"{source.video}#{int(numbers[1])}")
-        yield _Pair(pair.image1, pair.image2, pair.name1, pair.name2, inputs, pair.index)
+        yield _Pair(pair.name1, pair.name2, inputs, pair.index, _decoded(pair.image1, pair.image2))
 
 
 def _pairs(source: _Source, step: int, max_frames: int | None) -> Iterator[_Pair]:
@@ -345,17 +370,6 @@ def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> N
         raise OutputError(f"--max-flow must be a positive number, got {max_flow}")
 
 
-def _batches(pairs: Iterator[_Pair], size: int) -> Iterator[list[_Pair]]:
-    batch: list[_Pair] = []
-    for pair in pairs:
-        batch.append(pair)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _format_flag(name: str, note: str = ""):
     return format_flag(FORMATS, name, note)
 
@@ -402,6 +416,12 @@ def estimate(
     ] = None,
     fps: FpsOption = None,
     overwrite: OverwriteOption = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Finish an interrupted run (same inputs and options): skip pairs whose outputs "
+                     "all exist, write only missing files, never touch existing ones. --video: see above.",
+                     rich_help_panel=OUTPUT_PANEL),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     weights: WeightsOption = None,
@@ -424,6 +444,8 @@ def estimate(
     # ---- options, before anything is read
     flags = {"flo": flo, "kitti": kitti, "npy": npy, "npz": npz, "vis": vis, "video": video,
              "occlusion": occlusion, "warp": warp}
+    if resume and overwrite:
+        raise InputError("--resume keeps existing outputs and --overwrite replaces them; use one of them")
     chosen, everything = _parse_outputs(formats, flags, all_)
     backward = backward or everything
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
@@ -441,7 +463,9 @@ def estimate(
         warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
     _check_output_folder(output)
     input_files = {p.resolve() for s in sources for p in (s.frames or [s.video])}
-    _plan(sources, options, OutputClaims(input_files, overwrite), step, max_frames, want_video)
+    # --resume takes existing outputs as done: the claims then check only collisions, inputs and folders
+    keep_existing = overwrite or resume
+    _plan(sources, options, OutputClaims(input_files, keep_existing), step, max_frames, want_video)
 
     from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
 
@@ -458,15 +482,15 @@ def estimate(
     model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
     if getattr(model.config, "matching", None) == "maskflownet" and "occlusion" in chosen:
         options = dataclasses.replace(options, learned_occlusion=True)
-        _plan(sources, options, OutputClaims(input_files, overwrite), step, max_frames, want_video)
+        _plan(sources, options, OutputClaims(input_files, keep_existing), step, max_frames, want_video)
     if not quiet:
         stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
 
     # ---- run
-    claims = OutputClaims(input_files, overwrite)
+    claims = OutputClaims(input_files, keep_existing)
     run = _Run(model=model, options=options, precision=precision, max_pixels=max_pixels or None, scale=scale,
                batch_size=batch_size, step=step, max_frames=max_frames, want_video=want_video, fps=fps,
-               claims=claims, json_out=stdout if json_output else None,
+               claims=claims, resume=resume, json_out=stdout if json_output else None,
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.pairs for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
@@ -475,7 +499,15 @@ def estimate(
         for number, source in enumerate(sources):
             run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
-        stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
+        counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
+        stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
+
+
+@dataclass
+class _PlannedPair:
+    pair: _Pair
+    paths: dict  # output key -> path, every output of the pair
+    missing: dict  # the outputs to write: all of them, or with --resume those not there yet
 
 
 @dataclass
@@ -491,9 +523,11 @@ class _Run:
     want_video: bool
     fps: float | None
     claims: OutputClaims
+    resume: bool
     json_out: object | None
     model_info: dict
-    done: int = 0
+    computed: int = 0
+    skipped: int = 0
 
     def _emit(self, record: dict) -> None:
         if self.json_out is not None:
@@ -506,37 +540,80 @@ class _Run:
 
         with contextlib.ExitStack() as stack:
             writer = None
-            if self.want_video and source.sequence:
+            path = video_path(self.options, source.name)
+            if self.want_video and source.sequence and not (self.resume and os.path.lexists(path)):
                 fps = self.fps or source.fps or DEFAULT_FPS
-                path = video_path(self.options, source.name)
                 self.claims.check(path, Owner.video(number, source.label))
                 writer = stack.enter_context(VideoWriter(path, fps=fps, overwrite=self.options.overwrite))
-            for batch in _batches(_pairs(source, self.step, self.max_frames), self.batch_size):
-                self._batch(number, source, batch, writer, advance)
+            batch: list[_PlannedPair] = []
+            for pair in _pairs(source, self.step, self.max_frames):
+                planned = self._plan_pair(number, source, pair)
+                # a missing video needs every pair's colours: a skipped pair's come from its vis PNG
+                if self.resume and not planned.missing and (writer is None or "vis" in planned.paths):
+                    self._compute(source, batch, writer, advance)  # first the pairs before it: frames stay in order
+                    batch = []
+                    self._skip(source, planned, writer, advance)
+                    continue
+                batch.append(planned)
+                if len(batch) == self.batch_size:
+                    self._compute(source, batch, writer, advance)
+                    batch = []
+            self._compute(source, batch, writer, advance)
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
 
-    def _batch(self, number: int, source: _Source, batch: list[_Pair], writer, advance) -> None:
+    def _plan_pair(self, number: int, source: _Source, pair: _Pair) -> _PlannedPair:
+        """Every output of the pair is checked (collisions, inputs, folders in the way) before any model work."""
+        from flowcli.outputs import output_paths
+
+        names = _names(source, pair.frame1, pair.frame2, pair.index)
+        paths = output_paths(self.options, names)
+        owner = _pair_owner(number, source, names)
+        for path in paths.values():
+            self.claims.check(path, owner)
+        # files are published whole under their final name (temp file + rename): one that exists is complete
+        missing = {key: path for key, path in paths.items() if not (self.resume and os.path.lexists(path))}
+        return _PlannedPair(pair, paths, missing)
+
+    def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
+        pair = planned.pair
+        if writer is not None:
+            self._write_video_frame_from_png(writer, planned.paths["vis"])
+        self.skipped += 1
+        self._emit({
+            "type": "skipped", "source": source.label, "index": pair.index, "frame1": pair.frame1,
+            "frame2": pair.frame2, "inputs": list(pair.inputs),
+            "outputs": {key: str(path) for key, path in planned.paths.items()},
+        })
+        advance(f"{source.name} {pair.frame1} (skipped)")
+
+    @staticmethod
+    def _write_video_frame_from_png(writer, vis: Path) -> None:
+        from flowcli.io.flow_formats import read_png
+
+        try:
+            writer.write(read_png(vis))
+        except ValueError as error:  # not an RGB PNG of the run's frame size: not written by this run's settings
+            raise OutputError(
+                f"cannot use {vis} for video {writer.path} ({error}); delete it and run again with --resume"
+            ) from None
+
+    def _compute(self, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
+        if not batch:
+            return
         import torch
 
         from flowcli.inference import estimate_flow
-        from flowcli.outputs import flow_stats, output_paths, pair_result, visualize, write_pair_outputs
+        from flowcli.outputs import flow_stats, pair_result, visualize, write_pair_outputs
 
         options = self.options
-        planned = []
-        for pair in batch:  # every output of the batch is checked before any model work on it
-            names = _names(source, pair.frame1, pair.frame2, pair.index)
-            paths = output_paths(options, names)
-            owner = _pair_owner(number, source, names)
-            for path in paths.values():
-                self.claims.check(path, owner)
-            planned.append(paths)
+        images = [planned.pair.load() for planned in batch]
         start = time.perf_counter()
         result = estimate_flow(
             self.model,
-            torch.stack([p.image1 for p in batch]),
-            torch.stack([p.image2 for p in batch]),
+            torch.stack([image1 for image1, _ in images]),
+            torch.stack([image2 for _, image2 in images]),
             backward=options.needs_backward,
             occlusion=options.needs_occlusion,
             max_pixels=self.max_pixels,
@@ -546,20 +623,21 @@ class _Run:
         if result.forward.is_cuda:
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) * 1000 / len(batch)
-        for i, (pair, paths) in enumerate(zip(batch, planned)):
+        for i, (planned, (image1, image2)) in enumerate(zip(batch, images)):
+            pair = planned.pair
             single = pair_result(result, i)
-            colours = visualize(single, options.max_flow) if writer is not None or "vis" in paths else None
-            written = write_pair_outputs(single, pair.image1, pair.image2, paths, max_flow=options.max_flow,
-                                         overwrite=options.overwrite, vis=colours)
+            colours = visualize(single, options.max_flow) if writer is not None or "vis" in planned.missing else None
+            write_pair_outputs(single, image1, image2, planned.missing, max_flow=options.max_flow,
+                               overwrite=options.overwrite, vis=colours)
             if writer is not None:
                 writer.write(colours)
-            self.done += 1
-            height, width = pair.image1.shape[-2:]
+            self.computed += 1
+            height, width = image1.shape[-2:]
             self._emit({
                 "type": "pair", "source": source.label, "index": pair.index,
                 "frame1": pair.frame1, "frame2": pair.frame2, "inputs": list(pair.inputs),
                 "width": int(width), "height": int(height),
-                "outputs": {key: str(path) for key, path in written.items()},
+                "outputs": {key: str(path) for key, path in planned.paths.items()},
                 **{k: (None if v is None else round(v, 4)) for k, v in flow_stats(single).items()},
                 "ms": round(ms, 2), "tiles": result.tiles, **self.model_info,
             })
