@@ -352,6 +352,44 @@ def test_flow_with_independent_video_mode_is_refused(tmp_path, cli):
     assert "--flow needs --video-mode joint" in str(run.exception) and not out.exists()
 
 
+def test_flow_model_follows_device_and_precision(tmp_path, cli, monkeypatch):
+    """--flow loaded the flow model on the CPU whatever the machine had: it runs on --device (auto: the GPU), at
+    --precision (auto: fp16 on CUDA; fp16 asked for on the CPU runs in fp32), and a GPU asked for but absent
+    is an error before any work."""
+    import torch
+
+    from flowcli.errors import FlowcliError
+    from flowcli.face import video
+
+    class Loaded(Exception):
+        """Stops the run once the flow model would be loaded."""
+
+    asked = []
+
+    def flow_function(**kwargs):
+        asked.append(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(video, "flow_function", flow_function)
+    clip = FACE / "video" / "obama.mp4"
+    with pytest.warns(UserWarning, match="fp16 is not supported on CPU"):
+        run = cli(["face", "fit", clip, "--flow", "--device", "cpu", "--precision", "fp16", "-o", tmp_path / "a"])
+    assert isinstance(run.exception, Loaded), run.output
+    assert asked == [{"device": torch.device("cpu"), "precision": "fp32"}]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = cli(["face", "fit", clip, "--flow", "--device", "cuda", "-o", tmp_path / "b"])
+    assert isinstance(run.exception, FlowcliError) and run.exception.exit_code == 1
+    assert "no CUDA GPU" in str(run.exception) and not (tmp_path / "b").exists() and len(asked) == 1
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for args, expected in (([], ("cuda", "fp16")), (["--device", "cuda:1", "--precision", "bf16"], ("cuda:1", "bf16"))):
+        run = cli(["face", "fit", clip, "--flow", *args, "-o", tmp_path / "c"])
+        assert isinstance(run.exception, Loaded), run.output
+        assert asked[-1] == {"device": torch.device(expected[0]), "precision": expected[1]}
+
+
 def test_folder_expansion_skips_flowcli_overlays_only(tmp_path):
     """An output folder given as input: flowcli's NAME.overlay.png/.mp4 (next to NAME.pose.json) are not
     inputs; a user's picture that merely ends in .overlay.png is."""

@@ -210,3 +210,32 @@ def test_clip_textures_match_lists_of_every_frame_and_keep_only_a_window():
             if t < 11:
                 assert np.array_equal(clip.flows[t], flows[t])
         assert len(clip._grays) <= 4 and len(clip._flows) <= 4
+
+
+def test_flow_function_loads_the_model_on_the_device_and_resolves_precision_once(monkeypatch):
+    """The flow term's model is loaded on the device asked for (it used to be the CPU always), and fp16 asked for on
+    the CPU runs in fp32 with one warning for the clip, not one per frame pair."""
+    import warnings
+
+    import torch
+
+    from flowcli import models
+    from flowcli.face.video import flow_function
+    from flowcli.models import FlowNet, FlowNetConfig
+
+    tiny = dict(pyramid_channels=(4,) * 6, decoder_channels=(4,), context_channels=(4,), context_dilations=(1,))
+    loaded_on = []
+
+    def load_model(name_or_path=None, device="cpu", **kwargs):
+        loaded_on.append(device)
+        return FlowNet(FlowNetConfig(**tiny, reduced_channels=4)).eval()
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    with pytest.warns(UserWarning, match="fp16 is not supported on CPU") as caught:
+        flow = flow_function(device=torch.device("cpu"), precision="fp16")
+    assert loaded_on == [torch.device("cpu")] and len(caught) == 1
+    frames = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flows = [flow(a, b) for a, b in zip(frames, frames[1:])]
+    assert all(f.shape == (2, 48, 64) and np.isfinite(f).all() for f in flows)

@@ -71,6 +71,16 @@ def fit_command(
         help="Add the optical-flow consistency term to --video-mode joint (slow on CPU); "
         "an error with --video-mode independent, which has no temporal terms.",
     ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="Device of the --flow model: auto, cpu, cuda, cuda:N or mps (the face fit itself runs on the CPU).",
+    ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="Precision of the --flow model: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.",
+    ),
     max_frames: Optional[int] = typer.Option(
         None, "--max-frames", min=1, help="Fit only the first N frames of videos."
     ),
@@ -117,6 +127,7 @@ def fit_command(
             "--flow needs --video-mode joint: independent per-frame fits have no temporal term for it; "
             "drop --flow or use --video-mode joint"
         )
+    flow_device, flow_precision = _flow_device_and_precision(device, precision) if flow else (None, None)
     inputs = _expand_inputs(inputs)
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
@@ -137,7 +148,16 @@ def fit_command(
                 printed = job.records_printed
                 try:
                     if is_video(path):
-                        job.video(path, stem, bar, video_mode=video_mode.value, use_flow=flow, max_frames=max_frames)
+                        job.video(
+                            path,
+                            stem,
+                            bar,
+                            video_mode=video_mode.value,
+                            use_flow=flow,
+                            max_frames=max_frames,
+                            flow_device=flow_device,
+                            flow_precision=flow_precision,
+                        )
                     else:
                         job.image(path, stem, max_faces, warn)
                     fitted.append(stem)
@@ -193,6 +213,21 @@ def convert_command(
             }
         )
     )
+
+
+def _flow_device_and_precision(device: str, precision: str):
+    """The torch device and precision name of the --flow model, checked before any work: a GPU asked for but
+    absent is an error, not a silent CPU run; fp16 on the CPU runs in fp32 (one warning)."""
+    from flowcli.cli.options import PRECISION_NAMES
+    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
+
+    if precision != "auto" and precision not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
+    torch_device = resolve_device(device)
+    if precision == "auto":
+        precision = "fp16" if torch_device.type == "cuda" else "fp32"
+    dtype = resolve_precision(precision, torch_device)
+    return torch_device, next(name for name, value in PRECISIONS.items() if value == dtype)
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -431,7 +466,17 @@ class FaceJob:
 
     # --- videos ---------------------------------------------------------------------------------------------
 
-    def video(self, path: Path, stem: str, bar, video_mode: str, use_flow: bool, max_frames: int | None = None) -> None:
+    def video(
+        self,
+        path: Path,
+        stem: str,
+        bar,
+        video_mode: str,
+        use_flow: bool,
+        max_frames: int | None = None,
+        flow_device=None,
+        flow_precision: str = "fp32",
+    ) -> None:
         from itertools import islice
 
         from flowcli.console import warn
@@ -447,7 +492,7 @@ class FaceJob:
         options = VideoOptions()
         flow_fn = None
         if use_flow and video_mode == "joint":
-            flow_fn = flow_function()
+            flow_fn = flow_function(device=flow_device or "cpu", precision=flow_precision)
             if flow_fn is None:
                 warn("optical flow is unavailable (flowcli.inference or its weights); fitting without the flow term")
         # pass 1: landmarks (tracked); the census grays and flows come from a second decode, as the fit needs them

@@ -275,10 +275,12 @@ def landmark_jitter(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(acc, axis=-1).mean())
 
 
-def flow_function(device: str = "cpu"):
-    """`estimate_flow` with the default model, or None when flowcli's flow inference is unavailable."""
+def flow_function(device: str | torch.device = "cpu", precision: str = "fp32"):
+    """`estimate_flow` with the default model on `device` (a torch.device or auto, cpu, cuda, cuda:N, mps) at
+    `precision` (fp32, fp16 or bf16; fp16 on the CPU runs in fp32, with one warning), or None when flowcli's flow
+    inference or its weights are unavailable. Flows come back as numpy arrays on the CPU."""
     try:
-        from flowcli.inference import estimate_flow
+        from flowcli.inference import PRECISIONS, estimate_flow, resolve_precision
         from flowcli.models import load_model
     except ImportError:
         return None
@@ -286,12 +288,14 @@ def flow_function(device: str = "cpu"):
         model = load_model(None, device=device)
     except Exception:
         return None
+    dtype = resolve_precision(precision, next(model.parameters()).device)  # warns here once, not for every pair
+    precision = next(name for name, value in PRECISIONS.items() if value == dtype)
 
     def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ta = torch.as_tensor(a).permute(2, 0, 1)[None].float() / 255
         tb = torch.as_tensor(b).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
-            result = estimate_flow(model, ta, tb)
+            result = estimate_flow(model, ta, tb, precision=precision)
         return result.forward[0].cpu().numpy().astype(np.float64)
 
     return flow
