@@ -62,6 +62,23 @@ def test_warp_correlation_checks_shapes():
         corr.warp_correlation(f1, f2[:, :3], flow, 2)
 
 
+@pytest.mark.parametrize("r", [1, 4])
+def test_shifts_backend_matches_the_reference_and_is_chosen_by_use_backend(monkeypatch, r):
+    f1, f2, flow = _features(h=12, w=13)
+    monkeypatch.setenv("FLOWCLI_CORR", "torch")
+    with corr.use_backend("shifts"):  # wins over FLOWCLI_CORR, for the export's trace
+        assert corr.backend_name(f1) == "shifts"
+        shifted, warped = corr.correlation(f1, f2, r), corr.warp_correlation(f1, f2, flow, r)
+    assert corr.backend_name(f1) == "torch"
+    torch.testing.assert_close(shifted, corr.correlation_torch(f1, f2, r))
+    torch.testing.assert_close(warped, corr.warp_correlation_torch(f1, f2, flow, r))
+    monkeypatch.setenv("FLOWCLI_CORR", "shifts")
+    assert corr.backend_name(f1) == "shifts"
+    with pytest.raises(ValueError, match="not a correlation backend"):
+        with corr.use_backend("cuda"):
+            pass
+
+
 def test_cpu_tensors_use_the_reference_without_importing_triton(monkeypatch):
     monkeypatch.delitem(sys.modules, "flowcli.ops.correlation_triton", raising=False)
     f1, f2, flow = _features()

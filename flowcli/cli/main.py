@@ -53,6 +53,7 @@ _COMMAND_MODULES = [
     "eval",
     "synth",
     "weights",
+    "export",
     "doctor",
     "face",
 ]

@@ -12,12 +12,17 @@ Backends plug in behind `correlation()`:
   which re-reads both maps 81 times (30 ms against 47 ms for the five levels of a 1024x448 pair on
   2 cores). Its backward loops over the displacements and recomputes products instead of storing them.
 - "triton": the fused GPU kernel (flowcli.ops.correlation_triton), imported lazily.
+- "shifts": one slice-multiply-mean per displacement, plain tensor operations only, so that
+  torch.onnx and torch.export can trace it (the "torch" backend's autograd.Function and strided view
+  cannot be exported). Slower; `flowcli.export` uses it through `use_backend("shifts")`.
 `warp_correlation(f1, f2, flow, r)` is `correlation(f1, backward_warp(f2, flow), r)`, fused on triton.
-`FLOWCLI_CORR=torch|triton` forces one; the default picks triton for CUDA tensors when available.
+`FLOWCLI_CORR=torch|triton|shifts` forces one; the default picks triton for CUDA tensors when available.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 
@@ -99,17 +104,48 @@ def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int 
     return _TorchCorrelation.apply(f1.to(dtype), f2.to(dtype), max_displacement)
 
 
+def correlation_shifts(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
+    """The "shifts" backend: f2 zero-padded by r, then one shifted product per displacement."""
+    r = max_displacement
+    h, w = f1.shape[-2:]
+    padded = F.pad(f2, (r, r, r, r))
+    planes = [
+        (f1 * padded[:, :, r + dy : r + dy + h, r + dx : r + dx + w]).mean(dim=1, keepdim=True)
+        for dy, dx in displacements(r)
+    ]
+    return torch.cat(planes, dim=1)
+
+
+BACKENDS = ("torch", "triton", "shifts")
+_USED_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowcli_correlation_backend", default=None)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Within the block, `correlation` and `warp_correlation` use backend `name`, whatever FLOWCLI_CORR says."""
+    if name not in BACKENDS:
+        raise ValueError(f"{name!r} is not a correlation backend; use one of {', '.join(BACKENDS)}")
+    token = _USED_BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _USED_BACKEND.reset(token)
+
+
 def backend_name(tensor: torch.Tensor) -> str:
-    """The backend `correlation`/`warp_correlation` would use for this tensor ("torch" or "triton")."""
+    """The backend `correlation`/`warp_correlation` would use for this tensor ("torch", "triton" or "shifts")."""
     return _backend_for(tensor)
 
 
 def _backend_for(tensor: torch.Tensor) -> str:
+    used = _USED_BACKEND.get()
+    if used is not None:
+        return used
     forced = os.environ.get("FLOWCLI_CORR", "").strip().lower()
-    if forced in ("torch", "triton"):
+    if forced in BACKENDS:
         return forced
     if forced:
-        raise ValueError(f"FLOWCLI_CORR={forced!r} is not a backend; use 'torch' or 'triton'")
+        raise ValueError(f"FLOWCLI_CORR={forced!r} is not a backend; use 'torch', 'triton' or 'shifts'")
     if tensor.is_cuda and _triton_available():
         return "triton"
     return "torch"
@@ -168,7 +204,10 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -
     """Cost volume [B, (2r+1)^2, H, W] between feature maps f1, f2 of shape [B, C, H, W]."""
     if f1.shape != f2.shape:
         raise ValueError(f"correlation needs equal shapes, got {tuple(f1.shape)} and {tuple(f2.shape)}")
-    if _backend_for(f1) == "triton":
+    backend = _backend_for(f1)
+    if backend == "shifts":
+        return correlation_shifts(f1, f2, max_displacement)
+    if backend == "triton":
         from flowcli.ops.correlation_triton import correlation_triton
 
         return _first_launch_checked(
@@ -194,7 +233,12 @@ def warp_correlation(f1: torch.Tensor, f2: torch.Tensor, flow: torch.Tensor, max
     b, _, h, w = f1.shape
     if flow.shape != (b, 2, h, w):
         raise ValueError(f"flow must be [{b}, 2, {h}, {w}], got {tuple(flow.shape)}")
-    if _backend_for(f1) == "triton":
+    backend = _backend_for(f1)
+    if backend == "shifts":
+        from flowcli.ops.warp import backward_warp
+
+        return correlation_shifts(f1, backward_warp(f2, flow), max_displacement)
+    if backend == "triton":
         from flowcli.ops.correlation_triton import warp_correlation_triton
 
         return _first_launch_checked(

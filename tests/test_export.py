@@ -1,0 +1,121 @@
+"""`flowcli export`: the ONNX graph computes what estimate_flow computes, at any batch and size."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+import flowcli
+from flowcli.checkpoint import save_checkpoint
+from flowcli.export import FlowGraph, check_pair, export_onnx, onnx_session, run_onnx
+from flowcli.inference import estimate_flow
+from flowcli.models import FlowNet, FlowNetConfig
+from tests.cli_harness import assert_one_line_error, in_process_cli
+
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return flowcli.load_model()  # the bundled weights: real flows, so the warps and the occlusion check matter
+
+
+@pytest.fixture(scope="module")
+def exported(default_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "default.onnx"
+    report = export_onnx(default_model, path, occlusion=True, source={"weights": "default", "sha256": "abc"})
+    return path, report
+
+
+def _scenes(seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [check_pair(height, width, seed) for seed in seeds]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+@pytest.mark.parametrize("seeds,height,width", [([1], 244, 332), ([2, 3], 150, 230)])
+def test_the_graph_gives_estimate_flows_outputs_at_any_batch_and_size(default_model, exported, seeds, height, width):
+    path, _ = exported
+    image1, image2 = _scenes(seeds, height, width)
+    outputs = run_onnx(onnx_session(path), image1, image2)
+    expected = estimate_flow(default_model, image1, image2, occlusion=True)
+    assert outputs["flow"].shape == (len(seeds), 2, height, width)
+    assert expected.forward.abs().max() > 2.0  # a real motion to compare, not zeros
+    assert torch.allclose(outputs["flow"], expected.forward, atol=1e-3)
+    assert torch.allclose(outputs["flow_backward"], expected.backward, atol=1e-3)
+    assert outputs["occlusion"].shape == (len(seeds), 1, height, width)
+    assert 0.01 < expected.occlusion.mean() < 0.5
+    assert (outputs["occlusion"] != expected.occlusion).float().mean() < 1e-3  # pixels on the threshold may flip
+
+
+def test_the_file_describes_itself_and_the_model_is_left_as_it_was(default_model, exported):
+    path, report = exported
+    proto = onnx.load(str(path))
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert json.loads(metadata["flowcli.config"]) == default_model.config.to_dict()
+    assert json.loads(metadata["flowcli.source"]) == {"weights": "default", "sha256": "abc"}
+    assert [i.name for i in proto.graph.input] == ["image1", "image2"]
+    assert [o.name for o in proto.graph.output] == ["flow", "flow_backward", "occlusion"]
+    assert report.max_difference is not None and report.max_difference < 1e-3
+    parameter = next(default_model.parameters())
+    assert not default_model.training and parameter.dtype == torch.float32
+    assert parameter.is_contiguous(memory_format=torch.channels_last)  # the CPU inference layout, untouched
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return FlowNet(FlowNetConfig(**TINY)).eval()
+
+
+def test_a_flow_only_graph_has_one_output(tiny_model, tmp_path):
+    path = tmp_path / "flow.onnx"
+    export_onnx(tiny_model, path, check=False)
+    image1, image2 = check_pair(height=70, width=90)
+    outputs = run_onnx(onnx_session(path), image1, image2)
+    assert list(outputs) == ["flow"]
+    assert torch.allclose(outputs["flow"], FlowGraph(tiny_model)(image1, image2), atol=1e-3)
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_model, tmp_path):
+    return save_checkpoint(tiny_model, tmp_path / "tiny.safetensors", provenance={"note": "test"})
+
+
+def test_cli_writes_the_graph_and_reports_it(monkeypatch, capsys, tmp_path, tiny_checkpoint):
+    run = in_process_cli(monkeypatch, capsys, "export")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("-w", tiny_checkpoint, "--json", "-q")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["path"] == "tiny.onnx" and (tmp_path / "tiny.onnx").is_file()
+    assert payload["outputs"] == ["flow"] and payload["max_difference"] < 1e-3
+    from flowcli.registry import sha256_file
+
+    assert payload["sha256"] == sha256_file(tiny_checkpoint)
+
+
+def test_cli_refuses_bad_requests_and_keeps_what_exists(monkeypatch, capsys, tmp_path, tiny_checkpoint):
+    run = in_process_cli(monkeypatch, capsys, "export")
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"keep me")
+    code, _, err = run("-w", tiny_checkpoint, "-o", existing)
+    assert_one_line_error(code, err, 3, "already exists", "--overwrite")
+    assert existing.read_bytes() == b"keep me"
+    code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / "model.pt")
+    assert_one_line_error(code, err, 2, ".onnx")
+    code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / "new.onnx", "--opset", "13")
+    assert_one_line_error(code, err, 2, "GridSample")
+
+
+def test_a_graph_that_fails_the_check_is_not_written(monkeypatch, capsys, tmp_path, tiny_checkpoint):
+    import flowcli.export
+
+    monkeypatch.setattr(flowcli.export, "CHECK_TOLERANCE", 0.0)
+    monkeypatch.setattr(flowcli.export, "check_export", lambda *args: 0.5)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / "bad.onnx", "-q")
+    assert_one_line_error(code, err, 1, "0.5 px", "nothing was written")
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no output, no temp file
