@@ -197,6 +197,19 @@ def test_doctor_json():
     assert set(report["self_check"]["max_error"]) >= {"correlation.forward", "warp_correlation.grad_flow"}
 
 
+def test_doctor_checks_the_shifts_backend_itself(monkeypatch):
+    called = []
+    original = corr.correlation_shifts
+    monkeypatch.setattr(corr, "correlation_shifts", lambda *args: called.append(1) or original(*args))
+    monkeypatch.setenv("FLOWCLI_CORR", "shifts")
+    result = CliRunner().invoke(_doctor_app(), ["doctor", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["self_check"]["ok"] and report["self_check"]["backend"] == "shifts"
+    assert len(called) >= 2  # correlation and warp_correlation both ran on it, not on the torch backend
+    assert "onnxruntime" in report
+
+
 def test_doctor_fails_on_a_bad_backend(monkeypatch):
     monkeypatch.setenv("FLOWCLI_CORR", "nope")
     result = CliRunner().invoke(_doctor_app(), ["doctor"])

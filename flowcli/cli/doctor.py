@@ -93,6 +93,11 @@ def self_check(device: str | None = None, backend: str | None = None) -> SelfChe
             from flowcli.ops.correlation_triton import warp_correlation_triton as warp_correlation
         except ImportError as error:
             return SelfCheck(False, backend, device, message=str(error))
+    elif backend == "shifts":
+        correlation = corr.correlation_shifts
+
+        def warp_correlation(f1, f2, flow, r):
+            return corr.correlation_shifts(f1, backward_warp(f2, flow), r)
     else:
         correlation, warp_correlation = corr.correlation_torch, corr.warp_correlation_torch
     # Interpreted Triton costs milliseconds per program: keep the CPU case tiny.
@@ -151,6 +156,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "torch_cuda_build": torch.version.cuda,
         "triton": _version("triton") if importlib.util.find_spec("triton") else None,
+        "onnxruntime": _version("onnxruntime") if importlib.util.find_spec("onnxruntime") else None,
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": [],
         "FLOWCLI_CORR": os.environ.get("FLOWCLI_CORR") or None,
@@ -178,7 +184,7 @@ def doctor(
     """Show versions, device and correlation backend, and self-check the backend against a reference.
 
     --json prints one JSON document on stdout with keys flowcli, python, torch, torch_cuda_build, triton,
-    cuda_available, cuda_devices (name, capability, memory_gib), FLOWCLI_CORR, TRITON_INTERPRET, device and
+    onnxruntime, cuda_available, cuda_devices (name, capability, memory_gib), FLOWCLI_CORR, TRITON_INTERPRET, device and
     self_check (ok, backend, device, seconds, max_error, message); interpreter_check as well when the Triton
     interpreter is checked on the CPU.
 
@@ -220,6 +226,7 @@ def doctor(
             ("python", info["python"]),
             ("torch", f"{info['torch']} (CUDA build: {info['torch_cuda_build'] or 'none'})"),
             ("triton", info["triton"] or "not installed (pip install 'flowcli[gpu]' for the fused kernels)"),
+            ("onnxruntime", info["onnxruntime"] or "not installed (pip install 'flowcli[onnx]' for flowcli export)"),
             ("CUDA available", "yes" if info["cuda_available"] else "no"),
         ]
         for index, gpu in enumerate(info["cuda_devices"]):
