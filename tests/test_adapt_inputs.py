@@ -207,6 +207,15 @@ def test_heldout_split_never_shares_frames(tmp_path):
     assert scan_footage([tmp_path / "a", tmp_path / "b"]).fingerprint() != fingerprint
 
 
+def test_the_fingerprint_is_the_same_however_the_footage_is_spelt(tmp_path, monkeypatch):
+    _frames(tmp_path / "clips" / "shot", 3)
+    monkeypatch.chdir(tmp_path)
+    spellings = ["clips/shot/*.png", "./clips/shot/*.png", f"{tmp_path}/clips/shot/*.png", "clips/shot", "clips/shot/"]
+    assert len({scan_footage([s]).fingerprint() for s in spellings}) == 1
+    monkeypatch.chdir(tmp_path / "clips")
+    assert scan_footage(["."]).fingerprint() == scan_footage([tmp_path / "clips"]).fingerprint()
+
+
 def test_videos_and_folders_mix_and_videos_are_cached(tmp_path):
     import torch
 

@@ -325,6 +325,27 @@ def test_a_run_resumes_after_its_folders_are_moved_and_refuses_changed_footage(f
     assert steps_run == [3, 4] and len(resumed["history"]) == 4  # continued, not started over
 
 
+def test_a_run_on_a_glob_resumes_when_the_glob_is_spelt_another_way(footage, base, tmp_path, monkeypatch):
+    import shutil
+
+    def interrupt(step, record):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    shutil.copytree(footage, tmp_path / "clips")
+    monkeypatch.chdir(tmp_path)
+
+    def cfg(*globs):
+        return _config(footage, base, tmp_path / "m.safetensors", steps=4, sources=list(globs))
+
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(cfg("clips/shot0/*.png", "clips/shot1/*.png"), quiet=True, callback=interrupt)
+    steps_run = []
+    resumed = adapt(cfg("./clips/shot0/*.png", f"{tmp_path}/clips/shot1/*.png"), quiet=True,
+                    callback=lambda step, record: steps_run.append(step))  # fmt: skip
+    assert steps_run == [3, 4] and len(resumed["history"]) == 4
+
+
 def test_a_diverging_run_stops_without_writing_nan_weights(footage, base, tmp_path):
     output = tmp_path / "nan.safetensors"
     with pytest.raises(FlowcliError, match="training diverged.*lower --lr"):

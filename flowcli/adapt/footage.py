@@ -162,12 +162,15 @@ class Footage:
     # ------------------------------------------------------------------ provenance
 
     def fingerprint(self) -> str:
-        """sha256 over every sequence's label, frame names and file sizes, plus the content of up to
-        FINGERPRINT_SAMPLES evenly spaced frame files (and the first and last MiB of each video)."""
+        """sha256 over every sequence's length, frame names and file sizes, plus the content of up to
+        FINGERPRINT_SAMPLES evenly spaced frame files (and the first and last MiB of each video).
+
+        What the files are, not how the sources were spelt: a label holds a glob's text or a folder's
+        path relative to the source, so it is left out (`dir/*.png` and `./dir/*.png` are one footage)."""
         digest = hashlib.sha256()
         files: list[Path] = []
         for seq in self.sequences:
-            digest.update(f"{seq.label}\0{len(seq)}\0".encode())
+            digest.update(f"{len(seq)}\0".encode())
             if seq.video is not None:
                 size = seq.video.stat().st_size
                 digest.update(f"{seq.video.name}\0{size}\0".encode())
