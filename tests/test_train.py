@@ -538,6 +538,18 @@ def test_sources_are_drawn_by_weight_and_augmented_crops_keep_their_flow(tmp_pat
         assert (image1 - warped).abs()[:, seen].mean() < 0.75 * (image1 - image2).abs()[:, seen].mean(), index
 
 
+def test_the_provenance_names_the_stereo_share_only_when_synthetic_scenes_are_drawn(tmp_path):
+    from flowcli.train.trainer import _provenance
+
+    synthetic = _provenance(tiny_config(tmp_path, 2, stereo_fraction=0.15), 2, [], None)
+    assert synthetic["stereo_fraction"] == 0.15
+    assert list(synthetic) == [
+        "trained_by", "data", "steps", "batch_size", "crop", "stereo_fraction", "recent_epe", "date"
+    ]  # fmt: skip
+    datasets_only = tiny_config(tmp_path, 2, datasets=["chairs:/data/chairs"], synth_weight=0.0, stereo_fraction=0.15)
+    assert "stereo_fraction" not in _provenance(datasets_only, 2, [], None)
+
+
 @needs_chairs
 def test_training_on_a_dataset_with_evaluation_resumes_bit_for_bit_and_records_its_scores(monkeypatch, capsys, tmp_path):
     torch.set_num_threads(1)
@@ -551,6 +563,7 @@ def test_training_on_a_dataset_with_evaluation_resumes_bit_for_bit_and_records_i
     assert scores == [{"step": r["step"], **r["eval"]} for r in straight if "eval" in r]
     provenance = load_checkpoint(tmp_path / "b" / "last.safetensors").provenance
     assert "chairs" in provenance["data"] and "synthetic" in provenance["data"]
+    assert provenance["stereo_fraction"] == 0.2
 
 
 @needs_chairs
@@ -565,6 +578,7 @@ def test_train_cli_takes_datasets_and_evaluations(monkeypatch, capsys, tmp_path)
     assert len(json.loads((tmp_path / "run" / "eval.json").read_text())) == 2
     provenance = load_checkpoint(tmp_path / "run" / "last.safetensors").provenance
     assert "synthetic" not in provenance["data"] and str(CHAIRS) in provenance["data"]
+    assert "stereo_fraction" not in provenance  # no synthetic scenes, so no stereo share was drawn from
 
 
 @pytest.mark.parametrize(

@@ -723,7 +723,7 @@ def _provenance(cfg: TrainConfig, step: int, history: list[dict], init_sha256: s
         "steps": step,
         "batch_size": cfg.batch_size,
         "crop": [cfg.height, cfg.width],
-        "stereo_fraction": cfg.stereo_fraction,
+        **({"stereo_fraction": cfg.stereo_fraction} if cfg.synth_weight else {}),
         "recent_epe": round(sum(r["epe"] for r in recent) / max(len(recent), 1), 4) if recent else None,
         "date": time.strftime("%Y-%m-%d"),
     }
