@@ -445,3 +445,54 @@ def test_json_records_for_unreadable_inputs(tmp_path, cli):
     assert "at least 64 px" in records[0]["error"] and records[1]["error"]
     run = cli(["face", "fit", tiny, "-o", tmp_path / "out", "--json", "-q"])  # one input: its own error, exit 2
     assert run.exception.exit_code == 2 and json.loads(run.stdout)["status"] == "error"
+
+
+def test_a_variable_frame_rate_ts_clip_keeps_its_timing(tmp_path, cli, emitted):
+    """A dashcam-style .ts clip could not be opened (imageio's reader refused the file), and the overlay and
+    pose.json took the 30 fps the container states for a clip whose first frames are 0.25 s apart."""
+    import subprocess
+
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    image = iio.imread(IMAGE)
+    for n in range(6):
+        iio.imwrite(tmp_path / f"frame{n}.png", image if n % 2 else image[:, ::-1])
+    clip = tmp_path / "dashcam.ts"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-framerate", "30", "-i", str(tmp_path / "frame%d.png"),
+               "-vf", "setpts='if(lt(N,3),N*0.25,0.5+(N-2)/30)/TB'", "-fps_mode", "passthrough",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)]  # fmt: skip
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("this ffmpeg cannot encode a .ts test video")
+    out = tmp_path / "out"
+    run = cli(["face", "fit", clip, "-o", out, "--video-mode", "independent", "--mesh-format", "none", "--json", "-q"])
+    assert run.exit_code == 0, run.output
+    assert [(r["frame"], r["status"]) for r in emitted] == [(t, "ok") for t in range(6)]
+    fps = json.loads((out / "dashcam.pose.json").read_text())["fps"]
+    assert fps == pytest.approx(5 / 0.6, abs=0.05)  # 6 frames over 0.6 s, not the stated 30 fps
+    overlay = out / "dashcam.overlay.mp4"
+    assert iio.imread(overlay).shape[0] == 6 and iio.immeta(overlay, plugin="FFMPEG")["fps"] == pytest.approx(fps, abs=0.01)
+
+
+def test_flow_with_a_broken_checkpoint_stops_the_run(tmp_path, cli, monkeypatch):
+    """--flow with a corrupt or missing flow checkpoint used to fit without the flow term after a warning blaming
+    "unavailable" flow: it is the checkpoint's own one-line error (exit 4), once, before any video is fitted."""
+    import imageio.v3 as iio
+
+    from flowcli import models
+    from flowcli.errors import WeightsError
+
+    attempts = []
+
+    def load_model(*args, **kwargs):
+        attempts.append(1)
+        raise WeightsError("flowcli-pwc-synth.safetensors is corrupt; reinstall flowcli")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    second = tmp_path / "second.mp4"
+    iio.imwrite(second, np.stack([iio.imread(IMAGE)] * 2), fps=5, macro_block_size=1)
+    out = tmp_path / "out"
+    run = cli(["face", "fit", FACE / "video" / "obama.mp4", second, "--flow", "--max-frames", "2", "-o", out, "-q"])
+    assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
+    assert "is corrupt; reinstall flowcli" in str(run.exception) and "unavailable" not in run.output
+    assert attempts == [1] and not out.exists()

@@ -127,3 +127,46 @@ def test_a_bare_model_without_topology_says_where_the_topology_comes_from(tmp_pa
         FaceAssets(None).model(tmp_path / "bare.npz")
     message = str(caught.value)
     assert "--face-assets" in message and "generic_neutral_mesh.obj" in message and "uv_triangles" in message
+
+
+def _ffmpeg_duration(path) -> float:
+    """The duration ffmpeg states for a media file (ffprobe is not shipped with imageio-ffmpeg)."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    header = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                            capture_output=True, text=True).stderr  # fmt: skip
+    hours, minutes, seconds = re.search(r"Duration: (\d+):(\d+):([\d.]+)", header).groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@pytest.mark.parametrize("container", [".mkv", ".webm", ".ts"])
+def test_a_face_overlay_of_a_variable_frame_rate_video_lasts_as_long_as_the_source(tmp_path, container):
+    """The face reader took the rate these containers state (30 fps) for a phone clip that plays 5 frames at
+    4 fps, then 15 at 30 fps: the overlay played 1.75 s in 0.67 s. It could not open .ts files at all."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from flowcli.face.media import VideoReader
+    from flowcli.face.writers import Mp4Writer
+
+    source = tmp_path / f"phone{container}"
+    codec = ["-c:v", "libvpx-vp9"] if container == ".webm" else ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=30",
+               "-frames:v", "20", "-vf", "setpts='if(lt(N,5),N*0.25,1.25+(N-5)/30)/TB'", "-fps_mode", "passthrough",
+               *codec, str(source)]  # fmt: skip
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip(f"this ffmpeg cannot encode a {container} test video")
+    reader = VideoReader(source)
+    frames = list(reader)
+    assert len(frames) == 20 and reader.decode_error is None
+    assert all(frame.shape == (64, 96, 3) and frame.dtype == np.uint8 for frame in frames)
+    overlay = tmp_path / "overlay.mp4"
+    writer = Mp4Writer(overlay, reader.fps)
+    for frame in frames:
+        writer.append(frame)
+    writer.close()
+    assert _ffmpeg_duration(overlay) == pytest.approx(_ffmpeg_duration(source), abs=1 / reader.fps + 0.01)

@@ -135,6 +135,7 @@ def fit_command(
     torch.set_num_threads(1)  # many tiny solves: threads only add contention
     # the runtime, assets and model first: a run that cannot start leaves no output folder behind
     pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=face_model)
+    flow_fn = _flow_model(flow_device, flow_precision) if flow and any(is_video(p) for p in inputs) else None
     job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
     fitted = []  # stems whose outputs this run wrote
@@ -153,10 +154,8 @@ def fit_command(
                             stem,
                             bar,
                             video_mode=video_mode.value,
-                            use_flow=flow,
+                            flow_fn=flow_fn,
                             max_frames=max_frames,
-                            flow_device=flow_device,
-                            flow_precision=flow_precision,
                         )
                     else:
                         job.image(path, stem, max_faces, warn)
@@ -228,6 +227,18 @@ def _flow_device_and_precision(device: str, precision: str):
         precision = "fp16" if torch_device.type == "cuda" else "fp32"
     dtype = resolve_precision(precision, torch_device)
     return torch_device, next(name for name, value in PRECISIONS.items() if value == dtype)
+
+
+def _flow_model(device, precision: str):
+    """The --flow model as a function of two frames, loaded once before any work: a missing or broken checkpoint
+    stops the run with its WeightsError (exit 4); None, with a warning, when flow inference cannot be imported."""
+    from flowcli.console import warn
+    from flowcli.face.video import flow_function
+
+    flow_fn = flow_function(device=device, precision=precision)
+    if flow_fn is None:
+        warn("optical flow is unavailable (flowcli's flow inference cannot be imported); fitting without the flow term")
+    return flow_fn
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -472,29 +483,16 @@ class FaceJob:
         stem: str,
         bar,
         video_mode: str,
-        use_flow: bool,
+        flow_fn=None,
         max_frames: int | None = None,
-        flow_device=None,
-        flow_precision: str = "fp32",
     ) -> None:
         from itertools import islice
 
         from flowcli.console import warn
         from flowcli.face.media import VideoReader
-        from flowcli.face.video import (
-            ClipTextures,
-            VideoOptions,
-            fit_video,
-            flow_function,
-            small_gray,
-        )
+        from flowcli.face.video import ClipTextures, VideoOptions, fit_video, small_gray
 
         options = VideoOptions()
-        flow_fn = None
-        if use_flow and video_mode == "joint":
-            flow_fn = flow_function(device=flow_device or "cpu", precision=flow_precision)
-            if flow_fn is None:
-                warn("optical flow is unavailable (flowcli.inference or its weights); fitting without the flow term")
         # pass 1: landmarks (tracked); the census grays and flows come from a second decode, as the fit needs them
         reader = VideoReader(path)
         task = bar.add_task(f"{path.name}: landmarks", total=max_frames, info="")

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from flowcli.errors import InputError
-from flowcli.io.media import IMAGE_SUFFIXES, _every_frame_once, is_video, natural_sort_key
+from flowcli.io import media
+from flowcli.io.media import IMAGE_SUFFIXES, is_video, natural_sort_key
 
 MIN_SIDE = 64  # smaller images cannot hold a face the detector finds
 
@@ -66,39 +67,40 @@ def read_image(path: str | Path) -> np.ndarray:
     return as_rgb8(read_image_array(path), path.name)
 
 
-class VideoReader:
-    """Frames of a video as uint8 RGB, through imageio-ffmpeg; stops quietly at the first undecodable frame."""
+class VideoReader(media.VideoReader):
+    """Frames of a video as uint8 RGB, streamed like the reader of `flowcli estimate` (each decoded frame once;
+    `fps` = frames / duration when the rate varies, so an overlay lasts as long as the source); stops quietly at
+    the first undecodable frame and names it in `decode_error`."""
+
+    DEFAULT_FPS = 25.0  # for a container that states no rate: the overlay video needs one
 
     def __init__(self, path: str | Path):
-        import imageio.v2 as imageio
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(f"{self.path} not found")
-        try:
-            # each decoded frame once: without it ffmpeg repeats frames of variable-frame-rate (phone) video
-            self._reader = imageio.get_reader(str(self.path), "ffmpeg", output_params=list(_every_frame_once()))
-            meta = self._reader.get_meta_data()
-        except Exception as error:
-            raise InputError(f"cannot open {self.path} as a video: {str(error).splitlines()[0]}") from None
-        self.fps = float(meta.get("fps") or 25.0)
-        self.size = tuple(meta.get("size") or (0, 0))
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path} not found")
+        super().__init__(path)
         self.decode_error: str | None = None
 
-    def __iter__(self):
-        index = 0
-        while True:
-            try:
-                frame = self._reader.get_data(index)
-            except IndexError:
-                return
-            except Exception as error:
-                self.decode_error = (
-                    f"frame {index}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-                )
-                return
-            yield as_rgb8(frame, f"{self.path.name} frame {index}")
-            index += 1
+    @property
+    def fps(self) -> float:
+        return super().fps or self.DEFAULT_FPS
 
-    def close(self) -> None:
-        self._reader.close()
+    def __iter__(self):
+        # not the base class's iteration: a face fit needs no second frame, so a decoding error after any
+        # number of frames ends the clip there, and the caller reports `decode_error`
+        stream, self._pending = (self._pending or self._open()), None
+        index = 0
+        try:
+            while True:
+                try:
+                    raw = next(stream)
+                except StopIteration:
+                    return
+                except (RuntimeError, OSError) as error:
+                    self.decode_error = f"frame {index}: {media._one_line(error)}"
+                    return
+                frame = np.frombuffer(raw, np.uint8).reshape(self.height, self.width, 3).copy()  # writable
+                yield as_rgb8(frame, f"{self.path.name} frame {index}")
+                index += 1
+        finally:
+            stream.close()

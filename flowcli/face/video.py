@@ -278,15 +278,14 @@ def landmark_jitter(landmarks: np.ndarray) -> float:
 def flow_function(device: str | torch.device = "cpu", precision: str = "fp32"):
     """`estimate_flow` with the default model on `device` (a torch.device or auto, cpu, cuda, cuda:N, mps) at
     `precision` (fp32, fp16 or bf16; fp16 on the CPU runs in fp32, with one warning), or None when flowcli's flow
-    inference or its weights are unavailable. Flows come back as numpy arrays on the CPU."""
+    inference cannot be imported. A missing or broken checkpoint raises its WeightsError. Flows come back as numpy
+    arrays on the CPU."""
     try:
         from flowcli.inference import PRECISIONS, estimate_flow, resolve_precision
         from flowcli.models import load_model
+
+        model = load_model(None, device=device)  # the checkpoint loader imports its own dependencies here
     except ImportError:
-        return None
-    try:
-        model = load_model(None, device=device)
-    except Exception:
         return None
     dtype = resolve_precision(precision, next(model.parameters()).device)  # warns here once, not for every pair
     precision = next(name for name, value in PRECISIONS.items() if value == dtype)
