@@ -30,13 +30,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flowcli.console import warn
-from flowcli.errors import FlowcliError
+from flowcli.errors import FlowcliError, InputError
 from flowcli.inference import forward_backward_occlusion
 from flowcli.io.atomic import atomic_path
 from flowcli.ops.correlation import use_backend
 
 CHECK_TOLERANCE = 0.01  # px; fp32 rounding through the network gives about 1e-4
 DEFAULT_OPSET = 17  # GridSample needs 16; 17 is what onnxruntime >= 1.12, TensorRT 8.6 and OpenVINO 2023 all read
+MIN_OPSET = 16  # GridSample, which the flow warp needs
+
+
+def _newest_opset() -> int:
+    """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.13). Above it torch only warns
+    that it is unsupported, and from 24 on it fails with a traceback."""
+    try:
+        from torch.onnx import _constants  # private, but the only place torch says which opsets it writes
+    except ImportError:
+        return 20
+    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 20))
+
+
+MAX_OPSET = _newest_opset()
 # the example pair the graph is traced with; any size works afterwards
 _TRACE_SIZE = (128, 192)
 
@@ -74,12 +88,24 @@ class FlowGraph(nn.Module):
         return forward, backward, forward_backward_occlusion(forward, backward)
 
 
-def _require_onnx():
+def require_onnx():
+    """The onnx module; FlowcliError if it is not installed."""
     try:
         import onnx
     except ImportError:
         raise FlowcliError("exporting to ONNX needs the onnx package; pip install 'flowcli[onnx]'") from None
     return onnx
+
+
+def check_opset(opset: int, name: str = "opset") -> None:
+    """InputError unless the flow warp can be written in `opset` (GridSample) and torch's exporter writes it."""
+    if opset < MIN_OPSET:
+        raise InputError(f"{name} {opset} has no GridSample, which the flow warp needs; use {MIN_OPSET} to {MAX_OPSET}")
+    if opset > MAX_OPSET:
+        raise InputError(
+            f"{name} {opset} is newer than torch {torch.__version__}'s ONNX exporter can write; "
+            f"use {MIN_OPSET} to {MAX_OPSET}"
+        )
 
 
 def export_onnx(
@@ -98,10 +124,10 @@ def export_onnx(
     check=True runs the graph in onnxruntime on a rendered pair before the file is published and raises
     FlowcliError (writing nothing) if its flow differs from PyTorch's by more than CHECK_TOLERANCE px.
     Without onnxruntime installed the check is skipped with a warning (`max_difference` None).
+    An opset outside MIN_OPSET..MAX_OPSET raises InputError before any work.
     """
-    onnx = _require_onnx()
-    if opset < 16:
-        raise FlowcliError(f"opset {opset} has no GridSample, which the flow warp needs; use 16 or later")
+    onnx = require_onnx()
+    check_opset(opset)
     started = time.perf_counter()
     graph = FlowGraph(copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format), occlusion)
     inputs = ["image1", "image2"]
@@ -121,6 +147,10 @@ def export_onnx(
                 output_names=outputs, dynamic_axes={name: free_axes for name in inputs + outputs},
             )  # fmt: skip
         proto = onnx.load(str(tmp))
+        # the tracer leaves the channel axes symbolic (the occlusion's named "batch", as if it had B channels)
+        channels = {"flow": 2, "flow_backward": 2, "occlusion": 1}
+        for output in proto.graph.output:
+            output.type.tensor_type.shape.dim[1].dim_value = channels[output.name]
         metadata = {
             "flowcli.version": _flowcli_version(),
             "flowcli.config": json.dumps(model.config.to_dict()),

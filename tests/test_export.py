@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -10,7 +13,8 @@ import torch
 
 import flowcli
 from flowcli.checkpoint import save_checkpoint
-from flowcli.export import FlowGraph, check_pair, export_onnx, onnx_session, run_onnx
+from flowcli.errors import InputError
+from flowcli.export import MAX_OPSET, FlowGraph, check_pair, export_onnx, onnx_session, run_onnx
 from flowcli.inference import estimate_flow
 from flowcli.models import FlowNet, FlowNetConfig
 from tests.cli_harness import assert_one_line_error, in_process_cli
@@ -70,11 +74,29 @@ def tiny_model():
     return FlowNet(FlowNetConfig(**TINY)).eval()
 
 
-def test_a_flow_only_graph_has_one_output(tiny_model, tmp_path):
-    path = tmp_path / "flow.onnx"
+def test_the_outputs_declare_their_channels(exported):
+    path, _ = exported
+    shapes = {
+        output.name: [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
+        for output in onnx.load(str(path)).graph.output
+    }
+    assert shapes == {
+        "flow": ["batch", 2, "height", "width"],
+        "flow_backward": ["batch", 2, "height", "width"],
+        "occlusion": ["batch", 1, "height", "width"],
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "flow.onnx"
     export_onnx(tiny_model, path, check=False)
+    return path
+
+
+def test_a_flow_only_graph_has_one_output(tiny_model, tiny_graph):
     image1, image2 = check_pair(height=70, width=90)
-    outputs = run_onnx(onnx_session(path), image1, image2)
+    outputs = run_onnx(onnx_session(tiny_graph), image1, image2)
     assert list(outputs) == ["flow"]
     assert torch.allclose(outputs["flow"], FlowGraph(tiny_model)(image1, image2), atol=1e-3)
 
@@ -119,3 +141,50 @@ def test_a_graph_that_fails_the_check_is_not_written(monkeypatch, capsys, tmp_pa
     code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / "bad.onnx", "-q")
     assert_one_line_error(code, err, 1, "0.5 px", "nothing was written")
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no output, no temp file
+
+
+def test_the_readme_example_runs_as_written(monkeypatch, capsys, tmp_path, tiny_graph):
+    image = pytest.importorskip("PIL.Image")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Deploying: ONNX", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_graph, "flowcli-pwc-synth.onnx")
+    for name, seed in (("frame1.png", 1), ("frame2.png", 2)):
+        pixels = torch.randint(0, 256, (37, 53, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+        image.fromarray(pixels.numpy()).save(name)
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["flow"].shape == (1, 2, 37, 53)
+
+
+def _weights_must_not_load(*args, **kwargs):
+    pytest.fail("the weights were loaded before the request was refused")
+
+
+def test_an_opset_torch_cannot_write_is_refused_before_any_work(monkeypatch, capsys, tmp_path, tiny_model):
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", _weights_must_not_load)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    code, _, err = run("-o", tmp_path / "new.onnx", "--opset", MAX_OPSET + 4)  # torch fails with a traceback
+    assert_one_line_error(code, err, 2, f"--opset {MAX_OPSET + 4}", f"use 16 to {MAX_OPSET}")
+    with pytest.raises(InputError, match="newer than"):  # torch writes it with a warning that it is unsupported
+        export_onnx(tiny_model, tmp_path / "new.onnx", opset=MAX_OPSET + 1, check=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_onnx_the_weights_are_not_fetched(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", _weights_must_not_load)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    code, _, err = run("-w", "hf://owner/repo/flow.safetensors", "-o", tmp_path / "flow.onnx")
+    assert_one_line_error(code, err, 1, "onnx package", "pip install")
+
+
+def test_the_default_name_of_an_hf_file_drops_its_revision(monkeypatch, capsys, tmp_path, tiny_model, tiny_checkpoint):
+    loaded = (tiny_model, tiny_checkpoint, "0")
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", lambda *args, **kwargs: loaded)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("-w", "hf://owner/repo/flow.safetensors@v1.2", "--no-check", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["path"] == "flow.onnx" and (tmp_path / "flow.onnx").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Optional
+from urllib.parse import urlsplit
 
 import typer
 
@@ -43,7 +44,8 @@ def export_command(
                            rich_help_panel=OUTPUT_PANEL)
     ] = False,
     opset: Annotated[
-        int, typer.Option("--opset", help="ONNX opset; 16 or later (GridSample).", rich_help_panel=MODEL_PANEL)
+        int, typer.Option("--opset", help="ONNX opset, from 16 (GridSample) to the newest that torch's exporter writes "
+                          "(20 in torch 2.13).", rich_help_panel=MODEL_PANEL)
     ] = 17,
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="Run the graph in onnxruntime and compare with PyTorch "
@@ -53,7 +55,8 @@ def export_command(
     offline: OfflineOption = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout: path, inputs, outputs, opset, seconds, "
-                           "max_difference (px, null when not checked), weights, sha256.", rich_help_panel=OUTPUT_PANEL)
+                           "max_difference (px, null when not checked), check_size, weights, sha256.",
+                           rich_help_panel=OUTPUT_PANEL)
     ] = False,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", help="No messages on stderr (warnings and errors stay).",
@@ -62,19 +65,19 @@ def export_command(
 ):
     """Export a flow model to ONNX (help text: EXPORT_HELP)."""
     from flowcli.console import stderr
-    from flowcli.export import export_onnx
+    from flowcli.export import check_opset, export_onnx, require_onnx
     from flowcli.io.atomic import check_creatable
     from flowcli.models import DEFAULT_MODEL, load_model_and_file
-    from flowcli.registry import list_models
 
-    if opset < 16:
-        raise InputError(f"--opset {opset} has no GridSample, which the flow warp needs; use 16 or later")
+    check_opset(opset, name="--opset")
     name = weights or DEFAULT_MODEL
     if output is None:
-        output = Path(f"{name if name in list_models() else Path(name.split('?')[0]).stem}.onnx")
+        output = _default_output(name)
     if output.suffix.lower() != ".onnx":
         raise InputError(f"-o {output} should end in .onnx")
-    check_creatable(output, overwrite)  # before loading the weights: a refused run downloads nothing
+    # before loading the weights, so that a refused run downloads nothing
+    check_creatable(output, overwrite)
+    require_onnx()
     model, checkpoint, sha256 = load_model_and_file(weights, device="cpu", offline=offline, quiet=quiet)
     if not quiet:
         stderr.print(f"exporting {name} to {output} ...", highlight=False)
@@ -97,6 +100,18 @@ def export_command(
             "check_size": report.check_size, "weights": name, "sha256": sha256,
         }  # fmt: skip
         typer.echo(json.dumps(payload))
+
+
+def _default_output(spec: str) -> Path:
+    """NAME.onnx in the current folder: a registry name as it is, else the checkpoint's file name without its
+    extension (and, for hf://OWNER/REPO/FILE@REV and URLs, without the revision, query or fragment)."""
+    from flowcli.registry import SOURCE_PREFIXES, list_models
+
+    if spec in list_models():
+        return Path(f"{spec}.onnx")
+    if spec.startswith(SOURCE_PREFIXES):
+        spec = urlsplit(spec.split("@")[0] if spec.startswith("hf://") else spec).path
+    return Path(f"{Path(spec).stem or 'model'}.onnx")
 
 
 def register(app: typer.Typer) -> None:
