@@ -618,3 +618,24 @@ def test_resume_refuses_overwrite_and_what_is_in_the_way(media, tmp_path, cli, m
     (out / "a_vis.png").mkdir(parents=True)  # a folder is never an output, even with --resume
     code, _, err = cli(*args, "--resume")
     assert_one_line_error(code, err, 3, "a_vis.png", "is a folder")
+
+
+@pytest.mark.parametrize("bad_vis", ["other size", "dangling link", "not a png"])
+def test_resume_refuses_a_vis_png_it_cannot_put_in_a_missing_video(bad_vis, media, tmp_path, cli):
+    out = tmp_path / "out"
+    args = [media["frames"], "--weights", media["weights"], "-o", out, "--flo", "--vis", "--video", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    (out / "frames_vis.mp4").unlink()
+    (out / "f_1_flow.flo").unlink()  # pair 1 runs the model: its colours follow pair 0's from the PNG
+    vis = out / "f_0_vis.png"
+    vis.unlink()
+    if bad_vis == "other size":  # e.g. left by a run on frames extracted at another resolution
+        write_png(vis, np.zeros((H // 2, W // 2, 3), np.uint8))
+    elif bad_vis == "dangling link":
+        vis.symlink_to(tmp_path / "gone.png")
+    else:
+        vis.write_bytes(b"not a png")
+    code, stdout, err = cli(*args, "--resume")
+    assert_one_line_error(code, err, 3, str(vis), f"{W}x{H}", "delete it and run again with --resume")
+    assert not any(p.suffix == ".mp4" for p in out.iterdir())  # no video, not even a temp one

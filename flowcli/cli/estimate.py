@@ -117,6 +117,7 @@ class _Source:
     video: Path | None = None
     fps: float | None = None  # of the visualisation video
     pairs: int | None = None  # None: unknown before decoding
+    frame_size: tuple[int, int] | None = None  # (width, height) of every frame
     sequence: bool = True  # False for an explicit image pair: no visualisation video
 
 
@@ -146,8 +147,9 @@ def _glob_folder_name(pattern: str) -> str:
     return (Path(*fixed) if fixed else Path.cwd()).resolve().name or "frames"
 
 
-def _check_frame_sizes(frames: list[Path]) -> None:
-    """Every frame's header is read (cheap): unreadable files and size mismatches fail before any work."""
+def _check_frame_sizes(frames: list[Path]) -> tuple[int, int]:
+    """Every frame's header is read (cheap): unreadable files and size mismatches fail before any work.
+    Returns the frames' (width, height)."""
     from flowcli.io.media import image_size
 
     first, first_size = frames[0], image_size(frames[0])
@@ -158,6 +160,7 @@ def _check_frame_sizes(frames: list[Path]) -> None:
                 f"frames differ in size: {first} is {first_size[0]}x{first_size[1]}, {path} is {size[0]}x{size[1]}; "
                 "resize them to match"
             )
+    return first_size
 
 
 def _too_few(label: str, count: int, step: int) -> InputError:
@@ -169,8 +172,8 @@ def _image_sequence(label: str, name: str, frames: list[Path], step: int, max_fr
     used = frames[::step][:max_frames]
     if len(used) < 2:
         raise _too_few(label, len(used), step)
-    _check_frame_sizes(used)
-    return _Source(label=label, name=name, frames=used, pairs=len(used) - 1)
+    size = _check_frame_sizes(used)
+    return _Source(label=label, name=name, frames=used, pairs=len(used) - 1, frame_size=size)
 
 
 def _video_source(path: Path, step: int, max_frames: int | None) -> _Source:
@@ -199,7 +202,7 @@ def _video_source(path: Path, step: int, max_frames: int | None) -> _Source:
         used = math.ceil(reader.num_frames / step)
         pairs = max(1, (min(used, max_frames) if max_frames else used) - 1)
     fps = reader.fps / step if reader.fps else None
-    return _Source(label=str(path), name=path.stem, video=path, fps=fps, pairs=pairs)
+    return _Source(label=str(path), name=path.stem, video=path, fps=fps, pairs=pairs, frame_size=reader.size)
 
 
 def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = None) -> list[_Source]:
@@ -223,9 +226,9 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
                     f"{arg} is a single image; give two images for a pair, or a folder, a glob or a video"
                 )
             if len(run) == 2:  # an explicit pair: --step and --max-frames do not apply
-                _check_frame_sizes(run)
+                size = _check_frame_sizes(run)
                 sources.append(_Source(label=f"{run[0]} {run[1]}", name=run[0].stem, frames=run, pairs=1,
-                                       sequence=False))
+                                       frame_size=size, sequence=False))
             else:
                 sources.append(_image_sequence(" ".join(inputs[i:j]), run[0].stem, run, step, max_frames))
             i = j
@@ -579,7 +582,7 @@ class _Run:
     def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
         pair = planned.pair
         if writer is not None:
-            self._write_video_frame_from_png(writer, planned.paths["vis"])
+            self._write_video_frame_from_png(writer, planned.paths["vis"], source.frame_size)
         self.skipped += 1
         self._emit({
             "type": "skipped", "source": source.label, "index": pair.index, "frame1": pair.frame1,
@@ -589,15 +592,21 @@ class _Run:
         advance(f"{source.name} {pair.frame1} (skipped)")
 
     @staticmethod
-    def _write_video_frame_from_png(writer, vis: Path) -> None:
+    def _write_video_frame_from_png(writer, vis: Path, frame_size: tuple[int, int]) -> None:
+        """Checked against the frames' size, not the video's first frame: that one may come from a bad PNG too."""
         from flowcli.io.flow_formats import read_png
 
+        width, height = frame_size
         try:
-            writer.write(read_png(vis))
-        except ValueError as error:  # not an RGB PNG of the run's frame size: not written by this run's settings
+            colours = read_png(vis)
+        except InputError:  # a dangling link, or not a PNG
+            colours = None
+        if colours is None or str(colours.dtype) != "uint8" or colours.shape != (height, width, 3):
             raise OutputError(
-                f"cannot use {vis} for video {writer.path} ({error}); delete it and run again with --resume"
-            ) from None
+                f"cannot use {vis} for video {writer.path}: it is not an 8-bit colour PNG of the frames' size "
+                f"{width}x{height}; delete it and run again with --resume"
+            )
+        writer.write(colours)
 
     def _compute(self, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
         if not batch:
