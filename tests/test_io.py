@@ -961,6 +961,22 @@ def test_a_file_another_run_wrote_meanwhile_is_kept_without_overwrite(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_flow.flo", "b.npy"]
 
 
+def test_an_interrupt_just_after_the_temp_file_is_made_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM landing between mkstemp and the body of the write left a hidden `.NAME.xxxx.ext`."""
+    from flowcli.io import atomic
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "umask", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(tmp_path / "a_flow.flo") as tmp:
+            tmp.write_bytes(b"never")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    assert atomic._OUTPUT_OF_TEMP == {}
+
+
 def test_a_write_error_of_one_pair_output_names_that_output_not_a_temp_file(tmp_path, monkeypatch):
     """A full disk during `estimate` said 'cannot write out/.a_flow.mq_l9svn.flo', a hidden temp name."""
     import errno

@@ -79,12 +79,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     except OSError as error:  # os.access passes for root on read-only or special file systems
         raise _write_error(path, error) from None
-    os.close(fd)
     tmp = Path(tmp)
-    _OUTPUT_OF_TEMP[tmp] = _OUTPUT_OF_TEMP.get(path, path)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
+    try:  # from here on, a Ctrl-C or SIGTERM (raised as KeyboardInterrupt) anywhere removes the temp file
+        os.close(fd)
+        _OUTPUT_OF_TEMP[tmp] = _OUTPUT_OF_TEMP.get(path, path)
+        umask = os.umask(0)
+        os.umask(umask)
         try:
             yield tmp
         except OSError as error:
@@ -102,7 +102,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
             os.unlink(tmp)
         raise
     finally:
-        del _OUTPUT_OF_TEMP[tmp]
+        _OUTPUT_OF_TEMP.pop(tmp, None)
 
 
 # temp file -> the output it becomes: a writer handed a temp file (write_flo inside write_pair_outputs) names the
