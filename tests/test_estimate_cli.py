@@ -465,6 +465,19 @@ def test_an_output_folder_that_refuses_files_fails_before_the_model(media, tmp_p
     assert stdout == ""
 
 
+def test_a_file_where_a_name_template_needs_a_folder_fails_before_the_model(media, tmp_path, cli, monkeypatch):
+    # out/<source> a file with --name '{source}/{index}': the run loaded the model and computed a pair first
+    for i in range(2):
+        write_png(tmp_path / "shot" / f"{i}.png", _frame(i))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "shot").write_text("not a folder")
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    code, stdout, err = cli(tmp_path / "shot", "--weights", media["weights"], "-o", tmp_path / "out",
+                            "--name", "{source}/{index}", "--npy", "--json")
+    assert_one_line_error(code, err, 3, "cannot create output folder", "is a file")
+    assert stdout == "" and (tmp_path / "out" / "shot").read_text() == "not a folder"
+
+
 def test_a_name_ending_in_ext_gets_its_kind_before_the_extension(media, tmp_path, cli):
     # --name '{stem}.{ext}' wrote a.flo_flow and a.png_vis: files whose extension no reader knows
     out = tmp_path / "out"

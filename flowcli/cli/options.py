@@ -3,6 +3,7 @@ claim output names."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
@@ -126,6 +127,15 @@ def _collision_advice(first: Owner, second: Owner) -> str:
     return "add {source} to --name"
 
 
+def _check_folder_can_be(folder: Path) -> None:
+    """OutputError when a file stands where `folder` or a folder above it must be (a --name with subfolders)."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.lexists(existing) and not existing.is_dir():
+        raise OutputError(f"cannot create output folder {folder}: {existing} is a file; remove it or choose another -o")
+
+
 class OutputClaims:
     """Output paths of one run: collisions between outputs, outputs over inputs, existing files."""
 
@@ -137,6 +147,7 @@ class OutputClaims:
     def check(self, path: Path, owner: Owner) -> None:
         folder = self._folders.get(path.parent)
         if folder is None:
+            _check_folder_can_be(path.parent)
             folder = self._folders[path.parent] = path.parent.resolve()
         key = folder / path.name
         if key in self.inputs:
