@@ -19,6 +19,7 @@ exporter: torch.export's exporter needs minutes for free height and width on thi
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import time
 import warnings
@@ -51,6 +52,9 @@ def _newest_opset() -> int:
 
 
 MAX_OPSET = _newest_opset()
+# torch >= 2.5 takes `dynamo` (and from 2.9 defaults to the torch.export-based exporter); older ones have
+# only the TorchScript-based one
+_TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 # the example pair the graph is traced with; any size works afterwards
 _TRACE_SIZE = (128, 192)
 
@@ -143,7 +147,7 @@ def export_onnx(
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding")
             torch.onnx.export(
-                graph, example, str(tmp), dynamo=False, opset_version=opset, input_names=inputs,
+                graph, example, str(tmp), **_TORCHSCRIPT_EXPORTER, opset_version=opset, input_names=inputs,
                 output_names=outputs, dynamic_axes={name: free_axes for name in inputs + outputs},
             )  # fmt: skip
         proto = onnx.load(str(tmp))
