@@ -528,3 +528,150 @@ def test_a_warning_about_every_pair_of_a_video_is_given_once(media, tmp_path, cl
     code, _, err = cli("--sbs", media["sbs_video"], "--weights", media["weights"], "-o", tmp_path, "--npy", "-q")
     assert code == 0, err
     assert err.count("swapped?") == 1 and "said once for" in err
+
+
+# ----------------------------------------------------------------------------- --resume
+
+
+def _count_model_pairs(monkeypatch) -> list[int]:
+    """Pairs per call of estimate_disparity (the model), appended as the run goes."""
+    from flowcli import stereo
+
+    batches: list[int] = []
+    real = stereo.estimate_disparity
+
+    def counting(model, left, right, **kwargs):
+        batches.append(left.shape[0])
+        return real(model, left, right, **kwargs)
+
+    monkeypatch.setattr(stereo, "estimate_disparity", counting)
+    return batches
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """name -> (bytes, mtime in ns) of every file under `folder`."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def _rig_of_three_pairs(media, tmp_path) -> Path:
+    scene, rig = media["scene"], tmp_path / "rig"
+    for t in range(3):
+        write_png(rig / f"p{t}_left.png", _uint8(scene.left[t]))
+        write_png(rig / f"p{t}_right.png", _uint8(scene.right[t]))
+    return rig
+
+
+def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, tmp_path, cli, monkeypatch):
+    rig, out = _rig_of_three_pairs(media, tmp_path), tmp_path / "out"
+    args = [rig, "--weights", media["weights"], "-o", out, "--pfm", "--vis", "--npy", "--ply", "--focal", "50",
+            "--baseline", "0.1", "--json"]
+    code, _, err = cli(*args, "-q")
+    assert code == 0, err
+    complete = _snapshot(out)
+    # killed while publishing pair 0 (its .pfm not renamed yet) and before pair 2: SIGKILL leaves hidden temp files
+    deleted = ["p0_disp.pfm", "p2_disp.pfm", "p2_disp_vis.png", "p2_disp.npy", "p2_cloud.ply"]
+    for name in deleted:
+        (out / name).unlink()
+    temps = {".p0_disp.k2j4_x.pfm", ".p2_cloud.q8w1za.ply"}
+    for temp in temps:
+        (out / temp).write_bytes(b"half written")
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "2")
+    assert code == 0, err
+    assert model_pairs == [1, 1]  # pairs 0 and 2; skipping pair 1 flushes pair 0 first, so lines stay in order
+    records = _records(stdout)
+    assert [(r["type"], r["index"]) for r in records] == [("pair", 0), ("skipped", 1), ("pair", 2)]
+    assert records[1] == {
+        "type": "skipped", "source": str(rig), "index": 1, "left": "p1_left", "right": "p1_right",
+        "inputs": [str(rig / "p1_left.png"), str(rig / "p1_right.png")],
+        "outputs": {key: str(out / name) for key, name in (("pfm", "p1_disp.pfm"), ("npy", "p1_disp.npy"),
+                                                           ("vis", "p1_disp_vis.png"), ("ply", "p1_cloud.ply"))},
+    }
+    assert set(records[0]["outputs"]) == {"pfm", "npy", "vis", "ply"}  # every output of the pair, kept ones too
+    assert records[2]["points"] > 0
+    assert "3 pair(s)" in err and "2 computed, 1 skipped" in err
+    resumed = _snapshot(out)
+    assert set(resumed) == set(complete) | temps
+    for name, (data, mtime) in complete.items():
+        assert resumed[name][0] == data, name  # the recomputed files are the ones the run would have written
+        if name not in deleted:
+            assert resumed[name][1] == mtime, f"{name} was rewritten"
+    assert all(resumed[temp][0] == b"half written" for temp in temps)  # temp files are neither outputs nor touched
+
+
+def test_resume_of_a_complete_run_runs_no_model_and_reads_no_images(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    args = [media["pairs"], "--sbs", media["sbs_video"], "--max-frames", "2", "--weights", media["weights"], "-o",
+            out, "--pfm", "--vis", "--video", "--json", "-q"]
+    code, _, err = cli(*args[:1], *args[3:])  # the folder alone: --sbs applies to every input
+    assert code == 0, err
+    code, _, err = cli(*args[1:])
+    assert code == 0, err
+    complete = _snapshot(out)
+    assert {"pairs_disp_vis.mp4", "sbs_disp_vis.mp4"} <= set(complete)
+    model_pairs = _count_model_pairs(monkeypatch)
+    from flowcli.io import media as media_module
+
+    real_read_image = media_module.read_image
+    read_image_calls = []
+    monkeypatch.setattr(media_module, "read_image",
+                        lambda *a, **k: read_image_calls.append(a) or real_read_image(*a, **k))
+    for run in (args[:1] + args[3:], args[1:]):
+        code, stdout, err = cli(*run, "--resume")
+        assert code == 0, err
+        assert [r["type"] for r in _records(stdout)] == ["skipped", "skipped"]  # kept videos get no line
+    assert model_pairs == [] and read_image_calls == []
+    assert _records(stdout)[1]["inputs"] == [f"{media['sbs_video']}#1"]
+    assert _snapshot(out) == complete
+
+
+def test_resume_makes_a_missing_video_again(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    with_vis = [media["pairs"], "--weights", media["weights"], "-o", out, "--vis", "--video", "--json", "-q"]
+    code, _, err = cli(*with_vis)
+    assert code == 0, err
+    video = out / "pairs_disp_vis.mp4"
+    original = list(VideoReader(video))
+    video.unlink()  # Ctrl-C while the video was being written: it never appeared
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*with_vis, "--resume")
+    assert code == 0, err
+    assert model_pairs == []  # the frames of skipped pairs come from their vis PNGs
+    assert [r["type"] for r in _records(stdout)] == ["skipped", "skipped", "video"]
+    remade = list(VideoReader(video))
+    assert len(remade) == 2 and all(np.array_equal(a, b) for a, b in zip(original, remade))
+
+    # without --vis the video needs the disparity of every pair; the per-pair files are kept as they are
+    out2 = tmp_path / "out2"
+    npy_only = [media["pairs"], "--weights", media["weights"], "-o", out2, "--npy", "--video", "--json", "-q"]
+    code, _, err = cli(*npy_only)
+    assert code == 0, err
+    (out2 / "pairs_disp_vis.mp4").unlink()
+    kept = _snapshot(out2)
+    model_pairs.clear()
+    code, stdout, err = cli(*npy_only, "--resume")
+    assert code == 0, err
+    assert model_pairs == [1, 1]
+    assert [r["type"] for r in _records(stdout)] == ["pair", "pair", "video"]
+    assert {name: value for name, value in _snapshot(out2).items() if name in kept} == kept
+    assert sum(1 for _ in VideoReader(out2 / "pairs_disp_vis.mp4")) == 2
+
+
+def test_resume_refuses_overwrite_and_a_vis_png_it_cannot_put_in_a_missing_video(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    args = [media["pairs"], "--weights", media["weights"], "-o", out, "--npy", "--vis", "--video", "-q"]
+    with monkeypatch.context() as patch:
+        patch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+        code, stdout, err = cli(*args, "--resume", "--overwrite")
+        assert_one_line_error(code, err, 2, "--resume", "--overwrite")
+        assert stdout == "" and not out.exists()
+    code, _, err = cli(*args)
+    assert code == 0, err
+    (out / "pairs_disp_vis.mp4").unlink()
+    (out / "shot1_disp.npy").unlink()  # pair 1 runs the model: its colours follow pair 0's from the PNG
+    vis = out / "shot0_disp_vis.png"
+    vis.unlink()
+    write_png(vis, np.zeros((H // 2, W // 2, 3), np.uint8))  # e.g. left by a run on images of another size
+    code, _, err = cli(*args, "--resume")
+    assert_one_line_error(code, err, 3, str(vis), f"{W}x{H}", "delete it and run again with --resume")
+    assert not any(p.suffix == ".mp4" for p in out.iterdir())  # no video, not even a temp one

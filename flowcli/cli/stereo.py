@@ -3,20 +3,22 @@
 Like `flowcli estimate`, the command validates everything it can before loading the model (inputs exist
 and decode, left and right agree in size, the camera is sane, outputs can be written and do not exist
 yet), then streams the pairs through `flowcli.stereo.estimate_disparity` in batches and writes each
-pair's outputs all-or-nothing through temp files.
+pair's outputs all-or-nothing through temp files. With --resume, pairs whose outputs are all there already are
+skipped without running the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
@@ -111,19 +113,29 @@ _HELP_PARAGRAPHS = [
     "files are never replaced without "
     "--overwrite (all planned names are checked before any work, for a video as many pairs as its header or "
     "--max-frames tells); every file is written to a temp file and renamed when complete.",
+    "--resume finishes an interrupted run: give the same inputs, options, camera and weights again, plus --resume. "
+    "A pair whose outputs all exist is skipped without running the model (a video is still decoded up to its last "
+    "pair); for the other pairs only the missing files are written, and existing files are never touched: they are "
+    "trusted to come from the same settings. --video: a sequence's existing video is kept; a missing one is made "
+    "again over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
+    "sequence runs the model again (missing per-pair files are still the only ones written). The video is the only "
+    "output per sequence: point clouds (--ply) are per pair and resume like the other files. Hidden .NAME.* temp "
+    "files left by a killed run are not outputs and may be deleted. --resume and --overwrite exclude each other.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, left, right, inputs, "
     "width, height (of one view), outputs (output name -> path), disparity_mean, disparity_max (px), "
     "negative_fraction (share of pixels with -u < -0.5 px before clamping), vertical_median (median |v| px; large = "
     "not rectified, warned above 1 px), occluded_fraction (null unless the left-right check ran), camera (focal, "
     "fy, baseline, cx, cy, doffs, or null), depth_median (m, over valid pixels, or null), points (in the .ply, or "
-    "null), ms, tiles, model, weights, sha256. Each video written adds a line with type \"video\", source, outputs, "
-    "frames, fps.",
+    "null; null too when --resume kept the .ply), ms, tiles, model, weights, sha256. Each video written adds a line "
+    "with type \"video\", source, outputs, frames, fps. With --resume, a skipped pair gets a line with type "
+    "\"skipped\", source, index, left, right, inputs and outputs (the files kept); a kept video gets no line.",
     "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",
     "Examples:",
     "  flowcli stereo left.png right.png",
     "  flowcli stereo oakd_stereo/ --calib oakd_stereo/stereodemo_calibration.json --depth --ply -o out/",
     "  flowcli stereo cam_left/ cam_right/ --focal 721.5 --baseline 0.54 --depth-png --video",
     "  flowcli stereo --sbs clip_sbs.mp4 --max-frames 50 --formats npy,video --json > disparity.jsonl",
+    "  flowcli stereo --sbs clip_sbs.mp4 --npy --vis --video --resume    (after an interruption: only what is missing)",
 ]
 HELP = "\n\n".join(_HELP_PARAGRAPHS)
 
@@ -252,13 +264,12 @@ class _Source:
 
 @dataclass
 class _Item:
-    left: object  # torch.Tensor [3, H, W]
-    right: object
     stem: str
     left_name: str
     right_name: str
     inputs: list[str]
     index: int
+    load: Callable[[], tuple]  # -> (left, right), torch.Tensor [3, H, W]; image files are read only when called
 
 
 def _is_glob(text: str) -> bool:
@@ -460,20 +471,29 @@ def _read_pairs(source: _Source, sbs: bool, swap: bool, step: int, max_frames: i
     from flowcli.io.media import read_image
     from flowcli.stereo import split_side_by_side
 
-    if source.pairs is not None:
+    def load_side_by_side(path: Path) -> tuple:
+        a, b = split_side_by_side(read_image(path), str(path))
+        return (b, a) if swap else (a, b)
+
+    def load_pair(left: Path, right: Path) -> tuple:
+        a, b = read_image(left), read_image(right)
+        if a.shape != b.shape:  # headers were checked; this catches files changed since
+            raise InputError(f"left and right differ in size: {left} and {right}; resize them to match")
+        return a, b
+
+    if source.pairs is not None:  # read when loaded: pairs that --resume skips are never read
         for index, (left, right, stem) in enumerate(source.pairs):
             if right is None:
-                a, b = split_side_by_side(read_image(left), str(left))
-                if swap:
-                    a, b = b, a
-                yield _Item(a, b, stem, left.stem, left.stem, [str(left)], index)
+                yield _Item(stem, left.stem, left.stem, [str(left)], index, functools.partial(load_side_by_side, left))
             else:  # collect_sources already put the files of a --swap pair in left, right order
-                a, b = read_image(left), read_image(right)
-                if a.shape != b.shape:  # headers were checked; this catches files changed since
-                    raise InputError(f"left and right differ in size: {left} and {right}; resize them to match")
-                yield _Item(a, b, stem, left.stem, right.stem, [str(left), str(right)], index)
+                yield _Item(stem, left.stem, right.stem, [str(left), str(right)], index,
+                            functools.partial(load_pair, left, right))
         return
     yield from _video_pairs(source, swap, step, max_frames)
+
+
+def _decoded(left, right) -> tuple:
+    return left, right
 
 
 def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None) -> Iterator[_Item]:
@@ -509,7 +529,7 @@ def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None)
                 a, b = frame, other
                 inputs = [f"{source.video}#{number}", f"{source.video_right}#{number}"]
             name = f"frame_{number:06d}"
-            yield _Item(a, b, f"{source.name}_{name}", name, name, inputs, index)
+            yield _Item(f"{source.name}_{name}", name, name, inputs, index, functools.partial(_decoded, a, b))
             index += 1
         if frames_right is not None and max_frames is None and next(frames_right, None) is not None:
             warn(f"{source.video} ended before {source.video_right}; the extra right frames were not used")
@@ -719,6 +739,12 @@ def stereo(
     ] = 1.0,
     fps: FpsOption = None,
     overwrite: OverwriteOption = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Finish an interrupted run (same inputs and options): skip pairs whose outputs "
+                     "all exist, write only missing files, never touch existing ones. --video: see above.",
+                     rich_help_panel=OUTPUT_PANEL),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     weights: WeightsOption = None,
@@ -733,6 +759,8 @@ def stereo(
     from flowcli.console import progress, stderr, warn
 
     # ---- options, before anything is read
+    if resume and overwrite:
+        raise InputError("--resume keeps existing outputs and --overwrite replaces them; use one of them")
     if step < 1:
         raise InputError(f"--step must be at least 1, got {step}")
     if max_frames is not None and max_frames < 1:
@@ -787,7 +815,9 @@ def stereo(
         input_files.update(p.resolve() for p in (s.video, s.video_right) if p is not None)
     if calib is not None:
         input_files.add(calib.resolve())
-    claims = OutputClaims(input_files, overwrite)
+    # --resume takes existing outputs as done: the claims then check only collisions, inputs and folders
+    keep_existing = overwrite or resume
+    claims = OutputClaims(input_files, keep_existing)
     for number, s in enumerate(sources):
         for fields in _known_fields(s, step, max_frames):
             owner = _pair_owner(number, s, fields["index"], fields["stem"])
@@ -816,7 +846,8 @@ def stereo(
                camera=camera, max_depth=max_depth, max_disparity=max_disparity, lr_threshold=lr_threshold,
                ascii_ply=ascii_ply, overwrite=overwrite, precision=precision, max_pixels=max_pixels or None,
                batch_size=batch_size, sbs=sbs, swap=swap, step=step, max_frames=max_frames, fps=fps,
-               claims=OutputClaims(input_files, overwrite), json_out=stdout if json_output else None,
+               claims=OutputClaims(input_files, keep_existing), resume=resume,
+               json_out=stdout if json_output else None,
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.count for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
@@ -825,7 +856,17 @@ def stereo(
         for number, source in enumerate(sources):
             run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
-        stderr.print(f"{run.done} pair(s) -> {output}", highlight=False)
+        counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
+        stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
+
+
+@dataclass
+class _PlannedPair:
+    item: _Item
+    paths: dict  # output key -> path, every output of the pair
+    missing: dict  # the outputs to write: all of them, or with --resume those not there yet
+    left: object = None  # torch.Tensor [3, H, W], loaded for pairs that run the model
+    right: object = None
 
 
 @dataclass
@@ -850,9 +891,11 @@ class _Run:
     max_frames: int | None
     fps: float | None
     claims: OutputClaims
+    resume: bool
     json_out: object | None
     model_info: dict
-    done: int = 0
+    computed: int = 0
+    skipped: int = 0
     warned: set = field(default_factory=set)  # (input number, kind): a sequence's warning is given once
 
     def _warn_once(self, number: int, source: _Source, kind: str, message: str) -> None:
@@ -873,24 +916,56 @@ class _Run:
 
         with contextlib.ExitStack() as stack:
             writer = None
-            if self.want_video and source.sequence:
-                path = _video_path(self.directory, source)
+            path = _video_path(self.directory, source)
+            if self.want_video and source.sequence and not (self.resume and os.path.lexists(path)):
                 self.claims.check(path, Owner.video(number, source.label))
                 writer = stack.enter_context(VideoWriter(path, fps=self.fps or source.fps or DEFAULT_FPS,
                                                          overwrite=self.overwrite))
-            batch: list[_Item] = []
+            batch: list[_PlannedPair] = []
             for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames):
-                if batch and (item.left.shape != batch[0].left.shape or len(batch) == self.batch_size):
+                planned = self._plan_pair(number, source, item)
+                # a missing video needs every pair's colours: a skipped pair's come from its vis PNG
+                if self.resume and not planned.missing and (writer is None or "vis" in planned.paths):
+                    self._batch(number, source, batch, writer, advance)  # first the pairs before it: frames in order
+                    batch = []
+                    self._skip(source, planned, writer, advance)
+                    continue
+                planned.left, planned.right = item.load()
+                if batch and (planned.left.shape != batch[0].left.shape or len(batch) == self.batch_size):
                     self._batch(number, source, batch, writer, advance)
                     batch = []
-                batch.append(item)
-            if batch:
-                self._batch(number, source, batch, writer, advance)
+                batch.append(planned)
+            self._batch(number, source, batch, writer, advance)
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
 
-    def _batch(self, number: int, source: _Source, batch: list[_Item], writer, advance) -> None:
+    def _plan_pair(self, number: int, source: _Source, item: _Item) -> _PlannedPair:
+        """Every output of the pair is checked (collisions, inputs, folders in the way) before any model work."""
+        paths = _output_paths(self.directory, self.template, self.formats, source,
+                              _item_fields(item.stem, item.left_name, item.right_name, item.index))
+        owner = _pair_owner(number, source, item.index, item.stem)
+        for path in paths.values():
+            self.claims.check(path, owner)
+        # files are published whole under their final name (temp file + rename): one that exists is complete
+        missing = {key: path for key, path in paths.items() if not (self.resume and os.path.lexists(path))}
+        return _PlannedPair(item, paths, missing)
+
+    def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
+        item = planned.item
+        if writer is not None:
+            _write_video_frame_from_png(writer, planned.paths["vis"], source.size)
+        self.skipped += 1
+        self._emit({
+            "type": "skipped", "source": source.label, "index": item.index, "left": item.left_name,
+            "right": item.right_name, "inputs": item.inputs,
+            "outputs": {key: str(path) for key, path in planned.paths.items()},
+        })
+        advance(f"{item.stem} (skipped)")
+
+    def _batch(self, number: int, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
+        if not batch:
+            return
         import numpy as np
         import torch
 
@@ -902,22 +977,14 @@ class _Run:
             non_rectified_message,
         )
 
-        planned = []
-        for item in batch:
-            paths = _output_paths(self.directory, self.template, self.formats, source,
-                                  _item_fields(item.stem, item.left_name, item.right_name, item.index))
-            owner = _pair_owner(number, source, item.index, item.stem)
-            for path in paths.values():
-                self.claims.check(path, owner)
-            planned.append(paths)
         if self.camera is not None:
             height, width = batch[0].left.shape[-2:]
             self.camera.check_size(int(width), int(height))
         start = time.perf_counter()
         result = estimate_disparity(
             self.model,
-            torch.stack([item.left for item in batch]),
-            torch.stack([item.right for item in batch]),
+            torch.stack([planned.left for planned in batch]),
+            torch.stack([planned.right for planned in batch]),
             consistency=bool(self.formats & {"occlusion", "ply"}),
             lr_threshold=self.lr_threshold,
             max_vertical=None,
@@ -927,7 +994,8 @@ class _Run:
         if result.disparity.is_cuda:
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) * 1000 / len(batch)
-        for i, (item, paths) in enumerate(zip(batch, planned)):
+        for i, planned in enumerate(batch):
+            item, paths = planned.item, planned.paths
             label = f"{source.label}" if source.pairs is not None and len(source.pairs) == 1 else (
                 f"{source.label} pair {item.stem}")
             vertical = result.vertical_median[i]
@@ -945,13 +1013,14 @@ class _Run:
                 depth_map = depth_from_disparity(disparity, self.camera.focal, self.camera.baseline,
                                                  doffs=self.camera.doffs, max_depth=self.max_depth)
             colours = None
-            if writer is not None or "vis" in paths:
+            if writer is not None or "vis" in planned.missing:
                 colours = disparity_to_rgb(disparity, self.max_disparity)
-            points = _write_outputs(paths, disparity=disparity, occlusion=occ, depth=depth_map, left_image=item.left,
-                                    camera=self.camera, ascii_ply=self.ascii_ply, overwrite=self.overwrite, vis=colours)
+            points = _write_outputs(planned.missing, disparity=disparity, occlusion=occ, depth=depth_map,
+                                    left_image=planned.left, camera=self.camera, ascii_ply=self.ascii_ply,
+                                    overwrite=self.overwrite, vis=colours)
             if writer is not None:
                 writer.write(colours)
-            self.done += 1
+            self.computed += 1
             height, width = disparity.shape
             valid_depth = None if depth_map is None else depth_map[depth_map > 0]
             cam = self.camera
@@ -973,3 +1042,22 @@ class _Run:
                 "ms": round(ms, 2), "tiles": result.tiles, **self.model_info,
             })
             advance(item.stem)
+
+
+def _write_video_frame_from_png(writer, vis: Path, frame_size: tuple[int, int]) -> None:
+    """A skipped pair's frame of a video --resume makes again, from its vis PNG (as in `flowcli estimate`).
+
+    Checked against the pairs' size, not the video's first frame: that one may come from a bad PNG too."""
+    from flowcli.io.flow_formats import read_png
+
+    width, height = frame_size
+    try:
+        colours = read_png(vis)
+    except InputError:  # a dangling link, or not a PNG
+        colours = None
+    if colours is None or str(colours.dtype) != "uint8" or colours.shape != (height, width, 3):
+        raise OutputError(
+            f"cannot use {vis} for video {writer.path}: it is not an 8-bit colour PNG of the pairs' size "
+            f"{width}x{height}; delete it and run again with --resume"
+        )
+    writer.write(colours)
