@@ -7,11 +7,14 @@ check stdout/stderr separation and that errors never show a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -652,3 +655,131 @@ def test_resume_refuses_a_vis_png_it_cannot_put_in_a_missing_video(bad_vis, medi
     code, stdout, err = cli(*args, "--resume")
     assert_one_line_error(code, err, 3, str(vis), f"{W}x{H}", "delete it and run again with --resume")
     assert not any(p.suffix == ".mp4" for p in out.iterdir())  # no video, not even a temp one
+
+
+# ----------------------------------------------------------------------------- a video on stdin
+
+
+@pytest.fixture
+def pipe_into_stdin(monkeypatch):
+    """`pipe(data)` makes `data` the process's stdin through a real pipe, as `cat clip.mp4 | flowcli ...` does."""
+    opened = []
+
+    def feed(write_end: int, data: bytes) -> None:
+        with os.fdopen(write_end, "wb") as sink:
+            sink.write(data)
+
+    def pipe(data: bytes) -> None:
+        read_end, write_end = os.pipe()
+        threading.Thread(target=feed, args=(write_end, data), daemon=True).start()
+        opened.append(os.fdopen(read_end, "rb"))
+        monkeypatch.setattr(sys, "stdin", opened[-1])
+
+    yield pipe
+    for stdin in opened:
+        stdin.close()
+
+
+def _files_without_source(folder: Path, source: str) -> dict[str, bytes]:
+    """name -> bytes of a run's per-pair files, named without their {source}: stdin_frame_000000_flow.flo ->
+    frame_000000_flow.flo."""
+    return {p.name.removeprefix(f"{source}_"): p.read_bytes() for p in folder.glob(f"{source}_frame_*")}
+
+
+def test_a_video_piped_into_stdin_gives_the_files_of_the_video_file(media, tmp_path, cli, pipe_into_stdin):
+    options = ["--weights", media["weights"], "--flo", "--vis", "--json", "-q"]
+    code, _, err = cli(media["clip"], "-o", tmp_path / "file", *options)
+    assert code == 0, err
+    pipe_into_stdin(media["clip"].read_bytes())
+    code, stdout, err = cli("-", "-o", tmp_path / "pipe", "--video", *options)
+    assert code == 0, err
+    expected = _files_without_source(tmp_path / "file", "clip")
+    assert len(expected) == 8 and _files_without_source(tmp_path / "pipe", "stdin") == expected
+    records = _json_lines(stdout)
+    assert [(r["type"], r["source"]) for r in records] == [("pair", "stdin")] * 4 + [("video", "stdin")]
+    assert records[1]["inputs"] == ["stdin#1", "stdin#2"]
+    assert records[-1]["fps"] == pytest.approx(12.5) and records[-1]["frames"] == 4
+
+    # --resume: the stream is decoded again, only the missing file is written
+    (tmp_path / "pipe" / "stdin_frame_000002_vis.png").unlink()
+    before = _snapshot(tmp_path / "pipe")
+    pipe_into_stdin(media["clip"].read_bytes())
+    code, stdout, err = cli("-", "-o", tmp_path / "pipe", "--video", "--resume", *options)
+    assert code == 0, err
+    assert [r["type"] for r in _json_lines(stdout)] == ["skipped", "skipped", "pair", "skipped"]
+    after = _snapshot(tmp_path / "pipe")
+    assert {name: after[name] for name in before} == before
+    assert after["stdin_frame_000002_vis.png"][0] == expected["frame_000002_vis.png"]
+
+
+@pytest.mark.parametrize("case", ["twice", "terminal", "garbage", "too short for --step"])
+def test_stdin_input_errors_are_one_line_before_any_work(case, media, tmp_path, cli, pipe_into_stdin, monkeypatch):
+    args, needle = ["-"], {
+        "twice": "- (stdin) is given 2 times",
+        "terminal": "nothing is piped in; pipe one",
+        "garbage": "cannot read the video on stdin",
+        "too short for --step": "stdin has 5 frames, fewer than --step 5 + 1",
+    }[case]
+    if case == "twice":
+        args = ["-", media["frames"], "-"]
+    elif case == "terminal":  # `flowcli estimate -` typed alone: an error, not a wait for keystrokes
+
+        class Terminal:
+            def isatty(self):
+                return True
+
+        monkeypatch.setattr(sys, "stdin", Terminal())
+    elif case == "garbage":
+        pipe_into_stdin(b"not a video" * 1000)
+    else:
+        pipe_into_stdin(media["clip"].read_bytes())
+        args += ["--step", "5"]
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    code, stdout, err = cli(*args, "--weights", media["weights"], "-o", tmp_path / "out")
+    assert_one_line_error(code, err, 2, needle)
+    assert stdout == "" and not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch
+def test_sigterm_stops_a_real_process_reading_a_pipe_and_its_ffmpeg(tmp_path, media):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux /proc to find ffmpeg")
+    clip = tmp_path / "clip.mkv"  # streamable, as `ffmpeg ... -f matroska -` sends it
+    with VideoWriter(clip, fps=10) as writer:
+        for i in range(12):
+            writer.write(_frame(i % 8, rng_seed=i))
+    out = tmp_path / "out"
+    env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", HARNESS, "estimate", "-", "--weights", str(media["weights"]), "-o", str(out),
+               "--flo", "--vis", "--video", "--json", "-q"]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env) as process:
+        watchdog = threading.Timer(120, process.kill)  # a failure, not a hung test suite
+        watchdog.start()
+        process.stdin.write(clip.read_bytes())  # then a live stream that stalls: the pipe stays open
+        process.stdin.flush()
+        first = json.loads(process.stdout.readline() or "null")  # a pair is done: ffmpeg is running
+        assert first and first["source"] == "stdin", process.stderr.read1().decode()
+        ffmpegs = _children(process.pid)
+        assert ffmpegs
+        process.terminate()
+        process.wait(timeout=60)
+        time.sleep(0.5)  # for the kernel to reap what was killed
+        # checked with the pipe still open: a live ffmpeg would wait for the stalled stream forever
+        assert not [pid for pid in ffmpegs if Path(f"/proc/{pid}").exists()]
+        _, err = process.communicate()
+        watchdog.cancel()
+    assert process.returncode == 143, err
+    assert "Traceback" not in err.decode()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp file, of the video neither

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import warnings
 
@@ -1011,3 +1012,101 @@ def test_a_dangling_symlink_at_an_output_path_is_not_replaced_without_overwrite(
     assert link.is_symlink() and [p.name for p in tmp_path.iterdir()] == ["a_vis.png"]
     write_png(link, np.zeros((2, 3, 3), np.uint8), overwrite=True)
     assert not link.is_symlink() and read_png(link).shape == (2, 3, 3)
+
+
+# ----------------------------------------------------------------------------- a video on stdin
+
+
+@pytest.fixture
+def pipe_into_stdin(monkeypatch):
+    """`pipe(data)` makes `data` the process's stdin through a real pipe, as `cat clip.mp4 | ...` does (a thread
+    writes it: a pipe holds 64 KiB)."""
+    import os
+    import sys
+    import threading
+
+    opened = []
+
+    def feed(write_end: int, data: bytes) -> None:
+        with os.fdopen(write_end, "wb") as sink, contextlib.suppress(BrokenPipeError):
+            sink.write(data)
+
+    def pipe(data: bytes) -> None:
+        read_end, write_end = os.pipe()
+        threading.Thread(target=feed, args=(write_end, data), daemon=True).start()
+        opened.append(os.fdopen(read_end, "rb"))
+        monkeypatch.setattr(sys, "stdin", opened[-1])
+
+    yield pipe
+    for stdin in opened:
+        stdin.close()
+
+
+def _noise_video(path, frames: int, fps: float = 7, size=(48, 80)):
+    rng = np.random.default_rng(3)
+    with VideoWriter(path, fps=fps) as writer:
+        for _ in range(frames):
+            writer.write(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("container", [".mkv", ".mp4"])
+def test_a_video_piped_into_stdin_reads_as_its_file(tmp_path, pipe_into_stdin, container):
+    path = _noise_video(tmp_path / f"clip{container}", 4)
+    pipe_into_stdin(path.read_bytes())
+    reader = VideoReader("-")
+    assert (reader.name, reader.size, reader.fps, reader.num_frames) == ("stdin", (80, 48), pytest.approx(7), None)
+    piped = list(reader)
+    from_file = list(VideoReader(path))
+    assert len(piped) == 4 and all(torch.equal(a, b) for a, b in zip(piped, from_file))
+    with pytest.raises(RuntimeError, match="read once"):
+        list(reader)
+
+    pipe_into_stdin(path.read_bytes())
+    pairs = list(frame_pairs("-", max_frames=3))
+    assert [(p.name1, p.name2) for p in pairs] == [("frame_000000", "frame_000001"), ("frame_000001", "frame_000002")]
+    assert torch.equal(pairs[1].image2, from_file[2])
+
+
+def test_a_broken_stream_on_stdin_fails_as_a_broken_file_does(tmp_path, pipe_into_stdin, monkeypatch):
+    clip = _noise_video(tmp_path / "clip.mkv", 12).read_bytes()
+    pipe_into_stdin(clip[: len(clip) * 2 // 3])  # cut off mid-frame: ffmpeg logs it and ends with code 0
+    with pytest.warns(UserWarning, match="stdin: decoding failed after frame"):
+        frames = list(VideoReader("-"))
+    assert 2 <= len(frames) < 12
+
+    pipe_into_stdin(b"not a video" * 1000)
+    with pytest.raises(InputError) as excinfo:
+        VideoReader("-")
+    assert_one_line_error(excinfo, "cannot read the video on stdin", "not a video")
+
+    pipe_into_stdin(clip[:1500])  # the header and less than a frame
+    with pytest.raises(InputError) as excinfo:
+        VideoReader("-")
+    assert_one_line_error(excinfo, "cannot read the video on stdin")
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    with pytest.raises(InputError) as excinfo:  # not a wait for keystrokes
+        VideoReader("-")
+    assert_one_line_error(excinfo, "nothing is piped in")
+
+
+def test_an_mp4_with_its_index_at_the_end_on_stdin_says_to_give_its_path(tmp_path, pipe_into_stdin):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = tmp_path / "camera.mp4"  # lossless noise: bigger than what ffmpeg reads ahead from a pipe
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+               "nullsrc=size=64x48:rate=10,geq=random(1)*255:128:128", "-frames:v", "16", "-c:v", "libx264",
+               "-qp", "0", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("this ffmpeg cannot make the test video")
+    pipe_into_stdin(path.read_bytes())
+    with pytest.raises(InputError) as excinfo:
+        VideoReader("-")
+    assert_one_line_error(excinfo, "index at the start", "give its path")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -61,7 +62,9 @@ _HELP_PARAGRAPHS = [
     "Image files given in a row form one input: two of them are a pair, three or more a sequence in the order given "
     "(a shell-expanded glob; quote the glob, e.g. 'frames/*.png', to get natural order instead: frame_2 before "
     "frame_10). A folder or glob is a sequence of its images in natural order, a video (mp4, avi, mov, mkv, webm) a "
-    "sequence of its frames, decoded as a stream. Sequences give consecutive pairs, every --step frames, at most "
+    "sequence of its frames, decoded as a stream. - is a video piped into stdin (mkv, ts, or mp4/mov with their "
+    "index first, -movflags +faststart; at most one - per run), named 'stdin' for {source}, at the stream's nominal "
+    "fps; its length is unknown until it ends. Sequences give consecutive pairs, every --step frames, at most "
     "--max-frames frames. All frames of an input must have the same size.",
     "Outputs (choose with flags or --formats; default --flo --vis): flo, kitti, npy, npz (forward, backward, "
     "occlusion arrays), vis (colour PNG), video (colour mp4 per sequence, named SOURCE_vis.mp4, at the source fps "
@@ -83,9 +86,10 @@ _HELP_PARAGRAPHS = [
     "trusted to come from the same settings. --video: a sequence's existing video is kept; a missing one is made "
     "again over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
     "sequence runs the model again (missing per-pair files are still the only ones written). Hidden .NAME.* temp "
-    "files left by a killed run are not outputs and may be deleted. --resume and --overwrite exclude each other.",
+    "files left by a killed run are not outputs and may be deleted. With - (stdin), pipe the same video again: pairs "
+    "are matched by frame number, so a live stream cannot be resumed. --resume and --overwrite exclude each other.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, frame1, frame2, inputs "
-    "(paths; video frames as VIDEO#N), width, height, outputs (output name -> path), flow_mean, flow_max (px), "
+    "(paths; video frames as VIDEO#N, stdin#N for -), width, height, outputs (output name -> path), flow_mean, flow_max (px), "
     "occluded_fraction (null unless occlusion was computed), ms (inference time per pair), tiles, model, weights, "
     "sha256. Each video written adds a line with type \"video\", source, outputs ({\"video\": path}), frames, fps. "
     "With --resume, a skipped pair gets a line with type \"skipped\", source, index, frame1, frame2, inputs and "
@@ -97,6 +101,7 @@ _HELP_PARAGRAPHS = [
     "  flowcli estimate clip.mp4 --max-frames 100 --step 2 --formats flo,occlusion --json > flow.jsonl",
     "  flowcli estimate 'shots/*/*.png' clip.mp4 --all --name '{source}/{index:06d}' --overwrite",
     "  flowcli estimate clip.mp4 --flo --vis -o out/ --resume    (after an interruption: only what is missing)",
+    "  ffmpeg -i rtsp://camera/stream -f matroska - | flowcli estimate - --flo --vis -o out/",
     "  flowcli estimate a.png b.png --weights hf://OWNER/REPO/model.safetensors --device cuda --precision bf16",
 ]
 HELP = "\n\n".join(_HELP_PARAGRAPHS)
@@ -115,6 +120,7 @@ class _Source:
     name: str  # the {source} placeholder
     frames: list[Path] | None = None  # image frames in use, for image inputs
     video: Path | None = None
+    stream: Iterator | None = None  # the video on stdin: its frame pairs, the first decoded already (read once)
     fps: float | None = None  # of the visualisation video
     pairs: int | None = None  # None: unknown before decoding
     frame_size: tuple[int, int] | None = None  # (width, height) of every frame
@@ -205,12 +211,35 @@ def _video_source(path: Path, step: int, max_frames: int | None) -> _Source:
     return _Source(label=str(path), name=path.stem, video=path, fps=fps, pairs=pairs, frame_size=reader.size)
 
 
+def _stdin_source(step: int, max_frames: int | None) -> _Source:
+    """Open the video on stdin and decode its first pair, so a broken or too short stream fails before the model
+    loads. A pipe is read once: the pair is kept, and the run goes on from there."""
+    from flowcli.io.media import STDIN, VideoReader, frame_pairs
+
+    reader = VideoReader(STDIN)
+    pairs = frame_pairs(reader, step=step, max_frames=max_frames)
+    try:
+        first = next(pairs)
+    except InputError:
+        if 1 < reader.frames_read <= step:
+            raise InputError(
+                f"stdin has {reader.frames_read} frames, fewer than --step {step} + 1; lower --step"
+            ) from None
+        raise
+    fps = reader.fps / step if reader.fps else None
+    return _Source(label=reader.name, name=reader.name, video=Path(STDIN), stream=itertools.chain([first], pairs),
+                   fps=fps, frame_size=reader.size)
+
+
 def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = None) -> list[_Source]:
     """Group INPUTS into sources (see the command help) and validate them, without decoding images."""
+    from flowcli.io.media import STDIN, is_video, list_frames
+
+    if inputs.count(STDIN) > 1:
+        raise InputError(f"- (stdin) is given {inputs.count(STDIN)} times; a run reads one video from stdin at most")
     for arg in inputs:
-        if not Path(arg).exists() and not _is_glob(arg):
+        if arg != STDIN and not Path(arg).exists() and not _is_glob(arg):
             raise InputError(f"{arg} does not exist; check the path")
-    from flowcli.io.media import is_video, list_frames
 
     sources: list[_Source] = []
     i = 0
@@ -233,7 +262,9 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
                 sources.append(_image_sequence(" ".join(inputs[i:j]), run[0].stem, run, step, max_frames))
             i = j
             continue
-        if path.is_file() and is_video(path):
+        if arg == STDIN:
+            sources.append(_stdin_source(step, max_frames))
+        elif path.is_file() and is_video(path):
             sources.append(_video_source(path, step, max_frames))
         elif path.is_dir():
             sources.append(_image_sequence(arg, path.resolve().name or "frames", list_frames(path), step, max_frames))
@@ -281,9 +312,10 @@ def _decoded(image1, image2) -> Callable[[], tuple]:
 def _video_pairs(source: _Source, step: int, max_frames: int | None) -> Iterator[_Pair]:
     from flowcli.io.media import frame_pairs
 
-    for pair in frame_pairs(source.video, step=step, max_frames=max_frames):
+    pairs = frame_pairs(source.video, step=step, max_frames=max_frames) if source.stream is None else source.stream
+    for pair in pairs:
         numbers = (pair.name1.rsplit("_", 1)[-1], pair.name2.rsplit("_", 1)[-1])
-        inputs = (f"{source.video}#{int(numbers[0])}", f"{source.video}#{int(numbers[1])}")
+        inputs = (f"{source.label}#{int(numbers[0])}", f"{source.label}#{int(numbers[1])}")
         yield _Pair(pair.name1, pair.name2, inputs, pair.index, _decoded(pair.image1, pair.image2))
 
 
@@ -380,7 +412,8 @@ def _format_flag(name: str, note: str = ""):
 def estimate(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Two images, a folder or quoted glob of frames, or a video; several allowed.",
+        typer.Argument(help="Two images, a folder or quoted glob of frames, a video, or - for a video on stdin; "
+                       "several allowed.",
                        show_default=False, metavar="INPUTS"),
     ],
     step: Annotated[
@@ -465,7 +498,7 @@ def estimate(
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
     _check_output_folder(output)
-    input_files = {p.resolve() for s in sources for p in (s.frames or [s.video])}
+    input_files = {p.resolve() for s in sources if s.stream is None for p in (s.frames or [s.video])}
     # --resume takes existing outputs as done: the claims then check only collisions, inputs and folders
     keep_existing = overwrite or resume
     _plan(sources, options, OutputClaims(input_files, keep_existing), step, max_frames, want_video)

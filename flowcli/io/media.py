@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import itertools
 import logging
 import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,6 +39,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tif
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
                   ".3gp", ".mts", ".m2ts", ".ts", ".flv", ".ogv")  # phones, camcorders, dashcams, the web
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264
+STDIN = "-"  # as a video path: the video piped into standard input
 _NON_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B
 
 PathLike = str | os.PathLike
@@ -327,6 +332,92 @@ def _same_rate(nominal: float | None, average: float, frames: int) -> bool:
     return abs(nominal - average) <= 0.006 or abs(frames / nominal - frames / average) <= 1 / nominal
 
 
+_FFMPEG_LOG_LINE = re.compile(r"\[(info|warning|error|fatal|panic)\] ?(.*)")  # with -loglevel level+info
+_FPS = re.compile(r" (\d+(?:\.\d+)?) fps")
+_SIZE = re.compile(r" (\d+)x(\d+)[, ]")
+
+
+def _check_stdin_is_piped() -> None:
+    if sys.stdin is None or sys.stdin.isatty():  # a terminal: ffmpeg would wait for keystrokes
+        raise InputError("- reads a video from stdin, but nothing is piped in; pipe one, "
+                         "e.g. cat clip.mp4 | flowcli estimate -")
+
+
+def _read_stdin_header(log, errors: deque) -> dict | None:
+    """fps and size from ffmpeg's log, read up to the line of the stream it outputs; None when ffmpeg ends first.
+    The rate is the input stream's nominal one, the size that of the (rotated) frames ffmpeg gives."""
+    fps = None
+    in_output = False
+    for raw in log:
+        match = _FFMPEG_LOG_LINE.search(raw.decode(errors="replace").rstrip())
+        if match is None:
+            continue
+        level, text = match.groups()
+        if level in ("error", "fatal", "panic"):
+            errors.append(text.strip())
+        elif text.startswith("Output #"):
+            in_output = True
+        elif " Video: " in text and text.lstrip().startswith("Stream #"):
+            if not in_output:
+                rate = _FPS.search(text)
+                fps = fps or (float(rate[1]) if rate else None)
+            elif size := _SIZE.search(text):
+                return {"size": (int(size[1]), int(size[2])), "fps": fps, "duration": 0.0}
+    return None
+
+
+def _collect_errors(log, errors: deque) -> None:
+    for raw in log:
+        match = _FFMPEG_LOG_LINE.search(raw.decode(errors="replace").rstrip())
+        if match and match[1] in ("error", "fatal", "panic"):
+            errors.append(match[2].strip())
+
+
+def _stdin_frames() -> Iterator:
+    """`imageio_ffmpeg.read_frames` for the video on our stdin, which its ffmpeg cannot read (it gets a pipe of its
+    own as stdin): the same ffmpeg output options, so the same frames as from a file. Yields the metadata
+    {size, fps, duration}, then each frame's rgb24 bytes. ffmpeg ends a truncated or corrupt stream with exit code 0
+    and logs why: RuntimeError with its last error at the end of such a stream, or when ffmpeg cannot open it
+    (InputError for an mp4 whose index comes after its frames: a pipe cannot seek to it)."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info",
+               "-i", "pipe:0", "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe",
+               *_every_frame_once(), "-"]
+    errors: deque[str] = deque(maxlen=20)
+    # a session of its own, as read_frames does: a Ctrl-C reaches Python, which stops ffmpeg
+    process = subprocess.Popen(command, stdin=sys.stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    log_reader = threading.Thread(target=_collect_errors, args=(process.stderr, errors), daemon=True)
+    try:
+        header = _read_stdin_header(process.stderr, errors)
+        if header is None:
+            process.wait()
+            if any("partial file" in error for error in errors):  # the mov demuxer found the frames before the index
+                raise InputError(
+                    "cannot read the video on stdin: an mp4 or mov read from a pipe needs its index at the start, "
+                    "and this one has it at the end; give its path instead, or remux it with -movflags +faststart"
+                )
+            raise RuntimeError(errors[-1] if errors else f"ffmpeg stopped with exit code {process.returncode}")
+        log_reader.start()  # ffmpeg would stall on a full stderr pipe
+        yield header
+        width, height = header["size"]
+        frame_size = width * height * 3
+        while len(frame := process.stdout.read(frame_size)) == frame_size:
+            yield frame
+        process.wait()
+        log_reader.join()
+        if frame or process.returncode or errors:
+            reason = f"ffmpeg stopped with exit code {process.returncode}" if process.returncode else "incomplete frame"
+            raise RuntimeError(errors[-1] if errors else reason)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if log_reader.is_alive():
+            log_reader.join()
+        process.stdout.close()
+        process.stderr.close()
+
+
 class VideoReader:
     """Streams a video's frames as float32 RGB tensors [3, H, W] in [0, 1], one at a time.
 
@@ -340,13 +431,23 @@ class VideoReader:
     mid-stream, iteration stops with a warning when at least 2 frames were decoded (enough for flow),
     and raises InputError otherwise. A video that yields no frame at all raises InputError.
     Each iteration restarts decoding from the first frame.
+
+    The path `-` (STDIN) is the video piped into standard input (InputError when stdin is a terminal), named
+    `stdin` in messages. A pipe is read once: it can be iterated once, `fps` is its nominal rate and
+    `num_frames` is `max_frames` or None. ffmpeg reads a truncated stream to its end: iteration then
+    ends as after a decoding failure.
     """
 
     def __init__(self, path: PathLike, max_frames: int | None = None):
-        self.path = _existing_file(path)
+        self.from_stdin = str(path) == STDIN
+        if self.from_stdin:
+            _check_stdin_is_piped()
+        self.path = Path(STDIN) if self.from_stdin else _existing_file(path)
+        self.name = "stdin" if self.from_stdin else str(self.path)  # in messages
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_frames must be at least 1")
         self.max_frames = max_frames
+        self._stdin_opened = False
         self._pending = self._open()  # the stream opened to read the metadata serves the first iteration
         meta = self._meta
         self.width, self.height = (int(v) for v in meta["size"])
@@ -360,7 +461,7 @@ class VideoReader:
         """(fps, frame count estimate), from the packet timestamps when the frame rate varies."""
         fps = self._nominal_fps
         estimate = round(self._duration * fps) if fps and self._duration > 0 else None
-        timing = _frame_timing(self.path)
+        timing = None if self.from_stdin else _frame_timing(self.path)  # a pipe cannot be read a second time
         average = timing.average_fps if timing else None
         if average and not _same_rate(fps, average, timing.frames):
             fps, estimate = average, timing.frames
@@ -377,6 +478,8 @@ class VideoReader:
         return self._rate_and_count[1]
 
     def _open(self):
+        if self.from_stdin:
+            return self._open_stdin()
         # absolute: ffmpeg reads a relative name like 'take:2.mp4' as a URL of protocol 'take'
         path = str(self.path.absolute())
         stream = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", output_params=list(_every_frame_once()))
@@ -387,6 +490,21 @@ class VideoReader:
             no_stream = isinstance(error, (StopIteration, KeyError))
             reason = "no video stream found" if no_stream else "ffmpeg cannot open it"
             raise InputError(f"cannot read video {self.path}: {reason}; the file is corrupt or not a video") from None
+        return stream
+
+    def _open_stdin(self):
+        if self._stdin_opened:
+            raise RuntimeError("the video on stdin is read once: iterate its VideoReader once")
+        self._stdin_opened = True
+        stream = _stdin_frames()
+        try:
+            self._meta = next(stream)
+        except (OSError, RuntimeError, ValueError) as error:
+            stream.close()
+            raise InputError(
+                f"cannot read the video on stdin: {_one_line(error).rstrip('.')}; the stream is empty, corrupt or "
+                "not a video"
+            ) from None
         return stream
 
     def _frame_tensor(self, raw: bytes) -> torch.Tensor:
@@ -405,10 +523,10 @@ class VideoReader:
                 except (RuntimeError, OSError) as error:
                     if count < 2:
                         raise InputError(
-                            f"cannot decode video {self.path}: decoding failed after {count} frame(s); "
-                            "the file is corrupt"
+                            f"cannot decode video {self.name}: decoding failed after {count} frame(s); "
+                            f"the {self._kind} is corrupt"
                         ) from None
-                    warn(f"{self.path}: decoding failed after frame {count - 1} ({_one_line(error)}); stopping there")
+                    warn(f"{self.name}: decoding failed after frame {count - 1} ({_one_line(error)}); stopping there")
                     failed = True
                     break
                 count += 1
@@ -417,12 +535,16 @@ class VideoReader:
         finally:
             stream.close()
         if count == 0:
-            raise InputError(f"cannot decode video {self.path}: no frame could be decoded; the file is corrupt")
+            raise InputError(f"cannot decode video {self.name}: no frame could be decoded; the {self._kind} is corrupt")
         if not failed and self.max_frames is None and self.num_frames and count < 0.9 * self.num_frames:
             warn(
-                f"{self.path}: only {count} of about {self.num_frames} frames decoded; the file may be truncated, "
+                f"{self.name}: only {count} of about {self.num_frames} frames decoded; the file may be truncated, "
                 "or its frame rate varies"
             )
+
+    @property
+    def _kind(self) -> str:
+        return "stream" if self.from_stdin else "file"
 
     def close(self) -> None:
         if self._pending is not None:
@@ -575,15 +697,16 @@ def _image_frames(paths: Sequence[Path]) -> Iterator[_Frame]:
         yield _Frame(read_image(path), path.stem, str(path))
 
 
-def _video_frames(reader: VideoReader, step: int) -> Iterator[_Frame]:
+def _video_frames(reader: VideoReader, step: int, count: int | None = None) -> Iterator[_Frame]:
     with reader:
-        for number, image in enumerate(reader):
+        for number, image in enumerate(itertools.islice(reader, count)):
             if number % step == 0:
-                yield _Frame(image, f"frame_{number:06d}", f"{reader.path} frame {number}")
+                yield _Frame(image, f"frame_{number:06d}", f"{reader.name} frame {number}")
 
 
 def frame_pairs(source, step: int = 1, max_frames: int | None = None) -> Iterator[FramePair]:
-    """Consecutive frame pairs from two image paths (a tuple), a folder or glob of frames, or a video file.
+    """Consecutive frame pairs from two image paths (a tuple), a folder or glob of frames, a video file, `-` (the
+    video on stdin) or a VideoReader (read from its first frame: for stdin, whose fps is known only once opened).
 
     Frames are taken every `step` frames and at most `max_frames` of them are used (so at most
     max_frames - 1 pairs); both are ignored for an explicit image pair. Frames are read lazily and each
@@ -594,7 +717,11 @@ def frame_pairs(source, step: int = 1, max_frames: int | None = None) -> Iterato
     if max_frames is not None and max_frames < 2:
         raise InputError(f"max_frames must be at least 2 to form a pair, got {max_frames}")
     label = str(source)
-    if isinstance(source, (tuple, list)):
+    to_decode = None if max_frames is None else (max_frames - 1) * step + 1
+    if isinstance(source, VideoReader):
+        frames = _video_frames(source, step, count=to_decode)
+        label = source.name
+    elif isinstance(source, (tuple, list)):
         if len(source) != 2:
             raise InputError(f"an image pair needs exactly 2 paths, got {len(source)}")
         paths = [_existing_file(p) for p in source]
@@ -602,9 +729,10 @@ def frame_pairs(source, step: int = 1, max_frames: int | None = None) -> Iterato
         label = f"{paths[0]} and {paths[1]}"
     else:
         path = Path(source)
-        if path.is_file() and is_video(path):
-            to_decode = None if max_frames is None else (max_frames - 1) * step + 1
-            frames = _video_frames(VideoReader(path, max_frames=to_decode), step)  # opened now: errors are immediate
+        if str(source) == STDIN or (path.is_file() and is_video(path)):
+            reader = VideoReader(source, max_frames=to_decode)  # opened now: errors are immediate
+            frames = _video_frames(reader, step)
+            label = reader.name if reader.from_stdin else label
         elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             raise InputError(f"{path} is a single image; give two images, a folder of frames or a video")
         elif path.is_file():
