@@ -214,6 +214,26 @@ def video_path(options: OutputOptions, source: str) -> Path:
 # ----------------------------------------------------------------------------- results
 
 
+def write_video_frame_from_png(writer, vis: Path, frame_size: tuple[int, int]) -> None:
+    """A skipped pair's frame of a video that --resume makes again, from the pair's vis PNG.
+
+    Checked against the frames' size, not the video's first frame: that one may come from a bad PNG too."""
+    from flowcli.errors import InputError
+    from flowcli.io.flow_formats import read_png
+
+    width, height = frame_size
+    try:
+        colours = read_png(vis)
+    except InputError:  # a dangling link, or not a PNG
+        colours = None
+    if colours is None or str(colours.dtype) != "uint8" or colours.shape != (height, width, 3):
+        raise OutputError(
+            f"cannot use {vis} for video {writer.path}: it is not an 8-bit colour PNG of the frames' size "
+            f"{width}x{height}; delete it and run again with --resume"
+        )
+    writer.write(colours)
+
+
 def pair_result(result: FlowResult, i: int) -> FlowResult:
     """The i-th pair of a batched FlowResult, on the CPU, each tensor [1, C, H, W]."""
     from flowcli.inference import FlowResult

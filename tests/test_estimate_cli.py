@@ -660,26 +660,6 @@ def test_resume_refuses_a_vis_png_it_cannot_put_in_a_missing_video(bad_vis, medi
 # ----------------------------------------------------------------------------- a video on stdin
 
 
-@pytest.fixture
-def pipe_into_stdin(monkeypatch):
-    """`pipe(data)` makes `data` the process's stdin through a real pipe, as `cat clip.mp4 | flowcli ...` does."""
-    opened = []
-
-    def feed(write_end: int, data: bytes) -> None:
-        with os.fdopen(write_end, "wb") as sink:
-            sink.write(data)
-
-    def pipe(data: bytes) -> None:
-        read_end, write_end = os.pipe()
-        threading.Thread(target=feed, args=(write_end, data), daemon=True).start()
-        opened.append(os.fdopen(read_end, "rb"))
-        monkeypatch.setattr(sys, "stdin", opened[-1])
-
-    yield pipe
-    for stdin in opened:
-        stdin.close()
-
-
 def _files_without_source(folder: Path, source: str) -> dict[str, bytes]:
     """name -> bytes of a run's per-pair files, named without their {source}: stdin_frame_000000_flow.flo ->
     frame_000000_flow.flo."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import warnings
 
@@ -1015,31 +1014,6 @@ def test_a_dangling_symlink_at_an_output_path_is_not_replaced_without_overwrite(
 
 
 # ----------------------------------------------------------------------------- a video on stdin
-
-
-@pytest.fixture
-def pipe_into_stdin(monkeypatch):
-    """`pipe(data)` makes `data` the process's stdin through a real pipe, as `cat clip.mp4 | ...` does (a thread
-    writes it: a pipe holds 64 KiB)."""
-    import os
-    import sys
-    import threading
-
-    opened = []
-
-    def feed(write_end: int, data: bytes) -> None:
-        with os.fdopen(write_end, "wb") as sink, contextlib.suppress(BrokenPipeError):
-            sink.write(data)
-
-    def pipe(data: bytes) -> None:
-        read_end, write_end = os.pipe()
-        threading.Thread(target=feed, args=(write_end, data), daemon=True).start()
-        opened.append(os.fdopen(read_end, "rb"))
-        monkeypatch.setattr(sys, "stdin", opened[-1])
-
-    yield pipe
-    for stdin in opened:
-        stdin.close()
 
 
 def _noise_video(path, frames: int, fps: float = 7, size=(48, 80)):

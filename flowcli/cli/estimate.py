@@ -42,6 +42,7 @@ from flowcli.cli.options import (
     OutputClaims,
     OutputDirOption,
     OverwriteOption,
+    ResumeOption,
     Owner,
     PrecisionOption,
     QuietOption,
@@ -452,12 +453,7 @@ def estimate(
     ] = None,
     fps: FpsOption = None,
     overwrite: OverwriteOption = False,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Finish an interrupted run (same inputs and options): skip pairs whose outputs "
-                     "all exist, write only missing files, never touch existing ones. --video: see above.",
-                     rich_help_panel=OUTPUT_PANEL),
-    ] = False,
+    resume: ResumeOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     weights: WeightsOption = None,
@@ -615,7 +611,9 @@ class _Run:
     def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
         pair = planned.pair
         if writer is not None:
-            self._write_video_frame_from_png(writer, planned.paths["vis"], source.frame_size)
+            from flowcli.outputs import write_video_frame_from_png
+
+            write_video_frame_from_png(writer, planned.paths["vis"], source.frame_size)
         self.skipped += 1
         self._emit({
             "type": "skipped", "source": source.label, "index": pair.index, "frame1": pair.frame1,
@@ -623,23 +621,6 @@ class _Run:
             "outputs": {key: str(path) for key, path in planned.paths.items()},
         })
         advance(f"{source.name} {pair.frame1} (skipped)")
-
-    @staticmethod
-    def _write_video_frame_from_png(writer, vis: Path, frame_size: tuple[int, int]) -> None:
-        """Checked against the frames' size, not the video's first frame: that one may come from a bad PNG too."""
-        from flowcli.io.flow_formats import read_png
-
-        width, height = frame_size
-        try:
-            colours = read_png(vis)
-        except InputError:  # a dangling link, or not a PNG
-            colours = None
-        if colours is None or str(colours.dtype) != "uint8" or colours.shape != (height, width, 3):
-            raise OutputError(
-                f"cannot use {vis} for video {writer.path}: it is not an 8-bit colour PNG of the frames' size "
-                f"{width}x{height}; delete it and run again with --resume"
-            )
-        writer.write(colours)
 
     def _compute(self, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
         if not batch:

@@ -37,6 +37,12 @@ FpsOption = Annotated[
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Replace existing output files.", rich_help_panel=OUTPUT_PANEL)
 ]
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume", help="Finish an interrupted run (same inputs and options): skip pairs whose outputs "
+                 "all exist, write only missing files, never touch existing ones. --video: see above.",
+                 rich_help_panel=OUTPUT_PANEL),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="One JSON line per pair on stdout (keys above).", rich_help_panel=OUTPUT_PANEL)
 ]

@@ -42,6 +42,7 @@ from flowcli.cli.options import (
     OutputClaims,
     OutputDirOption,
     OverwriteOption,
+    ResumeOption,
     Owner,
     PrecisionOption,
     QuietOption,
@@ -739,12 +740,7 @@ def stereo(
     ] = 1.0,
     fps: FpsOption = None,
     overwrite: OverwriteOption = False,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Finish an interrupted run (same inputs and options): skip pairs whose outputs "
-                     "all exist, write only missing files, never touch existing ones. --video: see above.",
-                     rich_help_panel=OUTPUT_PANEL),
-    ] = False,
+    resume: ResumeOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     weights: WeightsOption = None,
@@ -954,7 +950,9 @@ class _Run:
     def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
         item = planned.item
         if writer is not None:
-            _write_video_frame_from_png(writer, planned.paths["vis"], source.size)
+            from flowcli.outputs import write_video_frame_from_png
+
+            write_video_frame_from_png(writer, planned.paths["vis"], source.size)
         self.skipped += 1
         self._emit({
             "type": "skipped", "source": source.label, "index": item.index, "left": item.left_name,
@@ -1042,22 +1040,3 @@ class _Run:
                 "ms": round(ms, 2), "tiles": result.tiles, **self.model_info,
             })
             advance(item.stem)
-
-
-def _write_video_frame_from_png(writer, vis: Path, frame_size: tuple[int, int]) -> None:
-    """A skipped pair's frame of a video --resume makes again, from its vis PNG (as in `flowcli estimate`).
-
-    Checked against the pairs' size, not the video's first frame: that one may come from a bad PNG too."""
-    from flowcli.io.flow_formats import read_png
-
-    width, height = frame_size
-    try:
-        colours = read_png(vis)
-    except InputError:  # a dangling link, or not a PNG
-        colours = None
-    if colours is None or str(colours.dtype) != "uint8" or colours.shape != (height, width, 3):
-        raise OutputError(
-            f"cannot use {vis} for video {writer.path}: it is not an 8-bit colour PNG of the pairs' size "
-            f"{width}x{height}; delete it and run again with --resume"
-        )
-    writer.write(colours)

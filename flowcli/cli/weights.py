@@ -21,10 +21,11 @@ from flowcli.errors import InputError, WeightsError
 weights_app = typer.Typer(
     help=(
         "Pretrained checkpoints: the registry of named models, the download cache and checksums.\n\n"
-        "A model NAME from `flowcli weights list` works wherever flowcli takes a model; its files are "
-        "downloaded on first use and checked against the registry's sha256. Files from the Hugging Face "
-        "Hub (hf:// sources) live in the Hugging Face cache (HF_HOME); other downloads in $FLOWCLI_CACHE "
-        "(default $XDG_CACHE_HOME/flowcli or ~/.cache/flowcli).\n\n"
+        "A NAME of task flow from `flowcli weights list` works wherever flowcli takes --weights (the face "
+        "entry is what `flowcli face fit` uses); its files are downloaded on first use and checked against "
+        "the registry's sha256. Files from the Hugging Face Hub (hf:// sources) live in the Hugging Face "
+        "cache (HF_HOME); other downloads in $FLOWCLI_CACHE (default $XDG_CACHE_HOME/flowcli or "
+        "~/.cache/flowcli).\n\n"
         "To work without network: run `flowcli weights download NAME` (or `--all`) once while online, then "
         "set FLOWCLI_OFFLINE=1 (or HF_HUB_OFFLINE=1). FLOWCLI_REGISTRY=path/to/registry.json swaps in "
         "another registry file of the same format.\n\n"
@@ -127,7 +128,8 @@ def _total_size(entry: dict) -> int:
     "list",
     help=(
         "List the models in the registry: task, size, where the files come from, checksum and key metrics.\n\n"
-        "Any NAME shown works as `flowcli estimate --weights NAME`. sha256 \"TBD\" means the entry has no "
+        "Any NAME of task flow works as `flowcli estimate --weights NAME`; the face entry holds the landmark "
+        "models `flowcli face fit` downloads. sha256 \"TBD\" means the entry has no "
         "recorded checksum yet, so its file cannot be verified.\n\n"
         "--json prints one JSON document: registry (the registry file) and models, a list of the registry entries "
         "(name and the entry's fields as in the registry file: task, description, files, license...) with "
