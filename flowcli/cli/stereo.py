@@ -107,7 +107,9 @@ _HELP_PARAGRAPHS = [
     "stereodemo) or a Middlebury calib.txt; --focal / --baseline override its values. A calibration with a size "
     "must match the images.",
     f"File names come from --name (default '{DEFAULT_NAME}') with placeholders {{source}} (folder, video or pair "
-    "name; -2, -3... added to tell apart inputs of the same name), {stem} (the pair's name: the left file's stem "
+    "name; a left and a right folder in one parent folder take the parent's name: KITTI/training/image_2 "
+    "KITTI/training/image_3 -> training; -2, -3... added to tell apart inputs of the same name), {stem} (the "
+    "pair's name: the left file's stem "
     "without its left/right token, the folder name for im0/im1, {source}_frame_NNNNNN for video frames), {left} "
     "{right} (file stems or frame_NNNNNN), {index} (pair number in its input), {kind} (disp, disp_vis, occ, depth, "
     "cloud) and {ext}; '_{kind}' and '.{ext}' are added when missing ('_{kind}' before a final '.{ext}'). Existing "
