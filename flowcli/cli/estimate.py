@@ -100,7 +100,8 @@ _HELP_PARAGRAPHS = [
     "  flowcli estimate a.png b.png",
     "  flowcli estimate frames/ --vis --video --fps 24 -o out/",
     "  flowcli estimate clip.mp4 --max-frames 100 --step 2 --formats flo,occlusion --json > flow.jsonl",
-    "  flowcli estimate 'shots/*/*.png' clip.mp4 --all --name '{source}/{index:06d}' --overwrite",
+    "  flowcli estimate shots/*/ clip.mp4 --all --name '{source}/{index:06d}' --overwrite    (each shot folder a "
+    "sequence of its own; a quoted glob such as 'shots/*/*.png' is one sequence)",
     "  flowcli estimate clip.mp4 --flo --vis -o out/ --resume    (after an interruption: only what is missing)",
     "  ffmpeg -i rtsp://camera/stream -f matroska - | flowcli estimate - --flo --vis -o out/",
     "  flowcli estimate a.png b.png --weights hf://OWNER/REPO/model.safetensors --device cuda --precision bf16",
