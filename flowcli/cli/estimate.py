@@ -31,7 +31,6 @@ from flowcli.cli.options import (
     INPUT_PANEL,
     MODEL_PANEL,
     OUTPUT_PANEL,
-    PRECISION_NAMES,
     BatchSizeOption,
     DeviceOption,
     FpsOption,
@@ -42,11 +41,13 @@ from flowcli.cli.options import (
     OutputClaims,
     OutputDirOption,
     OverwriteOption,
-    ResumeOption,
     Owner,
     PrecisionOption,
     QuietOption,
+    ResumeOption,
     WeightsOption,
+    check_precision_name,
+    device_and_precision,
     format_flag,
     formats_option,
     unique_source_names,
@@ -484,8 +485,7 @@ def estimate(
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
     if not 0.05 <= scale <= 4:
         raise InputError(f"--scale must be between 0.05 and 4, got {scale}")
-    if precision != "auto" and precision not in PRECISION_NAMES:
-        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
+    check_precision_name(precision)
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen
@@ -500,13 +500,7 @@ def estimate(
     keep_existing = overwrite or resume
     _plan(sources, options, OutputClaims(input_files, keep_existing), step, max_frames, want_video)
 
-    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
-
-    torch_device = resolve_device(device)
-    if precision == "auto":
-        precision = "fp16" if torch_device.type == "cuda" else "fp32"
-    dtype = resolve_precision(precision, torch_device)  # warns once here, not for every batch
-    precision = next(name for name, value in PRECISIONS.items() if value == dtype)
+    torch_device, precision = device_and_precision(device, precision)
 
     # ---- model
     from flowcli.models import DEFAULT_MODEL, load_model_and_file

@@ -217,16 +217,10 @@ def convert_command(
 def _flow_device_and_precision(device: str, precision: str):
     """The torch device and precision name of the --flow model, checked before any work: a GPU asked for but
     absent is an error, not a silent CPU run; fp16 on the CPU runs in fp32 (one warning)."""
-    from flowcli.cli.options import PRECISION_NAMES
-    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
+    from flowcli.cli.options import check_precision_name, device_and_precision
 
-    if precision != "auto" and precision not in PRECISION_NAMES:
-        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
-    torch_device = resolve_device(device)
-    if precision == "auto":
-        precision = "fp16" if torch_device.type == "cuda" else "fp32"
-    dtype = resolve_precision(precision, torch_device)
-    return torch_device, next(name for name, value in PRECISIONS.items() if value == dtype)
+    check_precision_name(precision)
+    return device_and_precision(device, precision)
 
 
 def _flow_model(device, precision: str):

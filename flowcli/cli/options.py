@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowcli.errors import OutputError
+from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import check_target
 
 INPUT_PANEL = "Inputs"
@@ -91,6 +91,24 @@ MaxPixelsOption = Annotated[
 OfflineOption = Annotated[
     bool, typer.Option("--offline", help="Use only cached weights, never the network.", rich_help_panel=MODEL_PANEL)
 ]
+
+
+def check_precision_name(precision: str) -> None:
+    """InputError unless `precision` is auto or a precision name (checked before any work)."""
+    if precision != "auto" and precision not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
+
+
+def device_and_precision(device: str, precision: str):
+    """(torch device, precision name) of --device and --precision: auto is fp16 on CUDA, fp32 elsewhere; fp16 on
+    the CPU becomes fp32 with one warning, here rather than for every batch."""
+    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
+
+    torch_device = resolve_device(device)
+    if precision == "auto":
+        precision = "fp16" if torch_device.type == "cuda" else "fp32"
+    dtype = resolve_precision(precision, torch_device)
+    return torch_device, next(name for name, value in PRECISIONS.items() if value == dtype)
 
 
 # ---- output names

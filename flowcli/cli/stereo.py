@@ -31,7 +31,6 @@ from flowcli.cli.options import (
     DEFAULT_OUTPUT,
     INPUT_PANEL,
     OUTPUT_PANEL,
-    PRECISION_NAMES,
     BatchSizeOption,
     DeviceOption,
     FpsOption,
@@ -42,11 +41,13 @@ from flowcli.cli.options import (
     OutputClaims,
     OutputDirOption,
     OverwriteOption,
-    ResumeOption,
     Owner,
     PrecisionOption,
     QuietOption,
+    ResumeOption,
     WeightsOption,
+    check_precision_name,
+    device_and_precision,
     format_flag,
     formats_option,
     unique_source_names,
@@ -771,8 +772,7 @@ def stereo(
     _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
     _positive(max_depth, "--max-depth", " of metres")
     _positive(lr_threshold, "--lr-threshold", " of pixels")
-    if precision != "auto" and precision not in PRECISION_NAMES:
-        raise InputError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISION_NAMES)}")
+    check_precision_name(precision)
     camera = _camera(focal, baseline, calib)
     if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
         warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: is it in "
@@ -824,13 +824,7 @@ def stereo(
         if want_video and s.sequence:
             claims.check(_video_path(output, s), Owner.video(number, s.label))
 
-    from flowcli.inference import PRECISIONS, resolve_device, resolve_precision
-
-    torch_device = resolve_device(device)
-    if precision == "auto":
-        precision = "fp16" if torch_device.type == "cuda" else "fp32"
-    dtype = resolve_precision(precision, torch_device)
-    precision = next(k for k, v in PRECISIONS.items() if v == dtype)
+    torch_device, precision = device_and_precision(device, precision)
 
     # ---- model
     from flowcli.models import DEFAULT_MODEL, load_model_and_file
