@@ -29,7 +29,7 @@ class FlowResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """The torch device for --device auto, cpu, cuda, cuda:N or mps; FlowcliError if it is unknown or absent."""
+    """The torch device for --device auto, cpu, cuda, cuda:N or mps; InputError (exit 2) if it is unknown or absent."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -42,12 +42,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise FlowcliError(f"device {device} was asked for but no CUDA GPU is visible; use cpu or auto")
+            raise InputError(f"device {device} was asked for but no CUDA GPU is visible; use cpu or auto")
         count = torch.cuda.device_count()
         if int(number or 0) >= count:
-            raise FlowcliError(f"device {device}: there is no such GPU; use cuda:0 to cuda:{count - 1}")
+            raise InputError(f"device {device}: there is no such GPU; use cuda:0 to cuda:{count - 1}")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FlowcliError("device mps was asked for but MPS is not available; use cpu or auto")
+        raise InputError("device mps was asked for but MPS is not available; use cpu or auto")
     return torch.device(device)
 
 

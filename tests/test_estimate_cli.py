@@ -348,7 +348,7 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
     if case == "unknown device":
         return [a, b, "--device", "cuda:x"], 2, "unknown device 'cuda:x'"
     if case == "absent GPU":
-        return [a, b, "--device", "cuda:99"], 1, "device cuda:99"
+        return [a, b, "--device", "cuda:99"], 2, "device cuda:99"
     if case == "scale out of range":
         return [a, b, "--scale", "0"], 2, "--scale must be between"
     if case == "unknown precision":

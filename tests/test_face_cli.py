@@ -379,7 +379,7 @@ def test_flow_model_follows_device_and_precision(tmp_path, cli, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     run = cli(["face", "fit", clip, "--flow", "--device", "cuda", "-o", tmp_path / "b"])
-    assert isinstance(run.exception, FlowcliError) and run.exception.exit_code == 1
+    assert isinstance(run.exception, FlowcliError) and run.exception.exit_code == 2
     assert "no CUDA GPU" in str(run.exception) and not (tmp_path / "b").exists() and len(asked) == 1
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs

@@ -84,8 +84,9 @@ def test_unknown_or_absent_devices_are_one_line_errors():
     for device in ("cuda:x", "cuda:", "cpu:0", "bogus", "cuda:-1"):
         with pytest.raises(FlowcliError, match="unknown device"):
             resolve_device(device)
-    with pytest.raises(FlowcliError, match="cuda:99"):  # no CUDA at all, or not 100 GPUs
+    with pytest.raises(FlowcliError, match="cuda:99") as absent:  # no CUDA at all, or not 100 GPUs
         resolve_device("cuda:99")
+    assert absent.value.exit_code == 2  # the device asked for is not here: bad input, as in flowcli doctor
 
 
 def test_eval_checks_the_device_and_runs_on_auto(tmp_path, monkeypatch, capsys, model):
@@ -96,7 +97,7 @@ def test_eval_checks_the_device_and_runs_on_auto(tmp_path, monkeypatch, capsys, 
     write_flo(tmp_path / "chairs" / "data" / "00001_flow.flo", np.zeros((64, 64, 2), np.float32))
     cli = in_process_cli(monkeypatch, capsys, "eval")
     args = ["-d", "chairs", "-r", tmp_path / "chairs", "-w", weights, "-q", "--json"]
-    for device, needle, expected in (("bogus", "unknown device 'bogus'", 2), ("cuda:99", "device cuda:99", 1)):
+    for device, needle, expected in (("bogus", "unknown device 'bogus'", 2), ("cuda:99", "device cuda:99", 2)):
         code, stdout, err = cli(*args, "--device", device)
         assert_one_line_error(code, err, expected, needle)
         assert stdout == ""
