@@ -6,22 +6,29 @@ import warnings
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 stderr = Console(stderr=True)
 
 
 def progress(quiet: bool = False, transient: bool = False) -> Progress:
     """A rich progress bar on stderr; disabled with quiet=True. A transient bar is shown on a terminal only:
-    elsewhere (a log file, a pipe) it would leave nothing but an empty line."""
+    elsewhere (a log file, a pipe) it would leave nothing but an empty line.
+
+    On a narrow line (80 columns, or a log file) the counts and times keep their width and the info text
+    (adapt's loss terms run to 60 characters) is cut short instead: rich would otherwise squeeze every
+    column to "2… 0:… eta 0…"."""
+    whole = Column(no_wrap=True)
     return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("[progress.description]{task.description}", table_column=whole),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(table_column=whole),
+        TimeElapsedColumn(table_column=whole),
+        TextColumn("eta", table_column=whole),
+        TimeRemainingColumn(table_column=whole),
+        TextColumn("{task.fields[info]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
         console=stderr,
+        expand=True,
         disable=quiet or (transient and not stderr.is_terminal),
         transient=transient,
     )

@@ -38,6 +38,25 @@ def test_a_transient_progress_bar_leaves_nothing_in_a_log(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_progress_bar_on_80_columns_keeps_its_counts_and_times_whole(monkeypatch):
+    """adapt's loss terms are a long info text: on 80 columns (a log file, a small terminal) the counts and
+    the eta used to be squeezed to "2… 0:… eta 0…"; the info text is what gets cut."""
+    import io
+
+    from rich.console import Console
+
+    from flowcli import console
+
+    log = io.StringIO()
+    monkeypatch.setattr(console, "stderr", Console(file=log, width=80))
+    info = "stage 2 photo 0.233 smooth2 0.003 distill 0.731 occ 0.245 temporal 0.100 anchor 0.010"
+    with console.progress() as bar:
+        bar.update(bar.add_task("adapt", total=263, info=""), completed=263, info=info)
+    line = log.getvalue().rstrip("\n").splitlines()[-1]
+    assert "adapt" in line and "263/263" in line and "eta 0:00:00" in line, line
+    assert "stage 2 photo 0.233" in line and line.rstrip().endswith("…") and len(line) <= 80, line
+
+
 def test_doctor_reports_the_version_of_the_running_flowcli(monkeypatch):
     """Not the install record's: an editable or stale install can say another version than `--version`."""
     from flowcli.cli import doctor
