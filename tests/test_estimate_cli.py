@@ -145,7 +145,8 @@ def test_every_output_kind_is_written_and_readable(media, tmp_path, cli):
     assert video == out / "frames_vis.mp4"
     reader = VideoReader(video)
     assert reader.fps == pytest.approx(10.0) and reader.size == (W, H) and sum(1 for _ in reader) == 2
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden == [".flowcli-estimate.json"]  # the run record for --resume; no temp files left
 
 
 def test_default_outputs_for_an_image_pair(media, tmp_path, cli):
@@ -155,7 +156,7 @@ def test_default_outputs_for_an_image_pair(media, tmp_path, cli):
     [record] = _json_lines(stdout)
     assert record["outputs"] == {"flo": str(out / "a_flow.flo"), "vis": str(out / "a_vis.png")}
     assert record["occluded_fraction"] is None and record["inputs"] == [str(media["a"]), str(media["b"])]
-    assert sorted(p.name for p in out.iterdir()) == ["a_flow.flo", "a_vis.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".flowcli-estimate.json", "a_flow.flo", "a_vis.png"]
     assert err == ""  # --quiet
 
 
@@ -242,7 +243,7 @@ def test_existing_outputs_are_never_replaced_without_overwrite(media, tmp_path, 
     code, _, err = cli(*base, "--overwrite")
     assert code == 0, err
     assert existing.read_bytes() != b"keep me"
-    assert len(list(out.iterdir())) == 4
+    assert len(list(out.iterdir())) == 5  # flo and vis of 2 pairs, and the run record
     # outputs that would collide with each other are refused up front too
     code, _, err = cli(*base, "--overwrite", "--name", "{source}")
     assert_one_line_error(code, err, 3, "{index}")
@@ -261,7 +262,9 @@ def test_pairs_of_one_input_with_the_same_name_are_refused_before_any_work(media
         assert not out.exists()
     code, stdout, err = cli(*shots, "--name", "{index}_{stem}", "--json")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["0_0001_flow.flo", "1_0002_flow.flo", "2_0001_flow.flo"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".flowcli-estimate.json", "0_0001_flow.flo", "1_0002_flow.flo", "2_0001_flow.flo"
+    ]
 
 
 def test_inputs_of_the_same_name_get_distinct_sources(media, tmp_path, cli):
@@ -657,6 +660,87 @@ def test_resume_refuses_a_vis_png_it_cannot_put_in_a_missing_video(bad_vis, medi
     assert not any(p.suffix == ".mp4" for p in out.iterdir())  # no video, not even a temp one
 
 
+def _record(folder: Path) -> dict:
+    return json.loads((folder / ".flowcli-estimate.json").read_text())
+
+
+def test_resume_with_other_settings_is_refused_before_any_work(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+
+    def run(*options, weights=media["weights"]):
+        return cli(media["frames"], "--weights", weights, "-o", out, "--flo", "--vis", "--json", "-q", *options)
+
+    code, _, err = run()
+    assert code == 0, err
+    (out / "f_1_flow.flo").unlink()  # interrupted before pair 1 was complete
+    before = _snapshot(out)
+    other = save_checkpoint(FlowNet(FlowNetConfig(**TINY)), tmp_path / "other.safetensors")  # other random weights
+    sha, other_sha = (hashlib.sha256(path.read_bytes()).hexdigest() for path in (media["weights"], other))
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = run("--resume", "--step", "2")
+    assert_one_line_error(code, err, 2, f"--resume: {out} holds outputs of {media['frames']} made with other settings",
+                          "(step: 1 -> 2)", "resume with the same settings, or use --overwrite")
+    assert stdout == ""
+    code, stdout, err = run("--resume", "--scale", "0.5", "--max-flow", "4", weights=other)
+    assert_one_line_error(code, err, 2, f"weights: {sha[:12]} -> {other_sha[:12]}", "scale: 1.0 -> 0.5",
+                          "max-flow: unset -> 4.0")
+    assert model_pairs == [] and _snapshot(out) == before  # nothing computed, nothing written, the record kept
+    # --overwrite starts afresh: the entry is replaced
+    code, _, err = run("--overwrite", "--step", "2")
+    assert code == 0, err
+    key = str((media["frames"] / "f_0.png").resolve())
+    assert _record(out) == {key: {"weights": sha, "step": 2, "scale": 1.0, "max_flow": None}}
+
+
+def test_resume_may_change_what_alters_numbers_only_by_rounding_and_the_formats(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    args = [media["frames"], "--weights", media["weights"], "-o", out, "--flo", "--vis", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    recorded = _record(out)
+    (out / "f_1_flow.flo").unlink()
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, _, err = cli(*args, "--resume", "--batch-size", "2", "--precision", "fp32", "--device", "cpu",
+                       "--max-pixels", "0", "--npy", "--backward", "--max-frames", "3")
+    assert code == 0, err
+    assert model_pairs == [2]  # both pairs lack their new npy files
+    assert (out / "f_1_flow.flo").is_file() and (out / "f_1_flow_bw.npy").is_file()
+    assert _record(out) == recorded == {
+        str((media["frames"] / "f_0.png").resolve()): {
+            "weights": hashlib.sha256(media["weights"].read_bytes()).hexdigest(), "step": 1, "scale": 1.0,
+            "max_flow": None,
+        }
+    }
+    # another input's run in the same folder adds its entry and keeps this one
+    code, _, err = cli(media["clip"], "--max-frames", "2", "--step", "2", "--weights", media["weights"], "-o", out,
+                       "--flo", "-q")
+    assert code == 0, err
+    assert _record(out) == {**recorded, str(media["clip"].resolve()): {**recorded[next(iter(recorded))], "step": 2}}
+
+
+def test_a_folder_without_a_record_resumes_and_gets_one(media, tmp_path, cli):
+    out = tmp_path / "out"
+    args = [media["frames"], "--weights", media["weights"], "-o", out, "--flo", "--vis", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    recorded = _record(out)
+    (out / ".flowcli-estimate.json").unlink()  # as an older flowcli left the folder
+    (out / "f_1_vis.png").unlink()
+    before = _snapshot(out)
+    code, _, err = cli(*args, "--resume")
+    assert code == 0, err
+    after = _snapshot(out)
+    assert set(after) == set(before) | {"f_1_vis.png", ".flowcli-estimate.json"}
+    assert {name: after[name] for name in before} == before
+    assert _record(out) == recorded
+    code, _, err = cli(*args, "--resume", "--step", "2")  # from now on the record decides
+    assert_one_line_error(code, err, 2, "step: 1 -> 2")
+    # a record that is not one (edited by hand) is an output error, not a traceback
+    (out / ".flowcli-estimate.json").write_text("[1, 2]")
+    code, _, err = cli(*args, "--resume")
+    assert_one_line_error(code, err, 3, ".flowcli-estimate.json is not a run record", "delete it")
+
+
 # ----------------------------------------------------------------------------- a video on stdin
 
 
@@ -690,6 +774,7 @@ def test_a_video_piped_into_stdin_gives_the_files_of_the_video_file(media, tmp_p
     after = _snapshot(tmp_path / "pipe")
     assert {name: after[name] for name in before} == before
     assert after["stdin_frame_000002_vis.png"][0] == expected["frame_000002_vis.png"]
+    assert not (tmp_path / "pipe" / ".flowcli-estimate.json").exists()  # a stream cannot be resumed: no record
 
 
 @pytest.mark.parametrize("case", ["twice", "terminal", "garbage", "too short for --step"])

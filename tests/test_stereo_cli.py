@@ -165,7 +165,8 @@ def test_every_output_round_trips_and_depth_is_f_b_over_d(media, tmp_path, cli, 
     np.testing.assert_allclose(points[:, 0], (xs - (W - 1) / 2) * depth[ys, xs] / scene.focal, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(colours, read_png(media["left"])[ys, xs])
     assert record["camera"]["focal"] == pytest.approx(scene.focal)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden == [".flowcli-stereo.json"]  # the run record for --resume; no temp files left
 
 
 def test_non_rectified_pair_warns_but_succeeds(media, tmp_path, cli, exact_flow):
@@ -239,7 +240,7 @@ def test_pairs_with_the_same_name_are_refused_before_any_work(media, tmp_path, c
         assert not out.exists()
     code, _, err = cli(folder, *w, "--name", "{index}_{stem}")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["0_a_disp.npy", "1_a_disp.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [".flowcli-stereo.json", "0_a_disp.npy", "1_a_disp.npy"]
 
 
 def test_inputs_of_the_same_name_get_distinct_sources(media, tmp_path, cli):
@@ -266,7 +267,9 @@ def test_inputs_of_the_same_name_get_distinct_sources(media, tmp_path, cli):
     out = tmp_path / "videos"
     code, stdout, err = cli("--sbs", *clips, "--max-frames", "1", "--weights", media["weights"], "-o", out, "--npy")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["clip-2_frame_000000_disp.npy", "clip_frame_000000_disp.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".flowcli-stereo.json", "clip-2_frame_000000_disp.npy", "clip_frame_000000_disp.npy"
+    ]
 
 
 def test_every_video_pair_name_is_checked_before_any_work(media, tmp_path, monkeypatch, capsys):
@@ -675,3 +678,28 @@ def test_resume_refuses_overwrite_and_a_vis_png_it_cannot_put_in_a_missing_video
     code, _, err = cli(*args, "--resume")
     assert_one_line_error(code, err, 3, str(vis), f"{W}x{H}", "delete it and run again with --resume")
     assert not any(p.suffix == ".mp4" for p in out.iterdir())  # no video, not even a temp one
+
+
+def test_resume_with_another_camera_or_swap_is_refused_before_any_work(media, tmp_path, cli, monkeypatch):
+    rig, out = _rig_of_three_pairs(media, tmp_path), tmp_path / "out"
+
+    def run(*options, baseline="0.1"):
+        return cli(rig, "--weights", media["weights"], "-o", out, "--pfm", "--depth", "--focal", "50", "--baseline",
+                   baseline, "--json", "-q", *options)
+
+    code, _, err = run()
+    assert code == 0, err
+    (out / "p2_depth.npy").unlink()  # interrupted before pair 2 was complete
+    before = _snapshot(out)
+    model_pairs = _count_model_pairs(monkeypatch)
+    # --swap makes the left view the right one: the same files are the source (and key), their outputs differ
+    code, stdout, err = run("--resume", "--swap", baseline="0.2")
+    assert_one_line_error(code, err, 2, f"--resume: {out} holds outputs of {rig} made with other settings",
+                          "swap: off -> on", "baseline: 0.1 -> 0.2", "or use --overwrite to start afresh")
+    assert stdout == "" and model_pairs == [] and _snapshot(out) == before
+    code, _, err = run("--resume", "--batch-size", "2", "--precision", "fp32", "--max-pixels", "0", "--npy")
+    assert code == 0, err
+    assert (out / "p2_depth.npy").is_file() and (out / "p0_disp.npy").is_file()
+    record = json.loads((out / ".flowcli-stereo.json").read_text())
+    assert list(record) == [" ".join(str((rig / f"p0_{side}.png").resolve()) for side in ("left", "right"))]
+    assert record[next(iter(record))]["baseline"] == 0.1 and "batch_size" not in record[next(iter(record))]

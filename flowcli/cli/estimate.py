@@ -3,7 +3,8 @@
 The command validates everything it can before loading the model (inputs exist and decode, frames agree
 in size, outputs can be written and do not exist yet), then streams the pairs through `estimate_flow`
 in batches and writes each pair's outputs with `flowcli.outputs.write_pair_outputs`. With --resume, pairs
-whose outputs are all there already are skipped without running the model.
+whose outputs are all there already are skipped without running the model, and a run whose settings differ
+from those recorded in the output folder (flowcli.cli.run_record) is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
+from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
 from flowcli.outputs import DEFAULT_FORMATS, DEFAULT_NAME, FORMATS
@@ -84,9 +86,11 @@ _HELP_PARAGRAPHS = [
     "to a temp file and renamed when complete, so a file under its final name is always whole.",
     "--resume finishes an interrupted run: give the same inputs, options and weights again, plus --resume. A pair "
     "whose outputs all exist is skipped without running the model (a video is still decoded up to its last pair); "
-    "for the other pairs only the missing files are written, and existing files are never touched: they are "
-    "trusted to come from the same settings. --video: a sequence's existing video is kept; a missing one is made "
-    "again over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
+    "for the other pairs only the missing files are written, and existing files are never touched. The weights, "
+    "--step, --scale and --max-flow must be the ones the outputs were made with (a hidden OUT/.flowcli-estimate.json "
+    "records them per input): a change is refused; device, precision, batch size, --max-pixels and the formats may "
+    "change. --video: a sequence's existing video is kept; a missing one is made again over all pairs, taking "
+    "skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
     "sequence runs the model again (missing per-pair files are still the only ones written). Hidden .NAME.* temp "
     "files left by a killed run are not outputs and may be deleted. With - (stdin), pipe the same video again: pairs "
     "are matched by frame number, so a live stream cannot be resumed. --resume and --overwrite exclude each other.",
@@ -343,6 +347,16 @@ def _known_names(source: _Source, step: int, max_frames: int | None) -> list:
     return [_names(source, a.stem, b.stem, i) for i, (a, b) in enumerate(zip(frames, frames[1:]))]
 
 
+def _record_entry(source: _Source, settings: dict) -> Entry:
+    """The source's entry in the run record (flowcli.cli.run_record): keyed by its video or first frame, so a
+    folder and a glob of the same frames share it; a stream on stdin cannot be resumed and gets none."""
+    if source.stream is not None:
+        return Entry(None, source.label, settings)
+    if not source.sequence:  # --step does not apply to an explicit image pair
+        settings = {name: value for name, value in settings.items() if name != "step"}
+    return Entry(str((source.video or source.frames[0]).resolve()), source.label, settings)
+
+
 def _pair_owner(number: int, source: _Source, names) -> Owner:
     """Pair `names.index` of input number `number`: frame names alone repeat (a/0001 and b/0001 in one glob)."""
     return Owner(number, names.index, f"{source.label} pair {names.index} ({names.frame1} -> {names.frame2})")
@@ -510,6 +524,13 @@ def estimate(
     if getattr(model.config, "matching", None) == "maskflownet" and "occlusion" in chosen:
         options = dataclasses.replace(options, learned_occlusion=True)
         _plan(sources, options, OutputClaims(input_files, keep_existing), step, max_frames, want_video)
+
+    # ---- the settings the outputs are made with: --resume refuses to add files made with others
+    record = RunRecord(output, "estimate")
+    settings = {"weights": sha256, "step": step, "scale": scale, "max_flow": max_flow}
+    entries = [_record_entry(source, settings) for source in sources]
+    if resume:
+        record.refuse_changed_settings(entries)
     if not quiet:
         stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
 
@@ -524,6 +545,7 @@ def estimate(
     with progress(quiet) as bar:
         task = bar.add_task("estimate", total=total, info="")
         for number, source in enumerate(sources):
+            record.write(entries[number])
             run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""

@@ -40,7 +40,8 @@ OverwriteOption = Annotated[
 ResumeOption = Annotated[
     bool,
     typer.Option("--resume", help="Finish an interrupted run (same inputs and options): skip pairs whose outputs "
-                 "all exist, write only missing files, never touch existing ones. --video: see above.",
+                 "all exist, write only missing files, never touch existing ones; a changed setting that alters "
+                 "the outputs is refused (see above). --video: see above.",
                  rich_help_panel=OUTPUT_PANEL),
 ]
 JsonOption = Annotated[

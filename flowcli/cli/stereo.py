@@ -4,7 +4,8 @@ Like `flowcli estimate`, the command validates everything it can before loading 
 and decode, left and right agree in size, the camera is sane, outputs can be written and do not exist
 yet), then streams the pairs through `flowcli.stereo.estimate_disparity` in batches and writes each
 pair's outputs all-or-nothing through temp files. With --resume, pairs whose outputs are all there already are
-skipped without running the model.
+skipped without running the model, and a run whose settings differ from those recorded in the output folder
+(flowcli.cli.run_record) is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
+from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
 from flowcli.outputs import check_template, inside_output
@@ -119,9 +121,12 @@ _HELP_PARAGRAPHS = [
     "--max-frames tells); every file is written to a temp file and renamed when complete.",
     "--resume finishes an interrupted run: give the same inputs, options, camera and weights again, plus --resume. "
     "A pair whose outputs all exist is skipped without running the model (a video is still decoded up to its last "
-    "pair); for the other pairs only the missing files are written, and existing files are never touched: they are "
-    "trusted to come from the same settings. --video: a sequence's existing video is kept; a missing one is made "
-    "again over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
+    "pair); for the other pairs only the missing files are written, and existing files are never touched. The "
+    "weights, --step, --swap, the camera (--focal, --baseline, --calib), --max-depth, --max-disparity and "
+    "--lr-threshold must be the ones the outputs were made with (a hidden OUT/.flowcli-stereo.json records them per "
+    "input): a change is refused; device, precision, batch size, --max-pixels and the formats may change. --video: "
+    "a sequence's existing video is kept; a missing one is made again over all pairs, taking skipped pairs' frames "
+    "from their vis PNGs, so without --vis every pair of that "
     "sequence runs the model again (missing per-pair files are still the only ones written). The video is the only "
     "output per sequence: point clouds (--ply) are per pair and resume like the other files. Hidden .NAME.* temp "
     "files left by a killed run are not outputs and may be deleted. --resume and --overwrite exclude each other.",
@@ -581,6 +586,18 @@ def _pair_owner(number: int, source: _Source, index: int, stem: str) -> Owner:
     return Owner(number, index, source.label if single else f"{source.label} pair {index} ({stem})")
 
 
+def _record_entry(source: _Source, settings: dict) -> Entry:
+    """The source's entry in the run record (flowcli.cli.run_record): keyed by its first pair's files or its
+    videos, sorted, so that --swap (recorded) does not change the key."""
+    if source.pairs is not None:
+        files = [path for path in source.pairs[0][:2] if path is not None]
+    else:
+        files = [path for path in (source.video, source.video_right) if path is not None]
+    if not source.sequence:  # --step does not apply to an explicit pair
+        settings = {name: value for name, value in settings.items() if name != "step"}
+    return Entry(" ".join(sorted(str(path.resolve()) for path in files)), source.label, settings)
+
+
 def _video_path(directory: Path, source: _Source) -> Path:
     return directory / f"{source.name}_disp_vis.mp4"
 
@@ -831,6 +848,16 @@ def stereo(
 
     spec = weights or DEFAULT_MODEL
     model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
+
+    # ---- the settings the outputs are made with: --resume refuses to add files made with others
+    record = RunRecord(output, "stereo")
+    camera_settings = {name: None if camera is None else getattr(camera, name)
+                       for name in ("focal", "fy", "cx", "cy", "baseline", "doffs")}
+    settings = {"weights": sha256, "step": step, "swap": swap, **camera_settings, "max_depth": max_depth,
+                "max_disparity": max_disparity, "lr_threshold": lr_threshold}
+    entries = [_record_entry(source, settings) for source in sources]
+    if resume:
+        record.refuse_changed_settings(entries)
     if not quiet:
         stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
 
@@ -846,6 +873,7 @@ def stereo(
     with progress(quiet) as bar:
         task = bar.add_task("stereo", total=total, info="")
         for number, source in enumerate(sources):
+            record.write(entries[number])
             run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""

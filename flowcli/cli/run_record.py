@@ -1,0 +1,117 @@
+"""Which settings made the outputs in a folder, so that `--resume` refuses to mix two runs' files.
+
+`flowcli estimate` and `flowcli stereo` keep one hidden JSON record per output folder and command,
+OUT/.flowcli-estimate.json and OUT/.flowcli-stereo.json, mapping each source to the settings that decide
+what its output files contain:
+
+    {"/data/clip.mp4": {"max_flow": null, "scale": 1.0, "step": 1, "weights": "1f1343f81a2d..."}}
+
+A source is keyed by the resolved path of its video file, or of its first image (estimate: of an image pair,
+a folder or a glob alike, so the same frames give the same key however they are given); stereo keys by the
+first pair's files (or its videos), sorted, so that --swap changes which file is the left view but not the key.
+A video piped into stdin has no entry: a stream cannot be resumed.
+
+Recorded settings (any of them changed is refused on --resume):
+
+    estimate  weights (sha256), step (not for an explicit image pair, where it does not apply), scale,
+              max_flow (the colours of vis and video)
+    stereo    weights (sha256), step (for sequences: the frames of their video), swap (which view is the
+              left one), the camera: focal, fy, cx, cy, baseline, doffs (all null without one; depth and
+              point clouds), max_depth (depth, point clouds), max_disparity (the colours of vis and video),
+              lr_threshold (occlusion masks, point clouds)
+
+A setting counts even where it decided no file (--max-disparity without vis, a camera added to a run that had
+none): the record does not say which files were written.
+
+Not recorded, so a resume may change them: settings that change the numbers only at float rounding level
+(--device, --precision, --batch-size, tiling by --max-pixels), and options that only add, rename or re-encode
+files (the formats, --backward, --name, --max-frames, --fps, --ascii-ply, --json). Stereo's --sbs is not
+recorded either: it changes what the inputs are, and so the keys and the file names, never one file's content.
+
+A run writes each source's entry before the source's first pair is computed, replacing that source's older
+entry and keeping the other sources' ones (the file is read again and replaced whole, through a temp file).
+With --resume the entries are compared first: a recorded setting that differs ends the run with an InputError
+before anything is computed or written. A source without an entry (a folder written by an older flowcli, or
+the record deleted) resumes as before, and its entry is written then.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowcli.errors import InputError, OutputError
+from flowcli.io.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One source's settings, as its command ran it now."""
+
+    key: str | None  # None: a source that cannot be resumed (a stream on stdin), never recorded
+    label: str  # the source as given, for messages
+    settings: dict
+
+
+class RunRecord:
+    """The record of one command in one output folder."""
+
+    def __init__(self, directory: Path, command: str):
+        self.directory = Path(directory)
+        self.path = self.directory / f".flowcli-{command}.json"
+
+    def read(self) -> dict[str, dict]:
+        """Source key -> recorded settings; {} when there is no record yet."""
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+            record = error
+        if not isinstance(record, dict) or not all(isinstance(entry, dict) for entry in record.values()):
+            raise OutputError(
+                f"{self.path} is not a run record flowcli can read; delete it (--resume then trusts the outputs "
+                "there, as before flowcli kept a record) or choose another -o"
+            )
+        return record
+
+    def refuse_changed_settings(self, entries: list[Entry]) -> None:
+        """InputError when the outputs of one of `entries`' sources were made with other recorded settings."""
+        record = self.read()
+        for entry in entries:
+            recorded = record.get(entry.key) if entry.key is not None else None
+            if not recorded:
+                continue
+            changes = [
+                f"{name.replace('_', '-')}: {_shown(name, recorded[name])} -> {_shown(name, value)}"
+                for name, value in entry.settings.items()
+                if name in recorded and recorded[name] != value  # a setting newer than the record is not compared
+            ]
+            if changes:
+                raise InputError(
+                    f"--resume: {self.directory} holds outputs of {entry.label} made with other settings "
+                    f"({'; '.join(changes)}); resume with the same settings, or use --overwrite to start afresh"
+                )
+
+    def write(self, entry: Entry) -> None:
+        """Record `entry`, keeping the other sources' entries; a record that already says so is left untouched."""
+        if entry.key is None:
+            return
+        record = self.read()
+        if record.get(entry.key) == entry.settings:
+            return
+        record[entry.key] = entry.settings
+        with atomic_path(self.path, overwrite=True) as temp:
+            temp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _shown(name: str, value) -> str:
+    """A setting's value in a message: the start of a sha256, 'unset' for a default left to flowcli."""
+    if value is None:
+        return "unset"
+    if name == "weights" and isinstance(value, str):
+        return value[:12]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
