@@ -48,6 +48,7 @@ def main(
 _COMMAND_MODULES = [
     "estimate",
     "stereo",
+    "vis",
     "train",
     "adapt",
     "eval",

@@ -1,0 +1,354 @@
+"""`flowcli vis` end to end: colours of flow and disparity files written with the project's writers, scales,
+outputs, the video, and one-line errors that leave nothing written. Runs in-process (tests/cli_harness.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_harness import assert_one_line_error, in_process_cli
+
+from flowcli.io.flow_formats import (
+    read_png,
+    write_disparity_png,
+    write_flo,
+    write_kitti_flow,
+    write_npy,
+    write_npz,
+    write_pfm,
+    write_png,
+)
+from flowcli.io.media import VideoReader
+from flowcli.io.visualize import flow_to_rgb
+from flowcli.stereo import disparity_to_rgb, turbo
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+H, W = 12, 16
+VIS_KEYS = {"type", "input", "output", "kind", "backward", "width", "height", "scale", "max", "valid_fraction"}
+
+
+@pytest.fixture
+def run(monkeypatch, capsys):
+    return in_process_cli(monkeypatch, capsys, "vis")
+
+
+def _flow(seed: int = 0, size=(H, W), largest: float | None = None) -> np.ndarray:
+    flow = np.random.default_rng(seed).uniform(-3, 3, (*size, 2)).astype(np.float32)
+    if largest is not None:
+        flow[-1, -1] = (largest, 0.0)
+    return flow
+
+
+def _json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_flo_gives_the_colours_of_flow_to_rgb_with_unknown_pixels_black(run, tmp_path):
+    flow = _flow()
+    flow[0, 0] = (1e10, 1e10)  # Middlebury 'unknown'
+    write_flo(tmp_path / "frame_0001.flo", flow)
+    code, out, err = run(tmp_path / "frame_0001.flo", "-o", tmp_path / "vis", "-q")
+    assert code == 0, err
+    rgb = read_png(tmp_path / "vis" / "frame_0001_vis.png")
+    np.testing.assert_array_equal(rgb, flow_to_rgb(flow))
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[1:].max() > 0
+    assert out == "" and err == ""  # -q: no progress, no summary; no --json: nothing on stdout
+
+
+def test_kitti_png_invalid_pixels_are_black_and_do_not_set_the_scale(run, tmp_path):
+    flow = _flow(1)
+    raw = np.empty((H, W, 3), np.uint16)
+    raw[:, :, :2] = np.rint(flow * 64 + 2**15)
+    raw[:, :, 2] = 1
+    raw[0, :4] = (65000, 65000, 0)  # invalid pixels holding about 500 px of flow: KITTI says ignore them
+    write_png(tmp_path / "000000_10.png", raw)
+    code, out, err = run(tmp_path / "000000_10.png", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    rgb = read_png(tmp_path / "vis" / "000000_10_vis.png")
+    known = (raw[:, :, :2].astype(np.float32) - 2**15) / 64
+    known[0, :4] = np.nan
+    np.testing.assert_array_equal(rgb, flow_to_rgb(known))
+    assert (rgb[0, :4] == 0).all()
+    (line,) = _json_lines(out)
+    largest = float(np.nanmax(np.sqrt((known**2).sum(-1))))
+    assert largest < 5 and line["kind"] == "flow" and line["scale"] == pytest.approx(largest, abs=1e-3)
+    assert line["valid_fraction"] == pytest.approx(1 - 4 / (H * W), abs=1e-5)
+
+
+def test_kitti_png_written_by_the_project_writer_and_a_disparity_png_are_told_apart_by_channels(run, tmp_path):
+    flow = _flow(2)
+    write_kitti_flow(tmp_path / "flow.png", flow)
+    disparity = np.linspace(1, 40, H * W, dtype=np.float32).reshape(H, W)
+    disparity[3, 3] = 0  # KITTI disparity: 0 = invalid
+    write_disparity_png(tmp_path / "disp.png", disparity, valid=disparity > 0)
+    code, out, err = run(tmp_path / "flow.png", tmp_path / "disp.png", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    assert [line["kind"] for line in _json_lines(out)] == ["flow", "disparity"]
+    stored = np.rint(disparity * 256) / 256
+    expected = disparity_to_rgb(stored, valid=disparity > 0)
+    np.testing.assert_array_equal(read_png(tmp_path / "vis" / "disp_vis.png"), expected)
+    assert read_png(tmp_path / "vis" / "disp_vis.png")[3, 3].tolist() == [0, 0, 0]
+
+
+def test_pfm_with_inf_is_coloured_as_disparity_with_inf_black(run, tmp_path):
+    disparity = np.linspace(0, 20, H * W, dtype=np.float32).reshape(H, W)
+    disparity[0, 0] = np.inf  # Middlebury: unknown
+    disparity[0, 1] = np.nan
+    disparity[0, 2] = 1e30  # would set the scale if it counted
+    write_pfm(tmp_path / "disp0GT.pfm", disparity)
+    code, out, err = run(tmp_path / "disp0GT.pfm", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    rgb = read_png(tmp_path / "vis" / "disp0GT_vis.png")
+    assert rgb[0, :3].tolist() == [[0, 0, 0]] * 3
+    assert rgb[-1, -1].tolist() == turbo(1.0).tolist()  # the largest known disparity, 20 px, is full colour
+    assert rgb[H // 2, W // 2].tolist() == turbo(disparity[H // 2, W // 2] / 20).tolist()
+    (line,) = _json_lines(out)
+    assert (line["kind"], line["scale"], line["max"]) == ("disparity", 20.0, 20.0)
+
+
+def test_npy_maps_are_disparity_and_npy_pairs_are_flow(run, tmp_path):
+    write_npy(tmp_path / "d.npy", np.full((H, W, 1), 3.0, np.float32))
+    write_npy(tmp_path / "f.npy", _flow(3))
+    code, out, err = run(tmp_path / "d.npy", tmp_path / "f.npy", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    assert [line["kind"] for line in _json_lines(out)] == ["disparity", "flow"]
+    np.testing.assert_array_equal(read_png(tmp_path / "vis" / "f_vis.png"), flow_to_rgb(_flow(3)))
+    assert (read_png(tmp_path / "vis" / "d_vis.png") == turbo(1.0)).all()
+
+
+def test_global_scale_gives_one_vector_one_colour_across_files_and_the_default_does_not(run, tmp_path):
+    for name, largest in (("a", 4.0), ("b", 8.0)):
+        flow = np.zeros((H, W, 2), np.float32)
+        flow[0, 0] = (1.0, 0.5)  # the same vector in both files
+        flow[-1, -1] = (largest, 0.0)
+        write_flo(tmp_path / f"{name}.flo", flow)
+    files = (tmp_path / "a.flo", tmp_path / "b.flo")
+
+    code, out, err = run(*files, "-o", tmp_path / "own", "--json")
+    assert code == 0, err
+    a, b = (read_png(tmp_path / "own" / f"{n}_vis.png") for n in "ab")
+    assert a[0, 0].tolist() != b[0, 0].tolist()
+    assert [line["scale"] for line in _json_lines(out)] == [4.0, 8.0]
+
+    code, out, err = run(*files, "-o", tmp_path / "global", "--max-flow", "global", "--json")
+    assert code == 0, err
+    a, b = (read_png(tmp_path / "global" / f"{n}_vis.png") for n in "ab")
+    assert a[0, 0].tolist() == b[0, 0].tolist()
+    vector = np.zeros((1, 1, 2), np.float32)
+    vector[0, 0] = (1.0, 0.5)
+    assert a[0, 0].tolist() == flow_to_rgb(vector, max_flow=8.0)[0, 0].tolist()
+    assert [(line["scale"], line["max"]) for line in _json_lines(out)] == [(8.0, 4.0), (8.0, 8.0)]
+
+    code, out, err = run(*files, "-o", tmp_path / "fixed", "--max-flow", "2")
+    assert code == 0, err
+    a = read_png(tmp_path / "fixed" / "a_vis.png")
+    assert a[0, 0].tolist() == flow_to_rgb(vector, max_flow=2.0)[0, 0].tolist()
+
+
+def test_global_disparity_scale_is_shared_by_disparity_files_only(run, tmp_path):
+    write_pfm(tmp_path / "near.pfm", np.full((H, W), 30.0, np.float32))
+    write_pfm(tmp_path / "far.pfm", np.full((H, W), 10.0, np.float32))
+    write_flo(tmp_path / "flow.flo", _flow(4, largest=100.0))  # a larger flow does not count for disparity
+    code, out, err = run(tmp_path / "near.pfm", tmp_path / "far.pfm", tmp_path / "flow.flo", "-o", tmp_path / "vis",
+                         "--max-disparity", "global", "--json")
+    assert code == 0, err
+    assert [line["scale"] for line in _json_lines(out)] == [30.0, 30.0, 100.0]
+    assert (read_png(tmp_path / "vis" / "far_vis.png") == turbo(10 / 30)).all()
+
+
+def test_npz_bundle_gives_its_forward_flow_and_with_backward_both(run, tmp_path):
+    forward, backward = _flow(5), _flow(6, largest=9.0)
+    occlusion = np.zeros((H, W), bool)
+    write_npz(tmp_path / "pair.npz", forward=forward, backward=backward, occlusion=occlusion)
+
+    code, out, err = run(tmp_path / "pair.npz", "-o", tmp_path / "one")
+    assert code == 0, err
+    assert _files(tmp_path / "one") == ["pair_vis.png"]
+
+    code, out, err = run(tmp_path / "pair.npz", "-o", tmp_path / "both", "--backward", "--json")
+    assert code == 0, err
+    assert _files(tmp_path / "both") == ["pair_backward_vis.png", "pair_vis.png"]
+    np.testing.assert_array_equal(read_png(tmp_path / "both" / "pair_vis.png"), flow_to_rgb(forward))
+    np.testing.assert_array_equal(read_png(tmp_path / "both" / "pair_backward_vis.png"), flow_to_rgb(backward))
+    assert [(line["backward"], line["output"]) for line in _json_lines(out)] == [
+        (False, str(tmp_path / "both" / "pair_vis.png")),
+        (True, str(tmp_path / "both" / "pair_backward_vis.png")),
+    ]
+
+
+def test_an_existing_backward_output_is_refused_before_anything_is_written(run, tmp_path):
+    write_npz(tmp_path / "pair.npz", forward=_flow(5), backward=_flow(6))
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    (vis / "pair_backward_vis.png").write_bytes(b"keep me")
+    code, _, err = run(tmp_path / "pair.npz", "-o", vis, "--backward")
+    assert_one_line_error(code, err, 3, "pair_backward_vis.png already exists")
+    assert _files(vis) == ["pair_backward_vis.png"]
+    code, _, err = run(tmp_path / "pair.npz", "-o", vis)  # without --backward it is no output of the run
+    assert code == 0, err
+    assert _files(vis) == ["pair_backward_vis.png", "pair_vis.png"]
+
+
+def test_npz_without_forward_is_refused(run, tmp_path):
+    write_npz(tmp_path / "other.npz", flow=_flow())
+    code, _, err = run(tmp_path / "other.npz", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 2, "has no 'forward' array (it has: flow)")
+
+
+def test_an_existing_output_is_refused_before_anything_is_written(run, tmp_path):
+    write_flo(tmp_path / "a.flo", _flow(7))
+    write_flo(tmp_path / "b.flo", _flow(8))
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    (vis / "b_vis.png").write_bytes(b"keep me")
+    code, _, err = run(tmp_path / "a.flo", tmp_path / "b.flo", "-o", vis)
+    assert_one_line_error(code, err, 3, "b_vis.png already exists", "--overwrite")
+    assert _files(vis) == ["b_vis.png"] and (vis / "b_vis.png").read_bytes() == b"keep me"
+
+    code, _, err = run(tmp_path / "a.flo", tmp_path / "b.flo", "-o", vis, "--overwrite")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_png(vis / "b_vis.png"), flow_to_rgb(_flow(8)))
+
+
+def test_two_inputs_of_one_stem_are_refused_naming_both(run, tmp_path):
+    write_flo(tmp_path / "a" / "x.flo", _flow())
+    write_pfm(tmp_path / "b" / "x.pfm", np.ones((H, W), np.float32))
+    code, _, err = run(tmp_path / "a" / "x.flo", tmp_path / "b", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 3, str(tmp_path / "a" / "x.flo"), str(tmp_path / "b" / "x.pfm"),
+                          "would both write", "x_vis.png")
+    assert _files(tmp_path / "vis") == []
+
+
+def test_an_output_over_an_input_is_refused(run, tmp_path):
+    write_flo(tmp_path / "x.flo", _flow())
+    write_kitti_flow(tmp_path / "x_vis.png", _flow(1))  # a flow file whose name is x.flo's output in this folder
+    code, _, err = run(tmp_path / "x.flo", tmp_path / "x_vis.png", "-o", tmp_path)
+    assert_one_line_error(code, err, 3, "would replace the input")
+    assert _files(tmp_path) == ["x.flo", "x_vis.png"]
+
+
+def test_the_same_file_given_twice_is_refused(run, tmp_path):
+    write_flo(tmp_path / "in" / "x.flo", _flow())
+    code, _, err = run(tmp_path / "in", tmp_path / "in" / "x.flo", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 2, "is given twice")
+
+
+def test_folders_and_globs_take_their_flow_files_in_natural_order_leaving_out_pictures(run, tmp_path):
+    folder = tmp_path / "out"
+    for index in (10, 2, 1):
+        write_flo(folder / f"frame_{index}_flow.flo", _flow(index))
+    write_png(folder / "frame_1_vis.png", np.zeros((H, W, 3), np.uint8))  # an earlier picture: left out
+    (folder / ".frame_3_flow.abc.flo").write_bytes(b"a temp file of a write in progress")
+    (folder / "notes.txt").write_text("not flow")
+    code, out, err = run(folder, "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    inputs = [Path(line["input"]).name for line in _json_lines(out)]
+    assert inputs == ["frame_1_flow.flo", "frame_2_flow.flo", "frame_10_flow.flo"]
+    assert "1 PNG(s) that are pictures" in err
+
+    code, out, err = run(str(folder / "frame_1*.flo"), "-o", tmp_path / "glob", "--json")
+    assert code == 0, err
+    assert [Path(line["input"]).name for line in _json_lines(out)] == ["frame_1_flow.flo", "frame_10_flow.flo"]
+
+
+@pytest.mark.parametrize(
+    "make, needles",
+    [
+        (lambda d: (d / "a.jpg").write_bytes(b"x") and d / "a.jpg", ("unknown extension '.jpg'", ".flo")),
+        (lambda d: d / "missing.flo", ("missing.flo does not exist",)),
+        (lambda d: (d / "bad.flo").write_bytes(b"not a flo file") and d / "bad.flo",
+         ("bad.flo", "missing .flo magic number")),
+        (lambda d: write_png(d / "picture.png", np.zeros((4, 4, 3), np.uint8)),
+         ("8-bit RGB PNG, a picture", "16-bit")),
+        (lambda d: write_npy(d / "cube.npy", np.zeros((4, 4, 3), np.float32)),
+         ("shape [4, 4, 3]", "neither flow")),
+        (lambda d: (d / "empty").mkdir() or d / "empty", ("no flow or disparity files",)),
+        (lambda d: str(d / "*.nothing"), ("no files match",)),
+    ],
+    ids=["extension", "missing", "corrupt", "8-bit png", "npy shape", "empty folder", "glob"],
+)
+def test_bad_inputs_are_one_line_errors_and_nothing_is_written(run, tmp_path, make, needles):
+    write_flo(tmp_path / "good.flo", _flow())  # first in line: must not be written either
+    bad = make(tmp_path)
+    code, _, err = run(tmp_path / "good.flo", bad, "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 2, *needles)
+    assert _files(tmp_path / "vis") == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "lots"])
+def test_a_scale_that_is_not_a_positive_number_is_refused(run, tmp_path, value):
+    write_flo(tmp_path / "a.flo", _flow())
+    for flag in ("--max-flow", "--max-disparity"):
+        code, _, err = run(tmp_path / "a.flo", flag, value, "-o", tmp_path / "vis")
+        assert_one_line_error(code, err, 3, f"{flag} must be a positive number of pixels or 'global'", value)
+    assert _files(tmp_path / "vis") == []
+
+
+def test_video_has_one_frame_per_input_in_order(run, tmp_path):
+    names = []
+    for index, largest in enumerate((2.0, 30.0, 5.0)):
+        flow = np.zeros((H, W, 2), np.float32)
+        flow[:, :, index % 2] = largest  # frames of different colours: the order shows in the video
+        write_flo(tmp_path / f"f{index}.flo", flow)
+        names.append(tmp_path / f"f{index}.flo")
+    code, out, err = run(*names, "-o", tmp_path / "vis", "--video", "--fps", "4", "--json")
+    assert code == 0, err
+    video = tmp_path / "vis" / "vis.mp4"
+    reader = VideoReader(video)
+    frames = [frame.permute(1, 2, 0).numpy() * 255 for frame in reader]
+    assert len(frames) == 3 and reader.size == (W, H) and reader.fps == pytest.approx(4.0)
+    for index, frame in enumerate(frames):
+        png = read_png(tmp_path / "vis" / f"f{index}_vis.png").astype(np.float32)
+        assert np.abs(frame - png).mean() < 8, index  # H.264 is lossy, the frames differ by far more
+    assert _json_lines(out)[-1] == {"type": "video", "output": str(video), "frames": 3, "fps": 4.0}
+
+
+def test_video_refuses_inputs_of_different_sizes_before_writing(run, tmp_path):
+    write_flo(tmp_path / "a.flo", _flow())
+    write_flo(tmp_path / "b.flo", _flow(size=(H, W + 2)))
+    code, _, err = run(tmp_path / "a.flo", tmp_path / "b.flo", "-o", tmp_path / "vis", "--video")
+    assert_one_line_error(code, err, 2, "--video needs inputs of one size", f"{W}x{H}", f"{W + 2}x{H}")
+    assert _files(tmp_path / "vis") == []
+
+
+def test_json_has_one_line_per_file_with_its_values(run, tmp_path):
+    flow = np.zeros((H, W, 2), np.float32)
+    flow[0, 0] = (3.0, 4.0)
+    flow[1, 1] = np.nan
+    write_flo(tmp_path / "a.flo", flow)
+    write_pfm(tmp_path / "b.pfm", np.full((H, W + 1), 7.0, np.float32))
+    code, out, err = run(tmp_path / "a.flo", tmp_path / "b.pfm", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    first, second = _json_lines(out)
+    assert set(first) == set(second) == VIS_KEYS
+    assert first == {"type": "vis", "input": str(tmp_path / "a.flo"), "output": str(tmp_path / "vis" / "a_vis.png"),
+                     "kind": "flow", "backward": False, "width": W, "height": H, "scale": 5.0, "max": 5.0,
+                     "valid_fraction": round(1 - 1 / (H * W), 6)}
+    assert (second["kind"], second["width"], second["height"], second["valid_fraction"]) == ("disparity", W + 1, H, 1.0)
+    assert "2 input(s) -> 2 file(s)" in err
+
+
+def test_ground_truth_of_sintel_and_middlebury_is_coloured_at_its_size(run, tmp_path):
+    sintel = DATA / "flow" / "sintel" / "training" / "flow" / "alley_1" / "frame_0002.flo"
+    middlebury = DATA / "stereo" / "middlebury" / "tsukuba" / "disp0GT.pfm"
+    if not (sintel.is_file() and middlebury.is_file()):
+        pytest.skip("../shared/data is absent")
+    from flowcli.io.flow_formats import read_flo, read_pfm
+
+    code, out, err = run(sintel, middlebury, "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    flow_line, disparity_line = _json_lines(out)
+    flow_rgb = read_png(tmp_path / "vis" / "frame_0002_vis.png")
+    np.testing.assert_array_equal(flow_rgb, flow_to_rgb(read_flo(sintel)))
+    disparity = read_pfm(middlebury)
+    disparity_rgb = read_png(tmp_path / "vis" / "disp0GT_vis.png")
+    assert disparity_rgb.shape == (*disparity.shape, 3) and flow_line["kind"] == "flow"
+    known = np.isfinite(disparity)
+    assert not known.all() and (disparity_rgb[~known] == 0).all() and (disparity_rgb[known].max(axis=-1) > 0).all()
+    assert disparity_line["kind"] == "disparity" and disparity_line["max"] == pytest.approx(disparity[known].max())
