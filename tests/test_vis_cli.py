@@ -221,8 +221,26 @@ def test_two_inputs_of_one_stem_are_refused_naming_both(run, tmp_path):
     write_pfm(tmp_path / "b" / "x.pfm", np.ones((H, W), np.float32))
     code, _, err = run(tmp_path / "a" / "x.flo", tmp_path / "b", "-o", tmp_path / "vis")
     assert_one_line_error(code, err, 3, str(tmp_path / "a" / "x.flo"), str(tmp_path / "b" / "x.pfm"),
-                          "would both write", "x_vis.png")
+                          "would both write", "x_vis.png", "--name '{parent}/{stem}'")
     assert _files(tmp_path / "vis") == []
+
+
+def test_files_of_one_name_in_several_folders_are_named_by_folder_with_the_name_template(run, tmp_path):
+    """Datasets repeat names across folders (Sintel's flow/*/frame_0002.flo): {parent} tells them apart."""
+    for scene, seed in (("alley_1", 1), ("cave_2", 2)):
+        write_flo(tmp_path / "flow" / scene / "frame_0002.flo", _flow(seed))
+    pattern = str(tmp_path / "flow" / "*" / "frame_0002.flo")
+    code, out, err = run(pattern, "--name", "{parent}/{stem}", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    for scene, seed in (("alley_1", 1), ("cave_2", 2)):
+        np.testing.assert_array_equal(read_png(tmp_path / "vis" / scene / "frame_0002_vis.png"), flow_to_rgb(_flow(seed)))
+    assert [Path(line["output"]).parent.name for line in _json_lines(out)] == ["alley_1", "cave_2"]
+    code, _, err = run(pattern, "--name", "{parent}_{stem}", "-o", tmp_path / "flat")
+    assert code == 0, err
+    assert _files(tmp_path / "flat") == ["alley_1_frame_0002_vis.png", "cave_2_frame_0002_vis.png"]
+    code, _, err = run(pattern, "--name", "{scene}/{stem}", "-o", tmp_path / "bad")
+    assert_one_line_error(code, err, 3, "unknown placeholder {scene}", "{stem} {parent} {kind} {ext}")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_an_output_over_an_input_is_refused(run, tmp_path):

@@ -11,6 +11,7 @@ import contextlib
 import glob
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 SUFFIXES = (".flo", ".png", ".pfm", ".npy", ".npz")
 GLOBAL = "global"
 VIDEO_NAME = "vis.mp4"
+NAME_FIELDS = ("stem", "parent", "kind", "ext")
+_SAMPLE_NAME_FIELDS = {"stem": "frame_0001", "parent": "alley_1", "kind": "vis", "ext": "png"}
 _GLOB_CHARS = "*?["
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
@@ -55,10 +58,14 @@ _HELP_PARAGRAPHS = [
     "the scale: KITTI valid = 0, values >= 1e9 (.flo), inf and NaN (.pfm). Full colour is at --max-flow / "
     "--max-disparity px; by default each file's own largest valid value; 'global' takes the largest over all "
     "inputs of that kind, so that colours compare across files.",
+    "--name sets the output names: a template with {stem} (the input's name without extension), {parent} (the "
+    "name of its folder), {kind} (vis, or backward_vis) and {ext} (png); _{kind}.{ext} is added when missing, and "
+    "a / makes subfolders. Files of one name in several folders, as in datasets (Sintel's "
+    "flow/*/frame_0002.flo, Middlebury's */disp0GT.pfm), need --name '{parent}/{stem}' or '{parent}_{stem}'.",
     "All inputs are read and checked, and all output names planned, before any file is written: existing files "
-    "are never replaced without --overwrite, and two inputs of one stem (a/x.flo and b/x.flo, x.flo and x.pfm) "
-    f"are refused. --video also writes OUT/{VIDEO_NAME}, one frame per input (its forward flow or its disparity) in "
-    "input order; all inputs must then have one size.",
+    "are never replaced without --overwrite, and two inputs that would write one name (a/x.flo and b/x.flo "
+    "without {parent}; x.flo and x.pfm) are refused. --video also writes OUT/" + VIDEO_NAME + ", one frame per "
+    "input (its forward flow or its disparity) in input order; all inputs must then have one size.",
     "--json prints one JSON line per PNG written on stdout with keys: type (\"vis\"), input, output, kind (flow or "
     "disparity), backward (true for an .npz's backward flow), width, height, scale (the px of full colour used; "
     "null when the file has no valid pixel), max (the file's largest valid flow magnitude or disparity, px, or "
@@ -69,6 +76,7 @@ _HELP_PARAGRAPHS = [
     "  flowcli vis 'sintel/training/flow/alley_1/*.flo' --max-flow global --video -o vis/",
     "  flowcli vis kitti/training/flow_occ/000000_10.png kitti/training/disp_occ_0/000000_10.png -o vis/",
     "  flowcli vis middlebury/tsukuba/disp0GT.pfm --max-disparity 16 -o vis/",
+    "  flowcli vis 'sintel/training/flow/*/frame_0002.flo' --name '{parent}/{stem}' -o vis/",
     "  flowcli vis out/*.npz --backward --json -o vis/ > vis.jsonl",
 ]
 HELP = "\n\n".join(_HELP_PARAGRAPHS)
@@ -111,12 +119,15 @@ class _Input:
     size: tuple[int, int] = (0, 0)  # (width, height)
     has_backward: bool = False  # an .npz whose backward flow is coloured
 
-    def outputs(self, directory: Path) -> dict[bool, Path]:
-        """backward? -> the PNG of that field."""
-        paths = {False: directory / f"{self.path.stem}_vis.png"}
-        if self.has_backward:
-            paths[True] = directory / f"{self.path.stem}_backward_vis.png"
-        return paths
+    def outputs(self, directory: Path, template: str) -> dict[bool, Path]:
+        """backward? -> the PNG of that field, named by the checked --name template."""
+        from flowcli.outputs import inside_output, render_name
+
+        # the folder's own name, also for a path given as ../x.flo
+        fields = {"stem": self.path.stem, "parent": Path(os.path.abspath(self.path)).parent.name, "ext": "png"}
+        kinds = {False: "vis", True: "backward_vis"} if self.has_backward else {False: "vis"}
+        return {backward: directory / inside_output(render_name(template, {**fields, "kind": kind}))
+                for backward, kind in kinds.items()}
 
 
 def _is_glob(text: str) -> bool:
@@ -334,14 +345,14 @@ def _colour(field: _Field, scale: float | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- outputs
 
 
-def _plan_outputs(inputs: list[_Input], directory: Path, video: bool, overwrite: bool) -> None:
+def _plan_outputs(inputs: list[_Input], directory: Path, template: str, video: bool, overwrite: bool) -> None:
     """Refuse, before anything is written: an output over an input, two inputs writing one name, existing files
     without --overwrite, a file where the output folder must be."""
     from flowcli.io.atomic import check_creatable
 
     input_files = {item.path.resolve(): item.path for item in inputs}
     owners: dict[Path, Path] = {}
-    planned = [(path, item.path) for item in inputs for path in item.outputs(directory).values()]
+    planned = [(path, item.path) for item in inputs for path in item.outputs(directory, template).values()]
     if video:
         planned.append((directory / VIDEO_NAME, None))
     for path, owner in planned:
@@ -352,8 +363,9 @@ def _plan_outputs(inputs: list[_Input], directory: Path, video: bool, overwrite:
             )
         if key in owners:
             raise OutputError(
-                f"{owners[key]} and {owner} would both write {path}; leave one of them out (a glob such as "
-                "'DIR/*.npz' takes one format) or colour them into separate -o folders"
+                f"{owners[key]} and {owner} would both write {path}; name the outputs by folder too "
+                "(--name '{parent}/{stem}'), leave one of them out (a glob such as 'DIR/*.npz' takes one format) "
+                "or colour them into separate -o folders"
             )
         owners[key] = owner
         check_creatable(path, overwrite)
@@ -406,6 +418,11 @@ def vis(
         typer.Option("--fps", help=f"Frame rate of --video; default {DEFAULT_FPS:g}.", rich_help_panel=OUTPUT_PANEL,
                      show_default=False),
     ] = None,
+    name: Annotated[
+        str,
+        typer.Option("--name", metavar="TEMPLATE", help="Output names: {stem} {parent} {kind} {ext} (see above); "
+                     "'{parent}/{stem}' for files of one name in several folders.", rich_help_panel=OUTPUT_PANEL),
+    ] = "{stem}",
     overwrite: OverwriteOption = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON line per file written on stdout (keys above).",
@@ -418,15 +435,17 @@ def vis(
     from flowcli.console import progress, stderr, warn
     from flowcli.io.flow_formats import write_png
     from flowcli.io.media import MIN_FPS, VideoWriter
+    from flowcli.outputs import check_template
 
     # ---- options, before anything is read
     scales = {"flow": _scale_option(max_flow, "--max-flow"),
               "disparity": _scale_option(max_disparity, "--max-disparity")}
     if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
         raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
+    template = check_template(name, NAME_FIELDS, _SAMPLE_NAME_FIELDS)
 
     items = collect_inputs(inputs)
-    _plan_outputs(items, output, video, overwrite)  # names known without reading; backward ones after the check
+    _plan_outputs(items, output, template, video, overwrite)  # names known without reading; backward ones after the check
     global_largest: dict[str, float | None] = {"flow": None, "disparity": None}
 
     def emit(record: dict) -> None:
@@ -450,7 +469,7 @@ def vis(
         warn("--backward: no input holds a backward flow (flowcli estimate --npz bundles do)")
     if video:
         _check_one_size(items)
-    _plan_outputs(items, output, video, overwrite)
+    _plan_outputs(items, output, template, video, overwrite)
 
     # ---- second pass: colour and write
     with progress(quiet) as bar, contextlib.ExitStack() as stack:
@@ -462,7 +481,7 @@ def vis(
             fields = _read(item.path, backward)
             if fields[False].size != item.size or fields[False].kind != item.kind:
                 raise InputError(f"{item.path} changed while flowcli vis ran; run it again")
-            for is_backward, path in item.outputs(output).items():
+            for is_backward, path in item.outputs(output, template).items():
                 field = fields[is_backward]
                 scale = _scale(scales[field.kind], global_largest[field.kind])
                 rgb = _colour(field, scale)
@@ -481,7 +500,7 @@ def vis(
     if writer is not None:
         emit({"type": "video", "output": str(writer.path), "frames": writer.frames_written, "fps": writer.fps})
     if not quiet:
-        written = sum(len(item.outputs(output)) for item in items) + (1 if video else 0)
+        written = sum(len(item.outputs(output, template)) for item in items) + (1 if video else 0)
         stderr.print(f"{len(items)} input(s) -> {written} file(s) in {output}", highlight=False)
 
 
