@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -803,6 +804,220 @@ def test_stdin_input_errors_are_one_line_before_any_work(case, media, tmp_path, 
     code, stdout, err = cli(*args, "--weights", media["weights"], "-o", tmp_path / "out")
     assert_one_line_error(code, err, 2, needle)
     assert stdout == "" and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- --pairs LIST
+
+
+@pytest.fixture
+def pair_images(tmp_path) -> Path:
+    """tmp_path/data: three unrelated pairs of tiny images, one with spaces in its names."""
+    data = tmp_path / "data"
+    for seed, (first, second) in enumerate([("one 1.png", "one 2.png"), ("c.png", "d.png"), ("e.png", "f.png")]):
+        write_png(data / first, _frame(seed, rng_seed=10 + seed))
+        write_png(data / second, _frame(seed + 2, rng_seed=10 + seed))
+    return data
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "ms"} for record in records]
+
+
+def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, pair_images, tmp_path, cli, monkeypatch):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    pair_list = lists / "pairs.txt"
+    pair_list.write_text(
+        "# before/after pairs\n"
+        "\"../data/one 1.png\" '../data/one 2.png'\n"
+        "\n"
+        "../data/c.png\t../data/d.png\r\n"
+        "   # an indented comment\n"
+        "  ../data/e.png   ../data/f.png  \n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # relative paths are relative to the list's folder, not to this one
+    pairs = [[str(lists / "../data" / name) for name in pair] for pair in
+             [("one 1.png", "one 2.png"), ("c.png", "d.png"), ("e.png", "f.png")]]
+    options = ["--weights", media["weights"], "--flo", "--vis", "--json"]
+    from flowcli.cli import run_record
+
+    record_writes = []
+    real_atomic_path = run_record.atomic_path
+
+    def counted_atomic_path(path, *args, **kwargs):
+        record_writes.append(path)
+        return real_atomic_path(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_record, "atomic_path", counted_atomic_path)
+    code, stdout, err = cli("--pairs", pair_list, "-o", tmp_path / "listed", *options)
+    assert code == 0, err
+    assert "3 pair(s) -> " in err
+    assert len(record_writes) == 1  # one write for the run: per source, a long list would rewrite it per pair
+    listed = _json_lines(stdout)
+    alone = []
+    for pair in pairs:
+        code, stdout, err = cli(*pair, "-o", tmp_path / "alone", *options, "-q")
+        assert code == 0, err
+        alone += _json_lines(stdout)
+    assert [r["inputs"] for r in listed] == pairs
+    assert [r["source"] for r in listed] == [" ".join(pair) for pair in pairs]
+    assert _without_timing(listed) == [
+        {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed")) for k, p in r["outputs"].items()}}
+        for r in _without_timing(alone)
+    ]
+    names = sorted(p.name for p in (tmp_path / "listed").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "alone").iterdir()) == [
+        ".flowcli-estimate.json", "c_flow.flo", "c_vis.png", "e_flow.flo", "e_vis.png", "one 1_flow.flo", "one 1_vis.png"
+    ]
+    flows = [read_flo(tmp_path / "listed" / f"{stem}_flow.flo") for stem in ("one 1", "c", "e")]
+    for stem, flow in zip(("one 1", "c", "e"), flows):
+        np.testing.assert_array_equal(flow, read_flo(tmp_path / "alone" / f"{stem}_flow.flo"))
+        assert (tmp_path / "listed" / f"{stem}_vis.png").read_bytes() == (tmp_path / "alone" / f"{stem}_vis.png").read_bytes()
+    assert not np.array_equal(flows[1], flows[2])  # three pairs, not one pair three times
+    assert _record(tmp_path / "listed") == _record(tmp_path / "alone")
+
+
+def test_a_pair_list_on_stdin_is_relative_to_the_current_folder(media, pair_images, tmp_path, cli, pipe_into_stdin,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = ["--weights", media["weights"], "--npy", "--json", "-q"]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "pairs.txt").write_text("../data/c.png ../data/d.png\n")
+    code, stdout, err = cli("--pairs", "lists/pairs.txt", "-o", tmp_path / "from_file", *options)
+    assert code == 0, err
+    assert _json_lines(stdout)[0]["inputs"] == ["lists/../data/c.png", "lists/../data/d.png"]
+    pipe_into_stdin(b"# from a script\ndata/c.png data/d.png\n")
+    code, stdout, err = cli("--pairs", "-", "-o", tmp_path / "from_stdin", *options)
+    assert code == 0, err
+    [record] = _json_lines(stdout)
+    assert record["inputs"] == ["data/c.png", "data/d.png"] and record["source"] == "data/c.png data/d.png"
+    assert record["outputs"] == {"npy": str(tmp_path / "from_stdin" / "c_flow.npy")}
+    np.testing.assert_array_equal(read_npy(tmp_path / "from_stdin" / "c_flow.npy"),
+                                  read_npy(tmp_path / "from_file" / "c_flow.npy"))
+    # the list file's line, read from stdin, is relative to the current folder: its ../data is not there
+    pipe_into_stdin(b"../data/c.png ../data/d.png\n")
+    code, stdout, err = cli("--pairs", "-", "-o", tmp_path / "bad", *options)
+    assert_one_line_error(code, err, 2, "stdin:1: ../data/c.png does not exist")
+
+
+def test_a_pair_list_comes_after_the_inputs_and_shares_their_names(media, tmp_path, cli):
+    pair_list = tmp_path / "pairs.txt"
+    pair_list.write_text(shlex.join([str(media["a"]), str(media["b"])]) + "\n")  # the pair given as INPUTS too
+    out = tmp_path / "out"
+    args = [media["a"], media["b"], media["frames"], "--pairs", pair_list, "--weights", media["weights"], "-o", out,
+            "--npy", "--json", "-q"]
+    code, stdout, err = cli(*args)  # a second source named 'a' writes a_flow.npy again, as with a b a b elsewhere
+    assert_one_line_error(code, err, 3, "(input 1)", "(input 3)", "would both write", "add {source} to --name")
+    assert not out.exists()
+    code, stdout, err = cli(*args, "--name", "{source}/{stem}")
+    assert code == 0, err
+    records = _json_lines(stdout)
+    assert [(r["source"], r["frame1"]) for r in records] == [
+        (f"{media['a']} {media['b']}", "a"), (str(media["frames"]), "f_0"), (str(media["frames"]), "f_1"),
+        (f"{media['a']} {media['b']}", "a"),
+    ]
+    assert [r["outputs"]["npy"] for r in records] == [
+        str(out / "a/a_flow.npy"), str(out / "frames/f_0_flow.npy"), str(out / "frames/f_1_flow.npy"),
+        str(out / "a-2/a_flow.npy"),
+    ]
+    np.testing.assert_array_equal(read_npy(out / "a-2/a_flow.npy"), read_npy(out / "a/a_flow.npy"))
+    assert not np.array_equal(read_npy(out / "a/a_flow.npy"), read_npy(out / "frames/f_0_flow.npy"))
+
+
+PAIR_LIST_ERRORS = {
+    "three paths": ("c.png d.png e.png", ":3: expected two image paths, found 3; quote paths that contain spaces"),
+    "one path": ("'one 1.png'", ":3: expected two image paths, found 1"),
+    "unterminated quote": ("'one 1.png' \"one 2.png", ":3: no closing quotation"),
+    "missing image": ("c.png nope.png", ":3: {data}/nope.png does not exist; check the path"),
+    "corrupt image": ("c.png bad.png", ":3: cannot read image {data}/bad.png"),
+    "not an image": ("c.png {clip}", ":3: {clip} is not an image file"),
+    "sizes differ": ("c.png small.png", ":3: frames differ in size: {data}/c.png is 80x48, {data}/small.png is 32x32"),
+    "no pairs": ("# nothing but comments", " has no pairs: give one pair per line"),
+    "list missing": (None, "--pairs {list} does not exist; check the path"),
+    "list is a folder": (None, "--pairs {data} is a folder"),
+    "stdin line": ("c.png d.png e.png", "stdin:3: expected two image paths, found 3"),
+    "stdin twice": (None, "--pairs - and the input - both read stdin"),
+    "stdin is a terminal": (None, "--pairs - reads the list from stdin, but nothing is piped in"),
+}
+
+
+@pytest.mark.parametrize("case", PAIR_LIST_ERRORS)
+def test_a_bad_pair_list_is_one_line_error_naming_its_line_before_any_work(
+    case, media, pair_images, tmp_path, cli, monkeypatch, pipe_into_stdin
+):
+    data = pair_images
+    (data / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    write_png(data / "small.png", _frame(0, size=(32, 32)))
+    line, needle = PAIR_LIST_ERRORS[case]
+    pair_list = data / "pairs.txt"
+    text = f"# line 1 is a comment\nc.png d.png\n{line}\ne.png f.png\n"
+    pair_list.write_text(f"# line 1\n\n{line}\n" if case == "no pairs" else text.format(clip=media["clip"]))
+    inputs = ["--pairs", pair_list]
+    if case == "list missing":
+        inputs = ["--pairs", tmp_path / "none.txt"]
+    elif case == "list is a folder":
+        inputs = ["--pairs", data]
+    elif case == "stdin line":
+        monkeypatch.chdir(data)
+        pipe_into_stdin(text.encode())
+        inputs = ["--pairs", "-"]
+    elif case == "stdin twice":
+        pipe_into_stdin(media["clip"].read_bytes())
+        inputs = ["-", "--pairs", "-"]
+    elif case == "stdin is a terminal":  # typed alone: an error, not a wait for keystrokes
+
+        class Terminal:
+            def isatty(self):
+                return True
+
+        monkeypatch.setattr(sys, "stdin", Terminal())
+        inputs = ["--pairs", "-"]
+    if needle.startswith(":") or needle.startswith(" "):
+        needle = f"{pair_list}{needle}"
+    needle = needle.format(data=data, clip=media["clip"], list=tmp_path / "none.txt")
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    code, stdout, err = cli(*inputs, "--weights", media["weights"], "-o", out, "--all")
+    assert_one_line_error(code, err, 2, needle)
+    assert stdout == "" and not out.exists()
+
+
+def test_neither_inputs_nor_a_pair_list_is_a_usage_error(media, tmp_path, cli):
+    code, stdout, err = cli("--weights", media["weights"], "-o", tmp_path / "out")
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert "Usage: " in err and "estimate [OPTIONS] [INPUTS]..." in err
+    assert "Error: Invalid value for 'INPUTS': give INPUTS, --pairs LIST, or both" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_of_a_pair_list_writes_only_the_missing_file(media, pair_images, tmp_path, cli, monkeypatch):
+    pair_list = pair_images / "pairs.txt"
+    pair_list.write_text("'one 1.png' 'one 2.png'\nc.png d.png\ne.png f.png\n")
+    out = tmp_path / "out"
+    args = ["--pairs", pair_list, "--weights", media["weights"], "-o", out, "--flo", "--vis", "--json", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    complete = _snapshot(out)
+    assert _record(out).keys() == {str((pair_images / name).resolve()) for name in ("one 1.png", "c.png", "e.png")}
+    (out / "c_flow.flo").unlink()  # interrupted while writing the second pair
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "2")
+    assert code == 0, err
+    assert model_pairs == [1]
+    records = _json_lines(stdout)
+    assert [(r["type"], r["frame1"]) for r in records] == [("skipped", "one 1"), ("pair", "c"), ("skipped", "e")]
+    assert records[1]["inputs"] == [str(pair_images / "c.png"), str(pair_images / "d.png")]
+    resumed = _snapshot(out)
+    assert set(resumed) == set(complete)
+    for name, (data, mtime) in complete.items():
+        assert resumed[name][0] == data, name
+        if name not in ("c_flow.flo", ".flowcli-estimate.json"):
+            assert resumed[name][1] == mtime, f"{name} was rewritten"
+    # a changed setting is refused for the list's pairs as for any input
+    code, _, err = cli(*args, "--resume", "--scale", "0.5")
+    assert_one_line_error(code, err, 2, f"holds outputs of {pair_images / 'one 1.png'} {pair_images / 'one 2.png'}",
+                          "scale: 1.0 -> 0.5")
 
 
 def _children(pid: int) -> list[int]:

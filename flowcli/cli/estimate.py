@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,12 @@ _HELP_PARAGRAPHS = [
     "index first, -movflags +faststart; at most one - per run), named 'stdin' for {source}, at the stream's nominal "
     "fps; its length is unknown until it ends. Sequences give consecutive pairs, every --step frames, at most "
     "--max-frames frames. All frames of an input must have the same size.",
+    "--pairs LIST runs many unrelated image pairs (FlyingChairs, KITTI, before/after photos) with one model load: "
+    "LIST is a text file, or - for stdin, with one pair per line, two image paths split as a shell would (quote a "
+    "path that contains spaces; a space or a tab between the two). Blank lines and lines starting with # are "
+    "skipped. Relative paths are relative to the folder of LIST (to the current folder for -). Each line is an input "
+    "of its own, exactly like two images given on the command line, after INPUTS if any; every line is checked "
+    "before the model loads, and errors name LIST:LINE.",
     "Outputs (choose with flags or --formats; default --flo --vis): flo, kitti, npy, npz (forward, backward, "
     "occlusion arrays), vis (colour PNG), video (colour mp4 per sequence, named SOURCE_vis.mp4, at the source fps "
     "divided by --step, or --fps), occlusion (mask PNG, 255 = occluded, from forward-backward consistency; models "
@@ -103,6 +110,9 @@ _HELP_PARAGRAPHS = [
     "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",
     "Examples:",
     "  flowcli estimate a.png b.png",
+    "  flowcli estimate --pairs chairs_pairs.txt --flo -o out/",
+    "  for a in data/*_img1.ppm; do echo \"$a ${a%_img1.ppm}_img2.ppm\"; done | flowcli estimate --pairs - -o out/    "
+    "(a list of FlyingChairs pairs built on the fly)",
     "  flowcli estimate frames/ --vis --video --fps 24 -o out/",
     "  flowcli estimate clip.mp4 --max-frames 100 --step 2 --formats flo,occlusion --json > flow.jsonl",
     "  flowcli estimate shots/*/ clip.mp4 --all --name '{source}/{index:06d}' --overwrite    (each shot folder a "
@@ -238,15 +248,87 @@ def _stdin_source(step: int, max_frames: int | None) -> _Source:
                    fps=fps, frame_size=reader.size)
 
 
-def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = None) -> list[_Source]:
-    """Group INPUTS into sources (see the command help) and validate them, without decoding images."""
+def _does_not_exist(path) -> InputError:
+    return InputError(f"{path} does not exist; check the path")
+
+
+def _image_pair_source(path1: Path, path2: Path) -> _Source:
+    """An explicit pair of images (two in a row among INPUTS, or a line of --pairs LIST): --step and --max-frames
+    do not apply, and it gets no visualisation video."""
+    size = _check_frame_sizes([path1, path2])
+    return _Source(label=f"{path1} {path2}", name=path1.stem, frames=[path1, path2], pairs=1, frame_size=size,
+                   sequence=False)
+
+
+def _pair_list_text(pair_list: str) -> str:
+    """The text of --pairs LIST: a file, or - for stdin."""
+    from flowcli.io.media import STDIN
+
+    if pair_list == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():  # typed alone: an error, not a wait for keystrokes
+            raise InputError("--pairs - reads the list from stdin, but nothing is piped in; pipe one in, or give "
+                             "the list's file: --pairs pairs.txt")
+        data = getattr(sys.stdin, "buffer", sys.stdin).read()
+    else:
+        path = Path(pair_list)
+        if path.is_dir():
+            raise InputError(f"--pairs {pair_list} is a folder; give a text file with two image paths per line")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"--pairs {pair_list} does not exist; check the path") from None
+        except OSError as error:
+            raise InputError(f"cannot read --pairs {pair_list}: {error.strerror}") from None
+    # undecodable bytes become the file-name bytes they stand for, as Python does for file names
+    return data if isinstance(data, str) else data.decode("utf-8-sig", errors="surrogateescape")
+
+
+def _pair_list_sources(pair_list: str) -> list[_Source]:
+    """One explicit image pair per line of --pairs LIST (see the command help); errors name LIST:LINE."""
+    from flowcli.io.media import IMAGE_SUFFIXES, STDIN
+
+    list_name, folder = ("stdin", Path()) if pair_list == STDIN else (pair_list, Path(pair_list).parent)
+    sources = []
+    for number, line in enumerate(_pair_list_text(pair_list).split("\n"), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{list_name}:{number}"
+        try:
+            words = shlex.split(line)
+        except ValueError as error:  # an unterminated quote, a trailing backslash
+            raise InputError(f"{where}: {str(error).lower()}; close the quote, or quote the path that holds a quote "
+                             "or backslash") from None
+        if len(words) != 2:
+            raise InputError(f"{where}: expected two image paths, found {len(words)}; quote paths that contain spaces")
+        paths = [folder / word for word in words]
+        try:
+            for path in paths:
+                if not path.exists():
+                    raise _does_not_exist(path)
+                if not _is_image_file(path):
+                    raise InputError(f"{path} is not an image file ({' '.join(IMAGE_SUFFIXES)})")
+            sources.append(_image_pair_source(*paths))
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
+    if not sources:
+        raise InputError(f"{list_name} has no pairs: give one pair per line, two image paths")
+    return sources
+
+
+def collect_sources(
+    inputs: list[str], step: int = 1, max_frames: int | None = None, pair_list: str | None = None
+) -> list[_Source]:
+    """Group INPUTS into sources (see the command help), then add a source per pair of --pairs LIST, and validate
+    them, without decoding images."""
     from flowcli.io.media import STDIN, is_video, list_frames
 
+    if pair_list == STDIN and STDIN in inputs:
+        raise InputError("--pairs - and the input - both read stdin; save the list or the video to a file")
     if inputs.count(STDIN) > 1:
         raise InputError(f"- (stdin) is given {inputs.count(STDIN)} times; a run reads one video from stdin at most")
     for arg in inputs:
         if arg != STDIN and not Path(arg).exists() and not _is_glob(arg):
-            raise InputError(f"{arg} does not exist; check the path")
+            raise _does_not_exist(arg)
 
     sources: list[_Source] = []
     i = 0
@@ -261,10 +343,8 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
                 raise InputError(
                     f"{arg} is a single image; give two images for a pair, or a folder, a glob or a video"
                 )
-            if len(run) == 2:  # an explicit pair: --step and --max-frames do not apply
-                size = _check_frame_sizes(run)
-                sources.append(_Source(label=f"{run[0]} {run[1]}", name=run[0].stem, frames=run, pairs=1,
-                                       frame_size=size, sequence=False))
+            if len(run) == 2:
+                sources.append(_image_pair_source(*run))
             else:
                 sources.append(_image_sequence(" ".join(inputs[i:j]), run[0].stem, run, step, max_frames))
             i = j
@@ -283,6 +363,8 @@ def collect_sources(inputs: list[str], step: int = 1, max_frames: int | None = N
         else:  # a glob pattern the shell did not expand
             sources.append(_image_sequence(arg, _glob_folder_name(arg), list_frames(arg), step, max_frames))
         i += 1
+    if pair_list is not None:
+        sources += _pair_list_sources(pair_list)
     for source, name in zip(sources, unique_source_names([s.name for s in sources])):
         source.name = name
     return sources
@@ -357,6 +439,11 @@ def _record_entry(source: _Source, settings: dict) -> Entry:
     return Entry(str((source.video or source.frames[0]).resolve()), source.label, settings)
 
 
+def _progress_name(source: _Source, pair: _Pair) -> str:
+    """The pair in the progress line: an image pair's source is named after its first image already."""
+    return source.name if not source.sequence else f"{source.name} {pair.frame1}"
+
+
 def _pair_owner(number: int, source: _Source, names) -> Owner:
     """Pair `names.index` of input number `number`: frame names alone repeat (a/0001 and b/0001 in one glob)."""
     return Owner(number, names.index, f"{source.label} pair {names.index} ({names.frame1} -> {names.frame2})")
@@ -428,11 +515,17 @@ def _format_flag(name: str, note: str = ""):
 
 def estimate(
     inputs: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Argument(help="Two images, a folder or quoted glob of frames, a video, or - for a video on stdin; "
-                       "several allowed.",
+                       "several allowed; optional with --pairs.",
                        show_default=False, metavar="INPUTS"),
-    ],
+    ] = None,
+    pair_list: Annotated[
+        Optional[str],
+        typer.Option("--pairs", metavar="LIST", help="Text file of image pairs, one pair per line (two paths, "
+                     "relative to its folder), or - for stdin; see above.", rich_help_panel=INPUT_PANEL,
+                     show_default=False),
+    ] = None,
     step: Annotated[
         int, typer.Option("--step", help="Frame gap within sequences: pairs (0, N), (N, 2N)...",
                           rich_help_panel=INPUT_PANEL)
@@ -490,6 +583,8 @@ def estimate(
     from flowcli.outputs import OutputOptions
 
     # ---- options, before anything is read
+    if not inputs and pair_list is None:
+        raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
     flags = {"flo": flo, "kitti": kitti, "npy": npy, "npz": npz, "vis": vis, "video": video,
              "occlusion": occlusion, "warp": warp}
     if resume and overwrite:
@@ -505,7 +600,7 @@ def estimate(
     want_video = "video" in chosen
 
     # ---- inputs and outputs, before the model
-    sources = collect_sources(inputs, step, max_frames)
+    sources = collect_sources(inputs or [], step, max_frames, pair_list)
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
     _check_output_folder(output)
@@ -542,10 +637,10 @@ def estimate(
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.pairs for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
+    record.write(entries)
     with progress(quiet) as bar:
         task = bar.add_task("estimate", total=total, info="")
         for number, source in enumerate(sources):
-            record.write(entries[number])
             run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
@@ -637,7 +732,7 @@ class _Run:
             "frame2": pair.frame2, "inputs": list(pair.inputs),
             "outputs": {key: str(path) for key, path in planned.paths.items()},
         })
-        advance(f"{source.name} {pair.frame1} (skipped)")
+        advance(f"{_progress_name(source, pair)} (skipped)")
 
     def _compute(self, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
         if not batch:
@@ -681,4 +776,4 @@ class _Run:
                 **{k: (None if v is None else round(v, 4)) for k, v in flow_stats(single).items()},
                 "ms": round(ms, 2), "tiles": result.tiles, **self.model_info,
             })
-            advance(f"{source.name} {pair.frame1}")
+            advance(_progress_name(source, pair))

@@ -28,8 +28,9 @@ Not recorded, so a resume may change them: settings that change the numbers only
 files (the formats, --backward, --name, --max-frames, --fps, --ascii-ply, --json). Stereo's --sbs is not
 recorded either: it changes what the inputs are, and so the keys and the file names, never one file's content.
 
-A run writes each source's entry before the source's first pair is computed, replacing that source's older
-entry and keeping the other sources' ones (the file is read again and replaced whole, through a temp file).
+A run writes its sources' entries once, after the model is loaded and before the first pair is computed,
+replacing those sources' older entries and keeping other sources' ones (the file is read again and replaced
+whole, through a temp file). One write per run, not per source: a --pairs list of 20,000 pairs is 20,000 sources.
 With --resume the entries are compared first: a recorded setting that differs ends the run with an InputError
 before anything is computed or written. A source without an entry (a folder written by an older flowcli, or
 the record deleted) resumes as before, and its entry is written then.
@@ -94,14 +95,14 @@ class RunRecord:
                     f"({'; '.join(changes)}); resume with the same settings, or use --overwrite to start afresh"
                 )
 
-    def write(self, entry: Entry) -> None:
-        """Record `entry`, keeping the other sources' entries; a record that already says so is left untouched."""
-        if entry.key is None:
-            return
+    def write(self, entries: list[Entry]) -> None:
+        """Record `entries`, keeping other sources' entries; a record that already says so is left untouched."""
         record = self.read()
-        if record.get(entry.key) == entry.settings:
+        changed = {entry.key: entry.settings for entry in entries
+                   if entry.key is not None and record.get(entry.key) != entry.settings}
+        if not changed:
             return
-        record[entry.key] = entry.settings
+        record.update(changed)
         with atomic_path(self.path, overwrite=True) as temp:
             temp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

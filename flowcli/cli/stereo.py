@@ -870,10 +870,10 @@ def stereo(
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.count for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
+    record.write(entries)
     with progress(quiet) as bar:
         task = bar.add_task("stereo", total=total, info="")
         for number, source in enumerate(sources):
-            record.write(entries[number])
             run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
