@@ -208,3 +208,18 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_temp_file(tmp_path):
     assert done.returncode == 143, done.stderr
     assert done.stderr.strip() == "terminated"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_repeated_source_names_get_numbers_in_linear_time():
+    """{source} names: a repeat gets -2, -3..., never a name another input has. A --pairs list of 20,000
+    '*/before.jpg' pairs used to take minutes: each repeat counted up from 2 again."""
+    import time
+
+    from flowcli.cli.options import unique_source_names
+
+    assert unique_source_names(["a", "a", "a-2", "b", "a"]) == ["a", "a-3", "a-2", "b", "a-4"]
+    start = time.perf_counter()
+    names = unique_source_names(["before"] * 20000)
+    assert time.perf_counter() - start < 2.0
+    assert names[:3] == ["before", "before-2", "before-3"] and names[-1] == "before-20000"
+    assert len(set(names)) == 20000

@@ -118,11 +118,14 @@ def device_and_precision(device: str, precision: str):
 def unique_source_names(names: list[str]) -> list[str]:
     """{source} names that tell a run's inputs apart: a repeated name gets -2, -3... (clip, clip-2)."""
     given, taken, unique = set(names), set(), []
+    last_number: dict[str, int] = {}  # numbers below it are taken: 20,000 'before' pairs stay linear
     for name in names:
-        candidate, number = name, 1
+        number = last_number.get(name, 1)
+        candidate = name if number == 1 else f"{name}-{number}"
         while candidate in taken or (candidate != name and candidate in given):
             number += 1
             candidate = f"{name}-{number}"
+        last_number[name] = number
         taken.add(candidate)
         unique.append(candidate)
     return unique
