@@ -17,6 +17,7 @@ _LAZY = {
     "load_model": "flowcli.models",
     "estimate_flow": "flowcli.inference",
     "evaluate": "flowcli.evaluation",
+    "evaluate_predictions": "flowcli.evaluation",
     "estimate_disparity": "flowcli.stereo",
 }
 

@@ -9,6 +9,10 @@ Stereo datasets: the flow from left to right is estimated with the flow model, d
 -u, and `stereo_metrics` scores it; the vertical component (0 for rectified pairs) is reported as
 `vert_abs` (mean |v| over valid pixels, px) and `vert_gt1` (% of valid pixels with |v| > 1 px).
 
+Predictions (`evaluate_predictions`): flow or disparity files that any tool wrote, one per item, are
+scored by the same per-item code (`score_item`) instead of a model's output; see `prediction_candidates` and
+`read_prediction` for the file names and formats.
+
 `EvalReport.mean` is the mean over items of each metric (NaNs from items without, e.g., occluded
 pixels are skipped), plus pixel-weighted `epe_px`, `fl_all_px` and `d1_px` over all valid pixels of
 the evaluated items (KITTI's convention for Fl-all / D1), `n_valid` and `items`.
@@ -21,9 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flowcli.data import STEREO_DATASETS, make_dataset
+from flowcli.errors import InputError
+from flowcli.io import flow_formats
 from flowcli.metrics import flow_metrics, mean_metrics, occlusion_f1, stereo_metrics
 
 
@@ -64,6 +71,61 @@ def _resolve_model(model, device):
     return model.to(device).eval(), device
 
 
+def score_item(
+    item: dict,
+    prediction: torch.Tensor,
+    *,
+    stereo: bool,
+    occlusion: torch.Tensor | None = None,
+    learned_occlusion: torch.Tensor | None = None,
+) -> dict:
+    """The scores of one dataset item (a row of `EvalReport.per_item`, without `seconds`).
+
+    `prediction`: flow [1,2,H,W] at the item's size; for a stereo dataset a disparity [1,1,H,W] or a flow
+    whose -u is the disparity (then `vert_abs` / `vert_gt1` score its v). `occlusion` / `learned_occlusion`
+    ([1,1,H,W], 1 = occluded) are scored as `occ_f1` / `occ_f1_learned` where the item has GT occlusion.
+    The ground truth is moved to the prediction's device.
+    """
+    device = prediction.device
+    prediction = prediction.float()
+    valid = item["valid"][None].to(device)
+    row: dict = {"name": item["name"], "height": int(valid.shape[-2]), "width": int(valid.shape[-1])}
+    if stereo:
+        disparity = prediction if prediction.shape[1] == 1 else -prediction[:, :1]
+        row.update(stereo_metrics(disparity, item["disparity"][None].to(device), valid))
+        if prediction.shape[1] == 2:
+            vertical = prediction[:, 1][valid[:, 0]].abs()
+            row["vert_abs"] = float(vertical.mean()) if vertical.numel() else math.nan
+            row["vert_gt1"] = 100.0 * float((vertical > 1.0).float().mean()) if vertical.numel() else math.nan
+        return row
+    gt_occ = item["occlusion"][None].to(device) if item["occlusion"] is not None else None
+    row.update(flow_metrics(prediction, item["flow"][None].to(device), valid, gt_occ))
+    if gt_occ is not None:
+        for key, predicted in (("occ_f1", occlusion), ("occ_f1_learned", learned_occlusion)):
+            if predicted is not None:
+                row[key] = occlusion_f1(predicted.float(), gt_occ, valid)
+    return row
+
+
+def _item_count(dataset, max_items: int | None) -> int:
+    return len(dataset) if max_items is None else min(len(dataset), max(0, int(max_items)))
+
+
+def _score_items(dataset, count: int, score, progress: bool) -> list[dict]:
+    """`score(item) -> row` for the first `count` items of `dataset`, under a progress bar."""
+    from flowcli.console import progress as progress_bar
+
+    per_item: list[dict] = []
+    with progress_bar(quiet=not progress, transient=True) as bar:
+        task = bar.add_task(f"eval {dataset.name}", total=count, info="")
+        for index in range(count):
+            item = dataset[index]
+            row = score(item)
+            per_item.append(row)
+            bar.update(task, advance=1, info=f"{item['name']} epe {row['epe']:.2f}")
+    return per_item
+
+
 def evaluate(
     model,
     dataset_name: str,
@@ -85,57 +147,185 @@ def evaluate(
     the dataset has occlusion ground truth. `device`: where to run (default: a loaded module's own
     device, "auto" for a name); a loaded module is left in the mode it came in.
     """
-    from flowcli.console import progress as progress_bar
     from flowcli.inference import estimate_flow
 
     dataset = make_dataset(dataset_name, root)
     was_training = isinstance(model, torch.nn.Module) and model.training
     model, device = _resolve_model(model, device)
     stereo = dataset.name in STEREO_DATASETS
-    count = len(dataset) if max_items is None else min(len(dataset), max(0, int(max_items)))
-    per_item: list[dict] = []
+
+    def run_model(item: dict) -> dict:
+        want_occ = occlusion and not stereo and item["occlusion"] is not None
+        start = time.perf_counter()
+        with torch.inference_mode():
+            result = estimate_flow(
+                model, item["image1"][None].to(device), item["image2"][None].to(device), backward=want_occ,
+                occlusion=want_occ, max_pixels=max_pixels, precision=precision, scale=scale,
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+        row = score_item(
+            item, result.forward, stereo=stereo, occlusion=result.occlusion if want_occ else None,
+            learned_occlusion=getattr(result, "learned_occlusion", None) if want_occ else None,
+        )  # fmt: skip
+        row["seconds"] = seconds
+        return row
+
     try:
-        with progress_bar(quiet=not progress, transient=True) as bar:
-            task = bar.add_task(f"eval {dataset.name}", total=count, info="")
-            for index in range(count):
-                item = dataset[index]
-                image1 = item["image1"][None].to(device)
-                image2 = item["image2"][None].to(device)
-                valid = item["valid"][None].to(device)
-                gt_occ = item["occlusion"]
-                want_occ = occlusion and not stereo and gt_occ is not None
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    result = estimate_flow(
-                        model, image1, image2, backward=want_occ, occlusion=want_occ,
-                        max_pixels=max_pixels, precision=precision, scale=scale,
-                    )  # fmt: skip
-                seconds = time.perf_counter() - start
-                flow = result.forward.float()
-                row: dict = {"name": item["name"], "height": int(image1.shape[-2]), "width": int(image1.shape[-1])}
-                if stereo:
-                    gt_disp = item["disparity"][None].to(device)
-                    row.update(stereo_metrics(-flow[:, :1], gt_disp, valid))
-                    vertical = flow[:, 1][valid[:, 0]].abs()
-                    row["vert_abs"] = float(vertical.mean()) if vertical.numel() else math.nan
-                    row["vert_gt1"] = 100.0 * float((vertical > 1.0).float().mean()) if vertical.numel() else math.nan
-                else:
-                    gt_occ_d = gt_occ[None].to(device) if gt_occ is not None else None
-                    row.update(flow_metrics(flow, item["flow"][None].to(device), valid, gt_occ_d))
-                    if want_occ and result.occlusion is not None:
-                        row["occ_f1"] = occlusion_f1(result.occlusion.float(), gt_occ_d, valid)
-                    learned = getattr(result, "learned_occlusion", None)
-                    if want_occ and learned is not None:
-                        row["occ_f1_learned"] = occlusion_f1(learned.float(), gt_occ_d, valid)
-                row["seconds"] = seconds
-                per_item.append(row)
-                bar.update(task, advance=1, info=f"{item['name']} epe {row['epe']:.2f}")
+        per_item = _score_items(dataset, _item_count(dataset, max_items), run_model, progress)
     finally:
         if was_training:
             model.train()
     report = EvalReport(dataset=dataset.name, per_item=per_item, mean=mean_metrics(per_item))
     report.model = getattr(model, "checkpoint_path", None)
     return report
+
+
+PREDICTION_EXTENSIONS = ("flo", "png", "npy", "pfm")
+
+
+def _prediction_suffixes(stereo: bool) -> tuple[str, ...]:
+    """What follows an item's name in its prediction's file name: nothing, "_flow" (`flowcli estimate`'s default
+    --name) and, for stereo datasets, "_disp" (`flowcli stereo`'s)."""
+    return ("", "_flow", "_disp") if stereo else ("", "_flow")
+
+
+def prediction_candidates(folder: str | Path, name: str, *, stereo: bool = False) -> list[Path]:
+    """The files that may hold the prediction for item `name`, in lookup order: FOLDER/NAME.EXT, then
+    FOLDER/NAME_flow.EXT (stereo: then FOLDER/NAME_disp.EXT), EXT in flo, png, npy, pfm."""
+    suffixes = _prediction_suffixes(stereo)
+    return [Path(folder) / f"{name}{suffix}.{ext}" for suffix in suffixes for ext in PREDICTION_EXTENSIONS]
+
+
+def _spelled_candidates(folder: Path, name: str, stereo: bool) -> str:
+    extensions = "{" + ",".join(PREDICTION_EXTENSIONS) + "}"
+    return ", ".join(f"{folder / name}{suffix}.{extensions}" for suffix in _prediction_suffixes(stereo))
+
+
+def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
+    """The prediction file of each of the first `count` items: exactly one candidate must exist for each.
+    Every item is checked before any is scored."""
+    stereo = dataset.name in STEREO_DATASETS
+    found: list[Path] = []
+    missing: list[str] = []
+    for record in dataset.samples[:count]:
+        name = record["name"]
+        existing = [path for path in prediction_candidates(folder, name, stereo=stereo) if path.is_file()]
+        if len(existing) > 1:
+            raise InputError(
+                f"{len(existing)} predictions for {dataset.name} item {name}: "
+                f"{' and '.join(map(str, existing))}; keep one of them in {folder}"
+            )
+        if existing:
+            found.append(existing[0])
+        else:
+            missing.append(name)
+    if missing:
+        looked_for = _spelled_candidates(folder, missing[0], stereo)
+        raise InputError(
+            f"no prediction for {dataset.name} item {missing[0]} (looked for {looked_for}); "
+            f"{len(missing)} of {count} items have none: give one file per item, named after it"
+        )
+    return found
+
+
+def read_prediction(path: Path, *, stereo: bool) -> torch.Tensor:
+    """A prediction file as a float32 tensor [1,C,H,W]: flow (C = 2) or, for stereo, also a disparity (C = 1).
+
+    .flo: flow. .png: KITTI 16-bit flow, or for stereo a KITTI 16-bit disparity PNG. .npy: [H,W,2] flow, or
+    for stereo also [H,W] / [H,W,1] disparity. .pfm: (u, v, 0) 3-channel flow, or for stereo also 1-channel
+    disparity. Pixels the file marks unknown (.flo >= 1e9, KITTI valid bit 0, disparity 0) come back NaN.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".flo":
+        array = flow_formats.read_flo(path)
+        array = np.where(flow_formats.valid_mask(array)[..., None], array, np.nan)
+    elif suffix == ".png" and stereo:
+        disparity, valid = flow_formats.read_disparity_png(path)
+        array = np.where(valid, disparity, np.nan)
+    elif suffix == ".png":
+        array, valid = flow_formats.read_kitti_flow(path)
+        array[~valid] = np.nan
+    else:
+        array = flow_formats.read_npy(path) if suffix == ".npy" else flow_formats.read_pfm(path)
+        if suffix == ".pfm" and array.ndim == 3 and array.shape[2] == 3:
+            array = array[:, :, :2]  # flow stored as (u, v, 0)
+    shape = list(array.shape)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    allowed = (1, 2) if stereo else (2,)
+    if array.ndim != 3 or array.shape[2] not in allowed or not np.issubdtype(array.dtype, np.number):
+        expected = "a disparity [H, W] or a flow [H, W, 2]" if stereo else "a flow [H, W, 2]"
+        raise InputError(f"{path} holds an array of shape {shape} ({array.dtype}), not {expected}")
+    flow_or_disparity = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(flow_or_disparity)[None]
+
+
+def _read_occlusion_mask(path: Path) -> torch.Tensor:
+    """An occlusion mask PNG (255 = occluded, as `flowcli estimate --occlusion` writes) as [1,1,H,W] float."""
+    from flowcli.data.datasets import _mask_png  # the reader of the datasets' own occlusion masks
+
+    return _mask_png(path).float()[None]
+
+
+def _check_prediction(path: Path, prediction: torch.Tensor, item: dict, dataset_name: str) -> None:
+    height, width = item["valid"].shape[-2:]
+    if tuple(prediction.shape[-2:]) != (height, width):
+        raise InputError(
+            f"{path} is {prediction.shape[-1]}x{prediction.shape[-2]}, the ground truth of {dataset_name} item "
+            f"{item['name']} is {width}x{height}; write predictions at the ground truth's size (eval does not resize)"
+        )
+    unknown = int((~torch.isfinite(prediction)).any(dim=1).sum())
+    if unknown:
+        raise InputError(
+            f"{path} has {unknown} of {height * width} pixels without a finite value (NaN, inf or the format's "
+            "unknown marker); a prediction must give every pixel a value"
+        )
+
+
+def evaluate_predictions(
+    dataset_name: str,
+    root: str | Path,
+    predictions: str | Path,
+    *,
+    max_items: int | None = None,
+    occlusion: bool = True,
+    progress: bool = True,
+) -> EvalReport:
+    """Score prediction files, one per item, on a benchmark, with the metrics of `evaluate`.
+
+    The prediction for an item is found by its name (`alley_1/frame_0002`, `00001`, `000010_10`...) as
+    PREDICTIONS/NAME.EXT, NAME_flow.EXT or, for stereo, NAME_disp.EXT (`prediction_candidates`); exactly one
+    must exist for every scored item, at the size of its ground truth, with finite values everywhere
+    (`read_prediction` lists the formats). With `occlusion`, PREDICTIONS/NAME_occ.png (255 = occluded),
+    where present, is scored as `occ_f1` on datasets with occlusion ground truth. The report's `model` is
+    the folder.
+    """
+    dataset = make_dataset(dataset_name, root)
+    folder = Path(predictions).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"predictions folder {folder} is not a folder; give the folder holding one file per item")
+    stereo = dataset.name in STEREO_DATASETS
+    count = _item_count(dataset, max_items)
+    names = [record["name"] for record in dataset.samples[:count]]
+    paths = dict(zip(names, find_predictions(dataset, folder, count)))
+
+    def read_and_score(item: dict) -> dict:
+        path = paths[item["name"]]
+        prediction = read_prediction(path, stereo=stereo)
+        _check_prediction(path, prediction, item, dataset.name)
+        mask_path = folder / f"{item['name']}_occ.png"
+        predicted_occlusion = None
+        if occlusion and not stereo and item["occlusion"] is not None and mask_path.is_file():
+            predicted_occlusion = _read_occlusion_mask(mask_path)
+            if predicted_occlusion.shape[-2:] != prediction.shape[-2:]:
+                raise InputError(
+                    f"{mask_path} is {predicted_occlusion.shape[-1]}x{predicted_occlusion.shape[-2]}, its flow "
+                    f"{path} is {prediction.shape[-1]}x{prediction.shape[-2]}; the files do not belong together"
+                )
+        return score_item(item, prediction, stereo=stereo, occlusion=predicted_occlusion)
+
+    per_item = _score_items(dataset, count, read_and_score, progress)
+    return EvalReport(dataset=dataset.name, per_item=per_item, mean=mean_metrics(per_item), model=str(folder))
 
 
 HEADLINE_KEYS = ("epe", "epe_px", "epe_occ", "epe_noc", "fl_all", "fl_all_px", "d1", "d1_px", "occ_f1", "vert_abs")

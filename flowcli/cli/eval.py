@@ -1,4 +1,4 @@
-"""`flowcli eval`: score a model on a benchmark in its standard layout."""
+"""`flowcli eval`: score a model, or prediction files from any tool, on a benchmark in its standard layout."""
 
 from __future__ import annotations
 
@@ -48,18 +48,32 @@ STEREO_COLUMNS = [
 
 
 EVAL_HELP = (
-    "Score a model on a benchmark: EPE, Fl-all and accuracy for flow; EPE, bad-N and D1 for stereo.\n\n"
+    "Score a model, or the flow or disparity files of any tool (--predictions), on a benchmark: EPE, Fl-all and "
+    "accuracy for flow; EPE, bad-N and D1 for stereo.\n\n"
     "Prints a table per item and the mean over items on stderr, plus pixel-weighted EPE, Fl-all and D1 "
     "(KITTI's convention); --json prints every number as one JSON object on stdout, with keys weights, model "
     "(checkpoint path), device, scale, precision and results: per dataset, per_item (name, width, height, n_valid, seconds "
     "and the scores: epe, epe_noc, epe_occ, fl_all, acc_1px, acc_3px, acc_5px, occ_f1 for flow; epe, bad_1, bad_2, "
     "bad_4, d1, vert_abs, vert_gt1 for stereo; null where nothing was scored) and mean (their means over items, "
     "KEY_px pixel-weighted, items).\n\n"
-    "Exit codes: 0 ok, 1 other error, 2 input error (unknown dataset, a --root without its layout), 4 weights "
-    "error.\n\n"
+    "--predictions DIR scores files instead of running a model, with the same code and metrics. The file of an item "
+    "is found by the item's name (alley_1/frame_0002 in Sintel, 00001 in Chairs, 000010_10 in KITTI, Dimetrodon in "
+    "Middlebury, tsukuba in Middlebury stereo) as DIR/NAME.EXT, then DIR/NAME_flow.EXT (what flowcli estimate "
+    "writes) and, for stereo, DIR/NAME_disp.EXT (flowcli stereo), EXT in flo, png (KITTI 16-bit flow; for stereo a "
+    "KITTI 16-bit disparity PNG), npy, pfm: exactly one must exist for every item scored, at the size of its ground "
+    "truth, with a finite value at every pixel. Stereo predictions are a disparity map (1 channel, positive px) or a "
+    "flow whose -u is the disparity (2 channels: |v| is scored too). DIR/NAME_occ.png (255 = occluded, as estimate "
+    "--occlusion writes), where present, is scored as occ F1. -d sintel is refused: give one pass. --weights, "
+    "--device, --scale, --precision and --offline do not apply; --json gives predictions (the folder) in place of "
+    "weights, model, device, scale and precision, and no seconds.\n\n"
+    "Exit codes: 0 ok, 1 other error, 2 input error (unknown dataset, a --root without its layout, a missing, "
+    "ambiguous or unusable prediction), 4 weights error.\n\n"
     "Examples:\n\n"
     "  flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3\n\n"
-    "  flowcli eval -d kitti2015 -r ../shared/data/flow/kitti2015 -w flowcli-pwc-synth --json > kitti.json"
+    "  flowcli eval -d kitti2015 -r ../shared/data/flow/kitti2015 -w flowcli-pwc-synth --json > kitti.json\n\n"
+    "  flowcli estimate ../shared/data/flow/sintel/training/clean/*/ --flo --occlusion --name '{source}/{frame1}' "
+    "-o preds    (preds/alley_1/frame_0002_flow.flo ...)\n\n"
+    "  flowcli eval -d sintel-clean -r ../shared/data/flow/sintel --predictions preds"
 )
 
 
@@ -126,25 +140,45 @@ def eval_command(
         "(holding training/clean, training/flow...) or --root ~/datasets/KITTI2015.",
         show_default=False,
     ),
+    predictions: Optional[Path] = typer.Option(
+        None,
+        "--predictions",
+        help="Score the files in this folder (one per item, named after it, see above) instead of running a model.",
+        show_default=False,
+    ),
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w", help="Registry name, hf:// spec, URL or checkpoint path (default: the default model)."
     ),
     max_items: Optional[int] = typer.Option(None, "--max-items", "-n", min=1, help="Evaluate only the first N items."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    # device, scale and precision default to None so that giving them with --predictions can be refused
+    device: Optional[str] = typer.Option(
+        None, "--device", help="auto (the default), cpu, cuda, cuda:N or mps.", show_default=False
+    ),
     occlusion: bool = typer.Option(
-        True, "--occlusion/--no-occlusion", help="Also score forward-backward occlusion where GT occlusion exists."
+        True,
+        "--occlusion/--no-occlusion",
+        help="Also score forward-backward occlusion (with --predictions: the NAME_occ.png masks) where GT occlusion "
+        "exists.",
     ),
-    scale: float = typer.Option(
-        1.0, "--scale", min=0.05, max=4.0, help="Resize frames by this factor for the network (as estimate --scale)."
+    scale: Optional[float] = typer.Option(
+        None,
+        "--scale",
+        min=0.05,
+        max=4.0,
+        help="Resize frames by this factor for the network (as estimate --scale; default 1).",
+        show_default=False,
     ),
-    precision: str = typer.Option(
-        "fp32", "--precision", help="fp32, fp16 or bf16 (autocast; fp16 and bf16 are for GPUs: scores may differ a little)."
+    precision: Optional[str] = typer.Option(
+        None,
+        "--precision",
+        help="fp32 (the default), fp16 or bf16 (autocast; fp16 and bf16 are for GPUs: scores may differ a little).",
+        show_default=False,
     ),
     offline: bool = typer.Option(False, "--offline", help="Never download weights; use the cache only."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table on stderr."),
 ):
-    """Score a model on a benchmark (help text: EVAL_HELP)."""
+    """Score a model or prediction files on a benchmark (help text: EVAL_HELP)."""
     from flowcli.data import STEREO_DATASETS, make_dataset
     from flowcli.evaluation import evaluate
     from flowcli.inference import resolve_device
@@ -153,11 +187,28 @@ def eval_command(
     name = dataset.lower().strip()
     if name not in CHOICES:
         raise InputError(f"unknown dataset '{dataset}'; choose one of {', '.join(CHOICES)}")
+    if predictions is not None:
+        model_options = {"--weights": weights, "--device": device, "--scale": scale, "--precision": precision}
+        given = [flag for flag, value in model_options.items() if value is not None] + ["--offline"] * offline
+        if given:
+            raise InputError(
+                f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a model, and --predictions "
+                "runs none; leave out one or the other"
+            )
+        if name == "sintel":
+            raise InputError("--predictions scores one Sintel pass; give -d sintel-clean or -d sintel-final")
+    device = device or "auto"
+    scale = 1.0 if scale is None else scale
+    precision = precision or "fp32"
     if precision not in PRECISION_NAMES:
         raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
     if not root.is_dir():
         raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
+    if predictions is not None:
+        _eval_predictions(name, root, predictions, max_items=max_items, occlusion=occlusion, quiet=quiet,
+                          as_json=as_json)  # fmt: skip
+        return
     for each in names:  # a root without the layout (or without sintel's final pass) fails before any scoring
         make_dataset(each, root)
     torch_device = resolve_device(device)
@@ -184,6 +235,20 @@ def eval_command(
             },
         }
         typer.echo(json.dumps(payload, allow_nan=False))
+
+
+def _eval_predictions(
+    name: str, root: Path, predictions: Path, *, max_items: int | None, occlusion: bool, quiet: bool, as_json: bool
+) -> None:
+    from flowcli.data import STEREO_DATASETS
+    from flowcli.evaluation import evaluate_predictions
+
+    report = evaluate_predictions(name, root, predictions, max_items=max_items, occlusion=occlusion, progress=not quiet)
+    if not quiet:
+        _print_wide(_table(report, name in STEREO_DATASETS))
+    if as_json:
+        result = {k: v for k, v in report.to_dict().items() if k not in ("dataset", "model")}
+        typer.echo(json.dumps({"predictions": report.model, "results": {report.dataset: result}}, allow_nan=False))
 
 
 def register(app: typer.Typer) -> None:

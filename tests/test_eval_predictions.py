@@ -1,0 +1,251 @@
+"""`flowcli eval --predictions DIR` / `evaluate_predictions`: flow and disparity files from any tool, scored by the
+same per-item code as a model."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_harness import assert_one_line_error, in_process_cli
+
+from flowcli.data import make_dataset
+from flowcli.errors import InputError
+from flowcli.evaluation import evaluate, evaluate_predictions
+from flowcli.io.flow_formats import write_flo, write_kitti_flow, write_npy, write_pfm, write_png
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "flow").is_dir(), reason="../shared/data is absent")
+CHAIRS = DATA / "flow" / "chairs"
+SINTEL = DATA / "flow" / "sintel"
+
+
+def _flow_hw2(item: dict) -> np.ndarray:
+    return item["flow"].permute(1, 2, 0).numpy()
+
+
+def _write_mask(path: Path, mask: torch.Tensor) -> None:
+    """An occlusion mask [..., H, W] (1 = occluded) as flowcli estimate --occlusion writes it: 8-bit, 255 = occluded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, (mask.reshape(mask.shape[-2:]).numpy() > 0.5).astype(np.uint8) * 255)
+
+
+@needs_data
+def test_the_ground_truth_as_predictions_scores_zero(tmp_path):
+    for index, item in enumerate(make_dataset("chairs", CHAIRS)):
+        suffix = "_flow" if index % 2 else ""  # both names are found: NAME.flo and flowcli estimate's NAME_flow.flo
+        write_flo(tmp_path / f"{item['name']}{suffix}.flo", _flow_hw2(item))
+    report = evaluate_predictions("chairs", CHAIRS, tmp_path, progress=False)
+    assert [row["name"] for row in report.per_item] == ["00001", "00002", "00003", "00004", "00005", "00006"]
+    for row in report.per_item:
+        assert row["epe"] == 0 and row["fl_all"] == 0 and row["acc_1px"] == 100, row
+        assert "seconds" not in row and "occ_f1" not in row  # nothing was timed, no occlusion was predicted
+    assert report.mean["epe"] == 0 and report.mean["fl_all_px"] == 0 and report.mean["items"] == 6
+    assert report.model == str(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def model_and_its_files(tmp_path_factory):
+    """The bundled model through `evaluate` (2 Chairs items, 1 Sintel item with occlusion), and the flow and
+    occlusion that `estimate_flow` gave it for those items, written as flowcli estimate names them: NAME_flow.flo,
+    NAME_occ.png. (Recorded rather than estimated again: the model runs once per item, half the time.)"""
+    if not (DATA / "flow").is_dir():
+        pytest.skip("../shared/data is absent")
+    from flowcli import inference
+    from flowcli.models import load_model
+
+    model = load_model(None, device=torch.device("cpu")).eval()
+    folder = tmp_path_factory.mktemp("predictions")
+    results = []
+
+    def recording(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    real = inference.estimate_flow
+    reports = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "estimate_flow", recording)
+        for name, root, count in (("chairs", CHAIRS, 2), ("sintel-clean", SINTEL, 1)):
+            results.clear()
+            reports[name] = evaluate(model, name, root, max_items=count, progress=False)
+            for row, result in zip(reports[name].per_item, results, strict=True):
+                (folder / row["name"]).parent.mkdir(parents=True, exist_ok=True)
+                write_flo(folder / f"{row['name']}_flow.flo", result.forward)
+                if result.occlusion is not None:
+                    _write_mask(folder / f"{row['name']}_occ.png", result.occlusion)
+    assert (folder / "alley_1" / "frame_0002_occ.png").is_file()
+    return reports, folder
+
+
+def test_a_models_flow_files_score_what_the_model_scores(model_and_its_files):
+    reports, folder = model_and_its_files
+    for name, root in (("chairs", CHAIRS), ("sintel-clean", SINTEL)):
+        expected = reports[name]
+        got = evaluate_predictions(name, root, folder, max_items=len(expected.per_item), progress=False)
+        assert [row["name"] for row in got.per_item] == [row["name"] for row in expected.per_item]
+        for ours, theirs in zip(got.per_item, expected.per_item):
+            assert theirs["epe"] > 0.1  # a real flow, not a trivial zero
+            for key in ("epe", "fl_all", "acc_1px", "acc_3px", "acc_5px", "epe_noc", "epe_occ"):
+                if key in theirs:
+                    assert ours[key] == pytest.approx(theirs[key], abs=1e-4), (name, key)
+            assert set(ours) == set(theirs) - {"seconds"}
+
+
+def test_occlusion_masks_score_the_models_occlusion_f1(model_and_its_files, tmp_path):
+    reports, folder = model_and_its_files
+    expected = reports["sintel-clean"].per_item[0]
+    row = evaluate_predictions("sintel-clean", SINTEL, folder, max_items=1, progress=False).per_item[0]
+    assert 0 < expected["occ_f1"] < 1 and row["occ_f1"] == pytest.approx(expected["occ_f1"], abs=1e-9)
+    without = evaluate_predictions("sintel-clean", SINTEL, folder, max_items=1, occlusion=False, progress=False)
+    assert "occ_f1" not in without.per_item[0]
+
+    name = expected["name"]
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / f"{name}_flow.flo").write_bytes((folder / f"{name}_flow.flo").read_bytes())
+    from flowcli.io.flow_formats import read_png
+
+    mask = torch.from_numpy(read_png(folder / f"{name}_occ.png") > 127)
+    _write_mask(tmp_path / f"{name}_occ.png", ~mask)
+    inverted = evaluate_predictions("sintel-clean", SINTEL, tmp_path, max_items=1, progress=False).per_item[0]
+    assert 0 <= inverted["occ_f1"] <= 1 and abs(inverted["occ_f1"] - row["occ_f1"]) > 0.05
+    assert inverted["epe"] == row["epe"]
+
+
+@needs_data
+def test_kitti_png_and_npy_predictions_read_as_written(tmp_path):
+    kitti = make_dataset("kitti2015", DATA / "flow" / "kitti2015")[0]
+    offset = np.array([0.5, -0.25], np.float32)  # multiples of 1/64: exact in a KITTI PNG
+    write_kitti_flow(tmp_path / "kitti" / f"{kitti['name']}.png", _flow_hw2(kitti) + offset)
+    row = evaluate_predictions("kitti2015", DATA / "flow" / "kitti2015", tmp_path / "kitti", progress=False).per_item[0]
+    assert row["epe"] == pytest.approx(math.hypot(0.5, 0.25), abs=1e-6) and row["fl_all"] == 0
+
+    chairs = make_dataset("chairs", CHAIRS)[0]
+    write_npy(tmp_path / "chairs" / f"{chairs['name']}.npy", _flow_hw2(chairs) + np.float32([3.0, 4.0]))
+    row = evaluate_predictions("chairs", CHAIRS, tmp_path / "chairs", max_items=1, progress=False).per_item[0]
+    assert row["epe"] == pytest.approx(5.0, abs=1e-4) and row["acc_3px"] == 0
+
+
+@needs_data
+def test_stereo_disparity_predictions(tmp_path):
+    root = DATA / "stereo" / "middlebury"
+    dataset = make_dataset("middlebury-stereo", root)
+    for item in dataset:
+        disparity = item["disparity"][0].numpy()
+        write_pfm(tmp_path / "exact" / f"{item['name']}.pfm", disparity)
+        write_pfm(tmp_path / "plus_one" / f"{item['name']}_disp.pfm", disparity + 1)  # flowcli stereo's name
+        # flowcli's stereo convention: the left -> right flow is (-disparity, 0)
+        write_npy(tmp_path / "flow" / f"{item['name']}_flow.npy", np.stack((-disparity, np.zeros_like(disparity)), -1))
+    exact = evaluate_predictions("middlebury-stereo", root, tmp_path / "exact", progress=False)
+    assert len(exact.per_item) == 3
+    for row in exact.per_item:
+        assert row["epe"] == 0 and row["d1"] == 0 and row["bad_1"] == 0
+        assert "vert_abs" not in row  # a disparity map has no vertical component to score
+    # one item each from here: the same code path, a third of the time
+    plus_one = evaluate_predictions("middlebury-stereo", root, tmp_path / "plus_one", max_items=1, progress=False)
+    assert plus_one.per_item[0]["epe"] == pytest.approx(1.0, abs=1e-4) and plus_one.per_item[0]["bad_2"] == 0
+    as_flow = evaluate_predictions("middlebury-stereo", root, tmp_path / "flow", max_items=1, progress=False)
+    assert as_flow.per_item[0]["epe"] == 0 and as_flow.per_item[0]["vert_abs"] == 0
+
+
+def _tiny_chairs(root: Path, pairs: int = 2, size=(12, 16)) -> None:
+    rng = np.random.default_rng(0)
+    for index in range(1, pairs + 1):
+        for frame in ("img1", "img2"):
+            write_png(root / "data" / f"{index:05d}_{frame}.png", rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+        write_flo(root / "data" / f"{index:05d}_flow.flo", np.full((*size, 2), index, np.float32))
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    monkeypatch.setattr("flowcli.models.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    return in_process_cli(monkeypatch, capsys, "eval")
+
+
+def test_the_cli_scores_predictions_and_prints_their_folder_in_json(tmp_path, cli):
+    _tiny_chairs(tmp_path / "chairs")
+    write_flo(tmp_path / "preds" / "00001.flo", np.full((12, 16, 2), 1.0, np.float32))  # exact
+    write_flo(tmp_path / "preds" / "00002_flow.flo", np.full((12, 16, 2), 2.0, np.float32) + [3.0, 4.0])
+    code, out, err = cli("-d", "chairs", "-r", tmp_path / "chairs", "--predictions", tmp_path / "preds", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert set(payload) == {"predictions", "results"} and payload["predictions"] == str(tmp_path / "preds")
+    result = payload["results"]["chairs"]
+    assert [(row["name"], row["epe"]) for row in result["per_item"]] == [("00001", 0.0), ("00002", 5.0)]
+    assert result["mean"]["epe"] == 2.5 and result["mean"]["items"] == 2
+    assert "00002" in err and "s/pair" not in err  # the table, without a time column
+
+
+def _args(tmp_path: Path, *more) -> list:
+    return ["-d", "chairs", "-r", tmp_path / "chairs", "--predictions", tmp_path / "preds", "-q", *more]
+
+
+def test_a_missing_prediction_names_the_files_looked_for_and_the_count(tmp_path, cli):
+    _tiny_chairs(tmp_path / "chairs", pairs=3)
+    write_flo(tmp_path / "preds" / "00002.flo", np.zeros((12, 16, 2), np.float32))
+    code, out, err = cli(*_args(tmp_path))
+    looked_for = f"{tmp_path / 'preds' / '00001'}.{{flo,png,npy,pfm}}, {tmp_path / 'preds' / '00001'}_flow."
+    assert_one_line_error(code, err, 2, "no prediction for chairs item 00001", looked_for, "2 of 3 items have none")
+    assert out == ""
+
+
+def test_two_candidates_for_one_item_are_refused_naming_both(tmp_path, cli):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001.flo", np.zeros((12, 16, 2), np.float32))
+    write_npy(tmp_path / "preds" / "00001_flow.npy", np.zeros((12, 16, 2), np.float32))
+    code, _, err = cli(*_args(tmp_path))
+    both = str(tmp_path / "preds" / "00001.flo"), str(tmp_path / "preds" / "00001_flow.npy")
+    assert_one_line_error(code, err, 2, "2 predictions for chairs item 00001", *both)
+
+
+def test_a_prediction_of_another_size_is_refused(tmp_path, cli):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001.flo", np.zeros((10, 16, 2), np.float32))
+    code, _, err = cli(*_args(tmp_path))
+    assert_one_line_error(code, err, 2, str(tmp_path / "preds" / "00001.flo"), "is 16x10", "item 00001 is 16x12")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e10])  # 1e10: .flo's "unknown" marker
+def test_non_finite_predictions_get_no_score(tmp_path, cli, bad):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    flow = np.zeros((12, 16, 2), np.float32)
+    flow[0, :3, 1] = bad
+    write_flo(tmp_path / "preds" / "00001.flo", flow)
+    code, out, err = cli(*_args(tmp_path, "--json"))
+    assert_one_line_error(code, err, 2, str(tmp_path / "preds" / "00001.flo"), "3 of 192 pixels")
+    assert out == ""
+
+
+def test_an_invalid_pixel_of_a_kitti_png_prediction_gets_no_score(tmp_path):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    valid = np.ones((12, 16), bool)
+    valid[5, 5] = False
+    write_kitti_flow(tmp_path / "preds" / "00001.png", np.ones((12, 16, 2), np.float32), valid=valid)
+    with pytest.raises(InputError, match="00001.png has 1 of 192 pixels"):
+        evaluate_predictions("chairs", tmp_path / "chairs", tmp_path / "preds", progress=False)
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (["--weights", "flowcli-pwc-synth"], "--weights applies to a model"),
+        (["--device", "cpu", "--precision", "fp32"], "--device and --precision apply to a model"),
+        (["--scale", "1"], "--scale applies"),
+        (["--offline"], "--offline applies"),
+    ],
+)
+def test_model_options_are_refused_with_predictions(tmp_path, cli, options, needle):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001.flo", np.zeros((12, 16, 2), np.float32))
+    code, out, err = cli(*_args(tmp_path, *options))
+    assert_one_line_error(code, err, 2, needle, "--predictions")
+    assert out == ""
+
+
+def test_sintel_both_passes_and_a_missing_folder_are_refused(tmp_path, cli):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    code, _, err = cli("-d", "sintel", "-r", tmp_path, "--predictions", tmp_path)
+    assert_one_line_error(code, err, 2, "-d sintel-clean or -d sintel-final")
+    code, _, err = cli(*_args(tmp_path))
+    assert_one_line_error(code, err, 2, f"predictions folder {tmp_path / 'preds'} is not a folder")
