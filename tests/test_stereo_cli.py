@@ -703,3 +703,165 @@ def test_resume_with_another_camera_or_swap_is_refused_before_any_work(media, tm
     record = json.loads((out / ".flowcli-stereo.json").read_text())
     assert list(record) == [" ".join(str((rig / f"p0_{side}.png").resolve()) for side in ("left", "right"))]
     assert record[next(iter(record))]["baseline"] == 0.1 and "batch_size" not in record[next(iter(record))]
+
+
+# ----------------------------------------------------------------------------- --pairs LIST
+
+
+@pytest.fixture
+def listed_rigs(media, tmp_path) -> Path:
+    """tmp_path/data: a Middlebury-style scene with a space in its folder name ('rig one/im0.png', im1) and a pair
+    of another frame by name (p1_left.png, p1_right.png)."""
+    scene, data = media["scene"], tmp_path / "data"
+    write_png(data / "rig one" / "im0.png", _uint8(scene.left[0]))
+    write_png(data / "rig one" / "im1.png", _uint8(scene.right[0]))
+    write_png(data / "p1_left.png", _uint8(scene.left[1]))
+    write_png(data / "p1_right.png", _uint8(scene.right[1]))
+    return data
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "ms"} for record in records]
+
+
+def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, listed_rigs, tmp_path, cli, monkeypatch):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    pair_list = lists / "pairs.txt"
+    pair_list.write_text("# scenes\n\"../data/rig one/im0.png\" '../data/rig one/im1.png'\n\n"
+                         "../data/p1_left.png\t../data/p1_right.png\r\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # relative paths are relative to the list's folder, not to this one
+    pairs = [[str(lists / "../data" / name) for name in pair] for pair in
+             [("rig one/im0.png", "rig one/im1.png"), ("p1_left.png", "p1_right.png")]]
+    options = ["--weights", media["weights"], "--pfm", "--npy", "--json"]
+    from flowcli.cli import run_record
+
+    record_writes = []
+    real_atomic_path = run_record.atomic_path
+    monkeypatch.setattr(run_record, "atomic_path",
+                        lambda path, *a, **k: record_writes.append(path) or real_atomic_path(path, *a, **k))
+    # INPUTS first, then the list's lines
+    code, stdout, err = cli(media["left"], media["right"], "--pairs", pair_list, "-o", tmp_path / "listed", *options)
+    assert code == 0, err
+    assert "3 pair(s) -> " in err and len(record_writes) == 1  # one record write for the run, not one per line
+    first, *listed = _records(stdout)
+    assert first["inputs"] == [str(media["left"]), str(media["right"])]
+    assert [r["inputs"] for r in listed] == pairs
+    assert [r["source"] for r in listed] == [" ".join(pair) for pair in pairs]
+    assert [(r["left"], r["right"]) for r in listed] == [("im0", "im1"), ("p1_left", "p1_right")]
+    alone = []
+    for pair in pairs:
+        code, stdout, err = cli(*pair, "-o", tmp_path / "alone", *options, "-q")
+        assert code == 0, err
+        alone += _records(stdout)
+    assert _without_timing(listed) == [
+        {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed")) for k, p in r["outputs"].items()}}
+        for r in _without_timing(alone)
+    ]
+    names = sorted(p.name for p in (tmp_path / "listed").iterdir())
+    assert names == [".flowcli-stereo.json", "p1_disp.npy", "p1_disp.pfm", "rig one_disp.npy", "rig one_disp.pfm",
+                     "scene_disp.npy", "scene_disp.pfm"]
+    disparities = []
+    for stem in ("rig one", "p1"):
+        disparity = read_pfm(tmp_path / "listed" / f"{stem}_disp.pfm")
+        assert disparity.shape == (H, W)
+        np.testing.assert_array_equal(disparity, read_pfm(tmp_path / "alone" / f"{stem}_disp.pfm"))
+        np.testing.assert_array_equal(read_npy(tmp_path / "listed" / f"{stem}_disp.npy"), disparity)
+        disparities.append(disparity)
+    assert not np.array_equal(*disparities)  # two pairs, not one pair twice
+    recorded = json.loads((tmp_path / "listed" / ".flowcli-stereo.json").read_text())
+    assert set(recorded) == {
+        " ".join(sorted(str(Path(p).resolve()) for p in pair)) for pair in [*pairs, [media["left"], media["right"]]]
+    }
+    listed_entries = {key: value for key, value in recorded.items() if str(media["left"].resolve()) not in key}
+    assert listed_entries == json.loads((tmp_path / "alone" / ".flowcli-stereo.json").read_text())
+
+
+def test_swap_swaps_the_images_of_every_line(media, listed_rigs, tmp_path, cli):
+    pair_list = listed_rigs / "pairs.txt"
+    pair_list.write_text("'rig one/im1.png' 'rig one/im0.png'\np1_right.png p1_left.png\n")
+    code, stdout, err = cli("--pairs", pair_list, "--swap", "--weights", media["weights"], "-o", tmp_path / "swapped",
+                            "--npy", "--json", "-q")
+    assert code == 0, err
+    records = _records(stdout)
+    assert [(r["left"], r["right"], r["inputs"]) for r in records] == [
+        ("im0", "im1", [str(listed_rigs / "rig one/im0.png"), str(listed_rigs / "rig one/im1.png")]),
+        ("p1_left", "p1_right", [str(listed_rigs / "p1_left.png"), str(listed_rigs / "p1_right.png")]),
+    ]
+    assert [r["source"] for r in records] == [
+        f"{listed_rigs / 'rig one/im1.png'} {listed_rigs / 'rig one/im0.png'}",
+        f"{listed_rigs / 'p1_right.png'} {listed_rigs / 'p1_left.png'}",
+    ]
+    pair_list.write_text("'rig one/im0.png' 'rig one/im1.png'\np1_left.png p1_right.png\n")
+    code, _, err = cli("--pairs", pair_list, "--weights", media["weights"], "-o", tmp_path / "straight", "--npy", "-q")
+    assert code == 0, err
+    for stem in ("rig one", "p1"):
+        np.testing.assert_array_equal(read_npy(tmp_path / "swapped" / f"{stem}_disp.npy"),
+                                      read_npy(tmp_path / "straight" / f"{stem}_disp.npy"))
+    assert json.loads((tmp_path / "swapped" / ".flowcli-stereo.json").read_text()).keys() == json.loads(
+        (tmp_path / "straight" / ".flowcli-stereo.json").read_text()).keys()
+
+
+PAIR_LIST_ERRORS = {
+    "three paths": ("p1_left.png p1_right.png p1_left.png", ":3: expected two image paths, found 3"),
+    "missing image": ("p1_left.png nope.png", ":3: {data}/nope.png does not exist; check the path"),
+    "not an image": ("p1_left.png {video}", ":3: {video} is not an image file"),
+    "sizes differ": ("p1_left.png small.png", ":3: left and right differ in size: {data}/p1_left.png is 64x48, "
+                     "{data}/small.png is 40x48"),
+    "no pairs": ("# nothing", " has no pairs: give one pair per line"),
+}
+
+
+@pytest.mark.parametrize("case", PAIR_LIST_ERRORS)
+def test_a_bad_line_is_one_line_error_naming_it_before_any_work(case, media, listed_rigs, tmp_path, cli, monkeypatch):
+    write_png(listed_rigs / "small.png", _uint8(media["scene"].right[1])[:, :40])
+    line, needle = PAIR_LIST_ERRORS[case]
+    pair_list = listed_rigs / "pairs.txt"
+    text = f"'rig one/im0.png' 'rig one/im1.png'\n\n{line.format(video=media['video_left'])}\np1_left.png p1_right.png\n"
+    pair_list.write_text("# line 1\n\n# nothing\n" if case == "no pairs" else text)
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    code, stdout, err = cli("--pairs", pair_list, "--weights", media["weights"], "-o", out, "--all")
+    assert_one_line_error(code, err, 2, f"{pair_list}{needle.format(data=listed_rigs, video=media['video_left'])}")
+    assert stdout == "" and not out.exists()
+
+
+def test_a_pair_list_with_sbs_or_no_inputs_at_all_is_refused(media, listed_rigs, tmp_path, cli, monkeypatch):
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    pair_list = listed_rigs / "pairs.txt"
+    pair_list.write_text("p1_left.png p1_right.png\n")
+    out = tmp_path / "out"
+    code, stdout, err = cli("--sbs", media["sbs"], "--pairs", pair_list, "--weights", media["weights"], "-o", out)
+    assert_one_line_error(code, err, 2, "--pairs lists LEFT RIGHT pairs of two images, not side-by-side ones")
+    code, stdout, err = cli("--weights", media["weights"], "-o", out)
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert "stereo [OPTIONS] [INPUTS]..." in err and "Invalid value for 'INPUTS': give INPUTS, --pairs LIST" in err
+    assert not out.exists()
+
+
+def test_resume_of_a_pair_list_writes_only_the_missing_file(media, listed_rigs, tmp_path, cli, monkeypatch):
+    pair_list = listed_rigs / "pairs.txt"
+    pair_list.write_text("'rig one/im0.png' 'rig one/im1.png'\np1_left.png p1_right.png\n")
+    out = tmp_path / "out"
+    args = ["--pairs", pair_list, "--weights", media["weights"], "-o", out, "--pfm", "--vis", "--json", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    complete = _snapshot(out)
+    (out / "p1_disp_vis.png").unlink()  # interrupted while writing the second pair
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "--resume")
+    assert code == 0, err
+    assert model_pairs == [1]
+    records = _records(stdout)
+    assert [(r["type"], r["left"]) for r in records] == [("skipped", "im0"), ("pair", "p1_left")]
+    assert records[0]["outputs"] == {"pfm": str(out / "rig one_disp.pfm"), "vis": str(out / "rig one_disp_vis.png")}
+    resumed = _snapshot(out)
+    assert set(resumed) == set(complete)
+    for name, (data, mtime) in complete.items():
+        assert resumed[name][0] == data, name
+        if name not in ("p1_disp_vis.png", ".flowcli-stereo.json"):
+            assert resumed[name][1] == mtime, f"{name} was rewritten"
+    code, _, err = cli(*args, "--resume", "--swap")  # a changed setting is refused for a line as for any pair
+    assert_one_line_error(code, err, 2, f"holds outputs of {listed_rigs / 'rig one/im0.png'} "
+                          f"{listed_rigs / 'rig one/im1.png'}", "swap: off -> on")

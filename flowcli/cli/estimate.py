@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +53,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
+from flowcli.cli.pair_list import errors_at, read_pair_list
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
@@ -260,58 +260,20 @@ def _image_pair_source(path1: Path, path2: Path) -> _Source:
                    sequence=False)
 
 
-def _pair_list_text(pair_list: str) -> str:
-    """The text of --pairs LIST: a file, or - for stdin."""
-    from flowcli.io.media import STDIN
-
-    if pair_list == STDIN:
-        if sys.stdin is None or sys.stdin.isatty():  # typed alone: an error, not a wait for keystrokes
-            raise InputError("--pairs - reads the list from stdin, but nothing is piped in; pipe one in, or give "
-                             "the list's file: --pairs pairs.txt")
-        data = getattr(sys.stdin, "buffer", sys.stdin).read()
-    else:
-        path = Path(pair_list)
-        if path.is_dir():
-            raise InputError(f"--pairs {pair_list} is a folder; give a text file with two image paths per line")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"--pairs {pair_list} does not exist; check the path") from None
-        except OSError as error:
-            raise InputError(f"cannot read --pairs {pair_list}: {error.strerror}") from None
-    # undecodable bytes become the file-name bytes they stand for, as Python does for file names
-    return data if isinstance(data, str) else data.decode("utf-8-sig", errors="surrogateescape")
-
-
 def _pair_list_sources(pair_list: str) -> list[_Source]:
     """One explicit image pair per line of --pairs LIST (see the command help); errors name LIST:LINE."""
-    from flowcli.io.media import IMAGE_SUFFIXES, STDIN
+    from flowcli.io.media import IMAGE_SUFFIXES
 
-    list_name, folder = ("stdin", Path()) if pair_list == STDIN else (pair_list, Path(pair_list).parent)
     sources = []
-    for number, line in enumerate(_pair_list_text(pair_list).split("\n"), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        where = f"{list_name}:{number}"
-        try:
-            words = shlex.split(line)
-        except ValueError as error:  # an unterminated quote, a trailing backslash
-            raise InputError(f"{where}: {str(error).lower()}; close the quote, or quote the path that holds a quote "
-                             "or backslash") from None
-        if len(words) != 2:
-            raise InputError(f"{where}: expected two image paths, found {len(words)}; quote paths that contain spaces")
-        paths = [folder / word for word in words]
-        try:
+    for pair in read_pair_list(pair_list):
+        with errors_at(pair.where):
+            paths = [pair.first, pair.second]
             for path in paths:
                 if not path.exists():
                     raise _does_not_exist(path)
                 if not _is_image_file(path):
                     raise InputError(f"{path} is not an image file ({' '.join(IMAGE_SUFFIXES)})")
             sources.append(_image_pair_source(*paths))
-        except InputError as error:
-            raise InputError(f"{where}: {error}") from None
-    if not sources:
-        raise InputError(f"{list_name} has no pairs: give one pair per line, two image paths")
     return sources
 
 

@@ -53,6 +53,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
+from flowcli.cli.pair_list import errors_at, read_pair_list
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
@@ -100,6 +101,12 @@ _HELP_PARAGRAPHS = [
     "video. With --sbs every input is side-by-side (left half = left view): an image, a folder or glob of them, or "
     "a video. --swap: the first image or half is the right view. Sequences (folders, globs, videos) use every "
     "--step-th pair, at most --max-frames pairs.",
+    "--pairs LIST runs many unrelated LEFT RIGHT pairs (Middlebury scenes, KITTI frames) with one model load: a "
+    "text file, or - for stdin, read as by flowcli estimate --pairs (one pair per line, two image paths split as a "
+    "shell would; blank and # lines skipped; relative paths relative to the folder of LIST, or to the current "
+    "folder for -). Each line is an input of its own, exactly like LEFT RIGHT on the command line (--swap swaps its "
+    "images), after INPUTS if any; every line is checked before the model loads, and errors name LIST:LINE. Not "
+    "with --sbs.",
     "Outputs (choose with flags or --formats; default --pfm --vis, plus --depth when a camera is given): pfm, kitti, "
     "npy (left disparity in px, >= 0: negative values are clamped and their share reported), vis (colour PNG), video "
     "(colour mp4 per sequence, SOURCE_disp_vis.mp4), occlusion (mask PNG from the left-right consistency check, "
@@ -143,6 +150,8 @@ _HELP_PARAGRAPHS = [
     "  flowcli stereo left.png right.png",
     "  flowcli stereo oakd_stereo/ --calib oakd_stereo/stereodemo_calibration.json --depth --ply -o out/",
     "  flowcli stereo cam_left/ cam_right/ --focal 721.5 --baseline 0.54 --depth-png --video",
+    "  for d in middlebury/*/; do echo \"${d}im0.png ${d}im1.png\"; done | flowcli stereo --pairs - --name "
+    "'{stem}/{kind}' -o out/    (out/motorcycle/disp.pfm ...: an im0 / im1 pair takes its folder's name)",
     "  flowcli stereo --sbs clip_sbs.mp4 --max-frames 50 --formats npy,video --json > disparity.jsonl",
     "  flowcli stereo --sbs clip_sbs.mp4 --npy --vis --video --resume    (after an interruption: only what is missing)",
 ]
@@ -343,9 +352,35 @@ def _video_info(path: Path) -> tuple[float | None, int | None, tuple[int, int]]:
         reader.close()
 
 
+def _image_pair_source(first: Path, second: Path, swap: bool) -> _Source:
+    """An explicit LEFT RIGHT pair (two image files in a row among INPUTS, or a line of --pairs LIST), its sizes
+    checked from the headers; with --swap the first image is the right view."""
+    left, right = (second, first) if swap else (first, second)
+    stem = _pair_stem(left, right)
+    return _Source(label=f"{first} {second}", name=stem, pairs=[(left, right, stem)], count=1, sequence=False,
+                   size=_check_pair_sizes(left, right))
+
+
+def _pair_list_sources(pair_list: str, swap: bool) -> list[_Source]:
+    """One LEFT RIGHT pair per line of --pairs LIST (see the command help); errors name LIST:LINE."""
+    from flowcli.io.media import IMAGE_SUFFIXES
+
+    sources = []
+    for pair in read_pair_list(pair_list):
+        with errors_at(pair.where):
+            for path in (pair.first, pair.second):
+                if not path.exists():
+                    raise InputError(f"{path} does not exist; check the path")
+                if not _is_image_file(path):
+                    raise InputError(f"{path} is not an image file ({' '.join(IMAGE_SUFFIXES)})")
+            sources.append(_image_pair_source(pair.first, pair.second, swap))
+    return sources
+
+
 def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False, step: int = 1,
-                    max_frames: int | None = None) -> list[_Source]:
-    """Group INPUTS into sources (see the command help) and check them from file headers, without decoding."""
+                    max_frames: int | None = None, pair_list: str | None = None) -> list[_Source]:
+    """Group INPUTS into sources (see the command help), then add a source per pair of --pairs LIST, and check them
+    from file headers, without decoding."""
     from flowcli.io.media import is_video, list_frames
 
     for arg in inputs:
@@ -370,11 +405,7 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
                         f"{len(run)} image files in a row ({run[-1]} has no partner); give LEFT RIGHT pairs, "
                         "or --sbs for side-by-side images"
                     )
-                for first, second in zip(run[::2], run[1::2]):
-                    left, right = (second, first) if swap else (first, second)
-                    stem = _pair_stem(left, right)
-                    sources.append(_Source(label=f"{first} {second}", name=stem, pairs=[(left, right, stem)], count=1,
-                                           sequence=False))
+                sources += [_image_pair_source(first, second, swap) for first, second in zip(run[::2], run[1::2])]
             i = j
             continue
         if path.is_file() and is_video(path):
@@ -429,7 +460,11 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
                 pairs = [(right, left, stem) for left, right, stem in pairs]
         pairs = pairs[::step][:max_frames]
         sources.append(_Source(label=arg, name=name, pairs=pairs, count=len(pairs)))
+    if pair_list is not None:
+        sources += _pair_list_sources(pair_list, swap)
     for source in sources:
+        if source.size is not None:  # an explicit pair or a video: checked when it was made
+            continue
         for left, right, _ in source.pairs or []:
             size = _check_pair_sizes(left, right)
             source.size = source.size or size
@@ -688,10 +723,16 @@ def _camera(focal, baseline, calib):
 
 def stereo(
     inputs: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Argument(help="LEFT RIGHT images, folders or globs of pairs, left and right folders, videos; several "
-                       "allowed.", show_default=False, metavar="INPUTS"),
-    ],
+                       "allowed; optional with --pairs.", show_default=False, metavar="INPUTS"),
+    ] = None,
+    pair_list: Annotated[
+        Optional[str],
+        typer.Option("--pairs", metavar="LIST", help="Text file of LEFT RIGHT image pairs, one pair per line "
+                     "(relative to its folder), or - for stdin; see above.", rich_help_panel=INPUT_PANEL,
+                     show_default=False),
+    ] = None,
     sbs: Annotated[
         bool, typer.Option("--sbs", help="Every input is side by side: left half = left view.",
                            rich_help_panel=INPUT_PANEL)
@@ -775,6 +816,11 @@ def stereo(
     from flowcli.console import progress, stderr, warn
 
     # ---- options, before anything is read
+    if not inputs and pair_list is None:
+        raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
+    if sbs and pair_list is not None:
+        raise InputError("--pairs lists LEFT RIGHT pairs of two images, not side-by-side ones: give side-by-side "
+                         "images as INPUTS with --sbs, and the list in a run of its own")
     if resume and overwrite:
         raise InputError("--resume keeps existing outputs and --overwrite replaces them; use one of them")
     if step < 1:
@@ -810,7 +856,8 @@ def stereo(
     formats_set = frozenset(chosen - {"video"})
 
     # ---- inputs and outputs, before the model
-    sources = collect_sources(inputs, sbs=sbs, swap=swap, step=step, max_frames=max_frames)
+    sources = collect_sources(inputs or [], sbs=sbs, swap=swap, step=step, max_frames=max_frames,
+                              pair_list=pair_list)
     if camera is not None:
         for source in sources:  # every size of a folder, not only its first pair's: fail before any output
             for size in (source.size, *source.other_sizes):

@@ -1,0 +1,82 @@
+"""`--pairs LIST` of `flowcli estimate` and `flowcli stereo`: a text file (or - for stdin) of image pairs, one a line.
+
+Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two); blank
+lines and lines starting with # are skipped. Relative paths are relative to the folder of LIST, or to the current
+folder for -. Errors name the line as LIST:LINE (stdin:LINE for -). What a pair becomes (an estimate input, a
+stereo LEFT RIGHT pair) is each command's business: `read_pair_list` gives the paths, `errors_at` puts the line
+in front of the command's own errors about them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowcli.errors import InputError
+
+
+@dataclass(frozen=True)
+class ListedPair:
+    first: Path
+    second: Path
+    where: str  # "LIST:LINE", for messages
+
+
+@contextlib.contextmanager
+def errors_at(where: str) -> Iterator[None]:
+    """An InputError raised inside is raised again as '{where}: {message}'."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+def read_pair_list(pair_list: str) -> Iterator[ListedPair]:
+    """The pairs of --pairs LIST (a file, or - for stdin), in line order. Lines are parsed as they are taken, so a
+    command that checks each pair's images before taking the next reports a list's first bad line, whatever is
+    wrong with it; a list without a pair is an error once it is read through."""
+    from flowcli.io.media import STDIN
+
+    list_name, folder = ("stdin", Path()) if pair_list == STDIN else (pair_list, Path(pair_list).parent)
+    found = False
+    for number, line in enumerate(_text(pair_list).split("\n"), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{list_name}:{number}"
+        try:
+            words = shlex.split(line)  # a CR of a CRLF line end is whitespace to it
+        except ValueError as error:  # an unterminated quote, a trailing backslash
+            raise InputError(f"{where}: {str(error).lower()}; close the quote, or quote the path that holds a quote "
+                             "or backslash") from None
+        if len(words) != 2:
+            raise InputError(f"{where}: expected two image paths, found {len(words)}; quote paths that contain spaces")
+        found = True
+        yield ListedPair(folder / words[0], folder / words[1], where)
+    if not found:
+        raise InputError(f"{list_name} has no pairs: give one pair per line, two image paths")
+
+
+def _text(pair_list: str) -> str:
+    from flowcli.io.media import STDIN
+
+    if pair_list == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():  # typed alone: an error, not a wait for keystrokes
+            raise InputError("--pairs - reads the list from stdin, but nothing is piped in; pipe one in, or give "
+                             "the list's file: --pairs pairs.txt")
+        data = getattr(sys.stdin, "buffer", sys.stdin).read()
+    else:
+        path = Path(pair_list)
+        if path.is_dir():
+            raise InputError(f"--pairs {pair_list} is a folder; give a text file with two image paths per line")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"--pairs {pair_list} does not exist; check the path") from None
+        except OSError as error:
+            raise InputError(f"cannot read --pairs {pair_list}: {error.strerror}") from None
+    # undecodable bytes become the file-name bytes they stand for, as Python does for file names
+    return data if isinstance(data, str) else data.decode("utf-8-sig", errors="surrogateescape")
