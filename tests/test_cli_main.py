@@ -223,3 +223,24 @@ def test_repeated_source_names_get_numbers_in_linear_time():
     assert time.perf_counter() - start < 2.0
     assert names[:3] == ["before", "before-2", "before-3"] and names[-1] == "before-20000"
     assert len(set(names)) == 20000
+
+
+def test_flowcli_face_with_files_runs_face_fit(monkeypatch, capsys, tmp_path):
+    """The brief's `flowcli face selfie.mp4`: the group runs `fit` when no subcommand is named."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.cli.main import with_default_subcommand
+
+    assert with_default_subcommand(["face", "selfie.mp4"]) == ["face", "fit", "selfie.mp4"]
+    assert with_default_subcommand(["face", "--flow", "a.mp4"]) == ["face", "fit", "--flow", "a.mp4"]
+    for unchanged in (["face", "fit", "a.mp4"], ["face", "convert", "dir", "-o", "m.npz"], ["face", "--help"],
+                      ["face"], ["estimate", "a.png", "b.png"]):
+        assert with_default_subcommand(unchanged) == unchanged
+
+    cli = in_process_cli(monkeypatch, capsys, "face")
+    missing = tmp_path / "selfie.mp4"
+    short, fit = cli(missing), cli("fit", missing)
+    assert short == fit  # the same one-line error from fit, not click's "No such command"
+    assert_one_line_error(short[0], short[2], 2, "selfie.mp4 not found")
+    code, out, _ = cli("--help")
+    assert code == 0 and "flowcli face FILES... is short for flowcli face fit FILES..." in out

@@ -33,7 +33,11 @@ class VideoMode(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    face_app = typer.Typer(help="Fit a 3D face model (ICT-FaceKit) to images and videos.", no_args_is_help=True)
+    face_app = typer.Typer(
+        help="Fit a 3D face model (ICT-FaceKit) to images and videos.\n\n"
+        "flowcli face FILES... is short for flowcli face fit FILES... (a file named fit or convert: write ./fit).",
+        no_args_is_help=True,
+    )
     face_app.command("fit")(fit_command)
     face_app.command("convert")(convert_command)
     app.add_typer(face_app, name="face")

@@ -68,6 +68,19 @@ def _register_commands() -> None:
         module.register(app)
 
 
+# `flowcli face selfie.mp4` is short for `flowcli face fit selfie.mp4`: fitting is what face is run for
+_DEFAULT_SUBCOMMANDS = {"face": ("fit", {"fit", "convert", "--help", "-h"})}
+
+
+def with_default_subcommand(args: list[str]) -> list[str]:
+    """`args` with a group's default subcommand put in where none was named (`face X` -> `face fit X`)."""
+    if len(args) >= 2 and args[0] in _DEFAULT_SUBCOMMANDS:
+        default, names = _DEFAULT_SUBCOMMANDS[args[0]]
+        if args[1] not in names:
+            return [args[0], default, *args[1:]]
+    return args
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     from rich.markup import escape
 
@@ -114,7 +127,7 @@ def run() -> None:
     _register_commands()
     with _sigterm_as_ctrl_c() as terminated:
         try:
-            code = app(standalone_mode=False)
+            code = app(args=with_default_subcommand(sys.argv[1:]), prog_name="flowcli", standalone_mode=False)
         except FlowcliError as error:
             stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             sys.exit(error.exit_code)
