@@ -483,3 +483,23 @@ def test_a_step_longer_than_every_sequence_is_named_in_the_error(tmp_path, base)
     code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--step", 5)
     assert code == 2 and "--step 5 needs sequences of at least 6 frames" in message and "has 5" in message, message
     assert not (tmp_path / "m.adapt").exists()
+
+
+def test_without_output_the_checkpoint_is_named_after_the_first_source(tmp_path, base, monkeypatch):
+    """`flowcli adapt my_footage/` (the brief's command) writes my_footage-adapted.safetensors here."""
+    from flowcli.cli.adapt import default_output
+
+    assert default_output(["shots/my_footage/"]) == Path("my_footage-adapted.safetensors")
+    assert default_output(["clips/holiday.mp4", "b/"]) == Path("holiday-adapted.safetensors")  # a file: its stem
+    assert default_output(["shots/*/*.png"]) == Path("shots-adapted.safetensors")
+    footage = _frames(tmp_path / "my_footage", 3)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    code, message = _cli(footage, "-w", base, "--steps", 2, "-q")
+    assert code == 0, message
+    from flowcli.checkpoint import load_checkpoint, read_metadata
+
+    output = tmp_path / "work" / "my_footage-adapted.safetensors"
+    load_checkpoint(output)
+    assert read_metadata(output)["flowcli.provenance"]["footage"]["sources"] == ["my_footage"]
+    assert (tmp_path / "work" / "my_footage-adapted.report.json").is_file()

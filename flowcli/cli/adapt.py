@@ -25,6 +25,9 @@ _HELP_PARAGRAPHS = [
     "*_left/*_right images, or a .txt file of 'LEFT RIGHT' lines): photometric + smoothness with the vertical "
     "component penalised (--vertical zero also drops it from the warp); with --temporal the pairs are a stereo "
     "video and Flow2Stereo's quadrilateral and triangle constraints tie flow and disparity together.",
+    "-o defaults to NAME-adapted.safetensors in the current folder, NAME being the first source's name (the "
+    "video's file name without its extension, the folder's name): flowcli adapt my_footage/ writes "
+    "my_footage-adapted.safetensors.",
     "Budget: --steps N or --minutes M. Ctrl-C saves the state in OUTPUT_STEM.adapt/ next to the output; the same "
     "command resumes it. The output is a self-describing checkpoint (architecture + provenance: base weights, "
     "footage fingerprint, steps, losses, before/after metrics, date) that works anywhere with --weights; "
@@ -33,6 +36,7 @@ _HELP_PARAGRAPHS = [
     "torchrun --nproc_per_node N -m flowcli.cli.main adapt ... (pairs are sharded with DistributedSampler).",
     "Exit codes: 0 ok, 1 other error or interrupted (resumable), 2 input error, 3 output error, 4 weights error.",
     "Examples:",
+    "  flowcli adapt my_footage/    (writes my_footage-adapted.safetensors)",
     "  flowcli adapt my_footage/ -o my_model.safetensors",
     "  flowcli adapt clip.mp4 shots/ --minutes 30 --device cuda -o my_model.safetensors",
     "  flowcli adapt sintel/training/clean --gt sintel:sintel/ --steps 3000 -o sintel_adapted.safetensors",
@@ -79,11 +83,12 @@ def adapt_command(
         list[str], typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", show_default=False)
     ],
     output: Annotated[
-        Path,
+        Optional[Path],
         typer.Option(
-            "--output", "-o", help="The adapted checkpoint (.safetensors).", rich_help_panel=_OUT, show_default=False
+            "--output", "-o", help="The adapted checkpoint (.safetensors); default: NAME-adapted.safetensors here, "
+            "NAME from the first source.", rich_help_panel=_OUT, show_default=False
         ),
-    ],
+    ] = None,
     weights: Annotated[
         Optional[str],
         typer.Option(
@@ -321,6 +326,7 @@ def adapt_command(
 
     from flowcli.adapt.trainer import AdaptConfig, adapt
 
+    output = output or default_output(sources)
     cfg = AdaptConfig(
         sources=list(sources), output=str(output), weights=weights, steps=steps, minutes=minutes, step=step,
         temporal=temporal, stereo=stereo, batch_size=batch_size, crop=_parse_crop(crop), lr=lr, seed=seed,
@@ -337,6 +343,17 @@ def adapt_command(
         stdout.write(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2) + "\n")
     if not quiet:
         print_report(result)
+
+
+def default_output(sources: list[str]) -> Path:
+    """NAME-adapted.safetensors in the current folder, NAME from the first source: a video's or a .txt list's
+    file name without its extension, a folder's name, a glob's folder (`shots/*.png` -> shots)."""
+    first = Path(sources[0]) if sources else Path("footage")
+    while any(char in first.name for char in "*?[") and first.name:
+        first = first.parent
+    resolved = first.resolve()
+    name = resolved.name if resolved.is_dir() or not resolved.suffix else resolved.stem
+    return Path(f"{name or 'footage'}-adapted.safetensors")
 
 
 def _row(table, name: str, before, after) -> None:
