@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import typer
 
@@ -61,3 +62,13 @@ def refuse_writes_before_the_model(monkeypatch) -> None:
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
     monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """name -> (bytes, mtime in ns) of every file under `folder`: what a refused or resumed run must keep."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    """--json records without their "ms", which differs from run to run."""
+    return [{key: value for key, value in record.items() if key != "ms"} for record in records]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_before_the_model
+from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_before_the_model, snapshot, without_timing
 from safetensors.torch import load_file, save_file
 
 from flowcli.checkpoint import read_metadata, save_checkpoint
@@ -531,11 +531,6 @@ def _count_model_pairs(monkeypatch) -> list[int]:
     return batches
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """name -> (bytes, mtime in ns) of every file under `folder`."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
-
-
 def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, tmp_path, cli, monkeypatch):
     for i in range(4):  # 3 pairs
         write_png(tmp_path / "shot" / f"f_{i}.png", _frame(i))
@@ -543,7 +538,7 @@ def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, t
     args = [tmp_path / "shot", "--weights", media["weights"], "-o", out, "--flo", "--vis", "--npy", "--json"]
     code, _, err = cli(*args, "-q")
     assert code == 0, err
-    complete = _snapshot(out)
+    complete = snapshot(out)
     # killed while publishing pair 0 (its .flo not renamed yet) and before pair 2: SIGKILL leaves hidden temp files
     deleted = ["f_0_flow.flo", "f_2_flow.flo", "f_2_vis.png", "f_2_flow.npy"]
     for name in deleted:
@@ -565,7 +560,7 @@ def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, t
     }
     assert set(records[0]["outputs"]) == {"flo", "npy", "vis"}  # every output of the pair, kept ones too
     assert "3 pair(s)" in err and "2 computed, 1 skipped" in err
-    resumed = _snapshot(out)
+    resumed = snapshot(out)
     assert set(resumed) == set(complete) | temps
     for name, (data, mtime) in complete.items():
         assert resumed[name][0] == data, name  # the recomputed files are the ones the run would have written
@@ -580,7 +575,7 @@ def test_resume_of_a_complete_run_runs_no_model_and_reads_no_frames(media, tmp_p
             "--flo", "--vis", "--video", "--json", "-q"]
     code, _, err = cli(*args)
     assert code == 0, err
-    complete = _snapshot(out)
+    complete = snapshot(out)
     assert {"frames_vis.mp4", "clip_vis.mp4"} <= set(complete)
     model_pairs = _count_model_pairs(monkeypatch)
     from flowcli.io import media as media_module
@@ -593,7 +588,7 @@ def test_resume_of_a_complete_run_runs_no_model_and_reads_no_frames(media, tmp_p
     records = _json_lines(stdout)
     assert [r["type"] for r in records] == ["skipped"] * 4  # kept videos get no line
     assert [r["inputs"] for r in records][2] == [f"{media['clip']}#0", f"{media['clip']}#1"]
-    assert _snapshot(out) == complete
+    assert snapshot(out) == complete
 
 
 def test_resume_makes_a_missing_video_again(media, tmp_path, cli, monkeypatch):
@@ -618,13 +613,13 @@ def test_resume_makes_a_missing_video_again(media, tmp_path, cli, monkeypatch):
     code, _, err = cli(*flo_only)
     assert code == 0, err
     (out2 / "frames_vis.mp4").unlink()
-    kept = _snapshot(out2)
+    kept = snapshot(out2)
     model_pairs.clear()
     code, stdout, err = cli(*flo_only, "--resume")
     assert code == 0, err
     assert model_pairs == [1, 1]
     assert [r["type"] for r in _json_lines(stdout)] == ["pair", "pair", "video"]
-    assert {name: value for name, value in _snapshot(out2).items() if name in kept} == kept
+    assert {name: value for name, value in snapshot(out2).items() if name in kept} == kept
     assert sum(1 for _ in VideoReader(out2 / "frames_vis.mp4")) == 2
 
 
@@ -674,7 +669,7 @@ def test_resume_with_other_settings_is_refused_before_any_work(media, tmp_path, 
     code, _, err = run()
     assert code == 0, err
     (out / "f_1_flow.flo").unlink()  # interrupted before pair 1 was complete
-    before = _snapshot(out)
+    before = snapshot(out)
     other = save_checkpoint(FlowNet(FlowNetConfig(**TINY)), tmp_path / "other.safetensors")  # other random weights
     sha, other_sha = (hashlib.sha256(path.read_bytes()).hexdigest() for path in (media["weights"], other))
     model_pairs = _count_model_pairs(monkeypatch)
@@ -685,7 +680,7 @@ def test_resume_with_other_settings_is_refused_before_any_work(media, tmp_path, 
     code, stdout, err = run("--resume", "--scale", "0.5", "--max-flow", "4", weights=other)
     assert_one_line_error(code, err, 2, f"weights: {sha[:12]} -> {other_sha[:12]}", "scale: 1.0 -> 0.5",
                           "max-flow: unset -> 4.0")
-    assert model_pairs == [] and _snapshot(out) == before  # nothing computed, nothing written, the record kept
+    assert model_pairs == [] and snapshot(out) == before  # nothing computed, nothing written, the record kept
     # --overwrite starts afresh: the entry is replaced
     code, _, err = run("--overwrite", "--step", "2")
     assert code == 0, err
@@ -727,10 +722,10 @@ def test_a_folder_without_a_record_resumes_and_gets_one(media, tmp_path, cli):
     recorded = _record(out)
     (out / ".flowcli-estimate.json").unlink()  # as an older flowcli left the folder
     (out / "f_1_vis.png").unlink()
-    before = _snapshot(out)
+    before = snapshot(out)
     code, _, err = cli(*args, "--resume")
     assert code == 0, err
-    after = _snapshot(out)
+    after = snapshot(out)
     assert set(after) == set(before) | {"f_1_vis.png", ".flowcli-estimate.json"}
     assert {name: after[name] for name in before} == before
     assert _record(out) == recorded
@@ -767,12 +762,12 @@ def test_a_video_piped_into_stdin_gives_the_files_of_the_video_file(media, tmp_p
 
     # --resume: the stream is decoded again, only the missing file is written
     (tmp_path / "pipe" / "stdin_frame_000002_vis.png").unlink()
-    before = _snapshot(tmp_path / "pipe")
+    before = snapshot(tmp_path / "pipe")
     pipe_into_stdin(media["clip"].read_bytes())
     code, stdout, err = cli("-", "-o", tmp_path / "pipe", "--video", "--resume", *options)
     assert code == 0, err
     assert [r["type"] for r in _json_lines(stdout)] == ["skipped", "skipped", "pair", "skipped"]
-    after = _snapshot(tmp_path / "pipe")
+    after = snapshot(tmp_path / "pipe")
     assert {name: after[name] for name in before} == before
     assert after["stdin_frame_000002_vis.png"][0] == expected["frame_000002_vis.png"]
     assert not (tmp_path / "pipe" / ".flowcli-estimate.json").exists()  # a stream cannot be resumed: no record
@@ -819,10 +814,6 @@ def pair_images(tmp_path) -> Path:
     return data
 
 
-def _without_timing(records: list[dict]) -> list[dict]:
-    return [{key: value for key, value in record.items() if key != "ms"} for record in records]
-
-
 def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, pair_images, tmp_path, cli, monkeypatch):
     lists = tmp_path / "lists"
     lists.mkdir()
@@ -862,9 +853,9 @@ def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, pair_
         alone += _json_lines(stdout)
     assert [r["inputs"] for r in listed] == pairs
     assert [r["source"] for r in listed] == [" ".join(pair) for pair in pairs]
-    assert _without_timing(listed) == [
+    assert without_timing(listed) == [
         {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed")) for k, p in r["outputs"].items()}}
-        for r in _without_timing(alone)
+        for r in without_timing(alone)
     ]
     names = sorted(p.name for p in (tmp_path / "listed").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "alone").iterdir()) == [
@@ -998,7 +989,7 @@ def test_resume_of_a_pair_list_writes_only_the_missing_file(media, pair_images, 
     args = ["--pairs", pair_list, "--weights", media["weights"], "-o", out, "--flo", "--vis", "--json", "-q"]
     code, _, err = cli(*args)
     assert code == 0, err
-    complete = _snapshot(out)
+    complete = snapshot(out)
     assert _record(out).keys() == {str((pair_images / name).resolve()) for name in ("one 1.png", "c.png", "e.png")}
     (out / "c_flow.flo").unlink()  # interrupted while writing the second pair
     model_pairs = _count_model_pairs(monkeypatch)
@@ -1008,7 +999,7 @@ def test_resume_of_a_pair_list_writes_only_the_missing_file(media, pair_images, 
     records = _json_lines(stdout)
     assert [(r["type"], r["frame1"]) for r in records] == [("skipped", "one 1"), ("pair", "c"), ("skipped", "e")]
     assert records[1]["inputs"] == [str(pair_images / "c.png"), str(pair_images / "d.png")]
-    resumed = _snapshot(out)
+    resumed = snapshot(out)
     assert set(resumed) == set(complete)
     for name, (data, mtime) in complete.items():
         assert resumed[name][0] == data, name

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_before_the_model
+from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_before_the_model, snapshot, without_timing
 
 from flowcli.checkpoint import save_checkpoint
 from flowcli.inference import FlowResult
@@ -551,11 +551,6 @@ def _count_model_pairs(monkeypatch) -> list[int]:
     return batches
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """name -> (bytes, mtime in ns) of every file under `folder`."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
-
-
 def _rig_of_three_pairs(media, tmp_path) -> Path:
     scene, rig = media["scene"], tmp_path / "rig"
     for t in range(3):
@@ -570,7 +565,7 @@ def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, t
             "--baseline", "0.1", "--json"]
     code, _, err = cli(*args, "-q")
     assert code == 0, err
-    complete = _snapshot(out)
+    complete = snapshot(out)
     # killed while publishing pair 0 (its .pfm not renamed yet) and before pair 2: SIGKILL leaves hidden temp files
     deleted = ["p0_disp.pfm", "p2_disp.pfm", "p2_disp_vis.png", "p2_disp.npy", "p2_cloud.ply"]
     for name in deleted:
@@ -593,7 +588,7 @@ def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, t
     assert set(records[0]["outputs"]) == {"pfm", "npy", "vis", "ply"}  # every output of the pair, kept ones too
     assert records[2]["points"] > 0
     assert "3 pair(s)" in err and "2 computed, 1 skipped" in err
-    resumed = _snapshot(out)
+    resumed = snapshot(out)
     assert set(resumed) == set(complete) | temps
     for name, (data, mtime) in complete.items():
         assert resumed[name][0] == data, name  # the recomputed files are the ones the run would have written
@@ -610,7 +605,7 @@ def test_resume_of_a_complete_run_runs_no_model_and_reads_no_images(media, tmp_p
     assert code == 0, err
     code, _, err = cli(*args[1:])
     assert code == 0, err
-    complete = _snapshot(out)
+    complete = snapshot(out)
     assert {"pairs_disp_vis.mp4", "sbs_disp_vis.mp4"} <= set(complete)
     model_pairs = _count_model_pairs(monkeypatch)
     from flowcli.io import media as media_module
@@ -625,7 +620,7 @@ def test_resume_of_a_complete_run_runs_no_model_and_reads_no_images(media, tmp_p
         assert [r["type"] for r in _records(stdout)] == ["skipped", "skipped"]  # kept videos get no line
     assert model_pairs == [] and read_image_calls == []
     assert _records(stdout)[1]["inputs"] == [f"{media['sbs_video']}#1"]
-    assert _snapshot(out) == complete
+    assert snapshot(out) == complete
 
 
 def test_resume_makes_a_missing_video_again(media, tmp_path, cli, monkeypatch):
@@ -650,13 +645,13 @@ def test_resume_makes_a_missing_video_again(media, tmp_path, cli, monkeypatch):
     code, _, err = cli(*npy_only)
     assert code == 0, err
     (out2 / "pairs_disp_vis.mp4").unlink()
-    kept = _snapshot(out2)
+    kept = snapshot(out2)
     model_pairs.clear()
     code, stdout, err = cli(*npy_only, "--resume")
     assert code == 0, err
     assert model_pairs == [1, 1]
     assert [r["type"] for r in _records(stdout)] == ["pair", "pair", "video"]
-    assert {name: value for name, value in _snapshot(out2).items() if name in kept} == kept
+    assert {name: value for name, value in snapshot(out2).items() if name in kept} == kept
     assert sum(1 for _ in VideoReader(out2 / "pairs_disp_vis.mp4")) == 2
 
 
@@ -690,13 +685,13 @@ def test_resume_with_another_camera_or_swap_is_refused_before_any_work(media, tm
     code, _, err = run()
     assert code == 0, err
     (out / "p2_depth.npy").unlink()  # interrupted before pair 2 was complete
-    before = _snapshot(out)
+    before = snapshot(out)
     model_pairs = _count_model_pairs(monkeypatch)
     # --swap makes the left view the right one: the same files are the source (and key), their outputs differ
     code, stdout, err = run("--resume", "--swap", baseline="0.2")
     assert_one_line_error(code, err, 2, f"--resume: {out} holds outputs of {rig} made with other settings",
                           "swap: off -> on", "baseline: 0.1 -> 0.2", "or use --overwrite to start afresh")
-    assert stdout == "" and model_pairs == [] and _snapshot(out) == before
+    assert stdout == "" and model_pairs == [] and snapshot(out) == before
     code, _, err = run("--resume", "--batch-size", "2", "--precision", "fp32", "--max-pixels", "0", "--npy")
     assert code == 0, err
     assert (out / "p2_depth.npy").is_file() and (out / "p0_disp.npy").is_file()
@@ -718,10 +713,6 @@ def listed_rigs(media, tmp_path) -> Path:
     write_png(data / "p1_left.png", _uint8(scene.left[1]))
     write_png(data / "p1_right.png", _uint8(scene.right[1]))
     return data
-
-
-def _without_timing(records: list[dict]) -> list[dict]:
-    return [{key: value for key, value in record.items() if key != "ms"} for record in records]
 
 
 def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, listed_rigs, tmp_path, cli, monkeypatch):
@@ -755,9 +746,9 @@ def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, liste
         code, stdout, err = cli(*pair, "-o", tmp_path / "alone", *options, "-q")
         assert code == 0, err
         alone += _records(stdout)
-    assert _without_timing(listed) == [
+    assert without_timing(listed) == [
         {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed")) for k, p in r["outputs"].items()}}
-        for r in _without_timing(alone)
+        for r in without_timing(alone)
     ]
     names = sorted(p.name for p in (tmp_path / "listed").iterdir())
     assert names == [".flowcli-stereo.json", "p1_disp.npy", "p1_disp.pfm", "rig one_disp.npy", "rig one_disp.pfm",
@@ -847,7 +838,7 @@ def test_resume_of_a_pair_list_writes_only_the_missing_file(media, listed_rigs, 
     args = ["--pairs", pair_list, "--weights", media["weights"], "-o", out, "--pfm", "--vis", "--json", "-q"]
     code, _, err = cli(*args)
     assert code == 0, err
-    complete = _snapshot(out)
+    complete = snapshot(out)
     (out / "p1_disp_vis.png").unlink()  # interrupted while writing the second pair
     model_pairs = _count_model_pairs(monkeypatch)
     code, stdout, err = cli(*args, "--resume")
@@ -856,7 +847,7 @@ def test_resume_of_a_pair_list_writes_only_the_missing_file(media, listed_rigs, 
     records = _records(stdout)
     assert [(r["type"], r["left"]) for r in records] == [("skipped", "im0"), ("pair", "p1_left")]
     assert records[0]["outputs"] == {"pfm": str(out / "rig one_disp.pfm"), "vis": str(out / "rig one_disp_vis.png")}
-    resumed = _snapshot(out)
+    resumed = snapshot(out)
     assert set(resumed) == set(complete)
     for name, (data, mtime) in complete.items():
         assert resumed[name][0] == data, name
