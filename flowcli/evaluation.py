@@ -189,11 +189,23 @@ def _prediction_suffixes(stereo: bool) -> tuple[str, ...]:
     return ("", "_flow", "_disp") if stereo else ("", "_flow")
 
 
-def prediction_candidates(folder: str | Path, name: str, *, stereo: bool = False) -> list[Path]:
+def prediction_candidates(
+    folder: str | Path, name: str, *, stereo: bool = False, first_image: str | Path | None = None
+) -> list[Path]:
     """The files that may hold the prediction for item `name`, in lookup order: FOLDER/NAME.EXT, then
-    FOLDER/NAME_flow.EXT (stereo: then FOLDER/NAME_disp.EXT), EXT in flo, png, npy, pfm."""
+    FOLDER/NAME_flow.EXT (stereo: then FOLDER/NAME_disp.EXT), EXT in flo, png, npy, pfm. With the item's
+    `first_image` (frame 1, or the left view), also the names `flowcli estimate` / `flowcli stereo` give its
+    outputs by default and with --name '{source}/{frame1}': FOLDER/STEM_flow.EXT and FOLDER/PARENT/STEM_flow.EXT,
+    STEM and PARENT being the image's name without extension and its folder's name (Chairs 00001 ->
+    00001_img1_flow.flo, Middlebury Dimetrodon -> Dimetrodon/frame10_flow.flo)."""
     suffixes = _prediction_suffixes(stereo)
-    return [Path(folder) / f"{name}{suffix}.{ext}" for suffix in suffixes for ext in PREDICTION_EXTENSIONS]
+    names = [name]
+    if first_image is not None:
+        image = Path(first_image)
+        names += [name for name in (image.stem, f"{image.parent.name}/{image.stem}") if name not in names]
+    candidates = [Path(folder) / f"{base}{suffix}.{ext}" for base in names for suffix in suffixes
+                  for ext in PREDICTION_EXTENSIONS if base == name or suffix]  # a bare image stem is not a prediction
+    return list(dict.fromkeys(candidates))
 
 
 def _spelled_candidates(folder: Path, name: str, stereo: bool) -> str:
@@ -206,17 +218,26 @@ def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
     Every item is checked before any is scored."""
     stereo = dataset.name in STEREO_DATASETS
     found: list[Path] = []
+    claimed: dict[Path, str] = {}
     missing: list[str] = []
     for record in dataset.samples[:count]:
         name = record["name"]
-        existing = [path for path in prediction_candidates(folder, name, stereo=stereo) if path.is_file()]
+        first_image = record.get("left" if stereo else "image1")
+        candidates = prediction_candidates(folder, name, stereo=stereo, first_image=first_image)
+        existing = [path for path in candidates if path.is_file()]
         if len(existing) > 1:
             raise InputError(
                 f"{len(existing)} predictions for {dataset.name} item {name}: "
                 f"{' and '.join(map(str, existing))}; keep one of them in {folder}"
             )
+        if existing and existing[0] in claimed:  # a frame name that several items share (Sintel's frame_0002)
+            raise InputError(
+                f"{existing[0]} would be the prediction of both {claimed[existing[0]]} and {name}; name the files "
+                "after the items (flowcli estimate: --name '{source}/{frame1}')"
+            )
         if existing:
             found.append(existing[0])
+            claimed[existing[0]] = name
         else:
             missing.append(name)
     if missing:
@@ -296,9 +317,9 @@ def evaluate_predictions(
     The prediction for an item is found by its name (`alley_1/frame_0002`, `00001`, `000010_10`...) as
     PREDICTIONS/NAME.EXT, NAME_flow.EXT or, for stereo, NAME_disp.EXT (`prediction_candidates`); exactly one
     must exist for every scored item, at the size of its ground truth, with finite values everywhere
-    (`read_prediction` lists the formats). With `occlusion`, PREDICTIONS/NAME_occ.png (255 = occluded),
-    where present, is scored as `occ_f1` on datasets with occlusion ground truth. The report's `model` is
-    the folder.
+    (`read_prediction` lists the formats). With `occlusion`, the occlusion mask beside the flow (STEM_occ.png
+    next to STEM_flow.EXT, or PREDICTIONS/NAME_occ.png; 255 = occluded), where present, is scored as `occ_f1`
+    on datasets with occlusion ground truth. The report's `model` is the folder.
     """
     dataset = make_dataset(dataset_name, root)
     folder = Path(predictions).expanduser()
@@ -313,7 +334,9 @@ def evaluate_predictions(
         path = paths[item["name"]]
         prediction = read_prediction(path, stereo=stereo)
         _check_prediction(path, prediction, item, dataset.name)
-        mask_path = folder / f"{item['name']}_occ.png"
+        # beside its flow: flowcli estimate writes STEM_occ.png next to STEM_flow.EXT
+        stem = path.stem[: -len("_flow")] if path.stem.endswith("_flow") else item["name"]
+        mask_path = (path.parent if path.stem.endswith("_flow") else folder) / f"{Path(stem).name}_occ.png"
         predicted_occlusion = None
         if occlusion and not stereo and item["occlusion"] is not None and mask_path.is_file():
             predicted_occlusion = _read_occlusion_mask(mask_path)

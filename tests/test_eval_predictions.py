@@ -249,3 +249,26 @@ def test_sintel_both_passes_and_a_missing_folder_are_refused(tmp_path, cli):
     assert_one_line_error(code, err, 2, "-d sintel-clean or -d sintel-final")
     code, _, err = cli(*_args(tmp_path))
     assert_one_line_error(code, err, 2, f"predictions folder {tmp_path / 'preds'} is not a folder")
+
+
+def test_flowcli_estimate_names_are_found_by_the_items_first_frame(tmp_path, cli):
+    """`flowcli estimate --pairs` names Chairs' outputs after frame 1 (00001_img1_flow.flo), and --name
+    '{source}/{frame1}' gives SCENE/frame10_flow.flo for Middlebury: both are found. A frame name that two
+    items share (Sintel's frame_0002 in every scene) would score one file twice, and is refused."""
+    _tiny_chairs(tmp_path / "chairs")
+    write_flo(tmp_path / "preds" / "00001_img1_flow.flo", np.full((12, 16, 2), 1.0, np.float32))  # exact
+    write_flo(tmp_path / "preds" / "data" / "00002_img1_flow.flo", np.full((12, 16, 2), 2.0, np.float32) + [3.0, 4.0])
+    code, out, err = cli("-d", "chairs", "-r", tmp_path / "chairs", "--predictions", tmp_path / "preds", "--json")
+    assert code == 0, err
+    rows = json.loads(out)["results"]["chairs"]["per_item"]
+    assert [(row["name"], row["epe"]) for row in rows] == [("00001", 0.0), ("00002", 5.0)]
+
+    sintel = tmp_path / "sintel" / "training"
+    for scene in ("alley_1", "cave_2"):
+        for frame in (1, 2):
+            write_png(sintel / "clean" / scene / f"frame_000{frame}.png", np.zeros((12, 16, 3), np.uint8))
+        write_flo(sintel / "flow" / scene / "frame_0001.flo", np.zeros((12, 16, 2), np.float32))
+    write_flo(tmp_path / "flat" / "frame_0001_flow.flo", np.zeros((12, 16, 2), np.float32))
+    code, _, err = cli("-d", "sintel-clean", "-r", tmp_path / "sintel", "--predictions", tmp_path / "flat", "-q")
+    assert_one_line_error(code, err, 2, "would be the prediction of both alley_1/frame_0001 and cave_2/frame_0001",
+                          "--name '{source}/{frame1}'")

@@ -102,9 +102,10 @@ _HELP_PARAGRAPHS = [
     "files left by a killed run are not outputs and may be deleted. With - (stdin), pipe the same video again: pairs "
     "are matched by frame number, so a live stream cannot be resumed. --resume and --overwrite exclude each other.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, frame1, frame2, inputs "
-    "(paths; video frames as VIDEO#N, stdin#N for -), width, height, outputs (output name -> path), flow_mean, flow_max (px), "
-    "occluded_fraction (null unless occlusion was computed), ms (inference time per pair), tiles, model, weights, "
-    "sha256. Each video written adds a line with type \"video\", source, outputs ({\"video\": path}), frames, fps. "
+    "(paths; video frames as VIDEO#N, stdin#N for -), width, height, outputs (output name -> path), flow_mean, "
+    "flow_max (px), occluded_fraction (null unless occlusion was computed), ms (inference time per pair), tiles, "
+    "model, weights, sha256. Each video written adds a line with type \"video\", source, outputs "
+    "({\"video\": path}), frames, fps. "
     "With --resume, a skipped pair gets a line with type \"skipped\", source, index, frame1, frame2, inputs and "
     "outputs (the files kept); a kept video gets no line.",
     "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error, 4 weights error.",

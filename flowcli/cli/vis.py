@@ -45,9 +45,10 @@ _PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGB
 _HELP_PARAGRAPHS = [
     "Colour-code flow and disparity files that already exist: one colour PNG per file, OUT/STEM_vis.png.",
     "For flowcli estimate and stereo outputs, or dataset ground truth (Sintel and Chairs .flo, KITTI flow_occ and "
-    "disp_occ PNGs, Middlebury disp0GT.pfm); nothing is estimated. INPUTS are files, folders (their flow and disparity files in natural order, not recursive; hidden files and "
-    "8-bit PNGs such as earlier _vis.png pictures are left out) and quoted glob patterns, several in one call, "
-    "coloured in the order given (quote a glob for natural order: frame_2 before frame_10). Formats, by extension: "
+    "disp_occ PNGs, Middlebury disp0GT.pfm); nothing is estimated. INPUTS are files, folders (their flow and "
+    "disparity files in natural order, not recursive; hidden files and 8-bit PNGs such as earlier _vis.png "
+    "pictures are left out) and quoted glob patterns, several in one call, coloured in the order given (quote a "
+    "glob for natural order: frame_2 before frame_10). Formats, by extension: "
     ".flo (flow); .png, told apart by its channels: 16-bit RGB is KITTI flow (third channel = valid), 16-bit gray "
     "KITTI disparity (px x 256, 0 = invalid), anything else a picture and refused; .pfm (1 channel: disparity, "
     "3 channels: flow u, v); .npy ([H, W, 2] flow; [H, W] or [H, W, 1] disparity or another one-channel map); .npz "
@@ -445,7 +446,8 @@ def vis(
     template = check_template(name, NAME_FIELDS, _SAMPLE_NAME_FIELDS)
 
     items = collect_inputs(inputs)
-    _plan_outputs(items, output, template, video, overwrite)  # names known without reading; backward ones after the check
+    # the names are known without reading, the backward ones after the check
+    _plan_outputs(items, output, template, video, overwrite)
     global_largest: dict[str, float | None] = {"flow": None, "disparity": None}
 
     def emit(record: dict) -> None:
