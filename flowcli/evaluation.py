@@ -11,7 +11,9 @@ Stereo datasets: the flow from left to right is estimated with the flow model, d
 
 Predictions (`evaluate_predictions`): flow or disparity files that any tool wrote, one per item, are
 scored by the same per-item code (`score_item`) instead of a model's output; see `prediction_candidates` and
-`read_prediction` for the file names and formats.
+`read_prediction` for the file names and formats. On the KITTI datasets, pixels a prediction leaves unknown are
+filled as the KITTI devkit fills them (`fill_like_kitti_devkit`) and the share it gave is reported as `density`;
+elsewhere every pixel needs a value.
 
 `EvalReport.mean` is the mean over items of each metric (NaNs from items without, e.g., occluded
 pixels are skipped), plus pixel-weighted `epe_px`, `fl_all_px` and `d1_px` over all valid pixels of
@@ -288,19 +290,79 @@ def _read_occlusion_mask(path: Path) -> torch.Tensor:
     return _mask_png(path).float()[None]
 
 
-def _check_prediction(path: Path, prediction: torch.Tensor, item: dict, dataset_name: str) -> None:
+def _check_size(path: Path, prediction: torch.Tensor, item: dict, dataset_name: str) -> None:
     height, width = item["valid"].shape[-2:]
     if tuple(prediction.shape[-2:]) != (height, width):
         raise InputError(
             f"{path} is {prediction.shape[-1]}x{prediction.shape[-2]}, the ground truth of {dataset_name} item "
             f"{item['name']} is {width}x{height}; write predictions at the ground truth's size (eval does not resize)"
         )
-    unknown = int((~torch.isfinite(prediction)).any(dim=1).sum())
-    if unknown:
-        raise InputError(
-            f"{path} has {unknown} of {height * width} pixels without a finite value (NaN, inf or the format's "
-            "unknown marker); a prediction must give every pixel a value"
-        )
+
+
+KITTI_DATASETS = ("kitti2015", "kitti2012", "kitti-stereo")
+# What the devkit's readers store at a pixel that the file marks invalid, and its interpolation leaves so:
+# FlowImage::readFlowField writes (0, 0), DisparityImage::setInvalid writes -1.
+_DEVKIT_UNFILLED = {2: 0.0, 1: -1.0}
+
+
+def fill_like_kitti_devkit(prediction: torch.Tensor) -> torch.Tensor:
+    """A flow [2,H,W] or disparity [1,H,W] with NaN (or inf) where unknown, filled as the official KITTI devkit
+    fills a sparse submission before scoring it: `FlowImage::interpolateBackground` (io_flow.h) and
+    `DisparityImage::interpolateBackground` (io_disp.h) of devkit_scene_flow (KITTI 2015) and devkit_stereo_flow
+    (KITTI 2012), read in github.com/atinfinity/devkit_scene_flow devkit/cpp/io_flow.h, io_disp.h and
+    github.com/speedbyte/kitti_devkit_stereo_opticalflow_sceneflow cpp/io_flow.h (the same code).
+
+    A pixel is unknown when any of its channels is not finite (KITTI's valid bit is per pixel). The rules:
+    1. per row, a gap between two known pixels takes, channel by channel, the smaller of the two known values
+       beside it (for flow u and v are each the min of their own neighbours);
+    2. per row, pixels before the first known pixel take its value, pixels after the last known one take that;
+    3. per column (after 1 and 2 every row is either all known or all unknown), rows above the first known row
+       take its values, rows below the last known row take that.
+    An unknown row between two known rows is left as the devkit leaves it: the value its reader stores for an
+    invalid pixel, flow (0, 0), disparity -1. With no known pixel at all everything is that value.
+    """
+    channels, height, width = prediction.shape
+    unfilled = _DEVKIT_UNFILLED[channels]
+    known = torch.isfinite(prediction).all(dim=0)
+    known_rows = known.any(dim=1)
+    if not known_rows.any():
+        return torch.full_like(prediction, unfilled)
+
+    # 1 and 2: for each pixel, the nearest known column at or left of it (-1: none) and at or right of it (width)
+    columns = torch.arange(width, device=prediction.device).expand(height, width)
+    left = torch.where(known, columns, -1).cummax(dim=1).values
+    right = torch.where(known, columns, width).flip(1).cummin(dim=1).values.flip(1)
+    at_left = prediction.gather(2, left.clamp(min=0).expand(channels, height, width))
+    at_right = prediction.gather(2, right.clamp(max=width - 1).expand(channels, height, width))
+    has_left, has_right = left >= 0, right < width
+    outside = torch.where(has_left, at_left, at_right)  # a leading or trailing run (garbage in a row of unknowns)
+    filled = torch.where(known, prediction, torch.where(has_left & has_right, torch.minimum(at_left, at_right), outside))
+
+    # 3: each row's source row; -1 for an unknown row between known ones
+    rows = torch.arange(height, device=prediction.device)
+    first_known, last_known = rows[known_rows][0], rows[known_rows][-1]
+    source = torch.where(known_rows, rows, -1)
+    source = torch.where(rows < first_known, first_known, torch.where(rows > last_known, last_known, source))
+    filled = filled[:, source.clamp(min=0)]
+    filled[:, source < 0] = unfilled
+    return filled
+
+
+def _fill_kitti_prediction(prediction: torch.Tensor, stereo: bool) -> torch.Tensor:
+    """`fill_like_kitti_devkit` on a [1,C,H,W] prediction. A stereo flow's -u is a disparity: it is filled as the
+    devkit fills disparities (the min of the disparities is the max of u), its v as a flow's."""
+    if stereo and prediction.shape[1] == 2:
+        prediction = prediction.masked_fill(~torch.isfinite(prediction).all(dim=1, keepdim=True), math.nan)
+        disparity = fill_like_kitti_devkit(-prediction[0, :1])
+        vertical = fill_like_kitti_devkit(prediction[0])[1:]
+        return torch.cat([-disparity, vertical])[None]
+    return fill_like_kitti_devkit(prediction[0])[None]
+
+
+def _density(known: torch.Tensor, valid: torch.Tensor) -> float:
+    """The devkit's density: the share of the ground truth's valid pixels that the prediction gave a value."""
+    n_valid = int(valid.sum())
+    return float((known & valid).sum()) / n_valid if n_valid else math.nan
 
 
 def evaluate_predictions(
@@ -316,16 +378,22 @@ def evaluate_predictions(
 
     The prediction for an item is found by its name (`alley_1/frame_0002`, `00001`, `000010_10`...) as
     PREDICTIONS/NAME.EXT, NAME_flow.EXT or, for stereo, NAME_disp.EXT (`prediction_candidates`); exactly one
-    must exist for every scored item, at the size of its ground truth, with finite values everywhere
-    (`read_prediction` lists the formats). With `occlusion`, the occlusion mask beside the flow (STEM_occ.png
-    next to STEM_flow.EXT, or PREDICTIONS/NAME_occ.png; 255 = occluded), where present, is scored as `occ_f1`
-    on datasets with occlusion ground truth. The report's `model` is the folder.
+    must exist for every scored item, at the size of its ground truth (`read_prediction` lists the formats).
+    Sintel, Chairs and Middlebury need a finite value at every pixel. KITTI (kitti2015, kitti2012, kitti-stereo)
+    takes sparse predictions as its devkit does: the unknown pixels (KITTI valid bit 0, disparity 0, .flo >= 1e9,
+    NaN, inf) are filled by `fill_like_kitti_devkit` before scoring, and each row gets `density`, the share of the
+    ground truth's valid pixels that the prediction gave a value (1.0 when dense); the mean has it averaged over
+    items (`density`) and over pixels (`density_px`). A prediction without any finite pixel is refused everywhere.
+    With `occlusion`, the occlusion mask beside the flow (STEM_occ.png next to STEM_flow.EXT, or
+    PREDICTIONS/NAME_occ.png; 255 = occluded), where present, is scored as `occ_f1` on datasets with occlusion
+    ground truth. The report's `model` is the folder.
     """
     dataset = make_dataset(dataset_name, root)
     folder = Path(predictions).expanduser()
     if not folder.is_dir():
         raise InputError(f"predictions folder {folder} is not a folder; give the folder holding one file per item")
     stereo = dataset.name in STEREO_DATASETS
+    fills_gaps = dataset.name in KITTI_DATASETS
     count = _item_count(dataset, max_items)
     names = [record["name"] for record in dataset.samples[:count]]
     paths = dict(zip(names, find_predictions(dataset, folder, count)))
@@ -333,7 +401,23 @@ def evaluate_predictions(
     def read_and_score(item: dict) -> dict:
         path = paths[item["name"]]
         prediction = read_prediction(path, stereo=stereo)
-        _check_prediction(path, prediction, item, dataset.name)
+        _check_size(path, prediction, item, dataset.name)
+        known = torch.isfinite(prediction).all(dim=1)
+        height, width = known.shape[-2:]
+        unknown = height * width - int(known.sum())
+        if unknown and not fills_gaps:
+            raise InputError(
+                f"{path} has {unknown} of {height * width} pixels without a finite value (NaN, inf or the format's "
+                "unknown marker); a prediction must give every pixel a value (only KITTI's evaluation fills gaps: "
+                f"{', '.join(KITTI_DATASETS)})"
+            )
+        if unknown == height * width:
+            raise InputError(
+                f"{path} has no pixel with a finite value (NaN, inf or the format's unknown marker everywhere); "
+                "give at least one pixel a value (KITTI's evaluation fills the others)"
+            )
+        if fills_gaps:
+            prediction = _fill_kitti_prediction(prediction, stereo)
         # beside its flow: flowcli estimate writes STEM_occ.png next to STEM_flow.EXT
         stem = path.stem[: -len("_flow")] if path.stem.endswith("_flow") else item["name"]
         mask_path = (path.parent if path.stem.endswith("_flow") else folder) / f"{Path(stem).name}_occ.png"
@@ -345,10 +429,15 @@ def evaluate_predictions(
                     f"{mask_path} is {predicted_occlusion.shape[-1]}x{predicted_occlusion.shape[-2]}, its flow "
                     f"{path} is {prediction.shape[-1]}x{prediction.shape[-2]}; the files do not belong together"
                 )
-        return score_item(item, prediction, stereo=stereo, occlusion=predicted_occlusion)
+        row = score_item(item, prediction, stereo=stereo, occlusion=predicted_occlusion)
+        if fills_gaps:
+            row["density"] = _density(known, item["valid"][None].to(known.device)[:, 0])
+        return row
 
     per_item = _score_items(dataset, count, read_and_score, progress)
-    return EvalReport(dataset=dataset.name, per_item=per_item, mean=mean_metrics(per_item), model=str(folder))
+    # density: the mean over items (KITTI 2012's devkit) and, weighted by valid pixels, density_px (KITTI 2015's)
+    mean = mean_metrics(per_item, pixel_weighted=("epe", "fl_all", "d1", "density"))
+    return EvalReport(dataset=dataset.name, per_item=per_item, mean=mean, model=str(folder))
 
 
 HEADLINE_KEYS = ("epe", "epe_px", "epe_occ", "epe_noc", "fl_all", "fl_all_px", "d1", "d1_px", "occ_f1", "vert_abs")

@@ -12,8 +12,8 @@ from cli_harness import assert_one_line_error, in_process_cli
 
 from flowcli.data import make_dataset
 from flowcli.errors import InputError
-from flowcli.evaluation import evaluate, evaluate_predictions
-from flowcli.io.flow_formats import write_flo, write_kitti_flow, write_npy, write_pfm, write_png
+from flowcli.evaluation import evaluate, evaluate_predictions, fill_like_kitti_devkit
+from flowcli.io.flow_formats import write_disparity_png, write_flo, write_kitti_flow, write_npy, write_pfm, write_png
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "flow").is_dir(), reason="../shared/data is absent")
@@ -127,6 +127,113 @@ def test_kitti_png_and_npy_predictions_read_as_written(tmp_path):
     assert row["epe"] == pytest.approx(5.0, abs=1e-4) and row["acc_3px"] == 0
 
 
+NAN = math.nan
+
+
+def _fill(rows: list) -> list:
+    """fill_like_kitti_devkit on a disparity [H][W] (or, with [u, v] pixels, a flow) given as lists; NaN = unknown."""
+    array = torch.tensor(rows, dtype=torch.float32)
+    prediction = array[None] if array.dim() == 2 else array.permute(2, 0, 1)
+    before = prediction.clone()
+    filled = fill_like_kitti_devkit(prediction)
+    assert torch.equal(prediction.nan_to_num(7.5), before.nan_to_num(7.5))  # the input is left as it was
+    return (filled[0] if array.dim() == 2 else filled.permute(1, 2, 0)).tolist()
+
+
+def test_the_devkit_fills_a_gap_in_a_row_with_the_smaller_neighbour():
+    """io_disp.h / io_flow.h interpolateBackground: a run of unknowns between two known pixels takes their min; for
+    flow u and v separately (here u from the left neighbour, v from the right one)."""
+    assert _fill([[4, NAN, NAN, 2]]) == [[4, 2, 2, 2]]
+    assert _fill([[[1, 5], [NAN, NAN], [NAN, 7], [3, 2]]]) == [[[1, 5], [1, 2], [1, 2], [3, 2]]]
+    assert _fill([[1, NAN, 5, NAN, 3]]) == [[1, 1, 5, 3, 3]]  # each gap by its own neighbours
+
+
+def test_the_devkit_extends_a_row_to_the_left_and_right_from_its_outer_known_pixels():
+    assert _fill([[NAN, 3, NAN, 5, NAN, NAN]]) == [[3, 3, 3, 5, 5, 5]]
+    assert _fill([[[NAN, NAN], [2, -1], [math.inf, 0]]]) == [[[2, -1], [2, -1], [2, -1]]]  # inf is unknown too
+
+
+def test_the_devkit_fills_unknown_rows_from_the_columns():
+    """Rows are filled first, then every row above the first known row copies it and every row below the last
+    known row copies that. An unknown row between two known rows is left as the devkit's reader left it:
+    disparity -1, flow (0, 0)."""
+    rows = [[NAN, NAN, NAN], [1, NAN, 2], [NAN, 4, NAN], [NAN, NAN, NAN]]
+    assert _fill(rows) == [[1, 1, 2], [1, 1, 2], [4, 4, 4], [4, 4, 4]]
+    assert _fill([[1, 1], [NAN, NAN], [2, NAN]]) == [[1, 1], [-1, -1], [2, 2]]
+    assert _fill([[[1, 1]], [[NAN, NAN]], [[2, 2]]]) == [[[1, 1]], [[0, 0]], [[2, 2]]]
+
+
+@needs_data
+def test_a_sparse_kitti_flow_prediction_is_filled_as_the_devkit_does_and_reports_its_density(tmp_path):
+    """The ground truth of KITTI 2015 written back as a KITTI PNG, valid where the ground truth is but in every third
+    column: the devkit's filling scores it close to exact, with density 2/3; a dense one has density 1."""
+    root = DATA / "flow" / "kitti2015"
+    item = make_dataset("kitti2015", root)[0]
+    valid = item["valid"][0].numpy()
+    given = valid.copy()
+    given[:, 1::3] = False
+    write_kitti_flow(tmp_path / "sparse" / f"{item['name']}.png", _flow_hw2(item), valid=given)
+    report = evaluate_predictions("kitti2015", root, tmp_path / "sparse", progress=False)
+    row = report.per_item[0]
+    assert row["density"] == pytest.approx(given.sum() / valid.sum(), abs=1e-12) and 0.6 < row["density"] < 0.7
+    assert 0 < row["epe"] < 0.5 and math.isfinite(row["fl_all"])  # filled from the neighbours, not zeros (9 px off)
+    assert report.mean["density"] == report.mean["density_px"] == row["density"]
+
+    offset = np.array([0.5, -0.25], np.float32)  # as in the test above: its score must not change
+    write_kitti_flow(tmp_path / "dense" / f"{item['name']}.png", _flow_hw2(item) + offset)
+    dense = evaluate_predictions("kitti2015", root, tmp_path / "dense", progress=False)
+    assert dense.per_item[0]["density"] == 1.0 and dense.mean["density"] == 1.0
+    assert dense.per_item[0]["epe"] == pytest.approx(math.hypot(0.5, 0.25), abs=1e-6) and dense.per_item[0]["fl_all"] == 0
+
+
+def _tiny_kitti_stereo(root: Path, disparity: np.ndarray) -> None:
+    """A KITTI 2015 stereo layout with one item, 000000_10, whose ground truth is `disparity` (all valid)."""
+    for folder in ("image_2", "image_3"):
+        write_png(root / "training" / folder / "000000_10.png", np.zeros((*disparity.shape, 3), np.uint8))
+    write_disparity_png(root / "training" / "disp_occ_0" / "000000_10.png", disparity)
+
+
+@pytest.mark.parametrize("as_flow", [False, True], ids=["disparity_png", "flow_npy"])
+def test_a_sparse_kitti_stereo_prediction_is_filled_with_the_smaller_disparity(tmp_path, as_flow):
+    """Ground truth 8 px everywhere (4x6); the prediction is exact but for row 1 = 8 8 ? ? 2 8: the devkit fills the
+    gap with min(8, 2) = 2, so three pixels are 6 px off. As a flow (u = -disparity) the same: the min of the
+    disparities is the max of u."""
+    _tiny_kitti_stereo(tmp_path / "kitti", np.full((4, 6), 8.0, np.float32))
+    disparity = np.full((4, 6), 8.0, np.float32)
+    disparity[1, 2:4] = NAN
+    disparity[1, 4] = 2.0
+    if as_flow:
+        write_npy(tmp_path / "preds" / "000000_10_flow.npy", np.stack((-disparity, np.zeros_like(disparity)), -1))
+    else:
+        write_disparity_png(tmp_path / "preds" / "000000_10.png", disparity)  # NaN: written as 0, unknown
+    row = evaluate_predictions("kitti-stereo", tmp_path / "kitti", tmp_path / "preds", progress=False).per_item[0]
+    assert row["density"] == pytest.approx(22 / 24) and row["epe"] == pytest.approx(18 / 24)
+    assert row["d1"] == pytest.approx(100 * 3 / 24) and row["bad_4"] == pytest.approx(100 * 3 / 24)
+    if as_flow:
+        assert row["vert_abs"] == 0
+
+
+def test_a_kitti_prediction_without_any_known_pixel_is_refused(tmp_path, cli):
+    _tiny_kitti_stereo(tmp_path / "kitti", np.full((4, 6), 8.0, np.float32))
+    write_disparity_png(tmp_path / "preds" / "000000_10.png", np.zeros((4, 6)), valid=np.zeros((4, 6), bool))
+    code, out, err = cli("-d", "kitti-stereo", "-r", tmp_path / "kitti", "--predictions", tmp_path / "preds", "-q")
+    assert_one_line_error(code, err, 2, str(tmp_path / "preds" / "000000_10.png"), "no pixel with a finite value")
+    assert out == ""
+
+
+def test_the_cli_prints_the_density_of_a_sparse_kitti_prediction_in_json(tmp_path, cli):
+    _tiny_kitti_stereo(tmp_path / "kitti", np.full((4, 6), 8.0, np.float32))
+    valid = np.ones((4, 6), bool)
+    valid[0, :3] = False
+    write_disparity_png(tmp_path / "preds" / "000000_10.png", np.full((4, 6), 8.0), valid=valid)
+    code, out, err = cli("-d", "kitti-stereo", "-r", tmp_path / "kitti", "--predictions", tmp_path / "preds",
+                         "--json", "-q")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)["results"]["kitti-stereo"]
+    assert result["per_item"][0]["density"] == 0.875 and result["per_item"][0]["epe"] == 0
+    assert result["mean"]["density"] == result["mean"]["density_px"] == 0.875
+
+
 @needs_data
 def test_stereo_disparity_predictions(tmp_path):
     root = DATA / "stereo" / "middlebury"
@@ -224,6 +331,20 @@ def test_an_invalid_pixel_of_a_kitti_png_prediction_gets_no_score(tmp_path):
     write_kitti_flow(tmp_path / "preds" / "00001.png", np.ones((12, 16, 2), np.float32), valid=valid)
     with pytest.raises(InputError, match="00001.png has 1 of 192 pixels"):
         evaluate_predictions("chairs", tmp_path / "chairs", tmp_path / "preds", progress=False)
+
+
+def test_a_hole_in_a_sintel_prediction_is_refused_saying_only_kitti_fills_gaps(tmp_path, cli):
+    sintel = tmp_path / "sintel" / "training"
+    for frame in (1, 2):
+        write_png(sintel / "clean" / "alley_1" / f"frame_000{frame}.png", np.zeros((12, 16, 3), np.uint8))
+    write_flo(sintel / "flow" / "alley_1" / "frame_0001.flo", np.zeros((12, 16, 2), np.float32))
+    flow = np.zeros((12, 16, 2), np.float32)
+    flow[3:5, 7] = NAN
+    write_flo(tmp_path / "preds" / "alley_1" / "frame_0001_flow.flo", flow)
+    code, out, err = cli("-d", "sintel-clean", "-r", tmp_path / "sintel", "--predictions", tmp_path / "preds", "-q")
+    assert_one_line_error(code, err, 2, "frame_0001_flow.flo has 2 of 192 pixels without a finite value",
+                          "only KITTI's evaluation", "fills gaps")  # fmt: skip
+    assert out == ""
 
 
 @pytest.mark.parametrize(

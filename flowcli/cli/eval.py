@@ -33,6 +33,7 @@ FLOW_COLUMNS = [
     ("acc_3px", "<3px %", "{:.1f}"),
     ("acc_5px", "<5px %", "{:.1f}"),
     ("occ_f1", "occ F1", "{:.3f}"),
+    ("density", "density", "{:.1%}"),
     ("seconds", "s/pair", "{:.2f}"),
 ]
 STEREO_COLUMNS = [
@@ -43,6 +44,7 @@ STEREO_COLUMNS = [
     ("d1", "D1 %", "{:.2f}"),
     ("vert_abs", "|v| px", "{:.2f}"),
     ("vert_gt1", "|v|>1 %", "{:.1f}"),
+    ("density", "density", "{:.1%}"),
     ("seconds", "s/pair", "{:.2f}"),
 ]
 
@@ -64,7 +66,10 @@ EVAL_HELP = (
     "estimate names its outputs: DIR/STEM_flow.EXT and DIR/FOLDER/STEM_flow.EXT (Chairs 00001: 00001_img1_flow.flo; "
     "Middlebury Dimetrodon: Dimetrodon/frame10_flow.flo), EXT in flo, png (KITTI 16-bit flow; for stereo a "
     "KITTI 16-bit disparity PNG), npy, pfm: exactly one must exist for every item scored, at the size of its ground "
-    "truth, with a finite value at every pixel; a file that two items would share is refused. Stereo "
+    "truth; a file that two items would share is refused. Every pixel needs a finite value, except on KITTI "
+    "(kitti2015, kitti2012, kitti-stereo), which fills unknown pixels (valid bit 0, disparity 0, .flo >= 1e9, NaN, "
+    "inf) by its devkit's background interpolation and reports density, the share of valid ground-truth pixels the "
+    "file gave (per item, mean over items, density_px over pixels; a column when below 100 %). Stereo "
     "predictions are a disparity map (1 channel, positive px) or a flow whose -u is the disparity (2 channels: |v| "
     "is scored too). The occlusion mask beside the flow (STEM_occ.png next to STEM_flow.EXT, or DIR/NAME_occ.png; "
     "255 = occluded, as estimate --occlusion writes), where present, is scored as occ F1. -d sintel is refused: "
@@ -92,7 +97,11 @@ def _table(report, stereo: bool):
     from rich import box
     from rich.table import Table
 
-    columns = [c for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS) if any(c[0] in r for r in report.per_item)]
+    def shown(key: str) -> bool:  # density only where some prediction left pixels to KITTI's filling
+        values = [r[key] for r in report.per_item if key in r]
+        return bool(values) and (key != "density" or any(v is not None and v < 1 for v in values))
+
+    columns = [c for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS) if shown(c[0])]
     table = Table(title=f"{report.dataset} ({len(report.per_item)} items)", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("item", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
