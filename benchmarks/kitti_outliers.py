@@ -71,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     item = next(iter(make_dataset("kitti2015", args.root)))
-    print(f"# KITTI 2015 item {item.get('name', 0)}, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    machine = platform.processor() or platform.machine()
+    print(f"# KITTI 2015 item {item.get('name', 0)}, {machine}, torch {torch.__version__}")
     reports = []
     for weights in args.weights:
         report = outlier_report(weights, item)

@@ -66,7 +66,8 @@ def refuse_writes_before_the_model(monkeypatch) -> None:
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """name -> (bytes, mtime in ns) of every file under `folder`: what a refused or resumed run must keep."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
 def without_timing(records: list[dict]) -> list[dict]:

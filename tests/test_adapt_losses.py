@@ -297,7 +297,8 @@ class _ShiftFinder(torch.nn.Module):
         m, reach = 12, 10
         h, w = first.shape[-2:]
         best = min(
-            (float((first[..., m : h - m, m : w - m] - second[..., m + dy : h - m + dy, m + dx : w - m + dx]).abs().mean()), dx, dy)
+            (float((first[..., m : h - m, m : w - m] - second[..., m + dy : h - m + dy, m + dx : w - m + dx])
+                   .abs().mean()), dx, dy)
             for dy in range(-reach, reach + 1)
             for dx in range(-reach, reach + 1)
         )  # fmt: skip

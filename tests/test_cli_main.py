@@ -192,7 +192,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_temp_file(tmp_path):
         from flowcli.io.media import VideoWriter
 
         def environment():
-            with VideoWriter({str(tmp_path / "v.mp4")!r}, fps=5) as video, atomic_path({str(tmp_path / "a.flo")!r}) as tmp:
+            with VideoWriter({str(tmp_path / "v.mp4")!r}, fps=5) as video, \\
+                    atomic_path({str(tmp_path / "a.flo")!r}) as tmp:
                 video.write(np.zeros((16, 16, 3), np.uint8))
                 tmp.write_bytes(b"half")
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -237,7 +237,8 @@ def test_evaluate_checks_a_torch_device_like_its_name():
     from flowcli.evaluation import evaluate
 
     with pytest.raises(FlowcliError, match="no CUDA GPU"):
-        evaluate(_tiny_flow_model(), "chairs", DATA / "flow" / "chairs", max_items=1, progress=False, device=torch.device("cuda"))
+        evaluate(_tiny_flow_model(), "chairs", DATA / "flow" / "chairs", max_items=1, progress=False,
+                 device=torch.device("cuda"))
 
 
 def _write_frames(*paths, size=(12, 16)):

@@ -471,7 +471,8 @@ def test_a_variable_frame_rate_ts_clip_keeps_its_timing(tmp_path, cli, emitted):
     fps = json.loads((out / "dashcam.pose.json").read_text())["fps"]
     assert fps == pytest.approx(5 / 0.6, abs=0.05)  # 6 frames over 0.6 s, not the stated 30 fps
     overlay = out / "dashcam.overlay.mp4"
-    assert iio.imread(overlay).shape[0] == 6 and iio.immeta(overlay, plugin="FFMPEG")["fps"] == pytest.approx(fps, abs=0.01)
+    assert iio.imread(overlay).shape[0] == 6
+    assert iio.immeta(overlay, plugin="FFMPEG")["fps"] == pytest.approx(fps, abs=0.01)
 
 
 def test_flow_with_a_broken_checkpoint_stops_the_run(tmp_path, cli, monkeypatch):

@@ -136,7 +136,8 @@ def test_fit_takes_478_points_and_refuses_other_shapes(fitter):
 
     *_, points = synthetic(fitter, 0)
     with_irises = np.concatenate([points, np.zeros((10, 3))])
-    np.testing.assert_allclose(fitter.fit(with_irises, refine=False).rotation, fitter.fit(points, refine=False).rotation)
+    np.testing.assert_allclose(fitter.fit(with_irises, refine=False).rotation,
+                               fitter.fit(points, refine=False).rotation)
     for bad in (points[:, :2], points[:68], np.full_like(points, np.nan)):
         with pytest.raises(InputError):
             fitter.fit(bad, refine=False)

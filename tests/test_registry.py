@@ -742,7 +742,9 @@ def test_cli_info_of_a_missing_file_or_a_folder_says_so(weights_cli, tmp_path, m
     assert_one_line_error(code, err, 4, "is a folder, not a checkpoint file")
 
 
-def test_cli_info_of_a_checkpoint_without_flowcli_metadata_or_of_a_newer_format(weights_cli, tmp_path, checkpoint_bytes):
+def test_cli_info_of_a_checkpoint_without_flowcli_metadata_or_of_a_newer_format(
+    weights_cli, tmp_path, checkpoint_bytes
+):
     from cli_harness import assert_one_line_error
     from safetensors.torch import load_file, save_file
 

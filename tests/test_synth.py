@@ -365,7 +365,8 @@ def test_synth_triplets_come_with_the_flow_from_frame_2_to_3(monkeypatch, capsys
     for i in range(2):
         written = torch.from_numpy(read_flo(tmp_path / f"{i:05d}_flow_23.flo")).permute(2, 0, 1)
         cfg = SynthConfig(height=48, width=64, num_frames=3)
-        assert torch.equal(written, generate_sample(cfg, torch.Generator().manual_seed(2 * 1_000_003 + i)).flow_forward_23)
+        expected = generate_sample(cfg, torch.Generator().manual_seed(2 * 1_000_003 + i)).flow_forward_23
+        assert torch.equal(written, expected)
 
     cfg = SynthConfig(height=96, width=128, num_frames=3, photometric=False, real_texture_prob=0)
     grid = torch.stack(torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")[::-1])

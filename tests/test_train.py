@@ -551,7 +551,9 @@ def test_the_provenance_names_the_stereo_share_only_when_synthetic_scenes_are_dr
 
 
 @needs_chairs
-def test_training_on_a_dataset_with_evaluation_resumes_bit_for_bit_and_records_its_scores(monkeypatch, capsys, tmp_path):
+def test_training_on_a_dataset_with_evaluation_resumes_bit_for_bit_and_records_its_scores(
+    monkeypatch, capsys, tmp_path
+):
     torch.set_num_threads(1)
     mixed = dict(datasets=[f"chairs:{CHAIRS}"], eval_datasets=[f"chairs:{CHAIRS}"], eval_every=2)
     straight = train(tiny_config(tmp_path / "a", 4, **mixed), quiet=True)["history"]

@@ -233,7 +233,8 @@ def test_files_of_one_name_in_several_folders_are_named_by_folder_with_the_name_
     code, out, err = run(pattern, "--name", "{parent}/{stem}", "-o", tmp_path / "vis", "--json")
     assert code == 0, err
     for scene, seed in (("alley_1", 1), ("cave_2", 2)):
-        np.testing.assert_array_equal(read_png(tmp_path / "vis" / scene / "frame_0002_vis.png"), flow_to_rgb(_flow(seed)))
+        written = read_png(tmp_path / "vis" / scene / "frame_0002_vis.png")
+        np.testing.assert_array_equal(written, flow_to_rgb(_flow(seed)))
     assert [Path(line["output"]).parent.name for line in _json_lines(out)] == ["alley_1", "cave_2"]
     code, _, err = run(pattern, "--name", "{parent}_{stem}", "-o", tmp_path / "flat")
     assert code == 0, err

@@ -526,9 +526,8 @@ class FaceJob:
         else:
             with contextlib.closing(VideoReader(path)) as again:
                 clip = ClipTextures(islice(again, len(points)), options.max_side, flow_fn, keep=options.window)
-                fits = fit_video(
-                    fitter, points, clip.grays, zoom, clip.flows, options, progress=lambda n: bar.update(task, completed=n)
-                )
+                fits = fit_video(fitter, points, clip.grays, zoom, clip.flows, options,
+                                 progress=lambda n: bar.update(task, completed=n))
         self._write_video(path, stem, fits, reader.fps, bar)
 
     def _write_video(self, path: Path, stem: str, fits: list, fps: float, bar) -> None:

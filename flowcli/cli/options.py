@@ -72,8 +72,9 @@ def format_flag(formats: dict[str, str], name: str, note: str = ""):
 # ---- model
 WeightsOption = Annotated[
     Optional[str],
-    typer.Option("-w", "--weights", help="Registry name (flowcli weights list), checkpoint file, hf://OWNER/REPO/FILE or "
-                 "https:// URL. Default: the registry default model.", rich_help_panel=MODEL_PANEL, show_default=False),
+    typer.Option("-w", "--weights", help="Registry name (flowcli weights list), checkpoint file, "
+                 "hf://OWNER/REPO/FILE or https:// URL. Default: the registry default model.",
+                 rich_help_panel=MODEL_PANEL, show_default=False),
 ]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL)

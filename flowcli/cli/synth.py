@@ -100,7 +100,8 @@ def synth(
         if not 0 <= share <= 1:
             raise InputError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
     if stereo and perspective > 0:  # the generator has no perspective stereo scenes: it would be ignored
-        raise InputError("--perspective does not apply to --stereo scenes (their layers are slanted planes); leave one out")
+        raise InputError("--perspective does not apply to --stereo scenes (their layers are slanted planes); "
+                         "leave one out")
     if frames < 2 or (not clip and frames > 3):
         raise InputError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
     if not 0 < min_exposure <= 1:

@@ -165,7 +165,8 @@ def mediapipe_points(points) -> np.ndarray:
     if not np.isfinite(points).all():
         raise InputError("the face-mesh points hold NaN or infinite values; fit only faces that were found")
     if np.linalg.matrix_rank(points[:468, :2] - points[:468, :2].mean(0)) < 2:
-        raise InputError("the face-mesh points lie on one point or line (placeholders?); fit only faces that were found")
+        raise InputError("the face-mesh points lie on one point or line (placeholders?); "
+                         "fit only faces that were found")
     return points[:468]
 
 

@@ -102,7 +102,8 @@ def _channels_last(image):
         return (frame[0].detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     array = np.asarray(image)
     if array.ndim == 4:
-        raise InputError(f"image has shape {array.shape}, a batch; fit_image takes one H x W x 3 picture, loop over them")
+        raise InputError(f"image has shape {array.shape}, a batch; fit_image takes one H x W x 3 picture, "
+                         "loop over them")
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] > 4:  # channels first
         return array.transpose(1, 2, 0)
     return array
