@@ -1,0 +1,44 @@
+"""`flowcli adapt` under torchrun: two CPU processes (gloo) train one model with DistributedDataParallel through
+both stages, step in lockstep, and rank 0 alone measures, writes the checkpoint and prints the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_adapt_run import base, footage  # noqa: F401  (module fixtures: tiny footage and a tiny untrained model)
+
+from flowcli.checkpoint import load_checkpoint, read_metadata
+
+pytestmark = pytest.mark.slow
+
+
+def test_torchrun_two_processes_train_one_model_through_both_stages(footage, base, tmp_path):  # noqa: F811
+    output = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLOWCLI_CORR": "torch"}
+    env.pop("WORLD_SIZE", None)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "flowcli.cli.main", "adapt", str(footage), "-w", str(base), "-o", str(output),
+        "--steps", "4", "--stage1-fraction", "0.5", "--batch-size", "1", "--crop", "64x64", "--lr", "1e-3",
+        "--transform", "superpixel_segments=24", "--device", "cpu", "--json", "-q",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    report = json.loads(run.stdout)  # one JSON document: rank 1 prints nothing
+    assert report["steps"] == 4
+    assert report["stages"] == {"photometric": 2, "total": 4}
+    provenance = read_metadata(output)["flowcli.provenance"]
+    assert provenance["stages"] == {"photometric": 2, "distillation": 2}
+    assert provenance["complete"] is True
+
+    trained, untrained = load_checkpoint(output), load_checkpoint(base)
+    changed = [name for name, value in trained.state_dict().items()
+               if not torch.equal(value, untrained.state_dict()[name])]  # fmt: skip
+    assert changed, "two processes ran 4 steps but the weights did not move"
+    assert not list(tmp_path.glob("ddp.adapt")), "the resume state is removed after success"
