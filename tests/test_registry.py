@@ -854,3 +854,16 @@ def test_push_stays_off_the_network_when_flowcli_is_offline(weights_cli, fake_hf
     code, _, err = weights_cli("push", file, "--repo", "me/flow")
     assert_one_line_error(code, err, 4, "offline (FLOWCLI_OFFLINE=1)")
     assert fake_hf_api.uploads == []
+
+
+def test_cli_list_on_80_columns_keeps_names_and_checksums_whole(cli, monkeypatch):
+    """The table used to fold every column: on an 80-column terminal names, checksums and sources broke mid-word."""
+    monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    for name, entry in registry.load_registry()["models"].items():
+        row = next(line for line in result.stdout.splitlines() if line.split()[:1] == [name])
+        assert entry["files"][0]["sha256"][:12] in row
+    assert "bundled" in result.stdout

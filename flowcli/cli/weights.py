@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import urlsplit
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -110,13 +111,16 @@ def _short_sha(record: dict) -> str:
 
 
 def _short_source(record: dict) -> str:
-    """URLs shortened to host/.../file for the table; `weights info` and --json show them whole."""
+    """Where the files come from, in a few words for the table: bundled, the URL's host, hf://OWNER/REPO;
+    `weights info` and --json show the whole source."""
     source = record["source"]
+    if source.startswith("bundled:"):
+        return "bundled"
     if source.startswith(("https://", "http://")):
-        parts = urlsplit(source)
-        name = PurePosixPath(parts.path).name
-        source = f"{parts.netloc}/.../{name}" if name else parts.netloc
-    return source + (f" ({record['member'].rsplit('/', 1)[-1]} inside)" if "member" in record else "")
+        return urlsplit(source).netloc
+    if source.startswith("hf://"):
+        return "/".join(source.split("/")[:4])
+    return source
 
 
 def _total_size(entry: dict) -> int:
@@ -146,20 +150,25 @@ def list_command(json_output: JsonOption = False) -> None:
             out.append({"name": name, **entry, "local_path": str(local) if local else None})
         _echo_json({"registry": str(registry.registry_path()), "models": out})
         return
-    table = Table(title=f"flowcli weights ({registry.registry_path()})", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    for column in ("task", "size", "source", "sha256", "metrics"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"flowcli weights ({registry.registry_path()})", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    # on an 80-column terminal only source and metrics may wrap: a name or checksum broken over lines is unreadable
+    for column in ("name", "task", "size"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("source", overflow="fold", max_width=22)
+    table.add_column("sha256", no_wrap=True)
+    table.add_column("metrics", overflow="fold")
     for name, entry in models.items():
         primary = entry["files"][0]
         source = _short_source(primary) + (f" (+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else "")
+        metrics = _summary(entry.get("metrics"), limit=3)
         table.add_row(
             name,
             entry.get("task", "?"),
             _human_size(_total_size(entry)),
             source,
             _short_sha(primary),
-            _summary(entry.get("metrics"), limit=3),
+            metrics.replace(", ", "\n"),  # one metric a line
         )
     _stdout().print(table)
 
