@@ -1011,6 +1011,94 @@ def test_resume_of_a_pair_list_writes_only_the_missing_file(media, pair_images, 
                           "scale: 1.0 -> 0.5")
 
 
+def test_pairs_in_a_row_share_batches_and_give_the_files_of_single_pairs(media, pair_images, tmp_path, cli,
+                                                                         monkeypatch):
+    data = pair_images
+    write_png(data / "g.png", _frame(1, rng_seed=20))
+    write_png(data / "h.png", _frame(4, rng_seed=20))
+    write_png(data / "s1.png", _frame(0, rng_seed=21, size=(32, 40)))
+    write_png(data / "s2.png", _frame(3, rng_seed=21, size=(32, 40)))
+    pair_list = data / "pairs.txt"
+    pair_list.write_text("c.png d.png\n'one 1.png' 'one 2.png'\ne.png f.png\ng.png h.png\ns1.png s2.png\n")
+    # an image pair, a sequence (2 pairs), then the list: 4 pairs of 80x48 and one of 40x32
+    args = [media["a"], media["b"], media["frames"], "--pairs", pair_list, "--weights", media["weights"],
+            "--flo", "--vis", "--json", "-q"]
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "-o", tmp_path / "single")
+    assert code == 0, err
+    single = _json_lines(stdout)
+    assert model_pairs == [1] * 8
+    model_pairs.clear()
+    code, stdout, err = cli(*args, "-o", tmp_path / "batched", "--batch-size", "3")
+    assert code == 0, err
+    batched = _json_lines(stdout)
+    # the pair before the sequence runs alone, the sequence on its own; three lines of the list share one model
+    # call, the fourth line waits for the next one, which the change of size runs alone
+    assert model_pairs == [1, 2, 3, 1, 1]
+    stems = ["a", "f_0", "f_1", "c", "one 1", "e", "g", "s1"]
+    assert [r["frame1"] for r in batched] == stems
+    # the same records, but for the flow statistics, which batching changes by float rounding at most
+    stats = ("flow_mean", "flow_max")
+
+    def comparable(record: dict) -> dict:  # without the statistics, and outputs named as in the batched run
+        outputs = {key: path.replace(str(tmp_path / "single"), str(tmp_path / "batched"))
+                   for key, path in record["outputs"].items()}
+        return {**{key: value for key, value in record.items() if key not in stats}, "outputs": outputs}
+
+    assert [comparable(r) for r in without_timing(batched)] == [comparable(r) for r in without_timing(single)]
+    for one, shared in zip(single, batched):
+        assert [shared[k] for k in stats] == pytest.approx([one[k] for k in stats], abs=2e-4)
+    assert sorted(p.name for p in (tmp_path / "batched").iterdir()) == sorted(
+        p.name for p in (tmp_path / "single").iterdir())
+    assert _record(tmp_path / "batched") == _record(tmp_path / "single")
+    for stem in stems:
+        flows = [read_flo(tmp_path / run / f"{stem}_flow.flo") for run in ("single", "batched")]
+        # torch's CPU convolutions pick their kernels by batch size: a pair in a batch of 2 or 3 differs from
+        # the same pair alone in the last bits of float32 (~1e-7 px here), as a sequence's pairs always have
+        np.testing.assert_allclose(flows[1], flows[0], rtol=0, atol=1e-5)
+        colours = [read_png(tmp_path / run / f"{stem}_vis.png").astype(int) for run in ("single", "batched")]
+        assert np.abs(colours[1] - colours[0]).max() <= 1
+    for stem in ("a", "g", "s1"):  # the pairs that ran alone in both runs: byte for byte the same
+        for name in (f"{stem}_flow.flo", f"{stem}_vis.png"):
+            assert (tmp_path / "batched" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    assert not np.array_equal(read_flo(tmp_path / "batched" / "c_flow.flo"),
+                              read_flo(tmp_path / "batched" / "e_flow.flo"))  # each pair its own flow
+
+
+def test_resume_of_a_batched_pair_list_runs_the_pairs_before_a_skipped_one_first(media, pair_images, tmp_path, cli,
+                                                                                  monkeypatch):
+    pair_list = pair_images / "pairs.txt"
+    pair_list.write_text("c.png d.png\n'one 1.png' 'one 2.png'\ne.png f.png\n")
+    out = tmp_path / "out"
+    args = ["--pairs", pair_list, "--weights", media["weights"], "-o", out, "--flo", "--json", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    complete = snapshot(out)
+    flows = {stem: read_flo(out / f"{stem}_flow.flo") for stem in ("c", "one 1")}
+    for stem in ("c", "e"):
+        (out / f"{stem}_flow.flo").unlink()
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "3")
+    assert code == 0, err
+    assert model_pairs == [1, 1]  # the skipped line between them runs c first: the lines stay in order
+    assert [(r["type"], r["frame1"]) for r in _json_lines(stdout)] == [
+        ("pair", "c"), ("skipped", "one 1"), ("pair", "e")]
+    resumed = snapshot(out)
+    assert {name: data for name, (data, _) in resumed.items()} == {name: data for name, (data, _) in complete.items()}
+    for stem in ("c", "one 1"):
+        (out / f"{stem}_flow.flo").unlink()
+    model_pairs.clear()
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "3")
+    assert code == 0, err
+    assert model_pairs == [2]
+    assert [(r["type"], r["frame1"]) for r in _json_lines(stdout)] == [
+        ("pair", "c"), ("pair", "one 1"), ("skipped", "e")]
+    again = snapshot(out)
+    assert set(again) == set(complete) and again["e_flow.flo"] == resumed["e_flow.flo"]  # not touched
+    for stem in ("c", "one 1"):  # a batch of two: the same flow up to float rounding (see the test above)
+        np.testing.assert_allclose(read_flo(out / f"{stem}_flow.flo"), flows[stem], rtol=0, atol=1e-5)
+
+
 def _children(pid: int) -> list[int]:
     """Processes whose parent is `pid` (Linux /proc)."""
     children = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcli.cli.pair_list import ListedPair, errors_at, read_pair_list
+from flowcli.cli.pair_list import ListedPair, errors_at, read_image_pairs, read_pair_list
 from flowcli.errors import InputError
 
 
@@ -121,3 +121,26 @@ def test_errors_at_puts_the_line_in_front_of_input_errors_only():
         raise ValueError("other")
     with errors_at("pairs.txt:7"):
         pass
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("a.png nope.png", "{folder}/nope.png does not exist; check the path"),
+    ("nope.jpg b.png", "{folder}/nope.jpg does not exist; check the path"),
+    ("a.png notes.txt", "{folder}/notes.txt is not an image file (.png .jpg .jpeg .ppm .pgm .bmp .tif .tiff .webp "
+     ".gif)"),
+    ("shots.png b.png", "{folder}/shots.png is not an image file (.png .jpg .jpeg .ppm .pgm .bmp .tif .tiff .webp "
+     ".gif)"),  # a folder
+])
+def test_image_pairs_come_only_once_both_paths_are_image_files(tmp_path, line, message):
+    for name in ("a.png", "b.png", "C.PNG", "notes.txt"):
+        _write(tmp_path / name, b"")  # only names and kinds of file are checked here, not what the images hold
+    (tmp_path / "shots.png").mkdir()
+    pair_list = _write(tmp_path / "pairs.txt", f"a.png C.PNG\n# a comment\n{line}\nb.png a.png\n".encode())
+    pairs = read_image_pairs(pair_list)
+    assert next(pairs) == ListedPair(tmp_path / "a.png", tmp_path / "C.PNG", f"{pair_list}:1")
+    with pytest.raises(InputError) as error:
+        next(pairs)
+    assert str(error.value) == f"{pair_list}:3: " + message.format(folder=tmp_path)
+    pair_list = _write(tmp_path / "pairs.txt", b"a.png C.PNG\nb.png a.png\n")
+    assert [(pair.first.name, pair.second.name) for pair in read_image_pairs(pair_list)] == [
+        ("a.png", "C.PNG"), ("b.png", "a.png")]

@@ -856,3 +856,94 @@ def test_resume_of_a_pair_list_writes_only_the_missing_file(media, listed_rigs, 
     code, _, err = cli(*args, "--resume", "--swap")  # a changed setting is refused for a line as for any pair
     assert_one_line_error(code, err, 2, f"holds outputs of {listed_rigs / 'rig one/im0.png'} "
                           f"{listed_rigs / 'rig one/im1.png'}", "swap: off -> on")
+
+
+def test_pairs_in_a_row_share_batches_and_give_the_files_of_single_pairs(media, listed_rigs, tmp_path, cli,
+                                                                         monkeypatch):
+    scene, data = media["scene"], listed_rigs
+    write_png(data / "p2_left.png", _uint8(scene.left[2]))
+    write_png(data / "p2_right.png", _uint8(scene.right[2]))
+    write_png(data / "p0_left.png", _uint8(scene.left[0]))
+    write_png(data / "p0_right.png", _uint8(scene.right[0]))
+    write_png(data / "narrow_left.png", _uint8(scene.left[1])[:, :40])
+    write_png(data / "narrow_right.png", _uint8(scene.right[1])[:, :40])
+    pair_list = data / "pairs.txt"
+    pair_list.write_text("'rig one/im0.png' 'rig one/im1.png'\np1_left.png p1_right.png\np2_left.png p2_right.png\n"
+                         "narrow_left.png narrow_right.png\np0_left.png p0_right.png\n")
+    # a LEFT RIGHT pair, a folder of 2 pairs, then the list: 3 pairs of 64x48, one of 40x48, one of 64x48
+    args = [media["left"], media["right"], media["pairs"], "--pairs", pair_list, "--weights", media["weights"],
+            "--pfm", "--vis", "--json", "-q"]
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "-o", tmp_path / "single")
+    assert code == 0, err
+    single = _records(stdout)
+    assert model_pairs == [1] * 8
+    model_pairs.clear()
+    code, stdout, err = cli(*args, "-o", tmp_path / "batched", "--batch-size", "2")
+    assert code == 0, err
+    batched = _records(stdout)
+    # the pair before the folder runs alone, the folder on its own; two lines of the list share one model call,
+    # the third waits for the next line, which the change of size runs alone, as the size after it does
+    assert model_pairs == [1, 2, 2, 1, 1, 1]
+    stems = ["scene", "shot0", "shot1", "rig one", "p1", "p2", "narrow", "p0"]
+    assert [Path(r["outputs"]["pfm"]).name for r in batched] == [f"{stem}_disp.pfm" for stem in stems]
+    # the same records, but for the statistics, which batching changes by float rounding at most
+    stats = ("disparity_mean", "disparity_max", "negative_fraction", "vertical_median")
+
+    def comparable(record: dict) -> dict:  # without the statistics, and outputs named as in the batched run
+        outputs = {key: path.replace(str(tmp_path / "single"), str(tmp_path / "batched"))
+                   for key, path in record["outputs"].items()}
+        return {**{key: value for key, value in record.items() if key not in stats}, "outputs": outputs}
+
+    assert [comparable(r) for r in without_timing(batched)] == [comparable(r) for r in without_timing(single)]
+    for one, shared in zip(single, batched):
+        assert [shared[k] for k in stats] == pytest.approx([one[k] for k in stats], abs=2e-4)
+    assert sorted(p.name for p in (tmp_path / "batched").iterdir()) == sorted(
+        p.name for p in (tmp_path / "single").iterdir())
+    for stem in stems:
+        # torch's CPU convolutions pick their kernels by batch size: a pair in a batch of 2 differs from the same
+        # pair alone in the last bits of float32, as a sequence's pairs always have
+        np.testing.assert_allclose(read_pfm(tmp_path / "batched" / f"{stem}_disp.pfm"),
+                                   read_pfm(tmp_path / "single" / f"{stem}_disp.pfm"), rtol=0, atol=1e-5)
+        colours = [read_png(tmp_path / run / f"{stem}_disp_vis.png").astype(int) for run in ("single", "batched")]
+        assert np.abs(colours[1] - colours[0]).max() <= 1
+    for stem in ("scene", "p2", "narrow", "p0"):  # the pairs that ran alone in both runs: byte for byte the same
+        for name in (f"{stem}_disp.pfm", f"{stem}_disp_vis.png"):
+            assert (tmp_path / "batched" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+
+
+def test_resume_of_a_batched_pair_list_runs_the_pairs_before_a_skipped_one_first(media, listed_rigs, tmp_path, cli,
+                                                                                  monkeypatch):
+    scene, data = media["scene"], listed_rigs
+    write_png(data / "p2_left.png", _uint8(scene.left[2]))
+    write_png(data / "p2_right.png", _uint8(scene.right[2]))
+    pair_list = data / "pairs.txt"
+    pair_list.write_text("'rig one/im0.png' 'rig one/im1.png'\np1_left.png p1_right.png\np2_left.png p2_right.png\n")
+    out = tmp_path / "out"
+    args = ["--pairs", pair_list, "--weights", media["weights"], "-o", out, "--pfm", "--json", "-q"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    complete = snapshot(out)
+    disparities = {stem: read_pfm(out / f"{stem}_disp.pfm") for stem in ("rig one", "p1")}
+    for stem in ("rig one", "p2"):
+        (out / f"{stem}_disp.pfm").unlink()
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "3")
+    assert code == 0, err
+    assert model_pairs == [1, 1]  # the skipped line between them runs the first one first: the lines stay in order
+    assert [(r["type"], r["left"]) for r in _records(stdout)] == [
+        ("pair", "im0"), ("skipped", "p1_left"), ("pair", "p2_left")]
+    resumed = snapshot(out)
+    assert {name: data for name, (data, _) in resumed.items()} == {name: data for name, (data, _) in complete.items()}
+    for stem in ("rig one", "p1"):
+        (out / f"{stem}_disp.pfm").unlink()
+    model_pairs.clear()
+    code, stdout, err = cli(*args, "--resume", "--batch-size", "3")
+    assert code == 0, err
+    assert model_pairs == [2]
+    assert [(r["type"], r["left"]) for r in _records(stdout)] == [
+        ("pair", "im0"), ("pair", "p1_left"), ("skipped", "p2_left")]
+    again = snapshot(out)
+    assert set(again) == set(complete) and again["p2_disp.pfm"] == resumed["p2_disp.pfm"]  # not touched
+    for stem in ("rig one", "p1"):  # a batch of two: the same disparity up to float rounding (see the test above)
+        np.testing.assert_allclose(read_pfm(out / f"{stem}_disp.pfm"), disparities[stem], rtol=0, atol=1e-5)

@@ -53,7 +53,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
-from flowcli.cli.pair_list import errors_at, read_pair_list
+from flowcli.cli.pair_list import errors_at, read_image_pairs
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
@@ -76,7 +76,8 @@ _HELP_PARAGRAPHS = [
     "path that contains spaces; a space or a tab between the two). Blank lines and lines starting with # are "
     "skipped. Relative paths are relative to the folder of LIST (to the current folder for -). Each line is an input "
     "of its own, exactly like two images given on the command line, after INPUTS if any; every line is checked "
-    "before the model loads, and errors name LIST:LINE.",
+    "before the model loads, and errors name LIST:LINE. Image pairs in a row (the lines of LIST) of one frame size "
+    "share batches of --batch-size pairs, as a sequence's pairs do.",
     "Outputs (choose with flags or --formats; default --flo --vis): flo, kitti, npy, npz (forward, backward, "
     "occlusion arrays), vis (colour PNG), video (colour mp4 per sequence, named SOURCE_vis.mp4, at the source fps "
     "divided by --step, or --fps), occlusion (mask PNG, 255 = occluded, from forward-backward consistency; models "
@@ -263,18 +264,10 @@ def _image_pair_source(path1: Path, path2: Path) -> _Source:
 
 def _pair_list_sources(pair_list: str) -> list[_Source]:
     """One explicit image pair per line of --pairs LIST (see the command help); errors name LIST:LINE."""
-    from flowcli.io.media import IMAGE_SUFFIXES
-
     sources = []
-    for pair in read_pair_list(pair_list):
+    for pair in read_image_pairs(pair_list):
         with errors_at(pair.where):
-            paths = [pair.first, pair.second]
-            for path in paths:
-                if not path.exists():
-                    raise _does_not_exist(path)
-                if not _is_image_file(path):
-                    raise InputError(f"{path} is not an image file ({' '.join(IMAGE_SUFFIXES)})")
-            sources.append(_image_pair_source(*paths))
+            sources.append(_image_pair_source(pair.first, pair.second))
     return sources
 
 
@@ -603,8 +596,7 @@ def estimate(
     record.write(entries)
     with progress(quiet) as bar:
         task = bar.add_task("estimate", total=total, info="")
-        for number, source in enumerate(sources):
-            run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
+        run.sources(sources, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
         stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
@@ -612,9 +604,11 @@ def estimate(
 
 @dataclass
 class _PlannedPair:
+    source: _Source
     pair: _Pair
     paths: dict  # output key -> path, every output of the pair
     missing: dict  # the outputs to write: all of them, or with --resume those not there yet
+    images: tuple | None = None  # (image1, image2), torch.Tensor [3, H, W], loaded for pairs that run the model
 
 
 @dataclass
@@ -641,34 +635,55 @@ class _Run:
             self.json_out.write(json.dumps(record) + "\n")
             self.json_out.flush()
 
-    def source(self, number: int, source: _Source, advance) -> None:
+    def sources(self, sources: list[_Source], advance) -> None:
+        """Every pair of every input, in order. A run of explicit image pairs in a row (a --pairs LIST) shares
+        batches across its pairs, as a sequence's pairs do; a sequence is batched on its own, for its video."""
+        for explicit, group in itertools.groupby(enumerate(sources), key=lambda item: not item[1].sequence):
+            if explicit:
+                self._run_pairs((self._plan_pair(number, source, pair) for number, source in group
+                                 for pair in _pairs(source, self.step, self.max_frames)), None, advance)
+            else:
+                for number, source in group:
+                    self._sequence(number, source, advance)
+
+    def _sequence(self, number: int, source: _Source, advance) -> None:
         from flowcli.io.media import VideoWriter
         from flowcli.outputs import video_path
 
         with contextlib.ExitStack() as stack:
             writer = None
             path = video_path(self.options, source.name)
-            if self.want_video and source.sequence and not (self.resume and os.path.lexists(path)):
+            if self.want_video and not (self.resume and os.path.lexists(path)):
                 fps = self.fps or source.fps or DEFAULT_FPS
                 self.claims.check(path, Owner.video(number, source.label))
                 writer = stack.enter_context(VideoWriter(path, fps=fps, overwrite=self.options.overwrite))
-            batch: list[_PlannedPair] = []
-            for pair in _pairs(source, self.step, self.max_frames):
-                planned = self._plan_pair(number, source, pair)
-                # a missing video needs every pair's colours: a skipped pair's come from its vis PNG
-                if self.resume and not planned.missing and (writer is None or "vis" in planned.paths):
-                    self._compute(source, batch, writer, advance)  # first the pairs before it: frames stay in order
-                    batch = []
-                    self._skip(source, planned, writer, advance)
-                    continue
-                batch.append(planned)
-                if len(batch) == self.batch_size:
-                    self._compute(source, batch, writer, advance)
-                    batch = []
-            self._compute(source, batch, writer, advance)
+            self._run_pairs((self._plan_pair(number, source, pair)
+                             for pair in _pairs(source, self.step, self.max_frames)), writer, advance)
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
+
+    def _run_pairs(self, planned_pairs: Iterator[_PlannedPair], writer, advance) -> None:
+        """The pairs in batches of up to --batch-size pairs of one frame size. Outputs, JSON lines, progress and
+        video frames come in pair order: a pair --resume skips, or one of another size, first runs the batch
+        before it."""
+        batch: list[_PlannedPair] = []
+        for planned in planned_pairs:
+            # a missing video needs every pair's colours: a skipped pair's come from its vis PNG
+            if self.resume and not planned.missing and (writer is None or "vis" in planned.paths):
+                self._compute(batch, writer, advance)
+                batch = []
+                self._skip(planned, writer, advance)
+                continue
+            planned.images = planned.pair.load()
+            if batch and planned.images[0].shape != batch[0].images[0].shape:
+                self._compute(batch, writer, advance)
+                batch = []
+            batch.append(planned)
+            if len(batch) == self.batch_size:
+                self._compute(batch, writer, advance)
+                batch = []
+        self._compute(batch, writer, advance)
 
     def _plan_pair(self, number: int, source: _Source, pair: _Pair) -> _PlannedPair:
         """Every output of the pair is checked (collisions, inputs, folders in the way) before any model work."""
@@ -681,10 +696,10 @@ class _Run:
             self.claims.check(path, owner)
         # files are published whole under their final name (temp file + rename): one that exists is complete
         missing = {key: path for key, path in paths.items() if not (self.resume and os.path.lexists(path))}
-        return _PlannedPair(pair, paths, missing)
+        return _PlannedPair(source, pair, paths, missing)
 
-    def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
-        pair = planned.pair
+    def _skip(self, planned: _PlannedPair, writer, advance) -> None:
+        source, pair = planned.source, planned.pair
         if writer is not None:
             from flowcli.outputs import write_video_frame_from_png
 
@@ -697,7 +712,7 @@ class _Run:
         })
         advance(f"{_progress_name(source, pair)} (skipped)")
 
-    def _compute(self, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
+    def _compute(self, batch: list[_PlannedPair], writer, advance) -> None:
         if not batch:
             return
         import torch
@@ -706,12 +721,11 @@ class _Run:
         from flowcli.outputs import flow_stats, pair_result, visualize, write_pair_outputs
 
         options = self.options
-        images = [planned.pair.load() for planned in batch]
         start = time.perf_counter()
         result = estimate_flow(
             self.model,
-            torch.stack([image1 for image1, _ in images]),
-            torch.stack([image2 for _, image2 in images]),
+            torch.stack([planned.images[0] for planned in batch]),
+            torch.stack([planned.images[1] for planned in batch]),
             backward=options.needs_backward,
             occlusion=options.needs_occlusion,
             max_pixels=self.max_pixels,
@@ -721,8 +735,8 @@ class _Run:
         if result.forward.is_cuda:
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) * 1000 / len(batch)
-        for i, (planned, (image1, image2)) in enumerate(zip(batch, images)):
-            pair = planned.pair
+        for i, planned in enumerate(batch):
+            source, pair, (image1, image2) = planned.source, planned.pair, planned.images
             single = pair_result(result, i)
             colours = visualize(single, options.max_flow) if writer is not None or "vis" in planned.missing else None
             write_pair_outputs(single, image1, image2, planned.missing, max_flow=options.max_flow,

@@ -84,7 +84,9 @@ PrecisionOption = Annotated[
                       rich_help_panel=MODEL_PANEL)
 ]
 BatchSizeOption = Annotated[
-    int, typer.Option("--batch-size", help="Pairs per forward pass (sequences).", rich_help_panel=MODEL_PANEL)
+    int,
+    typer.Option("--batch-size", help="Pairs per forward pass: a sequence's pairs, or --pairs lines in a row of one "
+                 "frame size.", rich_help_panel=MODEL_PANEL),
 ]
 MaxPixelsOption = Annotated[
     int, typer.Option("--max-pixels", help="Larger frames run in overlapping tiles; 0 = never tile.",

@@ -2,9 +2,9 @@
 
 Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two); blank
 lines and lines starting with # are skipped. Relative paths are relative to the folder of LIST, or to the current
-folder for -. Errors name the line as LIST:LINE (stdin:LINE for -). What a pair becomes (an estimate input, a
-stereo LEFT RIGHT pair) is each command's business: `read_pair_list` gives the paths, `errors_at` puts the line
-in front of the command's own errors about them.
+folder for -. Errors name the line as LIST:LINE (stdin:LINE for -). `read_image_pairs` gives the pairs whose two
+paths are image files that exist; what a pair becomes (an estimate input, a stereo LEFT RIGHT pair) is each
+command's business, and `errors_at` puts the line in front of the command's own errors about it.
 """
 
 from __future__ import annotations
@@ -58,6 +58,21 @@ def read_pair_list(pair_list: str) -> Iterator[ListedPair]:
         yield ListedPair(folder / words[0], folder / words[1], where)
     if not found:
         raise InputError(f"{list_name} has no pairs: give one pair per line, two image paths")
+
+
+def read_image_pairs(pair_list: str) -> Iterator[ListedPair]:
+    """The pairs of --pairs LIST as `read_pair_list` gives them, each only once both its paths are checked to be
+    image files that exist; a path that is not is an InputError naming LIST:LINE."""
+    from flowcli.io.media import IMAGE_SUFFIXES
+
+    for pair in read_pair_list(pair_list):
+        with errors_at(pair.where):
+            for path in (pair.first, pair.second):
+                if not path.exists():
+                    raise InputError(f"{path} does not exist; check the path")
+                if not (path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()):
+                    raise InputError(f"{path} is not an image file ({' '.join(IMAGE_SUFFIXES)})")
+        yield pair  # outside errors_at: the caller puts the line in front of its own errors
 
 
 def _text(pair_list: str) -> str:

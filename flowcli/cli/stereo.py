@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
-from flowcli.cli.pair_list import errors_at, read_pair_list
+from flowcli.cli.pair_list import errors_at, read_image_pairs
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
@@ -105,7 +106,8 @@ _HELP_PARAGRAPHS = [
     "text file, or - for stdin, read as by flowcli estimate --pairs (one pair per line, two image paths split as a "
     "shell would; blank and # lines skipped; relative paths relative to the folder of LIST, or to the current "
     "folder for -). Each line is an input of its own, exactly like LEFT RIGHT on the command line (--swap swaps its "
-    "images), after INPUTS if any; every line is checked before the model loads, and errors name LIST:LINE. Not "
+    "images), after INPUTS if any; every line is checked before the model loads, and errors name LIST:LINE. Pairs "
+    "in a row (the lines of LIST) of one size share batches of --batch-size pairs, as a sequence's pairs do. Not "
     "with --sbs.",
     "Outputs (choose with flags or --formats; default --pfm --vis, plus --depth when a camera is given): pfm, kitti, "
     "npy (left disparity in px, >= 0: negative values are clamped and their share reported), vis (colour PNG), video "
@@ -363,16 +365,9 @@ def _image_pair_source(first: Path, second: Path, swap: bool) -> _Source:
 
 def _pair_list_sources(pair_list: str, swap: bool) -> list[_Source]:
     """One LEFT RIGHT pair per line of --pairs LIST (see the command help); errors name LIST:LINE."""
-    from flowcli.io.media import IMAGE_SUFFIXES
-
     sources = []
-    for pair in read_pair_list(pair_list):
+    for pair in read_image_pairs(pair_list):
         with errors_at(pair.where):
-            for path in (pair.first, pair.second):
-                if not path.exists():
-                    raise InputError(f"{path} does not exist; check the path")
-                if not _is_image_file(path):
-                    raise InputError(f"{path} is not an image file ({' '.join(IMAGE_SUFFIXES)})")
             sources.append(_image_pair_source(pair.first, pair.second, swap))
     return sources
 
@@ -920,8 +915,7 @@ def stereo(
     record.write(entries)
     with progress(quiet) as bar:
         task = bar.add_task("stereo", total=total, info="")
-        for number, source in enumerate(sources):
-            run.source(number, source, lambda info: bar.update(task, advance=1, info=info))
+        run.sources(sources, lambda info: bar.update(task, advance=1, info=info))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
         stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
@@ -929,6 +923,8 @@ def stereo(
 
 @dataclass
 class _PlannedPair:
+    number: int  # of the pair's input, among all inputs: its warnings are given once
+    source: _Source
     item: _Item
     paths: dict  # output key -> path, every output of the pair
     missing: dict  # the outputs to write: all of them, or with --resume those not there yet
@@ -978,34 +974,53 @@ class _Run:
             self.json_out.write(json.dumps(record) + "\n")
             self.json_out.flush()
 
-    def source(self, number: int, source: _Source, advance) -> None:
+    def sources(self, sources: list[_Source], advance) -> None:
+        """Every pair of every input, in order. Inputs without a video of their own in a row (LEFT RIGHT pairs, the
+        lines of a --pairs LIST) share batches across their pairs, as a sequence's pairs do; a sequence is batched
+        on its own, for its video."""
+        for explicit, group in itertools.groupby(enumerate(sources), key=lambda item: not item[1].sequence):
+            if explicit:
+                self._run_pairs((self._plan_pair(number, source, item) for number, source in group
+                                 for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames)),
+                                None, advance)
+            else:
+                for number, source in group:
+                    self._sequence(number, source, advance)
+
+    def _sequence(self, number: int, source: _Source, advance) -> None:
         from flowcli.io.media import VideoWriter
 
         with contextlib.ExitStack() as stack:
             writer = None
             path = _video_path(self.directory, source)
-            if self.want_video and source.sequence and not (self.resume and os.path.lexists(path)):
+            if self.want_video and not (self.resume and os.path.lexists(path)):
                 self.claims.check(path, Owner.video(number, source.label))
                 writer = stack.enter_context(VideoWriter(path, fps=self.fps or source.fps or DEFAULT_FPS,
                                                          overwrite=self.overwrite))
-            batch: list[_PlannedPair] = []
-            for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames):
-                planned = self._plan_pair(number, source, item)
-                # a missing video needs every pair's colours: a skipped pair's come from its vis PNG
-                if self.resume and not planned.missing and (writer is None or "vis" in planned.paths):
-                    self._batch(number, source, batch, writer, advance)  # first the pairs before it: frames in order
-                    batch = []
-                    self._skip(source, planned, writer, advance)
-                    continue
-                planned.left, planned.right = item.load()
-                if batch and (planned.left.shape != batch[0].left.shape or len(batch) == self.batch_size):
-                    self._batch(number, source, batch, writer, advance)
-                    batch = []
-                batch.append(planned)
-            self._batch(number, source, batch, writer, advance)
+            self._run_pairs((self._plan_pair(number, source, item)
+                             for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames)),
+                            writer, advance)
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
+
+    def _run_pairs(self, planned_pairs: Iterator[_PlannedPair], writer, advance) -> None:
+        """The pairs in batches of up to --batch-size pairs of one size. Outputs, JSON lines, progress and video
+        frames come in pair order: a pair --resume skips, or one of another size, first runs the batch before it."""
+        batch: list[_PlannedPair] = []
+        for planned in planned_pairs:
+            # a missing video needs every pair's colours: a skipped pair's come from its vis PNG
+            if self.resume and not planned.missing and (writer is None or "vis" in planned.paths):
+                self._batch(batch, writer, advance)
+                batch = []
+                self._skip(planned, writer, advance)
+                continue
+            planned.left, planned.right = planned.item.load()
+            if batch and (planned.left.shape != batch[0].left.shape or len(batch) == self.batch_size):
+                self._batch(batch, writer, advance)
+                batch = []
+            batch.append(planned)
+        self._batch(batch, writer, advance)
 
     def _plan_pair(self, number: int, source: _Source, item: _Item) -> _PlannedPair:
         """Every output of the pair is checked (collisions, inputs, folders in the way) before any model work."""
@@ -1016,10 +1031,10 @@ class _Run:
             self.claims.check(path, owner)
         # files are published whole under their final name (temp file + rename): one that exists is complete
         missing = {key: path for key, path in paths.items() if not (self.resume and os.path.lexists(path))}
-        return _PlannedPair(item, paths, missing)
+        return _PlannedPair(number, source, item, paths, missing)
 
-    def _skip(self, source: _Source, planned: _PlannedPair, writer, advance) -> None:
-        item = planned.item
+    def _skip(self, planned: _PlannedPair, writer, advance) -> None:
+        source, item = planned.source, planned.item
         if writer is not None:
             from flowcli.outputs import write_video_frame_from_png
 
@@ -1032,7 +1047,7 @@ class _Run:
         })
         advance(f"{item.stem} (skipped)")
 
-    def _batch(self, number: int, source: _Source, batch: list[_PlannedPair], writer, advance) -> None:
+    def _batch(self, batch: list[_PlannedPair], writer, advance) -> None:
         if not batch:
             return
         import numpy as np
@@ -1064,7 +1079,7 @@ class _Run:
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) * 1000 / len(batch)
         for i, planned in enumerate(batch):
-            item, paths = planned.item, planned.paths
+            number, source, item, paths = planned.number, planned.source, planned.item, planned.paths
             label = f"{source.label}" if source.pairs is not None and len(source.pairs) == 1 else (
                 f"{source.label} pair {item.stem}")
             vertical = result.vertical_median[i]
