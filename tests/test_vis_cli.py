@@ -225,6 +225,20 @@ def test_two_inputs_of_one_stem_are_refused_naming_both(run, tmp_path):
     assert _files(tmp_path / "vis") == []
 
 
+def test_one_name_in_two_formats_is_told_apart_by_the_format_field(run, tmp_path):
+    """estimate --flo --npz writes x_flow.flo and x_flow.npz side by side: the clash error points at {format}."""
+    write_flo(tmp_path / "x_flow.flo", _flow(1))
+    write_npz(tmp_path / "x_flow.npz", forward=_flow(2))
+    inputs = (tmp_path / "x_flow.flo", tmp_path / "x_flow.npz")
+    code, _, err = run(*inputs, "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 3, "would both write", "--name '{stem}_{format}'")
+    assert not (tmp_path / "vis").exists()
+    code, _, err = run(*inputs, "--name", "{stem}_{format}", "-o", tmp_path / "vis")
+    assert code == 0, err
+    assert _files(tmp_path / "vis") == ["x_flow_flo_vis.png", "x_flow_npz_vis.png"]
+    np.testing.assert_array_equal(read_png(tmp_path / "vis" / "x_flow_npz_vis.png"), flow_to_rgb(_flow(2)))
+
+
 def test_files_of_one_name_in_several_folders_are_named_by_folder_with_the_name_template(run, tmp_path):
     """Datasets repeat names across folders (Sintel's flow/*/frame_0002.flo): {parent} tells them apart."""
     for scene, seed in (("alley_1", 1), ("cave_2", 2)):
@@ -240,7 +254,7 @@ def test_files_of_one_name_in_several_folders_are_named_by_folder_with_the_name_
     assert code == 0, err
     assert _files(tmp_path / "flat") == ["alley_1_frame_0002_vis.png", "cave_2_frame_0002_vis.png"]
     code, _, err = run(pattern, "--name", "{scene}/{stem}", "-o", tmp_path / "bad")
-    assert_one_line_error(code, err, 3, "unknown placeholder {scene}", "{stem} {parent} {kind} {ext}")
+    assert_one_line_error(code, err, 3, "unknown placeholder {scene}", "{stem} {parent} {format} {kind} {ext}")
     assert not (tmp_path / "bad").exists()
 
 

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 SUFFIXES = (".flo", ".png", ".pfm", ".npy", ".npz")
 GLOBAL = "global"
 VIDEO_NAME = "vis.mp4"
-NAME_FIELDS = ("stem", "parent", "kind", "ext")
-_SAMPLE_NAME_FIELDS = {"stem": "frame_0001", "parent": "alley_1", "kind": "vis", "ext": "png"}
+NAME_FIELDS = ("stem", "parent", "format", "kind", "ext")
+_SAMPLE_NAME_FIELDS = {"stem": "frame_0001", "parent": "alley_1", "format": "flo", "kind": "vis", "ext": "png"}
 _GLOB_CHARS = "*?["
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
@@ -60,7 +60,8 @@ _HELP_PARAGRAPHS = [
     "--max-disparity px; by default each file's own largest valid value; 'global' takes the largest over all "
     "inputs of that kind, so that colours compare across files.",
     "--name sets the output names: a template with {stem} (the input's name without extension), {parent} (the "
-    "name of its folder), {kind} (vis, or backward_vis) and {ext} (png); _{kind}.{ext} is added when missing, and "
+    "name of its folder), {format} (the input's extension: flo, png, pfm, npy, npz), {kind} (vis, or "
+    "backward_vis) and {ext} (png); _{kind}.{ext} is added when missing, and "
     "a / makes subfolders. Files of one name in several folders, as in datasets (Sintel's "
     "flow/*/frame_0002.flo, Middlebury's */disp0GT.pfm), need --name '{parent}/{stem}' or '{parent}_{stem}'.",
     "All inputs are read and checked, and all output names planned, before any file is written: existing files "
@@ -125,7 +126,8 @@ class _Input:
         from flowcli.outputs import inside_output, render_name
 
         # the folder's own name, also for a path given as ../x.flo
-        fields = {"stem": self.path.stem, "parent": Path(os.path.abspath(self.path)).parent.name, "ext": "png"}
+        fields = {"stem": self.path.stem, "parent": Path(os.path.abspath(self.path)).parent.name,
+                  "format": self.path.suffix.lstrip(".").lower(), "ext": "png"}
         kinds = {False: "vis", True: "backward_vis"} if self.has_backward else {False: "vis"}
         return {backward: directory / inside_output(render_name(template, {**fields, "kind": kind}))
                 for backward, kind in kinds.items()}
@@ -363,8 +365,14 @@ def _plan_outputs(inputs: list[_Input], directory: Path, template: str, video: b
                 f"output {path} would replace the input {input_files[key]}; choose another output folder with -o"
             )
         if key in owners:
+            first = owners[key]
+            if first is not None and owner is not None and first.with_suffix("") == owner.with_suffix(""):
+                raise OutputError(
+                    f"{first} and {owner} would both write {path}; name the outputs by format too "
+                    "(--name '{stem}_{format}'), or leave one of them out (a glob such as 'DIR/*.npz' takes one format)"
+                )
             raise OutputError(
-                f"{owners[key]} and {owner} would both write {path}; name the outputs by folder too "
+                f"{first} and {owner} would both write {path}; name the outputs by folder too "
                 "(--name '{parent}/{stem}'), leave one of them out (a glob such as 'DIR/*.npz' takes one format) "
                 "or colour them into separate -o folders"
             )
