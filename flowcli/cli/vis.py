@@ -429,8 +429,9 @@ def vis(
     ] = None,
     name: Annotated[
         str,
-        typer.Option("--name", metavar="TEMPLATE", help="Output names: {stem} {parent} {kind} {ext} (see above); "
-                     "'{parent}/{stem}' for files of one name in several folders.", rich_help_panel=OUTPUT_PANEL),
+        typer.Option("--name", metavar="TEMPLATE", help="Output names: {stem} {parent} {format} {kind} {ext} (see "
+                     "above); '{parent}/{stem}' for files of one name in several folders, '{stem}_{format}' for one "
+                     "name in several formats.", rich_help_panel=OUTPUT_PANEL),
     ] = "{stem}",
     overwrite: OverwriteOption = False,
     json_output: Annotated[
