@@ -36,6 +36,7 @@ def test_torchrun_two_processes_train_one_model_through_both_stages(footage, bas
     provenance = read_metadata(output)["flowcli.provenance"]
     assert provenance["stages"] == {"photometric": 2, "distillation": 2}
     assert provenance["complete"] is True
+    assert provenance["processes"] == 2 and provenance["config"]["batch_size"] == 1
 
     trained, untrained = load_checkpoint(output), load_checkpoint(base)
     changed = [name for name, value in trained.state_dict().items()

@@ -222,13 +222,122 @@ def test_stereo_pairs_and_stereo_video(stereo_footage, base, tmp_path):
     assert all({"quad", "triangle", "vertical"} <= set(r) for r in video["history"])
 
 
-def test_minutes_budget_is_calibrated(footage, base, tmp_path):
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The budget's clock, advanced by hand: `clock.now` in seconds; `clock.measure` (0 by default) is what each
+    held-out measurement (before and after training) costs on it."""
+    from flowcli.adapt import trainer
+
+    class Clock:
+        now = 0.0
+        measure = 0.0
+
+    clock = Clock()
+    monkeypatch.setattr(trainer, "clock", lambda: clock.now)
+    measure = trainer.heldout_metrics
+
+    def timed_measure(*args, **kwargs):
+        clock.now += clock.measure
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "heldout_metrics", timed_measure)
+    return clock
+
+
+def test_a_minutes_budget_shorter_than_the_timing_stops_at_the_budget(footage, base, tmp_path, fake_clock):
+    """10 s a step and 5 s a measurement against a 30-second budget: the timing (CALIBRATION_STEPS steps) does not fit,
+    and the run stops when the measured step time says the next one would not, report included."""
     from flowcli.adapt.trainer import CALIBRATION_STEPS
 
-    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.01, batch_size=1)
-    result = adapt(cfg, quiet=True)
-    assert result["steps"] == result["stages"]["total"] >= CALIBRATION_STEPS  # the budget was spent calibrating
-    assert result["stages"]["photometric"] >= CALIBRATION_STEPS  # calibration steps count as stage 1
+    fake_clock.measure = 5.0
+
+    def tick(step, record):
+        fake_clock.now += 10.0
+
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.5, batch_size=1)
+    with pytest.warns(UserWarning, match="allows only 2 training step"):
+        result = adapt(cfg, quiet=True, callback=tick)
+    # 5 s measuring before, 20 s of steps, 5 s measuring after: the budget to the second
+    assert result["steps"] == 2 < CALIBRATION_STEPS and fake_clock.now == 30.0
+    assert result["stages"] == {"photometric": 2, "total": 2}  # the steps timed count as training, stage 1 here
+
+
+def test_a_minutes_budget_ends_within_one_step_of_it(footage, base, tmp_path, fake_clock):
+    fake_clock.measure = 3.0
+
+    def tick(step, record):
+        fake_clock.now += 2.0
+
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=1.0, batch_size=1)
+    result = adapt(cfg, quiet=True, callback=tick)
+    assert result["steps"] == 27 and fake_clock.now == 60.0  # 3 + 27 * 2 + 3
+
+    def slows_down(step, record):  # the machine gets busy after the timing: 4 s a step from step 10 on
+        fake_clock.now += 2.0 if step < 10 else 4.0
+
+    fake_clock.now = 0.0  # photometric only: no second timing to catch the change
+    cfg = _config(footage, base, tmp_path / "s.safetensors", steps=None, minutes=1.0, batch_size=1, distill=False,
+                  transforms={})  # fmt: skip
+    with pytest.warns(UserWarning, match="too few to adapt the model much"):  # stopped before step 20
+        result = adapt(cfg, quiet=True, callback=slows_down)
+    assert 60.0 - 4.0 <= fake_clock.now <= 60.0 + 4.0 and result["steps"] == result["stages"]["total"] < 27
+
+
+def test_a_minutes_budget_spent_during_the_second_timing_stops_there(footage, base, tmp_path, fake_clock):
+    """Distillation steps five times as slow as photometric ones: the budget runs out while they are being timed."""
+    from flowcli.adapt.trainer import CALIBRATION_STEPS
+
+    def tick(step, record):
+        fake_clock.now += {1: 2.0, 2: 10.0}[record["stage"]]
+
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=1.0, batch_size=1)
+    result = adapt(cfg, quiet=True, callback=tick)
+    # 18 photometric steps (36 s) as in the test below, then 2 distillation steps: 56 s, and a third would end at 66
+    assert result["stages"] == {"photometric": 18, "total": 20} and fake_clock.now == 56.0
+    assert result["steps"] - 18 < CALIBRATION_STEPS
+
+
+def test_a_resumed_minutes_run_continues_within_the_time_left(footage, base, tmp_path, fake_clock):
+    def tick(step, record):
+        fake_clock.now += 10.0
+
+    def interrupt(step, record):
+        tick(step, record)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=40 / 60, batch_size=1)
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(cfg, quiet=True, callback=interrupt)
+    steps_run = []
+
+    def record_and_tick(step, record):
+        steps_run.append(step)
+        tick(step, record)
+
+    with pytest.warns(UserWarning, match="allows only 4 training step"):
+        resumed = adapt(cfg, quiet=True, callback=record_and_tick)
+    assert steps_run == [3, 4] and len(resumed["history"]) == 4 and fake_clock.now == 40.0  # 20 s before, 20 after
+
+
+def test_a_minutes_budget_that_cannot_fit_one_step_is_refused(footage, base, tmp_path, fake_clock):
+    from flowcli.errors import InputError
+
+    def tick(step, record):
+        fake_clock.now += 40.0
+
+    fake_clock.measure = 20.0  # measuring before and after: 40 s of the 30
+    output = tmp_path / "m.safetensors"
+    cfg = _config(footage, base, output, steps=None, minutes=0.5, batch_size=1)
+    steps_run = []
+    with pytest.raises(InputError, match="--minutes 0.5 leaves no time to train"):
+        adapt(cfg, quiet=True, callback=lambda step, record: steps_run.append(step))
+    assert steps_run == []  # refused before any step
+
+    fake_clock.now, fake_clock.measure = 0.0, 1.0
+    with pytest.raises(InputError, match="--minutes 0.5 is too short for one training step: the first took 40.0 s"):
+        adapt(cfg, quiet=True, callback=tick)
+    assert not output.exists() and not (tmp_path / "m.adapt").exists()  # nothing to resume: no trace left
 
 
 def test_minutes_budget_is_timed_again_on_distillation_steps(footage, base, tmp_path, monkeypatch):
@@ -263,7 +372,8 @@ def test_minutes_budget_is_timed_again_on_distillation_steps(footage, base, tmp_
     assert resumed["stages"] == {"photometric": 18, "total": 24} and now[0] == 60.0
 
 
-def test_stage1_fraction_zero_distils_the_base_model_directly(footage, tmp_path):
+def test_stage1_fraction_zero_distils_the_base_model_directly(footage, tmp_path, monkeypatch):
+    from flowcli.adapt import trainer
     from flowcli.checkpoint import save_checkpoint
     from flowcli.models.pwc import FlowNet, FlowNetConfig
 
@@ -275,9 +385,16 @@ def test_stage1_fraction_zero_distils_the_base_model_directly(footage, tmp_path)
                            losses=no_photometric), quiet=True)  # fmt: skip
     assert [r["stage"] for r in result["history"]] == [2, 2, 2] and result["stages"]["photometric"] == 0
     assert all(r["photo"] == 0 and r["distill_px"] > 0.5 for r in result["history"])  # the teacher's labels alone
-    timed = adapt(_config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.01, batch_size=1,
-                          stage1_fraction=0.0), quiet=True)  # fmt: skip
-    assert timed["stages"]["photometric"] == 0 and {r["stage"] for r in timed["history"]} == {2}
+    now = [0.0]
+    monkeypatch.setattr(trainer, "clock", lambda: now[0])
+
+    def tick(step, record):
+        now[0] += 1.0
+
+    with pytest.warns(UserWarning, match="allows only 6 training step"):
+        timed = adapt(_config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=0.1, batch_size=1,
+                              stage1_fraction=0.0), quiet=True, callback=tick)  # fmt: skip
+    assert timed["stages"] == {"photometric": 0, "total": 6} and {r["stage"] for r in timed["history"]} == {2}
 
 
 def test_synthetic_replay_anchor_runs_in_both_stages_and_is_reproducible(footage, base, tmp_path):

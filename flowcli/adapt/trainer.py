@@ -68,6 +68,7 @@ from flowcli.validation import dataclass_problem
 
 DEFAULT_STEPS = 2000
 CALIBRATION_STEPS = 5
+FEW_STEPS = 20  # a --minutes budget that allows fewer training steps than this is warned about
 clock = time.monotonic  # the budget's clock (tests replace it)
 # Fields that do not change what is trained: a resumed run may differ in these.
 RUNTIME_FIELDS = (
@@ -183,6 +184,42 @@ def plan_stages(total: int, train_tuples: int, batch: int, cfg: AdaptConfig) -> 
     epoch = math.ceil(train_tuples / batch)
     stage1 = min(max(round(cfg.stage1_epochs * epoch), math.ceil(0.25 * total)), math.floor(0.6 * total))
     return min(max(stage1, 1), total)
+
+
+class MinutesBudget:
+    """The clock of a `--minutes` budget. It covers the run from its start (loading the model, the teachers and the
+    footage, the first measurement) through the training steps to the final report, whose measurement is reserved
+    at the length of the first one; the time of an interrupted run counts when it is resumed. Steps are timed per
+    stage from the end of the stage's first step in this process (that step warms up), so distillation steps are
+    timed on their own; until a stage has its own timing, the previous stage's stands for it."""
+
+    def __init__(self, minutes: float, started: float, spent_before: float, reserve: float):
+        self.minutes = minutes
+        self.started, self.spent_before, self.reserve = started, spent_before, reserve
+        self.stage: int | None = None
+        self.timed_from: tuple[float, int] | None = None  # (clock, step) at the end of the stage's first step
+        self.per_step: float | None = None  # seconds per step
+
+    def left(self) -> float:
+        """Seconds left for training steps."""
+        return self.minutes * 60 - self.reserve - self.spent_before - (clock() - self.started)
+
+    def step_done(self, step: int, stage: int) -> None:
+        now = clock()
+        if stage != self.stage:
+            self.stage, self.timed_from = stage, (now, step)
+        else:
+            start, first = self.timed_from
+            self.per_step = (now - start) / (step - first)
+
+    def next_step_fits(self) -> bool:
+        """Whether one more step ends within the budget; before any step has been timed, any time left lets it run
+        (a run may overshoot by that one step)."""
+        left = self.left()
+        return left > 0 if self.per_step is None else left >= self.per_step
+
+    def steps_left(self) -> int:
+        return max(0, int(self.left() / max(self.per_step or 0.0, 1e-6)))
 
 
 def check_loss_terms(weights: LossWeights, cfg: AdaptConfig, plan: Plan) -> None:
@@ -589,6 +626,51 @@ def _unused_options(cfg: AdaptConfig) -> str | None:
     return None
 
 
+def _from_rank0(ctx: _Dist, device: torch.device, value: int) -> int:
+    """Rank 0's value on every rank: decisions taken on its clock (steps to run, whether to stop) must agree."""
+    if ctx.world == 1:
+        return value
+    shared = torch.tensor([value], device=device, dtype=torch.int64)
+    dist.broadcast(shared, src=0)
+    return int(shared)
+
+
+def _minutes_for(seconds: float) -> float:
+    """A --minutes value to suggest for `seconds`: whole minutes, or half a minute at least."""
+    return max(0.5, math.ceil(seconds / 60))
+
+
+def _budget_too_short(minutes: float, step: int, left_for_training: float, budget: MinutesBudget) -> str:
+    """The one-line refusal of a --minutes budget that cannot fit one training step."""
+    before_training = minutes * 60 - left_for_training  # loading, the first measurement and the report's reserve
+    if step == 0:
+        return (
+            f"--minutes {minutes:g} leaves no time to train: loading and measuring the model took "
+            f"{before_training - budget.reserve:.1f} s, and the final report needs about {budget.reserve:.1f} s "
+            "more; pass a longer --minutes, or --steps N"
+        )
+    first = left_for_training - budget.left()
+    return (
+        f"--minutes {minutes:g} is too short for one training step: the first took {first:.1f} s, and "
+        f"{max(left_for_training, 0):.1f} s were left for it after loading and measuring the model and reserving as "
+        f"long for the final report; --minutes {_minutes_for(before_training + FEW_STEPS * first):g} allows about "
+        f"{FEW_STEPS} steps, or pass --steps N"
+    )
+
+
+def _few_steps_message(minutes: float, total: int, step: int, budget: MinutesBudget) -> str:
+    """The warning for a --minutes budget that allows only a handful of steps: the checkpoint will be barely
+    adapted."""
+    if budget.per_step is None:
+        return (f"the {minutes:g}-minute budget allows only {total} training step(s): too few to adapt the model "
+                "much; pass a longer --minutes")  # fmt: skip
+    needed = minutes * 60 - budget.left() + (FEW_STEPS - step) * budget.per_step
+    return (
+        f"the {minutes:g}-minute budget allows only {total} training step(s) ({budget.per_step:.1f} s each): too "
+        f"few to adapt the model much; --minutes {_minutes_for(needed):g} allows about {FEW_STEPS}"
+    )
+
+
 def _floor_to(value: int, multiple: int) -> int:
     return value // multiple * multiple
 
@@ -849,6 +931,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             "gt_before": before.get("gt"),
             "gt_after": (after or {}).get("gt"),
             "crop": list(plan.crop),
+            "processes": ctx.world,  # torchrun: each step saw batch_size tuples per process
             "date": time.strftime("%Y-%m-%d"),
             "config": _public_config(cfg),
         }
@@ -887,7 +970,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     def teachers_all():
         return [teacher, *extra_teachers]
 
-    calibration = None  # (time, step) when the minutes budget started being measured
+    budget, left_for_training = None, None
+    if cfg.minutes is not None:  # the time spent so far (loading, the first measurement, steps before a resume) counts
+        budget = MinutesBudget(cfg.minutes, started, elapsed_before, reserve=before.get("seconds", 0.0))
+        left_for_training = budget.left()
+    fresh = step == 0  # not a resumed run
+    few_steps_warned = [False]
 
     def recalibrate_at_stage2() -> bool:
         """A minutes budget is first timed on photometric steps, but a distillation step costs something else
@@ -899,18 +987,39 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             and (step <= plan.stage1 < plan.total)
         )
 
+    def budget_allows_step() -> bool:
+        """Whether the minutes budget lets one more step run; rank 0 decides for every rank. A budget that cannot fit
+        one step (no time left before the first, or the first of a fresh run ended past it) is refused."""
+        go, stop, too_short = 0, 1, 2
+        verdict = go
+        if not budget.next_step_fits():
+            verdict = too_short if step == 0 or (fresh and step == 1 and budget.left() < 0) else stop
+        verdict = _from_rank0(ctx, device, verdict)
+        if verdict == too_short:
+            raise InputError(_budget_too_short(cfg.minutes, step, left_for_training, budget))
+        return verdict == go
+
+    def warn_if_few_steps() -> None:
+        if ctx.main and plan.total < FEW_STEPS and not few_steps_warned[0]:
+            few_steps_warned[0] = True
+            warn(_few_steps_message(cfg.minutes, plan.total, step, budget))
+
     try:
         with progress(quiet or not ctx.main) as bar:
             task = bar.add_task("adapt", total=plan.total, completed=step, info="")
             while plan.total is None or step < plan.total:
                 if recalibrate_at_stage2() and step == plan.stage1:
-                    plan.total, calibration = None, None
+                    plan.total = None
                 if plan.total is None:  # timing: CALIBRATION_STEPS from the stage's start, 2 after a resume
                     timed_from = plan.stage1 if plan.stage1 and step >= plan.stage1 else 0
                     end = max(timed_from + CALIBRATION_STEPS, step + 2)
                 else:  # with a second timing due, stop at the stage change
                     end = plan.stage1 if recalibrate_at_stage2() else plan.total
+                budget_spent = False
                 for batch in _loader(dataset, step, end, workers):
+                    if budget is not None and not budget_allows_step():
+                        budget_spent = True
+                        break
                     stage = plan.stage(step)
                     if stage == 2 and teacher is None:
                         teacher = freeze(model)  # the model before the distillation stage
@@ -940,30 +1049,33 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         stderr.print(f"step {step}/{plan.total or '?'} {info}")
                     if callback is not None:
                         callback(step, record)
-                    if plan.total is None and calibration is None:
-                        calibration = (clock(), step)  # from the end of the first step: no warm-up in it
+                    if budget is not None:
+                        budget.step_done(step, stage)
                     if plan.total is not None and (step % cfg.checkpoint_every == 0 or step == plan.total):
                         save_state()
-                if plan.total is None:
-                    calibration = calibration or (started, 0)
-                    t0, s0 = calibration
-                    per_step = (clock() - t0) / max(1, step - s0)
-                    spent = elapsed_before + clock() - started
-                    remaining = cfg.minutes * 60 - spent - before.get("seconds", 0.0)  # the final report costs as much
-                    plan.total = max(step, step + int(remaining / max(per_step, 1e-6)))
-                    if ctx.world > 1:  # every rank must run the same number of steps: rank 0 decides
-                        t = torch.tensor([plan.total], device=device, dtype=torch.int64)
-                        dist.broadcast(t, src=0)
-                        plan.total = int(t)
+                if budget_spent:  # the run ends here, during a timing or before the planned count
+                    planned = plan.total
+                    plan.total = step
+                    plan.stage1 = step if plan.stage1 is None else min(plan.stage1, step)
+                    bar.update(task, total=plan.total)
+                    if ctx.main:
+                        stderr.print(f"the {cfg.minutes:g}-minute budget is spent after {step} steps"
+                                     + (f" of the {planned} planned" if planned else ""))  # fmt: skip
+                    warn_if_few_steps()
+                    save_state()
+                elif plan.total is None:  # the timing is done: as many steps as the time left allows
+                    plan.total = _from_rank0(ctx, device, step + budget.steps_left())
                     distilling = plan.stage1 is not None and step > plan.stage1
                     if plan.stage1 is None:  # calibrated on stage 1: split the budget now
                         plan.stage1 = max(plan_stages(plan.total, len(train), batch_world, cfg), step)
                     bar.update(task, total=plan.total)
                     if ctx.main:
                         stderr.print(
-                            f"{per_step:.2f} s/{'distillation ' if distilling else ''}step: the {cfg.minutes:g}-minute "
-                            f"budget allows {plan.total} steps" + (" in all" if distilling and plan.stage1 else "")
+                            f"{budget.per_step:.2f} s/{'distillation ' if distilling else ''}step: the "
+                            f"{cfg.minutes:g}-minute budget allows {plan.total} steps"
+                            + (" in all" if distilling and plan.stage1 else "")
                         )
+                    warn_if_few_steps()
                     save_state()
     except KeyboardInterrupt:
         save_state()
@@ -975,10 +1087,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     result: dict = {"output": str(output), "steps": step, "stages": {"photometric": plan.stage1, "total": plan.total}}
     if ctx.main:
         try:
-            after = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
-                                                precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
+            heldout_after = heldout_metrics(model, footage, heldout, step=cfg.step, precision=_precision_name(dtype),
+                                            max_pixels=cfg.max_pixels)
+            after = {"heldout": heldout_after}
             if gt_sets:
-                after["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+                after["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype),
+                                               max_pixels=cfg.max_pixels)
             prov = provenance(True, after)
             save_checkpoint(model, output, provenance=prov, overwrite=cfg.overwrite)
         except KeyboardInterrupt:
