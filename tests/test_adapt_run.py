@@ -320,7 +320,7 @@ def test_a_resumed_minutes_run_continues_within_the_time_left(footage, base, tmp
     assert steps_run == [3, 4] and len(resumed["history"]) == 4 and fake_clock.now == 40.0  # 20 s before, 20 after
 
 
-def test_a_minutes_budget_that_cannot_fit_one_step_is_refused(footage, base, tmp_path, fake_clock):
+def test_a_minutes_budget_that_cannot_fit_one_step_is_refused(footage, base, tmp_path, fake_clock, capsys):
     from flowcli.errors import InputError
 
     def tick(step, record):
@@ -330,9 +330,11 @@ def test_a_minutes_budget_that_cannot_fit_one_step_is_refused(footage, base, tmp
     output = tmp_path / "m.safetensors"
     cfg = _config(footage, base, output, steps=None, minutes=0.5, batch_size=1)
     steps_run = []
+    capsys.readouterr()
     with pytest.raises(InputError, match="--minutes 0.5 leaves no time to train"):
-        adapt(cfg, quiet=True, callback=lambda step, record: steps_run.append(step))
+        adapt(cfg, callback=lambda step, record: steps_run.append(step))
     assert steps_run == []  # refused before any step
+    assert "adapt" not in capsys.readouterr().err  # and before an empty progress bar is drawn
 
     fake_clock.now, fake_clock.measure = 0.0, 1.0
     with pytest.raises(InputError, match="--minutes 0.5 is too short for one training step: the first took 40.0 s"):

@@ -1004,6 +1004,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             few_steps_warned[0] = True
             warn(_few_steps_message(cfg.minutes, plan.total, step, budget))
 
+    if budget is not None and step == 0:
+        budget_allows_step()  # no time left to train: refused before a progress bar is drawn
     try:
         with progress(quiet or not ctx.main) as bar:
             task = bar.add_task("adapt", total=plan.total, completed=step, info="")
