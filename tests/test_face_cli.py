@@ -497,3 +497,43 @@ def test_flow_with_a_broken_checkpoint_stops_the_run(tmp_path, cli, monkeypatch)
     assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
     assert "is corrupt; reinstall flowcli" in str(run.exception) and "unavailable" not in run.output
     assert attempts == [1] and not out.exists()
+
+
+def test_a_failed_run_removes_every_output_folder_it_created(tmp_path, cli):
+    """-o new/deep/out with an unreadable input: neither out nor the new folders above it are left behind."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a picture")
+    run = cli(["face", "fit", broken, "-o", tmp_path / "new" / "deep" / "out", "-q"])
+    assert run.exception.exit_code == 2, run.output
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that existed before the run stays, even when empty
+    run = cli(["face", "fit", broken, "-o", tmp_path / "kept" / "deep" / "out", "-q"])
+    assert run.exception.exit_code == 2 and sorted(os.listdir(tmp_path)) == ["broken.jpg", "kept"]
+    assert os.listdir(tmp_path / "kept") == []
+
+
+def test_a_face_model_with_too_few_vertices_is_a_weights_error(tmp_path, cli):
+    """A --face-model cut short of ICT-FaceKit's face region is a model of the wrong shape: exit 4, before any work."""
+    from flowcli.errors import WeightsError
+
+    with np.load(FACE / "ict-facekit" / "ict_face_region.npz") as data:
+        cut = {"mean": data["mean"][:9000], "id": data["id"][:2, :9000], "exp": data["exp"][:, :9000]}
+        np.savez(tmp_path / "cut.npz", **cut, exp_names=data["exp_names"])
+    run = cli(["face", "fit", IMAGE, "--face-model", tmp_path / "cut.npz", "-o", tmp_path / "out", "-q"])
+    assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
+    assert "has 9000 vertices" in str(run.exception) and "flowcli face convert" in str(run.exception)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("length", [235, 240])
+def test_output_names_too_long_for_the_file_system_stop_the_run_before_any_work(tmp_path, cli, length):
+    """An input whose output names (240: NAME.landmarks468.npy) or their temp files (235) exceed the file system's
+    255 bytes: one line, exit 3, nothing written, instead of a traceback or a run that fails half-written."""
+    from flowcli.errors import OutputError
+
+    image = tmp_path / ("b" * length + ".jpg")
+    image.symlink_to(IMAGE)
+    run = cli(["face", "fit", image, "-o", tmp_path / "out", "-q"])
+    assert isinstance(run.exception, OutputError) and run.exception.exit_code == 3, run.output
+    assert "too long" in str(run.exception) and "shorter name" in str(run.exception)
+    assert not (tmp_path / "out").exists()

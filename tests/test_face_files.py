@@ -1,6 +1,7 @@
 """Face model files, cache names and the correspondence table generator (no shared data needed: tiny files)."""
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,54 @@ def test_topology_obj_without_uvs_is_a_face_model_error(tmp_path):
     half.write_text(QUAD + "vt 0 0\nvt 1 0\nvt 1 1\nf 1/1 2/2 3/3\nf 1 3 4\n")
     with pytest.raises(WeightsError, match="half.obj has polygons without valid UVs"):
         build_compact(_arrays(), half, tmp_path / "half.npz")
+
+
+def test_convert_of_a_bad_folder_leaves_no_output_folders(tmp_path):
+    """`face convert` of a folder without the OBJs into -o new/deep/m.npz: exit 2 and no new folder."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    (tmp_path / "empty").mkdir()
+    run = CliRunner().invoke(app, ["face", "convert", str(tmp_path / "empty"), "-o", str(tmp_path / "new/deep/m.npz")])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2, run.output
+    assert os.listdir(tmp_path) == ["empty"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (QUAD.replace("v 1 1 0", "v 1 abc 0"), "not a usable OBJ file (could not convert string to float: 'abc')"),
+        (QUAD.replace("v 1 1 0", "v 1 nan 0"), "not a usable OBJ file (vertices with NaN or infinite coordinates)"),
+        (None, "cannot read"),  # a folder named like an OBJ
+    ],
+)
+def test_a_corrupt_obj_is_one_line_and_exit_4(tmp_path, content, message):
+    """An OBJ that cannot be read or whose numbers are not numbers: a WeightsError naming it, not a traceback."""
+    from flowcli.face.model import read_obj_topology, read_obj_vertices
+
+    obj = tmp_path / "identity000.obj"
+    if content is None:
+        obj.mkdir()
+    else:
+        obj.write_text(content + "vt 0 0\nf 1/1 2/x 3/1\n")
+    with pytest.raises(WeightsError, match="identity000.obj"):
+        read_obj_topology(obj)
+    with pytest.raises(WeightsError, match=re.escape(message)) as raised:
+        read_obj_vertices(obj)
+    assert raised.value.exit_code == 4 and "\n" not in str(raised.value)
+
+
+def test_an_obj_with_a_comment_that_is_not_utf8_is_read(tmp_path):
+    from flowcli.face.model import read_obj_vertices
+
+    obj = tmp_path / "identity000.obj"
+    obj.write_bytes("# mod\xe8le\n".encode("latin-1") + QUAD.encode())
+    assert read_obj_vertices(obj).shape == (4, 3)
 
 
 def test_cached_model_name_carries_the_format_version(tmp_path, monkeypatch):

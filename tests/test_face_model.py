@@ -99,3 +99,17 @@ def test_obj_folder_model_fits_with_an_unwritable_cache(tmp_path, monkeypatch, r
     assert mine.id_basis.shape == (1, 9409, 3) and mine.exp_names == ["jawOpen"]
     np.testing.assert_allclose(mine.mean, reference["mean"], atol=1e-5)
     assert list(scratch.iterdir()) == []  # the temporary build is gone
+
+
+def test_a_damaged_cached_model_is_rebuilt(tmp_path, monkeypatch):
+    """A cached compact model that cannot be read is rebuilt from the asset folder, not reported as a bad
+    --face-model the user never passed."""
+    from flowcli.face.assets import FaceAssets
+
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path))
+    FaceAssets.locate(FACE).model()
+    (cached,) = (tmp_path / "face").iterdir()
+    cached.write_bytes(b"damaged")
+    assert FaceAssets.locate(FACE).model().num_vertices == 9409
+    with np.load(cached) as data:  # and the cache holds the model again
+        assert data["mean"].shape == (9409, 3)

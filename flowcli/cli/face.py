@@ -143,7 +143,7 @@ def fit_command(
     job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
     fitted = []  # stems whose outputs this run wrote
-    new_folder = not Path(output).exists()
+    new_folders = _missing_folders(Path(output))
     try:
         for path, stem in zip(inputs, stems):  # fail before any work if an output exists
             job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
@@ -177,9 +177,7 @@ def fit_command(
             names = ", ".join(p.name for p in failures[:3]) + (", ..." if len(failures) > 3 else "")
             raise InputError(f"{len(failures)} of {len(inputs)} inputs failed ({names})")
     except BaseException:
-        if new_folder:  # a run that wrote nothing leaves no empty output folder behind
-            with contextlib.suppress(OSError):
-                Path(output).rmdir()  # only if empty
+        _remove_empty(new_folders)  # a run that wrote nothing leaves no empty output folder behind
         raise
 
 
@@ -204,9 +202,14 @@ def convert_command(
 
     if output.suffix.lower() != ".npz":
         raise OutputError(f"-o {output}: the compact model file must end in .npz; give e.g. -o ict.npz")
-    check_writable(output, overwrite)
-    arrays = convert_ict(folder)
-    build_compact(arrays, folder / "generic_neutral_mesh.obj", output, source=str(folder))
+    new_folders = _missing_folders(output.parent)
+    try:
+        check_writable(output, overwrite)
+        arrays = convert_ict(folder)
+        build_compact(arrays, folder / "generic_neutral_mesh.obj", output, source=str(folder))
+    except BaseException:
+        _remove_empty(new_folders)
+        raise
     print(
         json.dumps(
             {
@@ -216,6 +219,26 @@ def convert_command(
             }
         )
     )
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first: what a run would create."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: neither are its parents
+            break
 
 
 def _flow_device_and_precision(device: str, precision: str):
@@ -282,6 +305,26 @@ def _is_own_output(path: Path) -> bool:
         if name.endswith(suffix) and len(name) > len(suffix):
             return path.with_name(name[: -len(suffix)] + ".pose.json").is_file()
     return False
+
+
+def _check_name_length(path: Path) -> None:
+    """OutputError, before any work, for an output whose name (or that of the hidden temp file it is written to
+    first: `.NAME.xxxxxxxx` with the suffix after it, 10 bytes longer) the file system cannot hold."""
+    import os
+
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(path.name))
+    if size + 10 > limit:
+        raise OutputError(
+            f"output file name {path.name[:40]}... ({size} bytes) is too long: the file system takes {limit}, and "
+            "each output is first written to a temp file 10 bytes longer; give the input a shorter name"
+        )
 
 
 def _owned_by(name: str, stem: str) -> bool:
@@ -355,6 +398,7 @@ class FaceJob:
             for key, path in self.outputs(st, video).items():
                 if key == "overlay" and st != stem:
                     continue
+                _check_name_length(path)
                 check_writable(path, self.s["overwrite"])
 
     def _names_and_weights(self, exp_weights):

@@ -108,10 +108,22 @@ class FaceAssets:
                 f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)"
             )
         cached = _cached_name("ict_face_compact", sources + [self.topology_obj])
-        if cached.is_file():
-            return load_face_model(cached)
+        model = _load_cached(cached)
+        if model is not None:
+            return model
         arrays = load_face_model_arrays(region) if region.is_file() else convert_ict(self.ict_dir / "FaceXModel")
         return _build_and_load(arrays, self.topology_obj, cached, source=str(sources[0].parent))
+
+
+def _load_cached(cached: Path) -> FaceModel | None:
+    """The cached compact model, or None when there is none or it cannot be read (damaged, or written by
+    something else): a cache is rebuilt from its sources, never the user's problem."""
+    if not cached.is_file():
+        return None
+    try:
+        return load_face_model(cached)
+    except WeightsError:
+        return None
 
 
 def _build_and_load(arrays: dict, topology_obj: Path, cached: Path, source: str) -> FaceModel:
@@ -144,8 +156,9 @@ def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:
     """`--face-model PATH`: a compact or bare .npz (mean, id, exp, exp_names), or a folder of ICT-style OBJs."""
     if path.is_dir():
         cached = _cached_name("user_compact", sorted(path.glob("*.obj")))
-        if cached.is_file():  # built from these very files: no need to read them again
-            return load_face_model(cached)
+        model = _load_cached(cached)  # built from these very files: no need to read them again
+        if model is not None:
+            return model
         try:
             arrays = convert_ict(path)
         except InputError as error:  # for `fit`, the OBJ folder is a model, not an input

@@ -177,9 +177,13 @@ class FaceFitter:
         from flowcli.face.mp468_ict import BARY, VERTS
 
         if model.num_vertices < max(max(v) for v in VERTS) + 1:
-            from flowcli.errors import InputError
+            from flowcli.errors import WeightsError
 
-            raise InputError("the face model must share ICT-FaceKit's face topology (9,409 face vertices)")
+            raise WeightsError(  # a model of the wrong shape, like one without arrays: exit 4
+                f"the face model has {model.num_vertices} vertices, but fitting needs ICT-FaceKit's face topology "
+                "(its first 9,409 vertices, in its order); use a model built from ICT-FaceKit's FaceXModel "
+                "(`flowcli face convert`)"
+            )
         self.model = model
         self.options = options or FitOptions()
         self.dense = point_basis(model, np.array(VERTS), np.array(BARY))

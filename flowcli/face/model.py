@@ -218,24 +218,45 @@ class FaceModel:
 # --- OBJ reading -------------------------------------------------------------------------------------------
 
 
+def _obj_text(path: str | Path) -> str:
+    """An OBJ file's text. Latin-1 takes any byte: the numbers are ASCII, and a comment in another encoding
+    must not stop the conversion. A file that cannot be read is a model that cannot be used (exit 4)."""
+    try:
+        return Path(path).read_text(encoding="latin-1")
+    except OSError as error:
+        raise WeightsError(f"cannot read {path}: {error.strerror or error}; use ICT-FaceKit's OBJ files") from None
+
+
+def _bad_obj(path, error: ValueError) -> WeightsError:
+    return WeightsError(f"{path} is not a usable OBJ file ({error}); use ICT-FaceKit's OBJ files")
+
+
 def read_obj_vertices(path: str | Path) -> np.ndarray:
     """The `v` lines of an OBJ file as a float64 N x 3 array (fast path: one regex over the text)."""
-    text = Path(path).read_text()
-    rows = re.findall(r"^v\s+(\S+)\s+(\S+)\s+(\S+)", text, flags=re.M)
+    rows = re.findall(r"^v\s+(\S+)\s+(\S+)\s+(\S+)", _obj_text(path), flags=re.M)
     if not rows:
         raise InputError(f"{path} has no vertices; is it an OBJ file?")
-    return np.array(rows, dtype=np.float64)
+    try:
+        vertices = np.array(rows, dtype=np.float64)
+    except ValueError as error:
+        raise _bad_obj(path, error) from None
+    if not np.isfinite(vertices).all():
+        raise _bad_obj(path, ValueError("vertices with NaN or infinite coordinates"))
+    return vertices
 
 
 def read_obj_topology(path: str | Path, max_polygons: int | None = None):
     """Polygons of an OBJ: (list of vertex-index lists, list of uv-index lists, uv array T x 2), 0-indexed."""
-    text = Path(path).read_text()
-    uvs = np.array(re.findall(r"^vt\s+(\S+)\s+(\S+)", text, flags=re.M), dtype=np.float64).reshape(-1, 2)
+    text = _obj_text(path)
     polys, uv_polys = [], []
-    for line in re.findall(r"^f\s+(.+)$", text, flags=re.M)[:max_polygons]:
-        corners = [c.split("/") for c in line.split()]
-        polys.append([int(c[0]) - 1 for c in corners])
-        uv_polys.append([int(c[1]) - 1 if len(c) > 1 and c[1] else -1 for c in corners])
+    try:
+        uvs = np.array(re.findall(r"^vt\s+(\S+)\s+(\S+)", text, flags=re.M), dtype=np.float64).reshape(-1, 2)
+        for line in re.findall(r"^f\s+(.+)$", text, flags=re.M)[:max_polygons]:
+            corners = [c.split("/") for c in line.split()]
+            polys.append([int(c[0]) - 1 for c in corners])
+            uv_polys.append([int(c[1]) - 1 if len(c) > 1 and c[1] else -1 for c in corners])
+    except ValueError as error:
+        raise _bad_obj(path, error) from None
     return polys, uv_polys, uvs
 
 
