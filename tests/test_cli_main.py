@@ -245,3 +245,20 @@ def test_flowcli_face_with_files_runs_face_fit(monkeypatch, capsys, tmp_path):
     assert_one_line_error(short[0], short[2], 2, "selfie.mp4 not found")
     code, out, _ = cli("--help")
     assert code == 0 and "flowcli face FILES... is short for flowcli face fit FILES..." in out
+
+
+def test_a_file_name_too_long_for_the_file_system_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    """Path.exists() and friends raise ENAMETOOLONG on a 300-byte name: every command gave a traceback."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    long_name = tmp_path / ("a" * 300 + ".png")
+    for command, args in (("estimate", (long_name, long_name)), ("vis", (long_name.with_suffix(".flo"),))):
+        code, _, err = in_process_cli(monkeypatch, capsys, command)(*args)
+        assert_one_line_error(code, err, 2, "file name too long", "(304 bytes)")
+
+
+@pytest.mark.parametrize("words", [["-h"], ["face", "-h"], ["weights", "list", "-h"]])
+def test_dash_h_is_help_everywhere(words):
+    """`flowcli face -h` answered "No such option: -h"."""
+    proc = subprocess.run([sys.executable, "-m", "flowcli.cli.main", *words], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Usage: flowcli" in proc.stdout, proc.stderr

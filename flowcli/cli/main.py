@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 import typer
 
@@ -25,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 def _print_version(value: bool) -> None:
@@ -138,6 +142,17 @@ def run() -> None:
         except typer.TyperException as error:  # usage errors: unknown option, bad value, missing argument
             error.show()
             sys.exit(error.exit_code)
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            # the file system's limit (255 bytes a name on most) is met before any of flowcli's own checks
+            path = os.fsdecode(error.filename or "?")
+            longest = max(Path(path).parts or (path,), key=lambda part: len(os.fsencode(part)))
+            where = "" if longest == path else f" in {escape(path[:80])}..."
+            stderr.print(f"[red]error:[/] file name too long for the file system: {escape(longest[:40])}... "
+                         f"({len(os.fsencode(longest))} bytes){where}; rename it or choose shorter names",
+                         highlight=False, soft_wrap=True)
+            sys.exit(2)
         if code == 130:  # Typer turns a Ctrl-C (KeyboardInterrupt) into exit code 130, without a word
             _stopped(terminated)
     sys.exit(code if isinstance(code, int) else 0)
