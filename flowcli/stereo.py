@@ -274,6 +274,13 @@ def _number(data: dict, key: str, path: Path) -> float:
     return float(value)
 
 
+def _image_size(value: float, key: str, path: Path) -> int:
+    """A calibration's width or height: a positive whole number of pixels."""
+    if not (math.isfinite(value) and value > 0 and value == int(value)):
+        raise InputError(f"calibration {path}: {key} must be a positive whole number of pixels, got {value:g}")
+    return int(value)
+
+
 def _camera_from_json(data: dict, path: Path) -> Camera:
     focal_key = next((k for k in _FOCAL_KEYS if k in data), None)
     if focal_key is None:
@@ -302,8 +309,8 @@ def _camera_from_json(data: dict, path: Path) -> Camera:
         cx=cx0,
         cy=optional("cy", "cy0"),
         doffs=(cx1 - cx0) if (cx0 is not None and cx1 is not None) else 0.0,
-        width=None if width is None else int(width),
-        height=None if height is None else int(height),
+        width=None if width is None else _image_size(width, "width", path),
+        height=None if height is None else _image_size(height, "height", path),
         source=str(path),
     )
 
@@ -314,7 +321,14 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
 
     def matrix(key):
         numbers = re.findall(r"[-+0-9.eE]+", values.get(key, ""))
-        return [float(n) for n in numbers] if len(numbers) == 9 else None
+        if len(numbers) != 9:
+            return None
+        try:
+            return [float(n) for n in numbers]
+        except ValueError:
+            raise InputError(
+                f"cannot read calibration {path}: {key} must be a 3x3 matrix of numbers, got {values[key]!r}"
+            ) from None
 
     cam0, cam1 = matrix("cam0"), matrix("cam1")
     if cam0 is None or "baseline" not in values:
@@ -325,8 +339,8 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
     try:
         baseline_mm = float(values["baseline"])
         doffs = float(values["doffs"]) if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else 0.0)
-        width = int(values["width"]) if "width" in values else None
-        height = int(values["height"]) if "height" in values else None
+        width = _image_size(float(values["width"]), "width", path) if "width" in values else None
+        height = _image_size(float(values["height"]), "height", path) if "height" in values else None
     except ValueError as error:
         raise InputError(f"cannot read calibration {path}: {error}") from None
     return Camera(focal=cam0[0], baseline=baseline_mm / 1000.0, fy=cam0[4], cx=cam0[2], cy=cam0[5], doffs=doffs,

@@ -176,6 +176,25 @@ def test_calibration_json_and_middlebury(tmp_path, shared_data):
         read_calibration(bad)
 
 
+def test_calibration_with_unreadable_numbers_is_an_input_error(tmp_path):
+    """A calib.txt matrix entry such as 1.2.3, and a JSON width or height that is NaN, infinite, negative or
+    fractional, were tracebacks (ValueError, OverflowError) or silently truncated: each is one InputError."""
+    txt = tmp_path / "calib.txt"
+    txt.write_text("cam0=[1.2.3 0 48; 0 100 32; 0 0 1]\nbaseline=100\n")
+    with pytest.raises(InputError, match=r"cam0 must be a 3x3 matrix of numbers, got '\[1\.2\.3"):
+        read_calibration(txt)
+    txt.write_text("cam0=[100 0 48; 0 100 32; 0 0 1]\nbaseline=100\nwidth=96.5\nheight=64\n")
+    with pytest.raises(InputError, match="width must be a positive whole number of pixels, got 96.5"):
+        read_calibration(txt)
+    calib = tmp_path / "calib.json"
+    for text, shown in (("NaN", "nan"), ("Infinity", "inf"), ("1e400", "inf"), ("-96", "-96"), ("96.7", "96.7")):
+        calib.write_text(f'{{"fx": 100, "baseline_meters": 0.1, "width": {text}, "height": 64}}')
+        with pytest.raises(InputError, match=f"width must be a positive whole number of pixels, got {shown}$"):
+            read_calibration(calib)
+    calib.write_text('{"fx": 100, "baseline_meters": 0.1, "width": 96.0, "height": 64}')
+    assert (read_calibration(calib).width, read_calibration(calib).height) == (96, 64)
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_point_cloud_back_projects_and_ply_round_trips(tmp_path, binary):
     depth = np.zeros((6, 8), np.float32)

@@ -372,6 +372,8 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
         ((media["left"], media["right"], "--precision", "fp8"), 2, ("unknown precision 'fp8'",)),
         ((media["left"], media["right"], "--batch-size", "0"), 2, ("--batch-size must be at least 1",)),
         ((media["left"], media["right"], "--lr-threshold", "0"), 2, ("--lr-threshold must be a positive",)),
+        # below the video writer's least rate: refused before the model, not a traceback when the video opens
+        ((media["pairs"], "--video", "--fps", "1e-9"), 3, ("--fps must be a positive number of at least 0.001",)),
     ]
     for args, expected, needles in cases:
         code, _, err = cli(*args, *w)
@@ -386,6 +388,22 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
     (existing / "scene_disp.pfm").write_bytes(b"x")
     code, _, err = cli(media["left"], media["right"], "--weights", media["weights"], "-o", existing, "-q")
     assert_one_line_error(code, err, 3, "already exists", "--overwrite")
+
+
+def test_a_video_rate_below_the_writers_least_from_step_is_refused_before_the_model(media, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """5 fps / --step 10000 = 0.0005 fps was a traceback (ValueError) from the video writer, after the model loaded.
+    (Not `cli`: it shows every warning, and the header reads of the videos leave ResourceWarnings, a media.py matter.)"""
+    run = in_process_cli(monkeypatch, capsys, "stereo")
+    out = tmp_path / "out"
+    code, _, err = run(media["video_left"], media["video_right"], "--video", "--step", "10000", "--weights",
+                       media["weights"], "-o", out, "-q")
+    assert_one_line_error(code, err, 3, "video would have 0.0005 fps", "below the least of 0.001; give --fps")
+    assert not out.exists()
+    code, stdout, err = run(media["video_left"], media["video_right"], "--video", "--step", "10000", "--fps", "1",
+                            "--json", "--weights", media["weights"], "-o", out, "-q")
+    assert code == 0, err
+    assert _records(stdout)[-1]["fps"] == 1.0
 
 
 def test_model_options_are_spelled_as_in_the_other_commands(media, tmp_path, cli):
@@ -491,6 +509,19 @@ def test_all_leaves_out_the_video_of_a_folder_whose_pairs_differ_in_size(media, 
     assert (out / "b_disp_vis.png").is_file() and not list(out.glob("*.mp4"))
     code, _, err = cli(rig, "--weights", media["weights"], "-o", tmp_path / "out2", "--video", "-q")
     assert_one_line_error(code, err, 2, "pairs differ in size", "--video")
+
+
+def test_formats_all_is_all_with_spaces_after_the_commas_too(media, tmp_path, cli):
+    """--formats 'npy, all' (parse_formats strips the spaces) was not taken as 'all' when the depth formats were
+    left out for want of a camera: it failed with '--depth needs a camera', while 'npy,all' worked."""
+    for formats in ("npy,all", "npy, all", " ALL "):
+        out = tmp_path / f"out{len(formats)}"
+        code, _, err = cli(media["left"], media["right"], "--formats", formats, "--weights", media["weights"],
+                           "-o", out, "-q")
+        assert code == 0, err
+        assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
+            "scene_disp.npy", "scene_disp.pfm", "scene_disp.png", "scene_disp_vis.png", "scene_occ.png",
+        ]
 
 
 def test_a_baseline_in_millimetres_warns(media, tmp_path, cli, exact_flow):

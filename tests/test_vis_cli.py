@@ -303,8 +303,14 @@ def test_folders_and_globs_take_their_flow_files_in_natural_order_leaving_out_pi
          ("shape [4, 4, 3]", "neither flow")),
         (lambda d: (d / "empty").mkdir() or d / "empty", ("no flow or disparity files",)),
         (lambda d: str(d / "*.nothing"), ("no files match",)),
+        # 0-pixel arrays passed the check, then were a traceback from the PNG writer after good.flo's PNG was written
+        (lambda d: write_npy(d / "none.npy", np.zeros((0, 0), np.float32)), ("none.npy holds an empty 0x0 array",)),
+        (lambda d: write_npy(d / "flat.npy", np.zeros((0, 4, 2), np.float32)), ("flat.npy holds an empty 4x0 array",)),
+        (lambda d: write_npz(d / "none.npz", forward=np.zeros((3, 0, 2), np.float32)),
+         ("none.npz holds an empty 0x3 array",)),
     ],
-    ids=["extension", "missing", "corrupt", "8-bit png", "npy shape", "empty folder", "glob"],
+    ids=["extension", "missing", "corrupt", "8-bit png", "npy shape", "empty folder", "glob", "empty map",
+         "empty flow", "empty bundle"],
 )
 def test_bad_inputs_are_one_line_errors_and_nothing_is_written(run, tmp_path, make, needles):
     write_flo(tmp_path / "good.flo", _flow())  # first in line: must not be written either

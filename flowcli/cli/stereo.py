@@ -577,10 +577,15 @@ def _video_pairs(source: _Source, swap: bool, step: int, max_frames: int | None)
 # ----------------------------------------------------------------------------- outputs
 
 
+def _format_names(text: str) -> list[str]:
+    """--formats as names: 'npy, .depth-png' -> ['npy', 'depth_png']."""
+    return [part.strip().lower().lstrip(".").replace("-", "_") for part in text.split(",") if part.strip()]
+
+
 def parse_formats(text: str | None) -> frozenset[str]:
     if text is None:
         return frozenset()
-    names = [part.strip().lower().lstrip(".").replace("-", "_") for part in text.split(",") if part.strip()]
+    names = _format_names(text)
     unknown = [n for n in names if n not in FORMATS and n != "all"]
     if unknown:
         raise OutputError(f"unknown output format {unknown[0]!r}; valid formats: {', '.join(FORMATS)}, all")
@@ -809,6 +814,7 @@ def stereo(
     stdout = sys.stdout  # the progress display may redirect sys.stdout while it runs
 
     from flowcli.console import progress, stderr, warn
+    from flowcli.io.media import MIN_FPS
 
     # ---- options, before anything is read
     if not inputs and pair_list is None:
@@ -826,7 +832,8 @@ def stereo(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
         raise InputError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
-    _positive(fps, "--fps", "", OutputError)
+    if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
+        raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps:g}")
     _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
     _positive(max_depth, "--max-depth", " of metres")
     _positive(lr_threshold, "--lr-threshold", " of pixels")
@@ -838,7 +845,7 @@ def stereo(
     flags = {"pfm": pfm, "kitti": kitti, "npy": npy, "vis": vis, "video": video, "occlusion": occlusion,
              "depth": depth, "depth_pfm": depth_pfm, "depth_png": depth_png, "ply": ply}
     chosen = set(parse_formats(formats)) | {k for k, on in flags.items() if on}
-    everything = all_ or (formats is not None and "all" in formats.lower().split(","))
+    everything = all_ or (formats is not None and "all" in _format_names(formats))
     if everything:
         chosen = set(FORMATS) - (set() if camera else DEPTH_FORMATS)
     if not chosen:
@@ -862,6 +869,9 @@ def stereo(
             if not everything:
                 raise InputError(f"{source.label}: pairs differ in size, and --video needs one size per sequence")
             source.sequence = False  # --all writes every format that applies: no video for this one
+        if want_video and source.sequence and fps is None and source.fps is not None and source.fps < MIN_FPS:
+            raise OutputError(f"{source.label}: its video would have {source.fps:g} fps (the source's rate / --step), "
+                              f"below the least of {MIN_FPS}; give --fps")
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video); single image pairs get none")
     _check_output_folder(output)

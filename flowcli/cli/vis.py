@@ -301,12 +301,17 @@ def _read(path: Path, with_backward: bool) -> dict[bool, _Field]:
 
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _read_bundle(path, with_backward)
-    if suffix == ".flo":
-        return {False: _flow_field(read_flo(path))}
-    if suffix == ".png":
-        return {False: _read_png(path)}
-    return {False: _read_array(path, read_npy(path) if suffix == ".npy" else read_pfm(path))}
+        fields = _read_bundle(path, with_backward)
+    elif suffix == ".flo":
+        fields = {False: _flow_field(read_flo(path))}
+    elif suffix == ".png":
+        fields = {False: _read_png(path)}
+    else:
+        fields = {False: _read_array(path, read_npy(path) if suffix == ".npy" else read_pfm(path))}
+    width, height = fields[False].size
+    if not width or not height:  # a .npy or .npz array may have 0 rows or columns, no picture can
+        raise InputError(f"{path} holds an empty {width}x{height} array; flowcli vis colours maps of at least one pixel")
+    return fields
 
 
 # ----------------------------------------------------------------------------- scale and colours
