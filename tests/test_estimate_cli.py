@@ -1142,3 +1142,27 @@ def test_sigterm_stops_a_real_process_reading_a_pipe_and_its_ffmpeg(tmp_path, me
     assert process.returncode == 143, err
     assert "Traceback" not in err.decode()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp file, of the video neither
+
+
+def test_formats_all_with_spaces_after_the_commas_is_all(media, tmp_path, cli):
+    """--formats 'flo, all' chose every format but was not taken as 'all': no backward files, a --video warning."""
+    code, stdout, err = cli(media["a"], media["b"], "--weights", media["weights"], "-o", tmp_path / "out",
+                            "--formats", "flo, all", "--json", "-q")
+    assert code == 0, err
+    assert "warning" not in err
+    assert set(_json_lines(stdout)[0]["outputs"]) == ALL_PAIR_OUTPUTS - {"video"}
+
+
+def test_a_video_rate_below_the_writers_least_from_step_is_refused_before_any_work(media, tmp_path, cli):
+    """0.0015 fps / --step 2 was a ValueError traceback from the video writer, after the model loaded."""
+    slow = tmp_path / "slow.mp4"
+    with VideoWriter(slow, fps=0.0015) as writer:
+        for i in range(3):
+            writer.write(_frame(i, rng_seed=1))
+    out = tmp_path / "out"
+    code, _, err = cli(slow, "--step", "2", "--video", "--weights", media["weights"], "-o", out, "-q")
+    assert_one_line_error(code, err, 3, "video would have 0.00075 fps", "give --fps")
+    assert not out.exists()
+    code, _, err = cli(slow, "--step", "2", "--video", "--fps", "1", "--weights", media["weights"], "-o", out, "-q")
+    assert code == 0, err
+    assert (out / "slow_vis.mp4").is_file()

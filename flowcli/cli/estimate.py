@@ -445,7 +445,18 @@ def _parse_outputs(formats: Optional[str], flags: dict[str, bool], all_: bool) -
     chosen = set(parse_formats(formats)) | {name for name, on in flags.items() if on}
     if all_:
         chosen = set(FORMATS)
-    return frozenset(chosen or DEFAULT_FORMATS), all_ or (formats is not None and "all" in formats.lower().split(","))
+    asks_all = formats is not None and "all" in (part.strip().lower() for part in formats.split(","))
+    return frozenset(chosen or DEFAULT_FORMATS), all_ or asks_all
+
+
+def _check_video_rates(sources: list[_Source], want_video: bool, fps: float | None) -> None:
+    """A video made at the source's rate / --step must have a rate the writer can store (before any work)."""
+    from flowcli.io.media import MIN_FPS
+
+    for source in sources:
+        if want_video and source.sequence and fps is None and source.fps is not None and source.fps < MIN_FPS:
+            raise OutputError(f"{source.label}: its video would have {source.fps:g} fps (the source's rate / "
+                              f"--step), below the least of {MIN_FPS}; give --fps")
 
 
 def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> None:
@@ -557,6 +568,7 @@ def estimate(
 
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], step, max_frames, pair_list)
+    _check_video_rates(sources, want_video, fps)
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
     _check_output_folder(output)
