@@ -336,7 +336,8 @@ def fill_like_kitti_devkit(prediction: torch.Tensor) -> torch.Tensor:
     at_right = prediction.gather(2, right.clamp(max=width - 1).expand(channels, height, width))
     has_left, has_right = left >= 0, right < width
     outside = torch.where(has_left, at_left, at_right)  # a leading or trailing run (garbage in a row of unknowns)
-    filled = torch.where(known, prediction, torch.where(has_left & has_right, torch.minimum(at_left, at_right), outside))
+    between = torch.where(has_left & has_right, torch.minimum(at_left, at_right), outside)
+    filled = torch.where(known, prediction, between)
 
     # 3: each row's source row; -1 for an unknown row between known ones
     rows = torch.arange(height, device=prediction.device)

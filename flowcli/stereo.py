@@ -376,7 +376,8 @@ def _one_map(name: str, array) -> np.ndarray:
     """A tensor or array [H, W], [1, H, W] or [1, 1, H, W] as a numpy [H, W]."""
     array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
     if array.ndim < 2 or any(n != 1 for n in array.shape[:-2]):
-        raise InputError(f"the {name} has shape {array.shape}; give one map [H, W] (of a batch [B, 1, H, W], take [i, 0])")
+        raise InputError(f"the {name} has shape {array.shape}; give one map [H, W] (of a batch [B, 1, H, W], "
+                         "take [i, 0])")
     return array.reshape(array.shape[-2:])
 
 

@@ -387,7 +387,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device", "absent GPU",
+    "single image", "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device",
+    "absent GPU",
     "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder",
     "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
@@ -556,7 +557,8 @@ def test_resume_writes_only_the_outputs_an_interrupted_run_left_missing(media, t
     assert records[1] == {
         "type": "skipped", "source": str(tmp_path / "shot"), "index": 1, "frame1": "f_1", "frame2": "f_2",
         "inputs": [str(tmp_path / "shot" / "f_1.png"), str(tmp_path / "shot" / "f_2.png")],
-        "outputs": {"flo": str(out / "f_1_flow.flo"), "npy": str(out / "f_1_flow.npy"), "vis": str(out / "f_1_vis.png")},
+        "outputs": {"flo": str(out / "f_1_flow.flo"), "npy": str(out / "f_1_flow.npy"),
+                    "vis": str(out / "f_1_vis.png")},
     }
     assert set(records[0]["outputs"]) == {"flo", "npy", "vis"}  # every output of the pair, kept ones too
     assert "3 pair(s)" in err and "2 computed, 1 skipped" in err
@@ -854,17 +856,20 @@ def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, pair_
     assert [r["inputs"] for r in listed] == pairs
     assert [r["source"] for r in listed] == [" ".join(pair) for pair in pairs]
     assert without_timing(listed) == [
-        {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed")) for k, p in r["outputs"].items()}}
+        {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed"))
+                          for k, p in r["outputs"].items()}}
         for r in without_timing(alone)
     ]
     names = sorted(p.name for p in (tmp_path / "listed").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "alone").iterdir()) == [
-        ".flowcli-estimate.json", "c_flow.flo", "c_vis.png", "e_flow.flo", "e_vis.png", "one 1_flow.flo", "one 1_vis.png"
+        ".flowcli-estimate.json", "c_flow.flo", "c_vis.png", "e_flow.flo", "e_vis.png", "one 1_flow.flo",
+        "one 1_vis.png",
     ]
     flows = [read_flo(tmp_path / "listed" / f"{stem}_flow.flo") for stem in ("one 1", "c", "e")]
     for stem, flow in zip(("one 1", "c", "e"), flows):
         np.testing.assert_array_equal(flow, read_flo(tmp_path / "alone" / f"{stem}_flow.flo"))
-        assert (tmp_path / "listed" / f"{stem}_vis.png").read_bytes() == (tmp_path / "alone" / f"{stem}_vis.png").read_bytes()
+        listed_vis, alone_vis = (tmp_path / run / f"{stem}_vis.png" for run in ("listed", "alone"))
+        assert listed_vis.read_bytes() == alone_vis.read_bytes()
     assert not np.array_equal(flows[1], flows[2])  # three pairs, not one pair three times
     assert _record(tmp_path / "listed") == _record(tmp_path / "alone")
 

@@ -183,7 +183,8 @@ def test_a_sparse_kitti_flow_prediction_is_filled_as_the_devkit_does_and_reports
     write_kitti_flow(tmp_path / "dense" / f"{item['name']}.png", _flow_hw2(item) + offset)
     dense = evaluate_predictions("kitti2015", root, tmp_path / "dense", progress=False)
     assert dense.per_item[0]["density"] == 1.0 and dense.mean["density"] == 1.0
-    assert dense.per_item[0]["epe"] == pytest.approx(math.hypot(0.5, 0.25), abs=1e-6) and dense.per_item[0]["fl_all"] == 0
+    assert dense.per_item[0]["epe"] == pytest.approx(math.hypot(0.5, 0.25), abs=1e-6)
+    assert dense.per_item[0]["fl_all"] == 0
 
 
 def _tiny_kitti_stereo(root: Path, disparity: np.ndarray) -> None:

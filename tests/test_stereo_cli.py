@@ -393,7 +393,8 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
 def test_a_video_rate_below_the_writers_least_from_step_is_refused_before_the_model(media, tmp_path, monkeypatch,
                                                                                    capsys):
     """5 fps / --step 10000 = 0.0005 fps was a traceback (ValueError) from the video writer, after the model loaded.
-    (Not `cli`: it shows every warning, and the header reads of the videos leave ResourceWarnings, a media.py matter.)"""
+    (Not `cli`: it shows every warning, and the header reads of the videos leave ResourceWarnings, a media.py
+    matter.)"""
     run = in_process_cli(monkeypatch, capsys, "stereo")
     out = tmp_path / "out"
     code, _, err = run(media["video_left"], media["video_right"], "--video", "--step", "10000", "--weights",
@@ -431,7 +432,8 @@ def test_a_pair_given_from_a_subfolder_is_named_after_its_real_folder(media, tmp
     write_png(rig / "right.png", _uint8(scene.right[0]))
     (rig / "sub").mkdir()
     monkeypatch.chdir(rig / "sub")
-    code, stdout, err = cli("../left.png", "../right.png", "--weights", media["weights"], "-o", tmp_path / "o", "--npy", "--json")
+    code, stdout, err = cli("../left.png", "../right.png", "--weights", media["weights"], "-o", tmp_path / "o", "--npy",
+                            "--json")
     assert code == 0, err
     assert [r["outputs"]["npy"] for r in _records(stdout)] == [str(tmp_path / "o" / "rig_disp.npy")]
 
@@ -778,7 +780,8 @@ def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, liste
         assert code == 0, err
         alone += _records(stdout)
     assert without_timing(listed) == [
-        {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed")) for k, p in r["outputs"].items()}}
+        {**r, "outputs": {k: p.replace(str(tmp_path / "alone"), str(tmp_path / "listed"))
+                          for k, p in r["outputs"].items()}}
         for r in without_timing(alone)
     ]
     names = sorted(p.name for p in (tmp_path / "listed").iterdir())
@@ -840,7 +843,8 @@ def test_a_bad_line_is_one_line_error_naming_it_before_any_work(case, media, lis
     write_png(listed_rigs / "small.png", _uint8(media["scene"].right[1])[:, :40])
     line, needle = PAIR_LIST_ERRORS[case]
     pair_list = listed_rigs / "pairs.txt"
-    text = f"'rig one/im0.png' 'rig one/im1.png'\n\n{line.format(video=media['video_left'])}\np1_left.png p1_right.png\n"
+    listed_video = line.format(video=media["video_left"])
+    text = f"'rig one/im0.png' 'rig one/im1.png'\n\n{listed_video}\np1_left.png p1_right.png\n"
     pair_list.write_text("# line 1\n\n# nothing\n" if case == "no pairs" else text)
     monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
     out = tmp_path / "out"

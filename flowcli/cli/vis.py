@@ -310,7 +310,8 @@ def _read(path: Path, with_backward: bool) -> dict[bool, _Field]:
         fields = {False: _read_array(path, read_npy(path) if suffix == ".npy" else read_pfm(path))}
     width, height = fields[False].size
     if not width or not height:  # a .npy or .npz array may have 0 rows or columns, no picture can
-        raise InputError(f"{path} holds an empty {width}x{height} array; flowcli vis colours maps of at least one pixel")
+        raise InputError(f"{path} holds an empty {width}x{height} array; flowcli vis colours maps of at least one "
+                         "pixel")
     return fields
 
 
