@@ -357,3 +357,28 @@ def test_eval_runs_at_the_precision_asked_and_refuses_an_unknown_one(monkeypatch
     assert json.loads(out)["results"]["middlebury"]["mean"]["epe"] < 2.0  # bf16 still scores a sane flow
     code, _, err = run("-d", "middlebury", "-r", root, "--precision", "fp8")
     assert_one_line_error(code, err, 2, "unknown precision 'fp8'")
+
+
+def test_eval_json_names_the_precision_that_ran_when_fp16_falls_back_to_fp32_on_the_cpu(monkeypatch, capsys):
+    """fp16 on the CPU runs in fp32 (with a warning), but --json said "precision": "fp16": a score recorded
+    as the fp16 path's was the fp32 one."""
+    import json
+
+    from cli_harness import in_process_cli
+
+    from flowcli import inference
+
+    asked = []
+    real = inference.estimate_flow
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("precision"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "estimate_flow", recording)
+    run = in_process_cli(monkeypatch, capsys, "eval")
+    root = DATA / "flow" / "middlebury"
+    code, out, err = run("-d", "middlebury", "-r", root, "--device", "cpu", "--precision", "fp16", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["precision"] == "fp32" and asked == ["fp32"]
+    assert err.count("fp16 is not supported on CPU") == 1

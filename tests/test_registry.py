@@ -867,3 +867,20 @@ def test_cli_list_on_80_columns_keeps_names_and_checksums_whole(cli, monkeypatch
         row = next(line for line in result.stdout.splitlines() if line.split()[:1] == [name])
         assert entry["files"][0]["sha256"][:12] in row
     assert "bundled" in result.stdout
+
+
+def test_cli_verify_on_80_columns_shows_whole_file_names(cli, monkeypatch, tmp_path):
+    """Names of files that fail verification were cut short with an ellipsis on an 80-column terminal."""
+    path = "mediapipe/face_detection_short_range.tflite"
+    record = {"path": path, "source": "https://example.invalid/a.tflite", "sha256": "0" * 64, "size": 1}
+    registry_file = tmp_path / "registry.json"
+    registry_file.write_text(json.dumps({"models": {"a-rather-long-model-name": {"files": [record]}}}))
+    monkeypatch.setenv("FLOWCLI_REGISTRY", str(registry_file))
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("verify")
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "not downloaded" in result.stdout and "\u2026" not in result.stdout
+    cells = "".join(line.split("\u2502")[2].strip() for line in result.stdout.splitlines() if line.count("\u2502") > 2)
+    assert path in cells

@@ -182,7 +182,7 @@ def test_synth_output_is_an_eval_dataset_with_its_occlusion(monkeypatch, capsys,
     assert len(report.per_item) == 2 and "occ_f1" in report.per_item[0]
 
 
-@pytest.mark.parametrize("fps", ["0", "-3", "nan", "inf"])
+@pytest.mark.parametrize("fps", ["0", "-3", "nan", "inf", "1e-9"])  # 1e-9: below what the writer stores (traceback)
 def test_synth_clip_refuses_a_frame_rate_that_is_not_positive_and_finite(monkeypatch, capsys, tmp_path, fps):
     from cli_harness import assert_one_line_error, in_process_cli
 

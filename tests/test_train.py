@@ -240,6 +240,11 @@ def tiny_recipe(tmp_path):
         ('{"model": {"bogus": 1}}', ['"model"', '"bogus"', "pyramid_channels"]),
         ('{"synth": {"bogus": 1}}', ['"synth"', '"bogus"', "layer_translation"]),
         ('{"textures": "/some/dir"}', ['"textures"', "list"]),
+        # these reached the data worker, whose traceback ended the run
+        ('{"synth": {"min_layers": 5, "max_layers": 2}}', ['"synth"', "min_layers", "max_layers"]),
+        ('{"synth": {"max_layers": 0}}', ['"synth"', "min_layers", "max_layers"]),
+        ('{"synth": {"num_frames": 1}}', ['"synth"', "num_frames", "at least 2"]),
+        ('{"pct_start": 1}', ['"pct_start"', "below 1"]),  # failed at the last step, and again on each resume
     ],
 )
 def test_a_bad_config_file_is_a_one_line_error_naming_the_file_and_the_key(
@@ -297,6 +302,22 @@ def test_bad_textures_are_a_one_line_error_before_any_data_worker_starts(monkeyp
     assert "DataLoader" not in err
 
 
+def test_model_overrides_that_resize_the_init_weights_are_a_one_line_input_error(monkeypatch, capsys, tmp_path):
+    """A recipe's "model" layer sizes with --init of another size made load_state_dict raise a RuntimeError:
+    a traceback listing every tensor's shape."""
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models import FlowNet, FlowNetConfig
+
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(FlowNet(FlowNetConfig(**TINY_MODEL)), init)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"model": {**TINY_MODEL, "decoder_channels": [24, 24]}, "workers": 0}))
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", recipe, "--init", init, "-o", tmp_path / "run", *QUICK_FLAGS)
+    assert_one_line_error(code, err, 2, "do not fit", str(init), "change shape", "decoder")
+    assert not (tmp_path / "run").exists()
+
+
 def test_textures_loaded_up_front_reach_the_data_worker(tmp_path):
     from flowcli.io.flow_formats import write_png
 
@@ -351,9 +372,10 @@ def test_training_in_process_leaves_the_callers_thread_count(tmp_path):
 
 
 def test_config_problems_found_before_the_run_folder_is_made(tmp_path):
-    """A bad device, bad model overrides on init weights, or a trainer-owned synth key: one line, no folder."""
+    """A bad device, bad model overrides on init weights, train_only prefixes that match no parameter (which
+    left an empty run folder and exit code 1) or a trainer-owned synth key: one line, no folder."""
     from flowcli.checkpoint import save_checkpoint
-    from flowcli.errors import FlowcliError
+    from flowcli.errors import InputError
     from flowcli.models import FlowNet, FlowNetConfig
 
     init = tmp_path / "init.safetensors"
@@ -361,9 +383,10 @@ def test_config_problems_found_before_the_run_folder_is_made(tmp_path):
     bad = {
         "device": dict(device="cuda:x"),
         "overrides": dict(init_weights=str(init), model={"upsampler": "bogus"}),
+        "train_only": dict(train_only=["nothing."]),
     }
     for name, overrides in bad.items():
-        with pytest.raises(FlowcliError):
+        with pytest.raises(InputError):
             train(tiny_config(tmp_path / name, 2, **overrides), quiet=True)
         assert not (tmp_path / name).exists(), name
     from flowcli.train.trainer import settings_problem
@@ -402,6 +425,39 @@ def test_an_interrupt_right_after_the_optimiser_step_saves_a_whole_step_and_resu
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     resumed = train(tiny_config(tmp_path / "b", 6), quiet=True)["history"]
     assert [r["total"] for r in resumed] == [r["total"] for r in straight]
+
+
+def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
+    """`timeout`, `kill -- -PGID`, systemd and Slurm send SIGTERM to every process of the job, data workers
+    included. torch's workers died of it, and the main process failed with a "DataLoader worker is killed by
+    signal" traceback instead of saving its state (a stopped job lost every step since its last checkpoint).
+    A worker must end as on a Ctrl-C (exit code 0), leaving the main process to stop on its own SIGTERM."""
+    import subprocess
+    import time
+
+    from flowcli.train.trainer import _batches
+
+    cfg = TrainConfig(height=64, width=64, batch_size=1, workers=1, synth={"min_layers": 1, "max_layers": 1})
+    batches = _batches(cfg, 0, None)
+    next(batches)
+    (worker,) = batches._workers
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # not from its parent, as a job's stop is
+    worker.join(timeout=30)
+    time.sleep(0.5)  # time for torch's SIGCHLD handler to raise in this process, as it did for a killed worker
+    assert worker.exitcode == 0
+    batches._shutdown_workers()
+
+
+def test_a_diverged_run_stops_before_it_saves_nan_weights(tmp_path):
+    """A run whose loss turned NaN went on to its last step and said "done", leaving weights that no flowcli
+    command loads (flowcli adapt already stopped such a run)."""
+    torch.set_num_threads(1)
+    diverged = r"training diverged: the (loss|gradient norm) is (nan|inf).*keeps the state"
+    with pytest.raises(FlowcliError, match=diverged):
+        train(tiny_config(tmp_path, 20, lr=1e8, checkpoint_every=1), quiet=True)
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)["step"]
+    assert 1 <= saved < 20
+    assert load_checkpoint(tmp_path / "last.safetensors").provenance["steps"] == saved  # finite: it loads
 
 
 @pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", "foreign"])

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from flowcli.cli.options import PRECISION_NAMES
+from flowcli.cli.options import PRECISION_NAMES, device_and_precision
 from flowcli.errors import InputError
 
 CHOICES = (
@@ -195,7 +195,6 @@ def eval_command(
     """Score a model or prediction files on a benchmark (help text: EVAL_HELP)."""
     from flowcli.data import STEREO_DATASETS, make_dataset
     from flowcli.evaluation import evaluate
-    from flowcli.inference import resolve_device
     from flowcli.models import load_model
 
     name = dataset.lower().strip()
@@ -225,7 +224,8 @@ def eval_command(
         return
     for each in names:  # a root without the layout (or without sintel's final pass) fails before any scoring
         make_dataset(each, root)
-    torch_device = resolve_device(device)
+    # the precision that runs: fp16 on the CPU is fp32 (with a warning), and --json must say so
+    torch_device, precision = device_and_precision(device, precision)
     model = load_model(weights, device=torch_device, offline=offline)
     reports = []
     for each in names:

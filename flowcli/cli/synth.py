@@ -81,7 +81,7 @@ def synth(
     from flowcli.errors import InputError, OutputError
     from flowcli.io.atomic import atomic_path
     from flowcli.io.flow_formats import write_flo, write_png
-    from flowcli.io.media import VideoWriter
+    from flowcli.io.media import MIN_FPS, VideoWriter
     from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 
     try:
@@ -106,8 +106,9 @@ def synth(
         raise InputError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
     if not 0 < min_exposure <= 1:
         raise InputError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise OutputError(f"--fps must be a positive number of frames per second, e.g. 12; got {fps:g}")
+    if not (math.isfinite(fps) and fps >= MIN_FPS):  # (the video writer stores the rate as a fraction)
+        raise OutputError(f"--fps must be a positive number of frames per second of at least {MIN_FPS:g}, e.g. 12; "
+                          f"got {fps:g}")
     stale = _check_output(output, clip, overwrite, count, frames)
     bank = TextureBank.from_paths(list(textures)) if textures else None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,

@@ -330,7 +330,7 @@ def verify_command(
     else:
         table = Table()
         for column in ("name", "file", "status"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # a narrow terminal cut file names to "face_detection_s…"
         for model, file, status in rows:
             table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
         _stdout().print(table)

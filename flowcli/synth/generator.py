@@ -58,6 +58,11 @@ class SynthConfig:
     min_exposure: float = 1 / 8
 
     def __post_init__(self):
+        if not 0 <= self.min_layers <= self.max_layers:
+            raise ValueError(f"min_layers and max_layers need 0 <= min_layers <= max_layers, got {self.min_layers} "
+                             f"and {self.max_layers}")
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames must be at least 2, got {self.num_frames}")
         if not 0.0 < self.min_exposure <= 1.0:
             raise ValueError(f"min_exposure must be in (0, 1], got {self.min_exposure}")
         for name in ("motion_blur_prob", "defocus_prob", "haze_prob", "perspective_prob", "thin_prob", "dark_prob"):

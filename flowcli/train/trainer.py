@@ -128,7 +128,8 @@ _RULES = {
     "batch_size": (_positive, "a positive integer"),
     "lr": (_positive, "a positive number (e.g. 0.0004)"),
     "weight_decay": (_non_negative, "a number >= 0"),
-    "pct_start": (_share, "a share between 0 and 1"),
+    # the one-cycle schedule needs some annealing: at 1 it divides by zero at the very last step
+    "pct_start": (lambda value: 0 <= value < 1, "a share of the steps, at least 0 and below 1 (e.g. 0.05)"),
     "height": _MULTIPLE_OF_64,
     "width": _MULTIPLE_OF_64,
     "checkpoint_every": (_positive, "a positive integer (steps)"),
@@ -317,8 +318,16 @@ def _batches(
         num_workers=cfg.workers,
         persistent_workers=False,
         prefetch_factor=2 if cfg.workers else None,
+        worker_init_fn=_stop_quietly_on_sigterm if cfg.workers else None,
     )
     return iter(loader)
+
+
+def _stop_quietly_on_sigterm(worker_id: int) -> None:
+    """A data worker ends quietly on a SIGTERM, as on a Ctrl-C. torch's workers die of a SIGTERM sent to the
+    whole job (`timeout`, `kill -- -PGID`, systemd, Slurm), and the main process then failed with a "DataLoader
+    worker is killed by signal" traceback instead of saving its state; it stops on that SIGTERM too."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt, which torch's worker loop ends on
 
 
 def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
@@ -342,11 +351,21 @@ def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
     base_state = base.state_dict()
     if base.config.shared_decoder and not model.config.shared_decoder:
         base_state = untie_decoder_weights(base_state, model.config.decoded_levels)
-    added = {name.split(".")[0] for name in model.state_dict()} - {name.split(".")[0] for name in base_state}
+    model_state = model.state_dict()
+    added = {name.split(".")[0] for name in model_state} - {name.split(".")[0] for name in base_state}
+    resized = [name for name, value in base_state.items()
+               if name in model_state and model_state[name].shape != value.shape]  # fmt: skip
+    if resized:  # load_state_dict(strict=False) still fails on these, with a page of tensor shapes
+        first = resized[0]
+        raise InputError(
+            f'"model" overrides {cfg.model} do not fit {cfg.init_weights}: {len(resized)} tensors change shape '
+            f"(e.g. {first}: {tuple(base_state[first].shape)} -> {tuple(model_state[first].shape)}); leave out the "
+            "overrides of layer sizes, or train without --init"
+        )
     result = model.load_state_dict(base_state, strict=False)
     stray = result.unexpected_keys + [k for k in result.missing_keys if k.split(".")[0] not in added]
     if stray:
-        raise FlowcliError(f"model overrides {cfg.model} do not fit {cfg.init_weights}: {stray[:4]}")
+        raise InputError(f"model overrides {cfg.model} do not fit {cfg.init_weights}: {stray[:4]}")
     return model.train(), init_sha256
 
 
@@ -358,7 +377,8 @@ def trainable_parameters(model: torch.nn.Module, train_only: list[str]) -> list[
         if param.requires_grad:
             params.append(param)
     if not params:
-        raise FlowcliError(f"train_only {train_only} matches no parameter of the model")
+        raise InputError(f"train_only {train_only} matches no parameter of the model; give prefixes of its "
+                         "parameter names, e.g. [\"upsampler.\"]")
     return params
 
 
@@ -575,11 +595,11 @@ def train(
     torch.manual_seed(cfg.seed)
     model, init_sha256 = build_model(cfg)
     model = model.to(device)
+    params = trainable_parameters(model, cfg.train_only)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create the run folder {out}: {error.strerror}; choose another --out") from None
-    params = trainable_parameters(model, cfg.train_only)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, cfg)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
@@ -649,9 +669,10 @@ def train(
                 terms = supervised_loss(
                     output, flow, valid, robust=cfg.robust, full_resolution=cfg.full_resolution
                 )
+                _check_finite(terms["total"], "loss", step, saved, out)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                _check_finite(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad), "gradient norm", step, saved, out)
                 with _interrupt_deferred():  # a Ctrl-C lands before or after a whole step, never inside
                     optimizer.step()
                     scheduler.step()
@@ -694,6 +715,19 @@ def train(
         "ema_checkpoint": str(out / "ema.safetensors") if ema is not None else None,
         "history": history,
     }
+
+
+def _check_finite(value: torch.Tensor, what: str, step: int, saved: int, out: Path) -> None:
+    """Stop a diverged run before its weights turn NaN (which every later step would keep, and no flowcli
+    command loads): checked before the optimiser step, so the run folder keeps the last saved state."""
+    value = value.detach()
+    if bool(torch.isfinite(value)):
+        return
+    if saved >= 0:
+        kept = f"{out} keeps the state of step {saved}; lower --lr and start afresh with --overwrite"
+    else:
+        kept = "nothing was saved; lower --lr and run again"
+    raise FlowcliError(f"training diverged: the {what} is {float(value)} at step {step + 1}; {kept}")
 
 
 def _write_evaluations(path: Path, history: list[dict]) -> None:
