@@ -522,3 +522,22 @@ def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tm
     result = adapt(_config(footage, base, output, steps=3, gt=[f"middlebury:{middlebury}"]), quiet=True)
     base_metrics = headline_metrics(load_checkpoint(base), [("middlebury", str(middlebury))])
     assert result["gt"]["before"] == base_metrics and result["gt"]["after"]["middlebury"]
+
+
+def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
+    """As in `flowcli train`: a SIGTERM to every process of the job (timeout, kill -- -PGID, Slurm) killed adapt's
+    data workers (4 on a GPU), and the main process failed with a "DataLoader worker is killed by signal"
+    traceback instead of saving its state. A worker must end as on a Ctrl-C, exit code 0."""
+    import subprocess
+    import time
+
+    from flowcli.adapt.trainer import _loader
+
+    batches = iter(_loader([torch.zeros(1)] * 8, 0, 8, workers=1))
+    next(batches)
+    (worker,) = batches._workers
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # not from its parent, as a job's stop is
+    worker.join(timeout=30)
+    time.sleep(0.5)  # time for torch's SIGCHLD handler to raise in this process, as it did for a killed worker
+    assert worker.exitcode == 0
+    batches._shutdown_workers()

@@ -59,6 +59,7 @@ from flowcli.adapt.transforms import (
 )
 from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr, warn
+from flowcli.data.workers import stop_quietly_on_sigterm
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.evaluation import headline_metrics
 from flowcli.io.atomic import atomic_path, check_creatable
@@ -383,6 +384,7 @@ def _loader(dataset: StepBatches, start: int, end: int, workers: int) -> DataLoa
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=stop_quietly_on_sigterm if workers else None,
     )
 
 

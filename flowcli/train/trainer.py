@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, stderr
 from flowcli.data.datasets import STEREO_DATASETS, FlowDataset, make_dataset, parse_dataset_spec
+from flowcli.data.workers import stop_quietly_on_sigterm
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
 from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
@@ -318,16 +319,9 @@ def _batches(
         num_workers=cfg.workers,
         persistent_workers=False,
         prefetch_factor=2 if cfg.workers else None,
-        worker_init_fn=_stop_quietly_on_sigterm if cfg.workers else None,
+        worker_init_fn=stop_quietly_on_sigterm if cfg.workers else None,
     )
     return iter(loader)
-
-
-def _stop_quietly_on_sigterm(worker_id: int) -> None:
-    """A data worker ends quietly on a SIGTERM, as on a Ctrl-C. torch's workers die of a SIGTERM sent to the
-    whole job (`timeout`, `kill -- -PGID`, systemd, Slurm), and the main process then failed with a "DataLoader
-    worker is killed by signal" traceback instead of saving its state; it stops on that SIGTERM too."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt, which torch's worker loop ends on
 
 
 def build_model(cfg: TrainConfig) -> tuple[FlowNet, str | None]:
