@@ -73,3 +73,18 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 def without_timing(records: list[dict]) -> list[dict]:
     """--json records without their "ms", which differs from run to run."""
     return [{key: value for key, value in record.items() if key != "ms"} for record in records]
+
+
+def assert_worker_ends_quietly_on_sigterm(batches) -> None:
+    """A DataLoader iterator's one worker, sent a SIGTERM as a job's stop sends it (not from its parent), ends as
+    on a Ctrl-C: exit code 0, and no "DataLoader worker is killed by signal" error in this process."""
+    import subprocess
+    import time
+
+    next(batches)
+    (worker,) = batches._workers
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+    worker.join(timeout=30)
+    time.sleep(0.5)  # time for torch's SIGCHLD handler to raise in this process, as it did for a killed worker
+    assert worker.exitcode == 0
+    batches._shutdown_workers()

@@ -528,16 +528,8 @@ def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
     """As in `flowcli train`: a SIGTERM to every process of the job (timeout, kill -- -PGID, Slurm) killed adapt's
     data workers (4 on a GPU), and the main process failed with a "DataLoader worker is killed by signal"
     traceback instead of saving its state. A worker must end as on a Ctrl-C, exit code 0."""
-    import subprocess
-    import time
+    from cli_harness import assert_worker_ends_quietly_on_sigterm
 
     from flowcli.adapt.trainer import _loader
 
-    batches = iter(_loader([torch.zeros(1)] * 8, 0, 8, workers=1))
-    next(batches)
-    (worker,) = batches._workers
-    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # not from its parent, as a job's stop is
-    worker.join(timeout=30)
-    time.sleep(0.5)  # time for torch's SIGCHLD handler to raise in this process, as it did for a killed worker
-    assert worker.exitcode == 0
-    batches._shutdown_workers()
+    assert_worker_ends_quietly_on_sigterm(iter(_loader([torch.zeros(1)] * 8, 0, 8, workers=1)))

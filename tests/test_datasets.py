@@ -332,12 +332,9 @@ def test_eval_checks_every_pass_of_sintel_before_scoring_one(monkeypatch, capsys
     assert out == ""
 
 
-def test_eval_runs_at_the_precision_asked_and_refuses_an_unknown_one(monkeypatch, capsys):
-    """eval had no --precision, while estimate and stereo do: GPU users could not score the fp16/bf16 path
-    they run."""
-    import json
-
-    from cli_harness import assert_one_line_error, in_process_cli
+def _eval_recording_precision(monkeypatch, capsys):
+    """(run `flowcli eval ARGS`, the list of the precisions estimate_flow was asked for)."""
+    from cli_harness import in_process_cli
 
     from flowcli import inference
 
@@ -349,7 +346,17 @@ def test_eval_runs_at_the_precision_asked_and_refuses_an_unknown_one(monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(inference, "estimate_flow", recording)
-    run = in_process_cli(monkeypatch, capsys, "eval")
+    return in_process_cli(monkeypatch, capsys, "eval"), asked
+
+
+def test_eval_runs_at_the_precision_asked_and_refuses_an_unknown_one(monkeypatch, capsys):
+    """eval had no --precision, while estimate and stereo do: GPU users could not score the fp16/bf16 path
+    they run."""
+    import json
+
+    from cli_harness import assert_one_line_error
+
+    run, asked = _eval_recording_precision(monkeypatch, capsys)
     root = DATA / "flow" / "middlebury"
     code, out, err = run("-d", "middlebury", "-r", root, "--precision", "bf16", "--json", "-q")
     assert code == 0, err
@@ -364,19 +371,7 @@ def test_eval_json_names_the_precision_that_ran_when_fp16_falls_back_to_fp32_on_
     as the fp16 path's was the fp32 one."""
     import json
 
-    from cli_harness import in_process_cli
-
-    from flowcli import inference
-
-    asked = []
-    real = inference.estimate_flow
-
-    def recording(*args, **kwargs):
-        asked.append(kwargs.get("precision"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "estimate_flow", recording)
-    run = in_process_cli(monkeypatch, capsys, "eval")
+    run, asked = _eval_recording_precision(monkeypatch, capsys)
     root = DATA / "flow" / "middlebury"
     code, out, err = run("-d", "middlebury", "-r", root, "--device", "cpu", "--precision", "fp16", "--json", "-q")
     assert code == 0, err

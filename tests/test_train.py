@@ -432,20 +432,12 @@ def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
     included. torch's workers died of it, and the main process failed with a "DataLoader worker is killed by
     signal" traceback instead of saving its state (a stopped job lost every step since its last checkpoint).
     A worker must end as on a Ctrl-C (exit code 0), leaving the main process to stop on its own SIGTERM."""
-    import subprocess
-    import time
+    from cli_harness import assert_worker_ends_quietly_on_sigterm
 
     from flowcli.train.trainer import _batches
 
     cfg = TrainConfig(height=64, width=64, batch_size=1, workers=1, synth={"min_layers": 1, "max_layers": 1})
-    batches = _batches(cfg, 0, None)
-    next(batches)
-    (worker,) = batches._workers
-    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # not from its parent, as a job's stop is
-    worker.join(timeout=30)
-    time.sleep(0.5)  # time for torch's SIGCHLD handler to raise in this process, as it did for a killed worker
-    assert worker.exitcode == 0
-    batches._shutdown_workers()
+    assert_worker_ends_quietly_on_sigterm(_batches(cfg, 0, None))
 
 
 def test_a_diverged_run_stops_before_it_saves_nan_weights(tmp_path):
