@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 
@@ -1084,3 +1085,19 @@ def test_an_mp4_with_its_index_at_the_end_on_stdin_says_to_give_its_path(tmp_pat
     with pytest.raises(InputError) as excinfo:
         VideoReader("-")
     assert_one_line_error(excinfo, "index at the start", "give its path")
+
+
+def test_a_name_whose_temp_file_would_not_fit_the_file_system_is_refused_up_front(tmp_path):
+    """A 246-byte output name fits a 255-byte file system, but its temp file (10 bytes longer) does not: runs
+    planned such names, did all their work, then failed at the first write."""
+    from flowcli.io.atomic import TEMP_NAME_EXTRA, atomic_path, check_creatable, check_target, check_writable
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits, too_long = (tmp_path / "new" / ("x" * (limit - TEMP_NAME_EXTRA - 4 + extra) + ".flo") for extra in (0, 1))
+    for check in (check_target, check_writable, check_creatable):
+        with pytest.raises(OutputError, match=rf"\({limit - TEMP_NAME_EXTRA + 1} bytes\) is too long"):
+            check(too_long)
+        check(fits)
+    with atomic_path(fits) as tmp:  # the longest name that passes is one that can be written
+        tmp.write_bytes(b"flow")
+    assert fits.read_bytes() == b"flow"

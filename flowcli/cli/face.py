@@ -307,26 +307,6 @@ def _is_own_output(path: Path) -> bool:
     return False
 
 
-def _check_name_length(path: Path) -> None:
-    """OutputError, before any work, for an output whose name (or that of the hidden temp file it is written to
-    first: `.NAME.xxxxxxxx` with the suffix after it, 10 bytes longer) the file system cannot hold."""
-    import os
-
-    folder = path.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    size = len(os.fsencode(path.name))
-    if size + 10 > limit:
-        raise OutputError(
-            f"output file name {path.name[:40]}... ({size} bytes) is too long: the file system takes {limit}, and "
-            "each output is first written to a temp file 10 bytes longer; give the input a shorter name"
-        )
-
-
 def _owned_by(name: str, stem: str) -> bool:
     """Whether a file name is one of flowcli's outputs for this output stem (any face, any format)."""
     if not name.startswith(stem + "."):
@@ -398,7 +378,6 @@ class FaceJob:
             for key, path in self.outputs(st, video).items():
                 if key == "overlay" and st != stem:
                     continue
-                _check_name_length(path)
                 check_writable(path, self.s["overwrite"])
 
     def _names_and_weights(self, exp_weights):

@@ -11,14 +11,41 @@ from pathlib import Path
 from flowcli.errors import OutputError
 
 
+# atomic_path's temp file is named "." + the target's stem + "." + 8 random characters + its suffix
+TEMP_NAME_EXTRA = 10
+
+
 def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Fail if `path` is a folder, or exists without overwrite; creates nothing (to plan outputs up front)."""
+    """Fail if `path` is a folder, exists without overwrite, or has a name too long for its temp file; creates
+    nothing (to plan outputs up front)."""
     path = Path(path)
+    _check_name_length(path)
     if path.is_dir():  # --overwrite replaces files only: os.replace cannot put a file over a folder
         raise OutputError(f"{path} is a folder, not a file; remove or rename it, or choose another output")
     if os.path.lexists(path) and not overwrite:  # lexists: a dangling link (a dropped git-annex file) is kept too
         raise _exists_error(path)
     return path
+
+
+def _check_name_length(path: Path) -> None:
+    """A name that fits the file system but whose temp file does not would fail at its first write, after the
+    work: refused up front instead."""
+    size = len(os.fsencode(path.name))
+    if size + TEMP_NAME_EXTRA <= 128:  # within every common file system's limit: no need to ask
+        return
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if size + TEMP_NAME_EXTRA > limit:
+        raise OutputError(
+            f"output file name {path.name[:40]}... ({size} bytes) is too long: the file system takes {limit}, and "
+            f"each output is first written to a temp file {TEMP_NAME_EXTRA} bytes longer; give the input a shorter "
+            "name, or a shorter --name"
+        )
 
 
 def _exists_error(path: Path) -> OutputError:
