@@ -48,6 +48,7 @@ from flowcli.cli.options import (
     ResumeOption,
     WeightsOption,
     check_precision_name,
+    check_video_rates,
     device_and_precision,
     format_flag,
     formats_option,
@@ -449,16 +450,6 @@ def _parse_outputs(formats: Optional[str], flags: dict[str, bool], all_: bool) -
     return frozenset(chosen or DEFAULT_FORMATS), all_ or asks_all
 
 
-def _check_video_rates(sources: list[_Source], want_video: bool, fps: float | None) -> None:
-    """A video made at the source's rate / --step must have a rate the writer can store (before any work)."""
-    from flowcli.io.media import MIN_FPS
-
-    for source in sources:
-        if want_video and source.sequence and fps is None and source.fps is not None and source.fps < MIN_FPS:
-            raise OutputError(f"{source.label}: its video would have {source.fps:g} fps (the source's rate / "
-                              f"--step), below the least of {MIN_FPS}; give --fps")
-
-
 def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> None:
     if step < 1:
         raise InputError(f"--step must be at least 1, got {step}")
@@ -568,7 +559,7 @@ def estimate(
 
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], step, max_frames, pair_list)
-    _check_video_rates(sources, want_video, fps)
+    check_video_rates(sources, want_video, fps)
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
     _check_output_folder(output)

@@ -118,6 +118,18 @@ def device_and_precision(device: str, precision: str):
 # ---- output names
 
 
+def check_video_rates(sources, want_video: bool, fps: float | None) -> None:
+    """Before any work: a sequence's video, made at the source's rate / --step, must have a rate the video writer
+    can store. `sources` are estimate's or stereo's inputs (label, sequence, fps)."""
+    from flowcli.errors import OutputError
+    from flowcli.io.media import MIN_FPS
+
+    for source in sources:
+        if want_video and source.sequence and fps is None and source.fps is not None and source.fps < MIN_FPS:
+            raise OutputError(f"{source.label}: its video would have {source.fps:g} fps (the source's rate / "
+                              f"--step), below the least of {MIN_FPS}; give --fps")
+
+
 def unique_source_names(names: list[str]) -> list[str]:
     """{source} names that tell a run's inputs apart: a repeated name gets -2, -3... (clip, clip-2)."""
     given, taken, unique = set(names), set(), []

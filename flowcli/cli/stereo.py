@@ -49,6 +49,7 @@ from flowcli.cli.options import (
     ResumeOption,
     WeightsOption,
     check_precision_name,
+    check_video_rates,
     device_and_precision,
     format_flag,
     formats_option,
@@ -869,9 +870,7 @@ def stereo(
             if not everything:
                 raise InputError(f"{source.label}: pairs differ in size, and --video needs one size per sequence")
             source.sequence = False  # --all writes every format that applies: no video for this one
-        if want_video and source.sequence and fps is None and source.fps is not None and source.fps < MIN_FPS:
-            raise OutputError(f"{source.label}: its video would have {source.fps:g} fps (the source's rate / --step), "
-                              f"below the least of {MIN_FPS}; give --fps")
+    check_video_rates(sources, want_video, fps)
     if want_video and not everything and not any(s.sequence for s in sources):
         warn("--video writes one video per sequence (folder, glob or video); single image pairs get none")
     _check_output_folder(output)
