@@ -34,6 +34,13 @@ def progress(quiet: bool = False, transient: bool = False) -> Progress:
     )
 
 
+def print_error(error: Exception) -> None:
+    """`error: MESSAGE` on stderr, one line, as the CLI shows every FlowcliError (markup in it printed as is)."""
+    from rich.markup import escape
+
+    stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+
+
 def warn(message: str) -> None:
     """A warning a user should see once; goes through `warnings` so library users can filter it."""
     warnings.warn(message, stacklevel=2)

@@ -8,6 +8,7 @@ class FlowcliError(Exception):
     """A problem the user can fix (bad input, missing file, offline cache miss...)."""
 
     exit_code = 1
+    shown = False  # the message is already on stderr: the CLI exits with the code and prints nothing more
 
 
 class InputError(FlowcliError):

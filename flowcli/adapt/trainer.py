@@ -58,7 +58,7 @@ from flowcli.adapt.transforms import (
     teacher_targets,
 )
 from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
-from flowcli.console import progress, stderr, warn
+from flowcli.console import print_error, progress, stderr, warn
 from flowcli.data.workers import stop_quietly_on_sigterm
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.evaluation import headline_metrics
@@ -996,9 +996,15 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         verdict = go
         if not budget.next_step_fits():
             verdict = too_short if step == 0 or (fresh and step == 1 and budget.left() < 0) else stop
+        if ctx.world > 1 and ctx.main and verdict == too_short:
+            # one refusal for the job, printed by rank 0 before the other ranks learn of it and stop: torchrun then
+            # ends the job, which could cut rank 0 off before it said why
+            print_error(InputError(_budget_too_short(cfg.minutes, step, left_for_training, budget)))
         verdict = _from_rank0(ctx, device, verdict)
         if verdict == too_short:
-            raise InputError(_budget_too_short(cfg.minutes, step, left_for_training, budget))
+            refusal = InputError(_budget_too_short(cfg.minutes, step, left_for_training, budget))
+            refusal.shown = ctx.world > 1
+            raise refusal
         return verdict == go
 
     def warn_if_few_steps() -> None:

@@ -119,7 +119,7 @@ def fit_command(
     """
     import torch
 
-    from flowcli.console import progress, stderr, warn
+    from flowcli.console import print_error, progress, warn
     from flowcli.face.assets import FaceAssets
     from flowcli.face.media import is_video
     from flowcli.face.pipeline import FacePipeline
@@ -169,7 +169,7 @@ def fit_command(
                         job.emit_error(path, error)
                     if len(inputs) == 1:
                         raise
-                    stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+                    print_error(error)
                     failures.append(path)
         if overwrite:
             job.remove_stale_outputs(fitted, stems)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from flowcli.console import stderr
+from flowcli.console import print_error, stderr
 from flowcli.errors import FlowcliError
 
 HELP = (
@@ -133,7 +133,8 @@ def run() -> None:
         try:
             code = app(args=with_default_subcommand(sys.argv[1:]), prog_name="flowcli", standalone_mode=False)
         except FlowcliError as error:
-            stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            if not error.shown:
+                print_error(error)
             sys.exit(error.exit_code)
         except (KeyboardInterrupt, typer.Abort):
             _stopped(terminated)
