@@ -364,6 +364,9 @@ def test_eval_runs_at_the_precision_asked_and_refuses_an_unknown_one(monkeypatch
     assert json.loads(out)["results"]["middlebury"]["mean"]["epe"] < 2.0  # bf16 still scores a sane flow
     code, _, err = run("-d", "middlebury", "-r", root, "--precision", "fp8")
     assert_one_line_error(code, err, 2, "unknown precision 'fp8'")
+    for scale in ("nan", "9"):  # typer's own range check said "Input should be less than or equal to 4" for nan
+        code, _, err = run("-d", "middlebury", "-r", root, "--scale", scale)
+        assert_one_line_error(code, err, 2, f"--scale must be between 0.05 and 4, got {scale}")
 
 
 def test_eval_json_names_the_precision_that_ran_when_fp16_falls_back_to_fp32_on_the_cpu(monkeypatch, capsys):

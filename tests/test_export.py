@@ -128,6 +128,8 @@ def test_cli_refuses_bad_requests_and_keeps_what_exists(monkeypatch, capsys, tmp
     assert existing.read_bytes() == b"keep me"
     code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / "model.pt")
     assert_one_line_error(code, err, 2, ".onnx")
+    code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / ".onnx")
+    assert_one_line_error(code, err, 2, "no name before .onnx", "model.onnx")
     code, _, err = run("-w", tiny_checkpoint, "-o", tmp_path / "new.onnx", "--opset", "13")
     assert_one_line_error(code, err, 2, "GridSample")
 

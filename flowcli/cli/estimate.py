@@ -48,6 +48,7 @@ from flowcli.cli.options import (
     ResumeOption,
     WeightsOption,
     check_precision_name,
+    check_scale,
     check_video_rates,
     device_and_precision,
     format_flag,
@@ -550,8 +551,7 @@ def estimate(
     chosen, everything = _parse_outputs(formats, flags, all_)
     backward = backward or everything
     _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow)
-    if not 0.05 <= scale <= 4:
-        raise InputError(f"--scale must be between 0.05 and 4, got {scale}")
+    check_scale(scale)
     check_precision_name(precision)
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from flowcli.cli.options import PRECISION_NAMES, device_and_precision
+from flowcli.cli.options import PRECISION_NAMES, check_scale, device_and_precision
 from flowcli.errors import InputError
 
 CHOICES = (
@@ -177,8 +177,6 @@ def eval_command(
     scale: Optional[float] = typer.Option(
         None,
         "--scale",
-        min=0.05,
-        max=4.0,
         help="Resize frames by this factor for the network (as estimate --scale; default 1).",
         show_default=False,
     ),
@@ -212,6 +210,7 @@ def eval_command(
             raise InputError("--predictions scores one Sintel pass; give -d sintel-clean or -d sintel-final")
     device = device or "auto"
     scale = 1.0 if scale is None else scale
+    check_scale(scale)
     precision = precision or "fp32"
     if precision not in PRECISION_NAMES:
         raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")

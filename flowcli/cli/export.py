@@ -73,6 +73,8 @@ def export_command(
     name = weights or DEFAULT_MODEL
     if output is None:
         output = _default_output(name)
+    if output.name.lower() == ".onnx":  # Path('.onnx') is a hidden file with no suffix
+        raise InputError(f"-o {output} has no name before .onnx; give one, such as model.onnx")
     if output.suffix.lower() != ".onnx":
         raise InputError(f"-o {output} should end in .onnx")
     # before loading the weights, so that a refused run downloads nothing

@@ -97,6 +97,15 @@ OfflineOption = Annotated[
 ]
 
 
+MIN_SCALE, MAX_SCALE = 0.05, 4.0
+
+
+def check_scale(scale: float) -> None:
+    """InputError unless --scale (the factor frames are resized by for the network) is in [0.05, 4]."""
+    if not MIN_SCALE <= scale <= MAX_SCALE:  # also refuses nan
+        raise InputError(f"--scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {scale:g}")
+
+
 def check_precision_name(precision: str) -> None:
     """InputError unless `precision` is auto or a precision name (checked before any work)."""
     if precision != "auto" and precision not in PRECISION_NAMES:
