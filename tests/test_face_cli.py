@@ -352,6 +352,18 @@ def test_flow_with_independent_video_mode_is_refused(tmp_path, cli):
     assert "--flow needs --video-mode joint" in str(run.exception) and not out.exists()
 
 
+@pytest.mark.parametrize("options", [["--device", "cuda9"], ["--precision", "fp9"], ["--device", "cpu"]])
+def test_device_and_precision_without_flow_are_refused(tmp_path, cli, options):
+    """--device and --precision set the --flow model only: without --flow they were ignored, even misspelt, and a
+    user asking for the GPU ran on the CPU without a word."""
+    from flowcli.errors import InputError
+
+    out = tmp_path / "out"
+    run = cli(["face", "fit", FACE / "video" / "obama.mp4", *options, "-o", out])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2
+    assert f"{options[0]} set the --flow model" in str(run.exception) and not out.exists()
+
+
 def test_flow_model_follows_device_and_precision(tmp_path, cli, monkeypatch):
     """--flow loaded the flow model on the CPU whatever the machine had: it runs on --device (auto: the GPU), at
     --precision (auto: fp16 on CUDA; fp16 asked for on the CPU runs in fp32), and a GPU asked for but absent

@@ -75,15 +75,18 @@ def fit_command(
         help="Add the optical-flow consistency term to --video-mode joint (slow on CPU); "
         "an error with --video-mode independent, which has no temporal terms.",
     ),
-    device: str = typer.Option(
-        "auto",
+    device: Optional[str] = typer.Option(
+        None,
         "--device",
-        help="Device of the --flow model: auto, cpu, cuda, cuda:N or mps (the face fit itself runs on the CPU).",
+        help="Device of the --flow model: auto (default), cpu, cuda, cuda:N or mps (the face fit itself runs on "
+        "the CPU).",
+        show_default=False,
     ),
-    precision: str = typer.Option(
-        "auto",
+    precision: Optional[str] = typer.Option(
+        None,
         "--precision",
-        help="Precision of the --flow model: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.",
+        help="Precision of the --flow model: auto (default: fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.",
+        show_default=False,
     ),
     max_frames: Optional[int] = typer.Option(
         None, "--max-frames", min=1, help="Fit only the first N frames of videos."
@@ -131,7 +134,13 @@ def fit_command(
             "--flow needs --video-mode joint: independent per-frame fits have no temporal term for it; "
             "drop --flow or use --video-mode joint"
         )
-    flow_device, flow_precision = _flow_device_and_precision(device, precision) if flow else (None, None)
+    if not flow and (device is not None or precision is not None):
+        given = " and ".join(flag for flag, value in (("--device", device), ("--precision", precision)) if value)
+        raise InputError(f"{given} set the --flow model, and this run has none (the face fit runs on the CPU); add "
+                         "--flow or leave them out")
+    flow_device, flow_precision = (
+        _flow_device_and_precision(device or "auto", precision or "auto") if flow else (None, None)
+    )
     inputs = _expand_inputs(inputs)
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
