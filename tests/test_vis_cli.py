@@ -1,4 +1,4 @@
-"""`flowcli vis` end to end: colours of flow and disparity files written with the project's writers, scales,
+"""`flowcli vis` end to end: colours of flow, disparity and depth files written with the project's writers, scales,
 outputs, the video, and one-line errors that leave nothing written. Runs in-process (tests/cli_harness.py)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flowcli.io.flow_formats import (
 )
 from flowcli.io.media import VideoReader
 from flowcli.io.visualize import flow_to_rgb
-from flowcli.stereo import disparity_to_rgb, turbo
+from flowcli.stereo import PNG_DEPTH_SCALE, depth_to_png_array, disparity_to_rgb, turbo
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 H, W = 12, 16
@@ -39,6 +39,31 @@ def _flow(seed: int = 0, size=(H, W), largest: float | None = None) -> np.ndarra
     if largest is not None:
         flow[-1, -1] = (largest, 0.0)
     return flow
+
+
+def _depth(near: float = 1.5, far: float = 12.0) -> np.ndarray:
+    """Metres: a near block on the left, a far one on the right, depths between in the middle, 0 (invalid) in a
+    corner: as flowcli stereo writes depth."""
+    depth = np.tile(np.geomspace(near, far, W, dtype=np.float32), (H, 1))
+    depth[:, :4] = near
+    depth[:, -4:] = far
+    depth[:2, :2] = 0
+    return depth
+
+
+def _inverse_depth_rgb(depth: np.ndarray, nearest: float | None = None) -> np.ndarray:
+    """What stereo --vis would show for the disparity the depth came from (disparity is proportional to 1/depth)."""
+    valid = depth > 0
+    inverse = np.where(valid, 1.0 / np.where(valid, depth.astype(np.float64), 1.0), 0.0)
+    return disparity_to_rgb(inverse, max_disparity=None if nearest is None else 1.0 / nearest, valid=valid)
+
+
+def _is_red(pixel) -> bool:
+    return int(pixel[0]) > 2 * max(int(pixel[1]), int(pixel[2]))
+
+
+def _is_blue(pixel) -> bool:
+    return int(pixel[2]) > 2 * int(pixel[0])
 
 
 def _json_lines(out: str) -> list[dict]:
@@ -160,6 +185,142 @@ def test_global_disparity_scale_is_shared_by_disparity_files_only(run, tmp_path)
     assert code == 0, err
     assert [line["scale"] for line in _json_lines(out)] == [30.0, 30.0, 100.0]
     assert (read_png(tmp_path / "vis" / "far_vis.png") == turbo(10 / 30)).all()
+
+
+def test_depth_maps_of_the_three_stereo_writers_are_near_red_far_blue_as_stereo_vis(run, tmp_path):
+    """Depth was read as disparity (near = small = blue) and its PNG as KITTI disparity (px x 256, not mm)."""
+    depth = _depth()
+    write_npy(tmp_path / "scene_depth.npy", depth)
+    write_pfm(tmp_path / "scene_depth.pfm", depth)
+    write_png(tmp_path / "scene_depth.png", depth_to_png_array(depth))
+    code, out, err = run(tmp_path, "--name", "{stem}_{format}", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    rgb = {fmt: read_png(tmp_path / "vis" / f"scene_depth_{fmt}_vis.png") for fmt in ("npy", "pfm", "png")}
+    expected = _inverse_depth_rgb(depth)
+    np.testing.assert_array_equal(rgb["npy"], expected)
+    np.testing.assert_array_equal(rgb["pfm"], expected)
+    assert (rgb["npy"][2:, :4] == turbo(1.0)).all() and _is_red(turbo(1.0))  # the nearest depth: full colour
+    assert all(_is_blue(pixel) for pixel in rgb["npy"][:, -4:].reshape(-1, 3))
+    assert (rgb["npy"][:2, :2] == 0).all() and (rgb["png"][:2, :2] == 0).all()  # 0 = invalid: black
+
+    millimetres = read_png(tmp_path / "scene_depth.png").astype(np.float64) / PNG_DEPTH_SCALE
+    np.testing.assert_array_equal(rgb["png"], _inverse_depth_rgb(millimetres.astype(np.float32)))
+    assert np.abs(rgb["png"].astype(int) - rgb["npy"].astype(int)).max() <= 2  # the same picture, to the mm
+
+    lines = _json_lines(out)
+    assert [(Path(line["input"]).name, line["kind"]) for line in lines] == [
+        ("scene_depth.npy", "depth"), ("scene_depth.pfm", "depth"), ("scene_depth.png", "depth")]
+    for line in lines:  # scale: the depth of full colour (the nearest), max: the farthest, in metres
+        assert (line["scale"], line["max"]) == (pytest.approx(1.5, abs=5e-4), pytest.approx(12.0, abs=5e-4))
+        assert line["valid_fraction"] == pytest.approx(1 - 4 / (H * W), abs=1e-6)
+
+
+def test_depth_is_told_by_its_name_only(run, tmp_path):
+    depth = _depth()
+    write_npy(tmp_path / "pair" / "DEPTH.npy", depth)  # stereo --name '{stem}/{kind}', any case
+    write_pfm(tmp_path / "x_Depth.pfm", depth)
+    write_npy(tmp_path / "x_depthmap.npy", depth)  # not a depth name: a one-channel map, coloured as disparity
+    code, out, err = run(tmp_path / "pair" / "DEPTH.npy", tmp_path / "x_Depth.pfm", tmp_path / "x_depthmap.npy",
+                         "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    assert [line["kind"] for line in _json_lines(out)] == ["depth", "depth", "disparity"]
+    np.testing.assert_array_equal(read_png(tmp_path / "vis" / "DEPTH_vis.png"), _inverse_depth_rgb(depth))
+
+
+def test_min_depth_sets_the_depth_of_full_colour_and_global_the_nearest_of_all(run, tmp_path):
+    near, far = _depth(near=1.0, far=8.0), _depth(near=4.0, far=20.0)
+    write_npy(tmp_path / "a_depth.npy", near)
+    write_npy(tmp_path / "b_depth.npy", far)
+    write_pfm(tmp_path / "disp.pfm", np.full((H, W), 30.0, np.float32))  # disparity keeps its own scale
+    inputs = (tmp_path / "a_depth.npy", tmp_path / "b_depth.npy", tmp_path / "disp.pfm")
+
+    code, out, err = run(*inputs, "-o", tmp_path / "own", "--json")
+    assert code == 0, err
+    assert [(line["scale"], line["max"]) for line in _json_lines(out)] == [(1.0, 8.0), (4.0, 20.0), (30.0, 30.0)]
+    np.testing.assert_array_equal(read_png(tmp_path / "own" / "b_depth_vis.png"), _inverse_depth_rgb(far))
+    assert (read_png(tmp_path / "own" / "b_depth_vis.png")[2:, :4] == turbo(1.0)).all()
+
+    code, out, err = run(*inputs, "-o", tmp_path / "global", "--min-depth", "global", "--json")
+    assert code == 0, err
+    assert [(line["scale"], line["max"]) for line in _json_lines(out)] == [(1.0, 8.0), (1.0, 20.0), (30.0, 30.0)]
+    b = read_png(tmp_path / "global" / "b_depth_vis.png")
+    np.testing.assert_array_equal(b, _inverse_depth_rgb(far, nearest=1.0))
+    assert (b[2:, :4] == turbo(0.25)).all()  # 4 m against the nearest of all, 1 m: a quarter of the disparity
+    np.testing.assert_array_equal(read_png(tmp_path / "global" / "a_depth_vis.png"),
+                                  read_png(tmp_path / "own" / "a_depth_vis.png"))
+
+    code, out, err = run(*inputs, "-o", tmp_path / "fixed", "--min-depth", "2", "--json")
+    assert code == 0, err
+    assert [line["scale"] for line in _json_lines(out)] == [2.0, 2.0, 30.0]
+    a = read_png(tmp_path / "fixed" / "a_depth_vis.png")
+    np.testing.assert_array_equal(a, _inverse_depth_rgb(near, nearest=2.0))
+    assert (a[2:, :4] == turbo(1.0)).all()  # nearer than --min-depth: full colour too
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "lots"])
+def test_a_min_depth_that_is_not_a_positive_number_is_refused(run, tmp_path, value):
+    write_npy(tmp_path / "x_depth.npy", _depth())
+    code, _, err = run(tmp_path / "x_depth.npy", "--min-depth", value, "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 3, "--min-depth must be a positive number of metres or 'global'", value)
+    assert _files(tmp_path / "vis") == []
+
+
+def test_video_of_depth_maps_has_their_colours(run, tmp_path):
+    for index, (near, far) in enumerate(((1.0, 3.0), (5.0, 40.0))):
+        write_npy(tmp_path / f"f{index}_depth.npy", _depth(near, far))
+    code, out, err = run(tmp_path, "-o", tmp_path / "vis", "--video", "--min-depth", "global", "--json")
+    assert code == 0, err
+    frames = [frame.permute(1, 2, 0).numpy() * 255 for frame in VideoReader(tmp_path / "vis" / "vis.mp4")]
+    assert len(frames) == 2
+    for index, frame in enumerate(frames):
+        png = read_png(tmp_path / "vis" / f"f{index}_depth_vis.png").astype(np.float32)
+        assert np.abs(frame - png).mean() < 8, index
+    assert [line.get("kind", line["type"]) for line in _json_lines(out)] == ["depth", "depth", "video"]
+
+
+def test_stereo_depth_outputs_are_coloured_as_stereo_vis_colours_their_disparity(monkeypatch, capsys, tmp_path):
+    """flowcli stereo --formats depth,depth_png,depth_pfm with a camera, then flowcli vis on its output folder."""
+    import torch
+
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.inference import FlowResult
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    disparity = np.tile(np.linspace(1.0, 12.0, W, dtype=np.float32), (H, 1))
+    disparity[:, :2] = 0  # no disparity: invalid depth (black), where stereo --vis shows turbo(0)
+
+    def exact_flow(model, image1, image2, **kwargs):  # the model 'predicts' (-disparity, 0)
+        flow = torch.zeros(image1.shape[0], 2, H, W)
+        flow[:, 0] = -torch.from_numpy(disparity)
+        return FlowResult(forward=flow, backward=-flow if kwargs.get("backward") else None)
+
+    monkeypatch.setattr("flowcli.inference.estimate_flow", exact_flow)
+    tiny = FlowNetConfig(pyramid_channels=(8,) * 6, decoder_channels=(8, 8), context_channels=(8,),
+                         context_dilations=(1,))
+    weights = save_checkpoint(FlowNet(tiny), tmp_path / "tiny.safetensors")
+    image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    write_png(tmp_path / "scene_left.png", image)
+    write_png(tmp_path / "scene_right.png", image)
+    stereo = in_process_cli(monkeypatch, capsys, "stereo")
+    code, _, err = stereo(tmp_path / "scene_left.png", tmp_path / "scene_right.png", "--weights", weights, "--focal",
+                          "120", "--baseline", "0.1", "--formats", "depth,depth_png,depth_pfm,vis", "-o",
+                          tmp_path / "out", "-q")
+    assert code == 0, err
+
+    run = in_process_cli(monkeypatch, capsys, "vis")
+    code, out, err = run(tmp_path / "out", "--name", "{stem}_{format}", "-o", tmp_path / "vis", "--json")
+    assert code == 0, err
+    assert "1 PNG(s) that are pictures" in err  # stereo's own scene_disp_vis.png
+    lines = _json_lines(out)
+    assert [(Path(line["input"]).name, line["kind"]) for line in lines] == [
+        ("scene_depth.npy", "depth"), ("scene_depth.pfm", "depth"), ("scene_depth.png", "depth")]
+    # metres: 120 px x 0.1 m over the largest disparity, 12 px, and the smallest valid one
+    assert (lines[0]["scale"], lines[0]["max"]) == (1.0, pytest.approx(12 / disparity[0, 2], abs=1e-4))
+    stereo_vis = read_png(tmp_path / "out" / "scene_disp_vis.png").astype(int)
+    for fmt in ("npy", "pfm", "png"):
+        rgb = read_png(tmp_path / "vis" / f"scene_depth_{fmt}_vis.png").astype(int)
+        assert (rgb[:, :2] == 0).all()
+        assert np.abs(rgb[:, 2:] - stereo_vis[:, 2:]).max() <= (2 if fmt == "png" else 1), fmt  # float and mm rounding
 
 
 def test_npz_bundle_gives_its_forward_flow_and_with_backward_both(run, tmp_path):
@@ -308,9 +469,18 @@ def test_folders_and_globs_take_their_flow_files_in_natural_order_leaving_out_pi
         (lambda d: write_npy(d / "flat.npy", np.zeros((0, 4, 2), np.float32)), ("flat.npy holds an empty 4x0 array",)),
         (lambda d: write_npz(d / "none.npz", forward=np.zeros((3, 0, 2), np.float32)),
          ("none.npz holds an empty 0x3 array",)),
+        (lambda d: write_npy(d / "x_depth.npy", np.zeros((4, 4, 2), np.float32)),
+         ("x_depth.npy is named as a depth map but holds a flow field of shape [4, 4, 2]",)),
+        (lambda d: write_pfm(d / "depth.pfm", np.zeros((4, 4, 3), np.float32)),
+         ("depth.pfm is named as a depth map but holds a flow field of shape [4, 4, 3]",)),
+        (lambda d: write_kitti_flow(d / "x_depth.png", np.zeros((4, 4, 2), np.float32)),
+         ("x_depth.png is named as a depth map but is a 16-bit RGB PNG", "16-bit gray millimetres")),
+        (lambda d: write_npy(d / "x_depth.npy", np.zeros((2, 4, 4), np.float32)),
+         ("x_depth.npy holds an array of shape [2, 4, 4], not a depth map [H, W]",)),
     ],
     ids=["extension", "missing", "corrupt", "8-bit png", "npy shape", "empty folder", "glob", "empty map",
-         "empty flow", "empty bundle"],
+         "empty flow", "empty bundle", "flow as depth npy", "flow as depth pfm", "flow as depth png",
+         "depth shape"],
 )
 def test_bad_inputs_are_one_line_errors_and_nothing_is_written(run, tmp_path, make, needles):
     write_flo(tmp_path / "good.flo", _flow())  # first in line: must not be written either

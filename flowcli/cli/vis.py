@@ -1,8 +1,8 @@
-"""`flowcli vis`: colour-code flow and disparity files that already exist (flowcli's raw outputs, dataset ground
-truth) with the colours of `estimate --vis` and `stereo --vis`.
+"""`flowcli vis`: colour-code flow, disparity and depth files that already exist (flowcli's raw outputs, dataset
+ground truth) with the colours of `estimate --vis` and `stereo --vis`.
 
-Every input is read twice: a first pass checks them all (format, size, and the largest value when the scale is
-'global') before any file is written, the second colours and writes them; no array is held beyond its file.
+Every input is read twice: a first pass checks them all (format, size, and the value of full colour when the scale
+is 'global') before any file is written, the second colours and writes them; no array is held beyond its file.
 """
 
 from __future__ import annotations
@@ -41,24 +41,29 @@ _SAMPLE_NAME_FIELDS = {"stem": "frame_0001", "parent": "alley_1", "format": "flo
 _GLOB_CHARS = "*?["
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
+DEPTH_SUFFIXES = (".npy", ".pfm", ".png")  # of files named as depth maps: flowcli stereo's depth outputs
 
 _HELP_PARAGRAPHS = [
-    "Colour-code flow and disparity files that already exist: one colour PNG per file, OUT/STEM_vis.png.",
+    "Colour-code flow, disparity and depth files that already exist: one colour PNG per file, OUT/STEM_vis.png.",
     "For flowcli estimate and stereo outputs, or dataset ground truth (Sintel and Chairs .flo, KITTI flow_occ and "
-    "disp_occ PNGs, Middlebury disp0GT.pfm); nothing is estimated. INPUTS are files, folders (their flow and "
-    "disparity files in natural order, not recursive; hidden files and 8-bit PNGs such as earlier _vis.png "
+    "disp_occ PNGs, Middlebury disp0GT.pfm); nothing is estimated. INPUTS are files, folders (their flow, "
+    "disparity and depth files in natural order, not recursive; hidden files and 8-bit PNGs such as earlier _vis.png "
     "pictures are left out) and quoted glob patterns, several in one call, coloured in the order given (quote a "
     "glob for natural order: frame_2 before frame_10). Formats, by extension: "
     ".flo (flow); .png, told apart by its channels: 16-bit RGB is KITTI flow (third channel = valid), 16-bit gray "
     "KITTI disparity (px x 256, 0 = invalid), anything else a picture and refused; .pfm (1 channel: disparity, "
     "3 channels: flow u, v); .npy ([H, W, 2] flow; [H, W] or [H, W, 1] disparity or another one-channel map); .npz "
     "(a flowcli estimate --npz bundle: its forward flow, and with --backward its backward flow too, written as "
-    "STEM_backward_vis.png).",
+    "STEM_backward_vis.png). Depth maps are told by name: a .npy, .pfm or .png whose name without extension is "
+    "depth or ends in _depth (flowcli stereo's depth, depth_pfm and depth_png outputs) is a depth map, .npy and "
+    ".pfm one channel in metres, .png 16-bit gray in millimetres; 0 = invalid.",
     "Colours: flow as estimate --vis (Middlebury colour wheel: hue = direction, saturation = magnitude), disparity "
-    "as stereo --vis (turbo: large disparity, near, red; small, far, blue). Unknown pixels are black and never set "
-    "the scale: KITTI valid = 0, values >= 1e9 (.flo), inf and NaN (.pfm). Full colour is at --max-flow / "
-    "--max-disparity px; by default each file's own largest valid value; 'global' takes the largest over all "
-    "inputs of that kind, so that colours compare across files.",
+    "as stereo --vis (turbo: large disparity, near, red; small, far, blue), depth as stereo --vis colours the "
+    "disparity it came from (turbo of inverse depth: near red, far blue). Unknown pixels are black and never set "
+    "the scale: KITTI valid = 0, values >= 1e9 (.flo), inf and NaN (.pfm), depth 0 or below. Full colour is at "
+    "--max-flow / --max-disparity px, by default each file's own largest valid value, and at --min-depth metres "
+    "(depths nearer are full colour too), by default each file's own nearest valid depth; 'global' takes the "
+    "largest (for depth the nearest) over all inputs of that kind, so that colours compare across files.",
     "--name sets the output names: a template with {stem} (the input's name without extension), {parent} (the "
     "name of its folder), {format} (the input's extension: flo, png, pfm, npy, npz), {kind} (vis, or "
     "backward_vis) and {ext} (png); _{kind}.{ext} is added when missing, and "
@@ -67,17 +72,19 @@ _HELP_PARAGRAPHS = [
     "All inputs are read and checked, and all output names planned, before any file is written: existing files "
     "are never replaced without --overwrite, and two inputs that would write one name (a/x.flo and b/x.flo "
     "without {parent}; x.flo and x.pfm) are refused. --video also writes OUT/" + VIDEO_NAME + ", one frame per "
-    "input (its forward flow or its disparity) in input order; all inputs must then have one size.",
-    "--json prints one JSON line per PNG written on stdout with keys: type (\"vis\"), input, output, kind (flow or "
-    "disparity), backward (true for an .npz's backward flow), width, height, scale (the px of full colour used; "
-    "null when the file has no valid pixel), max (the file's largest valid flow magnitude or disparity, px, or "
-    "null), valid_fraction. The video adds a line with type \"video\", output, frames, fps.",
+    "input (its forward flow, its disparity or its depth) in input order; all inputs must then have one size.",
+    "--json prints one JSON line per PNG written on stdout with keys: type (\"vis\"), input, output, kind (flow, "
+    "disparity or depth), backward (true for an .npz's backward flow), width, height, scale (the px of full colour "
+    "used, for depth the metres; null when the file has no valid pixel), max (the file's largest valid flow "
+    "magnitude or disparity, px, for depth its farthest valid depth, m; or null), valid_fraction. The video adds a "
+    "line with type \"video\", output, frames, fps.",
     "Exit codes: 0 ok, 1 other error, 2 input error, 3 output error.",
     "Examples:",
     "  flowcli vis flowcli_out/ -o vis/",
     "  flowcli vis 'sintel/training/flow/alley_1/*.flo' --max-flow global --video -o vis/",
     "  flowcli vis kitti/training/flow_occ/000000_10.png kitti/training/disp_occ_0/000000_10.png -o vis/",
     "  flowcli vis middlebury/tsukuba/disp0GT.pfm --max-disparity 16 -o vis/",
+    "  flowcli vis 'stereo_out/*_depth.npy' --min-depth global --video -o vis/",
     "  flowcli vis 'sintel/training/flow/*/frame_0002.flo' --name '{parent}/{stem}' -o vis/",
     "  flowcli vis out/*.npz --backward --json -o vis/ > vis.jsonl",
 ]
@@ -93,9 +100,10 @@ def register(app: typer.Typer) -> None:
 
 @dataclass
 class _Field:
-    """One array to colour: flow [H, W, 2] (unknown pixels >= 1e9 or non-finite) or a disparity map [H, W]."""
+    """One array to colour: flow [H, W, 2] (unknown pixels >= 1e9 or non-finite), a disparity map [H, W] (px) or a
+    depth map [H, W] (metres)."""
 
-    kind: str  # "flow" or "disparity"
+    kind: str  # "flow", "disparity" or "depth"
     values: np.ndarray
     valid: np.ndarray  # [H, W] bool
 
@@ -104,7 +112,8 @@ class _Field:
         return self.valid.shape[1], self.valid.shape[0]
 
     def largest(self) -> float | None:
-        """The largest valid flow magnitude or disparity (px); None without a valid pixel."""
+        """The largest valid flow magnitude or disparity (px), or the farthest depth (m); None without a valid
+        pixel."""
         import numpy as np
 
         if not self.valid.any():
@@ -112,6 +121,13 @@ class _Field:
         if self.kind == "flow":
             return float(np.sqrt((self.values.astype(np.float64) ** 2).sum(axis=-1))[self.valid].max())
         return float(self.values[self.valid].max())
+
+    def full_colour(self) -> float | None:
+        """The value the file's own scale shows at full colour: its largest flow magnitude or disparity, or its
+        nearest depth (near is red, as large disparity is)."""
+        if self.kind != "depth":
+            return self.largest()
+        return float(self.values[self.valid].min()) if self.valid.any() else None
 
 
 @dataclass
@@ -152,6 +168,12 @@ def _png_layout(path: Path) -> tuple[int, int] | None:
 def _png_kind(layout: tuple[int, int] | None) -> str | None:
     """flow (16-bit RGB, KITTI flow), disparity (16-bit gray, KITTI disparity), or None for anything else."""
     return {(16, 2): "flow", (16, 0): "disparity"}.get(layout)
+
+
+def _is_depth_name(path: Path) -> bool:
+    """STEM_depth.npy / .pfm / .png, or depth.* ('{stem}/{kind}'): named as flowcli stereo names its depth maps."""
+    stem = path.stem.lower()
+    return path.suffix.lower() in DEPTH_SUFFIXES and (stem == "depth" or stem.endswith("_depth"))
 
 
 def _is_picture(path: Path) -> bool:
@@ -269,6 +291,37 @@ def _read_array(path: Path, array: np.ndarray, what: str = "") -> _Field:
     )
 
 
+def _read_depth(path: Path) -> _Field:
+    """A file named as a depth map: .npy or .pfm in metres, 16-bit gray .png in millimetres; valid = finite, > 0."""
+    import numpy as np
+
+    from flowcli.io.flow_formats import read_npy, read_pfm, read_png
+    from flowcli.stereo import PNG_DEPTH_SCALE
+
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        layout = _png_layout(path)
+        if layout is not None and layout != (16, 0):
+            bits, colour_type = layout
+            raise InputError(
+                f"{path} is named as a depth map but is a {bits}-bit {_PNG_COLOUR_TYPES.get(colour_type, 'unknown')} "
+                "PNG: flowcli vis reads depth PNGs as 16-bit gray millimetres (flowcli stereo --depth-png); rename "
+                "it if it holds no depth"
+            )
+        depth = read_png(path).astype(np.float64) / PNG_DEPTH_SCALE  # also for a header it cannot parse
+    else:
+        depth = _numeric(path, read_npy(path) if suffix == ".npy" else read_pfm(path))
+    if depth.ndim == 3 and depth.shape[2] in (2, 3):
+        raise InputError(
+            f"{path} is named as a depth map but holds a flow field of shape {list(depth.shape)}; a depth map is one "
+            "channel [H, W] of metres: rename it if it holds flow"
+        )
+    if not (depth.ndim == 2 or (depth.ndim == 3 and depth.shape[2] == 1)):
+        raise InputError(f"{path} holds an array of shape {list(depth.shape)}, not a depth map [H, W]")
+    depth = depth.reshape(depth.shape[:2]).astype(np.float32)
+    return _Field("depth", depth, np.isfinite(depth) & (depth > 0))
+
+
 def _read_bundle(path: Path, with_backward: bool) -> dict[bool, _Field]:
     from flowcli.io.flow_formats import as_flow_hw2, read_npz
 
@@ -296,7 +349,8 @@ def _read_bundle(path: Path, with_backward: bool) -> dict[bool, _Field]:
 
 
 def _read(path: Path, with_backward: bool) -> dict[bool, _Field]:
-    """backward? -> field: the file's flow or disparity (False), and an .npz's backward flow (True) if asked."""
+    """backward? -> field: the file's flow, disparity or depth (False), and an .npz's backward flow (True) if
+    asked."""
     from flowcli.io.flow_formats import read_flo, read_npy, read_pfm
 
     suffix = path.suffix.lower()
@@ -304,6 +358,8 @@ def _read(path: Path, with_backward: bool) -> dict[bool, _Field]:
         fields = _read_bundle(path, with_backward)
     elif suffix == ".flo":
         fields = {False: _flow_field(read_flo(path))}
+    elif _is_depth_name(path):
+        fields = {False: _read_depth(path)}
     elif suffix == ".png":
         fields = {False: _read_png(path)}
     else:
@@ -318,8 +374,9 @@ def _read(path: Path, with_backward: bool) -> dict[bool, _Field]:
 # ----------------------------------------------------------------------------- scale and colours
 
 
-def _scale_option(text: str | None, flag: str) -> float | str | None:
-    """--max-flow / --max-disparity: None (per file), GLOBAL, or a finite positive number of pixels."""
+def _scale_option(text: str | None, flag: str, unit: str = "pixels") -> float | str | None:
+    """--max-flow / --max-disparity / --min-depth: None (per file), GLOBAL, or a finite positive number of the
+    unit."""
     if text is None:
         return None
     if text.strip().lower() == GLOBAL:
@@ -329,15 +386,15 @@ def _scale_option(text: str | None, flag: str) -> float | str | None:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise OutputError(f"{flag} must be a positive number of pixels or '{GLOBAL}', got {text!r}")
+        raise OutputError(f"{flag} must be a positive number of {unit} or '{GLOBAL}', got {text!r}")
     return value
 
 
-def _scale(option: float | str | None, global_largest: float | None) -> float | None:
-    """The px of full colour: the option's number, the global largest, or None (the file's own)."""
+def _scale(option: float | str | None, global_full_colour: float | None) -> float | None:
+    """The px (depth: m) of full colour: the option's number, the global one, or None (the file's own)."""
     if option == GLOBAL:
         # an all-zero (or all-unknown) kind has no scale to share: each file's own is as good
-        return global_largest if global_largest is not None and global_largest > 0 else None
+        return global_full_colour if global_full_colour is not None and global_full_colour > 0 else None
     return option
 
 
@@ -346,8 +403,16 @@ def _colour(field: _Field, scale: float | None) -> np.ndarray:
         from flowcli.io.visualize import flow_to_rgb
 
         return flow_to_rgb(field.values, max_flow=scale)
+    import numpy as np
+
     from flowcli.stereo import disparity_to_rgb
 
+    if field.kind == "depth":
+        # inverse depth is proportional to the disparity the depth came from: coloured as stereo --vis colours that
+        nearest = field.full_colour() if scale is None else scale
+        inverse = np.zeros(field.valid.shape)
+        inverse[field.valid] = 1.0 / field.values[field.valid].astype(np.float64)
+        return disparity_to_rgb(inverse, max_disparity=None if nearest is None else 1.0 / nearest, valid=field.valid)
     return disparity_to_rgb(field.values, max_disparity=scale, valid=field.valid)
 
 
@@ -402,7 +467,8 @@ def _check_one_size(inputs: list[_Input]) -> None:
 def vis(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Flow or disparity files (.flo .png .pfm .npy .npz), folders of them, quoted globs.",
+        typer.Argument(help="Flow, disparity or depth files (.flo .png .pfm .npy .npz), folders of them, quoted "
+                       "globs.",
                        show_default=False, metavar="INPUTS"),
     ],
     backward: Annotated[
@@ -422,6 +488,12 @@ def vis(
         typer.Option("--max-disparity", metavar="PX|global", help="Disparity (px) of full colour; 'global': the "
                      "largest over all inputs. Default: each file's own.", rich_help_panel=OUTPUT_PANEL,
                      show_default=False),
+    ] = None,
+    min_depth: Annotated[
+        Optional[str],
+        typer.Option("--min-depth", metavar="M|global", help="Depth (metres) of full colour, for depth maps (nearer "
+                     "is full colour too); 'global': the nearest over all inputs. Default: each file's own nearest.",
+                     rich_help_panel=OUTPUT_PANEL, show_default=False),
     ] = None,
     video: Annotated[
         bool,
@@ -455,7 +527,8 @@ def vis(
 
     # ---- options, before anything is read
     scales = {"flow": _scale_option(max_flow, "--max-flow"),
-              "disparity": _scale_option(max_disparity, "--max-disparity")}
+              "disparity": _scale_option(max_disparity, "--max-disparity"),
+              "depth": _scale_option(min_depth, "--min-depth", "metres")}
     if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
         raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
     template = check_template(name, NAME_FIELDS, _SAMPLE_NAME_FIELDS)
@@ -463,7 +536,8 @@ def vis(
     items = collect_inputs(inputs)
     # the names are known without reading, the backward ones after the check
     _plan_outputs(items, output, template, video, overwrite)
-    global_largest: dict[str, float | None] = {"flow": None, "disparity": None}
+    # per kind, the full colour over all inputs: the largest flow magnitude and disparity, the nearest depth
+    global_full_colour: dict[str, float | None] = dict.fromkeys(scales)
 
     def emit(record: dict) -> None:
         if json_output:
@@ -477,10 +551,11 @@ def vis(
             fields = _read(item.path, backward)
             item.kind, item.size, item.has_backward = fields[False].kind, fields[False].size, True in fields
             for field in fields.values():
-                largest = field.largest()
-                if largest is not None:
-                    known = global_largest[field.kind]
-                    global_largest[field.kind] = largest if known is None else max(known, largest)
+                full_colour = field.full_colour()
+                if full_colour is not None:
+                    known = global_full_colour[field.kind]
+                    wider = min if field.kind == "depth" else max
+                    global_full_colour[field.kind] = full_colour if known is None else wider(known, full_colour)
             bar.update(task, advance=1, info=item.path.name)
     if backward and not any(item.has_backward for item in items):
         warn("--backward: no input holds a backward flow (flowcli estimate --npz bundles do)")
@@ -500,17 +575,17 @@ def vis(
                 raise InputError(f"{item.path} changed while flowcli vis ran; run it again")
             for is_backward, path in item.outputs(output, template).items():
                 field = fields[is_backward]
-                scale = _scale(scales[field.kind], global_largest[field.kind])
+                scale = _scale(scales[field.kind], global_full_colour[field.kind])
                 rgb = _colour(field, scale)
                 write_png(path, rgb, overwrite=overwrite)
                 if writer is not None and not is_backward:
                     writer.write(rgb)
-                largest = field.largest()
                 width, height = field.size
                 emit({
                     "type": "vis", "input": str(item.path), "output": str(path), "kind": field.kind,
                     "backward": is_backward, "width": width, "height": height,
-                    "scale": _rounded(largest if scale is None else scale), "max": _rounded(largest),
+                    "scale": _rounded(field.full_colour() if scale is None else scale),
+                    "max": _rounded(field.largest()),
                     "valid_fraction": round(float(field.valid.mean()), 6),
                 })
             bar.update(task, advance=1, info=item.path.name)
