@@ -251,6 +251,11 @@ def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
     return found
 
 
+def _is_real_dtype(dtype: np.dtype) -> bool:
+    """Integers or floats: not bools, strings or complex numbers (whose imaginary part a cast would drop)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+
+
 def read_prediction(path: Path, *, stereo: bool) -> torch.Tensor:
     """A prediction file as a float32 tensor [1,C,H,W]: flow (C = 2) or, for stereo, also a disparity (C = 1).
 
@@ -276,7 +281,7 @@ def read_prediction(path: Path, *, stereo: bool) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     allowed = (1, 2) if stereo else (2,)
-    if array.ndim != 3 or array.shape[2] not in allowed or not np.issubdtype(array.dtype, np.number):
+    if array.ndim != 3 or array.shape[2] not in allowed or not _is_real_dtype(array.dtype):
         expected = "a disparity [H, W] or a flow [H, W, 2]" if stereo else "a flow [H, W, 2]"
         raise InputError(f"{path} holds an array of shape {shape} ({array.dtype}), not {expected}")
     flow_or_disparity = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
@@ -419,9 +424,10 @@ def evaluate_predictions(
             )
         if fills_gaps:
             prediction = _fill_kitti_prediction(prediction, stereo)
-        # beside its flow: flowcli estimate writes STEM_occ.png next to STEM_flow.EXT
-        stem = path.stem[: -len("_flow")] if path.stem.endswith("_flow") else item["name"]
-        mask_path = (path.parent if path.stem.endswith("_flow") else folder) / f"{Path(stem).name}_occ.png"
+        # beside its flow: STEM_occ.png next to STEM_flow.EXT (as flowcli estimate writes them), NAME_occ.png next to
+        # NAME.EXT (in the item's scene folder for Sintel's alley_1/frame_0002)
+        stem = path.stem.removesuffix("_flow")
+        mask_path = path.with_name(f"{stem}_occ.png")
         predicted_occlusion = None
         if occlusion and not stereo and item["occlusion"] is not None and mask_path.is_file():
             predicted_occlusion = _read_occlusion_mask(mask_path)

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -206,6 +208,11 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
     raise FlowcliError(f"out of memory even with small tiles at {w}x{h}; use --device cpu or smaller images")
 
 
+def _is_number(value) -> bool:
+    """A Python or numpy real number (not a bool, a string or a tensor)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_frame(name: str, image) -> torch.Tensor:
     """One frame as a [B,3,H,W] floating-point tensor, or an InputError naming it."""
     if not isinstance(image, torch.Tensor):
@@ -264,26 +271,31 @@ def estimate_flow(
     the model's device, computed without autograd (no gradient reaches the frames).
     """
     image1, image2 = check_frames(image1, image2)
-    if not (math.isfinite(scale) and scale > 0):
-        raise InputError(f"scale must be a positive number, got {scale}")
-    if isinstance(tile_overlap, float) and tile_overlap.is_integer():
+    if not (_is_number(scale) and math.isfinite(scale) and scale > 0):
+        raise InputError(f"scale must be a positive number, got {scale!r}")
+    if isinstance(tile_overlap, numbers.Real) and float(tile_overlap).is_integer():  # 64.0 and numpy integers too
         tile_overlap = int(tile_overlap)
     if not isinstance(tile_overlap, int) or isinstance(tile_overlap, bool):
         raise InputError(f"tile_overlap must be a whole number of pixels, got {tile_overlap!r}")
     if tile_overlap < 0:
         raise InputError(f"tile_overlap must be 0 or more pixels, got {tile_overlap}")
-    if max_pixels is not None and not max_pixels >= 0:  # also NaN
-        raise InputError(f"max_pixels must be a positive number of pixels (0 or None: never tile), got {max_pixels}")
-    max_pixels = max_pixels or None  # 0 = never tile, as the CLIs' --max-pixels 0
+    if max_pixels is not None and not (_is_number(max_pixels) and max_pixels >= 0):  # also NaN
+        raise InputError(f"max_pixels must be a positive number of pixels (0 or None: never tile), got {max_pixels!r}")
+    # 0 = never tile, as the CLIs' --max-pixels 0 (and so does inf); a float budget such as 2e6 counts whole pixels
+    max_pixels = int(max_pixels) if max_pixels and math.isfinite(max_pixels) else None
     weight = next(model.parameters())
     device = weight.device
-    dtype = resolve_precision(precision, device)
     # the model's own floating dtype (a model.double() or .half() runs), fp32 otherwise
     model_dtype = weight.dtype if weight.is_floating_point() else torch.float32
-    if dtype == torch.float32 and model_dtype in (torch.float16, torch.bfloat16):
-        # autocast keeps grid_sample in fp32: on CPU, PyTorch's half-precision grid_sample of the
-        # network's channels-last features returns garbage (NaN flow from a model.half())
+    if model_dtype in (torch.float16, torch.bfloat16):
+        # A half-precision model runs in its own dtype under autocast, whatever `precision` says: autocast to the
+        # other half type fails in torch (autocast::prioritize), and autocast keeps grid_sample in fp32 (on CPU,
+        # PyTorch's half-precision grid_sample of the network's channels-last features returns NaN flow).
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
         dtype = model_dtype
+    else:
+        dtype = resolve_precision(precision, device)
     image1, image2 = image1.to(device, model_dtype), image2.to(device, model_dtype)
     backward = backward or occlusion
     b = image1.shape[0]

@@ -85,7 +85,11 @@ def estimate_disparity(
     if left.shape[-2:] != right.shape[-2:]:
         raise _pair_size_error(left, right)
     if consistency and not _is_positive(lr_threshold):
-        raise InputError(f"lr_threshold must be a positive number of pixels, got {lr_threshold}")
+        raise InputError(f"lr_threshold must be a positive number of pixels, got {lr_threshold!r}")
+    if max_vertical is not None and not (_is_positive(max_vertical) or _real(max_vertical) == 0.0):
+        raise InputError(
+            f"max_vertical must be 0 or more pixels of median vertical flow (None: no warning), got {max_vertical!r}"
+        )
     flows = estimate_flow(
         model, left, right, backward=consistency, max_pixels=max_pixels, tile_overlap=tile_overlap,
         precision=precision,

@@ -273,3 +273,49 @@ def test_load_model_checks_a_torch_device_like_its_name():
     with pytest.raises(FlowcliError, match="cuda:99"):  # was torch's AssertionError or invalid-ordinal traceback
         load_model(device=torch.device("cuda:99"))
     assert next(load_model(device=torch.device("cpu", 0)).parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.float16, "bf16"), (torch.bfloat16, "fp16")])
+def test_a_half_precision_model_runs_in_its_own_dtype_whatever_the_precision(dtype, precision):
+    # a model.half() under bf16 autocast was torch's "Unexpected floating ScalarType in autocast::prioritize"
+    torch.manual_seed(0)
+    model32 = FlowNet(FlowNetConfig(**TINY)).eval()
+    low = FlowNet(FlowNetConfig(**TINY)).eval()
+    low.load_state_dict(model32.state_dict())
+    low.to(dtype)
+    a = torch.rand(1, 3, 64, 96)
+    b = a.roll(2, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a warning that fp16 falls back to fp32 on CPU: it runs in bf16
+        result = estimate_flow(low, a, b, precision=precision)
+    torch.testing.assert_close(result.forward, estimate_flow(model32, a, b).forward, atol=0.05, rtol=0)
+    with pytest.raises(InputError, match="unknown precision"):
+        estimate_flow(low, a, b, precision="fp8")
+
+
+def test_numpy_numbers_are_options_and_other_types_are_input_errors(model):
+    image1, image2 = torch.rand(1, 3, 200, 300), torch.rand(1, 3, 200, 300)
+    # a numpy integer overlap was refused as "not a whole number of pixels"
+    assert estimate_flow(model, image1, image2, max_pixels=np.int64(128 * 128), tile_overlap=np.int64(16)).tiles > 1
+    for options, needle in ((dict(max_pixels="16384"), "max_pixels"), (dict(scale="0.5"), "scale"),
+                            (dict(scale=None), "scale")):  # were TypeErrors from deep inside
+        with pytest.raises(InputError, match=needle):
+            estimate_flow(model, image1, image2, **options)
+
+
+def test_load_model_takes_a_gpu_number_as_torch_does():
+    from flowcli.models import load_model
+
+    if torch.cuda.is_available():
+        assert next(load_model(device=0).parameters()).device == torch.device("cuda", 0)
+    else:
+        with pytest.raises(FlowcliError, match="cuda:0"):  # was torch's "Cannot access accelerator device"
+            load_model(device=0)
+
+
+def test_a_float_pixel_budget_tiles_a_short_wide_image():
+    model = _TileRecorder()
+    image = _column_coded(40, 1200)
+    # 1.024e4 gave float tile widths: "slice indices must be integers"
+    assert estimate_flow(model, image, image, max_pixels=1.024e4).tiles == estimate_flow(
+        model, image, image, max_pixels=10240).tiles > 1

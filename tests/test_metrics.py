@@ -129,3 +129,36 @@ def test_a_non_finite_prediction_is_an_outlier_not_a_skipped_item():
 
     report = EvalReport("x", per_item=rows, mean=mean_metrics(rows))
     assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["mean"]["epe"] is None
+
+
+def test_prediction_occlusion_masks_are_read_beside_flows_in_scene_folders(shared_data, tmp_path):
+    """PREDICTIONS/alley_1/frame_0002_occ.png belongs to alley_1/frame_0002.flo; a frame_0002_occ.png at the top,
+    which every scene's frame_0002 would share, is not it."""
+    import numpy as np
+
+    from flowcli.evaluation import evaluate_predictions
+    from flowcli.io.flow_formats import read_flo, read_png, write_flo, write_png
+
+    sintel = shared_data / "flow" / "sintel"
+    for scene in ("alley_1", "cave_2"):
+        (tmp_path / scene).mkdir()
+        flow = read_flo(sintel / "training" / "flow" / scene / "frame_0002.flo")
+        write_flo(tmp_path / scene / "frame_0002.flo", flow)
+        occlusion = read_png(sintel / "training" / "occlusions" / scene / "frame_0002.png")
+        write_png(tmp_path / scene / "frame_0002_occ.png", occlusion)
+    write_png(tmp_path / "frame_0002_occ.png", np.zeros_like(occlusion))  # a decoy: nothing occluded
+    report = evaluate_predictions("sintel-clean", sintel, tmp_path, max_items=2, progress=False)
+    assert [row["occ_f1"] for row in report.per_item] == [1.0, 1.0]
+
+
+def test_a_complex_prediction_is_refused_not_cast_to_its_real_part(tmp_path):
+    import numpy as np
+
+    from flowcli.errors import InputError
+    from flowcli.evaluation import read_prediction
+
+    np.save(tmp_path / "00001.npy", np.ones((4, 5, 2), np.complex64) * 1j)
+    with pytest.raises(InputError, match="complex64"):  # was read as a zero flow (ComplexWarning at most)
+        read_prediction(tmp_path / "00001.npy", stereo=False)
+    np.save(tmp_path / "00002.npy", np.ones((4, 5, 2), np.int16))
+    assert read_prediction(tmp_path / "00002.npy", stereo=False).shape == (1, 2, 4, 5)

@@ -308,3 +308,13 @@ def test_lr_threshold_must_be_positive(monkeypatch, threshold):
     _fake_flow(monkeypatch, flow, flow)
     with pytest.raises(InputError, match="lr_threshold must be a positive number of pixels"):
         estimate_disparity(None, torch.rand(3, 8, 12), torch.rand(3, 8, 12), lr_threshold=threshold)
+
+
+def test_max_vertical_is_checked_before_it_warns_about_every_pair(monkeypatch):
+    flow = torch.zeros(2, 8, 12)
+    _fake_flow(monkeypatch, flow, flow)
+    image = torch.rand(3, 8, 12)
+    for bad in (-1.0, float("nan"), "1"):  # -1 warned "0.0 px (above -1 px)" for a rectified pair, "1" crashed
+        with pytest.raises(InputError, match="max_vertical"):
+            estimate_disparity(None, image, image, max_vertical=bad)
+    assert estimate_disparity(None, image, image, max_vertical=np.float32(0.5)).vertical_median == [0.0]

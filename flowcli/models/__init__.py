@@ -32,13 +32,15 @@ def load_model(
     quiet: bool = False,
 ):
     """Load a flow model by registry name (see `flowcli weights list`), hf:// spec, URL or local path,
-    onto `device` (a torch.device or auto, cpu, cuda, cuda:N, mps).
+    onto `device` (a torch.device, a GPU number, or auto, cpu, cuda, cuda:N, mps).
 
     Registry and remote files are fetched into the cache on first use and sha256-verified.
     """
     from flowcli.checkpoint import load_checkpoint
     from flowcli.inference import resolve_device
 
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"  # torch's spelling of GPU number N, as in model.to(0)
     if isinstance(device, torch.device) and device.type in ("cuda", "mps"):
         device = str(device)  # checked like a string: an absent GPU is a one-line error, not torch's assertion
     device = resolve_device(device) if isinstance(device, str) else device
