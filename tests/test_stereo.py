@@ -74,13 +74,13 @@ def test_negative_disparity_is_clamped_and_reported_vertical_flow_warns(monkeypa
     flow = torch.zeros(2, 8, 12)
     flow[0, :, :6] = 3.0  # a right-to-left shift: negative disparity on half the image
     flow[0, :, 6:] = -2.0
-    flow[1] = 2.5
+    flow[1] = 4.5
     _fake_flow(monkeypatch, flow, -flow)
     image = torch.rand(3, 8, 12)
     with pytest.warns(UserWarning, match="does not look rectified"):
         result = estimate_disparity(None, image, image)
     assert result.disparity.min() == 0 and result.disparity.max() == 2
-    assert result.negative_fraction == [0.5] and result.vertical_median == [2.5]
+    assert result.negative_fraction == [0.5] and result.vertical_median == [4.5]
     torch.testing.assert_close(result.vertical_flow[0, 0], flow[1])
 
 

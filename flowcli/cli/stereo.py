@@ -143,7 +143,7 @@ _HELP_PARAGRAPHS = [
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, left, right, inputs, "
     "width, height (of one view), outputs (output name -> path), disparity_mean, disparity_max (px), "
     "negative_fraction (share of pixels with -u < -0.5 px before clamping), vertical_median (median |v| px; large = "
-    "not rectified, warned above 1 px), occluded_fraction (null unless the left-right check ran), camera (focal, "
+    "not rectified, warned above 4 px), occluded_fraction (null unless the left-right check ran), camera (focal, "
     "fy, baseline, cx, cy, doffs, or null), depth_median (m, over valid pixels, or null), points (in the .ply, or "
     "null; null too when --resume kept the .ply), ms, tiles, model, weights, sha256. Each video written adds a line "
     "with type \"video\", source, outputs, frames, fps. With --resume, a skipped pair gets a line with type "
