@@ -503,3 +503,73 @@ def test_without_output_the_checkpoint_is_named_after_the_first_source(tmp_path,
     load_checkpoint(output)
     assert read_metadata(output)["flowcli.provenance"]["footage"]["sources"] == ["my_footage"]
     assert (tmp_path / "work" / "my_footage-adapted.report.json").is_file()
+
+
+def test_a_gt_root_of_the_wrong_layout_is_refused_before_the_footage_is_decoded(tmp_path, base, no_decoding):
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--gt", f"kitti2015:{tmp_path / 'missing'}")
+    assert code == 2 and message.startswith("--gt kitti2015:") and "KITTI 2015 layout" in message, message
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--gt", f"sintel:{folder}")
+    assert code == 2 and "no sintel-clean items found" in message and "MPI-Sintel layout" in message, message
+    assert not (tmp_path / "m.adapt").exists()
+
+
+def test_a_folder_link_back_into_the_footage_is_not_searched_again(tmp_path):
+    """`scene/a/up -> ..` would walk the footage over and over (a link loop, 40 levels deep until the OS gives
+    up), `scene/b -> a` would give a's frames twice: each folder is searched once."""
+    for name, link, target in (("looped", "a/up", ".."), ("aliased", "b", "a")):
+        scene = tmp_path / name / "scene"
+        _frames(scene / "a", 3)
+        (scene / link).symlink_to(target, target_is_directory=True)
+        footage = scan_footage([tmp_path / name])
+        assert [(seq.label, len(seq)) for seq in footage.sequences] == [(f"{name}/scene/a", 3)]
+
+
+def test_a_val_fraction_too_large_to_leave_training_pairs_holds_out_fewer(tmp_path):
+    footage = scan_footage([_frames(tmp_path / "ten", 10)])
+    tuples = footage.tuples(2)
+    train, held = footage.split(tuples, 0.9, span=1)  # 8 of 9 held out would leave nothing to train on
+    assert train == [(0, 0)] and held == [(0, v) for v in range(2, 9)]
+    assert footage.split(tuples, 0.5, span=1) == (tuples[:4], tuples[5:])  # a share that fits is kept
+    short = scan_footage([_frames(tmp_path / "three", 3)])
+    assert short.split(short.tuples(2), 0.5, span=1) == (short.tuples(2),) * 2  # too short for any: measured on all
+
+
+def test_a_max_frames_below_the_tuple_length_names_the_option(tmp_path, base):
+    import torch
+
+    from flowcli.io.media import VideoWriter
+
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for i in range(4):
+            writer.write(torch.full((3, 64, 96), 0.2 + 0.15 * i))
+    with pytest.raises(InputError, match="--max-frames 2 keeps too few frames .* at least 3 with --temporal"):
+        scan_footage([video], cache_dir=tmp_path / "cache", max_frames=2, min_frames=3)
+    assert not (tmp_path / "cache").exists()  # refused before the video is decoded
+    code, message = _cli(video, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--max-frames", 1)
+    assert code == 2 and "--max-frames 1 keeps too few frames" in message and "--max-frames 2 or more" in message
+
+
+def test_the_default_output_keeps_brackets_of_an_existing_source_name(tmp_path, monkeypatch):
+    from flowcli.cli.adapt import default_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "take [2]").mkdir()
+    (tmp_path / "clip [final].mp4").write_bytes(b"")
+    assert default_output(["take [2]/"]) == Path("take [2]-adapted.safetensors")
+    assert default_output(["take [2]/*.png"]) == Path("take [2]-adapted.safetensors")
+    assert default_output(["clip [final].mp4"]) == Path("clip [final]-adapted.safetensors")
+    assert default_output(["shots/scene_[0-9]/*.png"]) == Path("shots-adapted.safetensors")  # a pattern still
+
+
+def test_anchor_nan_and_padded_text_values(tmp_path, base, no_decoding):
+    from flowcli.adapt.losses import LossWeights
+    from flowcli.cli.adapt import _parse_settings
+
+    folder = _frames(tmp_path / "shot", 3)
+    for value in ("nan", "inf"):
+        code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--anchor", value)
+        assert code == 2 and message.startswith(f"--anchor must be a number, 0 or more, got {value}"), message
+    assert _parse_settings(["occlusion= range "], "--loss", LossWeights) == {"occlusion": "range"}

@@ -121,15 +121,34 @@ class Footage:
         self, tuples: list[tuple[int, int]], fraction: float, span: int
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(train, held-out): the last `fraction` of each sequence's tuples are held out, and training
-        tuples never share a frame with held-out ones. Shares are spread over sequences by size."""
+        tuples never share a frame with held-out ones. Shares are spread over sequences by size. A
+        fraction that would leave nothing to train on holds out fewer tuples, as many as leave some."""
         if fraction <= 0 or len(tuples) < 2:
             return list(tuples), []
         by_seq: dict[int, list[int]] = {}
         for s, start in tuples:
             by_seq.setdefault(s, []).append(start)
         want = max(1, round(fraction * len(tuples)))
+        train, held = self._split_off(by_seq, len(tuples), want, span)
+        if train:
+            return train, held
+        # So large a share leaves no training tuple: bisect for the largest share that leaves some.
+        best, low, high = None, 1, want - 1
+        while low <= high:
+            middle = (low + high) // 2
+            train, held = self._split_off(by_seq, len(tuples), middle, span)
+            if train:
+                best, low = (train, held), middle + 1
+            else:
+                high = middle - 1
+        return best or (list(tuples), list(tuples))
+
+    def _split_off(
+        self, by_seq: dict[int, list[int]], total: int, want: int, span: int
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(train, held-out) with `want` of the `total` tuples held out; train may come out empty."""
         # Largest-remainder apportionment of `want` held-out tuples over the sequences.
-        quotas = {s: want * len(v) / len(tuples) for s, v in by_seq.items()}
+        quotas = {s: want * len(v) / total for s, v in by_seq.items()}
         counts = {s: int(q) for s, q in quotas.items()}
         for s in sorted(quotas, key=lambda s: (counts[s] - quotas[s], s))[: want - sum(counts.values())]:
             counts[s] += 1
@@ -144,8 +163,6 @@ class Footage:
         # a training tuple may not use a frame that a held-out tuple uses in any sequence.
         held_frames = {key for s, v in held for key in self._frame_keys(s, v, span)}
         train = [(s, v) for s, v in train if held_frames.isdisjoint(self._frame_keys(s, v, span))]
-        if not train:
-            return list(tuples), list(tuples)
         return train, held
 
     def _frame_keys(self, seq: int, start: int, span: int) -> list:
@@ -251,8 +268,18 @@ def _image_sequence(paths: list[Path], label: str, source: str, skipped: list[st
 
 
 def _walk(
-    folder: Path, root: Path, source: str, skipped: list[str], cache_dir: Path | None, max_frames
+    folder: Path,
+    root: Path,
+    source: str,
+    skipped: list[str],
+    cache_dir: Path | None,
+    max_frames,
+    walked: set[str] | None = None,
 ) -> list[Sequence]:
+    walked = set() if walked is None else walked
+    if _resolved(folder) in walked:  # a link back to a folder already searched (`latest -> ..`): no loop
+        return []
+    walked.add(_resolved(folder))
     entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=media.natural_sort_key)
     images = [p for p in entries if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES]
     videos = [p for p in entries if p.is_file() and media.is_video(p)]
@@ -264,7 +291,7 @@ def _walk(
         out.append(_video_sequence(video, source, cache_dir, max_frames))
     for sub in entries:
         if sub.is_dir() and not sub.name.endswith(".adapt"):
-            out.extend(_walk(sub, root, source, skipped, cache_dir, max_frames))
+            out.extend(_walk(sub, root, source, skipped, cache_dir, max_frames, walked))
     return out
 
 
@@ -333,6 +360,13 @@ def scan_footage(
     """Find the sequences of `sources`; every source must give at least `min_frames` frames in one sequence."""
     if not sources:
         raise InputError("no footage given; pass video files or folders of frames")
+    if max_frames is not None and max_frames < min_frames:
+        what = "stereo pairs" if stereo else "frames"
+        temporal = " with --temporal" if min_frames == (2 if stereo else 3) else ""
+        raise InputError(
+            f"--max-frames {max_frames} keeps too few {what} of each sequence: adaptation needs at least "
+            f"{min_frames}{temporal}; pass --max-frames {min_frames} or more"
+        )
     skipped: list[str] = []
     sequences: list[Sequence] = []
     stereo_sources = _stereo_sources(sources) if stereo else None

@@ -19,7 +19,7 @@ import torch
 
 from flowcli.adapt.footage import Footage
 from flowcli.adapt.losses import LossWeights, masked_mean, photometric_error
-from flowcli.data.datasets import parse_dataset_spec
+from flowcli.data.datasets import make_dataset, parse_dataset_spec
 from flowcli.errors import InputError
 from flowcli.ops.warp import backward_warp, out_of_frame
 
@@ -77,11 +77,20 @@ def heldout_metrics(
 
 
 def parse_gt(specs: list[str]) -> list[tuple[str, str]]:
-    """`DATASET:ROOT` specs -> [(dataset, root)]; `sintel:ROOT` expands to the clean and final passes."""
+    """`DATASET:ROOT` specs -> [(dataset, root)]; `sintel:ROOT` expands to the clean and final passes.
+
+    Each root is checked against its dataset's layout here, so a wrong one is refused before any footage
+    is decoded or measured, not when the labeled copy is first evaluated."""
     out = []
     for spec in specs:
         try:
-            out += [(name, root) for name, root, _ in parse_dataset_spec(spec)]
+            datasets = [(name, root) for name, root, _ in parse_dataset_spec(spec)]
         except ValueError as error:
             raise InputError(f"--gt {error}") from None
+        for name, root in datasets:
+            try:
+                make_dataset(name, root)
+            except InputError as error:
+                raise InputError(f"--gt {spec}: {error}") from None
+        out += datasets
     return out

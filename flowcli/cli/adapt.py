@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -69,7 +70,7 @@ def _parse_settings(items: list[str] | None, option: str, config: type) -> dict:
         if not sep or key not in types:
             raise InputError(f"{option} {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
         try:
-            out[key] = convert(value, types[key])
+            out[key] = convert(value.strip(), types[key])  # `occlusion= range` is range, as `census= 1` is 1
         except ValueError:
             example = as_text(getattr(config(), key))
             raise InputError(
@@ -319,8 +320,8 @@ def adapt_command(
     if vertical == "zero":
         losses["zero_vertical"] = True
     if anchor is not None:
-        if anchor < 0:
-            raise InputError(f"--anchor must be 0 or more, got {anchor:g}")
+        if not (math.isfinite(anchor) and anchor >= 0):  # nan fails every comparison
+            raise InputError(f"--anchor must be a number, 0 or more, got {anchor:g}")
         losses["anchor"] = anchor
     transforms = _parse_settings(transform, "--transform", TransformConfig)
 
@@ -349,7 +350,8 @@ def default_output(sources: list[str]) -> Path:
     """NAME-adapted.safetensors in the current folder, NAME from the first source: a video's or a .txt list's
     file name without its extension, a folder's name, a glob's folder (`shots/*.png` -> shots)."""
     first = Path(sources[0]) if sources else Path("footage")
-    while any(char in first.name for char in "*?[") and first.name:
+    # a glob's pattern parts; an existing `take [2]/` or `clip [final].mp4` is a name, not a pattern
+    while any(char in first.name for char in "*?[") and not first.exists():
         first = first.parent
     resolved = first.resolve()
     name = resolved.name if resolved.is_dir() or not resolved.suffix else resolved.stem
