@@ -252,14 +252,19 @@ def test_a_float64_model_runs_and_matches_float32():
     torch.testing.assert_close(result.forward, estimate_flow(model32, a, b).forward, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_a_half_precision_model_on_cpu_matches_float32(dtype):
-    # at this size PyTorch's CPU grid_sample of half-precision channels-last features returned NaN
+def _tiny_model_and_its_copy_in(dtype: torch.dtype) -> tuple[FlowNet, FlowNet]:
+    """A seeded tiny float32 model and the same weights cast to `dtype`."""
     torch.manual_seed(0)
     model32 = FlowNet(FlowNetConfig(**TINY)).eval()
     low = FlowNet(FlowNetConfig(**TINY)).eval()
     low.load_state_dict(model32.state_dict())
-    low.to(dtype)
+    return model32, low.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_on_cpu_matches_float32(dtype):
+    # at this size PyTorch's CPU grid_sample of half-precision channels-last features returned NaN
+    model32, low = _tiny_model_and_its_copy_in(dtype)
     a = torch.rand(1, 3, 384, 512)
     b = a.roll(2, -1)
     result = estimate_flow(low, a, b)
@@ -278,11 +283,7 @@ def test_load_model_checks_a_torch_device_like_its_name():
 @pytest.mark.parametrize("dtype, precision", [(torch.float16, "bf16"), (torch.bfloat16, "fp16")])
 def test_a_half_precision_model_runs_in_its_own_dtype_whatever_the_precision(dtype, precision):
     # a model.half() under bf16 autocast was torch's "Unexpected floating ScalarType in autocast::prioritize"
-    torch.manual_seed(0)
-    model32 = FlowNet(FlowNetConfig(**TINY)).eval()
-    low = FlowNet(FlowNetConfig(**TINY)).eval()
-    low.load_state_dict(model32.state_dict())
-    low.to(dtype)
+    model32, low = _tiny_model_and_its_copy_in(dtype)
     a = torch.rand(1, 3, 64, 96)
     b = a.roll(2, -1)
     with warnings.catch_warnings():
