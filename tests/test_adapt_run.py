@@ -281,6 +281,25 @@ def test_a_minutes_budget_ends_within_one_step_of_it(footage, base, tmp_path, fa
     with pytest.warns(UserWarning, match="too few to adapt the model much"):  # stopped before step 20
         result = adapt(cfg, quiet=True, callback=slows_down)
     assert 60.0 - 4.0 <= fake_clock.now <= 60.0 + 4.0 and result["steps"] == result["stages"]["total"] < 27
+    # the schedule shrank with the steps the slowdown left, so the learning rate still decayed to its floor (10 %)
+    assert result["history"][-1]["lr"] < 0.15 * cfg.lr
+
+
+def test_a_minutes_budget_slowing_in_the_photometric_stage_still_leaves_distillation(
+    footage, base, tmp_path, fake_clock
+):
+    """Photometric steps that slow from 2 to 8 s after the timing: the plan is split again on the time left, so
+    stage 1 still decays its learning rate and a distillation stage still runs, instead of stage 1 taking it all."""
+
+    def slows_down(step, record):
+        fake_clock.now += 2.0 if step < 6 else 8.0
+
+    cfg = _config(footage, base, tmp_path / "m.safetensors", steps=None, minutes=1.5, batch_size=1)
+    with pytest.warns(UserWarning, match="too few to adapt the model much"):
+        result = adapt(cfg, quiet=True, callback=slows_down)
+    photometric = [record for record in result["history"] if record["stage"] == 1]
+    assert len(photometric) == result["stages"]["photometric"] < result["stages"]["total"] == result["steps"]
+    assert photometric[-1]["lr"] < 0.15 * cfg.lr
 
 
 def test_a_minutes_budget_spent_during_the_second_timing_stops_there(footage, base, tmp_path, fake_clock):

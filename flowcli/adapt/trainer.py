@@ -1007,6 +1007,29 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             raise refusal
         return verdict == go
 
+    shrunk_once = [False]
+
+    def shrink_plan_to_budget() -> None:
+        """Steps slower than when the budget was timed would end the run before its planned count, with its learning
+        rate not yet decayed; the plan shrinks to the steps the time left allows, so the schedule ends with the
+        budget. A stage 1 that a distillation stage follows is split again by the footage-size rule."""
+        fits = _from_rank0(ctx, device, step + budget.steps_left())
+        if fits >= plan.total - 1:  # one step of slack: the budget's own check stops an overshoot of one
+            return
+        if plan.stage1 is None or plan.stage1 >= plan.total:  # one stage
+            plan.stage1 = plan.total = fits
+        elif step < plan.stage1:
+            plan.total = fits
+            plan.stage1 = min(max(plan_stages(fits, len(train), batch_world, cfg), step), fits)
+        else:
+            plan.total = fits
+        bar.update(task, total=plan.total)
+        if ctx.main and not shrunk_once[0]:
+            shrunk_once[0] = True
+            stderr.print(f"steps slowed to {budget.per_step:.2f} s: the {cfg.minutes:g}-minute budget now allows "
+                         f"{plan.total} steps, and the schedule is shortened to end with it")  # fmt: skip
+        warn_if_few_steps()
+
     def warn_if_few_steps() -> None:
         if ctx.main and plan.total < FEW_STEPS and not few_steps_warned[0]:
             few_steps_warned[0] = True
@@ -1061,8 +1084,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         callback(step, record)
                     if budget is not None:
                         budget.step_done(step, stage)
+                        if plan.total is not None and step < plan.total:
+                            shrink_plan_to_budget()
                     if plan.total is not None and (step % cfg.checkpoint_every == 0 or step == plan.total):
                         save_state()
+                    if plan.total is not None and step >= (plan.stage1 if recalibrate_at_stage2() else plan.total):
+                        break  # the plan shrank below the end this loader was asked for
                 if budget_spent:  # the run ends here, during a timing or before the planned count
                     planned = plan.total
                     plan.total = step
