@@ -573,3 +573,107 @@ def test_anchor_nan_and_padded_text_values(tmp_path, base, no_decoding):
         code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--anchor", value)
         assert code == 2 and message.startswith(f"--anchor must be a number, 0 or more, got {value}"), message
     assert _parse_settings(["occlusion= range "], "--loss", LossWeights) == {"occlusion": "range"}
+
+
+def _video(path: Path, count: int = 3) -> Path:
+    import torch
+
+    from flowcli.io.media import VideoWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(path, fps=10) as writer:
+        for i in range(count):
+            writer.write(torch.full((3, 64, 96), 0.2 + 0.2 * i))
+    return path
+
+
+def test_an_undecodable_video_among_the_footage_is_skipped_like_an_unreadable_frame(tmp_path):
+    """`bad.mp4` (garbage) or a copy cut short beside good frames: skipped with a warning naming it, not the run
+    stopped; a source left with nothing usable, or the bad video given as a source itself, is still an error."""
+    folder = _frames(tmp_path / "shots", 3)
+    good = _video(folder / "good.mp4")
+    (folder / "bad.mp4").write_bytes(b"not a video" * 100)
+    (folder / "cut.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    cache = tmp_path / "cache"
+    for source in (folder, f"{folder}/*"):
+        with pytest.warns(UserWarning) as warned:
+            footage = scan_footage([source], cache_dir=cache)
+        assert [(seq.label, len(seq)) for seq in footage.sequences][1:] == [("good.mp4", 3)]
+        assert sorted(Path(p).name for p in footage.skipped_videos) == ["bad.mp4", "cut.mp4"]
+        messages = [str(w.message) for w in warned]
+        for name in ("bad.mp4", "cut.mp4"):
+            assert any(name in m and m.endswith("skipping it") and "\n" not in m for m in messages), messages
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "bad.mp4").write_bytes(b"junk")
+    with pytest.warns(UserWarning, match="bad.mp4"), pytest.raises(InputError, match="1 undecodable video"):
+        scan_footage([only_bad], cache_dir=cache)
+    with pytest.raises(InputError, match="cannot read video .*bad.mp4"):
+        scan_footage([folder / "bad.mp4"], cache_dir=cache)  # given by name, like an unreadable image: an error
+
+
+def test_a_glob_collects_videos_each_as_its_own_sequence(tmp_path, monkeypatch):
+    """`'clips/*.mp4'` gave 'no images found'; a glob's images stay one sequence, across folders too."""
+    monkeypatch.chdir(tmp_path)
+    _video(tmp_path / "clips" / "b.mp4", 4)
+    _video(tmp_path / "clips" / "a.mp4", 3)
+    _frames(tmp_path / "clips", 2)
+    cache = tmp_path / "cache"
+    footage = scan_footage(["clips/*.mp4"], cache_dir=cache)
+    assert [(seq.label, len(seq), seq.source) for seq in footage.sequences] == [
+        ("a.mp4", 3, "clips/*.mp4"), ("b.mp4", 4, "clips/*.mp4"),
+    ]  # fmt: skip
+    footage = scan_footage(["clips/*"], cache_dir=cache)
+    assert [(seq.label, len(seq)) for seq in footage.sequences] == [("clips/*", 2), ("a.mp4", 3), ("b.mp4", 4)]
+    _frames(tmp_path / "shots" / "x", 2)
+    _frames(tmp_path / "shots" / "y", 2)
+    assert [len(seq) for seq in scan_footage(["shots/*/*.png"]).sequences] == [4]
+    with pytest.raises(InputError, match="no images or videos found in clips/\\*.mov"):
+        scan_footage(["clips/*.mov"], cache_dir=cache)
+
+
+def test_a_teacher_that_cannot_load_is_refused_before_the_footage_is_scanned(tmp_path, base, no_decoding):
+    from flowcli.cli.adapt import _check_teachers
+
+    folder = _frames(tmp_path / "shot", 3)
+    (tmp_path / "notes.pt").write_bytes(b"not a checkpoint")
+    for spec, expected in (
+        (tmp_path / "missing.safetensors", "no such checkpoint file or model name"),
+        (tmp_path / "notes.pt", "is not a readable safetensors checkpoint"),
+        (tmp_path, "is a folder, not a checkpoint file"),
+        ("no-such-model", "flowcli-pwc-synth"),
+        ("mediapipe-face", "is a face model, not a flow network"),
+    ):
+        code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--teacher", spec)
+        assert code == 4 and message.startswith(f"--teacher {spec}") and expected in message, message
+    assert not (tmp_path / "m.adapt").exists()
+    _check_teachers([str(base), "flowcli-pwc-synth", "hf://owner/repo/t.safetensors"])  # fetched when loaded
+
+
+def test_a_video_that_fails_mid_decoding_leaves_no_partial_cache(tmp_path, monkeypatch):
+    import torch
+
+    from flowcli.io import media
+
+    class FailingReader:
+        num_frames = 3
+
+        def __init__(self, path, max_frames=None):
+            self.path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def __iter__(self):
+            yield torch.zeros(3, 64, 96)
+            raise InputError(f"cannot decode video {self.path}: decoding failed after 1 frame(s); the file is corrupt")
+
+    folder = _frames(tmp_path / "shots", 3)
+    (folder / "broken.mp4").write_bytes(b"")
+    monkeypatch.setattr(media, "VideoReader", FailingReader)
+    with pytest.warns(UserWarning, match="broken.mp4: decoding failed after 1 frame"):
+        footage = scan_footage([folder], cache_dir=tmp_path / "cache")
+    assert len(footage.sequences) == 1 and not list((tmp_path / "cache").iterdir())

@@ -3,8 +3,11 @@ held-out slice and a fingerprint for the checkpoint's provenance.
 
 A source is a video file, a folder or a quoted glob. A folder's own images (natural order) form one
 sequence, each video in it another, and its subfolders are searched the same way, so a dataset
-folder such as Sintel's `training/clean` (one subfolder per scene) gives one sequence per scene.
-Videos are decoded once into an uint8 cache file (memory-mapped, random access) in the run folder.
+folder such as Sintel's `training/clean` (one subfolder per scene) gives one sequence per scene. A
+glob's images form one sequence (natural order, whatever folders they are in), each video it matches
+another. Videos are decoded once into an uint8 cache file (memory-mapped, random access) in the run
+folder; a video in a folder or glob that cannot be decoded is skipped with a warning, a video given
+as a source itself is an error.
 
 Frame sizes are read from the image headers up front: frames that cannot be read are skipped with a
 warning (and every tuple that needs them); frames of different sizes may be in different sequences,
@@ -20,6 +23,7 @@ pairs of one source are a stereo sequence in natural order (consecutive in time 
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import math
@@ -59,6 +63,7 @@ class Footage:
     sequences: list[Sequence]
     stereo: bool = False
     skipped: list[str] = field(default_factory=list)  # unreadable frames
+    skipped_videos: list[str] = field(default_factory=list)  # undecodable videos of folders and globs
 
     # ------------------------------------------------------------------ tuples
 
@@ -272,6 +277,7 @@ def _walk(
     root: Path,
     source: str,
     skipped: list[str],
+    skipped_videos: list[str],
     cache_dir: Path | None,
     max_frames,
     walked: set[str] | None = None,
@@ -287,11 +293,23 @@ def _walk(
     label = str(folder.relative_to(root.parent)) if folder != root else folder.name or str(folder)
     if images:
         out.append(_image_sequence(images[:max_frames], label, source, skipped))
-    for video in videos:
-        out.append(_video_sequence(video, source, cache_dir, max_frames))
+    out.extend(_decodable_videos(videos, source, skipped_videos, cache_dir, max_frames))
     for sub in entries:
         if sub.is_dir() and not sub.name.endswith(".adapt"):
-            out.extend(_walk(sub, root, source, skipped, cache_dir, max_frames, walked))
+            out.extend(_walk(sub, root, source, skipped, skipped_videos, cache_dir, max_frames, walked))
+    return out
+
+
+def _decodable_videos(videos, source, skipped_videos, cache_dir, max_frames) -> list[Sequence]:
+    """The sequences of the videos a folder or glob holds; one that cannot be decoded is skipped, as an unreadable
+    image is, so that one broken file among many does not stop the run."""
+    out = []
+    for video in videos:
+        try:
+            out.append(_video_sequence(video, source, cache_dir, max_frames))
+        except InputError as error:
+            warn(f"{error}; skipping it")  # the error names the file
+            skipped_videos.append(str(video))
     return out
 
 
@@ -305,13 +323,17 @@ def _video_sequence(path: Path, source: str, cache_dir: Path | None, max_frames:
     if not (info and data.is_file() and data.stat().st_size == info["count"] * info["height"] * info["width"] * 3):
         count, size = 0, None
         tmp = data.with_suffix(".part")
-        with media.VideoReader(path, max_frames=max_frames) as reader, open(tmp, "wb") as out:
-            stderr.print(f"decoding {path.name} into the adaptation cache ({reader.num_frames or '?'} frames)")
-            for frame in reader:
-                array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-                size = array.shape[:2]
-                out.write(array.tobytes())
-                count += 1
+        try:
+            with media.VideoReader(path, max_frames=max_frames) as reader, open(tmp, "wb") as out:
+                stderr.print(f"decoding {path.name} into the adaptation cache ({reader.num_frames or '?'} frames)")
+                for frame in reader:
+                    array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+                    size = array.shape[:2]
+                    out.write(array.tobytes())
+                    count += 1
+        except InputError:
+            tmp.unlink(missing_ok=True)
+            raise
         if size is None:
             tmp.unlink(missing_ok=True)
             raise InputError(f"{path}: no frame of the video could be decoded; the file is corrupt or empty")
@@ -368,13 +390,15 @@ def scan_footage(
             f"{min_frames}{temporal}; pass --max-frames {min_frames} or more"
         )
     skipped: list[str] = []
+    skipped_videos: list[str] = []
     sequences: list[Sequence] = []
     stereo_sources = _stereo_sources(sources) if stereo else None
     for source in stereo_sources or sources:
+        videos_before = len(skipped_videos)
         found = (
             _stereo_source(source, skipped, max_frames)
             if stereo
-            else _mono_source(source, skipped, cache_dir, max_frames)
+            else _mono_source(source, skipped, skipped_videos, cache_dir, max_frames)
         )
         label = (
             source
@@ -387,8 +411,11 @@ def scan_footage(
         if not found or max(readable) < min_frames:
             frames = max((len(seq) for seq in found), default=0)
             what = "stereo pair(s)" if stereo else "frame(s)"
-            detail = f"{frames} {what}" + (
-                f", {frames - max(readable)} unreadable" if found and max(readable) < frames else ""
+            bad_videos = len(skipped_videos) - videos_before
+            detail = (
+                f"{frames} {what}"
+                + (f", {frames - max(readable)} unreadable" if found and max(readable) < frames else "")
+                + (f" ({bad_videos} undecodable video(s) skipped)" if bad_videos else "")
             )
             raise InputError(
                 f"{label}: {detail}; adaptation needs at least {min_frames} readable {what} in a sequence"
@@ -407,10 +434,10 @@ def scan_footage(
                 raise InputError(
                     f"{seq.label}: {name} is {_wh(size)}; frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
                 )
-    return Footage(sequences=sequences, stereo=stereo, skipped=skipped)
+    return Footage(sequences=sequences, stereo=stereo, skipped=skipped, skipped_videos=skipped_videos)
 
 
-def _mono_source(source, skipped, cache_dir, max_frames) -> list[Sequence]:
+def _mono_source(source, skipped, skipped_videos, cache_dir, max_frames) -> list[Sequence]:
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
@@ -418,10 +445,17 @@ def _mono_source(source, skipped, cache_dir, max_frames) -> list[Sequence]:
             return [_video_sequence(path, text, cache_dir, max_frames)]
         raise InputError(f"{path} is neither a video nor a folder of frames; give videos, folders or a quoted glob")
     if path.is_dir():
-        return _walk(path, path, text, skipped, cache_dir, max_frames)
+        return _walk(path, path, text, skipped, skipped_videos, cache_dir, max_frames)
     if any(c in text for c in "*?["):
-        frames = media.list_frames(text)[:max_frames]
-        return [_image_sequence(frames, text, text, skipped)]
+        # hidden files are skipped, as in a folder: among them the temp files of writes in progress
+        matches = [Path(m) for m in glob.glob(text, recursive=True)]
+        files = sorted((p for p in matches if p.is_file() and not p.name.startswith(".")), key=media.natural_sort_key)
+        images = [p for p in files if p.suffix.lower() in media.IMAGE_SUFFIXES]
+        videos = [p for p in files if media.is_video(p)]
+        if not images and not videos:
+            raise InputError(f"no images or videos found in {text}; check the pattern")
+        found = [_image_sequence(images[:max_frames], text, text, skipped)] if images else []
+        return found + _decodable_videos(videos, text, skipped_videos, cache_dir, max_frames)
     raise InputError(f"{text} does not exist; check the path")
 
 

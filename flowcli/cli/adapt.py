@@ -79,6 +79,41 @@ def _parse_settings(items: list[str] | None, option: str, config: type) -> dict:
     return out
 
 
+def _check_teachers(specs: list[str]) -> None:
+    """Refuse a --teacher that cannot load (a missing file, not a flowcli checkpoint, an unknown name) now: the
+    teachers are loaded after the footage scan, which can take minutes. Remote specs are checked when fetched."""
+    from flowcli.checkpoint import read_metadata
+    from flowcli.errors import WeightsError
+    from flowcli.registry import SOURCE_PREFIXES, load_registry
+
+    for spec in specs:
+        if spec.startswith(SOURCE_PREFIXES):
+            continue
+        path = Path(spec).expanduser()
+        if path.is_file():  # as load_model takes it: a local file before a registry name
+            try:
+                read_metadata(path)  # the header only
+            except WeightsError as error:
+                raise WeightsError(f"--teacher {spec}: {error}") from None
+            continue
+        models = load_registry()["models"]
+        if spec in models:
+            task = models[spec].get("task") or "flow"
+            if task not in ("flow", "stereo"):
+                raise WeightsError(
+                    f"--teacher {spec} is a {task} model, not a flow network; see `flowcli weights list`"
+                )
+            continue
+        if path.is_dir():
+            raise WeightsError(
+                f"--teacher {spec} is a folder, not a checkpoint file; pass the .safetensors file inside it"
+            )
+        raise WeightsError(
+            f"--teacher {spec}: no such checkpoint file or model name; pass a flowcli .safetensors checkpoint or "
+            f"one of {', '.join(models)} (see `flowcli weights list`)"
+        )
+
+
 def adapt_command(
     sources: Annotated[
         list[str], typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", show_default=False)
@@ -324,6 +359,8 @@ def adapt_command(
             raise InputError(f"--anchor must be a number, 0 or more, got {anchor:g}")
         losses["anchor"] = anchor
     transforms = _parse_settings(transform, "--transform", TransformConfig)
+    if teacher and distill and not stereo:  # otherwise the run refuses --teacher as having no effect
+        _check_teachers(teacher)
 
     from flowcli.adapt.trainer import AdaptConfig, adapt
 
