@@ -677,3 +677,17 @@ def test_a_video_that_fails_mid_decoding_leaves_no_partial_cache(tmp_path, monke
     with pytest.warns(UserWarning, match="broken.mp4: decoding failed after 1 frame"):
         footage = scan_footage([folder], cache_dir=tmp_path / "cache")
     assert len(footage.sequences) == 1 and not list((tmp_path / "cache").iterdir())
+
+
+def test_provenance_keeps_a_globs_pattern_from_the_folder_it_searches(tmp_path):
+    """A glob source is recorded from the folder it searches on, not reduced to `*.png`, and without the folders
+    above it; an existing folder whose name has brackets is a name, not a pattern."""
+    from flowcli.adapt.trainer import _public
+
+    assert _public("/home/me/shots/*.png") == "shots/*.png"
+    assert _public("shots/*/*.png") == "shots/*/*.png"
+    assert _public("../data/clips/*.mp4") == "clips/*.mp4"
+    assert _public("*.png") == "*.png"
+    take = tmp_path / "take [2]"
+    take.mkdir()
+    assert _public(str(take)) == "take [2]"

@@ -520,6 +520,10 @@ def _public(spec: str) -> str:
         return _public_url(spec)
     if spec.startswith(("hf://", "bundled:")) or not ("/" in spec or Path(spec).exists()):
         return spec
+    parts = Path(spec.rstrip("/")).parts
+    patterns = [i for i, part in enumerate(parts) if any(char in part for char in "*?[")]
+    if patterns and not Path(spec).exists():  # a glob keeps its pattern from the folder it searches: shots/*.png
+        return "/".join(parts[max(patterns[0] - 1, 0) :]).lstrip("/") or spec
     return Path(spec.rstrip("/")).name or spec
 
 
