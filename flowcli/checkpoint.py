@@ -58,6 +58,12 @@ def read_metadata(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
+        if _is_pickle(path):
+            raise WeightsError(
+                f"{path} is a PyTorch pickle (torch.save) file, not safetensors; flowcli never unpickles checkpoints "
+                "(loading one can run any code): use a .safetensors checkpoint written by flowcli (flowcli train, "
+                "flowcli adapt, flowcli weights average)"
+            ) from None
         raise WeightsError(f"{path} is not a readable safetensors checkpoint ({error})") from None
     if "flowcli.format" not in meta:
         raise WeightsError(
@@ -78,6 +84,16 @@ def read_metadata(path: str | Path) -> dict:
         if not isinstance(out[key], dict):
             raise WeightsError(f"{path} has corrupt {key} metadata (a JSON object was expected)")
     return out
+
+
+def _is_pickle(path: str | Path) -> bool:
+    """Whether a file starts as torch.save writes: a zip archive (torch >= 1.6) or a bare pickle (protocol 2-5)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -190,7 +206,8 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
         )
     mix = [m / sum(mix) for m in mix]
     models = [load_checkpoint(path) for path in paths]
-    averaged = next((model for model in models if not model.config.shared_decoder), models[0])
+    first_untied = next((i for i, model in enumerate(models) if not model.config.shared_decoder), 0)
+    averaged, reference = models[first_untied], paths[first_untied]
     states = []
     for path, model in zip(paths, models):
         config, state = model.config, model.state_dict()
@@ -199,7 +216,11 @@ def average_checkpoints(paths: list[str | Path], mix: list[float] | None = None)
             config = replace(config, shared_decoder=False)
             state = untie_decoder_weights(state, config.decoded_levels)
         if config != averaged.config:
-            raise WeightsError(f"{path} has another architecture than {paths[0]}; only the same one can be averaged")
+            differ = next(f.name for f in fields(config) if getattr(config, f.name) != getattr(averaged.config, f.name))
+            raise WeightsError(
+                f"{path} has another architecture than {reference} ({differ} {getattr(config, differ)} against "
+                f"{getattr(averaged.config, differ)}); only checkpoints of one architecture can be averaged"
+            )
         states.append(state)
     averaged.load_state_dict({key: sum(m * state[key] for m, state in zip(mix, states)) for key in states[0]})
     averaged.provenance = {

@@ -26,6 +26,7 @@ so they come over https:// (or from the Hub) and are checked against the registr
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -55,7 +56,7 @@ TIMEOUT_S = 30
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "flowcli (+https://pypi.org/project/flowcli)"
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")  # with fullmatch: "$" let a trailing newline through
 _TRUE = {"1", "true", "yes", "on"}
 _CHECKPOINT_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
 
@@ -86,6 +87,12 @@ def load_registry() -> dict:
         raise WeightsError(f"weights registry {path} not found ({where})") from None
     except json.JSONDecodeError as error:
         raise WeightsError(f"weights registry {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    except (OSError, UnicodeDecodeError) as error:  # a folder, no read permission, not UTF-8 text
+        what = "is not a UTF-8 text file" if isinstance(error, UnicodeDecodeError) else "cannot be read"
+        detail = error.reason if isinstance(error, UnicodeDecodeError) else error.strerror or error
+        raise WeightsError(
+            f"weights registry {path} {what} ({detail}); point FLOWCLI_REGISTRY at a registry JSON file"
+        ) from None
     _check_registry(data, path)
     return data
 
@@ -106,6 +113,10 @@ def _check_registry(data: object, path: Path) -> None:
         for record in files:
             if not isinstance(record, dict) or not record.get("path") or not record.get("source"):
                 raise bad(f"model {name!r} has a file without 'path' and 'source'")
+            text_fields = ("path", "source", "member", "archive_sha256")
+            not_text = next((key for key in text_fields if key in record and not isinstance(record[key], str)), None)
+            if not_text is not None:
+                raise bad(f"model {name!r} has a file whose {not_text!r} is {record[not_text]!r}, not a string")
             if not _is_plain_relative(str(record["path"])):
                 raise bad(
                     f"model {name!r} file {record['path']!r}: 'path' must be a relative path inside the "
@@ -115,14 +126,15 @@ def _check_registry(data: object, path: Path) -> None:
                 raise bad(f"model {name!r} file {record['path']!r} has source {record['source']!r}; "
                           f"expected one of {', '.join(SOURCE_PREFIXES)}")
             sha = record.get("sha256", UNKNOWN_SHA256)
-            if sha != UNKNOWN_SHA256 and not _SHA256_RE.match(str(sha)):
+            if sha != UNKNOWN_SHA256 and not _SHA256_RE.fullmatch(str(sha)):
                 raise bad(f"model {name!r} file {record['path']!r} sha256 must be 64 lowercase hex digits or 'TBD'")
-            if not isinstance(record.get("size", 0), int) or record.get("size", 0) < 0:
+            size = record.get("size", 0)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad(f"model {name!r} file {record['path']!r} size must be a byte count (0 = unknown)")
             if "member" in record:
                 if str(record["source"]).startswith(("bundled:", "hf://")):
                     raise bad(f"model {name!r} file {record['path']!r}: 'member' needs an https:// archive source")
-                if not _SHA256_RE.match(str(record.get("archive_sha256", ""))) or _known_sha256(record) is None:
+                if not _SHA256_RE.fullmatch(str(record.get("archive_sha256", ""))) or _known_sha256(record) is None:
                     raise bad(f"model {name!r} file {record['path']!r}: an archive member needs both "
                               "'archive_sha256' and 'sha256'")
 
@@ -147,6 +159,9 @@ def model_entry(name: str) -> dict:
 
 
 def _unknown_name_message(name: str, models: dict) -> str:
+    close = difflib.get_close_matches(name, list(models), n=1)
+    if close:
+        return f"unknown model {name!r}; did you mean {close[0]!r}? (see `flowcli weights list`)"
     known = ", ".join(models) or "(the registry is empty)"
     return f"unknown model {name!r}; known models: {known} (see `flowcli weights list`), or pass a checkpoint file path"
 
@@ -392,7 +407,11 @@ def _fetch_bundled(name: str | None, record: dict) -> Path:
         )
     problem = _local_problem(path, record)
     if problem is not None:
-        raise _mismatch_error(f"{_label(name, record)} at {path}", problem)
+        what, expected, got = problem
+        raise WeightsError(
+            f"{what} mismatch for {_label(name, record)} at {path}: expected {expected}, got {got} (a bundled file "
+            "changed since installation); reinstall flowcli, or pass a checkpoint file path instead"
+        )
     return path
 
 
@@ -413,10 +432,12 @@ def parse_hf_source(source: str) -> tuple[str, str, str]:
 
 def _hf_cache_dir() -> str | None:
     # huggingface_hub reads HF_HOME/HF_HUB_CACHE once at import; read them now so changes are honoured.
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
+    # Expanded as it expands them: hf_hub_download expands `~` in the folder it writes to, but
+    # try_to_load_from_cache does not, so an unexpanded '~/hf' hid every download from offline use and verify.
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        if os.environ.get(variable):
+            folder = os.path.expandvars(os.path.expanduser(os.environ[variable]))
+            return os.path.join(folder, "hub") if variable == "HF_HOME" else folder
     return None
 
 
@@ -498,10 +519,30 @@ def _hf_download(source: str, label: str, *, force: bool, quiet: bool) -> Path:
     except Exception as error:
         if isinstance(error, OSError) and error.filename:
             raise _cache_error(error, hf=True) from None
+        missing = _hf_missing(error, repo_id, filename, revision, endpoint or "https://huggingface.co")
+        if missing is not None:
+            raise WeightsError(f"cannot download {label}: {missing}") from None
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise WeightsError(f"cannot download {label} ({source}): {type(error).__name__}: {first}") from None
+        where = f" ({source})" if source != label else ""
+        raise WeightsError(f"cannot download {label}{where}: {type(error).__name__}: {first}") from None
     finally:
         http_logger.removeFilter(notice)
+
+
+def _hf_missing(error: Exception, repo_id: str, filename: str, revision: str, endpoint: str) -> str | None:
+    """What the Hub said is not there, and what to check; None for other failures. By class name: these
+    classes moved between huggingface_hub versions (EntryNotFoundError became RemoteEntryNotFoundError)."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if "RepositoryNotFoundError" in names:  # also a gated repository
+        return (
+            f"{endpoint} has no repository {repo_id} that you can read; check its name, or set HF_TOKEN to a token "
+            "with access if it is private or gated"
+        )
+    if "RevisionNotFoundError" in names:
+        return f"{repo_id} has no revision {revision!r}; check the branch, tag or commit after '@'"
+    if names & {"EntryNotFoundError", "RemoteEntryNotFoundError"}:
+        return f"{repo_id} has no file {filename!r} at revision {revision!r}; check the file's path in the repository"
+    return None
 
 
 def _hf_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
@@ -509,7 +550,7 @@ def _hf_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
     with git LFS (every checkpoint is) is cached as a blob named by its sha256."""
     if _known_sha256(record) is None:
         blob = os.path.basename(os.path.realpath(path))
-        if _SHA256_RE.match(blob):
+        if _SHA256_RE.fullmatch(blob):
             record = {**record, "sha256": blob}
     return _local_problem(path, record)
 

@@ -218,3 +218,30 @@ def test_push_checks_the_registry_file_before_uploading(hub, checkpoint, tmp_pat
     assert len(str(result.exception).splitlines()) == 1 and str(reg) in str(result.exception)
     assert not hub.commits and not hub.created  # nothing was uploaded
     assert reg.read_text() == content
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--repo", "me/my flow"], "--repo"),
+        (["--repo", "me/x", "--name", "../x"], "--name"),
+        (["--repo", "me/x", "--path-in-repo", "../x.safetensors"], "--path-in-repo"),
+        (["--repo", "me/x", "--path-in-repo", "/x.safetensors"], "--path-in-repo"),
+    ],
+)
+def test_push_refuses_names_before_uploading(hub, checkpoint, tmp_path, args, option):
+    """A --name or --path-in-repo flowcli's registry refuses was uploaded, then written into the --registry file,
+    which every flowcli command then refused as a whole; an invalid --repo failed only after the checks."""
+    from flowcli.errors import InputError
+
+    reg = tmp_path / "r.json"
+    result = CliRunner().invoke(_app(), ["weights", "push", str(checkpoint), *args, "--registry", str(reg)])
+    assert isinstance(result.exception, InputError), result.output
+    assert str(result.exception).startswith(option) and len(str(result.exception).splitlines()) == 1
+    assert not hub.commits and not hub.created and not reg.exists()
+
+
+def test_push_help_says_what_json_replaces():
+    """--json shared the other weights commands' help, 'instead of a table'; push prints no table."""
+    result = CliRunner().invoke(_app(), ["weights", "push", "--help"], env={"COLUMNS": "200"})
+    assert "instead of the hf:// source" in result.stdout and "table" not in result.stdout

@@ -165,6 +165,17 @@ def test_doctor_says_which_devices_it_checks(monkeypatch, capsys):
     assert_one_line_error(code, err, 2, "doctor checks cpu or cuda devices only")
 
 
+def test_doctor_does_not_report_an_error_size_for_a_check_that_never_ran(monkeypatch, capsys):
+    """An unknown FLOWCLI_CORR stops the self-check before it computes anything; it said 'max error nan'."""
+    from cli_harness import in_process_cli
+
+    monkeypatch.setenv("FLOWCLI_CORR", "bogus")
+    code, out, err = in_process_cli(monkeypatch, capsys, "doctor")("--device", "cpu")
+    assert code == 1 and "FLOWCLI_CORR='bogus' is not a backend" in err
+    [line] = [line for line in out.splitlines() if line.startswith("self-check")]
+    assert "FAILED: FLOWCLI_CORR='bogus'" in line and "nan" not in line
+
+
 def test_synth_quiet_prints_nothing(monkeypatch, capsys, tmp_path):
     """-q is silent on stderr, as in estimate and stereo: no progress bar and no summary line in a log."""
     from cli_harness import in_process_cli

@@ -46,7 +46,8 @@ def server():
 def hub(server, tmp_path, monkeypatch):
     """A clean server plus an isolated environment: temp caches, HF_ENDPOINT at the server, online."""
     server.reset()
-    for var in ("HF_HUB_OFFLINE", "FLOWCLI_OFFLINE", "HF_HUB_CACHE", "FLOWCLI_REGISTRY", "XDG_CACHE_HOME"):
+    hf_cache = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")
+    for var in ("HF_HUB_OFFLINE", "FLOWCLI_OFFLINE", *hf_cache, "FLOWCLI_REGISTRY", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -124,6 +125,38 @@ def test_invalid_registry_is_a_clear_error(tmp_path, monkeypatch):
         registry.load_registry()
 
 
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"path": 5, "source": "https://h/a"}, "'path' is 5, not a string"),
+        ({"path": "a", "source": "https://h/a", "member": ["m"]}, "'member' is ['m'], not a string"),
+        ({"path": "a", "source": "https://h/a", "size": True}, "size must be a byte count"),
+        ({"path": "a", "source": "https://h/a", "sha256": "a" * 64 + "\n"}, "sha256 must be 64 lowercase hex"),
+    ],
+)
+def test_registry_fields_of_the_wrong_type_are_refused_when_it_is_read(tmp_path, monkeypatch, record, expected):
+    """A numeric path passed the check and was a TypeError traceback in verify and download; a sha256 with a
+    trailing newline passed the regex's `$` and made every copy of the file 'corrupt'."""
+    write_registry(tmp_path, monkeypatch, {"x": {"files": [record]}})
+    with pytest.raises(WeightsError, match="is invalid") as error:
+        registry.load_registry()
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("problem", ["folder", "not utf-8"])
+def test_a_registry_that_cannot_be_read_is_one_error_line(weights_cli, tmp_path, monkeypatch, problem):
+    from cli_harness import assert_one_line_error
+
+    path = tmp_path / "registry.json"
+    if problem == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b'\xff\xfe{"models": {}}')
+    monkeypatch.setenv("FLOWCLI_REGISTRY", str(path))
+    code, _, err = weights_cli("list")
+    assert_one_line_error(code, err, 4, f"weights registry {path}", "FLOWCLI_REGISTRY")
+
+
 # --- hf:// -------------------------------------------------------------------------------------
 
 
@@ -193,10 +226,46 @@ def test_hf_offline_with_warm_cache_works(hub, tmp_path, monkeypatch, checkpoint
     assert len(hub.requests) == seen
 
 
+@pytest.mark.parametrize("variable, folder", [("HF_HOME", "~"), ("HF_HUB_CACHE", "$HOME/hub")])
+def test_an_hf_cache_given_with_a_tilde_or_variable_is_where_downloads_are_found(
+    hub, tmp_path, monkeypatch, checkpoint_bytes, variable, folder
+):
+    """hf_hub_download expands `~` in the folder it writes to; the offline look-up and verify used the literal
+    text, so `flowcli weights download` succeeded and every later offline run said the file was not cached."""
+    hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv(variable, folder)
+    monkeypatch.chdir(tmp_path)
+    online = registry.resolve("tiny-hf", quiet=True)
+    assert (tmp_path / "home" / "hub") in online.parents and not (tmp_path / "~").exists()
+    assert registry.verify("tiny-hf") == [("model.safetensors", registry.OK)]
+    assert registry.resolve("tiny-hf", offline=True, quiet=True) == online
+
+
 def test_hf_unknown_file_is_a_weights_error(hub, tmp_path, monkeypatch, checkpoint_bytes):
     hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
     with pytest.raises(WeightsError, match="cannot download"):
         registry.resolve(f"hf://{REPO_ID}/nope.safetensors", quiet=True)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (f"hf://{REPO_ID}/nope.safetensors", f"{REPO_ID} has no file 'nope.safetensors' at revision 'main'"),
+        (f"hf://{REPO_ID}/weights/model.safetensors@v9", f"{REPO_ID} has no revision 'v9'"),
+        ("hf://nobody/nothing/model.safetensors", "has no repository nobody/nothing that you can read"),
+    ],
+)
+def test_hf_says_which_part_of_a_spec_the_hub_does_not_have(
+    hub, tmp_path, monkeypatch, checkpoint_bytes, spec, expected
+):
+    """It was 'cannot download SPEC (SPEC): RemoteEntryNotFoundError: 404 Client Error.', the same for all three."""
+    hf_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)
+    with pytest.raises(WeightsError) as error:
+        registry.resolve(spec, quiet=True)
+    assert str(error.value).startswith(f"cannot download {spec}: ")
+    assert expected in str(error.value) and "Client Error" not in str(error.value)
 
 
 def test_hf_spec_spelled_without_the_revision_is_still_checked_against_the_registry(
@@ -537,6 +606,8 @@ def test_names_and_paths(tmp_path, monkeypatch, checkpoint_bytes):
         registry.model_entry("gamma")
     with pytest.raises(WeightsError, match="known models: alpha, beta"):
         registry.resolve("gamma")
+    with pytest.raises(WeightsError, match=r"unknown model 'alpah'; did you mean 'alpha'\?"):
+        registry.resolve("alpah")
     with pytest.raises(WeightsError, match="no such checkpoint file: missing/model.safetensors"):
         registry.resolve("missing/model.safetensors")
     local = tmp_path / "mine.safetensors"
@@ -625,6 +696,8 @@ def test_cli_download_info_verify(cli, hub, tmp_path, monkeypatch, checkpoint_by
     result = cli("verify", "tiny-url")
     assert isinstance(result.exception, WeightsError) and "corrupt" in str(result.exception)
     assert cli("download").exit_code == 2  # neither a name nor --all
+    result = cli("download", "tiny-urll", "--all")  # the misspelt name was ignored and everything fetched
+    assert result.exit_code == 2 and "--all" in result.output and hub.count("GET") == 1
 
 
 def test_cli_average_of_a_checkpoint_with_itself_is_itself_and_records_its_sources(cli, tmp_path, checkpoint_bytes):
@@ -655,6 +728,30 @@ def test_cli_average_of_a_checkpoint_with_itself_is_itself_and_records_its_sourc
         torch.testing.assert_close(mean[key], 1.5 * value)
     result = cli("average", str(a), "-o", str(tmp_path / "one.safetensors"))
     assert isinstance(result.exception, InputError) and "at least two" in str(result.exception)
+
+
+def test_average_of_two_architectures_names_both_files_and_what_differs(weights_cli, tmp_path, checkpoint_bytes):
+    """With the untied checkpoint second, the message compared the first file with itself."""
+    from cli_harness import assert_one_line_error
+
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    shared = tmp_path / "shared.safetensors"
+    shared.write_bytes(checkpoint_bytes)
+    untied = tmp_path / "untied.safetensors"
+    config = FlowNetConfig(
+        pyramid_channels=(8,) * 6,
+        decoder_channels=(16, 8),
+        context_channels=(8,),
+        context_dilations=(1,),
+        shared_decoder=False,
+    )
+    save_checkpoint(FlowNet(config), untied)
+    code, _, err = weights_cli("average", shared, untied, "-o", tmp_path / "soup.safetensors")
+    expected = ("shared.safetensors has another architecture than", "untied.safetensors", "decoder_channels")
+    assert_one_line_error(code, err, 4, *expected)
+    assert not (tmp_path / "soup.safetensors").exists()
 
 
 @pytest.fixture
@@ -698,6 +795,20 @@ def test_cli_verify_reports_an_absent_bundled_file_as_missing_even_without_a_sha
     code, out, err = weights_cli("verify", "--json")
     assert_one_line_error(code, err, 4, "gone/model.safetensors (missing)", "reinstall flowcli")
     assert json.loads(out)[0]["status"] == registry.MISSING
+
+
+def test_a_corrupt_bundled_file_is_fixed_by_a_reinstall_not_a_download(weights_cli, tmp_path, monkeypatch):
+    """`weights download` cannot replace a bundled file, yet verify named it as the fix (and resolve named none)."""
+    from cli_harness import assert_one_line_error
+
+    bundled = entry("bundled:weights/flowcli-pwc-synth.safetensors", None)
+    bundled["files"][0]["sha256"] = "1" * 64
+    write_registry(tmp_path, monkeypatch, {"edited": bundled})
+    code, _, err = weights_cli("verify", "edited")
+    assert_one_line_error(code, err, 4, "edited/model.safetensors (corrupt)", "reinstall flowcli")
+    assert "weights download" not in err
+    with pytest.raises(WeightsError, match="sha256 mismatch for edited .*a bundled file changed.*reinstall flowcli"):
+        registry.resolve("edited")
 
 
 def test_an_unreachable_hub_is_one_warning_then_one_error(monkeypatch, capsys, tmp_path):
@@ -758,6 +869,23 @@ def test_cli_info_of_a_checkpoint_without_flowcli_metadata_or_of_a_newer_format(
     save_file(tensors, str(tmp_path / "newer.safetensors"), metadata=meta)
     code, _, err = weights_cli("info", tmp_path / "newer.safetensors")
     assert_one_line_error(code, err, 4, "format '2'", "upgrade flowcli")
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_torch_save_file_is_named_as_a_pickle_and_never_unpickled(weights_cli, tmp_path, monkeypatch, zip_format):
+    """It was 'not a readable safetensors checkpoint (... header too large)', which says nothing of the cause."""
+    import pickle
+
+    import torch
+    from cli_harness import assert_one_line_error
+
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2)}, path, _use_new_zipfile_serialization=zip_format)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
+    code, out, err = weights_cli("info", path)
+    assert_one_line_error(code, err, 4, "model.pt is a PyTorch pickle (torch.save) file", "never unpickles")
+    assert out == ""
 
 
 # --- push (HfApi replaced by a recorder: what is uploaded, and what the registry entry says) ---------

@@ -238,8 +238,11 @@ def doctor(
         if info["TRITON_INTERPRET"]:
             rows.append(("TRITON_INTERPRET", info["TRITON_INTERPRET"]))
         for label, result in checks:
-            worst = max(result.max_error.values(), default=float("nan"))
             status = "passed" if result.ok else "FAILED"
+            if not result.max_error:  # stopped before computing anything (an unknown or unusable backend)
+                rows.append((label, f"{status}: {result.message}"))
+                continue
+            worst = max(result.max_error.values())
             rows.append(
                 (label, f"{status} in {result.seconds:.2f} s, max error {worst:.1e} vs float64 ({result.message})")
             )

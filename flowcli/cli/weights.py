@@ -295,6 +295,10 @@ def download_command(
     all_models: Annotated[bool, typer.Option("--all", help="Fetch every model in the registry.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
+    if all_models and names:
+        raise typer.BadParameter(
+            f"--all fetches every model; drop it to fetch only {' '.join(names)}", param_hint="NAME"
+        )
     if all_models:
         names = registry.list_models()
     elif not names:
@@ -313,8 +317,9 @@ def download_command(
     help=(
         "Check local copies against the registry's sha256 and size, without downloading anything.\n\n"
         "Status per file: ok; unverified (no sha256 recorded yet); not downloaded; missing (a bundled file "
-        "absent from this installation); corrupt (wrong size or sha256; it is re-fetched on next use or by "
-        "`flowcli weights download NAME`). Exits with code 4 when a file is missing or corrupt.\n\n"
+        "absent from this installation); corrupt (wrong size or sha256; a download is re-fetched on next use or by "
+        "`flowcli weights download NAME`, a bundled file needs a reinstall of flowcli). Exits with code 4 when a "
+        "file is missing or corrupt.\n\n"
         "--json prints one JSON document: a list of {name, file, status}.\n\n"
         "Example: flowcli weights verify flowcli-pwc-synth"
     ),
@@ -334,12 +339,22 @@ def verify_command(
         for model, file, status in rows:
             table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
         _stdout().print(table)
-    failed = [f"{model}/{file} ({status})" for model, file, status in rows if status in _FAILED]
+    failed = [(model, file, status) for model, file, status in rows if status in _FAILED]
     if failed:
-        fix = "`flowcli weights download NAME` fetches corrupt ones again"
-        if any(status == registry.MISSING for _, _, status in rows):
-            fix = "reinstall flowcli for missing bundled files; " + fix
-        raise WeightsError(f"{len(failed)} file(s) failed verification: {', '.join(failed)}; {fix}")
+        # a bundled file is not downloaded, so `weights download` cannot replace it
+        bundled = {
+            (model, record["path"])
+            for model in names
+            for record in registry.model_entry(model)["files"]
+            if record["source"].startswith("bundled:")
+        }
+        fixes = []
+        if any((model, file) in bundled for model, file, _ in failed):
+            fixes.append("reinstall flowcli for missing or corrupt bundled files")
+        if any((model, file) not in bundled for model, file, _ in failed):
+            fixes.append("`flowcli weights download NAME` fetches corrupt ones again")
+        listed = ", ".join(f"{model}/{file} ({status})" for model, file, status in failed)
+        raise WeightsError(f"{len(failed)} file(s) failed verification: {listed}; {'; '.join(fixes)}")
 
 
 def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str, sha256: str, size: int) -> dict:
@@ -486,7 +501,10 @@ def push_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an entry of the same --name in the --registry file.")
     ] = False,
-    json_output: JsonOption = False,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON document on stdout instead of the hf:// source (for scripts)."),
+    ] = False,
 ) -> None:
     import hashlib
     import os
@@ -500,8 +518,23 @@ def push_command(
     parts = repo.split("/")
     if len(parts) != 2 or not all(parts):
         raise InputError(f"--repo {repo!r} is not OWNER/NAME; give the Hub repository as e.g. me/my-flow")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as error:
+        raise InputError(
+            f"--repo {repo!r} is not a valid Hub repository name ({str(error).rstrip('.')}); give one like me/my-flow"
+        ) from None
     path_in_repo = path_in_repo or file.name
     name = name or parts[1]
+    # the registry entry must be one flowcli reads back: a bad one would make the whole --registry file unusable
+    if not registry._is_plain_relative(path_in_repo):
+        raise InputError(
+            f"--path-in-repo {path_in_repo!r} must be a relative path inside the repository (no '..', not absolute)"
+        )
+    if not registry._is_plain_relative(name):
+        raise InputError(f"--name {name!r} must not be empty, absolute or contain '..'; give a name like my-flow")
     # read and check the registry before uploading, so a bad one stops the push instead of failing after it
     registry_data = _read_registry_for_push(registry_file) if registry_file is not None else None
     if registry_data is not None and name in registry_data["models"] and not overwrite:
