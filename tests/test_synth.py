@@ -161,6 +161,23 @@ def test_scene_structure_shares_must_be_between_0_and_1():
         SynthConfig(thin_prob=1.5)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [
+        dict(max_disparity=-5.0),
+        dict(noise_std=-1.0),
+        dict(real_texture_prob=2.0),
+        dict(edge_softness=(0.0, 1.0)),
+        dict(edge_softness=(-1.0, -0.5)),
+    ],
+)
+def test_settings_that_would_render_wrong_scenes_are_refused(setting):
+    """A negative max_disparity rendered stereo scenes whose right image moved the wrong way, a negative
+    edge softness shapes turned inside out, without a word."""
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        SynthConfig(**setting)
+
+
 def test_synth_output_is_an_eval_dataset_with_its_occlusion(monkeypatch, capsys, tmp_path):
     """`flowcli synth` promises FlyingChairs naming readable by `flowcli eval --dataset chairs`: the PNG
     frames, the flow and the occlusion mask come back as written."""
@@ -200,6 +217,9 @@ def test_synth_output_of_the_wrong_kind_is_a_one_line_error(monkeypatch, capsys,
     code, _, err = run(tmp_path / "afile", "-n", "1", "--size", "32x32")
     assert_one_line_error(code, err, 3, "afile is a file, not a folder")
     assert (tmp_path / "afile").read_text() == "keep"
+    code, _, err = run(tmp_path / "clip.mp4", "-n", "1", "--size", "32x32")  # --clip forgotten
+    assert_one_line_error(code, err, 3, "clip.mp4 is named like a video", "--clip")
+    assert not (tmp_path / "clip.mp4").exists()
     (tmp_path / "dir.mp4").mkdir()
     for extra in ([], ["--overwrite"]):
         code, _, err = run(tmp_path / "dir.mp4", "--clip", "--size", "32x32", *extra)
@@ -383,3 +403,21 @@ def test_synth_triplets_come_with_the_flow_from_frame_2_to_3(monkeypatch, capsys
         unwarped.append((s.images[2] - s.image2).abs().mean(0)[keep].mean())
     assert torch.stack(errors).mean() < 0.02
     assert torch.stack(errors).mean() < 0.25 * torch.stack(unwarped).mean()
+
+
+def test_synth_at_a_size_too_large_for_memory_is_a_one_line_error_that_writes_nothing(monkeypatch, capsys, tmp_path):
+    """--size 100000x100000 ended with torch's allocator traceback, after the dataset folder and its synth.json
+    were made (which a rerun at a smaller size then refused without --overwrite)."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.synth import generator
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(generator, "generate_sample", out_of_memory)
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for args in ([tmp_path / "data", "-n", "2"], [tmp_path / "c.mp4", "--clip"]):
+        code, _, err = run(*args, "--size", "100000x100000", "-q")
+        assert_one_line_error(code, err, 2, "memory", "--size 100000x100000", "smaller")
+    assert list(tmp_path.iterdir()) == []

@@ -244,6 +244,7 @@ def tiny_recipe(tmp_path):
         ('{"synth": {"min_layers": 5, "max_layers": 2}}', ['"synth"', "min_layers", "max_layers"]),
         ('{"synth": {"max_layers": 0}}', ['"synth"', "min_layers", "max_layers"]),
         ('{"synth": {"num_frames": 1}}', ['"synth"', "num_frames", "at least 2"]),
+        ('{"synth": {"max_disparity": -5}}', ['"synth"', "max_disparity", ">= 0"]),  # stereo scenes moved wrong
         ('{"pct_start": 1}', ['"pct_start"', "below 1"]),  # failed at the last step, and again on each resume
     ],
 )
@@ -269,6 +270,7 @@ def test_a_bad_config_file_is_a_one_line_error_naming_the_file_and_the_key(
         (["--steps", "0"], ["--steps", "positive"]),
         (["--stop-after", "0"], ["--stop-after", "positive"]),
         (["--stop-after", "-2"], ["--stop-after", "positive"]),
+        (["--seed", str(10**16)], ["--seed", "10^12"]),  # overflowed torch's 64-bit seed: a traceback
         (["-c", "missing.json"], ["missing.json", "does not exist"]),
     ],
 )
@@ -318,6 +320,19 @@ def test_model_overrides_that_resize_the_init_weights_are_a_one_line_input_error
     assert not (tmp_path / "run").exists()
 
 
+def test_a_crop_that_the_models_pyramid_does_not_divide_is_a_one_line_input_error(monkeypatch, capsys, tmp_path):
+    """A model of 7 pyramid levels needs multiples of 128: --size 64x64 passed every check, made the run folder
+    and failed at the first step with the model's traceback."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(
+        json.dumps({"model": {**TINY_MODEL, "pyramid_channels": [8, 12, 16, 16, 16, 16, 16]}, "workers": 0})
+    )
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", recipe, "-o", tmp_path / "run", *QUICK_FLAGS)
+    assert_one_line_error(code, err, 2, "64x64", "multiple of 128", "--size", "e.g. 128x128")
+    assert not (tmp_path / "run").exists()
+
+
 def test_textures_loaded_up_front_reach_the_data_worker(tmp_path):
     from flowcli.io.flow_formats import write_png
 
@@ -358,6 +373,30 @@ def test_weights_without_a_state_are_not_replaced_without_overwrite(monkeypatch,
     code, _, err = run("-c", recipe, "-o", out, "-q", "--lr", "0.0005", "--overwrite")
     assert code == 0 and "replacing" in err
     assert load_checkpoint(out / "last.safetensors").provenance["steps"] == 2
+
+
+def test_a_config_or_eval_json_train_did_not_write_is_not_replaced_without_overwrite(monkeypatch, capsys, tmp_path):
+    """--out into a folder with another tool's config.json (or eval.json) replaced it without a word; and a run
+    started afresh with --overwrite kept the replaced run's eval.json, whose scores were not of its weights."""
+    recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
+    out.mkdir()
+    run = in_process_cli(monkeypatch, capsys, "train")
+    for name in ("config.json", "eval.json"):
+        (out / name).write_text('{"theirs": 1}')
+        code, _, err = run("-c", recipe, "-o", out, "-q")
+        assert_one_line_error(code, err, 3, str(out / name), "--overwrite")
+        assert (out / name).read_text() == '{"theirs": 1}'
+        (out / name).unlink()
+    (out / "config.json").write_text(json.dumps({"steps": 2, "lr": 1.0}))  # a run that stopped before saving
+    (out / "eval.json").write_text(json.dumps([{"step": 1, "chairs epe": 1.0}]))
+    assert run("-c", recipe, "-o", out, "-q")[0] == 0
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-3
+    assert not (out / "eval.json").exists()
+
+    train(tiny_config(out, 2, eval_every=1), evaluate=lambda model: {"x epe": 1.0}, quiet=True, overwrite=True)
+    assert len(json.loads((out / "eval.json").read_text())) == 2
+    assert run("-c", recipe, "-o", out, "-q", "--lr", "0.0005", "--overwrite")[0] == 0
+    assert not (out / "eval.json").exists()
 
 
 def test_training_in_process_leaves_the_callers_thread_count(tmp_path):
@@ -450,6 +489,35 @@ def test_a_diverged_run_stops_before_it_saves_nan_weights(tmp_path):
     saved = torch.load(tmp_path / "state.pt", weights_only=True)["step"]
     assert 1 <= saved < 20
     assert load_checkpoint(tmp_path / "last.safetensors").provenance["steps"] == saved  # finite: it loads
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+    ],
+)
+def test_running_out_of_memory_is_a_one_line_error_that_says_what_to_lower(monkeypatch, tmp_path, error):
+    """A batch too large for the GPU (or --size too large for the CPU's memory) ended the run with torch's
+    traceback."""
+    calls = []
+    forward = FlowNet.forward
+
+    def runs_out_at_step_3(self, image1, image2):
+        calls.append(1)
+        if len(calls) == 3:
+            raise error
+        return forward(self, image1, image2)
+
+    monkeypatch.setattr(FlowNet, "forward", runs_out_at_step_3)
+    expected = r"out of memory at step 3 \(batch size 2, crops of 64x64.*lower --batch-size or --size.*state of step 2"
+    with pytest.raises(FlowcliError, match=expected):
+        train(tiny_config(tmp_path, 4, checkpoint_every=2), quiet=True)
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(FlowNet, "forward", lambda *args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error is not called a lack of memory
+        train(tiny_config(tmp_path / "other", 4), quiet=True)
 
 
 @pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", "foreign"])

@@ -118,8 +118,18 @@ def synth(
     def to_uint8(img: torch.Tensor):
         return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
 
+    def render(scene_seed: int):
+        try:
+            return generate_sample(cfg, torch.Generator().manual_seed(scene_seed), bank)
+        except RuntimeError as error:  # (torch's out-of-memory errors are RuntimeErrors)
+            if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+                raise
+            raise InputError(
+                f"not enough memory to render scenes of --size {height}x{width}; choose a smaller --size"
+            ) from None
+
     if clip:
-        sample = generate_sample(cfg, torch.Generator().manual_seed(seed), bank)
+        sample = render(seed)
         with VideoWriter(output, fps=fps, overwrite=overwrite) as writer:
             for image in sample.images:
                 writer.write(to_uint8(image))
@@ -130,6 +140,7 @@ def synth(
             stderr.print(f"wrote {output} ({frames} frames, {size_written}{padded}, {fps:g} fps)")
         return
 
+    first = render(seed * 1_000_003)  # before anything is written: a --size too large for memory fails here
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -151,7 +162,7 @@ def synth(
     with progress(quiet) as bar:
         task = bar.add_task("rendering", total=count, info="")
         for i in range(count):
-            sample = generate_sample(cfg, torch.Generator().manual_seed(seed * 1_000_003 + i), bank)
+            sample = first if i == 0 else render(seed * 1_000_003 + i)
             stem = output / f"{i:05d}"
             for k, image in enumerate(sample.images, start=1):
                 write_png(f"{stem}_img{k}.png", to_uint8(image), overwrite=overwrite)
@@ -179,6 +190,7 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     earlier synth run in the folder (it holds synth.json) that this run does not write."""
     from flowcli.errors import OutputError
     from flowcli.io.atomic import check_target, check_writable
+    from flowcli.io.media import is_video
 
     if clip:
         check_writable(output, overwrite)  # refuses a folder even with --overwrite
@@ -186,6 +198,11 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     if output.exists() and not output.is_dir():
         raise OutputError(
             f"{output} is a file, not a folder; give a folder for the dataset (or a .mp4 path with --clip)"
+        )
+    if is_video(output) and not output.is_dir():  # a forgotten --clip: 100 scenes in a folder named like a video
+        raise OutputError(
+            f"{output} is named like a video; add --clip to write one scene as a video, or give a folder for the "
+            "dataset"
         )
     if not output.is_dir():
         return []

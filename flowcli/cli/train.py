@@ -19,7 +19,9 @@ def train(
     batch_size: int = typer.Option(None, help="Pairs per step."),
     lr: float = typer.Option(None, help="Peak learning rate of the one-cycle schedule (AdamW)."),
     size: str = typer.Option(None, help="Training crop HEIGHTxWIDTH, e.g. 256x320 (multiples of 64)."),
-    seed: int = typer.Option(None, help="Seed for the model init and the data stream (runs are deterministic)."),
+    seed: int = typer.Option(
+        None, help="Seed for the model init and the data stream (runs are deterministic), between -10^12 and 10^12."
+    ),
     textures: list[str] = typer.Option(None, "--textures", help="Folder or video of real images to texture scenes."),
     stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
     init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),

@@ -65,9 +65,26 @@ class SynthConfig:
             raise ValueError(f"num_frames must be at least 2, got {self.num_frames}")
         if not 0.0 < self.min_exposure <= 1.0:
             raise ValueError(f"min_exposure must be in (0, 1], got {self.min_exposure}")
-        for name in ("motion_blur_prob", "defocus_prob", "haze_prob", "perspective_prob", "thin_prob", "dark_prob"):
+        for name in (
+            "real_texture_prob",
+            "motion_blur_prob",
+            "defocus_prob",
+            "haze_prob",
+            "perspective_prob",
+            "thin_prob",
+            "dark_prob",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a share between 0 and 1, got {getattr(self, name)}")
+        # stereo flow is -disparity: a negative one made right images move the wrong way, without a word
+        if not self.max_disparity >= 0:
+            raise ValueError(f"max_disparity must be a number of pixels >= 0, got {self.max_disparity}")
+        if not self.noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not min(self.edge_softness) > 0:  # 0 divides by zero at a shape's edge; below 0 turns shapes inside out
+            raise ValueError(
+                f"edge_softness must be two widths in pixels above 0 (e.g. [0.3, 1.2]), got {list(self.edge_softness)}"
+            )
 
 
 @dataclass

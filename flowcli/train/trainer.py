@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -122,6 +122,8 @@ def _share(value) -> bool:
 
 
 _MULTIPLE_OF_64 = (lambda value: value > 0 and value % 64 == 0, "a positive multiple of 64 (e.g. 256)")
+# Sample i of the data stream is drawn from torch seed seed * 1_000_003 + i, which must fit in 64 bits.
+MAX_SEED = 10**12
 # Each TrainConfig field with a range: (test of a well-typed value, what is expected).
 _RULES = {
     "out_dir": (bool, "a folder path"),
@@ -133,6 +135,7 @@ _RULES = {
     "pct_start": (lambda value: 0 <= value < 1, "a share of the steps, at least 0 and below 1 (e.g. 0.05)"),
     "height": _MULTIPLE_OF_64,
     "width": _MULTIPLE_OF_64,
+    "seed": (lambda value: abs(value) <= MAX_SEED, "an integer between -10^12 and 10^12"),
     "checkpoint_every": (_positive, "a positive integer (steps)"),
     "eval_every": (_non_negative, "an integer >= 0 (0: at each checkpoint with eval_datasets, else never)"),
     "eval_datasets": (None, "a list of NAME:ROOT strings"),  # each spec: _specs_problem
@@ -420,7 +423,7 @@ def _load_textures(cfg: TrainConfig) -> TextureBank | None:
 
 def _check_run_folder(out: Path, overwrite: bool) -> None:
     """OutputError if `out` is a file, or holds weights without a state to resume (a finished or
-    foreign run) and `overwrite` is off."""
+    foreign run), or a config.json or eval.json that flowcli train did not write, and `overwrite` is off."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file, not a run folder; choose another --out")
     if overwrite or (out / "state.pt").exists():
@@ -431,6 +434,34 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
                 f"{out / name} already exists and {out} has no state.pt to resume; "
                 "pass --overwrite to replace it or choose another --out"
             )
+    # A run stopped by an error before its first checkpoint leaves these two without a state.pt: they are
+    # replaced; files of the same names of anything else are not.
+    for name, is_ours in (("config.json", _is_train_config), ("eval.json", _is_evaluations)):
+        path = out / name
+        if os.path.lexists(path) and not is_ours(path):
+            raise OutputError(
+                f"{path} already exists and is not a flowcli train file; pass --overwrite to replace it or "
+                "choose another --out"
+            )
+
+
+def _json_of(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _is_train_config(path: Path) -> bool:
+    """Whether `path` holds a training config: a JSON object of TrainConfig settings (as train writes it)."""
+    data = _json_of(path)
+    return isinstance(data, dict) and set(data) <= {f.name for f in fields(TrainConfig)}
+
+
+def _is_evaluations(path: Path) -> bool:
+    """Whether `path` holds a run's evaluations, as `_write_evaluations` writes them."""
+    data = _json_of(path)
+    return isinstance(data, list) and all(isinstance(record, dict) and "step" in record for record in data)
 
 
 _STATE_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "step", "history")
@@ -588,6 +619,13 @@ def train(
     autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
     torch.manual_seed(cfg.seed)
     model, init_sha256 = build_model(cfg)
+    multiple = model.config.size_multiple
+    if cfg.height % multiple or cfg.width % multiple:  # (the model's forward refuses such a crop at the first step)
+        raise InputError(
+            f"the training crop {cfg.height}x{cfg.width} (--size, or height and width in a config) must be a "
+            f"multiple of {multiple} for this model's {model.config.num_levels} pyramid levels, e.g. "
+            f"{-(-cfg.height // multiple) * multiple}x{-(-cfg.width // multiple) * multiple}"
+        )
     model = model.to(device)
     params = trainable_parameters(model, cfg.train_only)
     try:
@@ -619,8 +657,10 @@ def train(
         torch.set_rng_state(state["rng"].cpu())
         step, history = state["step"], json.loads(state["history"])
         stderr.print(f"resuming {out} at step {step}/{cfg.steps}")
-    elif ema is None:
-        (out / "ema.safetensors").unlink(missing_ok=True)  # an earlier run's average is not this run's
+    else:  # an earlier run's evaluations and average are not this run's
+        for stale in [out / "eval.json"] + ([out / "ema.safetensors"] if ema is None else []):
+            if stale.is_symlink() or not stale.is_dir():  # (a folder of that name is refused where it is written)
+                stale.unlink(missing_ok=True)
     with atomic_path(out / "config.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(asdict(cfg), indent=2))
 
@@ -691,6 +731,18 @@ def train(
                     with _interrupt_deferred():
                         save_state()
                         saved = step
+    except RuntimeError as error:  # (torch's out-of-memory errors are RuntimeErrors, a data worker's too)
+        if not _out_of_memory(error):
+            raise
+        then = (
+            f"start afresh with --overwrite ({out} keeps the state of step {saved})"
+            if saved >= 0
+            else "run again (nothing was saved)"
+        )
+        raise FlowcliError(
+            f"out of memory at step {step + 1} (batch size {cfg.batch_size}, crops of {cfg.height}x{cfg.width}, "
+            f"on {device}); lower --batch-size or --size and {then}"
+        ) from None
     except KeyboardInterrupt:
         if saved != step:
             try:
@@ -709,6 +761,12 @@ def train(
         "ema_checkpoint": str(out / "ema.safetensors") if ema is not None else None,
         "history": history,
     }
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is torch running out of GPU or CPU memory (on the CPU, a RuntimeError that says so)."""
+    text = str(error)
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _check_finite(value: torch.Tensor, what: str, step: int, saved: int, out: Path) -> None:
