@@ -258,10 +258,20 @@ def _cache_error(error: OSError, *, hf: bool) -> WeightsError:
     )
 
 
-def _mismatch_error(label: str, problem: tuple[str, str, str]) -> WeightsError:
+def _mismatch_error(label: str, problem: tuple[str, str, str], *, registered: bool = True) -> WeightsError:
+    """A fresh download that failed its check (and was deleted), with what to do next: `registered` when the
+    expected value is the registry's, else it is the Hub's own checksum of a file outside the registry."""
     what, expected, got = problem
+    if registered:
+        persists = (
+            f"the file at the source no longer matches the {what} in {registry_path()}: report it to whoever "
+            "maintains that registry entry"
+        )
+    else:
+        persists = "the Hub serves a file that does not match its own checksum; report it to the repository's owner"
     return WeightsError(
-        f"{what} mismatch for {label}: expected {expected}, got {got} (the source changed or is corrupt)"
+        f"{what} mismatch for {label}: expected {expected}, got {got}; the download was deleted. Run the command "
+        f"again (the transfer may have been damaged); if it fails the same way, {persists}"
     )
 
 
@@ -580,7 +590,7 @@ def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> 
     problem = _hf_problem(path, record)
     if problem is not None:
         _forget_hf_file(path)
-        raise _mismatch_error(label, problem)
+        raise _mismatch_error(label, problem, registered=_known_sha256(record) is not None)
     return path
 
 

@@ -76,7 +76,20 @@ def test_doctor_refuses_a_cuda_device_this_machine_does_not_have(monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(doctor, "environment", lambda: pytest.fail("checked a device that does not exist"))
     code, _, err = in_process_cli(monkeypatch, capsys, "doctor")("--device", "cuda:1")
-    assert_one_line_error(code, err, 2, "--device cuda:1: no such CUDA device here; use one of cuda:0")
+    assert_one_line_error(code, err, 2, "device cuda:1: there is no such GPU; use cuda:0")
+
+
+@pytest.mark.parametrize("device", ["cpu:1", "cuda:x", "meta", "cpu:"])
+def test_doctor_refuses_a_device_no_other_command_takes(monkeypatch, capsys, device):
+    """torch.device took cpu:1 (and meta was refused with another message), where --device of every other
+    command refuses it."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.cli import doctor
+
+    monkeypatch.setattr(doctor, "environment", lambda: pytest.fail(f"checked --device {device}"))
+    code, _, err = in_process_cli(monkeypatch, capsys, "doctor")("--device", device)
+    assert_one_line_error(code, err, 2, f"unknown device {device!r}", "use auto, cpu, cuda, cuda:N")
 
 
 def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):

@@ -14,7 +14,7 @@ import torch
 import flowcli
 from flowcli.checkpoint import save_checkpoint
 from flowcli.errors import InputError
-from flowcli.export import MAX_OPSET, FlowGraph, check_pair, export_onnx, onnx_session, run_onnx
+from flowcli.export import MAX_OPSET, ExportReport, FlowGraph, check_pair, export_onnx, onnx_session, run_onnx
 from flowcli.inference import estimate_flow
 from flowcli.models import FlowNet, FlowNetConfig
 from tests.cli_harness import assert_one_line_error, in_process_cli
@@ -190,3 +190,37 @@ def test_the_default_name_of_an_hf_file_drops_its_revision(monkeypatch, capsys, 
     code, out, err = run("-w", "hf://owner/repo/flow.safetensors@v1.2", "--no-check", "--json", "-q")
     assert code == 0, err
     assert json.loads(out)["path"] == "flow.onnx" and (tmp_path / "flow.onnx").is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_is_refused_before_the_weights_load(monkeypatch, capsys, tmp_path):
+    """/proc passed the up-front check (os.access says yes to root), so the model loaded before the write failed."""
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", _weights_must_not_load)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    code, _, err = run("-o", "/proc/x.onnx")
+    assert_one_line_error(code, err, 3, "/proc", "choose another with -o")
+    (tmp_path / "file").write_bytes(b"")
+    code, _, err = run("-o", tmp_path / "file" / "x.onnx")
+    assert_one_line_error(code, err, 3, "is a file")
+
+
+def test_the_default_name_of_a_registry_name_with_a_slash_is_in_the_current_folder(
+    monkeypatch, capsys, tmp_path, tiny_model, tiny_checkpoint
+):
+    registry_file = tmp_path / "registry.json"
+    record = {"path": "flow.safetensors", "source": "https://example.com/flow.safetensors"}
+    registry_file.write_text(json.dumps({"models": {"team/flow": {"task": "flow", "files": [record]}}}))
+    monkeypatch.setenv("FLOWCLI_REGISTRY", str(registry_file))
+    loaded = (tiny_model, tiny_checkpoint, "0")
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", lambda *args, **kwargs: loaded)
+
+    def export_stub(model, path, **kwargs):  # the name is what is tested, not the (seconds-long) export
+        Path(path).write_bytes(b"onnx")
+        return ExportReport(Path(path), ["image1", "image2"], ["flow"], 17, 0.0)
+
+    monkeypatch.setattr(flowcli.export, "export_onnx", export_stub)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("-w", "team/flow", "--no-check", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["path"] == "team-flow.onnx" and (tmp_path / "team-flow.onnx").is_file()

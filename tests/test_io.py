@@ -1014,6 +1014,40 @@ def test_a_dangling_symlink_at_an_output_path_is_not_replaced_without_overwrite(
     assert not link.is_symlink() and read_png(link).shape == (2, 3, 3)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_check_creatable_refuses_a_folder_that_takes_no_files_even_for_root():
+    """os.access calls /proc writable for root: `flowcli export -o /proc/x.onnx` loaded the model, then failed."""
+    from flowcli.io.atomic import check_creatable
+
+    with pytest.raises(OutputError) as excinfo:
+        check_creatable("/proc/x.onnx")
+    assert_one_line_error(excinfo, "cannot write in output folder /proc", "choose another")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes in a 0555 folder")
+def test_check_creatable_refuses_a_read_only_folder(tmp_path):
+    from flowcli.io.atomic import check_creatable
+
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    try:
+        with pytest.raises(OutputError, match="not writable"):
+            check_creatable(folder / "sub" / "x.onnx")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_check_creatable_leaves_nothing_and_tries_a_folder_once(tmp_path, monkeypatch):
+    from flowcli.io import atomic
+
+    made = []
+    mkstemp = atomic.tempfile.mkstemp
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", lambda **kwargs: made.append(kwargs) or mkstemp(**kwargs))
+    for name in ("a.png", "b.png", "new/c.png"):  # new/ does not exist: its parent is the folder tried
+        atomic.check_creatable(tmp_path / name)
+    assert [kwargs["dir"] for kwargs in made] == [tmp_path] and list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- a video on stdin
 
 

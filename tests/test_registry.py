@@ -292,8 +292,9 @@ def test_hf_spec_outside_the_registry_is_checked_against_the_hubs_sha256(hub, tm
         registry.resolve(spec, quiet=True)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     hub.add_repo_file(REPO_ID, "bad.safetensors", checkpoint_bytes).corrupt = True
-    with pytest.raises(WeightsError, match=r"sha256 mismatch for hf://.*/bad.safetensors"):
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for hf://.*/bad.safetensors") as excinfo:
         registry.resolve(f"hf://{REPO_ID}/bad.safetensors", quiet=True)
+    assert "does not match its own checksum; report it to the repository's owner" in str(excinfo.value)
     assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts]
 
 
@@ -316,10 +317,13 @@ def test_url_spec_outside_the_registry(hub, tmp_path, monkeypatch, checkpoint_by
     assert path.name == "loose.safetensors" and path.read_bytes() == checkpoint_bytes
 
 
-def test_url_corrupt_source_leaves_nothing_behind(hub, tmp_path, monkeypatch, checkpoint_bytes):
+def test_url_corrupt_source_leaves_nothing_behind_and_says_what_to_do(hub, tmp_path, monkeypatch, checkpoint_bytes):
     url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes).corrupt = True
-    with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-url.*\(the source changed or is corrupt\)"):
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-url") as excinfo:
         registry.resolve("tiny-url", quiet=True)
+    message = str(excinfo.value)
+    assert "the download was deleted. Run the command again" in message and "\n" not in message
+    assert f"no longer matches the sha256 in {tmp_path / 'registry.json'}: report it" in message
     cache = tmp_path / "flowcli-cache"
     assert not (cache / "models" / "tiny-url" / "model.safetensors").exists() and leftovers(cache) == []
 
@@ -698,6 +702,44 @@ def test_cli_download_info_verify(cli, hub, tmp_path, monkeypatch, checkpoint_by
     assert cli("download").exit_code == 2  # neither a name nor --all
     result = cli("download", "tiny-urll", "--all")  # the misspelt name was ignored and everything fetched
     assert result.exit_code == 2 and "--all" in result.output and hub.count("GET") == 1
+
+
+def test_cli_download_of_several_models_fetches_every_one_it_can_and_names_each_failure(
+    weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """--all stopped at the first model that failed: the ones after it were never fetched."""
+    hub.add_plain_file("bad.safetensors", checkpoint_bytes).corrupt = True
+    hub.add_plain_file("good.safetensors", checkpoint_bytes)
+    models = {
+        "bad": entry(hub.plain_url("bad.safetensors"), checkpoint_bytes),
+        "gone": entry(hub.plain_url("gone.safetensors"), checkpoint_bytes),
+        "good": entry(hub.plain_url("good.safetensors"), checkpoint_bytes),
+    }
+    write_registry(tmp_path, monkeypatch, models)
+    for args in (["--all"], ["bad", "gone", "good"]):
+        code, out, err = weights_cli("download", "-q", *args)
+        assert code == 4, err
+        name, path = out.strip().split("\t")
+        assert name == "good" and Path(path).read_bytes() == checkpoint_bytes
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), err
+        assert "sha256 mismatch for bad" in lines[0] and "gone" in lines[1] and "HTTP 404" in lines[1]
+        assert "2 of 3 models could not be fetched: bad, gone" in lines[2]
+        assert "flowcli weights download bad gone" in lines[2]
+    code, _, err = weights_cli("download", "-q", "gone")  # one model: its error alone
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "HTTP 404" in err
+
+
+def test_cli_average_refuses_an_output_that_is_not_safetensors(weights_cli, tmp_path, checkpoint_bytes):
+    """-o soup.pt got a safetensors file under a name that says torch.save pickle."""
+    from cli_harness import assert_one_line_error
+
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(checkpoint_bytes)
+    for name in ("soup.pt", "soup", ".safetensors"):
+        code, _, err = weights_cli("average", a, a, "-o", tmp_path / name)
+        assert_one_line_error(code, err, 2, f"{tmp_path / name} must be a .safetensors file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
 
 
 def test_cli_average_of_a_checkpoint_with_itself_is_itself_and_records_its_sources(cli, tmp_path, checkpoint_bytes):

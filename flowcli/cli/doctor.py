@@ -188,7 +188,7 @@ def doctor(
     self_check (ok, backend, device, seconds, max_error, message); interpreter_check as well when the Triton
     interpreter is checked on the CPU.
 
-    Exit codes: 0 ok, 1 a self-check failed, 2 a --device this machine does not have.
+    Exit codes: 0 ok, 1 a self-check failed, 2 a --device that is unknown or that this machine does not have.
 
     Examples:
 
@@ -198,19 +198,13 @@ def doctor(
     """
     import torch
 
+    from flowcli.inference import resolve_device
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as error:
-        raise InputError(f"--device {device!r} is not a device ({error}); use auto, cpu, cuda or cuda:N") from error
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        present = ", ".join(f"cuda:{index}" for index in range(torch.cuda.device_count()))
-        raise InputError(f"--device {device}: no such CUDA device here; use one of {present}")
-    if dev.type not in ("cpu", "cuda"):
+    if device.partition(":")[0] == "mps":
         raise InputError(f"--device {device!r}: doctor checks cpu or cuda devices only; use --device cpu or cuda")
+    dev = resolve_device(device)  # what every other --device takes: torch.device alone took cpu:1
     info = environment()
     check = self_check(device)
     checks = [("self-check", check)]

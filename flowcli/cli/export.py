@@ -36,8 +36,8 @@ def export_command(
     output: Annotated[
         Optional[Path],
         typer.Option("-o", "--output", help="The .onnx file to write; default: NAME.onnx in the current folder, "
-                     "NAME being the registry name or the checkpoint's file name.", rich_help_panel=OUTPUT_PANEL,
-                     show_default=False),
+                     "NAME being the registry name (a / in it as -) or the checkpoint's file name.",
+                     rich_help_panel=OUTPUT_PANEL, show_default=False),
     ] = None,
     occlusion: Annotated[
         bool, typer.Option("--occlusion", help="Also output the backward flow and the forward-backward occlusion.",
@@ -105,12 +105,13 @@ def export_command(
 
 
 def _default_output(spec: str) -> Path:
-    """NAME.onnx in the current folder: a registry name as it is, else the checkpoint's file name without its
-    extension (and, for hf://OWNER/REPO/FILE@REV and URLs, without the revision, query or fragment)."""
+    """NAME.onnx in the current folder: a registry name with its slashes as dashes (a name may have them), else
+    the checkpoint's file name without its extension (and, for hf://OWNER/REPO/FILE@REV and URLs, without the
+    revision, query or fragment)."""
     from flowcli.registry import SOURCE_PREFIXES, list_models
 
     if spec in list_models():
-        return Path(f"{spec}.onnx")
+        return Path(spec.replace("/", "-").replace("\\", "-") + ".onnx")
     if spec.startswith(SOURCE_PREFIXES):
         spec = urlsplit(spec.split("@")[0] if spec.startswith("hf://") else spec).path
     return Path(f"{Path(spec).stem or 'model'}.onnx")

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from flowcli import registry
-from flowcli.errors import InputError, WeightsError
+from flowcli.console import print_error
+from flowcli.errors import FlowcliError, InputError, WeightsError
 
 weights_app = typer.Typer(
     help=(
@@ -283,7 +284,8 @@ def _show_file_metadata(path: Path, json_output: bool) -> None:
     help=(
         "Fetch models into the cache now and verify their sha256, so later runs work offline.\n\n"
         "Prints one `NAME<TAB>PATH` line per file. Files already cached and intact are not downloaded again; "
-        "a corrupt cached file is replaced.\n\n"
+        "a corrupt cached file is replaced. With several models (or --all), one that fails does not stop the "
+        "others: each failure is one error line, and the exit code is 4 if any failed.\n\n"
         "Example: flowcli weights download --all && export FLOWCLI_OFFLINE=1"
     ),
 )
@@ -306,10 +308,24 @@ def download_command(
             "name at least one model (see `flowcli weights list`), or pass --all", param_hint="NAME"
         )
     models = registry.load_registry()["models"]
+    failed = []
     for name in names:
-        paths = registry.fetch_model(name, quiet=quiet) if name in models else [registry.resolve(name, quiet=quiet)]
+        try:
+            paths = registry.fetch_model(name, quiet=quiet) if name in models else [registry.resolve(name, quiet=quiet)]
+        except FlowcliError as error:
+            if len(names) == 1:
+                raise
+            # one model's failure must not keep the others from being fetched: say it, go on, fail at the end
+            print_error(error if str(error).startswith(name) else WeightsError(f"{name}: {error}"))
+            failed.append(name)
+            continue
         for path in paths:
             typer.echo(f"{name}\t{path}")
+    if failed:
+        raise WeightsError(
+            f"{len(failed)} of {len(names)} models could not be fetched: {', '.join(failed)} (errors above); "
+            f"fix those and run `flowcli weights download {' '.join(failed)}` again"
+        )
 
 
 @weights_app.command(
@@ -444,7 +460,7 @@ def _hub_error(error: Exception, repo: str, endpoint: str) -> WeightsError:
 )
 def average_command(
     files: Annotated[list[Path], typer.Argument(help="Two or more flowcli checkpoints with the same architecture.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint to write (.safetensors).")],
     mix: Annotated[
         Optional[str], typer.Option("--mix", help="Comma-separated weights, one per file (default: equal).")
     ] = None,
@@ -462,6 +478,9 @@ def average_command(
     weights = _parse_mix(mix, len(files)) if mix else None
     for file in files:
         _check_checkpoint_file(file, "give flowcli .safetensors checkpoints to average")
+    # what it writes, and what `flowcli adapt -o` asks for too; a folder is said to be one by check_writable
+    if output.suffix != ".safetensors" and not output.is_dir():
+        raise InputError(f"the output {output} must be a .safetensors file")
     check_writable(output, overwrite)  # before loading anything; refuses a folder even with --overwrite
     model = average_checkpoints(list(files), weights)
     save_checkpoint(model, output, provenance=model.provenance, dtype=torch.float16 if fp16 else None,

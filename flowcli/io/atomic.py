@@ -69,8 +69,9 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 
 def check_creatable(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Like `check_writable`, but creates nothing: the nearest existing folder above `path` must take new
-    files. For checks made before the inputs are, so that a run refused later leaves no empty folder."""
+    """Like `check_writable`, but leaves nothing behind: the nearest existing folder above `path` must take new
+    files (tried with `probe_folder`). For checks made before the inputs are, so that a run refused later leaves
+    no empty folder."""
     path = check_target(path, overwrite)
     existing = path.absolute().parent
     while not existing.exists():
@@ -79,7 +80,15 @@ def check_creatable(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise OutputError(f"cannot create output folder {path.parent}: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+    if existing not in _PROBED:
+        probe_folder(existing)
+        _PROBED.add(existing)
     return path
+
+
+# folders that took a probe file in this process: a run that plans thousands of outputs in one folder (flowcli vis
+# on a glob) tries it once
+_PROBED: set[Path] = set()
 
 
 def probe_folder(folder: str | os.PathLike) -> None:
