@@ -200,19 +200,25 @@ def prediction_candidates(
     outputs by default and with --name '{source}/{frame1}': FOLDER/STEM_flow.EXT and FOLDER/PARENT/STEM_flow.EXT,
     STEM and PARENT being the image's name without extension and its folder's name (Chairs 00001 ->
     00001_img1_flow.flo, Middlebury Dimetrodon -> Dimetrodon/frame10_flow.flo)."""
+    return [Path(f"{stem}.{ext}") for stem in _candidate_stems(folder, name, stereo, first_image)
+            for ext in PREDICTION_EXTENSIONS]
+
+
+def _candidate_stems(folder: str | Path, name: str, stereo: bool, first_image: str | Path | None) -> list[str]:
+    """`prediction_candidates` without their extensions, in lookup order."""
     suffixes = _prediction_suffixes(stereo)
     names = [name]
     if first_image is not None:
         image = Path(first_image)
         names += [name for name in (image.stem, f"{image.parent.name}/{image.stem}") if name not in names]
-    candidates = [Path(folder) / f"{base}{suffix}.{ext}" for base in names for suffix in suffixes
-                  for ext in PREDICTION_EXTENSIONS if base == name or suffix]  # a bare image stem is not a prediction
-    return list(dict.fromkeys(candidates))
+    stems = [f"{Path(folder) / base}{suffix}" for base in names for suffix in suffixes
+             if base == name or suffix]  # a bare image stem is not a prediction
+    return list(dict.fromkeys(stems))
 
 
-def _spelled_candidates(folder: Path, name: str, stereo: bool) -> str:
+def _spelled_candidates(folder: Path, name: str, stereo: bool, first_image: str | Path | None) -> str:
     extensions = "{" + ",".join(PREDICTION_EXTENSIONS) + "}"
-    return ", ".join(f"{folder / name}{suffix}.{extensions}" for suffix in _prediction_suffixes(stereo))
+    return ", ".join(f"{stem}.{extensions}" for stem in _candidate_stems(folder, name, stereo, first_image))
 
 
 def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
@@ -221,7 +227,7 @@ def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
     stereo = dataset.name in STEREO_DATASETS
     found: list[Path] = []
     claimed: dict[Path, str] = {}
-    missing: list[str] = []
+    missing: list[dict] = []
     for record in dataset.samples[:count]:
         name = record["name"]
         first_image = record.get("left" if stereo else "image1")
@@ -241,11 +247,12 @@ def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
             found.append(existing[0])
             claimed[existing[0]] = name
         else:
-            missing.append(name)
+            missing.append(record)
     if missing:
-        looked_for = _spelled_candidates(folder, missing[0], stereo)
+        name = missing[0]["name"]
+        looked_for = _spelled_candidates(folder, name, stereo, missing[0].get("left" if stereo else "image1"))
         raise InputError(
-            f"no prediction for {dataset.name} item {missing[0]} (looked for {looked_for}); "
+            f"no prediction for {dataset.name} item {name} (looked for {looked_for}); "
             f"{len(missing)} of {count} items have none: give one file per item, named after it"
         )
     return found

@@ -341,6 +341,9 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [tmp_path / "mixed"], 2, "differ in size"
     if case == "single image":
         return [a], 2, "single image"
+    if case == "a pipe as input":  # bash's <(ffmpeg ...) gives /dev/fd/63, a pipe like this one
+        os.mkfifo(tmp_path / "from_ffmpeg.mp4")
+        return [tmp_path / "from_ffmpeg.mp4"], 2, "is a pipe or a device, not a file; pipe a video into stdin"
     if case == "unknown output format":
         return [a, b, "--formats", "flo,exr"], 3, "valid formats: flo, kitti"
     if case == "infinite fps":
@@ -387,7 +390,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device",
+    "single image", "a pipe as input",
+    "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device",
     "absent GPU",
     "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder",
     "unwritable output folder", "read-only output folder", "wrong sha256",
@@ -484,6 +488,19 @@ def test_a_file_where_a_name_template_needs_a_folder_fails_before_the_model(medi
                             "--name", "{source}/{index}", "--npy", "--json")
     assert_one_line_error(code, err, 3, "cannot create output folder", "is a file")
     assert stdout == "" and (tmp_path / "out" / "shot").read_text() == "not a folder"
+
+
+def test_names_with_brackets_are_shown_as_given_in_the_info_lines(media, tmp_path, cli):
+    frames = tmp_path / "shot[final]"
+    frames.mkdir()
+    for path in sorted(media["frames"].iterdir()):
+        (frames / path.name).write_bytes(path.read_bytes())
+    weights = tmp_path / "tiny[best].safetensors"
+    weights.write_bytes(media["weights"].read_bytes())
+    out = tmp_path / "run[" / "v2]"  # '[/v2]' in the path: a closing tag that rich refused with a traceback
+    code, _, err = cli(frames, "--weights", weights, "-o", out, "--npy")
+    assert code == 0, err
+    assert f"model {weights} (" in err and f"2 pair(s) -> {out}\n" in err and "shot[final] f_1" in err
 
 
 def test_a_name_ending_in_ext_gets_its_kind_before_the_extension(media, tmp_path, cli):
@@ -935,6 +952,7 @@ PAIR_LIST_ERRORS = {
     "stdin line": ("c.png d.png e.png", "stdin:3: expected two image paths, found 3"),
     "stdin twice": (None, "--pairs - and the input - both read stdin"),
     "stdin is a terminal": (None, "--pairs - reads the list from stdin, but nothing is piped in"),
+    "two images after --pairs": (None, "--pairs {a} is an image, not a list of pairs; give it among INPUTS"),
 }
 
 
@@ -969,9 +987,11 @@ def test_a_bad_pair_list_is_one_line_error_naming_its_line_before_any_work(
 
         monkeypatch.setattr(sys, "stdin", Terminal())
         inputs = ["--pairs", "-"]
+    elif case == "two images after --pairs":  # meant as INPUTS: not 'b.png is a single image'
+        inputs = ["--pairs", media["a"], media["b"]]
     if needle.startswith(":") or needle.startswith(" "):
         needle = f"{pair_list}{needle}"
-    needle = needle.format(data=data, clip=media["clip"], list=tmp_path / "none.txt")
+    needle = needle.format(data=data, clip=media["clip"], list=tmp_path / "none.txt", a=media["a"])
     monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
     out = tmp_path / "out"
     code, stdout, err = cli(*inputs, "--weights", media["weights"], "-o", out, "--all")

@@ -298,6 +298,24 @@ def test_a_missing_prediction_names_the_files_looked_for_and_the_count(tmp_path,
     assert out == ""
 
 
+def test_a_missing_prediction_names_the_first_frame_names_looked_for_too(tmp_path, cli):
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001_img2_flow.flo", np.zeros((12, 16, 2), np.float32))  # frame 2's name
+    code, out, err = cli(*_args(tmp_path))
+    preds = tmp_path / "preds"
+    assert_one_line_error(code, err, 2, f"{preds / '00001_img1_flow'}.{{flo,png,npy,pfm}}",
+                          f"{preds / 'data' / '00001_img1_flow'}.{{flo,png,npy,pfm}}); 1 of 1 items have none")
+
+
+def test_a_root_with_a_tilde_is_in_the_home_folder_as_the_predictions_folder_is(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # `--root=~/chairs`: the shell leaves a ~ after = alone
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001.flo", np.full((12, 16, 2), 1.0, np.float32))
+    code, out, err = cli("-d", "chairs", "--root=~/chairs", "--predictions=~/preds", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["results"]["chairs"]["mean"]["epe"] == 0.0
+
+
 def test_two_candidates_for_one_item_are_refused_naming_both(tmp_path, cli):
     _tiny_chairs(tmp_path / "chairs", pairs=1)
     write_flo(tmp_path / "preds" / "00001.flo", np.zeros((12, 16, 2), np.float32))

@@ -112,6 +112,29 @@ def test_a_folder_or_a_missing_file_as_the_list_is_refused(tmp_path):
     assert str(error.value) == f"--pairs {tmp_path / 'none.txt'} does not exist; check the path"
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this system")
+def test_a_list_from_a_pipe_such_as_bash_process_substitution_is_relative_to_the_current_folder(tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--pairs <(...)` is /dev/fd/63: its folder /dev/fd says nothing about the paths
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"a.png sub/b.png\n")
+    os.close(write_end)
+    try:
+        pairs = list(read_pair_list(f"/dev/fd/{read_end}"))
+    finally:
+        os.close(read_end)
+    assert pairs == [ListedPair(Path("a.png"), Path("sub/b.png"), f"/dev/fd/{read_end}:1")]
+
+
+@pytest.mark.parametrize(("name", "kind"), [("a.png", "an image"), ("B.JPG", "an image"), ("clip.mp4", "a video")])
+def test_an_image_or_a_video_as_the_list_is_refused_saying_it_goes_among_the_inputs(tmp_path, name, kind):
+    path = _write(tmp_path / name, b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(InputError) as error:
+        list(read_pair_list(path))
+    assert str(error.value) == (f"--pairs {path} is {kind}, not a list of pairs; give it among INPUTS, without --pairs "
+                                "(--pairs takes a text file with two image paths per line)")
+
+
 def test_errors_at_puts_the_line_in_front_of_input_errors_only():
     with pytest.raises(InputError) as error, errors_at("pairs.txt:7"):
         raise InputError("b.png does not exist; check the path")

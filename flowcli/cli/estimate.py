@@ -55,7 +55,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
-from flowcli.cli.pair_list import errors_at, read_image_pairs
+from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_list
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
@@ -76,7 +76,8 @@ _HELP_PARAGRAPHS = [
     "--pairs LIST runs many unrelated image pairs (FlyingChairs, KITTI, before/after photos) with one model load: "
     "LIST is a text file, or - for stdin, with one pair per line, two image paths split as a shell would (quote a "
     "path that contains spaces; a space or a tab between the two). Blank lines and lines starting with # are "
-    "skipped. Relative paths are relative to the folder of LIST (to the current folder for -). Each line is an input "
+    "skipped. Relative paths are relative to the folder of LIST (to the current folder for - and for a pipe such as "
+    "<(...)). Each line is an input "
     "of its own, exactly like two images given on the command line, after INPUTS if any; every line is checked "
     "before the model loads, and errors name LIST:LINE. Image pairs in a row (the lines of LIST) of one frame size "
     "share batches of --batch-size pairs, as a sequence's pairs do.",
@@ -280,6 +281,8 @@ def collect_sources(
     them, without decoding images."""
     from flowcli.io.media import STDIN, is_video, list_frames
 
+    if pair_list is not None:  # before INPUTS: `--pairs a.png b.png` would call b.png a single image
+        refuse_media_as_list(pair_list)
     if pair_list == STDIN and STDIN in inputs:
         raise InputError("--pairs - and the input - both read stdin; save the list or the video to a file")
     if inputs.count(STDIN) > 1:
@@ -318,6 +321,9 @@ def collect_sources(
                 f"{arg} is neither an image nor a video (mp4, avi, mov, mkv, webm); give images, a folder, a glob "
                 "or a video"
             )
+        elif path.exists():  # bash's <(...) is /dev/fd/63, a pipe: it cannot be opened twice as a video file is
+            raise InputError(f"{arg} is a pipe or a device, not a file; pipe a video into stdin and give - instead "
+                             "(... | flowcli estimate -)")
         else:  # a glob pattern the shell did not expand
             sources.append(_image_sequence(arg, _glob_folder_name(arg), list_frames(arg), step, max_frames))
         i += 1
@@ -538,6 +544,8 @@ def estimate(
 ) -> None:
     stdout = sys.stdout  # the progress display may redirect sys.stdout to the console while it runs
 
+    from rich.markup import escape  # names in info lines as given: out[v2] is not "out" in style v2
+
     from flowcli.console import progress, stderr, warn
     from flowcli.outputs import OutputOptions
 
@@ -586,7 +594,7 @@ def estimate(
     if resume:
         record.refuse_changed_settings(entries)
     if not quiet:
-        stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
+        stderr.print(f"model {escape(spec)} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
 
     # ---- run
     claims = OutputClaims(input_files, keep_existing)
@@ -599,10 +607,10 @@ def estimate(
     record.write(entries)
     with progress(quiet) as bar:
         task = bar.add_task("estimate", total=total, info="")
-        run.sources(sources, lambda info: bar.update(task, advance=1, info=info))
+        run.sources(sources, lambda info: bar.update(task, advance=1, info=escape(info)))
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
-        stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
+        stderr.print(f"{run.computed + run.skipped} pair(s) -> {escape(str(output))}{counts}", highlight=False)
 
 
 @dataclass

@@ -215,6 +215,7 @@ def eval_command(
     if precision not in PRECISION_NAMES:
         raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
+    root = root.expanduser()  # as --predictions: '--root=~/datasets/KITTI2015' reaches us unexpanded
     if not root.is_dir():
         raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
     if predictions is not None:

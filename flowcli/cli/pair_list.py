@@ -2,15 +2,17 @@
 
 Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two); blank
 lines and lines starting with # are skipped. Relative paths are relative to the folder of LIST, or to the current
-folder for -. Errors name the line as LIST:LINE (stdin:LINE for -). `read_image_pairs` gives the pairs whose two
-paths are image files that exist; what a pair becomes (an estimate input, a stereo LEFT RIGHT pair) is each
-command's business, and `errors_at` puts the line in front of the command's own errors about it.
+folder for - and for a LIST that is a pipe, not a file (bash's <(...), /dev/fd/63). Errors name the line as LIST:LINE
+(stdin:LINE for -). `read_image_pairs` gives the pairs whose two paths are image files that exist; what a pair
+becomes (an estimate input, a stereo LEFT RIGHT pair) is each command's business, and `errors_at` puts the line in
+front of the command's own errors about it. An image or a video given as LIST is refused (`refuse_media_as_list`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import shlex
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ def read_pair_list(pair_list: str) -> Iterator[ListedPair]:
     wrong with it; a list without a pair is an error once it is read through."""
     from flowcli.io.media import STDIN
 
-    list_name, folder = ("stdin", Path()) if pair_list == STDIN else (pair_list, Path(pair_list).parent)
+    list_name, folder = ("stdin", Path()) if pair_list == STDIN else (pair_list, _start_of_relative_paths(pair_list))
     found = False
     for number, line in enumerate(_text(pair_list).split("\n"), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -75,9 +77,32 @@ def read_image_pairs(pair_list: str) -> Iterator[ListedPair]:
         yield pair  # outside errors_at: the caller puts the line in front of its own errors
 
 
+def refuse_media_as_list(pair_list: str) -> None:
+    """InputError when --pairs is given an image or a video (`--pairs a.png b.png`, for two images as INPUTS), where
+    reading it as a list would only say its binary 'line' does not hold two paths."""
+    from flowcli.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    suffix = Path(pair_list).suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+        kind = "an image" if suffix in IMAGE_SUFFIXES else "a video"
+        raise InputError(f"--pairs {pair_list} is {kind}, not a list of pairs; give it among INPUTS, without --pairs "
+                         "(--pairs takes a text file with two image paths per line)")
+
+
+def _start_of_relative_paths(pair_list: str) -> Path:
+    """The folder of LIST; the current folder when LIST is a pipe (bash's <(...) is /dev/fd/63), as for -."""
+    path = Path(pair_list)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # missing or unreadable: _text says so
+        return path.parent
+    return path.parent if regular else Path()
+
+
 def _text(pair_list: str) -> str:
     from flowcli.io.media import STDIN
 
+    refuse_media_as_list(pair_list)
     if pair_list == STDIN:
         if sys.stdin is None or sys.stdin.isatty():  # typed alone: an error, not a wait for keystrokes
             raise InputError("--pairs - reads the list from stdin, but nothing is piped in; pipe one in, or give "
