@@ -421,3 +421,73 @@ def test_synth_at_a_size_too_large_for_memory_is_a_one_line_error_that_writes_no
         code, _, err = run(*args, "--size", "100000x100000", "-q")
         assert_one_line_error(code, err, 2, "memory", "--size 100000x100000", "smaller")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_refuses_an_empty_output_instead_of_writing_into_the_current_folder(monkeypatch, capsys, tmp_path):
+    """Typer turned "" into ".": `flowcli synth "" -n 1` wrote a data set into the current folder."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    monkeypatch.chdir(tmp_path)
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for extra in ([], ["--clip"]):
+        code, _, err = run("", "--size", "32x32", "-q", *extra)
+        assert_one_line_error(code, err, 2, "OUTPUT", '""')
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty folder", "corrupt image"])
+def test_synth_texture_errors_name_the_textures_option(monkeypatch, capsys, tmp_path, kind):
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    textures = tmp_path / "textures"
+    if kind == "empty folder":
+        textures.mkdir()
+    elif kind == "corrupt image":
+        textures = tmp_path / "texture.png"
+        textures.write_bytes(b"not a png at all")
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "data", "-n", "1", "--size", "32x32", "-q", "--textures", textures)
+    assert_one_line_error(code, err, 2, "--textures", str(textures))
+
+
+def test_synth_overwrite_removes_scenes_only_where_synth_json_is_one_synth_wrote(monkeypatch, capsys, tmp_path):
+    """Any synth.json, a user's own too, made --overwrite delete the folder's FlyingChairs-named files."""
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for text in ('{"name": "my chairs", "count": 22872}', "notes", "[1, 2]", '{"count": 1, "size": [32, 32]}'):
+        chairs = tmp_path / "chairs"
+        chairs.mkdir(exist_ok=True)
+        (chairs / "synth.json").write_text(text)
+        (chairs / "00005_flow.flo").write_text("theirs")
+        code, _, err = run(chairs, "-n", "1", "--size", "32x32", "-q", "--overwrite")
+        assert_one_line_error(code, err, 3, "synth.json", "not the settings file of a flowcli synth run")
+        assert sorted(p.name for p in chairs.iterdir()) == ["00005_flow.flo", "synth.json"]
+        assert (chairs / "synth.json").read_text() == text
+    # a synth.json of an older synth (fewer shares, the rendering speed) is synth's: its extra scenes go
+    older = {"count": 6, "size": [32, 32], "seed": 0, "stereo": False, "frames": 2, "motion_blur": 0.0,
+             "defocus": 0.0, "haze": 0.0, "textures": [], "scenes_per_second": 12.5}  # fmt: skip
+    (chairs / "synth.json").write_text(json.dumps(older))
+    assert run(chairs, "-n", "1", "--size", "32x32", "-q", "--overwrite")[0] == 0
+    assert not (chairs / "00005_flow.flo").exists()
+    assert json.loads((chairs / "synth.json").read_text())["count"] == 1
+
+
+def test_synth_refuses_the_options_of_the_other_mode_only_when_given(monkeypatch, capsys, tmp_path):
+    """--count with --clip and --fps without it were ignored without a word; the summary said "wrote 1 scenes"."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "c.mp4", "--clip", "-n", "5", "--size", "32x32")
+    assert_one_line_error(code, err, 2, "--count", "--clip")
+    code, _, err = run(tmp_path / "data", "-n", "1", "--fps", "24", "--size", "32x32")
+    assert_one_line_error(code, err, 2, "--fps", "--clip")
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run(tmp_path / "data", "-n", "1", "--size", "32x32")
+    assert code == 0, err
+    assert "wrote 1 scene to" in err
+    code, _, err = run(tmp_path / "c.mp4", "--clip", "--size", "32x32")
+    assert code == 0, err
+    assert "12 fps" in err

@@ -736,3 +736,70 @@ def test_a_crop_without_ground_truth_is_drawn_again(tmp_path):
     cfg = tiny_config(tmp_path, 2, datasets=["kitti2015:unused"], synth_weight=0.0)
     stream = SynthStream(cfg, 0, datasets=[(SparseAtTheBottom(), 1.0)])
     assert all(bool(stream.sample(index)[3].any()) for index in range(20))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        dict(TINY_MODEL, output_level=1),
+        dict(TINY_MODEL, pyramid_channels=(8, 12, 16, 16, 16, 16, 16)),
+    ],
+    ids=["output-level-1", "7-levels"],
+)
+def test_every_level_the_model_outputs_has_a_weight_in_the_loss(model):
+    """The level weights covered levels 2-6: the flow of level 1 (output_level 1) or of level 7 (7 pyramid
+    levels) silently took no part in the loss."""
+    from flowcli.models.pwc import FlowNetConfig, FlowOutput
+    from flowcli.train.losses import LEVEL_WEIGHTS, level_weight, multiscale_epe
+
+    assert LEVEL_WEIGHTS == {2: 1.28, 3: 0.64, 4: 0.32, 5: 0.32, 6: 0.32}  # the shipped recipes' weights
+    assert [level_weight(level) for level in range(1, 8)] == [2.56, 1.28, 0.64, 0.32, 0.32, 0.32, 0.32]
+    torch.manual_seed(0)
+    net = FlowNet(FlowNetConfig(**model))
+    with torch.no_grad():
+        output = net(torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128))
+    assert sorted(output.level_flows) == sorted(net.config.decoded_levels)
+    target = torch.randn(1, 2, 128, 128)
+    loss = float(multiscale_epe(output, target))
+    for level, flow in output.level_flows.items():  # the loss moves with each level's flow alone
+        moved = FlowOutput(output.flow, {**output.level_flows, level: flow + 1.0}, output.occlusion_logit)
+        assert float(multiscale_epe(moved, target)) != pytest.approx(loss, rel=1e-4), level
+
+
+def test_train_help_says_textures_take_image_files(monkeypatch, capsys):
+    """--textures said "Folder or video", but image files work too (they are read by the same texture bank)."""
+    run = in_process_cli(monkeypatch, capsys, "train")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run("--help")
+    assert code == 0
+    help_text = " ".join(out.replace("│", " ").split())
+    assert "image files, folders of images, videos" in help_text
+
+
+def test_a_weight_given_to_an_evaluation_is_named_in_the_error(monkeypatch, capsys, tmp_path):
+    """`--eval chairs:FOLDER:2` said only that "FOLDER:2" is not a folder: --eval takes no weight."""
+    folder = tmp_path / "chairs"
+    folder.mkdir()
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", tiny_recipe(tmp_path), "-o", tmp_path / "run", "-q", "--eval", f"chairs:{folder}:2")
+    assert_one_line_error(code, err, 2, f"{folder}:2 is not a folder", "no weight", f"'chairs:{folder}'")
+    code, _, err = run("-c", tiny_recipe(tmp_path), "-o", tmp_path / "run", "-q", "--eval", f"chairs:{folder}:x")
+    assert_one_line_error(code, err, 2, f"{folder}:x is not a folder")
+    assert "no weight" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_spaces_around_the_parts_of_a_dataset_spec_are_dropped(tmp_path):
+    """`--dataset "chairs: /data"` looked for the folder " /data"; so did the same spec in a config file."""
+    from flowcli.data.datasets import parse_dataset_spec
+    from flowcli.io.flow_formats import write_flo, write_png
+    from flowcli.train.trainer import dataset_evaluator, load_datasets
+
+    for k in (1, 2):
+        write_png(tmp_path / f"00000_img{k}.png", torch.zeros(8, 8, 3, dtype=torch.uint8).numpy())
+    write_flo(tmp_path / "00000_flow.flo", torch.zeros(8, 8, 2).numpy())
+    assert parse_dataset_spec(f" chairs : {tmp_path} : 2 ", weighted=True) == [("chairs", str(tmp_path), 2.0)]
+    assert parse_dataset_spec(f"chairs: {tmp_path}") == [("chairs", str(tmp_path), 1.0)]
+    [(reader, weight)] = load_datasets([f"chairs : {tmp_path} : 2"])
+    assert len(reader) == 1 and weight == 2.0
+    dataset_evaluator([f"chairs: {tmp_path} "])  # checks the folder now

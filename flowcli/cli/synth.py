@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -17,8 +18,8 @@ MAX_SEED = 10**12
 
 
 def synth(
-    output: Path = typer.Argument(..., help="Dataset folder, or a .mp4 path with --clip."),
-    count: int = typer.Option(100, "--count", "-n", help="Scenes to write (dataset mode)."),
+    output: str = typer.Argument(..., help="Dataset folder, or a .mp4 path with --clip."),
+    count: int = typer.Option(None, "--count", "-n", help="Scenes to write (datasets; default 100)."),
     size: str = typer.Option(
         "384x512", help="HEIGHTxWIDTH of the frames (--clip videos pad odd sizes to even, as H.264 needs)."
     ),
@@ -44,12 +45,13 @@ def synth(
     ),
     min_exposure: float = typer.Option(0.125, help="Darkest exposure factor of --dark scenes, in (0, 1]."),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
-    fps: float = typer.Option(12.0, help="Frame rate of --clip videos."),
+    fps: float = typer.Option(None, help="Frame rate of --clip videos (default 12)."),
     overwrite: bool = typer.Option(
         False,
-        help="Replace existing files. In a dataset folder of an earlier synth run (one with synth.json), also "
-        "remove that run's scene files this run does not write (extra scenes, img3 and flow_23 of triplets), so "
-        "the folder holds only the new data set; other files are left alone.",
+        help="Replace existing files. In a dataset folder of an earlier synth run (one with the synth.json it "
+        "wrote; a synth.json of anything else is refused), also remove that run's scene files this run does not "
+        "write (extra scenes, img3 and flow_23 of triplets), so the folder holds only the new data set; other files "
+        "are left alone.",
     ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar or summary on stderr (warnings and errors stay)."
@@ -66,8 +68,9 @@ def synth(
     (more scenes, img3, flow_23) are removed first, so `flowcli eval` never mixes the two; files of other
     names are kept.
 
-    Exit codes: 0 ok, 1 other error, 2 input error (an option out of range), 3 output error (an existing
-    file without --overwrite, a folder that cannot be written).
+    Exit codes: 0 ok, 1 other error, 2 input error (an option out of range, or one of the other mode: --count
+    with --clip, --fps without), 3 output error (an existing file without --overwrite, a synth.json synth did
+    not write with --overwrite, a folder that cannot be written).
 
     Examples:
       flowcli synth data/synth -n 1000
@@ -78,12 +81,25 @@ def synth(
     """
     import torch
 
-    from flowcli.errors import InputError, OutputError
+    from flowcli.errors import FlowcliError, InputError, OutputError
     from flowcli.io.atomic import atomic_path
     from flowcli.io.flow_formats import write_flo, write_png
     from flowcli.io.media import MIN_FPS, VideoWriter
     from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 
+    if not output:  # Typer's Path would make "" the current folder
+        raise InputError('OUTPUT must be a folder path (or a .mp4 path with --clip), got ""')
+    output = Path(output)
+    # Options of the other mode are refused only when given: their defaults are None
+    if clip and count is not None:
+        raise InputError(
+            "--count does not apply to --clip, which writes one scene as a video (--frames sets its length); "
+            "leave --count out"
+        )
+    if not clip and fps is not None:
+        raise InputError("--fps applies to --clip videos only; leave it out, or add --clip")
+    count = 100 if count is None else count
+    fps = 12.0 if fps is None else fps
     try:
         height, width = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -110,7 +126,10 @@ def synth(
         raise OutputError(f"--fps must be a positive number of frames per second of at least {MIN_FPS:g}, e.g. 12; "
                           f"got {fps:g}")
     stale = _check_output(output, clip, overwrite, count, frames)
-    bank = TextureBank.from_paths(list(textures)) if textures else None
+    try:
+        bank = TextureBank.from_paths(list(textures)) if textures else None
+    except FlowcliError as error:
+        raise InputError(f"--textures: {error}") from None
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
                       perspective_prob=perspective, thin_prob=thin, dark_prob=dark, min_exposure=min_exposure)
@@ -175,12 +194,44 @@ def synth(
             bar.update(task, advance=1)
     rate = count / (time.time() - started)
     if not quiet:
-        stderr.print(f"wrote {count} scenes to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
+        scenes = "1 scene" if count == 1 else f"{count} scenes"
+        stderr.print(f"wrote {scenes} to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
 
 
 # The name of every scene file a dataset run writes: NNNNN_img1.png .. NNNNN_img3.png, NNNNN_flow.flo,
 # NNNNN_flow_bw.flo, NNNNN_flow_23.flo, NNNNN_occ.png (NNNNN: the scene index, at least 5 digits, zero-padded).
 _SCENE_FILE = re.compile(r"(?P<index>\d{5,})_(?:img[1-3]\.png|flow\.flo|flow_bw\.flo|flow_23\.flo|occ\.png)")
+
+
+# The keys of synth.json as every version of synth wrote it, and those of some versions only (older ones wrote
+# fewer shares, and the rendering speed).
+_SETTINGS_KEYS = {"count", "size", "seed", "stereo", "frames", "textures"}
+_VERSION_SETTINGS_KEYS = {
+    "motion_blur", "defocus", "haze", "perspective", "thin", "dark", "min_exposure", "scenes_per_second"
+}  # fmt: skip
+
+
+def _is_synth_settings(path: Path) -> bool:
+    """Whether `path` holds settings as synth writes them to synth.json (not a file of that name of a user's)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict) or not _SETTINGS_KEYS <= set(data) <= _SETTINGS_KEYS | _VERSION_SETTINGS_KEYS:
+        return False
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    counts = [data["count"], data["frames"], *(data["size"] if isinstance(data["size"], list) else [None])]
+    return (
+        len(counts) == 4
+        and all(is_int(value) and value > 0 for value in counts)
+        and data["frames"] >= 2
+        and is_int(data["seed"])
+        and isinstance(data["stereo"], bool)
+        and isinstance(data["textures"], list)
+    )
 
 
 def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames: int) -> list[Path]:
@@ -215,8 +266,14 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     names.append("synth.json")
     for name in names:
         check_target(output / name, overwrite)
-    if not overwrite or not (output / "synth.json").is_file():
+    settings_file = output / "synth.json"
+    if not overwrite or not os.path.lexists(settings_file):
         return []  # not a synth dataset: its files of synth's names may be someone else's (FlyingChairs .flo)
+    if not _is_synth_settings(settings_file):
+        raise OutputError(
+            f"{settings_file} is not the settings file of a flowcli synth run, so the scene files in {output} may "
+            "not be synth's to remove; move that synth.json away, or choose another folder"
+        )
     written = set(names)
     stale = []
     for path in sorted(output.iterdir()):

@@ -549,12 +549,14 @@ DATASETS = ("sintel-clean", "sintel-final", "kitti2015", "kitti2012", "chairs", 
 
 def parse_dataset_spec(spec: str, *, weighted: bool = False) -> list[tuple[str, str, float]]:
     """A `NAME:ROOT` spec (`NAME:ROOT:WEIGHT` when `weighted`) -> [(dataset, root, weight)]; `sintel` is the
-    clean and the final pass, each with half the weight. Raises ValueError saying what is expected."""
+    clean and the final pass, each with half the weight. Spaces around each part are dropped ("chairs: data").
+    Raises ValueError saying what is expected."""
     expected = "NAME:ROOT" + (" or NAME:ROOT:WEIGHT" if weighted else "")
     name, sep, root = spec.partition(":")
-    name, weight = name.strip().lower(), 1.0
+    name, root, weight = name.strip().lower(), root.strip(), 1.0
     if weighted and ":" in root:
         head, _, tail = root.rpartition(":")
+        head = head.strip()
         try:
             weight, root = float(tail), head
         except ValueError:  # a colon inside the folder name

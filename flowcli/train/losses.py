@@ -13,6 +13,15 @@ from flowcli.models.pwc import FlowOutput
 LEVEL_WEIGHTS = {2: 1.28, 3: 0.64, 4: 0.32, 5: 0.32, 6: 0.32}
 
 
+def level_weight(level: int) -> float:
+    """The weight of a pyramid level: LEVEL_WEIGHTS, extended to every level a model can output (output_level 1,
+    more than 6 levels) as PWC-Net's pattern goes on: its weight halves per finer level below level 4 (doubles
+    once averaged: level 1 gets 2.56) and is 4x per coarser level above it (the same once averaged: 0.32)."""
+    if level in LEVEL_WEIGHTS:
+        return LEVEL_WEIGHTS[level]
+    return LEVEL_WEIGHTS[2] * 2.0 ** (2 - level) if level < 2 else LEVEL_WEIGHTS[6]
+
+
 def endpoint_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-pixel EPE [B, 1, H, W]."""
     return torch.linalg.vector_norm(pred - target, dim=1, keepdim=True)
@@ -48,10 +57,11 @@ def downsample_valid_flow(flow: torch.Tensor, valid: torch.Tensor, size: tuple[i
 def multiscale_epe(output: FlowOutput, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """PWC-Net's multi-scale loss, with each level's EPE measured in full-resolution pixels.
 
-    Level weights are PWC-Net's (adjusted for averaging, see LEVEL_WEIGHTS), normalised to sum to one.
+    Level weights are PWC-Net's (adjusted for averaging, see LEVEL_WEIGHTS and level_weight), normalised to sum
+    to one.
     With `valid` [B,1,H,W] (bool), pixels without ground truth take no part.
     """
-    total_weight = sum(LEVEL_WEIGHTS.get(lvl, 0.0) for lvl in output.level_flows)
+    total_weight = sum(level_weight(lvl) for lvl in output.level_flows)
     loss = target.new_zeros(())
     for lvl, flow in output.level_flows.items():
         size = flow.shape[-2:]
@@ -60,7 +70,7 @@ def multiscale_epe(output: FlowOutput, target: torch.Tensor, valid: torch.Tensor
         else:
             gt, mask = downsample_valid_flow(target, valid, size)
         err = endpoint_error(flow, gt) * (target.shape[-1] / size[1])
-        loss = loss + LEVEL_WEIGHTS.get(lvl, 0.0) / total_weight * masked_mean(err, mask)
+        loss = loss + level_weight(lvl) / total_weight * masked_mean(err, mask)
     return loss
 
 

@@ -142,7 +142,7 @@ _RULES = {
     "datasets": (None, "a list of NAME:ROOT[:WEIGHT] strings"),
     "synth_weight": (_non_negative, "a number >= 0"),
     "stereo_fraction": (_share, "a share between 0 and 1"),
-    "textures": (None, "a list of folders or videos (strings)"),
+    "textures": (None, "a list of image files, folders of images or videos (strings)"),
     "clip_grad": (_positive, "a positive number"),
     "init_weights": (None, "a weights name or path (a string), or null"),
     "train_only": (None, "a list of parameter-name prefixes (strings)"),
@@ -560,6 +560,19 @@ def _schedule(optimizer, cfg: TrainConfig):
     )
 
 
+def _weight_hint(spec: str, root: str) -> str:
+    """A hint for an evaluation spec given a weight as for `datasets` (chairs:FOLDER:2, whose root reads
+    "FOLDER:2" where FOLDER is a folder and "FOLDER:2" is not), else ""."""
+    head, _, tail = root.rpartition(":")
+    try:
+        float(tail)
+    except ValueError:
+        return ""
+    if not head or Path(root).expanduser().is_dir() or not Path(head).expanduser().is_dir():
+        return ""
+    return f"; evaluations take no weight (--eval NAME:ROOT): give {spec.rpartition(':')[0].strip()!r}"
+
+
 def dataset_evaluator(specs: list[str]) -> Callable[[torch.nn.Module], dict]:
     """An `evaluate` for train(): `flowcli eval` on each NAME:ROOT spec, {"DATASET epe": ..., "DATASET fl_all": ...}
     (EPE, and Fl-all for flow, D1 for stereo); every folder is checked now, so a wrong one fails before training."""
@@ -575,7 +588,7 @@ def dataset_evaluator(specs: list[str]) -> Callable[[torch.nn.Module], dict]:
             try:
                 make_dataset(name, root)
             except InputError as error:
-                raise InputError(f"eval_datasets {spec!r}: {error}") from None
+                raise InputError(f"eval_datasets {spec!r}: {error}{_weight_hint(spec, root)}") from None
             sets.append((name, root))
 
     def scores(model: torch.nn.Module) -> dict:
