@@ -128,6 +128,12 @@ def _score_items(dataset, count: int, score, progress: bool) -> list[dict]:
     return per_item
 
 
+def _finish_queued_work(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels, so a timing covers the work and not only its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def evaluate(
     model,
     dataset_name: str,
@@ -164,6 +170,7 @@ def evaluate(
                 model, item["image1"][None].to(device), item["image2"][None].to(device), backward=want_occ,
                 occlusion=want_occ, max_pixels=max_pixels, precision=precision, scale=scale,
             )  # fmt: skip
+        _finish_queued_work(device)
         seconds = time.perf_counter() - start
         row = score_item(
             item, result.forward, stereo=stereo, occlusion=result.occlusion if want_occ else None,

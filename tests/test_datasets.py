@@ -212,6 +212,25 @@ def test_evaluate_plumbing_with_a_tiny_model():
     assert stereo.to_dict()["mean"]["items"] == 1
 
 
+def test_evaluate_times_an_item_until_the_gpu_has_finished_it(monkeypatch):
+    """On a GPU the model's kernels are queued, so a clock read when estimate_flow returns times the launch only:
+    the per-item seconds include the wait for the queued work (faked here; no GPU on the test machine)."""
+    import time
+
+    from flowcli import evaluation
+
+    synchronised = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synchronised.append(device))
+    evaluation._finish_queued_work(torch.device("cuda", 0))
+    evaluation._finish_queued_work(torch.device("cpu"))
+    assert synchronised == [torch.device("cuda", 0)]
+
+    monkeypatch.setattr(evaluation, "_finish_queued_work", lambda device: time.sleep(0.2))
+    report = evaluation.evaluate(_tiny_flow_model().eval(), "chairs", DATA / "flow" / "chairs", max_items=1,
+                                 progress=False)  # fmt: skip
+    assert report.per_item[0]["seconds"] >= 0.2
+
+
 def test_mask_pngs_of_every_bit_depth_mark_the_same_pixels(tmp_path):
     """A 1-bit PNG (PIL mode "1") decodes to bool, and `True > 127` is False: such an occlusion or
     invalid mask used to read as empty."""
