@@ -44,13 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapt_sintel import DEFAULT_DATA, SETUPS, config_for, smoke_weights  # noqa: E402 (after the sys.path insert)
 
+from flowcli.errors import FlowcliError  # noqa: E402
+
 _NO_TRANSFORMS = {"superpixel": 0.0, "colour": 0.0, "geometric": 0.0}
 VARIANTS: dict[str, dict] = {
     "full": {},
-    "photometric-unmasked": {"distill": False, "losses": {"occlusion": False}},
+    "photometric-unmasked": {"distill": False, "losses": {"occlusion": "none"}},
     "photometric-only": {"distill": False},
     "no-census": {"losses": {"census": 0.0, "ssim": 0.85, "l1": 0.15}},
-    "no-occlusion": {"losses": {"occlusion": False}},
+    "no-occlusion": {"losses": {"occlusion": "none"}},
     "no-smoothness": {"losses": {"smooth1": 0.0, "smooth2": 0.0}},
     "smooth-1st": {"losses": {"smooth1": 0.5, "smooth2": 0.0}},
     "single-scale": {"losses": {"scales": (0,)}},
@@ -86,11 +88,13 @@ def main() -> None:
     names = LADDER if args.variants == "ladder" else [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
-        sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        sys.exit(f"error: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
 
     from flowcli.adapt import adapt
 
     data = args.data.resolve()
+    if not data.is_dir():
+        sys.exit(f"error: data folder {data} not found; pass --data")
     results, base_row = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
@@ -138,4 +142,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # a --data folder without the footage, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

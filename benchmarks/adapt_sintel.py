@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flowcli.errors import FlowcliError  # noqa: E402 (after the sys.path insert)
+
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 SETUPS = {
     "sintel": {
@@ -138,7 +140,7 @@ def main() -> None:
 
     data = args.data.resolve()
     if not data.is_dir():
-        sys.exit(f"data folder {data} not found; pass --data")
+        sys.exit(f"error: data folder {data} not found; pass --data")
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
             args.weights = smoke_weights(Path(tmp))
@@ -151,4 +153,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # a --data folder without the footage, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

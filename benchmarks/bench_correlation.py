@@ -397,6 +397,12 @@ def parse_args(argv=None):
                 args.dtypes = "fp32"
             args.warmup, args.iters = 0, 1
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        sys.exit(f"error: --device {args.device!r} is not a torch device; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but this torch sees no CUDA GPU; run on a GPU machine (--smoke: CPU check)")
     args.resolutions = [s.strip() for s in args.resolutions.split(",") if s.strip()]
     args.levels = [int(v) for v in args.levels.split(",")]
     args.batches = [int(v) for v in args.batches.split(",")]

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flowcli.data import make_dataset  # noqa: E402
+from flowcli.errors import FlowcliError  # noqa: E402
 from flowcli.metrics import flow_metrics, mean_metrics, stereo_metrics  # noqa: E402
 
 FLOW_SETS = {
@@ -63,11 +64,8 @@ def import_cv2():
         import cv2
     except ImportError:
         sys.exit(
-            "error: OpenCV is not installed in this environment. The baselines need opencv-contrib, kept out of "
-            "flowcli's own dependencies: create the benchmark venv as benchmarks/README.md says, e.g.\n"
-            "  python -m venv --system-site-packages .venv-bench && "
-            ".venv-bench/bin/pip install 'opencv-contrib-python-headless==4.14.0.94' -e .\n"
-            "then run .venv-bench/bin/python benchmarks/classic_baselines.py"
+            "error: OpenCV (cv2) is not installed here; the baselines need opencv-contrib-python-headless, kept "
+            "out of flowcli's dependencies: run this script with .venv-bench/bin/python (set-up: benchmarks/README.md)"
         )
     if not hasattr(cv2, "optflow"):
         sys.exit(
@@ -261,7 +259,6 @@ def load_flowcli_model(weights: str | None, random_init: bool):
         model = FlowNet().eval()
         model.checkpoint_path = "random-init (seed 0)"
         return model
-    from flowcli.errors import FlowcliError
     from flowcli.models import load_model
 
     try:
@@ -343,4 +340,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FlowcliError as error:  # a data folder in the wrong layout, say: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
+from flowcli.errors import FlowcliError
 from flowcli.inference import estimate_flow
 from flowcli.models import load_model
 from flowcli.synth.generator import SynthConfig, generate_sample
@@ -45,8 +47,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     exposures = [float(e) for e in args.exposures.split(",")]
     cfg = SynthConfig(height=384, width=512, layer_translation=40.0, background_translation=12.0, photometric=False)
+    models = {name: load_model(name) for name in args.weights}  # first: a wrong name fails before the rendering
     scenes = [generate_sample(cfg, torch.Generator().manual_seed(args.seed + k)) for k in range(args.scenes)]
-    models = {name: load_model(name) for name in args.weights}
     print(
         f"# {platform.node()} | torch {torch.__version__} | {args.scenes} synthetic scenes 384x512, 8-bit, "
         f"seed {args.seed}"
@@ -67,4 +69,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # an unknown model or checkpoint file: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flowcli.errors import FlowcliError  # noqa: E402 (after the sys.path insert)
+
 
 def read_pts(path: Path) -> np.ndarray:
     text = path.read_text()
@@ -56,8 +58,13 @@ def main() -> None:
     parser.add_argument("--calibrate-jaw", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"error: face data folder {args.data} not found; pass --data (the shared data's face/ folder)")
 
-    import scipy.io
+    try:
+        import scipy.io
+    except ImportError:
+        sys.exit("error: face_aflw.py reads the .mat ground truth with scipy (not in flowcli): pip install scipy")
     import torch
 
     torch.set_num_threads(1)
@@ -68,6 +75,8 @@ def main() -> None:
 
     pipe = FacePipeline(FaceAssets.locate(args.data))
     images = sorted((args.data / "aflw2000-3d").glob("*.jpg"))
+    if not images:
+        sys.exit(f"error: no AFLW2000-3D images (*.jpg) in {args.data / 'aflw2000-3d'}; pass --data")
     rows = []
     for path in images:
         gt = read_pts(path.with_name(path.stem + "_reannotated.pts"))
@@ -172,4 +181,7 @@ def calibrate_jaw(model, rows, radius_cm: float = 2.0) -> dict:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # the TFLite runtime not installed, a face model file missing: one line, no traceback
+        sys.exit(f"error: {error}")

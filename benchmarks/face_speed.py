@@ -22,6 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flowcli.errors import FlowcliError  # noqa: E402 (after the sys.path insert)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"error: face data folder {args.data} not found; pass --data (the shared data's face/ folder)")
 
     import torch
 
@@ -89,4 +93,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # the TFLite runtime not installed, a face model file missing: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -21,6 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flowcli.errors import FlowcliError  # noqa: E402 (after the sys.path insert)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--flow", action="store_true", help="add the optical-flow term (flowcli.inference)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"error: face data folder {args.data} not found; pass --data (the shared data's face/ folder)")
 
     import torch
 
@@ -128,4 +132,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # the TFLite runtime not installed, an unreadable video: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from flowcli.data import make_dataset
+from flowcli.errors import FlowcliError
 from flowcli.inference import estimate_flow
 from flowcli.models import load_model
 
+KITTI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow" / "kitti2015"
 MOTION_BANDS = [(0, 10), (10, 30), (30, 1e9)]
 FAST = 30.0
 
@@ -66,7 +69,7 @@ def outlier_report(weights: str, item: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", help="checkpoint names or paths")
-    parser.add_argument("--root", default="../shared/data/flow/kitti2015")
+    parser.add_argument("--root", type=Path, default=KITTI)
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -91,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # no KITTI 2015 layout under --root, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
+from flowcli.errors import FlowcliError
 from flowcli.inference import estimate_flow
 from flowcli.io.media import read_image
 from flowcli.models import load_model
 
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CROP_H, CROP_W = 256, 640
 
 
@@ -40,7 +43,7 @@ def translated_pair(image: torch.Tensor, dx: int, dy: int) -> tuple[torch.Tensor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", nargs="+", help="registry names or checkpoint files")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--magnitudes", default="8,16,32,48,64,80,96,128", help="comma-separated, px")
     parser.add_argument("--scale", type=float, default=1.0, help="as `flowcli estimate --scale` (0.5: half size)")
     parser.add_argument("--threads", type=int, default=2)
@@ -72,4 +75,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # no Sintel frame under --data, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
+from flowcli.errors import FlowcliError
 from flowcli.inference import estimate_flow
 from flowcli.models import load_model
 from flowcli.synth.generator import SynthConfig, generate_sample
@@ -58,10 +60,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    models = {name: load_model(name).eval() for name in args.weights}  # a wrong name fails before any scene
     print(f"# {platform.node()} | torch {torch.__version__} | {args.scenes} synthetic 384x512 scenes, seed {args.seed}")
     with torch.inference_mode():
-        for name in args.weights:
-            rows = object_errors(load_model(name).eval(), args.scenes, args.seed)
+        for name, model in models.items():
+            rows = object_errors(model, args.scenes, args.seed)
             title = Path(name).parent.name if "/" in name else name
             overall = float((rows[:, 2] * rows[:, 3]).sum() / rows[:, 3].sum())
             print(f"\n{title}: foreground EPE {overall:.2f} over {len(rows)} objects")
@@ -81,4 +84,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # an unknown model or checkpoint file: one line, no traceback
+        sys.exit(f"error: {error}")

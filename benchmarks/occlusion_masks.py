@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flowcli.errors import FlowcliError  # noqa: E402 (after the sys.path insert)
+
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DATASETS = (("sintel-clean", "flow/sintel"), ("sintel-final", "flow/sintel"), ("kitti2015", "flow/kitti2015"))
 
@@ -75,6 +77,7 @@ def main() -> None:
     from flowcli.models import load_model
 
     torch.set_grad_enabled(False)
+    datasets = [(name, make_dataset(name, str(args.data / root))) for name, root in DATASETS]  # layout checked
     model = load_model(args.weights).eval()
     rows = []
     columns = "fb: all / wrong / F1 | range: all / wrong / F1"
@@ -84,8 +87,8 @@ def main() -> None:
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
 
-    for dataset, root in DATASETS:
-        for item in make_dataset(dataset, str(args.data / root)):
+    for dataset, items in datasets:
+        for item in items:
             row = {"dataset": dataset, **measure(model, item)}
             rows.append(row)
             masks = [" / ".join(fmt(row[m][k]) for k in ("all", "wrong", "f1")) for m in ("fb", "range")]
@@ -99,4 +102,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # no Sintel / KITTI layout under --data, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

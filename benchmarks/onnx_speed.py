@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from flowcli.errors import FlowcliError
 from flowcli.export import export_onnx, onnx_session, run_onnx
 from flowcli.inference import estimate_flow
 from flowcli.models import load_model
@@ -89,4 +91,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # onnx / onnxruntime not installed, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

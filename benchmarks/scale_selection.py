@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -24,10 +25,12 @@ import torch.nn.functional as F
 
 from flowcli.adapt.losses import census_distance
 from flowcli.data import make_dataset
+from flowcli.errors import FlowcliError
 from flowcli.inference import estimate_flow
 from flowcli.models import load_model
 from flowcli.ops.warp import backward_warp, out_of_frame
 
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {
     "sintel-clean": "flow/sintel",
     "sintel-final": "flow/sintel",
@@ -67,7 +70,7 @@ def score_item(model, item: dict, scales: list[float], windows: list[int]) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="registry name or checkpoint (default: the bundled model)")
-    parser.add_argument("--data", default="../shared/data", help="folder holding flow/sintel, flow/chairs, ...")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder holding flow/sintel, flow/chairs, ...")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated, from " + ", ".join(DATASETS))
     parser.add_argument("--scales", default="1,0.5,2", help="input scale factors, comma-separated")
     parser.add_argument("--windows", default="15,31,63", help="census averaging windows (px), comma-separated")
@@ -76,13 +79,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     scales = [float(s) for s in args.scales.split(",")]
     windows = [int(w) for w in args.windows.split(",")]
+    names = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        parser.error(f"unknown dataset {unknown[0]!r}; choose from {', '.join(DATASETS)}")
+    datasets = {name: make_dataset(name, args.data / DATASETS[name]) for name in names}  # layouts checked first
     model = load_model(args.weights).eval()
     print(f"# {args.weights or 'flowcli-pwc-synth'} on {platform.machine()}, {args.threads} threads, scales {scales}")
     header = [f"scale {s:g}" for s in scales] + ["oracle"] + [f"select {w}px" for w in windows]
     print("| item | " + " | ".join(header) + " |")
     print("|---" * (len(header) + 1) + "|")
-    for name in args.datasets.split(","):
-        dataset = make_dataset(name, Path(args.data) / DATASETS[name])
+    for name, dataset in datasets.items():
         rows = [score_item(model, dataset[i], scales, windows) for i in range(len(dataset))]
         for row in rows + [None]:
             if row is None:  # the dataset mean
@@ -99,4 +106,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # no dataset layout under --data, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

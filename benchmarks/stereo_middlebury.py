@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from classic_baselines import Baselines, import_cv2  # noqa: E402
 
 from flowcli.data import make_dataset  # noqa: E402
+from flowcli.errors import FlowcliError  # noqa: E402
 from flowcli.metrics import mean_metrics, stereo_metrics  # noqa: E402
 from flowcli.stereo import estimate_disparity  # noqa: E402
 
@@ -46,7 +47,6 @@ def log(message: str) -> None:
 
 
 def load_model(weights: str | None):
-    from flowcli.errors import FlowcliError
     from flowcli.models import load_model as load
 
     try:
@@ -145,4 +145,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FlowcliError as error:  # no stereo/middlebury under --data, say: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flowcli.errors import FlowcliError  # noqa: E402
 from flowcli.io.flow_formats import read_npy, read_png, write_png  # noqa: E402
 from flowcli.stereo import read_calibration, read_ply, turbo  # noqa: E402
 
@@ -150,4 +151,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FlowcliError as error:  # no calibration or pair under --data: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 
+from flowcli.errors import FlowcliError
 from flowcli.io.flow_formats import read_pfm
 from flowcli.io.media import read_image
 from flowcli.models import load_model
@@ -45,6 +47,9 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="checkpoint name or path (default: the bundled default)")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
+    oakd = args.data / "footage" / "oakd_stereo"
+    if not any(oakd.glob("*_left.png")):  # checked first: the Middlebury half takes a minute or two
+        sys.exit(f"error: no OAK-D pairs (*_left.png, *_right.png) in {oakd}; pass --data (the shared data folder)")
     warnings.simplefilter("ignore")
     model = load_model(args.weights) if args.weights else load_model()
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
@@ -56,7 +61,6 @@ def main() -> None:
         cells = [shifted_scene(model, args.data / "stereo" / "middlebury" / name, shift) for shift in SHIFTS]
         print(f"| {name} (vertical median / EPE) | " + " | ".join(f"{v:.2f} / {e:.2f}" for v, e in cells) + " |")
 
-    oakd = args.data / "footage" / "oakd_stereo"
     medians = {}
     for left_path in sorted(oakd.glob("*_left.png")):
         name = left_path.name.removesuffix("_left.png")
@@ -69,4 +73,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlowcliError as error:  # no Middlebury scene under --data, an unknown model: one line, no traceback
+        sys.exit(f"error: {error}")

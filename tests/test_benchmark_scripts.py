@@ -1,0 +1,112 @@
+"""Every script in benchmarks/ still starts against today's library, and refuses bad input in one line.
+
+`--help` runs each script in this process (its top-level imports and its argument parser), so a renamed
+function or option fails here in a second rather than when someone reruns a benchmark. The refusals run
+the scripts on a missing data folder, an unknown model, a bad device or no OpenCV: each must exit with
+one `error: ...` line, never a traceback. End-to-end runs (--smoke) live in tests/test_adapt_benchmarks.py
+and tests/test_correlation_benchmarks.py.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py"))
+
+
+@pytest.fixture
+def run_script(monkeypatch):
+    """run(name, *args): `python benchmarks/NAME ARGS` in this process; returns its exit code (None: it returned).
+
+    The scripts set process-wide state (torch threads, grad mode, sys.path); all of it is put back afterwards."""
+    threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+    def run(name: str, *args: str):
+        path = BENCHMARKS / name
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit_:
+            return exit_.code
+        return None
+
+    yield run
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(grad)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_runs(script, run_script, capsys):
+    assert run_script(script, "--help") == 0
+    assert capsys.readouterr().out.startswith(f"usage: {script}")
+
+
+# {missing}: a folder that does not exist; {empty}: an empty one. The last item is a word the message must name.
+REFUSALS = [
+    ("checkpoint_speed_ab.py", ["flowcli-pwc-synth", "--data", "{empty}"], "{empty}"),
+    ("motion_range.py", ["flowcli-pwc-synth", "--data", "{empty}"], "{empty}"),
+    ("kitti_outliers.py", ["flowcli-pwc-synth", "--root", "{missing}"], "{missing}"),
+    ("occlusion_masks.py", ["--data", "{empty}"], "{empty}"),
+    ("scale_selection.py", ["--data", "{empty}"], "{empty}"),
+    ("vertical_offset.py", ["--data", "{empty}"], "{empty}"),
+    ("stereo_render.py", ["--data", "{empty}", "--out", "{empty}/sheet.png"], "{empty}"),
+    ("face_aflw.py", ["--data", "{missing}"], "{missing}"),
+    ("face_speed.py", ["--data", "{missing}"], "{missing}"),
+    ("face_video.py", ["--data", "{missing}"], "{missing}"),
+    ("adapt_sintel.py", ["--data", "{missing}"], "{missing}"),
+    ("adapt_ablation.py", ["--data", "{missing}"], "{missing}"),
+    ("exposure_range.py", ["no-such-model", "--scenes", "1"], "no-such-model"),
+    ("object_motion.py", ["no-such-model"], "no-such-model"),
+    ("onnx_speed.py", ["--weights", "no-such-model"], "no-such-model"),
+    ("bench_correlation.py", ["--device", "no-such-device"], "--device"),
+    ("bench_gpu_inference.py", ["--device", "no-such-device"], "--device"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "named"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_bad_input_is_one_line(script, args, named, run_script, tmp_path):
+    places = {"{missing}": str(tmp_path / "missing"), "{empty}": str(tmp_path)}
+
+    def fill(text: str) -> str:
+        for key, value in places.items():
+            text = text.replace(key, value)
+        return text
+
+    code = run_script(script, *map(fill, args))
+    assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code, code
+    assert fill(named) in code
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("script", ["bench_correlation.py", "bench_gpu_inference.py"])
+def test_cuda_without_a_gpu_is_one_line(script, run_script):
+    code = run_script(script, "--device", "cuda")
+    assert isinstance(code, str) and code.startswith("error: --device cuda") and "\n" not in code, code
+
+
+@pytest.mark.parametrize("script", ["classic_baselines.py", "stereo_middlebury.py"])
+def test_without_opencv_is_one_line(script, run_script, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    code = run_script(script)
+    assert isinstance(code, str) and code.startswith("error: OpenCV") and "\n" not in code, code
+
+
+def test_scale_selection_refuses_an_unknown_dataset(run_script, capsys):
+    assert run_script("scale_selection.py", "--datasets", "chairs,no-such-set") == 2
+    assert "unknown dataset 'no-such-set'" in capsys.readouterr().err
+
+
+def test_face_aflw_without_scipy_is_one_line(run_script, monkeypatch, shared_data):
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    code = run_script("face_aflw.py", "--data", str(shared_data / "face"))
+    assert isinstance(code, str) and code.startswith("error: ") and "pip install scipy" in code and "\n" not in code
