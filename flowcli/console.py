@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import sys
 import warnings
 
 from rich.console import Console
@@ -44,3 +47,57 @@ def print_error(error: Exception) -> None:
 def warn(message: str) -> None:
     """A warning a user should see once; goes through `warnings` so library users can filter it."""
     warnings.warn(message, stacklevel=2)
+
+
+class _CheckedStdout:
+    """sys.stdout within `checked_stdout`: the real one, whose failed writes are OutputErrors."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        with _write_errors_as_output_errors():
+            return self._stream.write(text)
+
+    def writelines(self, lines) -> None:
+        with _write_errors_as_output_errors():
+            self._stream.writelines(lines)
+
+    def flush(self) -> None:
+        with _write_errors_as_output_errors():
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _write_errors_as_output_errors():
+    from flowcli.errors import OutputError
+
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.EPIPE:  # a reader that stopped (| head): click ends the run quietly, exit code 1
+            raise
+        raise OutputError(
+            f"cannot write to stdout: {error.strerror or error}; free space where it goes, or redirect it elsewhere"
+        ) from None
+
+
+@contextlib.contextmanager
+def checked_stdout():
+    """Within the block, a write or flush of sys.stdout that fails (`--json > /dev/full`: no space left on the
+    device) is an OutputError, one line, where it was a traceback; a closed pipe (EPIPE) is left to click. Every
+    command flushes what it prints, so a failure shows within the block."""
+    original = sys.stdout
+    if original is None:  # no stdout at all (pythonw): nothing to check
+        yield
+        return
+    checked = _CheckedStdout(original)
+    sys.stdout = checked
+    try:
+        yield
+    finally:
+        if sys.stdout is checked:  # click's EPIPE handling puts its own wrapper around it: left in place
+            sys.stdout = original

@@ -1,6 +1,7 @@
 """The top-level `flowcli` command: version and the public library entry points."""
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,26 @@ def test_version_flag_matches_the_installed_package():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"flowcli {flowcli.__version__}"
     assert importlib.metadata.version("flowcli") == flowcli.__version__
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_a_one_line_error_and_a_closed_pipe_stays_quiet():
+    """`flowcli eval --json > /dev/full` (or estimate's) ended in an ENOSPC traceback. A reader that stopped (EPIPE)
+    still ends the run as click does: exit code 1, nothing said."""
+    command = [sys.executable, "-m", "flowcli.cli.main", "--version"]  # typer.echo, as eval's and export's JSON
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("error: cannot write to stdout: No space left on device; ") and (
+        proc.stderr.count("\n") == 1
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, "")
 
 
 def test_library_entry_points_resolve_lazily():

@@ -3,6 +3,8 @@ same per-item code as a model."""
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +287,20 @@ def test_the_cli_scores_predictions_and_prints_their_folder_in_json(tmp_path, cl
     assert "00002" in err and "s/pair" not in err  # the table, without a time column
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_json_to_a_full_device_is_a_one_line_error(tmp_path):
+    """`flowcli eval --json > /dev/full` ended in an ENOSPC traceback."""
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001.flo", np.zeros((12, 16, 2), np.float32))
+    command = [sys.executable, "-m", "flowcli.cli.main", "eval", *map(str, _args(tmp_path, "--json"))]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("error: cannot write to stdout: No space left on device; ") and (
+        proc.stderr.count("\n") == 1
+    )
+
+
 def _args(tmp_path: Path, *more) -> list:
     return ["-d", "chairs", "-r", tmp_path / "chairs", "--predictions", tmp_path / "preds", "-q", *more]
 
@@ -412,3 +428,54 @@ def test_flowcli_estimate_names_are_found_by_the_items_first_frame(tmp_path, cli
     code, _, err = cli("-d", "sintel-clean", "-r", tmp_path / "sintel", "--predictions", tmp_path / "flat", "-q")
     assert_one_line_error(code, err, 2, "would be the prediction of both alley_1/frame_0001 and cave_2/frame_0001",
                           "--name '{source}/{frame1}'")
+
+
+# ----------------------------------------------------------------------------- eval running a model
+
+TINY = dict(pyramid_channels=(8, 8, 8, 8, 8, 8), decoder_channels=(8, 8), context_channels=(8,), context_dilations=(1,))
+
+
+def _tiny_sintel_with_occlusion(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = root / "training"
+    for frame in (1, 2):
+        write_png(base / "clean" / "alley_1" / f"frame_000{frame}.png", rng.integers(0, 255, (32, 48, 3), np.uint8))
+    write_flo(base / "flow" / "alley_1" / "frame_0001.flo", np.zeros((32, 48, 2), np.float32))
+    occluded = np.zeros((32, 48), np.uint8)
+    occluded[:, :12] = 255
+    write_png(base / "occlusions" / "alley_1" / "frame_0001.png", occluded)
+
+
+@pytest.fixture
+def model_cli(monkeypatch, capsys):
+    torch.manual_seed(0)
+    return in_process_cli(monkeypatch, capsys, "eval")
+
+
+@pytest.mark.parametrize("matching", ["pwc", "maskflownet"])
+def test_precision_auto_and_the_learned_occlusion_column(tmp_path, model_cli, matching):
+    """--precision auto was refused, unlike in estimate and stereo; a model's own occlusion mask was scored in --json
+    (occ_f1_learned) but had no column in the table."""
+    from flowcli.checkpoint import save_checkpoint
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    _tiny_sintel_with_occlusion(tmp_path / "sintel")
+    weights = save_checkpoint(FlowNet(FlowNetConfig(matching=matching, **TINY)), tmp_path / "tiny.safetensors")
+    code, out, err = model_cli("-d", "sintel-clean", "-r", tmp_path / "sintel", "-w", weights, "--device", "cpu",
+                               "--precision", "auto", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["precision"] == "fp32"  # auto is fp32 off CUDA
+    row = payload["results"]["sintel-clean"]["per_item"][0]
+    header = next(line for line in err.splitlines() if "EPE" in line)
+    cells = next(line for line in err.splitlines() if "alley_1/frame_0001" in line)
+
+    def cell(label: str) -> str:  # numbers are right-aligned under their label
+        return cells[: header.index(label) + len(label)].split()[-1]
+
+    assert cell("occ F1") == f"{row['occ_f1']:.3f}"  # from forward-backward consistency
+    if matching == "maskflownet":
+        assert 0 <= row["occ_f1_learned"] <= 1
+        assert cell("learned F1") == f"{row['occ_f1_learned']:.3f}"
+    else:
+        assert "occ_f1_learned" not in row and "learned" not in header

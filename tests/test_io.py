@@ -442,6 +442,21 @@ def test_natural_sort_and_list_frames(tmp_path):
         list_frames(tmp_path / "nowhere")
 
 
+def test_a_glob_through_a_folder_named_with_brackets_says_how_to_escape_them(tmp_path):
+    """'sp ace[1]/*.png' reads [1] as a set of characters (the folder 'sp ace1'): the error said only "no images
+    found in 'sp ace[1]/*.png'"."""
+    (tmp_path / "sp ace[1]").mkdir()
+    (tmp_path / "sp ace[1]" / "a.png").write_bytes(b"")
+    with pytest.raises(InputError) as excinfo:
+        list_frames(tmp_path / "sp ace[1]" / "*.png")
+    escaped = f"'{tmp_path}/sp ace[[]1]/*.png'"
+    assert_one_line_error(excinfo, f"found in {tmp_path}/sp ace[1]/*.png; ", "not the brackets", "[[]", escaped)
+    assert [p.name for p in list_frames(escaped.strip("'"))] == ["a.png"]
+    with pytest.raises(InputError) as excinfo:  # no image with the brackets taken as they are either: no hint
+        list_frames(tmp_path / "sp ace[1]" / "*.jpg")
+    assert "[[]" not in str(excinfo.value)
+
+
 def test_frame_pairs_from_folder_with_step_and_limit(shared_data):
     folder = shared_data / "footage" / "traffic"
     pairs = list(frame_pairs(folder, step=2, max_frames=4))

@@ -877,6 +877,23 @@ def test_a_pair_list_with_sbs_or_no_inputs_at_all_is_refused(media, listed_rigs,
     assert not out.exists()
 
 
+def test_two_images_after_pairs_are_called_inputs_not_an_unpaired_image(media, tmp_path, cli, monkeypatch):
+    """`--pairs l.png r.png` meant l.png r.png as INPUTS: INPUTS were read first, and the error was 'r.png has no
+    partner'."""
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    code, stdout, err = cli("--pairs", media["left"], media["right"], "--weights", media["weights"], "-o", out)
+    assert_one_line_error(code, err, 2, f"--pairs {media['left']} is an image, not a list of pairs",
+                          "give it among INPUTS")
+    assert stdout == "" and not out.exists()
+
+
+def test_the_help_says_a_pair_list_may_come_from_a_pipe(cli):
+    code, stdout, _ = cli("--help")
+    assert code == 0
+    assert "for a pipe such as <(...)" in " ".join(stdout.split())
+
+
 def test_resume_of_a_pair_list_writes_only_the_missing_file(media, listed_rigs, tmp_path, cli, monkeypatch):
     pair_list = listed_rigs / "pairs.txt"
     pair_list.write_text("'rig one/im0.png' 'rig one/im1.png'\np1_left.png p1_right.png\n")

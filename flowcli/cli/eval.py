@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from flowcli.cli.options import PRECISION_NAMES, check_scale, device_and_precision
+from flowcli.cli.options import check_precision_name, check_scale, device_and_precision
 from flowcli.errors import InputError
 
 CHOICES = (
@@ -33,6 +33,7 @@ FLOW_COLUMNS = [
     ("acc_3px", "<3px %", "{:.1f}"),
     ("acc_5px", "<5px %", "{:.1f}"),
     ("occ_f1", "occ F1", "{:.3f}"),
+    ("occ_f1_learned", "learned F1", "{:.3f}"),  # only models with an occlusion mask of their own (MaskFlowNet)
     ("density", "density", "{:.1%}"),
     ("seconds", "s/pair", "{:.2f}"),
 ]
@@ -55,8 +56,8 @@ EVAL_HELP = (
     "Prints a table per item and the mean over items on stderr, plus pixel-weighted EPE, Fl-all and D1 "
     "(KITTI's convention); --json prints every number as one JSON object on stdout, with keys weights, model "
     "(checkpoint path), device, scale, precision and results: per dataset, per_item (name, width, height, n_valid, "
-    "seconds and the scores: epe, epe_noc, epe_occ, fl_all, acc_1px, acc_3px, acc_5px, occ_f1 for flow; epe, "
-    "bad_1, bad_2, "
+    "seconds and the scores: epe, epe_noc, epe_occ, fl_all, acc_1px, acc_3px, acc_5px, occ_f1 for flow, and "
+    "occ_f1_learned (the table's learned F1) for a model that predicts its own occlusion mask; epe, bad_1, bad_2, "
     "bad_4, d1, vert_abs, vert_gt1 for stereo; null where nothing was scored) and mean (their means over items, "
     "KEY_px pixel-weighted, items).\n\n"
     "--predictions DIR scores files instead of running a model, with the same code and metrics. The file of an item "
@@ -183,7 +184,8 @@ def eval_command(
     precision: Optional[str] = typer.Option(
         None,
         "--precision",
-        help="fp32 (the default), fp16 or bf16 (autocast; fp16 and bf16 are for GPUs: scores may differ a little).",
+        help="fp32 (the default), auto (fp16 on CUDA, fp32 elsewhere, as in estimate and stereo), fp16 or bf16 "
+        "(autocast; fp16 and bf16 are for GPUs: scores may differ a little).",
         show_default=False,
     ),
     offline: bool = typer.Option(False, "--offline", help="Never download weights; use the cache only."),
@@ -212,8 +214,7 @@ def eval_command(
     scale = 1.0 if scale is None else scale
     check_scale(scale)
     precision = precision or "fp32"
-    if precision not in PRECISION_NAMES:
-        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISION_NAMES)}")
+    check_precision_name(precision)
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
     root = root.expanduser()  # as --predictions: '--root=~/datasets/KITTI2015' reaches us unexpanded
     if not root.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from flowcli.console import print_error, stderr
+from flowcli.console import checked_stdout, print_error, stderr
 from flowcli.errors import FlowcliError
 
 HELP = (
@@ -131,7 +131,8 @@ def run() -> None:
     _register_commands()
     with _sigterm_as_ctrl_c() as terminated:
         try:
-            code = app(args=with_default_subcommand(sys.argv[1:]), prog_name="flowcli", standalone_mode=False)
+            with checked_stdout():
+                code = app(args=with_default_subcommand(sys.argv[1:]), prog_name="flowcli", standalone_mode=False)
         except FlowcliError as error:
             if not error.shown:
                 print_error(error)

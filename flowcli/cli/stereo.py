@@ -55,7 +55,7 @@ from flowcli.cli.options import (
     formats_option,
     unique_source_names,
 )
-from flowcli.cli.pair_list import errors_at, read_image_pairs
+from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_list
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
@@ -106,10 +106,10 @@ _HELP_PARAGRAPHS = [
     "--pairs LIST runs many unrelated LEFT RIGHT pairs (Middlebury scenes, KITTI frames) with one model load: a "
     "text file, or - for stdin, read as by flowcli estimate --pairs (one pair per line, two image paths split as a "
     "shell would; blank and # lines skipped; relative paths relative to the folder of LIST, or to the current "
-    "folder for -). Each line is an input of its own, exactly like LEFT RIGHT on the command line (--swap swaps its "
-    "images), after INPUTS if any; every line is checked before the model loads, and errors name LIST:LINE. Pairs "
-    "in a row (the lines of LIST) of one size share batches of --batch-size pairs, as a sequence's pairs do. Not "
-    "with --sbs.",
+    "folder for - and for a pipe such as <(...)). Each line is an input of its own, exactly like LEFT RIGHT on the "
+    "command line (--swap swaps its images), after INPUTS if any; every line is checked before the model loads, and "
+    "errors name LIST:LINE. Pairs in a row (the lines of LIST) of one size share batches of --batch-size pairs, as a "
+    "sequence's pairs do. Not with --sbs.",
     "Outputs (choose with flags or --formats; default --pfm --vis, plus --depth when a camera is given): pfm, kitti, "
     "npy (left disparity in px, >= 0: negative values are clamped and their share reported), vis (colour PNG), video "
     "(colour mp4 per sequence, SOURCE_disp_vis.mp4), occlusion (mask PNG from the left-right consistency check, "
@@ -379,6 +379,8 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
     from file headers, without decoding."""
     from flowcli.io.media import is_video, list_frames
 
+    if pair_list is not None:  # before INPUTS: `--pairs l.png r.png` would call r.png an image without a partner
+        refuse_media_as_list(pair_list)
     for arg in inputs:
         if not Path(arg).exists() and not _is_glob(arg):
             raise InputError(f"{arg} does not exist; check the path")

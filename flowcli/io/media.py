@@ -257,8 +257,23 @@ def list_frames(folder_or_glob: PathLike) -> list[Path]:
         p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     ]
     if not frames:
-        raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {text}")
+        raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {text}{_literal_bracket_hint(text)}")
     return sorted(frames, key=natural_sort_key)
+
+
+def _literal_bracket_hint(pattern: str) -> str:
+    """For a glob that found no images through a [ that is part of a name (the folder 'shot[1]' in 'shot[1]/*.png',
+    which glob reads as 'shot1'): what to write instead, or "" where a literal [ finds no image either."""
+    if "[" not in pattern:
+        return ""
+    literal = pattern.replace("[", "[[]")  # glob.escape's spelling of [, leaving * and ? wildcards
+    matches = [Path(match) for match in glob.glob(literal, recursive=True)]
+    if not any(m.suffix.lower() in IMAGE_SUFFIXES and not m.name.startswith(".") for m in matches):
+        return ""
+    return (
+        f"; in a glob, [...] matches one of the characters inside, not the brackets: write a [ of a name as [[] "
+        f"('{literal}')"
+    )
 
 
 # ----------------------------------------------------------------------------- video
