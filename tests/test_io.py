@@ -295,6 +295,22 @@ def _corrupt_files(tmp_path):
     }
 
 
+def test_a_file_that_is_no_numpy_file_is_not_called_a_pickle(tmp_path):
+    """np.load reads a file without the .npy or zip signature as a pickle: a text file named .npy said it held
+    "pickled (object) data", and a .npz bundle named .npy came back as an open bundle instead of an array."""
+    text = tmp_path / "notes.npy"
+    text.write_text("x,y\n1,2\n")
+    with pytest.raises(InputError, match="not a NumPy .npy file") as excinfo:
+        read_npy(text)
+    assert "pickle" not in str(excinfo.value)
+    bundle = write_npz(tmp_path / "b.npz", flow=np.zeros((2, 3, 2), np.float32))
+    renamed = bundle.rename(tmp_path / "bundle.npy")
+    with pytest.raises(InputError, match="not a NumPy .npy file"):
+        read_npy(renamed)
+    with pytest.raises(InputError, match="not a NumPy .npz bundle"):
+        read_npz(text.rename(tmp_path / "notes.npz"))
+
+
 def test_corrupt_and_missing_inputs_raise_one_line_input_error(tmp_path):
     for name, (reader, data) in _corrupt_files(tmp_path).items():
         path = tmp_path / name

@@ -370,9 +370,17 @@ def write_pfm(path: PathLike, array, overwrite: bool = False) -> Path:
 # ----------------------------------------------------------------------------- NumPy
 
 
+def _check_signature(path: Path, signature: bytes, what: str) -> None:
+    """np.load takes any file without the .npy or zip signature for a pickle, and calls it one."""
+    with open(path, "rb") as file:
+        if file.read(len(signature)) != signature:
+            raise _corrupt(path, f"not {what}")
+
+
 def read_npy(path: PathLike) -> np.ndarray:
     """A .npy array (no pickles)."""
     path = _existing_file(path)
+    _check_signature(path, b"\x93NUMPY", "a NumPy .npy file")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as error:  # ValueError, EOFError, OSError, UnpicklingError for corrupt files
@@ -382,6 +390,7 @@ def read_npy(path: PathLike) -> np.ndarray:
 def read_npz(path: PathLike) -> dict[str, np.ndarray]:
     """All arrays of a .npz bundle, loaded eagerly (no pickles)."""
     path = _existing_file(path)
+    _check_signature(path, b"PK", "a NumPy .npz bundle (a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as bundle:
             return {name: bundle[name] for name in bundle.files}
