@@ -25,6 +25,7 @@ from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_bef
 from safetensors.torch import load_file, save_file
 
 from flowcli.checkpoint import read_metadata, save_checkpoint
+from flowcli.cli.run_record import STAMP
 from flowcli.io.flow_formats import read_flo, read_kitti_flow, read_npy, read_npz, read_png, write_png
 from flowcli.io.media import VideoReader, VideoWriter, read_image
 from flowcli.io.visualize import flow_to_rgb
@@ -676,7 +677,13 @@ def test_resume_refuses_a_vis_png_it_cannot_put_in_a_missing_video(bad_vis, medi
 
 
 def _record(folder: Path) -> dict:
-    return json.loads((folder / ".flowcli-estimate.json").read_text())
+    """The run record's settings per source, without the time each was recorded (see _stamps)."""
+    record = json.loads((folder / ".flowcli-estimate.json").read_text())
+    return {key: {name: value for name, value in entry.items() if name != STAMP} for key, entry in record.items()}
+
+
+def _stamps(folder: Path) -> dict:
+    return {key: entry.get(STAMP) for key, entry in json.loads((folder / ".flowcli-estimate.json").read_text()).items()}
 
 
 def test_resume_with_other_settings_is_refused_before_any_work(media, tmp_path, cli, monkeypatch):
@@ -754,6 +761,124 @@ def test_a_folder_without_a_record_resumes_and_gets_one(media, tmp_path, cli):
     (out / ".flowcli-estimate.json").write_text("[1, 2]")
     code, _, err = cli(*args, "--resume")
     assert_one_line_error(code, err, 3, ".flowcli-estimate.json is not a run record", "delete it")
+
+
+@pytest.mark.parametrize("new_setting", [["--step", "2"], ["--scale", "0.5"]])
+def test_resume_after_an_interrupted_overwrite_with_new_settings_makes_the_old_files_again(
+    new_setting, media, tmp_path, cli, monkeypatch
+):
+    for i in range(5):
+        write_png(tmp_path / "shot" / f"f_{i}.png", _frame(i))
+
+    def run(out, *options):
+        return cli(tmp_path / "shot", "--weights", media["weights"], "-o", out, "--flo", "--json", "-q", *options)
+
+    code, _, err = run(tmp_path / "fresh", *new_setting)
+    assert code == 0, err
+    expected = {name: data for name, (data, _) in snapshot(tmp_path / "fresh").items() if name.endswith(".flo")}
+    out = tmp_path / "out"
+    code, _, err = run(out)
+    assert code == 0, err
+    for path in out.glob("*.flo"):  # made a second earlier, not in the clock tick of the file system when the next
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 10**9))  # run records its settings
+    old_flo = (out / "f_2_flow.flo").read_bytes()
+    import flowcli.inference
+
+    model_pairs, real = [], flowcli.inference.estimate_flow
+
+    def ctrl_c_at_the_second_pair(model, image1, image2, **kwargs):
+        if model_pairs:
+            raise KeyboardInterrupt
+        model_pairs.append(image1.shape[0])
+        return real(model, image1, image2, **kwargs)
+
+    monkeypatch.setattr(flowcli.inference, "estimate_flow", ctrl_c_at_the_second_pair)
+    code, _, err = run(out, "--overwrite", *new_setting)
+    assert code == 130, err
+    assert (out / "f_2_flow.flo").read_bytes() == old_flo  # still the first run's: its name is a new-settings name
+    monkeypatch.setattr(flowcli.inference, "estimate_flow", real)
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = run(out, "--resume", *new_setting)
+    assert code == 0, err
+    assert model_pairs == [1] * (len(expected) - 1)  # every pair but the one the interrupted run wrote
+    assert [r["type"] for r in _json_lines(stdout)] == ["skipped"] + ["pair"] * (len(expected) - 1)
+    assert "output file(s) in" in err and "predated the settings recorded" in err and "made again" in err
+    resumed = snapshot(out)
+    assert {name: resumed[name][0] for name in expected} == expected
+    # what is made again now belongs to the recorded settings: the next --resume keeps everything
+    code, stdout, err = run(out, "--resume", *new_setting)
+    assert code == 0, err
+    assert model_pairs == [1] * (len(expected) - 1) and snapshot(out) == resumed
+
+
+def test_a_run_with_the_same_settings_keeps_the_time_they_were_recorded(media, tmp_path, cli):
+    out = tmp_path / "out"
+    args = [media["frames"], "--weights", media["weights"], "-o", out, "-q"]
+    code, _, err = cli(*args, "--flo")
+    assert code == 0, err
+    first = _stamps(out)
+    assert all(isinstance(stamp, int) for stamp in first.values())
+    code, _, err = cli(*args, "--npy")  # more files of the same settings: the flo files stay done
+    assert code == 0, err
+    code, _, err = cli(*args, "--resume", "--flo", "--npy")
+    assert code == 0, err
+    assert _stamps(out) == first
+    code, _, err = cli(*args, "--overwrite", "--flo", "--step", "2")
+    assert code == 0, err
+    assert _stamps(out) != first
+
+
+def test_resume_makes_a_video_of_other_max_frames_again(media, tmp_path, cli, monkeypatch):
+    out = tmp_path / "out"
+    for source, first, resumed in [(media["frames"], 2, 3), (media["clip"], 3, 4)]:
+        args = [source, "--weights", media["weights"], "-o", out, "--vis", "--video", "--json", "-q"]
+        code, _, err = cli(*args, "--max-frames", str(first))
+        assert code == 0, err
+        code, stdout, err = cli(*args, "--max-frames", str(resumed), "--resume")
+        assert code == 0, err
+        records = _json_lines(stdout)
+        assert [r["type"] for r in records] == ["skipped"] * (first - 1) + ["pair", "video"]
+        assert records[-1]["frames"] == resumed - 1 and "made by a run with other --max-frames" in err
+        video = out / f"{Path(source).stem}_vis.mp4"
+        assert sum(1 for _ in VideoReader(video)) == resumed - 1
+        kept = snapshot(out)
+        code, stdout, err = cli(*args, "--max-frames", str(resumed), "--resume")  # now it covers the pairs: kept
+        assert code == 0, err
+        assert [r["type"] for r in _json_lines(stdout)] == ["skipped"] * (resumed - 1) and snapshot(out) == kept
+
+
+def test_resume_refuses_a_video_from_stdin_that_does_not_cover_its_pairs(media, tmp_path, cli, pipe_into_stdin):
+    args = ["-", "--weights", media["weights"], "-o", tmp_path / "out", "--vis", "--video", "-q"]
+    pipe_into_stdin(media["clip"].read_bytes())
+    code, _, err = cli(*args, "--max-frames", "3")
+    assert code == 0, err
+    pipe_into_stdin(media["clip"].read_bytes())  # how many pairs a stream gives is known only at its end
+    code, _, err = cli(*args, "--max-frames", "4", "--resume")
+    assert_one_line_error(code, err, 3, "stdin_vis.mp4 has 2 frame(s) but stdin gave 3 pair(s)",
+                          "delete it and run again with --resume")
+
+
+@pytest.mark.parametrize("layout", ["folder", "glob", "images in a row", "subfolder from --name"])
+def test_image_outputs_among_the_input_frames_are_refused_before_any_work(layout, media, tmp_path, cli, monkeypatch):
+    shot = tmp_path / "shot"
+    for i in range(3):
+        write_png(shot / f"f_{i}.png", _frame(i))
+    inputs = {"folder": [shot], "glob": [str(shot / "*.png")], "images in a row": sorted(shot.iterdir()),
+              "subfolder from --name": [shot]}[layout]
+    output = ["-o", tmp_path, "--name", "shot/{frame1}"] if layout == "subfolder from --name" else ["-o", shot]
+    args = [*inputs, "--weights", media["weights"], *output, "-q"]
+    before = snapshot(tmp_path)
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    for images in ["--vis", "--kitti", "--occlusion", "--warp"]:
+        code, stdout, err = cli(*args, images)
+        assert_one_line_error(code, err, 3, "f_0_", "would be an image among the frames of",
+                              "choose another output folder with -o")
+        assert stdout == "" and snapshot(tmp_path) == before
+    monkeypatch.undo()
+    code, _, err = cli(*args, "--flo", "--npy")  # not images: a later run over the frames does not list them
+    assert code == 0, err
+    assert sorted(p.name for p in shot.iterdir() if p.suffix == ".png") == ["f_0.png", "f_1.png", "f_2.png"]
+    assert (shot / "f_1_flow.flo").is_file()
 
 
 # ----------------------------------------------------------------------------- a video on stdin

@@ -94,15 +94,20 @@ _HELP_PARAGRAPHS = [
     "'.{ext}'). Subfolders work: "
     "--name '{source}/{index:06d}'. Existing files are never replaced without --overwrite (all planned names are "
     "checked before any work, for a video as many pairs as its header or --max-frames tells); every file is written "
-    "to a temp file and renamed when complete, so a file under its final name is always whole.",
+    "to a temp file and renamed when complete, so a file under its final name is always whole. Image outputs (kitti, "
+    "vis, occlusion, warp) are refused in a folder the run lists frames from (a folder, a glob, images in a row): a "
+    "later run over it would take them for frames.",
     "--resume finishes an interrupted run: give the same inputs, options and weights again, plus --resume. A pair "
     "whose outputs all exist is skipped without running the model (a video is still decoded up to its last pair); "
     "for the other pairs only the missing files are written, and existing files are never touched. The weights, "
     "--step, --scale and --max-flow must be the ones the outputs were made with (a hidden OUT/.flowcli-estimate.json "
     "records them per input): a change is refused; device, precision, batch size, --max-pixels and the formats may "
-    "change. --video: a sequence's existing video is kept; a missing one is made again over all pairs, taking "
-    "skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
-    "sequence runs the model again (missing per-pair files are still the only ones written). Hidden .NAME.* temp "
+    "change. A file older than the settings recorded for its input counts as missing: a run with other settings left "
+    "it (an interrupted --overwrite run with a new --step), and it is made again. --video: a sequence's "
+    "existing video is kept if it has a frame per pair; a missing one, or one of another --max-frames, is made again "
+    "over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
+    "sequence runs the model again (missing per-pair files are still the only ones written); with - the pairs are "
+    "known at the stream's end, and a video that does not match is then an error. Hidden .NAME.* temp "
     "files left by a killed run are not outputs and may be deleted. With - (stdin), pipe the same video again: pairs "
     "are matched by frame number, so a live stream cannot be resumed. --resume and --overwrite exclude each other.",
     "--json prints one JSON line per pair on stdout with keys: type (\"pair\"), source, index, frame1, frame2, inputs "
@@ -147,6 +152,7 @@ class _Source:
     pairs: int | None = None  # None: unknown before decoding
     frame_size: tuple[int, int] | None = None  # (width, height) of every frame
     sequence: bool = True  # False for an explicit image pair: no visualisation video
+    made_since: int | None = None  # --resume: outputs modified before this (ns) are not done (RunRecord.made_since)
 
 
 @dataclass
@@ -403,6 +409,17 @@ def _record_entry(source: _Source, settings: dict) -> Entry:
     return Entry(str((source.video or source.frames[0]).resolve()), source.label, settings)
 
 
+def _done(path: Path, source: _Source) -> bool:
+    """Whether --resume takes the output `path` as done. Files are published whole under their final name (temp file
+    + rename), so one that exists is complete; but one modified before the source's settings were recorded was left
+    by a run with other settings (an interrupted --overwrite run with a new --step), and is made again."""
+    try:
+        modified = os.lstat(path).st_mtime_ns  # lstat: a dangling link (a dropped git-annex file) is there too
+    except OSError:
+        return False
+    return source.made_since is None or modified >= source.made_since
+
+
 def _progress_name(source: _Source, pair: _Pair) -> str:
     """The pair in the progress line: an image pair's source is named after its first image already."""
     return source.name if not source.sequence else f"{source.name} {pair.frame1}"
@@ -430,15 +447,36 @@ def _check_output_folder(directory: Path) -> None:
     probe_folder(existing)
 
 
+def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
+    """Resolved folder -> the sequence whose frames are images listed there (a folder, a glob, or images in a row,
+    as a shell-expanded glob gives them). An explicit pair names its two images: it is not listed."""
+    folders: dict[Path, str] = {}
+    for source in sources:
+        if source.sequence and source.frames:
+            for folder in {frame.parent for frame in source.frames}:
+                folders.setdefault(folder.resolve(), source.label)
+    return folders
+
+
 def _plan(
     sources: list[_Source], options, claims: OutputClaims, step: int, max_frames: int | None, video: bool
 ) -> None:
+    from flowcli.io.media import IMAGE_SUFFIXES
     from flowcli.outputs import output_paths, video_path
 
+    frame_folders = _frame_folders(sources)
+    resolved: dict[Path, Path] = {}  # output folder -> resolved, once per folder
     for number, source in enumerate(sources):
         for names in _known_names(source, step, max_frames):
             owner = _pair_owner(number, source, names)
             for path in output_paths(options, names).values():
+                if frame_folders and path.suffix.lower() in IMAGE_SUFFIXES:
+                    folder = resolved.get(path.parent) or resolved.setdefault(path.parent, path.parent.resolve())
+                    if folder in frame_folders:
+                        raise OutputError(
+                            f"{path} would be an image among the frames of {frame_folders[folder]}, and a later "
+                            "run over them would take it for a frame; choose another output folder with -o"
+                        )
                 claims.check(path, owner)
         if video and source.sequence:
             claims.check(video_path(options, source.name), Owner.video(number, source.label))
@@ -604,10 +642,16 @@ def estimate(
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.pairs for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
-    record.write(entries)
+    record.write(entries, stamp=not resume)
+    if resume:
+        for source, since in zip(sources, record.made_since(entries)):
+            source.made_since = since
     with progress(quiet) as bar:
         task = bar.add_task("estimate", total=total, info="")
         run.sources(sources, lambda info: bar.update(task, advance=1, info=escape(info)))
+    if run.replaced:
+        warn(f"{run.replaced} output file(s) in {output} predated the settings recorded for their input (left by a "
+             "run with other settings, such as an interrupted --overwrite run): made again")
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
         stderr.print(f"{run.computed + run.skipped} pair(s) -> {escape(str(output))}{counts}", highlight=False)
@@ -618,7 +662,8 @@ class _PlannedPair:
     source: _Source
     pair: _Pair
     paths: dict  # output key -> path, every output of the pair
-    missing: dict  # the outputs to write: all of them, or with --resume those not there yet
+    missing: dict  # the outputs to write: all of them, or with --resume those not done yet
+    replaces: int = 0  # --resume: how many of `missing` exist, left by a run with other settings
     images: tuple | None = None  # (image1, image2), torch.Tensor [3, H, W], loaded for pairs that run the model
 
 
@@ -640,6 +685,7 @@ class _Run:
     model_info: dict
     computed: int = 0
     skipped: int = 0
+    replaced: int = 0  # --resume: files left by a run with other settings, made again
 
     def _emit(self, record: dict) -> None:
         if self.json_out is not None:
@@ -661,18 +707,52 @@ class _Run:
         from flowcli.io.media import VideoWriter
         from flowcli.outputs import video_path
 
+        path = video_path(self.options, source.name)
+        kept_frames = self._kept_video_frames(path, source) if self.want_video and self.resume else None
+        pairs_before = self.computed + self.skipped
         with contextlib.ExitStack() as stack:
             writer = None
-            path = video_path(self.options, source.name)
-            if self.want_video and not (self.resume and os.path.lexists(path)):
+            if self.want_video and kept_frames is None:
                 fps = self.fps or source.fps or DEFAULT_FPS
                 self.claims.check(path, Owner.video(number, source.label))
-                writer = stack.enter_context(VideoWriter(path, fps=fps, overwrite=self.options.overwrite))
+                # --resume replaces a video it does not keep
+                writer = stack.enter_context(VideoWriter(path, fps=fps,
+                                                         overwrite=self.options.overwrite or self.resume))
             self._run_pairs((self._plan_pair(number, source, pair)
                              for pair in _pairs(source, self.step, self.max_frames)), writer, advance)
+        pairs = self.computed + self.skipped - pairs_before
+        if kept_frames is not None and kept_frames != pairs:  # a video whose pairs were not known before decoding
+            raise OutputError(
+                f"{path} has {kept_frames} frame(s) but {source.label} gave {pairs} pair(s): it was made by a run "
+                "with other --max-frames or from other frames; delete it and run again with --resume to make it again"
+            )
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
+
+    def _kept_video_frames(self, path: Path, source: _Source) -> int | None:
+        """--resume: the frame count of the sequence's video if it is kept, None if it is to be made (again). A
+        video is kept when it is done (see `_done`) and has one frame per pair of this run: a run with another
+        --max-frames made it otherwise. Where the pairs are not known before decoding, `_sequence` checks after."""
+        from flowcli.console import warn
+        from flowcli.io.media import VideoReader
+
+        if not _done(path, source):
+            self.replaced += os.path.lexists(path)
+            return None
+        try:
+            with VideoReader(path) as reader:
+                frames = reader.num_frames
+        except InputError:  # not a video ffmpeg can read: made again
+            frames = None
+        if frames is None:
+            warn(f"{path} cannot be read as a video: made again")
+        elif source.pairs is not None and frames != source.pairs:
+            warn(f"{path} has {frames} frame(s) but {source.label} gives {source.pairs} pair(s) (made by a run with "
+                 "other --max-frames): made again")
+        else:
+            return frames
+        return None
 
     def _run_pairs(self, planned_pairs: Iterator[_PlannedPair], writer, advance) -> None:
         """The pairs in batches of up to --batch-size pairs of one frame size. Outputs, JSON lines, progress and
@@ -705,9 +785,9 @@ class _Run:
         owner = _pair_owner(number, source, names)
         for path in paths.values():
             self.claims.check(path, owner)
-        # files are published whole under their final name (temp file + rename): one that exists is complete
-        missing = {key: path for key, path in paths.items() if not (self.resume and os.path.lexists(path))}
-        return _PlannedPair(source, pair, paths, missing)
+        missing = {key: path for key, path in paths.items() if not (self.resume and _done(path, source))}
+        replaces = sum(os.path.lexists(path) for path in missing.values()) if self.resume else 0
+        return _PlannedPair(source, pair, paths, missing, replaces=replaces)
 
     def _skip(self, planned: _PlannedPair, writer, advance) -> None:
         source, pair = planned.source, planned.pair
@@ -751,10 +831,11 @@ class _Run:
             single = pair_result(result, i)
             colours = visualize(single, options.max_flow) if writer is not None or "vis" in planned.missing else None
             write_pair_outputs(single, image1, image2, planned.missing, max_flow=options.max_flow,
-                               overwrite=options.overwrite, vis=colours)
+                               overwrite=options.overwrite or planned.replaces > 0, vis=colours)
             if writer is not None:
                 writer.write(colours)
             self.computed += 1
+            self.replaced += planned.replaces
             height, width = image1.shape[-2:]
             self._emit({
                 "type": "pair", "source": source.label, "index": pair.index,

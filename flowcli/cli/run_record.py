@@ -34,6 +34,14 @@ whole, through a temp file). One write per run, not per source: a --pairs list o
 With --resume the entries are compared first: a recorded setting that differs ends the run with an InputError
 before anything is computed or written. A source without an entry (a folder written by an older flowcli, or
 the record deleted) resumes as before, and its entry is written then.
+
+Because the entry is written before the pairs run, the folder may still hold files of the settings it replaced:
+an --overwrite run with a new --step interrupted halfway leaves the old run's files under names the resumed run
+takes as done. So estimate's entries are stamped (`write(..., stamp=True)`): an entry a run without --resume
+writes with other settings than recorded, or for a source without an entry, gets "since", the file-system
+time (ns) of the record's write, and `made_since` gives it to the resumed run, which takes an output file
+modified before it as left by other settings and makes it again. An entry whose settings stay keeps its stamp;
+one that --resume writes for a source without an entry gets none (its files are trusted, as before).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from pathlib import Path
 
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import atomic_path
+
+STAMP = "since"  # an entry's stamp (see the module docstring); not a setting, so never compared
 
 
 @dataclass(frozen=True)
@@ -95,15 +105,43 @@ class RunRecord:
                     f"({'; '.join(changes)}); resume with the same settings, or use --overwrite to start afresh"
                 )
 
-    def write(self, entries: list[Entry]) -> None:
-        """Record `entries`, keeping other sources' entries; a record that already says so is left untouched."""
+    def made_since(self, entries: list[Entry]) -> list[int | None]:
+        """Per entry, the file-system time (ns) from which its source's outputs were made with the recorded
+        settings: an output modified before it was left by a run with other settings. None: not known."""
         record = self.read()
-        changed = {entry.key: entry.settings for entry in entries
-                   if entry.key is not None and record.get(entry.key) != entry.settings}
+        stamps = [record.get(entry.key, {}).get(STAMP) if entry.key is not None else None for entry in entries]
+        return [stamp if isinstance(stamp, int) else None for stamp in stamps]
+
+    def write(self, entries: list[Entry], stamp: bool = False) -> None:
+        """Record `entries`, keeping other sources' entries; a record that already says so is left untouched.
+        With `stamp` (a run that starts its outputs afresh, not --resume), an entry with new settings is stamped
+        with the time of this write; an entry whose settings stay keeps its stamp."""
+        record = self.read()
+        changed, stamped = {}, []
+        for entry in entries:
+            if entry.key is None:
+                continue
+            recorded = record.get(entry.key)
+            settings = dict(entry.settings)
+            same = recorded is not None and all(name in recorded and recorded[name] == value
+                                                for name, value in settings.items())
+            if stamp and not same:
+                stamped.append(entry.key)  # stamped below, once the time of the write is known
+            else:
+                if recorded is not None and STAMP in recorded:
+                    settings[STAMP] = recorded[STAMP]
+                if recorded == settings:
+                    continue
+            changed[entry.key] = settings
         if not changed:
             return
         record.update(changed)
         with atomic_path(self.path, overwrite=True) as temp:
+            # the temp file's creation time, by the clock of the file system the outputs are written to: the
+            # outputs of this run are modified after it, those left by earlier runs before
+            now = temp.stat().st_mtime_ns
+            for key in stamped:
+                record[key][STAMP] = now
             temp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
