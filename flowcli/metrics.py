@@ -3,11 +3,17 @@
 Every function takes a batch and returns plain floats. Each metric is computed per item over that
 item's valid pixels and the batch value is the mean over items (an item with no pixel in a region
 contributes NaN for that region and is skipped by the mean). Percentages are in [0, 100].
+A pixel counts as valid only where its ground truth is known: a ground truth that is not finite, or
+>= 1e9 in magnitude (the .flo unknown marker), is excluded even where `valid` is set. A prediction
+that is not finite is an infinite error there (an outlier in every rate).
 
 Averaging over a dataset (see `flowcli.evaluate`): the reported mean is the mean over items, as
-the Sintel and Middlebury tables do it. KITTI's official Fl-all and D1 count outliers over all
-valid pixels of the whole dataset, so every result also carries `n_valid` (pixels) and the
-evaluation adds pixel-weighted `*_px` versions of EPE, Fl-all and D1 next to the item means.
+Middlebury's table averages its sequences. On Sintel (every frame 1024x436) that equals the mean over
+pixels for `epe` up to the invalid pixels, but `epe_noc` / `epe_occ` weigh every frame alike whatever
+its occluded area, where a mean over pooled pixels (RAFT's evaluate.py) weighs every pixel alike.
+KITTI's official Fl-all and D1 count outliers over all valid pixels of the whole dataset, so every
+result also carries `n_valid` (pixels) and the evaluation adds pixel-weighted `*_px` versions of EPE,
+Fl-all and D1 next to the item means.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from flowcli.io.flow_formats import UNKNOWN_FLOW_THRESHOLD
 
 FL_ABS = 3.0  # KITTI outlier: end-point error > 3 px ...
 FL_REL = 0.05  # ... and > 5 % of the ground-truth magnitude
@@ -31,7 +39,9 @@ def _check(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, channels: 
         )
     if valid.shape[0] != pred.shape[0] or valid.shape[-2:] != pred.shape[-2:]:
         raise ValueError(f"valid mask {tuple(valid.shape)} does not match {tuple(pred.shape)}")
-    return pred.float(), gt.float(), valid.bool()
+    gt = gt.float()
+    known = (torch.isfinite(gt) & (gt.abs() < UNKNOWN_FLOW_THRESHOLD)).all(dim=1, keepdim=True)
+    return pred.float(), gt, valid.bool() & known
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -56,7 +66,7 @@ def endpoint_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 def _finite_error(error: torch.Tensor) -> torch.Tensor:
     """A non-finite prediction (NaN, inf) is an infinite error: an outlier in every rate, and an infinite
     mean, rather than a NaN that the mean over items would skip as if the item had no pixel to score."""
-    return torch.nan_to_num(error, nan=math.inf)
+    return torch.nan_to_num(error, nan=math.inf, posinf=math.inf)  # posinf's default is the largest finite float
 
 
 def flow_metrics(
@@ -92,7 +102,8 @@ def occlusion_f1(pred_occ: torch.Tensor, gt_occ: torch.Tensor, valid: torch.Tens
     """F1 score of the occluded class: 2TP / (2TP + FP + FN), per item, mean over the batch.
 
     Both masks are [B,1,H,W] and binarised at 0.5 (1 = occluded); `valid` restricts the pixels
-    counted. An item with no occluded pixel in either mask scores 1 (nothing to find, nothing wrong).
+    counted. An item with no occluded pixel in either mask scores 1 (nothing to find, nothing wrong);
+    one with no valid pixel scores NaN (nothing scored) and is skipped by the mean.
     """
     if pred_occ.dim() == 3:
         pred_occ, gt_occ = pred_occ[None], gt_occ[None]
@@ -100,17 +111,16 @@ def occlusion_f1(pred_occ: torch.Tensor, gt_occ: torch.Tensor, valid: torch.Tens
     if pred_occ.shape != gt_occ.shape:
         raise ValueError(f"occlusion masks {tuple(pred_occ.shape)} and {tuple(gt_occ.shape)} differ in shape")
     p, g = pred_occ > 0.5, gt_occ > 0.5
-    if valid is not None:
-        v = valid.reshape(p.shape).bool()
-        p, g = p & v, g & v
+    v = valid.reshape(p.shape).bool() if valid is not None else torch.ones_like(p)
+    p, g = p & v, g & v
     scores = []
-    for pi, gi in zip(p, g):
+    for pi, gi, vi in zip(p, g, v):
         tp = int((pi & gi).sum())
         fp = int((pi & ~gi).sum())
         fn = int((~pi & gi).sum())
         denom = 2 * tp + fp + fn
-        scores.append(2 * tp / denom if denom else 1.0)
-    return sum(scores) / len(scores)
+        scores.append(2 * tp / denom if denom else 1.0 if vi.any() else math.nan)
+    return _nanmean(scores)
 
 
 def stereo_metrics(pred_disp: torch.Tensor, gt_disp: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
@@ -134,7 +144,7 @@ NOT_AVERAGED = ("n_valid", "height", "width")
 
 
 def mean_metrics(per_item: list[dict], pixel_weighted: tuple[str, ...] = ("epe", "fl_all", "d1")) -> dict[str, float]:
-    """Dataset summary: the mean over items of every numeric key (NaNs skipped), plus
+    """Dataset summary: the mean over items of every numeric key (NaN and None skipped), plus
     `<key>_px` for the `pixel_weighted` keys, weighted by each item's `n_valid` (KITTI's
     convention: outliers counted over all valid pixels of the dataset)."""
     keys: list[str] = []
@@ -142,11 +152,13 @@ def mean_metrics(per_item: list[dict], pixel_weighted: tuple[str, ...] = ("epe",
         for k, v in item.items():
             if k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_AVERAGED:
                 keys.append(k)
-    mean = {k: _nanmean([float(item[k]) for item in per_item if k in item and item[k] is not None]) for k in keys}
+    mean = {k: _nanmean([float(item[k]) for item in per_item if item.get(k) is not None]) for k in keys}
     weights = [float(item.get("n_valid", 0.0)) for item in per_item]
     for k in pixel_weighted:
         pairs = [
-            (float(item[k]), w) for item, w in zip(per_item, weights) if k in item and w > 0 and not math.isnan(item[k])
+            (float(item[k]), w)
+            for item, w in zip(per_item, weights)
+            if item.get(k) is not None and w > 0 and not math.isnan(item[k])
         ]
         total = sum(w for _, w in pairs)
         if pairs and total > 0:
