@@ -43,7 +43,7 @@ def nme(pred: np.ndarray, gt: np.ndarray) -> float:
 def bins(yaws, values) -> dict:
     yaws, values = np.abs(np.asarray(yaws)), np.asarray(values)
     out = {}
-    for name, lo, hi in (("0-30", -1, 30), ("30-60", 30, 60), ("60-90", 60, 91)):
+    for name, lo, hi in (("0-30", -1, 30), ("30-60", 30, 60), ("60-90", 60, math.inf)):
         sel = (yaws > lo) & (yaws <= hi)
         out[name] = float(values[sel].mean()) if sel.any() else None
     present = [v for v in out.values() if v is not None]

@@ -96,7 +96,8 @@ def score_item(
         disparity = prediction if prediction.shape[1] == 1 else -prediction[:, :1]
         row.update(stereo_metrics(disparity, item["disparity"][None].to(device), valid))
         if prediction.shape[1] == 2:
-            vertical = prediction[:, 1][valid[:, 0]].abs()
+            # a NaN is an infinite error, as in the other metrics, not a pixel the mean skips and the rate passes
+            vertical = torch.nan_to_num(prediction[:, 1][valid[:, 0]].abs(), nan=math.inf, posinf=math.inf)
             row["vert_abs"] = float(vertical.mean()) if vertical.numel() else math.nan
             row["vert_gt1"] = 100.0 * float((vertical > 1.0).float().mean()) if vertical.numel() else math.nan
         return row

@@ -110,3 +110,12 @@ def test_face_aflw_without_scipy_is_one_line(run_script, monkeypatch, shared_dat
     monkeypatch.setitem(sys.modules, "scipy.io", None)
     code = run_script("face_aflw.py", "--data", str(shared_data / "face"))
     assert isinstance(code, str) and code.startswith("error: ") and "pip install scipy" in code and "\n" not in code
+
+
+def test_face_aflw_puts_every_yaw_over_60_degrees_in_the_top_bin(monkeypatch):
+    """The top bin ended at 91 degrees, so a face turned further (AFLW2000-3D has some) fell out of every bin;
+    AFLW2000-3D's protocol bins |yaw| in [0, 30], (30, 60] and over 60."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    bins = runpy.run_path(str(BENCHMARKS / "face_aflw.py"), run_name="face_aflw")["bins"]
+    result = bins([10.0, -95.0, 70.0], [1.0, 4.0, 2.0])
+    assert result["0-30"] == 1.0 and result["30-60"] is None and result["60-90"] == 3.0

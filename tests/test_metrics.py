@@ -279,6 +279,18 @@ def test_stereo_vertical_error_over_valid_pixels():
     assert row["vert_gt1"] == pytest.approx(100 / 3)  # only |-2|; 1.0 is not > 1
 
 
+def test_a_nan_vertical_flow_is_an_infinite_vertical_error():
+    """A NaN v made vert_abs NaN, which the dataset mean skips as if the item had no pixel, and vert_gt1 counted
+    it as under 1 px."""
+    from flowcli.evaluation import score_item
+
+    disparity = torch.tensor([[[10.0, 20.0]]])
+    item = {"name": "x", "valid": torch.tensor([[[True, True]]]), "disparity": disparity}
+    flow = torch.stack((-disparity[0], torch.tensor([[math.nan, 0.0]])))[None]
+    row = score_item(item, flow, stereo=True)
+    assert row["vert_abs"] == math.inf and row["vert_gt1"] == pytest.approx(50.0)
+
+
 def test_face_nme_is_mean_point_distance_over_sqrt_of_the_gt_box_area():
     import importlib.util
     from pathlib import Path
