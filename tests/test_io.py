@@ -1009,6 +1009,31 @@ def test_an_interrupt_just_after_the_temp_file_is_made_leaves_no_temp_file(tmp_p
     assert atomic._OUTPUT_OF_TEMP == {}
 
 
+def test_an_interrupt_while_the_temp_file_is_being_made_leaves_no_temp_file(tmp_path, monkeypatch):
+    """mkstemp creates the file, then runs Python code before it returns: a SIGINT or SIGTERM landing there raised
+    its KeyboardInterrupt outside the try that removes the temp file (a killed `estimate -` left one behind)."""
+    import signal
+    import tempfile
+
+    from flowcli.io import atomic
+
+    if not hasattr(signal, "pthread_sigmask"):
+        pytest.skip("signals cannot be held on this platform")
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_interrupted(*args, **kwargs):
+        made = real_mkstemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Python's own SIGINT handler: KeyboardInterrupt at the next bytecode
+        return made
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(tmp_path / "a_flow.flo") as tmp:
+            tmp.write_bytes(b"never")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM} == set()  # released
+
+
 def test_a_write_error_of_one_pair_output_names_that_output_not_a_temp_file(tmp_path, monkeypatch):
     """A full disk during `estimate` said 'cannot write out/.a_flow.mq_l9svn.flo', a hidden temp name."""
     import errno
