@@ -52,7 +52,9 @@ STEREO_COLUMNS = [
 
 EVAL_HELP = (
     "Score a model, or the flow or disparity files of any tool (--predictions), on a benchmark: EPE, Fl-all and "
-    "accuracy for flow; EPE, bad-N and D1 for stereo.\n\n"
+    "accuracy for flow; EPE, bad-N and D1 for stereo. Fl-all and D1 are KITTI 2015's outliers (error > 3 px and "
+    "> 5 % of the true motion) on every dataset, KITTI 2012 too, whose own table counts > 3 px alone "
+    "(100 - acc_3px).\n\n"
     "Prints a table per item and the mean over items on stderr, plus pixel-weighted EPE, Fl-all and D1 "
     "(KITTI's convention); --json prints every number as one JSON object on stdout, with keys weights, model "
     "(checkpoint path), device, scale, precision and results: per dataset, per_item (name, width, height, n_valid, "
