@@ -847,6 +847,23 @@ def test_resume_makes_a_video_of_other_max_frames_again(media, tmp_path, cli, mo
         assert [r["type"] for r in _json_lines(stdout)] == ["skipped"] * (resumed - 1) and snapshot(out) == kept
 
 
+def test_resume_makes_a_video_of_another_fps_again(media, tmp_path, cli):
+    """--fps is not in the run record (it changes no pair's files), so a resume asking for another rate kept the
+    old video at the old rate."""
+    out = tmp_path / "out"
+    args = [media["frames"], "--weights", media["weights"], "-o", out, "--vis", "--video", "--max-frames", "3", "-q"]
+    code, _, err = cli(*args, "--fps", "5")
+    assert code == 0, err
+    code, _, err = cli(*args, "--fps", "20", "--resume")
+    assert code == 0, err
+    assert "plays at 5 fps and this run asks for 20 (--fps): made again" in err
+    with VideoReader(out / f"{Path(media['frames']).stem}_vis.mp4") as reader:
+        assert reader.fps == pytest.approx(20)
+    kept = snapshot(out)
+    code, _, err = cli(*args, "--fps", "20", "--resume")
+    assert code == 0 and "made again" not in err and snapshot(out) == kept
+
+
 def test_resume_refuses_a_video_from_stdin_that_does_not_cover_its_pairs(media, tmp_path, cli, pipe_into_stdin):
     args = ["-", "--weights", media["weights"], "-o", tmp_path / "out", "--vis", "--video", "-q"]
     pipe_into_stdin(media["clip"].read_bytes())

@@ -104,8 +104,8 @@ _HELP_PARAGRAPHS = [
     "records them per input): a change is refused; device, precision, batch size, --max-pixels and the formats may "
     "change. A file older than the settings recorded for its input counts as missing: a run with other settings left "
     "it (an interrupted --overwrite run with a new --step), and it is made again. --video: a sequence's "
-    "existing video is kept if it has a frame per pair; a missing one, or one of another --max-frames, is made again "
-    "over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
+    "existing video is kept if it has a frame per pair; a missing one, or one of another --max-frames or --fps, is "
+    "made again over all pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
     "sequence runs the model again (missing per-pair files are still the only ones written); with - the pairs are "
     "known at the stream's end, and a video that does not match is then an error. Hidden .NAME.* temp "
     "files left by a killed run are not outputs and may be deleted. With - (stdin), pipe the same video again: pairs "
@@ -742,14 +742,17 @@ class _Run:
             return None
         try:
             with VideoReader(path) as reader:
-                frames = reader.num_frames
+                frames, fps = reader.num_frames, reader.fps
         except InputError:  # not a video ffmpeg can read: made again
-            frames = None
+            frames = fps = None
+        wanted_fps = self.fps or source.fps or DEFAULT_FPS
         if frames is None:
             warn(f"{path} cannot be read as a video: made again")
         elif source.pairs is not None and frames != source.pairs:
             warn(f"{path} has {frames} frame(s) but {source.label} gives {source.pairs} pair(s) (made by a run with "
                  "other --max-frames): made again")
+        elif fps is not None and abs(fps - wanted_fps) > 0.005 * wanted_fps:  # --fps is not in the run record
+            warn(f"{path} plays at {fps:g} fps and this run asks for {wanted_fps:g} (--fps): made again")
         else:
             return frames
         return None
