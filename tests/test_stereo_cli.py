@@ -8,6 +8,7 @@ so they test the command's arithmetic and files, not a network; input forms run 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from cli_harness import assert_one_line_error, in_process_cli, refuse_writes_before_the_model, snapshot, without_timing
 
 from flowcli.checkpoint import save_checkpoint
+from flowcli.cli.run_record import STAMP
 from flowcli.inference import FlowResult
 from flowcli.io.flow_formats import read_disparity_png, read_npy, read_pfm, read_png, write_png
 from flowcli.io.media import VideoReader, VideoWriter
@@ -522,6 +524,9 @@ def test_all_leaves_out_the_video_of_a_folder_whose_pairs_differ_in_size(media, 
     assert (out / "b_disp_vis.png").is_file() and not list(out.glob("*.mp4"))
     code, _, err = cli(rig, "--weights", media["weights"], "-o", tmp_path / "out2", "--video", "-q")
     assert_one_line_error(code, err, 2, "pairs differ in size", "--video")
+    # without its video the folder is still listed: its image outputs are refused among its frames
+    code, _, err = cli(rig, "--weights", media["weights"], "-o", rig, "--all", "-q")
+    assert_one_line_error(code, err, 3, "would be an image among the frames of")
 
 
 def test_formats_all_is_all_with_spaces_after_the_commas_too(media, tmp_path, cli):
@@ -593,6 +598,12 @@ def _count_model_pairs(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(stereo, "estimate_disparity", counting)
     return batches
+
+
+def _recorded_settings(folder: Path) -> dict:
+    """The run record's settings per source, without the time each was recorded (it differs from run to run)."""
+    record = json.loads((folder / ".flowcli-stereo.json").read_text())
+    return {key: {name: value for name, value in entry.items() if name != STAMP} for key, entry in record.items()}
 
 
 def _rig_of_three_pairs(media, tmp_path) -> Path:
@@ -744,6 +755,111 @@ def test_resume_with_another_camera_or_swap_is_refused_before_any_work(media, tm
     assert record[next(iter(record))]["baseline"] == 0.1 and "batch_size" not in record[next(iter(record))]
 
 
+@pytest.mark.parametrize("new_setting", [["--max-disparity", "4"], ["--baseline", "0.2"]])
+def test_resume_after_an_interrupted_overwrite_with_new_settings_makes_the_old_files_again(
+    new_setting, media, tmp_path, cli, monkeypatch
+):
+    rig = _rig_of_three_pairs(media, tmp_path)
+
+    def run(out, *options):
+        return cli(rig, "--weights", media["weights"], "-o", out, "--pfm", "--vis", "--depth", "--video", "--focal",
+                   "50", "--baseline", "0.1", "--json", "-q", *options)  # the last --baseline given counts
+
+    code, _, err = run(tmp_path / "fresh", *new_setting)
+    assert code == 0, err
+    expected = {name: data for name, (data, _) in snapshot(tmp_path / "fresh").items() if name.startswith("p")}
+    out = tmp_path / "out"
+    code, _, err = run(out)
+    assert code == 0, err
+    for path in out.glob("[pr]*"):  # made a second earlier, not in the clock tick of the file system when the next run
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 10**9))  # records its settings
+    old_files = {name: data for name, (data, _) in snapshot(out).items() if name.startswith("p2_")}
+    from flowcli import stereo
+
+    model_pairs, real = [], stereo.estimate_disparity
+
+    def ctrl_c_at_the_second_pair(model, left, right, **kwargs):
+        if model_pairs:
+            raise KeyboardInterrupt
+        model_pairs.append(left.shape[0])
+        return real(model, left, right, **kwargs)
+
+    monkeypatch.setattr(stereo, "estimate_disparity", ctrl_c_at_the_second_pair)
+    code, _, err = run(out, "--overwrite", *new_setting)
+    assert code == 130, err
+    assert {name: data for name, (data, _) in snapshot(out).items() if name.startswith("p2_")} == old_files
+    monkeypatch.setattr(stereo, "estimate_disparity", real)
+    model_pairs = _count_model_pairs(monkeypatch)
+    code, stdout, err = run(out, "--resume", *new_setting)
+    assert code == 0, err
+    assert model_pairs == [1, 1]  # every pair but the one the interrupted run wrote
+    assert [r["type"] for r in _records(stdout)] == ["skipped", "pair", "pair", "video"]
+    assert "7 output file(s) in" in err and "predated the settings recorded" in err and "made again" in err
+    resumed = snapshot(out)
+    assert {name: resumed[name][0] for name in expected} == expected
+    fresh_video, resumed_video = (list(VideoReader(run / "rig_disp_vis.mp4")) for run in (tmp_path / "fresh", out))
+    assert len(resumed_video) == 3 and all(np.array_equal(a, b) for a, b in zip(fresh_video, resumed_video))
+    # what is made again now belongs to the recorded settings: the next --resume keeps everything
+    code, stdout, err = run(out, "--resume", *new_setting)
+    assert code == 0, err
+    assert model_pairs == [1, 1] and snapshot(out) == resumed and "predated" not in err
+
+
+def test_resume_makes_a_video_of_other_max_frames_again(media, tmp_path, cli):
+    out = tmp_path / "out"
+    rig = _rig_of_three_pairs(media, tmp_path)
+    for source, video in [([rig], "rig_disp_vis.mp4"), (["--sbs", media["sbs_video"]], "sbs_disp_vis.mp4")]:
+        args = [*source, "--weights", media["weights"], "-o", out, "--vis", "--video", "--json", "-q"]
+        code, _, err = cli(*args, "--max-frames", "2")
+        assert code == 0, err
+        code, stdout, err = cli(*args, "--max-frames", "3", "--resume")
+        assert code == 0, err
+        records = _records(stdout)
+        assert [r["type"] for r in records] == ["skipped", "skipped", "pair", "video"]
+        assert records[-1]["frames"] == 3 and "made by a run with other --max-frames" in err
+        assert sum(1 for _ in VideoReader(out / video)) == 3
+        kept = snapshot(out)
+        code, stdout, err = cli(*args, "--max-frames", "3", "--resume")  # now it has a frame per pair: kept
+        assert code == 0, err
+        assert [r["type"] for r in _records(stdout)] == ["skipped"] * 3 and snapshot(out) == kept
+
+
+@pytest.mark.parametrize("layout", ["folder", "glob", "two folders", "side-by-side images in a row",
+                                    "subfolder from --name"])
+def test_image_outputs_among_the_input_frames_are_refused_before_any_work(layout, media, tmp_path, cli, monkeypatch):
+    scene = media["scene"]
+    rig = _rig_of_three_pairs(media, tmp_path)
+    for t in range(2):
+        write_png(tmp_path / "cam_left" / f"{t:04d}.png", _uint8(scene.left[t]))
+        write_png(tmp_path / "cam_right" / f"{t:04d}.png", _uint8(scene.right[t]))
+        write_png(tmp_path / "sbs" / f"f_{t}.png", np.concatenate((_uint8(scene.left[t]), _uint8(scene.right[t])), 1))
+    inputs, frames = {
+        "folder": ([rig], rig), "glob": ([str(rig / "*.png")], rig),
+        "two folders": ([tmp_path / "cam_left", tmp_path / "cam_right"], tmp_path / "cam_right"),
+        "side-by-side images in a row": (["--sbs", *sorted((tmp_path / "sbs").iterdir())], tmp_path / "sbs"),
+        "subfolder from --name": ([rig], rig),
+    }[layout]
+    output = ["-o", tmp_path, "--name", "rig/{stem}"] if layout == "subfolder from --name" else ["-o", frames]
+    args = [*inputs, "--weights", media["weights"], *output, "-q"]
+    before = snapshot(tmp_path)
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    for images in [["--vis"], ["--kitti"], ["--occlusion"], ["--depth-png", "--focal", "50", "--baseline", "0.1"]]:
+        code, stdout, err = cli(*args, *images)
+        assert_one_line_error(code, err, 3, f"{frames}{os.sep}", "would be an image among the frames of",
+                              "choose another output folder with -o")
+        assert stdout == "" and snapshot(tmp_path) == before
+    monkeypatch.undo()
+    images = sorted(p.name for p in frames.glob("*.png"))
+    code, _, err = cli(*args, "--pfm", "--npy")  # not images: a later run over the frames does not list them
+    assert code == 0, err
+    assert sorted(p.name for p in frames.glob("*.png")) == images and any(frames.glob("*_disp.pfm"))
+    # an explicit pair names its images: nothing is listed from their folder
+    code, _, err = cli(rig / "p0_left.png", rig / "p0_right.png", "--weights", media["weights"], "-o", rig, "--vis",
+                       "-q")
+    assert code == 0, err
+    assert (rig / "p0_disp_vis.png").is_file()
+
+
 # ----------------------------------------------------------------------------- --pairs LIST
 
 
@@ -806,12 +922,12 @@ def test_a_pair_list_gives_what_each_pair_gives_in_a_run_of_its_own(media, liste
         np.testing.assert_array_equal(read_npy(tmp_path / "listed" / f"{stem}_disp.npy"), disparity)
         disparities.append(disparity)
     assert not np.array_equal(*disparities)  # two pairs, not one pair twice
-    recorded = json.loads((tmp_path / "listed" / ".flowcli-stereo.json").read_text())
+    recorded = _recorded_settings(tmp_path / "listed")
     assert set(recorded) == {
         " ".join(sorted(str(Path(p).resolve()) for p in pair)) for pair in [*pairs, [media["left"], media["right"]]]
     }
     listed_entries = {key: value for key, value in recorded.items() if str(media["left"].resolve()) not in key}
-    assert listed_entries == json.loads((tmp_path / "alone" / ".flowcli-stereo.json").read_text())
+    assert listed_entries == _recorded_settings(tmp_path / "alone")
 
 
 def test_swap_swaps_the_images_of_every_line(media, listed_rigs, tmp_path, cli):

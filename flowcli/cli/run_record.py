@@ -37,7 +37,7 @@ the record deleted) resumes as before, and its entry is written then.
 
 Because the entry is written before the pairs run, the folder may still hold files of the settings it replaced:
 an --overwrite run with a new --step interrupted halfway leaves the old run's files under names the resumed run
-takes as done. So estimate's entries are stamped (`write(..., stamp=True)`): an entry a run without --resume
+takes as done. So the entries of both commands are stamped (`write(..., stamp=True)`): an entry a run without --resume
 writes with other settings than recorded, or for a source without an entry, gets "since", the file-system
 time (ns) of the record's write, and `made_since` gives it to the resumed run, which takes an output file
 modified before it as left by other settings and makes it again. An entry whose settings stay keeps its stamp;

@@ -4,8 +4,8 @@ Like `flowcli estimate`, the command validates everything it can before loading 
 and decode, left and right agree in size, the camera is sane, outputs can be written and do not exist
 yet), then streams the pairs through `flowcli.stereo.estimate_disparity` in batches and writes each
 pair's outputs all-or-nothing through temp files. With --resume, pairs whose outputs are all there already are
-skipped without running the model, and a run whose settings differ from those recorded in the output folder
-(flowcli.cli.run_record) is refused.
+skipped without running the model, a run whose settings differ from those recorded in the output folder
+(flowcli.cli.run_record) is refused, and files older than the recorded settings are made again.
 """
 
 from __future__ import annotations
@@ -128,15 +128,19 @@ _HELP_PARAGRAPHS = [
     "cloud) and {ext}; '_{kind}' and '.{ext}' are added when missing ('_{kind}' before a final '.{ext}'). Existing "
     "files are never replaced without "
     "--overwrite (all planned names are checked before any work, for a video as many pairs as its header or "
-    "--max-frames tells); every file is written to a temp file and renamed when complete.",
+    "--max-frames tells); every file is written to a temp file and renamed when complete. Image outputs (kitti, vis, "
+    "occlusion, depth_png) are refused in a folder the run lists frames from (a folder, a glob, side-by-side images "
+    "in a row): a later run over it would take them for frames.",
     "--resume finishes an interrupted run: give the same inputs, options, camera and weights again, plus --resume. "
     "A pair whose outputs all exist is skipped without running the model (a video is still decoded up to its last "
     "pair); for the other pairs only the missing files are written, and existing files are never touched. The "
     "weights, --step, --swap, the camera (--focal, --baseline, --calib), --max-depth, --max-disparity and "
     "--lr-threshold must be the ones the outputs were made with (a hidden OUT/.flowcli-stereo.json records them per "
-    "input): a change is refused; device, precision, batch size, --max-pixels and the formats may change. --video: "
-    "a sequence's existing video is kept; a missing one is made again over all pairs, taking skipped pairs' frames "
-    "from their vis PNGs, so without --vis every pair of that "
+    "input): a change is refused; device, precision, batch size, --max-pixels and the formats may change. A file "
+    "older than the settings recorded for its input counts as missing: a run with other settings left it (an "
+    "interrupted --overwrite run with a new --max-disparity), and it is made again. --video: a sequence's existing "
+    "video is kept if it has a frame per pair; a missing one, or one of another --max-frames, is made again over all "
+    "pairs, taking skipped pairs' frames from their vis PNGs, so without --vis every pair of that "
     "sequence runs the model again (missing per-pair files are still the only ones written). The video is the only "
     "output per sequence: point clouds (--ply) are per pair and resume like the other files. Hidden .NAME.* temp "
     "files left by a killed run are not outputs and may be deleted. --resume and --overwrite exclude each other.",
@@ -281,6 +285,7 @@ class _Source:
     size: tuple[int, int] | None = None  # (width, height) of one view, from headers (the first pair's)
     sizes_differ: bool = False  # pairs of different sizes: no visualisation video
     other_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # sizes besides `size`
+    made_since: int | None = None  # --resume: outputs modified before this (ns) are not done (RunRecord.made_since)
 
 
 @dataclass
@@ -636,6 +641,43 @@ def _record_entry(source: _Source, settings: dict) -> Entry:
     return Entry(" ".join(sorted(str(path.resolve()) for path in files)), source.label, settings)
 
 
+def _done(path: Path, source: _Source) -> bool:
+    """Whether --resume takes the output `path` as done. Files are published whole under their final name (temp file
+    + rename), so one that exists is complete; but one modified before the source's settings were recorded was left
+    by a run with other settings (an interrupted --overwrite run with a new --max-disparity), and is made again."""
+    try:
+        modified = os.lstat(path).st_mtime_ns  # lstat: a dangling link (a dropped git-annex file) is there too
+    except OSError:
+        return False
+    return source.made_since is None or modified >= source.made_since
+
+
+def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
+    """Resolved folder -> the input whose frames are images listed there (a folder, a glob, two folders, side-by-side
+    images in a row). An explicit pair names its two images: it is not listed. Call it before --all takes a
+    sequence's video away (`sequence` is then False for a listed input too)."""
+    folders: dict[Path, str] = {}
+    for source in sources:
+        if source.sequence and source.pairs:
+            for folder in {path.parent for pair in source.pairs for path in pair[:2] if path is not None}:
+                folders.setdefault(folder.resolve(), source.label)
+    return folders
+
+
+def _refuse_image_among_frames(path: Path, frame_folders: dict[Path, str], resolved: dict[Path, Path]) -> None:
+    """OutputError when the output `path` is an image in a folder of input frames; `resolved` caches folders."""
+    from flowcli.io.media import IMAGE_SUFFIXES
+
+    if not frame_folders or path.suffix.lower() not in IMAGE_SUFFIXES:
+        return
+    folder = resolved.get(path.parent) or resolved.setdefault(path.parent, path.parent.resolve())
+    if folder in frame_folders:
+        raise OutputError(
+            f"{path} would be an image among the frames of {frame_folders[folder]}, and a later run over them would "
+            "take it for a frame; choose another output folder with -o"
+        )
+
+
 def _video_path(directory: Path, source: _Source) -> Path:
     return directory / f"{source.name}_disp_vis.mp4"
 
@@ -863,6 +905,7 @@ def stereo(
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], sbs=sbs, swap=swap, step=step, max_frames=max_frames,
                               pair_list=pair_list)
+    frame_folders = _frame_folders(sources)
     if camera is not None:
         for source in sources:  # every size of a folder, not only its first pair's: fail before any output
             for size in (source.size, *source.other_sizes):
@@ -886,10 +929,12 @@ def stereo(
     # --resume takes existing outputs as done: the claims then check only collisions, inputs and folders
     keep_existing = overwrite or resume
     claims = OutputClaims(input_files, keep_existing)
+    resolved: dict[Path, Path] = {}  # output folder -> resolved, once per folder
     for number, s in enumerate(sources):
         for fields in _known_fields(s, step, max_frames):
             owner = _pair_owner(number, s, fields["index"], fields["stem"])
             for path in _output_paths(output, template, formats_set, s, fields).values():
+                _refuse_image_among_frames(path, frame_folders, resolved)
                 claims.check(path, owner)
         if want_video and s.sequence:
             claims.check(_video_path(output, s), Owner.video(number, s.label))
@@ -923,10 +968,16 @@ def stereo(
                model_info={"model": spec, "weights": str(weights_path), "sha256": sha256})
     known = [s.count for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
-    record.write(entries)
+    record.write(entries, stamp=not resume)
+    if resume:
+        for source, since in zip(sources, record.made_since(entries)):
+            source.made_since = since
     with progress(quiet) as bar:
         task = bar.add_task("stereo", total=total, info="")
         run.sources(sources, lambda info: bar.update(task, advance=1, info=info))
+    if run.replaced:
+        warn(f"{run.replaced} output file(s) in {output} predated the settings recorded for their input (left by a "
+             "run with other settings, such as an interrupted --overwrite run): made again")
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
         stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
@@ -938,7 +989,8 @@ class _PlannedPair:
     source: _Source
     item: _Item
     paths: dict  # output key -> path, every output of the pair
-    missing: dict  # the outputs to write: all of them, or with --resume those not there yet
+    missing: dict  # the outputs to write: all of them, or with --resume those not done yet
+    replaces: int = 0  # --resume: how many of `missing` exist, left by a run with other settings
     left: object = None  # torch.Tensor [3, H, W], loaded for pairs that run the model
     right: object = None
 
@@ -970,6 +1022,7 @@ class _Run:
     model_info: dict
     computed: int = 0
     skipped: int = 0
+    replaced: int = 0  # --resume: files left by a run with other settings, made again
     warned: set = field(default_factory=set)  # (input number, kind): a sequence's warning is given once
 
     def _warn_once(self, number: int, source: _Source, kind: str, message: str) -> None:
@@ -1001,19 +1054,52 @@ class _Run:
     def _sequence(self, number: int, source: _Source, advance) -> None:
         from flowcli.io.media import VideoWriter
 
+        path = _video_path(self.directory, source)
+        kept_frames = self._kept_video_frames(path, source) if self.want_video and self.resume else None
+        pairs_before = self.computed + self.skipped
         with contextlib.ExitStack() as stack:
             writer = None
-            path = _video_path(self.directory, source)
-            if self.want_video and not (self.resume and os.path.lexists(path)):
+            if self.want_video and kept_frames is None:
                 self.claims.check(path, Owner.video(number, source.label))
+                # --resume replaces a video it does not keep
                 writer = stack.enter_context(VideoWriter(path, fps=self.fps or source.fps or DEFAULT_FPS,
-                                                         overwrite=self.overwrite))
+                                                         overwrite=self.overwrite or self.resume))
             self._run_pairs((self._plan_pair(number, source, item)
                              for item in _read_pairs(source, self.sbs, self.swap, self.step, self.max_frames)),
                             writer, advance)
+        pairs = self.computed + self.skipped - pairs_before
+        if kept_frames is not None and kept_frames != pairs:  # a video whose header did not tell its pairs
+            raise OutputError(
+                f"{path} has {kept_frames} frame(s) but {source.label} gave {pairs} pair(s): it was made by a run "
+                "with other --max-frames or from other frames; delete it and run again with --resume to make it again"
+            )
         if writer is not None:
             self._emit({"type": "video", "source": source.label, "outputs": {"video": str(writer.path)},
                         "frames": writer.frames_written, "fps": writer.fps})
+
+    def _kept_video_frames(self, path: Path, source: _Source) -> int | None:
+        """--resume: the frame count of the sequence's video if it is kept, None if it is to be made (again). A
+        video is kept when it is done (see `_done`) and has one frame per pair of this run: a run with another
+        --max-frames made it otherwise. Where the pairs are not known before decoding, `_sequence` checks after."""
+        from flowcli.console import warn
+        from flowcli.io.media import VideoReader
+
+        if not _done(path, source):
+            self.replaced += os.path.lexists(path)
+            return None
+        try:
+            with VideoReader(path) as reader:
+                frames = reader.num_frames
+        except InputError:  # not a video ffmpeg can read: made again
+            frames = None
+        if frames is None:
+            warn(f"{path} cannot be read as a video: made again")
+        elif source.count is not None and frames != source.count:
+            warn(f"{path} has {frames} frame(s) but {source.label} gives {source.count} pair(s) (made by a run with "
+                 "other --max-frames): made again")
+        else:
+            return frames
+        return None
 
     def _run_pairs(self, planned_pairs: Iterator[_PlannedPair], writer, advance) -> None:
         """The pairs in batches of up to --batch-size pairs of one size. Outputs, JSON lines, progress and video
@@ -1040,9 +1126,9 @@ class _Run:
         owner = _pair_owner(number, source, item.index, item.stem)
         for path in paths.values():
             self.claims.check(path, owner)
-        # files are published whole under their final name (temp file + rename): one that exists is complete
-        missing = {key: path for key, path in paths.items() if not (self.resume and os.path.lexists(path))}
-        return _PlannedPair(number, source, item, paths, missing)
+        missing = {key: path for key, path in paths.items() if not (self.resume and _done(path, source))}
+        replaces = sum(os.path.lexists(path) for path in missing.values()) if self.resume else 0
+        return _PlannedPair(number, source, item, paths, missing, replaces=replaces)
 
     def _skip(self, planned: _PlannedPair, writer, advance) -> None:
         source, item = planned.source, planned.item
@@ -1112,10 +1198,11 @@ class _Run:
                 colours = disparity_to_rgb(disparity, self.max_disparity)
             points = _write_outputs(planned.missing, disparity=disparity, occlusion=occ, depth=depth_map,
                                     left_image=planned.left, camera=self.camera, ascii_ply=self.ascii_ply,
-                                    overwrite=self.overwrite, vis=colours)
+                                    overwrite=self.overwrite or planned.replaces > 0, vis=colours)
             if writer is not None:
                 writer.write(colours)
             self.computed += 1
+            self.replaced += planned.replaces
             height, width = disparity.shape
             valid_depth = None if depth_map is None else depth_map[depth_map > 0]
             cam = self.camera
