@@ -294,6 +294,16 @@ def _source_key(source: str) -> object:
     return source
 
 
+def _source_record(spec: str) -> tuple[str | None, dict]:
+    """(registry name, file record) of a source spec: the registry's when an entry uses it, else a record of
+    the spec alone (no sha256)."""
+    found = _find_source(spec)
+    if found is not None:
+        return found
+    filename = PurePosixPath(urlsplit(spec.split("@")[0] if spec.startswith("hf://") else spec).path).name
+    return None, {"path": filename or "download", "source": spec}
+
+
 def _find_source(source: str) -> tuple[str, dict] | None:
     """The registry (name, file record) that uses `source`, so a raw spec still gets its sha256 checked."""
     key = _source_key(source)
@@ -315,11 +325,8 @@ def resolve(spec: str | os.PathLike, offline: bool = False, *, quiet: bool = Fal
     """
     spec = os.fspath(spec)
     if spec.startswith(SOURCE_PREFIXES):
-        found = _find_source(spec)
-        if found is not None:
-            return _fetch(found[0], found[1], offline=offline, quiet=quiet)
-        filename = PurePosixPath(urlsplit(spec.split("@")[0] if spec.startswith("hf://") else spec).path).name
-        return _fetch(None, {"path": filename or "download", "source": spec}, offline=offline, quiet=quiet)
+        name, record = _source_record(spec)
+        return _fetch(name, record, offline=offline, quiet=quiet)
 
     path = Path(spec).expanduser()
     if path.is_file():
@@ -369,6 +376,27 @@ def verify(name: str) -> list[tuple[str, str]]:
             status = OK if known else UNVERIFIED
         results.append((record["path"], status))
     return results
+
+
+def verify_source(spec: str) -> tuple[str, str]:
+    """(file, status) for a source spec (hf://, https://, bundled:), checking the local copy only, as `verify`
+    does: against the sha256 and size of the registry entry that uses the source, else an hf:// file against
+    the Hub's own sha256. A URL in no registry entry has no sha256 to check: "unverified", cached or not.
+    """
+    name, record = _source_record(spec)
+    hf = record["source"].startswith("hf://")
+    path = _local_copy(name, record)
+    if path is None and record["source"].startswith("bundled:"):
+        status = MISSING
+    elif path is None:
+        status = NOT_DOWNLOADED if hf or _known_sha256(record) is not None else UNVERIFIED
+    else:
+        record = _with_hub_sha256(path, record) if hf else record
+        if _local_problem(path, record) is not None:
+            status = CORRUPT
+        else:
+            status = OK if _known_sha256(record) is not None else UNVERIFIED
+    return record["path"], status
 
 
 def _label(name: str | None, record: dict) -> str:
@@ -556,13 +584,18 @@ def _hf_missing(error: Exception, repo_id: str, filename: str, revision: str, en
 
 
 def _hf_problem(path: Path, record: dict) -> tuple[str, str, str] | None:
-    """`_local_problem` for a cached hf file. Without a registry sha256 the Hub's own is used: a file stored
-    with git LFS (every checkpoint is) is cached as a blob named by its sha256."""
+    """`_local_problem` for a cached hf file, checked against the Hub's sha256 without a registry one."""
+    return _local_problem(path, _with_hub_sha256(path, record))
+
+
+def _with_hub_sha256(path: Path, record: dict) -> dict:
+    """`record`, given the Hub's sha256 of cached hf file `path` if it records none: a file stored with git LFS
+    (every checkpoint is) is cached as a blob named by its sha256."""
     if _known_sha256(record) is None:
         blob = os.path.basename(os.path.realpath(path))
         if _SHA256_RE.fullmatch(blob):
-            record = {**record, "sha256": blob}
-    return _local_problem(path, record)
+            return {**record, "sha256": blob}
+    return record
 
 
 def _fetch_hf(name: str | None, record: dict, *, offline: bool, quiet: bool) -> Path:
@@ -602,9 +635,10 @@ def _corrupt_while_offline(name: str | None, record: dict, problem: tuple[str, s
 
 
 def _offline_miss(name: str | None, record: dict, reason: str) -> WeightsError:
+    what = f"{record['path']} of {name} ({record['source']})" if name else record["source"]
     return WeightsError(
-        f"{record['path']} of {name or record['source']} ({record['source']}) is not in the local cache and "
-        f"flowcli is offline ({reason}); run `flowcli weights download {name or record['source']}` while online"
+        f"{what} is not in the local cache and flowcli is offline ({reason}); "
+        f"run `flowcli weights download {name or record['source']}` while online"
     )
 
 

@@ -179,6 +179,23 @@ def test_push_uploads_and_the_pinned_source_resolves(hub, checkpoint, tmp_path, 
     assert load_checkpoint(path).provenance["trained_by"] == "flowcli adapt"
 
 
+def test_the_pushed_source_is_described_and_verified_by_weights_info_and_verify(hub, checkpoint):
+    """The hf:// source push prints works with --weights; `weights info` and `weights verify` said "unknown model"."""
+    app = _app()
+    result = CliRunner().invoke(app, ["weights", "push", str(checkpoint), "--repo", "me/my-flow"])
+    assert result.exit_code == 0, result.output
+    source = result.stdout.strip()
+    result = CliRunner().invoke(app, ["weights", "verify", source, "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["status"] == "not downloaded", result.output
+    info = CliRunner().invoke(app, ["weights", "info", source, "--json"])
+    assert info.exit_code == 0, info.output
+    out = json.loads(info.stdout)
+    assert out["source"] == source and out["checkpoint"]["flowcli.provenance"]["trained_by"] == "flowcli adapt"
+    assert Path(out["path"]).read_bytes() == checkpoint.read_bytes()
+    result = CliRunner().invoke(app, ["weights", "verify", source, "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["status"] == "ok", result.output
+
+
 def test_push_to_existing_repo_and_custom_name(hub, checkpoint):
     hub.repos["me/existing"] = {}
     result = CliRunner().invoke(

@@ -704,6 +704,83 @@ def test_cli_download_info_verify(cli, hub, tmp_path, monkeypatch, checkpoint_by
     assert result.exit_code == 2 and "--all" in result.output and hub.count("GET") == 1
 
 
+def test_cli_info_of_an_hf_or_url_source_fetches_it_as_weights_does(
+    weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """`weights info hf://...` said "unknown model ..., or pass a checkpoint file path", though --weights takes it."""
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
+    hub.add_plain_file("plain.safetensors", checkpoint_bytes)
+    hf_spec, url = f"hf://{REPO_ID}/loose.safetensors@main", hub.plain_url("plain.safetensors")
+    for spec in (hf_spec, url):
+        code, out, err = weights_cli("info", spec, "--json")
+        assert code == 0, err
+        info = json.loads(out)
+        assert info["source"] == spec and info["sha256"] == hashlib.sha256(checkpoint_bytes).hexdigest()
+        assert info["checkpoint"]["flowcli.provenance"]["note"] == "test"
+        assert Path(info["path"]).read_bytes() == checkpoint_bytes
+    assert (tmp_path / "hf" / "hub") in Path(json.loads(weights_cli("info", hf_spec, "--json")[1])["path"]).parents
+    code, out, _ = weights_cli("info", hf_spec)
+    assert code == 0 and hf_spec in out and "flownet" in out
+    seen = len(hub.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = weights_cli("info", hf_spec, "--json")  # the cached copy
+    assert code == 0 and json.loads(out)["source"] == hf_spec, err
+    uncached = f"hf://{REPO_ID}/other.safetensors"
+    code, _, err = weights_cli("info", uncached)
+    assert_one_line_error(code, err, 4, f"{uncached} is not in the local cache", "HF_HUB_OFFLINE=1",
+                          f"flowcli weights download {uncached}")  # fmt: skip
+    assert len(hub.requests) == seen
+
+
+def test_cli_verify_of_an_hf_source_checks_its_cached_copy_against_the_hubs_sha256(
+    weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """`weights verify hf://...` said "unknown model"; it must check the cached copy and never download."""
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
+    spec = f"hf://{REPO_ID}/loose.safetensors"
+    code, out, err = weights_cli("verify", spec, "--json")
+    assert code == 0, err
+    assert json.loads(out) == [{"name": spec, "file": "loose.safetensors", "status": registry.NOT_DOWNLOADED}]
+    assert f"not downloaded; run `flowcli weights download {spec}` to fetch it" in err and len(err.splitlines()) == 1
+    assert hub.requests == []
+    path = registry.resolve(spec, quiet=True)
+    seen = len(hub.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = weights_cli("verify", spec, "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == registry.OK and err == "", err
+    Path(os.path.realpath(path)).write_bytes(b"\0" * len(checkpoint_bytes))  # same size: only the sha256 tells
+    code, out, err = weights_cli("verify", spec)
+    assert_one_line_error(code, err, 4, f"{spec} (corrupt)", f"`flowcli weights download {spec}`")
+    assert registry.CORRUPT in out and len(hub.requests) == seen and path.is_file()  # reported, not deleted
+
+
+def test_cli_verify_of_a_url_says_whether_a_sha256_is_known(weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes):
+    """A URL in no registry entry has nothing to be checked against: "unverified", and one line saying why."""
+    url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes)  # registered: checked against the registry's sha256
+    registered = hub.plain_url("tiny.safetensors")
+    hub.add_plain_file("loose.safetensors", checkpoint_bytes)
+    loose = hub.plain_url("loose.safetensors")
+    code, out, err = weights_cli("verify", registered, "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == registry.NOT_DOWNLOADED, err
+    registry.resolve(registered, quiet=True)
+    code, out, err = weights_cli("verify", registered, "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == registry.OK and err == "", err
+    for fetched in (False, True):
+        if fetched:
+            registry.resolve(loose, quiet=True)
+        seen = len(hub.requests)
+        code, out, err = weights_cli("verify", loose, "--json")
+        assert code == 0 and json.loads(out)[0]["status"] == registry.UNVERIFIED, err
+        assert err.startswith(f"no sha256 is known for {loose} (no registry entry records one)")
+        assert len(err.splitlines()) == 1 and len(hub.requests) == seen
+
+
 def test_cli_download_of_several_models_fetches_every_one_it_can_and_names_each_failure(
     weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
 ):

@@ -180,24 +180,31 @@ def list_command(json_output: JsonOption = False) -> None:
         "Show everything known about a model: registry fields, its files and their local state, and the "
         "metadata stored inside the checkpoint (architecture config, training provenance) when a local copy "
         "exists.\n\n"
-        "Given a checkpoint file instead of a name, shows that file's metadata.\n\n"
+        "Given a checkpoint file instead of a name, shows that file's metadata; given an hf://OWNER/REPO/FILE\\[@REV] "
+        "or https:// source, fetches and verifies it as --weights does (FLOWCLI_OFFLINE=1 or HF_HUB_OFFLINE=1: the "
+        "cached copy only) and shows that file's.\n\n"
         "--json prints one JSON document: name, the registry fields, files (each with status and local_path) and "
         "checkpoint (the metadata inside the local copy, or null); for a checkpoint file: path, sha256 and "
-        "checkpoint.\n\n"
+        "checkpoint; for a source, source as well.\n\n"
         "Example: flowcli weights info flowcli-pwc-synth"
     ),
 )
 def info_command(
-    name: Annotated[str, typer.Argument(help="A registry name (see `flowcli weights list`) or a checkpoint file.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A registry name (see `flowcli weights list`), a checkpoint file, or an hf:// or https:// source."
+        ),
+    ],
     json_output: JsonOption = False,
 ) -> None:
     try:
         entry = registry.model_entry(name)
     except WeightsError:
-        if name.startswith(registry.SOURCE_PREFIXES):
-            raise
-        # a checkpoint file; a missing path or a folder is said as such, an unknown name lists the known ones
-        _show_file_metadata(registry.resolve(name), json_output)
+        # a checkpoint file or a source; a missing path or a folder is said as such, an unknown name lists the
+        # known ones
+        source = name if name.startswith(registry.SOURCE_PREFIXES) else None
+        _show_file_metadata(registry.resolve(name), json_output, source)
         return
     statuses = dict(registry.verify(name))
     files = []
@@ -263,16 +270,19 @@ def _add_checkpoint_rows(table: Table, metadata: dict) -> None:
     table.add_row("provenance", _summary(metadata.get("flowcli.provenance")))
 
 
-def _show_file_metadata(path: Path, json_output: bool) -> None:
+def _show_file_metadata(path: Path, json_output: bool, source: str | None = None) -> None:
     metadata = _checkpoint_metadata(path)
     if "error" in metadata:
         raise WeightsError(metadata["error"])
     if json_output:
-        _echo_json({"path": str(path), "sha256": registry.sha256_file(path), "checkpoint": metadata})
+        where = {"source": source} if source else {}
+        _echo_json({**where, "path": str(path), "sha256": registry.sha256_file(path), "checkpoint": metadata})
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
+    if source:
+        table.add_row("source", source)
     table.add_row("file", str(path))
     table.add_row("sha256", registry.sha256_file(path))
     _add_checkpoint_rows(table, metadata)
@@ -336,41 +346,71 @@ def download_command(
         "absent from this installation); corrupt (wrong size or sha256; a download is re-fetched on next use or by "
         "`flowcli weights download NAME`, a bundled file needs a reinstall of flowcli). Exits with code 4 when a "
         "file is missing or corrupt.\n\n"
+        "Given an hf://OWNER/REPO/FILE\\[@REV] or https:// source instead of a name, checks its cached copy "
+        "against the registry entry that uses that source, else (hf://) against the Hub's sha256; an https:// URL "
+        "in no registry entry has no sha256 to check it against (unverified).\n\n"
         "--json prints one JSON document: a list of {name, file, status}.\n\n"
         "Example: flowcli weights verify flowcli-pwc-synth"
     ),
 )
 def verify_command(
-    name: Annotated[Optional[str], typer.Argument(help="One registry name; default: every model.")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Argument(help="One registry name, or an hf:// or https:// source; default: every model."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
+    from flowcli.console import stderr
+
     names = [name] if name else registry.list_models()
-    rows = [(model, file, status) for model in names for file, status in registry.verify(model)]
+    rows = [row for model in names for row in _verify_rows(model)]
     if json_output:
-        _echo_json([{"name": model, "file": file, "status": status} for model, file, status in rows])
+        _echo_json([{"name": model, "file": file, "status": status} for model, file, status, _ in rows])
     else:
         table = Table()
         for column in ("name", "file", "status"):
             table.add_column(column, overflow="fold")  # a narrow terminal cut file names to "face_detection_s…"
-        for model, file, status in rows:
+        for model, file, status, _ in rows:
             table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
         _stdout().print(table)
-    failed = [(model, file, status) for model, file, status in rows if status in _FAILED]
+    if name is not None and name.startswith(registry.SOURCE_PREFIXES):
+        note = _source_note(name, rows[0][2])
+        if note:
+            stderr.print(note, highlight=False, soft_wrap=True)
+    failed = [row for row in rows if row[2] in _FAILED]
     if failed:
-        # a bundled file is not downloaded, so `weights download` cannot replace it
-        bundled = {
-            (model, record["path"])
-            for model in names
-            for record in registry.model_entry(model)["files"]
-            if record["source"].startswith("bundled:")
-        }
         fixes = []
-        if any((model, file) in bundled for model, file, _ in failed):
+        # a bundled file is not downloaded, so `weights download` cannot replace it
+        if any(source.startswith("bundled:") for *_, source in failed):
             fixes.append("reinstall flowcli for missing or corrupt bundled files")
-        if any((model, file) not in bundled for model, file, _ in failed):
-            fixes.append("`flowcli weights download NAME` fetches corrupt ones again")
-        listed = ", ".join(f"{model}/{file} ({status})" for model, file, status in failed)
+        downloads = list(dict.fromkeys(model for model, *_, source in failed if not source.startswith("bundled:")))
+        if downloads:
+            fixes.append(f"`flowcli weights download {' '.join(downloads)}` fetches corrupt ones again")
+        listed = ", ".join(
+            f"{model if model == source else f'{model}/{file}'} ({status})" for model, file, status, source in failed
+        )
         raise WeightsError(f"{len(failed)} file(s) failed verification: {listed}; {'; '.join(fixes)}")
+
+
+def _verify_rows(name: str) -> list[tuple[str, str, str, str]]:
+    """(name, file, status, source) for each file of a registry model, or for a source spec given as `name`."""
+    if name.startswith(registry.SOURCE_PREFIXES):
+        return [(name, *registry.verify_source(name), name)]
+    sources = {record["path"]: record["source"] for record in registry.model_entry(name)["files"]}
+    return [(name, file, status, sources[file]) for file, status in registry.verify(name)]
+
+
+def _source_note(source: str, status: str) -> str | None:
+    """What a source's verify status means and what to do, in one line (the table says only the status)."""
+    if status == registry.NOT_DOWNLOADED:
+        return f"{source} is not downloaded; run `flowcli weights download {source}` to fetch it"
+    if status == registry.UNVERIFIED:
+        hub = ", and the Hub stores the file without one (not with git LFS)" if source.startswith("hf://") else ""
+        return (
+            f"no sha256 is known for {source} (no registry entry records one{hub}), so flowcli cannot verify it; "
+            "list it with its sha256 in a FLOWCLI_REGISTRY file to have it checked"
+        )
+    return None
 
 
 def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str, sha256: str, size: int) -> dict:
