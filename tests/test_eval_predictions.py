@@ -479,3 +479,31 @@ def test_precision_auto_and_the_learned_occlusion_column(tmp_path, model_cli, ma
         assert cell("learned F1") == f"{row['occ_f1_learned']:.3f}"
     else:
         assert "occ_f1_learned" not in row and "learned" not in header
+
+
+@needs_data
+def test_a_terminal_too_narrow_for_the_table_gets_it_in_parts_that_fit(monkeypatch):
+    """On an 80-column terminal one Sintel table (117 columns wide) came out with its numbers cut to "0.…"; it is
+    now printed as several tables of the columns that fit, every one with the items."""
+    import io
+
+    from rich.console import Console
+
+    import flowcli.console
+    from flowcli.cli.eval import _print_report
+    from flowcli.evaluation import EvalReport
+    from flowcli.metrics import mean_metrics
+
+    row = {"name": "market_5/frame_0002", "width": 1024, "height": 436, "n_valid": 446464, "epe": 16.815,
+           "epe_noc": 16.498, "epe_occ": 19.066, "fl_all": 58.52, "acc_1px": 22.8, "acc_3px": 41.5, "acc_5px": 48.8,
+           "occ_f1": 0.321, "seconds": 0.56}  # fmt: skip
+    report = EvalReport(dataset="sintel-clean", per_item=[row], mean=mean_metrics([row]))
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=80, color_system=None)
+    monkeypatch.setattr(flowcli.console, "stderr", terminal)
+    _print_report(report, stereo=False)
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and text.count("market_5/frame_0002") >= 2
+    for shown in ("16.815", "19.066", "58.52", "48.8", "0.321", "0.56"):
+        assert shown in text

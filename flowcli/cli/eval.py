@@ -96,7 +96,8 @@ def _format(value, fmt: str) -> str:
     return fmt.format(value)
 
 
-def _table(report, stereo: bool):
+def _table(report, stereo: bool, keys: list[str] | None = None):
+    """The per-item table of `report`; `keys`: only these score columns (default: every one that has values)."""
     from rich import box
     from rich.table import Table
 
@@ -104,7 +105,8 @@ def _table(report, stereo: bool):
         values = [r[key] for r in report.per_item if key in r]
         return bool(values) and (key != "density" or any(v is not None and v < 1 for v in values))
 
-    columns = [c for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS) if shown(c[0])]
+    wanted = STEREO_COLUMNS if stereo else FLOW_COLUMNS
+    columns = [c for c in wanted if shown(c[0]) and (keys is None or c[0] in keys)]
     table = Table(title=f"{report.dataset} ({len(report.per_item)} items)", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("item", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
@@ -121,23 +123,39 @@ def _table(report, stereo: bool):
     return table
 
 
-def _print_wide(table) -> None:
-    """Print on stderr; when stderr is not a terminal (logs, CI) use the table's natural width
-    instead of squashing the numbers into 80 columns."""
+def _print_report(report, stereo: bool) -> None:
+    """Print the table on stderr. Where stderr is not a terminal (logs, CI) at the table's natural width; on a
+    terminal too narrow for it (80 columns), as several tables of the columns that fit, each with the items, rather
+    than one whose numbers rich would cut to "0.…"."""
     from rich.measure import Measurement
 
     from flowcli.console import stderr
 
-    if stderr.is_terminal:
+    def width(table) -> int:
+        return Measurement.get(stderr, stderr.options.update(width=1000), table).maximum
+
+    table = _table(report, stereo)
+    if not stderr.is_terminal:
+        saved = stderr.width
+        try:
+            stderr.width = max(saved, width(table))
+            stderr.print(table)
+        finally:
+            stderr.width = saved
+        return
+    if width(table) <= stderr.width:
         stderr.print(table)
         return
-    needed = Measurement.get(stderr, stderr.options.update(width=1000), table).maximum
-    saved = stderr.width
-    try:
-        stderr.width = max(saved, needed)
-        stderr.print(table)
-    finally:
-        stderr.width = saved
+    keys = [c[0] for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS)]
+    groups: list[list[str]] = [[]]
+    for key in keys:
+        if groups[-1] and width(_table(report, stereo, groups[-1] + [key])) > stderr.width:
+            groups.append([])
+        groups[-1].append(key)
+    for group in groups:
+        part = _table(report, stereo, group)
+        if part.columns[2:]:  # (a group of columns no item has is left out)
+            stderr.print(part)
 
 
 def eval_command(
@@ -238,8 +256,7 @@ def eval_command(
         )
         reports.append(report)
         if not quiet:
-            table = _table(report, each in STEREO_DATASETS)
-            _print_wide(table)
+            _print_report(report, each in STEREO_DATASETS)
     if as_json:
         payload = {
             "weights": weights or getattr(model, "checkpoint_path", None),
@@ -262,7 +279,7 @@ def _eval_predictions(
 
     report = evaluate_predictions(name, root, predictions, max_items=max_items, occlusion=occlusion, progress=not quiet)
     if not quiet:
-        _print_wide(_table(report, name in STEREO_DATASETS))
+        _print_report(report, name in STEREO_DATASETS)
     if as_json:
         result = {k: v for k, v in report.to_dict().items() if k not in ("dataset", "model")}
         typer.echo(json.dumps({"predictions": report.model, "results": {report.dataset: result}}, allow_nan=False))
