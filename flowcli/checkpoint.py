@@ -86,6 +86,25 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
+def check_readable(path: str | Path) -> dict:
+    """`read_metadata`, then every tensor read once: what can be checked of a file with no known sha256 (the
+    header check already refuses a truncated file)."""
+    meta = read_metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                try:
+                    f.get_tensor(key)
+                except (SafetensorError, RuntimeError, TypeError, ValueError) as error:
+                    raise WeightsError(
+                        f"{path} has a tensor that cannot be read ({key}: {error}); the file is damaged or was not "
+                        "written by flowcli"
+                    ) from None
+    except (SafetensorError, OSError) as error:  # changed or removed since its header was read
+        raise WeightsError(f"{path} cannot be read ({error})") from None
+    return meta
+
+
 def _is_pickle(path: str | Path) -> bool:
     """Whether a file starts as torch.save writes: a zip archive (torch >= 1.6) or a bare pickle (protocol 2-5)."""
     try:

@@ -62,7 +62,7 @@ _CHECKPOINT_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
 
 # verify() statuses
 OK = "ok"
-UNVERIFIED = "unverified"  # no sha256 recorded in the registry (TBD)
+UNVERIFIED = "unverified"  # no sha256 to check against (TBD in the registry, and not the Hub's either)
 NOT_DOWNLOADED = "not downloaded"  # remote file not in the cache yet
 MISSING = "missing"  # bundled file absent from this installation
 CORRUPT = "corrupt"  # local copy has the wrong size or sha256
@@ -358,24 +358,10 @@ def local_copy(name: str, file: str | None = None) -> Path | None:
 def verify(name: str) -> list[tuple[str, str]]:
     """(file, status) for each file of registry model `name`, checking local copies only (no download).
 
-    Status: "ok", "unverified" (no sha256 recorded), "not downloaded", "missing" (bundled file absent)
-    or "corrupt" (size or sha256 mismatch).
+    Status: "ok", "unverified" (no sha256 to check against), "not downloaded", "missing" (bundled file
+    absent) or "corrupt" (size or sha256 mismatch).
     """
-    results = []
-    for record in model_entry(name)["files"]:
-        path = _local_copy(name, record)
-        known = _known_sha256(record) is not None
-        if path is None and record["source"].startswith("bundled:"):
-            status = MISSING  # absent whether or not a sha256 is recorded
-        elif path is None:
-            # Without a recorded sha256 there is nothing to verify even once the file is there.
-            status = NOT_DOWNLOADED if known else UNVERIFIED
-        elif (_hf_problem if record["source"].startswith("hf://") else _local_problem)(path, record) is not None:
-            status = CORRUPT
-        else:
-            status = OK if known else UNVERIFIED
-        results.append((record["path"], status))
-    return results
+    return [(record["path"], _status(name, record)) for record in model_entry(name)["files"]]
 
 
 def verify_source(spec: str) -> tuple[str, str]:
@@ -384,19 +370,38 @@ def verify_source(spec: str) -> tuple[str, str]:
     the Hub's own sha256. A URL in no registry entry has no sha256 to check: "unverified", cached or not.
     """
     name, record = _source_record(spec)
+    return record["path"], _status(name, record)
+
+
+def verify_path(path: str | os.PathLike) -> tuple[str, dict, str] | None:
+    """(registry name, file record, status) when local file `path` is a registry file's bundled or cached copy,
+    checked as `verify` checks it; None for a file that no registry entry holds."""
+    for name, entry in load_registry()["models"].items():
+        for record in entry["files"]:
+            try:
+                copy = _local_copy(name, record)
+                found = copy is not None and os.path.samefile(copy, path)
+            except (WeightsError, OSError):  # another entry's bad bundled: path, a copy deleted meanwhile
+                continue
+            if found:
+                return name, record, _status(name, record)
+    return None
+
+
+def _status(name: str | None, record: dict) -> str:
+    """The verify status of one file record's local copy. An hf:// file without a registry sha256 is checked
+    against the Hub's, as resolving it does."""
     hf = record["source"].startswith("hf://")
     path = _local_copy(name, record)
     if path is None and record["source"].startswith("bundled:"):
-        status = MISSING
-    elif path is None:
-        status = NOT_DOWNLOADED if hf or _known_sha256(record) is not None else UNVERIFIED
-    else:
-        record = _with_hub_sha256(path, record) if hf else record
-        if _local_problem(path, record) is not None:
-            status = CORRUPT
-        else:
-            status = OK if _known_sha256(record) is not None else UNVERIFIED
-    return record["path"], status
+        return MISSING  # absent whether or not a sha256 is recorded
+    if path is None:
+        # a URL without a recorded sha256 has nothing to check even once cached; an hf:// file has the Hub's
+        return NOT_DOWNLOADED if hf or _known_sha256(record) is not None else UNVERIFIED
+    record = _with_hub_sha256(path, record) if hf else record
+    if _local_problem(path, record) is not None:
+        return CORRUPT
+    return OK if _known_sha256(record) is not None else UNVERIFIED
 
 
 def _label(name: str | None, record: dict) -> str:

@@ -781,6 +781,132 @@ def test_cli_verify_of_a_url_says_whether_a_sha256_is_known(weights_cli, hub, tm
         assert len(err.splitlines()) == 1 and len(hub.requests) == seen
 
 
+def test_cli_verify_of_an_hf_entry_without_a_sha256_checks_it_against_the_hubs_as_verify_of_its_source_does(
+    weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """`verify NAME` said "unverified" for an hf:// entry with sha256 TBD, cached (and checked by the Hub's sha256
+    when resolved) or not, where `verify SPEC` of the same source said "ok" / "not downloaded"."""
+    hub.add_repo_file(REPO_ID, "weights/model.safetensors", checkpoint_bytes)
+    spec = f"hf://{REPO_ID}/weights/model.safetensors"
+    write_registry(tmp_path, monkeypatch, {"tbd-hf": entry(spec, None)})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def statuses() -> tuple[str, str]:
+        (by_name,), (by_spec,) = (json.loads(weights_cli("verify", arg, "--json")[1]) for arg in ("tbd-hf", spec))
+        return by_name["status"], by_spec["status"]
+
+    assert statuses() == (registry.NOT_DOWNLOADED, registry.NOT_DOWNLOADED)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    path = registry.resolve("tbd-hf", quiet=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = len(hub.requests)
+    assert statuses() == (registry.OK, registry.OK)
+    assert json.loads(weights_cli("info", "tbd-hf", "--json")[1])["files"][0]["status"] == registry.OK
+    Path(os.path.realpath(path)).write_bytes(b"\0" * len(checkpoint_bytes))
+    assert statuses() == (registry.CORRUPT, registry.CORRUPT)
+    assert len(hub.requests) == seen
+
+
+def test_cli_info_offline_uses_only_the_cached_copy_of_a_source(
+    weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """estimate, eval and export take --offline; `weights info` refused it ("No such option")."""
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
+    spec = f"hf://{REPO_ID}/loose.safetensors"
+    code, _, err = weights_cli("info", spec, "--offline")
+    assert_one_line_error(code, err, 4, f"{spec} is not in the local cache", "offline mode was requested",
+                          f"flowcli weights download {spec}")  # fmt: skip
+    assert hub.requests == []
+    code, _, err = weights_cli("info", spec, "--json")
+    assert code == 0, err
+    seen = len(hub.requests)
+    code, out, err = weights_cli("info", spec, "--offline", "--json")
+    assert code == 0 and json.loads(out)["sha256"] == hashlib.sha256(checkpoint_bytes).hexdigest(), err
+    assert len(hub.requests) == seen
+
+
+def _checkpoint_with_unreadable_tensor(checkpoint_bytes: bytes, path: Path) -> None:
+    """`checkpoint_bytes` plus a tensor of a dtype torch cannot hold: its header reads, that tensor does not."""
+    import struct
+
+    header_size = struct.unpack("<Q", checkpoint_bytes[:8])[0]
+    header = json.loads(checkpoint_bytes[8 : 8 + header_size])
+    data = checkpoint_bytes[8 + header_size :]
+    header["odd"] = {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [len(data), len(data) + 3]}
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data + b"\0" * 3)
+
+
+def test_cli_verify_of_a_checkpoint_file_in_no_registry_entry_checks_what_it_can_and_prints_its_sha256(
+    weights_cli, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """`weights verify path/to/file.safetensors` said "unknown model"."""
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {})
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(checkpoint_bytes)
+    sha256 = hashlib.sha256(checkpoint_bytes).hexdigest()
+    code, out, err = weights_cli("verify", good, "--json")
+    assert code == 0, err
+    assert json.loads(out) == [
+        {"name": str(good), "file": "good.safetensors", "status": registry.UNVERIFIED, "sha256": sha256}
+    ]
+    assert err.startswith(f"no sha256 is recorded for {good}") and sha256 in err and len(err.splitlines()) == 1
+    code, out, _ = weights_cli("verify", good)
+    assert code == 0 and registry.UNVERIFIED in out
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(checkpoint_bytes[:-100])
+    code, out, err = weights_cli("verify", truncated)
+    assert_one_line_error(code, err, 4, f"{truncated} (corrupt)", "not a readable safetensors checkpoint")
+    assert registry.CORRUPT in out
+    unreadable = tmp_path / "unreadable.safetensors"
+    _checkpoint_with_unreadable_tensor(checkpoint_bytes, unreadable)
+    from flowcli.checkpoint import read_metadata
+
+    assert read_metadata(unreadable)["flowcli.format"] == "1"  # the header alone passes
+    code, out, err = weights_cli("verify", unreadable, "--json")
+    assert_one_line_error(code, err, 4, f"{unreadable} (corrupt)", "has a tensor that cannot be read (odd:")
+    assert json.loads(out)[0]["status"] == registry.CORRUPT
+    code, _, err = weights_cli("verify", tmp_path / "nope.safetensors")
+    assert_one_line_error(code, err, 4, "no such checkpoint file")
+
+
+def test_cli_verify_of_a_cached_registry_file_checks_it_against_its_entry(
+    weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """A file that is a registry entry's cached copy is held to that entry's sha256, not only read."""
+    from cli_harness import assert_one_line_error
+    from safetensors.torch import load_file, save_file
+
+    hub.add_repo_file(REPO_ID, "weights/model.safetensors", checkpoint_bytes)
+    hub.add_plain_file("tiny.safetensors", checkpoint_bytes)
+    models = {
+        "tiny-hf": entry(f"hf://{REPO_ID}/weights/model.safetensors@main", checkpoint_bytes),
+        "tiny-url": entry(hub.plain_url("tiny.safetensors"), checkpoint_bytes),
+    }
+    write_registry(tmp_path, monkeypatch, models)
+    hf_path = registry.resolve("tiny-hf", quiet=True)
+    url_path = registry.resolve("tiny-url", quiet=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for given in (hf_path, Path(os.path.realpath(hf_path))):  # the snapshot link or the blob it points at
+        code, out, err = weights_cli("verify", given, "--json")
+        assert code == 0 and err == "", err
+        assert json.loads(out) == [{"name": "tiny-hf", "file": "model.safetensors", "status": registry.OK}]
+    # another readable checkpoint in the cached copy's place: readable, but not the registry's file
+    from flowcli.checkpoint import read_metadata
+
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(url_path).items()}
+    save_file(load_file(str(url_path)), str(url_path), metadata={**metadata, "flowcli.provenance": "{}"})
+    code, out, err = weights_cli("verify", url_path)
+    assert_one_line_error(code, err, 4, "tiny-url/model.safetensors (corrupt)", "flowcli weights download tiny-url")
+
+
 def test_cli_download_of_several_models_fetches_every_one_it_can_and_names_each_failure(
     weights_cli, hub, tmp_path, monkeypatch, checkpoint_bytes
 ):

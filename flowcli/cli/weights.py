@@ -48,6 +48,7 @@ _STATUS_STYLE = {
 _FAILED = (registry.MISSING, registry.CORRUPT)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table (for scripts).")]
+OfflineOption = Annotated[bool, typer.Option("--offline", help="Use only cached weights, never the network.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -135,7 +136,7 @@ def _total_size(entry: dict) -> int:
         "List the models in the registry: task, size, where the files come from, checksum and key metrics.\n\n"
         "Any NAME of task flow works as `flowcli estimate --weights NAME`; the face entry holds the landmark "
         "models `flowcli face fit` downloads. sha256 \"TBD\" means the entry has no "
-        "recorded checksum yet, so its file cannot be verified.\n\n"
+        "recorded checksum yet, so its file cannot be verified (an hf:// file is checked against the Hub's own).\n\n"
         "--json prints one JSON document: registry (the registry file) and models, a list of the registry entries "
         "(name and the entry's fields as in the registry file: task, description, files, license...) with "
         "local_path (the primary file's local copy, or null).\n\n"
@@ -181,8 +182,8 @@ def list_command(json_output: JsonOption = False) -> None:
         "metadata stored inside the checkpoint (architecture config, training provenance) when a local copy "
         "exists.\n\n"
         "Given a checkpoint file instead of a name, shows that file's metadata; given an hf://OWNER/REPO/FILE\\[@REV] "
-        "or https:// source, fetches and verifies it as --weights does (FLOWCLI_OFFLINE=1 or HF_HUB_OFFLINE=1: the "
-        "cached copy only) and shows that file's.\n\n"
+        "or https:// source, fetches and verifies it as --weights does (--offline, FLOWCLI_OFFLINE=1 or "
+        "HF_HUB_OFFLINE=1: the cached copy only) and shows that file's.\n\n"
         "--json prints one JSON document: name, the registry fields, files (each with status and local_path) and "
         "checkpoint (the metadata inside the local copy, or null); for a checkpoint file: path, sha256 and "
         "checkpoint; for a source, source as well.\n\n"
@@ -197,6 +198,7 @@ def info_command(
         ),
     ],
     json_output: JsonOption = False,
+    offline: OfflineOption = False,
 ) -> None:
     try:
         entry = registry.model_entry(name)
@@ -204,7 +206,7 @@ def info_command(
         # a checkpoint file or a source; a missing path or a folder is said as such, an unknown name lists the
         # known ones
         source = name if name.startswith(registry.SOURCE_PREFIXES) else None
-        _show_file_metadata(registry.resolve(name), json_output, source)
+        _show_file_metadata(registry.resolve(name, offline=offline), json_output, source)
         return
     statuses = dict(registry.verify(name))
     files = []
@@ -342,37 +344,49 @@ def download_command(
     "verify",
     help=(
         "Check local copies against the registry's sha256 and size, without downloading anything.\n\n"
-        "Status per file: ok; unverified (no sha256 recorded yet); not downloaded; missing (a bundled file "
+        "Status per file: ok; unverified (no sha256 to check it against: none recorded yet, and for an hf:// file "
+        "none from the Hub either); not downloaded; missing (a bundled file "
         "absent from this installation); corrupt (wrong size or sha256; a download is re-fetched on next use or by "
         "`flowcli weights download NAME`, a bundled file needs a reinstall of flowcli). Exits with code 4 when a "
         "file is missing or corrupt.\n\n"
         "Given an hf://OWNER/REPO/FILE\\[@REV] or https:// source instead of a name, checks its cached copy "
         "against the registry entry that uses that source, else (hf://) against the Hub's sha256; an https:// URL "
         "in no registry entry has no sha256 to check it against (unverified).\n\n"
-        "--json prints one JSON document: a list of {name, file, status}.\n\n"
+        "Given a checkpoint file, checks it against the registry entry whose bundled or cached copy it is. Any other "
+        "file has no recorded sha256 (unverified): flowcli checks that it is a readable flowcli checkpoint (else "
+        "corrupt) and prints its sha256, to compare with the one published with it.\n\n"
+        "--json prints one JSON document: a list of {name, file, status}; for a checkpoint file in no registry "
+        "entry, with its sha256.\n\n"
         "Example: flowcli weights verify flowcli-pwc-synth"
     ),
 )
 def verify_command(
     name: Annotated[
         Optional[str],
-        typer.Argument(help="One registry name, or an hf:// or https:// source; default: every model."),
+        typer.Argument(
+            help="One registry name, an hf:// or https:// source, or a checkpoint file; default: every model."
+        ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
     from flowcli.console import stderr
 
-    names = [name] if name else registry.list_models()
-    rows = [row for model in names for row in _verify_rows(model)]
+    models = registry.load_registry()["models"]
+    if name is None or name in models or name.startswith(registry.SOURCE_PREFIXES):
+        rows = [row for model in ([name] if name else list(models)) for row in _verify_rows(model)]
+    else:
+        # a checkpoint file; a missing path or a folder is said as such, an unknown name lists the known ones
+        path = registry.resolve(name)
+        found = registry.verify_path(path)
+        if found is None:
+            _verify_unregistered_file(name, path, json_output)
+            return
+        model, record, status = found
+        rows = [(model, record["path"], status, record["source"])]
     if json_output:
         _echo_json([{"name": model, "file": file, "status": status} for model, file, status, _ in rows])
     else:
-        table = Table()
-        for column in ("name", "file", "status"):
-            table.add_column(column, overflow="fold")  # a narrow terminal cut file names to "face_detection_s…"
-        for model, file, status, _ in rows:
-            table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
-        _stdout().print(table)
+        _print_verify_table(rows)
     if name is not None and name.startswith(registry.SOURCE_PREFIXES):
         note = _source_note(name, rows[0][2])
         if note:
@@ -390,6 +404,46 @@ def verify_command(
             f"{model if model == source else f'{model}/{file}'} ({status})" for model, file, status, source in failed
         )
         raise WeightsError(f"{len(failed)} file(s) failed verification: {listed}; {'; '.join(fixes)}")
+
+
+def _print_verify_table(rows: list[tuple[str, str, str, str]]) -> None:
+    table = Table()
+    for column in ("name", "file", "status"):
+        table.add_column(column, overflow="fold")  # a narrow terminal cut file names to "face_detection_s…"
+    for model, file, status, _ in rows:
+        table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
+    _stdout().print(table)
+
+
+def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
+    """`verify` of a checkpoint file in no registry entry: with no sha256 to check it against, check that it reads
+    as a flowcli checkpoint (every tensor included: a damaged file may still have a sound header), and print its
+    sha256 for the user to compare."""
+    from flowcli.checkpoint import check_readable
+    from flowcli.console import stderr
+
+    try:
+        sha256 = registry.sha256_file(path)
+    except OSError as error:
+        raise WeightsError(f"cannot read {path} ({error.strerror or error}); fix its permissions") from None
+    try:
+        check_readable(path)
+        problem = None
+    except WeightsError as error:
+        problem = str(error)
+    status = registry.UNVERIFIED if problem is None else registry.CORRUPT
+    if json_output:
+        _echo_json([{"name": name, "file": path.name, "status": status, "sha256": sha256}])
+    else:
+        _print_verify_table([(name, path.name, status, name)])
+    if problem is not None:
+        raise WeightsError(f"1 file(s) failed verification: {name} (corrupt); {problem}")
+    stderr.print(
+        f"no sha256 is recorded for {name} (no registry entry holds it), so flowcli checked only that it is a "
+        f"readable flowcli checkpoint; its sha256 is {sha256}: compare it with the one published with the file",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _verify_rows(name: str) -> list[tuple[str, str, str, str]]:
