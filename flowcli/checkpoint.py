@@ -64,7 +64,10 @@ def read_metadata(path: str | Path) -> dict:
                 "(loading one can run any code): use a .safetensors checkpoint written by flowcli (flowcli train, "
                 "flowcli adapt, flowcli weights average)"
             ) from None
-        raise WeightsError(f"{path} is not a readable safetensors checkpoint ({error})") from None
+        hint = ""
+        if "not fully covered" in str(error) or "incomplete metadata" in str(error):
+            hint = "; the file is cut short or has bytes after its end: copy or download it again"
+        raise WeightsError(f"{path} is not a readable safetensors checkpoint ({error}){hint}") from None
     if "flowcli.format" not in meta:
         raise WeightsError(
             f"{path} is not a flowcli checkpoint (no flowcli metadata); flowcli loads the checkpoints it writes "

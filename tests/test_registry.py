@@ -863,7 +863,8 @@ def test_cli_verify_of_a_checkpoint_file_in_no_registry_entry_checks_what_it_can
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(checkpoint_bytes[:-100])
     code, out, err = weights_cli("verify", truncated)
-    assert_one_line_error(code, err, 4, f"{truncated} (corrupt)", "not a readable safetensors checkpoint")
+    assert_one_line_error(code, err, 4, f"{truncated} (corrupt)", "not a readable safetensors checkpoint",
+                          "cut short or has bytes after its end: copy or download it again")  # fmt: skip
     assert registry.CORRUPT in out
     unreadable = tmp_path / "unreadable.safetensors"
     _checkpoint_with_unreadable_tensor(checkpoint_bytes, unreadable)
