@@ -552,3 +552,39 @@ def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
     from flowcli.adapt.trainer import _loader
 
     assert_worker_ends_quietly_on_sigterm(iter(_loader([torch.zeros(1)] * 8, 0, 8, workers=1)))
+
+
+def test_the_final_report_on_80_columns_keeps_paths_and_numbers_whole(monkeypatch):
+    """The report's heading was the table's title, wrapped to the table's width even on a wide terminal, and its
+    output path (and the report's) folded mid-name ("street_" / "scene_0001"); the paths now come whole on lines of
+    their own, for the terminal to wrap, and the table fits 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    import flowcli.console
+    from flowcli.cli.adapt import print_report
+
+    folder = "/home/someone/projects/footage/a-rather-long-folder-name/takes"
+    result = {
+        "steps": 2000,
+        "output": f"{folder}/street_scene_0001-adapted.safetensors",
+        "report": f"{folder}/street_scene_0001-adapted.report.json",
+        "heldout": {"tuples": 12, "before": {"photo": 0.123456, "photo_all": 0.13, "occ": 0.05},
+                    "after": {"photo": 0.1, "photo_all": 0.12, "occ": 0.04}},
+        "gt": {"before": {"middlebury_stereo": {"epe": 1234.5678, "bad2": 11.1}},
+               "after": {"middlebury_stereo": {"epe": 1000.1234, "bad2": 10.1}}},
+    }  # fmt: skip
+    for width in (80, 200):
+        screen = io.StringIO()
+        monkeypatch.setattr(
+            flowcli.console, "stderr", Console(file=screen, force_terminal=True, width=width, color_system=None)
+        )
+        print_report(result)
+        lines = screen.getvalue().splitlines()
+        assert lines[0] == f"flowcli adapt: 2000 steps -> {result['output']}"
+        assert lines[-1] == f"report: {result['report']}"
+        assert max(len(line) for line in lines[1:-1]) <= 80
+        words = screen.getvalue().split()
+        for shown in ("0.1235", "0.1000", "1234.5678", "1000.1234", "-19.0%", "-9.0%"):
+            assert shown in words

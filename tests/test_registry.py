@@ -1230,31 +1230,130 @@ def test_push_stays_off_the_network_when_flowcli_is_offline(weights_cli, fake_hf
     assert fake_hf_api.uploads == []
 
 
-def test_cli_list_on_80_columns_keeps_names_and_checksums_whole(cli, monkeypatch):
-    """The table used to fold every column: on an 80-column terminal names, checksums and sources broke mid-word."""
-    monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
-    monkeypatch.setenv("COLUMNS", "80")
+def screen(monkeypatch, width: int, terminal: bool = True):
+    """A buffer that gets what `weights` prints on stdout, as a terminal `width` columns wide would (or, with
+    terminal=False, a file or a pipe)."""
+    import io
+
+    from rich.console import Console
+
+    from flowcli.cli import weights
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=terminal, width=width, color_system=None)
+    monkeypatch.setattr(weights, "_stdout", lambda: console)
+    return buffer
+
+
+LONG_HOST = "objects.githubusercontent.com"
+NARROW_METRICS = {"sintel_clean_epe": 6.43, "sintel_final_epe": 7.0, "chairs_epe": 3.5, "kitti2015_epe": 3.71}
+
+
+def narrow_registry(tmp_path, monkeypatch) -> dict:
+    """Models whose metrics, hosts and hf:// repositories are wider than what an 80-column table leaves them."""
+    url = f"https://{LONG_HOST}/releases/download/{'56f760fecdc6' * 5}/flowcli-pwc-synth-xl-weights.safetensors"
+    models = {
+        "flowcli-pwc-synth-xl": {**entry(url, b"abc"), "metrics": NARROW_METRICS},
+        "two-files-long-host": {"task": "face", "files": [
+            {"path": "a.tflite", "source": url, "sha256": "1" * 64, "size": 10},
+            {"path": "b.tflite", "source": url, "sha256": "2" * 64, "size": 10},
+        ]},
+        "from-the-hub": {**entry(f"hf://{REPO_ID}/model.safetensors@main", b"xyz"), "metrics": {"epe": 1.25}},
+    }  # fmt: skip
+    write_registry(tmp_path, monkeypatch, models)
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    return models
+
+
+def test_cli_list_on_80_columns_keeps_metrics_hosts_and_checksums_whole(cli, monkeypatch, tmp_path):
+    """On an 80-column terminal `weights list` folded metrics and hosts mid-word ("sintel_clean" / "_epe=6.43",
+    "chairs_epe=3" / ".5", "files.python" / "hosted.org"): the metrics now come in a table of their own."""
+    models = narrow_registry(tmp_path, monkeypatch)
+    out = screen(monkeypatch, 80)
     result = cli("list")
     assert result.exit_code == 0, result.output
-    assert max(len(line) for line in result.stdout.splitlines()) <= 80
-    for name, entry in registry.load_registry()["models"].items():
-        row = next(line for line in result.stdout.splitlines() if line.split()[:1] == [name])
-        assert entry["files"][0]["sha256"][:12] in row
-    assert "bundled" in result.stdout
+    title, *lines = out.getvalue().splitlines()
+    assert title == f"flowcli weights ({tmp_path / 'registry.json'})"  # a path: left whole for the terminal to wrap
+    assert max(len(line) for line in lines) <= 80
+    for name, model in models.items():
+        row = next(line for line in lines if line.split()[:1] == [name])
+        assert model["files"][0]["sha256"][:12] in row
+    words = [word for line in lines for word in line.split()]
+    for key, value in list(NARROW_METRICS.items())[:3]:
+        assert f"{key}={value}" in words
+    assert "+1 more" in out.getvalue() and "epe=1.25" in words
+    # a host too long for its column ends in an ellipsis; no part of it is folded onto the next line
+    assert LONG_HOST[:21] + "\u2026" in words and "tent.com" not in out.getvalue()
+    assert "hf://flowcli-test/tin\u2026" in words and "(+1 files)" in out.getvalue()
 
 
-def test_cli_verify_on_80_columns_shows_whole_file_names(cli, monkeypatch, tmp_path):
-    """Names of files that fail verification were cut short with an ellipsis on an 80-column terminal."""
+def test_cli_list_on_a_wide_terminal_or_into_a_file_is_one_table(cli, monkeypatch, tmp_path):
+    narrow_registry(tmp_path, monkeypatch)
+    for width, terminal in ((200, True), (80, False)):
+        out = screen(monkeypatch, width, terminal)
+        result = cli("list")
+        assert result.exit_code == 0, result.output
+        headers = [line.split() for line in out.getvalue().splitlines() if line.split()[:1] == ["name"]]
+        assert headers == [["name", "task", "size", "source", "sha256", "metrics"]]
+        words = out.getvalue().split()
+        assert all(f"{key}={value}" in words for key, value in list(NARROW_METRICS.items())[:3])
+
+
+def test_cli_verify_on_80_columns_breaks_file_names_only_between_folders(cli, monkeypatch, tmp_path):
+    """Names of files that fail verification were cut short with an ellipsis on an 80-column terminal, then folded
+    mid-name ("face_detection_short_range.tf" / "lite"); a long one is now broken after a folder's "/"."""
     path = "mediapipe/face_detection_short_range.tflite"
     record = {"path": path, "source": "https://example.invalid/a.tflite", "sha256": "0" * 64, "size": 1}
-    registry_file = tmp_path / "registry.json"
-    registry_file.write_text(json.dumps({"models": {"a-rather-long-model-name": {"files": [record]}}}))
-    monkeypatch.setenv("FLOWCLI_REGISTRY", str(registry_file))
+    write_registry(tmp_path, monkeypatch, {"a-rather-long-model-name": {"files": [record]}})
     monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "80")
+    out = screen(monkeypatch, 80)
     result = cli("verify")
     assert result.exit_code == 0, result.output
-    assert max(len(line) for line in result.stdout.splitlines()) <= 80
-    assert "not downloaded" in result.stdout and "\u2026" not in result.stdout
-    cells = "".join(line.split("\u2502")[2].strip() for line in result.stdout.splitlines() if line.count("\u2502") > 2)
-    assert path in cells
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "\u2026" not in out.getvalue()
+    cells = [[cell.strip() for cell in line.split("\u2502")[1:-1]] for line in lines if line.count("\u2502") > 2]
+    assert cells == [["a-rather-long-model-name", "mediapipe/", "not"],
+                     ["", "face_detection_short_range.tflite", "downloaded"]]  # fmt: skip
+    for width, terminal in ((200, True), (80, False)):
+        out = screen(monkeypatch, width, terminal)
+        assert cli("verify").exit_code == 0
+        assert f"\u2502 {path} \u2502" in out.getvalue()
+
+
+def test_cli_info_on_80_columns_keeps_metrics_checksums_and_url_parts_whole(cli, monkeypatch, tmp_path):
+    """`weights info` folded its values at 80 columns (a file's label took half the line): checksums, metrics and
+    the parts of a source URL broke mid-word."""
+    models = narrow_registry(tmp_path, monkeypatch)
+    out = screen(monkeypatch, 80)
+    result = cli("info", "flowcli-pwc-synth-xl")
+    assert result.exit_code == 0, result.output
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = [word.rstrip(",") for line in lines for word in line.split()]
+    assert all(f"{key}={value}" in words for key, value in NARROW_METRICS.items())
+    record = models["flowcli-pwc-synth-xl"]["files"][0]
+    assert record["sha256"] in words and record["path"] in words
+    assert all(part in out.getvalue() for part in record["source"].split("/"))
+
+
+def test_cli_info_of_a_checkpoint_on_80_columns_breaks_long_provenance_entries_between_words(cli, monkeypatch):
+    """The bundled model's provenance holds keys like averaged_from.1.provenance.averaged_from.1.sha256 with 64-digit
+    checksums: folded at 80 columns, mid-checksum; now each checksum and path stays whole on a line."""
+    monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
+    out = screen(monkeypatch, 80)
+    result = cli("info", "flowcli-pwc-synth")
+    assert result.exit_code == 0, result.output
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = [word.rstrip(",") for line in lines for word in line.split()]
+    from flowcli.checkpoint import read_metadata
+
+    from flowcli.cli.weights import _flatten
+
+    provenance = _flatten(read_metadata(registry.local_copy("flowcli-pwc-synth"))["flowcli.provenance"])
+    checksums = [value for key, value in provenance.items() if key.endswith("sha256")]
+    paths = [value for key, value in provenance.items() if key.endswith(("path", "init_weights"))]
+    assert checksums and paths
+    for value in checksums + paths:
+        assert any(word == value or word.endswith("=" + value) for word in words), value

@@ -407,11 +407,16 @@ def _row(table, name: str, before, after) -> None:
 
 def print_report(result: dict) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from flowcli.console import stderr
 
+    # the heading and the report's path on lines of their own, not wrapped by rich: a table's title is wrapped to
+    # the table's width, and a path longer than the line was cut mid-name ("street_" / "scene_0001")
+    heading = Text(f"flowcli adapt: {result['steps']} steps -> {result['output']}", style="table.title")
+    stderr.print(heading, soft_wrap=True)
     held = result["heldout"]
-    table = Table(title=f"flowcli adapt: {result['steps']} steps -> {result['output']}", title_justify="left")
+    table = Table()
     for column in ("metric", "before", "after", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     before, after = held.get("before") or {}, held.get("after") or {}
@@ -427,7 +432,7 @@ def print_report(result: dict) -> None:
         for key, value in metrics.items():
             _row(table, f"{dataset} {key}", ((gt.get("before") or {}).get(dataset) or {}).get(key), value)
     stderr.print(table)
-    stderr.print(f"report: {result.get('report')}", highlight=False)
+    stderr.print(f"report: {result.get('report')}", highlight=False, soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

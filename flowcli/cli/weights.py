@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from flowcli import registry
 from flowcli.console import print_error
@@ -57,6 +59,60 @@ def register(app: typer.Typer) -> None:
 
 def _stdout() -> Console:
     return Console()
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update(width=1000), table).maximum
+
+
+def _print_at_natural_width(console: Console, table: Table) -> None:
+    """Where stdout is not a terminal (a file, a pipe, a log) there is no width to wrap to: the whole table."""
+    saved = console.width
+    try:
+        console.width = max(saved, _natural_width(console, table))
+        console.print(table)
+    finally:
+        console.width = saved
+
+
+def _fit_words(text: str, width: int) -> str:
+    """`text` with each word longer than `width` broken into lines that fit, so that rich's word wrap need not cut
+    a name, a number or a checksum mid-way: a URL or path between its folders; a flattened key=value between the
+    parts of its dotted key, its last part kept with the value where they fit a line, else after the "=". Only a
+    piece still longer than `width` is left for rich to fold."""
+
+    def fit(word: str) -> str:
+        if len(word) <= width:
+            return word
+        key, equals, value = word.partition("=")
+        if not equals or not re.fullmatch(r"[\w.-]+", key):  # a URL or a path (or an odd word)
+            pieces = re.split(r"(?<=/)", word)
+        else:
+            *parents, last = re.split(r"(?<=\.)", key)
+            if len(last) + 1 + len(value) <= width:
+                tail = [f"{last}={value}"]
+            else:  # the value from a line of its own
+                tail = [f"{last}=", *([value] if len(value) <= width else re.split(r"(?<=/)", value))]
+            pieces = parents + tail
+        lines = [""]
+        for piece in pieces:
+            if lines[-1] and len(lines[-1]) + len(piece) > width:
+                lines.append("")
+            lines[-1] += piece
+        return "\n".join(lines)
+
+    return re.sub(r"\S+", lambda match: fit(match.group()), text)
+
+
+def _wrapped(text: str, width: int) -> str:
+    """`text` in lines of at most `width` characters where it can be: broken at spaces, and a word longer than
+    that as _fit_words breaks it."""
+    import textwrap
+
+    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [text]
+    return "\n".join(_fit_words(line, width) for line in lines)
 
 
 def _echo_json(data) -> None:
@@ -152,27 +208,56 @@ def list_command(json_output: JsonOption = False) -> None:
             out.append({"name": name, **entry, "local_path": str(local) if local else None})
         _echo_json({"registry": str(registry.registry_path()), "models": out})
         return
-    table = Table(title=f"flowcli weights ({registry.registry_path()})", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    # on an 80-column terminal only source and metrics may wrap: a name or checksum broken over lines is unreadable
-    for column in ("name", "task", "size"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("source", overflow="fold", max_width=22)
-    table.add_column("sha256", no_wrap=True)
-    table.add_column("metrics", overflow="fold")
+    _print_list_table(models)
+
+
+_LIST_COLUMNS = ("task", "size", "source", "sha256", "metrics")
+
+
+def _list_table(models: dict, columns: tuple[str, ...] = _LIST_COLUMNS) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    # only metrics may wrap, at spaces: a name, checksum or number broken over lines is unreadable
+    table.add_column("name", no_wrap=True)
+    for column in columns:
+        if column == "source":  # a host too long for it ends in "…"; `weights info` shows the whole source
+            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=22)
+        else:
+            table.add_column(column, no_wrap=column != "metrics")
     for name, entry in models.items():
         primary = entry["files"][0]
-        source = _short_source(primary) + (f" (+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else "")
-        metrics = _summary(entry.get("metrics"), limit=3)
-        table.add_row(
-            name,
-            entry.get("task", "?"),
-            _human_size(_total_size(entry)),
-            source,
-            _short_sha(primary),
-            metrics.replace(", ", "\n"),  # one metric a line
-        )
-    _stdout().print(table)
+        cells = {
+            "task": entry.get("task", "?"),
+            "size": _human_size(_total_size(entry)),
+            "source": _short_source(primary)
+            + (f"\n(+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else ""),
+            "sha256": _short_sha(primary),
+            "metrics": _summary(entry.get("metrics"), limit=3).replace(", ", "\n"),  # one metric a line
+        }
+        table.add_row(Text(name), *(Text(cells[column]) for column in columns))
+    return table
+
+
+def _print_list_table(models: dict) -> None:
+    """One table at its natural width where stdout is not a terminal; on a terminal too narrow for it (80
+    columns), as eval does: several tables of the columns that fit, each with the names, rather than one whose
+    metrics and hosts rich would fold mid-word ("chairs_epe=3" / ".5")."""
+    console = _stdout()
+    # a line of its own, not the table's title: that is wrapped to the table's width, a long registry path folded
+    console.print(Text(f"flowcli weights ({registry.registry_path()})", style="table.title"), soft_wrap=True)
+    table = _list_table(models)
+    if not console.is_terminal:
+        _print_at_natural_width(console, table)
+        return
+    if _natural_width(console, table) <= console.width:
+        console.print(table)
+        return
+    groups: list[list[str]] = [[]]
+    for column in _LIST_COLUMNS:
+        if groups[-1] and _natural_width(console, _list_table(models, (*groups[-1], column))) > console.width:
+            groups.append([])
+        groups[-1].append(column)
+    for group in groups:
+        console.print(_list_table(models, tuple(group)))
 
 
 @weights_app.command(
@@ -224,32 +309,42 @@ def info_command(
     console.print(f"[bold]{name}[/]  ({entry.get('task', '?')})", highlight=False)
     if entry.get("description"):
         console.print(entry["description"], highlight=False)
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    table.add_row("license", str(entry.get("license", "?")))
-    table.add_row("architecture", _summary(entry.get("architecture")))
+    fields = [
+        ("license", str(entry.get("license", "?"))),
+        ("architecture", _summary(entry.get("architecture"))),
+    ]
     training = dict(entry.get("training") or {})
     stages = training.pop("stages", None)
-    table.add_row("training", _summary(training))
+    fields.append(("training", _summary(training)))
     if stages:
-        table.add_row("stages", "\n".join(_stage_line(i, stage) for i, stage in enumerate(stages, start=1)))
-    table.add_row("metrics", _summary(entry.get("metrics")) if entry.get("metrics") else "none recorded")
+        fields.append(("stages", "\n".join(_stage_line(i, stage) for i, stage in enumerate(stages, start=1))))
+    fields.append(("metrics", _summary(entry.get("metrics")) if entry.get("metrics") else "none recorded"))
     for record in files:
-        style = _STATUS_STYLE.get(record["status"], "")
-        table.add_row(
-            f"file {record['path']}",
-            f"source {record['source']}\n"
-            + (f"member {record['member']} (archive sha256 {record['archive_sha256'][:12]}...)\n"
-               if "member" in record else "")
-            + f"size {_human_size(record.get('size') or 0)}, "
-            f"sha256 {record.get('sha256', registry.UNKNOWN_SHA256)}\n"
-            f"[{style}]{record['status']}[/], local copy: {record['local_path'] or 'none'}",
-        )
+        fields += [("file", record["path"]), ("  source", record["source"])]
+        if "member" in record:
+            fields.append(("  member", f"{record['member']} (archive sha256 {record['archive_sha256'][:12]}...)"))
+        fields += [
+            ("  size", _human_size(record.get("size") or 0)),
+            ("  sha256", record.get("sha256", registry.UNKNOWN_SHA256)),
+            ("  status", Text(record["status"], style=_STATUS_STYLE.get(record["status"], ""))),
+            ("  local copy", record["local_path"] or "none"),
+        ]
     if is_checkpoint and checkpoint is None:
-        table.add_row("checkpoint", f"no local copy; `flowcli weights download {name}` fetches it")
+        fields.append(("checkpoint", f"no local copy; `flowcli weights download {name}` fetches it"))
     elif is_checkpoint:
-        _add_checkpoint_rows(table, checkpoint)
+        fields += _checkpoint_fields(checkpoint)
+    _print_fields(console, fields)
+
+
+def _print_fields(console: Console, fields: list[tuple[str, str | Text]]) -> None:
+    """Label and value rows, the values wrapped to the console's width at spaces and, in a word longer than a line
+    (a URL, a path, a checksum after its key=), between folders or after the "=" rather than mid-name."""
+    value_width = max(console.width - max(len(label) for label, _ in fields) - 2, 20)  # 2: the gap between them
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in fields:
+        table.add_row(Text(label), value if isinstance(value, Text) else Text(_fit_words(value, value_width)))
     console.print(table)
 
 
@@ -262,14 +357,15 @@ def _checkpoint_metadata(path: Path) -> dict:
         return {"error": str(error)}
 
 
-def _add_checkpoint_rows(table: Table, metadata: dict) -> None:
+def _checkpoint_fields(metadata: dict) -> list[tuple[str, str | Text]]:
     if "error" in metadata:
-        table.add_row("checkpoint", f"[red]{metadata['error']}[/]")
-        return
+        return [("checkpoint", Text(metadata["error"], style="red"))]
     checkpoint_format = f"flowcli format {metadata.get('flowcli.format')}, model {metadata.get('flowcli.model')}"
-    table.add_row("checkpoint", checkpoint_format)
-    table.add_row("config", _summary(metadata.get("flowcli.config")))
-    table.add_row("provenance", _summary(metadata.get("flowcli.provenance")))
+    return [
+        ("checkpoint", checkpoint_format),
+        ("config", _summary(metadata.get("flowcli.config"))),
+        ("provenance", _summary(metadata.get("flowcli.provenance"))),
+    ]
 
 
 def _show_file_metadata(path: Path, json_output: bool, source: str | None = None) -> None:
@@ -280,15 +376,9 @@ def _show_file_metadata(path: Path, json_output: bool, source: str | None = None
         where = {"source": source} if source else {}
         _echo_json({**where, "path": str(path), "sha256": registry.sha256_file(path), "checkpoint": metadata})
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    if source:
-        table.add_row("source", source)
-    table.add_row("file", str(path))
-    table.add_row("sha256", registry.sha256_file(path))
-    _add_checkpoint_rows(table, metadata)
-    _stdout().print(table)
+    fields = [("source", source)] if source else []
+    fields += [("file", str(path)), ("sha256", registry.sha256_file(path)), *_checkpoint_fields(metadata)]
+    _print_fields(_stdout(), fields)
 
 
 @weights_app.command(
@@ -407,12 +497,38 @@ def verify_command(
 
 
 def _print_verify_table(rows: list[tuple[str, str, str, str]]) -> None:
-    table = Table()
-    for column in ("name", "file", "status"):
-        table.add_column(column, overflow="fold")  # a narrow terminal cut file names to "face_detection_s…"
-    for model, file, status, _ in rows:
-        table.add_row(model, file, f"[{_STATUS_STYLE.get(status, '')}]{status}[/]")
-    _stdout().print(table)
+    """One table, at its natural width where stdout is not a terminal; on a terminal too narrow for it (80
+    columns), file paths (then names, then statuses at their space) are broken into lines that fit: paths between
+    folders ("mediapipe/" over "face_landmark.tflite"), not mid-name as rich would."""
+    columns = [[row[i] for row in rows] for i in range(3)]  # names, files, statuses
+
+    def verify_table(widths: list[int] | None = None) -> Table:
+        table = Table()
+        # fold only what is still too long after the breaks: a name cut short or folded mid-way is unreadable
+        for column in ("name", "file", "status"):
+            table.add_column(column, overflow="fold")
+        for model, file, status, _ in rows:
+            cells = [model, file, status] if widths is None else list(map(_wrapped, (model, file, status), widths))
+            table.add_row(Text(cells[0]), Text(cells[1]), Text(cells[2], style=_STATUS_STYLE.get(status, "")))
+        return table
+
+    console = _stdout()
+    table = verify_table()
+    if not console.is_terminal:
+        _print_at_natural_width(console, table)
+        return
+    natural = _natural_width(console, table)
+    if natural <= console.width:
+        console.print(table)
+        return
+    widths = [max(map(len, column)) for column in columns]
+    room = console.width - (natural - sum(widths))  # what the three columns' text may take
+    for i in (1, 0, 2):
+        narrowest = max(len(line) for text in columns[i] for line in _wrapped(text, 1).splitlines())
+        widths[i] = max(narrowest, widths[i] - (sum(widths) - room))
+        if sum(widths) <= room:
+            break
+    console.print(verify_table(widths))
 
 
 def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
