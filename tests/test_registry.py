@@ -1357,3 +1357,14 @@ def test_cli_info_of_a_checkpoint_on_80_columns_breaks_long_provenance_entries_b
     assert checksums and paths
     for value in checksums + paths:
         assert any(word == value or word.endswith("=" + value) for word in words), value
+
+
+def test_cli_info_shows_registry_text_as_written_not_as_markup(weights_cli, tmp_path, monkeypatch):
+    """A description with brackets ("[/]", "[red]") was read as rich markup: dropped, restyled, or a MarkupError
+    traceback."""
+    description = "stage [2] of [red]x[/red]; weights [/] averaged"
+    write_registry(tmp_path, monkeypatch, {"m[1]": {**entry("hf://o/r/model.safetensors", None), "description":
+                                                    description}})  # fmt: skip
+    code, out, err = weights_cli("info", "m[1]")
+    assert code == 0, err
+    assert "m[1]  (flow)" in out and description in " ".join(out.split())

@@ -306,9 +306,9 @@ def info_command(
         return
 
     console = _stdout()
-    console.print(f"[bold]{name}[/]  ({entry.get('task', '?')})", highlight=False)
-    if entry.get("description"):
-        console.print(entry["description"], highlight=False)
+    console.print(Text.assemble((name, "bold"), f"  ({entry.get('task', '?')})"), highlight=False)
+    if entry.get("description"):  # registry text is shown as written: a [tag] in it is not rich markup
+        console.print(Text(str(entry["description"])), highlight=False)
     fields = [
         ("license", str(entry.get("license", "?"))),
         ("architecture", _summary(entry.get("architecture"))),
