@@ -549,3 +549,85 @@ def test_output_names_too_long_for_the_file_system_stop_the_run_before_any_work(
     assert isinstance(run.exception, OutputError) and run.exception.exit_code == 3, run.output
     assert "too long" in str(run.exception) and "shorter name" in str(run.exception)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_faceless_video_says_why_in_its_records(tmp_path, cli):
+    """A video without a face fails (exit 2) like a faceless image: its records carry the error message, as a
+    failed input's do; they had status no_face only, where the image's record had an error."""
+    import imageio.v3 as iio
+
+    from flowcli.errors import InputError
+
+    video = tmp_path / "wall.mp4"
+    iio.imwrite(video, np.full((3, 96, 96, 3), 128, np.uint8), fps=5, macro_block_size=1)
+    run = cli(["face", "fit", video, "-o", tmp_path / "out", "--json", "-q"])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [(r["frame"], r["status"], r["error"]) for r in records] == [
+        (t, "no_face", "no face found in any of 3 frames") for t in range(3)
+    ]
+    assert "try a clip with a larger" in str(run.exception) and not (tmp_path / "out").exists()
+
+
+def test_video_progress_names_the_file_as_given_and_counts_the_frames_with_a_face(tmp_path, cli):
+    """The progress lines read a video named [red]take.mp4 as markup (it showed as take.mp4), and with
+    --video-mode independent the fitting count went past its total, the frames with a face (3/2)."""
+    import imageio.v3 as iio
+
+    face = iio.imread(IMAGE)
+    video = tmp_path / "[red]take.mp4"
+    iio.imwrite(video, np.stack([np.full_like(face, 128), face, face]), fps=5, macro_block_size=1)
+    run = cli(["face", "fit", video, "-o", tmp_path / "out", "--video-mode", "independent", "--no-overlay"])
+    assert run.exit_code == 0, run.output
+    fitting = [line for line in run.stderr.splitlines() if ": fitting" in line]
+    assert fitting and fitting[-1].startswith("[red]take.mp4: fitting") and " 2/2 " in fitting[-1], run.stderr
+
+
+def test_an_output_that_cannot_be_written_stops_a_run_of_several_inputs(tmp_path, cli, monkeypatch):
+    """A full disk while writing the first of two images was counted as a failed input: the run went on to the
+    next and ended with exit 2 ("1 of 2 inputs failed"); it is an output error, exit 3, and the run stops."""
+    import shutil
+
+    from flowcli.errors import OutputError
+    from flowcli.face import writers
+
+    second = tmp_path / "second.jpg"
+    shutil.copy(IMAGE, second)
+
+    def full_disk(path, *args, **kwargs):
+        raise OutputError(f"cannot write {path}: No space left on device; choose another output")
+
+    monkeypatch.setattr(writers, "write_png", full_disk)
+    run = cli(["face", "fit", IMAGE, second, "-o", tmp_path / "out", "--mesh-format", "none", "--json", "-q"])
+    assert isinstance(run.exception, OutputError) and run.exception.exit_code == 3, run.output
+    assert [(Path(r["input"]).name, r["status"]) for r in map(json.loads, run.stdout.splitlines())] == [
+        ("image00050.jpg", "error")
+    ]
+    assert not list((tmp_path / "out").glob("second.*"))
+
+
+def test_a_video_that_ends_early_when_read_again_is_one_line(tmp_path, cli, monkeypatch):
+    """The joint fit decodes the clip a second time; a clip that gave fewer frames then (rewritten meanwhile) ended
+    the run with a bare StopIteration traceback."""
+    from itertools import islice
+
+    import imageio.v3 as iio
+
+    from flowcli.errors import InputError
+    from flowcli.face import media
+
+    video = tmp_path / "growing.mp4"
+    iio.imwrite(video, np.stack([iio.imread(IMAGE)] * 3), fps=5, macro_block_size=1)
+    opened = []
+
+    class ShorterWhenReadAgain(media.VideoReader):
+        def __iter__(self):
+            opened.append(self.path)
+            frames = super().__iter__()
+            return frames if len(opened) == 1 else islice(frames, 1)
+
+    monkeypatch.setattr(media, "VideoReader", ShorterWhenReadAgain)
+    run = cli(["face", "fit", video, "-o", tmp_path / "out", "-q"])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2, run.output
+    assert str(run.exception).startswith(f"{video}: frame 1 could not be decoded again")
+    assert not (tmp_path / "out").exists()

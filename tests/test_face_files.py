@@ -129,6 +129,93 @@ def test_cached_model_name_carries_the_format_version(tmp_path, monkeypatch):
     assert len(set(built)) == 4
 
 
+def test_the_asset_model_cache_follows_every_obj_it_is_built_from(tmp_path, monkeypatch):
+    """The cache of an asset folder's FaceXModel OBJs was named after the identity OBJs only: a removed or
+    changed expression OBJ kept the old blendshapes."""
+    from flowcli.face import assets
+
+    folder = tmp_path / "assets" / "ict-facekit" / "FaceXModel"
+    folder.mkdir(parents=True)
+    for name in ("generic_neutral_mesh.obj", "identity000.obj", "jawOpen.obj", "eyeBlink_L.obj"):
+        (folder / name).write_text(QUAD)
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    built = []
+    monkeypatch.setattr(assets, "convert_ict", lambda path: {})
+    monkeypatch.setattr(assets, "_build_and_load", lambda arrays, topology, cached, source: built.append(cached))
+    model = assets.FaceAssets.locate(tmp_path / "assets")
+    model.model()
+    (folder / "eyeBlink_L.obj").unlink()
+    model.model()
+    (folder / "jawOpen.obj").write_text(QUAD + "v 0 0 1\n")
+    model.model()
+    assert len(set(built)) == 3
+
+
+def _asset_folder(tmp_path, region: bytes | None = None, jaw_vertices: int | None = 9409) -> Path:
+    """An asset folder with FaceXModel OBJs of the face region's size (jawOpen.obj of jaw_vertices, or none) and,
+    if given, these bytes as ict_face_region.npz."""
+    root = tmp_path / "assets"
+    folder = root / "ict-facekit" / "FaceXModel"
+    folder.mkdir(parents=True)
+    region_obj = QUAD + "v 0 0 1\n" * (9409 - 4) + "vt 0 0\nf 1/1 2/1 3/1 4/1\n"
+    (folder / "generic_neutral_mesh.obj").write_text(region_obj)
+    (folder / "identity000.obj").write_text(region_obj)
+    if jaw_vertices is not None:
+        (folder / "jawOpen.obj").write_text(QUAD + "v 0 0 1\n" * (jaw_vertices - 4))
+    if region is not None:
+        (root / "ict-facekit" / "ict_face_region.npz").write_bytes(region)
+    return root
+
+
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "region, jaw_vertices, message",
+    [
+        (b"not a zip", 9409, "ict_face_region.npz is not a face model .npz"),  # was a traceback (ValueError)
+        (_npz_bytes(mean=np.zeros((4, 3))), 9409, "ict_face_region.npz lacks id, exp, exp_names"),  # was a KeyError
+        (None, 100, "jawOpen.obj has 100 vertices where generic_neutral_mesh.obj has 9409"),  # was exit 2
+        (None, None, "has no expression blendshapes"),  # was exit 2
+    ],
+    ids=["not-a-zip", "arrays-missing", "short-expression-obj", "no-expression-obj"],
+)
+def test_a_broken_model_in_the_asset_folder_is_a_weights_error(tmp_path, monkeypatch, region, jaw_vertices, message):
+    """A face model in --face-assets that cannot be used stops `fit` with exit 4, as with --face-model, naming
+    the file; no cache file is written for it."""
+    from flowcli.face.assets import FaceAssets
+
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    root = _asset_folder(tmp_path, region, jaw_vertices)
+    with pytest.raises(WeightsError, match=re.escape(message)) as raised:
+        FaceAssets.locate(root).model()
+    assert raised.value.exit_code == 4 and "\n" not in str(raised.value)
+    assert not list((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_convert_of_an_obj_with_the_wrong_vertex_count_is_exit_4(tmp_path):
+    """A truncated expression OBJ is an OBJ that cannot be used (exit 4, as `face convert -h` says), named in
+    full, with what to do."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    folder = _asset_folder(tmp_path, jaw_vertices=100) / "ict-facekit" / "FaceXModel"
+    run = CliRunner().invoke(app, ["face", "convert", str(folder), "-o", str(tmp_path / "m.npz")])
+    assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
+    assert str(folder / "jawOpen.obj") in str(run.exception) and "ICT-FaceKit's OBJ files" in str(run.exception)
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_correspondence_generator_checks_arguments(tmp_path, capsys):
     from flowcli.face import correspondence
 

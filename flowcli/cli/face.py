@@ -176,7 +176,9 @@ def fit_command(
                 except FlowcliError as error:
                     if job.records_printed == printed:  # a shell pipeline learns of every input that failed
                         job.emit_error(path, error)
-                    if len(inputs) == 1:
+                    # only a bad input is skipped: an output that cannot be written (a full disk) fails the next
+                    # ones too, and is exit 3, not one of "N inputs failed"
+                    if len(inputs) == 1 or not isinstance(error, InputError):
                         raise
                     print_error(error)
                     failures.append(path)
@@ -518,6 +520,8 @@ class FaceJob:
     ) -> None:
         from itertools import islice
 
+        from rich.markup import escape
+
         from flowcli.console import warn
         from flowcli.face.media import VideoReader
         from flowcli.face.video import ClipTextures, VideoOptions, fit_video, small_gray
@@ -525,7 +529,8 @@ class FaceJob:
         options = VideoOptions()
         # pass 1: landmarks (tracked); the census grays and flows come from a second decode, as the fit needs them
         reader = VideoReader(path)
-        task = bar.add_task(f"{path.name}: landmarks", total=max_frames, info="")
+        name = escape(path.name)  # a progress description is markup: [red]take.mp4 is a file name
+        task = bar.add_task(f"{name}: landmarks", total=max_frames, info="")
         points, previous, zoom = [], None, 1.0
         for frame in islice(reader, max_frames):
             pts, _ = self.pipeline.track(frame, None if video_mode == "independent" else previous)
@@ -544,26 +549,31 @@ class FaceJob:
             raise InputError(f"{path}: no decodable frames")
         found = sum(p is not None for p in points)
         if found == 0:
-            for t in range(len(points)):
-                self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face"})
-            raise InputError(f"{path}: no face found in any of {len(points)} frames")
+            message = f"no face found in any of {len(points)} frames"
+            for t in range(len(points)):  # an input that failed: its records say why, as a faceless image's do
+                self._emit({"input": str(path), "frame": t, "face": None, "status": "no_face", "error": message})
+            raise InputError(f"{path}: {message}; try a clip with a larger, frontal, well-lit face")
         # pass 2: the fit
-        bar.update(task, description=f"{path.name}: fitting", completed=0, total=found)
+        bar.update(task, description=f"{name}: fitting", completed=0, total=found)
         fitter = self.pipeline.fitter
         if video_mode == "independent":
             fits = []
             for p in points:
                 fits.append(None if p is None else fitter.fit(p))
-                bar.advance(task)
+                if p is not None:  # the total counts the frames with a face
+                    bar.advance(task)
         else:
             with contextlib.closing(VideoReader(path)) as again:
-                clip = ClipTextures(islice(again, len(points)), options.max_side, flow_fn, keep=options.window)
+                clip = ClipTextures(
+                    islice(again, len(points)), options.max_side, flow_fn, keep=options.window, name=str(path)
+                )
                 fits = fit_video(fitter, points, clip.grays, zoom, clip.flows, options,
                                  progress=lambda n: bar.update(task, completed=n))
         self._write_video(path, stem, fits, reader.fps, bar)
 
     def _write_video(self, path: Path, stem: str, fits: list, fps: float, bar) -> None:
         import numpy as np
+        from rich.markup import escape
 
         from flowcli.console import warn
         from flowcli.face import writers
@@ -589,7 +599,7 @@ class FaceJob:
         names = None
         writer = writers.Mp4Writer(out["overlay"], fps, overwrite=ow) if "overlay" in out else None
         reader = None
-        task = bar.add_task(f"{path.name}: writing", total=frames_total, info="")
+        task = bar.add_task(f"{escape(path.name)}: writing", total=frames_total, info="")
         ok = False
         try:
             reader = VideoReader(path) if writer else None

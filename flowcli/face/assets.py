@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowcli.errors import InputError, WeightsError
-from flowcli.face.model import COMPACT_VERSION, FaceModel, build_compact, convert_ict, load_face_model
+from flowcli.face.model import (
+    COMPACT_VERSION,
+    FaceModel,
+    build_compact,
+    convert_ict,
+    load_face_model,
+    read_model_arrays,
+)
 
 ENV_ASSETS = "FLOWCLI_FACE_ASSETS"
 REGISTRY_NAMES = {"mediapipe": "mediapipe-face"}
@@ -102,16 +109,24 @@ class FaceAssets:
         if not self.topology_obj.is_file():
             raise WeightsError(f"{self.topology_obj} not found; the face asset folder needs ICT-FaceKit's FaceXModel")
         region = self.ict_dir / "ict_face_region.npz"
-        sources = [region] if region.is_file() else sorted((self.ict_dir / "FaceXModel").glob("identity*.obj"))
-        if not sources:
+        obj_folder = self.ict_dir / "FaceXModel"
+        if not region.is_file() and not any(obj_folder.glob("identity*.obj")):
             raise WeightsError(
                 f"no ICT-FaceKit model in {self.ict_dir} (need ict_face_region.npz or the FaceXModel OBJs)"
             )
+        # every OBJ the conversion reads, expressions included: a changed or removed blendshape builds a new model
+        sources = [region] if region.is_file() else sorted(obj_folder.glob("*.obj"))
         cached = _cached_name("ict_face_compact", sources + [self.topology_obj])
         model = _load_cached(cached)
         if model is not None:
             return model
-        arrays = load_face_model_arrays(region) if region.is_file() else convert_ict(self.ict_dir / "FaceXModel")
+        if region.is_file():
+            arrays = load_face_model_arrays(region)
+        else:
+            try:
+                arrays = convert_ict(obj_folder)
+            except InputError as error:  # for `fit`, the asset folder's OBJs are a model, not an input
+                raise WeightsError(str(error)) from None
         return _build_and_load(arrays, self.topology_obj, cached, source=str(sources[0].parent))
 
 
@@ -146,10 +161,13 @@ def _build_and_load(arrays: dict, topology_obj: Path, cached: Path, source: str)
 
 
 def load_face_model_arrays(path: Path) -> dict:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in ("mean", "id", "exp", "exp_names")}
+    """mean, id, exp and exp_names of the asset folder's ict_face_region.npz; a WeightsError if it is unusable."""
+    arrays = read_model_arrays(
+        path,
+        hint="replace it with ICT-FaceKit's face region model (mean, id, exp, exp_names), or remove it to use the "
+        "FaceXModel OBJs next to it",
+    )
+    return {k: arrays[k] for k in ("mean", "id", "exp", "exp_names")}
 
 
 def load_user_model(path: Path, topology_obj: Path | None) -> FaceModel:

@@ -308,8 +308,11 @@ def convert_ict(folder: str | Path, num_vertices: int = FACE_VERTICES) -> dict[s
         out = np.zeros((len(items), num_vertices, 3), np.float32)
         for i, (_, path) in enumerate(items):
             v = read_obj_vertices(path)
-            if v.shape != neutral.shape:
-                raise InputError(f"{path.name} has {len(v)} vertices, the neutral mesh {len(neutral)}")
+            if v.shape != neutral.shape:  # truncated, or from another model: an OBJ that cannot be used
+                raise WeightsError(
+                    f"{path} has {len(v)} vertices where {neutral_path.name} has {len(neutral)}; it is incomplete "
+                    "or from another model: use ICT-FaceKit's OBJ files"
+                )
             out[i] = (v[:num_vertices] - neutral[:num_vertices]).astype(np.float32)
         return out
 
@@ -374,24 +377,8 @@ def _check_uvs(topology_obj, uv_tris: np.ndarray, uvs: np.ndarray) -> None:
 
 def load_face_model(path: str | Path, topology_obj: str | Path | None = None) -> FaceModel:
     """Load a compact model file, or a bare {mean, id, exp, exp_names} .npz plus an OBJ that gives its topology."""
-    import zipfile
-
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"face model {path} not found; {_MODEL_HINT}")
-    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle and say so
-        raise WeightsError(f"{path} is not a face model .npz; {_MODEL_HINT}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise WeightsError(f"cannot read face model {path}: {error}".splitlines()[0]) from None
-    missing = [k for k in ("mean", "id", "exp", "exp_names") if k not in arrays]
-    if missing:
-        raise WeightsError(f"face model {path} lacks {', '.join(missing)}; {_MODEL_HINT}")
-    problem = _basis_problem(arrays)
-    if problem:
-        raise WeightsError(f"face model {path}: {problem}; {_MODEL_HINT}")
+    arrays = read_model_arrays(path)
     mean = arrays["mean"]
     if "triangles" not in arrays:
         if topology_obj is None:
@@ -427,6 +414,30 @@ _MODEL_HINT = (
     "pass --face-model an .npz with mean (V x 3), id (K x V x 3), exp (E x V x 3) and exp_names "
     "(e.g. written by `flowcli face convert`), or a folder of ICT-FaceKit OBJs"
 )
+
+
+def read_model_arrays(path: str | Path, hint: str = _MODEL_HINT) -> dict[str, np.ndarray]:
+    """Every array of a model .npz, checked to hold usable mean, id, exp and exp_names: a WeightsError naming the
+    file, with `hint` (what to do), where it cannot be read or they are missing or malformed."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"face model {path} not found; {hint}")
+    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle and say so
+        raise WeightsError(f"{path} is not a face model .npz; {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise WeightsError(f"cannot read face model {path}: {error}".splitlines()[0]) from None
+    missing = [k for k in ("mean", "id", "exp", "exp_names") if k not in arrays]
+    if missing:
+        raise WeightsError(f"face model {path} lacks {', '.join(missing)}; {hint}")
+    problem = _basis_problem(arrays)
+    if problem:
+        raise WeightsError(f"face model {path}: {problem}; {hint}")
+    return arrays
 
 
 def _numeric(a) -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowcli.errors import InputError
 from flowcli.face.fit import FaceFit, FaceFitter, vertex_normals
 
 
@@ -161,10 +162,14 @@ class ClipTextures:
     them, and dropped once its windows have passed: a long clip fits in constant memory, where keeping them all
     took about 1 MB per frame (3 MB with the flow term). `grays[t]` is frame t's 1 x h x w grayscale at the
     census resolution, `flows[t]` the flow from frame t to t + 1 at that resolution; frames are requested in
-    order, at most `keep` back from the newest decoded (a window's length covers fit_video's overlap)."""
+    order, at most `keep` back from the newest decoded (a window's length covers fit_video's overlap). A clip that
+    ends before a frame asked for (changed on disk since its landmarks were read) is an InputError naming `name`."""
 
-    def __init__(self, frames: Iterable[np.ndarray], max_side: int, flow_fn=None, keep: int = 64):
+    def __init__(
+        self, frames: Iterable[np.ndarray], max_side: int, flow_fn=None, keep: int = 64, name: str = "the clip"
+    ):
         self._frames = iter(frames)
+        self._name = name
         self._max_side, self._flow_fn, self._keep = max_side, flow_fn, keep
         self._grays: dict[int, torch.Tensor] = {}
         self._flows: dict[int, np.ndarray] = {}
@@ -175,7 +180,12 @@ class ClipTextures:
 
     def _decode_through(self, t: int) -> None:
         while self._decoded <= t:
-            frame = next(self._frames)
+            frame = next(self._frames, None)
+            if frame is None:  # a bare StopIteration would surface as a traceback
+                raise InputError(
+                    f"{self._name}: frame {self._decoded} could not be decoded again for the fit; the file changed "
+                    "since it was first read, or is damaged; fit it again once it is complete"
+                )
             gray, zoom = small_gray(frame, self._max_side)
             self._grays[self._decoded] = gray
             if self._flow_fn is not None and self._previous is not None:
