@@ -824,6 +824,20 @@ def test_resume_makes_a_video_of_other_max_frames_again(media, tmp_path, cli):
         assert [r["type"] for r in _records(stdout)] == ["skipped"] * 3 and snapshot(out) == kept
 
 
+def test_resume_makes_a_video_of_another_fps_again(media, tmp_path, cli):
+    """--fps is not in the run record (it changes no pair's files), so a resume asking for another rate kept the
+    old video at the old rate."""
+    out = tmp_path / "out"
+    args = [_rig_of_three_pairs(media, tmp_path), "--weights", media["weights"], "-o", out, "--vis", "--video", "-q"]
+    code, _, err = cli(*args, "--fps", "5")
+    assert code == 0, err
+    code, _, err = cli(*args, "--fps", "20", "--resume")
+    assert code == 0, err
+    assert "plays at 5 fps and this run asks for 20 (--fps): made again" in err
+    with VideoReader(out / "rig_disp_vis.mp4") as reader:
+        assert reader.fps == pytest.approx(20)
+
+
 @pytest.mark.parametrize("layout", ["folder", "glob", "two folders", "side-by-side images in a row",
                                     "subfolder from --name"])
 def test_image_outputs_among_the_input_frames_are_refused_before_any_work(layout, media, tmp_path, cli, monkeypatch):

@@ -731,31 +731,14 @@ class _Run:
                         "frames": writer.frames_written, "fps": writer.fps})
 
     def _kept_video_frames(self, path: Path, source: _Source) -> int | None:
-        """--resume: the frame count of the sequence's video if it is kept, None if it is to be made (again). A
-        video is kept when it is done (see `_done`) and has one frame per pair of this run: a run with another
-        --max-frames made it otherwise. Where the pairs are not known before decoding, `_sequence` checks after."""
-        from flowcli.console import warn
-        from flowcli.io.media import VideoReader
+        """--resume: the frame count of the sequence's video if it is done (see `_done`) and kept
+        (`run_record.kept_video_frames`), None if it is to be made (again)."""
+        from flowcli.cli.run_record import kept_video_frames
 
         if not _done(path, source):
             self.replaced += os.path.lexists(path)
             return None
-        try:
-            with VideoReader(path) as reader:
-                frames, fps = reader.num_frames, reader.fps
-        except InputError:  # not a video ffmpeg can read: made again
-            frames = fps = None
-        wanted_fps = self.fps or source.fps or DEFAULT_FPS
-        if frames is None:
-            warn(f"{path} cannot be read as a video: made again")
-        elif source.pairs is not None and frames != source.pairs:
-            warn(f"{path} has {frames} frame(s) but {source.label} gives {source.pairs} pair(s) (made by a run with "
-                 "other --max-frames): made again")
-        elif fps is not None and abs(fps - wanted_fps) > 0.005 * wanted_fps:  # --fps is not in the run record
-            warn(f"{path} plays at {fps:g} fps and this run asks for {wanted_fps:g} (--fps): made again")
-        else:
-            return frames
-        return None
+        return kept_video_frames(path, source.label, source.pairs, self.fps or source.fps or DEFAULT_FPS)
 
     def _run_pairs(self, planned_pairs: Iterator[_PlannedPair], writer, advance) -> None:
         """The pairs in batches of up to --batch-size pairs of one frame size. Outputs, JSON lines, progress and

@@ -145,6 +145,31 @@ class RunRecord:
             temp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def kept_video_frames(path: Path, label: str, pairs: int | None, fps: float) -> int | None:
+    """--resume: the frame count of a sequence's finished video if it is kept, None if it is to be made again (with
+    a warning saying why): a video is kept when ffmpeg reads it, it has one frame per pair of this run (`pairs`;
+    None where they are not known before decoding: the caller checks after) and it plays at `fps`. Another
+    --max-frames or --fps made it otherwise; --fps is not in the record, as it changes no pair's files."""
+    from flowcli.console import warn
+    from flowcli.io.media import VideoReader
+
+    try:
+        with VideoReader(path) as reader:
+            frames, played = reader.num_frames, reader.fps
+    except InputError:  # not a video ffmpeg can read: made again
+        frames = played = None
+    if frames is None:
+        warn(f"{path} cannot be read as a video: made again")
+    elif pairs is not None and frames != pairs:
+        warn(f"{path} has {frames} frame(s) but {label} gives {pairs} pair(s) (made by a run with other "
+             "--max-frames): made again")  # fmt: skip
+    elif played is not None and abs(played - fps) > 0.005 * fps:
+        warn(f"{path} plays at {played:g} fps and this run asks for {fps:g} (--fps): made again")
+    else:
+        return frames
+    return None
+
+
 def _shown(name: str, value) -> str:
     """A setting's value in a message: the start of a sha256, 'unset' for a default left to flowcli."""
     if value is None:
