@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from flowcli.errors import FlowcliError
+from flowcli.inference import resolve_device
 from flowcli.models.pwc import FlowNetConfig
 from flowcli.ops.correlation import correlation_torch, warp_correlation_torch
 
@@ -396,13 +398,11 @@ def parse_args(argv=None):
             if "--dtypes" not in explicit:
                 args.dtypes = "fp32"
             args.warmup, args.iters = 0, 1
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        sys.exit(f"error: --device {args.device!r} is not a torch device; use cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda, but this torch sees no CUDA GPU; run on a GPU machine (--smoke: CPU check)")
+    try:  # flowcli's own device check: one line for a bad or missing device
+        device = resolve_device(args.device or "auto")
+    except FlowcliError as error:
+        sys.exit(f"error: --device {args.device}: {error}")
+    args.device = str(device)
     args.resolutions = [s.strip() for s in args.resolutions.split(",") if s.strip()]
     args.levels = [int(v) for v in args.levels.split(",")]
     args.batches = [int(v) for v in args.batches.split(",")]
