@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
     torch.set_num_threads(args.threads)
     scene = args.data / "flow/sintel/training/clean/alley_1"
     image1, image2 = read_image(scene / "frame_0002.png"), read_image(scene / "frame_0003.png")

@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting and round")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
 
     torch.set_num_threads(args.threads)
     model = load_model(None)

@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.scenes < 1:
+        parser.error("--scenes must be at least 1")
     torch.set_num_threads(args.threads)
     exposures = [float(e) for e in args.exposures.split(",")]
     cfg = SynthConfig(height=384, width=512, layer_translation=40.0, background_translation=12.0, photometric=False)

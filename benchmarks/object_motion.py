@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.scenes < 1:
+        parser.error("--scenes must be at least 1")
     torch.set_num_threads(args.threads)
     models = {name: load_model(name).eval() for name in args.weights}  # a wrong name fails before any scene
     print(f"# {platform.node()} | torch {torch.__version__} | {args.scenes} synthetic 384x512 scenes, seed {args.seed}")

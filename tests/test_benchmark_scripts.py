@@ -119,3 +119,19 @@ def test_face_aflw_puts_every_yaw_over_60_degrees_in_the_top_bin(monkeypatch):
     bins = runpy.run_path(str(BENCHMARKS / "face_aflw.py"), run_name="face_aflw")["bins"]
     result = bins([10.0, -95.0, 70.0], [1.0, 4.0, 2.0])
     assert result["0-30"] == 1.0 and result["30-60"] is None and result["60-90"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("checkpoint_speed_ab.py", ["flowcli-pwc-synth", "flowcli-pwc-synth", "--rounds", "0"]),
+        ("cpu_inference_ab.py", ["--repeats", "0"]),
+        ("onnx_speed.py", ["--rounds", "0"]),
+        ("exposure_range.py", ["flowcli-pwc-synth", "--scenes", "0"]),
+        ("object_motion.py", ["flowcli-pwc-synth", "--scenes", "0"]),
+    ],
+)
+def test_a_count_of_zero_is_a_usage_error(script, args, run_script, capsys):
+    """--rounds 0 and the like ended in a statistics or division traceback after the model loaded."""
+    assert run_script(script, *args) == 2
+    assert "must be at least 1" in capsys.readouterr().err
