@@ -113,7 +113,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pitch", type=float, default=-15.0, help="point cloud view: degrees turned around x")
     parser.add_argument("--note", default="", help="extra caption text, e.g. 'plumbing check: random tiny model'")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the flowcli run")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (the docs' picture)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to render it again, or choose another --out")
 
     left, right = args.data / f"{args.scene}_left.png", args.data / f"{args.scene}_right.png"
     calib = args.calib or args.data / "stereodemo_calibration.json"
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
     for i, p in enumerate(panels):
         sheet.paste(p, (i * PANEL[0], 0))
     ImageDraw.Draw(sheet).text((4, PANEL[1] + 4), caption, fill=(0, 0, 0))
-    write_png(args.out, np.asarray(sheet), overwrite=True)
+    write_png(args.out, np.asarray(sheet), overwrite=args.overwrite)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

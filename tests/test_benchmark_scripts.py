@@ -135,3 +135,11 @@ def test_a_count_of_zero_is_a_usage_error(script, args, run_script, capsys):
     """--rounds 0 and the like ended in a statistics or division traceback after the model loaded."""
     assert run_script(script, *args) == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_stereo_render_does_not_replace_an_existing_picture_without_overwrite(run_script, tmp_path, capsys):
+    """By default it re-rendered docs/img/stereo_oakd.png over the committed picture."""
+    picture = tmp_path / "sheet.png"
+    picture.write_bytes(b"mine")
+    assert run_script("stereo_render.py", "--out", str(picture)) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and picture.read_bytes() == b"mine"
