@@ -631,3 +631,37 @@ def test_a_video_that_ends_early_when_read_again_is_one_line(tmp_path, cli, monk
     assert isinstance(run.exception, InputError) and run.exception.exit_code == 2, run.output
     assert str(run.exception).startswith(f"{video}: frame 1 could not be decoded again")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_an_input_interrupted_between_its_files_leaves_none_of_them(tmp_path, cli, monkeypatch, kind):
+    """A video's overlay .mp4 was renamed into place before its mesh and JSON files were written: a Ctrl-C in
+    between left NAME.overlay.mp4 without NAME.pose.json, and a re-run without --overwrite refused (an image's
+    mesh, likewise, came before its JSON files). An input's files are now renamed into place together."""
+    import shutil
+
+    import imageio.v3 as iio
+
+    from flowcli.face import writers
+
+    if kind == "video":
+        source = tmp_path / "clip.mp4"
+        iio.imwrite(source, np.stack([iio.imread(IMAGE)] * 2), fps=5, macro_block_size=1)
+    else:
+        source = tmp_path / "photo.jpg"
+        shutil.copy(IMAGE, source)
+    real_write_json = writers.write_json
+
+    def interrupted(path, *args, **kwargs):
+        if str(path).endswith(".pose.json"):  # after the mesh (and a video's overlay) was written
+            raise KeyboardInterrupt
+        return real_write_json(path, *args, **kwargs)
+
+    monkeypatch.setattr(writers, "write_json", interrupted)
+    args = ["face", "fit", source, "-o", tmp_path / "out", "--video-mode", "independent", "-q"]
+    run = cli(args)
+    assert run.exit_code != 0 and not (tmp_path / "out").exists(), run.output  # no file, no temp file, no folder
+    monkeypatch.setattr(writers, "write_json", real_write_json)
+    run = cli(args)  # the re-run finds nothing of the interrupted one in its way
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "out" / f"{source.stem}.pose.json").is_file()

@@ -306,3 +306,46 @@ def test_a_face_overlay_of_a_variable_frame_rate_video_lasts_as_long_as_the_sour
         writer.append(frame)
     writer.close()
     assert _ffmpeg_duration(overlay) == pytest.approx(_ffmpeg_duration(source), abs=1 / reader.fps + 0.01)
+
+
+def test_wide_integer_pictures_are_scaled_not_clipped_to_white(tmp_path):
+    """Pillow's int32 mode I (a 16-bit gray TIFF, and PNG in some Pillow versions) was clipped to 255 by as_rgb8:
+    a white picture, in which no face is found."""
+    from PIL import Image
+
+    from flowcli.face.media import as_rgb8, read_image
+
+    sixteen = np.tile(np.arange(0, 65536, 1024, dtype=np.int32), (64, 1))
+    expected = np.round(sixteen / 257).astype(np.uint8)
+    assert np.array_equal(as_rgb8(sixteen)[:, :, 0], expected)
+    assert np.array_equal(as_rgb8(expected.astype(np.int64))[:, :, 0], expected)  # 8-bit values stay
+    Image.fromarray(sixteen).save(tmp_path / "gray.tif")
+    assert np.abs(read_image(tmp_path / "gray.tif")[:, :, 1].astype(int) - expected).max() <= 1
+    with pytest.raises(InputError, match="negative pixel values"):
+        as_rgb8(sixteen - 1)
+
+
+def test_face_assets_that_is_empty_or_a_file_and_an_input_that_is_not_a_file(tmp_path, monkeypatch):
+    """--face-assets "" was the current folder (then a missing-model error, exit 4), --face-assets photo.png was
+    "folder not found", and /dev/null as an input was "not found": each is now one line saying what is wrong."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+    from flowcli.face.media import read_image
+
+    monkeypatch.delenv("FLOWCLI_FACE_ASSETS", raising=False)
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"")  # only checked to exist: the assets are looked for first
+    for assets, message in (("", "the face asset folder is an empty path"), (str(photo), "is a file, not a folder")):
+        run = CliRunner().invoke(app, ["face", "fit", str(photo), "--face-assets", assets, "-o", str(tmp_path / "o")])
+        assert isinstance(run.exception, InputError) and run.exception.exit_code == 2, run.output
+        assert message in str(run.exception) and "\n" not in str(run.exception)
+    run = CliRunner().invoke(app, ["face", "fit", os.devnull, "-o", str(tmp_path / "o")])
+    assert isinstance(run.exception, InputError) and "/dev/null is not a regular file" in str(run.exception)
+    with pytest.raises(InputError, match="/dev/null is not a regular file"):
+        read_image(os.devnull)
+    assert sorted(os.listdir(tmp_path)) == ["photo.png"]

@@ -780,6 +780,39 @@ def test_16_bit_pgm_and_ppm_keep_their_bits(tmp_path):
     assert_one_line_error(excinfo, "short.ppm", "truncated")
 
 
+def test_an_image_over_pillows_pixel_limit_says_so(tmp_path, monkeypatch):
+    """A huge JPEG (15000x15000) trips Pillow's guard against decompression bombs; read_image called it "not an
+    image format flowcli reads". The limit is kept; the message gives the pixel count and what to do."""
+    for name in ("huge.jpg", "huge.png"):
+        Image.fromarray(np.zeros((60, 50, 3), np.uint8)).save(tmp_path / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses images over twice this
+    for name in ("huge.jpg", "huge.png"):
+        for read in (read_image, media.image_size):
+            with pytest.raises(InputError) as excinfo:
+                read(tmp_path / name)
+            assert_one_line_error(
+                excinfo, name, "3,000 pixels exceed Pillow's safety limit against decompression bombs", "downscale it"
+            )
+    assert Image.MAX_IMAGE_PIXELS == 1000  # not raised behind the user's back
+
+
+def test_int32_images_are_scaled_by_their_bit_depth(tmp_path):
+    """Pillow's mode I (int32, as it gives 16-bit gray PNG and TIFF in some versions, and 32-bit TIFF) was refused
+    by read_image ("unsupported image pixel type int32"), where the face reader clipped it to white."""
+    sixteen = RNG.integers(0, 65536, (5, 7)).astype(np.int32)
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.tif")
+    assert Image.open(tmp_path / "sixteen.tif").mode == "I"
+    assert media.read_image_array(tmp_path / "sixteen.tif").dtype == np.uint16
+    np.testing.assert_allclose(read_image(tmp_path / "sixteen.tif")[0].numpy(), sixteen / 65535, atol=1e-6)
+    wide = sixteen * 32768  # values past 16 bits: scaled from int32's range
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "wide.tif")[0].numpy(), wide / (2**31 - 1), atol=2e-5)
+    Image.fromarray(sixteen - 70000).save(tmp_path / "signed.tif")
+    with pytest.raises(InputError) as excinfo:
+        read_image(tmp_path / "signed.tif")
+    assert_one_line_error(excinfo, "signed.tif", "negative pixel values")
+
+
 def test_write_errors_are_one_line_output_errors_without_temp_files(tmp_path, monkeypatch):
     import errno
 

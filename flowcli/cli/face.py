@@ -48,9 +48,10 @@ def fit_command(
         ..., help="Images and/or videos (.mp4, .mov, .avi, ...), or folders of them (natural order)."
     ),
     output: Path = typer.Option(Path("face-output"), "-o", "--output", help="Folder for the results."),
-    face_assets: Optional[Path] = typer.Option(
+    face_assets: Optional[str] = typer.Option(  # a str: a Path would read an empty --face-assets "" as "."
         None,
         "--face-assets",
+        metavar="DIR",
         envvar="FLOWCLI_FACE_ASSETS",
         help="Folder laid out like shared/data/face (ict-facekit/, mediapipe/).",
     ),
@@ -284,8 +285,10 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
             if not found:
                 raise InputError(f"{path} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}) or videos")
             files += found
-        elif path.exists():
+        elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise InputError(f"{path} is not a regular file (a device, pipe or socket); give an image or video file")
         else:
             raise InputError(f"{path} not found; check the path")
     unique = {}
@@ -451,59 +454,62 @@ class FaceJob:
             )
         ow = self.s["overwrite"]
         records = []
-        for k, res in enumerate(results):
-            st = stem if k == 0 else f"{stem}.face{k + 1}"
-            out = self.outputs(st, video=False)
-            if "overlay" in out:  # one overlay picture shows all the image's faces
-                out["overlay"] = self.outputs(stem, video=False)["overlay"]
-            fit = res.fit
-            verts = self._mesh_vertices(fit, res.vertices)
-            for key in ("mesh_obj", "mesh_ply"):
-                if key in out:
-                    writers.write_mesh(out[key], verts, self.model, overwrite=ow)
-            pose = fit.pose_dict()
-            writers.write_json(
-                out["pose"], {"input": str(path), "face": k + 1, "score": round(fit.score, 4), **pose}, overwrite=ow
-            )
-            writers.write_json(
-                out["landmarks"],
-                {
-                    "input": str(path),
-                    "face": k + 1,
-                    "landmarks68": [[round(x, 2), round(y, 2)] for x, y in res.landmarks68[:, :2].tolist()],
-                    "landmarks468": [[round(x, 2), round(y, 2), round(z, 2)] for x, y, z in res.landmarks468.tolist()],
-                    "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); "
-                    "468: MediaPipe Face Mesh points (x, y px, relative depth)",
-                },
-                overwrite=ow,
-            )
-            writers.write_npy(out["landmarks68"], res.landmarks68[:, :2], overwrite=ow)
-            writers.write_npy(out["landmarks468"], res.landmarks468, overwrite=ow)
-            names, weights = self._names_and_weights(fit.exp_weights)
-            writers.write_blendshapes_csv(out["blendshapes_csv"], names, [(0, weights)], overwrite=ow)
-            writers.write_json(
-                out["blendshapes_json"],
-                {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}},
-                overwrite=ow,
-            )
-            self.written.update(out.values())
-            records.append(
-                {
-                    "input": str(path),
-                    "frame": None,
-                    "face": k + 1,
-                    "status": "ok",
-                    "faces_found": total,
-                    "score": round(fit.score, 4),
-                    **{key: pose[key] for key in ("yaw", "pitch", "roll", "scale")},
-                    "outputs": {key: str(p) for key, p in out.items()},
-                }
-            )
-        if self.s["overlay"]:
-            picture = render_overlay(
-                image, [(r.vertices, self.model.triangles) for r in results], [r.landmarks68 for r in results]
-            )
-            writers.write_png(self.outputs(stem, video=False)["overlay"], picture, overwrite=ow)
+        with writers.published_together():  # an interrupted image leaves all its files or none
+            for k, res in enumerate(results):
+                st = stem if k == 0 else f"{stem}.face{k + 1}"
+                out = self.outputs(st, video=False)
+                if "overlay" in out:  # one overlay picture shows all the image's faces
+                    out["overlay"] = self.outputs(stem, video=False)["overlay"]
+                fit = res.fit
+                verts = self._mesh_vertices(fit, res.vertices)
+                for key in ("mesh_obj", "mesh_ply"):
+                    if key in out:
+                        writers.write_mesh(out[key], verts, self.model, overwrite=ow)
+                pose = fit.pose_dict()
+                writers.write_json(
+                    out["pose"], {"input": str(path), "face": k + 1, "score": round(fit.score, 4), **pose}, overwrite=ow
+                )
+                writers.write_json(
+                    out["landmarks"],
+                    {
+                        "input": str(path),
+                        "face": k + 1,
+                        "landmarks68": [[round(x, 2), round(y, 2)] for x, y in res.landmarks68[:, :2].tolist()],
+                        "landmarks468": [
+                            [round(x, 2), round(y, 2), round(z, 2)] for x, y, z in res.landmarks468.tolist()
+                        ],
+                        "note": "68: the fitted model's landmarks (iBUG order, 3D jawline); "
+                        "468: MediaPipe Face Mesh points (x, y px, relative depth)",
+                    },
+                    overwrite=ow,
+                )
+                writers.write_npy(out["landmarks68"], res.landmarks68[:, :2], overwrite=ow)
+                writers.write_npy(out["landmarks468"], res.landmarks468, overwrite=ow)
+                names, weights = self._names_and_weights(fit.exp_weights)
+                writers.write_blendshapes_csv(out["blendshapes_csv"], names, [(0, weights)], overwrite=ow)
+                writers.write_json(
+                    out["blendshapes_json"],
+                    {"input": str(path), "face": k + 1, "blendshapes": {n: round(w, 5) for n, w in weights.items()}},
+                    overwrite=ow,
+                )
+                self.written.update(out.values())
+                records.append(
+                    {
+                        "input": str(path),
+                        "frame": None,
+                        "face": k + 1,
+                        "status": "ok",
+                        "faces_found": total,
+                        "score": round(fit.score, 4),
+                        **{key: pose[key] for key in ("yaw", "pitch", "roll", "scale")},
+                        "outputs": {key: str(p) for key, p in out.items()},
+                    }
+                )
+            if self.s["overlay"]:
+                picture = render_overlay(
+                    image, [(r.vertices, self.model.triangles) for r in results], [r.landmarks68 for r in results]
+                )
+                writers.write_png(self.outputs(stem, video=False)["overlay"], picture, overwrite=ow)
         for record in records:  # printed once every file it names exists
             self._emit(record)
 
@@ -597,80 +603,83 @@ class FaceJob:
         lm468 = np.full((frames_total, 468, 3), np.nan)
         poses, rows, blend, records = [], [], [], []
         names = None
-        writer = writers.Mp4Writer(out["overlay"], fps, overwrite=ow) if "overlay" in out else None
-        reader = None
-        task = bar.add_task(f"{escape(path.name)}: writing", total=frames_total, info="")
-        ok = False
-        try:
-            reader = VideoReader(path) if writer else None
-            frames = iter(reader) if reader else iter(lambda: None, 0)
-            for t, fit in enumerate(fits):
-                frame = next(frames, None) if writer else None
-                if writer and frame is None:
-                    raise InputError(f"{path}: frame {t} could not be decoded again for the overlay")
-                bar.advance(task)
-                if fit is None:
-                    poses.append({"frame": t, "status": "no_face"})
-                    rows.append((t, None))
-                    blend.append({"frame": t, "status": "no_face"})
+        with writers.published_together():  # an interrupted clip leaves all its files or none
+            writer = writers.Mp4Writer(out["overlay"], fps, overwrite=ow) if "overlay" in out else None
+            reader = None
+            task = bar.add_task(f"{escape(path.name)}: writing", total=frames_total, info="")
+            ok = False
+            try:
+                reader = VideoReader(path) if writer else None
+                frames = iter(reader) if reader else iter(lambda: None, 0)
+                for t, fit in enumerate(fits):
+                    frame = next(frames, None) if writer else None
+                    if writer and frame is None:
+                        raise InputError(f"{path}: frame {t} could not be decoded again for the overlay")
+                    bar.advance(task)
+                    if fit is None:
+                        poses.append({"frame": t, "status": "no_face"})
+                        rows.append((t, None))
+                        blend.append({"frame": t, "status": "no_face"})
+                        records.append(
+                            {"input": str(path), "frame": t, "face": None, "status": "no_face", "outputs": paths}
+                        )
+                        if writer:
+                            writer.append(frame)
+                        continue
+                    res = self.pipeline.result(fit)
+                    lm68[t], lm468[t] = res.landmarks68[:, :2], res.landmarks468
+                    pose = fit.pose_dict()
+                    poses.append({"frame": t, "status": "ok", **pose})
+                    if per_frame_identity:
+                        poses[-1]["identity"] = np.round(fit.id_coeffs, 5).tolist()
+                    names, weights = self._names_and_weights(fit.exp_weights)
+                    rows.append((t, weights))
+                    blend.append(
+                        {"frame": t, "status": "ok", "blendshapes": {n: round(w, 5) for n, w in weights.items()}}
+                    )
                     records.append(
-                        {"input": str(path), "frame": t, "face": None, "status": "no_face", "outputs": paths}
+                        {
+                            "input": str(path),
+                            "frame": t,
+                            "face": 1,
+                            "status": "ok",
+                            **{k: pose[k] for k in ("yaw", "pitch", "roll", "scale")},
+                            "outputs": paths,
+                        }
                     )
                     if writer:
-                        writer.append(frame)
-                    continue
-                res = self.pipeline.result(fit)
-                lm68[t], lm468[t] = res.landmarks68[:, :2], res.landmarks468
-                pose = fit.pose_dict()
-                poses.append({"frame": t, "status": "ok", **pose})
-                if per_frame_identity:
-                    poses[-1]["identity"] = np.round(fit.id_coeffs, 5).tolist()
-                names, weights = self._names_and_weights(fit.exp_weights)
-                rows.append((t, weights))
-                blend.append({"frame": t, "status": "ok", "blendshapes": {n: round(w, 5) for n, w in weights.items()}})
-                records.append(
-                    {
-                        "input": str(path),
-                        "frame": t,
-                        "face": 1,
-                        "status": "ok",
-                        **{k: pose[k] for k in ("yaw", "pitch", "roll", "scale")},
-                        "outputs": paths,
-                    }
-                )
+                        writer.append(render_overlay(frame, [(res.vertices, self.model.triangles)], [res.landmarks68]))
+                ok = True
+            finally:
                 if writer:
-                    writer.append(render_overlay(frame, [(res.vertices, self.model.triangles)], [res.landmarks68]))
-            ok = True
-        finally:
-            if writer:
-                writer.close(ok)
-            if reader:
-                reader.close()
-        names = names or list(self._names_and_weights(np.zeros(len(self.model.exp_names)))[0])
-        for key in ("mesh_obj", "mesh_ply"):  # after the overlay: an interrupted run leaves no mesh behind
-            if key in out:
-                writers.write_mesh(out[key], mesh, self.model, overwrite=ow)
-        writers.write_json(
-            out["pose"],
-            {"input": str(path), "fps": fps, "identity": np.round(identity, 5).tolist(), "frames": poses},
-            overwrite=ow,
-        )
-        writers.write_json(
-            out["landmarks"],
-            {
-                "input": str(path),
-                "frames": [
-                    {"frame": t, "landmarks68": None if np.isnan(lm68[t, 0, 0]) else np.round(lm68[t], 2).tolist()}
-                    for t in range(frames_total)
-                ],
-                "note": "landmarks468 (MediaPipe) are in the .npy file; NaN where no face",
-            },
-            overwrite=ow,
-        )
-        writers.write_npy(out["landmarks68"], lm68, overwrite=ow)
-        writers.write_npy(out["landmarks468"], lm468, overwrite=ow)
-        writers.write_blendshapes_csv(out["blendshapes_csv"], names, rows, overwrite=ow)
-        writers.write_json(out["blendshapes_json"], {"input": str(path), "frames": blend}, overwrite=ow)
+                    writer.close(ok)
+                if reader:
+                    reader.close()
+            names = names or list(self._names_and_weights(np.zeros(len(self.model.exp_names)))[0])
+            for key in ("mesh_obj", "mesh_ply"):
+                if key in out:
+                    writers.write_mesh(out[key], mesh, self.model, overwrite=ow)
+            writers.write_json(
+                out["pose"],
+                {"input": str(path), "fps": fps, "identity": np.round(identity, 5).tolist(), "frames": poses},
+                overwrite=ow,
+            )
+            writers.write_json(
+                out["landmarks"],
+                {
+                    "input": str(path),
+                    "frames": [
+                        {"frame": t, "landmarks68": None if np.isnan(lm68[t, 0, 0]) else np.round(lm68[t], 2).tolist()}
+                        for t in range(frames_total)
+                    ],
+                    "note": "landmarks468 (MediaPipe) are in the .npy file; NaN where no face",
+                },
+                overwrite=ow,
+            )
+            writers.write_npy(out["landmarks68"], lm68, overwrite=ow)
+            writers.write_npy(out["landmarks468"], lm468, overwrite=ow)
+            writers.write_blendshapes_csv(out["blendshapes_csv"], names, rows, overwrite=ow)
+            writers.write_json(out["blendshapes_json"], {"input": str(path), "frames": blend}, overwrite=ow)
         self.written.update(out.values())
         for record in records:  # printed once the clip's files exist
             self._emit(record)

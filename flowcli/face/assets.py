@@ -96,7 +96,14 @@ class FaceAssets:
             directory = os.environ.get(ENV_ASSETS) or None
         if directory is None:
             return cls(None, offline)
+        if not str(directory):  # Path("") would be the current folder
+            raise InputError(f"the face asset folder is an empty path; pass --face-assets DIR or set {ENV_ASSETS}")
         root = Path(directory).expanduser()
+        if root.exists() and not root.is_dir():
+            raise InputError(
+                f"face asset folder {root} is a file, not a folder; pass --face-assets DIR, the folder that holds "
+                f"ict-facekit/ (and mediapipe/), or set {ENV_ASSETS}"
+            )
         if not root.is_dir():
             raise InputError(f"face asset folder {root} not found; pass --face-assets DIR or set {ENV_ASSETS}")
         return cls(root, offline)

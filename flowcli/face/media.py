@@ -47,12 +47,23 @@ def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
         )
     elif a.dtype == bool:
         a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        a = np.clip(a, 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:  # wider integers: 8-bit values, or 16-bit ones (Pillow's mode I is int32)
+        low, high = int(a.min()), int(a.max())
+        if low < 0:
+            raise InputError(f"{name}: the image has negative pixel values; give an unsigned 8- or 16-bit picture")
+        if high > 255:  # not 8-bit: clipping would make it white
+            a = a / ((65535 if high <= 65535 else np.iinfo(a.dtype).max) / 255)
+        a = np.round(a).astype(np.uint8)
     h, w = a.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise InputError(f"{name} is {w}x{h} px; face fitting needs at least {MIN_SIDE} px on each side")
     return np.ascontiguousarray(a)
+
+
+def _not_a_file(path: Path) -> str:
+    if path.exists():  # a device (/dev/null), a pipe or a socket
+        return f"{path} is not a regular file; give an image or video file"
+    return f"{path} not found"
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -61,7 +72,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image; give an image file")
     if not path.is_file():
-        raise InputError(f"{path} not found")
+        raise InputError(_not_a_file(path))
     from flowcli.io.media import read_image_array  # applies EXIF orientation, converts CMYK and the like to RGB
 
     return as_rgb8(read_image_array(path), path.name)
@@ -77,7 +88,7 @@ class VideoReader(media.VideoReader):
     def __init__(self, path: str | Path):
         path = Path(path)
         if not path.is_file():
-            raise InputError(f"{path} not found")
+            raise InputError(_not_a_file(path))
         super().__init__(path)
         self.decode_error: str | None = None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from flowcli.errors import OutputError
+from flowcli.io.atomic import hold_interrupts, release_interrupts
 from flowcli.io.atomic import atomic_path as _atomic_path
 
 
@@ -22,14 +23,46 @@ def _umask() -> int:
     return mask
 
 
+# the temp files of `published_together`'s block, renamed into place when it ends; None outside one
+_held: contextlib.ExitStack | None = None
+
+
 @contextlib.contextmanager
 def atomic_path(path, overwrite=False):
     """flowcli.io.atomic.atomic_path, with the file made readable like any other new file (the temp file
-    starts as 0600)."""
+    starts as 0600). Inside `published_together`, the temp file stays until the block ends."""
+    if _held is not None:
+        tmp = _held.enter_context(_atomic_path(path, overwrite))  # an error here or later removes it
+        yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())
+        return
     with _atomic_path(path, overwrite) as tmp:
         yield tmp
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())
+
+
+@contextlib.contextmanager
+def published_together():
+    """Every file this module writes in the block (the overlay video included) stays a temp file until the block
+    ends; then all are renamed into place at once, Ctrl-C and SIGTERM held off meanwhile (and delivered after),
+    so that an interrupted or failed input leaves all its outputs or none, never a part a re-run refuses."""
+    global _held
+    if _held is not None:  # nested: the outer block publishes
+        yield
+        return
+    with contextlib.ExitStack() as held:
+        _held = held
+        try:
+            yield
+        finally:
+            _held = None
+        interrupts = hold_interrupts()
+        try:
+            held.close()
+        finally:
+            release_interrupts(interrupts)
 
 
 def write_obj(path, vertices, triangles, uvs=None, uv_triangles=None, overwrite=False) -> Path:

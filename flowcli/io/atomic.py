@@ -112,15 +112,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     The temp name keeps the suffix, so writers that choose a format by extension still work.
     """
     path = check_writable(path, overwrite)
-    held = _hold_interrupts()  # a KeyboardInterrupt between making the temp file and the try below would leave it
+    held = hold_interrupts()  # a KeyboardInterrupt between making the temp file and the try below would leave it
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     except OSError as error:  # os.access passes for root on read-only or special file systems
-        _release_interrupts(held)
+        release_interrupts(held)
         raise _write_error(path, error) from None
     tmp = Path(tmp)
     try:  # from here on, a Ctrl-C or SIGTERM (raised as KeyboardInterrupt) anywhere removes the temp file
-        _release_interrupts(held)  # one that arrived meanwhile is raised here
+        release_interrupts(held)  # one that arrived meanwhile is raised here
         os.close(fd)
         _OUTPUT_OF_TEMP[tmp] = _OUTPUT_OF_TEMP.get(path, path)
         umask = os.umask(0)
@@ -148,7 +148,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
 _INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _hold_interrupts():
+def hold_interrupts():
     """Block SIGINT and SIGTERM for this thread; returns the mask to restore (None where signals cannot be
     blocked). A signal that arrives while blocked is delivered, and its KeyboardInterrupt raised, on release."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows
@@ -156,7 +156,7 @@ def _hold_interrupts():
     return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
 
 
-def _release_interrupts(mask) -> None:
+def release_interrupts(mask) -> None:
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

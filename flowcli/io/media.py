@@ -115,8 +115,22 @@ def _image_header(path: Path) -> tuple[int, str | None, str | None]:
     try:
         with Image.open(path) as image:
             return _orientation(image), image.mode, image.format
+    except Image.DecompressionBombError as error:  # a readable file, refused: not "not an image format"
+        raise _too_many_pixels(path, error) from None
     except Exception:  # an unreadable header: the decoder reports the broken file
         return 1, None, None
+
+
+def _too_many_pixels(path: Path, error: Image.DecompressionBombError) -> InputError:
+    """The error for an image Pillow refuses to open because it has more pixels than its decompression-bomb limit
+    (twice `PIL.Image.MAX_IMAGE_PIXELS`), which flowcli keeps."""
+    match = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(error))
+    pixels = f"its {int(match[1]):,} pixels exceed" if match else "its pixel count exceeds"
+    limit = f" ({int(match[2]):,} pixels)" if match else ""
+    return InputError(
+        f"cannot read image {path}: {pixels} Pillow's safety limit against decompression bombs{limit}; "
+        "downscale it (e.g. to half its width and height) and try again"
+    )
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
@@ -125,6 +139,8 @@ def image_size(path: PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             (width, height), orientation = image.size, _orientation(image)
+    except Image.DecompressionBombError as error:
+        raise _too_many_pixels(path, error) from None
     except Exception as error:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError... on bad files
         try:  # images Pillow cannot open but `read_image` reads through imageio's other plugins: float TIFF
             height, width = iio.improps(path, index=0).shape[:2]
@@ -210,9 +226,24 @@ def read_image_array(path: PathLike) -> np.ndarray:
                     "or leave it out"
                 ) from None
             raise InputError(f"cannot read image {path}: {_one_line(error)}; the file is corrupt") from None
-        if is_netpbm and array.dtype == np.int32:  # ASCII 16-bit PGM, scaled by Pillow
-            array = np.clip(array, 0, 65535).astype(np.uint16)
+    if np.issubdtype(array.dtype, np.integer) and array.dtype not in (np.uint8, np.uint16):
+        array = _wide_integers_as_uint16(array, path)
     return _upright(array, orientation)
+
+
+def _wide_integers_as_uint16(array: np.ndarray, path: Path) -> np.ndarray:
+    """Pixels of a wider integer type as uint16. Pillow's mode I (int32) holds 16-bit data (ASCII PGM scaled to
+    65535, 16-bit gray PNG and TIFF in some Pillow versions): values up to 65535 are kept; larger ones are 32-bit
+    data, scaled from their type's full range."""
+    low, high = int(array.min()), int(array.max())
+    if low < 0:
+        raise InputError(
+            f"cannot use image {path}: it has negative pixel values (down to {low}); convert it to an unsigned "
+            "8- or 16-bit image"
+        )
+    if high <= 65535:
+        return array.astype(np.uint16)
+    return np.round(array / (np.iinfo(array.dtype).max / 65535)).astype(np.uint16)
 
 
 def read_image(path: PathLike) -> torch.Tensor:
