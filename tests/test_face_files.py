@@ -326,8 +326,9 @@ def test_wide_integer_pictures_are_scaled_not_clipped_to_white(tmp_path):
 
 
 def test_face_assets_that_is_empty_or_a_file_and_an_input_that_is_not_a_file(tmp_path, monkeypatch):
-    """--face-assets "" was the current folder (then a missing-model error, exit 4), --face-assets photo.png was
-    "folder not found", and /dev/null as an input was "not found": each is now one line saying what is wrong."""
+    """--face-assets "" (and --face-model "") was the current folder (then a missing-model error, exit 4),
+    --face-assets photo.png was "folder not found", and /dev/null as an input was "not found": each is now one line
+    saying what is wrong."""
     import typer
     from typer.testing import CliRunner
 
@@ -344,6 +345,8 @@ def test_face_assets_that_is_empty_or_a_file_and_an_input_that_is_not_a_file(tmp
         run = CliRunner().invoke(app, ["face", "fit", str(photo), "--face-assets", assets, "-o", str(tmp_path / "o")])
         assert isinstance(run.exception, InputError) and run.exception.exit_code == 2, run.output
         assert message in str(run.exception) and "\n" not in str(run.exception)
+    run = CliRunner().invoke(app, ["face", "fit", str(photo), "--face-model", "", "-o", str(tmp_path / "o")])
+    assert isinstance(run.exception, InputError) and "--face-model is an empty path" in str(run.exception)
     run = CliRunner().invoke(app, ["face", "fit", os.devnull, "-o", str(tmp_path / "o")])
     assert isinstance(run.exception, InputError) and "/dev/null is not a regular file" in str(run.exception)
     with pytest.raises(InputError, match="/dev/null is not a regular file"):

@@ -55,9 +55,10 @@ def fit_command(
         envvar="FLOWCLI_FACE_ASSETS",
         help="Folder laid out like shared/data/face (ict-facekit/, mediapipe/).",
     ),
-    face_model: Optional[Path] = typer.Option(
+    face_model: Optional[str] = typer.Option(  # a str, as --face-assets: an empty value is not "."
         None,
         "--face-model",
+        metavar="PATH",
         help="Your own model with ICT-FaceKit's structure: .npz (mean, id, exp, exp_names) or a folder of OBJs.",
     ),
     max_faces: int = typer.Option(1, "--max-faces", min=1, help="Fit up to this many faces per image (largest first)."),
@@ -142,13 +143,15 @@ def fit_command(
     flow_device, flow_precision = (
         _flow_device_and_precision(device or "auto", precision or "auto") if flow else (None, None)
     )
+    if face_model is not None and not face_model.strip():
+        raise InputError("--face-model is an empty path; give a .npz model file or a folder of ICT-FaceKit OBJs")
     inputs = _expand_inputs(inputs)
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
     )
     torch.set_num_threads(1)  # many tiny solves: threads only add contention
     # the runtime, assets and model first: a run that cannot start leaves no output folder behind
-    pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=face_model)
+    pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=Path(face_model) if face_model else None)
     flow_fn = _flow_model(flow_device, flow_precision) if flow and any(is_video(p) for p in inputs) else None
     job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
