@@ -278,11 +278,16 @@ def test_hf_spec_spelled_without_the_revision_is_still_checked_against_the_regis
             registry.resolve(spec, quiet=True)
 
 
+def _loose_hub_file(hub, tmp_path, monkeypatch, data: bytes) -> str:
+    """The hf:// spec of a checkpoint on the local hub that no registry entry (the registry is empty) names."""
+    write_registry(tmp_path, monkeypatch, {})
+    hub.add_repo_file(REPO_ID, "loose.safetensors", data)
+    return f"hf://{REPO_ID}/loose.safetensors"
+
+
 def test_hf_spec_outside_the_registry_is_checked_against_the_hubs_sha256(hub, tmp_path, monkeypatch, checkpoint_bytes):
     """A checkpoint on the Hub is stored with git LFS: its cache blob is named by its sha256, which is checked."""
-    write_registry(tmp_path, monkeypatch, {})
-    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
-    spec = f"hf://{REPO_ID}/loose.safetensors"
+    spec = _loose_hub_file(hub, tmp_path, monkeypatch, checkpoint_bytes)
     path = registry.resolve(spec, quiet=True)
     Path(os.path.realpath(path)).write_bytes(b"\0" * len(checkpoint_bytes))  # corrupted in the cache
     assert registry.resolve(spec, quiet=True).read_bytes() == checkpoint_bytes  # noticed and fetched again
@@ -741,9 +746,7 @@ def test_cli_verify_of_an_hf_source_checks_its_cached_copy_against_the_hubs_sha2
     """`weights verify hf://...` said "unknown model"; it must check the cached copy and never download."""
     from cli_harness import assert_one_line_error
 
-    write_registry(tmp_path, monkeypatch, {})
-    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
-    spec = f"hf://{REPO_ID}/loose.safetensors"
+    spec = _loose_hub_file(hub, tmp_path, monkeypatch, checkpoint_bytes)
     code, out, err = weights_cli("verify", spec, "--json")
     assert code == 0, err
     assert json.loads(out) == [{"name": spec, "file": "loose.safetensors", "status": registry.NOT_DOWNLOADED}]
@@ -813,9 +816,7 @@ def test_cli_info_offline_uses_only_the_cached_copy_of_a_source(
     """estimate, eval and export take --offline; `weights info` refused it ("No such option")."""
     from cli_harness import assert_one_line_error
 
-    write_registry(tmp_path, monkeypatch, {})
-    hub.add_repo_file(REPO_ID, "loose.safetensors", checkpoint_bytes)
-    spec = f"hf://{REPO_ID}/loose.safetensors"
+    spec = _loose_hub_file(hub, tmp_path, monkeypatch, checkpoint_bytes)
     code, _, err = weights_cli("info", spec, "--offline")
     assert_one_line_error(code, err, 4, f"{spec} is not in the local cache", "offline mode was requested",
                           f"flowcli weights download {spec}")  # fmt: skip
@@ -1321,36 +1322,35 @@ def test_cli_verify_on_80_columns_breaks_file_names_only_between_folders(cli, mo
         assert f"\u2502 {path} \u2502" in out.getvalue()
 
 
+def _info_at_80_columns(cli, monkeypatch, name: str) -> tuple[str, list[str]]:
+    """`weights info NAME` on an 80-column terminal: its text (every line checked to fit) and its words."""
+    out = screen(monkeypatch, 80)
+    result = cli("info", name)
+    assert result.exit_code == 0, result.output
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    return out.getvalue(), [word.rstrip(",") for line in lines for word in line.split()]
+
+
 def test_cli_info_on_80_columns_keeps_metrics_checksums_and_url_parts_whole(cli, monkeypatch, tmp_path):
     """`weights info` folded its values at 80 columns (a file's label took half the line): checksums, metrics and
     the parts of a source URL broke mid-word."""
     models = narrow_registry(tmp_path, monkeypatch)
-    out = screen(monkeypatch, 80)
-    result = cli("info", "flowcli-pwc-synth-xl")
-    assert result.exit_code == 0, result.output
-    lines = out.getvalue().splitlines()
-    assert max(len(line) for line in lines) <= 80
-    words = [word.rstrip(",") for line in lines for word in line.split()]
+    text, words = _info_at_80_columns(cli, monkeypatch, "flowcli-pwc-synth-xl")
     assert all(f"{key}={value}" in words for key, value in NARROW_METRICS.items())
     record = models["flowcli-pwc-synth-xl"]["files"][0]
     assert record["sha256"] in words and record["path"] in words
-    assert all(part in out.getvalue() for part in record["source"].split("/"))
+    assert all(part in text for part in record["source"].split("/"))
 
 
 def test_cli_info_of_a_checkpoint_on_80_columns_breaks_long_provenance_entries_between_words(cli, monkeypatch):
     """The bundled model's provenance holds keys like averaged_from.1.provenance.averaged_from.1.sha256 with 64-digit
     checksums: folded at 80 columns, mid-checksum; now each checksum and path stays whole on a line."""
     monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
-    out = screen(monkeypatch, 80)
-    result = cli("info", "flowcli-pwc-synth")
-    assert result.exit_code == 0, result.output
-    lines = out.getvalue().splitlines()
-    assert max(len(line) for line in lines) <= 80
-    words = [word.rstrip(",") for line in lines for word in line.split()]
     from flowcli.checkpoint import read_metadata
-
     from flowcli.cli.weights import _flatten
 
+    _, words = _info_at_80_columns(cli, monkeypatch, "flowcli-pwc-synth")
     provenance = _flatten(read_metadata(registry.local_copy("flowcli-pwc-synth"))["flowcli.provenance"])
     checksums = [value for key, value in provenance.items() if key.endswith("sha256")]
     paths = [value for key, value in provenance.items() if key.endswith(("path", "init_weights"))]
