@@ -37,6 +37,46 @@ def progress(quiet: bool = False, transient: bool = False) -> Progress:
     )
 
 
+def natural_width(console: Console, table) -> int:
+    """The width `table` takes with no line to fit."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update(width=1000), table).maximum
+
+
+def print_at_natural_width(console: Console, table) -> None:
+    """Where the console is not a terminal (a file, a pipe, a log) there is no width to wrap to: the whole table."""
+    saved = console.width
+    try:
+        console.width = max(saved, natural_width(console, table))
+        console.print(table)
+    finally:
+        console.width = saved
+
+
+def print_table(console: Console, table_of, columns: list[str]) -> None:
+    """Print the table `table_of(None)` (all its columns): at its natural width where the console is not a
+    terminal; on a terminal too narrow for it (80 columns), as several tables `table_of(some columns)` of the
+    columns that fit, each with the rows' names, rather than one whose numbers rich would cut to "0.…"."""
+    table = table_of(None)
+    if not console.is_terminal:
+        print_at_natural_width(console, table)
+        return
+    if natural_width(console, table) <= console.width:
+        console.print(table)
+        return
+    groups: list[list[str]] = [[]]
+    for column in columns:
+        if groups[-1] and natural_width(console, table_of(groups[-1] + [column])) > console.width:
+            groups.append([])
+        groups[-1].append(column)
+    names_only = len(table_of([]).columns)
+    for group in groups:
+        part = table_of(group)
+        if len(part.columns) > names_only:  # (a group of columns no row has is left out)
+            console.print(part)
+
+
 def print_error(error: Exception) -> None:
     """`error: MESSAGE` on stderr, one line, as the CLI shows every FlowcliError (markup in it printed as is)."""
     from rich.markup import escape

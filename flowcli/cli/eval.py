@@ -124,38 +124,11 @@ def _table(report, stereo: bool, keys: list[str] | None = None):
 
 
 def _print_report(report, stereo: bool) -> None:
-    """Print the table on stderr. Where stderr is not a terminal (logs, CI) at the table's natural width; on a
-    terminal too narrow for it (80 columns), as several tables of the columns that fit, each with the items, rather
-    than one whose numbers rich would cut to "0.…"."""
-    from rich.measure import Measurement
+    """The table on stderr, in parts that fit on a narrow terminal (`console.print_table`)."""
+    from flowcli.console import print_table, stderr
 
-    from flowcli.console import stderr
-
-    def width(table) -> int:
-        return Measurement.get(stderr, stderr.options.update(width=1000), table).maximum
-
-    table = _table(report, stereo)
-    if not stderr.is_terminal:
-        saved = stderr.width
-        try:
-            stderr.width = max(saved, width(table))
-            stderr.print(table)
-        finally:
-            stderr.width = saved
-        return
-    if width(table) <= stderr.width:
-        stderr.print(table)
-        return
-    keys = [c[0] for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS)]
-    groups: list[list[str]] = [[]]
-    for key in keys:
-        if groups[-1] and width(_table(report, stereo, groups[-1] + [key])) > stderr.width:
-            groups.append([])
-        groups[-1].append(key)
-    for group in groups:
-        part = _table(report, stereo, group)
-        if part.columns[2:]:  # (a group of columns no item has is left out)
-            stderr.print(part)
+    columns = [c[0] for c in (STEREO_COLUMNS if stereo else FLOW_COLUMNS)]
+    print_table(stderr, lambda keys: _table(report, stereo, keys), columns)
 
 
 def eval_command(

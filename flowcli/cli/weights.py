@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flowcli import registry
-from flowcli.console import print_error
+from flowcli.console import natural_width, print_at_natural_width, print_error, print_table
 from flowcli.errors import FlowcliError, InputError, WeightsError
 
 weights_app = typer.Typer(
@@ -59,22 +59,6 @@ def register(app: typer.Typer) -> None:
 
 def _stdout() -> Console:
     return Console()
-
-
-def _natural_width(console: Console, table: Table) -> int:
-    from rich.measure import Measurement
-
-    return Measurement.get(console, console.options.update(width=1000), table).maximum
-
-
-def _print_at_natural_width(console: Console, table: Table) -> None:
-    """Where stdout is not a terminal (a file, a pipe, a log) there is no width to wrap to: the whole table."""
-    saved = console.width
-    try:
-        console.width = max(saved, _natural_width(console, table))
-        console.print(table)
-    finally:
-        console.width = saved
 
 
 def _fit_words(text: str, width: int) -> str:
@@ -244,20 +228,8 @@ def _print_list_table(models: dict) -> None:
     console = _stdout()
     # a line of its own, not the table's title: that is wrapped to the table's width, a long registry path folded
     console.print(Text(f"flowcli weights ({registry.registry_path()})", style="table.title"), soft_wrap=True)
-    table = _list_table(models)
-    if not console.is_terminal:
-        _print_at_natural_width(console, table)
-        return
-    if _natural_width(console, table) <= console.width:
-        console.print(table)
-        return
-    groups: list[list[str]] = [[]]
-    for column in _LIST_COLUMNS:
-        if groups[-1] and _natural_width(console, _list_table(models, (*groups[-1], column))) > console.width:
-            groups.append([])
-        groups[-1].append(column)
-    for group in groups:
-        console.print(_list_table(models, tuple(group)))
+    print_table(console, lambda keys: _list_table(models, _LIST_COLUMNS if keys is None else tuple(keys)),
+                list(_LIST_COLUMNS))
 
 
 @weights_app.command(
@@ -515,9 +487,9 @@ def _print_verify_table(rows: list[tuple[str, str, str, str]]) -> None:
     console = _stdout()
     table = verify_table()
     if not console.is_terminal:
-        _print_at_natural_width(console, table)
+        print_at_natural_width(console, table)
         return
-    natural = _natural_width(console, table)
+    natural = natural_width(console, table)
     if natural <= console.width:
         console.print(table)
         return
