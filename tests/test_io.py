@@ -830,7 +830,7 @@ def test_write_errors_are_one_line_output_errors_without_temp_files(tmp_path, mo
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)  # what root gets in a read-only special folder
+    monkeypatch.setattr(os, "open", denied)  # what root gets in a read-only special folder (mkstemp calls it too)
     with pytest.raises(OutputError) as excinfo:
         write_npy(tmp_path / "f.npy", random_flow())
     assert_one_line_error(excinfo, "f.npy", "Permission denied")
@@ -1043,28 +1043,27 @@ def test_an_interrupt_just_after_the_temp_file_is_made_leaves_no_temp_file(tmp_p
 
 
 def test_an_interrupt_while_the_temp_file_is_being_made_leaves_no_temp_file(tmp_path, monkeypatch):
-    """mkstemp creates the file, then runs Python code before it returns: a SIGINT or SIGTERM landing there raised
-    its KeyboardInterrupt outside the try that removes the temp file (a killed `estimate -` left one behind)."""
-    import signal
-    import tempfile
-
+    """mkstemp creates the file, then runs Python code before it returns its name: a SIGINT or SIGTERM landing
+    there raised its KeyboardInterrupt where nothing knew the name, and the temp file stayed (a killed
+    `estimate -` left one behind). Here the interrupt lands just after the file is made."""
     from flowcli.io import atomic
 
-    if not hasattr(signal, "pthread_sigmask"):
-        pytest.skip("signals cannot be held on this platform")
-    real_mkstemp = tempfile.mkstemp
+    real_open = os.open
 
-    def mkstemp_then_interrupted(*args, **kwargs):
-        made = real_mkstemp(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # Python's own SIGINT handler: KeyboardInterrupt at the next bytecode
-        return made
+    def open_then_interrupted(file, flags, *args, **kwargs):
+        fd = real_open(file, flags, *args, **kwargs)
+        if os.path.basename(file).startswith(".a_flow."):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp_then_interrupted)
+    monkeypatch.setattr(os, "open", open_then_interrupted)  # as mkstemp calls it too
     with pytest.raises(KeyboardInterrupt):
         with atomic.atomic_path(tmp_path / "a_flow.flo") as tmp:
             tmp.write_bytes(b"never")
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM} == set()  # released
+    assert atomic._OUTPUT_OF_TEMP == {}
 
 
 def test_a_write_error_of_one_pair_output_names_that_output_not_a_temp_file(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import signal
 import tempfile
 from pathlib import Path
@@ -112,16 +113,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     The temp name keeps the suffix, so writers that choose a format by extension still work.
     """
     path = check_writable(path, overwrite)
-    held = hold_interrupts()  # a KeyboardInterrupt between making the temp file and the try below would leave it
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    except OSError as error:  # os.access passes for root on read-only or special file systems
-        release_interrupts(held)
-        raise _write_error(path, error) from None
-    tmp = Path(tmp)
+    tmp = None
     try:  # from here on, a Ctrl-C or SIGTERM (raised as KeyboardInterrupt) anywhere removes the temp file
-        release_interrupts(held)  # one that arrived meanwhile is raised here
-        os.close(fd)
+        tmp = _make_temp(path)
         _OUTPUT_OF_TEMP[tmp] = _OUTPUT_OF_TEMP.get(path, path)
         umask = os.umask(0)
         os.umask(umask)
@@ -132,17 +126,38 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
                 raise
             raise _write_error(path, error) from None
         try:
-            # mkstemp makes 0600, and some writers (safetensors) recreate the file 0600: give the usual permissions
+            # the temp file starts 0600, and some writers (safetensors) recreate it 0600: give the usual permissions
             os.chmod(tmp, 0o666 & ~umask)
             _publish(tmp, path, overwrite)
         except OSError as error:
             raise _write_error(path, error) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
     finally:
         _OUTPUT_OF_TEMP.pop(tmp, None)
+
+
+def _make_temp(path: Path) -> Path:
+    """A new empty hidden file `.STEM.RANDOM.SUFFIX` next to `path` (0600, as mkstemp makes it). Its name is
+    chosen before the file is made, so a KeyboardInterrupt landing while it is made removes it by name: with
+    mkstemp, one landing after the file existed but before its name came back left it behind."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+            return tmp
+        except FileExistsError:  # another file's name: left alone, another name tried
+            continue
+        except OSError as error:  # os.access passes for root on read-only or special file systems
+            raise _write_error(path, error) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    raise _write_error(path, FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent)))
 
 
 _INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
