@@ -1026,38 +1026,36 @@ def test_a_file_another_run_wrote_meanwhile_is_kept_without_overwrite(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_flow.flo", "b.npy"]
 
 
-def test_an_interrupt_just_after_the_temp_file_is_made_leaves_no_temp_file(tmp_path, monkeypatch):
-    """A Ctrl-C or SIGTERM landing between mkstemp and the body of the write left a hidden `.NAME.xxxx.ext`."""
-    from flowcli.io import atomic
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
 
-    def interrupted(*args):
+
+def _open_then_interrupted(file, flags, *args, **kwargs):
+    """os.open, interrupted just after it made a temp file for `a_flow.flo`."""
+    fd = _REAL_OPEN(file, flags, *args, **kwargs)
+    if os.path.basename(file).startswith(".a_flow."):
+        os.close(fd)
         raise KeyboardInterrupt
-
-    monkeypatch.setattr(atomic.os, "umask", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic.atomic_path(tmp_path / "a_flow.flo") as tmp:
-            tmp.write_bytes(b"never")
-    monkeypatch.undo()
-    assert list(tmp_path.iterdir()) == []
-    assert atomic._OUTPUT_OF_TEMP == {}
+    return fd
 
 
-def test_an_interrupt_while_the_temp_file_is_being_made_leaves_no_temp_file(tmp_path, monkeypatch):
-    """mkstemp creates the file, then runs Python code before it returns its name: a SIGINT or SIGTERM landing
-    there raised its KeyboardInterrupt where nothing knew the name, and the temp file stayed (a killed
-    `estimate -` left one behind). Here the interrupt lands just after the file is made."""
+_REAL_OPEN = os.open
+
+
+@pytest.mark.parametrize(
+    ("patched", "interruption"),
+    [
+        # between making the temp file and the body of the write (a hidden `.NAME.xxxx.ext` was left)
+        ("umask", _interrupted),
+        # while the temp file is being made: mkstemp ran Python code after making it and before returning its name,
+        # and an interrupt there left it where nothing knew the name (a killed `estimate -` left one behind)
+        ("open", _open_then_interrupted),
+    ],
+)
+def test_an_interrupt_as_the_temp_file_is_made_leaves_no_temp_file(patched, interruption, tmp_path, monkeypatch):
     from flowcli.io import atomic
 
-    real_open = os.open
-
-    def open_then_interrupted(file, flags, *args, **kwargs):
-        fd = real_open(file, flags, *args, **kwargs)
-        if os.path.basename(file).startswith(".a_flow."):
-            os.close(fd)
-            raise KeyboardInterrupt
-        return fd
-
-    monkeypatch.setattr(os, "open", open_then_interrupted)  # as mkstemp calls it too
+    monkeypatch.setattr(os, patched, interruption)  # (os.open: as mkstemp calls it too)
     with pytest.raises(KeyboardInterrupt):
         with atomic.atomic_path(tmp_path / "a_flow.flo") as tmp:
             tmp.write_bytes(b"never")
