@@ -206,6 +206,23 @@ def output_paths(options: OutputOptions, names: PairNames) -> dict[str, Path]:
     return {key: options.path_for(key, names) for key in options.pair_keys()}
 
 
+def refuse_image_among_frames(path: Path, frame_folders: dict[Path, str], resolved: dict[Path, Path]) -> None:
+    """OutputError when the output `path` is an image in a folder of input frames (`frame_folders`: resolved folder
+    -> the input whose frames are there), which a later run over that folder would take for a frame; `resolved`
+    caches each output folder's resolved path."""
+    from flowcli.errors import OutputError
+    from flowcli.io.media import IMAGE_SUFFIXES
+
+    if not frame_folders or path.suffix.lower() not in IMAGE_SUFFIXES:
+        return
+    folder = resolved.get(path.parent) or resolved.setdefault(path.parent, path.parent.resolve())
+    if folder in frame_folders:
+        raise OutputError(
+            f"{path} would be an image among the frames of {frame_folders[folder]}, and a later run over them would "
+            "take it for a frame; choose another output folder with -o"
+        )
+
+
 def video_path(options: OutputOptions, source: str) -> Path:
     """The per-sequence visualisation video: {source}_vis.mp4 in the output folder."""
     return options.directory / f"{source}_vis.mp4"

@@ -461,8 +461,7 @@ def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
 def _plan(
     sources: list[_Source], options, claims: OutputClaims, step: int, max_frames: int | None, video: bool
 ) -> None:
-    from flowcli.io.media import IMAGE_SUFFIXES
-    from flowcli.outputs import output_paths, video_path
+    from flowcli.outputs import output_paths, refuse_image_among_frames, video_path
 
     frame_folders = _frame_folders(sources)
     resolved: dict[Path, Path] = {}  # output folder -> resolved, once per folder
@@ -470,13 +469,7 @@ def _plan(
         for names in _known_names(source, step, max_frames):
             owner = _pair_owner(number, source, names)
             for path in output_paths(options, names).values():
-                if frame_folders and path.suffix.lower() in IMAGE_SUFFIXES:
-                    folder = resolved.get(path.parent) or resolved.setdefault(path.parent, path.parent.resolve())
-                    if folder in frame_folders:
-                        raise OutputError(
-                            f"{path} would be an image among the frames of {frame_folders[folder]}, and a later "
-                            "run over them would take it for a frame; choose another output folder with -o"
-                        )
+                refuse_image_among_frames(path, frame_folders, resolved)
                 claims.check(path, owner)
         if video and source.sequence:
             claims.check(video_path(options, source.name), Owner.video(number, source.label))

@@ -59,7 +59,7 @@ from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_l
 from flowcli.cli.run_record import Entry, RunRecord
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
-from flowcli.outputs import check_template, inside_output
+from flowcli.outputs import check_template, inside_output, refuse_image_among_frames
 
 DEFAULT_NAME = "{stem}"
 LARGEST_LIKELY_BASELINE = 5.0  # metres; more is almost always millimetres or centimetres given as metres
@@ -664,20 +664,6 @@ def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
     return folders
 
 
-def _refuse_image_among_frames(path: Path, frame_folders: dict[Path, str], resolved: dict[Path, Path]) -> None:
-    """OutputError when the output `path` is an image in a folder of input frames; `resolved` caches folders."""
-    from flowcli.io.media import IMAGE_SUFFIXES
-
-    if not frame_folders or path.suffix.lower() not in IMAGE_SUFFIXES:
-        return
-    folder = resolved.get(path.parent) or resolved.setdefault(path.parent, path.parent.resolve())
-    if folder in frame_folders:
-        raise OutputError(
-            f"{path} would be an image among the frames of {frame_folders[folder]}, and a later run over them would "
-            "take it for a frame; choose another output folder with -o"
-        )
-
-
 def _video_path(directory: Path, source: _Source) -> Path:
     return directory / f"{source.name}_disp_vis.mp4"
 
@@ -934,7 +920,7 @@ def stereo(
         for fields in _known_fields(s, step, max_frames):
             owner = _pair_owner(number, s, fields["index"], fields["stem"])
             for path in _output_paths(output, template, formats_set, s, fields).values():
-                _refuse_image_among_frames(path, frame_folders, resolved)
+                refuse_image_among_frames(path, frame_folders, resolved)
                 claims.check(path, owner)
         if want_video and s.sequence:
             claims.check(_video_path(output, s), Owner.video(number, s.label))
