@@ -47,6 +47,7 @@ one that --resume writes for a source without an entry gets none (its files are 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,18 @@ class RunRecord:
             for key in stamped:
                 record[key][STAMP] = now
             temp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def output_done(path: Path, made_since: int | None) -> bool:
+    """Whether --resume takes the output `path` as done. Files are published whole under their final name (temp file
+    + rename), so one that exists is complete; but one modified before its source's settings were recorded
+    (`made_since`, see `RunRecord.made_since`) was left by a run with other settings (an interrupted --overwrite run
+    with a new --step), and is made again."""
+    try:
+        modified = os.lstat(path).st_mtime_ns  # lstat: a dangling link (a dropped git-annex file) is there too
+    except OSError:
+        return False
+    return made_since is None or modified >= made_since
 
 
 def kept_video_frames(path: Path, label: str, pairs: int | None, fps: float) -> int | None:

@@ -56,7 +56,7 @@ from flowcli.cli.options import (
     unique_source_names,
 )
 from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_list
-from flowcli.cli.run_record import Entry, RunRecord
+from flowcli.cli.run_record import Entry, RunRecord, kept_video_frames, output_done
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder
 from flowcli.outputs import check_template, inside_output, refuse_image_among_frames
@@ -641,17 +641,6 @@ def _record_entry(source: _Source, settings: dict) -> Entry:
     return Entry(" ".join(sorted(str(path.resolve()) for path in files)), source.label, settings)
 
 
-def _done(path: Path, source: _Source) -> bool:
-    """Whether --resume takes the output `path` as done. Files are published whole under their final name (temp file
-    + rename), so one that exists is complete; but one modified before the source's settings were recorded was left
-    by a run with other settings (an interrupted --overwrite run with a new --max-disparity), and is made again."""
-    try:
-        modified = os.lstat(path).st_mtime_ns  # lstat: a dangling link (a dropped git-annex file) is there too
-    except OSError:
-        return False
-    return source.made_since is None or modified >= source.made_since
-
-
 def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
     """Resolved folder -> the input whose frames are images listed there (a folder, a glob, two folders, side-by-side
     images in a row). An explicit pair names its two images: it is not listed. Call it before --all takes a
@@ -1064,11 +1053,9 @@ class _Run:
                         "frames": writer.frames_written, "fps": writer.fps})
 
     def _kept_video_frames(self, path: Path, source: _Source) -> int | None:
-        """--resume: the frame count of the sequence's video if it is done (see `_done`) and kept
+        """--resume: the frame count of the sequence's video if it is done (see `run_record.output_done`) and kept
         (`run_record.kept_video_frames`), None if it is to be made (again)."""
-        from flowcli.cli.run_record import kept_video_frames
-
-        if not _done(path, source):
+        if not output_done(path, source.made_since):
             self.replaced += os.path.lexists(path)
             return None
         return kept_video_frames(path, source.label, source.count, self.fps or source.fps or DEFAULT_FPS)
@@ -1098,7 +1085,8 @@ class _Run:
         owner = _pair_owner(number, source, item.index, item.stem)
         for path in paths.values():
             self.claims.check(path, owner)
-        missing = {key: path for key, path in paths.items() if not (self.resume and _done(path, source))}
+        done = {key for key, path in paths.items() if self.resume and output_done(path, source.made_since)}
+        missing = {key: path for key, path in paths.items() if key not in done}
         replaces = sum(os.path.lexists(path) for path in missing.values()) if self.resume else 0
         return _PlannedPair(number, source, item, paths, missing, replaces=replaces)
 
