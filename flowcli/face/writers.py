@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from flowcli.errors import OutputError
-from flowcli.io.atomic import hold_interrupts, release_interrupts
 from flowcli.io.atomic import atomic_path as _atomic_path
 
 
@@ -46,23 +45,18 @@ def atomic_path(path, overwrite=False):
 @contextlib.contextmanager
 def published_together():
     """Every file this module writes in the block (the overlay video included) stays a temp file until the block
-    ends; then all are renamed into place at once, Ctrl-C and SIGTERM held off meanwhile (and delivered after),
-    so that an interrupted or failed input leaves all its outputs or none, never a part a re-run refuses."""
+    ends, then all are renamed into place one after the other, so that an input interrupted or failed while its
+    files are written leaves none of them, not a part a re-run refuses."""
     global _held
     if _held is not None:  # nested: the outer block publishes
         yield
         return
-    with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held:  # its exit publishes the files, or removes them on an error
         _held = held
         try:
             yield
         finally:
             _held = None
-        interrupts = hold_interrupts()
-        try:
-            held.close()
-        finally:
-            release_interrupts(interrupts)
 
 
 def write_obj(path, vertices, triangles, uvs=None, uv_triangles=None, overwrite=False) -> Path:

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import os
 import secrets
-import signal
 import tempfile
 from pathlib import Path
 
@@ -158,22 +157,6 @@ def _make_temp(path: Path) -> Path:
                 os.unlink(tmp)
             raise
     raise _write_error(path, FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent)))
-
-
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
-
-
-def hold_interrupts():
-    """Block SIGINT and SIGTERM for this thread; returns the mask to restore (None where signals cannot be
-    blocked). A signal that arrives while blocked is delivered, and its KeyboardInterrupt raised, on release."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-
-
-def release_interrupts(mask) -> None:
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 # temp file -> the output it becomes: a writer handed a temp file (write_flo inside write_pair_outputs) names the
