@@ -174,7 +174,8 @@ def _run_tiled(model, image1, image2, dtype, max_pixels: int, overlap: int):
     return flow, logit, len(ys) * len(xs)
 
 
-def _is_oom(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is torch running out of GPU or CPU memory (on the CPU, a RuntimeError that says so)."""
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     text = str(error)
@@ -190,7 +191,7 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
         flow, logit = _run_model(model, image1, image2, dtype)
         return flow, logit, 1
     except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
-        if not _is_oom(error):
+        if not is_out_of_memory(error):
             raise
     if image1.is_cuda:
         torch.cuda.empty_cache()
@@ -200,7 +201,7 @@ def _predict(model, image1, image2, dtype, max_pixels: int | None, overlap: int)
         try:
             return _run_tiled(model, image1, image2, dtype, budget, overlap)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
-            if not _is_oom(error):
+            if not is_out_of_memory(error):
                 raise
             if image1.is_cuda:
                 torch.cuda.empty_cache()

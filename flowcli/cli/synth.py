@@ -84,6 +84,7 @@ def synth(
     from flowcli.errors import FlowcliError, InputError, OutputError
     from flowcli.io.atomic import atomic_path
     from flowcli.io.flow_formats import write_flo, write_png
+    from flowcli.inference import is_out_of_memory
     from flowcli.io.media import MIN_FPS, VideoWriter
     from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 
@@ -141,7 +142,7 @@ def synth(
         try:
             return generate_sample(cfg, torch.Generator().manual_seed(scene_seed), bank)
         except RuntimeError as error:  # (torch's out-of-memory errors are RuntimeErrors)
-            if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+            if not is_out_of_memory(error):
                 raise
             raise InputError(
                 f"not enough memory to render scenes of --size {height}x{width}; choose a smaller --size"

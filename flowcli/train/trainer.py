@@ -29,6 +29,7 @@ from flowcli.data.datasets import STEREO_DATASETS, FlowDataset, make_dataset, pa
 from flowcli.data.workers import stop_quietly_on_sigterm
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
+from flowcli.inference import is_out_of_memory
 from flowcli.models.pwc import FlowNet, FlowNetConfig, untie_decoder_weights
 from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample, photometric_augment
 from flowcli.train.losses import supervised_loss
@@ -745,7 +746,7 @@ def train(
                         save_state()
                         saved = step
     except RuntimeError as error:  # (torch's out-of-memory errors are RuntimeErrors, a data worker's too)
-        if not _out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         then = (
             f"start afresh with --overwrite ({out} keeps the state of step {saved})"
@@ -774,12 +775,6 @@ def train(
         "ema_checkpoint": str(out / "ema.safetensors") if ema is not None else None,
         "history": history,
     }
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is torch running out of GPU or CPU memory (on the CPU, a RuntimeError that says so)."""
-    text = str(error)
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _check_finite(value: torch.Tensor, what: str, step: int, saved: int, out: Path) -> None:
