@@ -285,6 +285,22 @@ def test_inputs_of_the_same_name_get_distinct_sources(media, tmp_path, cli):
     ]
 
 
+def test_side_by_side_images_in_a_row_take_step_and_max_frames_as_a_folder_of_them_does(media, tmp_path, cli):
+    frames = tmp_path / "frames"
+    for t in range(4):
+        write_png(frames / f"f{t}.png", read_png(media["sbs"]))
+    shell_glob = [frames / f"f{t}.png" for t in range(4)]
+    w = ["--weights", media["weights"], "--npy", "--json", "-q"]
+    for inputs in ([frames], shell_glob):
+        out = tmp_path / f"out{len(inputs)}"
+        code, stdout, err = cli("--sbs", *inputs, "--step", "2", *w, "-o", out)
+        assert code == 0, err
+        assert [r["left"] for r in _records(stdout)] == ["f0", "f2"]
+        code, stdout, err = cli("--sbs", *inputs, "--max-frames", "1", *w, "-o", out, "--overwrite")
+        assert code == 0, err
+        assert [r["left"] for r in _records(stdout)] == ["f0"]
+
+
 def test_every_video_pair_name_is_checked_before_any_work(media, tmp_path, monkeypatch, capsys):
     # warnings filtered as for users: imageio-ffmpeg leaves ResourceWarnings behind when a video is closed early
     cli = in_process_cli(monkeypatch, capsys, "stereo")

@@ -4,6 +4,7 @@ outputs, the video, and one-line errors that leave nothing written. Runs in-proc
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,23 @@ def test_kitti_png_written_by_the_project_writer_and_a_disparity_png_are_told_ap
     expected = disparity_to_rgb(stored, valid=disparity > 0)
     np.testing.assert_array_equal(read_png(tmp_path / "vis" / "disp_vis.png"), expected)
     assert read_png(tmp_path / "vis" / "disp_vis.png")[3, 3].tolist() == [0, 0, 0]
+
+
+def test_the_kitti_example_of_the_help_runs_as_written(run, tmp_path, monkeypatch):
+    """KITTI's flow_occ/ and disp_occ_0/ hold files of one name: the example must tell them apart."""
+    from flowcli.cli.vis import HELP
+
+    example = next(line for line in HELP.splitlines() if "flow_occ/000000_10.png" in line)
+    args = shlex.split(example)[2:]  # after `flowcli vis`
+    monkeypatch.chdir(tmp_path)
+    write_kitti_flow(Path("kitti/training/flow_occ/000000_10.png"), _flow())
+    disparity = np.full((H, W), 7.0, np.float32)
+    write_disparity_png(Path("kitti/training/disp_occ_0/000000_10.png"), disparity, valid=disparity > 0)
+    code, _, err = run(*args)
+    assert code == 0, err
+    assert sorted(str(p.relative_to("vis")) for p in Path("vis").rglob("*.png")) == [
+        "disp_occ_0/000000_10_vis.png", "flow_occ/000000_10_vis.png"
+    ]
 
 
 def test_pfm_with_inf_is_coloured_as_disparity_with_inf_black(run, tmp_path):

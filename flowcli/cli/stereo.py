@@ -398,10 +398,11 @@ def collect_sources(inputs: list[str], *, sbs: bool = False, swap: bool = False,
             while j < len(inputs) and _is_image_file(Path(inputs[j])):
                 j += 1
             run = [Path(a) for a in inputs[i:j]]
-            if sbs:
+            if sbs:  # several in a row are a sequence (a shell-expanded glob): --step and --max-frames apply
                 label = " ".join(inputs[i:j])
-                sources.append(_Source(label=label, name=run[0].stem, pairs=[(p, None, p.stem) for p in run],
-                                       count=len(run), sequence=len(run) > 1))
+                used = run[::step][:max_frames]
+                sources.append(_Source(label=label, name=run[0].stem, pairs=[(p, None, p.stem) for p in used],
+                                       count=len(used), sequence=len(run) > 1))
             else:
                 if len(run) % 2:
                     raise InputError(

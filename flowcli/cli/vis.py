@@ -82,7 +82,8 @@ _HELP_PARAGRAPHS = [
     "Examples:",
     "  flowcli vis flowcli_out/ -o vis/",
     "  flowcli vis 'sintel/training/flow/alley_1/*.flo' --max-flow global --video -o vis/",
-    "  flowcli vis kitti/training/flow_occ/000000_10.png kitti/training/disp_occ_0/000000_10.png -o vis/",
+    "  flowcli vis kitti/training/flow_occ/000000_10.png kitti/training/disp_occ_0/000000_10.png --name "
+    "'{parent}/{stem}' -o vis/",
     "  flowcli vis middlebury/tsukuba/disp0GT.pfm --max-disparity 16 -o vis/",
     "  flowcli vis 'stereo_out/*_depth.npy' --min-depth global --video -o vis/",
     "  flowcli vis 'sintel/training/flow/*/frame_0002.flo' --name '{parent}/{stem}' -o vis/",
