@@ -56,6 +56,7 @@ REFUSALS = [
     ("motion_range.py", ["flowcli-pwc-synth", "--data", "{empty}"], "{empty}"),
     ("kitti_outliers.py", ["flowcli-pwc-synth", "--root", "{missing}"], "{missing}"),
     ("occlusion_masks.py", ["--data", "{empty}"], "{empty}"),
+    ("photometric_landscape.py", ["--data", "{empty}"], "{empty}"),
     ("scale_selection.py", ["--data", "{empty}"], "{empty}"),
     ("vertical_offset.py", ["--data", "{empty}"], "{empty}"),
     ("stereo_render.py", ["--data", "{empty}", "--out", "{empty}/sheet.png"], "{empty}"),
@@ -129,6 +130,7 @@ def test_face_aflw_puts_every_yaw_over_60_degrees_in_the_top_bin(monkeypatch):
         ("onnx_speed.py", ["--rounds", "0"]),
         ("exposure_range.py", ["flowcli-pwc-synth", "--scenes", "0"]),
         ("object_motion.py", ["flowcli-pwc-synth", "--scenes", "0"]),
+        ("photometric_landscape.py", ["--steps", "0"]),
     ],
 )
 def test_a_count_of_zero_is_a_usage_error(script, args, run_script, capsys):
