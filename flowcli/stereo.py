@@ -255,6 +255,8 @@ def read_calibration(path: str | os.PathLike) -> Camera:
     doffs, baseline (mm), width, height.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"calibration {path} is a folder; give the calibration file in it (JSON or calib.txt)")
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist; check the path")
     try:
@@ -448,6 +450,8 @@ def write_ply(path, points, colors=None, *, binary: bool = True, overwrite: bool
 def read_ply(path) -> tuple[np.ndarray, np.ndarray | None]:
     """(points float32 [N, 3], colours uint8 [N, 3] or None) of a vertex-only PLY such as write_ply's."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a .ply file")
     if not path.is_file():
         raise InputError(f"{path} does not exist; check the path")
     data = path.read_bytes()

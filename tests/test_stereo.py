@@ -318,3 +318,14 @@ def test_max_vertical_is_checked_before_it_warns_about_every_pair(monkeypatch):
         with pytest.raises(InputError, match="max_vertical"):
             estimate_disparity(None, image, image, max_vertical=bad)
     assert estimate_disparity(None, image, image, max_vertical=np.float32(0.5)).vertical_median == [0.0]
+
+
+def test_a_folder_given_as_calibration_or_ply_is_named_as_a_folder(tmp_path):
+    """--calib FOLDER said the calibration "does not exist", which sends a user looking for a typo."""
+    from flowcli.errors import InputError
+    from flowcli.stereo import read_calibration, read_ply
+
+    with pytest.raises(InputError, match="is a folder; give the calibration file in it"):
+        read_calibration(tmp_path)
+    with pytest.raises(InputError, match="is a folder; give a .ply file"):
+        read_ply(tmp_path)
