@@ -575,6 +575,28 @@ def test_anchor_nan_and_padded_text_values(tmp_path, base, no_decoding):
     assert _parse_settings(["occlusion= range "], "--loss", LossWeights) == {"occlusion": "range"}
 
 
+def test_an_empty_source_is_refused_not_read_as_the_current_folder(tmp_path, base, no_decoding, monkeypatch):
+    """`flowcli adapt "$FOOTAGE"` with the variable unset adapted on every image and video under the current folder."""
+    monkeypatch.chdir(_frames(tmp_path / "here", 3))
+    for sources in ([""], ["shot", ""]):
+        code, message = _cli(*sources, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY)
+        assert code == 2 and 'a source is "" (empty)' in message, message
+    code, message = _cli("shot", "--teacher", "", "-o", tmp_path / "m.safetensors", "-w", base, *_TINY)
+    assert code == 4 and message.startswith('--teacher "" is empty'), message  # was: "--teacher  is a folder"
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag", ["--minutes", "--lr", "--val-fraction", "--stage1-fraction"])
+def test_a_number_option_that_is_not_finite_is_named_by_its_flag(tmp_path, base, no_decoding, flag):
+    """`--lr inf` said 'adapt setting "lr" must be a number, got Infinity' (`--minutes nan`: "a number or null"),
+    naming the config field instead of the option."""
+    folder = _frames(tmp_path / "shot", 3)
+    budget = () if flag == "--minutes" else ("--steps", 2)
+    for value in ("nan", "inf"):
+        code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *budget, flag, value)
+        assert code == 2 and message == f"{flag} must be a finite number, got {value}", message
+
+
 def _video(path: Path, count: int = 3) -> Path:
     import torch
 

@@ -450,6 +450,20 @@ def test_synth_texture_errors_name_the_textures_option(monkeypatch, capsys, tmp_
     assert_one_line_error(code, err, 2, "--textures", str(textures))
 
 
+def test_synth_refuses_empty_textures_instead_of_the_current_folders_images(monkeypatch, capsys, tmp_path):
+    """`--textures "$DIR"` with the variable unset textured the scenes with whatever the current folder held."""
+    import imageio.v3 as iio
+    import numpy as np
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    monkeypatch.chdir(tmp_path)
+    iio.imwrite(tmp_path / "holiday.png", np.zeros((32, 32, 3), np.uint8))
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "data", "-n", "1", "--size", "32x32", "-q", "--textures", "")
+    assert_one_line_error(code, err, 2, '--textures "" is empty')
+    assert not (tmp_path / "data").exists()
+
+
 def test_synth_overwrite_removes_scenes_only_where_synth_json_is_one_synth_wrote(monkeypatch, capsys, tmp_path):
     """Any synth.json, a user's own too, made --overwrite delete the folder's FlyingChairs-named files."""
     import json

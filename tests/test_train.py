@@ -291,6 +291,19 @@ def test_an_output_that_is_a_file_is_a_one_line_output_error(monkeypatch, capsys
     assert taken.read_text() == "keep me"
 
 
+def test_empty_textures_are_refused_not_read_as_the_current_folder(monkeypatch, capsys, tmp_path):
+    """`--textures "$DIR"` with the variable unset trained on whatever images the current folder held."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    iio.imwrite(tmp_path / "holiday.png", np.zeros((64, 64, 3), np.uint8))
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-o", "run", "--textures", "", *QUICK_FLAGS)
+    assert_one_line_error(code, err, 2, '--textures "" is empty')
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
 def test_bad_textures_are_a_one_line_error_before_any_data_worker_starts(monkeypatch, capsys, tmp_path, kind):
     textures = tmp_path / "textures"

@@ -87,6 +87,8 @@ def _check_teachers(specs: list[str]) -> None:
     from flowcli.registry import SOURCE_PREFIXES, load_registry
 
     for spec in specs:
+        if not spec:  # Path("") is the current folder
+            raise WeightsError('--teacher "" is empty; pass a flowcli .safetensors checkpoint or a model name')
         if spec.startswith(SOURCE_PREFIXES):
             continue
         path = Path(spec).expanduser()
@@ -310,7 +312,7 @@ def adapt_command(
         Optional[int],
         typer.Option(
             "--workers",
-            help="Data loading processes (default: 4 on GPU, 0 on CPU).",
+            help="Data loading processes (default: 0 on CPU; on GPU 4, fewer where a process has under 5 CPU cores).",
             rich_help_panel=_MODEL,
             show_default=False,
         ),
@@ -338,12 +340,20 @@ def adapt_command(
     from flowcli.adapt.losses import LossWeights
     from flowcli.adapt.transforms import TransformConfig
 
+    if not all(sources):  # `flowcli adapt "$FOOTAGE"` with the variable unset: Path("") is the current folder
+        raise InputError('a source is "" (empty), which would adapt on the current folder; give videos, folders '
+                         "of frames or quoted globs")  # fmt: skip
     if vertical not in (None, "penalty", "zero"):
         raise InputError(f"--vertical must be 'penalty' or 'zero', got {vertical!r}")
     if vertical is not None and not stereo:
         raise InputError(f"--vertical {vertical} has no effect here: it is a --stereo option; drop it")
     if precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    numbers = (("--minutes", minutes), ("--lr", lr), ("--val-fraction", val_fraction),
+               ("--stage1-fraction", stage1_fraction))  # fmt: skip
+    for flag, value in numbers:  # (AdaptConfig would name its field, "lr", and allow null)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value:g}")
     losses = _parse_settings(loss, "--loss", LossWeights)
     if distill_only:
         if stereo or not distill:

@@ -28,7 +28,7 @@ def synth(
     ),
     stereo: bool = typer.Option(False, help="Purely horizontal motion: img1 = left, img2 = right, disparity = -u."),
     frames: int = typer.Option(2, help="Frames per scene: 2, or 3 for triplets (constant motion)."),
-    textures: list[Path] = typer.Option(
+    textures: list[str] = typer.Option(  # not Path: Typer would make "" the current folder
         None,
         help="Real images used as textures: image files, folders of frames and videos (every 8th image of a "
         "folder or frame of a video, as neighbours are near duplicates; at most 400 in all). Repeat for more.",
@@ -70,7 +70,8 @@ def synth(
 
     Exit codes: 0 ok, 1 other error, 2 input error (an option out of range, or one of the other mode: --count
     with --clip, --fps without), 3 output error (an existing file without --overwrite, a synth.json synth did
-    not write with --overwrite, a folder that cannot be written).
+    not write with --overwrite, a folder that cannot be written, a dataset folder named like a video, a --fps
+    the video cannot store: under 0.001, or not finite).
 
     Examples:
       flowcli synth data/synth -n 1000
@@ -126,6 +127,9 @@ def synth(
     if not (math.isfinite(fps) and fps >= MIN_FPS):  # (the video writer stores the rate as a fraction)
         raise OutputError(f"--fps must be a positive number of frames per second of at least {MIN_FPS:g}, e.g. 12; "
                           f"got {fps:g}")
+    if textures and not all(textures):  # `--textures "$DIR"` with the variable unset
+        raise InputError('--textures "" is empty, which would take the images of the current folder; give image '
+                         "files, folders of frames or videos")  # fmt: skip
     stale = _check_output(output, clip, overwrite, count, frames)
     try:
         bank = TextureBank.from_paths(list(textures)) if textures else None
@@ -175,7 +179,7 @@ def synth(
     settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
                 "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
-                "textures": [str(t) for t in textures or []]}
+                "textures": [str(Path(t)) for t in textures or []]}
     with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(settings, indent=2))
     started = time.time()

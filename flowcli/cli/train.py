@@ -88,6 +88,9 @@ def train(
     from flowcli.train.trainer import TrainConfig, setting_problem
     from flowcli.train.trainer import train as run_training
 
+    if textures and not all(textures):  # `--textures "$DIR"` with the variable unset: Path("") is the current folder
+        raise InputError('--textures "" is empty, which would take the images of the current folder; give image '
+                         "files, folders of images or videos")  # fmt: skip
     height = width = None
     if size is not None:
         try:
