@@ -307,3 +307,25 @@ def test_dash_h_is_help_everywhere(words):
     """`flowcli face -h` answered "No such option: -h"."""
     proc = subprocess.run([sys.executable, "-m", "flowcli.cli.main", *words], capture_output=True, text=True)
     assert proc.returncode == 0 and "Usage: flowcli" in proc.stdout, proc.stderr
+
+
+
+@pytest.mark.parametrize("command", ["estimate", "stereo", "export"])
+def test_empty_weights_are_refused_not_taken_as_the_default(command, monkeypatch, capsys, tmp_path):
+    """`-w "$WEIGHTS"` with the variable unset ran the bundled default, so a user scored the wrong model."""
+    import imageio.v3 as iio
+    import numpy as np
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.errors import WeightsError
+    from flowcli.models import load_model
+
+    frames = [tmp_path / "a.png", tmp_path / "b.png"]
+    for frame in frames:
+        iio.imwrite(frame, np.zeros((64, 96, 3), np.uint8))
+    inputs = [*frames, "-o", tmp_path / "out"] if command != "export" else ["-o", tmp_path / "m.onnx"]
+    code, _, err = in_process_cli(monkeypatch, capsys, command)(*inputs, "-w", "")
+    assert_one_line_error(code, err, 4, '""', "empty")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
+    with pytest.raises(WeightsError, match="empty"):
+        load_model("")

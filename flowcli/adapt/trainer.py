@@ -764,7 +764,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     started = clock()
 
     # the model first: its size multiple bounds --crop, and a bad crop is refused before any footage is decoded
-    base_spec = cfg.weights or DEFAULT_MODEL
+    base_spec = DEFAULT_MODEL if cfg.weights is None else cfg.weights
     model, _, base_sha256 = load_model_and_file(base_spec, device, offline=cfg.offline)
     multiple = model.config.size_multiple
     if min(cfg.crop) < multiple:

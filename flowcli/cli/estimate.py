@@ -601,7 +601,7 @@ def estimate(
     # ---- model
     from flowcli.models import DEFAULT_MODEL, load_model_and_file
 
-    spec = weights or DEFAULT_MODEL
+    spec = DEFAULT_MODEL if weights is None else weights
     model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
     if getattr(model.config, "matching", None) == "maskflownet" and "occlusion" in chosen:
         options = dataclasses.replace(options, learned_occlusion=True)

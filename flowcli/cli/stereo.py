@@ -920,7 +920,7 @@ def stereo(
     # ---- model
     from flowcli.models import DEFAULT_MODEL, load_model_and_file
 
-    spec = weights or DEFAULT_MODEL
+    spec = DEFAULT_MODEL if weights is None else weights
     model, weights_path, sha256 = load_model_and_file(spec, torch_device, offline, quiet)
 
     # ---- the settings the outputs are made with: --resume refuses to add files made with others

@@ -18,7 +18,10 @@ def resolve_model_file(name_or_path: str | Path | None = None, offline: bool = F
     from flowcli.errors import WeightsError
     from flowcli.registry import load_registry, resolve
 
-    spec = str(name_or_path or DEFAULT_MODEL)
+    if isinstance(name_or_path, str) and not name_or_path.strip():  # `-w "$WEIGHTS"` with the variable unset
+        raise WeightsError('the weights are given as "" (empty); give a model name, hf:// spec, URL or .safetensors '
+                           "file, or leave the option out for the bundled default")  # fmt: skip
+    spec = str(DEFAULT_MODEL if name_or_path is None else name_or_path)
     entry = load_registry()["models"].get(spec)
     if entry is not None and entry.get("task") not in (None, "flow", "stereo"):
         raise WeightsError(f"{spec} is a {entry['task']} model, not a flow network; see `flowcli weights list`")
