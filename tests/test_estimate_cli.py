@@ -416,6 +416,18 @@ def test_bad_input_is_one_line_error_without_outputs(case, media, tmp_path, monk
     assert not out.exists()  # created only when the first file is written
 
 
+def test_video_of_image_pairs_only_is_refused_before_any_work(media, tmp_path, cli, monkeypatch):
+    """`estimate a.png b.png --video` warned that image pairs get no video, wrote the other files and exited 0."""
+    pair_list = tmp_path / "pairs.txt"
+    pair_list.write_text(f"{media['a']} {media['b']}\n")
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    for inputs in ([media["a"], media["b"]], ["--pairs", pair_list]):
+        code, stdout, err = cli(*inputs, "--video", "--flo", "--weights", media["weights"], "-o", out)
+        assert_one_line_error(code, err, 2, "--video writes one video per sequence", "drop --video")
+        assert stdout == "" and not out.exists()
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch: a few seconds, much more on a loaded machine
 def test_a_real_process_keeps_json_on_stdout(media, tmp_path):
     env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}

@@ -69,6 +69,29 @@ def test_convert_of_a_bad_folder_leaves_no_output_folders(tmp_path):
     assert os.listdir(tmp_path) == ["empty"]
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", ["fit", "convert"])
+def test_face_help_paragraphs_break_only_at_the_terminal_width(command, columns, monkeypatch):
+    """`face fit --help` kept the docstring's hard line breaks: lines ended mid-sentence ("a folder holding") with
+    room left for the next word, and the next line wrapped again."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    run = CliRunner().invoke(app, ["face", command, "--help"])
+    assert run.exit_code == 0, run.output
+    description = run.output.split("╭")[0]  # the text above the option panels
+    lines = [line[1:].rstrip() for line in description.splitlines()]  # rich pads the text by a space each side
+    for line, following in zip(lines, lines[1:]):
+        if line and following:  # within a paragraph: the next word did not fit
+            assert len(line) + 1 + len(following.split()[0]) > columns - 2, f"{line!r} is broken early"
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -127,6 +150,22 @@ def test_cached_model_name_carries_the_format_version(tmp_path, monkeypatch):
         ["user_compact", "v2"],
     ]
     assert len(set(built)) == 4
+
+
+def test_the_face_cache_is_the_face_folder_of_the_weights_cache(tmp_path, monkeypatch):
+    """The face cache ignored $XDG_CACHE_HOME (and did not expand ~ in $FLOWCLI_CACHE), which the weights cache
+    honours: the compact model landed in ~/.cache/flowcli/face, apart from the downloads."""
+    from flowcli.face import assets
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FLOWCLI_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert assets.cache_dir() == tmp_path / "xdg" / "flowcli" / "face"
+    monkeypatch.setenv("FLOWCLI_CACHE", "~/flowcli-cache")
+    assert assets.cache_dir() == tmp_path / "home" / "flowcli-cache" / "face"
+    monkeypatch.delenv("FLOWCLI_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert assets.cache_dir() == tmp_path / "home" / ".cache" / "flowcli" / "face"
 
 
 def test_the_asset_model_cache_follows_every_obj_it_is_built_from(tmp_path, monkeypatch):

@@ -37,8 +37,22 @@ class SelfCheck:
     message: str = ""
 
 
+_HELP_PARAGRAPHS = [
+    "Show versions, device and correlation backend, and self-check the backend against a reference.",
+    "--json prints one JSON document on stdout with keys flowcli, python, torch, torch_cuda_build, triton, "
+    "onnxruntime, cuda_available, cuda_devices (name, capability, memory_gib), FLOWCLI_CORR, TRITON_INTERPRET, device "
+    "and self_check (ok, backend, device, seconds, max_error, message); interpreter_check as well when the Triton "
+    "interpreter is checked on the CPU.",
+    "Exit codes: 0 ok, 1 a self-check failed, 2 a --device that is unknown or that this machine does not have.",
+    "Examples:",
+    "  flowcli doctor",
+    "  flowcli doctor --device cpu --json",
+]
+HELP = "\n\n".join(_HELP_PARAGRAPHS)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor)
+    app.command("doctor", help=HELP)(doctor)
 
 
 def _version(package: str) -> str | None:
@@ -181,21 +195,6 @@ def doctor(
     ] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")] = False,
 ) -> None:
-    """Show versions, device and correlation backend, and self-check the backend against a reference.
-
-    --json prints one JSON document on stdout with keys flowcli, python, torch, torch_cuda_build, triton,
-    onnxruntime, cuda_available, cuda_devices (name, capability, memory_gib), FLOWCLI_CORR, TRITON_INTERPRET, device and
-    self_check (ok, backend, device, seconds, max_error, message); interpreter_check as well when the Triton
-    interpreter is checked on the CPU.
-
-    Exit codes: 0 ok, 1 a self-check failed, 2 a --device that is unknown or that this machine does not have.
-
-    Examples:
-
-      flowcli doctor
-
-      flowcli doctor --device cpu --json
-    """
     import torch
 
     from flowcli.inference import resolve_device

@@ -589,7 +589,10 @@ def estimate(
     sources = collect_sources(inputs or [], step, max_frames, pair_list)
     check_video_rates(sources, want_video, fps)
     if want_video and not everything and not any(s.sequence for s in sources):
-        warn("--video writes one video per sequence (folder, glob or video file); image pairs get none")
+        raise InputError(
+            "--video writes one video per sequence (a folder, a glob, a video file or three or more images in a row) "
+            "and the inputs are image pairs only; drop --video, or give the frames as one sequence"
+        )
     _check_output_folder(output)
     input_files = {p.resolve() for s in sources if s.stream is None for p in (s.frames or [s.video])}
     # --resume takes existing outputs as done: the claims then check only collisions, inputs and folders

@@ -32,14 +32,42 @@ class VideoMode(str, Enum):
     independent = "independent"
 
 
+_FIT_HELP_PARAGRAPHS = [
+    "Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay.",
+    "Needs ICT-FaceKit's model: --face-assets DIR (or FLOWCLI_FACE_ASSETS=DIR), a folder holding "
+    "ict-facekit/FaceXModel/ (ICT-FaceKit's OBJ files), or your own --face-model. The MediaPipe landmark models are "
+    "read from DIR/mediapipe/ when there, else downloaded once (`flowcli weights download mediapipe-face`).",
+    "--json prints one JSON line per image face or video frame on stdout, with keys input, frame (video frame "
+    "number, null for images), face (1, 2... or null), status (ok, no_face or error), when ok yaw, pitch, roll "
+    "(degrees), scale and outputs (output name -> path; a video's frames all name the clip's files); images add "
+    "faces_found and score; an image or input that failed adds error (the message).",
+    "Exit codes: 0 ok, 1 other error, 2 input error (an unreadable input, no face found: the other inputs are still "
+    "fitted), 3 output error (an existing output without --overwrite), 4 weights error (a missing or broken face "
+    "or landmark model).",
+    "Examples:",
+    "  flowcli face fit selfie.jpg --face-assets face_assets/ -o faces/",
+    "  export FLOWCLI_FACE_ASSETS=face_assets/",
+    "  flowcli face fit talk.mp4 --max-frames 100 --json -o faces/ > poses.jsonl",
+]
+FIT_HELP = "\n\n".join(_FIT_HELP_PARAGRAPHS)
+_CONVERT_HELP_PARAGRAPHS = [
+    "Convert ICT-FaceKit OBJ files into the compact model file `--face-model` reads (face region only).",
+    "Prints one JSON line on stdout: output, identity_modes, expressions.",
+    "Exit codes: 0 ok, 1 other error, 2 input error (a folder without the OBJ files), 3 output error (not a .npz "
+    "path, or an existing file without --overwrite), 4 weights error (an OBJ file that cannot be used).",
+    "Example: flowcli face convert ICT-FaceKit/FaceXModel -o ict.npz",
+]
+CONVERT_HELP = "\n\n".join(_CONVERT_HELP_PARAGRAPHS)
+
+
 def register(app: typer.Typer) -> None:
     face_app = typer.Typer(
         help="Fit a 3D face model (ICT-FaceKit) to images and videos.\n\n"
         "flowcli face FILES... is short for flowcli face fit FILES... (a file named fit or convert: write ./fit).",
         no_args_is_help=True,
     )
-    face_app.command("fit")(fit_command)
-    face_app.command("convert")(convert_command)
+    face_app.command("fit", help=FIT_HELP)(fit_command)
+    face_app.command("convert", help=CONVERT_HELP)(convert_command)
     app.add_typer(face_app, name="face")
 
 
@@ -102,26 +130,6 @@ def fit_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fit the face model: pose, identity, expression (ARKit blendshapes), landmarks, mesh, overlay.
-
-    Needs ICT-FaceKit's model: --face-assets DIR (or FLOWCLI_FACE_ASSETS=DIR), a folder holding
-    ict-facekit/FaceXModel/ (ICT-FaceKit's OBJ files), or your own --face-model. The MediaPipe landmark models are
-    read from DIR/mediapipe/ when there, else downloaded once (`flowcli weights download mediapipe-face`).
-
-    --json prints one JSON line per image face or video frame on stdout, with keys input, frame (video frame
-    number, null for images), face (1, 2... or null), status (ok, no_face or error), when ok yaw, pitch, roll
-    (degrees), scale and outputs (output name -> path; a video's frames all name the clip's files); images add
-    faces_found and score; an image or input that failed adds error (the message).
-
-    Exit codes: 0 ok, 1 other error, 2 input error (an unreadable input, no face found: the other inputs are still
-    fitted), 3 output error (an existing output without --overwrite), 4 weights error (a missing or broken face
-    or landmark model).
-
-    Examples:
-      flowcli face fit selfie.jpg --face-assets face_assets/ -o faces/
-      export FLOWCLI_FACE_ASSETS=face_assets/
-      flowcli face fit talk.mp4 --max-frames 100 --json -o faces/ > poses.jsonl
-    """
     import torch
 
     from flowcli.console import print_error, progress, warn
@@ -203,15 +211,6 @@ def convert_command(
     output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
-    """Convert ICT-FaceKit OBJ files into the compact model file `--face-model` reads (face region only).
-
-    Prints one JSON line on stdout: output, identity_modes, expressions.
-
-    Exit codes: 0 ok, 1 other error, 2 input error (a folder without the OBJ files), 3 output error (not a .npz
-    path, or an existing file without --overwrite), 4 weights error (an OBJ file that cannot be used).
-
-    Example: flowcli face convert ICT-FaceKit/FaceXModel -o ict.npz
-    """
     from flowcli.face.model import build_compact, convert_ict
     from flowcli.io.atomic import check_writable
 

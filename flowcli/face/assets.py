@@ -8,8 +8,9 @@ An asset folder is laid out like the shared test data:
     <dir>/mediapipe/face_landmark.tflite
 
 It is chosen by `--face-assets DIR`, else `FLOWCLI_FACE_ASSETS`; the MediaPipe models fall back to the registry.
-The compact model (bases + triangles + UVs + landmark indices) is written to the cache on first use:
-`$FLOWCLI_CACHE/face` or `~/.cache/flowcli/face`.
+The compact model (bases + triangles + UVs + landmark indices) is written to the cache on first use: the
+`face` folder of the weights cache (`flowcli.registry.cache_dir`: `$FLOWCLI_CACHE`, `$XDG_CACHE_HOME/flowcli`
+or `~/.cache/flowcli`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ MEDIAPIPE_FILES = ("face_detection_short_range.tflite", "face_landmark.tflite")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("FLOWCLI_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "flowcli") / "face"
+    from flowcli.registry import cache_dir as weights_cache_dir
+
+    return weights_cache_dir() / "face"
 
 
 def _fingerprint(paths: list[Path]) -> str:
