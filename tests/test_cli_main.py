@@ -167,6 +167,39 @@ def test_every_command_documents_its_exit_codes():
         assert "Exit codes" in (command.help or ""), f"flowcli {' '.join(words)} --help"
 
 
+HELP_PAGES = [words for words, _ in _commands() if words != ["train"]]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("words", HELP_PAGES, ids=lambda words: " ".join(words) or "flowcli")
+def test_help_paragraphs_break_only_at_the_terminal_width(words, columns, monkeypatch):
+    """Help from docstrings kept their hard line breaks (`synth --help`, `face fit --help`): lines ended
+    mid-sentence with room left for the next word, and the next line wrapped again."""
+    from click.testing import CliRunner
+
+    [root] = [command for command_words, command in _commands() if command_words == []]
+    monkeypatch.setenv("COLUMNS", str(columns))
+    run = CliRunner().invoke(root, [*words, "--help"], prog_name="flowcli")
+    assert run.exit_code == 0, run.output
+    description = run.output.split("╭")[0]  # the text above the option panels
+    lines = [line[1:].rstrip() for line in description.splitlines()]  # rich pads the text by a space each side
+    for line, following in zip(lines, lines[1:]):
+        if line and following:  # within a paragraph: the next word did not fit
+            assert len(line) + 1 + len(following.split()[0]) > columns - 2, f"{line!r} is broken early"
+
+
+def test_usage_lines_name_arguments_in_upper_case():
+    """`face fit --help` showed `flowcli face fit [OPTIONS] {inputs}...` (Typer shows an argument's parameter name
+    unless it has a metavar), `synth --help` `{output}`, where estimate shows `[INPUTS]...`."""
+    import click
+
+    for words, command in _commands():
+        if words == ["adapt"] or words[:1] == ["weights"]:
+            continue
+        pieces = command.collect_usage_pieces(click.Context(command))
+        assert all(piece == piece.upper() for piece in pieces), f"flowcli {' '.join(words)}: {pieces}"
+
+
 def test_eval_uses_the_default_device_of_every_command(monkeypatch, capsys, tmp_path):
     """--device auto (the GPU when there is one), as in estimate and stereo: eval ran on the CPU unless told."""
     from pathlib import Path

@@ -69,29 +69,6 @@ def test_convert_of_a_bad_folder_leaves_no_output_folders(tmp_path):
     assert os.listdir(tmp_path) == ["empty"]
 
 
-@pytest.mark.parametrize("columns", [80, 120])
-@pytest.mark.parametrize("command", ["fit", "convert"])
-def test_face_help_paragraphs_break_only_at_the_terminal_width(command, columns, monkeypatch):
-    """`face fit --help` kept the docstring's hard line breaks: lines ended mid-sentence ("a folder holding") with
-    room left for the next word, and the next line wrapped again."""
-    import typer
-    from typer.testing import CliRunner
-
-    from flowcli.cli import face
-
-    app = typer.Typer()
-    app.command("noop")(lambda: None)
-    face.register(app)
-    monkeypatch.setenv("COLUMNS", str(columns))
-    run = CliRunner().invoke(app, ["face", command, "--help"])
-    assert run.exit_code == 0, run.output
-    description = run.output.split("╭")[0]  # the text above the option panels
-    lines = [line[1:].rstrip() for line in description.splitlines()]  # rich pads the text by a space each side
-    for line, following in zip(lines, lines[1:]):
-        if line and following:  # within a paragraph: the next word did not fit
-            assert len(line) + 1 + len(following.split()[0]) > columns - 2, f"{line!r} is broken early"
-
-
 @pytest.mark.parametrize(
     "content, message",
     [

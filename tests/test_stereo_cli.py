@@ -545,6 +545,27 @@ def test_all_leaves_out_the_video_of_a_folder_whose_pairs_differ_in_size(media, 
     assert_one_line_error(code, err, 3, "would be an image among the frames of")
 
 
+def test_video_of_image_pairs_only_is_refused_before_any_work(media, tmp_path, cli, monkeypatch):
+    """`stereo l.png r.png --video` warned that single image pairs get no video, wrote the other files and exited 0,
+    unlike `estimate a.png b.png --video`."""
+    pair_list = tmp_path / "pairs.txt"
+    pair_list.write_text(f"{media['left']} {media['right']}\n")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        patched.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+        for inputs in ([media["left"], media["right"]], ["--pairs", pair_list], ["--sbs", media["sbs"]]):
+            code, stdout, err = cli(*inputs, "--video", "--npy", "--weights", media["weights"], "-o", out)
+            assert_one_line_error(code, err, 2, "--video writes one video per sequence", "drop --video")
+            assert stdout == "" and not out.exists()
+    # --all writes every format that applies; a sequence among the inputs gets its video
+    code, stdout, err = cli(media["left"], media["right"], "--all", "--weights", media["weights"], "-o", out, "-q")
+    assert code == 0 and not list(out.glob("*.mp4")), err
+    mixed = [media["left"], media["right"], media["pairs"], "--video", "--npy", "--json", "-q"]
+    code, stdout, err = cli(*mixed, "--weights", media["weights"], "-o", tmp_path / "mixed")
+    assert code == 0, err
+    assert [r["type"] for r in _records(stdout)] == ["pair", "pair", "pair", "video"]
+
+
 def test_formats_all_is_all_with_spaces_after_the_commas_too(media, tmp_path, cli):
     """--formats 'npy, all' (parse_formats strips the spaces) was not taken as 'all' when the depth formats were
     left out for want of a camera: it failed with '--depth needs a camera', while 'npy,all' worked."""

@@ -73,7 +73,9 @@ def register(app: typer.Typer) -> None:
 
 def fit_command(
     inputs: List[Path] = typer.Argument(
-        ..., help="Images and/or videos (.mp4, .mov, .avi, ...), or folders of them (natural order)."
+        ...,
+        metavar="INPUTS",
+        help="Images and/or videos (.mp4, .mov, .avi, ...), or folders of them (natural order).",
     ),
     output: Path = typer.Option(Path("face-output"), "-o", "--output", help="Folder for the results."),
     face_assets: Optional[str] = typer.Option(  # a str: a Path would read an empty --face-assets "" as "."
@@ -206,7 +208,9 @@ def fit_command(
 
 def convert_command(
     folder: Path = typer.Argument(
-        ..., help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions)."
+        ...,
+        metavar="FOLDER",
+        help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),

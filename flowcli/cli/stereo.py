@@ -893,7 +893,11 @@ def stereo(
             source.sequence = False  # --all writes every format that applies: no video for this one
     check_video_rates(sources, want_video, fps)
     if want_video and not everything and not any(s.sequence for s in sources):
-        warn("--video writes one video per sequence (folder, glob or video); single image pairs get none")
+        raise InputError(
+            "--video writes one video per sequence (a folder, a glob, a left and a right video, or with --sbs a "
+            "video or side-by-side images in a row) and the inputs are image pairs only; drop --video, or give the "
+            "frames as one sequence"
+        )
     _check_output_folder(output)
     input_files = set()
     for s in sources:

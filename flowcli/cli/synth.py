@@ -16,9 +16,30 @@ from flowcli.console import progress, stderr
 # Scene i is rendered from torch seed seed * 1_000_003 + i, which must fit in 64 bits.
 MAX_SEED = 10**12
 
+_HELP_PARAGRAPHS = [
+    "Render FlyingChairs-style scenes: layered textured shapes with their own affine motions.",
+    "Dataset layout (FlyingChairs naming, readable by `flowcli eval --dataset chairs`): NNNNN_img1.png, "
+    "NNNNN_img2.png, NNNNN_flow.flo (1->2), NNNNN_flow_bw.flo (2->1), NNNNN_occ.png (255 = pixel of img1 occluded in "
+    "img2), with --frames 3 also NNNNN_img3.png and NNNNN_flow_23.flo (2->3), plus synth.json with the settings "
+    "(written first, so an interrupted run's folder is known as synth's).",
+    "With --overwrite over an earlier synth dataset, its scene files that this run does not rewrite (more scenes, "
+    "img3, flow_23) are removed first, so `flowcli eval` never mixes the two; files of other names are kept.",
+    "Exit codes: 0 ok, 1 other error, 2 input error (an option out of range, or one of the other mode: --count with "
+    "--clip, --fps without), 3 output error (an existing file without --overwrite, a synth.json synth did not write "
+    "with --overwrite, a folder that cannot be written, a dataset folder named like a video, a --fps the video cannot "
+    "store: under 0.001, or not finite).",
+    "Examples:",
+    "  flowcli synth data/synth -n 1000",
+    "  flowcli synth data/synth-final -n 1000 --motion-blur 0.4 --haze 0.2",
+    "  flowcli synth data/synth-street -n 1000 --perspective 0.5 --thin 0.15",
+    "  flowcli synth data/synth-night -n 1000 --dark 0.35 --min-exposure 0.125",
+    "  flowcli synth clip.mp4 --clip --frames 24 --size 256x384",
+]
+HELP = "\n\n".join(_HELP_PARAGRAPHS)
+
 
 def synth(
-    output: str = typer.Argument(..., help="Dataset folder, or a .mp4 path with --clip."),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="Dataset folder, or a .mp4 path with --clip."),
     count: int = typer.Option(None, "--count", "-n", help="Scenes to write (datasets; default 100)."),
     size: str = typer.Option(
         "384x512", help="HEIGHTxWIDTH of the frames (--clip videos pad odd sizes to even, as H.264 needs)."
@@ -57,29 +78,6 @@ def synth(
         False, "--quiet", "-q", help="No progress bar or summary on stderr (warnings and errors stay)."
     ),
 ) -> None:
-    """Render FlyingChairs-style scenes: layered textured shapes with their own affine motions.
-
-    Dataset layout (FlyingChairs naming, readable by `flowcli eval --dataset chairs`):
-    NNNNN_img1.png, NNNNN_img2.png, NNNNN_flow.flo (1->2), NNNNN_flow_bw.flo (2->1),
-    NNNNN_occ.png (255 = pixel of img1 occluded in img2), with --frames 3 also NNNNN_img3.png and
-    NNNNN_flow_23.flo (2->3), plus synth.json with the settings (written first, so an interrupted
-    run's folder is known as synth's).
-    With --overwrite over an earlier synth dataset, its scene files that this run does not rewrite
-    (more scenes, img3, flow_23) are removed first, so `flowcli eval` never mixes the two; files of other
-    names are kept.
-
-    Exit codes: 0 ok, 1 other error, 2 input error (an option out of range, or one of the other mode: --count
-    with --clip, --fps without), 3 output error (an existing file without --overwrite, a synth.json synth did
-    not write with --overwrite, a folder that cannot be written, a dataset folder named like a video, a --fps
-    the video cannot store: under 0.001, or not finite).
-
-    Examples:
-      flowcli synth data/synth -n 1000
-      flowcli synth data/synth-final -n 1000 --motion-blur 0.4 --haze 0.2
-      flowcli synth data/synth-street -n 1000 --perspective 0.5 --thin 0.15
-      flowcli synth data/synth-night -n 1000 --dark 0.35 --min-exposure 0.125
-      flowcli synth clip.mp4 --clip --frames 24 --size 256x384
-    """
     import torch
 
     from flowcli.errors import FlowcliError, InputError, OutputError
@@ -291,4 +289,4 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("synth")(synth)
+    app.command("synth", help=HELP)(synth)
