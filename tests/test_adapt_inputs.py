@@ -3,6 +3,7 @@ the footage reader's handling of unreadable frames, mixed sizes, stereo layouts 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -117,8 +118,19 @@ def test_mixed_sizes(tmp_path):
     mixed = _frames(tmp_path / "mixed", 3, 64, 96)
     _png(mixed / "frame_3.png", 80, 96)
     footage = scan_footage([mixed])
-    with pytest.raises(InputError, match=r"frame_2.png is 96x64 but frame_3.png is 96x80"):
+    with pytest.raises(InputError, match=r"frame_2.png is 64x96 but frame_3.png is 80x96 \(height x width\)"):
         footage.tuples(2)
+
+
+def test_sizes_in_messages_are_height_by_width_as_crop_takes_them(tmp_path, base):
+    folder = _frames(tmp_path / "shot", 3, 128, 192)
+    settings = ("--loss", "scales=3", "--loss", "min_scale_side=32")  # refused right after the crop is chosen
+    crops = r"training crops are 128x192 \(height x width, as --crop takes them\): the smallest frames are 128x192"
+    with pytest.warns(UserWarning, match=crops):
+        code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, "--steps", 2, *settings)
+    assert code == 2 and "at the 128x192 (height x width) training crop" in message, message
+    with pytest.raises(InputError, match=r"frame_1.png is 48x96 \(height x width\); frames must be at least 64x64"):
+        scan_footage([_frames(tmp_path / "small", 3, 48, 96)])
 
 
 @pytest.mark.filterwarnings("ignore:the footage has only")
@@ -189,6 +201,30 @@ def test_stereo_layouts(tmp_path):
     _png(oakd / "odd_right.png", 80, 96)
     with pytest.raises(InputError, match="must share a size"):
         scan_footage([oakd], stereo=True, min_frames=1)
+
+
+def test_stereo_input_errors_name_the_side_at_fault(tmp_path, base):
+    left = _frames(tmp_path / "st" / "left", 3)
+    missing = tmp_path / "st" / "nothere"
+    code, message = _cli("--stereo", left, missing, "-o", tmp_path / "x.safetensors", "-w", base, *_TINY)
+    assert code == 2 and message.startswith(f"{missing} does not exist") and "right" in message, message
+    with pytest.raises(InputError, match=f"^{re.escape(str(missing))} does not exist.* no left partners"):
+        scan_footage([missing, left], stereo=True, min_frames=1)
+    empty = tmp_path / "st" / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=f"^{re.escape(str(empty))} holds no images"):
+        scan_footage([left, empty], stereo=True, min_frames=1)
+    video = tmp_path / "st" / "right.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(InputError, match=f"^{re.escape(str(video))} is not a folder"):
+        scan_footage([left, video], stereo=True, min_frames=1)
+    fewer = _frames(tmp_path / "st" / "fewer", 2)
+    with pytest.raises(InputError, match=re.escape(f"{left} has 3 images but {fewer} has 2")):
+        scan_footage([left, fewer], stereo=True, min_frames=1)
+    taller = _frames(tmp_path / "st" / "taller", 3, 80, 96)
+    sizes = f"{left / 'frame_1.png'} is 64x96 but {taller / 'frame_1.png'} is 80x96 (height x width)"
+    with pytest.raises(InputError, match=re.escape(sizes)):
+        scan_footage([left, taller], stereo=True, min_frames=1)
 
 
 def test_heldout_split_never_shares_frames(tmp_path):
@@ -412,7 +448,7 @@ def test_out_of_range_option_values_are_refused_up_front(tmp_path, base, no_deco
 def test_scales_that_leave_no_level_at_the_crop_are_refused(tmp_path, base):
     folder = _frames(tmp_path / "shot", 3)
     code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--loss", "scales=3")
-    assert code == 2 and "at the 64x64 training crop every level is under min_scale_side" in message, message
+    assert code == 2 and "at the 64x64 (height x width) training crop every level is under" in message, message
 
 
 def test_heldout_frames_are_not_trained_on_when_sources_overlap(tmp_path):

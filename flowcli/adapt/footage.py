@@ -85,9 +85,9 @@ class Footage:
                     neighbours = zip(indices, indices[1:], strict=False)
                     a, b = next((i, j) for i, j in neighbours if seq.sizes[i] != seq.sizes[j])
                     raise InputError(
-                        f"{seq.label}: {self.frame_name(s, a)} is {_wh(seq.sizes[a])} but {self.frame_name(s, b)} is "
-                        f"{_wh(seq.sizes[b])}; the frames of one sequence must share a size (put them in separate "
-                        "folders or resize them)"
+                        f"{seq.label}: {self.frame_name(s, a)} is {_hw(seq.sizes[a])} but {self.frame_name(s, b)} is "
+                        f"{_hw(seq.sizes[b])} (height x width); the frames of one sequence must share a size (put them "
+                        "in separate folders or resize them)"
                     )
                 out.append((s, start))
         return out
@@ -117,7 +117,8 @@ class Footage:
                 images.append(_video_frame(sequence, frame))
         sizes = {tuple(image.shape[-2:]) for image in images}
         if len(sizes) > 1:
-            raise InputError(f"{sequence.label}: the frames of one tuple differ in size ({sorted(sizes)})")
+            shown = ", ".join(map(_hw, sorted(sizes)))
+            raise InputError(f"{sequence.label}: the frames of one tuple differ in size ({shown}, height x width)")
         return torch.stack(images)
 
     # ------------------------------------------------------------------ split
@@ -229,8 +230,9 @@ class Footage:
         return min(h for h, _ in sizes), min(w for _, w in sizes)
 
 
-def _wh(size) -> str:
-    return f"{size[1]}x{size[0]}" if size else "unreadable"
+def _hw(size) -> str:
+    """A frame size as HEIGHTxWIDTH, the order --crop takes."""
+    return f"{size[0]}x{size[1]}" if size else "unreadable"
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -432,7 +434,8 @@ def scan_footage(
             if size is not None and min(size) < MIN_SIDE:
                 name = frame[0].name if isinstance(frame, tuple) else getattr(frame, "name", frame)
                 raise InputError(
-                    f"{seq.label}: {name} is {_wh(size)}; frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
+                    f"{seq.label}: {name} is {_hw(size)} (height x width); frames must be at least "
+                    f"{MIN_SIDE}x{MIN_SIDE} pixels"
                 )
     return Footage(sequences=sequences, stereo=stereo, skipped=skipped, skipped_videos=skipped_videos)
 
@@ -474,9 +477,34 @@ def _stereo_sources(sources) -> list:
         images = _images(p) if p.is_dir() else []
         return bool(images) and not any(_LEFT_TOKEN.search(i.stem) for i in images)
 
-    if len(paths) == 2 and all(plain_folder(p) for p in paths):
-        return [(paths[0], paths[1])]
+    if len(paths) == 2:
+        plain = [plain_folder(p) for p in paths]
+        if all(plain):
+            return [(paths[0], paths[1])]
+        if any(plain) and not _stereo_layout(paths[plain.index(True)]):
+            # one side's images next to a path that is not the other side's: blame that path, not the folder
+            folder, other = (paths[0], paths[1]) if plain[0] else (paths[1], paths[0])
+            _check_other_side(folder, other, "right" if plain[0] else "left")
     return [str(s) for s in sources]
+
+
+def _stereo_layout(folder: Path) -> bool:
+    """Whether a folder is a stereo source on its own: left/right subfolders or Middlebury-style scene folders."""
+    if any((folder / left).is_dir() and (folder / right).is_dir() for left, right in _LEFT_RIGHT_DIRS):
+        return True
+    return any((d / "im0.png").is_file() and (d / "im1.png").is_file() for d in folder.iterdir() if d.is_dir())
+
+
+def _check_other_side(folder: Path, other: Path, side: str) -> None:
+    """Refuse `other`, given with `folder` (images of one side) as LEFT_DIR RIGHT_DIR, where it cannot be the
+    `side` folder: missing, a file other than a pairs list, or a folder without images."""
+    usage = "--stereo LEFT_DIR RIGHT_DIR takes two folders of images"
+    if not other.exists():
+        raise InputError(f"{other} does not exist, so the frames of {folder} have no {side} partners; check the path")
+    if other.is_file() and other.suffix.lower() != ".txt":
+        raise InputError(f"{other} is not a folder, so the frames of {folder} have no {side} partners; {usage}")
+    if other.is_dir() and not _images(other) and not _stereo_layout(other):
+        raise InputError(f"{other} holds no images, so the frames of {folder} have no {side} partners; {usage}")
 
 
 def _images(folder: Path) -> list[Path]:
@@ -499,7 +527,8 @@ def _stereo_sequence(pairs: list[tuple[Path, Path]], label: str, source: str, sk
                 skipped.append(str(path))
         if a is not None and b is not None and a != b:
             raise InputError(
-                f"{left.name} is {_wh(a)} but {right.name} is {_wh(b)}; a rectified stereo pair must share a size"
+                f"{left} is {_hw(a)} but {right} is {_hw(b)} (height x width); a rectified stereo pair must share "
+                "a size"
             )
         sizes.append(a if (a is not None and b is not None) else None)
     return Sequence(label=label, frames=list(pairs), sizes=sizes, source=source)

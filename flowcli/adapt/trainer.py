@@ -813,15 +813,18 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     min_h, min_w = footage.min_size()
     crop = (_floor_to(min(cfg.crop[0], min_h), multiple), _floor_to(min(cfg.crop[1], min_w), multiple))
     if crop[0] < multiple or crop[1] < multiple:
-        raise InputError(f"the smallest frames are {min_w}x{min_h}; this model needs at least {multiple}x{multiple}")
+        raise InputError(
+            f"the smallest frames are {min_h}x{min_w} (height x width); this model needs at least {multiple}x{multiple}"
+        )
     if crop != (_floor_to(cfg.crop[0], multiple), _floor_to(cfg.crop[1], multiple)) and ctx.main:
-        warn(f"training crops are {crop[1]}x{crop[0]} (the smallest frames are {min_w}x{min_h})")
+        warn(f"training crops are {crop[0]}x{crop[1]} (height x width, as --crop takes them): the smallest frames are "
+             f"{min_h}x{min_w}")  # fmt: skip
     window = (min(min_h, crop[0] + 2 * cfg.teacher_margin), min(min_w, crop[1] + 2 * cfg.teacher_margin))
     if not any(s == 0 or min(crop) >> s >= weights.min_scale_side for s in weights.scales):
         raise InputError(
-            f"--loss scales={','.join(map(str, weights.scales))}: at the {crop[1]}x{crop[0]} training crop every "
-            f"level is under min_scale_side ({weights.min_scale_side} px), so no scale is left; add 0 (full "
-            "resolution) or a finer level"
+            f"--loss scales={','.join(map(str, weights.scales))}: at the {crop[0]}x{crop[1]} (height x width) "
+            f"training crop every level is under min_scale_side ({weights.min_scale_side} px), so no scale is left; "
+            "add 0 (full resolution) or a finer level"
         )
     if ctx.main:
         heldout = _decodable(footage, heldout, cfg.step)
@@ -1039,6 +1042,22 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             few_steps_warned[0] = True
             warn(_few_steps_message(cfg.minutes, plan.total, step, budget))
 
+    def skip_distillation() -> None:
+        """End the run with stage 1 when the minutes budget ends with the timing of the distillation steps: those steps
+        all ran in the learning rate's warm-up, with none left to run on a schedule sized to the time, so they are
+        undone (the teacher is the model as stage 1 left it) rather than leaving the model mid-warm-up."""
+        nonlocal step
+        if step > plan.stage1:
+            model.load_state_dict(teacher.state_dict())
+            del history[plan.stage1 :]
+        step = plan.total = plan.stage1
+        bar.update(task, total=plan.total, completed=step)
+        if ctx.main:
+            warn(f"the {cfg.minutes:g}-minute budget leaves too little time for a distillation stage: timing its first "
+                 f"steps used up the time left, so the stage is skipped and the model after the {step} photometric "
+                 "steps is kept; pass a longer --minutes to distil")  # fmt: skip
+        save_state()
+
     if budget is not None and step == 0:
         budget_allows_step()  # no time left to train: refused before a progress bar is drawn
     try:
@@ -1047,6 +1066,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             while plan.total is None or step < plan.total:
                 if recalibrate_at_stage2() and step == plan.stage1:
                     plan.total = None
+                timing_distillation = plan.total is None and bool(plan.stage1) and step >= plan.stage1
                 if plan.total is None:  # timing: CALIBRATION_STEPS from the stage's start, 2 after a resume
                     timed_from = plan.stage1 if plan.stage1 and step >= plan.stage1 else 0
                     end = max(timed_from + CALIBRATION_STEPS, step + 2)
@@ -1094,7 +1114,9 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         save_state()
                     if plan.total is not None and step >= (plan.stage1 if recalibrate_at_stage2() else plan.total):
                         break  # the plan shrank below the end this loader was asked for
-                if budget_spent:  # the run ends here, during a timing or before the planned count
+                if budget_spent and timing_distillation:
+                    skip_distillation()
+                elif budget_spent:  # the run ends here, during a timing or before the planned count
                     planned = plan.total
                     plan.total = step
                     plan.stage1 = step if plan.stage1 is None else min(plan.stage1, step)
@@ -1106,6 +1128,9 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     save_state()
                 elif plan.total is None:  # the timing is done: as many steps as the time left allows
                     plan.total = _from_rank0(ctx, device, step + budget.steps_left())
+                    if timing_distillation and plan.total == step:  # the timing took all the time left
+                        skip_distillation()
+                        break  # the run ends with stage 1
                     distilling = plan.stage1 is not None and step > plan.stage1
                     if plan.stage1 is None:  # calibrated on stage 1: split the budget now
                         plan.stage1 = max(plan_stages(plan.total, len(train), batch_world, cfg), step)

@@ -118,7 +118,8 @@ def _check_teachers(specs: list[str]) -> None:
 
 def adapt_command(
     sources: Annotated[
-        list[str], typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", show_default=False)
+        list[str],
+        typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", metavar="SOURCES"),
     ],
     output: Annotated[
         Optional[Path],
