@@ -194,8 +194,6 @@ def test_usage_lines_name_arguments_in_upper_case():
     import click
 
     for words, command in _commands():
-        if words[:1] == ["weights"]:
-            continue
         pieces = command.collect_usage_pieces(click.Context(command))
         assert all(piece == piece.upper() for piece in pieces), f"flowcli {' '.join(words)}: {pieces}"
 

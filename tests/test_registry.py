@@ -1231,6 +1231,42 @@ def test_push_stays_off_the_network_when_flowcli_is_offline(weights_cli, fake_hf
     assert fake_hf_api.uploads == []
 
 
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (["info", ""], 4, ['NAME is "" (empty)', "registry name"]),
+        (["verify", " "], 4, ['NAME is "" (empty)', "leave it out"]),
+        (["download", ""], 4, ['NAME is "" (empty)', "--all"]),
+        (["download", "bundled", ""], 4, ['NAME is "" (empty)']),  # refused before the others are fetched
+        (["average", "", "CKPT", "-o", "soup.safetensors"], 4, ['a checkpoint to average is "" (empty)']),
+        (["average", "CKPT", "CKPT", "-o", ""], 3, ['--output "" is empty']),
+        (["push", "", "--repo", "me/flow"], 4, ['FILE is "" (empty)']),
+        (["push", "CKPT", "--repo", "me/flow", "--registry", ""], 3, ['--registry "" is empty']),
+        (["push", "CKPT", "--repo", "me/flow", "--name", ""], 2, ["--name ''", "empty"]),  # pushed as the default
+        (["push", "CKPT", "--repo", "me/flow", "--path-in-repo", ""], 2, ["--path-in-repo ''", "empty"]),
+    ],
+)
+def test_empty_names_and_files_are_refused_not_taken_as_the_current_folder(
+    weights_cli, fake_hf_api, tmp_path, monkeypatch, checkpoint_bytes, args, code, needles
+):
+    """`flowcli weights info "$MODEL"` with the variable unset said "'' is a folder" (`average`, `push`: ". is a
+    folder"), as `estimate -w ""` no longer does; an empty --name or --path-in-repo pushed under the default."""
+    from cli_harness import assert_one_line_error
+
+    checkpoint = tmp_path / "ckpt" / "a.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(checkpoint_bytes)
+    bundled = entry("bundled:weights/flowcli-pwc-synth.safetensors", None)
+    write_registry(checkpoint.parent, monkeypatch, {"bundled": bundled})
+    for variable in ("FLOWCLI_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    exit_code, out, err = weights_cli(*[str(checkpoint) if arg == "CKPT" else arg for arg in args])
+    assert_one_line_error(exit_code, err, code, *needles)
+    assert out == "" and fake_hf_api.uploads == [] and list((tmp_path / "work").iterdir()) == []
+
+
 def screen(monkeypatch, width: int, terminal: bool = True):
     """A buffer that gets what `weights` prints on stdout, as a terminal `width` columns wide would (or, with
     terminal=False, a file or a pipe)."""

@@ -246,6 +246,7 @@ def tiny_recipe(tmp_path):
         ('{"synth": {"num_frames": 1}}', ['"synth"', "num_frames", "at least 2"]),
         ('{"synth": {"max_disparity": -5}}', ['"synth"', "max_disparity", ">= 0"]),  # stereo scenes moved wrong
         ('{"pct_start": 1}', ['"pct_start"', "below 1"]),  # failed at the last step, and again on each resume
+        ('{"init_weights": ""}', ['"init_weights"', "non-empty", "null"]),  # trained from scratch
     ],
 )
 def test_a_bad_config_file_is_a_one_line_error_naming_the_file_and_the_key(
@@ -302,6 +303,20 @@ def test_empty_textures_are_refused_not_read_as_the_current_folder(monkeypatch, 
     code, _, err = run("-o", "run", "--textures", "", *QUICK_FLAGS)
     assert_one_line_error(code, err, 2, '--textures "" is empty')
     assert not (tmp_path / "run").exists()
+
+
+def test_empty_init_weights_are_refused_not_taken_as_training_from_scratch(monkeypatch, capsys, tmp_path):
+    """`--init "$BASE"` with the variable unset trained from scratch, as if --init had been left out."""
+    from flowcli.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    run = in_process_cli(monkeypatch, capsys, "train")
+    for empty in ("", " "):
+        code, _, err = run("-o", "run", "--init", empty, *QUICK_FLAGS)
+        assert_one_line_error(code, err, 2, '--init "" is empty', "fine-tune")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match='"init_weights" must be a weights name'):
+        train(tiny_config(tmp_path / "api", 2, init_weights=""), quiet=True)
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
@@ -490,6 +505,46 @@ def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
 
     cfg = TrainConfig(height=64, width=64, batch_size=1, workers=1, synth={"min_layers": 1, "max_layers": 1})
     assert_worker_ends_quietly_on_sigterm(_batches(cfg, 0, None))
+
+
+def test_a_ctrl_c_while_a_batch_is_received_waits_for_it_and_shuts_the_data_workers_down(tmp_path, monkeypatch):
+    """A terminal sends Ctrl-C to the data workers too. A worker passes a batch's tensors over a socket (their shared
+    memory's file descriptors): a Ctrl-C in the middle of receiving them cut it, and the worker printed a traceback
+    from multiprocessing/resource_sharer.py (about one Ctrl-C in 15); a worker that ended on its own Ctrl-C could no
+    longer send what the main process was receiving. The workers stayed up until exit, after the message."""
+    import multiprocessing
+    import os
+    import signal
+
+    from flowcli.train import trainer
+
+    torch.set_num_threads(1)
+    others = set(multiprocessing.active_children())
+    start_batches, received = trainer._batches, []
+
+    def ctrl_c_mid_receive(*args):
+        batches = start_batches(*args)  # the workers start now, as they do in train
+
+        def receive():
+            while True:
+                if len(received) == 2:  # as a terminal sends it: to the whole job
+                    workers = set(multiprocessing.active_children()) - others
+                    for worker in workers:
+                        os.kill(worker.pid, signal.SIGINT)
+                    signal.raise_signal(signal.SIGINT)
+                    for worker in workers:
+                        worker.join(timeout=1)  # (one that ended on it has done so by now)
+                received.append(next(batches))
+                yield received[-1]
+
+        return receive()
+
+    monkeypatch.setattr(trainer, "_batches", ctrl_c_mid_receive)
+    with pytest.raises(FlowcliError, match="interrupted at step 2") as raised:
+        train(tiny_config(tmp_path, 6, workers=1), quiet=True)
+    assert len(received) == 3  # the batch being received when the Ctrl-C came was received whole
+    # gone while the error (its traceback, which holds train's variables) is still about, as when the CLI prints it
+    assert raised.value and set(multiprocessing.active_children()) == others
 
 
 def test_a_diverged_run_stops_before_it_saves_nan_weights(tmp_path):

@@ -91,6 +91,9 @@ def train(
     if textures and not all(textures):  # `--textures "$DIR"` with the variable unset: Path("") is the current folder
         raise InputError('--textures "" is empty, which would take the images of the current folder; give image '
                          "files, folders of images or videos")  # fmt: skip
+    if init_weights is not None and not init_weights.strip():  # `--init "$BASE"` with the variable unset
+        raise InputError('--init "" is empty, which would train from scratch; give the weights to fine-tune (a '
+                         "model name, hf:// spec, URL or .safetensors file), or leave --init out")  # fmt: skip
     height = width = None
     if size is not None:
         try:

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from flowcli import registry
 from flowcli.console import natural_width, print_at_natural_width, print_error, print_table
-from flowcli.errors import FlowcliError, InputError, WeightsError
+from flowcli.errors import FlowcliError, InputError, OutputError, WeightsError
 
 weights_app = typer.Typer(
     help=(
@@ -170,6 +170,12 @@ def _total_size(entry: dict) -> int:
     return 0 if 0 in sizes else sum(sizes)
 
 
+def _refuse_empty_name(name: str | None, expected: str) -> None:
+    """A NAME given as "" (`"$MODEL"` with the variable unset), which resolving takes for the current folder."""
+    if name is not None and not name.strip():
+        raise WeightsError(f'NAME is "" (empty); give {expected}')
+
+
 @weights_app.command(
     "list",
     help=(
@@ -251,12 +257,16 @@ def info_command(
     name: Annotated[
         str,
         typer.Argument(
-            help="A registry name (see `flowcli weights list`), a checkpoint file, or an hf:// or https:// source."
+            help="A registry name (see `flowcli weights list`), a checkpoint file, or an hf:// or https:// source.",
+            metavar="NAME",
         ),
     ],
     json_output: JsonOption = False,
     offline: OfflineOption = False,
 ) -> None:
+    _refuse_empty_name(
+        name, "a registry name (see `flowcli weights list`), a checkpoint file, or an hf:// or https:// source"
+    )
     try:
         entry = registry.model_entry(name)
     except WeightsError:
@@ -381,6 +391,8 @@ def download_command(
         raise typer.BadParameter(
             "name at least one model (see `flowcli weights list`), or pass --all", param_hint="NAME"
         )
+    for name in names:  # before any download: the others would be fetched, then the run fail at the end
+        _refuse_empty_name(name, "registry names (see `flowcli weights list`), hf:// or https:// sources, or --all")
     models = registry.load_registry()["models"]
     failed = []
     for name in names:
@@ -426,13 +438,17 @@ def verify_command(
     name: Annotated[
         Optional[str],
         typer.Argument(
-            help="One registry name, an hf:// or https:// source, or a checkpoint file; default: every model."
+            help="One registry name, an hf:// or https:// source, or a checkpoint file; default: every model.",
+            metavar="NAME",
         ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
     from flowcli.console import stderr
 
+    _refuse_empty_name(
+        name, "a registry name, an hf:// or https:// source or a checkpoint file, or leave it out for every model"
+    )
     models = registry.load_registry()["models"]
     if name is None or name in models or name.startswith(registry.SOURCE_PREFIXES):
         rows = [row for model in ([name] if name else list(models)) for row in _verify_rows(model)]
@@ -641,8 +657,11 @@ def _hub_error(error: Exception, repo: str, endpoint: str) -> WeightsError:
     ),
 )
 def average_command(
-    files: Annotated[list[Path], typer.Argument(help="Two or more flowcli checkpoints with the same architecture.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint to write (.safetensors).")],
+    # str, not Path: a Path would read "" (an unset variable) as the current folder
+    files: Annotated[
+        list[str], typer.Argument(help="Two or more flowcli checkpoints with the same architecture.", metavar="FILES")
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="The averaged checkpoint to write (.safetensors).")],
     mix: Annotated[
         Optional[str], typer.Option("--mix", help="Comma-separated weights, one per file (default: equal).")
     ] = None,
@@ -658,6 +677,11 @@ def average_command(
     if len(files) < 2:
         raise InputError("averaging needs at least two checkpoints; give two or more files")
     weights = _parse_mix(mix, len(files)) if mix else None
+    if not all(files):
+        raise WeightsError('a checkpoint to average is "" (empty); give flowcli .safetensors checkpoints')
+    if not output:
+        raise OutputError('--output "" is empty; give the .safetensors file to write')
+    files, output = [Path(file) for file in files], Path(output)
     for file in files:
         _check_checkpoint_file(file, "give flowcli .safetensors checkpoints to average")
     # what it writes, and what `flowcli adapt -o` asks for too; a folder is said to be one by check_writable
@@ -685,7 +709,10 @@ def average_command(
     ),
 )
 def push_command(
-    file: Annotated[Path, typer.Argument(help="A flowcli checkpoint (.safetensors with flowcli metadata).")],
+    # str, not Path (nor --registry): a Path would read "" (an unset variable) as the current folder
+    file: Annotated[
+        str, typer.Argument(help="A flowcli checkpoint (.safetensors with flowcli metadata).", metavar="FILE")
+    ],
     repo: Annotated[str, typer.Option("--repo", help="Hub repository OWNER/NAME (created if missing).")],
     path_in_repo: Annotated[
         Optional[str], typer.Option("--path-in-repo", help="File name in the repository (default: FILE's name).")
@@ -697,7 +724,7 @@ def push_command(
         Optional[str], typer.Option("--name", help="Registry name of the entry (default: the repository name).")
     ] = None,
     registry_file: Annotated[
-        Optional[Path], typer.Option("--registry", help="Add the entry to this registry JSON file.")
+        Optional[str], typer.Option("--registry", help="Add the entry to this registry JSON file.")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an entry of the same --name in the --registry file.")
@@ -712,6 +739,11 @@ def push_command(
 
     from flowcli.checkpoint import load_checkpoint, read_metadata
 
+    if not file:
+        raise WeightsError('FILE is "" (empty); give the .safetensors file to publish')
+    if registry_file == "":
+        raise OutputError('--registry "" is empty; give the registry JSON file to add the entry to, or leave it out')
+    file, registry_file = Path(file), Path(registry_file) if registry_file is not None else None
     _check_checkpoint_file(file, "give the .safetensors file to publish")
     offline = registry.offline_reason()
     if offline is not None:
@@ -727,12 +759,14 @@ def push_command(
         raise InputError(
             f"--repo {repo!r} is not a valid Hub repository name ({str(error).rstrip('.')}); give one like me/my-flow"
         ) from None
-    path_in_repo = path_in_repo or file.name
-    name = name or parts[1]
+    # "" is refused below, not taken for the default
+    path_in_repo = file.name if path_in_repo is None else path_in_repo
+    name = parts[1] if name is None else name
     # the registry entry must be one flowcli reads back: a bad one would make the whole --registry file unusable
     if not registry._is_plain_relative(path_in_repo):
         raise InputError(
-            f"--path-in-repo {path_in_repo!r} must be a relative path inside the repository (no '..', not absolute)"
+            f"--path-in-repo {path_in_repo!r} must be a relative path inside the repository (not empty, no '..', not "
+            "absolute)"
         )
     if not registry._is_plain_relative(name):
         raise InputError(f"--name {name!r} must not be empty, absolute or contain '..'; give a name like my-flow")

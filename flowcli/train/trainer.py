@@ -145,7 +145,11 @@ _RULES = {
     "stereo_fraction": (_share, "a share between 0 and 1"),
     "textures": (None, "a list of image files, folders of images or videos (strings)"),
     "clip_grad": (_positive, "a positive number"),
-    "init_weights": (None, "a weights name or path (a string), or null"),
+    # "" (an unset variable in a generated config) would train from scratch
+    "init_weights": (
+        lambda value: value is None or bool(value.strip()),
+        "a weights name or path (a non-empty string), or null to train from scratch",
+    ),
     "train_only": (None, "a list of parameter-name prefixes (strings)"),
     "full_resolution": (_non_negative, "a number >= 0"),
     "ema_decay": (lambda value: 0 <= value < 1, "0 (off) or a decay between 0 and 1 (e.g. 0.999)"),
@@ -313,6 +317,14 @@ class SynthStream(torch.utils.data.IterableDataset):
         return s.images[0], s.images[1], s.flow_forward, valid
 
 
+def _start_data_worker(worker_id: int) -> None:
+    """A Ctrl-C is the main process's to handle, though a terminal sends it to every process of the job: a worker
+    that ended on it could no longer pass on the batch the main process was receiving (see `train`). The main
+    process shuts its workers down once it has stopped."""
+    stop_quietly_on_sigterm(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _batches(
     cfg: TrainConfig, step: int, textures: TextureBank | None, datasets: list[tuple[FlowDataset, float]] | None = None
 ) -> Iterator:
@@ -323,7 +335,7 @@ def _batches(
         num_workers=cfg.workers,
         persistent_workers=False,
         prefetch_factor=2 if cfg.workers else None,
-        worker_init_fn=stop_quietly_on_sigterm if cfg.workers else None,
+        worker_init_fn=_start_data_worker if cfg.workers else None,
     )
     return iter(loader)
 
@@ -489,18 +501,25 @@ def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict
 
 
 @contextlib.contextmanager
-def _interrupt_deferred():
-    """Hold a Ctrl-C (SIGINT) or a SIGTERM until the block is done, then deliver it: the update of the weights,
-    the optimiser, the schedule and the step count (or a save of them) is never left half done, so the state
-    saved on an interrupt is always that of a whole step. Outside the main thread the block runs as is."""
+def _interrupt_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, impatient: bool = False):
+    """Hold a Ctrl-C (SIGINT) or a SIGTERM (those of `signums`) until the block is done, then deliver it: the
+    update of the weights, the optimiser, the schedule and the step count (or a save of them) is never left half
+    done, so the state saved on an interrupt is always that of a whole step. `impatient`: a second signal of the
+    same kind is delivered at once. Outside the main thread the block runs as is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
     previous = {}
+
+    def hold(signum, frame):
+        if impatient and signum in received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
+        for signum in signums:
+            previous[signum] = signal.signal(signum, hold)
     except ValueError:  # not the main interpreter
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -703,12 +722,21 @@ def train(
     saved = step if state is not None else -1  # the step whose state is on disk
     model.train()
     batches = _batches(cfg, step, textures, datasets)
+    # A data worker passes a batch's tensors over a socket (the file descriptors of their shared memory), which a
+    # Ctrl-C in the middle of receiving them cut: the worker printed a traceback from multiprocessing's
+    # resource_sharer. So a Ctrl-C waits for the batch (a second one does not), and the workers ignore it. Not a
+    # SIGTERM: a job's stop ends the workers too (stop_quietly_on_sigterm), and the batch would never come.
+    def receiving():
+        return _interrupt_deferred((signal.SIGINT,), impatient=True) if cfg.workers else contextlib.nullcontext()
+
     started = time.time()
     try:
         with progress(quiet) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
-                image1, image2, flow, valid = (t.to(device, non_blocking=True) for t in next(batches))
+                with receiving():
+                    batch = next(batches)
+                image1, image2, flow, valid = (t.to(device, non_blocking=True) for t in batch)
                 valid = None if bool(valid.all()) else valid  # (an all-valid batch: the plain mean, as ever)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     output = model(image1, image2)
@@ -767,6 +795,8 @@ def train(
         raise FlowcliError(
             f"interrupted at step {step}; state saved in {state_path}. Run the same command again to resume."
         ) from None
+    finally:
+        del batches  # the data workers are shut down now, not at exit after the message (the iterator's __del__)
     return {
         "steps": step,
         "seconds": time.time() - started,
