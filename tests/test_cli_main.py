@@ -167,7 +167,7 @@ def test_every_command_documents_its_exit_codes():
         assert "Exit codes" in (command.help or ""), f"flowcli {' '.join(words)} --help"
 
 
-HELP_PAGES = [words for words, _ in _commands() if words != ["train"]]
+HELP_PAGES = [words for words, _ in _commands()]
 
 
 @pytest.mark.parametrize("columns", [80, 120])

@@ -12,6 +12,29 @@ from flowcli.console import stderr, warn
 _FLAGS = {"out_dir": "--out", "init_weights": "--init", "datasets": "--dataset", "eval_datasets": "--eval"}
 
 
+_HELP_PARAGRAPHS = [
+    "Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo), and on labelled datasets.",
+    "With --dataset, random crops of a benchmark's training items (colour-jittered, flow pairs mirrored half the "
+    "time; sparse KITTI ground truth included: pixels without it take no part) are mixed with the synthetic scenes,"
+    " each source drawn in proportion to its weight; --synth-weight 0 trains on the datasets alone, e.g. to "
+    "fine-tune a model on Sintel as PWC-Net does, or a model from flowcli adapt (supervised fine-tuning after "
+    "self-supervised pre-training). --eval scores the weights (the moving average with --ema-decay) during the run.",
+    "Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for bit (a resume "
+    "may change --checkpoint-every, --eval and --eval-every, which cannot change the result; any other difference "
+    "is refused, naming the settings). The weights are in OUT/last.safetensors (and OUT/ema.safetensors with "
+    "--ema-decay), usable anywhere with --weights.",
+    "Exit codes: 0 ok (or a run already finished), 1 other error (an interrupted run: the message says how to "
+    "resume), 2 input error (a bad setting, config file, texture or dataset folder), 3 output error (the run "
+    "folder), 4 weights error (--init).",
+    "Examples:",
+    "  flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine",
+    "  flowcli train --init flowcli-pwc-synth --dataset sintel:MPI-Sintel/training --dataset "
+    "kitti2015:KITTI/training:0.5 --synth-weight 0 --lr 5e-5 --steps 20000 --eval chairs:FlyingChairs_release "
+    "--eval-every 1000 --out runs/sintel-ft",
+]
+HELP = "\n\n".join(_HELP_PARAGRAPHS)
+
+
 def train(
     config: Path = typer.Option(None, "--config", "-c", help="JSON recipe (see recipes/); flags override it."),
     out: str = typer.Option(None, "--out", "-o", help="Run folder: state.pt (resume), last.safetensors, config.json."),
@@ -59,31 +82,6 @@ def train(
         "its state.pt, resumes; --checkpoint-every, --eval and --eval-every may differ).",
     ),
 ) -> None:
-    """Train a flow network on flowcli's synthetic scenes (exact flow, occlusion, stereo), and on labelled datasets.
-
-    With --dataset, random crops of a benchmark's training items (colour-jittered, flow pairs mirrored half the
-    time; sparse KITTI ground truth included: pixels without it take no part) are mixed with the synthetic
-    scenes, each source drawn in proportion to its weight; --synth-weight 0 trains on the datasets alone, e.g.
-    to fine-tune a model on Sintel as PWC-Net does, or a model from flowcli adapt (supervised fine-tuning after
-    self-supervised pre-training).
-    --eval scores the weights (the moving average with --ema-decay) during the run.
-
-    Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for bit (a
-    resume may change --checkpoint-every, --eval and --eval-every, which cannot change the result; any other
-    difference is refused, naming the settings). The weights are in OUT/last.safetensors (and
-    OUT/ema.safetensors with --ema-decay), usable anywhere with --weights.
-
-    Exit codes: 0 ok (or a run already finished), 1 other error (an interrupted run: the message says how
-    to resume), 2 input error (a bad setting, config file, texture or dataset folder), 3 output error (the
-    run folder), 4 weights error (--init).
-
-    Examples:
-
-      flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine
-
-      flowcli train --init flowcli-pwc-synth --dataset sintel:MPI-Sintel/training --dataset kitti2015:KITTI/training:0.5
-      --synth-weight 0 --lr 5e-5 --steps 20000 --eval chairs:FlyingChairs_release --eval-every 1000 --out runs/sintel-ft
-    """
     from flowcli.errors import InputError
     from flowcli.train.trainer import TrainConfig, setting_problem
     from flowcli.train.trainer import train as run_training
@@ -126,4 +124,4 @@ def train(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", help=HELP)(train)
