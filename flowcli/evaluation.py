@@ -116,6 +116,8 @@ def _item_count(dataset, max_items: int | None) -> int:
 
 def _score_items(dataset, count: int, score, progress: bool) -> list[dict]:
     """`score(item) -> row` for the first `count` items of `dataset`, under a progress bar."""
+    from rich.markup import escape
+
     from flowcli.console import progress as progress_bar
 
     per_item: list[dict] = []
@@ -125,7 +127,7 @@ def _score_items(dataset, count: int, score, progress: bool) -> list[dict]:
             item = dataset[index]
             row = score(item)
             per_item.append(row)
-            bar.update(task, advance=1, info=f"{item['name']} epe {row['epe']:.2f}")
+            bar.update(task, advance=1, info=f"{escape(item['name'])} epe {row['epe']:.2f}")
     return per_item
 
 

@@ -301,8 +301,50 @@ def test_json_to_a_full_device_is_a_one_line_error(tmp_path):
     )
 
 
+def test_the_help_names_every_exit_code_eval_gives():
+    """The help listed 0, 1, 2 and 4: not 3 (stdout that cannot be written, above), 130 (Ctrl-C) or 143 (SIGTERM)."""
+    from flowcli.cli.eval import EVAL_HELP
+
+    codes = EVAL_HELP.split("Exit codes: ", 1)[1].split("\n", 1)[0]
+    for code in ("0 ok", "1 other error", "2 input error", "3 output error", "4 weights error", "130 interrupted",
+                 "143 terminated"):  # fmt: skip
+        assert code in codes
+
+
 def _args(tmp_path: Path, *more) -> list:
     return ["-d", "chairs", "-r", tmp_path / "chairs", "--predictions", tmp_path / "preds", "-q", *more]
+
+
+def _sintel_scene_and_prediction(tmp_path: Path, scene: str) -> None:
+    """tmp_path/sintel with one item, SCENE/frame_0001 (zero flow), and its exact prediction in tmp_path/preds."""
+    sintel = tmp_path / "sintel" / "training"
+    for frame in (1, 2):
+        write_png(sintel / "clean" / scene / f"frame_000{frame}.png", np.zeros((12, 16, 3), np.uint8))
+    write_flo(sintel / "flow" / scene / "frame_0001.flo", np.zeros((12, 16, 2), np.float32))
+    write_flo(tmp_path / "preds" / scene / "frame_0001_flow.flo", np.zeros((12, 16, 2), np.float32))
+
+
+def test_an_item_name_with_brackets_is_shown_as_it_is_in_the_table(tmp_path, cli):
+    """rich read the scene of Sintel item [b]/frame_0001 as markup: the table's row said /frame_0001."""
+    _sintel_scene_and_prediction(tmp_path, "[b]")
+    code, _, err = cli("-d", "sintel-clean", "-r", tmp_path / "sintel", "--predictions", tmp_path / "preds")
+    assert code == 0, err
+    assert "[b]/frame_0001" in err
+
+
+def test_an_item_name_with_brackets_is_shown_as_it_is_in_the_progress_bar(tmp_path, monkeypatch):
+    """The progress bar's info (the item and its EPE) is markup too: [b]/frame_0001 was shown as /frame_0001."""
+    import io
+
+    from rich.console import Console
+
+    import flowcli.console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(flowcli.console, "stderr", Console(file=screen, force_terminal=True, width=200))
+    _sintel_scene_and_prediction(tmp_path, "[b]")
+    evaluate_predictions("sintel-clean", tmp_path / "sintel", tmp_path / "preds", progress=True)
+    assert "[b]/frame_0001 epe 0.00" in screen.getvalue()
 
 
 def test_a_missing_prediction_names_the_files_looked_for_and_the_count(tmp_path, cli):
@@ -396,6 +438,29 @@ def test_model_options_are_refused_with_predictions(tmp_path, cli, options, need
     write_flo(tmp_path / "preds" / "00001.flo", np.zeros((12, 16, 2), np.float32))
     code, out, err = cli(*_args(tmp_path, *options))
     assert_one_line_error(code, err, 2, needle, "--predictions")
+    assert out == ""
+
+
+@pytest.mark.parametrize("option, needle", [("--device", "unknown device ''"), ("--precision", "unknown precision ''")])
+def test_an_empty_device_or_precision_is_refused_not_the_default(tmp_path, cli, option, needle):
+    """`--device "$DEVICE"` with the variable unset ran on the default device (and --precision "" in fp32), where
+    estimate and stereo refuse it."""
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    code, out, err = cli("-d", "chairs", "-r", tmp_path / "chairs", option, "", "-q")
+    assert_one_line_error(code, err, 2, needle)
+    assert out == ""
+
+
+def test_an_empty_root_or_predictions_folder_is_refused_not_the_current_folder(tmp_path, cli, monkeypatch):
+    """`--predictions "$PREDS"` with the variable unset read the current folder: in a Chairs data/ folder the ground
+    truth NNNNN_flow.flo was scored as the predictions, EPE 0. `--root ""` read it as the dataset."""
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    write_flo(tmp_path / "preds" / "00001.flo", np.zeros((12, 16, 2), np.float32))
+    monkeypatch.chdir(tmp_path / "chairs" / "data")
+    code, out, err = cli("-d", "chairs", "-r", tmp_path / "chairs", "--predictions", "", "--json")
+    assert_one_line_error(code, err, 2, '--predictions "" is empty', "current folder")
+    code, out, err = cli("-d", "chairs", "-r", "", "--predictions", tmp_path / "preds", "--json")
+    assert_one_line_error(code, err, 2, '--root "" is empty', "current folder", "chairs dataset folder")
     assert out == ""
 
 
@@ -507,3 +572,23 @@ def test_a_terminal_too_narrow_for_the_table_gets_it_in_parts_that_fit(monkeypat
     assert "…" not in text and text.count("market_5/frame_0002") >= 2
     for shown in ("16.815", "19.066", "58.52", "48.8", "0.321", "0.56"):
         assert shown in text
+
+
+def test_quiet_fetches_the_weights_quietly(tmp_path, model_cli, monkeypatch):
+    """eval -q left the weights' download progress on stderr: the fetch was not told to be quiet, as estimate,
+    stereo and export tell it."""
+    import flowcli.registry
+
+    real = flowcli.registry.resolve
+    quiet_asked = []
+
+    def resolve(spec, offline=False, *, quiet=False):
+        quiet_asked.append(quiet)
+        return real(spec, offline=offline, quiet=quiet)
+
+    monkeypatch.setattr(flowcli.registry, "resolve", resolve)
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    for options, quiet in ((["-q"], True), ([], False)):
+        code, _, err = model_cli("-d", "chairs", "-r", tmp_path / "chairs", "--device", "cpu", *options)
+        assert code == 0, err
+        assert quiet_asked.pop() is quiet

@@ -224,3 +224,41 @@ def test_the_default_name_of_a_registry_name_with_a_slash_is_in_the_current_fold
     code, out, err = run("-w", "team/flow", "--no-check", "--json", "-q")
     assert code == 0, err
     assert json.loads(out)["path"] == "team-flow.onnx" and (tmp_path / "team-flow.onnx").is_file()
+
+
+@pytest.fixture
+def export_stub(monkeypatch, tiny_model, tiny_checkpoint):
+    """The CLI around export_onnx, which only writes a placeholder file: for what the CLI prints."""
+    loaded = (tiny_model, tiny_checkpoint, "0")
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", lambda *args, **kwargs: loaded)
+
+    def export_stub(model, path, **kwargs):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"onnx")
+        return ExportReport(Path(path), ["image1", "image2"], ["flow"], 17, 0.0)
+
+    monkeypatch.setattr(flowcli.export, "export_onnx", export_stub)
+
+
+def test_an_output_path_with_brackets_is_printed_as_given(monkeypatch, capsys, tmp_path, tiny_checkpoint, export_stub):
+    """`-o 'out[/b]/m.onnx'` ended in a rich MarkupError traceback before anything was exported, and
+    `-o 'a [b].onnx'` was reported as written to 'a .onnx'."""
+    run = in_process_cli(monkeypatch, capsys, "export")
+    for output in (tmp_path / "out[/b]" / "m.onnx", tmp_path / "a [b].onnx"):
+        code, _, err = run("-w", tiny_checkpoint, "-o", output, "--no-check")
+        assert code == 0, err
+        assert f"exporting {tiny_checkpoint} to {output} ..." in err and f"wrote {output} (" in err
+        assert output.is_file()
+
+
+def test_a_long_output_path_is_printed_on_one_line(monkeypatch, capsys, tmp_path, tiny_checkpoint, export_stub):
+    """Into a log (no terminal: 80 columns) the messages were wrapped, the output's path cut in two."""
+    run = in_process_cli(monkeypatch, capsys, "export")
+    monkeypatch.setattr(flowcli.console.stderr, "soft_wrap", False)  # as on a real stderr; the harness sets it
+    output = tmp_path / ("a_folder_name_long_enough_to_pass_80_columns_" * 2) / "model.onnx"
+    code, _, err = run("-w", tiny_checkpoint, "-o", output, "--no-check")
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"exporting {tiny_checkpoint} to {output} ...",
+        f"wrote {output} (0.0 MB, 0.0 s); not checked",
+    ]

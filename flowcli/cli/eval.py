@@ -81,7 +81,8 @@ EVAL_HELP = (
     "--device, --scale, --precision and --offline do not apply; --json gives predictions (the folder) in place of "
     "weights, model, device, scale and precision, and no seconds.\n\n"
     "Exit codes: 0 ok, 1 other error, 2 input error (unknown dataset, a --root without its layout, a missing, "
-    "ambiguous or unusable prediction), 4 weights error.\n\n"
+    "ambiguous or unusable prediction), 3 output error (stdout cannot be written: --json into a full disk), "
+    "4 weights error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).\n\n"
     "Examples:\n\n"
     "  flowcli eval --dataset sintel --root ../shared/data/flow/sintel --max-items 3\n\n"
     "  flowcli eval -d kitti2015 -r ../shared/data/flow/kitti2015 -w flowcli-pwc-synth --json > kitti.json\n\n"
@@ -100,6 +101,7 @@ def _format(value, fmt: str) -> str:
 def _table(report, stereo: bool, keys: list[str] | None = None):
     """The per-item table of `report`; `keys`: only these score columns (default: every one that has values)."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     def shown(key: str) -> bool:  # density only where some prediction left pixels to KITTI's filling
@@ -115,7 +117,7 @@ def _table(report, stereo: bool, keys: list[str] | None = None):
         table.add_column(label, justify="right", no_wrap=True)
     for row in report.per_item:
         cells = [_format(row.get(key), fmt) for key, _, fmt in columns]
-        table.add_row(row["name"], f"{row['width']}x{row['height']}", *cells)
+        table.add_row(escape(row["name"]), f"{row['width']}x{row['height']}", *cells)  # a scene named [b]
     mean = report.mean
     table.add_row("mean (items)", "", *[_format(mean.get(key), fmt) for key, _, fmt in columns], style="bold")
     if any(f"{key}_px" in mean for key, *_ in columns):
@@ -141,17 +143,19 @@ def eval_command(
         "the validation pairs of FlyingChairs_train_val.txt when that file is next to data/, else every pair).",
         show_default=False,
     ),
-    root: Path = typer.Option(
+    root: str = typer.Option(  # a str: a Path would read an empty --root "" (an unset variable) as "."
         ...,
         "--root",
         "-r",
+        metavar="DIR",
         help="The dataset folder in its standard layout, e.g. --root ../shared/data/flow/sintel "
         "(holding training/clean, training/flow...) or --root ~/datasets/KITTI2015.",
         show_default=False,
     ),
-    predictions: Optional[Path] = typer.Option(
+    predictions: Optional[str] = typer.Option(  # a str, as --root
         None,
         "--predictions",
+        metavar="DIR",
         help="Score the files in this folder (one per item, named after it, see above) instead of running a model.",
         show_default=False,
     ),
@@ -195,6 +199,9 @@ def eval_command(
     if name not in CHOICES:
         raise InputError(f"unknown dataset '{dataset}'; choose one of {', '.join(CHOICES)}")
     if predictions is not None:
+        if not predictions:
+            raise InputError('--predictions "" is empty, which would read the current folder; give the folder '
+                             "holding one file per item")  # fmt: skip
         model_options = {"--weights": weights, "--device": device, "--scale": scale, "--precision": precision}
         given = [flag for flag, value in model_options.items() if value is not None] + ["--offline"] * offline
         if given:
@@ -204,24 +211,27 @@ def eval_command(
             )
         if name == "sintel":
             raise InputError("--predictions scores one Sintel pass; give -d sintel-clean or -d sintel-final")
-    device = device or "auto"
+    device = "auto" if device is None else device  # --device "" (an unset variable) is refused, not the default
     scale = 1.0 if scale is None else scale
     check_scale(scale)
-    precision = precision or "fp32"
+    precision = "fp32" if precision is None else precision
     check_precision_name(precision)
     names = ["sintel-clean", "sintel-final"] if name == "sintel" else [name]
-    root = root.expanduser()  # as --predictions: '--root=~/datasets/KITTI2015' reaches us unexpanded
+    if not root:
+        raise InputError(f'--root "" is empty, which would read the current folder; give the {names[0]} dataset '
+                         "folder in its standard layout")  # fmt: skip
+    root = Path(root).expanduser()  # as --predictions: '--root=~/datasets/KITTI2015' reaches us unexpanded
     if not root.is_dir():
         raise InputError(f"--root {root} is not a folder; give the {names[0]} dataset folder in its standard layout")
     if predictions is not None:
-        _eval_predictions(name, root, predictions, max_items=max_items, occlusion=occlusion, quiet=quiet,
+        _eval_predictions(name, root, Path(predictions), max_items=max_items, occlusion=occlusion, quiet=quiet,
                           as_json=as_json)  # fmt: skip
         return
     for each in names:  # a root without the layout (or without sintel's final pass) fails before any scoring
         make_dataset(each, root)
     # the precision that runs: fp16 on the CPU is fp32 (with a warning), and --json must say so
     torch_device, precision = device_and_precision(device, precision)
-    model = load_model(weights, device=torch_device, offline=offline)
+    model = load_model(weights, device=torch_device, offline=offline, quiet=quiet)
     reports = []
     for each in names:
         report = evaluate(

@@ -64,6 +64,8 @@ def export_command(
     ] = False,
 ):
     """Export a flow model to ONNX (help text: EXPORT_HELP)."""
+    from rich.markup import escape  # a path as given: out[v2]/m.onnx is not "out" in style v2
+
     from flowcli.console import stderr
     from flowcli.export import check_opset, export_onnx, require_onnx
     from flowcli.io.atomic import check_creatable
@@ -82,7 +84,8 @@ def export_command(
     require_onnx()
     model, checkpoint, sha256 = load_model_and_file(weights, device="cpu", offline=offline, quiet=quiet)
     if not quiet:
-        stderr.print(f"exporting {name} to {output} ...", highlight=False)
+        # soft_wrap: a log (no terminal) is not wrapped at 80 columns, and the path stays whole
+        stderr.print(f"exporting {escape(name)} to {escape(str(output))} ...", highlight=False, soft_wrap=True)
     report = export_onnx(
         model, output, occlusion=occlusion, opset=opset, check=check, overwrite=overwrite,
         source={"weights": name, "file": Path(checkpoint).name, "sha256": sha256},
@@ -94,7 +97,11 @@ def export_command(
             else "not checked"
         )
         size_mb = output.stat().st_size / 1e6
-        stderr.print(f"wrote {output} ({size_mb:.1f} MB, {report.seconds:.1f} s); {checked}", highlight=False)
+        stderr.print(
+            f"wrote {escape(str(output))} ({size_mb:.1f} MB, {report.seconds:.1f} s); {checked}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if as_json:
         payload = {
             "path": str(report.path), "inputs": report.inputs, "outputs": report.outputs, "opset": report.opset,
