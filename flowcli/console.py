@@ -84,6 +84,12 @@ def print_error(error: Exception) -> None:
     stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
 
 
+def say(message: str) -> None:
+    """A line for the user on stderr, printed as given (a path with [brackets] is not markup) and not wrapped: a
+    log file or a pipe keeps it on one line, paths whole."""
+    stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def warn(message: str) -> None:
     """A warning a user should see once; goes through `warnings` so library users can filter it."""
     warnings.warn(message, stacklevel=2)

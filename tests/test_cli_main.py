@@ -360,3 +360,19 @@ def test_empty_weights_are_refused_not_taken_as_the_default(command, monkeypatch
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
     with pytest.raises(WeightsError, match="empty"):
         load_model("")
+
+
+def test_say_prints_a_message_whole_on_one_line_as_given(monkeypatch):
+    """Summary lines ("N pair(s) -> OUT", "wrote OUT", "resuming OUT") went through rich as markup and at 80
+    columns: `-o 'run[/v2]'` ended in a traceback after the work was done, and a log cut long paths in two."""
+    import io
+
+    from rich.console import Console
+
+    from flowcli import console
+
+    log = io.StringIO()
+    monkeypatch.setattr(console, "stderr", Console(file=log, width=80, force_terminal=False))
+    message = "2 pair(s) -> /data/runs[/v2]/" + "a_long_folder_name/" * 8 + " [bold]done[/]"
+    console.say(message)
+    assert log.getvalue() == message + "\n"

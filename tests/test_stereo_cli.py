@@ -122,6 +122,19 @@ def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
+def test_names_with_brackets_are_shown_as_given(media, tmp_path, cli, exact_flow):
+    """`-o 'run[/v2]'` ended in a rich MarkupError traceback after the disparities were written, and the progress
+    line showed 'left[v2]' as 'left'."""
+    left = tmp_path / "left[v2].png"
+    left.write_bytes(media["left"].read_bytes())
+    weights = tmp_path / "tiny[best].safetensors"
+    weights.write_bytes(media["weights"].read_bytes())
+    out = tmp_path / "run[" / "v2]"
+    code, _, err = cli(left, media["right"], "--weights", weights, "-o", out)
+    assert code == 0, err
+    assert f"model {weights} (" in err and f"1 pair(s) -> {out}\n" in err and "left[v2]" in err
+
+
 # ----------------------------------------------------------------------------- outputs against ground truth
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowcli.console import stderr, warn
+from flowcli.console import say, warn
 from flowcli.errors import InputError
 from flowcli.io import media
 
@@ -327,7 +327,7 @@ def _video_sequence(path: Path, source: str, cache_dir: Path | None, max_frames:
         tmp = data.with_suffix(".part")
         try:
             with media.VideoReader(path, max_frames=max_frames) as reader, open(tmp, "wb") as out:
-                stderr.print(f"decoding {path.name} into the adaptation cache ({reader.num_frames or '?'} frames)")
+                say(f"decoding {path.name} into the adaptation cache ({reader.num_frames or '?'} frames)")
                 for frame in reader:
                     array = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
                     size = array.shape[:2]

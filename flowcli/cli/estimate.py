@@ -566,7 +566,7 @@ def estimate(
 
     from rich.markup import escape  # names in info lines as given: out[v2] is not "out" in style v2
 
-    from flowcli.console import progress, stderr, warn
+    from flowcli.console import progress, say, warn
     from flowcli.outputs import OutputOptions
 
     # ---- options, before anything is read
@@ -617,7 +617,7 @@ def estimate(
     if resume:
         record.refuse_changed_settings(entries)
     if not quiet:
-        stderr.print(f"model {escape(spec)} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
+        say(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}")
 
     # ---- run
     claims = OutputClaims(input_files, keep_existing)
@@ -639,7 +639,7 @@ def estimate(
              "run with other settings, such as an interrupted --overwrite run): made again")
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
-        stderr.print(f"{run.computed + run.skipped} pair(s) -> {escape(str(output))}{counts}", highlight=False)
+        say(f"{run.computed + run.skipped} pair(s) -> {output}{counts}")
 
 
 @dataclass

@@ -834,7 +834,9 @@ def stereo(
 ) -> None:
     stdout = sys.stdout  # the progress display may redirect sys.stdout while it runs
 
-    from flowcli.console import progress, stderr, warn
+    from rich.markup import escape  # names in info lines as given: left[v2] is not "left" in style v2
+
+    from flowcli.console import progress, say, warn
     from flowcli.io.media import MIN_FPS
 
     # ---- options, before anything is read
@@ -937,7 +939,7 @@ def stereo(
     if resume:
         record.refuse_changed_settings(entries)
     if not quiet:
-        stderr.print(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}", highlight=False)
+        say(f"model {spec} ({sha256[:12]}) on {torch_device}, {precision}")
 
     run = _Run(model=model, directory=output, template=template, formats=formats_set, want_video=want_video,
                camera=camera, max_depth=max_depth, max_disparity=max_disparity, lr_threshold=lr_threshold,
@@ -954,13 +956,13 @@ def stereo(
             source.made_since = since
     with progress(quiet) as bar:
         task = bar.add_task("stereo", total=total, info="")
-        run.sources(sources, lambda info: bar.update(task, advance=1, info=info))
+        run.sources(sources, lambda info: bar.update(task, advance=1, info=escape(info)))
     if run.replaced:
         warn(f"{run.replaced} output file(s) in {output} predated the settings recorded for their input (left by a "
              "run with other settings, such as an interrupted --overwrite run): made again")
     if not quiet:
         counts = f": {run.computed} computed, {run.skipped} skipped (outputs already there)" if resume else ""
-        stderr.print(f"{run.computed + run.skipped} pair(s) -> {output}{counts}", highlight=False)
+        say(f"{run.computed + run.skipped} pair(s) -> {output}{counts}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flowcli.console import stderr, warn
+from flowcli.console import say, warn
 
 # The flag of each TrainConfig field that is not --field-name.
 _FLAGS = {"out_dir": "--out", "init_weights": "--init", "datasets": "--dataset", "eval_datasets": "--eval"}
@@ -120,7 +120,7 @@ def train(
         )
     summary = run_training(cfg, quiet=quiet, stop_after=stop_after, overwrite=overwrite)
     weights = summary["checkpoint"] + (f" (moving average: {summary['ema_checkpoint']})" if cfg.ema_decay else "")
-    stderr.print(f"done: {summary['steps']} steps, weights in {weights}")
+    say(f"done: {summary['steps']} steps, weights in {weights}")
 
 
 def register(app: typer.Typer) -> None:

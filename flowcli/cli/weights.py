@@ -524,7 +524,7 @@ def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
     as a flowcli checkpoint (every tensor included: a damaged file may still have a sound header), and print its
     sha256 for the user to compare."""
     from flowcli.checkpoint import check_readable
-    from flowcli.console import stderr
+    from flowcli.console import say
 
     try:
         sha256 = registry.sha256_file(path)
@@ -542,11 +542,9 @@ def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
         _print_verify_table([(name, path.name, status, name)])
     if problem is not None:
         raise WeightsError(f"1 file(s) failed verification: {name} (corrupt); {problem}")
-    stderr.print(
+    say(
         f"no sha256 is recorded for {name} (no registry entry holds it), so flowcli checked only that it is a "
-        f"readable flowcli checkpoint; its sha256 is {sha256}: compare it with the one published with the file",
-        highlight=False,
-        soft_wrap=True,
+        f"readable flowcli checkpoint; its sha256 is {sha256}: compare it with the one published with the file"
     )
 
 
@@ -671,7 +669,7 @@ def average_command(
     import torch
 
     from flowcli.checkpoint import average_checkpoints, save_checkpoint
-    from flowcli.console import stderr
+    from flowcli.console import say
     from flowcli.io.atomic import check_writable
 
     if len(files) < 2:
@@ -691,7 +689,7 @@ def average_command(
     model = average_checkpoints(list(files), weights)
     save_checkpoint(model, output, provenance=model.provenance, dtype=torch.float16 if fp16 else None,
                     overwrite=overwrite)  # fmt: skip
-    stderr.print(f"wrote {output}: the average of {len(files)} checkpoints")
+    say(f"wrote {output}: the average of {len(files)} checkpoints")
 
 
 @weights_app.command(
@@ -809,11 +807,11 @@ def push_command(
                     "registry": str(registry_file) if registry_file else None})
         return
     typer.echo(source)
-    from flowcli.console import stderr
+    from flowcli.console import say, stderr
 
-    stderr.print(f"pushed {file} to {repo} ({entry['files'][0]['sha256'][:12]})", highlight=False)
+    say(f"pushed {file} to {repo} ({entry['files'][0]['sha256'][:12]})")
     if registry_file is not None:
-        stderr.print(f"registry entry {name!r} written to {registry_file}", highlight=False)
+        say(f"registry entry {name!r} written to {registry_file}")
     else:
-        stderr.print("registry entry (add it to a FLOWCLI_REGISTRY file, or pass --registry FILE):", highlight=False)
+        say("registry entry (add it to a FLOWCLI_REGISTRY file, or pass --registry FILE):")
         stderr.print_json(json.dumps({name: entry}))

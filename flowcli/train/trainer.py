@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
-from flowcli.console import progress, stderr
+from flowcli.console import progress, say, stderr
 from flowcli.data.datasets import STEREO_DATASETS, FlowDataset, make_dataset, parse_dataset_spec
 from flowcli.data.workers import stop_quietly_on_sigterm
 from flowcli.errors import FlowcliError, InputError, OutputError
@@ -495,7 +495,7 @@ def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict
             return state
         problem = f"is not a flowcli training state (no {', '.join(missing)})"
     if overwrite:
-        stderr.print(f"replacing the run in {state_path.parent} ({state_path.name} {problem}, --overwrite)")
+        say(f"replacing the run in {state_path.parent} ({state_path.name} {problem}, --overwrite)")
         return None
     raise InputError(f"{state_path} {problem}; pass --overwrite to start the run afresh, or choose another --out")
 
@@ -679,7 +679,7 @@ def train(
                 "(checkpoint_every, eval_every and eval_datasets may change), another --out, or --overwrite to start "
                 "afresh"
             )
-        stderr.print(f"replacing the run in {out} (another config, --overwrite)")
+        say(f"replacing the run in {out} (another config, --overwrite)")
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -689,7 +689,7 @@ def train(
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"].cpu())
         step, history = state["step"], json.loads(state["history"])
-        stderr.print(f"resuming {out} at step {step}/{cfg.steps}")
+        say(f"resuming {out} at step {step}/{cfg.steps}")
     else:  # an earlier run's evaluations and average are not this run's
         for stale in [out / "eval.json"] + ([out / "ema.safetensors"] if ema is None else []):
             if stale.is_symlink() or not stale.is_dir():  # (a folder of that name is refused where it is written)
@@ -760,7 +760,7 @@ def train(
                     history.append(record)
                 bar.update(task, completed=step, info=f"loss {record['total']:.3f} epe {record['epe']:.2f}")
                 if not stderr.is_terminal and not quiet and step % 10 == 0:  # a log file gets plain lines
-                    stderr.print(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
+                    say(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
                 if eval_every and evaluate is not None and step % eval_every == 0:
                     evaluated = ema.model if ema is not None else model  # the weights a user would take
                     evaluated.eval()
@@ -768,7 +768,7 @@ def train(
                     evaluated.train()
                     history[-1]["eval"] = metrics
                     _write_evaluations(out / "eval.json", history)
-                    stderr.print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                    say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 if step % cfg.checkpoint_every == 0 or step == end:
                     with _interrupt_deferred():
                         save_state()
