@@ -1026,6 +1026,24 @@ def test_a_file_another_run_wrote_meanwhile_is_kept_without_overwrite(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_flow.flo", "b.npy"]
 
 
+def test_a_failed_output_leaves_no_folder_it_made(tmp_path):
+    """`flowcli export -o new/deep/m.onnx` whose check failed said "nothing was written" and left new/deep behind,
+    empty. A folder that other outputs share stays."""
+    from flowcli.io import atomic
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(tmp_path / "new" / "deep" / "m.onnx") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+    write_npy(tmp_path / "shared" / "a.npy", random_flow())
+    with pytest.raises(ValueError):
+        with atomic.atomic_path(tmp_path / "shared" / "b.npy"):
+            raise ValueError("the writer failed")
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == ["a.npy"]
+
+
 def _interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 

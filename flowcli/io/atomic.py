@@ -111,6 +111,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
 
     The temp name keeps the suffix, so writers that choose a format by extension still work.
     """
+    made = _missing_folders(Path(path))
     path = check_writable(path, overwrite)
     tmp = None
     try:  # from here on, a Ctrl-C or SIGTERM (raised as KeyboardInterrupt) anywhere removes the temp file
@@ -134,9 +135,22 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        for folder in made:  # a failed output leaves no empty folders behind ("nothing was written")
+            with contextlib.suppress(OSError):  # not empty: another output went there meanwhile
+                folder.rmdir()
         raise
     finally:
         _OUTPUT_OF_TEMP.pop(tmp, None)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    missing = []
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _make_temp(path: Path) -> Path:
