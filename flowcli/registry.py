@@ -152,10 +152,19 @@ def list_models() -> list[str]:
 
 def model_entry(name: str) -> dict:
     """The registry entry of `name`; an unknown name raises WeightsError listing the known ones."""
+    _refuse_empty(name)
     models = load_registry()["models"]
     if name not in models:
         raise WeightsError(_unknown_name_message(name, models))
     return models[name]
+
+
+def _refuse_empty(spec: str) -> None:
+    """A name, spec or path given as "" (a `-w "$WEIGHTS"` with the variable unset) is refused, not read as the
+    current folder."""
+    if isinstance(spec, str) and not spec.strip():
+        raise WeightsError('the weights are given as "" (empty); give a model name, hf:// spec, URL or .safetensors '
+                           "file, or leave the option out for the bundled default")  # fmt: skip
 
 
 def _unknown_name_message(name: str, models: dict) -> str:
@@ -324,6 +333,7 @@ def resolve(spec: str | os.PathLike, offline: bool = False, *, quiet: bool = Fal
     WeightsError naming the missing file and the `flowcli weights download` command that fetches it.
     """
     spec = os.fspath(spec)
+    _refuse_empty(spec)
     if spec.startswith(SOURCE_PREFIXES):
         name, record = _source_record(spec)
         return _fetch(name, record, offline=offline, quiet=quiet)
@@ -369,6 +379,7 @@ def verify_source(spec: str) -> tuple[str, str]:
     does: against the sha256 and size of the registry entry that uses the source, else an hf:// file against
     the Hub's own sha256. A URL in no registry entry has no sha256 to check: "unverified", cached or not.
     """
+    _refuse_empty(spec)
     name, record = _source_record(spec)
     return record["path"], _status(name, record)
 
@@ -376,6 +387,7 @@ def verify_source(spec: str) -> tuple[str, str]:
 def verify_path(path: str | os.PathLike) -> tuple[str, dict, str] | None:
     """(registry name, file record, status) when local file `path` is a registry file's bundled or cached copy,
     checked as `verify` checks it; None for a file that no registry entry holds."""
+    _refuse_empty(os.fspath(path))
     for name, entry in load_registry()["models"].items():
         for record in entry["files"]:
             try:

@@ -575,6 +575,49 @@ def test_a_data_worker_ends_quietly_on_a_sigterm_sent_to_the_whole_job():
     assert_worker_ends_quietly_on_sigterm(iter(_loader([torch.zeros(1)] * 8, 0, 8, workers=1)))
 
 
+def test_a_ctrl_c_while_a_batch_is_received_waits_for_it_and_shuts_the_data_workers_down(
+    footage, base, tmp_path, monkeypatch
+):
+    """As in `flowcli train`: a terminal sends Ctrl-C to the data workers too, and a Ctrl-C in the middle of receiving
+    a batch cut the socket that passes its tensors' shared memory, so a worker printed a traceback from
+    multiprocessing/resource_sharer.py after the "interrupted" line; a worker that ended on its own Ctrl-C could no
+    longer send what the main process was receiving. The workers stayed up until exit, after the message."""
+    import multiprocessing
+    import os
+    import signal
+
+    from flowcli.adapt import trainer
+
+    others = set(multiprocessing.active_children())
+    start_loader, received = trainer._loader, []
+
+    def ctrl_c_mid_receive(*args, **kwargs):
+        batches = iter(start_loader(*args, **kwargs))  # the workers start now, as they do in adapt
+
+        def receive():
+            while True:
+                if len(received) == 2:  # as a terminal sends it: to the whole job
+                    workers = set(multiprocessing.active_children()) - others
+                    for worker in workers:
+                        os.kill(worker.pid, signal.SIGINT)
+                    signal.raise_signal(signal.SIGINT)
+                    for worker in workers:
+                        worker.join(timeout=1)  # (one that ended on it has done so by now)
+                received.append(next(batches))
+                yield received[-1]
+
+        return receive()
+
+    monkeypatch.setattr(trainer, "_loader", ctrl_c_mid_receive)
+    output = tmp_path / "adapted.safetensors"
+    with pytest.raises(FlowcliError, match=r"interrupted at step 2/6; state saved .* to resume") as raised:
+        adapt(_config(footage, base, output, workers=1), quiet=True)
+    assert len(received) == 3  # the batch being received when the Ctrl-C came was received whole
+    # gone while the error (its traceback, which holds adapt's variables) is still about, as when the CLI prints it
+    assert raised.value and set(multiprocessing.active_children()) == others
+    assert (tmp_path / "adapted.adapt" / "state.pt").is_file() and not output.exists()
+
+
 def test_the_final_report_on_80_columns_keeps_paths_and_numbers_whole(monkeypatch):
     """The report's heading was the table's title, wrapped to the table's width even on a wide terminal, and its
     output path (and the report's) folded mid-name ("street_" / "scene_0001"); the paths now come whole on lines of

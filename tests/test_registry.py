@@ -625,6 +625,24 @@ def test_names_and_paths(tmp_path, monkeypatch, checkpoint_bytes):
     assert registry.verify("alpha") == [("model.safetensors", registry.UNVERIFIED)]  # TBD sha256
 
 
+@pytest.mark.parametrize(
+    "call", ["resolve", "model_entry", "fetch_model", "local_copy", "verify", "verify_source", "verify_path"]
+)
+def test_an_empty_name_is_refused_as_load_model_refuses_it(tmp_path, monkeypatch, call):
+    """`registry.resolve("")` (a name from an unset variable) said "' is a folder" (the current folder);
+    verify_source("") gave a status for a file named "download", the other calls "unknown model ''"."""
+    from flowcli.models import resolve_model_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError) as refused:
+        resolve_model_file("")
+    for empty in ("", " "):
+        with pytest.raises(WeightsError) as raised:
+            getattr(registry, call)(empty)
+        assert str(raised.value) == str(refused.value) and raised.value.exit_code == 4
+        assert '"" (empty)' in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_sha256_is_remembered_only_while_the_file_is_unchanged(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"a" * 10)

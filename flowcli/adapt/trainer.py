@@ -59,7 +59,7 @@ from flowcli.adapt.transforms import (
 )
 from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
 from flowcli.console import print_error, progress, stderr, warn
-from flowcli.data.workers import stop_quietly_on_sigterm
+from flowcli.data.workers import receiving_batch, start_data_worker
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.evaluation import headline_metrics
 from flowcli.io.atomic import atomic_path, check_creatable
@@ -384,7 +384,7 @@ def _loader(dataset: StepBatches, start: int, end: int, workers: int) -> DataLoa
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
-        worker_init_fn=stop_quietly_on_sigterm if workers else None,
+        worker_init_fn=start_data_worker if workers else None,
     )
 
 
@@ -1060,6 +1060,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     if budget is not None and step == 0:
         budget_allows_step()  # no time left to train: refused before a progress bar is drawn
+    batches = None
     try:
         with progress(quiet or not ctx.main) as bar:
             task = bar.add_task("adapt", total=plan.total, completed=step, info="")
@@ -1073,7 +1074,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                 else:  # with a second timing due, stop at the stage change
                     end = plan.stage1 if recalibrate_at_stage2() else plan.total
                 budget_spent = False
-                for batch in _loader(dataset, step, end, workers):
+                batches = iter(_loader(dataset, step, end, workers))
+                while True:
+                    with receiving_batch(workers):
+                        batch = next(batches, None)
+                    if batch is None:
+                        break
                     if budget is not None and not budget_allows_step():
                         budget_spent = True
                         break
@@ -1114,6 +1120,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         save_state()
                     if plan.total is not None and step >= (plan.stage1 if recalibrate_at_stage2() else plan.total):
                         break  # the plan shrank below the end this loader was asked for
+                batches = None  # its workers end now, before those of the next loader start
                 if budget_spent and timing_distillation:
                     skip_distillation()
                 elif budget_spent:  # the run ends here, during a timing or before the planned count
@@ -1149,6 +1156,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             f"interrupted at step {step}/{plan.total or '?'}; state saved in {state_path} (weights so far in "
             f"{workdir / 'last.safetensors'}). Run the same command again to resume."
         ) from None
+    finally:
+        del batches  # the data workers are shut down now, not at exit after the message (see receiving_batch)
 
     result: dict = {"output": str(output), "steps": step, "stages": {"photometric": plan.stage1, "total": plan.total}}
     if ctx.main:

@@ -14,13 +14,11 @@ __all__ = ["FlowNet", "FlowNetConfig", "FlowOutput", "load_model", "resolve_mode
 
 
 def resolve_model_file(name_or_path: str | Path | None = None, offline: bool = False, quiet: bool = False) -> Path:
-    """The verified local checkpoint for a flow model spec (default: the bundled model), fetched if needed."""
+    """The verified local checkpoint for a flow model spec (default: the bundled model), fetched if needed; "" (an
+    unset `-w "$WEIGHTS"`) is refused by `resolve`, not taken as the default."""
     from flowcli.errors import WeightsError
     from flowcli.registry import load_registry, resolve
 
-    if isinstance(name_or_path, str) and not name_or_path.strip():  # `-w "$WEIGHTS"` with the variable unset
-        raise WeightsError('the weights are given as "" (empty); give a model name, hf:// spec, URL or .safetensors '
-                           "file, or leave the option out for the bundled default")  # fmt: skip
     spec = str(DEFAULT_MODEL if name_or_path is None else name_or_path)
     entry = load_registry()["models"].get(spec)
     if entry is not None and entry.get("task") not in (None, "flow", "stereo"):

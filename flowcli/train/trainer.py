@@ -7,13 +7,10 @@ same config continues from it and produces the same loss curve.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
 import os
-import signal
-import threading
 import time
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +23,7 @@ import torch.nn.functional as F
 from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
 from flowcli.console import progress, say, stderr
 from flowcli.data.datasets import STEREO_DATASETS, FlowDataset, make_dataset, parse_dataset_spec
-from flowcli.data.workers import stop_quietly_on_sigterm
+from flowcli.data.workers import interrupt_deferred, receiving_batch, start_data_worker
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.io.atomic import atomic_path
 from flowcli.inference import is_out_of_memory
@@ -317,14 +314,6 @@ class SynthStream(torch.utils.data.IterableDataset):
         return s.images[0], s.images[1], s.flow_forward, valid
 
 
-def _start_data_worker(worker_id: int) -> None:
-    """A Ctrl-C is the main process's to handle, though a terminal sends it to every process of the job: a worker
-    that ended on it could no longer pass on the batch the main process was receiving (see `train`). The main
-    process shuts its workers down once it has stopped."""
-    stop_quietly_on_sigterm(worker_id)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _batches(
     cfg: TrainConfig, step: int, textures: TextureBank | None, datasets: list[tuple[FlowDataset, float]] | None = None
 ) -> Iterator:
@@ -335,7 +324,7 @@ def _batches(
         num_workers=cfg.workers,
         persistent_workers=False,
         prefetch_factor=2 if cfg.workers else None,
-        worker_init_fn=_start_data_worker if cfg.workers else None,
+        worker_init_fn=start_data_worker if cfg.workers else None,
     )
     return iter(loader)
 
@@ -498,46 +487,6 @@ def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict
         say(f"replacing the run in {state_path.parent} ({state_path.name} {problem}, --overwrite)")
         return None
     raise InputError(f"{state_path} {problem}; pass --overwrite to start the run afresh, or choose another --out")
-
-
-@contextlib.contextmanager
-def _interrupt_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, impatient: bool = False):
-    """Hold a Ctrl-C (SIGINT) or a SIGTERM (those of `signums`) until the block is done, then deliver it: the
-    update of the weights, the optimiser, the schedule and the step count (or a save of them) is never left half
-    done, so the state saved on an interrupt is always that of a whole step. `impatient`: a second signal of the
-    same kind is delivered at once. Outside the main thread the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {}
-
-    def hold(signum, frame):
-        if impatient and signum in received:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    try:
-        for signum in signums:
-            previous[signum] = signal.signal(signum, hold)
-    except ValueError:  # not the main interpreter
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    for signum in dict.fromkeys(received):
-        handler = previous[signum]
-        if callable(handler):  # Python's SIGINT handler raises KeyboardInterrupt; flowcli's SIGTERM one too
-            handler(signum, None)
-        elif handler == signal.SIG_DFL:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), signum)  # the default of SIGTERM: end the process, now that the step is whole
 
 
 # Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
@@ -722,19 +671,12 @@ def train(
     saved = step if state is not None else -1  # the step whose state is on disk
     model.train()
     batches = _batches(cfg, step, textures, datasets)
-    # A data worker passes a batch's tensors over a socket (the file descriptors of their shared memory), which a
-    # Ctrl-C in the middle of receiving them cut: the worker printed a traceback from multiprocessing's
-    # resource_sharer. So a Ctrl-C waits for the batch (a second one does not), and the workers ignore it. Not a
-    # SIGTERM: a job's stop ends the workers too (stop_quietly_on_sigterm), and the batch would never come.
-    def receiving():
-        return _interrupt_deferred((signal.SIGINT,), impatient=True) if cfg.workers else contextlib.nullcontext()
-
     started = time.time()
     try:
         with progress(quiet) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
-                with receiving():
+                with receiving_batch(cfg.workers):
                     batch = next(batches)
                 image1, image2, flow, valid = (t.to(device, non_blocking=True) for t in batch)
                 valid = None if bool(valid.all()) else valid  # (an all-valid batch: the plain mean, as ever)
@@ -749,7 +691,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 _check_finite(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad), "gradient norm", step, saved, out)
-                with _interrupt_deferred():  # a Ctrl-C lands before or after a whole step, never inside
+                with interrupt_deferred():  # a Ctrl-C lands before or after a whole step, never inside
                     optimizer.step()
                     scheduler.step()
                     if ema is not None:
@@ -770,7 +712,7 @@ def train(
                     _write_evaluations(out / "eval.json", history)
                     say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 if step % cfg.checkpoint_every == 0 or step == end:
-                    with _interrupt_deferred():
+                    with interrupt_deferred():
                         save_state()
                         saved = step
     except RuntimeError as error:  # (torch's out-of-memory errors are RuntimeErrors, a data worker's too)
@@ -788,7 +730,7 @@ def train(
     except KeyboardInterrupt:
         if saved != step:
             try:
-                with _interrupt_deferred():
+                with interrupt_deferred():
                     save_state()
             except KeyboardInterrupt:  # a second Ctrl-C while saving: the state is saved all the same
                 pass
@@ -796,7 +738,7 @@ def train(
             f"interrupted at step {step}; state saved in {state_path}. Run the same command again to resume."
         ) from None
     finally:
-        del batches  # the data workers are shut down now, not at exit after the message (the iterator's __del__)
+        del batches  # the data workers are shut down now, not at exit after the message (see receiving_batch)
     return {
         "steps": step,
         "seconds": time.time() - started,
