@@ -143,6 +143,36 @@ def test_ctrl_c_saves_state_and_the_resumed_run_continues_the_schedule(footage, 
     assert resumed["heldout"]["before"] == straight["heldout"]["before"]
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_right_after_the_optimiser_step_saves_a_whole_step(footage, base, tmp_path, signal_name):
+    """A Ctrl-C (or a job's SIGTERM, which flowcli turns into one) between the weight update and the step count
+    saved updated weights under the previous step number: the resumed run repeated that step on moved weights."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from flowcli.cli.main import _sigterm_as_ctrl_c
+
+    straight = adapt(_config(footage, base, tmp_path / "straight.safetensors"), quiet=True)
+    calls = []
+
+    def interrupt_after_fourth_update(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            signal.raise_signal(getattr(signal, signal_name))
+
+    output = tmp_path / "resumed.safetensors"
+    handle = register_optimizer_step_post_hook(interrupt_after_fourth_update)
+    try:
+        with _sigterm_as_ctrl_c(), pytest.raises(FlowcliError, match="interrupted at step 4/6"):
+            adapt(_config(footage, base, output), quiet=True)
+    finally:
+        handle.remove()
+    resumed = adapt(_config(footage, base, output), quiet=True)
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
 def test_a_state_saved_before_a_setting_existed_still_resumes(footage, base, tmp_path):
     """A run interrupted under an older flowcli lacks settings added since; at their defaults it resumes."""
     output = tmp_path / "old.safetensors"

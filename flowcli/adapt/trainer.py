@@ -59,7 +59,7 @@ from flowcli.adapt.transforms import (
 )
 from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
 from flowcli.console import print_error, progress, stderr, warn
-from flowcli.data.workers import receiving_batch, start_data_worker
+from flowcli.data.workers import interrupt_deferred, receiving_batch, start_data_worker
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.evaluation import headline_metrics
 from flowcli.io.atomic import atomic_path, check_creatable
@@ -1098,11 +1098,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     terms["total"].backward()
                     _check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad), "gradient",
                                   step, cfg)  # fmt: skip
-                    optimizer.step()
-                    step += 1
-                    record = {"step": step, "stage": stage, "lr": optimizer.param_groups[0]["lr"]}
-                    record.update({k: round(float(v.detach()), 5) for k, v in terms.items()})
-                    history.append(record)
+                    with interrupt_deferred():  # a Ctrl-C saves a whole step: weights, moments and count together
+                        optimizer.step()
+                        step += 1
+                        record = {"step": step, "stage": stage, "lr": optimizer.param_groups[0]["lr"]}
+                        record.update({k: round(float(v.detach()), 5) for k, v in terms.items()})
+                        history.append(record)
                     info = f"stage {stage} " + " ".join(
                         f"{k} {record[k]:.3f}" for k in ("photo", "smooth1", "smooth2", "distill", "temporal",
                                                         "vertical", "quad", "triangle", "anchor", "occ") if k in record
