@@ -58,7 +58,7 @@ from flowcli.adapt.transforms import (
     teacher_targets,
 )
 from flowcli.checkpoint import changed_settings, field_defaults, save_checkpoint
-from flowcli.console import print_error, progress, stderr, warn
+from flowcli.console import print_error, progress, say, stderr, warn
 from flowcli.data.workers import interrupt_deferred, receiving_batch, start_data_worker
 from flowcli.errors import FlowcliError, InputError, OutputError
 from flowcli.evaluation import headline_metrics
@@ -870,7 +870,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             teacher = freeze(model)
             teacher.load_state_dict(state["teacher"])
         if ctx.main:
-            stderr.print(f"resuming {output} at step {step}/{plan.total or '?'} (state in {state_path})")
+            say(f"resuming {output} at step {step}/{plan.total or '?'} (state in {state_path})")
 
     # extra teachers only where a distillation stage may run (a minutes budget is not split yet)
     distills = plan.total is None or plan.stage1 is None or plan.stage1 < plan.total
@@ -1033,8 +1033,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         bar.update(task, total=plan.total)
         if ctx.main and not shrunk_once[0]:
             shrunk_once[0] = True
-            stderr.print(f"steps slowed to {budget.per_step:.2f} s: the {cfg.minutes:g}-minute budget now allows "
-                         f"{plan.total} steps, and the schedule is shortened to end with it")  # fmt: skip
+            say(f"steps slowed to {budget.per_step:.2f} s: the {cfg.minutes:g}-minute budget now allows "
+                f"{plan.total} steps, and the schedule is shortened to end with it")  # fmt: skip
         warn_if_few_steps()
 
     def warn_if_few_steps() -> None:
@@ -1110,7 +1110,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     )  # fmt: skip
                     bar.update(task, completed=step, info=info)
                     if ctx.main and not quiet and not stderr.is_terminal and step % 10 == 0:
-                        stderr.print(f"step {step}/{plan.total or '?'} {info}")
+                        say(f"step {step}/{plan.total or '?'} {info}")
                     if callback is not None:
                         callback(step, record)
                     if budget is not None:
@@ -1130,8 +1130,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                     plan.stage1 = step if plan.stage1 is None else min(plan.stage1, step)
                     bar.update(task, total=plan.total)
                     if ctx.main:
-                        stderr.print(f"the {cfg.minutes:g}-minute budget is spent after {step} steps"
-                                     + (f" of the {planned} planned" if planned else ""))  # fmt: skip
+                        say(f"the {cfg.minutes:g}-minute budget is spent after {step} steps"
+                            + (f" of the {planned} planned" if planned else ""))  # fmt: skip
                     warn_if_few_steps()
                     save_state()
                 elif plan.total is None:  # the timing is done: as many steps as the time left allows
@@ -1144,7 +1144,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                         plan.stage1 = max(plan_stages(plan.total, len(train), batch_world, cfg), step)
                     bar.update(task, total=plan.total)
                     if ctx.main:
-                        stderr.print(
+                        say(
                             f"{budget.per_step:.2f} s/{'distillation ' if distilling else ''}step: the "
                             f"{cfg.minutes:g}-minute budget allows {plan.total} steps"
                             + (" in all" if distilling and plan.stage1 else "")
