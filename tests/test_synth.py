@@ -505,3 +505,53 @@ def test_synth_refuses_the_options_of_the_other_mode_only_when_given(monkeypatch
     code, _, err = run(tmp_path / "c.mp4", "--clip", "--size", "32x32")
     assert code == 0, err
     assert "12 fps" in err
+
+
+def test_synth_clip_of_an_extension_no_video_takes_is_refused_before_rendering_leaving_no_folder(
+    monkeypatch, capsys, tmp_path
+):
+    """A clip named .avi was refused by the video writer only after its scene was rendered, and the folders made for
+    it were left behind."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    import flowcli.synth.generator as generator
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered before the output was checked")
+
+    monkeypatch.setattr(generator, "generate_sample", no_rendering)
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "new" / "sub" / "c.avi", "--clip", "--size", "32x32")
+    assert_one_line_error(code, err, 3, "c.avi", ".mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_rate_counts_the_rendering_of_the_first_scene(monkeypatch, capsys, tmp_path):
+    """The first scene is rendered before the folder is made: the rate left its rendering out, so `-n 1` reported
+    the speed of writing five small files."""
+    import time
+
+    from cli_harness import in_process_cli
+
+    import flowcli.synth.generator as generator
+
+    render = generator.generate_sample
+
+    def slow_render(*args, **kwargs):
+        time.sleep(0.25)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(generator, "generate_sample", slow_render)
+    code, _, err = in_process_cli(monkeypatch, capsys, "synth")(tmp_path / "data", "-n", "1", "--size", "32x32")
+    assert code == 0, err
+    rate = float(err.split("(")[-1].split(" scenes/s")[0])
+    assert rate < 4.0, err
+
+
+def test_synth_frames_help_says_what_it_means_for_a_clip(monkeypatch, capsys):
+    from cli_harness import in_process_cli
+
+    code, out, err = in_process_cli(monkeypatch, capsys, "synth")("--help")
+    assert code == 0, err
+    help_text = " ".join(out.replace("│", " ").split())
+    assert "With --clip: the video's length, any number >= 2" in help_text

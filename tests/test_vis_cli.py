@@ -579,3 +579,63 @@ def test_ground_truth_of_sintel_and_middlebury_is_coloured_at_its_size(run, tmp_
     known = np.isfinite(disparity)
     assert not known.all() and (disparity_rgb[~known] == 0).all() and (disparity_rgb[known].max(axis=-1) > 0).all()
     assert disparity_line["kind"] == "disparity" and disparity_line["max"] == pytest.approx(disparity[known].max())
+
+
+def test_fps_without_video_is_refused_instead_of_ignored(run, tmp_path):
+    write_flo(tmp_path / "a.flo", _flow())
+    code, _, err = run(tmp_path / "a.flo", "--fps", "24", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 3, "--fps", "--video")
+    assert _files(tmp_path / "vis") == []
+
+
+def test_a_scale_for_a_kind_no_input_has_is_warned_of(run, tmp_path):
+    """--max-disparity on flow files, or --min-depth without a depth map, changed nothing without a word."""
+    write_flo(tmp_path / "a.flo", _flow())
+    code, _, err = run(tmp_path / "a.flo", "--max-disparity", "16", "--min-depth", "2", "--max-flow", "3",
+                       "-o", tmp_path / "vis", "-q")
+    assert code == 0, err
+    assert "--max-disparity is left unused: no input is a disparity map" in err
+    assert "--min-depth is left unused: no input is a depth map" in err
+    assert "--max-flow" not in err
+
+
+def test_a_glob_matching_only_folders_says_so(run, tmp_path):
+    for scene in ("alley_1", "cave_2"):
+        write_flo(tmp_path / "flow" / scene / "frame_0001.flo", _flow())
+    code, _, err = run(str(tmp_path / "flow" / "*"), "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 2, "matches 2 folder(s) and no files", str(tmp_path / "flow" / "*" / "*"))
+    assert _files(tmp_path / "vis") == []
+
+
+def test_an_input_without_a_valid_pixel_is_warned_of(run, tmp_path):
+    """A KITTI PNG whose valid channel is 0 everywhere, or a .flo of NaN, became an all-black picture without a
+    word."""
+    raw = np.full((H, W, 3), 2**15, np.uint16)
+    raw[:, :, 2] = 0
+    write_png(tmp_path / "none_valid.png", raw)
+    write_flo(tmp_path / "nan.flo", np.full((H, W, 2), np.nan, np.float32))
+    write_flo(tmp_path / "good.flo", _flow())
+    code, out, err = run(tmp_path / "none_valid.png", tmp_path / "nan.flo", tmp_path / "good.flo",
+                         "-o", tmp_path / "vis", "-q", "--json")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, err
+    assert "none_valid.png: its flow has no valid pixel" in warnings[0] and "KITTI" in warnings[0]
+    assert "nan.flo: its flow has no valid pixel" in warnings[1] and "all black" in warnings[1]
+    assert [line["valid_fraction"] for line in _json_lines(out)] == [0.0, 0.0, 1.0]
+
+
+def test_values_beyond_float32_are_unknown_without_a_numpy_warning(monkeypatch, capsys, tmp_path):
+    """float64 arrays beyond float32's range gave 'warning: overflow encountered in cast', naming no file."""
+    run = in_process_cli(monkeypatch, capsys, "vis", show_every_warning=True)
+    flow = _flow().astype(np.float64)
+    flow[0, 0] = (1e300, 0.0)
+    disparity = np.full((H, W), 5.0)
+    disparity[1, 1] = -1e300
+    write_npy(tmp_path / "flow.npy", flow)
+    write_npy(tmp_path / "disparity.npy", disparity)
+    code, out, err = run(tmp_path / "flow.npy", tmp_path / "disparity.npy", "-o", tmp_path / "vis", "-q", "--json")
+    assert code == 0, err
+    assert "overflow" not in err and err == ""
+    flow_line, disparity_line = _json_lines(out)
+    assert flow_line["valid_fraction"] == disparity_line["valid_fraction"] == round(1 - 1 / (H * W), 6)

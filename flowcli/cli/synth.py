@@ -48,7 +48,11 @@ def synth(
         0, help="Scene i uses seed (seed, i): the same command writes the same data. Between -10^12 and 10^12."
     ),
     stereo: bool = typer.Option(False, help="Purely horizontal motion: img1 = left, img2 = right, disparity = -u."),
-    frames: int = typer.Option(2, help="Frames per scene: 2, or 3 for triplets (constant motion)."),
+    frames: int = typer.Option(
+        2,
+        help="Frames per scene: 2, or 3 for triplets (constant motion). With --clip: the video's length, any "
+        "number >= 2.",
+    ),
     textures: list[str] = typer.Option(  # not Path: Typer would make "" the current folder
         None,
         help="Real images used as textures: image files, folders of frames and videos (every 8th image of a "
@@ -162,6 +166,7 @@ def synth(
             stderr.print(f"wrote {output} ({frames} frames, {size_written}{padded}, {fps:g} fps)")
         return
 
+    started = time.perf_counter()  # the rate counts the first scene's rendering too
     first = render(seed * 1_000_003)  # before anything is written: a --size too large for memory fails here
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -180,7 +185,6 @@ def synth(
                 "textures": [str(Path(t)) for t in textures or []]}
     with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(settings, indent=2))
-    started = time.time()
     with progress(quiet) as bar:
         task = bar.add_task("rendering", total=count, info="")
         for i in range(count):
@@ -195,7 +199,7 @@ def synth(
             occ = (sample.occlusion_forward[0] * 255).to(torch.uint8).numpy()
             write_png(f"{stem}_occ.png", occ, overwrite=overwrite)
             bar.update(task, advance=1)
-    rate = count / (time.time() - started)
+    rate = count / max(time.perf_counter() - started, 1e-9)
     if not quiet:
         scenes = "1 scene" if count == 1 else f"{count} scenes"
         stderr.print(f"wrote {scenes} to {output} ({rate:.1f} scenes/s including PNG/.flo writing)")
@@ -243,11 +247,16 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     mixed with the new one. Returns the files to remove first (with --overwrite): the scene files of an
     earlier synth run in the folder (it holds synth.json) that this run does not write."""
     from flowcli.errors import OutputError
-    from flowcli.io.atomic import check_target, check_writable
-    from flowcli.io.media import is_video
+    from flowcli.io.atomic import check_creatable, check_target
+    from flowcli.io.media import VIDEO_OUTPUT_SUFFIXES, is_video
 
     if clip:
-        check_writable(output, overwrite)  # refuses a folder even with --overwrite
+        # before the scene is rendered, and without making its folders: the video writer makes them
+        if output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+            raise OutputError(
+                f"cannot write video {output}: use one of {' '.join(VIDEO_OUTPUT_SUFFIXES)} (H.264), e.g. clip.mp4"
+            )
+        check_creatable(output, overwrite)  # refuses a folder even with --overwrite
         return []
     if output.exists() and not output.is_dir():
         raise OutputError(

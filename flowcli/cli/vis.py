@@ -42,6 +42,9 @@ _GLOB_CHARS = "*?["
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
 DEPTH_SUFFIXES = (".npy", ".pfm", ".png")  # of files named as depth maps: flowcli stereo's depth outputs
+_UNKNOWN = {"flow": "inf, NaN, >= 1e9, or valid = 0 in a KITTI PNG",  # what makes a pixel unknown, per kind
+            "disparity": "inf, NaN, >= 1e9, or 0 in a KITTI PNG", "depth": "0 or below, inf or NaN"}
+_KIND_NAMES = {"flow": "flow field", "disparity": "disparity map", "depth": "depth map (named depth or *_depth)"}
 
 _HELP_PARAGRAPHS = [
     "Colour-code flow, disparity and depth files that already exist: one colour PNG per file, OUT/STEM_vis.png.",
@@ -219,6 +222,11 @@ def collect_inputs(arguments: list[str]) -> list[_Input]:
             matches = [Path(match) for match in glob.glob(argument, recursive=True)]
             if not matches:
                 raise InputError(f"no files match {argument}; check the pattern")
+            if all(match.is_dir() for match in matches):  # folders are listed when given, not when matched
+                raise InputError(
+                    f"{argument} matches {len(matches)} folder(s) and no files; match the files in them "
+                    f"('{os.path.join(argument, '*')}') or give the folders"
+                )
             found = _listed(matches, argument)
         else:
             raise InputError(f"{argument} does not exist; check the path")
@@ -352,19 +360,24 @@ def _read_bundle(path: Path, with_backward: bool) -> dict[bool, _Field]:
 def _read(path: Path, with_backward: bool) -> dict[bool, _Field]:
     """backward? -> field: the file's flow, disparity or depth (False), and an .npz's backward flow (True) if
     asked."""
+    import numpy as np
+
     from flowcli.io.flow_formats import read_flo, read_npy, read_pfm
 
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        fields = _read_bundle(path, with_backward)
-    elif suffix == ".flo":
-        fields = {False: _flow_field(read_flo(path))}
-    elif _is_depth_name(path):
-        fields = {False: _read_depth(path)}
-    elif suffix == ".png":
-        fields = {False: _read_png(path)}
-    else:
-        fields = {False: _read_array(path, read_npy(path) if suffix == ".npy" else read_pfm(path))}
+    # float64 values beyond float32's range become inf, unknown as a file's own inf is; numpy's warning about
+    # the cast would name no file
+    with np.errstate(over="ignore"):
+        if suffix == ".npz":
+            fields = _read_bundle(path, with_backward)
+        elif suffix == ".flo":
+            fields = {False: _flow_field(read_flo(path))}
+        elif _is_depth_name(path):
+            fields = {False: _read_depth(path)}
+        elif suffix == ".png":
+            fields = {False: _read_png(path)}
+        else:
+            fields = {False: _read_array(path, read_npy(path) if suffix == ".npy" else read_pfm(path))}
     width, height = fields[False].size
     if not width or not height:  # a .npy or .npz array may have 0 rows or columns, no picture can
         raise InputError(f"{path} holds an empty {width}x{height} array; flowcli vis colours maps of at least one "
@@ -532,6 +545,8 @@ def vis(
               "depth": _scale_option(min_depth, "--min-depth", "metres")}
     if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
         raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
+    if fps is not None and not video:
+        raise OutputError("--fps sets the frame rate of --video; add --video, or leave --fps out")
     template = check_template(name, NAME_FIELDS, _SAMPLE_NAME_FIELDS)
 
     items = collect_inputs(inputs)
@@ -546,20 +561,31 @@ def vis(
             stdout.flush()
 
     # ---- first pass: every input read and checked, nothing written; the bar goes when done (a terminal's only)
+    all_unknown: list[str] = []  # warned of once the bar is gone
     with progress(quiet, transient=True) as bar:
         task = bar.add_task("check", total=len(items), info="")
         for item in items:
             fields = _read(item.path, backward)
             item.kind, item.size, item.has_backward = fields[False].kind, fields[False].size, True in fields
-            for field in fields.values():
+            for is_backward, field in fields.items():
+                if not field.valid.any():
+                    which = "its backward flow" if is_backward else f"its {field.kind}"
+                    all_unknown.append(f"{item.path}: {which} has no valid pixel ({_UNKNOWN[field.kind]}); its "
+                                       "picture is all black")
                 full_colour = field.full_colour()
                 if full_colour is not None:
                     known = global_full_colour[field.kind]
                     wider = min if field.kind == "depth" else max
                     global_full_colour[field.kind] = full_colour if known is None else wider(known, full_colour)
             bar.update(task, advance=1, info=item.path.name)
+    for message in all_unknown:
+        warn(message)
     if backward and not any(item.has_backward for item in items):
         warn("--backward: no input holds a backward flow (flowcli estimate --npz bundles do)")
+    kinds = {item.kind for item in items}
+    for kind, flag in (("flow", "--max-flow"), ("disparity", "--max-disparity"), ("depth", "--min-depth")):
+        if scales[kind] is not None and kind not in kinds:
+            warn(f"{flag} is left unused: no input is a {_KIND_NAMES[kind]}")
     if video:
         _check_one_size(items)
     _plan_outputs(items, output, template, video, overwrite)
