@@ -428,6 +428,15 @@ def test_video_of_image_pairs_only_is_refused_before_any_work(media, tmp_path, c
         assert stdout == "" and not out.exists()
 
 
+def test_fps_without_video_is_refused_instead_of_ignored(media, tmp_path, cli, monkeypatch):
+    """`estimate a.png b.png --fps 24` wrote the pair's files and exited 0, the rate going nowhere."""
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    code, stdout, err = cli(media["a"], media["b"], "--fps", "24", "--weights", media["weights"], "-o", out)
+    assert_one_line_error(code, err, 3, "--fps sets the frame rate of --video")
+    assert stdout == "" and not out.exists()
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch: a few seconds, much more on a loaded machine
 def test_a_real_process_keeps_json_on_stdout(media, tmp_path):
     env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}

@@ -878,6 +878,8 @@ def stereo(
         raise InputError(f"--{wanted} needs a camera: give --focal PX and --baseline M, or --calib FILE")
     template = check_template(name, NAME_FIELDS, _SAMPLE_FIELDS)
     want_video = "video" in chosen
+    if fps is not None and not want_video:  # accepted and ignored, it left a user thinking a rate was set
+        raise OutputError("--fps sets the frame rate of --video; add --video, or leave --fps out")
     formats_set = frozenset(chosen - {"video"})
 
     # ---- inputs and outputs, before the model
