@@ -100,6 +100,8 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
     final `.{ext}`. The result must be a relative path
     inside the output folder (subfolders allowed).
     """
+    if not template.strip():  # `--name "$NAME"` with the variable unset: every output would be named _KIND.EXT
+        raise OutputError('--name "" is empty; give a template such as \'{stem}\', or leave --name out')
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as error:

@@ -365,6 +365,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [a, b, "--batch-size", "0"], 2, "--batch-size must be at least 1"
     if case == "unknown name placeholder":
         return [a, b, "--name", "{frame}"], 3, "{frame}"
+    if case == "empty name":  # an unset $NAME: every output was named _flow.flo
+        return [a, b, "--name", ""], 3, '--name "" is empty'
     if case == "unwritable output folder":
         return [a, b, "-o", a / "sub"], 3, "output folder"
     if case == "read-only output folder":
@@ -394,7 +396,7 @@ BAD_CASES = [
     "single image", "a pipe as input",
     "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device",
     "absent GPU",
-    "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder",
+    "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder", "empty name",
     "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",
 ]

@@ -411,6 +411,7 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
         ((media["sbs_video"],), 2, ("--sbs",)),
         ((media["left"], media["right"], "--formats", "pfm,zip"), 3, ("unknown output format 'zip'",)),
         ((media["left"], media["right"], "--name", "{frame1}"), 3, ("unknown placeholder {frame1}",)),
+        ((media["left"], media["right"], "--name", ""), 3, ('--name "" is empty',)),
         ((media["left"], media["right"], "--precision", "fp8"), 2, ("unknown precision 'fp8'",)),
         ((media["left"], media["right"], "--batch-size", "0"), 2, ("--batch-size must be at least 1",)),
         ((media["left"], media["right"], "--lr-threshold", "0"), 2, ("--lr-threshold must be a positive",)),
