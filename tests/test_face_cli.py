@@ -537,6 +537,51 @@ def test_a_face_model_with_too_few_vertices_is_a_weights_error(tmp_path, cli):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_face_model_without_arkit_or_ict_names_warns_that_arkit_weights_would_be_zero(tmp_path, cli):
+    """A --face-model whose expressions have names of its own wrote ARKit columns of zeros, without a word."""
+    import warnings
+
+    with np.load(FACE / "ict-facekit" / "ict_face_region.npz") as data:
+        own = np.array([f"shape{k}" for k in range(len(data["exp_names"]))])
+        np.savez(tmp_path / "own.npz", mean=data["mean"], id=data["id"][:2], exp=data["exp"], exp_names=own)
+    fast = ["--no-overlay", "--mesh-format", "none", "-q"]
+    with pytest.warns(UserWarning, match="every ARKit blendshape weight would be 0.*--blendshape-names ict"):
+        run = cli(["face", "fit", IMAGE, "--face-model", tmp_path / "own.npz", "-o", tmp_path / "out", *fast])
+    assert run.exit_code == 0, run.output
+    names = ["--blendshape-names", "ict"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "none of the face model")  # not for its own names, nor for ICT's
+        run = cli(["face", "fit", IMAGE, "--face-model", tmp_path / "own.npz", "-o", tmp_path / "ict", *names, *fast])
+        assert run.exit_code == 0, run.output
+        run = cli(["face", "fit", IMAGE, "-o", tmp_path / "arkit", *fast])
+        assert run.exit_code == 0, run.output
+    assert "shape0" in (tmp_path / "ict" / "image00050.blendshapes.csv").read_text()
+
+
+@pytest.mark.parametrize("landmarker", ["face_detection_short_range.tflite", None])
+def test_a_landmark_model_that_is_another_model_or_broken_is_a_weights_error(tmp_path, cli, landmarker):
+    """The detector's file in the landmarker's place (a valid TFLite model of other shapes) was a traceback at
+    the first face; a file that does not load named neither its folder nor what to do."""
+    from flowcli.errors import WeightsError
+
+    assets = tmp_path / "assets"
+    (assets / "mediapipe").mkdir(parents=True)
+    (assets / "ict-facekit").symlink_to(FACE / "ict-facekit")
+    (assets / "mediapipe" / "face_detection_short_range.tflite").symlink_to(
+        FACE / "mediapipe" / "face_detection_short_range.tflite"
+    )
+    placed = assets / "mediapipe" / "face_landmark.tflite"
+    if landmarker:
+        placed.symlink_to(FACE / "mediapipe" / landmarker)
+    else:
+        placed.write_bytes(b"not a model")
+    run = cli(["face", "fit", IMAGE, "--face-assets", assets, "-o", tmp_path / "out", "-q"])
+    assert isinstance(run.exception, WeightsError) and run.exception.exit_code == 4, run.output
+    message = str(run.exception)
+    assert str(placed) in message and "flowcli weights download mediapipe-face" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("length", [235, 240])
 def test_output_names_too_long_for_the_file_system_stop_the_run_before_any_work(tmp_path, cli, length):
     """An input whose output names (240: NAME.landmarks468.npy) or their temp files (235) exceed the file system's
@@ -581,6 +626,20 @@ def test_video_progress_names_the_file_as_given_and_counts_the_frames_with_a_fac
     assert run.exit_code == 0, run.output
     fitting = [line for line in run.stderr.splitlines() if ": fitting" in line]
     assert fitting and fitting[-1].startswith("[red]take.mp4: fitting") and " 2/2 " in fitting[-1], run.stderr
+
+
+def test_images_show_progress(tmp_path, cli):
+    """Only videos had a progress bar: a folder of photos ran for minutes without a line, with or without -q."""
+    import imageio.v3 as iio
+
+    blank = tmp_path / "blank.png"
+    iio.imwrite(blank, np.full((100, 100, 3), 128, np.uint8))
+    run = cli(["face", "fit", IMAGE, blank, "-o", tmp_path / "out", "--no-overlay", "--mesh-format", "none"])
+    assert run.exception.exit_code == 2, run.output  # a faceless image counts too
+    images = [line for line in run.stderr.splitlines() if line.startswith("images")]
+    assert images and " 2/2 " in images[-1], run.stderr
+    quiet = cli(["face", "fit", IMAGE, "-o", tmp_path / "quiet", "--no-overlay", "--mesh-format", "none", "-q"])
+    assert quiet.exit_code == 0 and "images" not in quiet.stderr, quiet.stderr
 
 
 def test_an_output_that_cannot_be_written_stops_a_run_of_several_inputs(tmp_path, cli, monkeypatch):

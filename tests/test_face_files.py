@@ -232,6 +232,27 @@ def test_convert_of_an_obj_with_the_wrong_vertex_count_is_exit_4(tmp_path):
     assert not (tmp_path / "m.npz").exists()
 
 
+def test_convert_to_an_upper_case_npz_name_writes_the_model_there(tmp_path):
+    """`face convert -o ict.NPZ` (the suffix check ignores case) published an empty ict.NPZ and left the model
+    in a hidden temp file: np.savez, given a name, appends .npz to any other suffix."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+    from flowcli.face.model import load_face_model
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    folder = _asset_folder(tmp_path) / "ict-facekit" / "FaceXModel"
+    out = tmp_path / "out" / "ict.NPZ"
+    run = CliRunner().invoke(app, ["face", "convert", str(folder), "-o", str(out)])
+    assert run.exit_code == 0, run.output
+    assert os.listdir(out.parent) == ["ict.NPZ"]  # no temp file beside it
+    model = load_face_model(out)
+    assert model.num_vertices == 9409 and model.exp_names == ["jawOpen"]
+
+
 def test_correspondence_generator_checks_arguments(tmp_path, capsys):
     from flowcli.face import correspondence
 

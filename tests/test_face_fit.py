@@ -91,6 +91,19 @@ def test_video_terms_batch(fitter):
     assert landmark_jitter(np.zeros((5, 68, 2))) == 0.0
 
 
+def test_video_progress_counts_each_frame_with_a_face_once(fitter):
+    """Overlapping windows counted their shared frames twice: `face fit` on an 84-frame clip showed 88/84."""
+    from flowcli.face.video import VideoOptions, fit_video
+
+    _, _, _, _, _, points = synthetic(fitter, 5)
+    seq = [points] * 12
+    seq[4] = None  # two runs of frames with a face, each longer than a window
+    counts = []
+    options = VideoOptions(steps=1, census_weight=0.0, window=4, overlap=2)
+    fit_video(fitter, seq, options=options, progress=counts.append)
+    assert counts == sorted(counts) and counts[-1] == 11
+
+
 def test_census_and_flow_terms(fitter):
     """Census and flow terms: finite, differentiable, and zero flow with a static textured face is a fixed point."""
     import torch

@@ -162,6 +162,13 @@ def fit_command(
     torch.set_num_threads(1)  # many tiny solves: threads only add contention
     # the runtime, assets and model first: a run that cannot start leaves no output folder behind
     pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=Path(face_model) if face_model else None)
+    exp_names = pipeline.model.exp_names
+    if names == Names.arkit and not any(pipeline.model.arkit_weights([1.0] * len(exp_names)).values()):
+        warn(  # a model of other names: every ARKit column is 0 while the fit has weights for its own
+            f"none of the face model's {len(exp_names)} expression names (e.g. {exp_names[0]}) is ARKit's or "
+            "ICT-FaceKit's (jawOpen, eyeBlink_L, ...), so every ARKit blendshape weight would be 0; pass "
+            "--blendshape-names ict to write the model's own names"
+        )
     flow_fn = _flow_model(flow_device, flow_precision) if flow and any(is_video(p) for p in inputs) else None
     job = FaceJob(pipeline, Path(output), settings, json_lines)
     stems = _unique_stems(inputs, max_faces)
@@ -172,6 +179,9 @@ def fit_command(
             job.check_outputs(stem, video=is_video(path), faces=1 if is_video(path) else max_faces)
         failures = []
         with progress(quiet) as bar:
+            # a video shows its own tasks; the images share one, else a folder of photos ran without a sign of life
+            images = sum(not is_video(p) for p in inputs)
+            image_task = bar.add_task("images", total=images, info="") if images else None
             for path, stem in zip(inputs, stems):
                 printed = job.records_printed
                 try:
@@ -196,6 +206,8 @@ def fit_command(
                         raise
                     print_error(error)
                     failures.append(path)
+                if not is_video(path):
+                    bar.advance(image_task)
         if overwrite:
             job.remove_stale_outputs(fitted, stems)
         if failures:

@@ -61,7 +61,10 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-def _interpreter(path: Path):
+def _interpreter(path: Path, input_shape: tuple, output_sizes: tuple):
+    """A TFLite interpreter for MediaPipe's model file `path`, checked to take `input_shape` and give outputs of
+    `output_sizes` elements: another model (the two files swapped, another MediaPipe release's) failed only at
+    its first image, with a traceback."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -75,8 +78,30 @@ def _interpreter(path: Path):
             interpreter = Interpreter(model_path=str(path), num_threads=1)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
-        raise WeightsError(f"cannot load {path.name}: {error}".splitlines()[0]) from None
+        raise WeightsError(f"cannot load {path}: {_first_line(error)}; {_REPLACE_HINT}") from None
+    got_input = tuple(int(n) for n in interpreter.get_input_details()[0]["shape"])
+    got_outputs = tuple(int(np.prod(o["shape"])) for o in interpreter.get_output_details())
+    if got_input != input_shape or got_outputs != output_sizes:
+
+        def shapes(image, outputs):
+            return f"a {'x'.join(map(str, image))} input and outputs of {' and '.join(map(str, outputs))} values"
+
+        raise WeightsError(
+            f"{path} is not MediaPipe's {path.name}: it has {shapes(got_input, got_outputs)}, where "
+            f"{shapes(input_shape, output_sizes)} are expected; {_REPLACE_HINT}"
+        )
     return interpreter
+
+
+# what to do about a MediaPipe model file that cannot be used, wherever it came from
+_REPLACE_HINT = (
+    "replace it with the file from the mediapipe==0.10.21 wheel, or remove it to use the checked download "
+    "(flowcli weights download mediapipe-face)"
+)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
 
 
 def ssd_anchors() -> np.ndarray:
@@ -121,8 +146,9 @@ class FaceMeshRunner:
     """Detect faces and their 468 landmarks in uint8 RGB images (H x W x 3)."""
 
     def __init__(self, mediapipe_dir: Path, min_score: float = 0.5):
-        self.detector = _interpreter(Path(mediapipe_dir) / DETECTOR_FILE)
-        self.landmarker = _interpreter(Path(mediapipe_dir) / LANDMARK_FILE)
+        # BlazeFace: 896 anchors x 16 box and keypoint values, 896 scores; Face Mesh: 468 x 3 points, one score
+        self.detector = _interpreter(Path(mediapipe_dir) / DETECTOR_FILE, (1, 128, 128, 3), (896 * 16, 896))
+        self.landmarker = _interpreter(Path(mediapipe_dir) / LANDMARK_FILE, (1, 192, 192, 3), (468 * 3, 1))
         self.anchors = ssd_anchors()
         self.min_score = min_score
 

@@ -347,9 +347,11 @@ def build_compact(
     used_uv = np.unique(uv_tris)
     remap = np.full(len(uvs), -1, np.int64)
     remap[used_uv] = np.arange(len(used_uv))
-    with atomic_path(out_path, overwrite=True) as tmp:
+    # through an open file: given a name, np.savez appends .npz to any other suffix (-o model.NPZ), so the temp
+    # file stayed behind and an empty one was published
+    with atomic_path(out_path, overwrite=True) as tmp, open(tmp, "wb") as fh:
         np.savez(  # uncompressed: loads in a blink; compression saves only ~10%
-            tmp,
+            fh,
             version=np.array(COMPACT_VERSION),
             mean=arrays["mean"].astype(np.float32),
             id=arrays["id"].astype(np.float32),

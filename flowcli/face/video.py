@@ -269,7 +269,7 @@ def fit_video(
             for t, f in list(zip(window, refined))[keep_from:]:
                 f.score = fits[t].score
                 fits[t] = f
-            done += len(window) - keep_from
+            done += len(window) - (0 if start == 0 else o.overlap)  # the overlap was counted with the last window
             if progress is not None:
                 progress(done)
             if start + o.window >= len(run):
