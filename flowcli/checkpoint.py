@@ -40,7 +40,17 @@ def save_checkpoint(
     overwrite: bool = True,
 ) -> Path:
     """Write `model` to `path` atomically; `dtype=torch.float16` halves the file."""
-    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    original = model.state_dict()
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in original.items()}
+    if dtype is not None:  # a value past the narrower type's range is stored as inf: a checkpoint nothing can load
+        finite = {k for k, v in original.items() if v.is_floating_point() and bool(torch.isfinite(v).all())}
+        overflow = next((k for k in sorted(finite) if not bool(torch.isfinite(state[k]).all())), None)
+        if overflow is not None:
+            largest = float(original[overflow].detach().abs().max())
+            raise WeightsError(
+                f"cannot store the weights as {str(dtype).removeprefix('torch.')}: {overflow} holds {largest:g}, "
+                "beyond its range; keep full precision (leave out --fp16)"
+            )
     metadata = {
         "flowcli.format": FORMAT_VERSION,
         "flowcli.model": "flownet",

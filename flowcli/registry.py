@@ -81,7 +81,7 @@ def load_registry() -> dict:
     """The parsed and checked registry: {"models": {name: entry}}."""
     path = registry_path()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_registry_json(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         where = "FLOWCLI_REGISTRY points at a missing file" if path != REGISTRY_FILE else "reinstall flowcli"
         raise WeightsError(f"weights registry {path} not found ({where})") from None
@@ -97,6 +97,28 @@ def load_registry() -> dict:
     return data
 
 
+def parse_registry_json(text: str, path: Path) -> object:
+    """`json.loads` of a registry file, refusing a key given twice in one object: JSON keeps only the last, so a
+    model name or a field (sha256, source) repeated would silently drop the other one."""
+    repeated: list[str] = []
+
+    def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+        obj: dict = {}
+        for key, value in pairs:
+            if key in obj:
+                repeated.append(key)
+            obj[key] = value
+        return obj
+
+    data = json.loads(text, object_pairs_hook=unique_keys)
+    if repeated:
+        raise WeightsError(
+            f"weights registry {path} is invalid: {repeated[0]!r} is given twice in one object (JSON keeps only the "
+            "last); rename or remove one of them"
+        )
+    return data
+
+
 def _check_registry(data: object, path: Path) -> None:
     def bad(what: str) -> WeightsError:
         return WeightsError(f"weights registry {path} is invalid: {what}")
@@ -106,10 +128,12 @@ def _check_registry(data: object, path: Path) -> None:
         raise bad('expected {"models": {name: entry}} at the top level')
     for name, entry in models.items():
         if not _is_plain_relative(name):  # names are cache folders: models/NAME/PATH
-            raise bad(f"model name {name!r} must not be empty, absolute or contain '..'")
+            raise bad(f"model name {name!r} must not be empty, absolute, contain '..' or a ':' before its first '/'")
         files = entry.get("files") if isinstance(entry, dict) else None
         if not isinstance(files, list) or not files:
             raise bad(f"model {name!r} has no files")
+        _check_descriptive_fields(entry, name, bad)
+        paths: set[PurePosixPath] = set()
         for record in files:
             if not isinstance(record, dict) or not record.get("path") or not record.get("source"):
                 raise bad(f"model {name!r} has a file without 'path' and 'source'")
@@ -122,21 +146,58 @@ def _check_registry(data: object, path: Path) -> None:
                     f"model {name!r} file {record['path']!r}: 'path' must be a relative path inside the "
                     "model's cache folder (no '..', not absolute)"
                 )
+            # two files with one path would share one cache file, each download replacing the other's
+            if PurePosixPath(record["path"]) in paths:
+                raise bad(f"model {name!r} has two files with path {record['path']!r}; give each file its own path")
+            paths.add(PurePosixPath(record["path"]))
             if not str(record["source"]).startswith(SOURCE_PREFIXES):
                 raise bad(f"model {name!r} file {record['path']!r} has source {record['source']!r}; "
                           f"expected one of {', '.join(SOURCE_PREFIXES)}")
+            source_problem = _source_problem(record["source"])
+            if source_problem is not None:
+                raise bad(f"model {name!r} file {record['path']!r}: {source_problem}")
             sha = record.get("sha256", UNKNOWN_SHA256)
             if sha != UNKNOWN_SHA256 and not _SHA256_RE.fullmatch(str(sha)):
                 raise bad(f"model {name!r} file {record['path']!r} sha256 must be 64 lowercase hex digits or 'TBD'")
-            size = record.get("size", 0)
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise bad(f"model {name!r} file {record['path']!r} size must be a byte count (0 = unknown)")
+            for key in ("size", "archive_size"):
+                size = record.get(key, 0)
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise bad(f"model {name!r} file {record['path']!r} {key} must be a byte count (0 = unknown)")
             if "member" in record:
                 if str(record["source"]).startswith(("bundled:", "hf://")):
                     raise bad(f"model {name!r} file {record['path']!r}: 'member' needs an https:// archive source")
                 if not _SHA256_RE.fullmatch(str(record.get("archive_sha256", ""))) or _known_sha256(record) is None:
                     raise bad(f"model {name!r} file {record['path']!r}: an archive member needs both "
                               "'archive_sha256' and 'sha256'")
+
+
+def _check_descriptive_fields(entry: dict, name: str, bad) -> None:
+    """The fields `weights list` and `weights info` show (null = absent): text where text is expected, objects
+    where they list key=value pairs, training stages as a list of objects."""
+    for key in ("task", "description", "license"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise bad(f"model {name!r} has {key} {json.dumps(entry[key])[:40]}, not a string")
+    for key in ("architecture", "metrics", "training"):
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            raise bad(f"model {name!r} has {key} {json.dumps(entry[key])[:40]}, not an object of name: value")
+    stages = (entry.get("training") or {}).get("stages")
+    if stages is not None and not (isinstance(stages, list) and all(isinstance(stage, dict) for stage in stages)):
+        raise bad(f"model {name!r} has training stages {json.dumps(stages)[:40]}, not a list of objects")
+
+
+def _source_problem(source: str) -> str | None:
+    """What makes a registry source unusable (an hf:// spec without a file, a URL without a host, a bundled: path
+    outside the package), else None."""
+    if source.startswith("bundled:") and not _is_plain_relative(source[len("bundled:") :]):
+        return f"source {source!r} must be a path inside the flowcli package (no '..', not absolute)"
+    if source.startswith("hf://"):
+        try:
+            parse_hf_source(source)
+        except WeightsError as error:
+            return str(error)
+    elif source.startswith(("https://", "http://")) and not urlsplit(source).hostname:
+        return f"source {source!r} has no host; expected https://HOST/PATH"
+    return None
 
 
 def _is_plain_relative(path: str) -> bool:
@@ -664,6 +725,8 @@ def _offline_miss(name: str | None, record: dict, reason: str) -> WeightsError:
 
 def _check_url_allowed(url: str) -> None:
     parts = urlsplit(url)
+    if not parts.hostname:
+        raise WeightsError(f"{url} has no host; give the URL as https://HOST/PATH")
     if parts.scheme == "https":
         return
     if parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS:

@@ -237,6 +237,23 @@ def test_push_checks_the_registry_file_before_uploading(hub, checkpoint, tmp_pat
     assert reg.read_text() == content
 
 
+def test_push_refuses_a_registry_file_that_gives_a_model_twice(hub, checkpoint, tmp_path):
+    """JSON keeps the last of two equal keys: the push uploaded, then rewrote the --registry file without the first
+    entry of the model given twice."""
+    from flowcli.errors import WeightsError
+
+    reg = tmp_path / "r.json"
+    model = '{"files": [{"path": "m.safetensors", "source": "https://h/%s.safetensors"}]}'
+    content = '{"models": {"old": %s, "old": %s}}' % (model % "a", model % "b")
+    reg.write_text(content)
+    result = CliRunner().invoke(
+        _app(), ["weights", "push", str(checkpoint), "--repo", "me/new", "--registry", str(reg)]
+    )
+    assert isinstance(result.exception, WeightsError), result.output
+    assert "'old' is given twice" in str(result.exception) and str(reg) in str(result.exception)
+    assert not hub.commits and not hub.created and reg.read_text() == content
+
+
 @pytest.mark.parametrize(
     "args, option",
     [
@@ -244,6 +261,7 @@ def test_push_checks_the_registry_file_before_uploading(hub, checkpoint, tmp_pat
         (["--repo", "me/x", "--name", "../x"], "--name"),
         (["--repo", "me/x", "--path-in-repo", "../x.safetensors"], "--path-in-repo"),
         (["--repo", "me/x", "--path-in-repo", "/x.safetensors"], "--path-in-repo"),
+        (["--repo", "me/x", "--path-in-repo", "v2/"], "--path-in-repo"),  # a source that resolves to "v2"
     ],
 )
 def test_push_refuses_names_before_uploading(hub, checkpoint, tmp_path, args, option):

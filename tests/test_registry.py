@@ -157,6 +157,74 @@ def test_a_registry_that_cannot_be_read_is_one_error_line(weights_cli, tmp_path,
     assert_one_line_error(code, err, 4, f"weights registry {path}", "FLOWCLI_REGISTRY")
 
 
+_FILE = '{"path": "m.safetensors", "source": "https://h/m.safetensors"}'
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"models": {"x": {"files": [%s]}, "x": {"files": [%s]}}}' % (_FILE, _FILE), "'x' is given twice"),
+        ('{"models": {"x": {"files": [{"path": "m", "source": "https://h/m", "sha256": "TBD", "sha256": "TBD"}]}}}',
+         "'sha256' is given twice"),
+    ],
+)  # fmt: skip
+def test_a_registry_that_repeats_a_model_name_or_a_field_is_refused(weights_cli, tmp_path, monkeypatch, text, expected):
+    """JSON keeps the last of two equal keys: a model given twice silently lost its first entry (and `weights push
+    --registry` then rewrote the file without it), a repeated sha256 or source silently replaced the other."""
+    from cli_harness import assert_one_line_error
+
+    path = tmp_path / "registry.json"
+    path.write_text(text)
+    monkeypatch.setenv("FLOWCLI_REGISTRY", str(path))
+    code, _, err = weights_cli("list")
+    assert_one_line_error(code, err, 4, f"weights registry {path} is invalid", expected)
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"files": [{"path": "m", "source": "hf://o/r"}]}, "hf://o/r is not a valid hf:// spec"),
+        ({"files": [{"path": "m", "source": "https://"}]}, "'https://' has no host"),
+        ({"files": [{"path": "m", "source": "bundled:../outside.safetensors"}]}, "inside the flowcli package"),
+        ({"files": [{"path": "m", "source": "https://h/a"}, {"path": "./m", "source": "https://h/b"}]},
+         "two files with path './m'"),
+        ({"files": [{"path": "m", "source": "https://h/a.whl", "member": "m", "archive_sha256": "a" * 64,
+                     "sha256": "b" * 64, "archive_size": "big"}]}, "archive_size must be a byte count"),
+        ({"task": 5}, "task 5, not a string"),
+        ({"metrics": [1, 2]}, "metrics [1, 2], not an object"),
+        ({"architecture": "pwc"}, 'architecture "pwc", not an object'),
+        ({"training": {"stages": [5]}}, "training stages [5], not a list of objects"),
+    ],
+)  # fmt: skip
+def test_an_entry_that_would_break_list_verify_or_info_is_refused_when_the_registry_is_read(
+    weights_cli, tmp_path, monkeypatch, fields, expected
+):
+    """These passed the registry's check, then were a traceback in `weights list` or `info` (a task, metrics or
+    stages of the wrong type), or failed `list --json` and `verify` of every model with an error that did not name
+    the registry (an hf:// source without a file, a bundled: path outside the package); a URL without a host was
+    "cannot reach", two files with one path shared one cache file, a text archive_size made the file corrupt forever."""
+    from cli_harness import assert_one_line_error
+
+    write_registry(tmp_path, monkeypatch, {"good": entry("https://h/g.safetensors", None), "x": {
+        **entry("https://h/x.safetensors", None), **fields}})  # fmt: skip
+    for command in (["list"], ["list", "--json"], ["verify"], ["info", "x"]):
+        code, _, err = weights_cli(*command)
+        assert_one_line_error(code, err, 4, "is invalid: model 'x'", expected)
+
+
+def test_null_descriptive_fields_read_as_absent(weights_cli, tmp_path, monkeypatch):
+    """A task of null was a traceback in `weights list`; a stage's crop that is no [H, W] one in `weights info`, and a
+    crop or batch size of a stage without steps was not shown at all."""
+    stages = [{"recipe": "a.json", "steps": 3, "crop": 5}, {"recipe": "b.json", "crop": [64, 96], "batch_size": 2}]
+    write_registry(tmp_path, monkeypatch, {"x": {**entry("https://h/x.safetensors", None), "task": None,
+                                                 "metrics": None, "training": {"stages": stages}}})  # fmt: skip
+    code, out, err = weights_cli("list")
+    assert code == 0 and "x      ?" in out, err
+    code, out, err = weights_cli("info", "x")
+    assert code == 0, err
+    assert "x  (?)" in out and "1: a.json, 3 steps, crop=5" in out and "2: b.json, crop=[64, 96], batch_size=2" in out
+
+
 # --- hf:// -------------------------------------------------------------------------------------
 
 
@@ -575,6 +643,15 @@ def test_a_redirect_cannot_downgrade_a_download_to_plain_http(hub, tmp_path, mon
     with pytest.raises(WeightsError, match="refusing to download http://weights.invalid/.* over plain http"):
         registry.resolve(hub.plain_url("away.safetensors"), quiet=True)
     assert leftovers(tmp_path / "flowcli-cache") == []
+
+
+@pytest.mark.parametrize("url", ["https://", "https:///model.safetensors", "http://:8000/model.safetensors"])
+def test_a_url_without_a_host_says_so(tmp_path, monkeypatch, url):
+    """It said "cannot reach  to download https:// (no host given); check the connection"."""
+    write_registry(tmp_path, monkeypatch, {})
+    monkeypatch.setenv("FLOWCLI_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match="has no host; give the URL as https://HOST/PATH"):
+        registry.resolve(url, quiet=True)
 
 
 def test_http_404_is_a_weights_error(hub, tmp_path, monkeypatch):
@@ -1024,6 +1101,39 @@ def weights_cli(monkeypatch, capsys):
     from cli_harness import in_process_cli
 
     return in_process_cli(monkeypatch, capsys, "weights")
+
+
+def test_cli_average_refuses_an_empty_mix_instead_of_ignoring_it(weights_cli, tmp_path, checkpoint_bytes):
+    """--mix "" (an unset variable) averaged with equal weights as if the option had not been given."""
+    from cli_harness import assert_one_line_error
+
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(checkpoint_bytes)
+    code, _, err = weights_cli("average", a, a, "--mix", "", "-o", tmp_path / "soup.safetensors")
+    assert_one_line_error(code, err, 2, "--mix '' is not a comma-separated list of numbers")
+    assert not (tmp_path / "soup.safetensors").exists()
+
+
+def test_cli_average_fp16_refuses_weights_beyond_the_float16_range(weights_cli, tmp_path, checkpoint_bytes):
+    """A weight past 65504 was written as inf: `average --fp16` said "wrote" a checkpoint that nothing could load."""
+    import torch
+
+    from cli_harness import assert_one_line_error
+    from flowcli.checkpoint import load_checkpoint, save_checkpoint
+
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(checkpoint_bytes)
+    model = load_checkpoint(a)
+    name, parameter = next(iter(model.named_parameters()))
+    with torch.no_grad():
+        parameter.fill_(1e6)
+    save_checkpoint(model, tmp_path / "large.safetensors")
+    soup = tmp_path / "soup.safetensors"
+    code, _, err = weights_cli("average", a, tmp_path / "large.safetensors", "-o", soup, "--fp16")
+    assert_one_line_error(code, err, 4, "cannot store the weights as float16", name, "leave out --fp16")
+    assert not soup.exists()
+    assert weights_cli("average", a, tmp_path / "large.safetensors", "-o", soup)[0] == 0
+    assert load_checkpoint(soup).state_dict()[name].min() > 65504
 
 
 @pytest.mark.parametrize("mix", ["nan,1", "inf,1", "1e308,1e308"])

@@ -138,8 +138,9 @@ def _stage_line(number: int, stage: dict) -> str:
     """'2: recipes/x.json, 3800 steps x 4 at 192x320, 96 min' (keys it does not know appended as k=v)."""
     stage = dict(stage)
     parts = [str(stage.pop("recipe", "?"))]
-    steps, batch, crop = stage.pop("steps", None), stage.pop("batch_size", None), stage.pop("crop", None)
-    if steps is not None:
+    if "steps" in stage:  # batch size and crop read as "x 4 at 192x320" after it; else, or a crop that is no HxW, k=v
+        steps, batch = stage.pop("steps"), stage.pop("batch_size", None)
+        crop = stage.pop("crop") if isinstance(stage.get("crop"), list) and len(stage["crop"]) == 2 else None
         parts.append(f"{steps} steps" + (f" x {batch}" if batch else "") + (f" at {crop[0]}x{crop[1]}" if crop else ""))
     if "minutes" in stage:
         parts.append(f"{stage.pop('minutes')} min")
@@ -216,7 +217,7 @@ def _list_table(models: dict, columns: tuple[str, ...] = _LIST_COLUMNS) -> Table
     for name, entry in models.items():
         primary = entry["files"][0]
         cells = {
-            "task": entry.get("task", "?"),
+            "task": entry.get("task") or "?",
             "size": _human_size(_total_size(entry)),
             "source": _short_source(primary)
             + (f"\n(+{len(entry['files']) - 1} files)" if len(entry["files"]) > 1 else ""),
@@ -288,7 +289,7 @@ def info_command(
         return
 
     console = _stdout()
-    console.print(Text.assemble((name, "bold"), f"  ({entry.get('task', '?')})"), highlight=False)
+    console.print(Text.assemble((name, "bold"), f"  ({entry.get('task') or '?'})"), highlight=False)
     if entry.get("description"):  # registry text is shown as written: a [tag] in it is not rich markup
         console.print(Text(str(entry["description"])), highlight=False)
     fields = [
@@ -609,7 +610,7 @@ def _read_registry_for_push(path: Path) -> dict:
     if not path.exists():
         return {"models": {}}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = registry.parse_registry_json(path.read_text(encoding="utf-8"), path)  # a repeated name: refused
     except json.JSONDecodeError as error:
         raise WeightsError(f"{path} is not valid JSON (line {error.lineno}); fix or remove it") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -661,7 +662,8 @@ def average_command(
     ],
     output: Annotated[str, typer.Option("--output", "-o", help="The averaged checkpoint to write (.safetensors).")],
     mix: Annotated[
-        Optional[str], typer.Option("--mix", help="Comma-separated weights, one per file (default: equal).")
+        Optional[str],
+        typer.Option("--mix", help="Comma-separated weights, one per file, scaled to sum to 1 (default: equal)."),
     ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store float16 (half the size).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
@@ -674,7 +676,7 @@ def average_command(
 
     if len(files) < 2:
         raise InputError("averaging needs at least two checkpoints; give two or more files")
-    weights = _parse_mix(mix, len(files)) if mix else None
+    weights = _parse_mix(mix, len(files)) if mix is not None else None  # --mix "" is refused, not ignored
     if not all(files):
         raise WeightsError('a checkpoint to average is "" (empty); give flowcli .safetensors checkpoints')
     if not output:
@@ -761,13 +763,17 @@ def push_command(
     path_in_repo = file.name if path_in_repo is None else path_in_repo
     name = parts[1] if name is None else name
     # the registry entry must be one flowcli reads back: a bad one would make the whole --registry file unusable
-    if not registry._is_plain_relative(path_in_repo):
+    # a trailing "/" names a folder: hf://OWNER/NAME/DIR/ would then resolve to DIR, which is not the file
+    if not registry._is_plain_relative(path_in_repo) or path_in_repo.endswith(("/", "\\")):
         raise InputError(
-            f"--path-in-repo {path_in_repo!r} must be a relative path inside the repository (not empty, no '..', not "
-            "absolute)"
+            f"--path-in-repo {path_in_repo!r} must be a relative path to a file inside the repository (not empty, "
+            "no '..', not absolute, not ending in '/')"
         )
     if not registry._is_plain_relative(name):
-        raise InputError(f"--name {name!r} must not be empty, absolute or contain '..'; give a name like my-flow")
+        raise InputError(
+            f"--name {name!r} must not be empty, absolute, contain '..' or a ':' before its first '/'; give a name "
+            "like my-flow"
+        )
     # read and check the registry before uploading, so a bad one stops the push instead of failing after it
     registry_data = _read_registry_for_push(registry_file) if registry_file is not None else None
     if registry_data is not None and name in registry_data["models"] and not overwrite:
