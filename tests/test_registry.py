@@ -775,6 +775,15 @@ def test_cli_list_json_parses(cli, monkeypatch):
     assert "flowcli-pwc-synth" in cli("list").stdout
 
 
+def test_cli_json_names_each_model_by_its_registry_name(cli, tmp_path, monkeypatch):
+    """An entry with a "name" field of its own had it replace the registry name in list --json and info --json."""
+    write_registry(tmp_path, monkeypatch, {"mine": {**entry("https://example.invalid/m.safetensors", None),
+                                                    "name": "something else"}})  # fmt: skip
+    listed = json.loads(cli("list", "--json").stdout)["models"]
+    assert [model["name"] for model in listed] == ["mine"]
+    assert json.loads(cli("info", "mine", "--json").stdout)["name"] == "mine"
+
+
 def test_cli_info_lists_the_bundled_models_training_stages_one_per_line(cli, monkeypatch):
     monkeypatch.delenv("FLOWCLI_REGISTRY", raising=False)
     monkeypatch.setenv("COLUMNS", "200")

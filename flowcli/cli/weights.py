@@ -53,6 +53,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout i
 OfflineOption = Annotated[bool, typer.Option("--offline", help="Use only cached weights, never the network.")]
 
 
+def _fields(entry: dict) -> dict:
+    """A registry entry's fields for --json next to its name: a "name" field of its own does not replace it."""
+    return {key: value for key, value in entry.items() if key != "name"}
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(weights_app, name="weights")
 
@@ -196,7 +201,7 @@ def list_command(json_output: JsonOption = False) -> None:
         out = []
         for name, entry in models.items():
             local = registry.local_copy(name)
-            out.append({"name": name, **entry, "local_path": str(local) if local else None})
+            out.append({"name": name, **_fields(entry), "local_path": str(local) if local else None})
         _echo_json({"registry": str(registry.registry_path()), "models": out})
         return
     _print_list_table(models)
@@ -285,7 +290,7 @@ def info_command(
     is_checkpoint = files[0]["path"].endswith(".safetensors")  # face entries hold .tflite models
     checkpoint = _checkpoint_metadata(Path(primary)) if primary and is_checkpoint else None
     if json_output:
-        _echo_json({"name": name, **entry, "files": files, "checkpoint": checkpoint})
+        _echo_json({"name": name, **_fields(entry), "files": files, "checkpoint": checkpoint})
         return
 
     console = _stdout()
