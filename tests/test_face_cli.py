@@ -69,6 +69,84 @@ def test_mediapipe_runner():
     assert runner.detect(np.full((200, 200, 3), 128, np.uint8)) == []
 
 
+def test_detecting_in_a_long_panorama_needs_no_square_canvas_of_its_long_side(tmp_path):
+    """Detection padded a picture to a square of its long side, then shrank that to the detector's 128 px: a
+    1000 x 30000 panorama built a 30000 x 30000 canvas (2.7 GB). Measured in a fresh process, where the peak
+    memory is the detection's."""
+    code = """if True:
+        import resource, sys
+        import numpy as np
+        from flowcli.face.mediapipe import FaceMeshRunner
+        runner = FaceMeshRunner(sys.argv[1])
+        image = np.full((8000, 64, 3), 128, np.uint8)  # a square of 8000 px side is 256 MB
+        runner.detect(image[:64])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        runner.detect(image)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code, str(FACE / "mediapipe")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) < 32, f"detection took {run.stdout.strip()} MB more"
+
+
+def test_faces_in_letterboxed_pictures_are_found_where_they_are():
+    import imageio.v3 as iio
+
+    from flowcli.face.mediapipe import FaceMeshRunner
+
+    runner = FaceMeshRunner(FACE / "mediapipe")
+    image = iio.imread(IMAGE)
+    (square,) = runner.detect(image)
+    size = square.box[2] - square.box[0]
+    for pad, shift in ((((0, 0), (137, 300)), 137), (((211, 90), (0, 0)), 211), (((0, 0), (0, 60)), 0)):
+        (found,) = runner.detect(np.pad(image, (*pad, (0, 0))))
+        offset = [shift, 0] if pad[1][0] else [0, shift]
+        assert np.abs(found.box - offset * 2 - square.box).max() < 0.1 * size
+        assert np.abs(found.keypoints[:4] - offset - square.keypoints[:4]).max() < 0.1 * size
+
+
+def test_path_options_expand_a_tilde_the_shell_left(tmp_path, cli, monkeypatch):
+    """--face-model=~/m.npz and --output=~/faces reach flowcli with their ~ (the shell expands it only at the start
+    of a word); --face-assets expanded it, the others looked for a folder named ~ in the current one."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    (home / "own.npz").symlink_to(FACE / "ict-facekit" / "ict_face_region.npz")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    fast = ["--no-overlay", "--mesh-format", "none", "-q"]
+    run = cli(["face", "fit", IMAGE, "--face-model=~/own.npz", "--output=~/faces", *fast])
+    assert run.exit_code == 0, run.output
+    assert (home / "faces" / "image00050.pose.json").is_file() and os.listdir(cwd) == []
+
+
+def test_options_for_videos_only_warn_when_no_input_is_a_video(tmp_path, cli):
+    """--flow, --max-frames, --video-mode with pictures only (and --max-faces with videos only) were accepted and
+    ignored without a word."""
+    import warnings
+
+    from flowcli.errors import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("image00050.pose.json", "obama.pose.json"):  # each run stops at an existing output, before any work
+        (out / name).write_text("{}")
+    video_only = ["--flow", "--max-frames", "3", "--video-mode", "joint"]
+    message = "^--flow, --video-mode and --max-frames are left unused: no input is a video$"
+    with pytest.warns(UserWarning, match=message) as record:
+        run = cli(["face", "fit", IMAGE, *video_only, "-o", out, "-q"])
+    assert isinstance(run.exception, OutputError), run.output
+    assert len([w for w in record if "left unused" in str(w.message)]) == 1
+    with pytest.warns(UserWarning, match="^--max-faces is left unused: no input is an image"):
+        run = cli(["face", "fit", FACE / "video" / "obama.mp4", "--max-faces", "2", "-o", out, "-q"])
+    assert isinstance(run.exception, OutputError), run.output
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "--.* left unused")  # an input each option acts on: no warning
+        both = [IMAGE, FACE / "video" / "obama.mp4", "--max-faces", "2", *video_only[1:]]
+        run = cli(["face", "fit", *both, "-o", out, "-q"])
+        assert isinstance(run.exception, OutputError), run.output
+
+
 def test_image_outputs_grayscale_and_two_faces(tmp_path, cli):
     import imageio.v3 as iio
 
@@ -717,7 +795,9 @@ def test_an_input_interrupted_between_its_files_leaves_none_of_them(tmp_path, cl
         return real_write_json(path, *args, **kwargs)
 
     monkeypatch.setattr(writers, "write_json", interrupted)
-    args = ["face", "fit", source, "-o", tmp_path / "out", "--video-mode", "independent", "-q"]
+    args = ["face", "fit", source, "-o", tmp_path / "out", "-q"]
+    if kind == "video":
+        args += ["--video-mode", "independent"]
     run = cli(args)
     assert run.exit_code != 0 and not (tmp_path / "out").exists(), run.output  # no file, no temp file, no folder
     monkeypatch.setattr(writers, "write_json", real_write_json)

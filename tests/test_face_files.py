@@ -253,6 +253,26 @@ def test_convert_to_an_upper_case_npz_name_writes_the_model_there(tmp_path):
     assert model.num_vertices == 9409 and model.exp_names == ["jawOpen"]
 
 
+def test_convert_expands_a_tilde_in_its_output(tmp_path, monkeypatch):
+    """`face convert DIR --output=~/ict.npz` (the shell leaves that ~ alone) wrote ./~/ict.npz."""
+    import typer
+    from typer.testing import CliRunner
+
+    from flowcli.cli import face
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    face.register(app)
+    folder = _asset_folder(tmp_path) / "ict-facekit" / "FaceXModel"
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    run = CliRunner().invoke(app, ["face", "convert", str(folder), "--output=~/models/ict.npz"])
+    assert run.exit_code == 0, run.output
+    assert (home / "models" / "ict.npz").is_file() and os.listdir(cwd) == []
+
+
 def test_correspondence_generator_checks_arguments(tmp_path, capsys):
     from flowcli.face import correspondence
 

@@ -143,6 +143,18 @@ def test_census_and_flow_terms(fitter):
     assert torch.isfinite(loss) and rot.grad is not None
 
 
+def test_census_consistency_needs_two_fits_and_a_gray_each(fitter):
+    """The benchmarks' census_consistency divided by zero for a clip of one frame (ZeroDivisionError)."""
+    from flowcli.face.video import census_consistency, small_gray
+
+    gray, zoom = small_gray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8), 320)
+    fit = fitter.fit(synthetic(fitter, 0)[-1])
+    assert census_consistency(fitter, [fit, fit], [gray, gray], zoom) < 1e-6  # the same texture, the same mesh
+    for fits, grays in (([fit], [gray]), ([], []), ([fit, None], [gray, gray]), ([fit, fit], [gray])):
+        with pytest.raises(ValueError, match="needs at least 2 fits, none of them None, and a gray image for each"):
+            census_consistency(fitter, fits, grays, zoom)
+
+
 def test_fit_takes_478_points_and_refuses_other_shapes(fitter):
     """MediaPipe's current face mesh adds 10 iris points after the 468; they are dropped, not a numpy error."""
     from flowcli.errors import InputError

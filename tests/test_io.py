@@ -985,6 +985,31 @@ def test_a_file_in_a_format_flowcli_cannot_read_says_to_convert_it(tmp_path, con
     assert "backend" not in str(error.value)
 
 
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png", "frame.ppm"])
+def test_an_empty_image_file_is_said_to_be_empty(tmp_path, name):
+    """A 0-byte .jpg (a copy that never finished) was "not an image format flowcli reads" when read, and "the file is
+    corrupt or not an image" when estimate first asked its size."""
+    from flowcli.face.media import read_image as read_face_image
+    from flowcli.io.media import image_size
+
+    empty, good = tmp_path / name, tmp_path / "good.png"
+    empty.write_bytes(b"")
+    iio.imwrite(good, np.zeros((8, 8, 3), np.uint8))
+    reads = (read_image, image_size, read_face_image, lambda path: next(frame_pairs((good, path))))
+    for read in reads:
+        with pytest.raises(InputError) as excinfo:
+            read(empty)
+        assert_one_line_error(excinfo, f"cannot read image {empty}: the file is empty (0 bytes)")
+
+
+def test_an_empty_video_file_is_said_to_be_empty(tmp_path):
+    empty = tmp_path / "clip.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError) as excinfo:
+        VideoReader(empty)
+    assert_one_line_error(excinfo, f"cannot read video {empty}: the file is empty (0 bytes)")
+
+
 def test_an_output_folder_under_a_file_names_the_file(tmp_path):
     from flowcli.errors import OutputError
     from flowcli.io.atomic import check_writable

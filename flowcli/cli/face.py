@@ -91,15 +91,20 @@ def fit_command(
         metavar="PATH",
         help="Your own model with ICT-FaceKit's structure: .npz (mean, id, exp, exp_names) or a folder of OBJs.",
     ),
-    max_faces: int = typer.Option(1, "--max-faces", min=1, help="Fit up to this many faces per image (largest first)."),
+    max_faces: int = typer.Option(
+        1, "--max-faces", min=1, help="Fit up to this many faces per image (largest first; videos fit one)."
+    ),
     mesh_format: MeshFormat = typer.Option(MeshFormat.obj, "--mesh-format", help="Mesh file(s) to write."),
     mesh_space: str = typer.Option(
         "model", "--mesh-space", help="'model' (cm, pose in the JSON) or 'image' (pixels, depth)."
     ),
     names: Names = typer.Option(Names.arkit, "--blendshape-names", help="ARKit's 52 names or ICT's 57."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write an overlay PNG (images) or MP4 (videos)."),
-    video_mode: VideoMode = typer.Option(
-        VideoMode.joint, "--video-mode", help="joint: one identity, temporal terms; independent: per-frame fits."
+    video_mode: Optional[VideoMode] = typer.Option(  # None: not given, so a run without videos can say it is unused
+        None,
+        "--video-mode",
+        help="joint (default): one identity, temporal terms; independent: per-frame fits.",
+        show_default=False,
     ),
     flow: bool = typer.Option(
         False,
@@ -139,6 +144,7 @@ def fit_command(
     from flowcli.face.media import is_video
     from flowcli.face.pipeline import FacePipeline
 
+    output = output.expanduser()  # as --face-assets: the shell leaves the ~ of --output=~/faces alone
     if mesh_space not in ("model", "image"):
         raise InputError("--mesh-space must be 'model' or 'image'")
     if flow and video_mode == VideoMode.independent:
@@ -156,12 +162,16 @@ def fit_command(
     if face_model is not None and not face_model.strip():
         raise InputError("--face-model is an empty path; give a .npz model file or a folder of ICT-FaceKit OBJs")
     inputs = _expand_inputs(inputs)
+    _warn_of_unused_options(inputs, flow, video_mode, max_frames, max_faces, device, precision)
+    video_mode = video_mode or VideoMode.joint
     settings = dict(
         mesh_format=mesh_format.value, mesh_space=mesh_space, names=names.value, overlay=overlay, overwrite=overwrite
     )
     torch.set_num_threads(1)  # many tiny solves: threads only add contention
     # the runtime, assets and model first: a run that cannot start leaves no output folder behind
-    pipeline = FacePipeline(FaceAssets.locate(face_assets), face_model=Path(face_model) if face_model else None)
+    pipeline = FacePipeline(
+        FaceAssets.locate(face_assets), face_model=Path(face_model).expanduser() if face_model else None
+    )
     exp_names = pipeline.model.exp_names
     if names == Names.arkit and not any(pipeline.model.arkit_weights([1.0] * len(exp_names)).values()):
         warn(  # a model of other names: every ARKit column is 0 while the fit has weights for its own
@@ -230,6 +240,7 @@ def convert_command(
     from flowcli.face.model import build_compact, convert_ict
     from flowcli.io.atomic import check_writable
 
+    output = output.expanduser()  # as fit's path options: the shell leaves the ~ of --output=~/ict.npz alone
     if output.suffix.lower() != ".npz":
         raise OutputError(f"-o {output}: the compact model file must end in .npz; give e.g. -o ict.npz")
     new_folders = _missing_folders(output.parent)
@@ -269,6 +280,31 @@ def _remove_empty(folders: list[Path]) -> None:
             continue
         except OSError:  # not empty: neither are its parents
             break
+
+
+def _warn_of_unused_options(inputs, flow, video_mode, max_frames, max_faces, device, precision) -> None:
+    """One warning for the options that act on videos (or images) only, when no input is one: they were
+    silently ignored."""
+    from flowcli.console import warn
+    from flowcli.face.media import is_video
+
+    videos = sum(is_video(p) for p in inputs)
+    if not videos:
+        video_only = {
+            "--flow": flow,
+            "--device": device is not None,
+            "--precision": precision is not None,
+            "--video-mode": video_mode is not None,
+            "--max-frames": max_frames is not None,
+        }
+        unused = [flag for flag, given in video_only.items() if given]
+        if unused:
+            if len(unused) == 1:
+                warn(f"{unused[0]} is left unused: no input is a video")
+            else:
+                warn(f"{', '.join(unused[:-1])} and {unused[-1]} are left unused: no input is a video")
+    if videos == len(inputs) and max_faces > 1:
+        warn("--max-faces is left unused: no input is an image (a video's largest face is fitted)")
 
 
 def _flow_device_and_precision(device: str, precision: str):

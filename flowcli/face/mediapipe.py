@@ -161,12 +161,13 @@ class FaceMeshRunner:
     def detect(self, image: np.ndarray) -> list[Detection]:
         """BlazeFace boxes, most confident first, after weighted non-maximum suppression."""
         h, w = image.shape[:2]
-        side = max(h, w)
-        pad_x, pad_y = (side - w) / 2, (side - h) / 2
-        canvas = Image.new("RGB", (side, side))
-        canvas.paste(Image.fromarray(image), (int(pad_x), int(pad_y)))
-        pad_x, pad_y = int(pad_x), int(pad_y)
-        x = np.asarray(canvas.resize((128, 128), Image.Resampling.BILINEAR), np.float32) / 127.5 - 1.0
+        # shrunk to 128 px first, then letterboxed: a square canvas of the full-size picture took 2.7 GB for a
+        # 1000 x 30000 panorama
+        small_w, small_h = max(1, round(w * 128 / max(h, w))), max(1, round(h * 128 / max(h, w)))
+        pad = np.array([(128 - small_w) // 2, (128 - small_h) // 2])
+        canvas = Image.new("RGB", (128, 128))
+        canvas.paste(Image.fromarray(image).resize((small_w, small_h), Image.Resampling.BILINEAR), tuple(pad))
+        x = np.asarray(canvas, np.float32) / 127.5 - 1.0
         regressors, scores = self._run(self.detector, x)
         raw = regressors[0]
         score = _sigmoid(scores[0, :, 0])
@@ -174,10 +175,12 @@ class FaceMeshRunner:
         if not keep.any():
             return []
         raw, score, anchors = raw[keep], score[keep], self.anchors[keep]
-        centre = raw[:, :2] / 128 + anchors
-        half = raw[:, 2:4] / 128 / 2
-        boxes = np.concatenate([centre - half, centre + half], 1) * side - [pad_x, pad_y, pad_x, pad_y]
-        keypoints = (raw[:, 4:16].reshape(-1, 6, 2) / 128 + anchors[:, None]) * side - [pad_x, pad_y]
+        # detector input pixels -> image pixels, per axis: the shrunk sides were rounded to whole pixels
+        zoom = np.array([w / small_w, h / small_h])
+        centre = raw[:, :2] + anchors * 128
+        half = raw[:, 2:4] / 2
+        boxes = np.concatenate([(centre - half - pad) * zoom, (centre + half - pad) * zoom], 1)
+        keypoints = (raw[:, 4:16].reshape(-1, 6, 2) + anchors[:, None] * 128 - pad) * zoom
         return _weighted_nms(boxes, score, keypoints)
 
     def landmarks_in_roi(self, image: np.ndarray, center, size: float, angle: float) -> FaceLandmarks:

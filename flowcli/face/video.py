@@ -316,6 +316,11 @@ def census_consistency(fitter: FaceFitter, fits: list[FaceFit], grays: list[torc
     how well the fitted mesh sticks to the skin. Consecutive fits must all be present."""
     from flowcli.face.geometry import FLIP
 
+    if len(fits) < 2 or any(f is None for f in fits) or len(grays) != len(fits):
+        raise ValueError(
+            f"census_consistency compares consecutive frames: it needs at least 2 fits, none of them None, and a "
+            f"gray image for each; got {len(fits)} fits ({sum(f is None for f in fits)} None) and {len(grays)} grays"
+        )
     terms = VideoTerms(fitter, VideoOptions(census_weight=1.0), torch.stack(grays), zoom, None)
     rot = torch.tensor(np.stack([f.rotation for f in fits]), dtype=torch.float32)
     scale = torch.tensor([f.scale for f in fits], dtype=torch.float32)

@@ -68,6 +68,15 @@ def _existing_file(path: PathLike) -> Path:
     return path
 
 
+def _check_not_empty(path: Path, kind: str) -> None:
+    """An empty file (a copy or download that never finished) is said to be empty, not corrupt or of a format
+    flowcli does not read."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(
+            f"cannot read {kind} {path}: the file is empty (0 bytes); copy or download it again, or leave it out"
+        )
+
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -136,6 +145,7 @@ def _too_many_pixels(path: Path, error: Image.DecompressionBombError) -> InputEr
 def image_size(path: PathLike) -> tuple[int, int]:
     """(width, height) of an image as `read_image` returns it (EXIF orientation applied), from its header only."""
     path = Path(path)
+    _check_not_empty(path, "image")
     try:
         with Image.open(path) as image:
             (width, height), orientation = image.size, _orientation(image)
@@ -205,6 +215,7 @@ def read_image_array(path: PathLike) -> np.ndarray:
     converted to RGB, so the channels are always gray, gray+alpha, RGB or RGBA.
     """
     path = _existing_file(path)
+    _check_not_empty(path, "image")
     orientation, mode, content = _image_header(path)
     # by content where Pillow knows it: phones and web downloads give JPEGs named .png and the reverse
     is_png = content == "PNG" if content else path.suffix.lower() == ".png"
@@ -527,6 +538,7 @@ class VideoReader:
         if self.from_stdin:
             return self._open_stdin()
         # absolute: ffmpeg reads a relative name like 'take:2.mp4' as a URL of protocol 'take'
+        _check_not_empty(self.path, "video")
         path = str(self.path.absolute())
         stream = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", output_params=list(_every_frame_once()))
         try:
