@@ -342,6 +342,9 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [tmp_path / "mixed"], 2, "differ in size"
     if case == "single image":
         return [a], 2, "single image"
+    if case == "a list of pairs without --pairs":  # the message named images, folders, globs and videos only
+        (tmp_path / "pairs.txt").write_text(f"{a} {b}\n")
+        return [tmp_path / "pairs.txt"], 2, f"give images, a folder, a glob or a video, or --pairs {tmp_path}/pairs.txt"
     if case == "a pipe as input":  # bash's <(ffmpeg ...) gives /dev/fd/63, a pipe like this one
         os.mkfifo(tmp_path / "from_ffmpeg.mp4")
         return [tmp_path / "from_ffmpeg.mp4"], 2, "is a pipe or a device, not a file; pipe a video into stdin"
@@ -393,7 +396,7 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
-    "single image", "a pipe as input",
+    "single image", "a list of pairs without --pairs", "a pipe as input",
     "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device",
     "absent GPU",
     "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder", "empty name",
@@ -954,7 +957,29 @@ def test_a_video_piped_into_stdin_gives_the_files_of_the_video_file(media, tmp_p
     after = snapshot(tmp_path / "pipe")
     assert {name: after[name] for name in before} == before
     assert after["stdin_frame_000002_vis.png"][0] == expected["frame_000002_vis.png"]
-    assert not (tmp_path / "pipe" / ".flowcli-estimate.json").exists()  # a stream cannot be resumed: no record
+    assert list(_record(tmp_path / "pipe")) == ["-"]
+
+
+def test_resume_of_a_video_piped_into_stdin_with_other_settings_is_refused(media, tmp_path, cli, pipe_into_stdin,
+                                                                          monkeypatch):
+    out = tmp_path / "out"
+    args = ["-", "--weights", media["weights"], "-o", out, "--flo", "--vis", "-q"]
+    pipe_into_stdin(media["clip"].read_bytes())
+    code, _, err = cli(*args)
+    assert code == 0, err
+    (out / "stdin_frame_000002_flow.flo").unlink()
+    before = snapshot(out)
+    model_pairs = _count_model_pairs(monkeypatch)
+    pipe_into_stdin(media["clip"].read_bytes())
+    # the files of --step 2's pairs 0 and 1 are named as those of --step 1's pairs 0 and 2: they were taken as done
+    code, stdout, err = cli(*args, "--resume", "--step", "2", "--max-flow", "4")
+    assert_one_line_error(code, err, 2, f"--resume: {out} holds outputs of stdin made with other settings",
+                          "(step: 1 -> 2; max-flow: unset -> 4.0)")
+    assert model_pairs == [] and snapshot(out) == before
+    pipe_into_stdin(media["clip"].read_bytes())
+    code, _, err = cli(*args, "--resume")
+    assert code == 0, err
+    assert model_pairs == [1] and (out / "stdin_frame_000002_flow.flo").is_file()
 
 
 @pytest.mark.parametrize("case", ["twice", "terminal", "garbage", "too short for --step"])
@@ -1118,6 +1143,10 @@ PAIR_LIST_ERRORS = {
     "stdin twice": (None, "--pairs - and the input - both read stdin"),
     "stdin is a terminal": (None, "--pairs - reads the list from stdin, but nothing is piped in"),
     "two images after --pairs": (None, "--pairs {a} is an image, not a list of pairs; give it among INPUTS"),
+    "two lists": (None, "--pairs is given 2 times; a run reads one list"),  # not the last one alone, unsaid
+    # accepted and ignored, --max-frames 10 ran the whole list
+    "--step and --max-frames of pairs": (None, "--step and --max-frames: frames are picked from sequences only"),
+    "--max-frames of two images": (None, "--max-frames: frames are picked from sequences only"),
 }
 
 
@@ -1154,6 +1183,13 @@ def test_a_bad_pair_list_is_one_line_error_naming_its_line_before_any_work(
         inputs = ["--pairs", "-"]
     elif case == "two images after --pairs":  # meant as INPUTS: not 'b.png is a single image'
         inputs = ["--pairs", media["a"], media["b"]]
+    elif case == "two lists":
+        inputs = ["--pairs", pair_list, "--pairs", pair_list]
+    elif case == "--step and --max-frames of pairs":
+        pair_list.write_text("c.png d.png\ne.png f.png\n")
+        inputs = ["--pairs", pair_list, "--step", "2", "--max-frames", "2"]
+    elif case == "--max-frames of two images":
+        inputs = [media["a"], media["b"], "--max-frames", "2"]
     if needle.startswith(":") or needle.startswith(" "):
         needle = f"{pair_list}{needle}"
     needle = needle.format(data=data, clip=media["clip"], list=tmp_path / "none.txt", a=media["a"])
@@ -1331,7 +1367,8 @@ def test_sigterm_stops_a_real_process_reading_a_pipe_and_its_ffmpeg(tmp_path, me
         watchdog.cancel()
     assert process.returncode == 143, err
     assert "Traceback" not in err.decode()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp file, of the video neither
+    # no temp file, of the video neither; the run record is not one
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".flowcli-estimate.json"]
 
 
 def test_formats_all_with_spaces_after_the_commas_is_all(media, tmp_path, cli):

@@ -44,6 +44,13 @@ def test_a_bom_before_the_first_pair_is_not_part_of_its_path(tmp_path):
     assert (pair.first, pair.second, pair.where) == (tmp_path / "a.png", tmp_path / "b.png", f"{pair_list}:1")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_utf_16_list_with_its_bom_is_read_as_text(tmp_path, encoding):
+    # Windows PowerShell 5's `... > pairs.txt`; read as UTF-8, its NULs and BOM made the paths 'i m g s / ...'
+    pair_list = _write(tmp_path / "pairs.txt", "\ufeff# pairs\r\n'a b.png' c.png\r\n".encode(encoding))
+    assert list(read_pair_list(pair_list)) == [ListedPair(tmp_path / "a b.png", tmp_path / "c.png", f"{pair_list}:2")]
+
+
 def test_a_list_in_the_current_folder_gives_paths_relative_to_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(tmp_path / "pairs.txt", b"a.png sub/b.png\n")

@@ -323,9 +323,9 @@ def collect_sources(
         elif path.is_dir():
             sources.append(_image_sequence(arg, path.resolve().name or "frames", list_frames(path), step, max_frames))
         elif path.is_file():
-            raise InputError(
+            raise InputError(  # a list of pairs given without --pairs is the likely mistake
                 f"{arg} is neither an image nor a video (mp4, avi, mov, mkv, webm); give images, a folder, a glob "
-                "or a video"
+                f"or a video, or --pairs {arg} if it lists image pairs"
             )
         elif path.exists():  # bash's <(...) is /dev/fd/63, a pipe: it cannot be opened twice as a video file is
             raise InputError(f"{arg} is a pipe or a device, not a file; pipe a video into stdin and give - instead "
@@ -401,9 +401,9 @@ def _known_names(source: _Source, step: int, max_frames: int | None) -> list:
 
 def _record_entry(source: _Source, settings: dict) -> Entry:
     """The source's entry in the run record (flowcli.cli.run_record): keyed by its video or first frame, so a
-    folder and a glob of the same frames share it; a stream on stdin cannot be resumed and gets none."""
+    folder and a glob of the same frames share it; the video on stdin by -, as --resume takes it piped again."""
     if source.stream is not None:
-        return Entry(None, source.label, settings)
+        return Entry(str(source.video), source.label, settings)
     if not source.sequence:  # --step does not apply to an explicit image pair
         settings = {name: value for name, value in settings.items() if name != "step"}
     return Entry(str((source.video or source.frames[0]).resolve()), source.label, settings)
@@ -505,8 +505,8 @@ def estimate(
                        "several allowed; optional with --pairs.",
                        show_default=False, metavar="INPUTS"),
     ] = None,
-    pair_list: Annotated[
-        Optional[str],
+    pair_lists: Annotated[
+        Optional[list[str]],
         typer.Option("--pairs", metavar="LIST", help="Text file of image pairs, one pair per line (two paths, "
                      "relative to its folder), or - for stdin; see above.", rich_help_panel=INPUT_PANEL,
                      show_default=False),
@@ -570,6 +570,10 @@ def estimate(
     from flowcli.outputs import OutputOptions
 
     # ---- options, before anything is read
+    if pair_lists and len(pair_lists) > 1:  # a str option would keep the last one and drop the others unsaid
+        raise InputError(f"--pairs is given {len(pair_lists)} times; a run reads one list: put the pairs in one "
+                         "file (paths relative to its folder), or run once per list")
+    pair_list = pair_lists[0] if pair_lists else None
     if not inputs and pair_list is None:
         raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
     flags = {"flo": flo, "kitti": kitti, "npy": npy, "npz": npz, "vis": vis, "video": video,
@@ -590,6 +594,14 @@ def estimate(
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], step, max_frames, pair_list)
     check_video_rates(sources, want_video, fps)
+    if (step != 1 or max_frames is not None) and not any(s.sequence for s in sources):  # else accepted and ignored
+        given = " and ".join(name for name, is_set in (("--step", step != 1), ("--max-frames", max_frames is not None))
+                             if is_set)
+        shorten = ", or shorten the --pairs list to run fewer pairs" if pair_list is not None else ""
+        raise InputError(
+            f"{given}: frames are picked from sequences only (a folder, a glob, a video or three or more images in "
+            f"a row), and the inputs are image pairs, each run whole; drop {given}{shorten}"
+        )
     if want_video and not everything and not any(s.sequence for s in sources):
         raise InputError(
             "--video writes one video per sequence (a folder, a glob, a video file or three or more images in a row) "

@@ -1,15 +1,17 @@
 """`--pairs LIST` of `flowcli estimate` and `flowcli stereo`: a text file (or - for stdin) of image pairs, one a line.
 
 Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two); blank
-lines and lines starting with # are skipped. Relative paths are relative to the folder of LIST, or to the current
-folder for - and for a LIST that is a pipe, not a file (bash's <(...), /dev/fd/63). Errors name the line as LIST:LINE
-(stdin:LINE for -). `read_image_pairs` gives the pairs whose two paths are image files that exist; what a pair
-becomes (an estimate input, a stereo LEFT RIGHT pair) is each command's business, and `errors_at` puts the line in
-front of the command's own errors about it. An image or a video given as LIST is refused (`refuse_media_as_list`).
+lines and lines starting with # are skipped; the text is UTF-8, or UTF-16 with its BOM. Relative paths are relative
+to the folder of LIST, or to the current folder for - and for a LIST that is a pipe, not a file (bash's <(...),
+/dev/fd/63). Errors name the line as LIST:LINE (stdin:LINE for -). `read_image_pairs` gives the pairs whose two
+paths are image files that exist; what a pair becomes (an estimate input, a stereo LEFT RIGHT pair) is each command's
+business, and `errors_at` puts the line in front of the command's own errors about it. An image or a video given as
+LIST is refused (`refuse_media_as_list`).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import shlex
 import stat
@@ -118,5 +120,9 @@ def _text(pair_list: str) -> str:
             raise InputError(f"--pairs {pair_list} does not exist; check the path") from None
         except OSError as error:
             raise InputError(f"cannot read --pairs {pair_list}: {error.strerror}") from None
+    if isinstance(data, str):
+        return data
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # what Windows PowerShell 5's > writes
+        return data.decode("utf-16", errors="replace")
     # undecodable bytes become the file-name bytes they stand for, as Python does for file names
-    return data if isinstance(data, str) else data.decode("utf-8-sig", errors="surrogateescape")
+    return data.decode("utf-8-sig", errors="surrogateescape")

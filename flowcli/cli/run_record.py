@@ -9,7 +9,7 @@ what its output files contain:
 A source is keyed by the resolved path of its video file, or of its first image (estimate: of an image pair,
 a folder or a glob alike, so the same frames give the same key however they are given); stereo keys by the
 first pair's files (or its videos), sorted, so that --swap changes which file is the left view but not the key.
-A video piped into stdin has no entry: a stream cannot be resumed.
+Estimate keys a video piped into stdin by -: --resume takes the same video piped again, matched by frame number.
 
 Recorded settings (any of them changed is refused on --resume):
 
@@ -61,7 +61,7 @@ STAMP = "since"  # an entry's stamp (see the module docstring); not a setting, s
 class Entry:
     """One source's settings, as its command ran it now."""
 
-    key: str | None  # None: a source that cannot be resumed (a stream on stdin), never recorded
+    key: str | None  # None: a source that is never recorded
     label: str  # the source as given, for messages
     settings: dict
 
