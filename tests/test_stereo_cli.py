@@ -1078,6 +1078,60 @@ def test_two_images_after_pairs_are_called_inputs_not_an_unpaired_image(media, t
     assert stdout == "" and not out.exists()
 
 
+def test_a_second_pair_list_is_refused_instead_of_replacing_the_first(media, listed_rigs, tmp_path, cli, monkeypatch):
+    """`--pairs a.txt --pairs b.txt` ran b.txt's pairs alone and exited 0, a.txt's dropped unsaid."""
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    first, second = listed_rigs / "first.txt", listed_rigs / "second.txt"
+    first.write_text("'rig one/im0.png' 'rig one/im1.png'\n")
+    second.write_text("p1_left.png p1_right.png\n")
+    out = tmp_path / "out"
+    code, stdout, err = cli("--pairs", first, "--pairs", second, "--weights", media["weights"], "-o", out)
+    assert_one_line_error(code, err, 2, "--pairs is given 2 times; a run reads one list",
+                          "put the pairs in one file", "or run once per list")
+    assert stdout == "" and not out.exists()
+
+
+STEP_OF_PAIRS_ONLY = {  # accepted and ignored: --max-frames 1 still ran every pair
+    "a pair list": (["--pairs", "{list}", "--step", "2", "--max-frames", "1"],
+                    "--step and --max-frames: pairs are picked from sequences only",
+                    "drop --step and --max-frames, or shorten the --pairs list to run fewer pairs"),
+    "two image pairs": (["{left}", "{right}", "{p1_left}", "{p1_right}", "--max-frames", "1"],
+                        "--max-frames: pairs are picked from sequences only", "each run whole; drop --max-frames"),
+    "one side-by-side image": (["--sbs", "{sbs}", "--step", "2"], "--step: pairs are picked from sequences only",
+                               "drop --step"),
+}
+
+
+@pytest.mark.parametrize("case", STEP_OF_PAIRS_ONLY)
+def test_step_and_max_frames_of_image_pairs_only_are_refused_before_any_work(case, media, listed_rigs, tmp_path,
+                                                                             cli, monkeypatch):
+    pair_list = listed_rigs / "pairs.txt"
+    pair_list.write_text("'rig one/im0.png' 'rig one/im1.png'\np1_left.png p1_right.png\n")
+    args, *needles = STEP_OF_PAIRS_ONLY[case]
+    args = [arg.format(list=pair_list, left=media["left"], right=media["right"], sbs=media["sbs"],
+                       p1_left=listed_rigs / "p1_left.png", p1_right=listed_rigs / "p1_right.png") for arg in args]
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    code, stdout, err = cli(*args, "--npy", "--weights", media["weights"], "-o", out)
+    assert_one_line_error(code, err, 2, *needles)
+    if case != "a pair list":
+        assert "--pairs" not in err
+    assert stdout == "" and not out.exists()
+
+
+def test_max_frames_with_a_sequence_among_image_pairs_picks_the_sequences_pairs(media, tmp_path, cli):
+    w = ["--weights", media["weights"], "--npy", "--json", "-q"]
+    code, stdout, err = cli(media["left"], media["right"], media["pairs"], "--max-frames", "1", *w,
+                            "-o", tmp_path / "mixed")
+    assert code == 0, err
+    assert [r["left"] for r in _records(stdout)] == ["scene_left", "shot0_left"]
+    # --all leaves out the video of a folder of two sizes: it is still a sequence whose pairs --max-frames picks
+    code, stdout, err = cli(_rig_of_two_sizes(media, tmp_path), "--all", "--max-frames", "2", *w,
+                            "-o", tmp_path / "all")
+    assert code == 0, err
+    assert [r["left"] for r in _records(stdout)] == ["a_left", "b_left"]
+
+
 def test_the_help_says_a_pair_list_may_come_from_a_pipe(cli):
     code, stdout, _ = cli("--help")
     assert code == 0

@@ -47,12 +47,14 @@ from flowcli.cli.options import (
     QuietOption,
     ResumeOption,
     WeightsOption,
+    check_picking_applies,
     check_precision_name,
     check_scale,
     check_video_rates,
     device_and_precision,
     format_flag,
     formats_option,
+    one_pair_list,
     unique_source_names,
 )
 from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_list
@@ -570,10 +572,7 @@ def estimate(
     from flowcli.outputs import OutputOptions
 
     # ---- options, before anything is read
-    if pair_lists and len(pair_lists) > 1:  # a str option would keep the last one and drop the others unsaid
-        raise InputError(f"--pairs is given {len(pair_lists)} times; a run reads one list: put the pairs in one "
-                         "file (paths relative to its folder), or run once per list")
-    pair_list = pair_lists[0] if pair_lists else None
+    pair_list = one_pair_list(pair_lists)
     if not inputs and pair_list is None:
         raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
     flags = {"flo": flo, "kitti": kitti, "npy": npy, "npz": npz, "vis": vis, "video": video,
@@ -594,14 +593,8 @@ def estimate(
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], step, max_frames, pair_list)
     check_video_rates(sources, want_video, fps)
-    if (step != 1 or max_frames is not None) and not any(s.sequence for s in sources):  # else accepted and ignored
-        given = " and ".join(name for name, is_set in (("--step", step != 1), ("--max-frames", max_frames is not None))
-                             if is_set)
-        shorten = ", or shorten the --pairs list to run fewer pairs" if pair_list is not None else ""
-        raise InputError(
-            f"{given}: frames are picked from sequences only (a folder, a glob, a video or three or more images in "
-            f"a row), and the inputs are image pairs, each run whole; drop {given}{shorten}"
-        )
+    check_picking_applies(sources, step, max_frames, pair_list, "frames",
+                          "a folder, a glob, a video or three or more images in a row")  # fmt: skip
     if want_video and not everything and not any(s.sequence for s in sources):
         raise InputError(
             "--video writes one video per sequence (a folder, a glob, a video file or three or more images in a row) "

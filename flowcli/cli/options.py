@@ -139,6 +139,27 @@ def check_video_rates(sources, want_video: bool, fps: float | None) -> None:
                               f"--step), below the least of {MIN_FPS}; give --fps")
 
 
+def one_pair_list(pair_lists: list[str] | None) -> str | None:
+    """The --pairs LIST of a run: a second one is refused (a str option kept the last and dropped the others)."""
+    if pair_lists and len(pair_lists) > 1:
+        raise InputError(f"--pairs is given {len(pair_lists)} times; a run reads one list: put the pairs in one "
+                         "file (paths relative to its folder), or run once per list")  # fmt: skip
+    return pair_lists[0] if pair_lists else None
+
+
+def check_picking_applies(sources, step: int, max_frames: int | None, pair_list: str | None, picked: str,
+                          sequences: str) -> None:  # fmt: skip
+    """--step and --max-frames pick `picked` ("frames", "pairs") from the sequences among `sources`: with image
+    pairs only they were accepted and ignored. `sequences` says what a sequence is for the command."""
+    if (step == 1 and max_frames is None) or any(s.sequence for s in sources):
+        return
+    given = " and ".join(name for name, is_set in (("--step", step != 1), ("--max-frames", max_frames is not None))
+                         if is_set)  # fmt: skip
+    shorten = ", or shorten the --pairs list to run fewer pairs" if pair_list is not None else ""
+    raise InputError(f"{given}: {picked} are picked from sequences only ({sequences}), and the inputs are image "
+                     f"pairs, each run whole; drop {given}{shorten}")  # fmt: skip
+
+
 def unique_source_names(names: list[str]) -> list[str]:
     """{source} names that tell a run's inputs apart: a repeated name gets -2, -3... (clip, clip-2)."""
     given, taken, unique = set(names), set(), []

@@ -48,11 +48,13 @@ from flowcli.cli.options import (
     QuietOption,
     ResumeOption,
     WeightsOption,
+    check_picking_applies,
     check_precision_name,
     check_video_rates,
     device_and_precision,
     format_flag,
     formats_option,
+    one_pair_list,
     unique_source_names,
 )
 from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_list
@@ -748,8 +750,8 @@ def stereo(
         typer.Argument(help="LEFT RIGHT images, folders or globs of pairs, left and right folders, videos; several "
                        "allowed; optional with --pairs.", show_default=False, metavar="INPUTS"),
     ] = None,
-    pair_list: Annotated[
-        Optional[str],
+    pair_lists: Annotated[
+        Optional[list[str]],
         typer.Option("--pairs", metavar="LIST", help="Text file of LEFT RIGHT image pairs, one pair per line "
                      "(relative to its folder), or - for stdin; see above.", rich_help_panel=INPUT_PANEL,
                      show_default=False),
@@ -840,6 +842,7 @@ def stereo(
     from flowcli.io.media import MIN_FPS
 
     # ---- options, before anything is read
+    pair_list = one_pair_list(pair_lists)
     if not inputs and pair_list is None:
         raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
     if sbs and pair_list is not None:
@@ -885,6 +888,9 @@ def stereo(
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], sbs=sbs, swap=swap, step=step, max_frames=max_frames,
                               pair_list=pair_list)
+    # before --all marks a folder of two sizes as no sequence (for want of a video): its pairs are still picked
+    check_picking_applies(sources, step, max_frames, pair_list, "pairs", "a folder, a glob, a left and a right "
+                          "video, or with --sbs a video or side-by-side images in a row")  # fmt: skip
     frame_folders = _frame_folders(sources)
     if camera is not None:
         for source in sources:  # every size of a folder, not only its first pair's: fail before any output
