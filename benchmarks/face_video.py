@@ -4,7 +4,8 @@
 
 Jitter: mean norm of the second temporal difference of the fitted model's 68 landmarks (pixels). The
 baseline fits every frame independently (detection, landmark passes, fit: image mode); video mode tracks
-the crop from frame to frame and fits all frames jointly (one identity, temporal and census terms).
+the crop from frame to frame and fits all frames jointly (one identity, temporal and census terms). A value the
+clip is too short for (jitter needs 3 frames with a face, census 2) is null, with a note on stderr saying why.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,59 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flowcli.errors import FlowcliError  # noqa: E402 (after the sys.path insert)
+
+
+def tracking_quality(
+    independent: list, joint: list, independent_fits: list, fits: list, census: Callable[[list], float]
+) -> tuple[dict, list[str]]:
+    """The summary's jitter, distance and census values, and one line for each group of them that is n/a (null).
+
+    `independent` and `joint` hold each frame's 68 x 2 landmarks or None (no face) in either mode, `independent_fits`
+    and `fits` their fits; `census(fits)` is the census distance of a clip's consecutive fits. Jitter (a second
+    difference) needs 3 frames and census 2, each with a face in both modes: a shorter clip gives n/a, not NaN.
+    """
+    from flowcli.face.video import landmark_jitter
+
+    both = [i for i in range(len(independent)) if independent[i] is not None and joint[i] is not None]
+    contiguous = len(both) == len(independent)
+    ind = np.array([independent[i] for i in both])
+    jnt = np.array([joint[i] for i in both])
+    quality = dict.fromkeys(
+        (
+            "jitter_px_independent",
+            "jitter_px_video_mode",
+            "jitter_reduction",
+            "mean_distance_video_vs_independent_px",
+            "census_distance_independent",
+            "census_distance_video_mode",
+        )
+    )
+    notes = []
+    if both:
+        quality["mean_distance_video_vs_independent_px"] = float(np.linalg.norm(ind - jnt, axis=-1).mean())
+    else:
+        notes.append("mean_distance_video_vs_independent_px is n/a: no frame has a face in both modes")
+    if not contiguous:
+        notes.append(
+            f"jitter and census values are n/a: {len(independent) - len(both)} of {len(independent)} frames lack a "
+            "face in one mode, and they compare consecutive frames"
+        )
+        return quality, notes
+    if len(both) >= 3:
+        quality["jitter_px_independent"] = landmark_jitter(ind)
+        quality["jitter_px_video_mode"] = landmark_jitter(jnt)
+        if quality["jitter_px_independent"] > 0:
+            quality["jitter_reduction"] = 1 - quality["jitter_px_video_mode"] / quality["jitter_px_independent"]
+        else:
+            notes.append("jitter_reduction is n/a: the per-frame fits do not jitter at all (a still clip?)")
+    else:
+        notes.append(f"jitter values are n/a: they need at least 3 frames, the clip has {len(both)}")
+    if len(both) >= 2:
+        quality["census_distance_independent"] = census(independent_fits)
+        quality["census_distance_video_mode"] = census(fits)
+    else:
+        notes.append(f"census values are n/a: they need at least 2 frames, the clip has {len(both)}")
+    return quality, notes
 
 
 def main() -> None:
@@ -48,7 +103,6 @@ def main() -> None:
         census_consistency,
         fit_video,
         flow_function,
-        landmark_jitter,
         small_flow,
         small_gray,
     )
@@ -57,6 +111,9 @@ def main() -> None:
     pipe = FacePipeline(FaceAssets.locate(args.data))
     reader = VideoReader(video)
     frames = list(reader)
+    if not frames:
+        stopped = reader.decode_error or "it has none"
+        sys.exit(f"error: no frame of {video} could be decoded ({stopped}); give another --video")
     options = VideoOptions()
     if args.smooth is not None:
         options.smooth_weight = args.smooth
@@ -100,19 +157,16 @@ def main() -> None:
     t_fit = (time.perf_counter() - t0) / len(frames)
     joint = [None if f is None else pipe.fitter.landmarks68(f)[:, :2] for f in fits]
 
-    both = [i for i in range(len(frames)) if independent[i] is not None and joint[i] is not None]
-    contiguous = len(both) == len(frames)
-    ind = np.array([independent[i] for i in both])
-    jnt = np.array([joint[i] for i in both])
+    quality, notes = tracking_quality(
+        independent, joint, independent_fits, fits, lambda clip: census_consistency(pipe.fitter, clip, grays, zoom)
+    )
     summary = {
         "video": str(video),
         "frames_decoded": len(frames),
         "decode_stopped": reader.decode_error,
         "frames_with_face_independent": sum(x is not None for x in independent),
         "frames_with_face_video_mode": sum(x is not None for x in joint),
-        "jitter_px_independent": landmark_jitter(ind) if contiguous else None,
-        "jitter_px_video_mode": landmark_jitter(jnt) if contiguous else None,
-        "mean_distance_video_vs_independent_px": float(np.linalg.norm(ind - jnt, axis=-1).mean()),
+        **quality,
         "seconds_per_frame_independent": t_independent,
         "seconds_per_frame_video_tracking": t_track,
         "seconds_per_frame_video_fit": t_fit,
@@ -124,10 +178,8 @@ def main() -> None:
         "flow_term": bool(args.flow),
         "load_average": os.getloadavg()[0],
     }
-    if contiguous:
-        summary["census_distance_independent"] = census_consistency(pipe.fitter, independent_fits, grays, zoom)
-        summary["census_distance_video_mode"] = census_consistency(pipe.fitter, fits, grays, zoom)
-        summary["jitter_reduction"] = 1 - summary["jitter_px_video_mode"] / summary["jitter_px_independent"]
+    for note in notes:  # on stderr: --json output stays one JSON document
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps(summary, indent=None if args.json else 1))
 
 

@@ -102,6 +102,8 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
     """
     if not template.strip():  # `--name "$NAME"` with the variable unset: every output would be named _KIND.EXT
         raise OutputError('--name "" is empty; give a template such as \'{stem}\', or leave --name out')
+    sample_fields = _SAMPLE_FIELDS if sample_fields is None else sample_fields
+    given = template
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as error:
@@ -117,12 +119,32 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
     if "ext" not in fields:
         template += ".{ext}"
     try:
-        sample = render_name(template, _SAMPLE_FIELDS if sample_fields is None else sample_fields)
+        sample = render_name(template, sample_fields)
     except (ValueError, TypeError, KeyError, IndexError) as error:
-        raise OutputError(f"invalid --name template {template!r}: {error}") from None
+        raise OutputError(
+            _unformattable_placeholder(given, sample_fields) or f"invalid --name template {template!r}: {error}"
+        ) from None
     if PurePath(sample).is_absolute() or ".." in PurePath(sample).parts:
         raise OutputError(f"--name {template!r} must give a path inside the output folder (no leading / or ..)")
     return template
+
+
+def _unformattable_placeholder(template: str, sample_fields: dict) -> str | None:
+    """The message for the first placeholder of `template` whose format spec or conversion its value refuses
+    ({index:q}: Python's own message says nothing of what to give instead), or None if each renders alone."""
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        placeholder = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        try:
+            render_name(placeholder, sample_fields)
+        except (ValueError, TypeError, KeyError, IndexError) as error:
+            if isinstance(sample_fields.get(name), int):
+                valid = f"{{{name}}} is a number: use a spec such as {{{name}:06d}} (6 digits, zero-padded)"
+            else:
+                valid = f"{{{name}}} is text: use a spec such as {{{name}:.20}} (its first 20 characters)"
+            return f"{placeholder} in --name {template!r} cannot be formatted ({error}); {valid}, or none"
+    return None
 
 
 def render_name(template: str, fields: dict) -> str:

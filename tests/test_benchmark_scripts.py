@@ -9,11 +9,13 @@ and tests/test_correlation_benchmarks.py.
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +147,40 @@ def test_stereo_render_does_not_replace_an_existing_picture_without_overwrite(ru
     picture.write_bytes(b"mine")
     assert run_script("stereo_render.py", "--out", str(picture)) == 2
     assert "pass --overwrite" in capsys.readouterr().err and picture.read_bytes() == b"mine"
+
+
+def _tracking_quality(monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return runpy.run_path(str(BENCHMARKS / "face_video.py"), run_name="face_video")["tracking_quality"]
+
+
+@pytest.mark.parametrize(("frames", "census_runs"), [(1, []), (2, [2, 2])])
+def test_face_video_on_a_clip_too_short_for_a_value_reports_it_as_n_a(frames, census_runs, monkeypatch):
+    """A 1- or 2-frame clip printed NaN jitter, then failed dividing by it, or census_consistency raised for one fit."""
+    tracking_quality = _tracking_quality(monkeypatch)
+    independent = [np.full((68, 2), 10.0 * t) for t in range(frames)]
+    joint = [points + [3.0, 4.0] for points in independent]
+    census_runs_seen = []
+
+    def census(fits):
+        census_runs_seen.append(len(fits))
+        return 0.25
+
+    quality, notes = tracking_quality(independent, joint, ["fit"] * frames, ["fit"] * frames, census)
+    json.dumps(quality, allow_nan=False)  # no NaN
+    assert quality["jitter_px_independent"] is quality["jitter_px_video_mode"] is quality["jitter_reduction"] is None
+    assert quality["mean_distance_video_vs_independent_px"] == pytest.approx(5.0)
+    assert census_runs_seen == census_runs
+    assert quality["census_distance_video_mode"] == (0.25 if census_runs else None)
+    assert any("at least 3 frames" in note for note in notes)
+    assert any("at least 2 frames" in note for note in notes) == (frames == 1)
+
+
+def test_face_video_reports_jitter_and_census_of_a_clip_of_three_frames(monkeypatch):
+    tracking_quality = _tracking_quality(monkeypatch)
+    independent = [np.full((68, 2), x) for x in (0.0, 4.0, 0.0)]  # second difference: (-8, -8) at frame 1
+    joint = [np.full((68, 2), x) for x in (0.0, 1.0, 0.0)]
+    quality, notes = tracking_quality(independent, joint, ["fit"] * 3, ["fit"] * 3, lambda fits: 0.5)
+    assert quality["jitter_px_independent"] == pytest.approx(8 * np.sqrt(2))
+    assert quality["jitter_reduction"] == pytest.approx(0.75)
+    assert quality["census_distance_independent"] == 0.5 and notes == []

@@ -1141,6 +1141,8 @@ PAIR_LIST_ERRORS = {
     "list is a folder": (None, "--pairs {data} is a folder"),
     "stdin line": ("c.png d.png e.png", "stdin:3: expected two image paths, found 3"),
     "stdin twice": (None, "--pairs - and the input - both read stdin"),
+    # the list read the video's bytes and said "/dev/stdin has no pairs"
+    "stdin twice, by its device name": (None, "--pairs /dev/stdin and the input - both read stdin"),
     "stdin is a terminal": (None, "--pairs - reads the list from stdin, but nothing is piped in"),
     "two images after --pairs": (None, "--pairs {a} is an image, not a list of pairs; give it among INPUTS"),
     "two lists": (None, "--pairs is given 2 times; a run reads one list"),  # not the last one alone, unsaid
@@ -1173,6 +1175,9 @@ def test_a_bad_pair_list_is_one_line_error_naming_its_line_before_any_work(
     elif case == "stdin twice":
         pipe_into_stdin(media["clip"].read_bytes())
         inputs = ["-", "--pairs", "-"]
+    elif case == "stdin twice, by its device name":
+        pipe_into_stdin(media["clip"].read_bytes())
+        inputs = ["-", "--pairs", "/dev/stdin"]
     elif case == "stdin is a terminal":  # typed alone: an error, not a wait for keystrokes
 
         class Terminal:

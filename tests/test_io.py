@@ -1264,3 +1264,21 @@ def test_a_name_whose_temp_file_would_not_fit_the_file_system_is_refused_up_fron
     with atomic_path(fits) as tmp:  # the longest name that passes is one that can be written
         tmp.write_bytes(b"flow")
     assert fits.read_bytes() == b"flow"
+
+
+@pytest.mark.parametrize(
+    ("template", "fragments"),
+    [
+        ("{index:q}", ["{index:q}", "{index} is a number", "{index:06d}"]),
+        ("{stem:06d}_x", ["{stem:06d}", "{stem} is text", "{stem:.20}"]),
+        ("{stem!x}", ["{stem!x}", "{stem} is text"]),
+    ],
+)
+def test_a_name_template_with_a_bad_format_spec_names_the_placeholder_and_a_valid_spec(template, fragments):
+    """`--name '{index:q}'` gave only Python's "Unknown format code 'q' for object of type 'int'"."""
+    from flowcli.outputs import check_template
+
+    with pytest.raises(OutputError) as excinfo:
+        check_template(template)
+    assert_one_line_error(excinfo, *fragments, f"--name {template!r}")
+    assert check_template("{index:06d}") == "{index:06d}_{kind}.{ext}"

@@ -174,3 +174,23 @@ def test_image_pairs_come_only_once_both_paths_are_image_files(tmp_path, line, m
     pair_list = _write(tmp_path / "pairs.txt", b"a.png C.PNG\nb.png a.png\n")
     assert [(pair.first.name, pair.second.name) for pair in read_image_pairs(pair_list)] == [
         ("a.png", "C.PNG"), ("b.png", "a.png")]
+
+
+def test_a_leading_tilde_is_the_home_folder_as_in_a_shell_unless_quoted(tmp_path, monkeypatch):
+    """`~/shots/a.png` was taken as the folder '~' next to the list, which does not exist."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    lines = (
+        "~/shots/a.png\t~\n"
+        "'~/a.png' \"~\"/b.png\n"  # quoted: a shell leaves ~ as it is
+        "\\~/c.png x~/d.png\n"
+        "~no-such-user-here/e.png ~/'f g.png'\n"  # an unknown user: left as it is, as by a shell
+    )
+    pair_list = _write(tmp_path / "lists" / "pairs.txt", lines.encode())
+    folder = tmp_path / "lists"
+    assert list(read_pair_list(pair_list)) == [
+        ListedPair(home / "shots/a.png", home, f"{pair_list}:1"),
+        ListedPair(folder / "~/a.png", folder / "~/b.png", f"{pair_list}:2"),
+        ListedPair(folder / "~/c.png", folder / "x~/d.png", f"{pair_list}:3"),
+        ListedPair(folder / "~no-such-user-here/e.png", home / "f g.png", f"{pair_list}:4"),
+    ]

@@ -291,8 +291,8 @@ def collect_sources(
 
     if pair_list is not None:  # before INPUTS: `--pairs a.png b.png` would call b.png a single image
         refuse_media_as_list(pair_list)
-    if pair_list == STDIN and STDIN in inputs:
-        raise InputError("--pairs - and the input - both read stdin; save the list or the video to a file")
+    if pair_list in (STDIN, "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0") and STDIN in inputs:
+        raise InputError(f"--pairs {pair_list} and the input - both read stdin; save the list or the video to a file")
     if inputs.count(STDIN) > 1:
         raise InputError(f"- (stdin) is given {inputs.count(STDIN)} times; a run reads one video from stdin at most")
     for arg in inputs:

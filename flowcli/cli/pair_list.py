@@ -1,18 +1,20 @@
 """`--pairs LIST` of `flowcli estimate` and `flowcli stereo`: a text file (or - for stdin) of image pairs, one a line.
 
-Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two); blank
-lines and lines starting with # are skipped; the text is UTF-8, or UTF-16 with its BOM. Relative paths are relative
-to the folder of LIST, or to the current folder for - and for a LIST that is a pipe, not a file (bash's <(...),
-/dev/fd/63). Errors name the line as LIST:LINE (stdin:LINE for -). `read_image_pairs` gives the pairs whose two
-paths are image files that exist; what a pair becomes (an estimate input, a stereo LEFT RIGHT pair) is each command's
-business, and `errors_at` puts the line in front of the command's own errors about it. An image or a video given as
-LIST is refused (`refuse_media_as_list`).
+Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two; an unquoted
+leading ~ or ~user is that home folder); blank lines and lines starting with # are skipped; the text is UTF-8, or
+UTF-16 with its BOM. Relative paths are relative to the folder of LIST, or to the current folder for - and for a LIST
+that is a pipe, not a file (bash's <(...), /dev/fd/63). Errors name the line as LIST:LINE (stdin:LINE for -).
+`read_image_pairs` gives the pairs whose two paths are image files that exist; what a pair becomes (an estimate input,
+a stereo LEFT RIGHT pair) is each command's business, and `errors_at` puts the line in front of the command's own
+errors about it. An image or a video given as LIST is refused (`refuse_media_as_list`).
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import os
+import re
 import shlex
 import stat
 import sys
@@ -52,7 +54,7 @@ def read_pair_list(pair_list: str) -> Iterator[ListedPair]:
             continue
         where = f"{list_name}:{number}"
         try:
-            words = shlex.split(line)  # a CR of a CRLF line end is whitespace to it
+            words = _shell_words(line)  # a CR of a CRLF line end is whitespace to it
         except ValueError as error:  # an unterminated quote, a trailing backslash
             raise InputError(f"{where}: {str(error).lower()}; close the quote, or quote the path that holds a quote "
                              "or backslash") from None
@@ -62,6 +64,26 @@ def read_pair_list(pair_list: str) -> Iterator[ListedPair]:
         yield ListedPair(folder / words[0], folder / words[1], where)
     if not found:
         raise InputError(f"{list_name} has no pairs: give one pair per line, two image paths")
+
+
+def _shell_words(line: str) -> list[str]:
+    """`shlex.split(line)`, with a word's leading ~ or ~user expanded as a shell does: only where the text up to the
+    word's first / holds no quote or backslash (`'~/a.png'` stays a path that starts with ~)."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""  # as shlex.split
+    words, start = [], 0
+    while True:
+        while start < len(line) and line[start] in lexer.whitespace:
+            start += 1
+        word = lexer.get_token()  # ValueError for an unterminated quote, as shlex.split
+        if word is None:
+            return words
+        end = lexer.instream.tell()
+        tilde_prefix = re.match(r"[^/\s]*", line[start:end]).group()
+        if tilde_prefix.startswith("~") and not any(mark in tilde_prefix for mark in "'\"\\"):
+            word = os.path.expanduser(word)  # an unknown ~user stays as it is, as in a shell
+        words.append(word)
+        start = end
 
 
 def read_image_pairs(pair_list: str) -> Iterator[ListedPair]:
