@@ -106,8 +106,9 @@ def check_template(template: str, names: tuple[str, ...] = NAME_FIELDS, sample_f
     given = template
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as error:
-        raise OutputError(f"invalid --name template {template!r}: {error}") from None
+    except ValueError as error:  # "Single '{' encountered in format string" and the like
+        raise OutputError(f"invalid --name template {template!r}: {error}; placeholders are written {{stem}}, and a "
+                          "literal brace is doubled: {{ or }}") from None  # fmt: skip
     for name in fields:
         if name not in names:
             shown = "{" + name + "}" if name else "{}"

@@ -1282,3 +1282,14 @@ def test_a_name_template_with_a_bad_format_spec_names_the_placeholder_and_a_vali
         check_template(template)
     assert_one_line_error(excinfo, *fragments, f"--name {template!r}")
     assert check_template("{index:06d}") == "{index:06d}_{kind}.{ext}"
+
+
+@pytest.mark.parametrize("template", ["x{", "x}", "{stem"])
+def test_a_name_template_with_a_lone_brace_says_how_to_write_one(template):
+    """`--name 'x{'` printed Python's "Single '{' encountered in format string" and nothing about what to write."""
+    from flowcli.outputs import check_template
+
+    with pytest.raises(OutputError) as raised:
+        check_template(template)
+    message = str(raised.value)
+    assert f"invalid --name template {template!r}" in message and "doubled: {{ or }}" in message
