@@ -88,3 +88,23 @@ def assert_worker_ends_quietly_on_sigterm(batches) -> None:
     time.sleep(0.5)  # time for torch's SIGCHLD handler to raise in this process, as it did for a killed worker
     assert worker.exitcode == 0
     batches._shutdown_workers()
+
+
+def ctrl_c_before_the_third_batch(batches, received: list, others: set):
+    """Yield the batches of a DataLoader iterator, each also appended to `received`; before the third is received,
+    send a Ctrl-C to its data workers and to this process, as a terminal sends it to the whole job. `others`: the
+    child processes that are not the loader's workers."""
+    import multiprocessing
+    import os
+    import signal
+
+    while True:
+        if len(received) == 2:
+            workers = set(multiprocessing.active_children()) - others
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            for worker in workers:
+                worker.join(timeout=1)  # (one that ended on it has done so by now)
+        received.append(next(batches))
+        yield received[-1]

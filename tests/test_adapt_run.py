@@ -613,30 +613,16 @@ def test_a_ctrl_c_while_a_batch_is_received_waits_for_it_and_shuts_the_data_work
     multiprocessing/resource_sharer.py after the "interrupted" line; a worker that ended on its own Ctrl-C could no
     longer send what the main process was receiving. The workers stayed up until exit, after the message."""
     import multiprocessing
-    import os
-    import signal
+
+    from cli_harness import ctrl_c_before_the_third_batch
 
     from flowcli.adapt import trainer
 
     others = set(multiprocessing.active_children())
     start_loader, received = trainer._loader, []
 
-    def ctrl_c_mid_receive(*args, **kwargs):
-        batches = iter(start_loader(*args, **kwargs))  # the workers start now, as they do in adapt
-
-        def receive():
-            while True:
-                if len(received) == 2:  # as a terminal sends it: to the whole job
-                    workers = set(multiprocessing.active_children()) - others
-                    for worker in workers:
-                        os.kill(worker.pid, signal.SIGINT)
-                    signal.raise_signal(signal.SIGINT)
-                    for worker in workers:
-                        worker.join(timeout=1)  # (one that ended on it has done so by now)
-                received.append(next(batches))
-                yield received[-1]
-
-        return receive()
+    def ctrl_c_mid_receive(*args, **kwargs):  # the workers start now, as they do in adapt
+        return ctrl_c_before_the_third_batch(iter(start_loader(*args, **kwargs)), received, others)
 
     monkeypatch.setattr(trainer, "_loader", ctrl_c_mid_receive)
     output = tmp_path / "adapted.safetensors"

@@ -513,8 +513,8 @@ def test_a_ctrl_c_while_a_batch_is_received_waits_for_it_and_shuts_the_data_work
     from multiprocessing/resource_sharer.py (about one Ctrl-C in 15); a worker that ended on its own Ctrl-C could no
     longer send what the main process was receiving. The workers stayed up until exit, after the message."""
     import multiprocessing
-    import os
-    import signal
+
+    from cli_harness import ctrl_c_before_the_third_batch
 
     from flowcli.train import trainer
 
@@ -522,22 +522,8 @@ def test_a_ctrl_c_while_a_batch_is_received_waits_for_it_and_shuts_the_data_work
     others = set(multiprocessing.active_children())
     start_batches, received = trainer._batches, []
 
-    def ctrl_c_mid_receive(*args):
-        batches = start_batches(*args)  # the workers start now, as they do in train
-
-        def receive():
-            while True:
-                if len(received) == 2:  # as a terminal sends it: to the whole job
-                    workers = set(multiprocessing.active_children()) - others
-                    for worker in workers:
-                        os.kill(worker.pid, signal.SIGINT)
-                    signal.raise_signal(signal.SIGINT)
-                    for worker in workers:
-                        worker.join(timeout=1)  # (one that ended on it has done so by now)
-                received.append(next(batches))
-                yield received[-1]
-
-        return receive()
+    def ctrl_c_mid_receive(*args):  # the workers start when the batches are asked for, as they do in train
+        return ctrl_c_before_the_third_batch(start_batches(*args), received, others)
 
     monkeypatch.setattr(trainer, "_batches", ctrl_c_mid_receive)
     with pytest.raises(FlowcliError, match="interrupted at step 2") as raised:
