@@ -737,7 +737,8 @@ def test_resume_with_other_settings_is_refused_before_any_work(media, tmp_path, 
     code, _, err = run("--overwrite", "--step", "2")
     assert code == 0, err
     key = str((media["frames"] / "f_0.png").resolve())
-    assert _record(out) == {key: {"weights": sha, "step": 2, "scale": 1.0, "max_flow": None}}
+    assert _record(out) == {key: {"weights": sha, "step": 2, "scale": 1.0, "max_flow": None,
+                                  "names": [media["frames"].name]}}  # fmt: skip
 
 
 def test_resume_may_change_what_alters_numbers_only_by_rounding_and_the_formats(media, tmp_path, cli, monkeypatch):
@@ -756,14 +757,16 @@ def test_resume_may_change_what_alters_numbers_only_by_rounding_and_the_formats(
     assert _record(out) == recorded == {
         str((media["frames"] / "f_0.png").resolve()): {
             "weights": hashlib.sha256(media["weights"].read_bytes()).hexdigest(), "step": 1, "scale": 1.0,
-            "max_flow": None,
+            "max_flow": None, "names": [media["frames"].name],
         }
     }
     # another input's run in the same folder adds its entry and keeps this one
     code, _, err = cli(media["clip"], "--max-frames", "2", "--step", "2", "--weights", media["weights"], "-o", out,
                        "--flo", "-q")
     assert code == 0, err
-    assert _record(out) == {**recorded, str(media["clip"].resolve()): {**recorded[next(iter(recorded))], "step": 2}}
+    assert _record(out) == {
+        **recorded, str(media["clip"].resolve()): {**recorded[next(iter(recorded))], "step": 2, "names": ["clip"]}
+    }
 
 
 def test_a_folder_without_a_record_resumes_and_gets_one(media, tmp_path, cli):
@@ -787,6 +790,28 @@ def test_a_folder_without_a_record_resumes_and_gets_one(media, tmp_path, cli):
     (out / ".flowcli-estimate.json").write_text("[1, 2]")
     code, _, err = cli(*args, "--resume")
     assert_one_line_error(code, err, 3, ".flowcli-estimate.json is not a run record", "delete it")
+
+
+def test_resume_with_inputs_of_one_name_in_another_order_is_refused(media, tmp_path, cli):
+    """Two folders named `shot` are the sources shot and shot-2, in the order given: resumed with the folders the
+    other way round, each took the other's files as done, and the outputs were silently those of the wrong frames."""
+    first, second = tmp_path / "day1" / "shot", tmp_path / "day2" / "shot"
+    for folder, offset in ((first, 0), (second, 5)):
+        for i in range(2):
+            write_png(folder / f"f_{i}.png", _frame(i + offset))
+    out = tmp_path / "out"
+    common = ["--weights", media["weights"], "-o", out, "--flo", "-q", "--name", "{source}/{stem}"]
+    code, _, err = cli(first, second, *common)
+    assert code == 0, err
+    (out / "shot-2" / "f_0_flow.flo").unlink()  # interrupted before the second folder's pair
+    before = snapshot(out)
+    code, _, err = cli(second, first, *common, "--resume")
+    assert_one_line_error(code, err, 2, f"holds outputs of {second} named shot-2, and this run names them shot",
+                          "give them as then, or use --overwrite")  # fmt: skip
+    assert snapshot(out) == before
+    code, _, err = cli(first, second, *common, "--resume")  # as the run started: it finishes
+    assert code == 0, err
+    assert (out / "shot-2" / "f_0_flow.flo").is_file()
 
 
 @pytest.mark.parametrize("new_setting", [["--step", "2"], ["--scale", "0.5"]])

@@ -405,10 +405,10 @@ def _record_entry(source: _Source, settings: dict) -> Entry:
     """The source's entry in the run record (flowcli.cli.run_record): keyed by its video or first frame, so a
     folder and a glob of the same frames share it; the video on stdin by -, as --resume takes it piped again."""
     if source.stream is not None:
-        return Entry(str(source.video), source.label, settings)
+        return Entry(str(source.video), source.label, settings, source.name)
     if not source.sequence:  # --step does not apply to an explicit image pair
         settings = {name: value for name, value in settings.items() if name != "step"}
-    return Entry(str((source.video or source.frames[0]).resolve()), source.label, settings)
+    return Entry(str((source.video or source.frames[0]).resolve()), source.label, settings, source.name)
 
 
 def _progress_name(source: _Source, pair: _Pair) -> str:

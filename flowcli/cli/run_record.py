@@ -20,6 +20,10 @@ Recorded settings (any of them changed is refused on --resume):
               point clouds), max_depth (depth, point clouds), max_disparity (the colours of vis and video),
               lr_threshold (occlusion masks, point clouds)
 
+Each entry also records `names`: the {source} names of its sources (clip, or clip and clip-2 for the same
+frames given twice). Inputs of one name get -2, -3... in the order given, so a resume with them in another order
+would take one source's files as another's; a changed name is refused like a changed setting.
+
 A setting counts even where it decided no file (--max-disparity without vis, a camera added to a run that had
 none): the record does not say which files were written.
 
@@ -55,6 +59,7 @@ from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import atomic_path
 
 STAMP = "since"  # an entry's stamp (see the module docstring); not a setting, so never compared
+NAMES = "names"  # the {source} names of an entry's sources (see refuse_changed_settings)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Entry:
     key: str | None  # None: a source that is never recorded
     label: str  # the source as given, for messages
     settings: dict
+    name: str | None = None  # the {source} of its output names (clip, clip-2: the order of the inputs decides)
 
 
 class RunRecord:
@@ -89,21 +95,31 @@ class RunRecord:
         return record
 
     def refuse_changed_settings(self, entries: list[Entry]) -> None:
-        """InputError when the outputs of one of `entries`' sources were made with other recorded settings."""
+        """InputError when the outputs of one of `entries`' sources were made with other recorded settings, or
+        under other names: inputs given in another order swap the names of sources of one name (a, a-2), and
+        each would take the other's files as done."""
         record = self.read()
-        for entry in entries:
+        for entry in _with_names(entries):
             recorded = record.get(entry.key) if entry.key is not None else None
             if not recorded:
                 continue
             changes = [
                 f"{name.replace('_', '-')}: {_shown(name, recorded[name])} -> {_shown(name, value)}"
                 for name, value in entry.settings.items()
-                if name in recorded and recorded[name] != value  # a setting newer than the record is not compared
+                if name != NAMES and name in recorded and recorded[name] != value  # a newer setting is not compared
             ]
             if changes:
                 raise InputError(
                     f"--resume: {self.directory} holds outputs of {entry.label} made with other settings "
                     f"({'; '.join(changes)}); resume with the same settings, or use --overwrite to start afresh"
+                )
+            # (after the settings: --swap changes the names too, and is the better message)
+            if NAMES in recorded and recorded[NAMES] != entry.settings[NAMES]:
+                raise InputError(
+                    f"--resume: {self.directory} holds outputs of {entry.label} named {', '.join(recorded[NAMES])}, "
+                    f"and this run names them {', '.join(entry.settings[NAMES])}: inputs of one name are given in "
+                    "another order than when the run started, or one was added or left out; give them as then, or "
+                    "use --overwrite to start afresh"
                 )
 
     def made_since(self, entries: list[Entry]) -> list[int | None]:
@@ -119,7 +135,7 @@ class RunRecord:
         with the time of this write; an entry whose settings stay keeps its stamp."""
         record = self.read()
         changed, stamped = {}, []
-        for entry in entries:
+        for entry in _with_names(entries):
             if entry.key is None:
                 continue
             recorded = record.get(entry.key)
@@ -181,6 +197,17 @@ def kept_video_frames(path: Path, label: str, pairs: int | None, fps: float) -> 
     else:
         return frames
     return None
+
+
+def _with_names(entries: list[Entry]) -> list[Entry]:
+    """`entries` with the names of their key's sources as a setting (NAMES): the same frames given twice are one
+    key with two names."""
+    names: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.key is not None and entry.name is not None:
+            names.setdefault(entry.key, []).append(entry.name)
+    return [Entry(entry.key, entry.label, {**entry.settings, NAMES: sorted(names[entry.key])}, entry.name)
+            if entry.key in names else entry for entry in entries]  # fmt: skip
 
 
 def _shown(name: str, value) -> str:

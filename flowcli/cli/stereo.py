@@ -641,7 +641,7 @@ def _record_entry(source: _Source, settings: dict) -> Entry:
         files = [path for path in (source.video, source.video_right) if path is not None]
     if not source.sequence:  # --step does not apply to an explicit pair
         settings = {name: value for name, value in settings.items() if name != "step"}
-    return Entry(" ".join(sorted(str(path.resolve()) for path in files)), source.label, settings)
+    return Entry(" ".join(sorted(str(path.resolve()) for path in files)), source.label, settings, source.name)
 
 
 def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
