@@ -24,6 +24,10 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
+def __dir__() -> list[str]:  # the lazy names too, for tab completion and help()
+    return sorted({*globals(), *_LAZY})
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -237,6 +238,20 @@ def check_frame(name: str, image) -> torch.Tensor:
     return image[None] if image.dim() == 3 else image
 
 
+def check_model(model) -> None:
+    """An InputError unless `model` is a loaded flow network (a name or path is the commonest mistake)."""
+    if isinstance(model, torch.nn.Module) and hasattr(model, "config") and any(True for _ in model.parameters()):
+        return
+    if isinstance(model, (str, os.PathLike)):
+        got = repr(str(model))
+    else:
+        got = "None" if model is None else f"a {type(model).__name__}"
+    raise InputError(
+        f"model must be a flow network loaded with flowcli.load_model(name or path), got {got}; "
+        "load it once and pass it to every call"
+    )
+
+
 def check_frames(image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two frames as [B,3,H,W] floating-point tensors of the same shape, or an InputError saying what is wrong."""
     image1, image2 = check_frame("image1", image1), check_frame("image2", image2)
@@ -271,10 +286,11 @@ def estimate_flow(
     A model.half() or .bfloat16() runs in its own dtype under autocast. The results are fp32 tensors on
     the model's device, computed without autograd (no gradient reaches the frames).
     """
+    check_model(model)
     image1, image2 = check_frames(image1, image2)
     if not (_is_number(scale) and math.isfinite(scale) and scale > 0):
         raise InputError(f"scale must be a positive number, got {scale!r}")
-    if isinstance(tile_overlap, numbers.Real) and float(tile_overlap).is_integer():  # 64.0 and numpy integers too
+    if _is_number(tile_overlap) and float(tile_overlap).is_integer():  # 64.0 and numpy integers too
         tile_overlap = int(tile_overlap)
     if not isinstance(tile_overlap, int) or isinstance(tile_overlap, bool):
         raise InputError(f"tile_overlap must be a whole number of pixels, got {tile_overlap!r}")

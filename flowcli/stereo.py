@@ -133,6 +133,11 @@ def left_right_occlusion(
     d_R is read at (x - d_L, y) by linear interpolation along the row; a pixel is occluded where
     |d_L - d_R(x - d_L)| > threshold, or where x - d_L falls left of the image (or d_L is NaN).
     """
+    if disparity_left.dim() != 4 or disparity_left.shape != disparity_right.shape:
+        raise InputError(
+            f"the left and right disparities have shapes {tuple(disparity_left.shape)} and "
+            f"{tuple(disparity_right.shape)}; give two [B, 1, H, W] maps of the same pair"
+        )
     w = disparity_left.shape[-1]
     xs = torch.arange(w, device=disparity_left.device, dtype=disparity_left.dtype).view(1, 1, 1, w)
     target = xs - disparity_left
@@ -367,6 +372,7 @@ def point_cloud(depth, image, camera: Camera, mask=None) -> tuple[np.ndarray, np
     """
     depth = _one_map("depth", depth).astype(np.float32)
     h, w = depth.shape
+    camera.check_size(w, h)  # a calibration for another size has other focal lengths and principal point
     image = _rgb8(image, h, w)
     fx, fy, cx, cy = camera.intrinsics(w, h)
     keep = np.isfinite(depth) & (depth > 0)
@@ -417,14 +423,43 @@ _PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8
               "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4"}
 
 
+def _triples(name: str, values) -> np.ndarray:
+    """Points or colours [..., 3] (tensor or array) as a numpy [N, 3]."""
+    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+    if values.ndim == 0 or values.shape[-1] != 3:
+        raise InputError(f"the {name} have shape {values.shape}; give them as [N, 3]")
+    return values.reshape(-1, 3)
+
+
+def _colours8(colors) -> np.ndarray:
+    """Colours [..., 3] as uint8 [N, 3]: float ones in [0, 1] (as point_cloud's images), integer ones in 0-255."""
+    colors = _triples("colours", colors)
+    if colors.size and np.issubdtype(colors.dtype, np.floating):
+        if not (colors.min() >= 0.0 and colors.max() <= 1.0):  # also NaN
+            raise InputError(
+                f"the colours hold values from {colors.min():g} to {colors.max():g}; give float "
+                "colours in [0, 1] or uint8 ones in 0-255"
+            )
+        return np.rint(colors * 255).astype(np.uint8)
+    if colors.size and not (colors.min() >= 0 and colors.max() <= 255):
+        raise InputError(
+            f"the colours hold values from {colors.min()} to {colors.max()}; give uint8 colours "
+            "in 0-255 or float ones in [0, 1]"
+        )
+    return colors.astype(np.uint8)
+
+
 def write_ply(path, points, colors=None, *, binary: bool = True, overwrite: bool = False) -> Path:
-    """Write a coloured point cloud as PLY (binary little endian or ASCII), atomically."""
+    """Write a coloured point cloud as PLY (binary little endian or ASCII), atomically.
+
+    points [N, 3] (or [..., 3]); colors the same count, uint8 in 0-255 or float in [0, 1].
+    """
     from flowcli.io.atomic import atomic_path
 
-    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    points = _triples("points", points).astype(np.float32)
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if colors is not None:
-        colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+        colors = _colours8(colors)
         if len(colors) != len(points):
             raise ValueError(f"{len(points)} points but {len(colors)} colours")
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
@@ -458,20 +493,37 @@ def read_ply(path) -> tuple[np.ndarray, np.ndarray | None]:
     end = data.find(b"end_header\n")
     if not data.startswith(b"ply") or end < 0:
         raise InputError(f"cannot read {path}: not a PLY file")
-    header = data[:end].decode("ascii", errors="replace").splitlines()
-    fmt = next((line.split()[1] for line in header if line.startswith("format")), "")
-    count = next((int(line.split()[2]) for line in header if line.startswith("element vertex")), 0)
-    props = [(line.split()[2], _PLY_TYPES.get(line.split()[1])) for line in header if line.startswith("property")]
+    header = [line.split() for line in data[:end].decode("ascii", errors="replace").splitlines()]
+    fmt = next((words[1] for words in header if words[:1] == ["format"] and len(words) > 1), "")
+    counts = [words[2] for words in header if words[:2] == ["element", "vertex"] and len(words) > 2]
+    if not counts or not counts[0].isdigit():
+        raise InputError(f"cannot read {path}: its header has no vertex count (element vertex N)")
+    count = int(counts[0])
+    props = [(words[-1], _PLY_TYPES.get(words[1])) for words in header if words[:1] == ["property"] and len(words) > 2]
     if fmt not in ("ascii", "binary_little_endian") or any(t is None for _, t in props):
         raise InputError(f"cannot read {path}: only vertex-only ascii or binary_little_endian PLY is supported")
+    names = [name for name, _ in props]
+    if not all(k in names for k in ("x", "y", "z")):
+        have = ", ".join(names) or "nothing"
+        raise InputError(f"cannot read {path}: its vertices have no x, y, z (they have {have})")
     body = data[end + len(b"end_header\n"):]
+    truncated = InputError(f"cannot read {path}: the header promises {count} vertices but the file is cut short")
     if fmt == "ascii":
-        table = np.loadtxt(body.decode("ascii").splitlines(), ndmin=2) if count else np.zeros((0, len(props)))
-        vertices = {name: table[:count, i] for i, (name, _) in enumerate(props)}
+        try:
+            lines = [line for line in body.decode("ascii").splitlines() if line.strip()][:count]
+            table = np.loadtxt(lines, ndmin=2) if count else np.zeros((0, len(props)))
+        except (UnicodeDecodeError, ValueError):
+            table = None
+        if table is None or table.shape[1] != len(props):
+            raise InputError(f"cannot read {path}: its vertex lines are not {len(props)} numbers each (cut short?)")
+        if len(table) < count:
+            raise truncated
+        vertices = {name: table[:, i] for i, name in enumerate(names)}
     else:
+        if len(body) < count * np.dtype(props).itemsize:
+            raise truncated
         vertices = np.frombuffer(body, dtype=props, count=count)
     points = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1).astype(np.float32)
-    names = [name for name, _ in props]
     colors = None
     if all(k in names for k in ("red", "green", "blue")):
         colors = np.stack([vertices[k] for k in ("red", "green", "blue")], axis=1).astype(np.uint8)

@@ -320,3 +320,46 @@ def test_a_float_pixel_budget_tiles_a_short_wide_image():
     # 1.024e4 gave float tile widths: "slice indices must be integers"
     assert estimate_flow(model, image, image, max_pixels=1.024e4).tiles == estimate_flow(
         model, image, image, max_pixels=10240).tiles > 1
+
+
+def test_a_model_name_or_another_object_instead_of_a_loaded_model_is_an_input_error(model):
+    """evaluate() takes a registry name, so estimate_flow("flowcli-pwc-synth", ...) is a natural mistake: it was
+    AttributeError: 'str' object has no attribute 'parameters' (and 'Conv2d' object has no attribute 'config')."""
+    from flowcli.stereo import estimate_disparity
+
+    image = torch.rand(3, 64, 64)
+    for not_a_model, needle in (
+        ("flowcli-pwc-synth", "got 'flowcli-pwc-synth'"),
+        (Path("m.safetensors"), "got 'm"),
+        (None, "got None"),
+        (torch.nn.Conv2d(3, 2, 1), "got a Conv2d"),
+    ):
+        for estimate in (estimate_flow, estimate_disparity):
+            with pytest.raises(InputError, match=f"flowcli.load_model.*{needle}"):
+                estimate(not_a_model, image, image)
+
+
+def test_a_bool_tile_overlap_is_refused_like_a_bool_max_pixels(model):
+    image = torch.rand(1, 3, 64, 64)
+    for options in (dict(tile_overlap=True), dict(max_pixels=True)):  # tile_overlap=True ran as 1 px
+        with pytest.raises(InputError, match=next(iter(options))):
+            estimate_flow(model, image, image, **options)
+
+
+def test_load_model_takes_a_numpy_gpu_number_and_refuses_other_device_types():
+    from flowcli.models import load_model
+
+    if torch.cuda.is_available():
+        assert next(load_model(device=np.int64(0)).parameters()).device == torch.device("cuda", 0)
+    else:
+        with pytest.raises(FlowcliError, match="cuda:0"):  # was torch's "Cannot access accelerator device"
+            load_model(device=np.int64(0))
+    for bad in (True, [0], 0.5):  # True was nn.Module.to's "dtype=torch.bool" TypeError, [0] a many-line one
+        with pytest.raises(InputError, match="device must be auto, cpu"):
+            load_model(device=bad)
+
+
+def test_dir_of_the_package_lists_the_lazily_imported_api():
+    import flowcli
+
+    assert {"load_model", "estimate_flow", "estimate_disparity", "evaluate"} <= set(dir(flowcli))

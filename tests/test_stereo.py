@@ -329,3 +329,59 @@ def test_a_folder_given_as_calibration_or_ply_is_named_as_a_folder(tmp_path):
         read_calibration(tmp_path)
     with pytest.raises(InputError, match="is a folder; give a .ply file"):
         read_ply(tmp_path)
+
+
+def test_ply_colours_follow_the_image_convention_and_points_must_be_triples(tmp_path):
+    """Float colours in [0, 1] (Open3D's) were written black, 300 wrapped to 44, [N, 2] points were reshaped into
+    other points and a tensor that requires grad crashed in numpy()."""
+    points = torch.rand(4, 3, requires_grad=True)
+    path = write_ply(tmp_path / "float.ply", points, np.full((4, 3), 0.8))
+    np.testing.assert_array_equal(read_ply(path)[1], np.full((4, 3), 204, np.uint8))
+    np.testing.assert_allclose(read_ply(path)[0], points.detach().numpy())
+    organised = np.random.rand(2, 5, 3)  # an [H, W, 3] point map is still N triples
+    assert len(read_ply(write_ply(tmp_path / "map.ply", organised, organised))[0]) == 10
+    for bad_points, bad_colours, needle in (
+        (np.random.rand(3, 2), None, r"points have shape \(3, 2\)"),
+        (points, np.full((4, 3), 300), "colours hold values from 300"),
+        (points, np.full((4, 3), 255.0), "float colours in"),
+        (points, np.full((4, 4), 10, np.uint8), r"colours have shape"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            write_ply(tmp_path / "bad.ply", bad_points, bad_colours)
+    assert not (tmp_path / "bad.ply").exists()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_cut_short_or_malformed_ply_is_a_one_line_input_error(tmp_path, binary):
+    """Were numpy's ValueError, KeyError or UnicodeDecodeError tracebacks."""
+    whole = write_ply(tmp_path / "whole.ply", np.random.rand(4, 3), np.zeros((4, 3), np.uint8), binary=binary)
+    data = whole.read_bytes()
+    header, body = data.split(b"end_header\n")
+    cases = [
+        (data[:-5], "cut short"),
+        (header.replace(b"element vertex 4", b"element vertex x") + b"end_header\n" + body, "no vertex count"),
+        (header.replace(b"property float x\n", b"property float a\n") + b"end_header\n" + body, "no x, y, z"),
+    ]
+    if not binary:
+        cases.append((header + b"end_header\n" + b"\xff 1 2 3 4 5\n" + body, "not 6 numbers each"))
+    for i, (broken, needle) in enumerate(cases):
+        (tmp_path / f"{i}.ply").write_bytes(broken)
+        with pytest.raises(InputError, match=needle) as error:
+            read_ply(tmp_path / f"{i}.ply")
+        assert len(str(error.value).splitlines()) == 1
+
+
+def test_point_cloud_refuses_a_calibration_made_for_another_image_size():
+    """Its focal length and principal point are in another size's pixels: the cloud came out silently scaled."""
+    camera = Camera(focal=100.0, baseline=0.1, cx=31.5, cy=23.5, width=64, height=48)
+    assert len(point_cloud(np.ones((48, 64)), np.zeros((48, 64, 3), np.uint8), camera)[0]) == 64 * 48
+    with pytest.raises(InputError, match="is for 64x48 images but the images are 32x24"):
+        point_cloud(np.ones((24, 32)), np.zeros((24, 32, 3), np.uint8), camera)
+
+
+def test_left_right_occlusion_refuses_maps_of_different_shapes():
+    """A right map one column wider was read silently (one narrower crashed in gather, a 3D one in indexing)."""
+    left = torch.full((1, 1, 2, 8), 2.0)
+    for right in (torch.full((1, 1, 2, 9), 2.0), torch.full((1, 1, 2, 7), 2.0), torch.full((1, 2, 8), 2.0)):
+        with pytest.raises(InputError, match="give two \\[B, 1, H, W\\] maps of the same pair"):
+            left_right_occlusion(left if right.dim() == 4 else left[0], right)

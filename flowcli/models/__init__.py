@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import torch
@@ -38,10 +39,13 @@ def load_model(
     Registry and remote files are fetched into the cache on first use and sha256-verified.
     """
     from flowcli.checkpoint import load_checkpoint
+    from flowcli.errors import InputError
     from flowcli.inference import resolve_device
 
-    if isinstance(device, int) and not isinstance(device, bool):
-        device = f"cuda:{device}"  # torch's spelling of GPU number N, as in model.to(0)
+    if isinstance(device, numbers.Integral) and not isinstance(device, bool):  # numpy integers too
+        device = f"cuda:{int(device)}"  # torch's spelling of GPU number N, as in model.to(0)
+    elif device is not None and not isinstance(device, (str, torch.device)):
+        raise InputError(f"device must be auto, cpu, cuda, cuda:N, mps, a torch.device or a GPU number, got {device!r}")
     if isinstance(device, torch.device) and device.type in ("cuda", "mps"):
         device = str(device)  # checked like a string: an absent GPU is a one-line error, not torch's assertion
     device = resolve_device(device) if isinstance(device, str) else device
