@@ -230,10 +230,12 @@ def check_frame(name: str, image) -> torch.Tensor:
         raise InputError(f"{name} has shape {tuple(image.shape)}, an empty image; frames need at least 1x1 pixels")
     if image.numel():
         low, high = (float(v) for v in torch.aminmax(image.detach()))
-        if not (-1.0 <= low and high <= 2.0):  # also catches NaN and inf
+        # resampling overshoots [0, 1] a little; [-1, 1] (torchvision's RAFT takes frames so) ran, a few px worse
+        if not (-0.5 <= low and high <= 2.0):  # also catches NaN and inf
             raise InputError(
                 f"{name} holds values from {low:g} to {high:g}; frames must be float RGB in [0, 1] "
-                "(divide 8-bit images by 255, 16-bit ones by 65535; replace NaN and inf)"
+                "(divide 8-bit images by 255, 16-bit ones by 65535; map frames in [-1, 1] back with (x + 1) / 2; "
+                "replace NaN and inf)"
             )
     return image[None] if image.dim() == 3 else image
 
