@@ -749,3 +749,102 @@ def test_provenance_keeps_a_globs_pattern_from_the_folder_it_searches(tmp_path):
     take = tmp_path / "take [2]"
     take.mkdir()
     assert _public(str(take)) == "take [2]"
+
+
+def test_a_quoted_glob_starting_with_a_tilde_searches_the_home_folder(tmp_path, monkeypatch):
+    """`flowcli adapt '~/shots/*.png'` (quoted, so the shell leaves the ~) found nothing, though '~/shots' worked, and
+    its default output was named after the current folder."""
+    from flowcli.cli.adapt import default_output
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _frames(tmp_path / "shots", 3)
+    (tmp_path / "v1.2").mkdir()
+    monkeypatch.chdir(tmp_path / "v1.2")
+    assert [len(seq) for seq in scan_footage(["~/shots/*.png"]).sequences] == [3]
+    assert default_output(["~/shots/*.png"]) == Path("shots-adapted.safetensors")
+    assert default_output(["~/v1.2"]) == Path("v1.2-adapted.safetensors")  # a folder, not a file with a suffix
+
+
+def test_a_glob_through_a_folder_named_with_brackets_says_how_to_escape_them(tmp_path):
+    take = _frames(tmp_path / "take [2]", 3)
+    with pytest.raises(InputError, match=re.escape("write a [ of a name as [[]")):
+        scan_footage([f"{take}/*.png"])
+    assert [len(seq) for seq in scan_footage([f"{tmp_path}/take [[]2]/*.png"]).sequences] == [3]
+
+
+def test_a_stereo_pairs_list_that_is_not_text_or_has_spaces_in_paths(tmp_path):
+    """A binary or non-UTF-8 list was a UnicodeDecodeError traceback; a path with a space could not be given."""
+    _png(tmp_path / "my shots" / "a left.png")
+    _png(tmp_path / "my shots" / "a right.png", seed=1)
+    binary = tmp_path / "pairs.txt"
+    binary.write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(InputError, match="^cannot read the list of stereo pairs .*pairs.txt: it is not UTF-8 text"):
+        scan_footage([binary], stereo=True, min_frames=1)
+    quoted = tmp_path / "quoted.txt"
+    quoted.write_bytes(b"\xef\xbb\xbf\"my shots/a left.png\" 'my shots/a right.png'\r\n")  # BOM and CRLF: Notepad
+    (pair,) = scan_footage([quoted], stereo=True, min_frames=1).sequences[0].frames
+    assert pair == (tmp_path / "my shots" / "a left.png", tmp_path / "my shots" / "a right.png")
+    unquoted = tmp_path / "unquoted.txt"
+    unquoted.write_text("my shots/a left.png my shots/a right.png\n")
+    with pytest.raises(InputError, match=r"unquoted.txt:1: expected 'LEFT RIGHT' \(two paths; quote a path"):
+        scan_footage([unquoted], stereo=True, min_frames=1)
+
+
+def test_an_unreadable_subfolder_is_skipped_and_an_unreadable_source_is_an_error(tmp_path, monkeypatch):
+    """A drive's `lost+found` (no read permission) inside the footage was a PermissionError traceback."""
+    drive = tmp_path / "drive"
+    _frames(drive / "scene", 3)
+    (drive / "lost+found").mkdir()
+    iterdir = Path.iterdir
+
+    def denied(self):
+        if self.name in ("lost+found", "locked"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.warns(UserWarning, match=r"cannot read the folder .*lost\+found \(Permission denied\); skipping it"):
+        footage = scan_footage([drive])
+    assert [(seq.label, len(seq)) for seq in footage.sequences] == [("drive/scene", 3)]
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(InputError, match="^cannot read the folder .*locked: Permission denied; check its permissions"):
+        scan_footage([tmp_path / "locked"])
+
+
+def test_a_skipped_frame_is_named_by_its_path_not_a_name_many_scenes_share(tmp_path):
+    for scene in ("alley_1", "cave_2"):
+        _frames(tmp_path / "clean" / scene, 3)
+        (tmp_path / "clean" / scene / "frame_2.png").write_bytes(b"broken")
+    with pytest.warns(UserWarning) as warned:
+        scan_footage([tmp_path / "clean"])
+    (message,) = [str(w.message) for w in warned if "unreadable frame" in str(w.message)]
+    for scene in ("alley_1", "cave_2"):
+        assert str(tmp_path / "clean" / scene / "frame_2.png") in message, message
+
+
+def test_a_gt_dataset_named_twice_is_measured_once_or_refused_with_two_roots(tmp_path, base, no_decoding, monkeypatch):
+    """`--gt kitti2015:A --gt kitti2015:B` reported B's metrics as kitti2015 and dropped A's without a word (the
+    report keys them by dataset); `--gt sintel:R --gt sintel-clean:R` measured sintel-clean twice."""
+    from flowcli.adapt import report
+
+    checked = []
+    monkeypatch.setattr(report, "make_dataset", lambda name, root: checked.append((name, root)))
+    gt_sets = report.parse_gt(["sintel:data/sintel", "sintel-clean:data/sintel/", "chairs:c"])
+    assert gt_sets == [("sintel-clean", "data/sintel"), ("sintel-final", "data/sintel"), ("chairs", "c")]
+    assert checked == gt_sets
+    folder = _frames(tmp_path / "shot", 3)
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--gt", "kitti2015:a",
+                         "--gt", "kitti2015:b")  # fmt: skip
+    assert code == 2 and message.startswith("--gt kitti2015:a and --gt kitti2015:b both name kitti2015"), message
+
+
+def test_an_output_that_is_a_folder_is_asked_for_a_file_name(tmp_path, base, no_decoding):
+    """`-o models/` said 'the output models must be a .safetensors file', as if the folder were a badly named file."""
+    folder = _frames(tmp_path / "shot", 3)
+    models = tmp_path / "models"
+    models.mkdir()
+    code, message = _cli(folder, "-o", models, "-w", base, *_TINY)
+    assert code == 3 and message == (
+        f"-o {models} is a folder; give the checkpoint's file name, e.g. -o {models / 'shot-adapted.safetensors'}"
+    ), message
+    assert list(models.iterdir()) == []

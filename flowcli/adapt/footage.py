@@ -16,8 +16,9 @@ but the frames of one tuple must agree (an error naming the two files otherwise)
 Stereo footage (`stereo=True`): rectified left/right pairs, from two folders (left, right), a folder
 holding `left/` and `right/` (or KITTI's `image_2/` and `image_3/`) subfolders, a folder of
 `*left*` / `*right*` files (e.g. `desk_left.png`, `desk_right.png`), Middlebury-style scene folders
-(`<scene>/im0.png`, `im1.png`) or a text file with one `LEFT RIGHT` pair of paths per line. The
-pairs of one source are a stereo sequence in natural order (consecutive in time for `--temporal`).
+(`<scene>/im0.png`, `im1.png`) or a UTF-8 text file with one `LEFT RIGHT` pair of paths per line
+(quoted where a path holds a space; relative to the file's folder). The pairs of one source are a
+stereo sequence in natural order (consecutive in time for `--temporal`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import glob
 import hashlib
 import json
 import math
+import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,17 +291,23 @@ def _walk(
     if _resolved(folder) in walked:  # a link back to a folder already searched (`latest -> ..`): no loop
         return []
     walked.add(_resolved(folder))
-    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=media.natural_sort_key)
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES]
-    videos = [p for p in entries if p.is_file() and media.is_video(p)]
+    try:
+        entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=media.natural_sort_key)
+        images = [p for p in entries if p.is_file() and p.suffix.lower() in media.IMAGE_SUFFIXES]
+        videos = [p for p in entries if p.is_file() and media.is_video(p)]
+        folders = [p for p in entries if p.is_dir() and not p.name.endswith(".adapt")]
+    except OSError as error:  # no permission: a drive's lost+found, another user's folder
+        if folder == root:
+            raise InputError(f"cannot read the folder {folder}: {error.strerror}; check its permissions") from None
+        warn(f"cannot read the folder {folder} ({error.strerror}); skipping it")
+        return []
     out = []
     label = str(folder.relative_to(root.parent)) if folder != root else folder.name or str(folder)
     if images:
         out.append(_image_sequence(images[:max_frames], label, source, skipped))
     out.extend(_decodable_videos(videos, source, skipped_videos, cache_dir, max_frames))
-    for sub in entries:
-        if sub.is_dir() and not sub.name.endswith(".adapt"):
-            out.extend(_walk(sub, root, source, skipped, skipped_videos, cache_dir, max_frames, walked))
+    for sub in folders:
+        out.extend(_walk(sub, root, source, skipped, skipped_videos, cache_dir, max_frames, walked))
     return out
 
 
@@ -425,9 +434,8 @@ def scan_footage(
             )
         sequences.extend(found)
     if skipped:
-        shown = ", ".join(Path(p).name for p in skipped[:3]) + (
-            f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        )
+        # paths, not names: scenes of a dataset share frame names (alley_1/frame_0001.png, cave_2/frame_0001.png)
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         warn(f"skipping {len(skipped)} unreadable frame(s) ({shown}) and the pairs that need them")
     for seq in sequences:
         for size, frame in zip(seq.sizes, seq.frames, strict=True):
@@ -450,13 +458,16 @@ def _mono_source(source, skipped, skipped_videos, cache_dir, max_frames) -> list
     if path.is_dir():
         return _walk(path, path, text, skipped, skipped_videos, cache_dir, max_frames)
     if any(c in text for c in "*?["):
+        # a quoted glob reaches us with its ~ unexpanded, as a quoted folder does
+        pattern = os.path.expanduser(text)
         # hidden files are skipped, as in a folder: among them the temp files of writes in progress
-        matches = [Path(m) for m in glob.glob(text, recursive=True)]
+        matches = [Path(m) for m in glob.glob(pattern, recursive=True)]
         files = sorted((p for p in matches if p.is_file() and not p.name.startswith(".")), key=media.natural_sort_key)
         images = [p for p in files if p.suffix.lower() in media.IMAGE_SUFFIXES]
         videos = [p for p in files if media.is_video(p)]
         if not images and not videos:
-            raise InputError(f"no images or videos found in {text}; check the pattern")
+            hint = media._literal_bracket_hint(pattern)  # `take [2]/*.png`: glob reads [2] as one character
+            raise InputError(f"no images or videos found in {text}{hint or '; check the pattern'}")
         found = [_image_sequence(images[:max_frames], text, text, skipped)] if images else []
         return found + _decodable_videos(videos, text, skipped_videos, cache_dir, max_frames)
     raise InputError(f"{text} does not exist; check the path")
@@ -547,23 +558,48 @@ def _match_folders(left: Path, right: Path) -> list[tuple[Path, Path]]:
     return list(zip(lefts, rights, strict=True))
 
 
+def _pair_words(line: str) -> list[str]:
+    """The paths of a pairs-list line: split at whitespace, or as a shell splits it where the line has quotes
+    (`"my shots/a_left.png" "my shots/a_right.png"`); a lone quote (`it's_left.png`) is part of a name."""
+    if '"' in line or "'" in line:
+        try:
+            return shlex.split(line)
+        except ValueError:  # an unterminated quote
+            pass
+    return line.split()
+
+
 def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
     if isinstance(source, tuple):
         pairs = _match_folders(*source)[:max_frames]
         return [_stereo_sequence(pairs, f"{source[0].name}+{source[1].name}", f"{source[0]} {source[1]}", skipped)]
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".txt":
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # -sig: the BOM that Windows editors write
+        except (OSError, UnicodeDecodeError) as error:
+            why = "it is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
+            raise InputError(
+                f"cannot read the list of stereo pairs {path}: {why}; give a text file with one 'LEFT RIGHT' pair of "
+                "image paths per line"
+            ) from None
         pairs = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            parts = line.split()
+            parts = _pair_words(line)
             if len(parts) != 2:
-                raise InputError(f"{path}:{number}: expected 'LEFT RIGHT' (two paths), got {line.strip()!r}")
+                raise InputError(
+                    f"{path}:{number}: expected 'LEFT RIGHT' (two paths; quote a path that holds a space), got "
+                    f"{line.strip()!r}"
+                )
             left, right = ((path.parent / p) if not Path(p).is_absolute() else Path(p) for p in parts)
             for p in (left, right):
                 if not p.is_file():
-                    raise InputError(f"{path}:{number}: {p} does not exist")
+                    raise InputError(
+                        f"{path}:{number}: {p} does not exist; check the path (relative paths start at the list's "
+                        "folder)"
+                    )
             pairs.append((left, right))
         return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
     if not path.is_dir():

@@ -14,6 +14,7 @@ forward-backward occlusion):
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import torch
 
@@ -80,17 +81,28 @@ def parse_gt(specs: list[str]) -> list[tuple[str, str]]:
     """`DATASET:ROOT` specs -> [(dataset, root)]; `sintel:ROOT` expands to the clean and final passes.
 
     Each root is checked against its dataset's layout here, so a wrong one is refused before any footage
-    is decoded or measured, not when the labeled copy is first evaluated."""
+    is decoded or measured, not when the labeled copy is first evaluated. The report keys the metrics by
+    dataset, so a dataset named twice with one root is measured once, and with two roots is refused."""
     out = []
+    roots: dict[str, tuple[str, str]] = {}  # dataset -> (spec, root) that named it first
     for spec in specs:
         try:
             datasets = [(name, root) for name, root, _ in parse_dataset_spec(spec)]
         except ValueError as error:
             raise InputError(f"--gt {error}") from None
         for name, root in datasets:
+            if name in roots:
+                first_spec, first_root = roots[name]
+                if Path(first_root).expanduser().resolve() != Path(root).expanduser().resolve():
+                    raise InputError(
+                        f"--gt {first_spec} and --gt {spec} both name {name}, with different roots; the report has "
+                        f"one {name} row, so give one root for it"
+                    )
+                continue
             try:
                 make_dataset(name, root)
             except InputError as error:
                 raise InputError(f"--gt {spec}: {error}") from None
-        out += datasets
+            roots[name] = (spec, root)
+            out.append((name, root))
     return out

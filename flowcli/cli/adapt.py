@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowcli.errors import InputError
+from flowcli.errors import InputError, OutputError
 
 _HELP_PARAGRAPHS = [
     "Fine-tune a flow model on your own footage, without labels, and write the adapted checkpoint.",
@@ -375,6 +375,10 @@ def adapt_command(
 
     from flowcli.adapt.trainer import AdaptConfig, adapt
 
+    if output is not None and output.is_dir() and output.suffix != ".safetensors":  # `-o models/`
+        raise OutputError(
+            f"-o {output} is a folder; give the checkpoint's file name, e.g. -o {output / default_output(sources)}"
+        )
     output = output or default_output(sources)
     cfg = AdaptConfig(
         sources=list(sources), output=str(output), weights=weights, steps=steps, minutes=minutes, step=step,
@@ -397,7 +401,7 @@ def adapt_command(
 def default_output(sources: list[str]) -> Path:
     """NAME-adapted.safetensors in the current folder, NAME from the first source: a video's or a .txt list's
     file name without its extension, a folder's name, a glob's folder (`shots/*.png` -> shots)."""
-    first = Path(sources[0]) if sources else Path("footage")
+    first = Path(sources[0]).expanduser() if sources else Path("footage")  # a quoted '~/v1.2' is a folder
     # a glob's pattern parts; an existing `take [2]/` or `clip [final].mp4` is a name, not a pattern
     while any(char in first.name for char in "*?[") and not first.exists():
         first = first.parent
