@@ -228,15 +228,18 @@ def check_frame(name: str, image) -> torch.Tensor:
         )
     if 0 in image.shape[-2:]:
         raise InputError(f"{name} has shape {tuple(image.shape)}, an empty image; frames need at least 1x1 pixels")
-    if image.numel():
-        low, high = (float(v) for v in torch.aminmax(image.detach()))
-        # resampling overshoots [0, 1] a little; [-1, 1] (torchvision's RAFT takes frames so) ran, a few px worse
-        if not (-0.5 <= low and high <= 2.0):  # also catches NaN and inf
-            raise InputError(
-                f"{name} holds values from {low:g} to {high:g}; frames must be float RGB in [0, 1] "
-                "(divide 8-bit images by 255, 16-bit ones by 65535; map frames in [-1, 1] back with (x + 1) / 2; "
-                "replace NaN and inf)"
-            )
+    if image.shape[0] == 0:
+        raise InputError(
+            f"{name} has shape {tuple(image.shape)}, a batch of no frames; a batch needs at least one frame"
+        )
+    low, high = (float(v) for v in torch.aminmax(image.detach()))
+    # resampling overshoots [0, 1] a little; [-1, 1] (torchvision's RAFT takes frames so) ran, a few px worse
+    if not (-0.5 <= low and high <= 2.0):  # also catches NaN and inf
+        raise InputError(
+            f"{name} holds values from {low:g} to {high:g}; frames must be float RGB in [0, 1] "
+            "(divide 8-bit images by 255, 16-bit ones by 65535; map frames in [-1, 1] back with (x + 1) / 2; "
+            "replace NaN and inf)"
+        )
     return image[None] if image.dim() == 3 else image
 
 
@@ -285,7 +288,8 @@ def estimate_flow(
     forward-backward consistency occlusion of both frames. Images larger than `max_pixels` run
     in overlapping tiles; running out of memory retries with tiles automatically. `scale` resizes the
     frames before the network (0.5: half size, 4x faster) and the flow back to full size and pixels.
-    A model.half() or .bfloat16() runs in its own dtype under autocast. The results are fp32 tensors on
+    A model.half() or .bfloat16() runs in its own dtype under autocast; a model.double() runs in float64 (fp16
+    and bf16 do not apply to it, and a warning says so). The results are fp32 tensors on
     the model's device, computed without autograd (no gradient reaches the frames).
     """
     check_model(model)
@@ -306,13 +310,21 @@ def estimate_flow(
     device = weight.device
     # the model's own floating dtype (a model.double() or .half() runs), fp32 otherwise
     model_dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
     if model_dtype in (torch.float16, torch.bfloat16):
         # A half-precision model runs in its own dtype under autocast, whatever `precision` says: autocast to the
         # other half type fails in torch (autocast::prioritize), and autocast keeps grid_sample in fp32 (on CPU,
         # PyTorch's half-precision grid_sample of the network's channels-last features returns NaN flow).
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
         dtype = model_dtype
+    elif model_dtype == torch.float64:
+        # autocast leaves float64 ops alone: fp16 or bf16 would silently run in float64
+        if precision != "fp32":
+            warn(
+                f"precision {precision} does not apply to a float64 model; running in float64 "
+                f"(convert it with model.float() to run in {precision})"
+            )
+        dtype = torch.float32
     else:
         dtype = resolve_precision(precision, device)
     image1, image2 = image1.to(device, model_dtype), image2.to(device, model_dtype)

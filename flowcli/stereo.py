@@ -199,13 +199,18 @@ class Camera:
             if (value is not None or attribute == "doffs") and not (isinstance(value, float) and math.isfinite(value)):
                 raise InputError(f"{attribute}{where} must be a finite number of pixels, got {value}")
             object.__setattr__(self, attribute, value)
+        for attribute in ("width", "height"):  # None: the calibration's size is unknown
+            if getattr(self, attribute) is not None:
+                object.__setattr__(self, attribute, _image_size(getattr(self, attribute), f"{attribute}{where}"))
 
     def check_size(self, width: int, height: int) -> None:
+        """An InputError unless the camera is for images of this size (or its size is unknown)."""
         if self.width is not None and self.height is not None and (self.width, self.height) != (width, height):
-            what = f"calibration {self.source}" if self.source else "calibration"
+            what = f"calibration {self.source}" if self.source else "camera"
             raise InputError(
                 f"the {what} is for {self.width}x{self.height} images but the images are {width}x{height}; "
-                "give --focal and --baseline for this size instead of --calib"
+                f"give a camera calibrated for {width}x{height} images (on the command line: --focal and "
+                "--baseline instead of --calib)"
             )
 
     def intrinsics(self, width: int, height: int) -> tuple[float, float, float, float]:
@@ -288,11 +293,13 @@ def _number(data: dict, key: str, path: Path) -> float:
     return float(value)
 
 
-def _image_size(value: float, key: str, path: Path) -> int:
-    """A calibration's width or height: a positive whole number of pixels."""
-    if not (math.isfinite(value) and value > 0 and value == int(value)):
-        raise InputError(f"calibration {path}: {key} must be a positive whole number of pixels, got {value:g}")
-    return int(value)
+def _image_size(value, what: str) -> int:
+    """A calibration's width or height: a positive whole number of pixels, or an InputError naming `what`."""
+    number = _real(value)
+    if not (isinstance(number, float) and math.isfinite(number) and number > 0 and number.is_integer()):
+        got = f"{number:g}" if isinstance(number, float) else repr(value)
+        raise InputError(f"{what} must be a positive whole number of pixels, got {got}")
+    return int(number)
 
 
 def _camera_from_json(data: dict, path: Path) -> Camera:
@@ -323,8 +330,8 @@ def _camera_from_json(data: dict, path: Path) -> Camera:
         cx=cx0,
         cy=optional("cy", "cy0"),
         doffs=(cx1 - cx0) if (cx0 is not None and cx1 is not None) else 0.0,
-        width=None if width is None else _image_size(width, "width", path),
-        height=None if height is None else _image_size(height, "height", path),
+        width=None if width is None else _image_size(width, f"calibration {path}: width"),
+        height=None if height is None else _image_size(height, f"calibration {path}: height"),
         source=str(path),
     )
 
@@ -353,8 +360,8 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
     try:
         baseline_mm = float(values["baseline"])
         doffs = float(values["doffs"]) if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else 0.0)
-        width = _image_size(float(values["width"]), "width", path) if "width" in values else None
-        height = _image_size(float(values["height"]), "height", path) if "height" in values else None
+        width = _image_size(float(values["width"]), f"calibration {path}: width") if "width" in values else None
+        height = _image_size(float(values["height"]), f"calibration {path}: height") if "height" in values else None
     except ValueError as error:
         raise InputError(f"cannot read calibration {path}: {error}") from None
     return Camera(focal=cam0[0], baseline=baseline_mm / 1000.0, fy=cam0[4], cx=cam0[2], cy=cam0[5], doffs=doffs,
@@ -490,10 +497,10 @@ def read_ply(path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise InputError(f"{path} does not exist; check the path")
     data = path.read_bytes()
-    end = data.find(b"end_header\n")
-    if not data.startswith(b"ply") or end < 0:
+    end_header = re.search(rb"end_header\r?\n", data)  # \r\n: a header written on Windows
+    if not data.startswith(b"ply") or end_header is None:
         raise InputError(f"cannot read {path}: not a PLY file")
-    header = [line.split() for line in data[:end].decode("ascii", errors="replace").splitlines()]
+    header = [line.split() for line in data[: end_header.start()].decode("ascii", errors="replace").splitlines()]
     fmt = next((words[1] for words in header if words[:1] == ["format"] and len(words) > 1), "")
     counts = [words[2] for words in header if words[:2] == ["element", "vertex"] and len(words) > 2]
     if not counts or not counts[0].isdigit():
@@ -503,10 +510,13 @@ def read_ply(path) -> tuple[np.ndarray, np.ndarray | None]:
     if fmt not in ("ascii", "binary_little_endian") or any(t is None for _, t in props):
         raise InputError(f"cannot read {path}: only vertex-only ascii or binary_little_endian PLY is supported")
     names = [name for name, _ in props]
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise InputError(f"cannot read {path}: its header names the vertex property {twice} twice")
     if not all(k in names for k in ("x", "y", "z")):
         have = ", ".join(names) or "nothing"
         raise InputError(f"cannot read {path}: its vertices have no x, y, z (they have {have})")
-    body = data[end + len(b"end_header\n"):]
+    body = data[end_header.end() :]
     truncated = InputError(f"cannot read {path}: the header promises {count} vertices but the file is cut short")
     if fmt == "ascii":
         try:
@@ -541,11 +551,15 @@ _TURBO = (
 
 
 def turbo(t) -> np.ndarray:
-    """Values in [0, 1] (any shape) -> uint8 RGB [..., 3] with the turbo colour map."""
-    t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
+    """Values in [0, 1] (any shape) -> uint8 RGB [..., 3] with the turbo colour map; non-finite values are black."""
+    t = np.asarray(t, dtype=np.float64)
+    finite = np.isfinite(t)
+    t = np.clip(np.where(finite, t, 0.0), 0.0, 1.0)
     powers = [np.ones_like(t), t, t**2, t**3, t**4, t**5]
     channels = [sum(c * p for c, p in zip(low + high, powers)) for low, high in _TURBO]
-    return np.rint(np.clip(np.stack(channels, axis=-1), 0, 1) * 255).astype(np.uint8)
+    rgb = np.rint(np.clip(np.stack(channels, axis=-1), 0, 1) * 255).astype(np.uint8)
+    rgb[~finite] = 0
+    return rgb
 
 
 def disparity_to_rgb(disparity, max_disparity: float | None = None, valid=None) -> np.ndarray:

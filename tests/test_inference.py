@@ -364,3 +364,31 @@ def test_dir_of_the_package_lists_the_lazily_imported_api():
     import flowcli
 
     assert {"load_model", "estimate_flow", "estimate_disparity", "evaluate"} <= set(dir(flowcli))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_float64_model_warns_that_half_precision_does_not_apply_to_it(precision):
+    """autocast leaves float64 alone: bf16 ran in float64 silently, and fp16 on CPU warned "running in fp32"."""
+    model32, model64 = _tiny_model_and_its_copy_in(torch.float64)
+    a = torch.rand(1, 3, 64, 96)
+    b = a.roll(2, -1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = estimate_flow(model64, a, b, precision=precision)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "float64" in messages[0] and "fp32" not in messages[0], messages
+    torch.testing.assert_close(result.forward, estimate_flow(model64, a, b).forward, atol=0, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        estimate_flow(model64, a, b, precision="fp32")
+
+
+def test_a_batch_of_no_frames_is_an_input_error(model):
+    """[0, 3, H, W] frames returned empty results without a word; every caller skips an empty batch itself."""
+    from flowcli.stereo import estimate_disparity
+
+    empty = torch.rand(0, 3, 32, 32)
+    for estimate, name in ((estimate_flow, "image1"), (estimate_disparity, "left")):
+        with pytest.raises(InputError, match=rf"^{name} has shape \(0, 3, 32, 32\).*at least one frame$") as error:
+            estimate(model, empty, empty)
+        assert len(str(error.value).splitlines()) == 1

@@ -24,6 +24,7 @@ from flowcli.stereo import (
     read_calibration,
     read_ply,
     split_side_by_side,
+    turbo,
     write_ply,
 )
 from flowcli.synth import SynthConfig, generate_sample
@@ -385,3 +386,58 @@ def test_left_right_occlusion_refuses_maps_of_different_shapes():
     for right in (torch.full((1, 1, 2, 9), 2.0), torch.full((1, 1, 2, 7), 2.0), torch.full((1, 2, 8), 2.0)):
         with pytest.raises(InputError, match="give two \\[B, 1, H, W\\] maps of the same pair"):
             left_right_occlusion(left if right.dim() == 4 else left[0], right)
+
+
+def test_a_camera_checks_its_image_size_as_read_calibration_does():
+    """Camera(width=-5, height=2.5) was accepted (only read_calibration checked the size)."""
+    for size, message in (
+        (dict(width=-5, height=48), "width must be a positive whole number of pixels, got -5$"),
+        (dict(width=64, height=2.5), "height must be a positive whole number of pixels, got 2.5$"),
+        (dict(width="64", height=48), "width must be a positive whole number of pixels, got '64'$"),
+        (dict(width=64, height=math.nan, source="rig.json"), "height in rig.json must be a positive whole number"),
+    ):
+        with pytest.raises(InputError, match=message):
+            Camera(focal=100.0, baseline=0.1, **size)
+    camera = Camera(focal=100.0, baseline=0.1, width=64.0, height=np.int64(48))
+    assert (camera.width, camera.height) == (64, 48) and type(camera.width) is type(camera.height) is int
+
+
+def test_a_camera_of_another_size_names_both_sizes_and_the_command_line_flags_as_such():
+    """Raised from point_cloud, the message told a library user to give --focal and --baseline."""
+    camera = Camera(focal=100.0, baseline=0.1, width=64, height=48)
+    with pytest.raises(InputError) as error:
+        point_cloud(np.ones((24, 32)), np.zeros((24, 32, 3), np.uint8), camera)
+    message = str(error.value)
+    assert message.startswith(
+        "the camera is for 64x48 images but the images are 32x24; give a camera calibrated "
+        "for 32x24 images (on the command line: --focal and --baseline instead of --calib)"
+    )
+
+
+def test_turbo_colours_non_finite_values_black_as_disparity_to_rgb_does():
+    """turbo(NaN) was black only by accident, with numpy's "invalid value encountered in cast"; inf was red."""
+    with np.errstate(all="raise"):
+        rgb = turbo(np.array([np.nan, np.inf, -np.inf, 0.5]))
+        assert turbo(np.nan).tolist() == [0, 0, 0]
+    assert rgb[:3].tolist() == [[0, 0, 0]] * 3 and rgb[3].tolist() == turbo(0.5).tolist()
+    assert (rgb[:3] == disparity_to_rgb(np.array([[np.nan, np.inf, -np.inf]]), max_disparity=1.0)).all()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_ply_with_crlf_lines_is_read_and_a_repeated_property_is_an_input_error(tmp_path, binary):
+    """A header written with Windows line endings was "not a PLY file"; a property named twice was numpy's
+    ValueError (binary) or silently read the last column of that name (ASCII)."""
+    points, colours = np.random.rand(4, 3).astype(np.float32), np.arange(12, dtype=np.uint8).reshape(4, 3)
+    header, body = write_ply(tmp_path / "lf.ply", points, colours, binary=binary).read_bytes().split(b"end_header\n")
+    crlf = tmp_path / "crlf.ply"
+    crlf.write_bytes(
+        header.replace(b"\n", b"\r\n") + b"end_header\r\n" + (body if binary else body.replace(b"\n", b"\r\n"))
+    )
+    back, back_colours = read_ply(crlf)
+    np.testing.assert_allclose(back, points, rtol=1e-6)
+    np.testing.assert_array_equal(back_colours, colours)
+    twice = tmp_path / "twice.ply"
+    twice.write_bytes(header.replace(b"property uchar red", b"property float x") + b"end_header\n" + body)
+    with pytest.raises(InputError, match="names the vertex property x twice") as error:
+        read_ply(twice)
+    assert len(str(error.value).splitlines()) == 1
