@@ -848,3 +848,33 @@ def test_an_output_that_is_a_folder_is_asked_for_a_file_name(tmp_path, base, no_
         f"-o {models} is a folder; give the checkpoint's file name, e.g. -o {models / 'shot-adapted.safetensors'}"
     ), message
     assert list(models.iterdir()) == []
+
+
+def test_option_messages_name_the_value_and_read_right(tmp_path, base, no_decoding):
+    """`--val-fraction 1` did not show the value; `--loss zero_vertical` alone was told "they are terms of --stereo";
+    `-o out/.safetensors` "must be a .safetensors file" (its name is empty); `--loss scales=0,0` weighted the full
+    resolution twice without a word."""
+    folder = _frames(tmp_path / "shot", 3)
+    out = tmp_path / "m.safetensors"
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--val-fraction", 1)
+    assert code == 2 and message == "--val-fraction must be in [0, 1) (a share of the pairs), got 1", message
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--loss", "zero_vertical=true")
+    assert code == 2 and "--loss zero_vertical has no effect here: it is a --stereo setting," in message, message
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--loss", "vertical=1", "--loss", "triangle=1")
+    assert code == 2 and "--loss vertical and --loss triangle have no effect here: they are --stereo" in message
+    code, message = _cli("--stereo", folder, folder, "-o", out, "-w", base, *_TINY, "--loss", "triangle=1")
+    assert code == 2 and "--loss triangle has no effect here: it is a constraint of a stereo video" in message
+    code, message = _cli(folder, "-o", tmp_path / "out" / ".safetensors", "-w", base, *_TINY)
+    assert code == 2 and "has an empty file name" in message and "model.safetensors" in message, message
+    code, message = _cli(folder, "-o", out, "-w", base, *_TINY, "--loss", "scales=0,2,0")
+    assert code == 2 and message == "--loss: scales=0,2,0 names level 0 more than once; give each level once"
+    assert not out.exists() and not (tmp_path / "m.adapt").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_step_too_long_for_the_frames_max_frames_keeps_names_max_frames(tmp_path, base):
+    """`--max-frames 2 --step 2` said only "lower --step", though the cap is what left the sequences too short."""
+    folder = _frames(tmp_path / "shot", 5)
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--max-frames", 2, "--step", 2)
+    assert code == 2 and "the longest has 2 (--max-frames 2); raise --max-frames to 3 or more" in message, message
+    code, message = _cli(folder, "-o", tmp_path / "m.safetensors", "-w", base, *_TINY, "--max-frames", 9, "--step", 5)
+    assert code == 2 and message.endswith("the longest has 5; lower --step"), message  # the cap was not the limit

@@ -322,3 +322,10 @@ def test_teacher_ensemble_returns_flow_in_input_pixels_at_every_scale_and_flip()
         assert torch.allclose(flow[:, 0], torch.full_like(flow[:, 0], 3.0))
         assert torch.allclose(flow[:, 1], torch.full_like(flow[:, 1], -2.0))
         assert not disagree.any()
+
+
+def test_a_scale_given_twice_is_refused():
+    """`scales=(0, 0)` counted the full-resolution terms twice while normalising their weight once."""
+    with pytest.raises(ValueError, match=r"scales=0,2,2 names level 2 more than once"):
+        LossWeights(scales=(0, 2, 2))
+    assert LossWeights(scales=(2, 0)).scales == (2, 0)

@@ -569,9 +569,85 @@ def test_a_heldout_frame_that_does_not_decode_is_left_out_of_the_report_with_a_w
     messages = [str(w.message) for w in warned]
     assert any(last.name in m and "the report leaves that pair out" in m for m in messages), messages
     assert any("the report measures the training pairs" in m for m in messages), messages
-    assert result["heldout"]["tuples"] >= 1
+    assert result["heldout"]["tuples"] >= 1 and result["heldout"]["measured_on"] == "training"
     for when in ("before", "after"):
         assert {"photo_all", "occ"} <= set(result["heldout"][when])
+
+
+def test_a_run_that_holds_nothing_out_says_it_measured_training_pairs(footage, base, tmp_path, monkeypatch):
+    """--val-fraction 0 measured training pairs, but the table said "held-out photo (N pairs)" and the provenance
+    counted them as held-out tuples."""
+    import io
+
+    from rich.console import Console
+
+    import flowcli.console
+    from flowcli.checkpoint import read_metadata
+    from flowcli.cli.adapt import print_report
+
+    for val_fraction, measured_on in ((0.0, "training"), (0.1, "heldout")):
+        output = tmp_path / f"v{val_fraction}.safetensors"
+        result = adapt(_config(footage, base, output, steps=1, batch_size=1, val_fraction=val_fraction), quiet=True)
+        footage_record = read_metadata(output)["flowcli.provenance"]["footage"]
+        report = json.loads(output.with_name(output.stem + ".report.json").read_text())
+        assert result["heldout"]["measured_on"] == report["heldout"]["measured_on"] == measured_on
+        assert footage_record["measured_on"] == report["footage"]["measured_on"] == measured_on
+        assert (footage_record["heldout_tuples"] == 0) == (measured_on == "training")
+        assert footage_record["train_tuples"] == (8 if measured_on == "training" else 6)  # 2 x 4 pairs; 1 of each held
+        screen = io.StringIO()
+        monkeypatch.setattr(flowcli.console, "stderr", Console(file=screen, width=200, color_system=None))
+        print_report(result)
+        shown = screen.getvalue()
+        assert ("held-out photo" in shown) == (measured_on == "heldout"), shown
+        assert ("training-pair photo_all" in shown and "no held-out pair was measured" in shown) == (
+            measured_on == "training"
+        ), shown
+
+
+def test_a_resume_refused_for_changed_settings_is_an_input_error(footage, base, tmp_path):
+    """A refused resume exited with code 1 (other error), not 2 as every other inconsistent input does."""
+    from flowcli.errors import InputError
+
+    output = tmp_path / "r.safetensors"
+
+    def interrupt(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(_config(footage, base, output, steps=2, batch_size=1), quiet=True, callback=interrupt)
+    with pytest.raises(InputError, match=r"belongs to a run with different settings \(lr\)") as refused:
+        adapt(_config(footage, base, output, steps=2, batch_size=1, lr=2e-3), quiet=True)
+    assert refused.value.exit_code == 2
+
+
+def test_gt_on_another_root_when_resuming_measures_the_base_model_there(footage, base, tmp_path, monkeypatch):
+    """--gt is matched by dataset name: resuming with `--gt kitti2015:OTHER_ROOT` compared "before" on the old root
+    with "after" on the new one."""
+    from flowcli.adapt import trainer
+    from flowcli.checkpoint import load_checkpoint
+
+    def weights_sum(model) -> float:
+        return round(sum(float(p.detach().double().sum()) for p in model.parameters()), 4)
+
+    roots = [str(tmp_path / "kitti_a"), str(tmp_path / "kitti_b")]
+    monkeypatch.setattr(trainer, "parse_gt", lambda specs: [tuple(spec.split(":", 1)) for spec in specs])
+    monkeypatch.setattr(trainer, "headline_metrics", lambda model, sets, **kwargs: {
+        name: {"root": roots.index(root), "weights": weights_sum(model)} for name, root in sets
+    })  # fmt: skip
+    output = tmp_path / "g.safetensors"
+
+    def interrupt(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"kitti2015:{roots[0]}"]), quiet=True,
+              callback=interrupt)  # fmt: skip
+    result = adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"kitti2015:{roots[1]}"]), quiet=True)
+    base_weights = weights_sum(load_checkpoint(base))
+    assert result["gt"]["before"]["kitti2015"] == {"root": 1, "weights": base_weights}  # the base, on the new root
+    assert result["gt"]["after"]["kitti2015"]["root"] == 1
 
 
 def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tmp_path):

@@ -79,6 +79,10 @@ class LossWeights:
             raise ValueError(f"max_occluded must be in [0, 1] (a share of the frame), got {self.max_occluded:g}")
         if any(scale < 0 for scale in self.scales):
             raise ValueError(f"scales must be 0 (full resolution) or pyramid levels above 0, got {self.scales}")
+        repeated = sorted({scale for scale in self.scales if self.scales.count(scale) > 1})
+        if repeated:  # a level given twice would be weighted twice, silently
+            listed = ",".join(map(str, self.scales))
+            raise ValueError(f"scales={listed} names level {repeated[0]} more than once; give each level once")
 
 
 _NON_NEGATIVE = ("census", "ssim", "l1", "smooth1", "smooth2", "edge_alpha", "min_scale_side", "distill", "temporal",

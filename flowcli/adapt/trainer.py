@@ -545,6 +545,11 @@ def _public_config(cfg: AdaptConfig) -> dict:
     return data
 
 
+def _resolved(root: str) -> str:
+    """A --gt root as one spelling: relative and absolute names of one folder compare equal."""
+    return str(Path(root).expanduser().resolve())
+
+
 def _decodable(footage: Footage, tuples: list, step: int) -> list:
     """The tuples whose measured pair decodes: a frame that passed the header check but does not decode is left
     out of the before/after measurement with a warning, instead of silently emptying the report."""
@@ -623,10 +628,12 @@ def _unused_options(cfg: AdaptConfig) -> str | None:
         f"--loss {key}" for key in ("vertical", "zero_vertical", "quadrilateral", "triangle") if key in cfg.losses
     ]
     if stereo and not cfg.stereo:
-        return refuse(stereo, "they are terms of --stereo, and this run is not a stereo one")
+        setting = "it is a --stereo setting" if len(stereo) == 1 else "they are --stereo settings"
+        return refuse(stereo, f"{setting}, and this run is not a stereo one")
     video = [f"--loss {key}" for key in ("quadrilateral", "triangle") if key in cfg.losses]
     if video and not cfg.temporal:
-        return refuse(video, "they are the constraints of a stereo video (--stereo --temporal)")
+        constraint = "it is a constraint" if len(video) == 1 else "they are the constraints"
+        return refuse(video, f"{constraint} of a stereo video (--stereo --temporal)")
     if "temporal" in cfg.losses and (cfg.stereo or not cfg.temporal):
         return refuse(["--loss temporal"], "it is the constant-velocity term of triplets (--temporal without --stereo)")
     return None
@@ -699,7 +706,7 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     if cfg.workers is not None and cfg.workers < 0:
         raise InputError(f"--workers must be 0 or more, got {cfg.workers}; 0 loads the data in the main process")
     if not 0 <= cfg.val_fraction < 1:
-        raise InputError("--val-fraction must be in [0, 1)")
+        raise InputError(f"--val-fraction must be in [0, 1) (a share of the pairs), got {cfg.val_fraction:g}")
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {cfg.max_frames}; leave it out to use every frame")
     if cfg.stage1_fraction is not None and not 0 <= cfg.stage1_fraction <= 1:
@@ -728,6 +735,11 @@ def adapt(cfg: AdaptConfig, *, quiet: bool = False, callback: Callable[[int, dic
     if cfg.steps is None and cfg.minutes is None:
         cfg.steps = DEFAULT_STEPS
     output = Path(cfg.output)
+    if output.name == ".safetensors":  # Path reads it as a name without an extension
+        raise InputError(
+            f"the output {output} has an empty file name, only the extension; name the checkpoint, e.g. "
+            f"{output.with_name('model.safetensors')}"
+        )
     if output.suffix != ".safetensors":
         raise InputError(f"the output {output} must be a .safetensors file")
     check_creatable(output, cfg.overwrite)
@@ -797,18 +809,21 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         longest = max(len(seq) for seq in footage.sequences)
         if longest <= span:
             unit = "stereo pairs" if cfg.stereo else "frames"
+            capped = f" (--max-frames {cfg.max_frames})" if longest == cfg.max_frames else ""
+            fix = f"raise --max-frames to {span + 1} or more, or lower --step" if capped else "lower --step"
             raise InputError(
                 f"no usable {what} in the footage: --step {cfg.step} needs sequences of at least {span + 1} {unit}, "
-                f"and the longest has {longest}; lower --step"
+                f"and the longest has {longest}{capped}; {fix}"
             )
         raise InputError(f"no usable {what} in the footage (frames unreadable or too few); check the sources")
     train, held = footage.split(tuples, cfg.val_fraction, span)
-    if cfg.val_fraction > 0 and (not held or held == tuples) and ctx.main:
-        warn(f"the footage has only {len(tuples)} usable pair(s), too few for a held-out slice; "
-             "the report measures the training pairs")  # fmt: skip
-    if not held:
-        held = train
-    heldout = _evenly(held, cfg.max_val)
+    if not held or held == tuples:  # nothing held out (footage this short is all trained on)
+        if cfg.val_fraction > 0 and ctx.main:
+            warn(f"the footage has only {len(tuples)} usable pair(s), too few for a held-out slice; "
+                 "the report measures the training pairs")  # fmt: skip
+        held = []
+    measured = _evenly(held or train, cfg.max_val)  # the pairs the report measures before and after
+    measured_on = "heldout" if held else "training"
 
     min_h, min_w = footage.min_size()
     crop = (_floor_to(min(cfg.crop[0], min_h), multiple), _floor_to(min(cfg.crop[1], min_w), multiple))
@@ -827,10 +842,10 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             "add 0 (full resolution) or a finer level"
         )
     if ctx.main:
-        heldout = _decodable(footage, heldout, cfg.step)
-        if not heldout:
+        measured = _decodable(footage, measured, cfg.step)
+        if not measured and held:
             warn("no held-out pair could be decoded; the report measures the training pairs")
-            heldout = _decodable(footage, _evenly(train, cfg.max_val), cfg.step)
+            measured, measured_on = _decodable(footage, _evenly(train, cfg.max_val), cfg.step), "training"
 
     model.train()
     net = model
@@ -856,7 +871,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         problem = _resume_problem(state, cfg, fingerprint, base_sha256)
         if problem:
-            raise FlowcliError(
+            raise InputError(
                 f"{state_path} belongs to a run with {problem}; run the same command to resume it, "
                 "or pass --restart to start over"
             )
@@ -884,16 +899,22 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
 
     if not before and ctx.main:
         t0 = clock()
-        before = {"heldout": heldout_metrics(model, footage, heldout, step=cfg.step,
+        before = {"heldout": heldout_metrics(model, footage, measured, step=cfg.step,
                                              precision=_precision_name(dtype), max_pixels=cfg.max_pixels)}  # fmt: skip
         if gt_sets:
             before["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
+            before["gt_roots"] = {name: _resolved(root) for name, root in gt_sets}
         before["seconds"] = round(clock() - t0, 2)
-    unmeasured = [(name, root) for name, root in gt_sets if name not in (before.get("gt") or {})]
-    if unmeasured and ctx.main:  # --gt added when resuming: the model has trained, so measure the base itself
+    # --gt is matched by dataset name: one added when resuming, or given another root (a state saved before the
+    # roots were recorded names none), is measured on the base itself, as the model has trained since
+    gt_roots = before.get("gt_roots") or {}
+    unmeasured = [(name, root) for name, root in gt_sets
+                  if name not in (before.get("gt") or {}) or gt_roots.get(name) != _resolved(root)]  # fmt: skip
+    if unmeasured and ctx.main:
         base_model = load_model(base_spec, device=device, offline=cfg.offline)
         added = headline_metrics(base_model, unmeasured, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
         before["gt"] = {**(before.get("gt") or {}), **added}
+        before["gt_roots"] = {**gt_roots, **{name: _resolved(root) for name, root in unmeasured}}
         del base_model
 
     def provenance(final: bool, after: dict | None = None) -> dict:
@@ -915,7 +936,8 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                 "sources": sorted({_public(source) for source in cfg.sources}),  # LEFT_DIR RIGHT_DIR: both
                 "fingerprint": fingerprint,
                 "train_tuples": len(train),
-                "heldout_tuples": len(held),
+                "heldout_tuples": len(held),  # 0: none held out, the report measures training pairs
+                "measured_on": measured_on,
                 "step": cfg.step,
             },
             "mode": ("stereo" if cfg.stereo else "flow")
@@ -1163,8 +1185,9 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
     result: dict = {"output": str(output), "steps": step, "stages": {"photometric": plan.stage1, "total": plan.total}}
     if ctx.main:
         try:
-            heldout_after = heldout_metrics(model, footage, heldout, step=cfg.step, precision=_precision_name(dtype),
-                                            max_pixels=cfg.max_pixels)
+            heldout_after = heldout_metrics(
+                model, footage, measured, step=cfg.step, precision=_precision_name(dtype), max_pixels=cfg.max_pixels
+            )
             after = {"heldout": heldout_after}
             if gt_sets:
                 after["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype),
@@ -1183,7 +1206,12 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             {
                 "base_weights": _public_url(base_spec),  # the report keeps local paths, not URL tokens
                 "footage": prov["footage"],
-                "heldout": {"before": before.get("heldout"), "after": after["heldout"], "tuples": len(heldout)},
+                "heldout": {
+                    "before": before.get("heldout"),
+                    "after": after["heldout"],
+                    "tuples": len(measured),
+                    "measured_on": measured_on,
+                },
                 "gt": {"before": before.get("gt"), "after": after.get("gt")} if gt_sets else None,
                 "losses": prov["losses"],
                 "seconds": round(elapsed_before + clock() - started, 1),

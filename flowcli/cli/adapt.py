@@ -435,10 +435,12 @@ def print_report(result: dict) -> None:
     for column in ("metric", "before", "after", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     before, after = held.get("before") or {}, held.get("after") or {}
+    on_training = held.get("measured_on") == "training"
     for key in after:
         _row(
             table,
-            f"held-out {key} ({held['tuples']} pair{'s' if held['tuples'] != 1 else ''})",
+            f"{'training-pair' if on_training else 'held-out'} {key} "
+            f"({held['tuples']} pair{'s' if held['tuples'] != 1 else ''})",
             before.get(key),
             after.get(key),
         )
@@ -447,6 +449,11 @@ def print_report(result: dict) -> None:
         for key, value in metrics.items():
             _row(table, f"{dataset} {key}", ((gt.get("before") or {}).get(dataset) or {}).get(key), value)
     stderr.print(table)
+    if on_training:
+        stderr.print(
+            "no held-out pair was measured: the training-pair rows are pairs the model trained on, not unseen frames",
+            highlight=False, soft_wrap=True, markup=False,
+        )  # fmt: skip
     stderr.print(f"report: {result.get('report')}", highlight=False, soft_wrap=True, markup=False)
 
 
