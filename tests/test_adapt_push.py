@@ -276,6 +276,21 @@ def test_push_refuses_names_before_uploading(hub, checkpoint, tmp_path, args, op
     assert not hub.commits and not hub.created and not reg.exists()
 
 
+def test_a_run_that_held_nothing_out_publishes_its_training_pair_metrics_as_such(tmp_path):
+    """With nothing held out, adapt measures its training pairs; push published them as "heldout" metrics."""
+    from flowcli.cli.weights import _registry_entry
+
+    def metrics(footage: dict) -> dict:
+        provenance = {"footage": footage, "heldout_after": {"photo": 0.1}, "gt_after": {"sintel": {"epe": 2.0}}}
+        metadata = {"flowcli.provenance": provenance}
+        return _registry_entry(tmp_path / "m.safetensors", metadata, "hf://me/r/m.safetensors", "m.safetensors",
+                               "0" * 64, 1)["metrics"]  # fmt: skip
+
+    gt = {"sintel": {"epe": 2.0}}
+    assert metrics({"measured_on": "training"}) == {"training_pairs": {"photo": 0.1}, "gt": gt}
+    assert metrics({"measured_on": "heldout"}) == metrics({}) == {"heldout": {"photo": 0.1}, "gt": gt}
+
+
 def test_push_help_says_what_json_replaces():
     """--json shared the other weights commands' help, 'instead of a table'; push prints no table."""
     result = CliRunner().invoke(_app(), ["weights", "push", "--help"], env={"COLUMNS": "200"})

@@ -584,10 +584,13 @@ def _registry_entry(path: Path, metadata: dict, source: str, path_in_repo: str, 
         training["base_weights"] = provenance["base_weights"].get("spec")
     if isinstance(provenance.get("footage"), dict):
         training["footage_fingerprint"] = provenance["footage"].get("fingerprint")
+    footage = provenance.get("footage") if isinstance(provenance.get("footage"), dict) else {}
+    # a run that held no pairs out measured its training pairs: not published as held-out metrics
+    measured = "training_pairs" if footage.get("measured_on") == "training" else "heldout"
     metrics = {}
-    for key in ("heldout_after", "gt_after"):
+    for key, name in (("heldout_after", measured), ("gt_after", "gt")):
         if isinstance(provenance.get(key), dict):
-            metrics[key.replace("_after", "")] = provenance[key]
+            metrics[name] = provenance[key]
     return {
         "task": "stereo" if str(provenance.get("mode", "")).startswith("stereo") else "flow",
         "description": f"{path.name}, published with `flowcli weights push`"
