@@ -108,8 +108,9 @@ def table(result: dict) -> list[str]:
             if key in metrics:
                 lines.append(row(f"{dataset} {key}", (gt["before"].get(dataset) or {}).get(key), metrics[key]))
     held = result["heldout"]
+    measured = "training-pair" if held.get("measured_on") == "training" else "held-out"  # nothing held out
     for key, value in (held.get("after") or {}).items():
-        lines.append(row(f"held-out {key}", (held.get("before") or {}).get(key), value))
+        lines.append(row(f"{measured} {key}", (held.get("before") or {}).get(key), value))
     return lines
 
 

@@ -184,3 +184,12 @@ def test_face_video_reports_jitter_and_census_of_a_clip_of_three_frames(monkeypa
     assert quality["jitter_px_independent"] == pytest.approx(8 * np.sqrt(2))
     assert quality["jitter_reduction"] == pytest.approx(0.75)
     assert quality["census_distance_independent"] == 0.5 and notes == []
+
+
+def test_adapt_sintel_labels_training_pairs_as_such_when_nothing_was_held_out(monkeypatch):
+    """With nothing held out, adapt measures its training pairs; the benchmark's table called them held-out."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    table = runpy.run_path(str(BENCHMARKS / "adapt_sintel.py"), run_name="adapt_sintel")["table"]
+    for measured_on, label in (("training", "| training-pair photo |"), ("heldout", "| held-out photo |")):
+        held = {"before": {"photo": 0.3}, "after": {"photo": 0.2}, "measured_on": measured_on}
+        assert any(line.startswith(label) for line in table({"heldout": held}))
