@@ -204,11 +204,16 @@ class Camera:
                 object.__setattr__(self, attribute, _image_size(getattr(self, attribute), f"{attribute}{where}"))
 
     def check_size(self, width: int, height: int) -> None:
-        """An InputError unless the camera is for images of this size (or its size is unknown)."""
-        if self.width is not None and self.height is not None and (self.width, self.height) != (width, height):
+        """An InputError unless the camera is for images of this size (or its size is unknown); a calibration that
+        states only its width or only its height is checked on that one."""
+        if (self.width is not None and self.width != width) or (self.height is not None and self.height != height):
             what = f"calibration {self.source}" if self.source else "camera"
+            if self.width is not None and self.height is not None:
+                stated = f"{self.width}x{self.height}"
+            else:
+                stated = f"{self.width} px wide" if self.width is not None else f"{self.height} px high"
             raise InputError(
-                f"the {what} is for {self.width}x{self.height} images but the images are {width}x{height}; "
+                f"the {what} is for {stated} images but the images are {width}x{height}; "
                 f"give a camera calibrated for {width}x{height} images (on the command line: --focal and "
                 "--baseline instead of --calib)"
             )
@@ -270,7 +275,7 @@ def read_calibration(path: str | os.PathLike) -> Camera:
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist; check the path")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark, as Windows Notepad may write
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read calibration {path}: {getattr(error, 'strerror', None) or error}") from None
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
@@ -357,13 +362,19 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
             f"cannot read calibration {path}: expected JSON (fx, baseline_meters) or a Middlebury calib.txt "
             "(cam0=[f 0 cx; 0 f cy; 0 0 1], baseline in mm)"
         )
-    try:
-        baseline_mm = float(values["baseline"])
-        doffs = float(values["doffs"]) if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else 0.0)
-        width = _image_size(float(values["width"]), f"calibration {path}: width") if "width" in values else None
-        height = _image_size(float(values["height"]), f"calibration {path}: height") if "height" in values else None
-    except ValueError as error:
-        raise InputError(f"cannot read calibration {path}: {error}") from None
+
+    def number(key, unit):
+        try:
+            return float(values[key])
+        except ValueError:
+            raise InputError(
+                f"cannot read calibration {path}: {key} must be a number of {unit}, got {values[key]!r}"
+            ) from None
+
+    baseline_mm = number("baseline", "millimetres")
+    doffs = number("doffs", "pixels") if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else 0.0)
+    width = _image_size(number("width", "pixels"), f"calibration {path}: width") if "width" in values else None
+    height = _image_size(number("height", "pixels"), f"calibration {path}: height") if "height" in values else None
     return Camera(focal=cam0[0], baseline=baseline_mm / 1000.0, fy=cam0[4], cx=cam0[2], cy=cam0[5], doffs=doffs,
                   width=width, height=height, source=str(path))
 

@@ -441,3 +441,30 @@ def test_a_ply_with_crlf_lines_is_read_and_a_repeated_property_is_an_input_error
     with pytest.raises(InputError, match="names the vertex property x twice") as error:
         read_ply(twice)
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_calibration_that_states_only_its_width_or_height_is_checked_on_it(tmp_path):
+    """A JSON calibration with a width but no height was taken for images of any size."""
+    calib = tmp_path / "calib.json"
+    for stated, shown in (({"width": 64}, "64 px wide"), ({"height": 48}, "48 px high")):
+        calib.write_text(json.dumps({"fx": 100, "baseline_meters": 0.1, **stated}))
+        camera = read_calibration(calib)
+        camera.check_size(64, 48)
+        with pytest.raises(InputError, match=f"is for {shown} images but the images are 96x72"):
+            camera.check_size(96, 72)
+
+
+def test_a_calibration_txt_names_the_entry_that_is_no_number_and_a_byte_order_mark_is_read(tmp_path):
+    """baseline=abc was "could not convert string to float: 'abc'", naming no entry; a file saved with a UTF-8 byte
+    order mark (Windows Notepad) was not valid JSON, or not a calib.txt."""
+    txt = tmp_path / "calib.txt"
+    for entry, unit in (("baseline=abc", "millimetres"), ("doffs=8px", "pixels"), ("height=x", "pixels")):
+        txt.write_text(f"cam0=[100 0 48; 0 100 32; 0 0 1]\nbaseline=100\n{entry}\n")
+        key, value = entry.split("=")
+        with pytest.raises(InputError, match=f"{key} must be a number of {unit}, got '{value}'$"):
+            read_calibration(txt)
+    txt.write_bytes(b"\xef\xbb\xbfcam0=[100 0 48; 0 100 32; 0 0 1]\nbaseline=100\n")
+    assert (read_calibration(txt).focal, read_calibration(txt).baseline) == (100.0, 0.1)
+    calib = tmp_path / "calib.json"
+    calib.write_bytes(b"\xef\xbb\xbf" + json.dumps({"fx": 100, "baseline_meters": 0.1}).encode())
+    assert (read_calibration(calib).focal, read_calibration(calib).baseline) == (100.0, 0.1)

@@ -1254,3 +1254,32 @@ def test_resume_of_a_batched_pair_list_runs_the_pairs_before_a_skipped_one_first
     assert set(again) == set(complete) and again["p2_disp.pfm"] == resumed["p2_disp.pfm"]  # not touched
     for stem in ("rig one", "p1"):  # a batch of two: the same disparity up to float rounding (see the test above)
         np.testing.assert_allclose(read_pfm(out / f"{stem}_disp.pfm"), disparities[stem], rtol=0, atol=1e-5)
+
+
+def test_max_depth_without_a_camera_and_ascii_ply_without_ply_are_refused_instead_of_ignored(media, tmp_path, cli,
+                                                                                            monkeypatch):
+    """`stereo l.png r.png --max-depth 5` and `... --ascii-ply` wrote the disparity files and exited 0, the option
+    going nowhere."""
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    code, stdout, err = cli(media["left"], media["right"], "--max-depth", "5", "--weights", media["weights"], "-o", out)
+    assert_one_line_error(code, err, 2, "--max-depth limits depth, which needs a camera", "--focal")
+    camera = ("--focal", "100", "--baseline", "0.1")
+    code, stdout, err = cli(media["left"], media["right"], *camera, "--depth", "--ascii-ply", "--weights",
+                            media["weights"], "-o", out)
+    assert_one_line_error(code, err, 3, "--ascii-ply sets how --ply writes the point cloud", "add --ply")
+    assert stdout == "" and not out.exists()
+
+
+def test_left_and_right_videos_of_different_frame_rates_warn(media, tmp_path, cli):
+    """A 5 fps left and a 10 fps right video were paired frame by frame without a word: views of other times."""
+    fast = tmp_path / "walk_right.mp4"
+    with VideoWriter(fast, fps=10) as writer:
+        for t in range(3):
+            writer.write(_uint8(media["scene"].right[t]))
+    args = ("--max-frames", "1", "--npy", "--weights", media["weights"], "-q")
+    code, _, err = cli(media["video_left"], fast, *args, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert f"{media['video_left']} plays at 5 fps and {fast} at 10 fps, but their frames are paired by number" in err
+    code, _, err = cli(media["video_left"], media["video_right"], *args, "-o", tmp_path / "same")
+    assert code == 0 and "fps" not in err, err

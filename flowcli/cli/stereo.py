@@ -499,12 +499,17 @@ def _video_source(left: Path, right: Path | None, step: int, max_frames: int | N
             )
         size = (size[0] // 2, size[1])
     else:
-        _, count_r, size_r = _video_info(right)
+        fps_r, count_r, size_r = _video_info(right)
         if size_r != size:
             raise InputError(
                 f"left and right videos differ in size: {left} is {size[0]}x{size[1]}, {right} is "
                 f"{size_r[0]}x{size_r[1]}; a rectified pair has two views of the same size"
             )
+        if fps and fps_r and not math.isclose(fps, fps_r, rel_tol=1e-3):
+            from flowcli.console import warn
+
+            warn(f"{left} plays at {fps:g} fps and {right} at {fps_r:g} fps, but their frames are paired by number, "
+                 "so the views drift apart in time; give left and right videos of the same frame rate")
         count = min(count, count_r) if count and count_r else None
         role = _role(left.stem)
         name = role.bare if role and role.bare else left.stem
@@ -865,6 +870,9 @@ def stereo(
     _positive(lr_threshold, "--lr-threshold", " of pixels")
     check_precision_name(precision)
     camera = _camera(focal, baseline, calib)
+    if max_depth is not None and camera is None:  # accepted and ignored, it left a user thinking depths were cut
+        raise InputError("--max-depth limits depth, which needs a camera: give --focal PX and --baseline M, or "
+                         "--calib FILE, or leave --max-depth out")
     if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
         warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: is it in "
              "millimetres? --baseline and baseline_meters are metres (a JSON calibration may give baseline_mm)")
@@ -879,6 +887,8 @@ def stereo(
     if camera is None and chosen & DEPTH_FORMATS:
         wanted = min(chosen & DEPTH_FORMATS).replace("_", "-")
         raise InputError(f"--{wanted} needs a camera: give --focal PX and --baseline M, or --calib FILE")
+    if ascii_ply and "ply" not in chosen:
+        raise OutputError("--ascii-ply sets how --ply writes the point cloud; add --ply, or leave --ascii-ply out")
     template = check_template(name, NAME_FIELDS, _SAMPLE_FIELDS)
     want_video = "video" in chosen
     if fps is not None and not want_video:  # accepted and ignored, it left a user thinking a rate was set
