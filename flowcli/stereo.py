@@ -438,7 +438,8 @@ def _rgb8(image, h: int, w: int) -> np.ndarray:
 
 
 _PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
-              "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4"}
+              "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "<i2", "int16": "<i2",
+              "ushort": "<u2", "uint16": "<u2", "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4"}
 
 
 def _triples(name: str, values) -> np.ndarray:

@@ -443,6 +443,21 @@ def test_a_ply_with_crlf_lines_is_read_and_a_repeated_property_is_an_input_error
     assert len(str(error.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize("ply_type, dtype", [("short", "<i2"), ("ushort", "<u2"), ("uint", "<u4"), ("char", "i1"),
+                                             ("int16", "<i2"), ("uint16", "<u2")])
+def test_a_binary_ply_of_the_other_standard_property_types_is_read(tmp_path, ply_type, dtype):
+    """Points stored as short, ushort, uint or char (scanners write them) were refused as "only vertex-only ascii
+    or binary_little_endian PLY is supported", a format the file had."""
+    points = np.array([[1, 2, 3], [4, 5, 6]], dtype=dtype)
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex 2\nproperty {ply_type} x\n"
+              f"property {ply_type} y\nproperty {ply_type} z\nend_header\n")  # fmt: skip
+    path = tmp_path / "scan.ply"
+    path.write_bytes(header.encode() + points.tobytes())
+    back, colours = read_ply(path)
+    np.testing.assert_array_equal(back, points.astype(np.float32))
+    assert colours is None
+
+
 def test_a_calibration_that_states_only_its_width_or_height_is_checked_on_it(tmp_path):
     """A JSON calibration with a width but no height was taken for images of any size."""
     calib = tmp_path / "calib.json"
