@@ -857,3 +857,28 @@ def test_spaces_around_the_parts_of_a_dataset_spec_are_dropped(tmp_path):
     [(reader, weight)] = load_datasets([f"chairs : {tmp_path} : 2"])
     assert len(reader) == 1 and weight == 2.0
     dataset_evaluator([f"chairs: {tmp_path} "])  # checks the folder now
+
+
+def test_a_config_rule_between_settings_may_be_met_by_the_flags(tmp_path):
+    """A config file with "synth_weight": 0 and `--dataset chairs:DIR` was refused: "synth_weight" 0 leaves
+    nothing to train on, though the flag gave the datasets (flags override the file)."""
+    path = tmp_path / "datasets-only.json"
+    path.write_text(json.dumps({"synth_weight": 0}))
+    cfg = TrainConfig.from_file(path, datasets=["chairs:/data"], steps=2)
+    assert cfg.synth_weight == 0 and cfg.datasets == ["chairs:/data"] and cfg.steps == 2
+    with pytest.raises(FlowcliError, match=r'datasets-only\.json: "synth_weight" 0 leaves nothing'):
+        TrainConfig.from_file(path, steps=2)
+    path.write_text(json.dumps({"synth_weight": 0, "steps": "2"}))  # a bad value in the file is still refused
+    with pytest.raises(FlowcliError, match=r'datasets-only\.json: "steps" must be a positive integer'):
+        TrainConfig.from_file(path, datasets=["chairs:/data"], steps=2)
+
+
+def test_the_final_weights_are_evaluated_when_the_steps_are_no_multiple_of_eval_every(tmp_path):
+    """`--eval` with the default eval_every (each checkpoint) on a run shorter than --checkpoint-every, or
+    --eval-every not dividing --steps, never scored the weights the run ends with (no eval.json at all)."""
+    torch.set_num_threads(1)
+    scores = lambda model: {"x epe": 1.0}  # noqa: E731
+    train(tiny_config(tmp_path / "a", 3, batch_size=1, eval_every=2), evaluate=scores, quiet=True)
+    assert [r["step"] for r in json.loads((tmp_path / "a" / "eval.json").read_text())] == [2, 3]
+    train(tiny_config(tmp_path / "b", 3, batch_size=1, eval_every=2), evaluate=scores, quiet=True, stop_after=1)
+    assert not (tmp_path / "b" / "eval.json").exists()  # a stop before the end is not the final weights

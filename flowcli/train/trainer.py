@@ -93,10 +93,11 @@ class TrainConfig:
                 f'config file {path} must hold a JSON object of settings such as {{"steps": 1000}}, '
                 f"not {json.dumps(data)[:40]}"
             )
-        problem = settings_problem(data)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        problem = settings_problem(data, overrides)
         if problem:
             raise InputError(f"config file {path}: {problem}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data.update(overrides)
         return cls(**data)
 
     def check(self) -> None:
@@ -175,8 +176,11 @@ def setting_problem(name: str, value) -> str | None:
     return value_problem(value, hint, _RULES.get(name))
 
 
-def settings_problem(data: dict) -> str | None:
-    """The first problem of TrainConfig settings (a config file's, or a config's as a dict), or None."""
+def settings_problem(data: dict, overrides: dict | None = None) -> str | None:
+    """The first problem of TrainConfig settings (a config file's, or a config's as a dict), or None.
+    `overrides` (the flags, checked on their own) take part in the rules between settings only, as in
+    "synth_weight" 0 with the datasets of --dataset."""
+    combined = {**data, **(overrides or {})}
     for name in ("datasets", "eval_datasets"):  # the spec's own problem, not only "must be a list of ..."
         if matches_type(data.get(name, []), list[str]):
             problem = _specs_problem(data.get(name, []), weighted=name == "datasets")
@@ -185,7 +189,7 @@ def settings_problem(data: dict) -> str | None:
     problem = dataclass_problem(TrainConfig, data, rules=_RULES)
     if problem:
         return problem
-    if data.get("synth_weight") == 0 and not data.get("datasets"):
+    if combined.get("synth_weight") == 0 and not combined.get("datasets"):
         return '"synth_weight" 0 leaves nothing to train on; give "datasets" or a positive synth_weight'
     model, synth = data.get("model", {}), data.get("synth", {})
     for name in _TRAINER_SYNTH_FIELDS:
@@ -201,7 +205,7 @@ def settings_problem(data: dict) -> str | None:
         SynthConfig(**synth)
     except ValueError as error:
         return f'"synth": {error}'
-    if not data.get("init_weights"):  # with init weights, `model` overrides the checkpoint's config
+    if not combined.get("init_weights"):  # with init weights, `model` overrides the checkpoint's config
         try:
             FlowNetConfig(**model)
         except ValueError as error:
@@ -703,7 +707,8 @@ def train(
                 bar.update(task, completed=step, info=f"loss {record['total']:.3f} epe {record['epe']:.2f}")
                 if not stderr.is_terminal and not quiet and step % 10 == 0:  # a log file gets plain lines
                     say(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
-                if eval_every and evaluate is not None and step % eval_every == 0:
+                # the final weights too, when the steps are no multiple of eval_every (or fewer)
+                if eval_every and evaluate is not None and (step % eval_every == 0 or step == cfg.steps):
                     evaluated = ema.model if ema is not None else model  # the weights a user would take
                     evaluated.eval()
                     metrics = evaluate(evaluated)
