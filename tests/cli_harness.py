@@ -108,3 +108,14 @@ def ctrl_c_before_the_third_batch(batches, received: list, others: set):
                 worker.join(timeout=1)  # (one that ended on it has done so by now)
         received.append(next(batches))
         yield received[-1]
+
+
+def assert_refused_before_the_model(monkeypatch, run, *args, output: Path, exit_code: int, needle: str) -> None:
+    """`run(*args, "-o", output)` ends in one error line holding `needle` before any model is loaded, printing
+    nothing on stdout and creating no output folder."""
+    import pytest
+
+    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
+    code, stdout, err = run(*args, "-o", output)
+    assert_one_line_error(code, err, exit_code, needle)
+    assert stdout == "" and not output.exists()

@@ -435,11 +435,11 @@ def test_video_of_image_pairs_only_is_refused_before_any_work(media, tmp_path, c
 
 def test_fps_without_video_is_refused_instead_of_ignored(media, tmp_path, cli, monkeypatch):
     """`estimate a.png b.png --fps 24` wrote the pair's files and exited 0, the rate going nowhere."""
-    monkeypatch.setattr("flowcli.models.load_model_and_file", lambda *a, **k: pytest.fail("model loaded"))
-    out = tmp_path / "out"
-    code, stdout, err = cli(media["a"], media["b"], "--fps", "24", "--weights", media["weights"], "-o", out)
-    assert_one_line_error(code, err, 3, "--fps sets the frame rate of --video")
-    assert stdout == "" and not out.exists()
+    from cli_harness import assert_refused_before_the_model
+
+    assert_refused_before_the_model(monkeypatch, cli, media["a"], media["b"], "--fps", "24", "--weights",
+                                    media["weights"], output=tmp_path / "out", exit_code=3,
+                                    needle="--fps sets the frame rate of --video")  # fmt: skip
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch: a few seconds, much more on a loaded machine
