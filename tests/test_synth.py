@@ -331,6 +331,37 @@ def test_texture_bank_reads_every_video_container_media_knows(tmp_path):
     assert len(bank.images) == 2 and bank.images[0].shape == (3, 32, 48)  # frames 0 and 8
 
 
+@pytest.mark.parametrize(
+    "kind", ["missing", "empty folder", "corrupt image", "folder of corrupt images", "corrupt video"]
+)
+def test_texture_paths_past_the_image_cap_are_checked_too(tmp_path, kind):
+    """Reading stopped at max_images, so a bad path listed after a folder that filled the bank was ignored."""
+    import numpy as np
+
+    from flowcli.errors import InputError
+    from flowcli.io.flow_formats import write_png
+    from flowcli.synth import TextureBank
+
+    (tmp_path / "big").mkdir()
+    for k in range(3):
+        write_png(tmp_path / "big" / f"{k}.png", np.full((8, 8, 3), 40 * k, dtype=np.uint8))
+    bad = tmp_path / "bad"
+    if kind == "empty folder":
+        bad.mkdir()
+    elif kind == "corrupt image":
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not a png at all")
+    elif kind == "folder of corrupt images":
+        bad.mkdir()
+        (bad / "a.png").write_bytes(b"not a png at all")
+    elif kind == "corrupt video":
+        bad = tmp_path / "bad.mp4"
+        bad.write_bytes(b"not a video at all")
+    assert len(TextureBank.from_paths([tmp_path / "big"], max_images=2, frame_stride=1).images) == 2
+    with pytest.raises(InputError, match=str(bad)):
+        TextureBank.from_paths([tmp_path / "big", bad], max_images=2, frame_stride=1)
+
+
 def test_synth_writes_the_same_files_for_the_same_command(monkeypatch, capsys, tmp_path):
     """synth.json held the rendering speed, so two runs of one command differed."""
     from cli_harness import in_process_cli

@@ -586,7 +586,7 @@ def test_an_unreadable_or_foreign_state_is_a_one_line_error_and_overwrite_starts
         (out / "state.pt").write_bytes(content)
     run = in_process_cli(monkeypatch, capsys, "train")
     code, _, err = run("-c", recipe, "-o", out, "-q")
-    assert_one_line_error(code, err, 2, str(out / "state.pt"), "--overwrite")
+    assert_one_line_error(code, err, 3, str(out / "state.pt"), "--overwrite")  # the help: 3 is the run folder
     code, _, err = run("-c", recipe, "-o", out, "-q", "--overwrite")
     assert code == 0 and "replacing" in err, err
     assert load_checkpoint(out / "last.safetensors").provenance["steps"] == 2
@@ -857,6 +857,23 @@ def test_spaces_around_the_parts_of_a_dataset_spec_are_dropped(tmp_path):
     [(reader, weight)] = load_datasets([f"chairs : {tmp_path} : 2"])
     assert len(reader) == 1 and weight == 2.0
     dataset_evaluator([f"chairs: {tmp_path} "])  # checks the folder now
+
+
+def test_an_unknown_dataset_name_is_reported_before_its_weight(monkeypatch, capsys, tmp_path):
+    """`--dataset foo:/x:0` said the weight must be a positive number, not that there is no dataset foo."""
+    from flowcli.data.datasets import parse_dataset_spec
+
+    with pytest.raises(ValueError, match="unknown dataset 'foo'"):
+        parse_dataset_spec("foo:/x:0", weighted=True)
+    with pytest.raises(ValueError, match="weight must be a positive number"):
+        parse_dataset_spec("chairs:/x:0", weighted=True)
+    with pytest.raises(ValueError, match="expected NAME:ROOT"):
+        parse_dataset_spec("chairs::2", weighted=True)
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run("-c", tiny_recipe(tmp_path), "-o", tmp_path / "run", "-q", "--dataset", "foo:/x:0")
+    assert_one_line_error(code, err, 2, "unknown dataset 'foo'", "chairs")
+    assert "weight" not in err.replace("WEIGHT", "")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_config_rule_between_settings_may_be_met_by_the_flags(tmp_path):

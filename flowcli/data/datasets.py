@@ -554,6 +554,11 @@ def parse_dataset_spec(spec: str, *, weighted: bool = False) -> list[tuple[str, 
     expected = "NAME:ROOT" + (" or NAME:ROOT:WEIGHT" if weighted else "")
     name, sep, root = spec.partition(":")
     name, root, weight = name.strip().lower(), root.strip(), 1.0
+    names = f"sintel, {', '.join(DATASETS)}"
+    if sep and name and name not in ("sintel",) + DATASETS:
+        raise ValueError(f"{spec!r}: unknown dataset {name!r}; expected {expected} with NAME one of {names}")
+    if not sep or not root:
+        raise ValueError(f"{spec!r}: expected {expected} with NAME one of {names}")
     if weighted and ":" in root:
         head, _, tail = root.rpartition(":")
         head = head.strip()
@@ -563,8 +568,8 @@ def parse_dataset_spec(spec: str, *, weighted: bool = False) -> list[tuple[str, 
             pass
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"{spec!r}: the weight must be a positive number, e.g. {name}:{head}:2")
-    if not sep or not root or name not in ("sintel",) + DATASETS:
-        raise ValueError(f"{spec!r}: expected {expected} with NAME one of sintel, {', '.join(DATASETS)}")
+        if not root:  # "chairs::2"
+            raise ValueError(f"{spec!r}: expected {expected} with NAME one of {names}")
     if name == "sintel":
         return [("sintel-clean", root, weight / 2), ("sintel-final", root, weight / 2)]
     return [(name, root, weight)]

@@ -122,28 +122,37 @@ class TextureBank:
 
     @classmethod
     def from_paths(cls, paths: list[str | Path], max_images: int = 400, max_side: int = 640, frame_stride: int = 8):
+        """Every `frame_stride`-th image of each folder or frame of each video, and each image file, in the
+        order given, up to `max_images` in all. Every path is checked, those past that cap too: InputError
+        unless each one exists and gives at least one readable image."""
         from flowcli.io.media import VideoReader, is_video, list_frames, read_image
 
+        # a missing path or an empty folder is reported before any time is spent reading images
+        frame_lists = {path: list_frames(path) for path in map(Path, paths) if path.is_dir() or not path.exists()}
         images: list[torch.Tensor] = []
 
         def keep(img: torch.Tensor):
             images.append(cls.stored(img, max_side))
 
         for path in map(Path, paths):
-            if len(images) >= max_images:
-                break
-            if path.is_dir():
-                for frame in list_frames(path)[::frame_stride or 1][: max_images - len(images)]:
-                    keep(read_image(frame))
+            room = max_images - len(images)
+            if path in frame_lists:
+                frames = frame_lists[path][:: frame_stride or 1]
+                for frame in frames[:room] if room else frames[:1]:  # past the cap: read one, to check it
+                    image = read_image(frame)
+                    if room:
+                        keep(image)
             elif is_video(path):
                 with VideoReader(path) as reader:
                     for i, frame in enumerate(reader):
-                        if len(images) >= max_images:
+                        if len(images) >= max_images:  # past the cap, a video is only checked to give a frame
                             break
                         if i % frame_stride == 0:
                             keep(frame)
             else:
-                keep(read_image(path))
+                image = read_image(path)
+                if room:
+                    keep(image)
         if not images:
             from flowcli.errors import InputError
 

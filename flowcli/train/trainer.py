@@ -475,7 +475,7 @@ _STATE_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "step", "hist
 
 def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict | None:
     """The saved training state, or None when there is none (or, with `overwrite`, when it is unreadable);
-    InputError when it cannot be read or is not a flowcli training state."""
+    OutputError, as for the run folder's other files, when it cannot be read or is not a flowcli training state."""
     if not state_path.exists():
         return None
     try:
@@ -490,7 +490,7 @@ def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict
     if overwrite:
         say(f"replacing the run in {state_path.parent} ({state_path.name} {problem}, --overwrite)")
         return None
-    raise InputError(f"{state_path} {problem}; pass --overwrite to start the run afresh, or choose another --out")
+    raise OutputError(f"{state_path} {problem}; pass --overwrite to start the run afresh, or choose another --out")
 
 
 # Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
