@@ -46,7 +46,10 @@ def train(
         None, help="Seed for the model init and the data stream (runs are deterministic), between -10^12 and 10^12."
     ),
     textures: list[str] = typer.Option(
-        None, "--textures", help="Real images to texture scenes: image files, folders of images, videos. Repeatable."
+        None,
+        "--textures",
+        help="Real images to texture scenes: image files, folders of images (every 8th), videos (every 8th frame); "
+        "at most 400 in all. Repeatable.",
     ),
     stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
     init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),
