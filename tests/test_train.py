@@ -827,7 +827,7 @@ def test_train_help_says_textures_take_image_files(monkeypatch, capsys):
     code, out, _ = run("--help")
     assert code == 0
     help_text = " ".join(out.replace("│", " ").split())
-    assert "image files, folders of images, videos" in help_text
+    assert "image files, folders of images (every 8th), videos (every 8th frame); at most 400 in all" in help_text
 
 
 def test_a_weight_given_to_an_evaluation_is_named_in_the_error(monkeypatch, capsys, tmp_path):
