@@ -331,6 +331,24 @@ def test_texture_bank_reads_every_video_container_media_knows(tmp_path):
     assert len(bank.images) == 2 and bank.images[0].shape == (3, 32, 48)  # frames 0 and 8
 
 
+def _bad_texture(tmp_path, kind: str):
+    """A texture path that gives no image: missing, an empty folder, a corrupt image, a folder of corrupt images,
+    a corrupt video."""
+    bad = tmp_path / "bad"
+    if kind == "empty folder":
+        bad.mkdir()
+    elif kind == "corrupt image":
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not a png at all")
+    elif kind == "folder of corrupt images":
+        bad.mkdir()
+        (bad / "a.png").write_bytes(b"not a png at all")
+    elif kind == "corrupt video":
+        bad = tmp_path / "bad.mp4"
+        bad.write_bytes(b"not a video at all")
+    return bad
+
+
 @pytest.mark.parametrize(
     "kind", ["missing", "empty folder", "corrupt image", "folder of corrupt images", "corrupt video"]
 )
@@ -345,18 +363,7 @@ def test_texture_paths_past_the_image_cap_are_checked_too(tmp_path, kind):
     (tmp_path / "big").mkdir()
     for k in range(3):
         write_png(tmp_path / "big" / f"{k}.png", np.full((8, 8, 3), 40 * k, dtype=np.uint8))
-    bad = tmp_path / "bad"
-    if kind == "empty folder":
-        bad.mkdir()
-    elif kind == "corrupt image":
-        bad = tmp_path / "bad.png"
-        bad.write_bytes(b"not a png at all")
-    elif kind == "folder of corrupt images":
-        bad.mkdir()
-        (bad / "a.png").write_bytes(b"not a png at all")
-    elif kind == "corrupt video":
-        bad = tmp_path / "bad.mp4"
-        bad.write_bytes(b"not a video at all")
+    bad = _bad_texture(tmp_path, kind)
     assert len(TextureBank.from_paths([tmp_path / "big"], max_images=2, frame_stride=1).images) == 2
     with pytest.raises(InputError, match=str(bad)):
         TextureBank.from_paths([tmp_path / "big", bad], max_images=2, frame_stride=1)
@@ -470,12 +477,7 @@ def test_synth_refuses_an_empty_output_instead_of_writing_into_the_current_folde
 def test_synth_texture_errors_name_the_textures_option(monkeypatch, capsys, tmp_path, kind):
     from cli_harness import assert_one_line_error, in_process_cli
 
-    textures = tmp_path / "textures"
-    if kind == "empty folder":
-        textures.mkdir()
-    elif kind == "corrupt image":
-        textures = tmp_path / "texture.png"
-        textures.write_bytes(b"not a png at all")
+    textures = _bad_texture(tmp_path, kind)
     run = in_process_cli(monkeypatch, capsys, "synth")
     code, _, err = run(tmp_path / "data", "-n", "1", "--size", "32x32", "-q", "--textures", textures)
     assert_one_line_error(code, err, 2, "--textures", str(textures))
