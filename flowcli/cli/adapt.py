@@ -424,7 +424,7 @@ def print_report(result: dict) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from flowcli.console import stderr
+    from flowcli.console import say, stderr
 
     # the heading and the report's path on lines of their own, not wrapped by rich: a table's title is wrapped to
     # the table's width, and a path longer than the line was cut mid-name ("street_" / "scene_0001")
@@ -450,11 +450,8 @@ def print_report(result: dict) -> None:
             _row(table, f"{dataset} {key}", ((gt.get("before") or {}).get(dataset) or {}).get(key), value)
     stderr.print(table)
     if on_training:
-        stderr.print(
-            "no held-out pair was measured: the training-pair rows are pairs the model trained on, not unseen frames",
-            highlight=False, soft_wrap=True, markup=False,
-        )  # fmt: skip
-    stderr.print(f"report: {result.get('report')}", highlight=False, soft_wrap=True, markup=False)
+        say("no held-out pair was measured: the training-pair rows are pairs the model trained on, not unseen frames")
+    say(f"report: {result.get('report')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -47,6 +47,7 @@ from flowcli.cli.options import (
     QuietOption,
     ResumeOption,
     WeightsOption,
+    check_fps_has_a_video,
     check_picking_applies,
     check_precision_name,
     check_scale,
@@ -587,8 +588,7 @@ def estimate(
     options = OutputOptions(directory=output, formats=chosen - {"video"}, backward=backward, template=name,
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen
-    if fps is not None and not want_video:  # accepted and ignored, it left a user thinking a rate was set
-        raise OutputError("--fps sets the frame rate of --video; add --video, or leave --fps out")
+    check_fps_has_a_video(fps, want_video)
 
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], step, max_frames, pair_list)

@@ -127,6 +127,12 @@ def device_and_precision(device: str, precision: str):
 # ---- output names
 
 
+def check_fps_has_a_video(fps: float | None, want_video: bool) -> None:
+    """--fps sets the frame rate of --video: given without it, it was accepted and ignored."""
+    if fps is not None and not want_video:
+        raise OutputError("--fps sets the frame rate of --video; add --video, or leave --fps out")
+
+
 def check_video_rates(sources, want_video: bool, fps: float | None) -> None:
     """Before any work: a sequence's video, made at the source's rate / --step, must have a rate the video writer
     can store. `sources` are estimate's or stereo's inputs (label, sequence, fps)."""

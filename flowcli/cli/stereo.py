@@ -48,6 +48,7 @@ from flowcli.cli.options import (
     QuietOption,
     ResumeOption,
     WeightsOption,
+    check_fps_has_a_video,
     check_picking_applies,
     check_precision_name,
     check_video_rates,
@@ -891,8 +892,7 @@ def stereo(
         raise OutputError("--ascii-ply sets how --ply writes the point cloud; add --ply, or leave --ascii-ply out")
     template = check_template(name, NAME_FIELDS, _SAMPLE_FIELDS)
     want_video = "video" in chosen
-    if fps is not None and not want_video:  # accepted and ignored, it left a user thinking a rate was set
-        raise OutputError("--fps sets the frame rate of --video; add --video, or leave --fps out")
+    check_fps_has_a_video(fps, want_video)
     formats_set = frozenset(chosen - {"video"})
 
     # ---- inputs and outputs, before the model

@@ -27,6 +27,7 @@ from flowcli.cli.options import (
     OutputDirOption,
     OverwriteOption,
     QuietOption,
+    check_fps_has_a_video,
 )
 from flowcli.errors import InputError, OutputError
 
@@ -545,8 +546,7 @@ def vis(
               "depth": _scale_option(min_depth, "--min-depth", "metres")}
     if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
         raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
-    if fps is not None and not video:
-        raise OutputError("--fps sets the frame rate of --video; add --video, or leave --fps out")
+    check_fps_has_a_video(fps, video)
     template = check_template(name, NAME_FIELDS, _SAMPLE_NAME_FIELDS)
 
     items = collect_inputs(inputs)
