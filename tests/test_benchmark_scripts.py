@@ -57,6 +57,7 @@ REFUSALS = [
     ("checkpoint_speed_ab.py", ["flowcli-pwc-synth", "--data", "{empty}"], "{empty}"),
     ("motion_range.py", ["flowcli-pwc-synth", "--data", "{empty}"], "{empty}"),
     ("kitti_outliers.py", ["flowcli-pwc-synth", "--root", "{missing}"], "{missing}"),
+    ("level_errors.py", ["flowcli-pwc-synth", "--root", "{missing}"], "{missing}"),
     ("occlusion_masks.py", ["--data", "{empty}"], "{empty}"),
     ("photometric_landscape.py", ["--data", "{empty}"], "{empty}"),
     ("scale_selection.py", ["--data", "{empty}"], "{empty}"),
@@ -101,6 +102,12 @@ def test_without_opencv_is_one_line(script, run_script, monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
     code = run_script(script)
     assert isinstance(code, str) and code.startswith("error: OpenCV") and "\n" not in code, code
+
+
+def test_level_errors_refuses_an_item_no_name_contains(run_script, shared_data):
+    code = run_script("level_errors.py", "flowcli-pwc-synth", "--root", str(shared_data / "flow" / "sintel"),
+                      "--item", "no-such-scene")
+    assert isinstance(code, str) and "\n" not in code and "'no-such-scene'" in code and "--item" in code, code
 
 
 def test_scale_selection_refuses_an_unknown_dataset(run_script, capsys):
