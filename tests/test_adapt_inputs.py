@@ -778,7 +778,7 @@ def test_a_stereo_pairs_list_that_is_not_text_or_has_spaces_in_paths(tmp_path):
     _png(tmp_path / "my shots" / "a right.png", seed=1)
     binary = tmp_path / "pairs.txt"
     binary.write_bytes(b"\x00\xff\xfe binary")
-    with pytest.raises(InputError, match="^cannot read the list of stereo pairs .*pairs.txt: it is not UTF-8 text"):
+    with pytest.raises(InputError, match="^cannot read the list of stereo pairs .*pairs.txt: it is not text"):
         scan_footage([binary], stereo=True, min_frames=1)
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b"\xef\xbb\xbf\"my shots/a left.png\" 'my shots/a right.png'\r\n")  # BOM and CRLF: Notepad
@@ -786,8 +786,39 @@ def test_a_stereo_pairs_list_that_is_not_text_or_has_spaces_in_paths(tmp_path):
     assert pair == (tmp_path / "my shots" / "a left.png", tmp_path / "my shots" / "a right.png")
     unquoted = tmp_path / "unquoted.txt"
     unquoted.write_text("my shots/a left.png my shots/a right.png\n")
-    with pytest.raises(InputError, match=r"unquoted.txt:1: expected 'LEFT RIGHT' \(two paths; quote a path"):
+    with pytest.raises(InputError, match=r"unquoted.txt:1: expected two image paths, found 6; quote paths"):
         scan_footage([unquoted], stereo=True, min_frames=1)
+
+
+def test_a_stereo_pairs_list_reads_as_flowcli_stereo_pairs_reads_it(tmp_path, monkeypatch):
+    """adapt split a .txt list its own way: a backslash-escaped space, a leading ~ and a UTF-16 list (PowerShell's >)
+    that `flowcli stereo --pairs` reads were refused or misread, and a lone quote it refuses was read as a name."""
+    from flowcli.cli.pair_list import read_image_pairs
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    _png(home / "rig" / "h_left.png")
+    _png(home / "rig" / "h_right.png", seed=1)
+    _png(tmp_path / "my shots" / "a left.png")
+    _png(tmp_path / "my shots" / "a right.png", seed=1)
+    text = "# left right\n\nmy\\ shots/a\\ left.png my\\ shots/a\\ right.png\n~/rig/h_left.png\t~/rig/h_right.png\n"
+    listing = tmp_path / "pairs.txt"
+    for data in (text.encode(), text.encode("utf-16")):
+        listing.write_bytes(data)
+        frames = scan_footage([listing], stereo=True, min_frames=1).sequences[0].frames
+        assert frames == [(pair.first, pair.second) for pair in read_image_pairs(str(listing))]
+        assert frames == [
+            (tmp_path / "my shots" / "a left.png", tmp_path / "my shots" / "a right.png"),
+            (home / "rig" / "h_left.png", home / "rig" / "h_right.png"),
+        ]
+    _png(tmp_path / "it's_left.png")
+    _png(tmp_path / "its_right.png", seed=1)
+    listing.write_text("# a lone quote\nit's_left.png its_right.png\n")
+    with pytest.raises(InputError, match=f"^{re.escape(str(listing))}:2: no closing quotation; close the quote"):
+        scan_footage([listing], stereo=True, min_frames=1)
+    listing.write_text('"it\'s_left.png" its_right.png extra.png\n')
+    with pytest.raises(InputError, match=f"^{re.escape(str(listing))}:1: expected two image paths, found 3"):
+        scan_footage([listing], stereo=True, min_frames=1)
 
 
 def test_an_unreadable_subfolder_is_skipped_and_an_unreadable_source_is_an_error(tmp_path, monkeypatch):

@@ -650,6 +650,37 @@ def test_gt_on_another_root_when_resuming_measures_the_base_model_there(footage,
     assert result["gt"]["after"]["kitti2015"]["root"] == 1
 
 
+@pytest.mark.parametrize("kept", [["kitti2015"], []])
+def test_gt_dropped_when_resuming_leaves_the_before_record(footage, base, tmp_path, monkeypatch, kept):
+    """Resuming with fewer --gt datasets kept the dropped ones in "before": the report and the checkpoint's
+    provenance showed a before row for a dataset no longer measured after."""
+    from flowcli.adapt import trainer
+    from flowcli.checkpoint import read_metadata
+
+    roots = {"kitti2015": str(tmp_path / "kitti"), "sintel_clean": str(tmp_path / "sintel")}
+    monkeypatch.setattr(trainer, "parse_gt", lambda specs: [tuple(spec.split(":", 1)) for spec in specs])
+    monkeypatch.setattr(trainer, "headline_metrics", lambda model, sets, **kwargs: {
+        name: {"epe": 1.0} for name, root in sets
+    })  # fmt: skip
+    output = tmp_path / "g.safetensors"
+
+    def interrupt(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"{n}:{r}" for n, r in roots.items()]),
+              quiet=True, callback=interrupt)  # fmt: skip
+    result = adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"{n}:{roots[n]}" for n in kept]),
+                   quiet=True)  # fmt: skip
+    provenance = read_metadata(output)["flowcli.provenance"]
+    if kept:
+        assert set(result["gt"]["before"]) == set(result["gt"]["after"]) == set(kept)
+        assert set(provenance["gt_before"]) == set(provenance["gt_after"]) == set(kept)
+    else:
+        assert result["gt"] is None and provenance["gt_before"] is None and provenance["gt_after"] is None
+
+
 def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tmp_path):
     from flowcli.evaluation import headline_metrics
     from flowcli.checkpoint import load_checkpoint

@@ -16,13 +16,15 @@ but the frames of one tuple must agree (an error naming the two files otherwise)
 Stereo footage (`stereo=True`): rectified left/right pairs, from two folders (left, right), a folder
 holding `left/` and `right/` (or KITTI's `image_2/` and `image_3/`) subfolders, a folder of
 `*left*` / `*right*` files (e.g. `desk_left.png`, `desk_right.png`), Middlebury-style scene folders
-(`<scene>/im0.png`, `im1.png`) or a UTF-8 text file with one `LEFT RIGHT` pair of paths per line
-(quoted where a path holds a space; relative to the file's folder). The pairs of one source are a
-stereo sequence in natural order (consecutive in time for `--temporal`).
+(`<scene>/im0.png`, `im1.png`) or a .txt list of `LEFT RIGHT` pairs, one a line, read as `flowcli
+stereo --pairs` reads one (flowcli.cli.pair_list: split as a shell would, relative to the list's
+folder). The pairs of one source are a stereo sequence in natural order (consecutive in time for
+`--temporal`).
 """
 
 from __future__ import annotations
 
+import codecs
 import functools
 import glob
 import hashlib
@@ -30,13 +32,13 @@ import json
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from flowcli.cli.pair_list import ListedPair, read_image_pairs
 from flowcli.console import say, warn
 from flowcli.errors import InputError
 from flowcli.io import media
@@ -558,15 +560,18 @@ def _match_folders(left: Path, right: Path) -> list[tuple[Path, Path]]:
     return list(zip(lefts, rights, strict=True))
 
 
-def _pair_words(line: str) -> list[str]:
-    """The paths of a pairs-list line: split at whitespace, or as a shell splits it where the line has quotes
-    (`"my shots/a_left.png" "my shots/a_right.png"`); a lone quote (`it's_left.png`) is part of a name."""
-    if '"' in line or "'" in line:
-        try:
-            return shlex.split(line)
-        except ValueError:  # an unterminated quote
-            pass
-    return line.split()
+def _listed_pairs(path: Path) -> list[ListedPair]:
+    """The pairs of a .txt list, read as `flowcli stereo --pairs` reads one (flowcli.cli.pair_list)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read the list of stereo pairs {path}: {error.strerror}") from None
+    if b"\0" in data and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(
+            f"cannot read the list of stereo pairs {path}: it is not text; give a text file with one 'LEFT RIGHT' "
+            "pair of image paths per line"
+        )
+    return list(read_image_pairs(str(path)))
 
 
 def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
@@ -575,32 +580,7 @@ def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
         return [_stereo_sequence(pairs, f"{source[0].name}+{source[1].name}", f"{source[0]} {source[1]}", skipped)]
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".txt":
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # -sig: the BOM that Windows editors write
-        except (OSError, UnicodeDecodeError) as error:
-            why = "it is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
-            raise InputError(
-                f"cannot read the list of stereo pairs {path}: {why}; give a text file with one 'LEFT RIGHT' pair of "
-                "image paths per line"
-            ) from None
-        pairs = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            parts = _pair_words(line)
-            if len(parts) != 2:
-                raise InputError(
-                    f"{path}:{number}: expected 'LEFT RIGHT' (two paths; quote a path that holds a space), got "
-                    f"{line.strip()!r}"
-                )
-            left, right = ((path.parent / p) if not Path(p).is_absolute() else Path(p) for p in parts)
-            for p in (left, right):
-                if not p.is_file():
-                    raise InputError(
-                        f"{path}:{number}: {p} does not exist; check the path (relative paths start at the list's "
-                        "folder)"
-                    )
-            pairs.append((left, right))
+        pairs = [(pair.first, pair.second) for pair in _listed_pairs(path)]
         return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
     if not path.is_dir():
         raise InputError(

@@ -905,6 +905,13 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
             before["gt"] = headline_metrics(model, gt_sets, precision=_precision_name(dtype), max_pixels=cfg.max_pixels)
             before["gt_roots"] = {name: _resolved(root) for name, root in gt_sets}
         before["seconds"] = round(clock() - t0, 2)
+    # a dataset dropped from --gt when resuming leaves "before" too: the report and provenance compare the same sets
+    asked = {name for name, _ in gt_sets}
+    for key in ("gt", "gt_roots"):
+        if key in before:
+            before[key] = {name: value for name, value in before[key].items() if name in asked}
+            if not before[key]:
+                del before[key]
     # --gt is matched by dataset name: one added when resuming, or given another root (a state saved before the
     # roots were recorded names none), is measured on the base itself, as the model has trained since
     gt_roots = before.get("gt_roots") or {}
