@@ -131,6 +131,15 @@ def _is_pickle(path: str | Path) -> bool:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the architecture the metadata names and load the weights strictly (fp32)."""
     meta = read_metadata(path)
+    lacks = [] if "flowcli.model" in meta else ["flowcli.model metadata (the architecture)"]
+    with safe_open(str(path), framework="pt") as f:
+        if not f.keys():
+            lacks.append("tensors (the weights)")
+    if lacks:  # flowcli metadata alone reads without an error, yet holds no model
+        raise WeightsError(
+            f"{path} is not a flowcli model: it has no {' and no '.join(lacks)}; use a checkpoint written by flowcli "
+            "(flowcli train, flowcli adapt, flowcli weights average)"
+        )
     family = meta.get("flowcli.model")
     if family not in ARCHITECTURES:
         raise WeightsError(f"{path} holds a '{family}' model; this flowcli knows {sorted(ARCHITECTURES)}")

@@ -213,19 +213,23 @@ def list_models() -> list[str]:
 
 def model_entry(name: str) -> dict:
     """The registry entry of `name`; an unknown name raises WeightsError listing the known ones."""
-    _refuse_empty(name)
+    refuse_empty(name)
     models = load_registry()["models"]
     if name not in models:
         raise WeightsError(_unknown_name_message(name, models))
     return models[name]
 
 
-def _refuse_empty(spec: str) -> None:
+_WEIGHTS_EXPECTED = (
+    "a model name, hf:// spec, URL or .safetensors file, or leave the option out for the bundled default"
+)
+
+
+def refuse_empty(spec: str | None, expected: str = _WEIGHTS_EXPECTED) -> None:
     """A name, spec or path given as "" (a `-w "$WEIGHTS"` with the variable unset) is refused, not read as the
-    current folder."""
+    current folder; `expected` is what to give instead, a command's own list where it has no bundled default."""
     if isinstance(spec, str) and not spec.strip():
-        raise WeightsError('the weights are given as "" (empty); give a model name, hf:// spec, URL or .safetensors '
-                           "file, or leave the option out for the bundled default")  # fmt: skip
+        raise WeightsError(f'the weights are given as "" (empty); give {expected}')
 
 
 def _unknown_name_message(name: str, models: dict) -> str:
@@ -394,7 +398,7 @@ def resolve(spec: str | os.PathLike, offline: bool = False, *, quiet: bool = Fal
     WeightsError naming the missing file and the `flowcli weights download` command that fetches it.
     """
     spec = os.fspath(spec)
-    _refuse_empty(spec)
+    refuse_empty(spec)
     if spec.startswith(SOURCE_PREFIXES):
         name, record = _source_record(spec)
         return _fetch(name, record, offline=offline, quiet=quiet)
@@ -440,7 +444,7 @@ def verify_source(spec: str) -> tuple[str, str]:
     does: against the sha256 and size of the registry entry that uses the source, else an hf:// file against
     the Hub's own sha256. A URL in no registry entry has no sha256 to check: "unverified", cached or not.
     """
-    _refuse_empty(spec)
+    refuse_empty(spec)
     name, record = _source_record(spec)
     return record["path"], _status(name, record)
 
@@ -448,7 +452,7 @@ def verify_source(spec: str) -> tuple[str, str]:
 def verify_path(path: str | os.PathLike) -> tuple[str, dict, str] | None:
     """(registry name, file record, status) when local file `path` is a registry file's bundled or cached copy,
     checked as `verify` checks it; None for a file that no registry entry holds."""
-    _refuse_empty(os.fspath(path))
+    refuse_empty(os.fspath(path))
     for name, entry in load_registry()["models"].items():
         for record in entry["files"]:
             try:
@@ -737,10 +741,15 @@ def _check_url_allowed(url: str) -> None:
 
 
 def _url_cache_path(name: str | None, record: dict) -> Path:
-    if name is not None:
-        return cache_dir() / "models" / name / record["path"]
+    """Where a URL source is cached: models/NAME/PATH for a registry file, urls/KEY/FILENAME for any other URL,
+    KEY a hash of the whole URL. A registry file without a sha256 is cached under models/NAME/KEY/PATH: with
+    nothing to check the copy against, a source changed under the same name and path (a registry update, another
+    FLOWCLI_REGISTRY) would otherwise be served the old URL's file."""
     url = record["source"]
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    if name is not None:
+        folder = cache_dir() / "models" / name
+        return folder / record["path"] if _known_sha256(record) is not None else folder / key / record["path"]
     filename = PurePosixPath(unquote(urlsplit(url).path)).name or "download"
     return cache_dir() / "urls" / key / filename
 

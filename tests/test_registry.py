@@ -20,6 +20,7 @@ from hub_server import HubServer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "flowcli-test/tiny-flow"
+EMPTY_WEIGHTS = 'the weights are given as "" (empty); give '  # how load_model("") begins its refusal
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +391,28 @@ def test_url_spec_outside_the_registry(hub, tmp_path, monkeypatch, checkpoint_by
     assert path.name == "loose.safetensors" and path.read_bytes() == checkpoint_bytes
 
 
+def test_two_urls_ending_in_one_file_name_are_cached_apart_when_no_sha256_is_known(hub, tmp_path, monkeypatch):
+    """A registry file without a sha256 was cached as models/NAME/PATH whatever its URL: once the entry's source
+    changed (a registry update, another FLOWCLI_REGISTRY using the name), resolving it returned the old URL's
+    file."""
+    contents = [b"weights served at a", b"weights served at b"]
+    urls = []
+    for folder, data in zip("ab", contents):
+        hub.add_plain_file(f"{folder}/model.safetensors", data)
+        urls.append(hub.plain_url(f"{folder}/model.safetensors"))
+    write_registry(tmp_path, monkeypatch, {})
+    loose = [registry.resolve(url, quiet=True) for url in urls]
+    assert loose[0] != loose[1] and [path.read_bytes() for path in loose] == contents
+    named = []
+    for url in urls:
+        write_registry(tmp_path, monkeypatch, {"tiny-url": entry(url, None)})
+        named.append(registry.resolve("tiny-url", quiet=True))
+        assert registry.local_copy("tiny-url") == named[-1]
+    assert named[0] != named[1] and [path.read_bytes() for path in named] == contents
+    assert all(path.name == "model.safetensors" for path in loose + named)
+    assert hub.count("GET", "/files/") == 4
+
+
 def test_url_corrupt_source_leaves_nothing_behind_and_says_what_to_do(hub, tmp_path, monkeypatch, checkpoint_bytes):
     url_setup(hub, tmp_path, monkeypatch, checkpoint_bytes).corrupt = True
     with pytest.raises(WeightsError, match=r"sha256 mismatch for tiny-url") as excinfo:
@@ -713,6 +736,7 @@ def test_an_empty_name_is_refused_as_load_model_refuses_it(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(WeightsError) as refused:
         resolve_model_file("")
+    assert str(refused.value).startswith(EMPTY_WEIGHTS)  # the words `weights info ""` and the others use too
     for empty in ("", " "):
         with pytest.raises(WeightsError) as raised:
             getattr(registry, call)(empty)
@@ -981,6 +1005,45 @@ def test_cli_verify_of_a_checkpoint_file_in_no_registry_entry_checks_what_it_can
     assert json.loads(out)[0]["status"] == registry.CORRUPT
     code, _, err = weights_cli("verify", tmp_path / "nope.safetensors")
     assert_one_line_error(code, err, 4, "no such checkpoint file")
+
+
+def test_cli_verify_of_a_file_in_no_registry_entry_checks_that_it_loads_as_a_model(
+    weights_cli, tmp_path, monkeypatch, checkpoint_bytes
+):
+    """A file holding only `flowcli.format` metadata (no architecture, no tensors) passed `weights verify FILE` as
+    "unverified", exit 0, though load_model refuses it."""
+    from cli_harness import assert_one_line_error
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from flowcli.models import load_model
+
+    write_registry(tmp_path, monkeypatch, {})
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(checkpoint_bytes)
+    tensors = load_file(str(good))
+    with safe_open(str(good), framework="pt") as f:
+        metadata = f.metadata()
+    no_model, no_tensors = "no flowcli.model metadata (the architecture)", "no tensors (the weights)"
+    cases = {
+        "bare": ({}, {"flowcli.format": "1"}, f"{no_model} and {no_tensors};"),
+        "no-model": (tensors, {"flowcli.format": "1"}, f"it has {no_model};"),
+        "no-tensors": ({}, {"flowcli.format": "1", "flowcli.model": "flownet"}, f"it has {no_tensors};"),
+        "one-short": (
+            dict(sorted(tensors.items())[1:]),
+            metadata,
+            f"does not match its declared architecture (1 tensors differ; missing {min(tensors)})",
+        ),
+    }
+    for label, (held, meta, expected) in cases.items():
+        path = tmp_path / f"{label}.safetensors"
+        save_file(held, str(path), metadata=meta)
+        with pytest.raises(WeightsError) as refused:
+            load_model(path)
+        assert expected in str(refused.value)  # --weights names what the file lacks in the same words
+        code, out, err = weights_cli("verify", path, "--json")
+        assert_one_line_error(code, err, 4, f"{path} (corrupt); ", expected)
+        assert json.loads(out)[0]["status"] == registry.CORRUPT
 
 
 def test_cli_verify_of_a_cached_registry_file_checks_it_against_its_entry(
@@ -1371,10 +1434,11 @@ def test_push_stays_off_the_network_when_flowcli_is_offline(weights_cli, fake_hf
 @pytest.mark.parametrize(
     "args, code, needles",
     [
-        (["info", ""], 4, ['NAME is "" (empty)', "registry name"]),
-        (["verify", " "], 4, ['NAME is "" (empty)', "leave it out"]),
-        (["download", ""], 4, ['NAME is "" (empty)', "--all"]),
-        (["download", "bundled", ""], 4, ['NAME is "" (empty)']),  # refused before the others are fetched
+        # load_model's words (EMPTY_WEIGHTS), then what the command takes: these commands have no bundled default
+        (["info", ""], 4, [f"{EMPTY_WEIGHTS}a registry name (see `flowcli weights list`), a checkpoint file"]),
+        (["verify", " "], 4, [f"{EMPTY_WEIGHTS}a registry name", "or leave it out for every model"]),
+        (["download", ""], 4, [f"{EMPTY_WEIGHTS}registry names", "--all"]),
+        (["download", "bundled", ""], 4, [EMPTY_WEIGHTS]),  # refused before the others are fetched
         (["average", "", "CKPT", "-o", "soup.safetensors"], 4, ['a checkpoint to average is "" (empty)']),
         (["average", "CKPT", "CKPT", "-o", ""], 3, ['--output "" is empty']),
         (["push", "", "--repo", "me/flow"], 4, ['FILE is "" (empty)']),
@@ -1387,7 +1451,8 @@ def test_empty_names_and_files_are_refused_not_taken_as_the_current_folder(
     weights_cli, fake_hf_api, tmp_path, monkeypatch, checkpoint_bytes, args, code, needles
 ):
     """`flowcli weights info "$MODEL"` with the variable unset said "'' is a folder" (`average`, `push`: ". is a
-    folder"), as `estimate -w ""` no longer does; an empty --name or --path-in-repo pushed under the default."""
+    folder"), as `estimate -w ""` no longer does; an empty --name or --path-in-repo pushed under the default.
+    info, verify and download then refused "" in words of their own ('NAME is ""'), not load_model's."""
     from cli_harness import assert_one_line_error
 
     checkpoint = tmp_path / "ckpt" / "a.safetensors"

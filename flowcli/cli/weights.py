@@ -176,12 +176,6 @@ def _total_size(entry: dict) -> int:
     return 0 if 0 in sizes else sum(sizes)
 
 
-def _refuse_empty_name(name: str | None, expected: str) -> None:
-    """A NAME given as "" (`"$MODEL"` with the variable unset), which resolving takes for the current folder."""
-    if name is not None and not name.strip():
-        raise WeightsError(f'NAME is "" (empty); give {expected}')
-
-
 @weights_app.command(
     "list",
     help=(
@@ -270,7 +264,7 @@ def info_command(
     json_output: JsonOption = False,
     offline: OfflineOption = False,
 ) -> None:
-    _refuse_empty_name(
+    registry.refuse_empty(
         name, "a registry name (see `flowcli weights list`), a checkpoint file, or an hf:// or https:// source"
     )
     try:
@@ -398,7 +392,7 @@ def download_command(
             "name at least one model (see `flowcli weights list`), or pass --all", param_hint="NAME"
         )
     for name in names:  # before any download: the others would be fetched, then the run fail at the end
-        _refuse_empty_name(name, "registry names (see `flowcli weights list`), hf:// or https:// sources, or --all")
+        registry.refuse_empty(name, "registry names (see `flowcli weights list`), hf:// or https:// sources, or --all")
     models = registry.load_registry()["models"]
     failed = []
     for name in names:
@@ -433,8 +427,8 @@ def download_command(
         "against the registry entry that uses that source, else (hf://) against the Hub's sha256; an https:// URL "
         "in no registry entry has no sha256 to check it against (unverified).\n\n"
         "Given a checkpoint file, checks it against the registry entry whose bundled or cached copy it is. Any other "
-        "file has no recorded sha256 (unverified): flowcli checks that it is a readable flowcli checkpoint (else "
-        "corrupt) and prints its sha256, to compare with the one published with it.\n\n"
+        "file has no recorded sha256 (unverified): flowcli checks that it loads as a flowcli model, as --weights "
+        "loads it (else corrupt), and prints its sha256, to compare with the one published with it.\n\n"
         "--json prints one JSON document: a list of {name, file, status}; for a checkpoint file in no registry "
         "entry, with its sha256.\n\n"
         "Example: flowcli weights verify flowcli-pwc-synth"
@@ -452,7 +446,7 @@ def verify_command(
 ) -> None:
     from flowcli.console import stderr
 
-    _refuse_empty_name(
+    registry.refuse_empty(
         name, "a registry name, an hf:// or https:// source or a checkpoint file, or leave it out for every model"
     )
     models = registry.load_registry()["models"]
@@ -526,10 +520,10 @@ def _print_verify_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
-    """`verify` of a checkpoint file in no registry entry: with no sha256 to check it against, check that it reads
-    as a flowcli checkpoint (every tensor included: a damaged file may still have a sound header), and print its
+    """`verify` of a checkpoint file in no registry entry: with no sha256 to check it against, check that every
+    tensor reads (a damaged file may still have a sound header) and that it loads as a flowcli model, and print its
     sha256 for the user to compare."""
-    from flowcli.checkpoint import check_readable
+    from flowcli.checkpoint import check_readable, load_checkpoint
     from flowcli.console import say
 
     try:
@@ -538,6 +532,7 @@ def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
         raise WeightsError(f"cannot read {path} ({error.strerror or error}); fix its permissions") from None
     try:
         check_readable(path)
+        load_checkpoint(path)  # strictly, as --weights loads it
         problem = None
     except WeightsError as error:
         problem = str(error)
@@ -549,8 +544,8 @@ def _verify_unregistered_file(name: str, path: Path, json_output: bool) -> None:
     if problem is not None:
         raise WeightsError(f"1 file(s) failed verification: {name} (corrupt); {problem}")
     say(
-        f"no sha256 is recorded for {name} (no registry entry holds it), so flowcli checked only that it is a "
-        f"readable flowcli checkpoint; its sha256 is {sha256}: compare it with the one published with the file"
+        f"no sha256 is recorded for {name} (no registry entry holds it), so flowcli checked only that it loads "
+        f"as a flowcli model; its sha256 is {sha256}: compare it with the one published with the file"
     )
 
 
