@@ -793,7 +793,7 @@ def test_a_stereo_pairs_list_that_is_not_text_or_has_spaces_in_paths(tmp_path):
 def test_a_stereo_pairs_list_reads_as_flowcli_stereo_pairs_reads_it(tmp_path, monkeypatch):
     """adapt split a .txt list its own way: a backslash-escaped space, a leading ~ and a UTF-16 list (PowerShell's >)
     that `flowcli stereo --pairs` reads were refused or misread, and a lone quote it refuses was read as a name."""
-    from flowcli.cli.pair_list import read_image_pairs
+    from flowcli.io.pair_list import read_image_pairs
 
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))

@@ -1,4 +1,4 @@
-"""`flowcli.cli.pair_list`: the --pairs LIST reader shared by `flowcli estimate` and `flowcli stereo`."""
+"""`flowcli.io.pair_list`: the --pairs LIST reader shared by `flowcli estimate` and `flowcli stereo`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcli.cli.pair_list import ListedPair, errors_at, read_image_pairs, read_pair_list
+from flowcli.io.pair_list import ListedPair, errors_at, read_image_pairs, read_pair_list
 from flowcli.errors import InputError
 
 

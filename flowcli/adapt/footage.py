@@ -17,7 +17,7 @@ Stereo footage (`stereo=True`): rectified left/right pairs, from two folders (le
 holding `left/` and `right/` (or KITTI's `image_2/` and `image_3/`) subfolders, a folder of
 `*left*` / `*right*` files (e.g. `desk_left.png`, `desk_right.png`), Middlebury-style scene folders
 (`<scene>/im0.png`, `im1.png`) or a .txt list of `LEFT RIGHT` pairs, one a line, read as `flowcli
-stereo --pairs` reads one (flowcli.cli.pair_list: split as a shell would, relative to the list's
+stereo --pairs` reads one (flowcli.io.pair_list: split as a shell would, relative to the list's
 folder). The pairs of one source are a stereo sequence in natural order (consecutive in time for
 `--temporal`).
 """
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowcli.cli.pair_list import ListedPair, read_image_pairs
+from flowcli.io.pair_list import ListedPair, read_image_pairs
 from flowcli.console import say, warn
 from flowcli.errors import InputError
 from flowcli.io import media
@@ -561,7 +561,7 @@ def _match_folders(left: Path, right: Path) -> list[tuple[Path, Path]]:
 
 
 def _listed_pairs(path: Path) -> list[ListedPair]:
-    """The pairs of a .txt list, read as `flowcli stereo --pairs` reads one (flowcli.cli.pair_list)."""
+    """The pairs of a .txt list, read as `flowcli stereo --pairs` reads one (flowcli.io.pair_list)."""
     try:
         data = path.read_bytes()
     except OSError as error:

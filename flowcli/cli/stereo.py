@@ -58,7 +58,7 @@ from flowcli.cli.options import (
     one_pair_list,
     unique_source_names,
 )
-from flowcli.cli.pair_list import errors_at, read_image_pairs, refuse_media_as_list
+from flowcli.io.pair_list import errors_at, read_image_pairs, refuse_media_as_list
 from flowcli.cli.run_record import Entry, RunRecord, kept_video_frames, output_done
 from flowcli.errors import InputError, OutputError
 from flowcli.io.atomic import probe_folder

@@ -1,4 +1,5 @@
-"""`--pairs LIST` of `flowcli estimate` and `flowcli stereo`: a text file (or - for stdin) of image pairs, one a line.
+"""`--pairs LIST` of `flowcli estimate` and `flowcli stereo`, and a .txt stereo source of `flowcli adapt`: a text file
+(or - for stdin) of image pairs, one a line.
 
 Each line holds two paths, split as a shell would (quotes for spaces; a space or a tab between the two; an unquoted
 leading ~ or ~user is that home folder); blank lines and lines starting with # are skipped; the text is UTF-8, or
