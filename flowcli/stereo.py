@@ -159,7 +159,10 @@ def _real(value):
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
         return float(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float's range (a JSON 1000...0): infinite, which the checks refuse
+            return math.inf if value > 0 else -math.inf
     return value
 
 
@@ -266,8 +269,9 @@ def read_calibration(path: str | os.PathLike) -> Camera:
 
     JSON (e.g. stereodemo's): focal from fx / focal / focal_px / f; baseline in metres from
     baseline_meters / baseline_m / baseline (or baseline_mm); optional fy, cx0 (or cx), cx1, cy,
-    width, height. doffs = cx1 - cx0. Middlebury calib.txt: cam0=[f 0 cx; 0 f cy; 0 0 1], cam1,
-    doffs, baseline (mm), width, height.
+    width, height, doffs. doffs = cx1 - cx0: both or neither (cx alone is a rig without offset), or doffs itself.
+    Two baseline keys must agree. Middlebury calib.txt: cam0=[f 0 cx; 0 f cy; 0 0 1], cam1 (or doffs),
+    baseline (mm), width, height.
     """
     path = Path(path)
     if path.is_dir():
@@ -276,8 +280,16 @@ def read_calibration(path: str | os.PathLike) -> Camera:
         raise InputError(f"calibration file {path} does not exist; check the path")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark, as Windows Notepad may write
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read calibration {path}: {getattr(error, 'strerror', None) or error}") from None
+    except UnicodeDecodeError:
+        raise InputError(
+            f"cannot read calibration {path}: it is not UTF-8 text (UTF-16 or not a text file); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise InputError(f"cannot read calibration {path}: {error.strerror or error}") from None
+    if not text.strip():
+        raise InputError(
+            f"calibration {path} is empty; give a JSON calibration (fx, baseline_meters) or a Middlebury calib.txt"
+        )
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -294,8 +306,8 @@ def read_calibration(path: str | os.PathLike) -> Camera:
 def _number(data: dict, key: str, path: Path) -> float:
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"calibration {path}: {key} must be a number, got {value!r}")
-    return float(value)
+        raise InputError(f"calibration {path}: {key} must be a number, got {json.dumps(value)}")
+    return _real(value)
 
 
 def _image_size(value, what: str) -> int:
@@ -318,23 +330,47 @@ def _camera_from_json(data: dict, path: Path) -> Camera:
                 "(P1[0][0]) as fx and the baseline as baseline_meters"
             )
         raise InputError(f"calibration {path} has no focal length; expected one of {', '.join(_FOCAL_KEYS)} (pixels)")
-    baseline = next(((k, s) for k, s in _BASELINE_KEYS if k in data), None)
-    if baseline is None:
+    baselines = [(k, _number(data, k, path) * scale) for k, scale in _BASELINE_KEYS if k in data]
+    if not baselines:
         raise InputError(f"calibration {path} has no baseline; expected baseline_meters (or baseline_mm)")
+    (key, baseline), *others = baselines
+    for other, metres in others:  # one of them is usually millimetres written under a metres key
+        if not math.isclose(metres, baseline, rel_tol=1e-3):
+            raise InputError(
+                f"calibration {path} gives {key}={data[key]} and {other}={data[other]}, which disagree "
+                f"({baseline:g} m vs {metres:g} m); keep only the right one"
+            )
 
     def optional(*keys):
         key = next((k for k in keys if k in data), None)
         return None if key is None else _number(data, key, path)
 
-    cx0, cx1 = optional("cx0", "cx"), optional("cx1")
+    cx0, cx1, doffs = optional("cx0", "cx"), optional("cx1"), optional("doffs")
+    if cx1 is not None and not math.isfinite(cx1):
+        raise InputError(f"calibration {path}: cx1 must be a finite number of pixels, got {cx1:g}")
+    if doffs is None:
+        # cx alone is the principal point of a rig without offset; cx0 or cx1 alone means one was left out
+        missing = "cx0" if cx1 is not None and cx0 is None else "cx1" if "cx0" in data and cx1 is None else None
+        if missing is not None:
+            given = "cx1" if missing == "cx0" else "cx0"
+            raise InputError(
+                f"calibration {path} gives {given} but no {missing}: doffs = cx1 - cx0 needs both (or neither, for "
+                f"a rig without offset); add {missing}, or give doffs"
+            )
+        doffs = (cx1 - cx0) if cx1 is not None else 0.0
+    elif cx0 is not None and cx1 is not None and not math.isclose(doffs, cx1 - cx0, rel_tol=1e-6, abs_tol=1e-3):
+        raise InputError(
+            f"calibration {path} gives doffs={doffs:g} but cx1 - cx0 = {cx1 - cx0:g}; they must agree: keep the "
+            "right one"
+        )
     width, height = optional("width"), optional("height")
     return Camera(
         focal=_number(data, focal_key, path),
-        baseline=_number(data, baseline[0], path) * baseline[1],
+        baseline=baseline,
         fy=optional("fy"),
         cx=cx0,
         cy=optional("cy", "cy0"),
-        doffs=(cx1 - cx0) if (cx0 is not None and cx1 is not None) else 0.0,
+        doffs=doffs,
         width=None if width is None else _image_size(width, f"calibration {path}: width"),
         height=None if height is None else _image_size(height, f"calibration {path}: height"),
         source=str(path),
@@ -346,22 +382,27 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
     values = {k.strip(): v.strip() for k, v in values.items()}
 
     def matrix(key):
-        numbers = re.findall(r"[-+0-9.eE]+", values.get(key, ""))
-        if len(numbers) != 9:
+        if key not in values:
             return None
+        numbers = re.findall(r"[-+0-9.eE]+", values[key])
         try:
+            if len(numbers) != 9:  # also a nan or inf entry, which the pattern skips
+                raise ValueError
             return [float(n) for n in numbers]
         except ValueError:
             raise InputError(
                 f"cannot read calibration {path}: {key} must be a 3x3 matrix of numbers, got {values[key]!r}"
             ) from None
 
-    cam0, cam1 = matrix("cam0"), matrix("cam1")
-    if cam0 is None or "baseline" not in values:
+    if "cam0" not in values and "baseline" not in values:
         raise InputError(
             f"cannot read calibration {path}: expected JSON (fx, baseline_meters) or a Middlebury calib.txt "
             "(cam0=[f 0 cx; 0 f cy; 0 0 1], baseline in mm)"
         )
+    for key, what in (("cam0", "cam0=[f 0 cx; 0 f cy; 0 0 1] line"), ("baseline", "baseline= line (millimetres)")):
+        if key not in values:
+            raise InputError(f"cannot read calibration {path}: this calib.txt has no {what}; add it")
+    cam0, cam1 = matrix("cam0"), matrix("cam1")
 
     def number(key, unit):
         try:
@@ -372,9 +413,14 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
             ) from None
 
     baseline_mm = number("baseline", "millimetres")
-    doffs = number("doffs", "pixels") if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else 0.0)
+    doffs = number("doffs", "pixels") if "doffs" in values else ((cam1[2] - cam0[2]) if cam1 else None)
     width = _image_size(number("width", "pixels"), f"calibration {path}: width") if "width" in values else None
     height = _image_size(number("height", "pixels"), f"calibration {path}: height") if "height" in values else None
+    if doffs is None:
+        raise InputError(
+            f"calibration {path} has cam0 but no cam1 (or doffs): doffs = cx1 - cx0 needs both; add the cam1=[...] "
+            "line, or doffs=0 for a rig without offset"
+        )
     return Camera(focal=cam0[0], baseline=baseline_mm / 1000.0, fy=cam0[4], cx=cam0[2], cy=cam0[5], doffs=doffs,
                   width=width, height=height, source=str(path))
 
@@ -480,7 +526,10 @@ def write_ply(path, points, colors=None, *, binary: bool = True, overwrite: bool
     if colors is not None:
         colors = _colours8(colors)
         if len(colors) != len(points):
-            raise ValueError(f"{len(points)} points but {len(colors)} colours")
+            raise InputError(
+                f"write_ply got {len(points)} points but {len(colors)} colours; pass one colour per point "
+                f"([{len(points)}, 3]), or colors=None for a cloud without colours"
+            )
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
     header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", "comment written by flowcli",
               f"element vertex {len(points)}"]

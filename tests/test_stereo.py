@@ -478,8 +478,103 @@ def test_a_calibration_txt_names_the_entry_that_is_no_number_and_a_byte_order_ma
         key, value = entry.split("=")
         with pytest.raises(InputError, match=f"{key} must be a number of {unit}, got '{value}'$"):
             read_calibration(txt)
-    txt.write_bytes(b"\xef\xbb\xbfcam0=[100 0 48; 0 100 32; 0 0 1]\nbaseline=100\n")
+    txt.write_bytes(b"\xef\xbb\xbfcam0=[100 0 48; 0 100 32; 0 0 1]\ncam1=[100 0 48; 0 100 32; 0 0 1]\nbaseline=100\n")
     assert (read_calibration(txt).focal, read_calibration(txt).baseline) == (100.0, 0.1)
     calib = tmp_path / "calib.json"
     calib.write_bytes(b"\xef\xbb\xbf" + json.dumps({"fx": 100, "baseline_meters": 0.1}).encode())
     assert (read_calibration(calib).focal, read_calibration(calib).baseline) == (100.0, 0.1)
+
+
+def test_a_json_calibration_with_cx0_or_cx1_alone_is_refused_and_cx_stands_for_cx0(tmp_path):
+    """cx1 without cx0 (or cx0 without cx1) silently gave doffs 0: depth off by d / (d + doffs)."""
+    calib = tmp_path / "rig calib.json"
+    for given, missing in (({"cx1": 60.0}, "cx0"), ({"cx0": 50.0}, "cx1"), ({"cx0": 50.0, "cx": 50.0}, "cx1")):
+        calib.write_text(json.dumps({"fx": 100, "baseline_meters": 0.1, **given}))
+        with pytest.raises(InputError) as error:
+            read_calibration(calib)
+        message = str(error.value)
+        assert str(calib) in message and f"but no {missing}:" in message and "needs both (or neither" in message
+        assert len(message.splitlines()) == 1
+    for given, cx, doffs in (({"cx": 50.0, "cx1": 60.5}, 50.0, 10.5), ({"cx": 50.0}, 50.0, 0.0), ({}, None, 0.0),
+                             ({"cx0": 50.0, "cx1": 40.0}, 50.0, -10.0)):
+        calib.write_text(json.dumps({"fx": 100, "baseline_meters": 0.1, **given}))
+        camera = read_calibration(calib)
+        assert (camera.cx, camera.doffs) == (cx, doffs)
+
+
+def test_a_json_calibration_reads_doffs_and_checks_it_against_cx1_minus_cx0(tmp_path):
+    """A doffs key (as in calib.txt) was silently ignored; a NaN cx1 was reported as a doffs the file did not have."""
+    calib = tmp_path / "calib.json"
+    for given, doffs in (({"doffs": 12.0}, 12.0), ({"doffs": 12.0, "cx0": 50.0}, 12.0),
+                         ({"doffs": 10.0, "cx0": 50.0, "cx1": 60.0}, 10.0)):
+        calib.write_text(json.dumps({"fx": 100, "baseline_meters": 0.1, **given}))
+        assert read_calibration(calib).doffs == doffs
+    calib.write_text(json.dumps({"fx": 100, "baseline_meters": 0.1, "doffs": 12.0, "cx0": 50.0, "cx1": 60.0}))
+    with pytest.raises(InputError, match="gives doffs=12 but cx1 - cx0 = 10; they must agree"):
+        read_calibration(calib)
+    calib.write_text('{"fx": 100, "baseline_meters": 0.1, "cx0": 50, "cx1": NaN}')
+    with pytest.raises(InputError, match="cx1 must be a finite number of pixels, got nan"):
+        read_calibration(calib)
+
+
+def test_a_calib_txt_without_cam1_or_with_a_broken_matrix_is_refused(tmp_path):
+    """cam0 without cam1 or doffs gave doffs 0 silently, and so did a cam1 of 8 numbers; a cam0 of 8 numbers or a
+    missing baseline line was "expected JSON ... or a Middlebury calib.txt", naming nothing."""
+    txt = tmp_path / "calib.txt"
+    cam0, cam1 = "cam0=[100 0 48; 0 100 32; 0 0 1]\n", "cam1=[100 0 58; 0 100 32; 0 0 1]\n"
+    for text, needle in (
+        (cam0 + "baseline=100\n", r"has cam0 but no cam1 \(or doffs\): doffs = cx1 - cx0 needs both; add the cam1"),
+        (cam0 + "cam1=[100 0 58; 0 100 32; 0 1]\nbaseline=100\n", r"cam1 must be a 3x3 matrix of numbers, got '\[100"),
+        ("cam0=[nan 0 48; 0 100 32; 0 0 1]\n" + cam1 + "baseline=100\n", "cam0 must be a 3x3 matrix of numbers"),
+        (cam0 + cam1, "has no baseline= line"),
+        (cam1 + "baseline=100\n", r"has no cam0=\[f 0 cx; 0 f cy; 0 0 1\] line"),
+    ):
+        txt.write_text(text)
+        with pytest.raises(InputError, match=needle) as error:
+            read_calibration(txt)
+        assert str(txt) in str(error.value) and len(str(error.value).splitlines()) == 1
+    txt.write_text(cam0 + cam1 + "baseline=100\n")
+    assert read_calibration(txt).doffs == 10.0
+    txt.write_text(cam0 + "doffs=0\nbaseline=100\n")
+    assert read_calibration(txt).doffs == 0.0
+
+
+def test_two_baseline_keys_of_a_json_calibration_must_agree(tmp_path):
+    """baseline_meters and baseline_mm both given: the first was taken and the other silently dropped."""
+    calib = tmp_path / "calib.json"
+    for given, shown in (({"baseline_meters": 0.1, "baseline_mm": 75}, "0.1 m vs 0.075 m"),
+                         ({"baseline": 75, "baseline_mm": 75}, "75 m vs 0.075 m")):
+        calib.write_text(json.dumps({"fx": 100, **given}))
+        with pytest.raises(InputError, match=f"which disagree \\({shown}\\); keep only the right one"):
+            read_calibration(calib)
+    calib.write_text(json.dumps({"fx": 100, "baseline_meters": 0.075, "baseline_mm": 75}))
+    assert read_calibration(calib).baseline == 0.075
+
+
+def test_an_empty_utf16_or_huge_number_calibration_is_a_one_line_error(tmp_path):
+    """An empty file was "not valid JSON (Expecting value at line 1)", a UTF-16 one a codec message without advice, an
+    integer beyond float's range an OverflowError traceback; a string or null value was shown as Python ('1', None)."""
+    for name, data, needle in (
+        ("calib.json", b"", "is empty; give a JSON calibration"),
+        ("calib.txt", b" \n", "is empty; give a JSON calibration"),
+        ("calib.json", json.dumps({"fx": 100, "baseline_meters": 0.1}).encode("utf-16"), "not UTF-8.*save it as UTF-8"),
+        ("calib.json", b'{"fx": 1' + b"0" * 400 + b', "baseline_meters": 0.1}', "focal length.*got inf"),
+        ("calib.json", b'{"fx": 100, "baseline_meters": 0.1, "width": 1' + b"0" * 400 + b"}", "width.*got inf"),
+        ("calib.json", b'{"fx": "100", "baseline_meters": 0.1}', 'fx must be a number, got "100"$'),
+        ("calib.json", b'{"fx": 100, "baseline_meters": 0.1, "cy": null}', "cy must be a number, got null$"),
+    ):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=needle) as error:
+            read_calibration(tmp_path / name)
+        assert len(str(error.value).splitlines()) == 1
+    with pytest.raises(InputError, match="baseline must be a positive number of metres, got inf"):
+        Camera(focal=100.0, baseline=10**400)
+
+
+def test_write_ply_with_other_counts_of_points_and_colours_says_both_and_what_to_pass(tmp_path):
+    """It was a bare ValueError("4 points but 3 colours"), not the InputError of write_ply's other checks."""
+    needle = r"write_ply got 4 points but 3 colours; pass one colour per point \(\[4, 3\]\), or colors=None"
+    with pytest.raises(InputError, match=needle) as error:
+        write_ply(tmp_path / "cloud.ply", np.zeros((4, 3)), np.zeros((3, 3), np.uint8))
+    assert len(str(error.value).splitlines()) == 1
+    assert not (tmp_path / "cloud.ply").exists()

@@ -119,9 +119,9 @@ _HELP_PARAGRAPHS = [
     "255 = occluded), and with a camera (--focal PX --baseline M, or --calib FILE) depth (.npy metres), depth_pfm, "
     "depth_png (16-bit millimetres) with Z = focal x baseline / disparity, 0 where disparity <= 0, and ply (coloured "
     "point cloud, OpenCV camera frame: x right, y down, z forward; pixels failing the left-right check are left out).",
-    "--calib reads a JSON calibration (fx, baseline_meters, optional fy, cx0, cx1, cy, width, height, as written by "
-    "stereodemo) or a Middlebury calib.txt; --focal / --baseline override its values. A calibration with a size "
-    "must match the images.",
+    "--calib reads a JSON calibration (fx, baseline_meters, optional fy, cx0 and cx1, doffs, cy, width, height, as "
+    "written by stereodemo) or a Middlebury calib.txt; --focal / --baseline override its values. A calibration with "
+    "a size must match the images.",
     f"File names come from --name (default '{DEFAULT_NAME}') with placeholders {{source}} (folder, video or pair "
     "name; a left and a right folder in one parent folder take the parent's name: KITTI/training/image_2 "
     "KITTI/training/image_3 -> training; -2, -3... added to tell apart inputs of the same name), {stem} (the "
@@ -790,8 +790,8 @@ def stereo(
     ] = None,
     calib: Annotated[
         Optional[Path],
-        typer.Option("--calib", help="Calibration file: JSON (fx, baseline_meters, cx0, cx1, cy, width, height) or "
-                     "Middlebury calib.txt.", rich_help_panel=_CAMERA, show_default=False),
+        typer.Option("--calib", help="Calibration file: JSON (fx, baseline_meters, cx0 and cx1 or doffs, cy, width, "
+                     "height) or Middlebury calib.txt.", rich_help_panel=_CAMERA, show_default=False),
     ] = None,
     max_depth: Annotated[
         Optional[float],
