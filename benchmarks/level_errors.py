@@ -4,7 +4,9 @@ For one item of a flow dataset with ground truth, the network runs on the item c
 its size multiple, and the flow each pyramid level has reached (upsampled to full resolution) is scored
 against the ground truth on the non-occluded valid pixels: over the whole frame and over its top, middle
 and bottom thirds. A level that has the motion and a finer one that loses it reads differently from a
-model that never finds it. Zero flow's EPE is printed as the floor a level must beat.
+model that never finds it. Zero flow's EPE is printed as the floor a level must beat. For the two coarsest
+levels it also prints how often their cost volume at zero flow peaks at the true motion: whether the
+features match at all, before any decoder reads them.
 
     python benchmarks/level_errors.py flowcli-pwc-synth --dataset sintel-final --item market_5
 """
@@ -23,6 +25,8 @@ import torch.nn.functional as F
 from flowcli.data import make_dataset
 from flowcli.errors import FlowcliError, InputError
 from flowcli.models import load_model
+from flowcli.models.pwc import normalize_for_matching
+from flowcli.ops.correlation import correlation, displacements
 
 SINTEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow" / "sintel"
 BANDS = ("all", "top", "middle", "bottom")
@@ -52,7 +56,8 @@ def level_report(model, item: dict) -> dict:
     flows = {f"level {level}": F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)[0]
              * 2**level for level, flow in sorted(output.level_flows.items(), reverse=True)}
     flows["output"] = output.flow[0]
-    report = {"item": item.get("name"), "bands": {}}
+    peaks = cost_volume_peaks(model, item["image1"][crop][None], item["image2"][crop][None], truth, scored, masks)
+    report = {"item": item.get("name"), "bands": {}, "cost_volume_peak_within_one_cell": peaks}
     for band, mask in masks.items():
         pixels = int(mask.sum())
         entry = {"pixels": pixels, "truth_uv": None, "zero_flow_epe": None, "levels": {}}
@@ -66,6 +71,35 @@ def level_report(model, item: dict) -> dict:
                 }
         report["bands"][band] = entry
     return report
+
+
+def cost_volume_peaks(model, image1, image2, truth, scored, masks) -> dict:
+    """Per coarse level and band: the share of cells whose cost volume at zero flow (the level's features
+    correlated without warping) peaks within one cell of the true motion, over the cells whose true motion the
+    volume's window reaches. A level whose features match the scene peaks at the truth whatever its decoder does."""
+    cfg = model.config
+    with torch.no_grad():
+        first, second = model.normalize(image1, image2)
+        pyramid = model.pyramid(torch.cat((first, second), dim=0))
+    shifts = torch.tensor(displacements(cfg.max_displacement), dtype=torch.float32)  # (dy, dx)
+    shares = {}
+    for level in cfg.decoded_levels[:2]:  # the finer levels match around the flow from above, not around zero
+        features = pyramid[level - 1]
+        if cfg.normalize_features:
+            features = normalize_for_matching(features)
+        with torch.no_grad():
+            cost = correlation(features[:1], features[1:], cfg.max_displacement)[0]
+        cells = F.avg_pool2d(truth[None], 2**level)[0] / 2**level
+        peak = shifts[cost.argmax(0)].permute(2, 0, 1).flip(0)  # (dx, dy) of the best match per cell
+        reached = cells.abs().amax(0) <= cfg.max_displacement
+        near = (peak - cells).norm(dim=0) < 1
+        shares[f"level {level}"] = {}
+        for band, mask in masks.items():
+            # a cell counts where nine tenths of its pixels are scored in this band
+            cell_mask = F.avg_pool2d(mask[None, None].float(), 2**level)[0, 0] > 0.9
+            counted = cell_mask & reached
+            shares[f"level {level}"][band] = round(float(near[counted].float().mean()), 2) if counted.any() else None
+    return shares
 
 
 def main() -> None:
@@ -101,6 +135,9 @@ def main() -> None:
                 truth = entry["truth_uv"]
                 print(f"| {band} | {entry['pixels']} | {truth[0]:+.1f}, {truth[1]:+.1f} | "
                       f"{entry['zero_flow_epe']:.1f} | " + " | ".join(cells) + " |")
+            for level, shares in report["cost_volume_peak_within_one_cell"].items():
+                listed = ", ".join(f"{band} {'-' if v is None else f'{100 * v:.0f} %'}" for band, v in shares.items())
+                print(f"{level} cost volume at zero flow peaks within one cell of the truth: {listed}")
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2))
 

@@ -200,3 +200,29 @@ def test_adapt_sintel_labels_training_pairs_as_such_when_nothing_was_held_out(mo
     for measured_on, label in (("training", "| training-pair photo |"), ("heldout", "| held-out photo |")):
         held = {"before": {"photo": 0.3}, "after": {"photo": 0.2}, "measured_on": measured_on}
         assert any(line.startswith(label) for line in table({"heldout": held}))
+
+
+def test_level_errors_finds_a_translation_in_the_coarse_cost_volume_and_the_output():
+    """The cost-volume peak is read in the flow's (x, y) order and in cells of the level: a textured frame moved
+    by (+64, -32) px peaks within one cell of (+2, -1) at level 5 almost everywhere, and the output follows it."""
+    script = runpy.run_path(str(BENCHMARKS / "level_errors.py"))
+    from flowcli.models import load_model
+
+    generator = torch.Generator().manual_seed(0)
+    texture = sum(  # smooth noise at two scales, larger than the frame so both frames are crops of it
+        weight * torch.nn.functional.interpolate(torch.rand(1, 3, 352 // k, 512 // k, generator=generator),
+                                                 size=(352, 512), mode="bilinear", align_corners=False)
+        for weight, k in ((0.6, 8), (0.4, 4))
+    )[0]  # fmt: skip
+    item = {
+        "image1": texture[:, 0:320, 64:512],  # a point at texture (X, Y) is at (X - 64, Y) in frame 1
+        "image2": texture[:, 32:352, 0:448],  # and at (X, Y - 32) in frame 2: it moves (+64, -32) px
+        "flow": torch.tensor([64.0, -32.0])[:, None, None].expand(2, 320, 448).clone(),
+        "valid": torch.ones(1, 320, 448),
+        "name": "moved",
+    }
+    report = script["level_report"](load_model("flowcli-pwc-synth").eval(), item)
+    assert report["cost_volume_peak_within_one_cell"]["level 5"]["all"] > 0.7
+    output = report["bands"]["all"]["levels"]["output"]
+    assert output["epe"] < 4 and abs(output["uv"][0] - 64) < 3 and abs(output["uv"][1] + 32) < 3
+    assert report["bands"]["all"]["zero_flow_epe"] == pytest.approx(71.55, abs=0.01)
