@@ -778,7 +778,7 @@ def test_a_stereo_pairs_list_that_is_not_text_or_has_spaces_in_paths(tmp_path):
     _png(tmp_path / "my shots" / "a right.png", seed=1)
     binary = tmp_path / "pairs.txt"
     binary.write_bytes(b"\x00\xff\xfe binary")
-    with pytest.raises(InputError, match="^cannot read the list of stereo pairs .*pairs.txt: it is not text"):
+    with pytest.raises(InputError, match=f"^{re.escape(str(binary))} is binary, not text .*; give a text file"):
         scan_footage([binary], stereo=True, min_frames=1)
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b"\xef\xbb\xbf\"my shots/a left.png\" 'my shots/a right.png'\r\n")  # BOM and CRLF: Notepad
@@ -819,6 +819,22 @@ def test_a_stereo_pairs_list_reads_as_flowcli_stereo_pairs_reads_it(tmp_path, mo
     listing.write_text('"it\'s_left.png" its_right.png extra.png\n')
     with pytest.raises(InputError, match=f"^{re.escape(str(listing))}:1: expected two image paths, found 3"):
         scan_footage([listing], stereo=True, min_frames=1)
+
+
+def test_a_listed_stereo_pair_of_two_sizes_is_named_by_its_line(tmp_path):
+    """The error named the two files but not the line of the list, as every other error about a listed pair does."""
+    _png(tmp_path / "a_left.png")
+    _png(tmp_path / "a_right.png", seed=1)
+    _png(tmp_path / "b_left.png")
+    _png(tmp_path / "b_right.png", h=80, seed=1)
+    listing = tmp_path / "pairs.txt"
+    listing.write_text("# left right\na_left.png a_right.png\nb_left.png b_right.png\n")
+    with pytest.raises(InputError) as error:
+        scan_footage([listing], stereo=True, min_frames=1)
+    assert str(error.value) == (
+        f"{listing}:3: {tmp_path / 'b_left.png'} is 64x96 but {tmp_path / 'b_right.png'} is 80x96 (height x width); "
+        "a rectified stereo pair must share a size"
+    )
 
 
 def test_an_unreadable_subfolder_is_skipped_and_an_unreadable_source_is_an_error(tmp_path, monkeypatch):

@@ -142,6 +142,25 @@ def test_an_image_or_a_video_as_the_list_is_refused_saying_it_goes_among_the_inp
                                 "(--pairs takes a text file with two image paths per line)")
 
 
+@pytest.mark.parametrize(("name", "data"), [
+    ("photo.raw", b"II*\x00\x08\x00\x00\x00" + bytes(range(256))),  # a camera raw: TIFF-like, NULs in its header
+    ("some.bin", b"ab\x00cd ef\x00gh\n"),  # two 'paths' on a line: read as text, a garbled 'ab\x00cd does not exist'
+    ("pairs.txt", "a.png b.png\n".encode("utf-16-le")),  # UTF-16 without its BOM
+], ids=["camera-raw", "nul-in-a-line", "utf-16-without-bom"])
+def test_a_binary_file_as_the_list_is_refused_saying_it_is_not_text(tmp_path, name, data):
+    path = _write(tmp_path / name, data)
+    with pytest.raises(InputError) as error:
+        list(read_image_pairs(path))
+    assert str(error.value) == (f"{path} is binary, not text (it holds NUL bytes); give a text file with two image "
+                                "paths per line (UTF-8, or UTF-16 with its BOM)")
+
+
+def test_binary_data_on_stdin_as_the_list_is_refused_naming_stdin(pipe_into_stdin):
+    pipe_into_stdin(b"\x00\x00\x01\x00 a.png b.png\n")
+    with pytest.raises(InputError, match=r"^stdin is binary, not text \(it holds NUL bytes\); give a text file"):
+        list(read_pair_list("-"))
+
+
 def test_errors_at_puts_the_line_in_front_of_input_errors_only():
     with pytest.raises(InputError) as error, errors_at("pairs.txt:7"):
         raise InputError("b.png does not exist; check the path")

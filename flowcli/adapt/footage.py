@@ -24,7 +24,6 @@ folder). The pairs of one source are a stereo sequence in natural order (consecu
 
 from __future__ import annotations
 
-import codecs
 import functools
 import glob
 import hashlib
@@ -531,16 +530,20 @@ def _images(folder: Path) -> list[Path]:
     )
 
 
-def _stereo_sequence(pairs: list[tuple[Path, Path]], label: str, source: str, skipped: list[str]) -> Sequence:
+def _stereo_sequence(
+    pairs: list[tuple[Path, Path]], label: str, source: str, skipped: list[str], wheres: list[str] | None = None
+) -> Sequence:
+    """`wheres`: the LIST:LINE of each pair, for pairs from a .txt list, to name the line of a pair in error."""
     sizes = []
-    for left, right in pairs:
+    for index, (left, right) in enumerate(pairs):
         a, b = _header_size(left), _header_size(right)
         for path, size in ((left, a), (right, b)):
             if size is None:
                 skipped.append(str(path))
         if a is not None and b is not None and a != b:
             raise InputError(
-                f"{left} is {_hw(a)} but {right} is {_hw(b)} (height x width); a rectified stereo pair must share "
+                (f"{wheres[index]}: " if wheres else "")
+                + f"{left} is {_hw(a)} but {right} is {_hw(b)} (height x width); a rectified stereo pair must share "
                 "a size"
             )
         sizes.append(a if (a is not None and b is not None) else None)
@@ -563,14 +566,9 @@ def _match_folders(left: Path, right: Path) -> list[tuple[Path, Path]]:
 def _listed_pairs(path: Path) -> list[ListedPair]:
     """The pairs of a .txt list, read as `flowcli stereo --pairs` reads one (flowcli.io.pair_list)."""
     try:
-        data = path.read_bytes()
+        path.open("rb").close()  # checked here for adapt's words: pair_list's error names --pairs, not an adapt option
     except OSError as error:
         raise InputError(f"cannot read the list of stereo pairs {path}: {error.strerror}") from None
-    if b"\0" in data and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise InputError(
-            f"cannot read the list of stereo pairs {path}: it is not text; give a text file with one 'LEFT RIGHT' "
-            "pair of image paths per line"
-        )
     return list(read_image_pairs(str(path)))
 
 
@@ -580,8 +578,9 @@ def _stereo_source(source, skipped, max_frames) -> list[Sequence]:
         return [_stereo_sequence(pairs, f"{source[0].name}+{source[1].name}", f"{source[0]} {source[1]}", skipped)]
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".txt":
-        pairs = [(pair.first, pair.second) for pair in _listed_pairs(path)]
-        return [_stereo_sequence(pairs[:max_frames], path.name, source, skipped)]
+        listed = _listed_pairs(path)[:max_frames]
+        pairs = [(pair.first, pair.second) for pair in listed]
+        return [_stereo_sequence(pairs, path.name, source, skipped, [pair.where for pair in listed])]
     if not path.is_dir():
         raise InputError(
             f"{source} is not a folder or a .txt list of pairs; --stereo takes LEFT_DIR RIGHT_DIR, a folder with "

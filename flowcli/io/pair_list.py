@@ -7,7 +7,8 @@ UTF-16 with its BOM. Relative paths are relative to the folder of LIST, or to th
 that is a pipe, not a file (bash's <(...), /dev/fd/63). Errors name the line as LIST:LINE (stdin:LINE for -).
 `read_image_pairs` gives the pairs whose two paths are image files that exist; what a pair becomes (an estimate input,
 a stereo LEFT RIGHT pair) is each command's business, and `errors_at` puts the line in front of the command's own
-errors about it. An image or a video given as LIST is refused (`refuse_media_as_list`).
+errors about it. An image or a video given as LIST is refused (`refuse_media_as_list`), and so is any other binary
+file (NUL bytes, without a UTF-16 BOM).
 """
 
 from __future__ import annotations
@@ -147,5 +148,9 @@ def _text(pair_list: str) -> str:
         return data
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # what Windows PowerShell 5's > writes
         return data.decode("utf-16", errors="replace")
+    if b"\0" in data:  # a binary file (photo.raw): read as lines, it gives a garbled 'does not exist' or 'found N'
+        list_name = "stdin" if pair_list == STDIN else pair_list
+        raise InputError(f"{list_name} is binary, not text (it holds NUL bytes); give a text file with two image "
+                         "paths per line (UTF-8, or UTF-16 with its BOM)")
     # undecodable bytes become the file-name bytes they stand for, as Python does for file names
     return data.decode("utf-8-sig", errors="surrogateescape")
