@@ -455,9 +455,12 @@ def test_synth_at_a_size_too_large_for_memory_is_a_one_line_error_that_writes_no
 
     monkeypatch.setattr(generator, "generate_sample", out_of_memory)
     run = in_process_cli(monkeypatch, capsys, "synth")
-    for args in ([tmp_path / "data", "-n", "2"], [tmp_path / "c.mp4", "--clip"]):
-        code, _, err = run(*args, "--size", "100000x100000", "-q")
-        assert_one_line_error(code, err, 2, "memory", "--size 100000x100000", "smaller")
+    for args, size in (
+        ([tmp_path / "data", "-n", "2"], "100000x100000"),
+        ([tmp_path / "c.mp4", "--clip"], "16000x16000"),
+    ):
+        code, _, err = run(*args, "--size", size, "-q")
+        assert_one_line_error(code, err, 2, "memory", f"--size {size}", "smaller")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -588,3 +591,120 @@ def test_synth_frames_help_says_what_it_means_for_a_clip(monkeypatch, capsys):
     assert code == 0, err
     help_text = " ".join(out.replace("│", " ").split())
     assert "With --clip: the video's length, any number >= 2" in help_text
+
+
+def test_synth_interrupted_overwrite_leaves_none_of_the_earlier_runs_scenes(monkeypatch, capsys, tmp_path):
+    """--overwrite removed only the earlier run's scenes it would not rewrite: after a Ctrl-C its later scenes stayed
+    under the new synth.json, and `flowcli eval` read the two data sets mixed."""
+    import json
+
+    from cli_harness import in_process_cli
+
+    from flowcli.data import make_dataset
+    from flowcli.synth import generator
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    assert run(tmp_path, "-n", "3", "--size", "32x32", "-q")[0] == 0
+    render = generator.generate_sample
+    calls = []
+
+    def interrupted_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(generator, "generate_sample", interrupted_after_two)
+    assert run(tmp_path, "-n", "3", "--size", "32x32", "--seed", "1", "-q", "--overwrite")[0] == 130
+    assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 1
+    assert not list(tmp_path.glob("00002_*"))
+    assert len(make_dataset("chairs", tmp_path)) == 2
+
+
+def _no_rendering(monkeypatch):
+    from flowcli.synth import generator
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered before the options were checked")
+
+    monkeypatch.setattr(generator, "generate_sample", no_rendering)
+
+
+def test_synth_refuses_min_exposure_without_dark_scenes_instead_of_ignoring_it(monkeypatch, capsys, tmp_path):
+    """--min-exposure without --dark (or with --dark 0) darkened no scene, without a word."""
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    with monkeypatch.context() as patch:
+        _no_rendering(patch)
+        for args in ([tmp_path / "data"], [tmp_path / "data", "--dark", "0"], [tmp_path / "c.mp4", "--clip"]):
+            code, _, err = run(*args, "--size", "32x32", "--min-exposure", "0.125")
+            assert_one_line_error(code, err, 2, "--min-exposure", "--dark P (P > 0)")
+    assert list(tmp_path.iterdir()) == []
+    assert run(tmp_path / "dark", "-n", "1", "--size", "32x32", "--dark", "1", "--min-exposure", "0.5", "-q")[0] == 0
+    assert run(tmp_path / "plain", "-n", "1", "--size", "32x32", "-q")[0] == 0
+    for name, expected in (("dark", 0.5), ("plain", 0.125)):
+        assert json.loads((tmp_path / name / "synth.json").read_text())["min_exposure"] == expected
+    code, out, _ = run("--help")
+    assert code == 0 and "(default 0.125)" in " ".join(out.replace("│", " ").split())
+
+
+def test_synth_refuses_a_count_whose_scenes_would_repeat_the_next_seeds(monkeypatch, capsys, tmp_path):
+    """Scene i is rendered from seed * 1_000_003 + i: scene 1_000_003 of --seed 0 was scene 0 of --seed 1."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.synth import generator
+
+    _no_rendering(monkeypatch)
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for count in ("1000004", str(10**30)):
+        code, _, err = run(tmp_path / "data", "-n", count, "--size", "32x32")
+        assert_one_line_error(code, err, 2, f"--count {count}", "1000003", "--seed + 1")
+    assert list(tmp_path.iterdir()) == []
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generator, "generate_sample", interrupt)  # the largest count gets as far as rendering
+    assert run(tmp_path / "data", "-n", "1000003", "--size", "32x32", "-q")[0] == 130
+
+
+def test_synth_refuses_a_size_its_files_cannot_store_before_rendering(monkeypatch, capsys, tmp_path):
+    """--size 99999999999999999999x32 ended in torch's OverflowError traceback, and a --clip wider than libx264's 16384
+    was rendered, then failed in ffmpeg with "Nothing was written into output file"."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    _no_rendering(monkeypatch)
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for size in ("99999999999999999999x32", "32x2147483648"):
+        code, _, err = run(tmp_path / "data", "-n", "1", "--size", size)
+        assert_one_line_error(code, err, 2, f"--size {size}", "2147483647", "smaller")
+    code, _, err = run(tmp_path / "c.mp4", "--clip", "--size", "32x16385")
+    assert_one_line_error(code, err, 3, "--size 32x16385", "H.264", "16384", "smaller")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_overwrite_removes_only_the_scenes_the_earlier_run_wrote(monkeypatch, capsys, tmp_path):
+    """A second --overwrite run into a folder of someone else's FlyingChairs-named files deleted them: the first run's
+    synth.json made the folder synth's, and every file of synth's names went, not just that run's scenes."""
+    import json
+
+    from cli_harness import in_process_cli
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    (tmp_path / "00005_flow.flo").write_text("theirs")
+    (tmp_path / "00000_img3.png").write_text("theirs")
+    for seed in ("1", "2"):
+        assert run(tmp_path, "-n", "2", "--size", "32x32", "--seed", seed, "-q", "--overwrite")[0] == 0
+        assert (tmp_path / "00005_flow.flo").read_text() == "theirs"
+        assert (tmp_path / "00000_img3.png").read_text() == "theirs"
+    assert run(tmp_path, "-n", "1", "--size", "32x32", "-q", "--overwrite")[0] == 0
+    assert not (tmp_path / "00001_flow.flo").exists() and (tmp_path / "00005_flow.flo").exists()
+    # synth versions that saved the rendering speed left the scenes of longer runs behind: those are removed still
+    older = {"count": 1, "size": [32, 32], "seed": 0, "stereo": False, "frames": 2, "textures": [],
+             "scenes_per_second": 12.5}  # fmt: skip
+    (tmp_path / "synth.json").write_text(json.dumps(older))
+    assert run(tmp_path, "-n", "1", "--size", "32x32", "-q", "--overwrite")[0] == 0
+    assert not (tmp_path / "00005_flow.flo").exists()

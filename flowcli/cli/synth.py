@@ -13,8 +13,14 @@ import typer
 
 from flowcli.console import progress, stderr
 
-# Scene i is rendered from torch seed seed * 1_000_003 + i, which must fit in 64 bits.
+# Scene i is rendered from torch seed seed * SEED_STRIDE + i, which must fit in 64 bits. The formula fixes every
+# data set written so far; more than SEED_STRIDE scenes would run into those of --seed + 1.
+SEED_STRIDE = 1_000_003
 MAX_SEED = 10**12
+MAX_COUNT = SEED_STRIDE
+# The largest frame side: PNG and .flo store sides as 32-bit integers, libx264 (--clip) encodes at most 16384
+MAX_SIDE = 2**31 - 1
+MAX_VIDEO_SIDE = 16384
 
 _HELP_PARAGRAPHS = [
     "Render FlyingChairs-style scenes: layered textured shapes with their own affine motions.",
@@ -22,12 +28,14 @@ _HELP_PARAGRAPHS = [
     "NNNNN_img2.png, NNNNN_flow.flo (1->2), NNNNN_flow_bw.flo (2->1), NNNNN_occ.png (255 = pixel of img1 occluded in "
     "img2), with --frames 3 also NNNNN_img3.png and NNNNN_flow_23.flo (2->3), plus synth.json with the settings "
     "(written first, so an interrupted run's folder is known as synth's).",
-    "With --overwrite over an earlier synth dataset, its scene files that this run does not rewrite (more scenes, "
-    "img3, flow_23) are removed first, so `flowcli eval` never mixes the two; files of other names are kept.",
-    "Exit codes: 0 ok, 1 other error, 2 input error (an option out of range, or one of the other mode: --count with "
-    "--clip, --fps without), 3 output error (an existing file without --overwrite, a synth.json synth did not write "
-    "with --overwrite, a folder that cannot be written, a dataset folder named like a video, a --fps the video cannot "
-    "store: under 0.001, or not finite).",
+    "With --overwrite over an earlier synth dataset, all its scene files are removed first (also those this run "
+    "rewrites, so an interrupted run leaves none), so `flowcli eval` never mixes the two; files of other names are "
+    "kept.",
+    "Exit codes: 0 ok, 1 other error, 2 input error (an option out of range, or one that would be ignored: --count "
+    "with --clip, --fps without, --min-exposure without --dark, --perspective with --stereo), 3 output error (an "
+    "existing file without --overwrite, a synth.json synth did not write with --overwrite, a folder that cannot be "
+    "written, a dataset folder named like a video, a --fps the video cannot store: under 0.001, or not finite, a "
+    "--size with a side above 16384 for a video).",
     "Examples:",
     "  flowcli synth data/synth -n 1000",
     "  flowcli synth data/synth-final -n 1000 --motion-blur 0.4 --haze 0.2",
@@ -40,7 +48,7 @@ HELP = "\n\n".join(_HELP_PARAGRAPHS)
 
 def synth(
     output: str = typer.Argument(..., metavar="OUTPUT", help="Dataset folder, or a .mp4 path with --clip."),
-    count: int = typer.Option(None, "--count", "-n", help="Scenes to write (datasets; default 100)."),
+    count: int = typer.Option(None, "--count", "-n", help="Scenes to write (datasets; default 100, at most 1000003)."),
     size: str = typer.Option(
         "384x512", help="HEIGHTxWIDTH of the frames (--clip videos pad odd sizes to even, as H.264 needs)."
     ),
@@ -68,15 +76,17 @@ def synth(
     dark: float = typer.Option(
         0.0, help="Share of scenes dimmed to low light (exposure down to --min-exposure, uneven, 8-bit)."
     ),
-    min_exposure: float = typer.Option(0.125, help="Darkest exposure factor of --dark scenes, in (0, 1]."),
+    min_exposure: float = typer.Option(
+        None, help="Darkest exposure factor of --dark scenes, in (0, 1] (default 0.125)."
+    ),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
     fps: float = typer.Option(None, help="Frame rate of --clip videos (default 12)."),
     overwrite: bool = typer.Option(
         False,
         help="Replace existing files. In a dataset folder of an earlier synth run (one with the synth.json it "
-        "wrote; a synth.json of anything else is refused), also remove that run's scene files this run does not "
-        "write (extra scenes, img3 and flow_23 of triplets), so the folder holds only the new data set; other files "
-        "are left alone.",
+        "wrote; a synth.json of anything else is refused), first remove that run's scene files (all of them, extra "
+        "scenes, img3 and flow_23 of triplets too), so the folder holds only the new data set, even after a Ctrl-C; "
+        "other files are left alone.",
     ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar or summary on stderr (warnings and errors stay)."
@@ -109,9 +119,19 @@ def synth(
     except ValueError:
         raise InputError(f"--size {size!r} is not HEIGHTxWIDTH, e.g. 384x512") from None
     if height < 32 or width < 32:
-        raise InputError("--size must be at least 32x32")
+        raise InputError(f"--size must be at least 32x32; got {height}x{width}")
+    if max(height, width) > MAX_SIDE:
+        raise InputError(f"--size {height}x{width} has a side above {MAX_SIDE}, more than PNG and .flo files store; "
+                         "choose a smaller --size")  # fmt: skip
+    if clip and max(height, width) > MAX_VIDEO_SIDE:
+        raise OutputError(f"--size {height}x{width} is too large for an H.264 video, which takes sides of at most "
+                          f"{MAX_VIDEO_SIDE}; choose a smaller --size")  # fmt: skip
     if count <= 0:
         raise InputError("--count must be positive")
+    if count > MAX_COUNT:  # before the output's scene names are listed, let alone rendered
+        raise InputError(f"--count {count} is above {MAX_COUNT}: scene i is rendered from torch seed --seed * "
+                         f"{SEED_STRIDE} + i, so later scenes would repeat those of --seed + 1; write more in runs of "
+                         "other --seed values, into other folders")  # fmt: skip
     if abs(seed) > MAX_SEED:
         raise InputError(f"--seed must be between -10^12 and 10^12; got {seed}")
     shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
@@ -124,6 +144,10 @@ def synth(
                          "leave one out")
     if frames < 2 or (not clip and frames > 3):
         raise InputError("--frames must be 2 or 3 for datasets (any number >= 2 with --clip)")
+    if min_exposure is not None and dark == 0:  # given (its default is None), and no scene is dark
+        raise InputError("--min-exposure only applies with --dark P (P > 0), the share of scenes it darkens; add "
+                         "--dark, or leave --min-exposure out")  # fmt: skip
+    min_exposure = 0.125 if min_exposure is None else min_exposure
     if not 0 < min_exposure <= 1:
         raise InputError(f"--min-exposure is a factor in (0, 1]; got {min_exposure:g}")
     if not (math.isfinite(fps) and fps >= MIN_FPS):  # (the video writer stores the rate as a fraction)
@@ -167,18 +191,18 @@ def synth(
         return
 
     started = time.perf_counter()  # the rate counts the first scene's rendering too
-    first = render(seed * 1_000_003)  # before anything is written: a --size too large for memory fails here
+    first = render(seed * SEED_STRIDE)  # before anything is written: a --size too large for memory fails here
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create dataset folder {output}: {error.strerror}; choose another") from None
-    for path in stale:  # an earlier run's scenes beyond this one's, before any new file is written
+    for path in stale:  # an earlier run's scenes, before any new file is written
         try:
             path.unlink(missing_ok=True)
         except OSError as error:
             raise OutputError(f"cannot remove {path} of the earlier data set: {error.strerror}") from None
     # Written before the scenes: an interrupted run's folder is then known as synth's to a later --overwrite
-    # run (which removes its extra scenes); no timing in it, so the same command writes the same files.
+    # run (which removes its scenes); no timing in it, so the same command writes the same files.
     settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
                 "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
@@ -188,7 +212,7 @@ def synth(
     with progress(quiet) as bar:
         task = bar.add_task("rendering", total=count, info="")
         for i in range(count):
-            sample = first if i == 0 else render(seed * 1_000_003 + i)
+            sample = first if i == 0 else render(seed * SEED_STRIDE + i)
             stem = output / f"{i:05d}"
             for k, image in enumerate(sample.images, start=1):
                 write_png(f"{stem}_img{k}.png", to_uint8(image), overwrite=overwrite)
@@ -207,7 +231,8 @@ def synth(
 
 # The name of every scene file a dataset run writes: NNNNN_img1.png .. NNNNN_img3.png, NNNNN_flow.flo,
 # NNNNN_flow_bw.flo, NNNNN_flow_23.flo, NNNNN_occ.png (NNNNN: the scene index, at least 5 digits, zero-padded).
-_SCENE_FILE = re.compile(r"(?P<index>\d{5,})_(?:img[1-3]\.png|flow\.flo|flow_bw\.flo|flow_23\.flo|occ\.png)")
+_SCENE_FILE = re.compile(r"(?P<index>\d{5,})_(?P<kind>img[1-3]\.png|flow\.flo|flow_bw\.flo|flow_23\.flo|occ\.png)")
+_TRIPLET_KINDS = {"img3.png", "flow_23.flo"}
 
 
 # The keys of synth.json as every version of synth wrote it, and those of some versions only (older ones wrote
@@ -218,20 +243,20 @@ _VERSION_SETTINGS_KEYS = {
 }  # fmt: skip
 
 
-def _is_synth_settings(path: Path) -> bool:
-    """Whether `path` holds settings as synth writes them to synth.json (not a file of that name of a user's)."""
+def _synth_settings(path: Path) -> dict | None:
+    """The settings in `path` if synth wrote them to synth.json; None for anything else (a user's file of that name)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
+        return None
     if not isinstance(data, dict) or not _SETTINGS_KEYS <= set(data) <= _SETTINGS_KEYS | _VERSION_SETTINGS_KEYS:
-        return False
+        return None
 
     def is_int(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
     counts = [data["count"], data["frames"], *(data["size"] if isinstance(data["size"], list) else [None])]
-    return (
+    written_by_synth = (
         len(counts) == 4
         and all(is_int(value) and value > 0 for value in counts)
         and data["frames"] >= 2
@@ -239,13 +264,15 @@ def _is_synth_settings(path: Path) -> bool:
         and isinstance(data["stereo"], bool)
         and isinstance(data["textures"], list)
     )
+    return data if written_by_synth else None
 
 
 def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames: int) -> list[Path]:
     """Fail before rendering when OUTPUT cannot be written: a folder for --clip, a file for a dataset,
     or (without --overwrite) a dataset file that already exists, so no scene of the old data set is
-    mixed with the new one. Returns the files to remove first (with --overwrite): the scene files of an
-    earlier synth run in the folder (it holds synth.json) that this run does not write."""
+    mixed with the new one. Returns the files to remove first (with --overwrite): the scene files of the
+    earlier synth run in the folder (the one its synth.json describes), all of them: those this run rewrites
+    would otherwise stay, mixed with the new scenes, when it is interrupted."""
     from flowcli.errors import OutputError
     from flowcli.io.atomic import check_creatable, check_target
     from flowcli.io.media import VIDEO_OUTPUT_SUFFIXES, is_video
@@ -281,19 +308,24 @@ def _check_output(output: Path, clip: bool, overwrite: bool, count: int, frames:
     settings_file = output / "synth.json"
     if not overwrite or not os.path.lexists(settings_file):
         return []  # not a synth dataset: its files of synth's names may be someone else's (FlyingChairs .flo)
-    if not _is_synth_settings(settings_file):
+    earlier = _synth_settings(settings_file)
+    if earlier is None:
         raise OutputError(
             f"{settings_file} is not the settings file of a flowcli synth run, so the scene files in {output} may "
             "not be synth's to remove; move that synth.json away, or choose another folder"
         )
-    written = set(names)
     stale = []
     for path in sorted(output.iterdir()):
         match = _SCENE_FILE.fullmatch(path.name)
-        # synth's own spelling of the index only (00012, 123456; not 012345), and files, not folders
-        if match and f"{int(match['index']):05d}" == match["index"] and path.name not in written:
-            if path.is_symlink() or path.is_file():
-                stale.append(path)
+        if not match or f"{int(match['index']):05d}" != match["index"]:
+            continue  # synth's own spelling of the index only (00012, 123456; not 012345)
+        # the earlier run's scenes and frames only: other files of synth's names may be someone else's (FlyingChairs);
+        # but synth versions that saved the rendering speed left longer runs' scenes behind, taken as theirs too
+        in_earlier_run = "scenes_per_second" in earlier or (
+            int(match["index"]) < earlier["count"] and (earlier["frames"] >= 3 or match["kind"] not in _TRIPLET_KINDS)
+        )
+        if in_earlier_run and (path.is_symlink() or path.is_file()):  # files, not folders
+            stale.append(path)
     return stale
 
 
