@@ -615,6 +615,58 @@ def test_a_baseline_in_millimetres_warns(media, tmp_path, cli, exact_flow):
     assert code == 0 and "baseline" not in err, err
 
 
+def _middlebury_calib(path: Path, baseline: str) -> Path:
+    path.write_text(
+        f"cam0=[100 0 31.5; 0 100 23.5; 0 0 1]\ncam1=[100 0 31.5; 0 100 23.5; 0 0 1]\ndoffs=0\n"
+        f"baseline={baseline}\nwidth={W}\nheight={H}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("calib.txt", ("the baseline is 0.000193 m", "baseline= in", "takes millimetres", "meant in metres, give 193")),
+        ("flag", ("the baseline is 0.0005 m", "--baseline takes metres (0.5 mm here)")),
+        ("json_metres", ("the baseline is 0.0002 m", "baseline_meters in", "takes metres (0.2 mm here)")),
+        ("json_mm", ("the baseline is 0.000193 m", "baseline_mm in", "takes millimetres", "give 193 there")),
+    ],
+)
+def test_a_baseline_in_metres_where_millimetres_are_taken_warns(media, tmp_path, cli, exact_flow, source, expected):
+    """A Middlebury calib.txt takes its baseline in millimetres: baseline=0.193 (metres) became 0.000193 m and depths
+    a thousand times too small without a word, while a baseline in millimetres given as metres is warned about;
+    --baseline 0.0005 was as silent."""
+    if source == "calib.txt":
+        camera = ("--calib", _middlebury_calib(tmp_path / "calib.txt", "0.193"))
+    elif source == "flag":
+        camera = ("--focal", "100", "--baseline", "0.0005")
+    else:
+        baseline = {"baseline_meters": 0.0002} if source == "json_metres" else {"baseline_mm": 0.193}
+        (tmp_path / "rig.json").write_text(json.dumps({"fx": 100.0, **baseline}))
+        camera = ("--calib", tmp_path / "rig.json")
+    code, _, err = cli(
+        media["left"], media["right"], *camera, "--weights", media["weights"], "-o", tmp_path / "out", "-q"
+    )
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and all(part in warned[0] for part in expected), err
+
+
+def test_a_baseline_of_a_few_centimetres_gives_no_warning(media, tmp_path, cli, exact_flow):
+    calib = tmp_path / "rig.json"
+    calib.write_text(json.dumps({"fx": 100.0, "baseline_meters": 0.075}))
+    cameras = [
+        ("--calib", _middlebury_calib(tmp_path / "calib.txt", "75")),
+        ("--calib", calib),
+        ("--focal", "100", "--baseline", "0.075"),
+    ]
+    for number, camera in enumerate(cameras):
+        code, _, err = cli(
+            media["left"], media["right"], *camera, "--weights", media["weights"], "-o", tmp_path / f"out{number}", "-q"
+        )
+        assert code == 0 and "baseline" not in err, err
+
+
 def test_a_calibration_for_another_size_says_to_drop_it(media, tmp_path, cli):
     # the advice 'give --focal and --baseline' failed again when they were added to --calib
     calib = tmp_path / "calib.json"

@@ -66,6 +66,7 @@ from flowcli.outputs import check_template, inside_output, refuse_image_among_fr
 
 DEFAULT_NAME = "{stem}"
 LARGEST_LIKELY_BASELINE = 5.0  # metres; more is almost always millimetres or centimetres given as metres
+SMALLEST_LIKELY_BASELINE = 0.001  # metres; less is almost always metres given as millimetres (calib.txt)
 
 FORMATS = {
     "pfm": "left disparity as PFM (float32 px)",
@@ -117,7 +118,8 @@ _HELP_PARAGRAPHS = [
     "npy (left disparity in px, >= 0: negative values are clamped and their share reported), vis (colour PNG), video "
     "(colour mp4 per sequence, SOURCE_disp_vis.mp4), occlusion (mask PNG from the left-right consistency check, "
     "255 = occluded), and with a camera (--focal PX --baseline M, or --calib FILE) depth (.npy metres), depth_pfm, "
-    "depth_png (16-bit millimetres) with Z = focal x baseline / disparity, 0 where disparity <= 0, and ply (coloured "
+    "depth_png (16-bit millimetres, so 0 beyond 65.535 m) with Z = focal x baseline / (disparity + doffs), doffs "
+    "from --calib (else 0), 0 where disparity <= 0, and ply (coloured "
     "point cloud, OpenCV camera frame: x right, y down, z forward; pixels failing the left-right check are left out).",
     "--calib reads a JSON calibration (fx, baseline_meters, optional fy, cx0 and cx1, doffs, cy, width, height, as "
     "written by stereodemo) or a Middlebury calib.txt; --focal / --baseline override its values. A calibration with "
@@ -750,6 +752,24 @@ def _camera(focal, baseline, calib):
     return replace(base, **changed)
 
 
+def _baseline_origin(baseline, calib) -> tuple[str, bool]:
+    """Where the camera's baseline was written, for a warning, and whether that place takes millimetres:
+    ("--baseline", False), ("baseline= in x/calib.txt (a Middlebury calib.txt)", True), ("baseline_mm in rig.json",
+    True)."""
+    if baseline is not None or calib is None:
+        return "--baseline", False
+    from flowcli.stereo import _BASELINE_KEYS
+
+    try:
+        data = json.loads(calib.read_text(encoding="utf-8-sig"))
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):  # read_calibration read it as a Middlebury calib.txt
+        return f"baseline= in {calib} (a Middlebury calib.txt)", True
+    key, scale = next((key, scale) for key, scale in _BASELINE_KEYS if key in data)  # the key read_calibration took
+    return f"{key} in {calib}", scale != 1.0
+
+
 def stereo(
     inputs: Annotated[
         Optional[list[str]],
@@ -877,6 +897,17 @@ def stereo(
     if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
         warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: is it in "
              "millimetres? --baseline and baseline_meters are metres (a JSON calibration may give baseline_mm)")
+    elif camera is not None and camera.baseline < SMALLEST_LIKELY_BASELINE:
+        where, in_millimetres = _baseline_origin(baseline, calib)
+        if in_millimetres:
+            written = camera.baseline * 1000
+            advice = (
+                f"{where} takes millimetres, so {written:g} is {camera.baseline:g} m; if {written:g} was meant "
+                f"in metres, give {written * 1000:g} there"
+            )
+        else:
+            advice = f"{where} takes metres ({camera.baseline * 1000:g} mm here): check the value"
+        warn(f"the baseline is {camera.baseline:g} m, far less than a stereo rig's usual few cm to 1 m: {advice}")
     flags = {"pfm": pfm, "kitti": kitti, "npy": npy, "vis": vis, "video": video, "occlusion": occlusion,
              "depth": depth, "depth_pfm": depth_pfm, "depth_png": depth_png, "ply": ply}
     chosen = set(parse_formats(formats)) | {k for k, on in flags.items() if on}
