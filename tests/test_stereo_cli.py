@@ -609,7 +609,13 @@ def test_a_baseline_in_millimetres_warns(media, tmp_path, cli, exact_flow):
         code, _, err = cli(media["left"], media["right"], *camera, "--weights", media["weights"], "-o",
                            tmp_path / camera[0], "-q")
         assert code == 0, err
-        assert "warning: the baseline is" in err and "millimetres" in err
+        assert "warning: the baseline is" in err and "is it in millimetres?" in err
+    # a calib.txt already takes millimetres: asking "is it in millimetres?" would mislead
+    calib_txt = _middlebury_calib(tmp_path / "calib.txt", "193000")
+    code, _, err = cli(media["left"], media["right"], "--calib", calib_txt, "--weights", media["weights"], "-o",
+                       tmp_path / "calib_txt", "-q")  # fmt: skip
+    assert code == 0 and "the baseline is 193 m" in err and "takes millimetres (193000 here)" in err, err
+    assert "is it in millimetres?" not in err
     code, _, err = cli(media["left"], media["right"], "--focal", "100", "--baseline", "0.12", "--weights",
                        media["weights"], "-o", tmp_path / "metres", "-q")
     assert code == 0 and "baseline" not in err, err

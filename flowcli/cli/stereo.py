@@ -895,8 +895,12 @@ def stereo(
         raise InputError("--max-depth limits depth, which needs a camera: give --focal PX and --baseline M, or "
                          "--calib FILE, or leave --max-depth out")
     if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
-        warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: is it in "
-             "millimetres? --baseline and baseline_meters are metres (a JSON calibration may give baseline_mm)")
+        where, in_millimetres = _baseline_origin(baseline, calib)
+        advice = (
+            f"{where} takes millimetres ({camera.baseline * 1000:g} here): check the value" if in_millimetres
+            else f"is it in millimetres? {where} takes metres (a JSON calibration may give baseline_mm)"
+        )  # fmt: skip
+        warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: {advice}")
     elif camera is not None and camera.baseline < SMALLEST_LIKELY_BASELINE:
         where, in_millimetres = _baseline_origin(baseline, calib)
         if in_millimetres:
