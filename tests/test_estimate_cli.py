@@ -354,6 +354,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
         return [media["frames"], "--fps", "inf"], 3, "--fps must be a positive number"
     if case == "fps that rounds to zero":
         return [media["frames"], "--video", "--fps", "1e-9"], 3, "--fps must be a positive number of at least 0.001"
+    if case == "fps above what an mp4 stores":  # ffmpeg stored it as 1,001,000 fps, or failed after the run
+        return [media["frames"], "--video", "--fps", "2e6"], 3, "--fps 2e+06 is above 1,001,000"
     if case == "nan fps":
         return [media["frames"], "--fps", "nan"], 3, "--fps must be a positive number"
     if case == "unknown device":
@@ -397,8 +399,8 @@ def _bad_case(case: str, media, tmp_path: Path, monkeypatch) -> tuple[list, int,
 BAD_CASES = [
     "missing file", "corrupt image", "truncated video", "1-frame video", "empty folder", "frames of different sizes",
     "single image", "a list of pairs without --pairs", "a pipe as input",
-    "unknown output format", "infinite fps", "fps that rounds to zero", "nan fps", "unknown device",
-    "absent GPU",
+    "unknown output format", "infinite fps", "fps that rounds to zero", "fps above what an mp4 stores", "nan fps",
+    "unknown device", "absent GPU",
     "scale out of range", "unknown precision", "batch size zero", "unknown name placeholder", "empty name",
     "unwritable output folder", "read-only output folder", "wrong sha256",
     "offline with an empty cache", "checkpoint of another architecture", "missing weights file",

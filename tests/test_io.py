@@ -561,6 +561,46 @@ def test_video_writer_failure_leaves_no_file(tmp_path):
         VideoWriter(tmp_path / "out.webm", fps=5)
 
 
+def test_a_failed_video_write_leaves_no_folder_it_made(tmp_path):
+    """The writer made a/b/ before its temp file was set up: a failed `flowcli synth a/b/c.mp4 --clip` left them."""
+    path = tmp_path / "a" / "b" / "c.mp4"
+    with pytest.raises(ValueError, match="differs from the first frame"):
+        with VideoWriter(path, fps=5) as writer:
+            writer.write(np.zeros((8, 8, 3), np.uint8))
+            writer.write(np.zeros((8, 10, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError, match="no frames were written"):
+        with VideoWriter(path, fps=5):
+            pass
+    assert list(tmp_path.iterdir()) == []
+    VideoWriter(path, fps=5)  # made and never used
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_flat_video(path, fps: float, frames: int = 3) -> None:
+    with VideoWriter(path, fps=fps) as writer:
+        for i in range(frames):
+            writer.write(np.full((8, 8, 3), 60 * i, np.uint8))
+
+
+def test_a_video_rate_beyond_what_its_container_stores_is_refused_before_any_frame(tmp_path):
+    """`flowcli synth c.mp4 --clip --fps 2e6` stored 1,001,000 fps, and --fps 4e9 failed in ffmpeg after the work."""
+    from flowcli.io.media import MAX_FPS, check_fps_fits
+
+    for name, highest in (("top.mp4", MAX_FPS), ("top.mov", MAX_FPS), ("top.mkv", 1000)):
+        _write_flat_video(tmp_path / name, highest)
+        assert VideoReader(tmp_path / name).fps == pytest.approx(highest, rel=1e-6)
+        check_fps_fits(tmp_path / name, highest)
+    made = sorted(tmp_path.iterdir())
+    for name, fps, limit in (("new/c.mp4", 2e6, "1,001,000 fps"), ("new/c.m4v", 4e9, "1,001,000 fps"),
+                             ("new/c.mkv", 1001, "1,000 fps")):  # fmt: skip
+        with pytest.raises(OutputError) as excinfo:
+            VideoWriter(tmp_path / name, fps=fps)
+        assert_one_line_error(excinfo, tmp_path / name, f"{fps:g} fps", f"stores at most {limit}")
+    assert_one_line_error(excinfo, "whole milliseconds", "write a .mp4")
+    assert sorted(tmp_path.iterdir()) == made
+
+
 def test_corrupt_and_short_videos(tmp_path, shared_data):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video" * 100)
@@ -1164,6 +1204,36 @@ def test_check_creatable_refuses_a_read_only_folder(tmp_path):
             check_creatable(folder / "sub" / "x.onnx")
     finally:
         folder.chmod(0o755)
+
+
+def test_a_folder_that_cannot_be_written_is_not_said_to_need_an_o_option(tmp_path, monkeypatch):
+    """`flowcli synth /sys/kernel/x.mp4 --clip` said "choose another with -o": synth takes its output as an argument."""
+    from flowcli.io import atomic
+
+    def no_files(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", no_files)
+    checks = [
+        lambda **hint: atomic.probe_folder(tmp_path, **hint),
+        lambda **hint: atomic.check_creatable(tmp_path / "x.mp4", **hint),
+    ]
+    for check in checks:  # (os.access says yes to root: the probe is what fails)
+        with pytest.raises(OutputError) as excinfo:
+            check()
+        assert_one_line_error(excinfo, tmp_path, "choose another output path")
+        assert "with -o" not in str(excinfo.value)
+        with pytest.raises(OutputError) as excinfo:
+            check(hint="choose another with -o")
+        assert str(excinfo.value).endswith("; choose another with -o")
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    for check in (atomic.check_writable, atomic.check_creatable):
+        with pytest.raises(OutputError) as excinfo:
+            check(tmp_path / "new" / "x.mp4")
+        assert_one_line_error(excinfo, "is not writable; choose another output path")
+        with pytest.raises(OutputError) as excinfo:
+            check(tmp_path / "new" / "x.mp4", hint="choose another with -o")
+        assert str(excinfo.value).endswith("is not writable; choose another with -o")
 
 
 def test_check_creatable_leaves_nothing_and_tries_a_folder_once(tmp_path, monkeypatch):

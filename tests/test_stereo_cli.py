@@ -417,6 +417,7 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, cli):
         ((media["left"], media["right"], "--lr-threshold", "0"), 2, ("--lr-threshold must be a positive",)),
         # below the video writer's least rate: refused before the model, not a traceback when the video opens
         ((media["pairs"], "--video", "--fps", "1e-9"), 3, ("--fps must be a positive number of at least 0.001",)),
+        ((media["pairs"], "--video", "--fps", "2e6"), 3, ("--fps 2e+06 is above 1,001,000",)),
     ]
     for args, expected, needles in cases:
         code, _, err = cli(*args, *w)

@@ -708,3 +708,21 @@ def test_synth_overwrite_removes_only_the_scenes_the_earlier_run_wrote(monkeypat
     (tmp_path / "synth.json").write_text(json.dumps(older))
     assert run(tmp_path, "-n", "1", "--size", "32x32", "-q", "--overwrite")[0] == 0
     assert not (tmp_path / "00005_flow.flo").exists()
+
+
+def test_synth_refuses_a_clip_rate_its_video_cannot_store_before_rendering(monkeypatch, capsys, tmp_path):
+    """--fps 2e6 was stored as 1,001,000 fps (4e9 failed in ffmpeg) only after the scene was rendered; an .mkv
+    times frames in whole milliseconds, so it stores at most 1000 fps."""
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    import flowcli.synth.generator as generator
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered before the rate was checked")
+
+    monkeypatch.setattr(generator, "generate_sample", no_rendering)
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    for name, fps, needle in (("c.mp4", "2e6", "stores at most 1,001,000 fps"), ("c.mkv", "5000", "at most 1,000 fps")):
+        code, _, err = run(tmp_path / "new" / name, "--clip", "--size", "32x32", "--fps", fps)
+        assert_one_line_error(code, err, 3, needle)
+    assert list(tmp_path.iterdir()) == []

@@ -48,6 +48,7 @@ from flowcli.cli.options import (
     ResumeOption,
     WeightsOption,
     check_fps_has_a_video,
+    check_fps_option,
     check_picking_applies,
     check_precision_name,
     check_scale,
@@ -436,7 +437,7 @@ def _check_output_folder(directory: Path) -> None:
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
-    probe_folder(existing)
+    probe_folder(existing, "choose another with -o")
 
 
 def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
@@ -489,10 +490,7 @@ def _check_numbers(step, max_frames, batch_size, max_pixels, fps, max_flow) -> N
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
         raise InputError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
-    from flowcli.io.media import MIN_FPS
-
-    if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
-        raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
+    check_fps_option(fps)
     if max_flow is not None and not (math.isfinite(max_flow) and max_flow > 0):
         raise OutputError(f"--max-flow must be a positive number, got {max_flow}")
 

@@ -80,7 +80,7 @@ def export_command(
     if output.suffix.lower() != ".onnx":
         raise InputError(f"-o {output} should end in .onnx")
     # before loading the weights, so that a refused run downloads nothing
-    check_creatable(output, overwrite)
+    check_creatable(output, overwrite, hint="choose another with -o")
     require_onnx()
     model, checkpoint, sha256 = load_model_and_file(weights, device="cpu", offline=offline, quiet=quiet)
     if not quiet:

@@ -3,6 +3,8 @@ claim output names."""
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,16 @@ def check_video_rates(sources, want_video: bool, fps: float | None) -> None:
         if want_video and source.sequence and fps is None and source.fps is not None and source.fps < MIN_FPS:
             raise OutputError(f"{source.label}: its video would have {source.fps:g} fps (the source's rate / "
                               f"--step), below the least of {MIN_FPS}; give --fps")
+
+
+def check_fps_option(fps: float | None) -> None:
+    """--fps of estimate, stereo and vis, whose videos are .mp4: a rate the video writer stores (MIN_FPS..MAX_FPS)."""
+    from flowcli.io.media import MAX_FPS, MIN_FPS
+
+    if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
+        raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps:g}")
+    if fps is not None and fps > MAX_FPS:
+        raise OutputError(f"--fps {fps:g} is above {MAX_FPS:,}, the most an .mp4 video stores; give a lower rate")
 
 
 def one_pair_list(pair_lists: list[str] | None) -> str | None:

@@ -49,6 +49,7 @@ from flowcli.cli.options import (
     ResumeOption,
     WeightsOption,
     check_fps_has_a_video,
+    check_fps_option,
     check_picking_applies,
     check_precision_name,
     check_video_rates,
@@ -678,7 +679,7 @@ def _check_output_folder(directory: Path) -> None:
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {existing} is not writable; choose another with -o")
-    probe_folder(existing)
+    probe_folder(existing, "choose another with -o")
 
 
 def _write_outputs(paths: dict[str, Path], *, disparity, occlusion, depth, left_image, camera, ascii_ply: bool,
@@ -865,7 +866,6 @@ def stereo(
     from rich.markup import escape  # names in info lines as given: left[v2] is not "left" in style v2
 
     from flowcli.console import progress, say, warn
-    from flowcli.io.media import MIN_FPS
 
     # ---- options, before anything is read
     pair_list = one_pair_list(pair_lists)
@@ -884,8 +884,7 @@ def stereo(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_pixels < 0:
         raise InputError(f"--max-pixels must be positive (0 turns tiling off), got {max_pixels}")
-    if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
-        raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps:g}")
+    check_fps_option(fps)
     _positive(max_disparity, "--max-disparity", " of pixels", OutputError)
     _positive(max_depth, "--max-depth", " of metres")
     _positive(lr_threshold, "--lr-threshold", " of pixels")

@@ -98,7 +98,7 @@ def synth(
     from flowcli.io.atomic import atomic_path
     from flowcli.io.flow_formats import write_flo, write_png
     from flowcli.inference import is_out_of_memory
-    from flowcli.io.media import MIN_FPS, VideoWriter
+    from flowcli.io.media import MIN_FPS, VideoWriter, check_fps_fits
     from flowcli.synth.generator import SynthConfig, TextureBank, generate_sample
 
     if not output:  # Typer's Path would make "" the current folder
@@ -153,6 +153,7 @@ def synth(
     if not (math.isfinite(fps) and fps >= MIN_FPS):  # (the video writer stores the rate as a fraction)
         raise OutputError(f"--fps must be a positive number of frames per second of at least {MIN_FPS:g}, e.g. 12; "
                           f"got {fps:g}")
+    check_fps_fits(output, fps)  # before the scene is rendered: the writer would refuse it only afterwards
     if textures and not all(textures):  # `--textures "$DIR"` with the variable unset
         raise InputError('--textures "" is empty, which would take the images of the current folder; give image '
                          "files, folders of frames or videos")  # fmt: skip

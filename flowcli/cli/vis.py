@@ -28,6 +28,7 @@ from flowcli.cli.options import (
     OverwriteOption,
     QuietOption,
     check_fps_has_a_video,
+    check_fps_option,
 )
 from flowcli.errors import InputError, OutputError
 
@@ -537,15 +538,14 @@ def vis(
 
     from flowcli.console import progress, stderr, warn
     from flowcli.io.flow_formats import write_png
-    from flowcli.io.media import MIN_FPS, VideoWriter
+    from flowcli.io.media import VideoWriter
     from flowcli.outputs import check_template
 
     # ---- options, before anything is read
     scales = {"flow": _scale_option(max_flow, "--max-flow"),
               "disparity": _scale_option(max_disparity, "--max-disparity"),
               "depth": _scale_option(min_depth, "--min-depth", "metres")}
-    if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
-        raise OutputError(f"--fps must be a positive number of at least {MIN_FPS}, got {fps}")
+    check_fps_option(fps)
     check_fps_has_a_video(fps, video)
     template = check_template(name, NAME_FIELDS, _SAMPLE_NAME_FIELDS)
 

@@ -15,6 +15,10 @@ from flowcli.errors import OutputError
 # atomic_path's temp file is named "." + the target's stem + "." + 8 random characters + its suffix
 TEMP_NAME_EXTRA = 10
 
+# what the checks below advise for a folder that cannot be written; a command whose output has an option passes
+# its own (e.g. "choose another with -o")
+ANOTHER_PLACE = "choose another output path"
+
 
 def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Fail if `path` is a folder, exists without overwrite, or has a name too long for its temp file; creates
@@ -53,8 +57,9 @@ def _exists_error(path: Path) -> OutputError:
     return OutputError(f"{path} already exists; pass --overwrite to replace it or choose another output")
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Fail early (before any work) if `path` cannot be written (see `check_target`) or its folder cannot be made."""
+def check_writable(path: str | os.PathLike, overwrite: bool = False, hint: str = ANOTHER_PLACE) -> Path:
+    """Fail early (before any work) if `path` cannot be written (see `check_target`) or its folder cannot be made;
+    `hint` ends the message of a folder that cannot be written."""
     path = check_target(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +70,11 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
         reason = f"{existing} is a file" if not existing.is_dir() else error.strerror
         raise OutputError(f"cannot create output folder {path.parent}: {reason}") from None
     if not os.access(path.parent, os.W_OK):
-        raise OutputError(f"output folder {path.parent} is not writable; choose another with -o")
+        raise OutputError(f"output folder {path.parent} is not writable; {hint}")
     return path
 
 
-def check_creatable(path: str | os.PathLike, overwrite: bool = False) -> Path:
+def check_creatable(path: str | os.PathLike, overwrite: bool = False, hint: str = ANOTHER_PLACE) -> Path:
     """Like `check_writable`, but leaves nothing behind: the nearest existing folder above `path` must take new
     files (tried with `probe_folder`). For checks made before the inputs are, so that a run refused later leaves
     no empty folder."""
@@ -80,9 +85,9 @@ def check_creatable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     if not existing.is_dir():
         raise OutputError(f"cannot create output folder {path.parent}: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {existing} is not writable; choose another with -o")
+        raise OutputError(f"output folder {existing} is not writable; {hint}")
     if existing not in _PROBED:
-        probe_folder(existing)
+        probe_folder(existing, hint)
         _PROBED.add(existing)
     return path
 
@@ -92,15 +97,13 @@ def check_creatable(path: str | os.PathLike, overwrite: bool = False) -> Path:
 _PROBED: set[Path] = set()
 
 
-def probe_folder(folder: str | os.PathLike) -> None:
+def probe_folder(folder: str | os.PathLike, hint: str = ANOTHER_PLACE) -> None:
     """Create and remove a hidden temp file in an existing folder: OutputError if that fails. os.access answers
     yes for root on read-only or special file systems, so a run would fail only at its first write."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=".flowcli-probe.", dir=folder)
     except OSError as error:
-        raise OutputError(
-            f"cannot write in output folder {folder}: {error.strerror or error}; choose another with -o"
-        ) from None
+        raise OutputError(f"cannot write in output folder {folder}: {error.strerror or error}; {hint}") from None
     os.close(fd)
     os.unlink(tmp)
 

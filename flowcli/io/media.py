@@ -32,7 +32,7 @@ from PIL import ExifTags, Image
 
 from flowcli.console import warn
 from flowcli.errors import InputError, OutputError
-from flowcli.io.atomic import atomic_path, check_writable
+from flowcli.io.atomic import atomic_path, check_creatable
 from flowcli.io.flow_formats import read_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -637,6 +637,32 @@ def _frame_to_uint8_hwc(frame) -> np.ndarray:
 
 
 MIN_FPS = 0.001  # the writer stores the rate as a fraction with a denominator of at most 10000
+# ffmpeg reads a rate (-r) as a fraction of terms at most 1001000 (av_parse_video_rate): it stores a higher one as
+# 1001000 fps, and fails on one above 2^31 only once the frames come. Rates up to it are stored within 5e-7.
+MAX_FPS = 1_001_000
+# Matroska times frames in whole milliseconds: at a higher rate, frames share a timestamp
+_MAX_FPS_OF_SUFFIX = {".mkv": 1000}
+
+
+def max_fps(path: PathLike) -> int:
+    """The highest frame rate `VideoWriter` stores in a video named `path` (it depends on the container)."""
+    return _MAX_FPS_OF_SUFFIX.get(Path(path).suffix.lower(), MAX_FPS)
+
+
+def check_fps_fits(path: PathLike, fps: float) -> None:
+    """OutputError if a video at `path` cannot store `fps` (above `max_fps(path)`): for commands to call before any
+    work, as `VideoWriter` does only when it is made."""
+    limit = max_fps(path)
+    if fps > limit:
+        suffix = Path(path).suffix.lower()
+        if limit < MAX_FPS:
+            why, other = "its frame times are whole milliseconds", f", or write a .mp4 (up to {MAX_FPS:,} fps)"
+        else:
+            why, other = "the most ffmpeg takes", ""
+        raise OutputError(
+            f"cannot write video {path} at {fps:g} fps: a {suffix} video stores at most {limit:,} fps ({why}); "
+            f"give a lower frame rate{other}"
+        )
 
 
 class VideoWriter:
@@ -655,7 +681,9 @@ class VideoWriter:
             )
         if not (fps and math.isfinite(fps) and fps >= MIN_FPS):
             raise ValueError(f"fps must be at least {MIN_FPS}, got {fps}")
-        check_writable(self.path, overwrite)  # fail before any frame is computed
+        check_fps_fits(self.path, fps)
+        # fail before any frame is computed, making no folder: atomic_path makes them, and removes them on failure
+        check_creatable(self.path, overwrite)
         self.fps = fps
         self.overwrite = overwrite
         self.crf = crf
