@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps per variant")
     args = parser.parse_args()
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     names = LADDER if args.variants == "ladder" else [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:

@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps: plumbing check only")
     args = parser.parse_args()
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
 
     from flowcli.adapt import adapt
 

@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     args = parser.parse_args(argv)
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
 
     cv2 = import_cv2()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=KITTI)
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args()
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     item = next(iter(make_dataset("kitti2015", args.root)))
     machine = platform.processor() or platform.machine()

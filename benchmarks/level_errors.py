@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--item", default="market_5", help="score the items whose name contains this")
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args()
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     items = [item for item in make_dataset(args.dataset, args.root) if args.item in str(item.get("name", ""))]
     if not items:

@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args()
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
 
     import torch
 

@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     parser.add_argument("--check", action="store_true", help="exit 1 unless flowcli beats SGBM on mean EPE and bad-2")
     args = parser.parse_args(argv)
+    if args.json:  # made now: the report is written after the whole run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
 
     cv2 = import_cv2()
     if args.threads:

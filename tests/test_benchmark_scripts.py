@@ -226,3 +226,11 @@ def test_level_errors_finds_a_translation_in_the_coarse_cost_volume_and_the_outp
     output = report["bands"]["all"]["levels"]["output"]
     assert output["epe"] < 4 and abs(output["uv"][0] - 64) < 3 and abs(output["uv"][1] + 32) < 3
     assert report["bands"]["all"]["zero_flow_epe"] == pytest.approx(71.55, abs=0.01)
+
+
+def test_a_json_report_in_a_folder_that_does_not_exist_yet_is_written(run_script, shared_data, tmp_path):
+    """--json runs/x.json on a fresh checkout (no runs/) crashed with a traceback after the whole run."""
+    report = tmp_path / "runs" / "new" / "levels.json"
+    assert run_script("level_errors.py", "flowcli-pwc-synth", "--root", str(shared_data / "flow" / "sintel"),
+                      "--item", "alley_1", "--json", str(report)) is None  # fmt: skip
+    assert json.loads(report.read_text())[0]["item"] == "alley_1/frame_0002"
