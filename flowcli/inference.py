@@ -64,6 +64,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` is a GPU with bf16 arithmetic in hardware (compute capability 8.0 on: Ampere and later), where
+    the training commands' bf16 autocast pays off. torch.cuda.is_bf16_supported() also says yes for older GPUs
+    (V100, T4), which emulate bf16 and have no cuDNN bf16 convolutions: slower than fp32 there."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def forward_backward_occlusion(
     flow_fw: torch.Tensor, flow_bw: torch.Tensor, alpha1: float = 0.01, alpha2: float = 0.5
 ) -> torch.Tensor:

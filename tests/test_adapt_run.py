@@ -775,3 +775,87 @@ def test_the_final_report_on_80_columns_keeps_paths_and_numbers_whole(monkeypatc
         words = screen.getvalue().split()
         for shown in ("0.1235", "0.1000", "1234.5678", "1000.1234", "-19.0%", "-9.0%"):
             assert shown in words
+
+
+# ----------------------------------------------------------------------------- what a GPU runs
+
+
+def test_the_bf16_path_runs_both_stages_with_the_losses_in_fp32(footage, base, tmp_path, monkeypatch):
+    """`--precision auto` on a GPU with bf16 in hardware, run on the CPU (bf16 autocast works there too): the
+    network and the teacher in bf16, every loss on fp32 flows outside autocast, and fp32 weights written."""
+    from safetensors import safe_open
+
+    from flowcli.adapt import trainer
+
+    network_dtypes, loss_dtypes = set(), set()
+    chunks, adapt_loss = trainer._chunks, trainer.adapt_loss
+
+    def recorded_chunks(out, sizes):
+        network_dtypes.add(out.flow.dtype)
+        return chunks(out, sizes)
+
+    def recorded_loss(pairs, weights, **kwargs):
+        assert not torch.is_autocast_enabled("cpu")
+        for pair in pairs if isinstance(pairs, list) else [pairs]:
+            loss_dtypes.update(t.dtype for output in (pair.forward, pair.backward)
+                               for t in (output.flow, *output.level_flows.values()))  # fmt: skip
+        if kwargs.get("teacher_flow") is not None:
+            loss_dtypes.add(kwargs["teacher_flow"].dtype)
+        return adapt_loss(pairs, weights, **kwargs)
+
+    monkeypatch.setattr(trainer, "_chunks", recorded_chunks)
+    monkeypatch.setattr(trainer, "adapt_loss", recorded_loss)
+    output = tmp_path / "bf16.safetensors"
+    result = adapt(_config(footage, base, output, precision="bf16", teacher_flip=True), quiet=True)
+    assert [r["stage"] for r in result["history"]] == [1, 1, 1, 2, 2, 2]
+    assert network_dtypes == {torch.bfloat16} and loss_dtypes == {torch.float32}
+    assert all(np.isfinite(r["total"]) for r in result["history"])
+    with safe_open(str(output), framework="pt") as f:
+        assert {f.get_slice(key).get_dtype() for key in f.keys()} == {"F32"}
+
+
+def test_auto_precision_is_bf16_only_on_gpus_with_bf16_in_hardware(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes for a T4 or V100 too (it emulates bf16, slower than fp32 there)."""
+    from flowcli.adapt import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    for capability, expected in (((7, 5), torch.float32), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert trainer._precision("auto", torch.device("cuda")) == expected
+    assert trainer._precision("auto", torch.device("cpu")) == torch.float32
+
+
+def test_fp16_is_refused_for_training(footage, base, tmp_path):
+    """fp16 autocast without loss scaling (a GradScaler) loses small gradients to underflow; the CLI offers auto,
+    fp32 and bf16 only, and the Python API refuses the rest as well, before anything is written."""
+    from flowcli.errors import InputError
+
+    output = tmp_path / "fp16.safetensors"
+    with pytest.raises(InputError, match="precision must be auto, fp32 or bf16, got 'fp16'"):
+        adapt(_config(footage, base, output, precision="fp16"), quiet=True)
+    assert not output.exists() and not (tmp_path / "fp16.adapt").exists()
+
+
+def test_under_torchrun_an_absent_or_single_gpu_device_is_refused_not_replaced_by_the_cpu(monkeypatch):
+    """Each torchrun process takes the GPU of its LOCAL_RANK; `--device cuda` on a machine without one, or a device
+    naming one GPU for every process, fell back to training on the CPU without a word."""
+    from flowcli.adapt import trainer
+    from flowcli.errors import InputError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(trainer.dist, "is_initialized", lambda: True)  # as if torchrun's group were up
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, needle in (("cuda", "no CUDA GPU is visible"), ("bogus", "unknown device")):
+        with pytest.raises(InputError, match=needle):
+            trainer._init_distributed(device)
+    assert trainer._init_distributed("cpu")[1] == torch.device("cpu")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    with pytest.raises(InputError, match="--device cuda:0 names one GPU.*LOCAL_RANK"):
+        trainer._init_distributed("cuda:0")
+    ctx, device = trainer._init_distributed("cuda")
+    assert (ctx.rank, ctx.world, device) == (1, 2, torch.device("cuda", 1))

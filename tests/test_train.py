@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_harness import assert_one_line_error, in_process_cli
+from safetensors import safe_open
 
 from flowcli.checkpoint import load_checkpoint
 from flowcli.errors import FlowcliError
@@ -194,6 +195,45 @@ def test_weight_average_is_the_ema_of_the_run_and_resumes_bit_for_bit(tmp_path):
     ema.update(model)
     for k, v in ema.model.state_dict().items():
         assert torch.allclose(v, before[k] + 0.9, atol=1e-6)
+
+
+def test_the_gpu_bf16_path_computes_the_loss_in_fp32_saves_fp32_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """What a GPU with bf16 in hardware runs, forced on the CPU (where bf16 autocast works too): the network in
+    bf16, the loss on its outputs cast to fp32 outside autocast, fp32 weights in the state and the checkpoints,
+    and a resume of such a run equal to the uninterrupted one."""
+    import flowcli.inference
+    import flowcli.train.trainer as trainer
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(flowcli.inference, "native_bf16", lambda device: True)
+    network_dtypes, loss_dtypes = set(), set()
+    forward = FlowNet.forward
+
+    def recorded_forward(self, image1, image2):
+        output = forward(self, image1, image2)
+        network_dtypes.add(output.flow.dtype)
+        return output
+
+    def recorded_loss(output, target, valid=None, **kwargs):
+        assert not torch.is_autocast_enabled("cpu")
+        loss_dtypes.update(t.dtype for t in (output.flow, *output.level_flows.values(), target))
+        return supervised_loss(output, target, valid, **kwargs)
+
+    supervised_loss = trainer.supervised_loss
+    monkeypatch.setattr(FlowNet, "forward", recorded_forward)
+    monkeypatch.setattr(trainer, "supervised_loss", recorded_loss)
+    straight = train(tiny_config(tmp_path / "a", 4, ema_decay=0.9), quiet=True)["history"]
+    assert network_dtypes == {torch.bfloat16} and loss_dtypes == {torch.float32}
+    train(tiny_config(tmp_path / "b", 4, ema_decay=0.9), quiet=True, stop_after=2)
+    state = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    saved = [*state["model"].values(), *state["ema"]["model"].values()]
+    saved += [t for moments in state["optimizer"]["state"].values() for t in moments.values()]
+    assert {t.dtype for t in saved if t.is_floating_point()} == {torch.float32}
+    resumed = train(tiny_config(tmp_path / "b", 4, ema_decay=0.9), quiet=True)["history"]
+    assert [r["total"] for r in resumed] == [r["total"] for r in straight]
+    for name in ("last", "ema"):
+        with safe_open(str(tmp_path / "b" / f"{name}.safetensors"), framework="pt") as f:
+            assert {f.get_slice(key).get_dtype() for key in f.keys()} == {"F32"}
 
 
 def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):

@@ -118,7 +118,7 @@ class AdaptConfig:
     checkpoint_every: int = 50
     gt: list[str] = field(default_factory=list)  # "DATASET:ROOT" labeled copies, for the final report
     device: str = "auto"
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    precision: str = "auto"  # auto = bf16 autocast on GPUs with bf16 in hardware (Ampere on), fp32 elsewhere
     workers: int | None = None
     overwrite: bool = False
     offline: bool = False
@@ -269,10 +269,16 @@ def _init_distributed(device_spec: str) -> tuple[_Dist, torch.device]:
     from flowcli.inference import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    requested = resolve_device(device_spec)  # an unknown or absent device is refused under torchrun too
     if world <= 1:
-        return _Dist(), resolve_device(device_spec)
+        return _Dist(), requested
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_spec in ("auto", "cuda")
+    use_cuda = requested.type == "cuda"
+    if use_cuda and requested.index is not None:
+        raise InputError(
+            f"--device {device_spec} names one GPU, but under torchrun each process takes the GPU of its LOCAL_RANK; "
+            "pass --device cuda (or auto)"
+        )
     if not dist.is_initialized():
         # rank 0 alone measures the model before and after training while the others wait: allow for it
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
@@ -484,10 +490,12 @@ def _distill_terms(net, teachers, batch: dict, plan: Plan, weights: LossWeights,
 
 
 def _precision(spec: str, device: torch.device) -> torch.dtype:
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    from flowcli.inference import resolve_precision
+    from flowcli.inference import native_bf16, resolve_precision
 
+    if spec == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if spec not in ("fp32", "bf16"):  # fp16 too: its gradients underflow without loss scaling, which adapt lacks
+        raise InputError(f"precision must be auto, fp32 or bf16, got {spec!r}")
     return resolve_precision(spec, device)
 
 

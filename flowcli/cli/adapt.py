@@ -33,7 +33,7 @@ _HELP_PARAGRAPHS = [
     "command resumes it. The output is a self-describing checkpoint (architecture + provenance: base weights, "
     "footage fingerprint, steps, losses, before/after metrics, date) that works anywhere with --weights; "
     "OUTPUT_STEM.report.json holds the report. Publish it with `flowcli weights push`.",
-    "On a GPU, bf16 autocast and the fused correlation kernel are used automatically. Several GPUs: "
+    "On a GPU, bf16 autocast (Ampere and later) and the fused correlation kernel are used automatically. Several GPUs: "
     "torchrun --nproc_per_node N -m flowcli.cli.main adapt ... (pairs are sharded with DistributedSampler).",
     "Exit codes: 0 ok, 1 other error or interrupted (resumable), 2 input error, 3 output error, 4 weights error.",
     "Examples:",
@@ -307,7 +307,8 @@ def adapt_command(
     ] = "auto",
     precision: Annotated[
         str,
-        typer.Option("--precision", help="auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16.", rich_help_panel=_MODEL),
+        typer.Option("--precision", help="auto (bf16 on GPUs with bf16 in hardware: Ampere and later; fp32 "
+                     "elsewhere), fp32 or bf16.", rich_help_panel=_MODEL),
     ] = "auto",
     workers: Annotated[
         Optional[int],

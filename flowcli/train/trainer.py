@@ -67,7 +67,7 @@ class TrainConfig:
     # such an average taken along the run.
     ema_decay: float = 0.0
     workers: int = 1
-    device: str = "auto"  # auto | cpu | cuda | mps; bf16 autocast on CUDA
+    device: str = "auto"  # auto | cpu | cuda | mps; bf16 autocast on GPUs with bf16 in hardware (Ampere on)
     model: dict = field(default_factory=dict)  # FlowNetConfig fields
     synth: dict = field(default_factory=dict)  # SynthConfig overrides
 
@@ -595,14 +595,14 @@ def train(
     _check_run_folder(out, overwrite)
     textures = _load_textures(cfg)
     datasets = load_datasets(cfg.datasets)
-    from flowcli.inference import resolve_device
+    from flowcli.inference import native_bf16, resolve_device
 
     # the device and the model (init weights, overrides) are checked before the run folder is made
     device = resolve_device(cfg.device)
     if evaluate is None and cfg.eval_datasets:
         evaluate = dataset_evaluator(cfg.eval_datasets)
     eval_every = cfg.eval_every or (cfg.checkpoint_every if cfg.eval_datasets else 0)
-    autocast = device.type == "cuda"  # bf16 on GPU; on CPU bf16 is slower than fp32 without bf16 units
+    autocast = native_bf16(device)  # elsewhere (most CPUs, GPUs before Ampere) bf16 is slower than fp32
     torch.manual_seed(cfg.seed)
     model, init_sha256 = build_model(cfg)
     multiple = model.config.size_multiple
