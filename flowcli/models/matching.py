@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flowcli.ops.warp import normalized_grid, pixel_grid
+from flowcli.ops.warp import at_least_fp32, normalized_grid, sample_coordinates
 
 
 class FlowDeformableConv(nn.Module):
@@ -38,13 +38,15 @@ class FlowDeformableConv(nn.Module):
 
     def forward(self, feature2: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         b, c, h, w = feature2.shape
-        base = pixel_grid(b, h, w, flow.device, flow.dtype) + flow
+        base = sample_coordinates(flow)  # at least fp32: a bf16 position is off by up to 2 px past 256
+        sampled = at_least_fp32(feature2)
         taps = []
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                offset = torch.tensor([dx, dy], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-                grid = normalized_grid(base + offset).to(feature2.dtype)
-                taps.append(F.grid_sample(feature2, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
+                offset = torch.tensor([dx, dy], device=flow.device, dtype=base.dtype).view(1, 2, 1, 1)
+                grid = normalized_grid(base + offset).to(sampled.dtype)
+                taps.append(F.grid_sample(sampled, grid, mode="bilinear", padding_mode="zeros",
+                                          align_corners=True).to(feature2.dtype))  # fmt: skip
         return self.mix(torch.cat(taps, dim=1))
 
 
