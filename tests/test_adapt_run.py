@@ -859,3 +859,21 @@ def test_under_torchrun_an_absent_or_single_gpu_device_is_refused_not_replaced_b
         trainer._init_distributed("cuda:0")
     ctx, device = trainer._init_distributed("cuda")
     assert (ctx.rank, ctx.world, device) == (1, 2, torch.device("cuda", 1))
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_does_not_pin_its_batches(footage, base, tmp_path, monkeypatch):
+    """pin_memory followed torch.cuda.is_available(): `--device cpu` on a GPU machine started a CUDA context on
+    GPU 0 for page-locked batches that nothing copied to a GPU."""
+    from flowcli.adapt import trainer
+
+    pinned = []
+    real_loader = trainer.DataLoader
+
+    def recording_loader(*args, pin_memory=False, **kwargs):
+        pinned.append(pin_memory)
+        return real_loader(*args, pin_memory=False, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(trainer, "DataLoader", recording_loader)
+    adapt(_config(footage, base, tmp_path / "p.safetensors", steps=2, batch_size=1, device="cpu"), quiet=True)
+    assert pinned and not any(pinned)

@@ -562,8 +562,8 @@ def test_a_ctrl_c_while_a_batch_is_received_waits_for_it_and_shuts_the_data_work
     others = set(multiprocessing.active_children())
     start_batches, received = trainer._batches, []
 
-    def ctrl_c_mid_receive(*args):  # the workers start when the batches are asked for, as they do in train
-        return ctrl_c_before_the_third_batch(start_batches(*args), received, others)
+    def ctrl_c_mid_receive(*args, **kwargs):  # the workers start when the batches are asked for, as they do in train
+        return ctrl_c_before_the_third_batch(start_batches(*args, **kwargs), received, others)
 
     monkeypatch.setattr(trainer, "_batches", ctrl_c_mid_receive)
     with pytest.raises(FlowcliError, match="interrupted at step 2") as raised:

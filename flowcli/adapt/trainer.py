@@ -381,7 +381,9 @@ class StepBatches(Dataset):
         return {"frames": window, **sample_view(gen, self.plan.crop, self.plan.window, self.transform_cfg)}
 
 
-def _loader(dataset: StepBatches, start: int, end: int, workers: int) -> DataLoader:
+def _loader(dataset: StepBatches, start: int, end: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    """`pin_memory` (training on CUDA): page-locked batches, which the step copies to the GPU without waiting; not
+    for a CPU run on a machine with a GPU, where it would start a CUDA context on GPU 0 for nothing."""
     return DataLoader(
         dataset,
         batch_size=None,
@@ -389,7 +391,7 @@ def _loader(dataset: StepBatches, start: int, end: int, workers: int) -> DataLoa
         num_workers=workers,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         worker_init_fn=start_data_worker if workers else None,
     )
 
@@ -1111,7 +1113,7 @@ def _run(cfg, ctx, device, dtype, workdir, state_path, gt_sets, output, quiet, c
                 else:  # with a second timing due, stop at the stage change
                     end = plan.stage1 if recalibrate_at_stage2() else plan.total
                 budget_spent = False
-                batches = iter(_loader(dataset, step, end, workers))
+                batches = iter(_loader(dataset, step, end, workers, pin_memory=device.type == "cuda"))
                 while True:
                     with receiving_batch(workers):
                         batch = next(batches, None)

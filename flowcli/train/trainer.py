@@ -319,13 +319,16 @@ class SynthStream(torch.utils.data.IterableDataset):
 
 
 def _batches(
-    cfg: TrainConfig, step: int, textures: TextureBank | None, datasets: list[tuple[FlowDataset, float]] | None = None
+    cfg: TrainConfig, step: int, textures: TextureBank | None, datasets: list[tuple[FlowDataset, float]] | None = None,
+    pin_memory: bool = False,
 ) -> Iterator:
+    """`pin_memory` (training on CUDA): page-locked batches, which the step copies to the GPU without waiting."""
     stream = SynthStream(cfg, start_index=step * cfg.batch_size, textures=textures, datasets=datasets)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
+        pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if cfg.workers else None,
         worker_init_fn=start_data_worker if cfg.workers else None,
@@ -473,13 +476,15 @@ def _is_evaluations(path: Path) -> bool:
 _STATE_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "step", "history")
 
 
-def _load_state(state_path: Path, device: torch.device, overwrite: bool) -> dict | None:
+def _load_state(state_path: Path, overwrite: bool) -> dict | None:
     """The saved training state, or None when there is none (or, with `overwrite`, when it is unreadable);
     OutputError, as for the run folder's other files, when it cannot be read or is not a flowcli training state."""
     if not state_path.exists():
         return None
     try:
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        # on the CPU: load_state_dict moves the weights and moments to the parameters' device and keeps AdamW's
+        # step counts on the CPU, where a step counter on the GPU would cost a sync per parameter every step
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or not made by flowcli train
         problem = f"is not a readable training state ({str(error).splitlines()[0][:120]})"
     else:
@@ -622,7 +627,7 @@ def train(
     scheduler = _schedule(optimizer, cfg)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, history = 0, []
-    state = _load_state(state_path, device, overwrite)
+    state = _load_state(state_path, overwrite)
     changed = _changed_settings(state["config"], cfg) if state is not None else []
     if changed:
         if not overwrite:
@@ -674,7 +679,7 @@ def train(
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     saved = step if state is not None else -1  # the step whose state is on disk
     model.train()
-    batches = _batches(cfg, step, textures, datasets)
+    batches = _batches(cfg, step, textures, datasets, pin_memory=device.type == "cuda")
     started = time.time()
     try:
         with progress(quiet) as bar:
