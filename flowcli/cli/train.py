@@ -21,8 +21,8 @@ _HELP_PARAGRAPHS = [
     "self-supervised pre-training). --eval scores the weights (the moving average with --ema-decay) during the run.",
     "Interrupt with Ctrl-C at any time: the state is saved and the same command resumes it, bit for bit on the CPU "
     "(on a GPU to within float rounding; a resume may change --checkpoint-every, --eval and --eval-every, which "
-    "cannot change the result; any other difference is refused, naming the settings). The weights are in OUT/last.safetensors (and OUT/ema.safetensors with "
-    "--ema-decay), usable anywhere with --weights.",
+    "cannot change the result; any other difference is refused, naming the settings). The weights are in "
+    "OUT/last.safetensors (and OUT/ema.safetensors with --ema-decay), usable anywhere with --weights.",
     "Exit codes: 0 ok (or a run already finished), 1 other error (an interrupted run: the message says how to "
     "resume), 2 input error (a bad setting, config file, texture or dataset folder), 3 output error (the run "
     "folder), 4 weights error (--init).",
