@@ -6,8 +6,10 @@ flow_occ minus flow_noc) and `occlusion=True`, the forward-backward occlusion es
 with `occlusion_f1` (key `occ_f1`; `occ_f1_learned` for models with an occlusion head).
 
 Stereo datasets: the flow from left to right is estimated with the flow model, disparity is
--u, and `stereo_metrics` scores it; the vertical component (0 for rectified pairs) is reported as
-`vert_abs` (mean |v| over valid pixels, px) and `vert_gt1` (% of valid pixels with |v| > 1 px).
+-u, and `stereo_metrics` scores it over every pixel with a known disparity, occluded ones included
+(Middlebury's "all" mask, not its "nonocc"; KITTI's disp_occ: D1-all); the vertical component (0 for
+rectified pairs) is reported as `vert_abs` (mean |v| over valid pixels, px) and `vert_gt1` (% of valid
+pixels with |v| > 1 px).
 
 Predictions (`evaluate_predictions`): flow or disparity files that any tool wrote, one per item, are
 scored by the same per-item code (`score_item`) instead of a model's output; see `prediction_candidates` and
@@ -17,7 +19,8 @@ elsewhere every pixel needs a value.
 
 `EvalReport.mean` is the mean over items of each metric (NaNs from items without, e.g., occluded
 pixels are skipped), plus pixel-weighted `epe_px`, `fl_all_px` and `d1_px` over all valid pixels of
-the evaluated items (KITTI's convention for Fl-all / D1), `n_valid` and `items`.
+the evaluated items (KITTI 2015's convention for Fl-all / D1; KITTI 2012's devkit averages over images,
+as the item means do), `n_valid` and `items`.
 """
 
 from __future__ import annotations

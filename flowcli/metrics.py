@@ -11,9 +11,12 @@ Averaging over a dataset (see `flowcli.evaluate`): the reported mean is the mean
 Middlebury's table averages its sequences. On Sintel (every frame 1024x436) that equals the mean over
 pixels for `epe` up to the invalid pixels, but `epe_noc` / `epe_occ` weigh every frame alike whatever
 its occluded area, where a mean over pooled pixels (RAFT's evaluate.py) weighs every pixel alike.
-KITTI's official Fl-all and D1 count outliers over all valid pixels of the whole dataset, so every
+KITTI 2015's devkit counts Fl-all and D1 outliers over all valid pixels of the whole dataset, so every
 result also carries `n_valid` (pixels) and the evaluation adds pixel-weighted `*_px` versions of EPE,
-Fl-all and D1 next to the item means.
+Fl-all and D1 next to the item means. KITTI 2012's devkit (evaluate_flow.cpp) averages each image's
+rates and EPE over images, as the item means do, and its Out-Noc / Out-All count EPE > 3 px without
+the 5 % rule: `fl_all` is not its Out-All; 100 - `acc_3px` is, but for errors of exactly 3 px (an
+outlier here, not there). Its Out-Noc, over flow_noc's pixels, has no key here.
 """
 
 from __future__ import annotations
