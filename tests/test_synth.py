@@ -726,3 +726,30 @@ def test_synth_refuses_a_clip_rate_its_video_cannot_store_before_rendering(monke
         code, _, err = run(tmp_path / "new" / name, "--clip", "--size", "32x32", "--fps", fps)
         assert_one_line_error(code, err, 3, needle)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_illumination_change_relights_later_frames_only_and_keeps_older_streams_exact():
+    """Frames that share their light taught features that stop matching when the light changes; the option
+    relights frames 2 (and 3) by a smooth gain, keeps the scene and its flow, and draws nothing when off."""
+    cfg = SynthConfig(height=64, width=96, real_texture_prob=0, noise_std=0.0, num_frames=3)
+    relit = replace(cfg, illumination_prob=1.0, illumination_change=0.4)
+    for seed in range(3):
+        plain = generate_sample(cfg, torch.Generator().manual_seed(seed))
+        changed = generate_sample(relit, torch.Generator().manual_seed(seed))
+        assert torch.equal(changed.flow_forward, plain.flow_forward)
+        assert torch.equal(changed.occlusion_forward, plain.occlusion_forward)
+        assert torch.equal(changed.images[0], plain.images[0])  # the first frame keeps its light
+        for later, before in zip(changed.images[1:], plain.images[1:]):
+            lit = before > 0.05  # where the gain can be read (and nothing was clipped at 1)
+            lit &= later < 0.99
+            gain = (later[lit] / before[lit]).log()
+            assert float(gain.abs().max()) <= 0.4 + 1e-3 and float(gain.std()) > 1e-3
+    generator = torch.Generator().manual_seed(7)
+    generate_sample(cfg, generator)
+    off = torch.Generator().manual_seed(7)
+    generate_sample(replace(cfg, illumination_prob=0.0, illumination_change=0.9), off)
+    assert torch.equal(generator.get_state(), off.get_state())  # off: no draws, every recipe's stream unchanged
+    with pytest.raises(ValueError, match="illumination_prob"):
+        SynthConfig(illumination_prob=1.5)
+    with pytest.raises(ValueError, match="illumination_change"):
+        SynthConfig(illumination_change=-0.1)

@@ -56,6 +56,10 @@ class SynthConfig:
     # varying smoothly across the image (shadows), then quantised to 8 bits as a camera would.
     dark_prob: float = 0.0
     min_exposure: float = 1 / 8
+    # Light that changes between the frames (a cloud, a moving lamp, auto-exposure): every frame after the
+    # first is multiplied by its own smooth gain field, up to `illumination_change` in log units.
+    illumination_prob: float = 0.0
+    illumination_change: float = 0.4
 
     def __post_init__(self):
         if not 0 <= self.min_layers <= self.max_layers:
@@ -73,12 +77,15 @@ class SynthConfig:
             "perspective_prob",
             "thin_prob",
             "dark_prob",
+            "illumination_prob",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a share between 0 and 1, got {getattr(self, name)}")
         # stereo flow is -disparity: a negative one made right images move the wrong way, without a word
         if not self.max_disparity >= 0:
             raise ValueError(f"max_disparity must be a number of pixels >= 0, got {self.max_disparity}")
+        if not self.illumination_change >= 0:
+            raise ValueError(f"illumination_change must be >= 0 (log units), got {self.illumination_change}")
         if not self.noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if not min(self.edge_softness) > 0:  # 0 divides by zero at a shape's edge; below 0 turns shapes inside out
@@ -430,7 +437,9 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
     if cfg.photometric:
         sample.images = degrade(sample, cfg, gen)
         sample.images = photometric_augment(sample.images, gen, cfg.noise_std)
-        if cfg.dark_prob > 0 and _uniform(gen, 0, 1) < cfg.dark_prob:
+        if cfg.illumination_prob > 0 and _uniform(gen, 0, 1) < cfg.illumination_prob:
+            sample.images = illumination_change(sample.images, gen, cfg.illumination_change)
+        if cfg.dark_prob > 0 and _uniform(gen, 0, 1) < cfg.dark_prob:  # last: it quantises to 8 bits
             sample.images = low_light(sample.images, gen, cfg.min_exposure)
     return sample
 
@@ -514,6 +523,23 @@ def low_light(images: list[torch.Tensor], gen: torch.Generator, min_exposure: fl
     shading = F.interpolate(shading, size=(h, w), mode="bicubic", align_corners=True)[0]
     exposure = torch.exp(level + shading).clamp(max=1.0)
     return [torch.round((img * exposure).clamp(0, 1) * 255) / 255 for img in images]
+
+
+def illumination_change(images: list[torch.Tensor], gen: torch.Generator, largest: float) -> list[torch.Tensor]:
+    """Frames after the first times their own smooth gain field: a global gain and a 3x4-control-point field,
+    together up to `largest` log units. The first frame keeps its light, so the flow is unchanged.
+
+    Supervised data whose frames share their light teaches features that stop matching when the light changes
+    (Sintel's market_5: its ground, re-rendered from frame 2 with the true motion, has half the error)."""
+    h, w = images[0].shape[-2:]
+    out = [images[0]]
+    for img in images[1:]:
+        strength = largest * _uniform(gen, 0, 1)
+        field = 2 * torch.rand(1, 1, 3, 4, generator=gen) - 1
+        field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=True)[0]
+        gain = torch.exp(strength * (0.5 * field + 0.5 * _uniform(gen, -1, 1)))
+        out.append((img * gain).clamp(0, 1))
+    return out
 
 
 def generate_batch(cfg: SynthConfig, batch_size: int, gen: torch.Generator, textures: TextureBank | None = None):
