@@ -48,6 +48,19 @@ def test_tiled_cost_volume_matches_the_definition_across_tiles_and_bands(band_ti
     torch.testing.assert_close(_correlation_tiled(f1, f2, 2, tile=4), naive_correlation(f1, f2, 2))
 
 
+@pytest.mark.parametrize("f2_layout", [torch.channels_last, torch.contiguous_format])
+def test_channels_last_features_give_a_channels_last_cost_volume_of_the_same_values(f2_layout):
+    """CPU inference hands in channels-last maps (f2 is NCHW when grid_sample warped it); an NCHW cost
+    volume made torch.cat hand NCHW to the decoder, which oneDNN converted back before each convolution."""
+    torch.manual_seed(2)
+    f1, f2 = torch.randn(2, 6, 11, 21), torch.randn(2, 6, 11, 21)
+    expected = correlation_torch(f1, f2, 4)
+    assert expected.stride(3) == 1  # NCHW features keep an NCHW cost volume (training's layout)
+    out = correlation_torch(f1.contiguous(memory_format=torch.channels_last), f2.contiguous(memory_format=f2_layout), 4)
+    assert out.stride(1) == 1  # channels innermost (a crop of a channels-last tensor: 11x21 is padded to 16x24)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
 def test_correlation_peaks_at_true_shift():
     f2 = torch.randn(1, 16, 20, 20)
     f1 = torch.roll(f2, shifts=(-2, 3), dims=(2, 3))  # f1(x) = f2(x + (dx=-3, dy=2))
@@ -79,8 +92,22 @@ def test_cpu_inference_layout_is_channels_last_and_gives_the_same_flow(matching)
     conv = model.decoder.body[0][0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     torch.testing.assert_close(inference_layout, trained_layout, atol=1e-4, rtol=1e-4)
+    assert inference_layout.is_contiguous()
     model.train()  # training's backward is faster in NCHW
     assert model.decoder.body[0][0].weight.is_contiguous()
+
+
+def test_cpu_inference_hands_every_decoder_convolution_a_channels_last_input():
+    """One NCHW tensor in torch.cat (the coarsest level's zero flow) made every decoder input NCHW from
+    there on, and oneDNN converted each to channels-last before the convolution (~5 % of CPU time)."""
+    model = FlowNet(FlowNetConfig(**TINY)).eval()
+    layouts = []
+    model.decoder.body[0].register_forward_pre_hook(
+        lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 128), torch.rand(1, 3, 64, 128))
+    assert layouts == [True] * len(model.levels)
 
 
 def test_convex_upsampler_starts_as_bilinear_and_keeps_constant_flow_exact():

@@ -292,7 +292,9 @@ class FlowNet(nn.Module):
             f1, f2 = pyramid[lvl - 1][:b], pyramid[lvl - 1][b:]
             m1, m2 = (normalize_for_matching(f1), normalize_for_matching(f2)) if cfg.normalize_features else (f1, f2)
             if flow is None:
-                flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3])
+                # in the features' layout, so that every decoder input is channels-last at CPU inference:
+                # one NCHW input makes torch.cat give NCHW, which oneDNN then converts before each convolution
+                flow = f1.new_zeros(b, 2, f1.shape[2], f1.shape[3]).contiguous(memory_format=_layout(f1))
                 cost = correlation(m1, m2, cfg.max_displacement)
             else:
                 flow = 2.0 * F.interpolate(flow, size=f1.shape[-2:], mode="bilinear", align_corners=False)
@@ -315,7 +317,10 @@ class FlowNet(nn.Module):
         if self.upsampler is not None:
             full = self.upsampler(flow, torch.cat((decoder_feature, flow, f1), dim=1), image1)
         else:
-            full = 2**cfg.output_level * F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+            # flow is channels-last at CPU inference; callers get NCHW
+            full = 2**cfg.output_level * F.interpolate(
+                flow.contiguous(), size=(h, w), mode="bilinear", align_corners=False
+            )
         occlusion = None
         if mask is not None:
             # MaskFlowNet's mask is ~1 where f2 is trusted (visible); occlusion logit is its negation.
