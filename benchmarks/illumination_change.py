@@ -34,12 +34,6 @@ def gain_field(strength: float, seed: int, h: int, w: int) -> torch.Tensor:
     return torch.exp(strength * F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0])
 
 
-def label(name: str) -> str:
-    """A registry name as is; a file as its folder and name (runs keep several files per folder)."""
-    path = Path(name)
-    return f"{path.parent.name}/{path.stem}" if path.suffix else name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", nargs="+", help="registry names or checkpoint files")
@@ -57,6 +51,7 @@ def main() -> None:
         )
     torch.set_num_threads(2)
     level_report = runpy.run_path(str(HERE / "level_errors.py"))["level_report"]
+    label = runpy.run_path(str(HERE / "exposure_range.py"))["label"]  # a checkpoint's name in a table
     models = {name: load_model(name).eval() for name in args.weights}  # first: a wrong name fails before rendering
     bank = TextureBank.from_paths([str(folder) for folder in folders], max_images=40)
     cfg = SynthConfig(height=320, width=448, min_layers=0, max_layers=0, photometric=False, noise_std=0.0,

@@ -68,6 +68,17 @@ def _config(footage, base, output, **overrides) -> AdaptConfig:
     return AdaptConfig(**settings)
 
 
+def _interrupt_at(config: AdaptConfig, step: int) -> None:
+    """Run adapt until `step` is done and stop it there as a Ctrl-C would: the state is saved, to resume."""
+
+    def interrupt(done, record):
+        if done == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FlowcliError, match="to resume"):
+        adapt(config, quiet=True, callback=interrupt)
+
+
 def _photometric(model_path: Path, footage: Path) -> float:
     """Mean photometric error of the forward flow over every pixel of every pair (zero padding outside the
     frame, so flow that leaves the image is not excused)."""
@@ -610,12 +621,7 @@ def test_a_resume_refused_for_changed_settings_is_an_input_error(footage, base, 
 
     output = tmp_path / "r.safetensors"
 
-    def interrupt(step, record):
-        if step == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(FlowcliError, match="to resume"):
-        adapt(_config(footage, base, output, steps=2, batch_size=1), quiet=True, callback=interrupt)
+    _interrupt_at(_config(footage, base, output, steps=2, batch_size=1), step=1)
     with pytest.raises(InputError, match=r"belongs to a run with different settings \(lr\)") as refused:
         adapt(_config(footage, base, output, steps=2, batch_size=1, lr=2e-3), quiet=True)
     assert refused.value.exit_code == 2
@@ -637,13 +643,7 @@ def test_gt_on_another_root_when_resuming_measures_the_base_model_there(footage,
     })  # fmt: skip
     output = tmp_path / "g.safetensors"
 
-    def interrupt(step, record):
-        if step == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(FlowcliError, match="to resume"):
-        adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"kitti2015:{roots[0]}"]), quiet=True,
-              callback=interrupt)  # fmt: skip
+    _interrupt_at(_config(footage, base, output, steps=2, batch_size=1, gt=[f"kitti2015:{roots[0]}"]), step=1)
     result = adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"kitti2015:{roots[1]}"]), quiet=True)
     base_weights = weights_sum(load_checkpoint(base))
     assert result["gt"]["before"]["kitti2015"] == {"root": 1, "weights": base_weights}  # the base, on the new root
@@ -664,13 +664,8 @@ def test_gt_dropped_when_resuming_leaves_the_before_record(footage, base, tmp_pa
     })  # fmt: skip
     output = tmp_path / "g.safetensors"
 
-    def interrupt(step, record):
-        if step == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(FlowcliError, match="to resume"):
-        adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"{n}:{r}" for n, r in roots.items()]),
-              quiet=True, callback=interrupt)  # fmt: skip
+    every_gt = [f"{n}:{r}" for n, r in roots.items()]
+    _interrupt_at(_config(footage, base, output, steps=2, batch_size=1, gt=every_gt), step=1)
     result = adapt(_config(footage, base, output, steps=2, batch_size=1, gt=[f"{n}:{roots[n]}" for n in kept]),
                    quiet=True)  # fmt: skip
     provenance = read_metadata(output)["flowcli.provenance"]
@@ -690,12 +685,7 @@ def test_gt_added_when_resuming_measures_the_base_model_before(footage, base, tm
         pytest.skip("shared data not available")
     output = tmp_path / "g.safetensors"
 
-    def interrupt(step, record):
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(FlowcliError, match="to resume"):
-        adapt(_config(footage, base, output, steps=3), quiet=True, callback=interrupt)
+    _interrupt_at(_config(footage, base, output, steps=3), step=2)
     result = adapt(_config(footage, base, output, steps=3, gt=[f"middlebury:{middlebury}"]), quiet=True)
     base_metrics = headline_metrics(load_checkpoint(base), [("middlebury", str(middlebury))])
     assert result["gt"]["before"] == base_metrics and result["gt"]["after"]["middlebury"]
