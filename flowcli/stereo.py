@@ -188,6 +188,9 @@ class Camera:
     width: int | None = None
     height: int | None = None
     source: str | None = None
+    # where the calibration file gave the baseline, and whether that place takes millimetres (for warnings)
+    baseline_field: str | None = None
+    baseline_in_millimetres: bool = False
 
     def __post_init__(self):
         where = f" in {self.source}" if self.source else ""
@@ -374,6 +377,8 @@ def _camera_from_json(data: dict, path: Path) -> Camera:
         width=None if width is None else _image_size(width, f"calibration {path}: width"),
         height=None if height is None else _image_size(height, f"calibration {path}: height"),
         source=str(path),
+        baseline_field=key,
+        baseline_in_millimetres=dict(_BASELINE_KEYS)[key] != 1.0,
     )
 
 
@@ -422,7 +427,8 @@ def _camera_from_middlebury(text: str, path: Path) -> Camera:
             "line, or doffs=0 for a rig without offset"
         )
     return Camera(focal=cam0[0], baseline=baseline_mm / 1000.0, fy=cam0[4], cx=cam0[2], cy=cam0[5], doffs=doffs,
-                  width=width, height=height, source=str(path))
+                  width=width, height=height, source=str(path), baseline_field="baseline=",
+                  baseline_in_millimetres=True)
 
 
 # ----------------------------------------------------------------------------- point clouds

@@ -753,22 +753,12 @@ def _camera(focal, baseline, calib):
     return replace(base, **changed)
 
 
-def _baseline_origin(baseline, calib) -> tuple[str, bool]:
+def _baseline_origin(baseline, camera) -> tuple[str, bool]:
     """Where the camera's baseline was written, for a warning, and whether that place takes millimetres:
-    ("--baseline", False), ("baseline= in x/calib.txt (a Middlebury calib.txt)", True), ("baseline_mm in rig.json",
-    True)."""
-    if baseline is not None or calib is None:
+    ("--baseline", False), ("baseline= in x/calib.txt", True), ("baseline_mm in rig.json", True)."""
+    if baseline is not None or camera.baseline_field is None:
         return "--baseline", False
-    from flowcli.stereo import _BASELINE_KEYS
-
-    try:
-        data = json.loads(calib.read_text(encoding="utf-8-sig"))
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):  # read_calibration read it as a Middlebury calib.txt
-        return f"baseline= in {calib} (a Middlebury calib.txt)", True
-    key, scale = next((key, scale) for key, scale in _BASELINE_KEYS if key in data)  # the key read_calibration took
-    return f"{key} in {calib}", scale != 1.0
+    return f"{camera.baseline_field} in {camera.source}", camera.baseline_in_millimetres
 
 
 def stereo(
@@ -894,14 +884,14 @@ def stereo(
         raise InputError("--max-depth limits depth, which needs a camera: give --focal PX and --baseline M, or "
                          "--calib FILE, or leave --max-depth out")
     if camera is not None and camera.baseline > LARGEST_LIKELY_BASELINE:
-        where, in_millimetres = _baseline_origin(baseline, calib)
+        where, in_millimetres = _baseline_origin(baseline, camera)
         advice = (
             f"{where} takes millimetres ({camera.baseline * 1000:g} here): check the value" if in_millimetres
             else f"is it in millimetres? {where} takes metres (a JSON calibration may give baseline_mm)"
         )  # fmt: skip
         warn(f"the baseline is {camera.baseline:g} m, far more than a stereo rig's usual few cm to 1 m: {advice}")
     elif camera is not None and camera.baseline < SMALLEST_LIKELY_BASELINE:
-        where, in_millimetres = _baseline_origin(baseline, calib)
+        where, in_millimetres = _baseline_origin(baseline, camera)
         if in_millimetres:
             written = camera.baseline * 1000
             advice = (
