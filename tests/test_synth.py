@@ -753,3 +753,25 @@ def test_illumination_change_relights_later_frames_only_and_keeps_older_streams_
         SynthConfig(illumination_prob=1.5)
     with pytest.raises(ValueError, match="illumination_change"):
         SynthConfig(illumination_change=-0.1)
+
+
+def test_synth_relight_writes_the_same_scenes_with_frame_2_relit(monkeypatch, capsys, tmp_path):
+    """`--relight P` is the generator's illumination_prob: the flow and frame 1 stay, frame 2 changes its light."""
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.io.flow_formats import read_flo
+    from flowcli.io.media import read_image
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--relight", "1.5")
+    assert_one_line_error(code, err, 2, "--relight", "between 0 and 1")
+    for name, share in (("plain", "0"), ("relit", "1")):
+        code, _, err = run(tmp_path / name, "-n", "1", "--size", "64x64", "--relight", share, "-q")
+        assert code == 0, err
+    assert json.loads((tmp_path / "relit" / "synth.json").read_text())["relight"] == 1.0
+    plain, relit = tmp_path / "plain" / "00000", tmp_path / "relit" / "00000"
+    assert (read_flo(f"{plain}_flow.flo") == read_flo(f"{relit}_flow.flo")).all()
+    assert torch.equal(read_image(f"{plain}_img1.png"), read_image(f"{relit}_img1.png"))
+    assert not torch.equal(read_image(f"{plain}_img2.png"), read_image(f"{relit}_img2.png"))
