@@ -131,10 +131,12 @@ def _is_pickle(path: str | Path) -> bool:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the architecture the metadata names and load the weights strictly (fp32)."""
     meta = read_metadata(path)
+    with safe_open(str(path), framework="pt") as f:  # the header: names, shapes and dtypes, no data
+        stored_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     lacks = [] if "flowcli.model" in meta else ["flowcli.model metadata (the architecture)"]
-    with safe_open(str(path), framework="pt") as f:
-        if not f.keys():
-            lacks.append("tensors (the weights)")
+    if not stored_shapes:
+        lacks.append("tensors (the weights)")
     if lacks:  # flowcli metadata alone reads without an error, yet holds no model
         raise WeightsError(
             f"{path} is not a flowcli model: it has no {' and no '.join(lacks)}; use a checkpoint written by flowcli "
@@ -154,9 +156,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
         expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise WeightsError(f"{path} describes an architecture this flowcli cannot build: {error}") from None
-    with safe_open(str(path), framework="pt") as f:  # the header: names, shapes and dtypes, no data
-        stored_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     missing = sorted(set(expected) - set(stored_shapes))
     unexpected = sorted(set(stored_shapes) - set(expected))
     wrong_shape = sorted(k for k in set(stored_shapes) & set(expected) if stored_shapes[k] != expected[k])
