@@ -1,5 +1,6 @@
 """The synthetic generator's ground truth is exact."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -22,6 +23,7 @@ SCENES = {
     "layers": {},
     "stereo": {"stereo": True},
     "plane-and-bars": {"perspective_prob": 1.0, "thin_prob": 0.5},
+    "zoom": {"zoom_prob": 1.0},
 }
 
 
@@ -775,3 +777,48 @@ def test_synth_relight_writes_the_same_scenes_with_frame_2_relit(monkeypatch, ca
     assert (read_flo(f"{plain}_flow.flo") == read_flo(f"{relit}_flow.flo")).all()
     assert torch.equal(read_image(f"{plain}_img1.png"), read_image(f"{relit}_img1.png"))
     assert not torch.equal(read_image(f"{plain}_img2.png"), read_image(f"{relit}_img2.png"))
+
+
+def test_zoom_scales_the_background_by_up_to_its_range_and_draws_nothing_when_off():
+    """A model trained on backgrounds that scale by a few per cent fails where a ground scales by a quarter
+    (market_5); `zoom_prob` scales the background about a focus by up to `zoom_range` per axis."""
+    cfg = SynthConfig(height=64, width=96, min_layers=0, max_layers=0, real_texture_prob=0, noise_std=0.0,
+                      background_translation=0.0, rotation_deg=0.0, log_scale=0.0, shear=0.0)
+    zoomed = replace(cfg, zoom_prob=1.0, zoom_range=0.35)
+    largest = 0.0
+    for seed in range(12):
+        flow = generate_sample(zoomed, torch.Generator().manual_seed(seed)).flow_forward.double()
+        # an affine flow: its x-derivative of u and y-derivative of v are the two scales minus one
+        scale_x = 1 + float((flow[0, :, 1:] - flow[0, :, :-1]).mean())
+        scale_y = 1 + float((flow[1, 1:] - flow[1, :-1]).mean())
+        for s in (scale_x, scale_y):
+            assert abs(math.log(s)) <= 0.35 + 1e-4
+        largest = max(largest, abs(math.log(scale_x)), abs(math.log(scale_y)))
+    assert largest > 0.15  # far beyond the few per cent of the default background
+    plain = generate_sample(cfg, torch.Generator().manual_seed(0)).flow_forward
+    assert float(plain.abs().max()) < 1e-3  # with every other motion off, no zoom means no motion
+    generator, off = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    generate_sample(cfg, generator)
+    generate_sample(replace(cfg, zoom_range=0.9), off)
+    assert torch.equal(generator.get_state(), off.get_state())  # off: no draws, every recipe's stream unchanged
+    with pytest.raises(ValueError, match="zoom_prob"):
+        SynthConfig(zoom_prob=-0.1)
+    with pytest.raises(ValueError, match="zoom_range"):
+        SynthConfig(zoom_range=1.5)
+
+
+def test_synth_zoom_option_is_the_generators_zoom_and_is_recorded(monkeypatch, capsys, tmp_path):
+    import json
+
+    from cli_harness import assert_one_line_error, in_process_cli
+
+    from flowcli.io.flow_formats import read_flo
+
+    run = in_process_cli(monkeypatch, capsys, "synth")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--zoom", "2")
+    assert_one_line_error(code, err, 2, "--zoom", "between 0 and 1")
+    for name, share in (("plain", "0"), ("zoomed", "1")):
+        code, _, err = run(tmp_path / name, "-n", "1", "--size", "64x64", "--zoom", share, "-q")
+        assert code == 0, err
+    assert json.loads((tmp_path / "zoomed" / "synth.json").read_text())["zoom"] == 1.0
+    assert not (read_flo(tmp_path / "plain" / "00000_flow.flo") == read_flo(tmp_path / "zoomed" / "00000_flow.flo")).all()

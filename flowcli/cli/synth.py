@@ -83,6 +83,10 @@ def synth(
         0.0, help="Share of scenes whose later frames are relit by a smooth gain field (up to 0.4 log units): light "
         "that changes between the frames, as clouds, lamps and auto-exposure change it."
     ),
+    zoom: float = typer.Option(
+        0.0, help="Share of scenes whose background zooms between the frames by up to 0.35 log units on each axis "
+        "(x0.70 to x1.42), as a ground or a wall does when the camera moves towards or away from it."
+    ),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
     fps: float = typer.Option(None, help="Frame rate of --clip videos (default 12)."),
     overwrite: bool = typer.Option(
@@ -139,7 +143,8 @@ def synth(
     if abs(seed) > MAX_SEED:
         raise InputError(f"--seed must be between -10^12 and 10^12; got {seed}")
     shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
-              ("--perspective", perspective), ("--thin", thin), ("--dark", dark), ("--relight", relight))
+              ("--perspective", perspective), ("--thin", thin), ("--dark", dark), ("--relight", relight),
+              ("--zoom", zoom))
     for name, share in shares:
         if not 0 <= share <= 1:
             raise InputError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
@@ -169,7 +174,7 @@ def synth(
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
                       perspective_prob=perspective, thin_prob=thin, dark_prob=dark, min_exposure=min_exposure,
-                      illumination_prob=relight)
+                      illumination_prob=relight, zoom_prob=zoom)
 
     def to_uint8(img: torch.Tensor):
         return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -212,7 +217,7 @@ def synth(
     settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
                 "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
-                "relight": relight, "textures": [str(Path(t)) for t in textures or []]}
+                "relight": relight, "zoom": zoom, "textures": [str(Path(t)) for t in textures or []]}
     with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(settings, indent=2))
     with progress(quiet) as bar:
@@ -245,7 +250,7 @@ _TRIPLET_KINDS = {"img3.png", "flow_23.flo"}
 # fewer shares, and the rendering speed).
 _SETTINGS_KEYS = {"count", "size", "seed", "stereo", "frames", "textures"}
 _VERSION_SETTINGS_KEYS = {
-    "motion_blur", "defocus", "haze", "perspective", "thin", "dark", "min_exposure", "relight", "scenes_per_second"
+    "motion_blur", "defocus", "haze", "perspective", "thin", "dark", "min_exposure", "relight", "zoom", "scenes_per_second"
 }  # fmt: skip
 
 
