@@ -250,7 +250,8 @@ _TRIPLET_KINDS = {"img3.png", "flow_23.flo"}
 # fewer shares, and the rendering speed).
 _SETTINGS_KEYS = {"count", "size", "seed", "stereo", "frames", "textures"}
 _VERSION_SETTINGS_KEYS = {
-    "motion_blur", "defocus", "haze", "perspective", "thin", "dark", "min_exposure", "relight", "zoom", "scenes_per_second"
+    "motion_blur", "defocus", "haze", "perspective", "thin", "dark", "min_exposure", "relight", "zoom",
+    "scenes_per_second",
 }  # fmt: skip
 
 
