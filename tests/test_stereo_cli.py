@@ -138,6 +138,26 @@ def test_names_with_brackets_are_shown_as_given(media, tmp_path, cli, exact_flow
 # ----------------------------------------------------------------------------- outputs against ground truth
 
 
+def test_depth_png_says_when_depths_beyond_its_range_were_written_as_invalid(media, tmp_path, cli, exact_flow):
+    """A 16-bit millimetre PNG holds depths up to 65.535 m; farther pixels were written as 0 (invalid) without a
+    word, so a far scene came out as holes."""
+    scene = media["scene"]
+    far = scene.focal * scene.baseline * 1000  # every depth x1000: tens of metres and more
+    code, _, err = cli(media["left"], media["right"], "--weights", media["weights"], "--focal", far,
+                       "--baseline", scene.baseline, "-o", tmp_path / "far", "--depth-png", "--depth", "-q")
+    assert code == 0, err
+    depth = read_npy(tmp_path / "far" / "scene_depth.npy")
+    millimetres = read_png(tmp_path / "far" / "scene_depth.png")
+    beyond = depth > 65.5355
+    assert beyond.any() and (millimetres[beyond] == 0).all()
+    assert "beyond 65.535 m" in err and "--depth-pfm" in err
+    code, _, err = cli(media["left"], media["right"], "--weights", media["weights"], "--focal", scene.focal,
+                       "--baseline", scene.baseline, "-o", tmp_path / "near", "--depth-png", "-q")
+    assert code == 0 and "65.535" not in err, err
+
+
+
+
 def test_every_output_round_trips_and_depth_is_f_b_over_d(media, tmp_path, cli, exact_flow):
     scene = media["scene"]
     out = tmp_path / "out"

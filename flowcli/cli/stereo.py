@@ -1161,6 +1161,7 @@ class _Run:
 
         from flowcli.stereo import (
             DEFAULT_MAX_VERTICAL,
+            PNG_DEPTH_SCALE,
             depth_from_disparity,
             disparity_to_rgb,
             estimate_disparity,
@@ -1202,6 +1203,12 @@ class _Run:
             if self.camera is not None:
                 depth_map = depth_from_disparity(disparity, self.camera.focal, self.camera.baseline,
                                                  doffs=self.camera.doffs, max_depth=self.max_depth)
+            if depth_map is not None and "depth_png" in planned.missing:
+                beyond = float((np.rint(depth_map * PNG_DEPTH_SCALE) > 65535).mean())  # as depth_to_png_array
+                if beyond:
+                    self._warn_once(number, source, "depth_png", f"{label}: {100 * beyond:.2g}% of the depth lies "
+                                    "beyond 65.535 m, which a 16-bit millimetre PNG cannot hold: those pixels are 0 "
+                                    "(invalid) there; --depth (.npy) or --depth-pfm keep them")
             colours = None
             if writer is not None or "vis" in planned.missing:
                 colours = disparity_to_rgb(disparity, self.max_disparity)
