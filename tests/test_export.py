@@ -262,3 +262,15 @@ def test_a_long_output_path_is_printed_on_one_line(monkeypatch, capsys, tmp_path
         f"exporting {tiny_checkpoint} to {output} ...",
         f"wrote {output} (0.0 MB, 0.0 s); not checked",
     ]
+
+
+def test_a_folder_as_output_is_refused_with_a_file_name_to_give(monkeypatch, capsys, tmp_path):
+    """`-o models/` (a folder) was told only that it "should end in .onnx"."""
+    monkeypatch.setattr(flowcli.models, "load_model_and_file", _weights_must_not_load)
+    run = in_process_cli(monkeypatch, capsys, "export")
+    (tmp_path / "models").mkdir()
+    code, _, err = run("-w", "hf://owner/repo/flow.safetensors@v1", "-o", tmp_path / "models")
+    assert_one_line_error(
+        code, err, 3, f"-o {tmp_path / 'models'} is a folder", f"-o {tmp_path / 'models' / 'flow.onnx'}"
+    )
+    assert list((tmp_path / "models").iterdir()) == []

@@ -4,6 +4,7 @@ outputs, the video, and one-line errors that leave nothing written. Runs in-proc
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -639,3 +640,25 @@ def test_values_beyond_float32_are_unknown_without_a_numpy_warning(monkeypatch, 
     assert "overflow" not in err and err == ""
     flow_line, disparity_line = _json_lines(out)
     assert flow_line["valid_fraction"] == disparity_line["valid_fraction"] == round(1 - 1 / (H * W), 6)
+
+
+def test_paths_with_brackets_are_shown_as_given(run, tmp_path):
+    """-o 'o[/b]x' ended in a rich MarkupError traceback after every file was written, and a file or folder name
+    with [red] in it lost it on stderr (yz.flo)."""
+    write_flo(tmp_path / "y[red]z.flo", _flow())
+    for output in (tmp_path / "o[/b]x", tmp_path / "o [bold]y"):
+        code, _, err = run(tmp_path / "y[red]z.flo", "-o", output)
+        assert code == 0, err
+        assert "Traceback" not in err and f"1 input(s) -> 1 file(s) in {output}" in err
+        assert "y[red]z.flo" in err  # the progress bar's file name
+        assert _files(output) == ["y[red]z_vis.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_is_refused_as_no_regular_file_not_as_missing(run, tmp_path):
+    """A pipe, as `flowcli vis <(cat x.flo)` gives, was said not to exist."""
+    write_flo(tmp_path / "good.flo", _flow())
+    os.mkfifo(tmp_path / "pipe.flo")
+    code, _, err = run(tmp_path / "good.flo", tmp_path / "pipe.flo", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 2, "pipe.flo is not a regular file or folder", "save it to a file first")
+    assert _files(tmp_path / "vis") == []

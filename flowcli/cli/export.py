@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import typer
 
 from flowcli.cli.options import MODEL_PANEL, OUTPUT_PANEL, OfflineOption, OverwriteOption, WeightsOption
-from flowcli.errors import InputError
+from flowcli.errors import InputError, OutputError
 
 EXPORT_HELP = (
     "Export a flow model to ONNX, to run it without flowcli or PyTorch.\n\n"
@@ -75,6 +75,8 @@ def export_command(
     name = weights or DEFAULT_MODEL
     if output is None:
         output = _default_output(name)
+    if output.is_dir() and output.suffix.lower() != ".onnx":  # `-o models/`
+        raise OutputError(f"-o {output} is a folder; give the file's name, e.g. -o {output / _default_output(name)}")
     if output.name.lower() == ".onnx":  # Path('.onnx') is a hidden file with no suffix
         raise InputError(f"-o {output} has no name before .onnx; give one, such as model.onnx")
     if output.suffix.lower() != ".onnx":

@@ -220,6 +220,11 @@ def collect_inputs(arguments: list[str]) -> list[_Input]:
                     f"{argument}: unknown extension '{shown}'; flowcli vis reads {', '.join(SUFFIXES)} files"
                 )
             found = [path]
+        elif path.exists():  # a pipe (<(command)) or a device: not "does not exist"
+            raise InputError(
+                f"{argument} is not a regular file or folder; flowcli vis reads each input twice, so save it to a "
+                "file first"
+            )
         elif _is_glob(argument):
             matches = [Path(match) for match in glob.glob(argument, recursive=True)]
             if not matches:
@@ -536,7 +541,9 @@ def vis(
 ) -> None:
     stdout = sys.stdout  # the progress display may redirect sys.stdout while it runs
 
-    from flowcli.console import progress, stderr, warn
+    from rich.markup import escape  # a file name as given: y[red]z.flo is not "yz.flo" in red
+
+    from flowcli.console import progress, say, warn
     from flowcli.io.flow_formats import write_png
     from flowcli.io.media import VideoWriter
     from flowcli.outputs import check_template
@@ -577,7 +584,7 @@ def vis(
                     known = global_full_colour[field.kind]
                     wider = min if field.kind == "depth" else max
                     global_full_colour[field.kind] = full_colour if known is None else wider(known, full_colour)
-            bar.update(task, advance=1, info=item.path.name)
+            bar.update(task, advance=1, info=escape(item.path.name))
     for message in all_unknown:
         warn(message)
     if backward and not any(item.has_backward for item in items):
@@ -615,12 +622,12 @@ def vis(
                     "max": _rounded(field.largest()),
                     "valid_fraction": round(float(field.valid.mean()), 6),
                 })
-            bar.update(task, advance=1, info=item.path.name)
+            bar.update(task, advance=1, info=escape(item.path.name))
     if writer is not None:
         emit({"type": "video", "output": str(writer.path), "frames": writer.frames_written, "fps": writer.fps})
     if not quiet:
         written = sum(len(item.outputs(output, template)) for item in items) + (1 if video else 0)
-        stderr.print(f"{len(items)} input(s) -> {written} file(s) in {output}", highlight=False)
+        say(f"{len(items)} input(s) -> {written} file(s) in {output}")
 
 
 def _rounded(value: float | None) -> float | None:
