@@ -804,3 +804,55 @@ def test_an_input_interrupted_between_its_files_leaves_none_of_them(tmp_path, cl
     run = cli(args)  # the re-run finds nothing of the interrupted one in its way
     assert run.exit_code == 0, run.output
     assert (tmp_path / "out" / f"{source.stem}.pose.json").is_file()
+
+
+def test_an_input_named_like_another_inputs_overlay_is_never_replaced_nor_removed(tmp_path, cli):
+    """A folder fitted into itself with --overwrite: the picture x.overlay.png next to x.jpg (no x.pose.json, so a
+    user's file and an input) was removed as a stale output of x, or replaced by x's overlay."""
+    import shutil
+
+    import imageio.v3 as iio
+
+    from flowcli.errors import OutputError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(IMAGE, folder / "x.jpg")
+    iio.imwrite(folder / "x.overlay.png", np.full((100, 100, 3), 128, np.uint8))  # faceless: fails, x.jpg is fitted
+    picture = (folder / "x.overlay.png").read_bytes()
+    run = cli(["face", "fit", folder, "-o", folder, "--overwrite", "--no-overlay", "--mesh-format", "none", "-q"])
+    assert run.exception.exit_code == 2 and "1 of 2 inputs failed" in str(run.exception), run.output
+    assert (folder / "x.pose.json").is_file() and (folder / "x.overlay.png").read_bytes() == picture
+    (folder / "x.pose.json").unlink()  # else x.overlay.png reads as the earlier run's overlay, not an input
+    run = cli(["face", "fit", folder, "-o", folder, "--overwrite", "--mesh-format", "none", "-q"])
+    assert isinstance(run.exception, OutputError) and run.exception.exit_code == 3, run.output
+    assert "x.overlay.png is one of the inputs" in str(run.exception) and "another folder with -o" in str(run.exception)
+    assert (folder / "x.overlay.png").read_bytes() == picture
+
+
+def test_a_video_faster_than_an_mp4_overlay_stores_is_refused_before_its_fit(tmp_path, cli):
+    """A clip timed in microseconds plays at millions of fps: its overlay was written at 1,001,000 fps (ffmpeg's
+    most), shorter than the clip, while pose.json stated the clip's rate. It is refused before any work, saying
+    that --no-overlay fits it."""
+    import subprocess
+
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    from flowcli.errors import InputError
+
+    plain, clip = tmp_path / "plain.mp4", tmp_path / "fast.mp4"
+    iio.imwrite(plain, np.full((2, 96, 96, 3), 128, np.uint8), fps=5, macro_block_size=1)
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i"]
+    fine = tmp_path / "fine.mp4"
+    commands = [
+        [*ffmpeg, str(plain), "-c", "copy", "-video_track_timescale", "100000000", str(fine)],
+        [*ffmpeg, str(fine), "-c", "copy", "-bsf:v", "setts=ts=N", str(clip)],  # frames 10 ns apart
+    ]
+    if any(subprocess.run(c, capture_output=True, check=False).returncode for c in commands):
+        pytest.skip("this ffmpeg cannot re-time a test video")
+    out = tmp_path / "out"
+    run = cli(["face", "fit", clip, "-o", out, "--json", "-q"])
+    assert isinstance(run.exception, InputError) and run.exception.exit_code == 2, run.output
+    assert "plays at 1e+08 fps, above the 1,001,000 fps" in str(run.exception) and "--no-overlay" in str(run.exception)
+    assert not out.exists()

@@ -2,6 +2,7 @@
 Also the readers: every stored image layout comes back as upright 8-bit RGB, every video frame once."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,31 +100,86 @@ def test_half_precision_pictures_are_scaled_like_other_floats():
 
 def test_mp4_writer_leaves_no_temp_file_when_the_encoder_fails(tmp_path, monkeypatch):
     """An encoder that fails to start or to finish: one OutputError, and no hidden temp file left behind."""
-    import imageio.v2 as imageio
+    import imageio_ffmpeg
 
     path = tmp_path / "clip.overlay.mp4"
+    frame = np.zeros((64, 64, 3), np.uint8)
     writer = writers.Mp4Writer(path, 10.0)
-
-    def broken_close():
-        raise OSError("[Errno 32] Broken pipe\nffmpeg said more")
-
-    writer._writer.close()  # the real encoder ends; then pretend it failed to finish
-    monkeypatch.setattr(writer._writer, "close", broken_close)
-    with pytest.raises(OutputError, match="cannot write .*Broken pipe$"):
+    writer.append(frame)
+    writer._writer._process.kill()  # the encoder dies before it finishes the file
+    killed = f"^cannot write video {re.escape(str(path))}: ffmpeg failed \\(killed by SIGKILL\\)$"  # not its temp file
+    with pytest.raises(OutputError, match=killed):
         writer.close(ok=True)
     assert list(tmp_path.iterdir()) == []
     writer = writers.Mp4Writer(path, 10.0)
-    writer._writer.close()
-    monkeypatch.setattr(writer._writer, "close", broken_close)
+    writer.append(frame)
+    writer._writer._process.kill()
     writer.close(ok=False)  # already failing: the first error is the one the caller reports
     assert list(tmp_path.iterdir()) == []
 
-    def no_encoder(*args, **kwargs):
+    def no_encoder():
         raise RuntimeError("no ffmpeg here")
 
-    monkeypatch.setattr(imageio, "get_writer", no_encoder)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", no_encoder)
+    writer = writers.Mp4Writer(path, 10.0)
     with pytest.raises(OutputError, match="no ffmpeg here"):
-        writers.Mp4Writer(path, 10.0)
+        writer.append(frame)
+    writer.close(ok=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mp4_writer_on_a_full_disk_is_an_output_error_not_a_truncated_video(tmp_path, monkeypatch):
+    """ffmpeg failing to write the overlay (a full disk, here a file size limit) went unnoticed: the truncated
+    file was renamed into place as the video, and the run ended with exit 0."""
+    import resource
+    import subprocess
+
+    real_popen = subprocess.Popen
+
+    def popen_with_a_small_disk(*args, **kwargs):
+        before = kwargs.get("preexec_fn")
+
+        def limit():
+            if before is not None:
+                before()
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+        return real_popen(*args, **{**kwargs, "preexec_fn": limit})
+
+    monkeypatch.setattr(subprocess, "Popen", popen_with_a_small_disk)
+    noise = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)  # far above 4 KB encoded
+    writer = writers.Mp4Writer(tmp_path / "clip.overlay.mp4", 10.0)
+    with pytest.raises(OutputError, match="^cannot write .*clip.overlay.mp4: ffmpeg "):
+        ok = False
+        try:
+            for frame in noise:
+                writer.append(frame)
+            ok = True
+        finally:
+            writer.close(ok)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mp4_writer_refuses_a_rate_the_container_cannot_store(tmp_path):
+    """A clip timed in microseconds plays at millions of fps: ffmpeg stored the overlay at 1,001,000 fps, shorter
+    than the clip, without an error (and above 2^31 fps wrote an empty file)."""
+    with pytest.raises(OutputError, match="at most 1,001,000 fps"):
+        writers.Mp4Writer(tmp_path / "clip.overlay.mp4", 2e6)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npy_on_a_full_disk_is_an_output_error(tmp_path):
+    """numpy reports a short write (a full disk, here a file size limit) as "N requested and M written", an
+    OSError without errno that went through as a traceback."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OutputError, match="^cannot write .*a.npy: .*the disk may be full"):
+            writers.write_npy(tmp_path / "a.npy", np.zeros((68, 468, 3)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -148,6 +204,32 @@ def test_a_variable_frame_rate_video_gives_each_frame_once(tmp_path):
     reader.close()
     assert len(frames) == 10 and reader.decode_error is None
     assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
+
+
+def test_a_video_with_a_frame_that_cannot_be_decoded_warns_that_the_numbers_shift(tmp_path):
+    """ffmpeg leaves out a frame it cannot decode without an error: the face reader went on silently, so the JSON's
+    frame t was the file's frame t + 1 from there on (flowcli's other reader warns of it)."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from flowcli.face.media import VideoReader
+
+    path = tmp_path / "damaged.avi"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=5",
+               "-frames:v", "3", "-c:v", "mjpeg", str(path)]  # fmt: skip
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("this ffmpeg cannot make an MJPEG test video")
+    data = bytearray(path.read_bytes())
+    second = [m.start() for m in re.finditer(b"\xff\xd8\xff", data)][1]  # frame 1's JPEG
+    data[second + 2 : second + 600] = bytes(598)
+    path.write_bytes(bytes(data))
+    reader = VideoReader(path)
+    with pytest.warns(UserWarning, match="only 2 of about 3 frames decoded; the file is damaged"):
+        frames = list(reader)
+    reader.close()
+    assert len(frames) == 2 and reader.decode_error is None
 
 
 def test_a_float_picture_with_resampling_overshoot_is_read_as_0_to_1():

@@ -180,7 +180,7 @@ def fit_command(
             "--blendshape-names ict to write the model's own names"
         )
     flow_fn = _flow_model(flow_device, flow_precision) if flow and any(is_video(p) for p in inputs) else None
-    job = FaceJob(pipeline, Path(output), settings, json_lines)
+    job = FaceJob(pipeline, Path(output), settings, json_lines, inputs)
     stems = _unique_stems(inputs, max_faces)
     fitted = []  # stems whose outputs this run wrote
     new_folders = _missing_folders(Path(output))
@@ -410,7 +410,7 @@ def _unique_stems(paths: list[Path], max_faces: int = 1) -> list[str]:
 class FaceJob:
     """Writes the outputs of one run and prints JSON lines."""
 
-    def __init__(self, pipeline, output: Path, settings: dict, json_lines: bool):
+    def __init__(self, pipeline, output: Path, settings: dict, json_lines: bool, inputs: list[Path]):
         self.pipeline = pipeline
         self.model = pipeline.model
         self.output = output
@@ -418,6 +418,8 @@ class FaceJob:
         self.json_lines = json_lines
         self.records_printed = 0
         self.written: set[Path] = set()  # every output file this run wrote
+        # never replaced nor removed: a picture named like another's output (x.overlay.png next to x.png)
+        self.inputs = {path.resolve() for path in inputs}
 
     # --- file names -----------------------------------------------------------------------------------------
 
@@ -446,6 +448,11 @@ class FaceJob:
             for key, path in self.outputs(st, video).items():
                 if key == "overlay" and st != stem:
                     continue
+                if path.resolve() in self.inputs:  # --overwrite would replace it, --overwrite's cleanup remove it
+                    raise OutputError(
+                        f"{path} is one of the inputs, and the results of {stem} would replace it; write them to "
+                        "another folder with -o, or rename that input"
+                    )
                 check_writable(path, self.s["overwrite"])
 
     def _names_and_weights(self, exp_weights):
@@ -480,7 +487,7 @@ class FaceJob:
         others = set(stems) - set(fitted)
         for entry in self.output.iterdir():
             name = entry.name
-            if name in written or not entry.is_file() or entry.is_symlink():
+            if name in written or not entry.is_file() or entry.is_symlink() or entry.resolve() in self.inputs:
                 continue
             owners = [stem for stem in fitted if _owned_by(name, stem)]
             if owners and not any(_owned_by(name, stem) for stem in others):
@@ -585,10 +592,18 @@ class FaceJob:
         from flowcli.console import warn
         from flowcli.face.media import VideoReader
         from flowcli.face.video import ClipTextures, VideoOptions, fit_video, small_gray
+        from flowcli.io.media import max_fps
 
         options = VideoOptions()
         # pass 1: landmarks (tracked); the census grays and flows come from a second decode, as the fit needs them
         reader = VideoReader(path)
+        overlay = self.outputs(stem, video=True).get("overlay")
+        if overlay is not None and reader.fps > max_fps(overlay):  # known before the fit, which would be lost
+            reader.close()
+            raise InputError(
+                f"{path} plays at {reader.fps:g} fps, above the {max_fps(overlay):,} fps an MP4 overlay stores; "
+                "pass --no-overlay to fit it without one"
+            )
         name = escape(path.name)  # a progress description is markup: [red]take.mp4 is a file name
         task = bar.add_task(f"{name}: landmarks", total=max_frames, info="")
         points, previous, zoom = [], None, 1.0

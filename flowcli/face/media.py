@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowcli.console import warn
 from flowcli.errors import InputError
 from flowcli.io import media
 from flowcli.io.media import IMAGE_SUFFIXES, is_video, natural_sort_key
@@ -106,6 +107,13 @@ class VideoReader(media.VideoReader):
                 try:
                     raw = next(stream)
                 except StopIteration:
+                    # ffmpeg skips frames it cannot decode without an error: the later ones take their numbers
+                    if self.num_frames and index < 0.9 * self.num_frames:
+                        warn(
+                            f"{self.path.name}: only {index} of about {self.num_frames} frames decoded; the file is "
+                            "damaged or truncated: frames that could not be decoded are left out, and any after them "
+                            "are numbered earlier"
+                        )
                     return
                 except (RuntimeError, OSError) as error:
                     self.decode_error = f"frame {index}: {media._one_line(error)}"

@@ -165,7 +165,13 @@ def write_json(path, payload, overwrite=False) -> Path:
 
 def write_npy(path, array, overwrite=False) -> Path:
     with atomic_path(path, overwrite) as tmp:
-        np.save(tmp, np.asarray(array))
+        try:
+            np.save(tmp, np.asarray(array))
+        except OSError as error:
+            if error.errno is not None:
+                raise
+            # numpy's short write on a full disk ("N requested and M written") has no errno to know it by
+            raise OutputError(f"cannot write {path}: {error}; the disk may be full; choose another output") from None
     return Path(path)
 
 
@@ -195,48 +201,56 @@ def _first_line(error: BaseException) -> str:
 
 
 class Mp4Writer:
-    """An H.264 MP4 written to a temp file and renamed on close; frames are padded to even sizes."""
+    """An H.264 MP4 written to a temp file and renamed on close (with the other files of a `published_together`
+    block); odd sizes are padded by repeating the last row and column. flowcli's VideoWriter encodes it: it refuses
+    a rate the container cannot store and checks ffmpeg's exit status, so a video it could not finish (a full
+    disk) is an OutputError, never a truncated file."""
+
+    CRF = 15  # imageio's quality 7, which wrote these overlays before
 
     def __init__(self, path, fps: float, overwrite=False):
-        import imageio.v2 as imageio
+        from flowcli.io.media import VideoWriter, check_fps_fits
 
+        self.path = Path(path)
+        check_fps_fits(self.path, fps)
         self._context = atomic_path(path, overwrite)
         self._tmp = self._context.__enter__()
         try:
-            self._writer = imageio.get_writer(
-                str(self._tmp),
-                format="FFMPEG",
-                fps=fps,
-                codec="libx264",
-                quality=7,
-                macro_block_size=1,
-                pixelformat="yuv420p",
-                ffmpeg_log_level="error",
-            )
+            self._writer = VideoWriter(self._tmp, fps, overwrite=True, crf=self.CRF)
+            self._writer.__enter__()
         except BaseException as error:  # no temp file left behind
             self._context.__exit__(type(error), error, error.__traceback__)
-            if isinstance(error, Exception):
-                raise OutputError(f"cannot write {path}: {_first_line(error)}") from None
+            if isinstance(error, ValueError):  # a rate below the lowest it stores
+                raise OutputError(f"cannot write {path}: {error}") from None
             raise
-        self.path = Path(path)
+
+    def _as_ours(self, error: Exception) -> OutputError:
+        """The encoder's error, naming the video rather than its temp file."""
+        return OutputError(_first_line(error).replace(str(self._tmp), str(self.path)))
 
     def append(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
         if h % 2 or w % 2:
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        self._writer.append_data(frame)
+        try:
+            self._writer.write(frame)
+        except OutputError as error:
+            raise self._as_ours(error) from None
+        except (OSError, RuntimeError) as error:  # no ffmpeg executable
+            raise OutputError(f"cannot write {self.path}: {_first_line(error)}") from None
 
     def close(self, ok: bool = True) -> None:
-        """Keep the video (ok) or remove its temp file; an encoder that fails to close never leaves one."""
+        """Keep the video (ok) or remove its temp file; an encoder that fails to finish never leaves one."""
         try:
-            self._writer.close()
+            if ok:
+                self._writer.__exit__(None, None, None)
+            else:
+                self._writer.__exit__(RuntimeError, RuntimeError("aborted"), None)
         except BaseException as error:
             self._context.__exit__(type(error), error, error.__traceback__)
-            if not isinstance(error, Exception):
-                raise
-            if ok:
-                raise OutputError(f"cannot write {self.path}: {_first_line(error)}") from None
-            return  # already failing: the first error is the one to report
+            if isinstance(error, OutputError):
+                raise self._as_ours(error) from None
+            raise
         if ok:
             self._context.__exit__(None, None, None)
         else:

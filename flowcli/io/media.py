@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -717,7 +718,12 @@ class VideoWriter:
     def _ffmpeg_message(self) -> str:
         self._log.seek(0)
         lines = self._log.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else "no message"
+        if lines:
+            return lines[-1]
+        code = self._process.returncode
+        if code is not None and code < 0:  # killed (the OOM killer, a kill from outside): it wrote nothing
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit status {code}"
 
     def write(self, frame) -> None:
         if self._stack is None:
