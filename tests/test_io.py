@@ -1363,3 +1363,20 @@ def test_a_name_template_with_a_lone_brace_says_how_to_write_one(template):
         check_template(template)
     message = str(raised.value)
     assert f"invalid --name template {template!r}" in message and "doubled: {{ or }}" in message
+
+
+def test_npy_on_a_full_disk_is_an_output_error(tmp_path):
+    """numpy reports a short write (a full disk, here a file size limit) as "N requested and M written", an
+    OSError without errno: `estimate -f npy` on a full disk ended in a traceback."""
+    import resource
+
+    from flowcli.io.flow_formats import write_npy
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OutputError, match="^cannot write .*flow.npy: .*the disk may be full"):
+            write_npy(tmp_path / "flow.npy", np.zeros((2, 64, 64), np.float32))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []
