@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from flowcli.cli.options import nonempty_path
 from flowcli.errors import InputError, OutputError
 
 _HELP_PARAGRAPHS = [
@@ -122,10 +123,10 @@ def adapt_command(
         typer.Argument(help="Videos, frame folders or quoted globs (stereo: see above).", metavar="SOURCES"),
     ],
     output: Annotated[
-        Optional[Path],
+        Optional[str],  # a str: a Path would read -o "" as "."
         typer.Option(
-            "--output", "-o", help="The adapted checkpoint (.safetensors); default: NAME-adapted.safetensors here, "
-            "NAME from the first source.", rich_help_panel=_OUT, show_default=False
+            "--output", "-o", metavar="PATH", help="The adapted checkpoint (.safetensors); default: "
+            "NAME-adapted.safetensors here, NAME from the first source.", rich_help_panel=_OUT, show_default=False
         ),
     ] = None,
     weights: Annotated[
@@ -345,6 +346,7 @@ def adapt_command(
     if not all(sources):  # `flowcli adapt "$FOOTAGE"` with the variable unset: Path("") is the current folder
         raise InputError('a source is "" (empty), which would adapt on the current folder; give videos, folders '
                          "of frames or quoted globs")  # fmt: skip
+    output = nonempty_path(output, "-o", "the checkpoint file to write, or leave -o out for NAME-adapted.safetensors")
     if vertical not in (None, "penalty", "zero"):
         raise InputError(f"--vertical must be 'penalty' or 'zero', got {vertical!r}")
     if vertical is not None and not stereo:

@@ -56,6 +56,7 @@ from flowcli.cli.options import (
     device_and_precision,
     format_flag,
     formats_option,
+    nonempty_path,
     one_pair_list,
     unique_source_names,
 )
@@ -574,6 +575,9 @@ def estimate(
     pair_list = one_pair_list(pair_lists)
     if not inputs and pair_list is None:
         raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
+    for arg in inputs or []:
+        nonempty_path(arg, "an input", "two images, a folder, a quoted glob, a video or - for stdin")
+    output = nonempty_path(output, "-o", "the output folder")
     flags = {"flo": flo, "kitti": kitti, "npy": npy, "npz": npz, "vis": vis, "video": video,
              "occlusion": occlusion, "warp": warp}
     if resume and overwrite:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from flowcli.cli.options import MODEL_PANEL, OUTPUT_PANEL, OfflineOption, OverwriteOption, WeightsOption
+from flowcli.cli.options import MODEL_PANEL, OUTPUT_PANEL, OfflineOption, OverwriteOption, WeightsOption, nonempty_path
 from flowcli.errors import InputError, OutputError
 
 EXPORT_HELP = (
@@ -34,9 +34,9 @@ EXPORT_HELP = (
 def export_command(
     weights: WeightsOption = None,
     output: Annotated[
-        Optional[Path],
-        typer.Option("-o", "--output", help="The .onnx file to write; default: NAME.onnx in the current folder, "
-                     "NAME being the registry name (a / in it as -) or the checkpoint's file name.",
+        Optional[str],  # a str: a Path would read -o "" as "."
+        typer.Option("-o", "--output", metavar="PATH", help="The .onnx file to write; default: NAME.onnx in the "
+                     "current folder, NAME being the registry name (a / in it as -) or the checkpoint's file name.",
                      rich_help_panel=OUTPUT_PANEL, show_default=False),
     ] = None,
     occlusion: Annotated[
@@ -72,6 +72,7 @@ def export_command(
     from flowcli.models import DEFAULT_MODEL, load_model_and_file
 
     check_opset(opset, name="--opset")
+    output = nonempty_path(output, "-o", "the .onnx file to write, or leave -o out for NAME.onnx")
     name = weights or DEFAULT_MODEL
     if output is None:
         output = _default_output(name)

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from flowcli.cli.options import nonempty_path
 from flowcli.errors import FlowcliError, InputError, OutputError
 
 
@@ -72,12 +73,12 @@ def register(app: typer.Typer) -> None:
 
 
 def fit_command(
-    inputs: List[Path] = typer.Argument(
+    inputs: List[str] = typer.Argument(  # str, as the path options below: a Path would read "" as "."
         ...,
         metavar="INPUTS",
         help="Images and/or videos (.mp4, .mov, .avi, ...), or folders of them (natural order).",
     ),
-    output: Path = typer.Option(Path("face-output"), "-o", "--output", help="Folder for the results."),
+    output: str = typer.Option("face-output", "-o", "--output", metavar="PATH", help="Folder for the results."),
     face_assets: Optional[str] = typer.Option(  # a str: a Path would read an empty --face-assets "" as "."
         None,
         "--face-assets",
@@ -144,7 +145,9 @@ def fit_command(
     from flowcli.face.media import is_video
     from flowcli.face.pipeline import FacePipeline
 
-    output = output.expanduser()  # as --face-assets: the shell leaves the ~ of --output=~/faces alone
+    inputs = [nonempty_path(path, "an input", "images, videos or folders of them") for path in inputs]
+    # expanduser as --face-assets: the shell leaves the ~ of --output=~/faces alone
+    output = nonempty_path(output, "-o", "the folder for the results").expanduser()
     if mesh_space not in ("model", "image"):
         raise InputError("--mesh-space must be 'model' or 'image'")
     if flow and video_mode == VideoMode.independent:
@@ -229,18 +232,20 @@ def fit_command(
 
 
 def convert_command(
-    folder: Path = typer.Argument(
+    folder: str = typer.Argument(  # str, as -o: a Path would read "" as "."
         ...,
         metavar="FOLDER",
         help="ICT-FaceKit's FaceXModel folder (generic_neutral_mesh.obj, identity*.obj, expressions).",
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="The compact model file (.npz) to write."),
+    output: str = typer.Option(..., "-o", "--output", metavar="PATH", help="The compact model file (.npz) to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     from flowcli.face.model import build_compact, convert_ict
     from flowcli.io.atomic import check_writable
 
-    output = output.expanduser()  # as fit's path options: the shell leaves the ~ of --output=~/ict.npz alone
+    folder = nonempty_path(folder, "FOLDER", "ICT-FaceKit's FaceXModel folder")
+    # expanduser as fit's path options: the shell leaves the ~ of --output=~/ict.npz alone
+    output = nonempty_path(output, "-o", "the .npz file to write, e.g. -o ict.npz").expanduser()
     if output.suffix.lower() != ".npz":
         raise OutputError(f"-o {output}: the compact model file must end in .npz; give e.g. -o ict.npz")
     new_folders = _missing_folders(output.parent)

@@ -19,14 +19,15 @@ INPUT_PANEL = "Inputs"
 OUTPUT_PANEL = "Outputs"
 MODEL_PANEL = "Model"
 
-DEFAULT_OUTPUT = Path("flowcli_out")
+DEFAULT_OUTPUT = "flowcli_out"  # a str, as -o is: see nonempty_path
 DEFAULT_MAX_PIXELS = 8_000_000
 DEFAULT_FPS = 10.0
 PRECISION_NAMES = ("fp32", "fp16", "bf16")  # flowcli.inference.PRECISIONS, without importing torch
 
 # ---- outputs
 OutputDirOption = Annotated[
-    Path, typer.Option("-o", "--output", help="Output folder (created when needed).", rich_help_panel=OUTPUT_PANEL)
+    str, typer.Option("-o", "--output", metavar="PATH", help="Output folder (created when needed).",
+                      rich_help_panel=OUTPUT_PANEL),
 ]
 NameOption = Annotated[
     str, typer.Option("--name", help="File name template, see above.", rich_help_panel=OUTPUT_PANEL)
@@ -99,6 +100,17 @@ OfflineOption = Annotated[
 ]
 
 
+def nonempty_path(value: str | None, what: str, expected: str) -> Path | None:
+    """`value` of a path argument or option as a Path (None stays None). "" (`-o "$DIR"` with DIR unset) is an
+    InputError naming `what` (-o, an input) and what to give (`expected`): as a Path it would be ".", the current
+    folder, read or written without a word. Such parameters are typed str: a Path type cannot tell "" from "."."""
+    if value is None:
+        return None
+    if value == "":
+        raise InputError(f'{what} is "" (empty); give {expected} (an unset shell variable?)')
+    return Path(value)
+
+
 MIN_SCALE, MAX_SCALE = 0.05, 4.0
 
 
@@ -162,7 +174,10 @@ def one_pair_list(pair_lists: list[str] | None) -> str | None:
     if pair_lists and len(pair_lists) > 1:
         raise InputError(f"--pairs is given {len(pair_lists)} times; a run reads one list: put the pairs in one "
                          "file (paths relative to its folder), or run once per list")  # fmt: skip
-    return pair_lists[0] if pair_lists else None
+    if not pair_lists:
+        return None
+    nonempty_path(pair_lists[0], "--pairs", "a text file with two image paths per line, or - for stdin")
+    return pair_lists[0]
 
 
 def check_picking_applies(sources, step: int, max_frames: int | None, pair_list: str | None, picked: str,

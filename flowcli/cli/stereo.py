@@ -56,6 +56,7 @@ from flowcli.cli.options import (
     device_and_precision,
     format_flag,
     formats_option,
+    nonempty_path,
     one_pair_list,
     unique_source_names,
 )
@@ -800,9 +801,10 @@ def stereo(
                      rich_help_panel=_CAMERA, show_default=False),
     ] = None,
     calib: Annotated[
-        Optional[Path],
-        typer.Option("--calib", help="Calibration file: JSON (fx, baseline_meters, cx0 and cx1 or doffs, cy, width, "
-                     "height) or Middlebury calib.txt.", rich_help_panel=_CAMERA, show_default=False),
+        Optional[str],
+        typer.Option("--calib", metavar="PATH", help="Calibration file: JSON (fx, baseline_meters, cx0 and cx1 or "
+                     "doffs, cy, width, height) or Middlebury calib.txt.", rich_help_panel=_CAMERA,
+                     show_default=False),
     ] = None,
     max_depth: Annotated[
         Optional[float],
@@ -861,6 +863,10 @@ def stereo(
     pair_list = one_pair_list(pair_lists)
     if not inputs and pair_list is None:
         raise typer.BadParameter("give INPUTS, --pairs LIST, or both", param_hint="'INPUTS'")
+    for arg in inputs or []:
+        nonempty_path(arg, "an input", "LEFT RIGHT images, a folder, a quoted glob or videos")
+    output = nonempty_path(output, "-o", "the output folder")
+    calib = nonempty_path(calib, "--calib", "the calibration file (JSON or calib.txt), or leave --calib out")
     if sbs and pair_list is not None:
         raise InputError("--pairs lists LEFT RIGHT pairs of two images, not side-by-side ones: give side-by-side "
                          "images as INPUTS with --sbs, and the list in a run of its own")

@@ -36,7 +36,9 @@ HELP = "\n\n".join(_HELP_PARAGRAPHS)
 
 
 def train(
-    config: Path = typer.Option(None, "--config", "-c", help="JSON recipe (see recipes/); flags override it."),
+    config: str = typer.Option(  # a str: a Path would read --config "" as "."
+        None, "--config", "-c", metavar="PATH", help="JSON recipe (see recipes/); flags override it."
+    ),
     out: str = typer.Option(None, "--out", "-o", help="Run folder: state.pt (resume), last.safetensors, config.json."),
     steps: int = typer.Option(None, help="Total optimiser steps (the one-cycle schedule spans them)."),
     batch_size: int = typer.Option(None, help="Pairs per step."),
@@ -85,10 +87,12 @@ def train(
         "its state.pt, resumes; --checkpoint-every, --eval and --eval-every may differ).",
     ),
 ) -> None:
+    from flowcli.cli.options import nonempty_path
     from flowcli.errors import InputError
     from flowcli.train.trainer import TrainConfig, setting_problem
     from flowcli.train.trainer import train as run_training
 
+    config = nonempty_path(config, "--config", "a JSON recipe such as recipes/flowcli-pwc-synth.json, or leave it out")
     if textures and not all(textures):  # `--textures "$DIR"` with the variable unset: Path("") is the current folder
         raise InputError('--textures "" is empty, which would take the images of the current folder; give image '
                          "files, folders of images or videos")  # fmt: skip

@@ -29,6 +29,7 @@ from flowcli.cli.options import (
     QuietOption,
     check_fps_has_a_video,
     check_fps_option,
+    nonempty_path,
 )
 from flowcli.errors import InputError, OutputError
 
@@ -549,6 +550,9 @@ def vis(
     from flowcli.outputs import check_template
 
     # ---- options, before anything is read
+    for arg in inputs:
+        nonempty_path(arg, "an input", "flow, disparity or depth files, folders of them or quoted globs")
+    output = nonempty_path(output, "-o", "the output folder")
     scales = {"flow": _scale_option(max_flow, "--max-flow"),
               "disparity": _scale_option(max_disparity, "--max-disparity"),
               "depth": _scale_option(min_depth, "--min-depth", "metres")}
