@@ -817,9 +817,43 @@ def test_synth_zoom_option_is_the_generators_zoom_and_is_recorded(monkeypatch, c
     run = in_process_cli(monkeypatch, capsys, "synth")
     code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--zoom", "2")
     assert_one_line_error(code, err, 2, "--zoom", "between 0 and 1")
+    code, _, err = run(tmp_path / "bad", "-n", "1", "--size", "64x64", "--shadows", "-1")
+    assert_one_line_error(code, err, 2, "--shadows", "between 0 and 1")
+    code, _, err = run(tmp_path / "shaded", "-n", "1", "--size", "64x64", "--shadows", "1", "-q")
+    assert code == 0 and json.loads((tmp_path / "shaded" / "synth.json").read_text())["shadows"] == 1.0, err
     for name, share in (("plain", "0"), ("zoomed", "1")):
         code, _, err = run(tmp_path / name, "-n", "1", "--size", "64x64", "--zoom", share, "-q")
         assert code == 0, err
     assert json.loads((tmp_path / "zoomed" / "synth.json").read_text())["zoom"] == 1.0
     plain, zoomed = read_flo(tmp_path / "plain" / "00000_flow.flo"), read_flo(tmp_path / "zoomed" / "00000_flow.flo")
     assert not (plain == zoomed).all()
+
+
+def test_cast_shadows_darken_the_frames_move_on_their_own_and_leave_the_flow():
+    """A shadow that moves unlike the ground it falls on (market_5) drags a model's coarse levels with it; the
+    generator's shadows darken frames where they fall, move between the frames, keep the scene's flow and
+    occlusion, and draw nothing when off."""
+    cfg = SynthConfig(height=64, width=96, real_texture_prob=0, noise_std=0.0, photometric=False)
+    shaded = replace(cfg, shadow_prob=1.0)
+    for seed in range(3):
+        plain = generate_sample(cfg, torch.Generator().manual_seed(seed))
+        changed = generate_sample(shaded, torch.Generator().manual_seed(seed))
+        assert torch.equal(changed.flow_forward, plain.flow_forward)
+        assert torch.equal(changed.occlusion_forward, plain.occlusion_forward)
+        lit = plain.images[0] > 0.05
+        light = [(after / before)[lit] for after, before in zip(changed.images, plain.images)]
+        for frame_light in light:
+            assert float(frame_light.max()) <= 1 + 1e-5 and float(frame_light.min()) >= (1 - 0.75) ** 3 - 1e-5
+        assert float(light[0].min()) < 0.9  # a shadow falls on frame 1
+        # where frame 1 is in shadow, frame 2 seen through the true flow is not darkened alike: the shadow moved
+        warped = backward_warp(changed.images[1][None], changed.flow_forward[None])[0]
+        warped_plain = backward_warp(plain.images[1][None], plain.flow_forward[None])[0]
+        keep = (plain.occlusion_forward[0] == 0) & lit.all(0) & (warped_plain > 0.05).all(0)
+        moved = (warped / warped_plain)[:, keep] - (changed.images[0] / plain.images[0])[:, keep]
+        assert float(moved.abs().max()) > 0.1
+    generator, off = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    generate_sample(cfg, generator)
+    generate_sample(replace(cfg, shadow_prob=0.0), off)
+    assert torch.equal(generator.get_state(), off.get_state())
+    with pytest.raises(ValueError, match="shadow_prob"):
+        SynthConfig(shadow_prob=2.0)

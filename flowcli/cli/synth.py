@@ -87,6 +87,10 @@ def synth(
         0.0, help="Share of scenes whose background zooms between the frames by up to 0.35 log units on each axis "
         "(x0.70 to x1.42), as a ground or a wall does when the camera moves towards or away from it."
     ),
+    shadows: float = typer.Option(
+        0.0, help="Share of scenes with 1-3 soft cast shadows that move unlike the surfaces they fall on (a "
+        "walker's shadow on a floor); the flow stays the surfaces'."
+    ),
     clip: bool = typer.Option(False, help="Write one scene as a video of --frames frames instead of a dataset."),
     fps: float = typer.Option(None, help="Frame rate of --clip videos (default 12)."),
     overwrite: bool = typer.Option(
@@ -144,7 +148,7 @@ def synth(
         raise InputError(f"--seed must be between -10^12 and 10^12; got {seed}")
     shares = (("--motion-blur", motion_blur), ("--defocus", defocus), ("--haze", haze),
               ("--perspective", perspective), ("--thin", thin), ("--dark", dark), ("--relight", relight),
-              ("--zoom", zoom))
+              ("--zoom", zoom), ("--shadows", shadows))
     for name, share in shares:
         if not 0 <= share <= 1:
             raise InputError(f"{name} is a share of scenes, between 0 and 1; got {share:g}")
@@ -174,7 +178,7 @@ def synth(
     cfg = SynthConfig(height=height, width=width, stereo=stereo, num_frames=frames,
                       motion_blur_prob=motion_blur, defocus_prob=defocus, haze_prob=haze,
                       perspective_prob=perspective, thin_prob=thin, dark_prob=dark, min_exposure=min_exposure,
-                      illumination_prob=relight, zoom_prob=zoom)
+                      illumination_prob=relight, zoom_prob=zoom, shadow_prob=shadows)
 
     def to_uint8(img: torch.Tensor):
         return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -217,7 +221,8 @@ def synth(
     settings = {"count": count, "size": [height, width], "seed": seed, "stereo": stereo, "frames": frames,
                 "motion_blur": motion_blur, "defocus": defocus, "haze": haze,
                 "perspective": perspective, "thin": thin, "dark": dark, "min_exposure": min_exposure,
-                "relight": relight, "zoom": zoom, "textures": [str(Path(t)) for t in textures or []]}
+                "relight": relight, "zoom": zoom, "shadows": shadows,
+                "textures": [str(Path(t)) for t in textures or []]}
     with atomic_path(output / "synth.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(settings, indent=2))
     with progress(quiet) as bar:
@@ -251,7 +256,7 @@ _TRIPLET_KINDS = {"img3.png", "flow_23.flo"}
 _SETTINGS_KEYS = {"count", "size", "seed", "stereo", "frames", "textures"}
 _VERSION_SETTINGS_KEYS = {
     "motion_blur", "defocus", "haze", "perspective", "thin", "dark", "min_exposure", "relight", "zoom",
-    "scenes_per_second",
+    "shadows", "scenes_per_second",
 }  # fmt: skip
 
 

@@ -65,6 +65,9 @@ class SynthConfig:
     # background scales by a few per cent, and a model trained on that fails where a surface scales by a quarter.
     zoom_prob: float = 0.0
     zoom_range: float = 0.35
+    # Cast shadows: 1-3 soft dark shapes over the scene, each moving by its own motion, unlike the surfaces they
+    # fall on (a walker's shadow on a floor); the flow stays the surfaces'. Sintel's market_5 has one.
+    shadow_prob: float = 0.0
 
     def __post_init__(self):
         if not 0 <= self.min_layers <= self.max_layers:
@@ -84,6 +87,7 @@ class SynthConfig:
             "dark_prob",
             "illumination_prob",
             "zoom_prob",
+            "shadow_prob",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a share between 0 and 1, got {getattr(self, name)}")
@@ -423,6 +427,8 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
             index[alpha[0] > 0.5] = i
         images.append(image)
         indices.append(index)
+    if cfg.shadow_prob > 0 and _uniform(gen, 0, 1) < cfg.shadow_prob:
+        images = cast_shadows(images, gen, cfg)
 
     def layer_flow(index: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
         flow = torch.zeros(2, h, w)
@@ -463,6 +469,25 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
         if cfg.dark_prob > 0 and _uniform(gen, 0, 1) < cfg.dark_prob:  # last: it quantises to 8 bits
             sample.images = low_light(sample.images, gen, cfg.min_exposure)
     return sample
+
+
+def cast_shadows(images: list[torch.Tensor], gen: torch.Generator, cfg: SynthConfig) -> list[torch.Tensor]:
+    """Darken the frames by 1-3 soft shadows, each taking 30-75 % of the light and moving by a motion of its own
+    (drawn as a layer's), so the dark shapes move unlike the texture under them while the flow stays its."""
+    h, w = images[0].shape[-2:]
+    coords = pixel_grid(1, h, w, "cpu", torch.float32)[0]
+    light = [torch.ones(1, h, w) for _ in images]
+    for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+        size = min(h, w) * math.exp(_uniform(gen, math.log(0.15), math.log(0.6)))
+        center = (_uniform(gen, 0, w), _uniform(gen, 0, h))
+        kind = ("ellipse", "polygon", "blob")[int(torch.randint(3, (1,), generator=gen))]
+        shape = Shape(kind, center, size, gen, h, w, _uniform(gen, 1.0, 12.0))  # a penumbra of a few pixels
+        darkness = _uniform(gen, 0.3, 0.75)
+        back = torch.linalg.inv(_random_motion(gen, center, cfg, cfg.layer_translation))
+        for frame, frame_light in enumerate(light):
+            seen_from = torch.linalg.matrix_power(back, frame) if frame else torch.eye(3, dtype=torch.float64)
+            frame_light.mul_(1 - darkness * shape.alpha(_apply(seen_from, coords))[None])
+    return [image * frame_light for image, frame_light in zip(images, light)]
 
 
 def motion_blur(image: torch.Tensor, velocity: torch.Tensor, exposure: float, taps: int = 9) -> torch.Tensor:
