@@ -71,6 +71,7 @@ REFUSALS = [
     ("exposure_range.py", ["no-such-model", "--scenes", "1"], "no-such-model"),
     ("illumination_change.py", ["flowcli-pwc-synth", "--data", "{missing}"], "{missing}"),
     ("scale_change.py", ["flowcli-pwc-synth", "--data", "{missing}"], "{missing}"),
+    ("cast_shadow.py", ["flowcli-pwc-synth", "--data", "{missing}"], "{missing}"),
     ("object_motion.py", ["no-such-model"], "no-such-model"),
     ("onnx_speed.py", ["--weights", "no-such-model"], "no-such-model"),
     ("bench_correlation.py", ["--device", "no-such-device"], "--device"),
