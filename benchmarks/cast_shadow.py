@@ -12,7 +12,6 @@ case. It reports, per checkpoint, the EPE over the bottom third of the frame, wh
 
 from __future__ import annotations
 
-import argparse
 import platform
 import runpy
 import sys
@@ -21,11 +20,9 @@ from pathlib import Path
 import torch
 
 from flowcli.errors import FlowcliError
-from flowcli.models import load_model
 from flowcli.ops.warp import pixel_grid
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
 SHADOWS = {"no shadow": None, "still": (0.0, 0.0), "moving (+80, +40)": (80.0, 40.0),
            "moving (+150, +60)": (150.0, 60.0)}  # fmt: skip
 
@@ -38,21 +35,10 @@ def shadow_light(h: int, w: int, shift: tuple[float, float]) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights", nargs="+", help="registry names or checkpoint files")
-    parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder (flow/sintel, footage/)")
-    args = parser.parse_args()
-    needed = [args.data / "flow" / "sintel" / "training" / "clean" / "market_5",
-              args.data / "footage" / "street_frames"]  # fmt: skip
-    if not all(folder.is_dir() for folder in needed):
-        raise FlowcliError(f"{args.data} has no flow/sintel/training/ and footage/street_frames/; "
-                           "pass --data ../shared/data")  # fmt: skip
-    torch.set_num_threads(2)
-    level_report = runpy.run_path(str(HERE / "level_errors.py"))["level_report"]
     scale_change = runpy.run_path(str(HERE / "scale_change.py"))
+    models, frames = scale_change["checkpoints_and_frames"](__doc__)
+    level_report = runpy.run_path(str(HERE / "level_errors.py"))["level_report"]
     label = runpy.run_path(str(HERE / "exposure_range.py"))["label"]  # a checkpoint's name in a table
-    models = {name: load_model(name).eval() for name in args.weights}  # first: a wrong name fails before reading
-    frames = scale_change["textures"](args.data)
     print(f"# {platform.processor() or platform.machine()} | torch {torch.__version__} | whole frames 436x1024 "
           "panned by (-30, -30); EPE over the bottom third")  # fmt: skip
     columns = " | ".join(label(n) for n in models)

@@ -69,8 +69,9 @@ def affine_pair(frame: torch.Tensor, scale_x: float, scale_y: float, shift_x: fl
     return {"image1": frame, "image2": image2.clamp(0, 1), "flow": flow, "valid": None, "occlusion": None}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def checkpoints_and_frames(description: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The command line this script shares with cast_shadow.py: the checkpoints, and the real frames of --data."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", nargs="+", help="registry names or checkpoint files")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder (flow/sintel, footage/)")
     args = parser.parse_args()
@@ -80,10 +81,14 @@ def main() -> None:
         raise FlowcliError(f"{args.data} has no flow/sintel/training/ and footage/street_frames/; "
                            "pass --data ../shared/data")  # fmt: skip
     torch.set_num_threads(2)
+    models = {name: load_model(name).eval() for name in args.weights}  # first: a wrong name fails before reading
+    return models, textures(args.data)
+
+
+def main() -> None:
+    models, frames = checkpoints_and_frames(__doc__)
     level_report = runpy.run_path(str(HERE / "level_errors.py"))["level_report"]
     label = runpy.run_path(str(HERE / "exposure_range.py"))["label"]  # a checkpoint's name in a table
-    models = {name: load_model(name).eval() for name in args.weights}  # first: a wrong name fails before reading
-    frames = textures(args.data)
     print(f"# {platform.processor() or platform.machine()} | torch {torch.__version__} | whole frames 436x1024, "
           f"focus {FOCUS}; bottom third of the frame")  # fmt: skip
     columns = " | ".join(f"{label(n)}: EPE / level 5 at truth" for n in models)
