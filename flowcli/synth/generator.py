@@ -428,7 +428,7 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
         images.append(image)
         indices.append(index)
     if cfg.shadow_prob > 0 and _uniform(gen, 0, 1) < cfg.shadow_prob:
-        images = cast_shadows(images, gen, cfg)
+        images = cast_shadows(images, gen, cfg, coords)
 
     def layer_flow(index: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
         flow = torch.zeros(2, h, w)
@@ -471,11 +471,13 @@ def generate_sample(cfg: SynthConfig, gen: torch.Generator, textures: TextureBan
     return sample
 
 
-def cast_shadows(images: list[torch.Tensor], gen: torch.Generator, cfg: SynthConfig) -> list[torch.Tensor]:
+def cast_shadows(
+    images: list[torch.Tensor], gen: torch.Generator, cfg: SynthConfig, coords: torch.Tensor
+) -> list[torch.Tensor]:
     """Darken the frames by 1-3 soft shadows, each taking 30-75 % of the light and moving by a motion of its own
-    (drawn as a layer's), so the dark shapes move unlike the texture under them while the flow stays its."""
+    (drawn as a layer's), so the dark shapes move unlike the texture under them while the flow stays its.
+    `coords` is the frame's pixel grid [2, H, W]."""
     h, w = images[0].shape[-2:]
-    coords = pixel_grid(1, h, w, "cpu", torch.float32)[0]
     light = [torch.ones(1, h, w) for _ in images]
     for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
         size = min(h, w) * math.exp(_uniform(gen, math.log(0.15), math.log(0.6)))
