@@ -14,6 +14,7 @@ import numpy as np
 
 from flowcli.errors import OutputError
 from flowcli.io.atomic import atomic_path as _atomic_path
+from flowcli.io.flow_formats import save_npy
 
 
 def _umask() -> int:
@@ -165,13 +166,7 @@ def write_json(path, payload, overwrite=False) -> Path:
 
 def write_npy(path, array, overwrite=False) -> Path:
     with atomic_path(path, overwrite) as tmp:
-        try:
-            np.save(tmp, np.asarray(array))
-        except OSError as error:
-            if error.errno is not None:
-                raise
-            # numpy's short write on a full disk ("N requested and M written") has no errno to know it by
-            raise OutputError(f"cannot write {path}: {error}; the disk may be full; choose another output") from None
+        save_npy(tmp, np.asarray(array), path)
     return Path(path)
 
 

@@ -402,14 +402,20 @@ def write_npy(path: PathLike, array, overwrite: bool = False) -> Path:
     """Write one array as .npy, atomically."""
     array = _to_numpy(array)
     with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as file:
-        try:
-            np.save(file, array, allow_pickle=False)
-        except OSError as error:
-            if error.errno is not None:  # atomic_path names those
-                raise
-            # numpy's short write on a full disk ("N requested and M written") has no errno to know it by
-            raise OutputError(f"cannot write {path}: {error}; the disk may be full; choose another output") from None
+        save_npy(file, array, path)
     return Path(path)
+
+
+def save_npy(file, array: np.ndarray, path: PathLike) -> None:
+    """np.save into `file` (an open file or a temp path) of the output `path`; a short write on a full disk is an
+    OutputError naming `path`."""
+    try:
+        np.save(file, array, allow_pickle=False)
+    except OSError as error:
+        if error.errno is not None:  # atomic_path names those
+            raise
+        # numpy's short write on a full disk ("N requested and M written") has no errno to know it by
+        raise OutputError(f"cannot write {path}: {error}; the disk may be full; choose another output") from None
 
 
 def write_npz(path: PathLike, overwrite: bool = False, **arrays) -> Path:
