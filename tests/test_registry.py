@@ -1440,9 +1440,9 @@ def test_push_stays_off_the_network_when_flowcli_is_offline(weights_cli, fake_hf
         (["download", ""], 4, [f"{EMPTY_WEIGHTS}registry names", "--all"]),
         (["download", "bundled", ""], 4, [EMPTY_WEIGHTS]),  # refused before the others are fetched
         (["average", "", "CKPT", "-o", "soup.safetensors"], 4, ['a checkpoint to average is "" (empty)']),
-        (["average", "CKPT", "CKPT", "-o", ""], 3, ['--output "" is empty']),
+        (["average", "CKPT", "CKPT", "-o", ""], 2, ['--output is "" (empty)', "the .safetensors file"]),
         (["push", "", "--repo", "me/flow"], 4, ['FILE is "" (empty)']),
-        (["push", "CKPT", "--repo", "me/flow", "--registry", ""], 3, ['--registry "" is empty']),
+        (["push", "CKPT", "--repo", "me/flow", "--registry", ""], 2, ['--registry is "" (empty)', "or leave it out"]),
         (["push", "CKPT", "--repo", "me/flow", "--name", ""], 2, ["--name ''", "empty"]),  # pushed as the default
         (["push", "CKPT", "--repo", "me/flow", "--path-in-repo", ""], 2, ["--path-in-repo ''", "empty"]),
     ],

@@ -20,7 +20,8 @@ from rich.text import Text
 
 from flowcli import registry
 from flowcli.console import natural_width, print_at_natural_width, print_error, print_table
-from flowcli.errors import FlowcliError, InputError, OutputError, WeightsError
+from flowcli.cli.options import nonempty_path
+from flowcli.errors import FlowcliError, InputError, WeightsError
 
 weights_app = typer.Typer(
     help=(
@@ -682,9 +683,8 @@ def average_command(
     weights = _parse_mix(mix, len(files)) if mix is not None else None  # --mix "" is refused, not ignored
     if not all(files):
         raise WeightsError('a checkpoint to average is "" (empty); give flowcli .safetensors checkpoints')
-    if not output:
-        raise OutputError('--output "" is empty; give the .safetensors file to write')
-    files, output = [Path(file) for file in files], Path(output)
+    output = nonempty_path(output, "--output", "the .safetensors file to write")
+    files = [Path(file) for file in files]
     for file in files:
         _check_checkpoint_file(file, "give flowcli .safetensors checkpoints to average")
     # what it writes, and what `flowcli adapt -o` asks for too; a folder is said to be one by check_writable
@@ -744,9 +744,10 @@ def push_command(
 
     if not file:
         raise WeightsError('FILE is "" (empty); give the .safetensors file to publish')
-    if registry_file == "":
-        raise OutputError('--registry "" is empty; give the registry JSON file to add the entry to, or leave it out')
-    file, registry_file = Path(file), Path(registry_file) if registry_file is not None else None
+    registry_file = nonempty_path(
+        registry_file, "--registry", "the registry JSON file to add the entry to, or leave it out"
+    )
+    file = Path(file)
     _check_checkpoint_file(file, "give the .safetensors file to publish")
     offline = registry.offline_reason()
     if offline is not None:
