@@ -1050,6 +1050,20 @@ def test_an_empty_video_file_is_said_to_be_empty(tmp_path):
     assert_one_line_error(excinfo, f"cannot read video {empty}: the file is empty (0 bytes)")
 
 
+def test_an_audio_only_file_is_said_to_have_no_video_stream(tmp_path):
+    """An .mp4 of a voice memo was refused as "ffmpeg cannot open it; the file is corrupt or not a video"."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    audio = tmp_path / "memo.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono",
+                    "-t", "0.5", "-c:a", "aac", str(audio)], check=True)  # fmt: skip
+    with pytest.raises(InputError) as excinfo:
+        VideoReader(audio)
+    assert_one_line_error(excinfo, f"cannot read video {audio}: it has no video stream, only audio")
+
+
 def test_an_output_folder_under_a_file_names_the_file(tmp_path):
     from flowcli.errors import OutputError
     from flowcli.io.atomic import check_writable

@@ -546,6 +546,10 @@ class VideoReader:
             self._meta = next(stream)
         except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as error:
             stream.close()
+            streams = re.findall(r"Stream #\S+ ?\S*: (\w+):", str(error))
+            if streams and "Video" not in streams:  # ffmpeg read it: an audio file, or subtitles only
+                kinds = ", ".join(sorted({kind.lower() for kind in streams}))
+                raise InputError(f"cannot read video {self.path}: it has no video stream, only {kinds}") from None
             no_stream = isinstance(error, (StopIteration, KeyError))
             reason = "no video stream found" if no_stream else "ffmpeg cannot open it"
             raise InputError(f"cannot read video {self.path}: {reason}; the file is corrupt or not a video") from None
