@@ -17,6 +17,17 @@ def _arrays():
     return {"mean": mean, "id": np.ones((1, 4, 3)), "exp": np.ones((1, 4, 3)), "exp_names": np.array(["jawOpen"])}
 
 
+def test_convert_names_a_missing_folder_or_a_file_as_such(tmp_path):
+    """`flowcli face convert nonexist` said "nonexist has no generic_neutral_mesh.obj", as if the folder were there."""
+    from flowcli.face.model import convert_ict
+
+    with pytest.raises(InputError, match=r"^\S+nonexist does not exist; point at ICT-FaceKit's FaceXModel folder$"):
+        convert_ict(tmp_path / "nonexist")
+    (tmp_path / "model.zip").write_bytes(b"PK")
+    with pytest.raises(InputError, match=r"model.zip is not a folder; point at"):
+        convert_ict(tmp_path / "model.zip")
+
+
 def test_topology_obj_without_uvs_is_a_face_model_error(tmp_path):
     """`face convert` and the model loader name the OBJ that lacks texture coordinates: exit 4, no crash."""
     import typer

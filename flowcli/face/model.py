@@ -278,6 +278,9 @@ def convert_ict(folder: str | Path, num_vertices: int = FACE_VERTICES) -> dict[s
     """
     folder = Path(folder)
     neutral_path = folder / "generic_neutral_mesh.obj"
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"{folder} {state}; point at ICT-FaceKit's FaceXModel folder")
     if not neutral_path.is_file():
         raise InputError(f"{folder} has no generic_neutral_mesh.obj; point at ICT-FaceKit's FaceXModel folder")
     identity, expressions = [], []
