@@ -2,7 +2,8 @@
 
 Flow datasets: `estimate_flow(model, image1, image2, backward=..., occlusion=...)`, then
 `flow_metrics` per item; where the dataset has ground-truth occlusion (Sintel; KITTI's
-flow_occ minus flow_noc) and `occlusion=True`, the forward-backward occlusion estimate is scored
+flow_occ minus flow_noc) the rows also have `epe_noc`, `epe_occ`, `fl_noc` and their pixel counts
+`n_noc` / `n_occ`, and with `occlusion=True` the forward-backward occlusion estimate is scored
 with `occlusion_f1` (key `occ_f1`; `occ_f1_learned` for models with an occlusion head).
 
 Stereo datasets: the flow from left to right is estimated with the flow model, disparity is
@@ -19,8 +20,9 @@ elsewhere every pixel needs a value.
 
 `EvalReport.mean` is the mean over items of each metric (NaNs from items without, e.g., occluded
 pixels are skipped), plus pixel-weighted `epe_px`, `fl_all_px` and `d1_px` over all valid pixels of
-the evaluated items (KITTI 2015's convention for Fl-all / D1; KITTI 2012's devkit averages over images,
-as the item means do), `n_valid` and `items`.
+the evaluated items, `epe_noc_px` and `fl_noc_px` over their non-occluded valid pixels and `epe_occ_px` over
+their occluded ones (KITTI 2015's convention for Fl-all / Fl-noc / D1; KITTI 2012's devkit averages over
+images, as the item means do), the pixel counts `n_valid` (`n_noc`, `n_occ`) and `items`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from flowcli.data import STEREO_DATASETS, make_dataset
 from flowcli.errors import InputError
 from flowcli.io import flow_formats
-from flowcli.metrics import flow_metrics, mean_metrics, occlusion_f1, stereo_metrics
+from flowcli.metrics import PIXEL_WEIGHTED, flow_metrics, mean_metrics, occlusion_f1, stereo_metrics
 
 
 @dataclass
@@ -463,7 +465,7 @@ def evaluate_predictions(
 
     per_item = _score_items(dataset, count, read_and_score, progress)
     # density: the mean over items (KITTI 2012's devkit) and, weighted by valid pixels, density_px (KITTI 2015's)
-    mean = mean_metrics(per_item, pixel_weighted=("epe", "fl_all", "d1", "density"))
+    mean = mean_metrics(per_item, pixel_weighted=(*PIXEL_WEIGHTED, "density"))
     return EvalReport(dataset=dataset.name, per_item=per_item, mean=mean, model=str(folder))
 
 

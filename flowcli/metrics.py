@@ -11,12 +11,14 @@ Averaging over a dataset (see `flowcli.evaluate`): the reported mean is the mean
 Middlebury's table averages its sequences. On Sintel (every frame 1024x436) that equals the mean over
 pixels for `epe` up to the invalid pixels, but `epe_noc` / `epe_occ` weigh every frame alike whatever
 its occluded area, where a mean over pooled pixels (RAFT's evaluate.py) weighs every pixel alike.
-KITTI 2015's devkit counts Fl-all and D1 outliers over all valid pixels of the whole dataset, so every
-result also carries `n_valid` (pixels) and the evaluation adds pixel-weighted `*_px` versions of EPE,
-Fl-all and D1 next to the item means. KITTI 2012's devkit (evaluate_flow.cpp) averages each image's
+KITTI 2015's devkit counts Fl-all, Fl-noc and D1 outliers over all valid (non-occluded) pixels of the
+whole dataset, so every result also carries its pixel counts, `n_valid` and, with occlusion ground
+truth, `n_noc` / `n_occ` (valid non-occluded / occluded pixels), and the evaluation adds pixel-weighted
+`*_px` versions of EPE, Fl-all, D1, EPE noc / occ and Fl-noc, each weighted by the pixels it is over
+(`PIXEL_COUNTS`), next to the item means. KITTI 2012's devkit (evaluate_flow.cpp) averages each image's
 rates and EPE over images, as the item means do, and its Out-Noc / Out-All count EPE > 3 px without
-the 5 % rule: `fl_all` is not its Out-All; 100 - `acc_3px` is, but for errors of exactly 3 px (an
-outlier here, not there). Its Out-Noc, over flow_noc's pixels, has no key here.
+the 5 % rule: `fl_all` / `fl_noc` are not its Out-All / Out-Noc; 100 - `acc_3px` is its Out-All, but
+for errors of exactly 3 px (an outlier here, not there). Its Out-Noc has no key here.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def flow_metrics(
 
     Keys: epe (all valid pixels), fl_all (% of valid pixels whose EPE > 3 px and > 5 % of |gt|),
     acc_1px / acc_3px / acc_5px (% with EPE < 1 / 3 / 5 px), n_valid (valid pixels, summed over
-    the batch) and, when `occlusion` ([B,1,H,W], 1 = occluded) is given, epe_noc and epe_occ.
+    the batch) and, when `occlusion` ([B,1,H,W], 1 = occluded) is given, epe_noc, epe_occ, fl_noc (fl_all
+    over the non-occluded valid pixels: KITTI 2015's Fl-noc) and their pixel counts n_noc and n_occ.
     """
     pred, gt, valid = _check(pred, gt, valid, 2)
     mask = valid[:, 0]
@@ -95,8 +98,12 @@ def flow_metrics(
     }
     if occlusion is not None:
         occluded = occlusion.reshape(mask.shape[0], -1, *mask.shape[-2:])[:, 0] > 0.5
-        out["epe_noc"] = _masked_mean(epe, mask & ~occluded)
-        out["epe_occ"] = _masked_mean(epe, mask & occluded)
+        noc, occ = mask & ~occluded, mask & occluded
+        out["epe_noc"] = _masked_mean(epe, noc)
+        out["epe_occ"] = _masked_mean(epe, occ)
+        out["fl_noc"] = 100.0 * _masked_mean(outlier, noc)
+        out["n_noc"] = float(noc.sum())
+        out["n_occ"] = float(occ.sum())
     out["n_valid"] = float(mask.sum())
     return out
 
@@ -143,30 +150,37 @@ def stereo_metrics(pred_disp: torch.Tensor, gt_disp: torch.Tensor, valid: torch.
     return out
 
 
-NOT_AVERAGED = ("n_valid", "height", "width")
+# The pixel count each metric is over: what its `<key>_px` dataset mean is weighted by (default n_valid).
+PIXEL_COUNTS = {"epe_noc": "n_noc", "fl_noc": "n_noc", "epe_occ": "n_occ"}
+PIXEL_WEIGHTED = ("epe", "fl_all", "d1", "epe_noc", "epe_occ", "fl_noc")
+NOT_AVERAGED = ("n_valid", "n_noc", "n_occ", "height", "width")
 
 
-def mean_metrics(per_item: list[dict], pixel_weighted: tuple[str, ...] = ("epe", "fl_all", "d1")) -> dict[str, float]:
+def mean_metrics(per_item: list[dict], pixel_weighted: tuple[str, ...] = PIXEL_WEIGHTED) -> dict[str, float]:
     """Dataset summary: the mean over items of every numeric key (NaN and None skipped), plus
-    `<key>_px` for the `pixel_weighted` keys, weighted by each item's `n_valid` (KITTI's
-    convention: outliers counted over all valid pixels of the dataset)."""
+    `<key>_px` for the `pixel_weighted` keys, weighted by each item's count of the pixels that key is over
+    (`PIXEL_COUNTS`, else `n_valid`: KITTI's convention, outliers counted over all the pixels of the
+    dataset); an item without such pixels, or without the count, is left out. The counts are summed."""
     keys: list[str] = []
     for item in per_item:
         for k, v in item.items():
             if k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_AVERAGED:
                 keys.append(k)
     mean = {k: _nanmean([float(item[k]) for item in per_item if item.get(k) is not None]) for k in keys}
-    weights = [float(item.get("n_valid", 0.0)) for item in per_item]
     for k in pixel_weighted:
+        count = PIXEL_COUNTS.get(k, "n_valid")
         pairs = [
-            (float(item[k]), w)
-            for item, w in zip(per_item, weights)
-            if item.get(k) is not None and w > 0 and not math.isnan(item[k])
+            (float(item[k]), float(item[count]))
+            for item in per_item
+            if item.get(k) is not None and item.get(count) is not None and item[count] > 0 and not math.isnan(item[k])
         ]
         total = sum(w for _, w in pairs)
         if pairs and total > 0:
             mean[f"{k}_px"] = sum(v * w for v, w in pairs) / total
     if per_item:
-        mean["n_valid"] = sum(weights)
+        mean["n_valid"] = sum(float(item.get("n_valid", 0.0)) for item in per_item)
+        for count in ("n_noc", "n_occ"):
+            if any(item.get(count) is not None for item in per_item):
+                mean[count] = sum(float(item.get(count) or 0.0) for item in per_item)
         mean["items"] = len(per_item)
     return mean

@@ -29,6 +29,7 @@ FLOW_COLUMNS = [
     ("epe_noc", "EPE noc", "{:.3f}"),
     ("epe_occ", "EPE occ", "{:.3f}"),
     ("fl_all", "Fl-all %", "{:.2f}"),
+    ("fl_noc", "Fl-noc %", "{:.2f}"),
     ("acc_1px", "<1px %", "{:.1f}"),
     ("acc_3px", "<3px %", "{:.1f}"),
     ("acc_5px", "<5px %", "{:.1f}"),
@@ -56,13 +57,16 @@ EVAL_HELP = (
     "> 5 % of the true motion) on every dataset, KITTI 2012 too, whose own table counts > 3 px alone (its Out-All "
     "is 100 - acc_3px, over the flow_occ pixels).\n\n"
     "Prints a table per item and the mean over items on stderr (KITTI 2012's convention), plus pixel-weighted EPE, "
-    "Fl-all and D1 (KITTI 2015's); --json prints every number as one JSON object on stdout, with keys weights, model "
-    "(checkpoint path), device, scale, precision and results: per dataset, per_item (name, width, height, n_valid, "
-    "seconds and the scores: epe, fl_all, acc_1px, acc_3px, acc_5px for flow, with epe_noc, epe_occ and occ_f1 (not "
-    "with --no-occlusion) where the dataset has ground-truth occlusion, and occ_f1_learned (the table's learned F1) "
-    "for a model that predicts its own occlusion mask; epe, bad_1, bad_2, "
-    "bad_4, d1, vert_abs, vert_gt1 for stereo; null where nothing was scored) and mean (their means over items, "
-    "KEY_px pixel-weighted, items).\n\n"
+    "Fl-all, Fl-noc and D1 (KITTI 2015's); --json prints every number as one JSON object on stdout, with keys "
+    "weights, model (checkpoint path), device, scale, precision and results: per dataset, per_item (name, width, "
+    "height, n_valid, "
+    "seconds and the scores: epe, fl_all, acc_1px, acc_3px, acc_5px for flow, with epe_noc, epe_occ, fl_noc (Fl-all "
+    "over the non-occluded pixels), their pixel counts n_noc and n_occ, and occ_f1 (not with --no-occlusion) where "
+    "the dataset has ground-truth occlusion, and occ_f1_learned (the table's learned F1) for a model that predicts "
+    "its own occlusion mask; epe, bad_1, bad_2, bad_4, d1, vert_abs, vert_gt1 for stereo; null where nothing was "
+    "scored) and mean (their means over items; epe_px, fl_all_px, d1_px weighted by n_valid, epe_noc_px and "
+    "fl_noc_px by n_noc, epe_occ_px by n_occ, pooling the pixels of every item; n_valid, n_noc, n_occ summed; "
+    "items).\n\n"
     "--predictions DIR scores files instead of running a model, with the same code and metrics. The file of an item "
     "is found by the item's name (alley_1/frame_0002 in Sintel, 00001 in Chairs, 000010_10 in KITTI, Dimetrodon in "
     "Middlebury, tsukuba in Middlebury stereo) as DIR/NAME.EXT, then DIR/NAME_flow.EXT (what flowcli estimate "
