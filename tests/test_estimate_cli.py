@@ -1425,3 +1425,31 @@ def test_a_video_rate_below_the_writers_least_from_step_is_refused_before_any_wo
     code, _, err = cli(slow, "--step", "2", "--video", "--fps", "1", "--weights", media["weights"], "-o", out, "-q")
     assert code == 0, err
     assert (out / "slow_vis.mp4").is_file()
+
+
+def test_a_video_name_as_output_folder_is_refused_and_an_existing_folder_of_one_is_used(
+    media, tmp_path, cli, monkeypatch
+):
+    """`estimate frames/ --video -o out.mp4` made a folder out.mp4 holding frames_vis.mp4."""
+    from cli_harness import assert_refused_before_the_model
+
+    (tmp_path / "x.mp4").mkdir()
+    code, _, err = cli(media["frames"], "--video", "--flo", "--weights", media["weights"], "-o", tmp_path / "x.mp4",
+                       "-q")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "x.mp4" / "frames_vis.mp4").is_file()
+    folder = tmp_path / "out"
+    assert_refused_before_the_model(monkeypatch, cli, media["frames"], "--video", "--weights", media["weights"],
+                                    output=tmp_path / "out.MP4", exit_code=2,
+                                    needle=f"-o {folder} writes {folder / 'SOURCE_vis.mp4'}")  # fmt: skip
+
+
+def test_a_video_of_frames_larger_than_h264_takes_is_refused_before_the_model(media, tmp_path, cli, monkeypatch):
+    """Frames of 2x17000 ran the model over every pair, then ffmpeg failed: 'Nothing was written into output file'."""
+    from cli_harness import assert_refused_before_the_model
+
+    for i in range(2):
+        write_png(tmp_path / "thin" / f"{i}.png", np.zeros((17000, 2, 3), np.uint8))
+    assert_refused_before_the_model(monkeypatch, cli, tmp_path / "thin", "--video", "--weights", media["weights"],
+                                    output=tmp_path / "out", exit_code=3,
+                                    needle="thin_vis.mp4 of 2x17000 frames: H.264 takes at most 16384")  # fmt: skip

@@ -662,3 +662,75 @@ def test_a_pipe_is_refused_as_no_regular_file_not_as_missing(run, tmp_path):
     code, _, err = run(tmp_path / "good.flo", tmp_path / "pipe.flo", "-o", tmp_path / "vis")
     assert_one_line_error(code, err, 2, "pipe.flo is not a regular file or folder", "save it to a file first")
     assert _files(tmp_path / "vis") == []
+
+
+@pytest.mark.parametrize("output", ["out.mp4", "OUT.MOV", "clip.gif", "file.mp4"])
+def test_a_video_name_as_output_folder_is_refused_with_where_the_video_goes(run, tmp_path, output):
+    """`-o out.mp4 --video` made a folder out.mp4 holding vis.mp4. A file of that name is refused too."""
+    write_flo(tmp_path / "a.flo", _flow())
+    (tmp_path / "file.mp4").write_bytes(b"")
+    before = _files(tmp_path)
+    code, out, err = run(tmp_path / "a.flo", "--video", "-o", tmp_path / output)
+    folder = (tmp_path / output).with_suffix("")
+    assert_one_line_error(code, err, 2, f"-o {tmp_path / output} names the output folder",
+                          f"-o {folder} writes {folder / 'vis.mp4'}")  # fmt: skip
+    assert out == "" and _files(tmp_path) == before
+
+
+def test_an_existing_folder_named_like_a_video_is_an_output_folder(run, tmp_path):
+    write_flo(tmp_path / "a.flo", _flow())
+    (tmp_path / "x.mp4").mkdir()
+    code, _, err = run(tmp_path / "a.flo", "--video", "-o", tmp_path / "x.mp4", "-q")
+    assert code == 0, err
+    assert _files(tmp_path / "x.mp4") == ["a_vis.png", "vis.mp4"]
+
+
+@pytest.mark.parametrize("max_flow", [1e-300, 1e-160, 1.7976931348623157e308])
+def test_flow_to_rgb_takes_any_finite_positive_max_flow_without_overflow(max_flow):
+    """max_flow=1e-300 gave numpy's 'overflow encountered in square' (flow / 1e-300, squared), and every pixel
+    white, as if no flow."""
+    flow = _flow()
+    with np.errstate(all="raise", under="ignore"):
+        rgb = flow_to_rgb(flow, max_flow=max_flow)
+    if max_flow < 1:  # every vector is beyond max_flow: the saturated colour of its direction
+        unit = flow / np.linalg.norm(flow, axis=-1, keepdims=True)
+        np.testing.assert_array_equal(rgb, flow_to_rgb(unit, max_flow=1.0))
+    else:
+        assert (rgb == 255).all()  # nothing beyond the pale centre of the wheel
+
+
+def test_a_tiny_max_flow_colours_without_a_numpy_warning(monkeypatch, capsys, tmp_path):
+    run = in_process_cli(monkeypatch, capsys, "vis", show_every_warning=True)
+    write_flo(tmp_path / "a.flo", _flow())
+    code, _, err = run(tmp_path / "a.flo", "--max-flow", "1e-300", "-o", tmp_path / "vis", "-q")
+    assert code == 0, err
+    assert err == ""
+    np.testing.assert_array_equal(read_png(tmp_path / "vis" / "a_vis.png"), flow_to_rgb(_flow(), max_flow=1e-300))
+
+
+def test_video_of_frames_larger_than_h264_takes_is_refused_before_writing(run, tmp_path):
+    """2x17000 flows wrote every PNG, then ffmpeg failed: 'Nothing was written into output file'."""
+    write_flo(tmp_path / "thin.flo", np.zeros((17000, 2, 2), np.float32))
+    code, out, err = run(tmp_path / "thin.flo", "--video", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 3, "of 2x17000 frames", "at most 16384 pixels a side")
+    assert out == "" and _files(tmp_path / "vis") == []
+    # odd sizes are padded: 1x16383 is encoded at 2x16384, the most a side takes
+    write_flo(tmp_path / "odd.flo", np.zeros((16383, 1, 2), np.float32))
+    code, _, err = run(tmp_path / "odd.flo", "--video", "-o", tmp_path / "odd", "-q")
+    assert code == 0, err
+    assert VideoReader(tmp_path / "odd" / "vis.mp4").size == (2, 16384)
+
+
+@pytest.mark.parametrize(("width", "height", "fits"), [(16384, 16128, True), (16383, 16129, False),
+                                                       (16385, 2, False), (1, 1, True)])  # fmt: skip
+def test_the_video_size_rule_is_ffmpegs(width, height, fits):
+    """ffmpeg refuses (width + 128) * (height + 128) of 2^28 or more after the odd side's padding, libx264 a side
+    over 16384 (tried: 16384x16128 encodes, 16383x16129, padded to 16384x16130, is 'Picture size invalid')."""
+    from flowcli.errors import OutputError
+    from flowcli.io.media import check_video_size
+
+    if fits:
+        check_video_size("v.mp4", width, height)
+    else:
+        with pytest.raises(OutputError, match=f"v.mp4 of {width}x{height} frames"):
+            check_video_size("v.mp4", width, height)

@@ -49,6 +49,7 @@ from flowcli.cli.options import (
     WeightsOption,
     check_fps_has_a_video,
     check_fps_option,
+    check_output_is_no_video_name,
     check_picking_applies,
     check_precision_name,
     check_scale,
@@ -441,6 +442,16 @@ def _check_output_folder(directory: Path) -> None:
     probe_folder(existing, "choose another with -o")
 
 
+def _check_video_sizes(sources: list[_Source], options) -> None:
+    """Before the model: each sequence's frames must have a size its video can be encoded at."""
+    from flowcli.io.media import check_video_size
+    from flowcli.outputs import video_path
+
+    for source in sources:
+        if source.sequence:
+            check_video_size(video_path(options, source.name), *source.frame_size)
+
+
 def _frame_folders(sources: list[_Source]) -> dict[Path, str]:
     """Resolved folder -> the sequence whose frames are images listed there (a folder, a glob, or images in a row,
     as a shell-expanded glob gives them). An explicit pair names its two images: it is not listed."""
@@ -591,6 +602,7 @@ def estimate(
                             max_flow=max_flow, overwrite=overwrite)
     want_video = "video" in chosen
     check_fps_has_a_video(fps, want_video)
+    check_output_is_no_video_name(output, want_video, "SOURCE_vis.mp4")
 
     # ---- inputs and outputs, before the model
     sources = collect_sources(inputs or [], step, max_frames, pair_list)
@@ -602,6 +614,8 @@ def estimate(
             "--video writes one video per sequence (a folder, a glob, a video file or three or more images in a row) "
             "and the inputs are image pairs only; drop --video, or give the frames as one sequence"
         )
+    if want_video:
+        _check_video_sizes(sources, options)
     _check_output_folder(output)
     input_files = {p.resolve() for s in sources if s.stream is None for p in (s.frames or [s.video])}
     # --resume takes existing outputs as done: the claims then check only collisions, inputs and folders

@@ -141,6 +141,22 @@ def device_and_precision(device: str, precision: str):
 # ---- output names
 
 
+# names a user gives a video file: as -o, such a name became a folder, the video inside it
+_VIDEO_FILE_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".gif")
+
+
+def check_output_is_no_video_name(output: Path, want_video: bool, video_name: str) -> None:
+    """-o is the output folder and the video a file in it, named `video_name`: a -o named like a video file
+    (out.mp4), not an existing folder, is refused before any work. An existing folder of such a name is used."""
+    if not want_video or output.suffix.lower() not in _VIDEO_FILE_SUFFIXES or output.is_dir():
+        return
+    folder = output.with_suffix("")
+    raise InputError(
+        f"-o {output} names the output folder, not the video; the video is written inside it: "
+        f"-o {folder} writes {os.path.join(folder, video_name)}"
+    )
+
+
 def check_fps_has_a_video(fps: float | None, want_video: bool) -> None:
     """--fps sets the frame rate of --video: given without it, it was accepted and ignored."""
     if fps is not None and not want_video:

@@ -29,6 +29,7 @@ from flowcli.cli.options import (
     QuietOption,
     check_fps_has_a_video,
     check_fps_option,
+    check_output_is_no_video_name,
     nonempty_path,
 )
 from flowcli.errors import InputError, OutputError
@@ -546,13 +547,14 @@ def vis(
 
     from flowcli.console import progress, say, warn
     from flowcli.io.flow_formats import write_png
-    from flowcli.io.media import VideoWriter
+    from flowcli.io.media import VideoWriter, check_video_size
     from flowcli.outputs import check_template
 
     # ---- options, before anything is read
     for arg in inputs:
         nonempty_path(arg, "an input", "flow, disparity or depth files, folders of them or quoted globs")
     output = nonempty_path(output, "-o", "the output folder")
+    check_output_is_no_video_name(output, video, VIDEO_NAME)
     scales = {"flow": _scale_option(max_flow, "--max-flow"),
               "disparity": _scale_option(max_disparity, "--max-disparity"),
               "depth": _scale_option(min_depth, "--min-depth", "metres")}
@@ -599,6 +601,7 @@ def vis(
             warn(f"{flag} is left unused: no input is a {_KIND_NAMES[kind]}")
     if video:
         _check_one_size(items)
+        check_video_size(output / VIDEO_NAME, *items[0].size)
     _plan_outputs(items, output, template, video, overwrite)
 
     # ---- second pass: colour and write

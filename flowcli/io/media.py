@@ -670,6 +670,31 @@ def check_fps_fits(path: PathLike, fps: float) -> None:
         )
 
 
+MAX_VIDEO_SIDE = 16384  # libx264 refuses a wider or taller picture
+# ffmpeg refuses a picture for which 8 * (width + 128) * (height + 128) reaches 2^31 (av_image_check_size): a
+# 16384-wide video is at most 16128 tall
+_MAX_PADDED_AREA = 2**28
+
+
+def encoded_size(width: int, height: int) -> tuple[int, int]:
+    """The size `VideoWriter` encodes frames of width x height at: odd sides padded to even (yuv420p needs it)."""
+    return width + width % 2, height + height % 2
+
+
+def check_video_size(path: PathLike, width: int, height: int) -> None:
+    """OutputError if `VideoWriter` cannot encode frames of width x height (after padding): for commands to call
+    before any work, as the writer fails only once ffmpeg starts, at the first frame."""
+    padded_width, padded_height = encoded_size(width, height)
+    fits_area = (padded_width + 128) * (padded_height + 128) < _MAX_PADDED_AREA
+    if max(padded_width, padded_height) <= MAX_VIDEO_SIDE and fits_area:
+        return
+    raise OutputError(
+        f"cannot write video {path} of {width}x{height} frames: H.264 takes at most {MAX_VIDEO_SIDE} pixels a side "
+        f"and (width + 128) x (height + 128) under {_MAX_PADDED_AREA:,} (16384x16128 fits); leave out the video, "
+        "or crop or downscale the frames"
+    )
+
+
 class VideoWriter:
     """Context manager writing RGB frames to an H.264 video (yuv420p) with the given fps, atomically.
 
@@ -706,6 +731,7 @@ class VideoWriter:
         return self
 
     def _start(self, width: int, height: int) -> None:
+        check_video_size(self.path, width, height)
         rate = Fraction(self.fps).limit_denominator(10000)
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-nostdin"]
         command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]

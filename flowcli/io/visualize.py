@@ -25,11 +25,12 @@ def flow_to_rgb(flow, max_flow: float | None = None) -> np.ndarray:
     else:
         if not (np.isfinite(max_flow) and max_flow > 0):
             raise ValueError(f"max_flow must be a finite positive number, got {max_flow}")
-        uv = flow / max_flow
-        radius = np.sqrt((uv**2).sum(axis=-1, keepdims=True))
-        # Beyond max_flow: the saturated colour of that direction (flow_vis would darken it as
-        # 'out of range'); the tiny factor keeps rounding from pushing radius 1 over its test.
-        uv /= np.maximum(radius, 1.0) * (1.0 + 1e-9)
+        # Divided by the larger of the magnitude and max_flow, so |uv| <= 1 and nothing overflows (flow / 1e-300
+        # would, then its square). Beyond max_flow: the saturated colour of that direction (flow_vis would darken
+        # it as 'out of range'); the tiny factor keeps rounding from pushing radius 1 over its test.
+        radius = np.hypot(flow[:, :, 0], flow[:, :, 1])[:, :, None]
+        uv = flow / np.maximum(radius, max_flow)
+        uv /= 1.0 + 1e-9
         rgb = flow_vis.flow_uv_to_colors(uv[:, :, 0], uv[:, :, 1])
     rgb[~known] = 0
     return rgb
