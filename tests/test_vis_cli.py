@@ -284,6 +284,17 @@ def test_a_min_depth_that_is_not_a_positive_number_is_refused(run, tmp_path, val
     assert _files(tmp_path / "vis") == []
 
 
+def test_a_min_depth_too_small_to_invert_is_refused_by_its_own_name(run, tmp_path):
+    """1 / 1e-320 is inf: the run ended "max_disparity must be a positive number of pixels, got inf", an option the
+    user never gave."""
+    write_npy(tmp_path / "x_depth.npy", _depth())
+    code, _, err = run(tmp_path / "x_depth.npy", "--min-depth", "1e-320", "-o", tmp_path / "vis")
+    assert_one_line_error(code, err, 3, "--min-depth 1e-320 is too small to invert; give at least 1e-300 metres")
+    assert _files(tmp_path / "vis") == []
+    code, _, err = run(tmp_path / "x_depth.npy", "--min-depth", "1e-300", "-o", tmp_path / "vis")
+    assert code == 0, err
+
+
 def test_video_of_depth_maps_has_their_colours(run, tmp_path):
     for index, (near, far) in enumerate(((1.0, 3.0), (5.0, 40.0))):
         write_npy(tmp_path / f"f{index}_depth.npy", _depth(near, far))

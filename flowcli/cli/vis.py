@@ -410,6 +410,8 @@ def _scale_option(text: str | None, flag: str, unit: str = "pixels") -> float | 
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise OutputError(f"{flag} must be a positive number of {unit} or '{GLOBAL}', got {text!r}")
+    if unit == "metres" and not math.isfinite(1.0 / value):  # depth is coloured by its inverse
+        raise OutputError(f"{flag} {text} is too small to invert; give at least 1e-300 {unit}")
     return value
 
 
