@@ -939,3 +939,88 @@ def test_the_final_weights_are_evaluated_when_the_steps_are_no_multiple_of_eval_
     assert [r["step"] for r in json.loads((tmp_path / "a" / "eval.json").read_text())] == [2, 3]
     train(tiny_config(tmp_path / "b", 3, batch_size=1, eval_every=2), evaluate=scores, quiet=True, stop_after=1)
     assert not (tmp_path / "b" / "eval.json").exists()  # a stop before the end is not the final weights
+
+
+def test_a_run_folder_and_textures_under_the_home_folder_are_found(monkeypatch, tmp_path):
+    """`"out_dir": "~/runs/x"` (or `--out=~/runs/x`, which the shell leaves as is) trained into a folder named "~" in
+    the current folder, and `"textures": ["~/pics"]` did not exist, though the dataset roots and --init expand "~"."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    iio.imwrite(home / "texture.png", np.full((48, 40, 3), 128, np.uint8))
+    torch.set_num_threads(1)
+    summary = train(tiny_config("~/run", 1, textures=["~/texture.png"]), quiet=True)
+    assert summary["checkpoint"] == str(home / "run" / "last.safetensors")
+    assert (home / "run" / "state.pt").exists() and not (here / "~").exists()
+
+
+def test_a_resumed_run_records_the_init_weights_it_started_from(tmp_path):
+    """The init checkpoint's sha256 was taken again on resume: a run fine-tuned from another run's weights that went
+    on meanwhile named in its provenance a file it never started from."""
+    import shutil
+
+    from flowcli.registry import sha256_file
+
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path / "base", 2), quiet=True)
+    init = tmp_path / "init.safetensors"
+    shutil.copy(tmp_path / "base" / "last.safetensors", init)
+    started_from = sha256_file(init)
+    tuned = tiny_config(tmp_path / "tuned", 3, init_weights=str(init), model={})
+    train(tuned, quiet=True, stop_after=1)
+    train(tiny_config(tmp_path / "base", 2, seed=1), quiet=True, overwrite=True)
+    shutil.copy(tmp_path / "base" / "last.safetensors", init)  # the init file is replaced by other weights
+    assert sha256_file(init) != started_from
+    train(tuned, quiet=True)
+    assert load_checkpoint(tmp_path / "tuned" / "last.safetensors").provenance["init_sha256"] == started_from
+
+
+def test_a_finished_run_writes_its_deleted_or_cut_weights_again_from_its_state(tmp_path):
+    """Running a finished run again said "done: ..., weights in OUT/last.safetensors" when that file had been
+    deleted (or OUT/ema.safetensors cut short): nothing was written, as no step was left to run."""
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, 2, ema_decay=0.9)
+    train(cfg, quiet=True)
+    weights, average = load_checkpoint(tmp_path / "last.safetensors"), load_checkpoint(tmp_path / "ema.safetensors")
+    (tmp_path / "last.safetensors").unlink()
+    data = (tmp_path / "ema.safetensors").read_bytes()
+    (tmp_path / "ema.safetensors").write_bytes(data[: len(data) // 2])
+    assert train(cfg, quiet=True)["steps"] == 2
+    for before, name in ((weights, "last"), (average, "ema")):
+        after = load_checkpoint(tmp_path / f"{name}.safetensors")
+        for key, value in before.state_dict().items():
+            torch.testing.assert_close(after.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_an_unreadable_dataset_item_in_a_data_worker_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    """With a data worker (the default), a corrupt dataset file printed torch's "Caught InputError in DataLoader
+    worker process 0. Original Traceback" and the worker's whole traceback after "error:"."""
+    from flowcli.io.flow_formats import write_flo, write_png
+
+    chairs = tmp_path / "chairs"
+    for k in (1, 2):
+        write_png(chairs / f"00000_img{k}.png", torch.zeros(64, 64, 3, dtype=torch.uint8).numpy())
+    write_flo(chairs / "00000_flow.flo", torch.zeros(64, 64, 2).numpy())
+    (chairs / "00000_flow.flo").write_bytes((chairs / "00000_flow.flo").read_bytes()[:100])  # cut short
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({**json.loads(tiny_recipe(tmp_path).read_text()), "workers": 1}))
+    run = in_process_cli(monkeypatch, capsys, "train")
+    code, _, err = run(
+        "-c", recipe, "-o", tmp_path / "run", "-q", "--synth-weight", "0", "--dataset", f"chairs:{chairs}"
+    )
+    assert_one_line_error(code, err, 2, "cannot read", str(chairs / "00000_flow.flo"))
+    assert "DataLoader" not in err
+
+
+def test_a_config_file_with_a_byte_order_mark_or_in_utf16_is_read(tmp_path):
+    """A recipe saved by Notepad (UTF-8 with a BOM) or written by PowerShell's `>` (UTF-16) was "not valid JSON:
+    Unexpected UTF-8 BOM (decode using utf-8-sig)", which says nothing a user can do."""
+    path = tmp_path / "recipe.json"
+    for encoding in ("utf-8-sig", "utf-16"):
+        path.write_text(json.dumps({"steps": 7, "textures": ["Straße.png"]}), encoding=encoding)
+        cfg = TrainConfig.from_file(path)
+        assert cfg.steps == 7 and cfg.textures == ["Straße.png"]

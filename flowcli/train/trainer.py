@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, save_checkpoint
+from flowcli.checkpoint import ABSENT, changed_settings, field_defaults, read_metadata, save_checkpoint
 from flowcli.console import progress, say, stderr
 from flowcli.data.datasets import STEREO_DATASETS, FlowDataset, make_dataset, parse_dataset_spec
 from flowcli.data.workers import interrupt_deferred, receiving_batch, start_data_worker
@@ -77,7 +77,8 @@ class TrainConfig:
         file and the key when the file is unreadable or a setting is unknown or invalid."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            # bytes: json finds the encoding, so a BOM (Notepad) or UTF-16 (PowerShell's `>`) is read as such
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             raise InputError(f"config file {path} does not exist; check the path") from None
         except IsADirectoryError:
@@ -425,7 +426,7 @@ def _load_textures(cfg: TrainConfig) -> TextureBank | None:
     if not cfg.textures:
         return None
     try:
-        return TextureBank.from_paths(cfg.textures)
+        return TextureBank.from_paths([Path(path).expanduser() for path in cfg.textures])
     except FlowcliError as error:
         raise InputError(f"textures: {error}") from None
 
@@ -595,7 +596,7 @@ def train(
     cfg.check()
     if stop_after is not None and stop_after < 1:
         raise InputError(f"--stop-after must be a positive step number, got {stop_after}")
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir).expanduser()  # as the dataset roots and --init: "~/runs" made a folder named "~" here
     state_path = out / "state.pt"
     _check_run_folder(out, overwrite)
     textures = _load_textures(cfg)
@@ -647,6 +648,8 @@ def train(
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"].cpu())
         step, history = state["step"], json.loads(state["history"])
+        # the init file may have changed since (a run that went on): the provenance names the one this run started from
+        init_sha256 = state.get("init_sha256", init_sha256)
         say(f"resuming {out} at step {step}/{cfg.steps}")
     else:  # an earlier run's evaluations and average are not this run's
         for stale in [out / "eval.json"] + ([out / "ema.safetensors"] if ema is None else []):
@@ -667,6 +670,7 @@ def train(
                     "step": step,
                     "history": json.dumps(history),
                     **({"ema": ema.state_dict()} if ema is not None else {}),
+                    **({"init_sha256": init_sha256} if init_sha256 is not None else {}),
                 },
                 tmp,
             )
@@ -686,7 +690,10 @@ def train(
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
                 with receiving_batch(cfg.workers):
-                    batch = next(batches)
+                    try:
+                        batch = next(batches)
+                    except FlowcliError as error:
+                        raise _unwrapped_worker_error(error) from None
                 image1, image2, flow, valid = (t.to(device, non_blocking=True) for t in batch)
                 valid = None if bool(valid.all()) else valid  # (an all-valid batch: the plain mean, as ever)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -749,6 +756,12 @@ def train(
         ) from None
     finally:
         del batches  # the data workers are shut down now, not at exit after the message (see receiving_batch)
+    weights = [out / "last.safetensors"] + ([out / "ema.safetensors"] if ema is not None else [])
+    lost = [path for path in weights if not _readable_weights(path)]
+    if lost:  # a finished run whose weights were deleted or cut short since: written again from its state
+        with interrupt_deferred():
+            save_state()
+        say(f"wrote {', '.join(map(str, lost))} again from {state_path} (missing or unreadable)")
     return {
         "steps": step,
         "seconds": time.time() - started,
@@ -757,6 +770,25 @@ def train(
         "ema_checkpoint": str(out / "ema.safetensors") if ema is not None else None,
         "history": history,
     }
+
+
+def _unwrapped_worker_error(error: FlowcliError) -> FlowcliError:
+    """The one-line error a data worker raised (a dataset item that cannot be read): torch passes it on as the same
+    type with the message "Caught InputError in DataLoader worker process 0. Original Traceback (...)", whose last
+    line is "flowcli.errors.InputError: MESSAGE"."""
+    text = str(error)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return error  # (with workers 0 the error is raised here, as is)
+    last = text.rstrip().splitlines()[-1]
+    return type(error)(last.partition(": ")[2] or last)
+
+
+def _readable_weights(path: Path) -> bool:
+    try:
+        read_metadata(path)
+    except (FlowcliError, OSError):
+        return False
+    return True
 
 
 def _check_finite(value: torch.Tensor, what: str, step: int, saved: int, out: Path) -> None:
