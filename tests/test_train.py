@@ -9,7 +9,7 @@ from cli_harness import assert_one_line_error, in_process_cli
 from safetensors import safe_open
 
 from flowcli.checkpoint import load_checkpoint
-from flowcli.errors import FlowcliError
+from flowcli.errors import FlowcliError, InputError
 from flowcli.models.pwc import FlowNet
 from flowcli.train.trainer import TrainConfig, train
 
@@ -1014,6 +1014,30 @@ def test_an_unreadable_dataset_item_in_a_data_worker_is_a_one_line_error(monkeyp
     )
     assert_one_line_error(code, err, 2, "cannot read", str(chairs / "00000_flow.flo"))
     assert "DataLoader" not in err
+
+
+class _UnreadableItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        raise InputError(f"cannot read item{index}.flo: the file is truncated")
+
+
+def test_receiving_batch_gives_a_worker_error_as_its_one_line_for_train_and_adapt():
+    """The one place both training loops (train, adapt) take a batch from their data workers: the worker's flowcli
+    error comes out with its own message, not torch's "Caught InputError in DataLoader worker process 0" and the
+    worker's traceback; an error of the main process passes as it is."""
+    from flowcli.data.workers import receiving_batch, start_data_worker
+
+    loader = torch.utils.data.DataLoader(_UnreadableItems(), num_workers=1, worker_init_fn=start_data_worker)
+    batches = iter(loader)
+    with pytest.raises(InputError) as excinfo, receiving_batch(1):
+        next(batches)
+    assert str(excinfo.value) == "cannot read item0.flo: the file is truncated"
+    del batches
+    with pytest.raises(InputError, match="^Caught nothing$"), receiving_batch(0):
+        raise InputError("Caught nothing")
 
 
 def test_a_config_file_with_a_byte_order_mark_or_in_utf16_is_read(tmp_path):

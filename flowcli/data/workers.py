@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 
+from flowcli.errors import FlowcliError
+
 
 def stop_quietly_on_sigterm(worker_id: int) -> None:
     """A data worker ends quietly on a SIGTERM, as on a Ctrl-C. torch's workers die of a SIGTERM sent to the
@@ -64,7 +66,8 @@ def interrupt_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM
             os.kill(os.getpid(), signum)  # the default of SIGTERM: end the process, now that the step is whole
 
 
-def receiving_batch(workers: int) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def receiving_batch(workers: int):
     """Around `next(batches)` of a DataLoader with `workers` (started with `start_data_worker`). A worker passes a
     batch's tensors over a socket (the file descriptors of their shared memory), which a Ctrl-C in the middle of
     receiving them cut: the worker printed a traceback from multiprocessing's resource_sharer. So a Ctrl-C waits for
@@ -73,5 +76,17 @@ def receiving_batch(workers: int) -> contextlib.AbstractContextManager:
 
     The caller keeps the iterator in a variable that it deletes once it stops (`finally: del batches`): the
     traceback of the interrupt holds the caller's variables, and the workers would otherwise stay up until exit,
-    after the "interrupted" message."""
-    return interrupt_deferred((signal.SIGINT,), impatient=True) if workers else contextlib.nullcontext()
+    after the "interrupted" message.
+
+    A flowcli error a worker raised (a dataset item that cannot be read) comes out as its one line: torch passes it
+    on as the same type with the message "Caught InputError in DataLoader worker process 0. Original Traceback
+    (...)", the worker's traceback, whose last line is "flowcli.errors.InputError: MESSAGE"."""
+    with interrupt_deferred((signal.SIGINT,), impatient=True) if workers else contextlib.nullcontext():
+        try:
+            yield
+        except FlowcliError as error:
+            text = str(error)
+            if not (text.startswith("Caught ") and "Original Traceback" in text):
+                raise
+            last = text.rstrip().splitlines()[-1]
+            raise type(error)(last.partition(": ")[2] or last) from None

@@ -690,10 +690,7 @@ def train(
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
                 with receiving_batch(cfg.workers):
-                    try:
-                        batch = next(batches)
-                    except FlowcliError as error:
-                        raise _unwrapped_worker_error(error) from None
+                    batch = next(batches)
                 image1, image2, flow, valid = (t.to(device, non_blocking=True) for t in batch)
                 valid = None if bool(valid.all()) else valid  # (an all-valid batch: the plain mean, as ever)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -770,17 +767,6 @@ def train(
         "ema_checkpoint": str(out / "ema.safetensors") if ema is not None else None,
         "history": history,
     }
-
-
-def _unwrapped_worker_error(error: FlowcliError) -> FlowcliError:
-    """The one-line error a data worker raised (a dataset item that cannot be read): torch passes it on as the same
-    type with the message "Caught InputError in DataLoader worker process 0. Original Traceback (...)", whose last
-    line is "flowcli.errors.InputError: MESSAGE"."""
-    text = str(error)
-    if not (text.startswith("Caught ") and "Original Traceback" in text):
-        return error  # (with workers 0 the error is raised here, as is)
-    last = text.rstrip().splitlines()[-1]
-    return type(error)(last.partition(": ")[2] or last)
 
 
 def _readable_weights(path: Path) -> bool:
