@@ -28,6 +28,7 @@ images, as the item means do), the pixel counts `n_valid` (`n_noc`, `n_occ`) and
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,19 @@ def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
         name = record["name"]
         first_image = record.get("left" if stereo else "image1")
         candidates = prediction_candidates(folder, name, stereo=stereo, first_image=first_image)
+        broken = next((path for path in candidates if path.is_symlink() and not path.exists()), None)
+        if broken is not None:  # is_file() follows the link: the file would be "missing" while ls lists it
+            raise InputError(
+                f"{broken} is a link to {os.readlink(broken)}, which does not exist; "
+                f"point it at the prediction of {dataset.name} item {name}, or remove it"
+            )
         existing = [path for path in candidates if path.is_file()]
+        ground_truth = next((path for path in existing if _is_ground_truth(path, record)), None)
+        if ground_truth is not None:  # --predictions given the dataset's own folder: a perfect score, silently
+            raise InputError(
+                f"{ground_truth} is the ground truth of {dataset.name} item {name}, not a prediction; "
+                "give the folder the predictions were written to, outside the dataset"
+            )
         if len(existing) > 1:
             raise InputError(
                 f"{len(existing)} predictions for {dataset.name} item {name}: "
@@ -271,6 +284,17 @@ def find_predictions(dataset, folder: Path, count: int) -> list[Path]:
             f"{len(missing)} of {count} items have none: give one file per item, named after it"
         )
     return found
+
+
+def _is_ground_truth(path: Path, record: dict) -> bool:
+    """Whether `path` is one of the dataset `record`'s ground-truth files (a link to one included)."""
+    for key in ("flow", "disparity", "noc"):
+        try:
+            if record.get(key) is not None and path.samefile(record[key]):
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def _is_real_dtype(dtype: np.dtype) -> bool:

@@ -1,6 +1,7 @@
 """Benchmark readers on the real items in ../shared/data, plus error paths."""
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -399,3 +400,71 @@ def test_eval_json_names_the_precision_that_ran_when_fp16_falls_back_to_fp32_on_
     assert code == 0, err
     assert json.loads(out)["precision"] == "fp32" and asked == ["fp32"]
     assert err.count("fp16 is not supported on CPU") == 1
+
+
+def _write_sintel(root, flow_size=(12, 16)):
+    """One Sintel item, alley_1/frame_0001, with 12x16 frames and a zero flow of `flow_size`."""
+    from flowcli.io.flow_formats import write_flo
+
+    scene = root / "training" / "clean" / "alley_1"
+    _write_frames(scene / "frame_0001.png", scene / "frame_0002.png")
+    write_flo(root / "training" / "flow" / "alley_1" / "frame_0001.flo", np.zeros((*flow_size, 2), np.float32))
+
+
+def _write_kitti(root, noc_size=(12, 16)):
+    """One KITTI 2015 flow item, 000000_10: 12x16 frames and flow_occ, a flow_noc of `noc_size`."""
+    from flowcli.io.flow_formats import write_kitti_flow
+
+    base = root / "training"
+    _write_frames(base / "image_2" / "000000_10.png", base / "image_2" / "000000_11.png")
+    write_kitti_flow(base / "flow_occ" / "000000_10.png", np.zeros((12, 16, 2), np.float32))
+    write_kitti_flow(base / "flow_noc" / "000000_10.png", np.zeros((*noc_size, 2), np.float32))
+
+
+@pytest.mark.parametrize("rows", [1, 10])
+def test_a_mask_of_another_size_than_its_ground_truth_is_refused_naming_both(tmp_path, rows):
+    """A Sintel invalid mask or a KITTI flow_noc of another size than the flow ended in torch's RuntimeError
+    traceback; a one-row one was broadcast over every row without a word."""
+    from flowcli.io.flow_formats import write_png
+
+    _write_sintel(tmp_path / "sintel")
+    invalid = tmp_path / "sintel" / "training" / "invalid" / "alley_1" / "frame_0001.png"
+    write_png(invalid, np.zeros((rows, 16), np.uint8))
+    flo = tmp_path / "sintel" / "training" / "flow" / "alley_1" / "frame_0001.flo"
+    with pytest.raises(InputError, match=f"^{invalid} is 16x{rows}, its ground truth {flo} is 16x12; "):
+        make_dataset("sintel-clean", tmp_path / "sintel")[0]
+    _write_kitti(tmp_path / "kitti", noc_size=(rows, 16))
+    noc, occ = (tmp_path / "kitti" / "training" / folder / "000000_10.png" for folder in ("flow_noc", "flow_occ"))
+    with pytest.raises(InputError, match=f"^{noc} is 16x{rows}, its ground truth {occ} is 16x12; "):
+        make_dataset("kitti2015", tmp_path / "kitti")[0]
+
+
+def test_a_ground_truth_of_another_size_than_its_frames_is_named_with_them(tmp_path):
+    """The error said "flow is (10, 16), image1 is (12, 16)": no file to look at, among thousands."""
+    _write_sintel(tmp_path, flow_size=(10, 16))
+    training = tmp_path / "training"
+    flo, frame = training / "flow" / "alley_1" / "frame_0001.flo", training / "clean" / "alley_1" / "frame_0001.png"
+    with pytest.raises(InputError, match=f"item alley_1/frame_0001: its flow {flo} is 16x10, its first frame {frame} "
+                                         "is 16x12; the files do not belong together"):  # fmt: skip
+        make_dataset("sintel-clean", tmp_path)[0]
+
+
+def test_ground_truth_without_its_frames_is_left_out_with_a_warning(tmp_path):
+    """A ground-truth file whose frame was missing was dropped without a word: a copy missing some frames was
+    scored on fewer items, its mean taken for the dataset's."""
+    from flowcli.io.flow_formats import write_flo
+
+    _write_sintel(tmp_path)
+    write_flo(tmp_path / "training" / "flow" / "alley_1" / "frame_0002.flo", np.zeros((12, 16, 2), np.float32))
+    missing = tmp_path / "training" / "clean" / "alley_1" / "frame_0003.png"
+    expected = f"^1 of the 2 sintel-clean ground-truth files are left out, their frames missing \\({missing} for "
+    with pytest.warns(UserWarning, match=expected + r".*frame_0002.flo\); the other 1 items are used"):
+        assert len(make_dataset("sintel-clean", tmp_path)) == 1
+    _write_chairs(tmp_path / "chairs", pairs=2)
+    (tmp_path / "chairs" / "data" / "00002_img2.png").unlink()
+    with pytest.warns(UserWarning, match="1 of the 2 chairs ground-truth files are left out.*00002_img2"):
+        assert len(make_dataset("chairs", tmp_path / "chairs")) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete copy: no warning
+        _write_frames(missing)
+        assert len(make_dataset("sintel-clean", tmp_path)) == 2

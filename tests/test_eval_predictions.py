@@ -592,3 +592,48 @@ def test_quiet_fetches_the_weights_quietly(tmp_path, model_cli, monkeypatch):
         code, _, err = model_cli("-d", "chairs", "-r", tmp_path / "chairs", "--device", "cpu", *options)
         assert code == 0, err
         assert quiet_asked.pop() is quiet
+
+
+def test_the_datasets_own_ground_truth_is_refused_as_a_prediction(tmp_path, cli):
+    """--predictions given the dataset's own folder (Chairs data/, Sintel flow/, KITTI flow_occ/) found each item's
+    ground truth by its name and scored it: EPE 0, a perfect score without a word."""
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    data = tmp_path / "chairs" / "data"
+    code, out, err = cli("-d", "chairs", "-r", tmp_path / "chairs", "--predictions", data, "--json", "-q")
+    expected = f"{data / '00001_flow.flo'} is the ground truth of chairs item 00001, not a prediction; give the folder"
+    assert_one_line_error(code, err, 2, expected)
+    assert out == ""
+    _tiny_kitti_stereo(tmp_path / "kitti", np.full((4, 6), 8.0, np.float32))
+    (tmp_path / "preds").mkdir()
+    (tmp_path / "preds" / "000000_10.png").symlink_to(tmp_path / "kitti" / "training" / "disp_occ_0" / "000000_10.png")
+    with pytest.raises(InputError, match="000000_10.png is the ground truth of kitti-stereo item 000000_10"):
+        evaluate_predictions("kitti-stereo", tmp_path / "kitti", tmp_path / "preds", progress=False)
+
+
+def test_a_broken_link_in_the_predictions_is_said_to_be_one(tmp_path, cli):
+    """A link to a file that is gone was reported as a missing prediction, "looked for preds/00001.{flo,...}",
+    while ls lists preds/00001.flo."""
+    _tiny_chairs(tmp_path / "chairs", pairs=1)
+    (tmp_path / "preds").mkdir()
+    (tmp_path / "preds" / "00001.flo").symlink_to(tmp_path / "gone.flo")
+    code, out, err = cli(*_args(tmp_path))
+    link, target = tmp_path / "preds" / "00001.flo", tmp_path / "gone.flo"
+    expected = f"{link} is a link to {target}, which does not exist; point it at the prediction of chairs item 00001"
+    assert_one_line_error(code, err, 2, expected)
+
+
+def test_a_ground_truth_left_out_for_a_missing_frame_is_warned_about_once(tmp_path, monkeypatch, capsys):
+    """eval lists the dataset to check its layout before loading the model, then again to score it: the warning
+    that a ground-truth file was left out came twice."""
+    from flowcli.models.pwc import FlowNet, FlowNetConfig
+
+    model = FlowNet(FlowNetConfig(**TINY))
+    monkeypatch.setattr("flowcli.models.load_model", lambda *a, **k: model)
+    # every warning issued is shown: in a real run, the imports of loading a model reset what hides a repeat
+    cli = in_process_cli(monkeypatch, capsys, "eval", show_every_warning=True)
+    _tiny_chairs(tmp_path / "chairs", pairs=2)
+    (tmp_path / "chairs" / "data" / "00002_img2.png").unlink()
+    code, out, err = cli("-d", "chairs", "-r", tmp_path / "chairs", "--device", "cpu", "--json", "-q")
+    assert code == 0, err
+    assert err.count("1 of the 2 chairs ground-truth files are left out") == 1, err
+    assert json.loads(out)["results"]["chairs"]["mean"]["items"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -232,7 +233,9 @@ def eval_command(
                           as_json=as_json)  # fmt: skip
         return
     for each in names:  # a root without the layout (or without sintel's final pass) fails before any scoring
-        make_dataset(each, root)
+        with warnings.catch_warnings():  # evaluate lists it again and warns then, once
+            warnings.simplefilter("ignore")
+            make_dataset(each, root)
     # the precision that runs: fp16 on the CPU is fp32 (with a warning), and --json must say so
     torch_device, precision = device_and_precision(device, precision)
     model = load_model(weights, device=torch_device, offline=offline, quiet=quiet)

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from flowcli.console import warn
 from flowcli.errors import InputError
 from flowcli.io import flow_formats, media
 
@@ -77,15 +78,41 @@ def _flow_from_kitti(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous(), torch.from_numpy(valid)[None]
 
 
-def _check_size(item: dict, what: str) -> dict:
+# The record key of the file each item key was read from (the first the record has): the file an error names
+_FILE_OF = {
+    "image1": ("image1", "left"),
+    "image2": ("image2", "right"),
+    "flow": ("flow", "disparity"),
+    "valid": ("flow", "disparity"),
+    "occlusion": ("occlusion", "noc", "flow"),
+    "disparity": ("disparity",),
+}
+
+
+def _file_of(record: dict, key: str):
+    return next((record[name] for name in _FILE_OF[key] if record.get(name) is not None), key)
+
+
+def _check_size(item: dict, what: str, record: dict) -> dict:
     h, w = item["image1"].shape[-2:]
     for key in ("image2", "flow", "valid", "occlusion", "disparity"):
         value = item.get(key)
         if value is not None and tuple(value.shape[-2:]) != (h, w):
+            height, width = value.shape[-2:]
             raise InputError(
-                f"{what}: {key} is {tuple(value.shape[-2:])}, image1 is {(h, w)}; the files do not belong together"
+                f"{what}: its {key} {_file_of(record, key)} is {width}x{height}, its first frame "
+                f"{_file_of(record, 'image1')} is {w}x{h}; the files do not belong together"
             )
     return item
+
+
+def _check_mask_size(mask: torch.Tensor, mask_path: Path, gt: torch.Tensor, gt_path: Path) -> None:
+    """A mask combined with its ground truth must be at its size: torch would broadcast a one-row mask silently."""
+    if mask.shape[-2:] != gt.shape[-2:]:
+        raise InputError(
+            f"{mask_path} is {mask.shape[-1]}x{mask.shape[-2]}, its ground truth {gt_path} is "
+            f"{gt.shape[-1]}x{gt.shape[-2]}; the files do not belong together"
+        )
 
 
 def _flow_item(record: dict, flow: torch.Tensor, valid: torch.Tensor, occlusion: torch.Tensor | None) -> dict:
@@ -107,6 +134,21 @@ class FlowDataset:
 
     def __init__(self):
         self.samples: list[dict] = []
+        self.left_out: list[tuple[Path, Path]] = []  # (ground truth, the frame of it that is missing)
+
+    def _leave_out(self, ground_truth: Path, *frames: Path) -> None:
+        """`ground_truth` is not listed: one of its `frames` is missing."""
+        self.left_out.append((ground_truth, next(frame for frame in frames if not frame.is_file())))
+
+    def _warn_left_out(self) -> None:
+        """A copy missing some frames would otherwise be scored on fewer items without a word."""
+        if self.samples and self.left_out:
+            ground_truth, frame = self.left_out[0]
+            total = len(self.samples) + len(self.left_out)
+            warn(
+                f"{len(self.left_out)} of the {total} {self.name} ground-truth files are left out, their frames "
+                f"missing ({frame} for {ground_truth}); the other {len(self.samples)} items are used"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -115,7 +157,7 @@ class FlowDataset:
         if not -len(self) <= index < len(self):
             raise IndexError(index)
         record = self.samples[index]
-        return _check_size(self.load(record), f"{self.name} item {record['name']}")
+        return _check_size(self.load(record), f"{self.name} item {record['name']}", record)
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(len(self)):
@@ -183,6 +225,9 @@ class FlyingChairs(_FloPairs):
                         }
                     )
                     break
+            else:  # the missing frame of the format the pair has one frame in (.ppm when it has none)
+                pairs = [(folder / f"{stem}_img1{ext}", folder / f"{stem}_img2{ext}") for ext in (".ppm", ".png")]
+                self._leave_out(flo, *next((pair for pair in pairs if any(map(Path.is_file, pair))), pairs[0]))
         if not self.samples and split_of is not None and any(folder.glob("*_flow.flo")):
             raise InputError(
                 f"none of the pairs under {folder} is a {split} pair in {self.SPLIT_FILE}; "
@@ -190,6 +235,7 @@ class FlyingChairs(_FloPairs):
             )
         if not self.samples:
             raise _empty(self.root, self.layout, self.name)
+        self._warn_left_out()
 
 
 def _chairs_split(folder: Path):
@@ -243,6 +289,7 @@ class Sintel(FlowDataset):
             img1 = base / dstype / scene / f"frame_{index:0{digits}d}.png"
             img2 = base / dstype / scene / f"frame_{index + 1:0{digits}d}.png"
             if not (img1.is_file() and img2.is_file()):
+                self._leave_out(flo, img1, img2)
                 continue
             occ = base / "occlusions" / scene / f"{flo.stem}.png"
             inv = base / "invalid" / scene / f"{flo.stem}.png"
@@ -259,11 +306,14 @@ class Sintel(FlowDataset):
         if not self.samples:
             no_gt = any(base.glob(f"{dstype}/*/frame_*.png")) and not (base / "flow").is_dir()
             raise _empty(self.root, self.layout, self.name, frames_without_gt=no_gt)
+        self._warn_left_out()
 
     def load(self, record: dict) -> dict:
         flow, valid = _flow_from_flo(record["flow"])
         if record["invalid"] is not None:
-            valid = valid & ~_mask_png(record["invalid"])
+            invalid = _mask_png(record["invalid"])
+            _check_mask_size(invalid, record["invalid"], flow, record["flow"])
+            valid = valid & ~invalid
             flow = flow * valid
         occlusion = _mask_png(record["occlusion"]).float() if record["occlusion"] is not None else None
         return _flow_item(record, flow, valid, occlusion)
@@ -295,6 +345,7 @@ class KITTI(FlowDataset):
             stem = gt.name[: -len("_10.png")]
             img1, img2 = base / images / f"{stem}_10.png", base / images / f"{stem}_11.png"
             if not (img1.is_file() and img2.is_file()):
+                self._leave_out(gt, img1, img2)
                 continue
             noc = base / "flow_noc" / gt.name
             self.samples.append(
@@ -309,12 +360,14 @@ class KITTI(FlowDataset):
         if not self.samples:
             has_frames = any((base / images).glob("*_10.png"))
             raise _empty(self.root, self.layout, self.name, frames_without_gt=has_frames and not gt_dir.is_dir())
+        self._warn_left_out()
 
     def load(self, record: dict) -> dict:
         flow, valid = _flow_from_kitti(record["flow"])
         occlusion = None
         if record["noc"] is not None:
             _, valid_noc = _flow_from_kitti(record["noc"])
+            _check_mask_size(valid_noc, record["noc"], flow, record["flow"])
             occlusion = (valid & ~valid_noc).float()
         return _flow_item(record, flow, valid, occlusion)
 
@@ -338,11 +391,14 @@ class Middlebury(_FloPairs):
             img2 = self.root / "other-data" / scene / "frame11.png"
             if img1.is_file() and img2.is_file():
                 self.samples.append({"name": scene, "image1": img1, "image2": img2, "flow": flo})
+            else:
+                self._leave_out(flo, img1, img2)
         if not self.samples:
             is_eval_data = self.root.name == "eval-data" and any(self.root.glob("*/frame10.png"))
             has_frames = is_eval_data or any(self.root.glob("*-data*/*/frame10.png"))
             no_gt = not (self.root / "other-gt-flow").is_dir()
             raise _empty(self.root, self.layout, self.name, frames_without_gt=has_frames and no_gt)
+        self._warn_left_out()
 
 
 def _stereo_item(left: Path, right: Path, disparity: np.ndarray, valid: np.ndarray, name: str) -> dict:
@@ -373,8 +429,11 @@ class MiddleburyStereo(FlowDataset):
             left, right = gt.parent / "im0.png", gt.parent / "im1.png"
             if left.is_file() and right.is_file():
                 self.samples.append({"name": gt.parent.name, "left": left, "right": right, "disparity": gt})
+            else:
+                self._leave_out(gt, left, right)
         if not self.samples:
             raise _empty(self.root, self.layout, self.name, frames_without_gt=any(self.root.glob("*/im0.png")))
+        self._warn_left_out()
 
     def load(self, record: dict) -> dict:
         disparity = np.asarray(flow_formats.read_pfm(record["disparity"]), dtype=np.float32)
@@ -402,16 +461,20 @@ class KITTIStereo(FlowDataset):
         self.root = _root(root, self.layout, self.name)
         base = self.root / split if (self.root / split).is_dir() else self.root
         for left_dir, right_dir, gt_dir in self.FOLDERS:
+            self.left_out = []
             for gt in sorted(base.glob(f"{gt_dir}/*_10.png")):
                 left, right = base / left_dir / gt.name, base / right_dir / gt.name
                 if left.is_file() and right.is_file():
                     self.samples.append({"name": gt.stem, "left": left, "right": right, "disparity": gt})
+                else:
+                    self._leave_out(gt, left, right)
             if self.samples:
                 break
         if not self.samples:
             has_frames = any(any(base.glob(f"{left_dir}/*_10.png")) for left_dir, _, _ in self.FOLDERS)
             no_gt = not any((base / gt_dir).is_dir() for _, _, gt_dir in self.FOLDERS)
             raise _empty(self.root, self.layout, self.name, frames_without_gt=has_frames and no_gt)
+        self._warn_left_out()
 
     def load(self, record: dict) -> dict:
         result = flow_formats.read_disparity_png(record["disparity"])
