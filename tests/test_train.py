@@ -870,6 +870,23 @@ def test_train_help_says_textures_take_image_files(monkeypatch, capsys):
     assert "image files, folders of images (every 8th), videos (every 8th frame); at most 400 in all" in help_text
 
 
+def test_train_help_gives_the_defaults_a_run_without_flags_takes(monkeypatch, capsys):
+    """The options read None (a flag overrides a config), so --help showed no default at all, and a bare `flowcli
+    train` started a 20000-step run. Each default in the help is TrainConfig's own."""
+    defaults = TrainConfig()
+    run = in_process_cli(monkeypatch, capsys, "train")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run("--help")
+    assert code == 0
+    help_text = " ".join(out.replace("│", " ").split())
+    for shown in (f"default {defaults.out_dir})", f"default {defaults.steps})", f"(default {defaults.batch_size})",
+                  f"(default {defaults.height}x{defaults.width})",
+                  f"(default {defaults.seed})", f"(default {defaults.stereo_fraction})",
+                  f"(default {defaults.checkpoint_every};"):  # fmt: skip
+        assert shown in help_text, shown
+    assert "AdamW; default 4e-4)" in help_text and defaults.lr == 4e-4
+
+
 def test_a_weight_given_to_an_evaluation_is_named_in_the_error(monkeypatch, capsys, tmp_path):
     """`--eval chairs:FOLDER:2` said only that "FOLDER:2" is not a folder: --eval takes no weight."""
     folder = tmp_path / "chairs"

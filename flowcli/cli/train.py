@@ -26,6 +26,8 @@ _HELP_PARAGRAPHS = [
     "Exit codes: 0 ok (or a run already finished), 1 other error (an interrupted run: the message says how to "
     "resume), 2 input error (a bad setting, config file, texture or dataset folder), 3 output error (the run "
     "folder), 4 weights error (--init).",
+    "Each option's default is in its help: without --config or flags a run is full size (20000 steps of 8 pairs "
+    "at 320x448, into runs/flow).",
     "Examples:",
     "  flowcli train -c recipes/flowcli-pwc-synth.json --out runs/mine",
     "  flowcli train --init flowcli-pwc-synth --dataset sintel:MPI-Sintel/training --dataset "
@@ -39,13 +41,17 @@ def train(
     config: str = typer.Option(  # a str: a Path would read --config "" as "."
         None, "--config", "-c", metavar="PATH", help="JSON recipe (see recipes/); flags override it."
     ),
-    out: str = typer.Option(None, "--out", "-o", help="Run folder: state.pt (resume), last.safetensors, config.json."),
-    steps: int = typer.Option(None, help="Total optimiser steps (the one-cycle schedule spans them)."),
-    batch_size: int = typer.Option(None, help="Pairs per step."),
-    lr: float = typer.Option(None, help="Peak learning rate of the one-cycle schedule (AdamW)."),
-    size: str = typer.Option(None, help="Training crop HEIGHTxWIDTH, e.g. 256x320 (multiples of 64)."),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Run folder: state.pt (resume), last.safetensors, config.json (default runs/flow)."
+    ),
+    steps: int = typer.Option(None, help="Total optimiser steps (the one-cycle schedule spans them; default 20000)."),
+    batch_size: int = typer.Option(None, help="Pairs per step (default 8)."),
+    lr: float = typer.Option(None, help="Peak learning rate of the one-cycle schedule (AdamW; default 4e-4)."),
+    size: str = typer.Option(None, help="Training crop HEIGHTxWIDTH, multiples of 64 (default 320x448)."),
     seed: int = typer.Option(
-        None, help="Seed for the model init and the data stream (runs are deterministic), between -10^12 and 10^12."
+        None,
+        help="Seed for the model init and the data stream (runs are deterministic), between -10^12 and 10^12 "
+        "(default 0).",
     ),
     textures: list[str] = typer.Option(
         None,
@@ -53,7 +59,7 @@ def train(
         help="Real images to texture scenes: image files, folders of images (every 8th), videos (every 8th frame); "
         "at most 400 in all. Repeatable.",
     ),
-    stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes."),
+    stereo_fraction: float = typer.Option(None, help="Share of purely horizontal (stereo) scenes (default 0.2)."),
     init_weights: str = typer.Option(None, "--init", help="Start from these weights (name or path) to fine-tune."),
     datasets: list[str] = typer.Option(
         None,
@@ -73,7 +79,7 @@ def train(
     ),
     eval_every: int = typer.Option(None, help="Steps between evaluations (default: at each checkpoint)."),
     checkpoint_every: int = typer.Option(
-        None, help="Save the resumable state every N steps (may change when a run resumes)."
+        None, help="Save the resumable state every N steps (default 200; may change when a run resumes)."
     ),
     ema_decay: float = typer.Option(
         None, help="Also keep an exponential moving average of the weights (e.g. 0.999), saved as OUT/ema.safetensors."
