@@ -247,6 +247,7 @@ def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
     saved = json.loads(state["config"])
     del saved["ema_decay"]
     state["config"] = json.dumps(saved, sort_keys=True)
+    del state["model_config"]
     torch.save(state, tmp_path / "state.pt")
     assert len(train(cfg, quiet=True)["history"]) == 6
 
@@ -614,17 +615,22 @@ def test_running_out_of_memory_is_a_one_line_error_that_says_what_to_lower(monke
         train(tiny_config(tmp_path / "other", 4), quiet=True)
 
 
-@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", "foreign"])
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", "foreign", "a model of a newer flowcli"])
 def test_an_unreadable_or_foreign_state_is_a_one_line_error_and_overwrite_starts_afresh(
     monkeypatch, capsys, tmp_path, content
 ):
     recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
     out.mkdir()
+    run = in_process_cli(monkeypatch, capsys, "train")
     if content == "foreign":
         torch.save({"weights": torch.zeros(2)}, out / "state.pt")
+    elif content == "a model of a newer flowcli":
+        assert run("-c", recipe, "-o", out, "-q")[0] == 0
+        state = torch.load(out / "state.pt", weights_only=True)
+        state["model_config"] = json.dumps({**json.loads(state["model_config"]), "attention": True})
+        torch.save(state, out / "state.pt")
     else:
         (out / "state.pt").write_bytes(content)
-    run = in_process_cli(monkeypatch, capsys, "train")
     code, _, err = run("-c", recipe, "-o", out, "-q")
     assert_one_line_error(code, err, 3, str(out / "state.pt"), "--overwrite")  # the help: 3 is the run folder
     code, _, err = run("-c", recipe, "-o", out, "-q", "--overwrite")
@@ -994,6 +1000,55 @@ def test_a_resumed_run_records_the_init_weights_it_started_from(tmp_path):
     assert sha256_file(init) != started_from
     train(tuned, quiet=True)
     assert load_checkpoint(tmp_path / "tuned" / "last.safetensors").provenance["init_sha256"] == started_from
+
+
+@pytest.mark.parametrize("init_now", ["deleted", "another architecture"])
+def test_a_fine_tuning_run_resumes_bit_for_bit_without_its_init_file(tmp_path, init_now):
+    """A resume rebuilt the model from --init: with that file deleted (an earlier run's folder cleaned) it failed with
+    "no such checkpoint file" (exit 4), with other weights of another architecture there, with a load_state_dict
+    traceback, although state.pt holds every weight the run needs."""
+    import shutil
+
+    from flowcli.registry import sha256_file
+
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path / "base", 1), quiet=True)
+    init = tmp_path / "init.safetensors"
+    shutil.copy(tmp_path / "base" / "last.safetensors", init)
+    started_from = sha256_file(init)
+    straight = train(tiny_config(tmp_path / "a", 4, init_weights=str(init), model={}), quiet=True)["history"]
+    tuned = tiny_config(tmp_path / "b", 4, init_weights=str(init), model={})
+    train(tuned, quiet=True, stop_after=2)
+    init.unlink()
+    if init_now == "another architecture":
+        narrower = {**TINY_MODEL, "pyramid_channels": (8, 8, 8, 8, 8, 8)}
+        train(tiny_config(tmp_path / "other", 1, model=narrower), quiet=True)
+        shutil.copy(tmp_path / "other" / "last.safetensors", init)
+    resumed = train(tuned, quiet=True)["history"]
+    assert [r["total"] for r in resumed] == [r["total"] for r in straight]
+    provenance = load_checkpoint(tmp_path / "b" / "last.safetensors").provenance
+    assert provenance["init_weights"] == str(init) and provenance["init_sha256"] == started_from
+
+
+def test_an_evaluation_cut_by_a_ctrl_c_is_run_when_the_run_resumes(monkeypatch, tmp_path):
+    """A Ctrl-C during an evaluation saved that step's state, and the resumed run went on from it without ever scoring
+    those weights: at the final step, eval.json never got the final weights' scores."""
+    torch.set_num_threads(1)
+    evaluated = []
+
+    def scores(model):
+        evaluated.append(len(evaluated) + 1)
+        if len(evaluated) == 2:  # the evaluation of the final step, 4
+            raise KeyboardInterrupt
+        return {"x epe": float(len(evaluated))}
+
+    cfg = tiny_config(tmp_path, 4, batch_size=1, eval_every=2)
+    with pytest.raises(FlowcliError, match="interrupted at step 4"):
+        train(cfg, evaluate=scores, quiet=True)
+    train(cfg, evaluate=scores, quiet=True)
+    assert json.loads((tmp_path / "eval.json").read_text()) == [{"step": 2, "x epe": 1.0}, {"step": 4, "x epe": 3.0}]
+    train(cfg, evaluate=scores, quiet=True)  # the state records it: a finished run is not scored again
+    assert len(evaluated) == 3
 
 
 def test_a_finished_run_writes_its_deleted_or_cut_weights_again_from_its_state(tmp_path):

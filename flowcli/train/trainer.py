@@ -490,13 +490,23 @@ def _load_state(state_path: Path, overwrite: bool) -> dict | None:
         problem = f"is not a readable training state ({str(error).splitlines()[0][:120]})"
     else:
         missing = [key for key in _STATE_KEYS if key not in state] if isinstance(state, dict) else list(_STATE_KEYS)
-        if not missing:
+        problem = f"is not a flowcli training state (no {', '.join(missing)})" if missing else None
+        if not missing and "model_config" in state:
+            try:
+                _state_model_config(state)
+            except (TypeError, ValueError, RecursionError) as error:  # (json's errors are ValueErrors)
+                problem = f"records a model this flowcli cannot build ({str(error)[:120]})"
+        if problem is None:
             return state
-        problem = f"is not a flowcli training state (no {', '.join(missing)})"
     if overwrite:
         say(f"replacing the run in {state_path.parent} ({state_path.name} {problem}, --overwrite)")
         return None
     raise OutputError(f"{state_path} {problem}; pass --overwrite to start the run afresh, or choose another --out")
+
+
+def _state_model_config(state: dict) -> FlowNetConfig:
+    """The architecture of the model a saved state trains (states saved since it is recorded)."""
+    return FlowNetConfig(**json.loads(state["model_config"]))
 
 
 # Settings that say where and how often a run is saved or evaluated, never what it computes: a run resumes
@@ -610,7 +620,21 @@ def train(
     eval_every = cfg.eval_every or (cfg.checkpoint_every if cfg.eval_datasets else 0)
     autocast = native_bf16(device)  # elsewhere (most CPUs, GPUs before Ampere) bf16 is slower than fp32
     torch.manual_seed(cfg.seed)
-    model, init_sha256 = build_model(cfg)
+    state = _load_state(state_path, overwrite)
+    changed = _changed_settings(state["config"], cfg) if state is not None else []
+    if changed and not overwrite:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise OutputError(
+            f"{state_path} was made with a different training config ({shown}); use the same settings "
+            "(checkpoint_every, eval_every and eval_datasets may change), another --out, or --overwrite to start "
+            "afresh"
+        )
+    if state is not None and not changed and "model_config" in state:
+        # the architecture the run recorded: its init file may be gone or hold other weights since, and the
+        # state holds every weight
+        model, init_sha256 = FlowNet(_state_model_config(state)), state.get("init_sha256")
+    else:  # a fresh run, or a state of an older flowcli (no model_config): from init_weights, as then
+        model, init_sha256 = build_model(cfg)
     multiple = model.config.size_multiple
     if cfg.height % multiple or cfg.width % multiple:  # (the model's forward refuses such a crop at the first step)
         raise InputError(
@@ -628,16 +652,7 @@ def train(
     scheduler = _schedule(optimizer, cfg)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, history = 0, []
-    state = _load_state(state_path, overwrite)
-    changed = _changed_settings(state["config"], cfg) if state is not None else []
     if changed:
-        if not overwrite:
-            shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
-            raise OutputError(
-                f"{state_path} was made with a different training config ({shown}); use the same settings "
-                "(checkpoint_every, eval_every and eval_datasets may change), another --out, or --overwrite to start "
-                "afresh"
-            )
         say(f"replacing the run in {out} (another config, --overwrite)")
         state = None
     if state is not None:
@@ -663,6 +678,7 @@ def train(
             torch.save(
                 {
                     "config": json.dumps(asdict(cfg), sort_keys=True),
+                    "model_config": json.dumps(model.config.to_dict()),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
@@ -680,12 +696,29 @@ def train(
             provenance = {**provenance, "weights": f"exponential moving average, decay {cfg.ema_decay}"}
             save_checkpoint(ema.model, out / "ema.safetensors", provenance=provenance)
 
+    def evaluation_due() -> bool:  # the final weights too, when the steps are no multiple of eval_every (or fewer)
+        return bool(eval_every) and evaluate is not None and (step % eval_every == 0 or step == cfg.steps)
+
+    def run_evaluation():
+        evaluated = ema.model if ema is not None else model  # the weights a user would take
+        evaluated.eval()
+        metrics = evaluate(evaluated)
+        evaluated.train()
+        history[-1]["eval"] = metrics
+        _write_evaluations(out / "eval.json", history)
+        say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     saved = step if state is not None else -1  # the step whose state is on disk
     model.train()
     batches = _batches(cfg, step, textures, datasets, pin_memory=device.type == "cuda")
     started = time.time()
     try:
+        if history and evaluation_due() and "eval" not in history[-1]:
+            # a Ctrl-C during this step's evaluation saved the step without it
+            run_evaluation()
+            with interrupt_deferred():
+                save_state()
         with progress(quiet) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, info="")
             while step < end:
@@ -716,15 +749,8 @@ def train(
                 bar.update(task, completed=step, info=f"loss {record['total']:.3f} epe {record['epe']:.2f}")
                 if not stderr.is_terminal and not quiet and step % 10 == 0:  # a log file gets plain lines
                     say(f"step {step}/{cfg.steps} loss {record['total']:.4f} epe {record['epe']:.3f}")
-                # the final weights too, when the steps are no multiple of eval_every (or fewer)
-                if eval_every and evaluate is not None and (step % eval_every == 0 or step == cfg.steps):
-                    evaluated = ema.model if ema is not None else model  # the weights a user would take
-                    evaluated.eval()
-                    metrics = evaluate(evaluated)
-                    evaluated.train()
-                    history[-1]["eval"] = metrics
-                    _write_evaluations(out / "eval.json", history)
-                    say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                if evaluation_due():
+                    run_evaluation()
                 if step % cfg.checkpoint_every == 0 or step == end:
                     with interrupt_deferred():
                         save_state()
